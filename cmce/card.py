@@ -1,0 +1,97 @@
+"""The model card (README.md) written into every bundle."""
+
+from __future__ import annotations
+
+from .backbones import PRETRAINED
+
+__all__ = ["render_model_card", "render_table"]
+
+
+def render_table(rows: list[dict]) -> str:
+    """Markdown table of evaluation rows (as in ``evaluate``'s JSON)."""
+    if not rows:
+        return "_not evaluated_\n"
+    out = [
+        "| row | kind | query | gallery | R@1 | R@5 | mAP | TAR@FAR=1e-3 |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['name']} | {r['kind']} | {r['query']} | {' + '.join(r['gallery'])} | "
+            f"{100 * r['recall_at_1']:.2f} | {100 * r['recall_at_5']:.2f} | {100 * r['map']:.2f} | "
+            f"{100 * r['tar_at_far_1e-3']:.2f} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def render_model_card(config: dict) -> str:
+    """Model card for a bundle's ``config.json`` content."""
+    q = config["query_model"]["name"]
+    gallery = [g["name"] for g in config["gallery_models"]]
+    info = config.get("info", {})
+    lines = [
+        "---",
+        "library_name: cmce",
+        "license: other",
+        "tags: [face-recognition, image-retrieval, asymmetric-retrieval, cmce]",
+        "---",
+        "",
+        f"# CMCE bundle: query `{q}`, gallery {', '.join(f'`{g}`' for g in gallery)}",
+        "",
+        "Embedding transformation networks of *Asymmetric Image Retrieval with Cross Model "
+        "Compatible Ensembles* (Shoshan, Linial et al., WACV 2024): each gallery model's "
+        f"embedding is mapped into the space of the query model `{q}`; a gallery image is "
+        "stored as the mean of its transformed embeddings, and its uncertainty is how much "
+        "they disagree. Load with `cmce.load_bundle(...)`.",
+        "",
+        "## Backbones (weights come from the packages below, verified by sha256)",
+        "",
+        "| model | role here | licence | trained on |",
+        "|---|---|---|---|",
+    ]
+    for name, role in [(q, "query")] + [(g, "gallery") for g in gallery]:
+        s = PRETRAINED[name]
+        lines.append(f"| `{name}` ({s.package or 'download'}) | {role} | {s.license} | {s.training_data} |")
+    train = info.get("training", {})
+    lines += [
+        "",
+        "The transformers in this bundle (a few MB of safetensors) are released under the "
+        "project's licence; using the backbones is subject to their own licences above.",
+        "",
+        "## Training data",
+        "",
+        train.get(
+            "data_description",
+            "Not recorded.",
+        ),
+        "",
+        f"Images: {train.get('images', '?')}, identities: {train.get('identities', '?')}; "
+        f"identity loss: {train.get('identity_loss', '?')}; seed {train.get('seed', '?')}. "
+        "No training image is included in this repository.",
+        "",
+        "## Calibration",
+        "",
+        f"- rejection: {100 * config['calibration']['rejection_rate']:.0f}% of gallery entries, "
+        f"quality score `{config['calibration']['quality']['kind']}`, "
+        f"threshold {config['calibration']['rejection_threshold']:.4f}",
+        f"- open set: similarity thresholds at FAR={config['calibration']['open_set_far']:g}: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in config["calibration"]["similarity_thresholds"].items()),
+        f"- query model's own gallery embedding is an ensemble member: {config.get('query_member', False)}",
+        "",
+        "## Evaluation (identities never used in training)",
+        "",
+        render_table(info.get("evaluation", {}).get("rows", [])),
+    ]
+    rej = info.get("evaluation", {}).get("rejection", [])
+    if rej:
+        lines += [
+            "| rejected | R@1 (quality) | R@1 (random) | R@1 (lowest detection prob.) |",
+            "|---:|---:|---:|---:|",
+        ]
+        for r in rej:
+            lines.append(
+                f"| {100 * r['rate']:.0f}% | {100 * r['recall_at_1']:.2f} | {100 * r['random_recall_at_1']:.2f} | "
+                f"{100 * r['detection_recall_at_1']:.2f} |"
+            )
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""Command line: ``python -m cmce {info,train,evaluate,index,bench}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import CmceError
+
+logger = logging.getLogger("cmce")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .backbones import list_backbones
+
+    rows = list_backbones()
+    head = f"{'backbone':<18} {'role':<8} {'dim':>4} {'input':>6}  {'available':<10} licence / training data"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        avail = "yes" if r.available else "no"
+        print(f"{r.name:<18} {r.role:<8} {r.embedding_size:>4} {r.input_size:>4}px  {avail:<10} {r.license}; {r.training_data}")
+        if not r.available:
+            print(f"{'':<18} why not: {r.reason}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .embed import EmbeddingCache
+    from .train import SplitConfig, train_bundle
+    from .transform import TrainConfig
+
+    bundle = train_bundle(
+        args.data_dir,
+        args.out,
+        query_model=args.query,
+        gallery_models=args.gallery,
+        train_config=TrainConfig(
+            identity_loss=args.identity_loss, identity_weight=args.identity_weight,
+            epochs=args.epochs, seed=args.seed,
+        ),
+        hidden=args.hidden,
+        split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
+        query_member=args.query_member,
+        quality=args.quality,
+        rejection_rate=args.rejection_rate,
+        cache=None if args.no_cache else EmbeddingCache(),
+        progress=not args.quiet,
+        data_description=args.data_description,
+    )
+    t = bundle.info["training"]
+    print(
+        f"saved {args.out}: query {bundle.query_model}, gallery {', '.join(bundle.gallery_models)}; "
+        f"trained on {t['images']} images / {t['identities']} identities; "
+        f"query member: {bundle.query_member}; quality score: {bundle.calibration.quality.kind}"
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .bundle import load_bundle
+    from .card import render_table
+    from .data import list_labelled_images
+    from .embed import EmbeddingCache, embed_files
+    from .evaluate import evaluate_embedded, plot_risk_coverage
+    from .train import heldout_subset
+
+    bundle = load_bundle(args.bundle, revision=args.revision)
+    ds = list_labelled_images(args.data_dir)
+    if args.heldout:
+        ds = heldout_subset(ds, bundle)
+    embedded = embed_files(list(ds.paths), bundle.models, cache=None if args.no_cache else EmbeddingCache(),
+                           progress=not args.quiet)
+    result = evaluate_embedded(embedded, ds.labels, bundle)
+    result["data"] = {"dir": str(Path(args.data_dir).resolve().name), "heldout_only": bool(args.heldout)}
+    c = result["counts"]
+    print(f"{c['files']} files, {c['faces_found']} faces ({c['no_face_or_unreadable']} without a face or unreadable); "
+          f"gallery {c['gallery']} ({c['distractors']} distractors), queries {c['queries']}")
+    print(render_table(result["rows"]))
+    print("| rejected | R@1 quality | R@1 random | R@1 detection | error cut | open-set acc |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in result["rejection"]:
+        print(f"| {100 * r['rate']:.0f}% | {100 * r['recall_at_1']:.2f} | {100 * r['random_recall_at_1']:.2f} | "
+              f"{100 * r['detection_recall_at_1']:.2f} | {100 * r['relative_error_cut']:.1f}% | {100 * r['open_set_accuracy']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        plot_risk_coverage(result, args.plot)
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .bundle import load_bundle
+    from .data import list_labelled_images
+    from .gallery import FaceEngine, Gallery, GalleryLimits
+
+    bundle = load_bundle(args.bundle, revision=args.revision)
+    engine = FaceEngine(bundle)
+    limits = GalleryLimits(max_files=args.max_files, max_entries=args.max_entries)
+    out = Path(args.out)
+    gallery = Gallery.load(out, engine, limits) if (out / "gallery.json").is_file() else Gallery(engine, limits)
+    ds = list_labelled_images(args.images_dir)
+    flat = all(p.parent == ds.root for p in ds.paths)
+    items = [(str(p.relative_to(ds.root)), p, None if flat and not args.filename_labels else lab)
+             for p, lab in zip(ds.paths, ds.labels)]
+    bar = tqdm(total=len(items), desc="indexing", unit="img", disable=args.quiet)
+    last = [0.0]
+
+    def progress(fraction: float, _msg: str) -> None:
+        done = round(fraction * len(items))
+        bar.update(done - last[0])
+        last[0] = done
+
+    report = gallery.add_images(items, progress=progress)
+    bar.close()
+    gallery.save(out)
+    for name, why in report.skipped:
+        logger.warning("skipped %s: %s", name, why)
+    for msg in report.limits_reached:
+        logger.warning("limit: %s", msg)
+    n_rej = int(gallery.rejected().sum())
+    print(f"{report.summary()}; {len(gallery)} entries in {out}, {n_rej} rejected "
+          f"(quality {bundle.calibration.quality.kind} > {bundle.calibration.rejection_threshold:.3f})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cmce", description="CMCE face search: asymmetric retrieval with cross model compatible ensembles")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="list registered backbones and whether they run here")
+    s.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("train", help="train a bundle on a folder-per-identity dataset")
+    s.add_argument("data_dir")
+    s.add_argument("--query", default="sface")
+    s.add_argument("--gallery", nargs="+", default=["dlib-resnet34", "facenet-casia"])
+    s.add_argument("--out", required=True, help="bundle folder to write")
+    s.add_argument("--identity-loss", default="classifier", choices=["classifier", "supcon", "none"])
+    s.add_argument("--identity-weight", type=float, default=1.0)
+    s.add_argument("--epochs", type=int, default=60)
+    s.add_argument("--hidden", type=int, default=1024)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--test-fraction", type=float, default=0.2, help="identities held out for evaluate --heldout")
+    s.add_argument("--query-member", default="auto", choices=["auto", "yes", "no"])
+    s.add_argument("--quality", default="auto", choices=["auto", "disagreement", "detection", "combined"])
+    s.add_argument("--rejection-rate", type=float, default=0.10)
+    s.add_argument("--data-description", default=None)
+    s.add_argument("--no-cache", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("evaluate", help="the paper's table on a folder-per-identity dataset")
+    s.add_argument("data_dir")
+    s.add_argument("--bundle", default=None, help="bundle folder or Hub id (default: assets/)")
+    s.add_argument("--revision", default=None)
+    s.add_argument("--heldout", action="store_true", help="only the identities the bundle held out in training")
+    s.add_argument("--json", default=None)
+    s.add_argument("--plot", default=None)
+    s.add_argument("--no-cache", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("index", help="index a folder of images into a saved gallery")
+    s.add_argument("images_dir", help="folder of images (recursively; first folder level = label)")
+    s.add_argument("--out", required=True, help="gallery folder (created, or extended if it exists)")
+    s.add_argument("--bundle", default=None)
+    s.add_argument("--revision", default=None)
+    s.add_argument("--filename-labels", action="store_true", help="label flat folders by Name_0001-style names")
+    s.add_argument("--max-files", type=int, default=100_000)
+    s.add_argument("--max-entries", type=int, default=1_000_000)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_index)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except CmceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

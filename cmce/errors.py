@@ -1,0 +1,51 @@
+"""One error hierarchy for the whole library.
+
+Every error says what was wrong and, where there is a choice, what is valid.
+The app turns these into ``gr.Error`` messages; the CLI prints them and exits 2.
+"""
+
+from __future__ import annotations
+
+
+class CmceError(Exception):
+    """Base class of every error raised on purpose by ``cmce``."""
+
+
+class ImageError(CmceError):
+    """A file could not be read as an image (not an image, corrupt, too large...)."""
+
+
+class LimitError(CmceError):
+    """A configured cap (files, bytes, pixels, faces, entries) was reached."""
+
+
+class ArchiveError(CmceError):
+    """An uploaded archive is unsafe or unreadable (path traversal, bomb, nested...)."""
+
+
+class BackboneError(CmceError):
+    """Unknown backbone name, or a backbone whose weights are missing or corrupt."""
+
+
+class BackboneUnavailableError(BackboneError):
+    """A registered backbone cannot run here (package missing, download needed offline)."""
+
+
+class ChecksumError(CmceError):
+    """A file's sha256 does not match the one recorded for it."""
+
+
+class BundleError(CmceError):
+    """A bundle folder or Hub repo is missing, corrupt, or does not fit this version."""
+
+
+class HubError(BundleError):
+    """The Hugging Face Hub could not be reached or refused the request."""
+
+
+class GalleryError(CmceError):
+    """A gallery is empty, corrupt, or was built with another bundle."""
+
+
+class DatasetError(CmceError):
+    """A folder-per-identity dataset is missing, empty or malformed."""

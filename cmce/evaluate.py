@@ -1,0 +1,214 @@
+"""The paper's table on a folder-per-identity dataset: 1:N identification.
+
+Protocol: among the images where a face was found, per identity with >= 2 images the
+first image by file name joins the gallery and the others are queries; identities
+with one image join the gallery as distractors. Files without a face are counted and
+reported (``counts``), not silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from . import metrics as M
+from .bundle import Bundle
+from .embed import EmbeddedFiles
+from .errors import DatasetError
+from .transform import first_image_protocol
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["REJECTION_RATES", "ViewScores", "evaluate_embedded", "row_metrics", "plot_risk_coverage"]
+
+REJECTION_RATES = (0.05, 0.10, 0.20, 0.30)
+
+
+@dataclass(frozen=True)
+class ViewScores:
+    """One row of the table before metrics: the query-gallery similarity matrix."""
+
+    name: str
+    kind: str
+    query: str
+    gallery: tuple[str, ...]
+    similarity: np.ndarray
+
+
+def row_metrics(sim: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """Recall@1/5, mAP and TAR@FAR=1e-3 of one similarity matrix (Q, G)."""
+    r = M.recall_at_k(sim, q_lab, g_lab, ks=(1, 5), gallery_mask=mask)
+    scores, same = M.verification_scores(sim, q_lab, g_lab, gallery_mask=mask)
+    return {
+        "recall_at_1": float(r[1]),
+        "recall_at_5": float(r[5]),
+        "map": float(M.mean_average_precision(sim, q_lab, g_lab, gallery_mask=mask)),
+        "tar_at_far_1e-3": float(M.tar_at_far(scores, same, 1e-3)),
+    }
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def build_views(bundle: Bundle, emb: dict[str, np.ndarray], prob: np.ndarray, gi: np.ndarray, qi: np.ndarray):
+    """All rows' similarity matrices plus the gallery's quality scores."""
+    q = bundle.query_model
+    qv = emb[q][qi]
+    gal = {m: v[gi] for m, v in emb.items()}
+    gv = bundle.gallery_vectors(gal, prob[gi])
+    rows = [ViewScores("query model symmetric", "symmetric", q, (q,), qv @ gal[q].T)]
+    for m in bundle.gallery_models:
+        rows.append(ViewScores(f"{m} symmetric", "symmetric", m, (m,), emb[m][qi] @ gal[m].T))
+    for m in bundle.gallery_models:
+        rows.append(ViewScores(f"{m} -> {q} (transformer)", "asymmetric", q, (m,), qv @ gv.views[m].T))
+    members = list(bundle.gallery_models) + ([q] if bundle.query_member else [])
+    rows.append(ViewScores("CMCE ensemble", "ensemble", q, tuple(members), qv @ gv.ensemble.T))
+    alt = "CMCE ensemble + query member" if not bundle.query_member else "CMCE ensemble without query member"
+    alt_members = [gv.views[m] for m in bundle.gallery_models] + ([] if bundle.query_member else [gal[q]])
+    alt_vec = _normalise(np.mean(alt_members, axis=0))
+    rows.append(ViewScores(alt, "ensemble", q, tuple(bundle.gallery_models) + (() if bundle.query_member else (q,)), qv @ alt_vec.T))
+    if bundle.linear_maps:
+        lin = []
+        for m in bundle.gallery_models:
+            v = _normalise(gal[m] @ bundle.linear_maps[m])
+            lin.append(v)
+            rows.append(ViewScores(f"{m} -> {q} (least-squares linear)", "baseline", q, (m,), qv @ v.T))
+        rows.append(ViewScores("least-squares linear ensemble", "baseline", q, tuple(bundle.gallery_models), qv @ _normalise(np.mean(lin, 0)).T))
+    return rows, gv
+
+
+def _open_set_accuracy(sim: np.ndarray, q_lab, g_lab, keep: np.ndarray, threshold: float) -> float:
+    """Share of queries answered right when rejected entries cannot match.
+
+    A query whose mate was kept is right if its best kept match is the mate and scores
+    at least ``threshold``; a query whose mate was rejected is right only if its best
+    kept score is below ``threshold`` ("unknown").
+    """
+    s = np.where(keep[None, :], sim, -np.inf)
+    best = s.argmax(1)
+    best_s = s[np.arange(len(s)), best]
+    mate_kept = np.array([np.any(keep & (g_lab == lab)) for lab in q_lab])
+    right_known = (g_lab[best] == q_lab) & (best_s >= threshold)
+    right_unknown = best_s < threshold
+    return float(np.mean(np.where(mate_kept, right_known, right_unknown))) if len(s) else float("nan")
+
+
+def evaluate_embedded(
+    embedded: EmbeddedFiles,
+    labels: Sequence[str],
+    bundle: Bundle,
+    *,
+    rates: Sequence[float] = REJECTION_RATES,
+    random_repeats: int = 20,
+    seed: int = 0,
+) -> dict:
+    """The paper's table for one dataset already embedded with ``bundle.models``.
+
+    Returns:
+        JSON-ready dict: ``bundle``, ``counts``, ``rows``, ``rejection``,
+        ``rejection_by_quality`` (each quality score alone and combined), ``open_set``.
+    """
+    labels = np.asarray(labels)
+    found = embedded.found
+    if found.sum() < 2:
+        raise DatasetError("fewer than two faces found; nothing to evaluate")
+    idx = np.flatnonzero(found)
+    gi_l, qi_l = first_image_protocol(labels[idx])
+    gi, qi = idx[gi_l], idx[qi_l]
+    if len(qi) == 0:
+        raise DatasetError("no identity has two images with a face; nothing to query")
+    g_lab, q_lab = labels[gi], labels[qi]
+    prob = embedded.detection_probability
+    rows, gv = build_views(bundle, embedded.embeddings, prob, gi, qi)
+    out_rows = []
+    ens_sim = rows[0].similarity
+    for r in rows:
+        d = {"name": r.name, "kind": r.kind, "query": r.query, "gallery": list(r.gallery)}
+        d.update(row_metrics(r.similarity, q_lab, g_lab))
+        out_rows.append(d)
+        if r.name == "CMCE ensemble":
+            ens_sim = r.similarity
+    base_r1 = next(d["recall_at_1"] for d in out_rows if d["name"] == "CMCE ensemble")
+    rng = np.random.default_rng(seed)
+    det_doubt = -prob[gi]  # lowest probability first
+    from .ensemble import QualityModel
+
+    scores_by_kind = {"bundle": gv.quality, "disagreement": gv.uncertainty, "detection": det_doubt}
+    if bundle.calibration.quality.kind != "combined" and bundle.calibration.quality.uncertainty_reference:
+        scores_by_kind["combined"] = QualityModel("combined", bundle.calibration.quality.uncertainty_reference,
+                                                  bundle.calibration.quality.doubt_reference).score(gv.uncertainty, prob[gi])
+    elif bundle.calibration.quality.kind == "combined":
+        scores_by_kind["combined"] = gv.quality
+
+    def r1_at(score: np.ndarray, rate: float) -> float:
+        keep = M.gallery_rejection_mask(score, rate)
+        return M.recall_at_k(ens_sim, q_lab, g_lab, ks=(1,), gallery_mask=keep)[1]
+
+    thr = bundle.calibration.similarity_thresholds.get("ensemble", -np.inf)
+    rejection, by_quality = [], {k: [] for k in scores_by_kind}
+    for rate in rates:
+        rand = [r1_at(rng.random(len(gi)), rate) for _ in range(random_repeats)]
+        keep = M.gallery_rejection_mask(gv.quality, rate)
+        rejection.append(
+            {
+                "rate": rate,
+                "recall_at_1": r1_at(gv.quality, rate),
+                "random_recall_at_1": float(np.mean(rand)),
+                "detection_recall_at_1": r1_at(det_doubt, rate),
+                "relative_error_cut": M.relative_error_reduction(base_r1, r1_at(gv.quality, rate)),
+                "open_set_accuracy": _open_set_accuracy(ens_sim, q_lab, g_lab, keep, thr),
+            }
+        )
+        for k, s in scores_by_kind.items():
+            by_quality[k].append({"rate": rate, "recall_at_1": r1_at(s, rate)})
+    n_files = len(labels)
+    return {
+        "bundle": {"query": bundle.query_model, "gallery": list(bundle.gallery_models),
+                   "query_member": bundle.query_member, "quality": bundle.calibration.quality.kind,
+                   "source": bundle.source},
+        "counts": {
+            "files": int(n_files),
+            "faces_found": int(found.sum()),
+            "no_face_or_unreadable": int(n_files - found.sum()),
+            "identities": int(len(np.unique(labels[idx]))),
+            "gallery": int(len(gi)),
+            "queries": int(len(qi)),
+            "distractors": int(len(gi) - len(np.unique(q_lab))),
+        },
+        "rows": out_rows,
+        "rejection": rejection,
+        "rejection_by_quality": by_quality,
+        "open_set": {
+            "threshold": float(thr),
+            "far": bundle.calibration.open_set_far,
+            "accuracy_no_rejection": _open_set_accuracy(ens_sim, q_lab, g_lab, np.ones(len(gi), bool), thr),
+        },
+    }
+
+
+def plot_risk_coverage(result: dict, path: str) -> None:
+    """Risk-coverage plot: Recall@1 against the share of the gallery rejected."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rej = result["rejection"]
+    rates = [0.0] + [r["rate"] for r in rej]
+    base = next(r["recall_at_1"] for r in result["rows"] if r["name"] == "CMCE ensemble")
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
+    for key, label in (("recall_at_1", f"uncertainty ({result['bundle']['quality']})"),
+                       ("random_recall_at_1", "random"), ("detection_recall_at_1", "lowest detection prob.")):
+        ax.plot([100 * x for x in rates], [100 * base] + [100 * r[key] for r in rej], marker="o", label=label)
+    ax.set_xlabel("gallery rejected (%)")
+    ax.set_ylabel("Recall@1 of kept queries (%)")
+    ax.set_title("CMCE ensemble: risk-coverage")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

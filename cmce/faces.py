@@ -1,0 +1,310 @@
+"""Face detection (MTCNN), the face record, subject choice and alignment to a template.
+
+Detection uses facenet-pytorch's MTCNN with the weights bundled in that package (no
+download). Images of different sizes are detected in one batch by downscaling each to
+at most ``max_side`` pixels and padding them onto one canvas; boxes and landmarks are
+mapped back to the original pixels, so crops are always cut from the full-resolution
+image.
+
+Alignment warps the 5 landmarks onto a backbone's own template with a similarity
+transform (Umeyama, 1991), the way ArcFace-style models expect their input.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .errors import CmceError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AlignmentTemplate",
+    "Face",
+    "FaceDetector",
+    "align_faces",
+    "pick_subject",
+    "similarity_transform",
+]
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face and where it came from.
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)`` in pixels of the original (EXIF-upright) image.
+        probability: MTCNN's detection probability in [0, 1].
+        landmarks: five ``(x, y)`` points in original pixels: left eye, right eye, nose,
+            left mouth corner, right mouth corner (left/right as seen in the image).
+        image_size: ``(width, height)`` of the image the face was found in.
+        source: where the image came from (file path or upload name), if known.
+    """
+
+    box: tuple[float, float, float, float]
+    probability: float
+    landmarks: tuple[tuple[float, float], ...]
+    image_size: tuple[int, int]
+    source: str | None = None
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> float:
+        return self.box[3] - self.box[1]
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+    def landmarks_array(self) -> np.ndarray:
+        """The landmarks as a float32 array of shape (5, 2)."""
+        return np.asarray(self.landmarks, dtype=np.float32)
+
+    def to_dict(self) -> dict:
+        return {
+            "box": list(self.box),
+            "probability": self.probability,
+            "landmarks": [list(p) for p in self.landmarks],
+            "image_size": list(self.image_size),
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Face":
+        return cls(
+            box=tuple(float(v) for v in data["box"]),  # type: ignore[arg-type]
+            probability=float(data["probability"]),
+            landmarks=tuple((float(x), float(y)) for x, y in data["landmarks"]),
+            image_size=tuple(int(v) for v in data["image_size"]),  # type: ignore[arg-type]
+            source=data.get("source"),
+        )
+
+
+@dataclass(frozen=True)
+class AlignmentTemplate:
+    """Where a backbone wants the 5 landmarks in its square input.
+
+    Attributes:
+        name: identifier stored in the weights table and in bundles.
+        size: side of the square crop in pixels.
+        points: (5, 2) target landmark positions in crop pixels, MTCNN's order.
+    """
+
+    name: str
+    size: int
+    points: tuple[tuple[float, float], ...]
+
+    def points_array(self) -> np.ndarray:
+        return np.asarray(self.points, dtype=np.float64)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity transform (rotation, uniform scale, shift) from src to dst.
+
+    Umeyama's closed form, "Least-squares estimation of transformation parameters
+    between two point patterns", PAMI 1991.
+
+    Args:
+        src: (K, 2) source points.
+        dst: (K, 2) destination points.
+
+    Returns:
+        (2, 3) affine matrix ``M`` with ``dst ~= M @ [x, y, 1]``.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s0, d0 = src - mu_s, dst - mu_d
+    cov = d0.T @ s0 / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1
+    rot = u @ sign @ vt
+    var_s = (s0**2).sum() / len(src)
+    scale = (sig * np.diag(sign)).sum() / var_s if var_s > 0 else 1.0
+    m = np.zeros((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = mu_d - scale * rot @ mu_s
+    return m
+
+
+def align_faces(
+    image: np.ndarray, faces: Sequence[Face], template: AlignmentTemplate
+) -> np.ndarray:
+    """Cut each face out of ``image`` aligned to ``template``.
+
+    Args:
+        image: (H, W, 3) uint8 RGB, the image the faces were detected in.
+        faces: faces of that image.
+        template: the backbone's landmark template.
+
+    Returns:
+        (N, S, S, 3) uint8 RGB crops, ``S = template.size``.
+    """
+    size = template.size
+    out = np.zeros((len(faces), size, size, 3), dtype=np.uint8)
+    dst = template.points_array()
+    for i, face in enumerate(faces):
+        m = similarity_transform(face.landmarks_array(), dst)
+        out[i] = cv2.warpAffine(
+            image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
+    return out
+
+
+def pick_subject(faces: Sequence[Face]) -> int | None:
+    """Index of the photo's subject: the face that is large and near the centre.
+
+    Score = area x exp(-4 d^2), d = distance of the box centre from the image centre in
+    units of the image half-diagonal. A background face twice as far out must be much
+    larger to win. Returns None for an empty list.
+    """
+    if not faces:
+        return None
+    scores = []
+    for f in faces:
+        w, h = f.image_size
+        cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
+        half_diag = max(np.hypot(w, h) / 2, 1.0)
+        d = np.hypot(cx - w / 2, cy - h / 2) / half_diag
+        scores.append(f.area * np.exp(-4.0 * d * d) * max(f.probability, 1e-3))
+    return int(np.argmax(scores))
+
+
+@dataclass
+class FaceDetector:
+    """MTCNN face detector with the weights bundled in facenet-pytorch.
+
+    Args:
+        device: torch device string; default CUDA when available, else CPU.
+        min_face_size: smallest face side in pixels, in the downscaled image.
+        thresholds: MTCNN's three stage thresholds.
+        max_side: images are downscaled to at most this many pixels on their longer side
+            for detection (speed and memory); landmarks are mapped back.
+        min_probability: faces below this detection probability are dropped.
+    """
+
+    device: str | None = None
+    min_face_size: int = 20
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    max_side: int = 640
+    min_probability: float = 0.9
+    _mtcnn: object = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def _model(self):
+        if self._mtcnn is None:
+            import torch
+            from facenet_pytorch import MTCNN
+
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self._mtcnn = MTCNN(
+                min_face_size=self.min_face_size,
+                thresholds=list(self.thresholds),
+                keep_all=True,
+                select_largest=False,
+                device=device,
+            )
+            logger.info("MTCNN loaded on %s", device)
+        return self._mtcnn
+
+    def detect(self, image: np.ndarray, source: str | None = None) -> list[Face]:
+        """Detect every face in one image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            source: recorded in each face.
+
+        Returns:
+            Faces sorted by detection probability, highest first; empty if none.
+        """
+        return self.detect_batch([image], [source])[0]
+
+    def detect_batch(
+        self, images: Sequence[np.ndarray], sources: Sequence[str | None] | None = None
+    ) -> list[list[Face]]:
+        """Detect faces in images of any sizes in one MTCNN pass.
+
+        Args:
+            images: each (H, W, 3) uint8 RGB.
+            sources: one per image, recorded in its faces.
+
+        Returns:
+            For each image, its faces (possibly empty).
+        """
+        if sources is None:
+            sources = [None] * len(images)
+        if len(sources) != len(images):
+            raise CmceError(f"got {len(images)} images but {len(sources)} sources")
+        if not images:
+            return []
+        small, scales = [], []
+        for img in images:
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise CmceError(
+                    f"detect needs (H, W, 3) uint8 RGB images, got {img.shape} {img.dtype}"
+                )
+            h, w = img.shape[:2]
+            s = min(1.0, self.max_side / max(h, w))
+            if s < 1.0:
+                img = cv2.resize(
+                    img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
+                )
+            small.append(img)
+            scales.append(s)
+        results: list[list[Face]] = [[] for _ in images]
+        # Group by canvas size so that a batch of equal photos is not padded at all.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(small):
+            groups.setdefault(img.shape[:2], []).append(i)
+        if len(groups) > 1:
+            hmax = max(img.shape[0] for img in small)
+            wmax = max(img.shape[1] for img in small)
+            groups = {(hmax, wmax): list(range(len(small)))}
+        for (hc, wc), idx in groups.items():
+            batch = np.zeros((len(idx), hc, wc, 3), dtype=np.uint8)
+            for j, i in enumerate(idx):
+                h, w = small[i].shape[:2]
+                batch[j, :h, :w] = small[i]
+            with self._lock:
+                boxes, probs, points = self._model().detect(batch, landmarks=True)
+            for j, i in enumerate(idx):
+                results[i] = self._faces(
+                    boxes[j], probs[j], points[j], scales[i], images[i].shape, sources[i]
+                )
+        return results
+
+    def _faces(self, boxes, probs, points, scale, shape, source) -> list[Face]:
+        if boxes is None:
+            return []
+        h, w = shape[:2]
+        faces = []
+        for box, prob, pts in zip(boxes, probs, points):
+            if prob is None or prob < self.min_probability:
+                continue
+            box = np.asarray(box, dtype=np.float64) / scale
+            box = np.clip(box, 0, [w, h, w, h])
+            if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+                continue
+            pts = np.asarray(pts, dtype=np.float64) / scale
+            faces.append(
+                Face(
+                    box=tuple(round(float(v), 2) for v in box),  # type: ignore[arg-type]
+                    probability=float(prob),
+                    landmarks=tuple((round(float(x), 2), round(float(y), 2)) for x, y in pts),
+                    image_size=(int(w), int(h)),
+                    source=source,
+                )
+            )
+        faces.sort(key=lambda f: -f.probability)
+        return faces

@@ -1,0 +1,156 @@
+"""Real pretrained backbones on real faces: interface, golden values, LFW verification."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmce.backbones import PRETRAINED, Backbone, create_backbone, list_backbones, register_backbone
+from cmce.backbones import _REGISTRY  # noqa: PLC2701 - the registry itself is under test
+from cmce.backbones._pretrained import PretrainedSpec
+from cmce.data import read_lfw_pairs
+from cmce.embed import EmbeddingCache, embed_files
+from cmce.errors import BackboneError, BackboneUnavailableError
+from cmce.metrics import best_verification_accuracy
+
+from conftest import ROOT
+
+LOCAL = ["sface", "dlib-resnet34", "facenet-casia"]
+GOLDEN = json.loads((ROOT / "tests" / "golden" / "similarity.json").read_text())
+
+
+def test_weights_table_is_complete() -> None:
+    for name, spec in PRETRAINED.items():
+        assert spec.role in {"query", "gallery"}
+        assert spec.license and spec.training_data and spec.embedding_size > 0
+        assert spec.input_size in {112, 150, 160}
+        if spec.package:
+            assert spec.sha256 and len(spec.sha256) == 64
+    assert {b.name for b in list_backbones()} == set(PRETRAINED)
+
+
+def test_unknown_backbone_lists_valid_names() -> None:
+    with pytest.raises(BackboneError, match="registered: .*sface"):
+        create_backbone("resnet-9000")
+
+
+def test_download_only_backbone_fails_fast_offline() -> None:
+    t = time.perf_counter()
+    with pytest.raises(BackboneUnavailableError, match="offline"):
+        create_backbone("facenet-vggface2", cached=False)
+    info = {b.name: b for b in list_backbones()}["facenet-vggface2"]
+    assert not info.available and "download" in info.reason
+    assert time.perf_counter() - t < 2.0
+
+
+def test_info_command_lists_every_backbone() -> None:
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "CMCE_CACHE_DIR": "/tmp/cmce-test-info"}
+    import os
+
+    env = {**os.environ, **env}
+    out = subprocess.run([sys.executable, "-m", "cmce", "info"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for name in PRETRAINED:
+        assert name in out.stdout
+    assert "why not:" in out.stdout and "Apache-2.0" in out.stdout and "CC0" in out.stdout
+
+
+def test_registry_takes_a_new_backbone_with_one_row_and_one_adapter(monkeypatch) -> None:
+    spec = PretrainedSpec(
+        name="pixels-8", architecture="down-sampled pixels", role="query", embedding_size=8 * 8 * 3,
+        template="arcface-112", normalisation="x/255", package="numpy", package_module="numpy",
+        file="__init__.py", url=None, sha256=None, license="MIT", training_data="none", citation="test",
+    )
+
+    class Pixels(Backbone):
+        def _forward(self, crops):
+            import cv2
+
+            return np.stack([cv2.resize(c, (8, 8), interpolation=cv2.INTER_AREA).ravel() / 255.0 for c in crops])
+
+    monkeypatch.setitem(PRETRAINED, "pixels-8", spec)
+    monkeypatch.setitem(_REGISTRY, "pixels-8", Pixels)
+    model = create_backbone("pixels-8", cached=False)
+    crops = np.random.default_rng(0).integers(0, 255, (3, 112, 112, 3), dtype=np.uint8)
+    out = model.embed(crops)
+    assert out.shape == (3, 192) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(BackboneError, match="no row"):
+        register_backbone("not-in-table")(Pixels)
+
+
+@pytest.fixture(scope="module")
+def golden_embeddings(lfw_dir):
+    res = embed_files([lfw_dir / f for f in GOLDEN["files"]], LOCAL)
+    assert res.found.all(), res.errors
+    return res
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_backbone_interface(name: str, golden_embeddings) -> None:
+    model = create_backbone(name)
+    s = model.input_size
+    e = golden_embeddings.embeddings[name]
+    assert e.shape == (6, PRETRAINED[name].embedding_size) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    assert model.embed(np.zeros((0, s, s, 3), np.uint8)).shape == (0, model.embedding_size)
+    with pytest.raises(BackboneError, match=f"{s}, {s}, 3"):
+        model.embed(np.zeros((2, s + 1, s, 3), np.uint8))
+    with pytest.raises(BackboneError):
+        model.embed(np.zeros((2, s, s, 3), np.float32))
+    # batch 1 and batched give the same vectors
+    crops = np.random.default_rng(3).integers(0, 255, (5, s, s, 3), dtype=np.uint8)
+    one = np.concatenate([model.embed(crops[i : i + 1]) for i in range(5)])
+    np.testing.assert_allclose(model.embed(crops), one, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_golden_similarity_matrix(name: str, golden_embeddings) -> None:
+    e = golden_embeddings.embeddings[name]
+    np.testing.assert_allclose(e @ e.T, np.array(GOLDEN["similarity"][name]), atol=2e-3)
+
+
+def _pairs_subset(lfw_dir: Path, per_class: int = 300):
+    pairs = read_lfw_pairs(lfw_dir / "pairsDevTrain.txt", lfw_dir)
+    rng = np.random.default_rng(0)
+    same = [p for p in pairs if p[2]]
+    diff = [p for p in pairs if not p[2]]
+    return [same[i] for i in sorted(rng.choice(len(same), per_class, replace=False))] + [
+        diff[i] for i in sorted(rng.choice(len(diff), per_class, replace=False))
+    ]
+
+
+@pytest.fixture(scope="module")
+def lfw_pairs_embedded(lfw_dir, tmp_path_factory):
+    pairs = _pairs_subset(lfw_dir)
+    files = sorted({str(p) for a, b, _ in pairs for p in (a, b)})
+    cache = EmbeddingCache(tmp_path_factory.mktemp("emb") / "cache.sqlite")
+    return pairs, embed_files(files, LOCAL, cache=cache, chunk_size=32)
+
+
+def test_mtcnn_finds_faces_in_lfw(lfw_pairs_embedded) -> None:
+    _, res = lfw_pairs_embedded
+    assert len(res.paths) > 1000
+    assert res.found.mean() >= 0.99, [e for e in res.errors if e][:5]
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_lfw_verification_accuracy(name: str, lfw_pairs_embedded) -> None:
+    pairs, res = lfw_pairs_embedded
+    assert len(pairs) == 600
+    pos = {p: i for i, p in enumerate(res.paths)}
+    e = res.embeddings[name]
+    ia = np.array([pos[str(a)] for a, _, _ in pairs])
+    ib = np.array([pos[str(b)] for _, b, _ in pairs])
+    ok = res.found[ia] & res.found[ib]
+    scores = np.where(ok, (e[ia] * e[ib]).sum(1), -1.0)
+    acc, _ = best_verification_accuracy(scores, np.array([s for *_, s in pairs]))
+    print(f"{name}: LFW verification accuracy on 600 pairs = {acc:.4f}")
+    assert acc >= 0.95
