@@ -169,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_evaluate)
 
+    s = sub.add_parser("bench", help="speed figures of this machine (medians; ratios within one run)")
+    s.add_argument("images_dir", help="a folder of real face photos")
+    s.add_argument("--bundle", default=None)
+    s.add_argument("--sizes", type=int, nargs="+", default=[1_000, 100_000, 1_000_000])
+    s.add_argument("--repeat", type=int, default=15)
+    s.add_argument("--index-images", type=int, default=64)
+    s.add_argument("--json", default=None)
+    s.set_defaults(func=lambda a: __import__("cmce.bench", fromlist=["main_bench"]).main_bench(a))
+
     s = sub.add_parser("index", help="index a folder of images into a saved gallery")
     s.add_argument("images_dir", help="folder of images (recursively; first folder level = label)")
     s.add_argument("--out", required=True, help="gallery folder (created, or extended if it exists)")

@@ -25,9 +25,12 @@ Kinds (the faiss index behind the searches, see :attr:`VectorIndex.backend`):
     * ``"auto"``: flat while the index holds at most ``exact_threshold``
       positions; the :meth:`VectorIndex.add` call that crosses it builds an HNSW
       graph over every stored vector (this blocks that call, and every search, for
-      the build: about a minute per 100k vectors of dimension 128 on 2 cores), and
+      the build: 1M vectors of dimension 128 took 15 minutes on 2 busy cores), and
       the index stays HNSW from then on (positions never go away, so it never
-      switches back).
+      switches back). The default threshold is 2M: on 2 CPU cores exact search
+      over 1M 128-d vectors took 21.8 ms single-threaded while HNSW needed
+      efSearch 12,288 (138 ms) to reach recall@10 0.99 on random unit vectors
+      (``scripts/bench_search.py``), so exact search wins up to there.
 
 Masks and HNSW:
     A graph search with a selector still walks the whole graph but keeps only
@@ -35,34 +38,44 @@ Masks and HNSW:
     than :data:`HNSW_MIN_SELECTED_FRACTION` of the positions are selected, or when
     the graph returns fewer than ``k`` hits for a query although enough entries
     are selected, that query is answered exactly from the flat storage of the
-    HNSW index instead. So a mask never makes a search return fewer hits than
-    there are selected entries.
+    HNSW index instead. So a mask (or removals) never makes a search return fewer
+    than ``min(k, selected entries)`` hits.
+
+Threads (``search_threads``, default :data:`SEARCH_THREADS` = 1):
+    Each search sets the OpenMP thread count of the *calling* thread only (an
+    OpenMP setting is per thread) and restores it afterwards. One thread is the
+    default because faiss splits even a single query over every core, which on
+    a busy shared machine waits for descheduled threads: on 2 shared cores under
+    load, one query over 100k x 128 took 2.5 ms with 1 thread and 21.5 ms with 2
+    (1M: 30 ms vs 138 ms), and BLAS batches took seconds with 2 threads. On a
+    dedicated multi-core machine, ``search_threads=None`` (all cores) can be faster.
 
 Exact search speed (``distance_compute_blas_threshold``):
-    faiss answers a flat search either with a SIMD scan parallel over queries or
-    with BLAS matrix products. faiss 1.15 takes BLAS only when
-    ``n_queries * dim >= 128000`` (1000 queries at dimension 128), but on 2 cores
-    BLAS already wins from about 24 queries (200k x 128: 32 queries 130 ms with
-    BLAS vs 188 ms without; 256 queries 0.7 s vs 1.8 s), while single queries
-    and small batches are faster on the scan. Unmasked exact searches therefore
-    switch to BLAS from ``BLAS_QUERIES_PER_THREAD * omp threads`` queries; the
-    global faiss setting is changed only for the duration of such searches and
-    restored when the last one ends. Masked searches always use the scan (faiss
-    does not combine selectors with BLAS).
+    faiss answers a flat search either with a SIMD scan (parallel over queries)
+    or with BLAS matrix products. faiss 1.15 takes BLAS only from
+    ``n_queries * dim >= 128000`` (1000 queries at dimension 128; older faiss
+    switched at 20 queries), but with one thread BLAS wins from about 6 queries
+    (100k x 128: 8 queries 15 ms with BLAS vs 23 ms scanning, 32 queries 24 ms vs
+    91 ms), while single queries are 4x faster scanning. Unmasked exact searches
+    therefore use BLAS from ``BLAS_QUERIES_PER_THREAD * threads`` queries; the
+    process-wide faiss setting is changed only while such searches run and
+    restored when the last one ends. Masked searches always scan (faiss does
+    not combine selectors with BLAS).
 
 Thread safety:
     :meth:`add` and :meth:`remove` take an exclusive lock; searches, :meth:`save`
     and the properties take a shared lock, so any number of searches (flat or
     HNSW; ``efSearch`` is passed per call, nothing is mutated) run concurrently
-    with each other, never with a mutation. faiss parallelises each search with
-    OpenMP, so concurrent searches share the same cores.
+    with each other, never with a mutation. With ``search_threads`` above 1 each
+    search also runs OpenMP threads, and concurrent searches share the cores.
 
 File format (:meth:`VectorIndex.save`): one uncompressed ``.npz`` read with
 ``allow_pickle=False``: ``vectors`` ``(N, D)`` float32, ``active`` ``(N,)`` bool,
 the settings, and for an HNSW index ``hnsw_graph``: the faiss graph serialised
 without its vectors (``IO_FLAG_SKIP_STORAGE``, about 270 bytes per entry with
-``M = 32``), re-attached to ``vectors`` on load. Loading a 1M-entry HNSW index
-this way takes seconds, where rebuilding the graph takes about ten minutes on 2 cores.
+``M = 32``), re-attached to ``vectors`` on load. A 1M-entry HNSW index (128-d)
+is a 785 MB file that saves in 2.8 s and loads in 4.8 s; rebuilding its graph
+took 933 s on 2 busy cores.
 """
 
 from __future__ import annotations
@@ -96,6 +109,7 @@ __all__ = [
     "HNSW_M",
     "HNSW_MIN_SELECTED_FRACTION",
     "INDEX_KINDS",
+    "SEARCH_THREADS",
     "UNIT_NORM_TOLERANCE",
     "SearchHit",
     "SearchResult",
@@ -114,31 +128,40 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 """Candidate list size while building the HNSW graph."""
 
-HNSW_EF_SEARCH = 1024
+HNSW_EF_SEARCH = 12_288
 """Default candidate list size of an HNSW search (raised to ``k`` when smaller).
 
-Random unit vectors in 128-d, the hardest case (no cluster structure), M=32,
-efConstruction=80, 200 single queries, 2 shared cores:
+Chosen for recall@10 >= 0.99 of exact search at 1M random unit vectors in 128-d,
+the hardest case (no cluster structure). Measured with M=32, efConstruction=80,
+single queries (200 at 100k; 100 at 1M, 50 from efSearch 8192, 200 for 12288),
+one thread, on 2 busy shared cores (load ~5):
 
-======  ========  ===========  ========
-N       efSearch  recall@10    p50
-======  ========  ===========  ========
-100k    512       0.93         2.4 ms
-100k    1024      0.989        4.8 ms
-100k    1536      0.999        7.1 ms
-1M      1024      see scripts/bench_search.py
-======  ========  ===========  ========
+=====  ========  =========  ======  ==========================
+N      efSearch  recall@10  p50     exact flat p50, 1 thread
+=====  ========  =========  ======  ==========================
+100k   512       0.93       2.4 ms  2.5-3.8 ms
+100k   1024      0.989      4.8 ms
+100k   1536      0.999      7.1 ms
+1M     1024      0.69       11 ms   22-30 ms
+1M     4096      0.95       41 ms
+1M     8192      0.986      79 ms
+1M     12288     0.998      138 ms
+=====  ========  =========  ======  ==========================
 
-Real face embeddings are far from random (identities form tight clusters), so
-they reach a given recall with a much smaller ``efSearch``; pass ``ef_search``
-to :class:`VectorIndex` to trade recall for speed on your own data.
+So on random vectors HNSW at this recall is *slower* than exact search (building
+the 1M graph also took 15 minutes). Real face embeddings are far from random
+(identities form tight clusters) and reach a given recall with a much smaller
+``efSearch``: measure on your own data and pass ``ef_search`` to :class:`VectorIndex`.
 """
 
 HNSW_MIN_SELECTED_FRACTION = 0.5
 """Below this fraction of selected positions an HNSW index searches exactly."""
 
-BLAS_QUERIES_PER_THREAD = 12
+BLAS_QUERIES_PER_THREAD = 8
 """Unmasked exact searches of at least this many queries per OpenMP thread use BLAS."""
+
+SEARCH_THREADS = 1
+"""Default OpenMP threads of one search call (``None``: faiss's default, every core)."""
 
 _FORMAT = "cmce.VectorIndex"
 _FORMAT_VERSION = 1
@@ -170,6 +193,24 @@ def _blas_threshold(value: int) -> Iterator[None]:
             _blas_users -= 1
             if _blas_users == 0:
                 faiss.cvar.distance_compute_blas_threshold = _blas_saved
+
+
+@contextmanager
+def _omp_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` OpenMP threads in the calling thread (None: as is).
+
+    The OpenMP thread count is a per-thread setting, so concurrent searches from
+    other Python threads are not affected.
+    """
+    if threads is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 class _ReadWriteLock:
@@ -389,6 +430,8 @@ class VectorIndex:
             docstring.
         exact_threshold: largest number of positions ``"auto"`` keeps flat.
         ef_search: HNSW candidate list size per search (recall vs speed).
+        search_threads: OpenMP threads per search call, ``None`` for faiss's
+            default (every core); see the module docstring. Not saved with the index.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -407,8 +450,9 @@ class VectorIndex:
         dim: int,
         *,
         kind: str = "auto",
-        exact_threshold: int = 200_000,
+        exact_threshold: int = 2_000_000,
         ef_search: int = HNSW_EF_SEARCH,
+        search_threads: int | None = SEARCH_THREADS,
     ) -> None:
         self._dim = _positive_int(dim, "dim", 1, GalleryError)
         if kind not in INDEX_KINDS:
@@ -416,6 +460,11 @@ class VectorIndex:
         self._kind = kind
         self._exact_threshold = _positive_int(exact_threshold, "exact_threshold", 0, GalleryError)
         self._ef_search = _positive_int(ef_search, "ef_search", 1, GalleryError)
+        self._search_threads = (
+            None
+            if search_threads is None
+            else _positive_int(search_threads, "search_threads", 1, GalleryError)
+        )
         self._lock = _ReadWriteLock()
         # row buffers with spare capacity; rows [0, _count) are valid and never change
         self._buffer = np.empty((0, self._dim), dtype=np.float32)
@@ -454,6 +503,11 @@ class VectorIndex:
     def ef_search(self) -> int:
         """HNSW candidate list size per search."""
         return self._ef_search
+
+    @property
+    def search_threads(self) -> int | None:
+        """OpenMP threads per search call (None: faiss's default)."""
+        return self._search_threads
 
     def __len__(self) -> int:
         """Number of positions, removed ones included (the length of a search mask)."""
@@ -599,10 +653,11 @@ class VectorIndex:
                 return SearchResult(*_pad(nothing.astype(np.float32), nothing, k))
             if n_selected == n:
                 selected = None
-            if self._backend == "flat":
-                scores, ids = self._search_exact(q, k_found, selected, n_selected)
-            else:
-                scores, ids = self._search_hnsw(q, k_found, selected, n_selected)
+            with _omp_threads(self._search_threads):
+                if self._backend == "flat":
+                    scores, ids = self._search_exact(q, k_found, selected, n_selected)
+                else:
+                    scores, ids = self._search_hnsw(q, k_found, selected, n_selected)
         return SearchResult(*_pad(scores, ids, k))
 
     def _search_exact(
@@ -610,7 +665,7 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` over the selected positions (all when ``selected`` is None)."""
         if selected is None:
-            threads = max(1, faiss.omp_get_max_threads())
+            threads = max(1, faiss.omp_get_max_threads())  # already the search's count
             with _blas_threshold(BLAS_QUERIES_PER_THREAD * threads * self._dim):
                 return self._exact.search(q, k)
         if n_selected * 4 <= selected.size:
@@ -674,7 +729,9 @@ class VectorIndex:
         logger.info("saved %r to %s", self, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
+    def load(
+        cls, path: str | os.PathLike[str], *, search_threads: int | None = SEARCH_THREADS
+    ) -> VectorIndex:
         """Read an index written by :meth:`save`.
 
         The HNSW graph stored in the file is reused (no rebuild); an index whose
@@ -682,11 +739,15 @@ class VectorIndex:
 
         Args:
             path: the ``.npz`` file.
+            search_threads: as in :class:`VectorIndex` (a property of the machine,
+                not of the file).
 
         Raises:
             GalleryError: missing file, not an index file, or inconsistent content.
         """
         path = Path(path)
+        if search_threads is not None:
+            _positive_int(search_threads, "search_threads", 1, GalleryError)
         if not path.is_file():
             raise GalleryError(f"no index file at {path}")
         try:
@@ -713,6 +774,7 @@ class VectorIndex:
                 kind=str(content["kind"]),
                 exact_threshold=int(content["exact_threshold"]),
                 ef_search=int(content["ef_search"]),
+                search_threads=search_threads,
             )
         except (GalleryError, TypeError, ValueError) as exc:
             raise GalleryError(f"{path} holds invalid index settings: {exc}") from exc

@@ -252,7 +252,7 @@ def train_transformer(
     module = create_transformer(arch)
     with torch.no_grad():  # start from the least-squares map: training only has to improve it
         module.skip.weight.copy_(torch.from_numpy(fit_linear_map(g_tr, q_tr).T))
-        module.out[1].weight.mul_(0.1)
+        module.out[1].weight.zero_()  # the residual MLP starts as a no-op
         module.out[1].bias.zero_()
 
     names, y_tr = np.unique(np.asarray(labels_train), return_inverse=True)

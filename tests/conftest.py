@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 # Before anything imports huggingface_hub, gradio or cmce: offline, no telemetry, and a
@@ -12,7 +18,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["CMCE_CACHE_DIR"] = tempfile.mkdtemp(prefix="cmce-test-cache-")
-os.environ.pop("CMCE_BUNDLE", None)
+# A bundle given to pytest is kept for the app tests only (until the default bundle exists).
+_GIVEN_BUNDLE = os.environ.pop("CMCE_BUNDLE", None)
 
 import pytest  # noqa: E402
 
@@ -27,3 +34,103 @@ def lfw_dir() -> Path:
     if not LFW_DIR.is_dir():
         pytest.skip(f"LFW images not found at {LFW_DIR}")
     return LFW_DIR
+
+
+LOCAL_BACKBONES = ["sface", "dlib-resnet34", "facenet-casia"]
+
+
+def lfw_pairs_subset(lfw_dir: Path, per_class: int = 300):
+    """A fixed subset of pairsDevTrain.txt: ``per_class`` same and different pairs."""
+    import numpy as np
+
+    from cmce.data import read_lfw_pairs
+
+    pairs = read_lfw_pairs(lfw_dir / "pairsDevTrain.txt", lfw_dir)
+    rng = np.random.default_rng(0)
+    same = [p for p in pairs if p[2]]
+    diff = [p for p in pairs if not p[2]]
+    return [same[i] for i in sorted(rng.choice(len(same), per_class, replace=False))] + [
+        diff[i] for i in sorted(rng.choice(len(diff), per_class, replace=False))
+    ]
+
+
+@pytest.fixture(scope="session")
+def lfw_pairs_embedded(lfw_dir):
+    """The 600 pairs and every image in them embedded by every local backbone.
+
+    Uses the default embedding cache, which lives in this session's private
+    CMCE_CACHE_DIR, so later tests (training, evaluation, CLI) reuse it.
+    """
+    from cmce.embed import EmbeddingCache, embed_files
+
+    pairs = lfw_pairs_subset(lfw_dir)
+    files = sorted({str(p) for a, b, _ in pairs for p in (a, b)})
+    return pairs, embed_files(files, LOCAL_BACKBONES, cache=EmbeddingCache(), chunk_size=32)
+
+
+DEFAULT_BUNDLE = ROOT / "assets" / "bundles" / "sface-query"
+
+
+def app_bundle() -> Path | None:
+    """The bundle the app tests run on: the default one once it exists, else ``CMCE_BUNDLE``."""
+    if (DEFAULT_BUNDLE / "config.json").is_file():
+        return DEFAULT_BUNDLE
+    if _GIVEN_BUNDLE and (Path(_GIVEN_BUNDLE) / "config.json").is_file():
+        return Path(_GIVEN_BUNDLE)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory) -> Iterator[dict]:
+    """``python app.py`` on a free port of 127.0.0.1: yields url, bundle, tmp (the app's TMPDIR), log."""
+    bundle = app_bundle()
+    if bundle is None:
+        pytest.skip(f"no bundle: {DEFAULT_BUNDLE} is not built yet; run with CMCE_BUNDLE=<bundle folder>")
+    root = tmp_path_factory.mktemp("app")
+    (root / "tmp").mkdir()
+    port = _free_port()
+    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
+               GRADIO_TEMP_DIR=str(root / "gradio"), TMPDIR=str(root / "tmp"), CMCE_SESSION_TTL="900")
+    if bundle != DEFAULT_BUNDLE:
+        env["CMCE_BUNDLE"] = str(bundle)
+    log = root / "app.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "gradio_api/info", timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"app.py did not answer within 300 s:\n{log.read_text()[-3000:]}")
+                time.sleep(1)
+        yield {"url": url, "bundle": bundle, "tmp": root / "tmp", "log": log}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def lfw_people(lfw_dir: Path, count: int, min_images: int = 3) -> list[Path]:
+    """The first ``count`` LFW identity folders (sorted) with at least ``min_images`` images."""
+    out = []
+    for person in sorted(p for p in lfw_dir.iterdir() if p.is_dir()):
+        if len(list(person.glob("*.jpg"))) >= min_images:
+            out.append(person)
+            if len(out) == count:
+                break
+    return out

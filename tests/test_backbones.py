@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +13,13 @@ import pytest
 from cmce.backbones import PRETRAINED, Backbone, create_backbone, list_backbones, register_backbone
 from cmce.backbones import _REGISTRY  # noqa: PLC2701 - the registry itself is under test
 from cmce.backbones._pretrained import PretrainedSpec
-from cmce.data import read_lfw_pairs
-from cmce.embed import EmbeddingCache, embed_files
+from cmce.embed import embed_files
 from cmce.errors import BackboneError, BackboneUnavailableError
 from cmce.metrics import best_verification_accuracy
 
-from conftest import ROOT
+from conftest import LOCAL_BACKBONES, ROOT
 
-LOCAL = ["sface", "dlib-resnet34", "facenet-casia"]
+LOCAL = LOCAL_BACKBONES
 GOLDEN = json.loads((ROOT / "tests" / "golden" / "similarity.json").read_text())
 
 
@@ -115,24 +113,6 @@ def test_backbone_interface(name: str, golden_embeddings) -> None:
 def test_golden_similarity_matrix(name: str, golden_embeddings) -> None:
     e = golden_embeddings.embeddings[name]
     np.testing.assert_allclose(e @ e.T, np.array(GOLDEN["similarity"][name]), atol=2e-3)
-
-
-def _pairs_subset(lfw_dir: Path, per_class: int = 300):
-    pairs = read_lfw_pairs(lfw_dir / "pairsDevTrain.txt", lfw_dir)
-    rng = np.random.default_rng(0)
-    same = [p for p in pairs if p[2]]
-    diff = [p for p in pairs if not p[2]]
-    return [same[i] for i in sorted(rng.choice(len(same), per_class, replace=False))] + [
-        diff[i] for i in sorted(rng.choice(len(diff), per_class, replace=False))
-    ]
-
-
-@pytest.fixture(scope="module")
-def lfw_pairs_embedded(lfw_dir, tmp_path_factory):
-    pairs = _pairs_subset(lfw_dir)
-    files = sorted({str(p) for a, b, _ in pairs for p in (a, b)})
-    cache = EmbeddingCache(tmp_path_factory.mktemp("emb") / "cache.sqlite")
-    return pairs, embed_files(files, LOCAL, cache=cache, chunk_size=32)
 
 
 def test_mtcnn_finds_faces_in_lfw(lfw_pairs_embedded) -> None:

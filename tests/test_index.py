@@ -63,13 +63,23 @@ def indexes(data):
 def test_flat_equals_brute_force(data, indexes, num_queries):
     gallery, _ = data
     queries = _unit(np.random.default_rng(num_queries), num_queries)
-    before = faiss.cvar.distance_compute_blas_threshold
+    before = faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()
     result = indexes["flat"].search(queries, k=K)
-    assert faiss.cvar.distance_compute_blas_threshold == before  # restored
+    assert (faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()) == before
     positions, scores = _brute_force(queries, gallery, K)
     np.testing.assert_array_equal(result.positions, positions)
     np.testing.assert_allclose(result.scores, scores, atol=1e-5)
     assert result.positions.dtype == np.int64 and result.scores.dtype == np.float32
+
+
+def test_all_threads_gives_same_results(data):
+    gallery, queries = data
+    index = VectorIndex(D, kind="flat", search_threads=None)
+    index.add(gallery)
+    for batch in (queries[:1], queries):
+        np.testing.assert_array_equal(
+            index.search(batch, k=K).positions, _brute_force(batch, gallery, K)[0]
+        )
 
 
 def test_hnsw_recall_at_10(data, indexes):

@@ -1,0 +1,569 @@
+"""CMCE Face Search: the web demo.
+
+A thin Gradio app over the ``cmce`` library: build a gallery from many photos, see
+which entries the ensemble doubts (and rejects), search it with a photo and compare
+the CMCE ensemble with each single model side by side.
+
+Run ``python app.py`` (binds 127.0.0.1:7860; ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``
+change that). The bundle is the one in ``assets/bundles/`` unless ``CMCE_BUNDLE`` (a
+folder or a Hub id) and ``CMCE_BUNDLE_REVISION`` say otherwise. Each browser session
+has its own gallery, dropped with its temporary files when the tab closes or after
+``CMCE_SESSION_TTL`` seconds without activity (default 3600). ``CMCE_DEVICE`` (e.g. ``cuda``)
+picks the torch device; on a ZeroGPU Space the embedding handlers run under ``@spaces.GPU``.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from cmce import display
+from cmce.bundle import bundle_summary, load_bundle
+from cmce.errors import CmceError
+from cmce.gallery import FaceEngine, Gallery
+from cmce.images import load_image
+from cmce.report import RiskCoverage, gallery_risk_coverage
+from cmce.uploads import collect_uploads, query_label
+
+try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated handler runs
+    import spaces
+
+    gpu = spaces.GPU
+    ZERO_GPU = True
+except ImportError:
+    ZERO_GPU = False
+
+    def gpu(fn):
+        return fn
+
+
+logger = logging.getLogger("cmce.app")
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES = ROOT / "assets" / "examples"
+EXAMPLE_GALLERIES = {"Two pioneers, public domain (7 photos)": EXAMPLES / "gallery"}
+EXAMPLE_QUERIES = [
+    (EXAMPLES / "queries" / "Grace_Hopper_0004.jpg", "Grace Hopper (in the gallery)"),
+    (EXAMPLES / "queries" / "Eileen_Collins_0004.jpg", "Eileen Collins (in the gallery)"),
+    (EXAMPLES / "queries" / "two_people.jpg", "two faces: pick one"),
+    (EXAMPLES / "queries" / "camera_man.jpg", "a stranger (not in the gallery)"),
+]
+SESSION_TTL_S = float(os.environ.get("CMCE_SESSION_TTL", 3600))
+REJECT_BY = ("threshold", "rate")
+
+CSS = """
+.cmce-results-head{font-size:.9rem;margin:2px 0 8px}
+.cmce-results{display:grid;grid-template-columns:repeat(auto-fit,minmax(230px,1fr));gap:10px}
+.cmce-view{border:1px solid var(--border-color-primary);border-radius:8px;padding:8px;min-width:0}
+.cmce-view h4{margin:0 0 6px;font-size:.95rem}
+.cmce-verdict{padding:6px 8px;border-radius:6px;margin-bottom:8px;font-size:.82rem;line-height:1.3;
+  background:var(--background-fill-secondary)}
+.cmce-verdict span{font-size:.75rem;opacity:.85}
+.cmce-verdict.cmce-correct{background:#e6f4ea;color:#0d3d1a}
+.cmce-verdict.cmce-wrong{background:#fce8e6;color:#5c0a05}
+.cmce-matches{list-style:none;padding:0!important;margin:0!important}
+.cmce-match{display:flex;gap:8px;align-items:center;padding:4px;margin:0 0 4px!important;border-radius:6px;
+  border:2px solid var(--border-color-primary);font-size:.78rem;line-height:1.3}
+.cmce-match img{width:56px;height:56px;object-fit:cover;border-radius:4px;flex:none;margin:0!important}
+.cmce-match.cmce-correct{border-color:#1e8e3e;background:#e6f4ea;color:#0d3d1a}
+.cmce-match.cmce-wrong{border-color:#d93025;background:#fce8e6;color:#5c0a05}
+.cmce-match.cmce-below{opacity:.6}
+.cmce-meta{min-width:0}
+.cmce-label{font-weight:600;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.cmce-members{font-size:.7rem;opacity:.8}
+.cmce-empty{font-size:.8rem;opacity:.7}
+#overview .caption-label{font-size:11px;padding:1px 4px}
+"""
+
+# The browser keeps the folder structure of a folder upload only in webkitRelativePath;
+# remember it so that folder names can become identity labels.
+HEAD = """<script>
+window.cmceFolderPaths = [];
+document.addEventListener("change", (e) => {
+  const t = e.target;
+  if (t && t.tagName === "INPUT" && t.type === "file" && t.webkitdirectory) {
+    window.cmceFolderPaths = Array.from(t.files).map((f) => f.webkitRelativePath || f.name);
+  }
+}, true);
+</script>"""
+FOLDER_PATHS_JS = ("(...args) => { args[2] = (window.cmceFolderPaths || []).join('\\n'); "
+                   "window.cmceFolderPaths = []; return args; }")
+
+
+# --------------------------------------------------------------------------- models and sessions
+
+
+class Engines:
+    """Loaded bundles and their models, shared by all sessions: the default one and a few more."""
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self._engines: OrderedDict[tuple[str, str | None], FaceEngine] = OrderedDict()
+        self._lock = threading.Lock()
+        self.default: FaceEngine | None = None
+        self.default_error: str | None = None
+
+    def load(self, path_or_id: str | None, revision: str | None = None) -> FaceEngine:
+        """The engine of a bundle (folder or Hub id; None = default), loading it if needed.
+
+        Raises:
+            BundleError / HubError: the bundle cannot be loaded; nothing changes.
+        """
+        key = (str(path_or_id), revision)
+        with self._lock:
+            if key in self._engines:
+                self._engines.move_to_end(key)
+                return self._engines[key]
+            bundle = load_bundle(path_or_id, revision=revision)
+            engine = FaceEngine(bundle, device=os.environ.get("CMCE_DEVICE") or None)
+            self._engines[key] = engine
+            while len(self._engines) > self.keep + 1:
+                old_key = next(k for k, e in self._engines.items() if e is not self.default)
+                del self._engines[old_key]  # sessions using it keep their reference
+            return engine
+
+    def load_default(self) -> FaceEngine | None:
+        """Load the start-up bundle (``CMCE_BUNDLE``/``CMCE_BUNDLE_REVISION`` or assets/)."""
+        try:
+            self.default = self.load(None, os.environ.get("CMCE_BUNDLE_REVISION") or None)
+        except CmceError as e:
+            logger.error("no bundle at start-up: %s", e)
+            self.default_error = str(e)
+        return self.default
+
+
+ENGINES = Engines()
+
+
+@dataclass(eq=False)
+class Session:
+    """One browser session: its gallery and a private temporary folder."""
+
+    engine: FaceEngine
+    gallery: Gallery
+    workdir: Path
+    closed: bool = False
+    risk_cache: tuple[int, int, RiskCoverage] | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, engine: FaceEngine) -> "Session":
+        return cls(engine, Gallery(engine), Path(tempfile.mkdtemp(prefix="cmce-session-")))
+
+    def close(self) -> None:
+        """Drop the gallery (embeddings, thumbnails) and delete the temporary folder."""
+        if not self.closed:
+            self.closed = True
+            self.gallery = Gallery(self.engine)
+            self.risk_cache = None
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            logger.info("session closed, %s removed", self.workdir)
+
+
+_SESSIONS: dict[str, Session] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _register(session: Session, request: gr.Request | None) -> Session:
+    key = getattr(request, "session_hash", None)
+    if key:
+        with _SESSIONS_LOCK:
+            old = _SESSIONS.get(key)
+            _SESSIONS[key] = session
+        if old is not None and old is not session:
+            old.close()
+    return session
+
+
+def _session(state: Session | None, request: gr.Request | None) -> Session:
+    """This browser's session, opened on the default bundle on first use."""
+    if state is not None and not state.closed:
+        return state
+    if ENGINES.default is None:
+        raise gr.Error(f"No bundle is loaded ({ENGINES.default_error}). Load one under 'Model bundle'.")
+    return _register(Session.open(ENGINES.default), request)
+
+
+def _expire(session: Session | None) -> None:
+    """delete_callback of the session state: idle for SESSION_TTL_S, or gone an hour after unload."""
+    if session is not None:
+        session.close()
+        with _SESSIONS_LOCK:
+            for key in [k for k, s in _SESSIONS.items() if s is session]:
+                del _SESSIONS[key]
+
+
+def _unload(request: gr.Request) -> None:
+    """The tab was closed or reloaded: drop its session now."""
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.pop(request.session_hash, None)
+    if session is not None:
+        session.close()
+
+
+def _rejected(gallery: Gallery, reject_by: str, rate: float | None, threshold: float | None):
+    """Rejection mask from the controls (None: the bundle's calibrated default)."""
+    try:
+        if reject_by == "rate" and rate is not None:
+            return gallery.rejected(rate=float(rate))
+        return gallery.rejected(threshold=None if threshold is None else float(threshold))
+    except CmceError as e:
+        raise gr.Error(str(e)) from e
+
+
+def _rejection_defaults(engine: FaceEngine) -> tuple[Any, Any, Any]:
+    cal = engine.bundle.calibration
+    return (gr.update(value=REJECT_BY[0]), gr.update(value=round(cal.rejection_rate, 3)),
+            gr.update(value=round(cal.rejection_threshold, 4)))
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def load_bundle_ui(repo_id: str, revision: str, state: Session | None, request: gr.Request,
+                   progress=gr.Progress()):
+    """Switch this session to another bundle (a folder or Hub id; empty = the default)."""
+    target, rev = (repo_id or "").strip() or None, (revision or "").strip() or None
+    if target and Path(target).expanduser().exists() and not os.environ.get("CMCE_ALLOW_LOCAL_BUNDLES"):
+        raise gr.Error("Type a Hub id of the form org/name (local folders need CMCE_ALLOW_LOCAL_BUNDLES=1).")
+    progress(0.1, desc=f"Loading {target or 'the default bundle'} (Hub download if needed)")
+    try:
+        engine = ENGINES.load(target, rev) if target or rev else (ENGINES.default or ENGINES.load(None))
+    except CmceError as e:  # unreachable Hub, missing repo, broken bundle: keep the current one
+        gr.Warning(f"{e}. The current bundle stays in use.", duration=None)
+        keep = gr.update()
+        return state, keep, f"**Not loaded:** {e}. The current bundle stays in use.", keep, keep, keep
+    progress(0.9, desc="Models loaded")
+    if state is not None and not state.closed and state.engine is engine:
+        return state, gr.update(), "This bundle is already in use.", gr.update(), gr.update(), gr.update()
+    had = len(state.gallery) if state is not None and not state.closed else 0
+    session = _register(Session.open(engine), request)
+    if state is not None and state is not session:
+        state.close()
+    if had:
+        gr.Warning(f"New bundle: the gallery of {had} faces was cleared; index your images again.")
+    note = "Bundle loaded." + (" Gallery cleared." if had else "")
+    return (session, display.bundle_markdown(bundle_summary(engine.bundle)), note, *_rejection_defaults(engine))
+
+
+def _relative_names(folder: list[str], folder_paths: str | None) -> list[str]:
+    """Pair the uploaded folder files with the relative paths the browser reported.
+
+    Uploads keep the browser's order; if some files were dropped on the way, pair by file name.
+    """
+    rels = [r.strip() for r in (folder_paths or "").splitlines() if r.strip()]
+    same = sum(Path(r).name == Path(p).name for r, p in zip(rels, folder))
+    if len(rels) == len(folder) and 2 * same >= len(folder):  # names the server cleaned may differ
+        return rels
+    queue: dict[str, list[str]] = {}
+    for rel in rels:
+        queue.setdefault(Path(rel).name, []).append(rel)
+    return [queue[Path(p).name].pop(0) if queue.get(Path(p).name) else Path(p).name for p in folder]
+
+
+@gpu
+def index_gallery(files: list[str] | None, folder: list[str] | None = None, folder_paths: str | None = None,
+                  state: Session | None = None, request: gr.Request = None, progress=gr.Progress()):
+    """Add uploaded images, archives and folders to this session's gallery.
+
+    Returns the session, a markdown report and the report as a dict.
+    """
+    session = _session(state, request)
+    files, folder = list(files or []), list(folder or [])
+    if not files and not folder:
+        gr.Warning("Choose some images, a zip/tar archive or a folder first.")
+        return session, "Nothing uploaded yet.", {}
+    named = [(Path(p).name, p) for p in files] + list(zip(_relative_names(folder, folder_paths), folder))
+    batch = Path(tempfile.mkdtemp(dir=session.workdir, prefix="upload-"))
+    try:
+        moved = []
+        for n, (name, path) in enumerate(named):  # uploads live only in the session's folder
+            dest = batch / f"{n:05d}{''.join(Path(name).suffixes[-2:]) or '.bin'}"
+            shutil.move(path, dest)
+            moved.append((name, dest))
+        progress(0.0, desc=f"Reading {len(moved)} files")
+        upload = collect_uploads(moved, batch / "extracted")
+        report = session.gallery.add_images(upload.items, progress=lambda f, m: progress(f, desc=m))
+    except CmceError as e:
+        raise gr.Error(str(e)) from e
+    finally:
+        shutil.rmtree(batch, ignore_errors=True)
+    return (session, display.index_report_markdown(report, upload, session.gallery),
+            display.index_report_dict(report, upload, session.gallery))
+
+
+@gpu
+def load_example_gallery(name: str, state: Session | None, request: gr.Request, progress=gr.Progress()):
+    """Replace this session's gallery with an example gallery (indexed once per bundle, then copied)."""
+    session = _session(state, request)
+    folder = EXAMPLE_GALLERIES.get(name)
+    if folder is None:
+        raise gr.Error(f"Unknown example gallery {name!r}; choose one of {list(EXAMPLE_GALLERIES)}")
+    progress(0.0, desc="Loading the example gallery")
+    try:
+        saved, report, upload = _EXAMPLE_CACHE.get(session.engine, folder, lambda f, m: progress(f, desc=m))
+        session.gallery = Gallery.load(saved, session.engine)
+    except CmceError as e:
+        raise gr.Error(str(e)) from e
+    session.risk_cache = None
+    return (session, display.index_report_markdown(report, upload, session.gallery),
+            display.index_report_dict(report, upload, session.gallery))
+
+
+class _ExampleCache:
+    """Example galleries indexed once per engine and saved; each session loads its own copy."""
+
+    def __init__(self):
+        self._done: dict[tuple[int, str], tuple[Path, Any, Any]] = {}
+        self._lock = threading.Lock()
+        self._root = Path(tempfile.mkdtemp(prefix="cmce-examples-"))
+
+    def get(self, engine: FaceEngine, folder: Path, progress):
+        key = (id(engine), str(folder))
+        with self._lock:
+            if key not in self._done:
+                files = sorted(p for p in folder.rglob("*") if p.is_file())
+                upload = collect_uploads([(p.relative_to(folder).as_posix(), p) for p in files], self._root / "x")
+                gallery = Gallery(engine)
+                report = gallery.add_images(upload.items, progress=progress)
+                saved = gallery.save(self._root / f"{len(self._done)}")
+                self._done[key] = (saved, report, upload)
+            return self._done[key]
+
+    def preload(self, engine: FaceEngine) -> None:
+        """Index every example gallery now (start-up, background thread)."""
+        for folder in EXAMPLE_GALLERIES.values():
+            try:
+                self.get(engine, folder, None)
+            except CmceError as e:
+                logger.warning("example gallery %s not indexed: %s", folder, e)
+
+
+_EXAMPLE_CACHE = _ExampleCache()
+
+
+def clear_gallery(state: Session | None, request: gr.Request):
+    """Empty this session's gallery."""
+    session = _session(state, request)
+    session.gallery = Gallery(session.engine)
+    session.risk_cache = None
+    return session, "Gallery cleared.", {}
+
+
+def refresh_overview(state: Session | None, order: str, reject_by: str, rate: float, threshold: float):
+    """Thumbnails of every entry (rejected ones framed red) and a one-line summary."""
+    if state is None or state.closed or not len(state.gallery):
+        return [], display.overview_summary(None, [])
+    rejected = _rejected(state.gallery, reject_by, rate, threshold)
+    return (display.overview_tiles(state.gallery, rejected, order),
+            display.overview_summary(state.gallery, rejected))
+
+
+def refresh_plots(state: Session | None, reject_by: str, rate: float, threshold: float):
+    """Risk-coverage curve and uncertainty histogram of this session's gallery."""
+    if state is None or state.closed or not len(state.gallery):
+        return None, None, "Index a labelled gallery to see how rejection works on it."
+    g = state.gallery
+    key = (len(g.entries), len(g))
+    if state.risk_cache is None or state.risk_cache[:2] != key:
+        state.risk_cache = (*key, gallery_risk_coverage(g))
+    rc = state.risk_cache[2]
+    live = g.positions
+    rejected = _rejected(g, reject_by, rate, threshold)[live]
+    hist = display.uncertainty_figure(g.vectors.uncertainty[live], rejected, rc.is_query & ~rc.hits)
+    if not rc.usable:
+        return None, hist, ("The risk-coverage curve needs labels: at least one person with two or more "
+                            "photos (folders per person, or `Name_0001.jpg`-style names).")
+    note = (f"Leave-one-out: each of the {int(rc.queries[0])} labelled faces whose person has another photo "
+            "searches the rest of the gallery with its query-model embedding.")
+    return display.risk_coverage_figure(rc, float(rejected.mean())), hist, note
+
+
+def prepare_query(image: str | None):
+    """A new query photo: reset the face choice and guess its identity from the file name."""
+    return gr.update(value=0), (query_label(image) or "") if image else ""
+
+
+@gpu
+def search(image: str | None, face: int | None = 0, k: int = 5, identity: str | None = None,
+           reject_by: str = REJECT_BY[0], rate: float | None = None, threshold: float | None = None,
+           state: Session | None = None, request: gr.Request = None):
+    """Search this session's gallery with one face of a photo, in every view.
+
+    Returns the photo with numbered face boxes, the face choice, the side-by-side
+    results (HTML), the results as a dict, and the session.
+    """
+    if image is None:
+        return None, gr.update(), "", {}, state
+    session = _session(state, request)
+    name = Path(image).name
+    try:
+        face_index = int(face or 0)
+    except (TypeError, ValueError):
+        raise gr.Error(f"Face must be a face number from the list, got {face!r}") from None
+    label = (identity or "").strip() or query_label(name)
+    try:
+        img = load_image(image, name=name)
+        rejected = _rejected(session.gallery, reject_by, rate, threshold)
+        result = session.gallery.search_image(img, face_index=face_index, k=int(k), rejected=rejected, name=name)
+    except CmceError as e:  # no face, unreadable photo, empty gallery: reported, not a crash
+        gr.Warning(str(e))
+        return (None, gr.update(choices=display.face_choices(1), value=0), f"<p>{html.escape(str(e))}</p>",
+                {"error": str(e)}, session)
+    return (display.annotate_faces(img, result.faces, result.chosen),
+            gr.update(choices=display.face_choices(len(result.faces)), value=result.chosen),
+            display.result_html(result, session.gallery, label, rejected),
+            display.result_dict(result, session.engine.bundle.query_model, label),
+            session)
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def create_demo(engine: FaceEngine | None) -> gr.Blocks:
+    """The Blocks app; ``engine`` gives the defaults shown (None: no bundle could be loaded)."""
+    cal = engine.bundle.calibration if engine else None
+    with gr.Blocks(title="CMCE Face Search", delete_cache=(1800, 3600)) as demo:
+        state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=_expire)
+        gr.Markdown(
+            "# CMCE Face Search\n"
+            "Search your own photos with an ensemble of face models mapped into one space "
+            "(CMCE). Faces the models disagree on are flagged as **uncertain** and can be "
+            "**rejected** so they never produce a match. Your gallery lives only in this "
+            "browser session."
+        )
+        with gr.Accordion("Model bundle", open=False):
+            bundle_md = gr.Markdown(
+                display.bundle_markdown(bundle_summary(engine.bundle)) if engine
+                else f"**No bundle loaded** ({ENGINES.default_error}). Set `CMCE_BUNDLE` or load one below."
+            )
+            with gr.Row(equal_height=True):
+                hub_id = gr.Textbox(label="Hub bundle id", placeholder="org/name (empty = the default bundle)",
+                                    scale=3, elem_id="hub-id")
+                hub_rev = gr.Textbox(label="Revision (optional)", placeholder="main, a tag or a commit", scale=2)
+                load_btn = gr.Button("Load bundle", scale=1)
+            bundle_note = gr.Markdown()
+
+        gr.Markdown("## 1 · Build a gallery")
+        with gr.Row():
+            with gr.Column(scale=3):
+                with gr.Row():
+                    files = gr.File(label="Images or zip/tar archives", file_count="multiple",
+                                    file_types=["image", ".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz"],
+                                    height=150, elem_id="gallery-files")
+                    folder = gr.File(label="A folder (one sub-folder per person)", file_count="directory",
+                                     height=150, elem_id="gallery-folder")
+                folder_paths = gr.Textbox("", visible=False)
+                with gr.Row():
+                    index_btn = gr.Button("Index faces", variant="primary", elem_id="index-btn")
+                    clear_btn = gr.Button("Clear gallery", elem_id="clear-btn")
+                gr.Markdown("Labels come from folder names, or from `Name_0001.jpg`-style file names.",
+                            elem_classes="cmce-hint")
+            with gr.Column(scale=2):
+                report_md = gr.Markdown("No gallery yet.", elem_id="index-report")
+                example_name = gr.Textbox(visible=False)
+                gallery_examples = gr.Examples([[n] for n in EXAMPLE_GALLERIES], inputs=[example_name],
+                                               label="Example gallery (one click)", api_visibility="private")
+        report_json = gr.JSON(visible=False)
+
+        with gr.Row(equal_height=True):
+            order = gr.Dropdown(list(display.ORDERS), value=display.ORDERS[0], label="Sort", scale=2)
+            reject_by = gr.Radio(list(REJECT_BY), value=REJECT_BY[0], label="Reject by", scale=2,
+                                 elem_id="reject-by")
+            rate = gr.Slider(0.0, 0.9, value=round(cal.rejection_rate, 3) if cal else 0.1, step=0.01,
+                             label="Rejection rate (share of the gallery)", scale=3, elem_id="reject-rate")
+            threshold = gr.Number(value=round(cal.rejection_threshold, 4) if cal else None, step=0.001,
+                                  label="Threshold (reject quality score above)", scale=2, elem_id="reject-threshold")
+        overview_md = gr.Markdown(display.overview_summary(None, []), elem_id="overview-summary")
+        overview = gr.Gallery(label="Gallery overview", columns=7, height=360, object_fit="contain",
+                              format="jpeg", elem_id="overview", buttons=[])
+
+        gr.Markdown("## 2 · Search")
+        with gr.Row():
+            with gr.Column(scale=2):
+                query = gr.Image(label="Query photo", type="filepath", sources=["upload", "webcam", "clipboard"],
+                                 height=260, elem_id="query-image")
+                gr.Examples([[str(p)] for p, _ in EXAMPLE_QUERIES], inputs=[query], label="Example queries",
+                            example_labels=[t for _, t in EXAMPLE_QUERIES], api_visibility="private")
+            with gr.Column(scale=2):
+                faces_img = gr.Image(label="Faces found (numbered, largest first)", interactive=False, height=260,
+                                     elem_id="faces-image")
+            with gr.Column(scale=1, min_width=200):
+                face = gr.Dropdown(display.face_choices(1), value=0, label="Face", allow_custom_value=True,
+                                   elem_id="face-choice")
+                identity = gr.Textbox("", label="Who is it? (optional)", placeholder="from Name_0003.jpg",
+                                      elem_id="query-identity")
+                k = gr.Slider(1, 10, value=5, step=1, label="Matches per column")
+                search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
+        results = gr.HTML("<p>Results appear here, one column per model.</p>", elem_id="results")
+        with gr.Accordion("Results as data (what the API returns)", open=False):
+            results_json = gr.JSON()
+
+        gr.Markdown("## 3 · Does rejection help on your gallery?")
+        plots_note = gr.Markdown("Index a labelled gallery to see how rejection works on it.")
+        with gr.Row():
+            rc_plot = gr.Plot(label="Recall@1 vs rejection", elem_id="risk-plot")
+            hist_plot = gr.Plot(label="Uncertainty", elem_id="hist-plot")
+
+        # ---- wiring
+        rejection = [reject_by, rate, threshold]
+        search_inputs = [query, face, k, identity, *rejection, state]
+        search_outputs = [faces_img, face, results, results_json, state]
+        upload_outputs = [state, report_md, report_json]
+
+        def after_gallery_change(event):
+            return (event.then(refresh_overview, [state, order, *rejection], [overview, overview_md],
+                               api_visibility="private")
+                    .then(refresh_plots, [state, *rejection], [rc_plot, hist_plot, plots_note],
+                          api_visibility="private"))
+
+        indexed = index_btn.click(index_gallery, [files, folder, folder_paths, state], upload_outputs,
+                                  js=FOLDER_PATHS_JS, api_name="index_gallery")
+        after_gallery_change(indexed.then(lambda: (None, None, ""), None, [files, folder, folder_paths],
+                                          api_visibility="private"))
+        after_gallery_change(gallery_examples.load_input_event.then(
+            load_example_gallery, [example_name, state], upload_outputs, api_visibility="private"))
+        after_gallery_change(clear_btn.click(clear_gallery, [state], [state, report_md, report_json],
+                                             api_visibility="private"))
+        after_gallery_change(load_btn.click(load_bundle_ui, [hub_id, hub_rev, state],
+                                            [state, bundle_md, bundle_note, *rejection], api_name="load_bundle"))
+        gr.on([order.change, reject_by.change, rate.change, threshold.change], refresh_overview,
+              [state, order, *rejection], [overview, overview_md], trigger_mode="always_last",
+              api_visibility="private").then(
+            refresh_plots, [state, *rejection], [rc_plot, hist_plot, plots_note], trigger_mode="always_last",
+            api_visibility="private")
+        search_btn.click(search, search_inputs, search_outputs, api_name="search")
+        query.change(prepare_query, [query], [face, identity], api_visibility="private").then(
+            search, search_inputs, search_outputs, api_name="search_new_photo", api_visibility="private")
+        face.input(search, search_inputs, search_outputs, api_name="search_other_face", api_visibility="private")
+        demo.unload(_unload)
+    return demo
+
+
+LAUNCH_KWARGS = {"css": CSS, "head": HEAD}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    engine = ENGINES.load_default()
+    if engine is not None and not ZERO_GPU:  # index the example galleries while the page loads
+        threading.Thread(target=_EXAMPLE_CACHE.preload, args=(engine,), daemon=True).start()
+    demo = create_demo(engine)
+    demo.queue(default_concurrency_limit=2).launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", 7860))),
+        **LAUNCH_KWARGS,
+    )
+
+
+if __name__ == "__main__":
+    main()

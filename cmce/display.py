@@ -1,0 +1,379 @@
+"""What the web demo shows, rendered from library objects (no Gradio here).
+
+Pictures (framed thumbnails, numbered face boxes), short texts (captions, reports,
+the bundle card), the side-by-side results as HTML, the same results as a JSON-able
+dict for API clients, and matplotlib figures (risk-coverage, uncertainty histogram).
+Every function is a pure function of its arguments; the app only passes them on.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from .faces import Face
+from .gallery import Gallery, IndexReport, QueryResult, ViewResult
+from .report import RiskCoverage
+from .uploads import UploadBatch
+
+__all__ = [
+    "ORDERS",
+    "bundle_markdown",
+    "index_report_markdown",
+    "index_report_dict",
+    "entry_tile",
+    "entry_caption",
+    "overview_tiles",
+    "overview_summary",
+    "face_choices",
+    "annotate_faces",
+    "view_title",
+    "result_html",
+    "result_dict",
+    "risk_coverage_figure",
+    "uncertainty_figure",
+]
+
+ORDERS: tuple[str, ...] = ("upload order", "most uncertain first", "least uncertain first")
+"""Sort orders of the gallery overview."""
+
+REJECTED_RED = (217, 48, 37)
+_BOX_COLOURS = ((26, 115, 232), (249, 171, 0))  # other faces, chosen face
+_MAX_LISTED = 12
+
+
+def _short(text: str | None, limit: int = 16) -> str:
+    text = text or "(no label)"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.2g}%"
+
+
+# --------------------------------------------------------------------------- texts
+
+
+def bundle_markdown(summary: Mapping[str, Any]) -> str:
+    """Markdown card of a bundle from ``cmce.bundle.bundle_summary``: models and licences."""
+    q = summary["query_model"]
+    rows = [("query model", q)] + [("gallery model", g) for g in summary["gallery_models"]]
+    lines = [
+        f"**Bundle** `{summary.get('source') or '?'}` · query model **{q['name']}** · "
+        f"gallery models {', '.join('**' + g['name'] + '**' for g in summary['gallery_models'])}"
+        + (" (+ the query model as an ensemble member)" if summary.get("query_member") else ""),
+        "",
+        "| role | model | licence | trained on |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [f"| {role} | {r['name']} | {r['license']} | {r['training_data']} |" for role, r in rows]
+    lines += [
+        "",
+        f"Default rejection: {_pct(summary['rejection_rate'])} of a gallery · "
+        f"'unknown' thresholds set for a {_pct(summary['open_set_far'])} false-accept rate.",
+    ]
+    return "\n".join(lines)
+
+
+def _listing(title: str, rows: Sequence[str]) -> list[str]:
+    if not rows:
+        return []
+    out = [f"**{title} ({len(rows)})**"]
+    out += [f"- {r}" for r in rows[:_MAX_LISTED]]
+    if len(rows) > _MAX_LISTED:
+        out.append(f"- … and {len(rows) - _MAX_LISTED} more")
+    return ["\n".join(out)]
+
+
+def index_report_markdown(report: IndexReport, upload: UploadBatch | None, gallery: Gallery) -> str:
+    """Short markdown report of one indexing request: counts, then what was left out and why."""
+    labels = {gallery.entries[i].label for i in gallery.positions} - {None}
+    blocks = [
+        f"**{report.summary()}.** The gallery now holds {len(gallery)} faces"
+        + (f" of {len(labels)} labelled people." if labels else " (no identity labels).")
+    ]
+    skipped = list(upload.skipped if upload else ()) + list(report.skipped)
+    blocks += _listing("Skipped", [f"`{n}`: {why}" for n, why in skipped])
+    blocks += _listing("Duplicates ignored", [f"`{n}`" for n in report.duplicates])
+    blocks += _listing("Limits reached", (list(upload.notes) if upload else []) + list(report.limits_reached))
+    return "\n\n".join(blocks)
+
+
+def index_report_dict(report: IndexReport, upload: UploadBatch | None, gallery: Gallery) -> dict[str, Any]:
+    """The same report as JSON-able data (what API clients get)."""
+    labels: dict[str, int] = {}
+    for i in gallery.positions:
+        lab = gallery.entries[i].label
+        if lab is not None:
+            labels[lab] = labels.get(lab, 0) + 1
+    return {
+        "added": report.added,
+        "files": report.files,
+        "entries": len(gallery),
+        "labels": labels,
+        "skipped": [list(x) for x in (upload.skipped if upload else ())] + [list(x) for x in report.skipped],
+        "duplicates": list(report.duplicates),
+        "limits_reached": (list(upload.notes) if upload else []) + list(report.limits_reached),
+    }
+
+
+# --------------------------------------------------------------------------- gallery overview
+
+
+def entry_tile(thumbnail: bytes, rejected: bool, size: int = 128) -> Image.Image:
+    """Square tile of a gallery thumbnail; rejected entries greyed inside a red frame."""
+    img = Image.open(io.BytesIO(thumbnail)).convert("RGB")
+    img = ImageOps.pad(img, (size, size), color=(240, 240, 240))
+    if rejected:
+        img = ImageOps.grayscale(img).convert("RGB")
+        draw = ImageDraw.Draw(img)
+        w = max(size // 20, 4)
+        draw.rectangle((0, 0, size - 1, size - 1), outline=REJECTED_RED, width=w)
+    return img
+
+
+def entry_caption(label: str | None, uncertainty: float, rejected: bool) -> str:
+    """``"Aaron_Peirsol · u=0.41"`` or ``"rejected · u=0.41"`` (the label kept short)."""
+    return f"{'rejected' if rejected else _short(label, 11)} · u={uncertainty:.2f}"
+
+
+def _ordered(gallery: Gallery, order: str) -> np.ndarray:
+    live = gallery.positions
+    if order == ORDERS[0] or not len(live):
+        return live
+    u = gallery.vectors.uncertainty[live]
+    idx = np.argsort(-u if order == ORDERS[1] else u, kind="stable")
+    return live[idx]
+
+
+def overview_tiles(
+    gallery: Gallery, rejected: np.ndarray, order: str = ORDERS[0], limit: int = 600
+) -> list[tuple[Image.Image, str]]:
+    """(tile, caption) for the live entries in ``order`` (one of ``ORDERS``), at most ``limit``."""
+    if not len(gallery):
+        return []
+    unc = gallery.vectors.uncertainty
+    out = []
+    for pos in _ordered(gallery, order)[:limit]:
+        e = gallery.entries[pos]
+        cap = entry_caption(e.label, float(unc[pos]), bool(rejected[pos]))
+        out.append((entry_tile(e.thumbnail, bool(rejected[pos])), cap))
+    return out
+
+
+def overview_summary(gallery: Gallery | None, rejected: np.ndarray, limit: int = 600) -> str:
+    """One line: entries, rejected count, and whether the overview is cut."""
+    n = len(gallery) if gallery is not None else 0
+    if not n:
+        return "The gallery is empty: upload images or pick an example gallery."
+    r = int(rejected[gallery.positions].sum())
+    text = (f"**{n} faces**, **{r} rejected** ({r / n:.0%}, red frame): they never count as matches. "
+            f"u = uncertainty, the disagreement of the gallery models.")
+    if n > limit:
+        text += f" Showing {limit} of {n}."
+    return text
+
+
+# --------------------------------------------------------------------------- query
+
+
+def face_choices(count: int) -> list[tuple[str, int]]:
+    """Dropdown choices ``("face 1 (largest)", 0), ("face 2", 1), ...`` for ``count`` faces (largest first)."""
+    return [(f"face {i + 1}" + (" (largest)" if i == 0 else ""), i) for i in range(max(count, 1))]
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def annotate_faces(image: np.ndarray, faces: Sequence[Face], chosen: int | None = 0) -> Image.Image:
+    """The photo with a numbered box per face (``faces`` largest first); ``chosen`` in amber."""
+    img = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+    scale = max(img.size) / 640
+    draw = ImageDraw.Draw(img)
+    w = max(int(3 * scale), 2)
+    font = _font(max(int(22 * scale), 12))
+    for i, f in enumerate(faces):
+        colour = _BOX_COLOURS[int(i == chosen)]
+        x1, y1, x2, y2 = f.box
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=w * (2 if i == chosen else 1))
+        tag = str(i + 1)
+        tb = draw.textbbox((0, 0), tag, font=font)
+        tw, th = tb[2] - tb[0], tb[3] - tb[1]
+        ty = y1 - th - 3 * w if y1 - th - 3 * w > 0 else y1
+        draw.rectangle((x1, ty, x1 + tw + 2 * w, ty + th + 2 * w), fill=colour)
+        draw.text((x1 + w, ty + w - tb[1]), tag, fill=(255, 255, 255), font=font)
+    return img
+
+
+def view_title(view: str, query_model: str) -> str:
+    """Column heading of a view."""
+    if view == "ensemble":
+        return "CMCE ensemble"
+    if view == "query":
+        return f"{query_model} alone (query model)"
+    return f"{view} → {query_model}"
+
+
+def _correct(label: str | None, query_label: str | None) -> bool | None:
+    if query_label is None or label is None:
+        return None
+    return label == query_label
+
+
+def _answer(view: ViewResult) -> str | None:
+    if view.unknown or not view.matches:
+        return None
+    m = view.matches[0]
+    return m.label or m.source
+
+
+def result_dict(result: QueryResult, query_model: str, query_label: str | None = None) -> dict[str, Any]:
+    """The results of a query as plain JSON-able data (what API clients get)."""
+    views = {}
+    for name, v in result.views.items():
+        views[name] = {
+            "title": view_title(name, query_model),
+            "threshold": v.threshold,
+            "unknown": v.unknown,
+            "answer": _answer(v),
+            "correct": None if v.unknown or not v.matches else _correct(v.matches[0].label, query_label),
+            "matches": [
+                {
+                    "position": m.position,
+                    "label": m.label,
+                    "source": m.source,
+                    "similarity": round(m.score, 4),
+                    "uncertainty": round(m.uncertainty, 4),
+                    "quality": round(m.quality, 4),
+                    "member_similarities": {k: round(s, 4) for k, s in m.member_scores.items()},
+                    "correct": _correct(m.label, query_label),
+                }
+                for m in v.matches
+            ],
+        }
+    return {
+        "query_label": query_label,
+        "faces": [{"box": [round(x, 1) for x in f.box], "probability": round(f.probability, 4)} for f in result.faces],
+        "chosen_face": result.chosen,
+        "false_accept_rate": result.far,
+        "views": views,
+    }
+
+
+def _data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def _verdict(v: ViewResult, far: float, query_label: str | None, in_gallery: bool) -> tuple[str, str]:
+    if v.unknown:
+        best = f"best {v.matches[0].score:.2f}" if v.matches else "no match"
+        ok = "" if query_label is None else (
+            " ✗ (person is in the gallery)" if in_gallery else " ✓ (not in the gallery)")
+        cls = "" if query_label is None else (" cmce-wrong" if in_gallery else " cmce-correct")
+        return (f"<b>Unknown</b>{ok}<br><span>{best} &lt; {v.threshold:.2f}, the threshold for a "
+                f"{_pct(far)} false-accept rate</span>", cls)
+    m = v.matches[0]
+    ok = _correct(m.label, query_label)
+    mark = "" if ok is None else (" ✓" if ok else " ✗")
+    cls = "" if ok is None else (" cmce-correct" if ok else " cmce-wrong")
+    return (f"<b>{html.escape(_short(m.label or m.source, 28))}</b>{mark}<br><span>similarity {m.score:.2f} ≥ "
+            f"{v.threshold:.2f} ({_pct(far)} false-accept rate)</span>", cls)
+
+
+def result_html(
+    result: QueryResult, gallery: Gallery, query_label: str | None = None, rejected: np.ndarray | None = None
+) -> str:
+    """Side-by-side HTML columns, one per view: verdict, then the ranked matches.
+
+    Each match shows the gallery thumbnail, label, similarity and the entry's
+    uncertainty; ensemble matches also show each member's similarity. With a known
+    ``query_label`` matches are marked green (same person) or red (someone else).
+    """
+    qm = gallery.bundle.query_model
+    kept = gallery.positions if rejected is None else [i for i in gallery.positions if not rejected[i]]
+    in_gallery = query_label is not None and any(gallery.entries[i].label == query_label for i in kept)
+    cols = []
+    for name, v in result.views.items():
+        verdict, vcls = _verdict(v, result.far, query_label, in_gallery)
+        items = []
+        for rank, m in enumerate(v.matches, 1):
+            ok = _correct(m.label, query_label)
+            cls = "" if ok is None else (" cmce-correct" if ok else " cmce-wrong")
+            cls += " cmce-below" if m.score < v.threshold else ""
+            members = ""
+            if m.member_scores:
+                members = "<div class='cmce-members'>" + " · ".join(
+                    f"{html.escape(qm if k == 'query' else k)} {s:.2f}" for k, s in m.member_scores.items()) + "</div>"
+            items.append(
+                f"<li class='cmce-match{cls}'><img src='{_data_uri(gallery.entries[m.position].thumbnail)}' alt=''>"
+                f"<div class='cmce-meta'><div class='cmce-label' title='{html.escape(m.source)}'>{rank}. "
+                f"{html.escape(_short(m.label or m.source, 22))}</div>"
+                f"<div>sim <b>{m.score:.2f}</b> · u {m.uncertainty:.2f}</div>{members}</div></li>"
+            )
+        if not items:
+            items.append("<li class='cmce-empty'>no gallery entry left after rejection</li>")
+        cols.append(
+            f"<section class='cmce-view {'cmce-unknown' if v.unknown else 'cmce-known'}' "
+            f"data-view='{html.escape(name)}'>"
+            f"<h4>{html.escape(view_title(name, qm))}</h4><div class='cmce-verdict{vcls}'>{verdict}</div>"
+            f"<ol class='cmce-matches'>{''.join(items)}</ol></section>"
+        )
+    face = f"face {result.chosen + 1} of {len(result.faces)}"
+    who = f" · query identity: <b>{html.escape(query_label)}</b>" if query_label else ""
+    return (f"<div class='cmce-results-head'>Results for {face}{who}</div>"
+            f"<div class='cmce-results'>{''.join(cols)}</div>")
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def risk_coverage_figure(rc: RiskCoverage, current_rate: float | None = None):
+    """matplotlib Figure: leave-one-out Recall@1 vs share of the gallery rejected."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.6, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(rc.rates * 100, rc.recall_uncertainty * 100, "o-", color="#1a73e8", label="reject most uncertain (CMCE)")
+    ax.plot(rc.rates * 100, rc.recall_random * 100, "s--", color="#80868b", label="reject at random")
+    if current_rate is not None:
+        ax.axvline(current_rate * 100, color="#d93025", lw=1, ls=":", label=f"current setting ({current_rate:.0%})")
+    low = np.nanmin(np.concatenate([rc.recall_uncertainty, rc.recall_random])) if rc.usable else 0.0
+    ax.set_ylim(max(0.0, np.floor(low * 10 - 1) * 10), 101)
+    ax.set_xlabel("share of gallery rejected (%)")
+    ax.set_ylabel("Recall@1, leave-one-out (%)")
+    ax.set_title(f"Risk-coverage on your gallery ({int(rc.queries[0])} queries)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def uncertainty_figure(uncertainty: np.ndarray, rejected: np.ndarray, wrong: np.ndarray | None = None):
+    """matplotlib Figure: histogram of entry uncertainty, kept vs rejected; wrong LOO top-1 as ticks."""
+    from matplotlib.figure import Figure
+
+    u = np.asarray(uncertainty, np.float64)
+    rej = np.asarray(rejected, bool)
+    fig = Figure(figsize=(5.6, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    bins = np.histogram_bin_edges(u, bins=min(30, max(5, len(u) // 3))) if len(u) else 10
+    ax.hist([u[~rej], u[rej]], bins=bins, stacked=True, color=["#1a73e8", "#d93025"],
+            label=[f"kept ({int((~rej).sum())})", f"rejected ({int(rej.sum())})"])
+    if wrong is not None and np.any(wrong):
+        ax.plot(u[np.asarray(wrong, bool)], np.zeros(int(np.sum(wrong))), "|", color="black", ms=14, mew=1.5,
+                label="wrong top-1 (leave-one-out)")
+    ax.set_xlabel("uncertainty (disagreement of the gallery models)")
+    ax.set_ylabel("gallery faces")
+    ax.set_title("Uncertainty of your gallery", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

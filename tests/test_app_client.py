@@ -1,0 +1,77 @@
+"""The app's API through gradio_client: index a labelled gallery, then search it.
+
+Runs ``python app.py`` on a free port (fixture ``app_server`` in conftest) with the
+default bundle, or with ``CMCE_BUNDLE`` until the default bundle is built.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import lfw_people
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+
+def _view_names(bundle) -> set[str]:
+    cfg = json.loads((bundle / "config.json").read_text())
+    return {"ensemble", "query", *(g["name"] for g in cfg["gallery_models"])}
+
+
+@pytest.fixture(scope="module")
+def people(lfw_dir):
+    people = lfw_people(lfw_dir, 5)
+    if len(people) < 5:
+        pytest.skip("LFW subset too small")
+    return people
+
+
+def test_index_then_search_in_one_session(app_server, people):
+    client = Client(app_server["url"], verbose=False)
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/index_gallery", "/search"} <= set(endpoints)
+
+    gallery = [handle_file(str(f)) for p in people[:4] for f in sorted(p.glob("*.jpg"))[:2]]
+    report_md, report = client.predict(files=gallery, api_name="/index_gallery")
+    assert report["files"] == 8 and report["added"] >= 8, report
+    assert report["labels"] == {p.name: 2 for p in people[:4]}  # from Name_0001.jpg file names
+    assert "faces indexed from 8 files" in report_md
+
+    target = people[1]
+    query = sorted(target.glob("*.jpg"))[2]  # not in the gallery
+    faces_image, face, html, result = client.predict(image=handle_file(str(query)), api_name="/search")
+    assert set(result["views"]) == _view_names(app_server["bundle"])
+    assert result["query_label"] == target.name
+    ensemble = result["views"]["ensemble"]
+    assert ensemble["matches"][0]["label"] == target.name
+    assert ensemble["matches"][0]["correct"] is True
+    gallery_models = _view_names(app_server["bundle"]) - {"ensemble", "query"}
+    assert set(ensemble["matches"][0]["member_similarities"]) >= gallery_models
+    for view in result["views"]:
+        assert f"data-view='{view}'" in html
+    assert faces_image  # the photo with numbered boxes
+
+
+def test_sessions_are_isolated(app_server, people):
+    """A second client has its own (empty) gallery: searching it is reported, not a crash."""
+    other = Client(app_server["url"], verbose=False)
+    query = sorted(people[0].glob("*.jpg"))[0]
+    _, _, html, result = other.predict(image=handle_file(str(query)), api_name="/search")
+    assert "empty" in result["error"]
+
+
+def test_unreachable_hub_keeps_current_bundle(app_server, people):
+    client = Client(app_server["url"], verbose=False)
+    client.predict(files=[handle_file(str(f)) for p in people[:2] for f in sorted(p.glob("*.jpg"))[:2]],
+                   api_name="/index_gallery")
+    start = time.monotonic()
+    bundle_md, note, *_ = client.predict(repo_id="nobody/cmce-no-such-bundle", revision="", api_name="/load_bundle")
+    assert time.monotonic() - start < 20
+    assert "Not loaded" in note and "nobody/cmce-no-such-bundle" in note
+    query = sorted(people[0].glob("*.jpg"))[2]
+    _, _, _, result = client.predict(image=handle_file(str(query)), api_name="/search")
+    assert result["views"]["ensemble"]["matches"][0]["label"] == people[0].name

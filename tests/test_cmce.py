@@ -1,0 +1,162 @@
+"""The CMCE method on real faces: transformers, ensemble, uncertainty, calibration, evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmce import metrics as M
+from cmce.bundle import load_bundle
+from cmce.ensemble import QualityModel, detection_doubt, fuse_members, member_uncertainty
+from cmce.evaluate import evaluate_embedded
+from cmce.train import SplitConfig, dataset_splits, train_bundle
+from cmce.transform import TrainConfig, fit_linear_map, first_image_protocol, train_transformer, transform_embeddings
+
+
+def test_fuse_and_uncertainty_match_their_definitions() -> None:
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((6, 3, 16)).astype(np.float32)
+    m /= np.linalg.norm(m, axis=2, keepdims=True)
+    fused = fuse_members(m)
+    ref = m.mean(1) / np.linalg.norm(m.mean(1), axis=1, keepdims=True)
+    np.testing.assert_allclose(fused, ref, atol=1e-6)
+    u = member_uncertainty(m)
+    naive = [np.mean([1 - m[g, i] @ m[g, j] for i in range(3) for j in range(i + 1, 3)]) for g in range(6)]
+    np.testing.assert_allclose(u, naive, atol=1e-5)
+    same = np.repeat(m[:, :1], 3, axis=1)
+    np.testing.assert_allclose(member_uncertainty(same), 0.0, atol=1e-6)
+
+
+def test_quality_scores() -> None:
+    u = np.array([0.1, 0.5, 0.2, 0.3], np.float32)
+    p = np.array([0.9999, 0.9999, 0.90, 0.999], np.float32)
+    assert np.argmax(QualityModel("disagreement").score(u, p)) == 1
+    assert np.argmax(QualityModel("detection").score(u, p)) == 2
+    combined = QualityModel.fit("combined", u, p)
+    s = combined.score(u, p)
+    assert s.shape == (4,) and np.argmin(s) == 0  # low disagreement and a sure detection
+    assert detection_doubt(np.array([1.0]))[0] == 0.0
+    assert QualityModel.from_dict(combined.to_dict()) == combined
+
+
+def _labelled(lfw_pairs_embedded):
+    _, res = lfw_pairs_embedded
+    labels = np.array([Path(p).parent.name for p in res.paths])
+    return res, labels
+
+
+def test_linear_map_and_trained_transformer_on_unseen_identities(lfw_pairs_embedded) -> None:
+    res, labels = _labelled(lfw_pairs_embedded)
+    ok = res.found
+    splits = dataset_splits(list(labels), SplitConfig(0.15, 0.25, 0))
+    tr, va, te = (splits[k] & ok for k in ("train", "val", "test"))
+    assert not set(labels[tr]) & set(labels[te]) and not set(labels[tr]) & set(labels[va])
+    q = res.embeddings["sface"]
+    g = res.embeddings["facenet-casia"]
+    gi, qi = first_image_protocol(labels[te])
+
+    def r1(gallery_vectors):
+        return M.recall_at_k(q[te][qi] @ gallery_vectors.T, labels[te][qi], labels[te][gi], ks=(1,))[1]
+
+    W = fit_linear_map(g[tr], q[tr])
+    lin = g[te][gi] @ W
+    lin /= np.linalg.norm(lin, axis=1, keepdims=True)
+    random_map = np.random.default_rng(0).standard_normal(W.shape).astype(np.float32)
+    rnd = g[te][gi] @ random_map
+    rnd /= np.linalg.norm(rnd, axis=1, keepdims=True)
+    assert r1(lin) > 0.6 > r1(rnd) + 0.3  # the map carries identity across model spaces
+    result = train_transformer(g[tr], q[tr], labels[tr], g[va], q[va], labels[va],
+                               config=TrainConfig(epochs=6, patience=6))
+    t = transform_embeddings(result.module, g[te][gi])
+    assert r1(t) > 0.6
+    # pulled onto the query model's embedding of the same image
+    cos = (transform_embeddings(result.module, g[te]) * q[te]).sum(1)
+    assert np.median(cos) > 0.5
+
+
+@pytest.fixture(scope="module")
+def small_dataset(lfw_pairs_embedded, tmp_path_factory) -> Path:
+    """A folder-per-identity dataset of symlinks to the already-embedded LFW images."""
+    _, res = lfw_pairs_embedded
+    root = tmp_path_factory.mktemp("lfw-small")
+    for p in res.paths:
+        p = Path(p)
+        (root / p.parent.name).mkdir(exist_ok=True)
+        (root / p.parent.name / p.name).symlink_to(p)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(small_dataset: Path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    bundle = train_bundle(small_dataset, out, train_config=TrainConfig(epochs=4, patience=4), hidden=256,
+                          progress=False)
+    return out, bundle
+
+
+def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
+    out, bundle = trained_bundle
+    loaded = load_bundle(out)
+    cal = loaded.calibration
+    assert loaded.gallery_models == ("dlib-resnet34", "facenet-casia")
+    assert cal.rejection_rate == 0.1 and np.isfinite(cal.rejection_threshold)
+    assert set(cal.similarity_thresholds) == {"ensemble", "dlib-resnet34", "facenet-casia", "query"}
+    assert cal.quality.kind in {"disagreement", "detection", "combined"}
+    t = loaded.info["training"]
+    assert t["images"] > 300 and t["heldout_identities"] > 20
+    assert "query_member_val_recall_at_1" in t and "chosen_quality" in t
+    card = (out / "README.md").read_text()
+    assert "CC0" in card and "Apache-2.0" in card
+
+
+def test_evaluate_rows_and_rejection(trained_bundle, small_dataset, lfw_pairs_embedded) -> None:
+    out, bundle = trained_bundle
+    res, labels = _labelled(lfw_pairs_embedded)
+    result = evaluate_embedded(res, labels, bundle, random_repeats=5)
+    kinds = {r["kind"] for r in result["rows"]}
+    assert kinds == {"symmetric", "asymmetric", "ensemble", "baseline"}
+    for r in result["rows"]:
+        for k in ("recall_at_1", "recall_at_5", "map", "tar_at_far_1e-3"):
+            assert 0.0 <= r[k] <= 1.0
+        assert r["recall_at_5"] >= r["recall_at_1"]
+    assert [r["rate"] for r in result["rejection"]] == [0.05, 0.1, 0.2, 0.3]
+    c = result["counts"]
+    assert c["faces_found"] + c["no_face_or_unreadable"] == c["files"] == len(res.paths)
+    # the ensemble row equals a direct computation from the bundle
+    found = res.found
+    idx = np.flatnonzero(found)
+    gi, qi = first_image_protocol(labels[idx])
+    gi, qi = idx[gi], idx[qi]
+    gv = bundle.gallery_vectors({k: v[gi] for k, v in res.embeddings.items()}, res.detection_probability[gi])
+    sim = res.embeddings["sface"][qi] @ gv.ensemble.T
+    r1 = M.recall_at_k(sim, labels[qi], labels[gi], ks=(1,))[1]
+    row = next(r for r in result["rows"] if r["name"] == "CMCE ensemble")
+    assert row["recall_at_1"] == pytest.approx(r1)
+
+
+def test_evaluate_cli_writes_json_and_plot(trained_bundle, small_dataset, tmp_path: Path, capsys) -> None:
+    from cmce.cli import main
+
+    out, _ = trained_bundle
+    code = main(["evaluate", str(small_dataset), "--bundle", str(out), "--heldout", "--quiet",
+                 "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+    assert code == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert set(r) >= {"bundle", "counts", "rows", "rejection"}
+    assert r["bundle"]["query"] == "sface" and r["data"]["heldout_only"]
+    assert set(r["rejection"][0]) >= {"rate", "recall_at_1", "random_recall_at_1", "detection_recall_at_1"}
+    assert (tmp_path / "r.png").stat().st_size > 5000
+    assert "CMCE ensemble" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_heldout_on_another_dataset(trained_bundle, tmp_path: Path, lfw_dir) -> None:
+    from cmce.cli import main
+
+    out, _ = trained_bundle
+    d = tmp_path / "other" / "Someone"
+    d.mkdir(parents=True)
+    (d / "x.jpg").symlink_to(next(lfw_dir.glob("*/*.jpg")))
+    assert main(["evaluate", str(tmp_path / "other"), "--bundle", str(out), "--heldout", "--quiet"]) == 2
