@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -53,8 +54,8 @@ ROOT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "assets" / "examples"
 EXAMPLE_GALLERIES = {"Two pioneers, public domain (7 photos)": EXAMPLES / "gallery"}
 EXAMPLE_QUERIES = [
-    (EXAMPLES / "queries" / "Grace_Hopper_0004.jpg", "Grace Hopper (in the gallery)"),
-    (EXAMPLES / "queries" / "Eileen_Collins_0004.jpg", "Eileen Collins (in the gallery)"),
+    (EXAMPLES / "queries" / "Grace_Hopper_04.jpg", "Grace Hopper (in the gallery)"),
+    (EXAMPLES / "queries" / "Eileen_Collins_04.jpg", "Eileen Collins (in the gallery)"),
     (EXAMPLES / "queries" / "two_people.jpg", "two faces: pick one"),
     (EXAMPLES / "queries" / "camera_man.jpg", "a stranger (not in the gallery)"),
 ]
@@ -220,10 +221,15 @@ def _rejected(gallery: Gallery, reject_by: str, rate: float | None, threshold: f
         raise gr.Error(str(e)) from e
 
 
+def _calibrated_threshold(engine: FaceEngine | None) -> float | None:
+    """The bundle's rejection threshold for the Number widget (None: not calibrated)."""
+    t = engine.bundle.calibration.rejection_threshold if engine else None
+    return t if t is not None and math.isfinite(t) else None
+
+
 def _rejection_defaults(engine: FaceEngine) -> tuple[Any, Any, Any]:
-    cal = engine.bundle.calibration
-    return (gr.update(value=REJECT_BY[0]), gr.update(value=round(cal.rejection_rate, 3)),
-            gr.update(value=round(cal.rejection_threshold, 4)))
+    return (gr.update(value=REJECT_BY[0]), gr.update(value=engine.bundle.calibration.rejection_rate),
+            gr.update(value=_calibrated_threshold(engine)))
 
 
 # --------------------------------------------------------------------------- handlers
@@ -285,16 +291,19 @@ def index_gallery(files: list[str] | None, folder: list[str] | None = None, fold
     named = [(Path(p).name, p) for p in files] + list(zip(_relative_names(folder, folder_paths), folder))
     batch = Path(tempfile.mkdtemp(dir=session.workdir, prefix="upload-"))
     try:
-        moved = []
+        moved, seen = [], {}
         for n, (name, path) in enumerate(named):  # uploads live only in the session's folder
-            dest = batch / f"{n:05d}{''.join(Path(name).suffixes[-2:]) or '.bin'}"
-            shutil.move(path, dest)
-            moved.append((name, dest))
+            if path not in seen:  # the same upload twice: the gallery reports the duplicate
+                seen[path] = batch / f"{n:05d}{''.join(Path(name).suffixes[-2:]) or '.bin'}"
+                shutil.move(path, seen[path])
+            moved.append((name, seen[path]))
         progress(0.0, desc=f"Reading {len(moved)} files")
         upload = collect_uploads(moved, batch / "extracted")
         report = session.gallery.add_images(upload.items, progress=lambda f, m: progress(f, desc=m))
     except CmceError as e:
         raise gr.Error(str(e)) from e
+    except OSError as e:
+        raise gr.Error(f"Could not read the uploaded files ({e.strerror or e}); please upload them again.") from e
     finally:
         shutil.rmtree(batch, ignore_errors=True)
     return (session, display.index_report_markdown(report, upload, session.gallery),
@@ -479,9 +488,9 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
             order = gr.Dropdown(list(display.ORDERS), value=display.ORDERS[0], label="Sort", scale=2)
             reject_by = gr.Radio(list(REJECT_BY), value=REJECT_BY[0], label="Reject by", scale=2,
                                  elem_id="reject-by")
-            rate = gr.Slider(0.0, 0.9, value=round(cal.rejection_rate, 3) if cal else 0.1, step=0.01,
+            rate = gr.Slider(0.0, 0.9, value=cal.rejection_rate if cal else 0.1, step=0.01,
                              label="Rejection rate (share of the gallery)", scale=3, elem_id="reject-rate")
-            threshold = gr.Number(value=round(cal.rejection_threshold, 4) if cal else None, step=0.001,
+            threshold = gr.Number(value=_calibrated_threshold(engine), step=0.001,
                                   label="Threshold (reject quality score above)", scale=2, elem_id="reject-threshold")
         overview_md = gr.Markdown(display.overview_summary(None, []), elem_id="overview-summary")
         overview = gr.Gallery(label="Gallery overview", columns=7, height=360, object_fit="contain",

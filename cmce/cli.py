@@ -90,6 +90,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
         plot_risk_coverage(result, args.plot)
+    if args.record:
+        from .bundle import save_bundle
+
+        from .bundle import default_bundle_path
+
+        folder = Path(args.bundle) if args.bundle else default_bundle_path()
+        if not folder.is_dir():
+            raise CmceError(f"--record writes into a local bundle folder; {folder} is not one")
+        bundle.info["evaluation"] = {
+            "data": result["data"], "counts": result["counts"], "rows": result["rows"],
+            "rejection": result["rejection"], "rejection_by_quality": result["rejection_by_quality"],
+            "open_set": result["open_set"],
+        }
+        save_bundle(bundle, folder)
+        print(f"recorded the evaluation in {folder}/config.json and its model card")
     return 0
 
 
@@ -165,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heldout", action="store_true", help="only the identities the bundle held out in training")
     s.add_argument("--json", default=None)
     s.add_argument("--plot", default=None)
+    s.add_argument("--record", action="store_true", help="store the table in the (local) bundle and its model card")
     s.add_argument("--no-cache", action="store_true")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_evaluate)

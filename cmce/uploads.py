@@ -73,7 +73,7 @@ def _file_label(name: str) -> str | None:
 def query_label(name: str | os.PathLike | None) -> str | None:
     """Identity of a query photo from its file name (``Name_0003.jpg`` -> ``Name``), or None.
 
-    >>> query_label("Grace_Hopper_0004.jpg")
+    >>> query_label("Grace_Hopper_04.jpg")
     'Grace_Hopper'
     >>> query_label("IMG_2041.jpg") is None
     True

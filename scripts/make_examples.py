@@ -70,19 +70,19 @@ def main() -> None:
     c_face, h_face = (181, 62, 268, 172), (174, 120, 356, 340)
 
     g, q = OUT / "gallery", OUT / "queries"
-    _save(collins, g / "Eileen_Collins_0001.jpg", 384)
+    _save(collins, g / "Eileen_Collins_01.jpg", 384)
     _save(ImageOps.mirror(_around(collins, c_face, 2.6)).rotate(6, Image.BICUBIC, fillcolor=(0, 0, 0)),
-          g / "Eileen_Collins_0002.jpg", 320)
-    _save(_degrade(_around(collins, c_face, 2.2), 28), g / "Eileen_Collins_0003.jpg", 256)
-    _save(hopper, g / "Grace_Hopper_0001.jpg", 384)
+          g / "Eileen_Collins_02.jpg", 320)
+    _save(_degrade(_around(collins, c_face, 2.2), 28), g / "Eileen_Collins_03.jpg", 256)
+    _save(hopper, g / "Grace_Hopper_01.jpg", 384)
     _save(ImageEnhance.Color(ImageOps.mirror(_around(hopper, h_face, 1.9)).rotate(-5, Image.BICUBIC)).enhance(0.6),
-          g / "Grace_Hopper_0002.jpg", 320)
-    _save(_degrade(_around(hopper, h_face, 1.8), 26), g / "Grace_Hopper_0003.jpg", 256)
+          g / "Grace_Hopper_02.jpg", 320)
+    _save(_degrade(_around(hopper, h_face, 1.8), 26), g / "Grace_Hopper_03.jpg", 256)
     _save(coffee, g / "coffee_no_face.jpg", 320)
 
     _save(ImageEnhance.Contrast(_around(collins, c_face, 1.9).rotate(-4, Image.BICUBIC)).enhance(1.25),
-          q / "Eileen_Collins_0004.jpg", 300)
-    _save(ImageOps.grayscale(_around(hopper, h_face, 2.2)).rotate(4, Image.BICUBIC), q / "Grace_Hopper_0004.jpg", 300)
+          q / "Eileen_Collins_04.jpg", 300)
+    _save(ImageOps.grayscale(_around(hopper, h_face, 2.2)).rotate(4, Image.BICUBIC), q / "Grace_Hopper_04.jpg", 300)
     _save(camera, q / "camera_man.jpg", 384)
     pair = Image.new("RGB", (640, 400), (236, 236, 236))
     pair.paste(_around(hopper, h_face, 1.7).resize((340, 340)), (20, 30))

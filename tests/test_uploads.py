@@ -41,7 +41,7 @@ def test_labels_for_paths(paths, labels):
 
 
 def test_query_label():
-    assert query_label("/tmp/gradio/abc/Grace_Hopper_0004.jpg") == "Grace_Hopper"
+    assert query_label("/tmp/gradio/abc/Grace_Hopper_04.jpg") == "Grace_Hopper"
     assert query_label("image.png") is None
     assert query_label("DSC_0042.JPG") is None
     assert query_label(None) is None
