@@ -255,18 +255,22 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
     try:
+        # float16 storage halves the file; weights are used in float32 after loading
         state = {
-            f"{m}.{k}": v.detach().cpu().contiguous()
+            f"{m}.{k}": v.detach().cpu().to(torch.float16).contiguous()
             for m in bundle.gallery_models
             for k, v in bundle.transformers[m].state_dict().items()
         }
         for m, w in bundle.linear_maps.items():
-            state[f"linear.{m}"] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+            state[f"linear.{m}"] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(torch.float16)
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "library": "cmce"})
         cfg = bundle.config_dict()
         cfg["weights_sha256"] = file_sha256(tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, allow_nan=True) + "\n")
         (tmp / CARD_NAME).write_text(render_model_card(cfg))
+        tmp.chmod(0o755)  # mkdtemp makes 0700 folders and the files inherit nothing else
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -378,7 +382,7 @@ def _load_folder(folder: Path, source: str) -> Bundle:
         _check_backbone(source, query, cfg["query_model"].get("sha256"))
         for name, sha, _ in gallery:
             _check_backbone(source, name, sha)
-        state = load_file(str(w_path))
+        state = {k: v.float() for k, v in load_file(str(w_path)).items()}
         transformers = {}
         for name, _, arch in gallery:
             module = create_transformer(TransformerConfig(**arch))

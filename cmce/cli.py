@@ -41,7 +41,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         gallery_models=args.gallery,
         train_config=TrainConfig(
             identity_loss=args.identity_loss, identity_weight=args.identity_weight,
-            epochs=args.epochs, seed=args.seed,
+            epochs=args.epochs, lr=args.lr, seed=args.seed,
         ),
         hidden=args.hidden,
         split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
@@ -158,10 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--query", default="sface")
     s.add_argument("--gallery", nargs="+", default=["dlib-resnet34", "facenet-casia"])
     s.add_argument("--out", required=True, help="bundle folder to write")
-    s.add_argument("--identity-loss", default="classifier", choices=["classifier", "supcon", "none"])
+    s.add_argument("--identity-loss", default="none", choices=["none", "classifier", "supcon"])
     s.add_argument("--identity-weight", type=float, default=1.0)
-    s.add_argument("--epochs", type=int, default=60)
-    s.add_argument("--hidden", type=int, default=1024)
+    s.add_argument("--epochs", type=int, default=20)
+    s.add_argument("--lr", type=float, default=3e-4)
+    s.add_argument("--hidden", type=int, default=384)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--val-fraction", type=float, default=0.1)
     s.add_argument("--test-fraction", type=float, default=0.2, help="identities held out for evaluate --heldout")

@@ -78,7 +78,13 @@ def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, 
     for view, vecs in [("ensemble", gv.ensemble)] + list(gv.views.items()):
         scores, same = M.verification_scores(qv @ vecs.T, q_lab, g_lab)
         thresholds[view] = float(M.threshold_at_far(scores, same, far))
-    ens = qv @ gv.ensemble.T
+    # The quality score is chosen on the gallery models' own ensemble (the paper's
+    # setting): with the query model as a member too, validation errors are too few
+    # (a handful of queries) to tell the scores apart.
+    from .ensemble import fuse_members
+
+    gallery_only = fuse_members(np.stack([gv.views[m] for m in bundle.gallery_models], axis=1))
+    ens = qv @ gallery_only.T
     # calibration sample for rank-combined scores: the validation gallery
     ref = QualityModel.fit("combined", gv.uncertainty, prob[gi])
     curves = {}
@@ -110,7 +116,7 @@ def train_bundle(
     query_model: str = "sface",
     gallery_models: Sequence[str] = ("dlib-resnet34", "facenet-casia"),
     train_config: TrainConfig = TrainConfig(),
-    hidden: int = 1024,
+    hidden: int = 384,
     split: SplitConfig = SplitConfig(),
     query_member: str = "auto",
     quality: str = "auto",
