@@ -86,6 +86,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for r in result["rejection"]:
         print(f"| {100 * r['rate']:.0f}% | {100 * r['recall_at_1']:.2f} | {100 * r['random_recall_at_1']:.2f} | "
               f"{100 * r['detection_recall_at_1']:.2f} | {100 * r['relative_error_cut']:.1f}% | {100 * r['open_set_accuracy']:.2f} |")
+    go = result["rejection_gallery_ensemble"]
+    print(f"\ngallery models' own ensemble (the paper's setting): R@1 {100 * go['recall_at_1']:.2f}")
+    print("| rejected | random | " + " | ".join(k for k in go["rates"][0] if k.endswith("_recall_at_1") and k != "random_recall_at_1") + " |")
+    for r in go["rates"]:
+        cells = [f"{100 * v:.2f} ({100 * r[k.replace('_recall_at_1', '_error_cut')]:.1f}%)" for k, v in r.items()
+                 if k.endswith("_recall_at_1") and k != "random_recall_at_1"]
+        print(f"| {100 * r['rate']:.0f}% | {100 * r['random_recall_at_1']:.2f} | " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
@@ -101,6 +108,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         bundle.info["evaluation"] = {
             "data": result["data"], "counts": result["counts"], "rows": result["rows"],
             "rejection": result["rejection"], "rejection_by_quality": result["rejection_by_quality"],
+            "rejection_gallery_ensemble": result["rejection_gallery_ensemble"],
             "open_set": result["open_set"],
         }
         save_bundle(bundle, folder)

@@ -15,7 +15,14 @@ from .images import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelledImages", "list_labelled_images", "label_from_filename", "split_identities", "read_lfw_pairs"]
+__all__ = [
+    "LabelledImages",
+    "list_labelled_images",
+    "label_from_filename",
+    "split_identities",
+    "read_lfw_pairs",
+    "sample_pairs",
+]
 
 _NUMBERED = re.compile(r"^(?P<name>.+?)[_\- ](?P<num>\d{1,6})$")
 
@@ -147,3 +154,17 @@ def read_lfw_pairs(path: str | os.PathLike, root: str | os.PathLike) -> list[tup
     if not out:
         raise DatasetError(f"{path}: no pairs found")
     return out
+
+
+def sample_pairs(
+    pairs: list[tuple[Path, Path, bool]], per_class: int, seed: int = 0
+) -> list[tuple[Path, Path, bool]]:
+    """A fixed random subset: ``per_class`` same and ``per_class`` different pairs."""
+    rng = np.random.default_rng(seed)
+    same = [p for p in pairs if p[2]]
+    diff = [p for p in pairs if not p[2]]
+    if len(same) < per_class or len(diff) < per_class:
+        raise DatasetError(f"asked for {per_class} pairs per class; have {len(same)} same, {len(diff)} different")
+    return [same[i] for i in sorted(rng.choice(len(same), per_class, replace=False))] + [
+        diff[i] for i in sorted(rng.choice(len(diff), per_class, replace=False))
+    ]

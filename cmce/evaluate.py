@@ -110,7 +110,9 @@ def evaluate_embedded(
 
     Returns:
         JSON-ready dict: ``bundle``, ``counts``, ``rows``, ``rejection``,
-        ``rejection_by_quality`` (each quality score alone and combined), ``open_set``.
+        ``rejection_by_quality`` (each quality score alone and combined),
+        ``rejection_gallery_ensemble`` (the same for the gallery models' own ensemble,
+        the paper's setting), ``open_set``.
     """
     labels = np.asarray(labels)
     found = embedded.found
@@ -165,6 +167,25 @@ def evaluate_embedded(
         )
         for k, s in scores_by_kind.items():
             by_quality[k].append({"rate": rate, "recall_at_1": r1_at(s, rate)})
+    # The paper's setting: the gallery models' own ensemble (no query-model member),
+    # whose errors are many enough to show what rejection does.
+    from .ensemble import fuse_members
+
+    go_vec = fuse_members(np.stack([gv.views[m] for m in bundle.gallery_models], axis=1))
+    go_sim = embedded.embeddings[bundle.query_model][qi] @ go_vec.T
+    go_base = M.recall_at_k(go_sim, q_lab, g_lab, ks=(1,))[1]
+
+    def go_r1(score: np.ndarray, rate: float) -> float:
+        return M.recall_at_k(go_sim, q_lab, g_lab, ks=(1,), gallery_mask=M.gallery_rejection_mask(score, rate))[1]
+
+    gallery_only = {"recall_at_1": go_base, "rates": []}
+    for rate in rates:
+        row = {"rate": rate, "random_recall_at_1": float(np.mean([go_r1(rng.random(len(gi)), rate) for _ in range(random_repeats)]))}
+        for k, s in scores_by_kind.items():
+            if k != "bundle":
+                row[f"{k}_recall_at_1"] = go_r1(s, rate)
+                row[f"{k}_error_cut"] = M.relative_error_reduction(go_base, row[f"{k}_recall_at_1"])
+        gallery_only["rates"].append(row)
     n_files = len(labels)
     return {
         "bundle": {"query": bundle.query_model, "gallery": list(bundle.gallery_models),
@@ -182,6 +203,7 @@ def evaluate_embedded(
         "rows": out_rows,
         "rejection": rejection,
         "rejection_by_quality": by_quality,
+        "rejection_gallery_ensemble": gallery_only,
         "open_set": {
             "threshold": float(thr),
             "far": bundle.calibration.open_set_far,

@@ -41,17 +41,9 @@ LOCAL_BACKBONES = ["sface", "dlib-resnet34", "facenet-casia"]
 
 def lfw_pairs_subset(lfw_dir: Path, per_class: int = 300):
     """A fixed subset of pairsDevTrain.txt: ``per_class`` same and different pairs."""
-    import numpy as np
+    from cmce.data import read_lfw_pairs, sample_pairs
 
-    from cmce.data import read_lfw_pairs
-
-    pairs = read_lfw_pairs(lfw_dir / "pairsDevTrain.txt", lfw_dir)
-    rng = np.random.default_rng(0)
-    same = [p for p in pairs if p[2]]
-    diff = [p for p in pairs if not p[2]]
-    return [same[i] for i in sorted(rng.choice(len(same), per_class, replace=False))] + [
-        diff[i] for i in sorted(rng.choice(len(diff), per_class, replace=False))
-    ]
+    return sample_pairs(read_lfw_pairs(lfw_dir / "pairsDevTrain.txt", lfw_dir), per_class, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -48,10 +48,13 @@ def test_round_trip_through_a_folder(tmp_path: Path) -> None:
     emb = {"sface": _unit(rng, 7, 128), "dlib-resnet34": _unit(rng, 7, 128), "facenet-casia": _unit(rng, 7, 512)}
     prob = np.full(7, 0.999, np.float32)
     a, c = b.gallery_vectors(emb, prob), loaded.gallery_vectors(emb, prob)
-    np.testing.assert_allclose(a.ensemble, c.ensemble, atol=1e-6)
-    np.testing.assert_allclose(a.uncertainty, c.uncertainty, atol=1e-6)
+    # weights are stored as float16: equal to that precision
+    np.testing.assert_allclose(a.ensemble, c.ensemble, atol=3e-3)
+    np.testing.assert_allclose(a.uncertainty, c.uncertainty, atol=3e-3)
+    again_loaded = load_bundle(tmp_path / "b")  # loading is deterministic
+    np.testing.assert_array_equal(again_loaded.gallery_vectors(emb, prob).ensemble, c.ensemble)
     assert loaded.query_member and loaded.calibration == b.calibration
-    np.testing.assert_array_equal(loaded.linear_maps["dlib-resnet34"], b.linear_maps["dlib-resnet34"])
+    np.testing.assert_allclose(loaded.linear_maps["dlib-resnet34"], b.linear_maps["dlib-resnet34"], rtol=1e-3, atol=1e-3)
     # saving again over an existing bundle replaces it atomically
     save_bundle(_bundle(seed=3), tmp_path / "b")
     again = load_bundle(tmp_path / "b")
