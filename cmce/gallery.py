@@ -97,11 +97,14 @@ class IndexReport:
     limits_reached: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        parts = [f"{self.added} faces indexed from {self.files} files"]
+        def n(count: int, word: str) -> str:
+            return f"{count} {word}{'' if count == 1 else 's'}"
+
+        parts = [f"{n(self.added, 'face')} indexed from {n(self.files, 'file')}"]
         if self.skipped:
-            parts.append(f"{len(self.skipped)} files skipped")
+            parts.append(f"{n(len(self.skipped), 'file')} skipped")
         if self.duplicates:
-            parts.append(f"{len(self.duplicates)} duplicates ignored")
+            parts.append(f"{n(len(self.duplicates), 'duplicate')} ignored")
         parts += list(self.limits_reached)
         return "; ".join(parts)
 

@@ -1,0 +1,111 @@
+"""Galleries on real faces with the default bundle: index, search, reject, remove, save/load, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmce.bundle import default_bundle_path, load_bundle
+from cmce.errors import CmceError, GalleryError
+from cmce.gallery import FaceEngine, Gallery, GalleryLimits
+
+PEOPLE = ["Aaron_Peirsol", "Adam_Sandler", "Abel_Pacheco", "Ahmed_Chalabi"]
+
+pytestmark = pytest.mark.skipif(not (default_bundle_path() / "config.json").is_file(), reason="default bundle not built")
+
+
+@pytest.fixture(scope="module")
+def engine() -> FaceEngine:
+    return FaceEngine(load_bundle())
+
+
+@pytest.fixture(scope="module")
+def gallery(engine, lfw_dir) -> Gallery:
+    g = Gallery(engine)
+    items = [(f"{p}_000{i}.jpg", lfw_dir / p / f"{p}_000{i}.jpg", p) for p in PEOPLE for i in (1, 2)]
+    items += [("dup.jpg", items[0][1], None), ("notes.jpg", b"not an image at all", None)]
+    report = g.add_images(items)
+    assert report.added >= 8 and report.files == 10
+    assert report.duplicates == ("dup.jpg",)
+    assert [n for n, _ in report.skipped] == ["notes.jpg"]
+    return g
+
+
+def test_search_finds_the_person_in_every_view(gallery: Gallery, lfw_dir) -> None:
+    for person in PEOPLE:
+        res = gallery.search_image(lfw_dir / person / f"{person}_0003.jpg", name=f"{person}_0003.jpg")
+        assert set(res.views) == set(gallery.bundle.view_names)
+        best = res.views["ensemble"].matches[0]
+        assert best.label == person and not res.views["ensemble"].unknown
+        assert set(best.member_scores) >= set(gallery.bundle.gallery_models)
+        assert res.views["query"].matches[0].label == person
+
+
+def test_rejected_entries_never_match(gallery: Gallery, lfw_dir) -> None:
+    q = lfw_dir / "Adam_Sandler" / "Adam_Sandler_0003.jpg"
+    first = gallery.search_image(q).views["ensemble"].matches[0]
+    mask = np.zeros(len(gallery.entries), bool)
+    mask[first.position] = True
+    again = gallery.search_image(q, rejected=mask)
+    for view in again.views.values():
+        assert first.position not in [m.position for m in view.matches]
+    by_rate = gallery.rejected(rate=0.25)
+    assert by_rate.sum() == round(0.25 * len(gallery))
+    worst = np.argsort(-gallery.vectors.quality)[: by_rate.sum()]
+    assert set(np.flatnonzero(by_rate)) == set(worst)
+
+
+def test_unknown_person_is_answered_unknown(gallery: Gallery, lfw_dir) -> None:
+    stranger = lfw_dir / "Abdoulaye_Wade" / "Abdoulaye_Wade_0001.jpg"
+    res = gallery.search_image(stranger)
+    view = res.views["ensemble"]
+    assert view.unknown and view.matches[0].score < view.threshold
+
+
+def test_no_face_query_is_a_clear_error(gallery: Gallery) -> None:
+    with pytest.raises(CmceError, match="no face"):
+        gallery.search_image(np.full((200, 200, 3), 127, np.uint8), name="grey.png")
+
+
+def test_save_load_remove_and_refuse_other_bundle(gallery: Gallery, engine, tmp_path: Path, lfw_dir) -> None:
+    gallery.save(tmp_path / "g")
+    loaded = Gallery.load(tmp_path / "g", engine)
+    assert len(loaded) == len(gallery)
+    np.testing.assert_allclose(loaded.vectors.ensemble, gallery.vectors.ensemble, atol=1e-6)
+    pos = next(i for i, e in enumerate(loaded.entries) if e.label == "Aaron_Peirsol")
+    loaded.remove([pos])
+    assert len(loaded) == len(gallery) - 1
+    res = loaded.search_image(lfw_dir / "Aaron_Peirsol" / "Aaron_Peirsol_0003.jpg")
+    assert pos not in [m.position for m in res.views["ensemble"].matches]
+    other = FaceEngine(load_bundle(default_bundle_path().parent / "facenet-query"))
+    with pytest.raises(GalleryError, match="another bundle"):
+        Gallery.load(tmp_path / "g", other)
+
+
+def test_limits_are_reported(engine, lfw_dir) -> None:
+    g = Gallery(engine, GalleryLimits(max_files=2, max_entries=1))
+    items = [(f"{p}.jpg", lfw_dir / p / f"{p}_0001.jpg", p) for p in PEOPLE[:3]]
+    report = g.add_images(items)
+    assert report.added == 1 and len(g) == 1
+    joined = " ".join(report.limits_reached)
+    assert "max files" in joined and "gallery is full" in joined
+
+
+def test_index_command(tmp_path: Path, lfw_dir, capsys) -> None:
+    from cmce.cli import main
+
+    src = tmp_path / "photos"
+    for p in PEOPLE[:2]:
+        (src / p).mkdir(parents=True)
+        for i in (1, 2):
+            shutil.copy(lfw_dir / p / f"{p}_000{i}.jpg", src / p / f"{i}.jpg")
+    (src / PEOPLE[0] / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    assert main(["index", str(src), "--out", str(tmp_path / "gal"), "--quiet"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("4 faces indexed from 5 files; 1 file skipped")
+    meta = json.loads((tmp_path / "gal" / "gallery.json").read_text())
+    assert sorted({e["label"] for e in meta["entries"]}) == sorted(PEOPLE[:2])
