@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cmce.errors import ArchiveError, CmceError
-from cmce.images import IMAGE_EXTENSIONS
+from cmce.images import IMAGE_EXTENSIONS, format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ class _Extraction:
 
     def _total_stop(self, member_name: str) -> _Stop:
         return _Stop(
-            f"max_total_bytes ({_format_bytes(self.limits.max_total_bytes)}) reached "
+            f"max_total_bytes ({format_bytes(self.limits.max_total_bytes)}) reached "
             f"(ArchiveLimits.max_total_bytes) after {len(self.extracted)} files; stopped at "
             f"{member_name!r}, it and the rest of the archive were not extracted"
         )
@@ -485,8 +485,8 @@ def _refusal_reason(member: _Member, limits: ArchiveLimits) -> str | None:
         return f"not an image file ({shown}; valid: {', '.join(sorted(IMAGE_EXTENSIONS))})"
     if member.size > limits.max_member_bytes:
         return (
-            f"larger than the per-file limit ({_format_bytes(member.size)} > "
-            f"{_format_bytes(limits.max_member_bytes)}, ArchiveLimits.max_member_bytes)"
+            f"larger than the per-file limit ({format_bytes(member.size)} > "
+            f"{format_bytes(limits.max_member_bytes)}, ArchiveLimits.max_member_bytes)"
         )
     return _size_problem(member.size, member.compressed_size, limits)
 
@@ -495,7 +495,7 @@ def _size_problem(size: int, compressed_size: int | None, limits: ArchiveLimits)
     """Check an (actual or declared) uncompressed size against the per-member caps."""
     if size > limits.max_member_bytes:
         return (
-            f"larger than the per-file limit ({_format_bytes(limits.max_member_bytes)}, "
+            f"larger than the per-file limit ({format_bytes(limits.max_member_bytes)}, "
             "ArchiveLimits.max_member_bytes)"
         )
     if (
@@ -566,12 +566,3 @@ def _free_path(folder: Path, file_name: str) -> Path:
         if not os.path.lexists(candidate):
             return candidate
         counter += 1
-
-
-def _format_bytes(size: int) -> str:
-    if size < 1024:
-        return f"{size} bytes"
-    if size < _MIB:
-        return f"{size / 1024:.1f} KiB"
-    return f"{size / _MIB:.1f} MiB"
-

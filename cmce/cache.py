@@ -10,8 +10,9 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
-__all__ = ["cache_dir", "file_sha256", "atomic_write_bytes"]
+__all__ = ["cache_dir", "file_sha256", "atomic_write", "atomic_write_bytes"]
 
 _HASHES: dict[tuple[str, int, int], str] = {}
 
@@ -42,17 +43,25 @@ def file_sha256(path: str | os.PathLike) -> str:
     return _HASHES[key]
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and rename: never half-written."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it into place.
+
+    An interrupted write leaves the previous file (or none) behind, never half a file.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see ``atomic_write``)."""
+    atomic_write(path, lambda fh: fh.write(data))

@@ -263,12 +263,13 @@ def _check_bytes(size: int, name: str, limits: ImageLimits) -> None:
     """Refuse ``size`` bytes over the cap (streams are read one byte past it, to tell)."""
     if size > limits.max_bytes:
         raise LimitError(
-            f"{name}: file is larger than the limit of {_format_bytes(limits.max_bytes)} "
+            f"{name}: file is larger than the limit of {format_bytes(limits.max_bytes)} "
             "(ImageLimits.max_bytes)"
         )
 
 
-def _format_bytes(size: int) -> str:
+def format_bytes(size: int) -> str:
+    """``1536`` -> ``"1.5 KiB"``: sizes in messages."""
     if size < 1024:
         return f"{size} bytes"
     if size < _MIB:

@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 import time
 import zipfile
@@ -93,6 +92,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import atomic_write
 from .errors import CmceError, GalleryError
 
 try:
@@ -715,17 +715,7 @@ class VectorIndex:
             if self._backend == "hnsw":
                 graph = faiss.serialize_index(self._index, faiss.IO_FLAG_SKIP_STORAGE)
                 arrays["hnsw_graph"] = graph  # the graph without its vectors
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
         logger.info("saved %r to %s", self, path)
 
     @classmethod
