@@ -92,8 +92,7 @@ def run_bench(
     files = [ds.paths[i] for i in rng.choice(len(ds), min(len(ds), 64), replace=False)]
     imgs = [load_image(f) for f in files]
     det = engine.detector
-    faces = [fs[pick_subject(fs)] for fs in det.detect_batch(imgs) if fs]
-    pairs = [(img, f) for img, fs in zip(imgs, det.detect_batch(imgs)) for f in fs[:1]][:32]
+    pairs = [(img, fs[pick_subject(fs)]) for img, fs in zip(imgs, det.detect_batch(imgs)) if fs][:32]
 
     # --- detection
     big = cv2.resize(imgs[0], (1155, 866))  # ~1 megapixel photo

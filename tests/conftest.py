@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -78,19 +79,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_server(tmp_path_factory) -> Iterator[dict]:
-    """``python app.py`` on a free port of 127.0.0.1: yields url, bundle, tmp (the app's TMPDIR), log."""
+@contextlib.contextmanager
+def launch_app(root: Path, **extra_env: str) -> Iterator[dict]:
+    """Run ``python app.py`` on a free port of 127.0.0.1 until the block ends.
+
+    Yields url, bundle, tmp (the app's TMPDIR), log and root. ``extra_env`` adds or
+    overrides environment variables of the app process.
+    """
     bundle = app_bundle()
     if bundle is None:
         pytest.skip(f"no bundle: {DEFAULT_BUNDLE} is not built yet; run with CMCE_BUNDLE=<bundle folder>")
-    root = tmp_path_factory.mktemp("app")
-    (root / "tmp").mkdir()
+    (root / "tmp").mkdir(exist_ok=True)
     port = _free_port()
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
                GRADIO_TEMP_DIR=str(root / "gradio"), TMPDIR=str(root / "tmp"), CMCE_SESSION_TTL="900")
     if bundle != DEFAULT_BUNDLE:
         env["CMCE_BUNDLE"] = str(bundle)
+    env.update(extra_env)
     log = root / "app.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
@@ -108,13 +113,20 @@ def app_server(tmp_path_factory) -> Iterator[dict]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"app.py did not answer within 300 s:\n{log.read_text()[-3000:]}")
                 time.sleep(1)
-        yield {"url": url, "bundle": bundle, "tmp": root / "tmp", "log": log}
+        yield {"url": url, "bundle": bundle, "tmp": root / "tmp", "log": log, "root": root}
     finally:
         proc.terminate()
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory) -> Iterator[dict]:
+    """The app with default settings, shared by the app tests of a session."""
+    with launch_app(tmp_path_factory.mktemp("app")) as server:
+        yield server
 
 
 def lfw_people(lfw_dir: Path, count: int, min_images: int = 3) -> list[Path]:

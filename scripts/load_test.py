@@ -1,0 +1,306 @@
+"""Load test of a running app: N gradio_client sessions at once, each on its own gallery.
+
+Each client (one ``gradio_client.Client``, so one server session) indexes its own,
+disjoint set of LFW identities (two images per person), then searches with other images
+of its people. An ensemble match whose label or source file is not one of the client's
+own is an isolation violation: another session's gallery leaked into this one (a second,
+unlabelled face of one of its own files is fine).
+
+Loopback only (127.0.0.0/8, localhost, ::1), bounded in clients, images and time::
+
+    python app.py &
+    python scripts/load_test.py --clients 8 --pid $(pgrep -n -f app.py)
+
+Prints requests, errors, isolation violations, latency percentiles per endpoint and,
+with ``--pid``, the server's resident memory before and after. Exits 1 on any error or
+isolation violation, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_URL = "http://127.0.0.1:7860/"
+DEFAULT_LFW = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lfw-train"
+MAX_CLIENTS = 32
+MAX_IMAGES_PER_CLIENT = 40
+MAX_SEARCHES_PER_CLIENT = 50
+MAX_SECONDS = 1800
+ENDPOINTS = ("/index_gallery", "/search")
+
+
+class LoadTestError(ValueError):
+    """Bad arguments: a non-loopback URL, sizes out of bounds, too few LFW identities."""
+
+
+def check_loopback(url: str) -> str:
+    """The URL if its host is loopback (127.0.0.0/8, localhost or ::1).
+
+    Raises:
+        LoadTestError: any other host; the load test never leaves this machine.
+    """
+    parsed = urllib.parse.urlparse(url)
+    host = parsed.hostname or ""
+    if parsed.scheme not in ("http", "https"):
+        raise LoadTestError(f"URL must start with http:// or https://, got {url!r}")
+    if host != "localhost":
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                raise ValueError
+        except ValueError:
+            raise LoadTestError(
+                f"refusing host {host!r}: only 127.0.0.0/8, localhost or ::1 are allowed") from None
+    return url
+
+
+def read_rss_kib(pid: int) -> int | None:
+    """Resident memory of a process in KiB from /proc/PID/status (None: not readable)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class Person:
+    """An LFW identity: the gallery images and the (other) images to query with."""
+
+    name: str
+    gallery: tuple[Path, ...]
+    queries: tuple[Path, ...]
+
+
+def assign_people(lfw_dir: Path, clients: int, people_per_client: int,
+                  images_per_person: int = 2) -> list[list[Person]]:
+    """Disjoint identities for each client: ``people_per_client`` each, in sorted order.
+
+    Only people with at least ``images_per_person + 1`` images are used, so every person
+    has a query image that is not in the gallery.
+
+    Raises:
+        LoadTestError: the folder holds too few such people.
+    """
+    need = clients * people_per_client
+    people: list[Person] = []
+    for folder in sorted(p for p in Path(lfw_dir).iterdir() if p.is_dir()):
+        images = sorted(folder.glob("*.jpg"))
+        if len(images) > images_per_person:
+            people.append(Person(folder.name, tuple(images[:images_per_person]),
+                                 tuple(images[images_per_person:])))
+            if len(people) == need:
+                break
+    if len(people) < need:
+        raise LoadTestError(f"{lfw_dir} has {len(people)} people with more than {images_per_person} "
+                            f"images; {clients} clients x {people_per_client} people need {need}")
+    return [people[i * people_per_client:(i + 1) * people_per_client] for i in range(clients)]
+
+
+@dataclass
+class ClientOutcome:
+    """What one client saw: its requests, failures and search answers."""
+
+    client: int
+    labels: frozenset[str]
+    sources: frozenset[str]
+    requests: int = 0
+    errors: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    results: int = 0
+    correct: int = 0
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {e: [] for e in ENDPOINTS})
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """The whole run: per-client outcomes, wall time, server memory (KiB) before and after."""
+
+    outcomes: tuple[ClientOutcome, ...]
+    seconds: float
+    timed_out: bool
+    rss_before_kib: int | None = None
+    rss_after_kib: int | None = None
+
+    @property
+    def requests(self) -> int:
+        return sum(o.requests for o in self.outcomes)
+
+    @property
+    def errors(self) -> list[str]:
+        timeout = ["run stopped at --max-seconds with clients still busy"] if self.timed_out else []
+        return [e for o in self.outcomes for e in o.errors] + timeout
+
+    @property
+    def violations(self) -> list[str]:
+        return [v for o in self.outcomes for v in o.violations]
+
+    def latencies(self, endpoint: str) -> list[float]:
+        return sorted(t for o in self.outcomes for t in o.latencies[endpoint])
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.violations
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile ``q`` in [0, 100] of sorted values (nan if empty).
+
+    E.g. percentile([1, 2, 3, 4], 50) == 2.5.
+    """
+    if not sorted_values:
+        return float("nan")
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _timed(client, outcome: ClientOutcome, endpoint: str, deadline: float, **kwargs):
+    """One request, counted and timed; waits no longer than the deadline."""
+    outcome.requests += 1
+    start = time.monotonic()
+    job = client.submit(api_name=endpoint, **kwargs)
+    result = job.result(timeout=max(0.1, deadline - time.monotonic()))
+    outcome.latencies[endpoint].append(time.monotonic() - start)
+    return result
+
+
+def run_client(number: int, url: str, people: Sequence[Person], searches: int, k: int,
+               deadline: float, outcome: ClientOutcome) -> None:
+    """Index this client's people, then search; fills ``outcome`` (never raises)."""
+    from gradio_client import Client, handle_file
+
+    client = None
+    try:
+        client = Client(url, verbose=False)
+        files = [handle_file(str(f)) for p in people for f in p.gallery]
+        _, report = _timed(client, outcome, "/index_gallery", deadline, files=files)
+        if report.get("added", 0) < len(files) or set(report.get("labels", {})) != outcome.labels:
+            outcome.errors.append(f"client {number}: index report {report}")
+        for s in range(searches):
+            if time.monotonic() > deadline:
+                outcome.errors.append(f"client {number}: out of time after {s} of {searches} searches")
+                break
+            person = people[s % len(people)]
+            query = person.queries[(s // len(people)) % len(person.queries)]
+            _, _, _, result = _timed(client, outcome, "/search", deadline, image=handle_file(str(query)), k=k)
+            if "error" in result:
+                outcome.errors.append(f"client {number}: search {query.name}: {result['error']}")
+                continue
+            matches = result["views"]["ensemble"]["matches"]
+            if not matches:
+                outcome.errors.append(f"client {number}: search {query.name}: no matches")
+                continue
+            outcome.results += 1
+            foreign = sorted({m["source"] for m in matches} - outcome.sources
+                             | {m["label"] for m in matches if m["label"] is not None} - outcome.labels)
+            if foreign:
+                outcome.violations.append(f"client {number}: search {query.name} matched {foreign}")
+            outcome.correct += matches[0]["label"] == person.name
+    except Exception as e:  # noqa: BLE001 - every failure is counted, none stops the others
+        outcome.errors.append(f"client {number}: {type(e).__name__}: {e}")
+    finally:
+        if client is not None:
+            client.close()
+
+
+def run_load(url: str, lfw_dir: Path, clients: int = 8, images_per_client: int = 6,
+             searches_per_client: int = 3, max_seconds: float = 120, k: int = 5,
+             pid: int | None = None) -> LoadReport:
+    """Run ``clients`` sessions at once, one thread each, for at most ``max_seconds``.
+
+    Raises:
+        LoadTestError: non-loopback URL, sizes out of bounds, too few LFW people.
+    """
+    check_loopback(url)
+    if not 1 <= clients <= MAX_CLIENTS:
+        raise LoadTestError(f"--clients must be in 1..{MAX_CLIENTS}, got {clients}")
+    if not 2 <= images_per_client <= MAX_IMAGES_PER_CLIENT or images_per_client % 2:
+        raise LoadTestError(f"--images-per-client must be even, in 2..{MAX_IMAGES_PER_CLIENT}, "
+                            f"got {images_per_client}")
+    if not 1 <= searches_per_client <= MAX_SEARCHES_PER_CLIENT:
+        raise LoadTestError(f"--searches-per-client must be in 1..{MAX_SEARCHES_PER_CLIENT}, "
+                            f"got {searches_per_client}")
+    if not 0 < max_seconds <= MAX_SECONDS:
+        raise LoadTestError(f"--max-seconds must be in (0, {MAX_SECONDS}], got {max_seconds}")
+    groups = assign_people(lfw_dir, clients, images_per_client // 2)
+    outcomes = [ClientOutcome(i, frozenset(p.name for p in g), frozenset(f.name for p in g for f in p.gallery))
+                for i, g in enumerate(groups)]
+    rss_before = read_rss_kib(pid) if pid else None
+    start = time.monotonic()
+    deadline = start + max_seconds
+    threads = [threading.Thread(target=run_client, name=f"load-client-{i}", daemon=True,
+                                args=(i, url, g, searches_per_client, k, deadline, outcomes[i]))
+               for i, g in enumerate(groups)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, deadline + 5 - time.monotonic()))  # requests time out at the deadline
+    timed_out = any(t.is_alive() for t in threads)
+    return LoadReport(tuple(outcomes), time.monotonic() - start, timed_out,
+                      rss_before, read_rss_kib(pid) if pid else None)
+
+
+def _mib(kib: int | None) -> str:
+    return "n/a" if kib is None else f"{kib / 1024:.0f} MiB"
+
+
+def format_report(report: LoadReport) -> str:
+    """The printed summary: counts, latency percentiles per endpoint, memory, failures."""
+    lines = [
+        f"clients: {len(report.outcomes)}  wall: {report.seconds:.1f} s"
+        + ("  (stopped at --max-seconds)" if report.timed_out else ""),
+        (f"requests: {report.requests}  errors: {len(report.errors)}  "
+         f"isolation violations: {len(report.violations)}"),
+        (f"searches with a result: {sum(o.results for o in report.outcomes)}  "
+         f"top-1 correct: {sum(o.correct for o in report.outcomes)}"),
+    ]
+    for endpoint in ENDPOINTS:
+        t = report.latencies(endpoint)
+        lines.append(f"{endpoint:<15} n={len(t):<4} p50={percentile(t, 50):6.2f} s  "
+                     f"p95={percentile(t, 95):6.2f} s  max={max(t, default=float('nan')):6.2f} s")
+    if report.rss_before_kib is not None or report.rss_after_kib is not None:
+        before, after = report.rss_before_kib, report.rss_after_kib
+        growth = f" (+{(after - before) / 1024:.0f} MiB)" if before is not None and after is not None else ""
+        lines.append(f"server RSS: before {_mib(before)}, after {_mib(after)}{growth}")
+    lines += [f"error: {e}" for e in report.errors[:20]]
+    lines += [f"isolation violation: {v}" for v in report.violations[:20]]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=os.environ.get("CMCE_LOAD_URL", DEFAULT_URL),
+                        help="app URL on this machine (default %(default)s)")
+    parser.add_argument("--clients", type=int, default=8, help="sessions at once (default 8)")
+    parser.add_argument("--images-per-client", type=int, default=6,
+                        help="gallery images per client, two per person (default 6)")
+    parser.add_argument("--searches-per-client", type=int, default=3, help="default 3")
+    parser.add_argument("--max-seconds", type=float, default=120, help="hard time bound (default 120)")
+    parser.add_argument("--k", type=int, default=5, help="matches per view (default 5)")
+    parser.add_argument("--lfw", type=Path, default=DEFAULT_LFW, help="LFW folder (default %(default)s)")
+    parser.add_argument("--pid", type=int, help="server process id, to report its memory")
+    args = parser.parse_args(argv)
+    try:
+        report = run_load(args.url, args.lfw, args.clients, args.images_per_client,
+                          args.searches_per_client, args.max_seconds, args.k, args.pid)
+    except LoadTestError as e:
+        print(f"load_test: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
