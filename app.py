@@ -31,7 +31,7 @@ import gradio as gr
 from cmce import display
 from cmce.bundle import bundle_summary, load_bundle
 from cmce.errors import CmceError
-from cmce.gallery import FaceEngine, Gallery
+from cmce.gallery import FaceEngine, Gallery, GalleryLimits
 from cmce.images import load_image
 from cmce.report import RiskCoverage, gallery_risk_coverage
 from cmce.uploads import collect_uploads, query_label
@@ -60,6 +60,7 @@ EXAMPLE_QUERIES = [
     (EXAMPLES / "queries" / "camera_man.jpg", "a stranger (not in the gallery)"),
 ]
 SESSION_TTL_S = float(os.environ.get("CMCE_SESSION_TTL", 3600))
+LIMITS = GalleryLimits.from_env()  # CMCE_MAX_FILES, CMCE_MAX_ENTRIES, ... (see cmce.gallery)
 REJECT_BY = ("threshold", "rate")
 
 CSS = """
@@ -158,13 +159,13 @@ class Session:
 
     @classmethod
     def open(cls, engine: FaceEngine) -> "Session":
-        return cls(engine, Gallery(engine), Path(tempfile.mkdtemp(prefix="cmce-session-")))
+        return cls(engine, Gallery(engine, LIMITS), Path(tempfile.mkdtemp(prefix="cmce-session-")))
 
     def close(self) -> None:
         """Drop the gallery (embeddings, thumbnails) and delete the temporary folder."""
         if not self.closed:
             self.closed = True
-            self.gallery = Gallery(self.engine)
+            self.gallery = Gallery(self.engine, LIMITS)
             self.risk_cache = None
             shutil.rmtree(self.workdir, ignore_errors=True)
             logger.info("session closed, %s removed", self.workdir)
@@ -342,7 +343,7 @@ class _ExampleCache:
             if key not in self._done:
                 files = sorted(p for p in folder.rglob("*") if p.is_file())
                 upload = collect_uploads([(p.relative_to(folder).as_posix(), p) for p in files], self._root / "x")
-                gallery = Gallery(engine)
+                gallery = Gallery(engine, LIMITS)
                 report = gallery.add_images(upload.items, progress=progress)
                 saved = gallery.save(self._root / f"{len(self._done)}")
                 self._done[key] = (saved, report, upload)
@@ -363,7 +364,7 @@ _EXAMPLE_CACHE = _ExampleCache()
 def clear_gallery(state: Session | None, request: gr.Request):
     """Empty this session's gallery."""
     session = _session(state, request)
-    session.gallery = Gallery(session.engine)
+    session.gallery = Gallery(session.engine, LIMITS)
     session.risk_cache = None
     return session, "Gallery cleared.", {}
 

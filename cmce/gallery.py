@@ -66,6 +66,41 @@ class GalleryLimits:
     image: ImageLimits = DEFAULT_LIMITS
     detect_max_side: int = 800
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "GalleryLimits":
+        """Defaults overridden by ``CMCE_MAX_FILES``, ``CMCE_MAX_ENTRIES``,
+        ``CMCE_MAX_FACES_PER_IMAGE``, ``CMCE_MAX_PIXELS`` and ``CMCE_MAX_IMAGE_MB``.
+
+        Raises:
+            LimitError: a value that is not a positive integer.
+        """
+        env = os.environ if environ is None else environ
+        base = cls()
+
+        def value(name: str, default: int) -> int:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                number = int(raw)
+            except ValueError:
+                number = 0
+            if number < 1:
+                raise LimitError(f"{name}={raw!r}: must be a positive integer")
+            return number
+
+        image = ImageLimits(
+            max_pixels=value("CMCE_MAX_PIXELS", base.image.max_pixels),
+            max_bytes=value("CMCE_MAX_IMAGE_MB", base.image.max_bytes // 2**20) * 2**20,
+        )
+        return cls(
+            max_files=value("CMCE_MAX_FILES", base.max_files),
+            max_faces_per_image=value("CMCE_MAX_FACES_PER_IMAGE", base.max_faces_per_image),
+            max_entries=value("CMCE_MAX_ENTRIES", base.max_entries),
+            image=image,
+            detect_max_side=base.detect_max_side,
+        )
+
 
 @dataclass(frozen=True)
 class GalleryEntry:

@@ -109,3 +109,40 @@ def test_index_command(tmp_path: Path, lfw_dir, capsys) -> None:
     assert last.startswith("4 faces indexed from 5 files; 1 file skipped")
     meta = json.loads((tmp_path / "gal" / "gallery.json").read_text())
     assert sorted({e["label"] for e in meta["entries"]}) == sorted(PEOPLE[:2])
+
+
+def test_limits_from_environment() -> None:
+    from cmce.errors import LimitError
+
+    lim = GalleryLimits.from_env({"CMCE_MAX_FILES": "12", "CMCE_MAX_IMAGE_MB": "3", "CMCE_MAX_PIXELS": "1000000"})
+    assert lim.max_files == 12 and lim.image.max_bytes == 3 * 2**20 and lim.image.max_pixels == 1_000_000
+    assert lim.max_entries == GalleryLimits().max_entries
+    with pytest.raises(LimitError, match="CMCE_MAX_ENTRIES"):
+        GalleryLimits.from_env({"CMCE_MAX_ENTRIES": "lots"})
+
+
+def test_interrupted_saves_leave_the_previous_state(gallery: Gallery, tmp_path: Path, monkeypatch) -> None:
+    import cmce.bundle as bundle_module
+    from cmce.bundle import save_bundle
+
+    gallery.save(tmp_path / "g")
+    before = (tmp_path / "g" / "gallery.json").read_bytes()
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(KeyboardInterrupt):
+        gallery.save(tmp_path / "g")
+    monkeypatch.undo()
+    assert (tmp_path / "g" / "gallery.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g"]  # no half-written folder left
+
+    save_bundle(gallery.bundle, tmp_path / "b")
+    cfg = (tmp_path / "b" / "config.json").read_bytes()
+    monkeypatch.setattr("safetensors.torch.save_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_bundle(gallery.bundle, tmp_path / "b")
+    assert (tmp_path / "b" / "config.json").read_bytes() == cfg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "g"]
+    assert bundle_module.load_bundle(tmp_path / "b").gallery_models == gallery.bundle.gallery_models
