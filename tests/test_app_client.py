@@ -75,3 +75,34 @@ def test_unreachable_hub_keeps_current_bundle(app_server, people):
     query = sorted(people[0].glob("*.jpg"))[2]
     _, _, _, result = client.predict(image=handle_file(str(query)), api_name="/search")
     assert result["views"]["ensemble"]["matches"][0]["label"] == people[0].name
+
+
+def test_hostile_uploads_are_reported_and_the_rest_indexed(app_server, people, tmp_path):
+    """Broken, empty, fake, bomb and unsafe-archive uploads next to good photos."""
+    import io
+    import zipfile
+
+    from test_images import _write_bilevel_png
+
+    good = [sorted(people[4].glob("*.jpg"))[i] for i in (0, 1)]
+    (tmp_path / "notes.jpg").write_text("this is not a photo")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    data = good[0].read_bytes()
+    (tmp_path / "half.jpg").write_bytes(data[: len(data) // 2])
+    _write_bilevel_png(tmp_path / "bomb.png", 30_000)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("../escape.jpg", data)
+        z.writestr("ok/" + good[1].name, good[1].read_bytes())
+    (tmp_path / "unsafe.zip").write_bytes(buf.getvalue())
+    files = [good[0], tmp_path / "notes.jpg", tmp_path / "empty.jpg", tmp_path / "half.jpg",
+             tmp_path / "bomb.png", tmp_path / "unsafe.zip"]
+    client = Client(app_server["url"], verbose=False)
+    report_md, report = client.predict(files=[handle_file(str(f)) for f in files], api_name="/index_gallery")
+    skipped = " ".join(f"{name}: {why}" for name, why in (tuple(x) for x in report["skipped"]))
+    for name in ("notes.jpg", "empty.jpg", "half.jpg", "bomb.png", "escape.jpg"):
+        assert name in skipped or name in report_md, (name, report)
+    assert report["added"] >= 2  # the good photo and the safe archive member
+    query = sorted(people[4].glob("*.jpg"))[2]
+    *_, result = client.predict(image=handle_file(str(query)), api_name="/search")
+    assert result["views"]["ensemble"]["matches"][0]["label"] in {people[4].name, "ok"}
