@@ -323,72 +323,76 @@ class Gallery:
         added = 0
         with self._lock:
             seen = self.hashes
-            for start in range(0, len(items), batch_size):
-                chunk = items[start : start + batch_size]
-                decoded = []
-                for name, src, label in chunk:
-                    try:
-                        data = Path(src).read_bytes() if not isinstance(src, (bytes, bytearray)) else bytes(src)
-                        if len(data) > self.limits.image.max_bytes:
-                            raise LimitError(
-                                f"{name}: {len(data) / 2**20:.1f} MiB, over the {self.limits.image.max_bytes / 2**20:.0f} MiB per-image limit"
-                            )
-                        digest = content_hash(data)
-                        if digest in seen:
-                            duplicates.append(name)
+            try:
+                for start in range(0, len(items), batch_size):
+                    chunk = items[start : start + batch_size]
+                    decoded = []
+                    for name, src, label in chunk:
+                        try:
+                            data = Path(src).read_bytes() if not isinstance(src, (bytes, bytearray)) else bytes(src)
+                            if len(data) > self.limits.image.max_bytes:
+                                raise LimitError(
+                                    f"{name}: {len(data) / 2**20:.1f} MiB, over the {self.limits.image.max_bytes / 2**20:.0f} MiB per-image limit"
+                                )
+                            digest = content_hash(data)
+                            if digest in seen:
+                                duplicates.append(name)
+                                continue
+                            img = load_image(data, limits=self.limits.image, name=name)
+                        except (ImageError, LimitError) as e:
+                            skipped.append((name, str(e).removeprefix(f"{name}: ")))
                             continue
-                        img = load_image(data, limits=self.limits.image, name=name)
-                    except (ImageError, LimitError) as e:
-                        skipped.append((name, str(e).removeprefix(f"{name}: ")))
-                        continue
-                    except OSError as e:
-                        skipped.append((name, f"cannot read file ({e.strerror or e})"))
-                        continue
-                    seen.add(digest)
-                    decoded.append((name, img, label, digest))
-                if decoded:
-                    faces_per = self.engine.detect([d[1] for d in decoded], [d[0] for d in decoded])
-                    for (name, img, label, digest), faces in zip(decoded, faces_per):
-                        if not faces:
-                            skipped.append((name, "no face found"))
+                        except OSError as e:
+                            skipped.append((name, f"cannot read file ({e.strerror or e})"))
                             continue
-                        faces = sorted(faces, key=lambda f: -f.area)
-                        if len(faces) > self.limits.max_faces_per_image:
-                            limits_hit.append(
-                                f"{name}: {len(faces)} faces, kept the {self.limits.max_faces_per_image} largest"
-                            )
-                            faces = faces[: self.limits.max_faces_per_image]
-                        room = self.limits.max_entries - len(self)
-                        if room <= 0:
-                            skipped.append((name, f"gallery is full ({self.limits.max_entries} entries)"))
-                            if not any("gallery is full" in m for m in limits_hit):
-                                limits_hit.append(f"gallery is full ({self.limits.max_entries} entries)")
-                            continue
-                        if len(faces) > room:
-                            limits_hit.append(f"{name}: only {room} of {len(faces)} faces fit (max entries)")
-                            faces = faces[:room]
-                        subject = pick_subject(faces)
-                        emb = self.engine.embed_gallery_faces(img, faces)
-                        entries = [
-                            GalleryEntry(
-                                label if i == subject else None, name, f, digest, _thumbnail(img, f)
-                            )
-                            for i, f in enumerate(faces)
-                        ]
-                        self._append(entries, emb)
-                        added += len(entries)
-                if progress:
-                    done = min(len(items), start + batch_size)
-                    progress(done / max(len(items), 1), f"indexed {done}/{len(items)} files")
-            if added:
-                self._refuse()
+                        seen.add(digest)
+                        decoded.append((name, img, label, digest))
+                    if decoded:
+                        faces_per = self.engine.detect([d[1] for d in decoded], [d[0] for d in decoded])
+                        for (name, img, label, digest), faces in zip(decoded, faces_per):
+                            if not faces:
+                                skipped.append((name, "no face found"))
+                                continue
+                            faces = sorted(faces, key=lambda f: -f.area)
+                            if len(faces) > self.limits.max_faces_per_image:
+                                limits_hit.append(
+                                    f"{name}: {len(faces)} faces, kept the {self.limits.max_faces_per_image} largest"
+                                )
+                                faces = faces[: self.limits.max_faces_per_image]
+                            room = self.limits.max_entries - len(self)
+                            if room <= 0:
+                                skipped.append((name, f"gallery is full ({self.limits.max_entries} entries)"))
+                                if not any("gallery is full" in m for m in limits_hit):
+                                    limits_hit.append(f"gallery is full ({self.limits.max_entries} entries)")
+                                continue
+                            if len(faces) > room:
+                                limits_hit.append(f"{name}: only {room} of {len(faces)} faces fit (max entries)")
+                                faces = faces[:room]
+                            subject = pick_subject(faces)
+                            emb = self.engine.embed_gallery_faces(img, faces)
+                            entries = [
+                                GalleryEntry(
+                                    label if i == subject else None, name, f, digest, _thumbnail(img, f)
+                                )
+                                for i, f in enumerate(faces)
+                            ]
+                            self._append(entries, emb)
+                            added += len(entries)
+                    if progress:
+                        done = min(len(items), start + batch_size)
+                        progress(done / max(len(items), 1), f"indexed {done}/{len(items)} files")
+            finally:
+                # also when interrupted: what was appended becomes searchable, never half-fused
+                if added:
+                    self._refuse()
         return IndexReport(added, len(items), tuple(skipped), tuple(duplicates), tuple(limits_hit))
 
     def _append(self, entries: list[GalleryEntry], emb: Mapping[str, np.ndarray]) -> None:
+        # build everything first, then swap in: entries and embeddings never disagree
+        new_emb = {m: np.concatenate([v, np.asarray(emb[m], np.float32)]) for m, v in self._emb.items()}
+        new_removed = np.concatenate([self._removed, np.zeros(len(entries), bool)])
+        self._emb, self._removed = new_emb, new_removed
         self.entries.extend(entries)
-        for m in self._emb:
-            self._emb[m] = np.concatenate([self._emb[m], np.asarray(emb[m], np.float32)])
-        self._removed = np.concatenate([self._removed, np.zeros(len(entries), bool)])
 
     def _refuse(self) -> None:
         """Recompute fused vectors and indexes from the stored raw embeddings."""

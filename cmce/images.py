@@ -15,7 +15,8 @@ What is handled:
   by its bit depth, not clipped), 32-bit float, and transparency, which is
   composited onto white;
 * decompression bombs: the pixel count in the header is checked against
-  :attr:`ImageLimits.max_pixels` before any pixel is decoded, and Pillow's own
+  :attr:`ImageLimits.max_pixels` before any pixel is decoded (a JPEG over it is
+  decoded at 1/2, 1/4 or 1/8 scale when that fits, as big phone photos need), and Pillow's own
   bomb warning and error come out as :class:`~cmce.errors.ImageError`.  Nothing
   global is changed (``Image.MAX_IMAGE_PIXELS`` and
   ``ImageFile.LOAD_TRUNCATED_IMAGES`` keep their values).
@@ -138,6 +139,7 @@ def load_image(
         return _pil_to_rgb(_exif_upright(source, display_name), display_name)
     data = _read_encoded(source, display_name, limits)
     with _pillow_bomb_guard(display_name, limits), _open_lazily(data, display_name) as pil_image:
+        _fit_jpeg_in_budget(pil_image, limits)
         _check_pixels(pil_image.size, display_name, limits)
         _decode(pil_image, display_name)
         return _pil_to_rgb(_exif_upright(pil_image, display_name), display_name)
@@ -290,6 +292,24 @@ def _pixel_error(
         f"{name}: image has {described}, over the limit of {limits.max_pixels:,} pixels "
         "(ImageLimits.max_pixels); refused before decoding (possible decompression bomb)"
     )
+
+
+def _fit_jpeg_in_budget(pil_image: Image.Image, limits: ImageLimits) -> None:
+    """Let a JPEG over the pixel budget decode at 1/2, 1/4 or 1/8 scale instead.
+
+    A 48-megapixel phone photo is not a bomb: JPEG decoders can skip detail while
+    decoding (Pillow's ``draft``), so it comes out within ``max_pixels`` without
+    ever holding the full-size pixels. Other formats over the budget are refused.
+    """
+    width, height = pil_image.size
+    if pil_image.format != "JPEG" or width * height <= limits.max_pixels:
+        return
+    for k in (2, 4, 8):
+        if (width // k) * (height // k) <= limits.max_pixels:
+            pil_image.draft("RGB", (max(1, width // k), max(1, height // k)))
+            logger.info("decoding a %dx%d JPEG at 1/%d scale (pixel budget %d)", width, height, k,
+                        limits.max_pixels)
+            return
 
 
 def _check_pixels(size: tuple[int, int], name: str, limits: ImageLimits) -> None:

@@ -146,3 +146,24 @@ def test_interrupted_saves_leave_the_previous_state(gallery: Gallery, tmp_path: 
     assert (tmp_path / "b" / "config.json").read_bytes() == cfg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "g"]
     assert bundle_module.load_bundle(tmp_path / "b").gallery_models == gallery.bundle.gallery_models
+
+
+def test_interrupted_indexing_keeps_a_consistent_gallery(engine, lfw_dir, monkeypatch) -> None:
+    g = Gallery(engine)
+    items = [(f"{p}.jpg", lfw_dir / p / f"{p}_0001.jpg", p) for p in PEOPLE]
+    real = engine.embed_gallery_faces
+    calls = []
+
+    def flaky(image, faces):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(image, faces)
+
+    monkeypatch.setattr(engine, "embed_gallery_faces", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        g.add_images(items, batch_size=2)
+    monkeypatch.undo()
+    assert len(g) == len(g.entries) == len(g.vectors.ensemble) >= 2
+    res = g.search_image(lfw_dir / PEOPLE[0] / f"{PEOPLE[0]}_0002.jpg")
+    assert res.views["ensemble"].matches[0].label == PEOPLE[0]

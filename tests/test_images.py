@@ -456,3 +456,15 @@ def test_content_hash(tmp_path: Path) -> None:
 def test_image_extensions() -> None:
     assert {".jpg", ".jpeg", ".png", ".pgm", ".webp", ".tif", ".gif"} <= IMAGE_EXTENSIONS
     assert all(suffix.startswith(".") and suffix == suffix.lower() for suffix in IMAGE_EXTENSIONS)
+
+
+def test_big_jpeg_is_decoded_at_reduced_scale_within_the_budget(tmp_path: Path) -> None:
+    """A photo over the pixel budget is downscaled while decoding, not refused (JPEG only)."""
+    big = Image.fromarray(np.tile(_noise_rgb(60, 80), (40, 40, 1)))  # 2400 x 3200 = 7.68 MP
+    path = _save(big, tmp_path / "big.jpg", quality=80)
+    out = load_image(path, limits=ImageLimits(max_pixels=2_000_000))
+    assert out.shape[0] * out.shape[1] <= 2_000_000
+    assert out.shape[:2] == (1200, 1600)  # 1/2 scale
+    png = _save(big, tmp_path / "big.png")
+    with pytest.raises(ImageError, match="pixels"):
+        load_image(png, limits=ImageLimits(max_pixels=2_000_000))
