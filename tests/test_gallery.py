@@ -167,3 +167,21 @@ def test_interrupted_indexing_keeps_a_consistent_gallery(engine, lfw_dir, monkey
     assert len(g) == len(g.entries) == len(g.vectors.ensemble) >= 2
     res = g.search_image(lfw_dir / PEOPLE[0] / f"{PEOPLE[0]}_0002.jpg")
     assert res.views["ensemble"].matches[0].label == PEOPLE[0]
+
+
+def test_crowd_photo_keeps_the_largest_faces_and_says_so(engine, lfw_dir) -> None:
+    """Six people in one picture, a cap of three faces per image."""
+    from cmce.images import load_image
+
+    tiles = [load_image(lfw_dir / p / f"{p}_0001.jpg") for p in PEOPLE + ["Abdullah", "Adam_Scott"]][:6]
+    crowd = np.concatenate([np.concatenate(tiles[:3], axis=1), np.concatenate(tiles[3:], axis=1)], axis=0)
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(crowd).save(buf, format="JPEG")
+    g = Gallery(engine, GalleryLimits(max_faces_per_image=3))
+    report = g.add_images([("crowd.jpg", buf.getvalue(), None)])
+    assert report.added == 3 and len(g) == 3
+    assert any("crowd.jpg" in m and "kept the 3 largest" in m for m in report.limits_reached), report
