@@ -170,7 +170,9 @@ def run_bench(
         recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)]))
         e2e[str(n)] = {"p50_ms": _p(lat, 50), "p95_ms": _p(lat, 95)}
         search[str(n)] = {"p50_ms": _p(s_lat, 50), "p95_ms": _p(s_lat, 95), "recall_at_10": recall,
-                          "index": index.backend, "build_s": build_s}
+                          "index": index.backend + (f" + float16 scan ({index.scan_shards} shards)"
+                                                    if index.scan_shards else ""),
+                          "build_s": build_s}
         del index, vec
     res["query_e2e_1mp"] = e2e
     res["search"] = search
@@ -185,7 +187,9 @@ def run_bench(
     raw = sum(engine.backbones[m].embedding_size for m in bundle.models) * 4
     views = (len(bundle.view_names)) * dq * 4
     res["memory"] = {"bytes_per_entry_vectors": raw + views + 8, "bytes_per_entry_with_indexes": raw + 2 * views + 8,
-                     "note": "flat indexes keep one more copy of every view"}
+                     "bytes_per_entry_with_indexes_from_scan_from": raw + 2 * views + views // 2 + 8,
+                     "note": "flat indexes keep one more copy of every view; from SCAN_FROM entries "
+                             "also a float16 copy"}
     # --- cold start
     code = ("import time;t=time.time();from cmce.bundle import load_bundle;from cmce.gallery import FaceEngine;"
             "e=FaceEngine(load_bundle(%r));import numpy as np;e.detector.detect(np.zeros((64,64,3),np.uint8));"

@@ -307,3 +307,73 @@ def test_concurrent_searches_and_adds():
     for t in threads:
         t.join()
     assert not errors and len(index) == 2_000
+
+
+# --------------------------------------------------------------------------- #
+# float16 scan of large galleries (certified exact)
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture()
+def small_shards(monkeypatch):
+    """Float16 shards of 1,500 rows, so 5k vectors make 4 shards scanned in parallel."""
+    from cmce import index as cmce_index
+
+    monkeypatch.setattr(cmce_index, "SCAN_SHARD_ROWS", 1_500)
+
+
+@pytest.mark.parametrize("num_queries", [1, 5, 200])
+def test_float16_scan_equals_brute_force(data, small_shards, num_queries):
+    gallery, _ = data
+    index = VectorIndex(D, kind="flat", scan_from=1_000)
+    for chunk in np.array_split(gallery, 7):  # adds that cross shard boundaries
+        index.add(chunk)
+    assert index._scan is not None and index._scan.count == N and len(index._scan._shards) == 4
+    queries = _unit(np.random.default_rng(10 + num_queries), num_queries)
+    result = index.search(queries, k=K)
+    positions, scores = _brute_force(queries, gallery, K)
+    np.testing.assert_array_equal(result.positions, positions)
+    np.testing.assert_allclose(result.scores, scores, atol=1e-5)
+    assert result.positions.dtype == np.int64 and result.scores.dtype == np.float32
+
+
+@pytest.mark.parametrize("fraction", [0.9, 0.3, 0.0004])
+def test_float16_scan_masks_and_removals(data, small_shards, fraction):
+    gallery, queries = data
+    index = VectorIndex(D, kind="flat", scan_from=0)
+    index.add(gallery)
+    removed = np.arange(0, N, 11)
+    index.remove(removed)
+    mask = np.random.default_rng(8).random(N) < fraction
+    selected = mask.copy()
+    selected[removed] = False
+    result = index.search(queries, k=K, mask=mask)
+    truth, scores = _brute_force(queries, gallery, K, selected=selected)
+    np.testing.assert_array_equal(result.positions, truth)
+    np.testing.assert_allclose(result.scores, scores, atol=1e-5)
+
+
+def test_float16_scan_falls_back_when_it_cannot_certify(small_shards):
+    """Many exact duplicates tie across the candidate boundary: float32 answers, still exact."""
+    rng = np.random.default_rng(4)
+    gallery = _unit(rng, 3_000)
+    gallery[:200] = gallery[0]  # 200 copies of one vector
+    index = VectorIndex(D, kind="flat", scan_from=0)
+    index.add(gallery)
+    query = gallery[:1]
+    result = index.search(query, k=K)
+    assert set(result.positions[0]) <= set(range(200))
+    np.testing.assert_allclose(result.scores[0], 1.0, atol=1e-5)
+
+
+def test_float16_scan_survives_save_and_load(tmp_path, data, small_shards):
+    gallery, queries = data
+    index = VectorIndex(D, scan_from=2_000)
+    index.add(gallery)
+    index.save(tmp_path / "index.npz")
+    loaded = VectorIndex.load(tmp_path / "index.npz", scan_from=2_000)
+    assert loaded._scan is not None and loaded._scan.count == N
+    np.testing.assert_array_equal(
+        loaded.search(queries[:3], k=K).positions, _brute_force(queries[:3], gallery, K)[0]
+    )
+    assert VectorIndex.load(tmp_path / "index.npz", scan_from=None)._scan is None
