@@ -225,7 +225,26 @@ class FaceEngine:
 
     def embed_gallery_faces(self, image: np.ndarray, faces: Sequence[Face]) -> dict[str, np.ndarray]:
         """Every bundle backbone's embeddings of ``faces``: name -> (n, D)."""
-        return {m: bb.embed_faces(image, faces) for m, bb in self.backbones.items()}
+        return self.embed_gallery_batch([(image, faces)])
+
+    def embed_gallery_batch(self, batch: Sequence[tuple[np.ndarray, Sequence[Face]]]) -> dict[str, np.ndarray]:
+        """Every bundle backbone's embeddings of the faces of several images.
+
+        Each backbone aligns the faces of every image, then embeds all of them in
+        batches of its own size (batching across images, not image by image).
+
+        Args:
+            batch: ``(image, faces of that image)`` pairs.
+
+        Returns:
+            name -> (total faces, D), rows in the order of ``batch`` and of the faces
+            within each image.
+        """
+        out = {}
+        for m, bb in self.backbones.items():
+            crops = [bb.align(image, faces) for image, faces in batch if len(faces)]
+            out[m] = bb.embed(np.concatenate(crops)) if crops else np.zeros((0, bb.embedding_size), np.float32)
+        return out
 
     def embed_query_face(self, image: np.ndarray, face: Face) -> np.ndarray:
         """The query model's (Dq,) embedding of one face: the only network a query runs."""
@@ -321,6 +340,18 @@ class Gallery:
                 skipped.append((name, "over the files-per-upload limit"))
             items = items[: self.limits.max_files]
         added = 0
+
+        def append(records: list[tuple]) -> None:
+            nonlocal added
+            emb = self.engine.embed_gallery_batch([(r[1], r[4]) for r in records])
+            entries = [
+                GalleryEntry(label if i == subject else None, name, f, digest, _thumbnail(img, f))
+                for name, img, label, digest, faces, subject in records
+                for i, f in enumerate(faces)
+            ]
+            self._append(entries, emb)
+            added += len(entries)
+
         with self._lock:
             seen = self.hashes
             try:
@@ -347,6 +378,7 @@ class Gallery:
                             continue
                         seen.add(digest)
                         decoded.append((name, img, label, digest))
+                    records = []
                     if decoded:
                         faces_per = self.engine.detect([d[1] for d in decoded], [d[0] for d in decoded])
                         for (name, img, label, digest), faces in zip(decoded, faces_per):
@@ -359,7 +391,7 @@ class Gallery:
                                     f"{name}: {len(faces)} faces, kept the {self.limits.max_faces_per_image} largest"
                                 )
                                 faces = faces[: self.limits.max_faces_per_image]
-                            room = self.limits.max_entries - len(self)
+                            room = self.limits.max_entries - len(self) - sum(len(r[4]) for r in records)
                             if room <= 0:
                                 skipped.append((name, f"gallery is full ({self.limits.max_entries} entries)"))
                                 if not any("gallery is full" in m for m in limits_hit):
@@ -368,21 +400,15 @@ class Gallery:
                             if len(faces) > room:
                                 limits_hit.append(f"{name}: only {room} of {len(faces)} faces fit (max entries)")
                                 faces = faces[:room]
-                            subject = pick_subject(faces)
-                            emb = self.engine.embed_gallery_faces(img, faces)
-                            entries = [
-                                GalleryEntry(
-                                    label if i == subject else None, name, f, digest, _thumbnail(img, f)
-                                )
-                                for i, f in enumerate(faces)
-                            ]
-                            self._append(entries, emb)
-                            added += len(entries)
+                            records.append((name, img, label, digest, faces, pick_subject(faces)))
+                    if records:
+                        append(records)  # every face of the chunk, batched per backbone
                     if progress:
                         done = min(len(items), start + batch_size)
                         progress(done / max(len(items), 1), f"indexed {done}/{len(items)} files")
             finally:
-                # also when interrupted: what was appended becomes searchable, never half-fused
+                # also when interrupted: what was appended becomes searchable, never
+                # half-fused; a chunk interrupted while embedding is dropped whole
                 if added:
                     self._refuse()
         return IndexReport(added, len(items), tuple(skipped), tuple(duplicates), tuple(limits_hit))

@@ -151,22 +151,38 @@ def test_interrupted_saves_leave_the_previous_state(gallery: Gallery, tmp_path: 
 def test_interrupted_indexing_keeps_a_consistent_gallery(engine, lfw_dir, monkeypatch) -> None:
     g = Gallery(engine)
     items = [(f"{p}.jpg", lfw_dir / p / f"{p}_0001.jpg", p) for p in PEOPLE]
-    real = engine.embed_gallery_faces
+    real = engine.embed_gallery_batch
     calls = []
 
-    def flaky(image, faces):
+    def flaky(batch):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 4:
             raise KeyboardInterrupt
-        return real(image, faces)
+        return real(batch)
 
-    monkeypatch.setattr(engine, "embed_gallery_faces", flaky)
+    monkeypatch.setattr(engine, "embed_gallery_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
-        g.add_images(items, batch_size=2)
+        g.add_images(items, batch_size=1)
     monkeypatch.undo()
-    assert len(g) == len(g.entries) == len(g.vectors.ensemble) >= 2
+    # images 1-3 are in; image 4 was interrupted while embedding and is dropped whole
+    assert len(g) == len(g.entries) == len(g.vectors.ensemble) == 3
     res = g.search_image(lfw_dir / PEOPLE[0] / f"{PEOPLE[0]}_0002.jpg")
     assert res.views["ensemble"].matches[0].label == PEOPLE[0]
+
+
+def test_batched_embedding_equals_one_image_at_a_time(engine, lfw_dir) -> None:
+    """Batching across images changes no number."""
+    from cmce.images import load_image
+
+    images = [load_image(lfw_dir / p / f"{p}_0001.jpg") for p in PEOPLE[:3]]
+    faces = [engine.detect([img])[0][:1] for img in images]
+    batched = engine.embed_gallery_batch(list(zip(images, faces)))
+    for m, bb in engine.backbones.items():
+        one_by_one = np.concatenate([bb.embed_faces(img, f) for img, f in zip(images, faces)])
+        assert batched[m].shape == (3, bb.embedding_size)
+        np.testing.assert_allclose(batched[m], one_by_one, atol=1e-5)
+    empty = engine.embed_gallery_batch([(images[0], [])])
+    assert all(v.shape == (0, engine.backbones[m].embedding_size) for m, v in empty.items())
 
 
 def test_crowd_photo_keeps_the_largest_faces_and_says_so(engine, lfw_dir) -> None:

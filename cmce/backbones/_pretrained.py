@@ -115,7 +115,7 @@ PRETRAINED: dict[str, PretrainedSpec] = {
         ),
         PretrainedSpec(
             name="dlib-resnet34",
-            architecture="dlib ResNet-34 metric network (dlib C++, CPU)",
+            architecture="dlib ResNet-34 metric network (dlib weights, run in PyTorch)",
             role="gallery",
             embedding_size=128,
             template="dlib-chip-150",

@@ -1,5 +1,12 @@
 """dlib's ResNet-34 face descriptor (CC0 weights from face-recognition-models).
 
+The network runs in PyTorch (batched, CUDA when present): ``dlib_convert`` reads
+dlib's ``.dat`` file once and the converted weights are cached as safetensors keyed
+by the file's sha256. On real LFW chips the port matches dlib's own
+``compute_face_descriptor`` within 3.3e-7 (``tests/test_dlib_convert.py``), so the
+embeddings, the cache key and the trained transformers are unchanged; on 2 CPU cores
+it is about 5x faster than dlib's single-threaded CPU code at batch 32.
+
 Alignment is dlib's own: its 5-point shape predictor (eye corners and nose base, more
 precise than MTCNN's eye centres) runs inside the MTCNN box, and ``get_face_chip``
 cuts the 150x150 chip with padding 0.25, exactly as the network was trained. On
@@ -20,20 +27,30 @@ from ._pretrained import PretrainedSpec
 from .base import Backbone, verified_package_file
 
 
+_CONVERT_LOCK = threading.Lock()
+
+
 class DlibResNet34(Backbone):
-    """dlib_face_recognition_resnet_model_v1: 150x150 chips, 128-d, CPU only."""
+    """dlib_face_recognition_resnet_model_v1: 150x150 chips, 128-d (PyTorch port of dlib's network)."""
 
     def __init__(self, spec, device=None, batch_size=32):
-        super().__init__(spec, "cpu", batch_size)
+        super().__init__(spec, device, batch_size)
         try:
             import dlib
         except ImportError as e:
             raise BackboneError("dlib-resnet34 needs dlib: pip install dlib-bin") from e
+        import torch
+
+        from ..cache import cache_dir
+        from .dlib_convert import load_dlib_resnet_torch
+
         path = verified_package_file(spec)
         self._dlib = dlib
-        self._model = dlib.face_recognition_model_v1(str(path))
+        self._torch = torch
+        cached = cache_dir() / "weights" / f"dlib-resnet34-{spec.sha256[:16]}.safetensors"
+        with _CONVERT_LOCK:
+            self._net = load_dlib_resnet_torch(path, cache=cached, device=self.device)
         self._shape = dlib.shape_predictor(str(verified_package_file(spec, extra=0)))
-        self._lock = threading.Lock()
 
     @property
     def cache_id(self) -> str:
@@ -58,7 +75,7 @@ class DlibResNet34(Backbone):
         return super().unavailable_reason(spec)
 
     def _forward(self, crops: np.ndarray) -> np.ndarray:
-        chips = [np.ascontiguousarray(c) for c in crops]
-        with self._lock:
-            desc = self._model.compute_face_descriptor(chips)
-        return np.array([np.asarray(d) for d in desc], dtype=np.float32)
+        from .dlib_convert import chips_to_tensor
+
+        with self._torch.inference_mode():
+            return self._net(chips_to_tensor(crops, self.device)).float().cpu().numpy()
