@@ -17,7 +17,7 @@ transform of MTCNN's landmarks to the measured ``dlib-chip-150`` template.
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,7 +25,6 @@ from ..errors import BackboneError
 from ..faces import Face
 from ._pretrained import PretrainedSpec
 from .base import Backbone, verified_package_file
-
 
 _CONVERT_LOCK = threading.Lock()
 
