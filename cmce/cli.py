@@ -221,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs every missing SIMD build
     try:
+        if args.command != "info":
+            from .backbones.base import configure_torch_threads
+
+            configure_torch_threads()  # CMCE_TORCH_THREADS, default 1
         return args.func(args)
     except CmceError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -210,6 +210,9 @@ class FaceEngine:
 
     def __init__(self, bundle: Bundle, detector: FaceDetector | None = None, device: str | None = None):
         from .backbones import create_backbone
+        from .backbones.base import configure_torch_threads
+
+        configure_torch_threads()  # CMCE_TORCH_THREADS, default 1 (see TORCH_THREADS)
 
         self.bundle = bundle
         self.detector = detector or FaceDetector(max_side=800)

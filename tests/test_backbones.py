@@ -134,3 +134,24 @@ def test_lfw_verification_accuracy(name: str, lfw_pairs_embedded) -> None:
     acc, _ = best_verification_accuracy(scores, np.array([s for *_, s in pairs]))
     print(f"{name}: LFW verification accuracy on 600 pairs = {acc:.4f}")
     assert acc >= 0.95
+
+
+def test_torch_threads_come_from_the_environment(monkeypatch) -> None:
+    import torch
+
+    from cmce.backbones.base import TORCH_THREADS, configure_torch_threads
+    from cmce.errors import BackboneError
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("CMCE_TORCH_THREADS", raising=False)
+        assert configure_torch_threads() == TORCH_THREADS == torch.get_num_threads()
+        monkeypatch.setenv("CMCE_TORCH_THREADS", "2")
+        assert configure_torch_threads() == 2 == torch.get_num_threads()
+        monkeypatch.setenv("CMCE_TORCH_THREADS", "two")
+        with pytest.raises(BackboneError, match="CMCE_TORCH_THREADS must be a positive integer"):
+            configure_torch_threads()
+        with pytest.raises(BackboneError, match="positive integer"):
+            configure_torch_threads(0)
+    finally:
+        torch.set_num_threads(before)
