@@ -132,6 +132,9 @@ class Bundle:
         calibration: thresholds for rejection and "unknown".
         linear_maps: gallery model -> (Dg, Dq) least-squares map (the no-learning
             baseline, kept so that ``evaluate`` can report it).
+        query_adapters: gallery model -> network mapping the *query* model's embedding
+            into that gallery model's space (the distillation-style baseline, the
+            opposite direction of CMCE; only ``evaluate`` uses it). Optional.
         info: free-form training summary and metrics (JSON-serialisable).
         source: where it was loaded from.
     """
@@ -142,6 +145,7 @@ class Bundle:
     query_member: bool = False
     calibration: Calibration = field(default_factory=Calibration)
     linear_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    query_adapters: dict[str, EmbeddingTransformer] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     source: str | None = None
 
@@ -158,6 +162,9 @@ class Bundle:
                     f"transformer {m!r} maps {cfg.in_dim}->{cfg.out_dim}, but {m} gives "
                     f"{get_spec(m).embedding_size}-d and {self.query_model} {dq}-d"
                 )
+        for m, a in self.query_adapters.items():
+            if m not in self.gallery_models or a.config.in_dim != dq or a.config.out_dim != get_spec(m).embedding_size:
+                raise BundleError(f"query adapter {m!r} does not map {self.query_model} into a gallery model's space")
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -231,6 +238,7 @@ class Bundle:
                     "name": m,
                     "sha256": PRETRAINED[m].sha256,
                     "transformer": asdict(self.transformers[m].config),
+                    **({"query_adapter": asdict(self.query_adapters[m].config)} if m in self.query_adapters else {}),
                 }
                 for m in self.gallery_models
             ],
@@ -261,6 +269,9 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> Path:
             for m in bundle.gallery_models
             for k, v in bundle.transformers[m].state_dict().items()
         }
+        for m, a in bundle.query_adapters.items():
+            state.update({f"adapter.{m}.{k}": v.detach().cpu().to(torch.float16).contiguous()
+                          for k, v in a.state_dict().items()})
         for m, w in bundle.linear_maps.items():
             state[f"linear.{m}"] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(torch.float16)
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "library": "cmce"})
@@ -379,6 +390,7 @@ def _load_folder(folder: Path, source: str) -> Bundle:
     try:
         query = cfg["query_model"]["name"]
         gallery = [(g["name"], g.get("sha256"), g["transformer"]) for g in cfg["gallery_models"]]
+        adapter_arch = {g["name"]: g["query_adapter"] for g in cfg["gallery_models"] if "query_adapter" in g}
         _check_backbone(source, query, cfg["query_model"].get("sha256"))
         for name, sha, _ in gallery:
             _check_backbone(source, name, sha)
@@ -390,6 +402,12 @@ def _load_folder(folder: Path, source: str) -> Bundle:
             sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             module.load_state_dict(sub, strict=True)
             transformers[name] = module.eval()
+        adapters = {}
+        for name, arch in adapter_arch.items():
+            module = create_transformer(TransformerConfig(**arch))
+            prefix = f"adapter.{name}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+            adapters[name] = module.eval()
         return Bundle(
             query_model=query,
             gallery_models=tuple(n for n, _, _ in gallery),
@@ -398,6 +416,7 @@ def _load_folder(folder: Path, source: str) -> Bundle:
             linear_maps={
                 k[len("linear."):]: v.numpy() for k, v in state.items() if k.startswith("linear.")
             },
+            query_adapters=adapters,
             calibration=Calibration.from_dict(cfg.get("calibration", {})),
             info=cfg.get("info", {}),
             source=source,

@@ -51,6 +51,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cache=None if args.no_cache else EmbeddingCache(),
         progress=not args.quiet,
         data_description=args.data_description,
+        refit=args.refit,
+        query_adapters=args.query_adapters,
+        cv_folds=args.cv_folds,
     )
     t = bundle.info["training"]
     print(
@@ -171,10 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=20)
     s.add_argument("--lr", type=float, default=3e-4)
     s.add_argument("--hidden", type=int, default=384)
+    s.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
+                   help="after early stopping, retrain on train + validation identities for the chosen epoch count")
+    s.add_argument("--query-adapters", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train the distillation-style baseline (query model -> gallery spaces) for evaluate")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--val-fraction", type=float, default=0.1)
     s.add_argument("--test-fraction", type=float, default=0.2, help="identities held out for evaluate --heldout")
     s.add_argument("--query-member", default="auto", choices=["auto", "yes", "no"])
+    s.add_argument("--cv-folds", type=int, default=5,
+                   help="make the auto choices (query member, quality) by k-fold cross-validation over the "
+                        "non-held-out identities; 0: on the validation split alone")
     s.add_argument("--quality", default="auto", choices=["auto", "disagreement", "detection", "combined"])
     s.add_argument("--rejection-rate", type=float, default=0.10)
     s.add_argument("--data-description", default=None)

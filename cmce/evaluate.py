@@ -18,11 +18,11 @@ from . import metrics as M
 from .bundle import Bundle
 from .embed import EmbeddedFiles
 from .errors import DatasetError
-from .transform import first_image_protocol
+from .transform import first_image_protocol, transform_embeddings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["REJECTION_RATES", "ViewScores", "evaluate_embedded", "row_metrics", "plot_risk_coverage"]
+__all__ = ["REJECTION_RATES", "ViewScores", "adapter_row_name", "evaluate_embedded", "row_metrics", "plot_risk_coverage"]
 
 REJECTION_RATES = (0.05, 0.10, 0.20, 0.30)
 
@@ -78,7 +78,18 @@ def build_views(bundle: Bundle, emb: dict[str, np.ndarray], prob: np.ndarray, gi
             lin.append(v)
             rows.append(ViewScores(f"{m} -> {q} (least-squares linear)", "baseline", q, (m,), qv @ v.T))
         rows.append(ViewScores("least-squares linear ensemble", "baseline", q, tuple(bundle.gallery_models), qv @ _normalise(np.mean(lin, 0)).T))
+    # Distillation-style baseline, the opposite direction of CMCE: the query is mapped
+    # into the gallery model's space, the gallery is that model's own embedding.
+    for m in bundle.gallery_models:
+        if m in bundle.query_adapters:
+            aq = transform_embeddings(bundle.query_adapters[m], qv)
+            rows.append(ViewScores(adapter_row_name(q, m), "baseline", q, (m,), aq @ _normalise(gal[m]).T))
     return rows, gv
+
+
+def adapter_row_name(query_model: str, gallery_model: str) -> str:
+    """Name of the distillation-style (query adapter) baseline row."""
+    return f"{query_model} distilled into {gallery_model} space (query adapter)"
 
 
 def _open_set_accuracy(sim: np.ndarray, q_lab, g_lab, keep: np.ndarray, threshold: float) -> float:

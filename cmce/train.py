@@ -36,7 +36,7 @@ from .transform import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SplitConfig", "dataset_splits", "train_bundle", "identity_fingerprint"]
+__all__ = ["SplitConfig", "dataset_splits", "train_bundle", "identity_fingerprint", "fit_network"]
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,97 @@ def dataset_splits(labels: Sequence[str], split: SplitConfig) -> dict[str, np.nd
     return {"train": train, "val": val, "test": test}
 
 
+def fit_network(
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    val: np.ndarray,
+    *,
+    hidden: int,
+    config: TrainConfig,
+    refit: bool,
+    progress: bool = False,
+    adapt_queries: bool = False,
+):
+    """Train one network ``inputs -> targets`` with early stopping, optionally refit.
+
+    Early stopping on the ``val`` identities picks the epoch count; with ``refit`` the
+    network is then trained again from the same start on ``train | val`` for exactly
+    that many epochs (of the same schedule), so the final network sees every
+    non-held-out identity. Epoch 0 (early stopping kept the least-squares start) gives
+    the least-squares start fitted on ``train | val``.
+
+    Returns:
+        (final module, early-stopped module trained on ``train`` only, history dict for
+        the bundle's training summary). Without ``refit`` both modules are the same.
+    """
+    arch = TransformerConfig(inputs.shape[1], targets.shape[1], hidden=hidden)
+    res = train_transformer(
+        inputs[train], targets[train], labels[train], inputs[val], targets[val], labels[val],
+        arch=arch, config=config, progress=progress, adapt_queries=adapt_queries,
+    )
+    hist = {"best_epoch": res.best_epoch, "val_recall_at_1": res.best_val_recall_at_1,
+            "epochs_run": len(res.history) - 1}
+    if not refit:
+        return res.module, res.module, hist
+    both = train | val
+    final = train_transformer(inputs[both], targets[both], labels[both], None, None, None, arch=arch,
+                              config=config, fixed_epochs=res.best_epoch, adapt_queries=adapt_queries)
+    hist["refit_images"] = int(both.sum())
+    return final.module, res.module, hist
+
+
+QUALITY_RATES = (0.05, 0.1, 0.2, 0.3)
+
+
+def _quality_curves(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray) -> tuple[dict, int]:
+    """Recall@1 after rejecting 5/10/20/30% of the gallery by each quality score.
+
+    Measured on the gallery models' own ensemble (the paper's setting): with the query
+    model as a member too, errors are too few (a handful of queries) to tell the scores
+    apart. The combined score's ranks are fitted on this very gallery.
+
+    Returns:
+        (quality kind -> list of Recall@1 per rate, number of queries).
+    """
+    from .ensemble import fuse_members
+
+    gi, qi = first_image_protocol(labels)
+    gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
+    q_lab, g_lab = labels[qi], labels[gi]
+    gallery_only = fuse_members(np.stack([gv.views[m] for m in bundle.gallery_models], axis=1))
+    ens = emb[bundle.query_model][qi] @ gallery_only.T
+    ref = QualityModel.fit("combined", gv.uncertainty, prob[gi])
+    curves = {}
+    for kind in QUALITY_SCORES:
+        s = QualityModel(kind, ref.uncertainty_reference, ref.doubt_reference).score(gv.uncertainty, prob[gi])
+        curves[kind] = [
+            M.recall_at_k(ens, q_lab, g_lab, ks=(1,), gallery_mask=M.gallery_rejection_mask(s, r))[1]
+            for r in QUALITY_RATES
+        ]
+    return curves, len(qi)
+
+
+def _member_recalls(query_model: str, gallery_models: Sequence[str], transformers: dict, emb: dict,
+                    prob: np.ndarray, labels: np.ndarray) -> dict[bool, float]:
+    """Ensemble Recall@1 without (False) and with (True) the query model as a member."""
+    gi, qi = first_image_protocol(labels)
+    out = {}
+    for member in (False, True):
+        b = Bundle(query_model, tuple(gallery_models), transformers, member)
+        gv = b.gallery_vectors({k: v[gi] for k, v in emb.items()}, prob[gi])
+        out[member] = M.recall_at_k(emb[query_model][qi] @ gv.ensemble.T, labels[qi], labels[gi], ks=(1,))[1]
+    return out
+
+
+def _pick_quality(curves: dict) -> str:
+    return max(curves, key=lambda k: float(np.mean(curves[k])))
+
+
 def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, rate: float, far: float,
                quality: str) -> tuple[Calibration, dict]:
-    """Thresholds and quality-score choice measured on the validation identities."""
+    """Thresholds (and, for ``quality="auto"``, the quality score) measured on the validation identities."""
     gi, qi = first_image_protocol(labels)
     gal = {m: v[gi] for m, v in emb.items()}
     gv = bundle.gallery_vectors(gal, prob[gi])
@@ -78,25 +166,11 @@ def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, 
     for view, vecs in [("ensemble", gv.ensemble)] + list(gv.views.items()):
         scores, same = M.verification_scores(qv @ vecs.T, q_lab, g_lab)
         thresholds[view] = float(M.threshold_at_far(scores, same, far))
-    # The quality score is chosen on the gallery models' own ensemble (the paper's
-    # setting): with the query model as a member too, validation errors are too few
-    # (a handful of queries) to tell the scores apart.
-    from .ensemble import fuse_members
-
-    gallery_only = fuse_members(np.stack([gv.views[m] for m in bundle.gallery_models], axis=1))
-    ens = qv @ gallery_only.T
+    curves, _ = _quality_curves(bundle, emb, prob, labels)
+    if quality == "auto":
+        quality = _pick_quality(curves)
     # calibration sample for rank-combined scores: the validation gallery
     ref = QualityModel.fit("combined", gv.uncertainty, prob[gi])
-    curves = {}
-    for kind in QUALITY_SCORES:
-        qm = QualityModel(kind, ref.uncertainty_reference, ref.doubt_reference)
-        s = qm.score(gv.uncertainty, prob[gi])
-        curves[kind] = [
-            M.recall_at_k(ens, q_lab, g_lab, ks=(1,), gallery_mask=M.gallery_rejection_mask(s, r))[1]
-            for r in (0.05, 0.1, 0.2, 0.3)
-        ]
-    if quality == "auto":
-        quality = max(curves, key=lambda k: float(np.mean(curves[k])))
     qm = QualityModel(quality, ref.uncertainty_reference, ref.doubt_reference)
     s = qm.score(gv.uncertainty, prob[gi])
     cal = Calibration(
@@ -107,6 +181,75 @@ def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, 
         similarity_thresholds=thresholds,
     )
     return cal, {"val_rejection_recall_at_1": curves, "chosen_quality": quality}
+
+
+def cross_validate_choices(
+    emb: dict[str, np.ndarray],
+    prob: np.ndarray,
+    labels: np.ndarray,
+    pool: np.ndarray,
+    *,
+    query_model: str,
+    gallery_models: Sequence[str],
+    epochs: dict[str, int],
+    hidden: int,
+    config: TrainConfig,
+    folds: int = 5,
+    seed: int = 0,
+) -> dict:
+    """k-fold cross-validation of the query-member decision and the quality score.
+
+    The identities of ``pool`` (train + validation, never the held-out ones) are split
+    into ``folds`` identity-disjoint folds. Per fold, each gallery model's transformer is
+    trained on the other folds for ``epochs[m]`` epochs (the count early stopping
+    chose), and the fold is measured like the validation split: ensemble Recall@1 with
+    and without the query model as a member, and Recall@1 of the gallery models' own
+    ensemble after rejection by each quality score. Figures are averaged over folds,
+    weighted by their queries; every non-held-out identity is measured once.
+
+    Returns:
+        ``{"folds", "queries", "query_member_recall_at_1": {"without", "with"},
+        "rejection_recall_at_1": {kind: [R@1 per rate]}, "rates"}``.
+    """
+    ids = np.unique(labels[pool])
+    rng = np.random.default_rng(seed)
+    parts = np.array_split(rng.permutation(ids), folds)
+    member = {False: [], True: []}
+    curves = {k: [] for k in QUALITY_SCORES}
+    weights = []
+    q = emb[query_model]
+    for k, part in enumerate(parts):
+        ev = pool & np.isin(labels, part)
+        fit = pool & ~ev
+        if len(first_image_protocol(labels[ev])[1]) == 0:
+            continue
+        nets = {}
+        for m in gallery_models:
+            nets[m] = train_transformer(
+                emb[m][fit], q[fit], labels[fit], None, None, None,
+                arch=TransformerConfig(emb[m].shape[1], q.shape[1], hidden=hidden),
+                config=config, fixed_epochs=epochs[m],
+            ).module
+        ev_emb = {m: v[ev] for m, v in emb.items()}
+        rec = _member_recalls(query_model, gallery_models, nets, ev_emb, prob[ev], labels[ev])
+        c, n = _quality_curves(Bundle(query_model, tuple(gallery_models), nets, False), ev_emb, prob[ev], labels[ev])
+        for b in (False, True):
+            member[b].append(rec[b])
+        for kind in QUALITY_SCORES:
+            curves[kind].append(c[kind])
+        weights.append(n)
+        logger.info("cross-validation fold %d/%d: %d queries; R@1 without/with query member %.4f/%.4f",
+                    k + 1, folds, n, rec[False], rec[True])
+    if not weights:
+        raise DatasetError("cross-validation: no fold has an identity with two images")
+    w = np.asarray(weights, float) / sum(weights)
+    return {
+        "folds": folds,
+        "queries": int(sum(weights)),
+        "query_member_recall_at_1": {"without": float(w @ member[False]), "with": float(w @ member[True])},
+        "rejection_recall_at_1": {k: [float(x) for x in w @ np.asarray(v)] for k, v in curves.items()},
+        "rates": list(QUALITY_RATES),
+    }
 
 
 def train_bundle(
@@ -125,12 +268,24 @@ def train_bundle(
     cache: EmbeddingCache | None = None,
     progress: bool = True,
     data_description: str | None = None,
+    refit: bool = True,
+    query_adapters: bool = True,
+    cv_folds: int = 5,
 ) -> Bundle:
     """Train, calibrate and save a bundle. See the module docstring for the steps.
 
     Args:
         query_member: ``"auto"`` (decided on validation R@1), ``"yes"`` or ``"no"``.
         quality: ``"auto"`` or one of ``QUALITY_SCORES``.
+        refit: after early stopping has picked the epoch count on the validation
+            identities, retrain each transformer on train + validation identities for
+            that many epochs (see ``fit_network``).
+        query_adapters: also train the distillation-style baseline (query model ->
+            each gallery model's space) that ``evaluate`` reports.
+        cv_folds: make the ``auto`` choices (query member, quality score) by k-fold
+            cross-validation over the train + validation identities
+            (``cross_validate_choices``) instead of on the validation split alone;
+            0 or 1: validation split.
 
     Returns:
         The saved bundle.
@@ -146,31 +301,39 @@ def train_bundle(
         raise DatasetError(f"{data_dir}: too few faces to train ({tr.sum()} train, {va.sum()} validation)")
     emb = embedded.embeddings
     q = emb[query_model]
-    transformers, linear, history = {}, {}, {}
+    transformers, early, linear, history, adapters = {}, {}, {}, {}, {}
     for m in gallery_models:
         logger.info("training transformer %s -> %s on %d images", m, query_model, tr.sum())
-        res = train_transformer(
-            emb[m][tr], q[tr], labels[tr], emb[m][va], q[va], labels[va],
-            arch=TransformerConfig(emb[m].shape[1], q.shape[1], hidden=hidden),
-            config=train_config, progress=progress,
-        )
-        transformers[m] = res.module
-        linear[m] = fit_linear_map(emb[m][tr], q[tr])
-        history[m] = {"best_epoch": res.best_epoch, "val_recall_at_1": res.best_val_recall_at_1,
-                      "epochs_run": len(res.history) - 1}
-        logger.info("%s: best epoch %d, validation R@1 %.4f", m, res.best_epoch, res.best_val_recall_at_1)
+        transformers[m], early[m], history[m] = fit_network(emb[m], q, labels, tr, va, hidden=hidden, config=train_config,
+                                                  refit=refit, progress=progress)
+        # the no-learning baseline sees the same images as the transformer's final fit
+        fit_rows = tr | va if refit else tr
+        linear[m] = fit_linear_map(emb[m][fit_rows], q[fit_rows])
+        logger.info("%s: best epoch %d, validation R@1 %.4f", m, history[m]["best_epoch"], history[m]["val_recall_at_1"])
+        if query_adapters:
+            adapters[m], _, _ = fit_network(q, emb[m], labels, tr, va, hidden=hidden, config=train_config,
+                                         refit=refit, progress=False, adapt_queries=True)
     prob = embedded.detection_probability
     val_emb = {k: v[va] for k, v in emb.items()}
-    choice = {}
-    for member in (False, True):
-        b = Bundle(query_model, tuple(gallery_models), transformers, member, linear_maps=linear)
-        gi, qi = first_image_protocol(labels[va])
-        gv = b.gallery_vectors({k: v[gi] for k, v in val_emb.items()}, prob[va][gi])
-        choice[member] = M.recall_at_k(val_emb[query_model][qi] @ gv.ensemble.T, labels[va][qi], labels[va][gi], ks=(1,))[1]
-    member = choice[True] > choice[False] if query_member == "auto" else query_member == "yes"
-    bundle = Bundle(query_model, tuple(gallery_models), transformers, member, linear_maps=linear)
-    cal, cal_info = _calibrate(bundle, val_emb, prob[va], labels[va], rejection_rate, open_set_far, quality)
-    bundle.calibration = cal
+    # Every choice and threshold is measured with networks that have not seen the
+    # identities measured (with ``refit`` the final ones have seen the validation ones).
+    choice = _member_recalls(query_model, gallery_models, early, val_emb, prob[va], labels[va])
+    cv = None
+    if cv_folds > 1 and (query_member == "auto" or quality == "auto"):
+        logger.info("choosing the query member and quality score by %d-fold cross-validation", cv_folds)
+        cv = cross_validate_choices(
+            emb, prob, labels, tr | va, query_model=query_model, gallery_models=gallery_models,
+            epochs={m: history[m]["best_epoch"] for m in gallery_models}, hidden=hidden, config=train_config,
+            folds=cv_folds, seed=split.seed,
+        )
+    member_figures = cv["query_member_recall_at_1"] if cv else {"without": choice[False], "with": choice[True]}
+    member = member_figures["with"] > member_figures["without"] if query_member == "auto" else query_member == "yes"
+    if quality == "auto" and cv:
+        quality = _pick_quality(cv["rejection_recall_at_1"])
+    cal, cal_info = _calibrate(Bundle(query_model, tuple(gallery_models), early, member), val_emb, prob[va],
+                               labels[va], rejection_rate, open_set_far, quality)
+    bundle = Bundle(query_model, tuple(gallery_models), transformers, member, calibration=cal,
+                    linear_maps=linear, query_adapters=adapters)
     bundle.info = {
         "training": {
             "data_description": data_description or f"folder-per-identity dataset {Path(data_dir).name}",
@@ -184,11 +347,14 @@ def train_bundle(
             "identity_loss": train_config.identity_loss,
             "train_config": asdict(train_config),
             "hidden": hidden,
+            "refit_on_train_and_validation": refit,
             "seed": train_config.seed,
             "no_face": int((~found).sum()),
             "transformers": history,
             "query_member_val_recall_at_1": {"without": choice[False], "with": choice[True]},
             **cal_info,
+            "choices_by": f"{cv_folds}-fold cross-validation" if cv else "validation split",
+            **({"cross_validation": cv} if cv else {}),
         }
     }
     save_bundle(bundle, out_dir)

@@ -216,13 +216,15 @@ def train_transformer(
     gallery_train: np.ndarray,
     query_train: np.ndarray,
     labels_train: np.ndarray,
-    gallery_val: np.ndarray,
-    query_val: np.ndarray,
-    labels_val: np.ndarray,
+    gallery_val: np.ndarray | None,
+    query_val: np.ndarray | None,
+    labels_val: np.ndarray | None,
     *,
     arch: TransformerConfig | None = None,
     config: TrainConfig = TrainConfig(),
     progress: bool = False,
+    fixed_epochs: int | None = None,
+    adapt_queries: bool = False,
 ) -> TrainResult:
     """Train one transformation network (gallery space -> query space).
 
@@ -236,9 +238,19 @@ def train_transformer(
         arch: network shape; default ``TransformerConfig(Dg, Dq)``.
         config: losses and optimisation.
         progress: log every epoch at INFO level.
+        fixed_epochs: train exactly this many epochs (of the same ``config.epochs``-long
+            learning-rate schedule) without early stopping and return the last state;
+            the validation arrays may then be None. Used to refit on train + validation
+            identities once early stopping has chosen the epoch count.
+        adapt_queries: the network maps the *query* side instead (a distillation-style
+            query adapter: input = the query model's embedding, target = the gallery
+            model's): validation Recall@1 then transforms the validation queries and
+            matches them against the untouched target-model gallery vectors.
 
     Returns:
-        TrainResult with the module at its best validation epoch.
+        TrainResult with the module at its best validation epoch (or after
+        ``fixed_epochs``; then ``best_val_recall_at_1`` is NaN when there is no
+        validation set).
     """
     g_tr = np.asarray(gallery_train, np.float32)
     q_tr = np.asarray(query_train, np.float32)
@@ -262,22 +274,32 @@ def train_transformer(
     centroids = torch.from_numpy(cent)
     gx, qx, yx = torch.from_numpy(g_tr), torch.from_numpy(q_tr), torch.from_numpy(y_tr)
 
-    gi, qi = first_image_protocol(labels_val)
-    lv = np.asarray(labels_val)
+    if fixed_epochs is not None and not 0 <= fixed_epochs <= config.epochs:
+        raise CmceError(f"fixed_epochs must be within 0..{config.epochs}, got {fixed_epochs}")
+    has_val = gallery_val is not None and labels_val is not None and len(labels_val) > 0
+    if not has_val and fixed_epochs is None:
+        raise CmceError("early stopping needs validation embeddings")
+    gi, qi = first_image_protocol(labels_val) if has_val else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    lv = np.asarray(labels_val) if has_val else np.zeros(0)
     opt = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
 
     def val_recall() -> float:
         if len(qi) == 0:
             return float("nan")
-        tg = transform_embeddings(module, np.asarray(gallery_val, np.float32)[gi])
-        sim = np.asarray(query_val, np.float32)[qi] @ tg.T
+        if adapt_queries:
+            tq = transform_embeddings(module, np.asarray(gallery_val, np.float32)[qi])
+            sim = tq @ np.asarray(query_val, np.float32)[gi].T
+        else:
+            tg = transform_embeddings(module, np.asarray(gallery_val, np.float32)[gi])
+            sim = np.asarray(query_val, np.float32)[qi] @ tg.T
         return recall_at_k(sim, lv[qi], lv[gi], ks=(1,))[1]
 
     best = (val_recall(), 0, {k: v.clone() for k, v in module.state_dict().items()})
     history = [{"epoch": 0, "val_recall_at_1": best[0]}]
     stale = 0
-    for epoch in range(1, config.epochs + 1):
+    last_epoch = config.epochs if fixed_epochs is None else fixed_epochs
+    for epoch in range(1, last_epoch + 1):
         module.train()
         perm = torch.from_numpy(rng.permutation(len(g_tr)))
         total = 0.0
@@ -302,6 +324,9 @@ def train_transformer(
         history.append({"epoch": epoch, "loss": total / len(g_tr), "val_recall_at_1": r1})
         if progress:
             logger.info("epoch %d loss %.4f val R@1 %.4f", epoch, total / len(g_tr), r1)
+        if fixed_epochs is not None:
+            best = (r1, epoch, None)
+            continue
         if r1 > best[0] or np.isnan(best[0]):
             best = (r1, epoch, {k: v.clone() for k, v in module.state_dict().items()})
             stale = 0
@@ -309,6 +334,7 @@ def train_transformer(
             stale += 1
             if stale >= config.patience:
                 break
-    module.load_state_dict(best[2])
+    if best[2] is not None:
+        module.load_state_dict(best[2])
     module.eval()
     return TrainResult(module, best[1], float(best[0]), tuple(history))

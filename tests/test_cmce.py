@@ -11,7 +11,7 @@ import pytest
 from cmce import metrics as M
 from cmce.bundle import load_bundle
 from cmce.ensemble import QualityModel, detection_doubt, fuse_members, member_uncertainty
-from cmce.evaluate import evaluate_embedded
+from cmce.evaluate import adapter_row_name, evaluate_embedded
 from cmce.train import SplitConfig, dataset_splits, train_bundle
 from cmce.transform import TrainConfig, fit_linear_map, first_image_protocol, train_transformer, transform_embeddings
 
@@ -108,6 +108,17 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     t = loaded.info["training"]
     assert t["images"] > 300 and t["heldout_identities"] > 20
     assert "query_member_val_recall_at_1" in t and "chosen_quality" in t
+    # the auto choices were made by cross-validation over the non-held-out identities
+    cv = t["cross_validation"]
+    assert t["choices_by"] == "5-fold cross-validation" and cv["queries"] > 0
+    assert set(cv["rejection_recall_at_1"]) == {"disagreement", "detection", "combined"}
+    assert loaded.query_member == (cv["query_member_recall_at_1"]["with"] > cv["query_member_recall_at_1"]["without"])
+    assert t["refit_on_train_and_validation"] and all(h["refit_images"] > t["images"] for h in t["transformers"].values())
+    # the query adapters (distillation baseline) survive saving, in float16
+    assert set(loaded.query_adapters) == {"dlib-resnet34", "facenet-casia"}
+    x = np.random.default_rng(0).standard_normal((5, 128)).astype(np.float32)
+    for m, a in bundle.query_adapters.items():
+        np.testing.assert_allclose(transform_embeddings(loaded.query_adapters[m], x), transform_embeddings(a, x), atol=2e-2)
     card = (out / "README.md").read_text()
     assert "CC0" in card and "Apache-2.0" in card
 
@@ -137,6 +148,30 @@ def test_evaluate_rows_and_rejection(trained_bundle, small_dataset, lfw_pairs_em
     assert row["recall_at_1"] == pytest.approx(r1)
 
 
+def test_evaluate_reports_query_adapter_baseline(trained_bundle, lfw_pairs_embedded) -> None:
+    """The distillation-style row: the query mapped into each gallery model's space."""
+    _, bundle = trained_bundle
+    res, labels = _labelled(lfw_pairs_embedded)
+    result = evaluate_embedded(res, labels, bundle, random_repeats=2)
+    idx = np.flatnonzero(res.found)
+    gi, qi = first_image_protocol(labels[idx])
+    gi, qi = idx[gi], idx[qi]
+    for m in bundle.gallery_models:
+        row = next(r for r in result["rows"] if r["name"] == adapter_row_name("sface", m))
+        assert row["name"] == f"sface distilled into {m} space (query adapter)"
+        assert row["kind"] == "baseline" and row["query"] == "sface" and row["gallery"] == [m]
+        adapted = transform_embeddings(bundle.query_adapters[m], res.embeddings["sface"][qi])
+        assert adapted.shape[1] == res.embeddings[m].shape[1]  # lands in the gallery model's space
+        sim = adapted @ res.embeddings[m][gi].T
+        assert row["recall_at_1"] == pytest.approx(M.recall_at_k(sim, labels[qi], labels[gi], ks=(1,))[1], abs=1e-6)
+        assert row["recall_at_1"] > 0.5  # it carries identity across the spaces
+    # a bundle without adapters (as the ones trained before them) has no such rows
+    bare = type(bundle)(bundle.query_model, bundle.gallery_models, bundle.transformers, bundle.query_member,
+                        bundle.calibration, bundle.linear_maps)
+    names = {r["name"] for r in evaluate_embedded(res, labels, bare, random_repeats=1)["rows"]}
+    assert not any("query adapter" in n for n in names)
+
+
 def test_evaluate_cli_writes_json_and_plot(trained_bundle, small_dataset, tmp_path: Path, capsys) -> None:
     from cmce.cli import main
 
@@ -149,7 +184,9 @@ def test_evaluate_cli_writes_json_and_plot(trained_bundle, small_dataset, tmp_pa
     assert r["bundle"]["query"] == "sface" and r["data"]["heldout_only"]
     assert set(r["rejection"][0]) >= {"rate", "recall_at_1", "random_recall_at_1", "detection_recall_at_1"}
     assert (tmp_path / "r.png").stat().st_size > 5000
-    assert "CMCE ensemble" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "CMCE ensemble" in printed and "sface distilled into dlib-resnet34 space (query adapter)" in printed
+    assert any(row["name"].endswith("(query adapter)") for row in r["rows"])
 
 
 def test_evaluate_refuses_heldout_on_another_dataset(trained_bundle, tmp_path: Path, lfw_dir) -> None:
