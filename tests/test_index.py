@@ -377,3 +377,19 @@ def test_float16_scan_survives_save_and_load(tmp_path, data, small_shards):
         loaded.search(queries[:3], k=K).positions, _brute_force(queries[:3], gallery, K)[0]
     )
     assert VectorIndex.load(tmp_path / "index.npz", scan_from=None)._scan is None
+
+
+def test_float16_scan_postfilter_survives_a_mask_that_hides_the_nearest(data, small_shards):
+    """A dense mask that drops exactly the best rows: too few candidates survive the
+    post-filter, so the search falls back and is still exact."""
+    gallery, queries = data
+    index = VectorIndex(D, kind="flat", scan_from=0)
+    index.add(gallery)
+    query = queries[:1]
+    nearest = np.argsort(-(gallery @ query[0]))[:1_000]
+    mask = np.ones(N, dtype=bool)
+    mask[nearest] = False  # 80% selected: post-filter mode
+    result = index.search(query, k=K, mask=mask)
+    truth, scores = _brute_force(query, gallery, K, selected=mask)
+    np.testing.assert_array_equal(result.positions, truth)
+    np.testing.assert_allclose(result.scores, scores, atol=1e-5)
