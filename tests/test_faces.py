@@ -104,3 +104,22 @@ def test_alignment_puts_landmarks_on_the_template(name: str, detector: FaceDetec
     lm = again[pick_subject(again)].landmarks_array()
     err = np.linalg.norm(lm - template.points_array(), axis=1).mean()
     assert err < 0.06 * template.size, f"landmarks {err:.1f}px off the {name} template"
+
+
+def test_channels_last_mtcnn_gives_facenet_pytorchs_own_numbers(detector: FaceDetector, lfw_dir) -> None:
+    """The channels_last speed-up changes no detection: same boxes, probabilities, landmarks."""
+    from facenet_pytorch import MTCNN
+
+    plain = MTCNN(min_face_size=20, thresholds=[0.6, 0.7, 0.7], keep_all=True, device="cpu")
+    for path in sorted(lfw_dir.glob("A*/*_0001.jpg"))[:3]:
+        img = load_image(path)
+        ours = detector.detect(img)
+        boxes, probs, points = plain.detect(img, landmarks=True)
+        boxes, probs, points = (np.asarray(a, dtype=np.float64) for a in (boxes, probs, points))
+        keep = probs >= detector.min_probability
+        assert len(ours) == int(keep.sum()) >= 1
+        order = np.argsort(-probs[keep])
+        for face, box, prob, pts in zip(ours, boxes[keep][order], probs[keep][order], points[keep][order]):
+            np.testing.assert_allclose(np.asarray(face.box), box, atol=0.01)
+            np.testing.assert_allclose(np.asarray(face.landmarks), pts, atol=0.01)
+            assert abs(face.probability - prob) < 1e-5
