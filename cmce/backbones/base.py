@@ -66,6 +66,35 @@ def configure_torch_threads(threads: int | None = None) -> int:
     return threads
 
 
+def read_weight_file(path: str | Path, what: str) -> bytes:
+    """The bytes of a weight file, or a BackboneError that names ``what`` is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"{what} not found: {path}")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BackboneError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def check_state_dict(converted: dict, expected: dict, model: str) -> None:
+    """Raise BackboneError unless ``converted`` has exactly ``expected``'s keys and shapes.
+
+    Args:
+        converted: state dict made by a weight converter.
+        expected: ``model.state_dict()`` of the module it is for.
+        model: the module's name, for the message.
+    """
+    if set(expected) != set(converted):
+        raise BackboneError(
+            f"converted keys do not fit {model}: missing {sorted(set(expected) - set(converted))[:5]}, "
+            f"extra {sorted(set(converted) - set(expected))[:5]}"
+        )
+    for key, tensor in converted.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise BackboneError(f"{key}: shape {tuple(tensor.shape)} != {tuple(expected[key].shape)}")
+
+
 def package_file(spec: PretrainedSpec) -> Path:
     """Path of a weight file shipped inside an installed package, without importing it.
 

@@ -82,6 +82,8 @@ from torch import nn
 
 from cmce.errors import BackboneError
 
+from .base import check_state_dict, read_weight_file
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -414,12 +416,7 @@ def read_dlib_net(dat_path: str | Path) -> DlibNetFile:
             serialization of the face recognition ResNet (``anet_type``).
     """
     path = Path(dat_path)
-    if not path.is_file():
-        raise BackboneError(f"dlib face recognition model not found: {path}")
-    try:
-        buf = path.read_bytes()
-    except OSError as exc:
-        raise BackboneError(f"Cannot read dlib model {path}: {exc}") from exc
+    buf = read_weight_file(path, "dlib face recognition model")
     if buf[:3] == b"BZh":
         raise BackboneError(f"{path} is bzip2-compressed; decompress it first (bunzip2)")
     r = _Reader(buf)
@@ -560,13 +557,7 @@ def convert_dlib_resnet(dat_path: str | Path) -> dict[str, torch.Tensor]:
     if next(layers, None) is not None:
         raise BackboneError("extra layers after the fc layer")
 
-    expected = DlibResNet34Torch().state_dict()
-    if set(expected) != set(sd):
-        raise BackboneError(f"converted keys do not fit DlibResNet34Torch: missing "
-                            f"{sorted(set(expected) - set(sd))[:5]}, extra {sorted(set(sd) - set(expected))[:5]}")
-    for key, tensor in sd.items():
-        if tensor.shape != expected[key].shape:
-            raise BackboneError(f"{key}: shape {tuple(tensor.shape)} != {tuple(expected[key].shape)}")
+    check_state_dict(sd, DlibResNet34Torch().state_dict(), "DlibResNet34Torch")
     logger.info("Converted %d tensors from %s", len(sd), dat_path)
     return sd
 

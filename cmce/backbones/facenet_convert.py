@@ -37,6 +37,8 @@ import torch
 
 from cmce.errors import BackboneError
 
+from .base import check_state_dict, read_weight_file
+
 logger = logging.getLogger(__name__)
 
 _DT_FLOAT = 1
@@ -124,12 +126,7 @@ def read_graph_nodes(pb_path: str | Path) -> list[GraphNode]:
         BackboneError: If the file is missing or is not a parsable GraphDef.
     """
     path = Path(pb_path)
-    if not path.is_file():
-        raise BackboneError(f"FaceNet graph not found: {path}")
-    try:
-        buf = path.read_bytes()
-    except OSError as exc:
-        raise BackboneError(f"Cannot read FaceNet graph {path}: {exc}") from exc
+    buf = read_weight_file(path, "FaceNet graph")
     nodes: list[GraphNode] = []
     try:
         for num, wire, raw in _fields(buf):
@@ -276,12 +273,6 @@ def convert_facenet_graph(pb_path: str | Path) -> dict[str, torch.Tensor]:
     sd["last_bn.running_var"] = var + (eps_tf - _TORCH_EPS)  # no-op when the eps values match
     sd["last_bn.num_batches_tracked"] = torch.tensor(0)
 
-    expected = model.state_dict()
-    if set(expected) != set(sd):
-        raise BackboneError(f"Converted keys do not fit InceptionResnetV1: missing "
-                            f"{sorted(set(expected) - set(sd))[:5]}, extra {sorted(set(sd) - set(expected))[:5]}")
-    for key, tensor in sd.items():
-        if tensor.shape != expected[key].shape:
-            raise BackboneError(f"{key}: shape {tuple(tensor.shape)} != {tuple(expected[key].shape)}")
+    check_state_dict(sd, model.state_dict(), "InceptionResnetV1")
     logger.info("Converted %d tensors from %s", len(sd), pb_path)
     return sd
