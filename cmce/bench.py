@@ -17,14 +17,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_bench", "format_table"]
+__all__ = ["format_table", "run_bench"]
 
 
 def _median_ms(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list[float]:

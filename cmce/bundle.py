@@ -21,9 +21,10 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -31,19 +32,24 @@ from .backbones import PRETRAINED, get_spec
 from .cache import file_sha256
 from .ensemble import QualityModel, fuse_members, member_uncertainty
 from .errors import BackboneError, BundleError, CmceError, HubError
-from .transform import EmbeddingTransformer, TransformerConfig, create_transformer, transform_embeddings
+from .transform import (
+    EmbeddingTransformer,
+    TransformerConfig,
+    create_transformer,
+    transform_embeddings,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "FORMAT_VERSION",
     "Bundle",
     "Calibration",
     "GalleryVectors",
-    "load_bundle",
-    "save_bundle",
-    "push_to_hub",
     "default_bundle_path",
-    "FORMAT_VERSION",
+    "load_bundle",
+    "push_to_hub",
+    "save_bundle",
 ]
 
 FORMAT_VERSION = 1
@@ -92,7 +98,7 @@ class Calibration:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Calibration":
+    def from_dict(cls, d: dict) -> Calibration:
         return cls(
             rejection_rate=float(d.get("rejection_rate", 0.1)),
             rejection_threshold=float(d.get("rejection_threshold", float("inf"))),

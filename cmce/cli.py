@@ -6,8 +6,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import CmceError
 
@@ -101,9 +101,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.plot:
         plot_risk_coverage(result, args.plot)
     if args.record:
-        from .bundle import save_bundle
-
-        from .bundle import default_bundle_path
+        from .bundle import default_bundle_path, save_bundle
 
         folder = Path(args.bundle) if args.bundle else default_bundle_path()
         if not folder.is_dir():

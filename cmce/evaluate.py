@@ -9,8 +9,8 @@ reported (``counts``), not silently dropped.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from .transform import first_image_protocol, transform_embeddings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["REJECTION_RATES", "ViewScores", "adapter_row_name", "evaluate_embedded", "row_metrics", "plot_risk_coverage"]
+__all__ = ["REJECTION_RATES", "ViewScores", "adapter_row_name", "evaluate_embedded", "plot_risk_coverage", "row_metrics"]
 
 REJECTION_RATES = (0.05, 0.10, 0.20, 0.30)
 
@@ -206,9 +206,9 @@ def evaluate_embedded(
             "files": int(n_files),
             "faces_found": int(found.sum()),
             "no_face_or_unreadable": int(n_files - found.sum()),
-            "identities": int(len(np.unique(labels[idx]))),
-            "gallery": int(len(gi)),
-            "queries": int(len(qi)),
+            "identities": len(np.unique(labels[idx])),
+            "gallery": len(gi),
+            "queries": len(qi),
             "distractors": int(len(gi) - len(np.unique(q_lab))),
         },
         "rows": out_rows,

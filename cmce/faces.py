@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -79,7 +79,7 @@ class Face:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Face":
+    def from_dict(cls, data: dict) -> Face:
         return cls(
             box=tuple(float(v) for v in data["box"]),  # type: ignore[arg-type]
             probability=float(data["probability"]),

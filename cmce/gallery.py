@@ -20,9 +20,9 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -35,14 +35,14 @@ from .index import VectorIndex
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "GalleryLimits",
-    "GalleryEntry",
-    "IndexReport",
-    "Match",
-    "ViewResult",
-    "QueryResult",
     "FaceEngine",
     "Gallery",
+    "GalleryEntry",
+    "GalleryLimits",
+    "IndexReport",
+    "Match",
+    "QueryResult",
+    "ViewResult",
 ]
 
 ProgressFn = Callable[[float, str], None]
@@ -67,7 +67,7 @@ class GalleryLimits:
     detect_max_side: int = 800
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "GalleryLimits":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GalleryLimits:
         """Defaults overridden by ``CMCE_MAX_FILES``, ``CMCE_MAX_ENTRIES``,
         ``CMCE_MAX_FACES_PER_IMAGE``, ``CMCE_MAX_PIXELS`` and ``CMCE_MAX_IMAGE_MB``.
 
@@ -567,7 +567,7 @@ class Gallery:
         return dest
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, engine: FaceEngine, limits: GalleryLimits = GalleryLimits()) -> "Gallery":
+    def load(cls, folder: str | os.PathLike, engine: FaceEngine, limits: GalleryLimits = GalleryLimits()) -> Gallery:
         """Read a gallery written by ``save``; refuses one built with another bundle."""
         folder = Path(folder)
         try:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from .transform import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SplitConfig", "dataset_splits", "train_bundle", "identity_fingerprint", "fit_network"]
+__all__ = ["SplitConfig", "dataset_splits", "fit_network", "identity_fingerprint", "train_bundle"]
 
 
 @dataclass(frozen=True)
@@ -338,10 +338,10 @@ def train_bundle(
         "training": {
             "data_description": data_description or f"folder-per-identity dataset {Path(data_dir).name}",
             "images": int(tr.sum()),
-            "identities": int(len(set(labels[tr]))),
+            "identities": len(set(labels[tr])),
             "validation_images": int(va.sum()),
-            "validation_identities": int(len(set(labels[va]))),
-            "heldout_identities": int(len(set(labels[splits["test"]]))),
+            "validation_identities": len(set(labels[va])),
+            "heldout_identities": len(set(labels[splits["test"]])),
             "split": asdict(split),
             "identity_fingerprint": identity_fingerprint(ds.labels),
             "identity_loss": train_config.identity_loss,

@@ -34,14 +34,14 @@ from .metrics import recall_at_k
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "TransformerConfig",
-    "TrainConfig",
     "EmbeddingTransformer",
+    "TrainConfig",
+    "TransformerConfig",
     "create_transformer",
-    "train_transformer",
-    "fit_linear_map",
-    "transform_embeddings",
     "first_image_protocol",
+    "fit_linear_map",
+    "train_transformer",
+    "transform_embeddings",
 ]
 
 IDENTITY_LOSSES = ("classifier", "supcon", "none")

@@ -9,15 +9,20 @@ import time
 
 import numpy as np
 import pytest
+from conftest import LOCAL_BACKBONES, ROOT
 
-from cmce.backbones import PRETRAINED, Backbone, create_backbone, list_backbones, register_backbone
-from cmce.backbones import _REGISTRY  # noqa: PLC2701 - the registry itself is under test
+from cmce.backbones import (
+    _REGISTRY,
+    PRETRAINED,
+    Backbone,
+    create_backbone,
+    list_backbones,
+    register_backbone,
+)
 from cmce.backbones._pretrained import PretrainedSpec
 from cmce.embed import embed_files
 from cmce.errors import BackboneError, BackboneUnavailableError
 from cmce.metrics import best_verification_accuracy
-
-from conftest import LOCAL_BACKBONES, ROOT
 
 LOCAL = LOCAL_BACKBONES
 GOLDEN = json.loads((ROOT / "tests" / "golden" / "similarity.json").read_text())

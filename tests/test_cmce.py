@@ -10,10 +10,21 @@ import pytest
 
 from cmce import metrics as M
 from cmce.bundle import load_bundle
-from cmce.ensemble import QualityModel, detection_doubt, fuse_members, member_uncertainty
+from cmce.ensemble import (
+    QualityModel,
+    detection_doubt,
+    fuse_members,
+    member_uncertainty,
+)
 from cmce.evaluate import adapter_row_name, evaluate_embedded
 from cmce.train import SplitConfig, dataset_splits, train_bundle
-from cmce.transform import TrainConfig, fit_linear_map, first_image_protocol, train_transformer, transform_embeddings
+from cmce.transform import (
+    TrainConfig,
+    first_image_protocol,
+    fit_linear_map,
+    train_transformer,
+    transform_embeddings,
+)
 
 
 def test_fuse_and_uncertainty_match_their_definitions() -> None:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmce.faces import AlignmentTemplate, Face, FaceDetector, align_faces, pick_subject, similarity_transform
 from cmce.backbones import TEMPLATES
+from cmce.faces import (
+    AlignmentTemplate,
+    Face,
+    FaceDetector,
+    align_faces,
+    pick_subject,
+    similarity_transform,
+)
 from cmce.images import load_image
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ..faces import AlignmentTemplate
 
-__all__ = ["PretrainedSpec", "PRETRAINED", "TEMPLATES"]
+__all__ = ["PRETRAINED", "TEMPLATES", "PretrainedSpec"]
 
 TEMPLATES: dict[str, AlignmentTemplate] = {
     t.name: t

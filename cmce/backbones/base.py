@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from ._pretrained import TEMPLATES, PretrainedSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Backbone", "package_file", "verified_package_file", "default_device", "configure_torch_threads"]
+__all__ = ["Backbone", "configure_torch_threads", "default_device", "package_file", "verified_package_file"]
 
 TORCH_THREADS = 1
 """Default torch intra-op threads of a cmce process (``CMCE_TORCH_THREADS`` overrides).
