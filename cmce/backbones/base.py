@@ -23,10 +23,11 @@ TORCH_THREADS = 1
 """Default torch intra-op threads of a cmce process (``CMCE_TORCH_THREADS`` overrides).
 
 One, because torch's OpenMP threads wait on each other whenever a core is busy with
-anything else: on 2 shared cores under load MTCNN took 45 ms per photo with one
-thread and 450-530 ms with two, facenet-casia 38 vs 72-233 ms per face. Requests are
-served in parallel instead (several sessions at once). On a dedicated many-core
-machine set ``CMCE_TORCH_THREADS`` to the number of cores.
+anything else: with one other busy core, MTCNN took 27 ms per photo with one thread and
+75 ms with two, facenet-casia 33 vs 53 ms per face (``scripts/bench_threads.py``; on a
+quiet machine two threads were 1.6-2x faster). A server answering several users is
+never quiet; one thread per request uses the cores without that waiting. On a
+dedicated machine set ``CMCE_TORCH_THREADS`` to the number of cores.
 """
 
 
