@@ -191,6 +191,12 @@ class Bundle:
             out[m] = transform_embeddings(self.transformers[m], embeddings[m])
         return out
 
+    def to(self, device: str) -> Bundle:
+        """Move the transformation networks (and query adapters) to a torch device; returns self."""
+        for module in (*self.transformers.values(), *self.query_adapters.values()):
+            module.to(device)
+        return self
+
     def gallery_vectors(
         self, embeddings: Mapping[str, np.ndarray], detection_probability: np.ndarray
     ) -> GalleryVectors:

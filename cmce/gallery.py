@@ -214,9 +214,12 @@ class FaceEngine:
 
         configure_torch_threads()  # CMCE_TORCH_THREADS, default 1 (see TORCH_THREADS)
 
-        self.bundle = bundle
-        self.detector = detector or FaceDetector(max_side=800)
-        self.backbones = {m: create_backbone(m, device) for m in bundle.models}
+        from .backbones.base import default_device
+
+        self.device = device or default_device()
+        self.bundle = bundle.to(self.device)  # the transformers run where the backbones do
+        self.detector = detector or FaceDetector(max_side=800, device=self.device)
+        self.backbones = {m: create_backbone(m, self.device) for m in bundle.models}
 
     @property
     def query_backbone(self):

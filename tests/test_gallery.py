@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from cmce.bundle import default_bundle_path, load_bundle
@@ -201,3 +202,12 @@ def test_crowd_photo_keeps_the_largest_faces_and_says_so(engine, lfw_dir) -> Non
     report = g.add_images([("crowd.jpg", buf.getvalue(), None)])
     assert report.added == 3 and len(g) == 3
     assert any("crowd.jpg" in m and "kept the 3 largest" in m for m in report.limits_reached), report
+
+
+def test_engine_puts_transformers_and_models_on_its_device(engine) -> None:
+    """The transformers run where the backbones do (CUDA when present, else CPU)."""
+    from cmce.backbones import create_backbone
+
+    for module in engine.bundle.transformers.values():
+        assert next(module.parameters()).device.type == torch.device(engine.device).type
+    assert all(create_backbone(m) is bb for m, bb in engine.backbones.items())  # one instance each

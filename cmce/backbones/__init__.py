@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..errors import BackboneError, BackboneUnavailableError
 from ._pretrained import PRETRAINED, TEMPLATES, PretrainedSpec
-from .base import Backbone
+from .base import Backbone, default_device
 from .dlib_resnet import DlibResNet34
 from .facenet import FaceNetCasia, FaceNetVGGFace2
 from .sface import SFace
@@ -83,6 +83,7 @@ def create_backbone(name: str, device: str | None = None, *, cached: bool = True
     """
     spec = get_spec(name)
     cls = _REGISTRY[name]
+    device = device or default_device()  # None and the default share one instance
     key = (name, device)
     with _LOCK:
         if cached and key in _INSTANCES:
