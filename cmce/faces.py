@@ -293,12 +293,26 @@ class FaceDetector:
                 h, w = small[i].shape[:2]
                 batch[j, :h, :w] = small[i]
             with self._lock:
-                boxes, probs, points = self._model().detect(batch, landmarks=True)
+                found = self._detect(batch)
             for j, i in enumerate(idx):
+                boxes, points = found[0][j], found[1][j]
                 results[i] = self._faces(
-                    boxes[j], probs[j], points[j], scales[i], images[i].shape, sources[i]
-                )
+                    boxes[:, :4], boxes[:, 4], points, scales[i], images[i].shape, sources[i]
+                ) if len(boxes) else []
         return results
+
+    def _detect(self, batch: np.ndarray):
+        """MTCNN's cascade on a (B, H, W, 3) uint8 batch: per image (n, 5) boxes+probability, (n, 5, 2) points."""
+        import torch
+
+        from ._mtcnn import detect_faces
+
+        mtcnn = self._model()
+        with torch.no_grad():
+            return detect_faces(
+                batch, mtcnn.min_face_size, mtcnn.pnet, mtcnn.rnet, mtcnn.onet,
+                mtcnn.thresholds, mtcnn.factor, mtcnn.device,
+            )
 
     def _faces(self, boxes, probs, points, scale, shape, source) -> list[Face]:
         if boxes is None:

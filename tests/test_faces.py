@@ -130,3 +130,29 @@ def test_channels_last_mtcnn_gives_facenet_pytorchs_own_numbers(detector: FaceDe
             np.testing.assert_allclose(np.asarray(face.box), box, atol=0.01)
             np.testing.assert_allclose(np.asarray(face.landmarks), pts, atol=0.01)
             assert abs(face.probability - prob) < 1e-5
+
+
+def test_batched_crop_resize_equals_area_interpolation_per_crop() -> None:
+    """The summed-area crops of the MTCNN cascade equal facenet-pytorch's per-candidate resize."""
+    import torch
+    from torch.nn.functional import interpolate
+
+    from cmce._mtcnn import crop_resize
+
+    rng = np.random.default_rng(0)
+    imgs = torch.as_tensor(rng.integers(0, 256, (2, 61, 47, 3), dtype=np.uint8))
+    integral = torch.zeros((2, 62, 48, 3), dtype=torch.float64)
+    integral[:, 1:, 1:] = imgs.double().cumsum(1).cumsum(2)
+    nchw = imgs.permute(0, 3, 1, 2).float()
+    n = 40
+    inds = torch.as_tensor(rng.integers(0, 2, n))
+    y = rng.integers(1, 50, n)
+    x = rng.integers(1, 40, n)
+    ey = np.minimum(y + rng.integers(0, 60, n), 61)  # 1-based starts, inclusive ends as in pad()
+    ex = np.minimum(x + rng.integers(0, 60, n), 47)
+    for size in (24, 48):
+        ours = crop_resize(integral, inds, y, ey, x, ex, size)
+        for k in range(n):
+            crop = nchw[inds[k], :, y[k] - 1 : ey[k], x[k] - 1 : ex[k]].unsqueeze(0)
+            theirs = interpolate(crop, size=(size, size), mode="area")[0]
+            torch.testing.assert_close(ours[k], theirs, atol=1e-4, rtol=0)
