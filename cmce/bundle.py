@@ -6,6 +6,9 @@ A bundle folder (local or a Hugging Face Hub model repo) holds
   weights-table sha256, transformer architecture, calibration, training summary,
   metrics, and the sha256 of ``model.safetensors``;
 * ``model.safetensors``: the transformers' weights (``<gallery model>.<param>``);
+* ``baselines.safetensors`` (optional): what only ``evaluate`` uses, the least-squares
+  maps (``linear.<gallery model>``) and the distillation-style query adapters
+  (``adapter.<gallery model>.<param>``); kept apart so the weights the app loads stay small;
 * ``README.md``: a generated model card (licences, training data, evaluation).
 
 Backbone weights are not in the bundle: they come from the packages in the weights
@@ -55,6 +58,7 @@ __all__ = [
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+BASELINES_NAME = "baselines.safetensors"
 CARD_NAME = "README.md"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}/[\w.\-]{1,96}$")
 
@@ -281,14 +285,19 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> Path:
             for m in bundle.gallery_models
             for k, v in bundle.transformers[m].state_dict().items()
         }
+        baselines = {}
         for m, a in bundle.query_adapters.items():
-            state.update({f"adapter.{m}.{k}": v.detach().cpu().to(torch.float16).contiguous()
-                          for k, v in a.state_dict().items()})
+            baselines.update({f"adapter.{m}.{k}": v.detach().cpu().to(torch.float16).contiguous()
+                              for k, v in a.state_dict().items()})
         for m, w in bundle.linear_maps.items():
-            state[f"linear.{m}"] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(torch.float16)
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "library": "cmce"})
+            baselines[f"linear.{m}"] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(torch.float16)
+        meta = {"format": "pt", "library": "cmce"}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata=meta)
         cfg = bundle.config_dict()
         cfg["weights_sha256"] = file_sha256(tmp / WEIGHTS_NAME)
+        if baselines:
+            save_file(baselines, str(tmp / BASELINES_NAME), metadata=meta)
+            cfg["baselines_sha256"] = file_sha256(tmp / BASELINES_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, allow_nan=True) + "\n")
         (tmp / CARD_NAME).write_text(render_model_card(cfg))
         tmp.chmod(0o755)  # mkdtemp makes 0700 folders and the files inherit nothing else
@@ -359,7 +368,7 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | os.PathLike |
         RevisionNotFoundError,
     )
 
-    patterns = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]
+    patterns = [CONFIG_NAME, WEIGHTS_NAME, BASELINES_NAME, CARD_NAME]
     offline = constants.HF_HUB_OFFLINE or not _hub_reachable()
     try:
         return Path(
@@ -399,6 +408,12 @@ def _load_folder(folder: Path, source: str) -> Bundle:
     want = cfg.get("weights_sha256")
     if want and file_sha256(w_path) != want:
         raise BundleError(f"{source}: {WEIGHTS_NAME} checksum mismatch (corrupt or replaced file)")
+    b_path, b_want = folder / BASELINES_NAME, cfg.get("baselines_sha256")
+    if b_want:
+        if not b_path.is_file():
+            raise BundleError(f"{source}: {BASELINES_NAME} is missing (its config lists it)")
+        if file_sha256(b_path) != b_want:
+            raise BundleError(f"{source}: {BASELINES_NAME} checksum mismatch (corrupt or replaced file)")
     try:
         query = cfg["query_model"]["name"]
         gallery = [(g["name"], g.get("sha256"), g["transformer"]) for g in cfg["gallery_models"]]
@@ -407,6 +422,8 @@ def _load_folder(folder: Path, source: str) -> Bundle:
         for name, sha, _ in gallery:
             _check_backbone(source, name, sha)
         state = {k: v.float() for k, v in load_file(str(w_path)).items()}
+        if b_want:
+            state.update({k: v.float() for k, v in load_file(str(b_path)).items()})
         transformers = {}
         for name, _, arch in gallery:
             module = create_transformer(TransformerConfig(**arch))
@@ -469,7 +486,7 @@ def push_to_hub(
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(
             repo_id=repo_id, folder_path=str(folder), revision=revision,
-            commit_message=commit_message, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+            commit_message=commit_message, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, BASELINES_NAME, CARD_NAME],
         )
     except Exception as e:  # network and auth failures of huggingface_hub
         raise HubError(f"push to {repo_id} failed: {e}") from e

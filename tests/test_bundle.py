@@ -40,7 +40,9 @@ def _unit(rng, n, d):
 def test_round_trip_through_a_folder(tmp_path: Path) -> None:
     b = _bundle()
     save_bundle(b, tmp_path / "b")
-    assert {p.name for p in (tmp_path / "b").iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    assert {p.name for p in (tmp_path / "b").iterdir()} == {
+        "config.json", "model.safetensors", "baselines.safetensors", "README.md"
+    }
     card = (tmp_path / "b" / "README.md").read_text()
     assert "Apache-2.0" in card and "CC0" in card and "MIT" in card
     loaded = load_bundle(tmp_path / "b")
@@ -118,6 +120,29 @@ def test_corrupt_weights_fail_the_checksum(tmp_path: Path) -> None:
     (d / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="checksum mismatch"):
         load_bundle(d)
+
+
+@pytest.mark.parametrize("damage, match", [("delete", "baselines.safetensors is missing"),
+                                           ("flip", "baselines.safetensors checksum mismatch")])
+def test_baselines_file_is_checked_too(tmp_path: Path, damage: str, match: str) -> None:
+    d = _saved(tmp_path)
+    f = d / "baselines.safetensors"
+    if damage == "delete":
+        f.unlink()
+    else:
+        data = bytearray(f.read_bytes())
+        data[-10] ^= 0xFF
+        f.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=match):
+        load_bundle(d)
+
+
+def test_bundle_without_baselines_has_no_baselines_file(tmp_path: Path) -> None:
+    b = _bundle()
+    b.linear_maps = {}
+    d = save_bundle(b, tmp_path / "b")
+    assert not (d / "baselines.safetensors").exists()
+    assert load_bundle(d).linear_maps == {}
 
 
 def test_truncated_weights_without_checksum(tmp_path: Path) -> None:
