@@ -64,6 +64,20 @@ def crop_resize(integral: torch.Tensor, image_inds: torch.Tensor, y, ey, x, ex, 
     return (sums / area[..., None]).to(torch.float32).permute(0, 3, 1, 2).contiguous()
 
 
+def _stage_input(integral, boxes, image_inds, w, h, size: int, dtype):
+    """Candidates of a refinement stage: kept boxes, their images, normalised (N, 3, size, size) crops.
+
+    Boxes are clipped to the image by facenet-pytorch's ``pad``; the (never seen) empty
+    ones are dropped from the boxes too, so crops and boxes stay aligned.
+    """
+    y, ey, x, ex = pad(boxes, w, h)
+    keep = (ey > (y - 1)) & (ex > (x - 1))
+    keep_t = torch.as_tensor(keep, device=boxes.device)
+    boxes, image_inds = boxes[keep_t], image_inds[keep_t]
+    crops = crop_resize(integral, image_inds, y[keep], ey[keep], x[keep], ex[keep], size)
+    return boxes, image_inds, (crops.to(dtype) - 127.5) * 0.0078125
+
+
 def detect_faces(imgs: np.ndarray, minsize: int, pnet, rnet, onet, threshold, factor: float, device):
     """facenet-pytorch's ``detect_face`` for a (B, H, W, 3) uint8 batch; same return value."""
     imgs = torch.as_tensor(np.ascontiguousarray(imgs), device=device)
@@ -117,12 +131,7 @@ def detect_faces(imgs: np.ndarray, minsize: int, pnet, rnet, onet, threshold, fa
 
     # Second stage
     if len(boxes) > 0:
-        y, ey, x, ex = pad(boxes, w, h)
-        keep = torch.as_tensor((ey > (y - 1)) & (ex > (x - 1)), device=boxes.device)
-        boxes, image_inds = boxes[keep], image_inds[keep]
-        im_data = crop_resize(integral, image_inds, y[keep.cpu().numpy()], ey[keep.cpu().numpy()],
-                              x[keep.cpu().numpy()], ex[keep.cpu().numpy()], 24)
-        im_data = (im_data.to(model_dtype) - 127.5) * 0.0078125
+        boxes, image_inds, im_data = _stage_input(integral, boxes, image_inds, w, h, 24, model_dtype)
         out = fixed_batch_process(im_data, rnet)
         out0 = out[0].permute(1, 0)
         out1 = out[1].permute(1, 0)
@@ -139,12 +148,7 @@ def detect_faces(imgs: np.ndarray, minsize: int, pnet, rnet, onet, threshold, fa
     # Third stage
     points = torch.zeros(0, 5, 2, device=device)
     if len(boxes) > 0:
-        y, ey, x, ex = pad(boxes, w, h)
-        keep = torch.as_tensor((ey > (y - 1)) & (ex > (x - 1)), device=boxes.device)
-        boxes, image_inds = boxes[keep], image_inds[keep]
-        im_data = crop_resize(integral, image_inds, y[keep.cpu().numpy()], ey[keep.cpu().numpy()],
-                              x[keep.cpu().numpy()], ex[keep.cpu().numpy()], 48)
-        im_data = (im_data.to(model_dtype) - 127.5) * 0.0078125
+        boxes, image_inds, im_data = _stage_input(integral, boxes, image_inds, w, h, 48, model_dtype)
         out = fixed_batch_process(im_data, onet)
         out0 = out[0].permute(1, 0)
         out1 = out[1].permute(1, 0)

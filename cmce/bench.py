@@ -24,10 +24,11 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["format_table", "run_bench"]
+__all__ = ["format_table", "run_bench", "timings_ms"]
 
 
-def _median_ms(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list[float]:
+def timings_ms(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list[float]:
+    """Milliseconds of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     out = []
@@ -97,17 +98,17 @@ def run_bench(
     # --- detection
     big = cv2.resize(imgs[0], (1155, 866))  # ~1 megapixel photo
     res["mtcnn_ms_per_image"] = {
-        "lfw_250px": statistics.median(_median_ms(lambda: det.detect(imgs[1]), repeat)),
-        "photo_1mp": statistics.median(_median_ms(lambda: det.detect(big), repeat)),
-        "batch_32_lfw_per_image": statistics.median(_median_ms(lambda: det.detect_batch(imgs[:32]), 3)) / 32,
+        "lfw_250px": statistics.median(timings_ms(lambda: det.detect(imgs[1]), repeat)),
+        "photo_1mp": statistics.median(timings_ms(lambda: det.detect(big), repeat)),
+        "batch_32_lfw_per_image": statistics.median(timings_ms(lambda: det.detect_batch(imgs[:32]), 3)) / 32,
     }
     # --- backbones
     backbones = {}
     for name, bb in engine.backbones.items():
         crops = np.concatenate([bb.align(img, [f]) for img, f in pairs])
-        one = _median_ms(lambda: bb.embed(crops[:1]), repeat)
-        b32 = _median_ms(lambda: bb.embed(crops[:32]), max(3, repeat // 5))
-        align = _median_ms(lambda: bb.align(pairs[0][0], [pairs[0][1]]), repeat)
+        one = timings_ms(lambda: bb.embed(crops[:1]), repeat)
+        b32 = timings_ms(lambda: bb.embed(crops[:32]), max(3, repeat // 5))
+        align = timings_ms(lambda: bb.align(pairs[0][0], [pairs[0][1]]), repeat)
         backbones[name] = {"batch1_ms": statistics.median(one), "batch32_ms_per_face": statistics.median(b32) / len(crops[:32]),
                            "align_ms": statistics.median(align)}
     tr_ms = {}
@@ -115,7 +116,7 @@ def run_bench(
         from .transform import transform_embeddings
 
         x = engine.backbones[m].embed(engine.backbones[m].align(pairs[0][0], [pairs[0][1]]))
-        tr_ms[m] = statistics.median(_median_ms(lambda: transform_embeddings(t, x), repeat))
+        tr_ms[m] = statistics.median(timings_ms(lambda: transform_embeddings(t, x), repeat))
     res["backbones"] = backbones
     res["transformer_ms"] = tr_ms
     q = bundle.query_model
@@ -158,7 +159,7 @@ def run_bench(
             v = qb.embed_faces(img, [f])
             index.search(v, k=5, mask=keep)
 
-        lat = _median_ms(query_once, min(repeat, queries))
+        lat = timings_ms(query_once, min(repeat, queries))
         qv = _unit(rng, queries, dq)
         s_lat, found = [], []
         for i in range(queries):

@@ -30,6 +30,7 @@ import faiss
 import numpy as np
 
 from cmce import index as cmce_index
+from cmce.bench import timings_ms
 from cmce.index import VectorIndex
 
 logger = logging.getLogger("bench_search")
@@ -62,12 +63,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(timings_ms(fn, repeats, warmup=0))
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cmce.backbones import create_backbone
+from cmce.bench import timings_ms
 from cmce.data import list_labelled_images
 from cmce.faces import FaceDetector, pick_subject
 from cmce.images import load_image
@@ -32,12 +33,7 @@ def _spin(stop) -> None:
 
 
 def _median_ms(fn, repeat: int = 5) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(timings_ms(fn, repeat, warmup=0))
 
 
 def main() -> None:
