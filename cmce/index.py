@@ -350,7 +350,8 @@ class _HalfScan:
         for start, scores, ids, whole in results:
             pos = np.where(ids >= 0, ids + start, -1)
             if postfilter:
-                pos[pos >= 0] = np.where(selected[pos[pos >= 0]], pos[pos >= 0], -1)
+                hit = pos >= 0
+                pos[hit] = np.where(selected[pos[hit]], pos[hit], -1)
             positions.append(pos)
             # a shard that filled its list (and was not returned whole) may hold more rows
             full = (ids[:, -1] >= 0) & (not whole)

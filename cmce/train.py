@@ -290,6 +290,8 @@ def train_bundle(
     Returns:
         The saved bundle.
     """
+    if isinstance(cv_folds, bool) or not isinstance(cv_folds, int) or cv_folds < 0:
+        raise DatasetError(f"cv_folds must be 0 (validation split), 1 (the same) or a fold count >= 2; got {cv_folds!r}")
     ds = list_labelled_images(data_dir)
     labels = np.asarray(ds.labels)
     models = [query_model] + [m for m in gallery_models if m != query_model]

@@ -208,3 +208,12 @@ def test_evaluate_refuses_heldout_on_another_dataset(trained_bundle, tmp_path: P
     d.mkdir(parents=True)
     (d / "x.jpg").symlink_to(next(lfw_dir.glob("*/*.jpg")))
     assert main(["evaluate", str(tmp_path / "other"), "--bundle", str(out), "--heldout", "--quiet"]) == 2
+
+
+def test_train_refuses_a_negative_fold_count_before_reading_anything(tmp_path) -> None:
+    from cmce.errors import DatasetError
+    from cmce.train import train_bundle
+
+    with pytest.raises(DatasetError, match="cv_folds must be 0"):
+        train_bundle(tmp_path / "does-not-matter", tmp_path / "out", cv_folds=-3)
+    assert not (tmp_path / "out").exists()
