@@ -379,7 +379,7 @@ def refresh_overview(state: Session | None, order: str, reject_by: str, rate: fl
 
 
 def refresh_plots(state: Session | None, reject_by: str, rate: float, threshold: float):
-    """Risk-coverage curve and uncertainty histogram of this session's gallery."""
+    """Risk-coverage curve and quality-score histogram of this session's gallery."""
     if state is None or state.closed or not len(state.gallery):
         return None, None, "Index a labelled gallery to see how rejection works on it."
     g = state.gallery
@@ -389,13 +389,14 @@ def refresh_plots(state: Session | None, reject_by: str, rate: float, threshold:
     rc = state.risk_cache[2]
     live = g.positions
     rejected = _rejected(g, reject_by, rate, threshold)[live]
-    hist = display.uncertainty_figure(g.vectors.uncertainty[live], rejected, rc.is_query & ~rc.hits)
+    quality = g.bundle.calibration.quality
+    hist = display.uncertainty_figure(g.vectors.quality[live], rejected, rc.is_query & ~rc.hits, quality.description)
     if not rc.usable:
         return None, hist, ("The risk-coverage curve needs labels: at least one person with two or more "
                             "photos (folders per person, or `Name_0001.jpg`-style names).")
     note = (f"Leave-one-out: each of the {int(rc.queries[0])} labelled faces whose person has another photo "
             "searches the rest of the gallery with its query-model embedding.")
-    return display.risk_coverage_figure(rc, float(rejected.mean())), hist, note
+    return display.risk_coverage_figure(rc, float(rejected.mean()), quality.kind), hist, note
 
 
 def prepare_query(image: str | None):
@@ -447,7 +448,8 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
         gr.Markdown(
             "# CMCE Face Search\n"
             "Search your own photos with an ensemble of face models mapped into one space "
-            "(CMCE). Faces the models disagree on are flagged as **uncertain** and can be "
+            "(CMCE). Every gallery face shows its **uncertainty** (how much the models disagree "
+            "on it); the least trustworthy faces, ranked by the bundle's quality score, are "
             "**rejected** so they never produce a match. Your gallery lives only in this "
             "browser session."
         )
@@ -522,7 +524,7 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
         plots_note = gr.Markdown("Index a labelled gallery to see how rejection works on it.")
         with gr.Row():
             rc_plot = gr.Plot(label="Recall@1 vs rejection", elem_id="risk-plot")
-            hist_plot = gr.Plot(label="Uncertainty", elem_id="hist-plot")
+            hist_plot = gr.Plot(label="Quality score", elem_id="hist-plot")
 
         # ---- wiring
         rejection = [reject_by, rate, threshold]

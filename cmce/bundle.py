@@ -505,5 +505,7 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
         "gallery_models": [row(m) for m in bundle.gallery_models],
         "query_member": bundle.query_member,
         "rejection_rate": bundle.calibration.rejection_rate,
+        "quality": bundle.calibration.quality.kind,
+        "quality_description": bundle.calibration.quality.description,
         "open_set_far": bundle.calibration.open_set_far,
     }

@@ -73,10 +73,11 @@ def render_model_card(config: dict) -> str:
         "",
         f"- rejection: {100 * config['calibration']['rejection_rate']:.0f}% of gallery entries, "
         f"quality score `{config['calibration']['quality']['kind']}`, "
-        f"threshold {config['calibration']['rejection_threshold']:.4f}",
+        f"threshold {config['calibration']['rejection_threshold']:.4g}",
         f"- open set: similarity thresholds at FAR={config['calibration']['open_set_far']:g}: "
         + ", ".join(f"{k} {v:.3f}" for k, v in config["calibration"]["similarity_thresholds"].items()),
         f"- query model's own gallery embedding is an ensemble member: {config.get('query_member', False)}",
+        *_quality_choice(train, bool(config.get("query_member", False))),
         "",
         "## Evaluation (identities never used in training)",
         "",
@@ -95,3 +96,24 @@ def render_model_card(config: dict) -> str:
             )
     lines.append("")
     return "\n".join(lines)
+
+
+def _quality_choice(train: dict, query_member: bool) -> list[str]:
+    """Card lines: how the quality scores did in cross-validation on the served ensemble."""
+    cv = train.get("cross_validation", {})
+    curves = cv.get("rejection_recall_at_1", {}).get("with" if query_member else "without")
+    if not isinstance(curves, dict) or "random" not in curves:
+        return []
+    rates = ", ".join(f"{100 * r:.0f}" for r in cv.get("rates", []))
+    lines = [
+        "",
+        f"The quality score was chosen by {cv.get('folds', '?')}-fold identity cross-validation "
+        f"({cv.get('queries', '?')} queries) on the ensemble this bundle serves: "
+        f"Recall@1 after rejecting {rates}% of the gallery,",
+        "",
+        "| quality score | " + " | ".join(f"{100 * r:.0f}%" for r in cv.get("rates", [])) + " |",
+        "|---|" + "---:|" * len(cv.get("rates", [])),
+    ]
+    for kind, values in curves.items():
+        lines.append(f"| {kind} | " + " | ".join(f"{100 * v:.2f}" for v in values) + " |")
+    return lines

@@ -75,7 +75,9 @@ def bundle_markdown(summary: Mapping[str, Any]) -> str:
     lines += [f"| {role} | {r['name']} | {r['license']} | {r['training_data']} |" for role, r in rows]
     lines += [
         "",
-        f"Default rejection: {_pct(summary['rejection_rate'])} of a gallery · "
+        f"Default rejection: {_pct(summary['rejection_rate'])} of a gallery"
+        + (f", ranked by {summary['quality_description']}" if summary.get("quality_description") else "")
+        + " · "
         f"'unknown' thresholds set for a {_pct(summary['open_set_far'])} false-accept rate.",
     ]
     return "\n".join(lines)
@@ -173,8 +175,10 @@ def overview_summary(gallery: Gallery | None, rejected: np.ndarray, limit: int =
     if not n:
         return "The gallery is empty: upload images or pick an example gallery."
     r = int(rejected[gallery.positions].sum())
+    quality = gallery.bundle.calibration.quality
     text = (f"**{n} faces**, **{r} rejected** ({r / n:.0%}, red frame): they never count as matches. "
-            f"u = uncertainty, the disagreement of the gallery models.")
+            f"Rejected by the bundle's quality score, {quality.description}. "
+            f"u = uncertainty, the disagreement of the ensemble's members.")
     if n > limit:
         text += f" Showing {limit} of {n}."
     return text
@@ -337,13 +341,17 @@ def result_html(
 # --------------------------------------------------------------------------- figures
 
 
-def risk_coverage_figure(rc: RiskCoverage, current_rate: float | None = None):
-    """matplotlib Figure: leave-one-out Recall@1 vs share of the gallery rejected."""
+def risk_coverage_figure(rc: RiskCoverage, current_rate: float | None = None, quality: str = "disagreement"):
+    """matplotlib Figure: leave-one-out Recall@1 vs share of the gallery rejected.
+
+    ``quality`` names the quality score that ranked the gallery (one of ``QUALITY_SCORES``).
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.6, 3.6), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(rc.rates * 100, rc.recall_uncertainty * 100, "o-", color="#1a73e8", label="reject most uncertain (CMCE)")
+    label = "reject most uncertain (CMCE)" if quality == "disagreement" else f"reject by quality score ({quality})"
+    ax.plot(rc.rates * 100, rc.recall_uncertainty * 100, "o-", color="#1a73e8", label=label)
     ax.plot(rc.rates * 100, rc.recall_random * 100, "s--", color="#80868b", label="reject at random")
     if current_rate is not None:
         ax.axvline(current_rate * 100, color="#d93025", lw=1, ls=":", label=f"current setting ({current_rate:.0%})")
@@ -357,8 +365,13 @@ def risk_coverage_figure(rc: RiskCoverage, current_rate: float | None = None):
     return fig
 
 
-def uncertainty_figure(uncertainty: np.ndarray, rejected: np.ndarray, wrong: np.ndarray | None = None):
-    """matplotlib Figure: histogram of entry uncertainty, kept vs rejected; wrong LOO top-1 as ticks."""
+def uncertainty_figure(uncertainty: np.ndarray, rejected: np.ndarray, wrong: np.ndarray | None = None,
+                       description: str = "uncertainty (disagreement of the gallery models)"):
+    """matplotlib Figure: histogram of a per-entry score, kept vs rejected; wrong LOO top-1 as ticks.
+
+    ``uncertainty`` is the score rejection acts on (the bundle's quality score), and
+    ``description`` says what it is (``QualityModel.description``).
+    """
     from matplotlib.figure import Figure
 
     u = np.asarray(uncertainty, np.float64)
@@ -371,9 +384,9 @@ def uncertainty_figure(uncertainty: np.ndarray, rejected: np.ndarray, wrong: np.
     if wrong is not None and np.any(wrong):
         ax.plot(u[np.asarray(wrong, bool)], np.zeros(int(np.sum(wrong))), "|", color="black", ms=14, mew=1.5,
                 label="wrong top-1 (leave-one-out)")
-    ax.set_xlabel("uncertainty (disagreement of the gallery models)")
+    ax.set_xlabel(description)
     ax.set_ylabel("gallery faces")
-    ax.set_title("Uncertainty of your gallery", fontsize=10)
+    ax.set_title("Quality score of your gallery (rejection acts on it)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig

@@ -23,6 +23,7 @@ from .errors import CmceError
 from .metrics import mean_pairwise_cosine_distance
 
 __all__ = [
+    "QUALITY_DESCRIPTIONS",
     "QUALITY_SCORES",
     "QualityModel",
     "fuse_members",
@@ -31,6 +32,13 @@ __all__ = [
 ]
 
 QUALITY_SCORES = ("disagreement", "detection", "combined")
+
+#: What each quality score measures, in words for the app and the model card.
+QUALITY_DESCRIPTIONS = {
+    "disagreement": "uncertainty (the disagreement of the ensemble's members)",
+    "detection": "detector doubt (-log10 of the face detector's probability)",
+    "combined": "uncertainty and detector doubt together (mean of their percentile ranks)",
+}
 
 
 def fuse_members(members: np.ndarray) -> np.ndarray:
@@ -90,6 +98,11 @@ class QualityModel:
         u = np.quantile(np.asarray(uncertainty, np.float64), qs) if len(uncertainty) else []
         d = np.quantile(detection_doubt(probability).astype(np.float64), qs) if len(probability) else []
         return cls(kind, tuple(float(x) for x in u), tuple(float(x) for x in d))
+
+    @property
+    def description(self) -> str:
+        """What the score measures, in words (``QUALITY_DESCRIPTIONS``)."""
+        return QUALITY_DESCRIPTIONS[self.kind]
 
     def score(self, uncertainty: np.ndarray, probability: np.ndarray) -> np.ndarray:
         """Quality score per entry (G,) float32; higher = less trustworthy."""

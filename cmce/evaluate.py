@@ -233,15 +233,34 @@ def plot_risk_coverage(result: dict, path: str) -> None:
     rej = result["rejection"]
     rates = [0.0] + [r["rate"] for r in rej]
     base = next(r["recall_at_1"] for r in result["rows"] if r["name"] == "CMCE ensemble")
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
-    for key, label in (("recall_at_1", f"uncertainty ({result['bundle']['quality']})"),
-                       ("random_recall_at_1", "random"), ("detection_recall_at_1", "lowest detection prob.")):
-        ax.plot([100 * x for x in rates], [100 * base] + [100 * r[key] for r in rej], marker="o", label=label)
-    ax.set_xlabel("gallery rejected (%)")
-    ax.set_ylabel("Recall@1 of kept queries (%)")
-    ax.set_title("CMCE ensemble: risk-coverage")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    shipped = result["bundle"]["quality"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    # left: the ensemble the bundle serves, ranked by each quality score
+    ax = axes[0]
+    curves = {k: [r["recall_at_1"] for r in v] for k, v in result["rejection_by_quality"].items() if k != "bundle"}
+    curves["random"] = [r["random_recall_at_1"] for r in rej]
+    for kind, values in curves.items():
+        label = f"{kind} (shipped)" if kind == shipped else kind
+        ax.plot([100 * x for x in rates], [100 * base] + [100 * v for v in values], marker="o", label=label,
+                lw=2.5 if kind == shipped else 1.2, ls="--" if kind == "random" else "-")
+    ax.set_title("CMCE ensemble as served", fontsize=10)
+    # right: the gallery models' own ensemble (the paper's setting)
+    go = result.get("rejection_gallery_ensemble")
+    ax = axes[1]
+    if go:
+        for kind in ("disagreement", "detection", "combined", "random"):
+            key = f"{kind}_recall_at_1"
+            if all(key in r for r in go["rates"]):
+                ax.plot([0.0] + [100 * r["rate"] for r in go["rates"]],
+                        [100 * go["recall_at_1"]] + [100 * r[key] for r in go["rates"]], marker="o", label=kind,
+                        ls="--" if kind == "random" else "-")
+    ax.set_title("gallery models' own ensemble (the paper's setting)", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("gallery rejected (%)")
+        ax.set_ylabel("Recall@1 of kept queries (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Risk-coverage: rejection by each quality score", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

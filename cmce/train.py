@@ -4,7 +4,8 @@ Steps: list the dataset; split identities into train / validation / held-out tes
 (disjoint, fixed seed); embed every image once with every backbone (cached); train
 one transformer per gallery model on the train identities with early stopping on the
 validation identities; pick by measurement on validation whether the query model's
-own gallery embedding joins the ensemble and which quality score rejects best;
+own gallery embedding joins the ensemble and which quality score rejects best for
+that ensemble;
 calibrate the rejection and open-set thresholds on validation; save the bundle.
 The held-out identities are never seen; ``evaluate --heldout`` reports on them.
 """
@@ -110,31 +111,34 @@ def fit_network(
 QUALITY_RATES = (0.05, 0.1, 0.2, 0.3)
 
 
-def _quality_curves(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray) -> tuple[dict, int]:
+def _quality_curves(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray,
+                    random_repeats: int = 5) -> tuple[dict, int]:
     """Recall@1 after rejecting 5/10/20/30% of the gallery by each quality score.
 
-    Measured on the gallery models' own ensemble (the paper's setting): with the query
-    model as a member too, errors are too few (a handful of queries) to tell the scores
-    apart. The combined score's ranks are fitted on this very gallery.
+    Measured on the ensemble ``bundle`` serves (with the query model's own gallery
+    embedding as a member when ``bundle.query_member``): a score is chosen for the
+    errors that ensemble makes. The combined score's ranks are fitted on this very
+    gallery. ``random`` is the mean of ``random_repeats`` random rejections (seeded).
 
     Returns:
-        (quality kind -> list of Recall@1 per rate, number of queries).
+        (quality kind or ``random`` -> list of Recall@1 per rate, number of queries).
     """
-    from .ensemble import fuse_members
-
     gi, qi = first_image_protocol(labels)
     gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
     q_lab, g_lab = labels[qi], labels[gi]
-    gallery_only = fuse_members(np.stack([gv.views[m] for m in bundle.gallery_models], axis=1))
-    ens = emb[bundle.query_model][qi] @ gallery_only.T
+    sim = emb[bundle.query_model][qi] @ gv.ensemble.T
     ref = QualityModel.fit("combined", gv.uncertainty, prob[gi])
+
+    def r1(score: np.ndarray, rate: float) -> float:
+        return M.recall_at_k(sim, q_lab, g_lab, ks=(1,), gallery_mask=M.gallery_rejection_mask(score, rate))[1]
+
     curves = {}
     for kind in QUALITY_SCORES:
         s = QualityModel(kind, ref.uncertainty_reference, ref.doubt_reference).score(gv.uncertainty, prob[gi])
-        curves[kind] = [
-            M.recall_at_k(ens, q_lab, g_lab, ks=(1,), gallery_mask=M.gallery_rejection_mask(s, r))[1]
-            for r in QUALITY_RATES
-        ]
+        curves[kind] = [r1(s, r) for r in QUALITY_RATES]
+    rng = np.random.default_rng(0)
+    draws = [rng.random(len(gi)) for _ in range(random_repeats)]
+    curves["random"] = [float(np.mean([r1(d, r) for d in draws])) for r in QUALITY_RATES]
     return curves, len(qi)
 
 
@@ -151,7 +155,8 @@ def _member_recalls(query_model: str, gallery_models: Sequence[str], transformer
 
 
 def _pick_quality(curves: dict) -> str:
-    return max(curves, key=lambda k: float(np.mean(curves[k])))
+    """The quality score with the best mean Recall@1 over the rejection rates."""
+    return max(QUALITY_SCORES, key=lambda k: float(np.mean(curves[k])))
 
 
 def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, rate: float, far: float,
@@ -203,19 +208,19 @@ def cross_validate_choices(
     into ``folds`` identity-disjoint folds. Per fold, each gallery model's transformer is
     trained on the other folds for ``epochs[m]`` epochs (the count early stopping
     chose), and the fold is measured like the validation split: ensemble Recall@1 with
-    and without the query model as a member, and Recall@1 of the gallery models' own
-    ensemble after rejection by each quality score. Figures are averaged over folds,
-    weighted by their queries; every non-held-out identity is measured once.
+    and without the query model as a member, and Recall@1 of each of those two ensembles
+    after rejection by each quality score (and at random). Figures are averaged over
+    folds, weighted by their queries; every non-held-out identity is measured once.
 
     Returns:
         ``{"folds", "queries", "query_member_recall_at_1": {"without", "with"},
-        "rejection_recall_at_1": {kind: [R@1 per rate]}, "rates"}``.
+        "rejection_recall_at_1": {"without"|"with": {kind: [R@1 per rate]}}, "rates"}``.
     """
     ids = np.unique(labels[pool])
     rng = np.random.default_rng(seed)
     parts = np.array_split(rng.permutation(ids), folds)
     member = {False: [], True: []}
-    curves = {k: [] for k in QUALITY_SCORES}
+    curves: dict[bool, dict[str, list]] = {False: {}, True: {}}
     weights = []
     q = emb[query_model]
     for k, part in enumerate(parts):
@@ -232,11 +237,11 @@ def cross_validate_choices(
             ).module
         ev_emb = {m: v[ev] for m, v in emb.items()}
         rec = _member_recalls(query_model, gallery_models, nets, ev_emb, prob[ev], labels[ev])
-        c, n = _quality_curves(Bundle(query_model, tuple(gallery_models), nets, False), ev_emb, prob[ev], labels[ev])
         for b in (False, True):
             member[b].append(rec[b])
-        for kind in QUALITY_SCORES:
-            curves[kind].append(c[kind])
+            c, n = _quality_curves(Bundle(query_model, tuple(gallery_models), nets, b), ev_emb, prob[ev], labels[ev])
+            for kind, values in c.items():
+                curves[b].setdefault(kind, []).append(values)
         weights.append(n)
         logger.info("cross-validation fold %d/%d: %d queries; R@1 without/with query member %.4f/%.4f",
                     k + 1, folds, n, rec[False], rec[True])
@@ -247,7 +252,10 @@ def cross_validate_choices(
         "folds": folds,
         "queries": int(sum(weights)),
         "query_member_recall_at_1": {"without": float(w @ member[False]), "with": float(w @ member[True])},
-        "rejection_recall_at_1": {k: [float(x) for x in w @ np.asarray(v)] for k, v in curves.items()},
+        "rejection_recall_at_1": {
+            name: {k: [float(x) for x in w @ np.asarray(v)] for k, v in curves[b].items()}
+            for name, b in (("without", False), ("with", True))
+        },
         "rates": list(QUALITY_RATES),
     }
 
@@ -331,7 +339,8 @@ def train_bundle(
     member_figures = cv["query_member_recall_at_1"] if cv else {"without": choice[False], "with": choice[True]}
     member = member_figures["with"] > member_figures["without"] if query_member == "auto" else query_member == "yes"
     if quality == "auto" and cv:
-        quality = _pick_quality(cv["rejection_recall_at_1"])
+        # chosen for the ensemble the bundle will serve (with or without the query member)
+        quality = _pick_quality(cv["rejection_recall_at_1"]["with" if member else "without"])
     cal, cal_info = _calibrate(Bundle(query_model, tuple(gallery_models), early, member), val_emb, prob[va],
                                labels[va], rejection_rate, open_set_far, quality)
     bundle = Bundle(query_model, tuple(gallery_models), transformers, member, calibration=cal,

@@ -122,8 +122,14 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     # the auto choices were made by cross-validation over the non-held-out identities
     cv = t["cross_validation"]
     assert t["choices_by"] == "5-fold cross-validation" and cv["queries"] > 0
-    assert set(cv["rejection_recall_at_1"]) == {"disagreement", "detection", "combined"}
     assert loaded.query_member == (cv["query_member_recall_at_1"]["with"] > cv["query_member_recall_at_1"]["without"])
+    # the quality score is chosen on the ensemble the bundle serves, with or without the query member
+    assert set(cv["rejection_recall_at_1"]) == {"without", "with"}
+    served = cv["rejection_recall_at_1"]["with" if loaded.query_member else "without"]
+    assert set(served) == {"disagreement", "detection", "combined", "random"}
+    assert all(len(v) == len(cv["rates"]) and all(0 <= x <= 1 for x in v) for v in served.values())
+    best = max(("disagreement", "detection", "combined"), key=lambda k: np.mean(served[k]))
+    assert cal.quality.kind == best == t["chosen_quality"]
     assert t["refit_on_train_and_validation"] and all(h["refit_images"] > t["images"] for h in t["transformers"].values())
     # the query adapters (distillation baseline) survive saving, in float16
     assert set(loaded.query_adapters) == {"dlib-resnet34", "facenet-casia"}

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from cmce import display
+from cmce.ensemble import QualityModel
 from cmce.faces import Face
 from cmce.gallery import Match, QueryResult, ViewResult
 from cmce.report import leave_one_out_risk_coverage
@@ -92,6 +93,13 @@ def test_figures():
     assert len(fig.axes[0].lines) == 3
     fig = display.uncertainty_figure(rng.random(12), rng.random(12) > 0.7, rc.is_query & ~rc.hits)
     assert fig.axes[0].get_xlabel().startswith("uncertainty")
+    # the figures name the quality score the bundle rejects by
+    q = QualityModel("detection")
+    fig = display.uncertainty_figure(rng.random(12), rng.random(12) > 0.7, None, q.description)
+    assert fig.axes[0].get_xlabel() == q.description and "detector" in q.description
+    fig = display.risk_coverage_figure(rc, current_rate=0.1, quality="detection")
+    assert "detection" in fig.axes[0].lines[0].get_label()
+    assert "uncertain" in display.risk_coverage_figure(rc).axes[0].lines[0].get_label()
 
 
 def test_bundle_markdown_lists_models_and_licences():
@@ -102,3 +110,6 @@ def test_bundle_markdown_lists_models_and_licences():
     }
     md = display.bundle_markdown(summary)
     assert "| query model | q | Apache-2.0 | A |" in md and "| gallery model | g | MIT | B |" in md
+    assert "Default rejection: 10% of a gallery ·" in md
+    md = display.bundle_markdown({**summary, "quality_description": QualityModel("detection").description})
+    assert "ranked by detector doubt" in md

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import pytest
 
+from cmce import display
 from cmce.bundle import default_bundle_path, load_bundle
 from cmce.errors import CmceError, GalleryError
 from cmce.gallery import FaceEngine, Gallery, GalleryLimits
@@ -58,6 +59,9 @@ def test_rejected_entries_never_match(gallery: Gallery, lfw_dir) -> None:
     assert by_rate.sum() == round(0.25 * len(gallery))
     worst = np.argsort(-gallery.vectors.quality)[: by_rate.sum()]
     assert set(np.flatnonzero(by_rate)) == set(worst)
+    # the overview says which quality score rejected them
+    summary = display.overview_summary(gallery, by_rate)
+    assert f"{by_rate.sum()} rejected" in summary and gallery.bundle.calibration.quality.description in summary
 
 
 def test_unknown_person_is_answered_unknown(gallery: Gallery, lfw_dir) -> None:
