@@ -366,11 +366,13 @@ def risk_coverage_figure(rc: RiskCoverage, current_rate: float | None = None, qu
 
 
 def uncertainty_figure(uncertainty: np.ndarray, rejected: np.ndarray, wrong: np.ndarray | None = None,
-                       description: str = "uncertainty (disagreement of the gallery models)"):
+                       description: str = "uncertainty (disagreement of the gallery models)", log_scale: bool = False):
     """matplotlib Figure: histogram of a per-entry score, kept vs rejected; wrong LOO top-1 as ticks.
 
     ``uncertainty`` is the score rejection acts on (the bundle's quality score), and
-    ``description`` says what it is (``QualityModel.description``).
+    ``description`` says what it is (``QualityModel.description``). ``log_scale`` puts
+    the score on a log axis (detector doubt spans several decades), with values
+    below 1e-6 drawn at 1e-6.
     """
     from matplotlib.figure import Figure
 
@@ -378,7 +380,14 @@ def uncertainty_figure(uncertainty: np.ndarray, rejected: np.ndarray, wrong: np.
     rej = np.asarray(rejected, bool)
     fig = Figure(figsize=(5.6, 3.6), layout="constrained")
     ax = fig.add_subplot()
-    bins = np.histogram_bin_edges(u, bins=min(30, max(5, len(u) // 3))) if len(u) else 10
+    n_bins = min(30, max(5, len(u) // 3))
+    if log_scale and len(u):
+        u = np.maximum(u, 1e-6)
+        lo, hi = np.log10(u.min()) - 1e-3, np.log10(u.max()) + 1e-3  # margins keep both ends inside
+        bins = np.logspace(lo, max(hi, lo + 1), n_bins + 1)
+        ax.set_xscale("log")
+    else:
+        bins = np.histogram_bin_edges(u, bins=n_bins) if len(u) else 10
     ax.hist([u[~rej], u[rej]], bins=bins, stacked=True, color=["#1a73e8", "#d93025"],
             label=[f"kept ({int((~rej).sum())})", f"rejected ({int(rej.sum())})"])
     if wrong is not None and np.any(wrong):

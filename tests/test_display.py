@@ -95,8 +95,13 @@ def test_figures():
     assert fig.axes[0].get_xlabel().startswith("uncertainty")
     # the figures name the quality score the bundle rejects by
     q = QualityModel("detection")
-    fig = display.uncertainty_figure(rng.random(12), rng.random(12) > 0.7, None, q.description)
+    doubt = np.r_[0.0, 10.0 ** -rng.uniform(0, 5, 11)]  # detector doubt spans decades, and can be 0
+    fig = display.uncertainty_figure(doubt, rng.random(12) > 0.7, None, q.description, log_scale=True)
     assert fig.axes[0].get_xlabel() == q.description and "detector" in q.description
+    assert fig.axes[0].get_xscale() == "log"
+    counts, _ = np.histogram(np.maximum(doubt, 1e-6), bins=[p.get_x() for p in fig.axes[0].patches[:1]]
+                             + [p.get_x() + p.get_width() for p in fig.axes[0].patches[: len(fig.axes[0].patches) // 2]])
+    assert counts.sum() == len(doubt)  # every entry, the smallest and largest included, is in a bin
     fig = display.risk_coverage_figure(rc, current_rate=0.1, quality="detection")
     assert "detection" in fig.axes[0].lines[0].get_label()
     assert "uncertain" in display.risk_coverage_figure(rc).axes[0].lines[0].get_label()
