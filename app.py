@@ -391,7 +391,7 @@ def refresh_plots(state: Session | None, reject_by: str, rate: float, threshold:
     rejected = _rejected(g, reject_by, rate, threshold)[live]
     quality = g.bundle.calibration.quality
     hist = display.uncertainty_figure(g.vectors.quality[live], rejected, rc.is_query & ~rc.hits, quality.description,
-                                      log_scale=quality.kind == "detection")
+                                      log_scale=quality.log_axis)
     if not rc.usable:
         return None, hist, ("The risk-coverage curve needs labels: at least one person with two or more "
                             "photos (folders per person, or `Name_0001.jpg`-style names).")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from .ensemble import QUALITY_DESCRIPTIONS
 from .faces import Face
 from .gallery import Gallery, IndexReport, QueryResult, ViewResult
 from .report import RiskCoverage
@@ -366,7 +367,7 @@ def risk_coverage_figure(rc: RiskCoverage, current_rate: float | None = None, qu
 
 
 def uncertainty_figure(uncertainty: np.ndarray, rejected: np.ndarray, wrong: np.ndarray | None = None,
-                       description: str = "uncertainty (disagreement of the gallery models)", log_scale: bool = False):
+                       description: str = QUALITY_DESCRIPTIONS["disagreement"], log_scale: bool = False):
     """matplotlib Figure: histogram of a per-entry score, kept vs rejected; wrong LOO top-1 as ticks.
 
     ``uncertainty`` is the score rejection acts on (the bundle's quality score), and

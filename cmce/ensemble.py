@@ -104,6 +104,11 @@ class QualityModel:
         """What the score measures, in words (``QUALITY_DESCRIPTIONS``)."""
         return QUALITY_DESCRIPTIONS[self.kind]
 
+    @property
+    def log_axis(self) -> bool:
+        """Whether plots should put the score on a log axis (detector doubt spans decades)."""
+        return self.kind == "detection"
+
     def score(self, uncertainty: np.ndarray, probability: np.ndarray) -> np.ndarray:
         """Quality score per entry (G,) float32; higher = less trustworthy."""
         u = np.asarray(uncertainty, dtype=np.float32)

@@ -112,7 +112,7 @@ QUALITY_RATES = (0.05, 0.1, 0.2, 0.3)
 
 
 def _quality_curves(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray,
-                    random_repeats: int = 5) -> tuple[dict, int]:
+                    random_repeats: int = 5) -> tuple[dict, int, float]:
     """Recall@1 after rejecting 5/10/20/30% of the gallery by each quality score.
 
     Measured on the ensemble ``bundle`` serves (with the query model's own gallery
@@ -121,7 +121,8 @@ def _quality_curves(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndar
     gallery. ``random`` is the mean of ``random_repeats`` random rejections (seeded).
 
     Returns:
-        (quality kind or ``random`` -> list of Recall@1 per rate, number of queries).
+        (quality kind or ``random`` -> list of Recall@1 per rate, number of queries,
+        Recall@1 with nothing rejected).
     """
     gi, qi = first_image_protocol(labels)
     gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
@@ -139,7 +140,7 @@ def _quality_curves(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndar
     rng = np.random.default_rng(0)
     draws = [rng.random(len(gi)) for _ in range(random_repeats)]
     curves["random"] = [float(np.mean([r1(d, r) for d in draws])) for r in QUALITY_RATES]
-    return curves, len(qi)
+    return curves, len(qi), M.recall_at_k(sim, q_lab, g_lab, ks=(1,))[1]
 
 
 def _member_recalls(query_model: str, gallery_models: Sequence[str], transformers: dict, emb: dict,
@@ -171,7 +172,7 @@ def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, 
     for view, vecs in [("ensemble", gv.ensemble)] + list(gv.views.items()):
         scores, same = M.verification_scores(qv @ vecs.T, q_lab, g_lab)
         thresholds[view] = float(M.threshold_at_far(scores, same, far))
-    curves, _ = _quality_curves(bundle, emb, prob, labels)
+    curves, _, _ = _quality_curves(bundle, emb, prob, labels)
     if quality == "auto":
         quality = _pick_quality(curves)
     # calibration sample for rank-combined scores: the validation gallery
@@ -236,15 +237,16 @@ def cross_validate_choices(
                 config=config, fixed_epochs=epochs[m],
             ).module
         ev_emb = {m: v[ev] for m, v in emb.items()}
-        rec = _member_recalls(query_model, gallery_models, nets, ev_emb, prob[ev], labels[ev])
         for b in (False, True):
-            member[b].append(rec[b])
-            c, n = _quality_curves(Bundle(query_model, tuple(gallery_models), nets, b), ev_emb, prob[ev], labels[ev])
+            # one pass per ensemble: its Recall@1 decides the member, its curves the quality score
+            c, n, r1 = _quality_curves(Bundle(query_model, tuple(gallery_models), nets, b), ev_emb, prob[ev],
+                                       labels[ev])
+            member[b].append(r1)
             for kind, values in c.items():
                 curves[b].setdefault(kind, []).append(values)
         weights.append(n)
         logger.info("cross-validation fold %d/%d: %d queries; R@1 without/with query member %.4f/%.4f",
-                    k + 1, folds, n, rec[False], rec[True])
+                    k + 1, folds, n, member[False][-1], member[True][-1])
     if not weights:
         raise DatasetError("cross-validation: no fold has an identity with two images")
     w = np.asarray(weights, float) / sum(weights)

@@ -98,7 +98,7 @@ def test_figures():
     doubt = np.r_[0.0, 10.0 ** -rng.uniform(0, 5, 11)]  # detector doubt spans decades, and can be 0
     fig = display.uncertainty_figure(doubt, rng.random(12) > 0.7, None, q.description, log_scale=True)
     assert fig.axes[0].get_xlabel() == q.description and "detector" in q.description
-    assert fig.axes[0].get_xscale() == "log"
+    assert fig.axes[0].get_xscale() == "log" and q.log_axis and not QualityModel("disagreement").log_axis
     counts, _ = np.histogram(np.maximum(doubt, 1e-6), bins=[p.get_x() for p in fig.axes[0].patches[:1]]
                              + [p.get_x() + p.get_width() for p in fig.axes[0].patches[: len(fig.axes[0].patches) // 2]])
     assert counts.sum() == len(doubt)  # every entry, the smallest and largest included, is in a bin
