@@ -117,17 +117,32 @@ class GalleryVectors:
     """Everything a gallery stores per entry, computed by ``Bundle.gallery_vectors``.
 
     Attributes:
-        ensemble: (G, Dq) fused unit vectors.
+        ensemble: (G, Dq) fused unit vectors (zero rows where no member is present).
         views: view name -> (G, Dq): each gallery model through its transformer, and
-            ``"query"``, the query model's own embedding of the gallery image.
-        uncertainty: (G,) mean pairwise cosine distance of the members.
+            ``"query"``, the query model's own embedding of the gallery image (zero rows
+            where the entry lacks that embedding).
+        uncertainty: (G,) mean pairwise cosine distance of the members (NaN where
+            fewer than two embeddings can be compared).
         quality: (G,) quality score (higher = less trustworthy).
+        members: the ensemble's member names: gallery models, then ``"query"`` when
+            the query model's own embedding is a member.
+        member_present: (G, M) bool, which members each entry was fused from.
+        available: view name -> (G,) bool, the entries that view can match.
     """
 
     ensemble: np.ndarray
     views: Mapping[str, np.ndarray]
     uncertainty: np.ndarray
     quality: np.ndarray
+    members: tuple[str, ...] = ()
+    member_present: np.ndarray | None = None
+    available: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def entry_members(self, position: int) -> tuple[str, ...]:
+        """The members entry ``position`` was fused from."""
+        if self.member_present is None:
+            return self.members
+        return tuple(m for m, p in zip(self.members, self.member_present[position]) if p)
 
 
 @dataclass
@@ -201,32 +216,68 @@ class Bundle:
             module.to(device)
         return self
 
+    @property
+    def member_names(self) -> tuple[str, ...]:
+        """The ensemble's members: gallery models, then ``"query"`` if it is a member."""
+        return self.gallery_models + (("query",) if self.query_member else ())
+
     def gallery_vectors(
-        self, embeddings: Mapping[str, np.ndarray], detection_probability: np.ndarray
+        self,
+        embeddings: Mapping[str, np.ndarray],
+        detection_probability: np.ndarray,
+        present: Mapping[str, np.ndarray] | None = None,
     ) -> GalleryVectors:
         """Fuse a gallery's embeddings into stored vectors.
 
+        An entry may lack some backbones (an old gallery indexed by fewer models): it
+        is fused from the members it has, its uncertainty compares those members, and
+        the views of the models it lacks cannot match it.
+
         Args:
-            embeddings: backbone name -> (G, D) embeddings for every name in ``models``.
-            detection_probability: (G,) MTCNN probability per entry.
+            embeddings: backbone name -> (G, D) raw embeddings; a backbone absent from
+                the mapping is missing for every entry.
+            detection_probability: (G,) detector probability per entry.
+            present: backbone name -> (G,) bool, which rows hold a real embedding
+                (default: every row of every backbone in ``embeddings``).
 
         Returns:
             GalleryVectors for the G entries.
         """
-        views = self.members(embeddings)
-        stack = [views[m] for m in self.gallery_models]
-        query_vecs = np.asarray(embeddings[self.query_model], np.float32)
-        if self.query_member:
-            stack.append(query_vecs)
+        prob = np.asarray(detection_probability, np.float32)
+        g, dq = len(prob), PRETRAINED[self.query_model].embedding_size
+
+        def has(name: str) -> np.ndarray:
+            if name not in embeddings:
+                return np.zeros(g, bool)
+            p = None if present is None else present.get(name)
+            return np.ones(g, bool) if p is None else np.asarray(p, bool)
+
+        views: dict[str, np.ndarray] = {}
+        available: dict[str, np.ndarray] = {}
+        for m in self.gallery_models:
+            rows = has(m)
+            out = np.zeros((g, dq), np.float32)
+            if rows.any():
+                out[rows] = transform_embeddings(self.transformers[m], np.asarray(embeddings[m])[rows])
+            views[m], available[m] = out, rows
+        q_rows = has(self.query_model)
+        query_vecs = np.zeros((g, dq), np.float32)
+        if q_rows.any():
+            query_vecs[q_rows] = np.asarray(embeddings[self.query_model], np.float32)[q_rows]
+        stack = [views[m] for m in self.gallery_models] + ([query_vecs] if self.query_member else [])
+        mask = np.stack([available[m] for m in self.gallery_models] + ([q_rows] if self.query_member else []), axis=1)
         members = np.stack(stack, axis=1)
+        ensemble = fuse_members(members, mask)
         # Disagreement of the gallery models' transformed embeddings (the paper's signal);
-        # a single gallery model is compared with the query model's own embedding.
-        n_unc = len(self.gallery_models) if len(self.gallery_models) > 1 else members.shape[1]
-        uncertainty = member_uncertainty(members[:, :n_unc])
-        views = dict(views)
-        views["query"] = query_vecs
-        quality = self.calibration.quality.score(uncertainty, detection_probability)
-        return GalleryVectors(fuse_members(members), views, uncertainty, quality)
+        # with fewer than two of them, the query model's own embedding is compared too.
+        gm = np.stack([available[m] for m in self.gallery_models], axis=1)
+        with_query = q_rows & (gm.sum(axis=1) < 2)
+        unc_members = np.concatenate([members[:, : len(self.gallery_models)], query_vecs[:, None]], axis=1)
+        uncertainty = member_uncertainty(unc_members, np.concatenate([gm, with_query[:, None]], axis=1))
+        views["query"], available["query"] = query_vecs, q_rows
+        available["ensemble"] = mask.any(axis=1)
+        quality = self.calibration.quality.score(uncertainty, prob)
+        return GalleryVectors(ensemble, views, uncertainty, quality, self.member_names, mask, available)
 
     def rejected(self, quality: np.ndarray, *, rate: float | None = None, threshold: float | None = None) -> np.ndarray:
         """(G,) bool: entries rejected at a quality threshold or a rejection rate.
@@ -240,7 +291,8 @@ class Bundle:
         if rate is not None:
             if not 0.0 <= rate < 1.0:
                 raise CmceError(f"rejection rate must be in [0, 1), got {rate}")
-            return ~gallery_rejection_mask(q, rate) if len(q) else np.zeros(0, bool)
+            # an entry without a measurable score (NaN: a single member) is never rejected
+            return ~gallery_rejection_mask(np.where(np.isnan(q), -np.inf, q), rate) if len(q) else np.zeros(0, bool)
         t = self.calibration.rejection_threshold if threshold is None else threshold
         return q > t
 

@@ -44,6 +44,7 @@ def render_model_card(config: dict) -> str:
         "stored as the mean of its transformed embeddings, and its uncertainty is how much "
         "they disagree. Load with `cmce.load_bundle(...)`.",
         "",
+        *([f"**Use it for:** {info['purpose']}", ""] if info.get("purpose") else []),
         "## Backbones (weights come from the packages below, verified by sha256)",
         "",
         "| model | role here | licence | trained on |",
@@ -94,8 +95,44 @@ def render_model_card(config: dict) -> str:
                 f"| {100 * r['rate']:.0f}% | {100 * r['recall_at_1']:.2f} | {100 * r['random_recall_at_1']:.2f} | "
                 f"{100 * r['detection_recall_at_1']:.2f} |"
             )
+    lines += _upgrades(config)
     lines.append("")
     return "\n".join(lines)
+
+
+def _upgrades(config: dict) -> list[str]:
+    """Card lines: which galleries this bundle serves, and the measured upgrades into it."""
+    q = config["query_model"]["name"]
+    members = [g["name"] for g in config["gallery_models"]] + ([f"{q} (own)"] if config.get("query_member") else [])
+    lines = [
+        "",
+        "## Upgrading galleries to this bundle",
+        "",
+        "A gallery keeps every backbone's raw embedding, keyed by weights checksum. This bundle "
+        f"serves any gallery holding at least one of its members ({', '.join(f'`{m}`' for m in members)}) "
+        "with these weights: `python -m cmce upgrade GALLERY --bundle THIS` re-projects it without "
+        "reading a photo; `--backfill` then embeds the members entries lack, where the photo is still there.",
+    ]
+    for up in config.get("info", {}).get("upgrades", []):
+        src = up["from"]
+        lines += [
+            "",
+            f"From `{src.get('source', src['query'])}` (query `{src['query']}`, gallery "
+            f"{' + '.join(src['gallery'])}), on {up['counts']['queries']} queries of identities never "
+            f"used in training ({up['counts']['gallery']} gallery entries):",
+            "",
+            "| stage | query | members | R@1 (95% CI) | TAR@FAR=1e-2 | TAR@FAR=1e-3 | s per 1k entries | photos read |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in up["rows"]:
+            lo, hi = r["recall_at_1_ci95"]
+            cost = r.get("seconds_per_1k_entries")
+            lines.append(
+                f"| {r['stage']} | {r['query']} | {' + '.join(r['members'])} | {100 * r['recall_at_1']:.2f} "
+                f"({100 * lo:.1f}-{100 * hi:.1f}) | {100 * r['tar_at_far_1e-2']:.2f} | {100 * r['tar_at_far_1e-3']:.2f} | "
+                f"{'' if cost is None else f'{cost:.3g}'} | {r['photos_read']} |"
+            )
+    return lines
 
 
 def _quality_choice(train: dict, query_member: bool) -> list[str]:

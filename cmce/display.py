@@ -19,13 +19,15 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from .ensemble import QUALITY_DESCRIPTIONS
 from .faces import Face
-from .gallery import Gallery, IndexReport, QueryResult, ViewResult
+from .gallery import Gallery, IndexReport, LoadReport, QueryResult, ViewResult
 from .report import RiskCoverage
 from .uploads import UploadBatch
 
 __all__ = [
     "ORDERS",
     "bundle_markdown",
+    "bundle_choice",
+    "reprojection_markdown",
     "index_report_markdown",
     "index_report_dict",
     "entry_tile",
@@ -82,6 +84,40 @@ def bundle_markdown(summary: Mapping[str, Any]) -> str:
         f"'unknown' thresholds set for a {_pct(summary['open_set_far'])} false-accept rate.",
     ]
     return "\n".join(lines)
+
+
+def bundle_choice(name: str, query_model: str, gallery_models: Sequence[str], purpose: str | None = None) -> str:
+    """One line of the bundle picker: the bundle's name, what it is for, its models.
+
+    ``"facenet-query — FaceNet queries (query facenet-casia; gallery sface + dlib-resnet34)"``;
+    without a purpose only the models follow the name.
+    """
+    models = f"query {query_model}; gallery {' + '.join(gallery_models)}"
+    return f"{name} — {purpose} ({models})" if purpose else f"{name} — {models}"
+
+
+def reprojection_markdown(report: LoadReport, bundle_name: str, query_model: str) -> str:
+    """What switching bundles did to a gallery, from the load report of ``Gallery.reproject``.
+
+    ``"**Bundle facenet-query.** Gallery of 8 faces re-projected into facenet-casia's space
+    in 0.01 s; 0 photos re-read."``, followed by the faces that lack a member (◐), the
+    faces no member of the bundle can match, and the stored backbones it does not use.
+    """
+    faces = "face" if report.entries == 1 else "faces"
+    text = (f"**Bundle {bundle_name}.** Gallery of {report.entries} {faces} re-projected into "
+            f"{query_model}'s space in {report.seconds:.2f} s; {report.photos_read} photos re-read")
+    own = f"{query_model}'s own embedding"
+    lacks = [f"{n} {'face lacks' if n == 1 else 'faces lack'} {own if m == 'query' else m} (◐)"
+             for m, n in report.missing.items() if n]
+    if lacks:
+        text += "; " + "; ".join(lacks)
+    if report.unusable:
+        text += (f"; {report.unusable} {'face holds' if report.unusable == 1 else 'faces hold'} none of this "
+                 "bundle's models: kept, never matched")
+    if report.unused_backbones:
+        names = ", ".join(dict.fromkeys(k.split("@")[0] for k in report.unused_backbones))
+        text += f"; {names} embeddings kept for other bundles"
+    return text + "."
 
 
 def _listing(title: str, rows: Sequence[str]) -> list[str]:
@@ -141,9 +177,16 @@ def entry_tile(thumbnail: bytes, rejected: bool, size: int = 128) -> Image.Image
     return img
 
 
-def entry_caption(label: str | None, uncertainty: float, rejected: bool) -> str:
-    """``"Aaron_Peirsol · u=0.41"`` or ``"rejected · u=0.41"`` (the label kept short)."""
-    return f"{'rejected' if rejected else _short(label, 11)} · u={uncertainty:.2f}"
+def entry_caption(label: str | None, uncertainty: float, rejected: bool, members: int | None = None,
+                  of: int | None = None) -> str:
+    """``"Aaron_Peirsol · u=0.41"`` or ``"rejected · u=0.41"`` (the label kept short).
+
+    An entry fused from fewer members than the ensemble has gets a badge,
+    ``"… · ◐ 2/3 models"``; ``u=–`` means there was no pair of members to compare.
+    """
+    u = "–" if np.isnan(uncertainty) else f"{uncertainty:.2f}"
+    badge = f" · ◐ {members}/{of} models" if members is not None and of is not None and members < of else ""
+    return f"{'rejected' if rejected else _short(label, 11)} · u={u}{badge}"
 
 
 def _ordered(gallery: Gallery, order: str) -> np.ndarray:
@@ -161,11 +204,12 @@ def overview_tiles(
     """(tile, caption) for the live entries in ``order`` (one of ``ORDERS``), at most ``limit``."""
     if not len(gallery):
         return []
-    unc = gallery.vectors.uncertainty
+    vec = gallery.vectors
+    unc, total = vec.uncertainty, len(vec.members)
     out = []
     for pos in _ordered(gallery, order)[:limit]:
         e = gallery.entries[pos]
-        cap = entry_caption(e.label, float(unc[pos]), bool(rejected[pos]))
+        cap = entry_caption(e.label, float(unc[pos]), bool(rejected[pos]), len(vec.entry_members(pos)), total)
         out.append((entry_tile(e.thumbnail, bool(rejected[pos])), cap))
     return out
 
@@ -180,6 +224,11 @@ def overview_summary(gallery: Gallery | None, rejected: np.ndarray, limit: int =
     text = (f"**{n} faces**, **{r} rejected** ({r / n:.0%}, red frame): they never count as matches. "
             f"Rejected by the bundle's quality score, {quality.description}. "
             f"u = uncertainty, the disagreement of the ensemble's members.")
+    vec = gallery.vectors
+    lacking = int((~vec.member_present[gallery.positions].all(axis=1)).sum())
+    if lacking:
+        text += (f" **{lacking} faces lack a model** (◐: indexed before this bundle; fused from the "
+                 f"models they have, and absent from the columns of the models they lack).")
     if n > limit:
         text += f" Showing {limit} of {n}."
     return text
@@ -258,9 +307,10 @@ def result_dict(result: QueryResult, query_model: str, query_label: str | None =
                     "label": m.label,
                     "source": m.source,
                     "similarity": round(m.score, 4),
-                    "uncertainty": round(m.uncertainty, 4),
-                    "quality": round(m.quality, 4),
+                    "uncertainty": None if np.isnan(m.uncertainty) else round(m.uncertainty, 4),
+                    "quality": None if np.isnan(m.quality) else round(m.quality, 4),
                     "member_similarities": {k: round(s, 4) for k, s in m.member_scores.items()},
+                    "members": list(m.members),
                     "correct": _correct(m.label, query_label),
                 }
                 for m in v.matches
@@ -273,6 +323,10 @@ def result_dict(result: QueryResult, query_model: str, query_label: str | None =
         "false_accept_rate": result.far,
         "views": views,
     }
+
+
+def _u(uncertainty: float) -> str:
+    return "–" if np.isnan(uncertainty) else f"{uncertainty:.2f}"
 
 
 def _data_uri(jpeg: bytes) -> str:
@@ -317,13 +371,15 @@ def result_html(
             cls += " cmce-below" if m.score < v.threshold else ""
             members = ""
             if m.member_scores:
+                lacks = [qm if k == "query" else k for k in m.lacks]
                 members = "<div class='cmce-members'>" + " · ".join(
-                    f"{html.escape(qm if k == 'query' else k)} {s:.2f}" for k, s in m.member_scores.items()) + "</div>"
+                    f"{html.escape(qm if k == 'query' else k)} {s:.2f}" for k, s in m.member_scores.items()) + (
+                    f" · ◐ lacks {html.escape(', '.join(lacks))}" if lacks else "") + "</div>"
             items.append(
                 f"<li class='cmce-match{cls}'><img src='{_data_uri(gallery.entries[m.position].thumbnail)}' alt=''>"
                 f"<div class='cmce-meta'><div class='cmce-label' title='{html.escape(m.source)}'>{rank}. "
                 f"{html.escape(_short(m.label or m.source, 22))}</div>"
-                f"<div>sim <b>{m.score:.2f}</b> · u {m.uncertainty:.2f}</div>{members}</div></li>"
+                f"<div>sim <b>{m.score:.2f}</b> · u {_u(m.uncertainty)}</div>{members}</div></li>"
             )
         if not items:
             items.append("<li class='cmce-empty'>no gallery entry left after rejection</li>")

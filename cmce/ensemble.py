@@ -41,25 +41,51 @@ QUALITY_DESCRIPTIONS = {
 }
 
 
-def fuse_members(members: np.ndarray) -> np.ndarray:
-    """L2-normalised mean of the members.
+def fuse_members(members: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+    """L2-normalised mean of the members an entry has.
 
     Args:
         members: (G, N, D) unit vectors, N members per gallery entry.
+        present: (G, N) bool, which members each entry has (default all); an entry
+            with none gets a zero row.
 
     Returns:
-        (G, D) float32 unit vectors.
+        (G, D) float32 unit vectors (zero rows for entries without a member).
     """
     members = np.asarray(members, dtype=np.float32)
     if members.ndim != 3 or members.shape[1] == 0:
         raise CmceError(f"members must be (G, N>=1, D), got {members.shape}")
-    mean = members.mean(axis=1)
+    if present is None:
+        mean = members.mean(axis=1)
+    else:
+        w = np.asarray(present, np.float32)
+        if w.shape != members.shape[:2]:
+            raise CmceError(f"present must be (G, N) = {members.shape[:2]}, got {w.shape}")
+        mean = np.einsum("gn,gnd->gd", w, members)
     return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def member_uncertainty(members: np.ndarray) -> np.ndarray:
-    """Mean pairwise cosine distance between members, (G, N, D) -> (G,) float32."""
-    return mean_pairwise_cosine_distance(np.asarray(members, dtype=np.float32)).astype(np.float32)
+def member_uncertainty(members: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+    """Mean pairwise cosine distance between the members an entry has.
+
+    Args:
+        members: (G, N, D) unit vectors.
+        present: (G, N) bool (default all). Entries with fewer than two members have
+            no pair to compare: NaN.
+
+    Returns:
+        (G,) float32.
+    """
+    members = np.asarray(members, dtype=np.float32)
+    if present is None:
+        return mean_pairwise_cosine_distance(members).astype(np.float32)
+    w = np.asarray(present, np.float32)
+    n = w.sum(axis=1)
+    total = np.einsum("gn,gnd->gd", w, members)
+    sq = np.einsum("gd,gd->g", total, total)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unc = np.clip(1.0 - (sq - n) / (n * (n - 1)), 0.0, 2.0)
+    return np.where(n >= 2, unc, np.nan).astype(np.float32)
 
 
 def detection_doubt(probability: np.ndarray) -> np.ndarray:
@@ -113,14 +139,15 @@ class QualityModel:
         """Quality score per entry (G,) float32; higher = less trustworthy."""
         u = np.asarray(uncertainty, dtype=np.float32)
         if self.kind == "disagreement":
-            return u
+            return u  # NaN (a single member) stays NaN: never rejected by disagreement
         d = detection_doubt(probability)
         if self.kind == "detection":
             return d
         ru = np.searchsorted(np.asarray(self.uncertainty_reference), u, side="right") / len(self.uncertainty_reference)
         rd = np.searchsorted(np.asarray(self.doubt_reference), d, side="right") / len(self.doubt_reference)
-        # A tiny share of the raw uncertainty breaks ties of equal ranks.
-        return (0.5 * (ru + rd) + 1e-3 * u).astype(np.float32)
+        # A tiny share of the raw uncertainty breaks ties of equal ranks; an entry
+        # without a measurable uncertainty (a single member) is ranked by doubt alone.
+        return np.where(np.isnan(u), rd, 0.5 * (ru + rd) + 1e-3 * u).astype(np.float32)
 
     def to_dict(self) -> dict:
         return {

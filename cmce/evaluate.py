@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -22,7 +23,10 @@ from .transform import first_image_protocol, transform_embeddings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["REJECTION_RATES", "ViewScores", "adapter_row_name", "evaluate_embedded", "plot_risk_coverage", "row_metrics"]
+__all__ = [
+    "REJECTION_RATES", "UPGRADE_STAGES", "ViewScores", "adapter_row_name", "evaluate_embedded", "evaluate_upgrade",
+    "plot_risk_coverage", "row_metrics", "upgrade_costs",
+]
 
 REJECTION_RATES = (0.05, 0.10, 0.20, 0.30)
 
@@ -264,3 +268,183 @@ def plot_risk_coverage(result: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- upgrade experiment
+
+UPGRADE_STAGES = ("before", "no_backfill", "backfill")
+
+
+def _member_label(bundle_query: str, member: str) -> str:
+    return f"{bundle_query} (own)" if member == "query" else member
+
+
+def _top1_hits(sim: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray) -> np.ndarray:
+    """(Q,) 1.0 where the best-scoring gallery entry has the query's label."""
+    return (g_lab[sim.argmax(axis=1)] == q_lab).astype(np.float64)
+
+
+def _upgrade_metrics(sim: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray) -> dict:
+    scores, same = M.verification_scores(sim, q_lab, g_lab)
+    hits = _top1_hits(sim, q_lab, g_lab)
+    r1, lo, hi = M.bootstrap_mean_ci(hits)
+    return {
+        "recall_at_1": r1,
+        "recall_at_1_ci95": [lo, hi],
+        "tar_at_far_1e-2": float(M.tar_at_far(scores, same, 1e-2)),
+        "tar_at_far_1e-3": float(M.tar_at_far(scores, same, 1e-3)),
+    }
+
+
+def evaluate_upgrade(
+    embedded: EmbeddedFiles,
+    labels: Sequence[str],
+    new: Bundle,
+    old: Bundle | str,
+    *,
+    seconds_per_1k_entries: dict[str, float] | None = None,
+) -> dict:
+    """The paper's query-model update on one dataset: before, without and with backfill.
+
+    The old gallery holds what the old side embedded: the old bundle's backbones
+    (``old`` a Bundle), or one backbone alone (``old`` a backbone name: a photo
+    library indexed by one model, searched symmetrically). Then
+
+    * ``before``: old queries against the old gallery as the old side served it;
+    * ``no_backfill``: new-query-model queries against the old gallery's raw
+      embeddings re-projected by the new bundle (members it lacks are left out);
+    * ``backfill``: the new bundle with every member (the missing backbones embedded).
+
+    Same first-image protocol as ``evaluate_embedded``. ``embedded`` must hold every
+    backbone of both sides.
+
+    Args:
+        embedded: faces and embeddings of the dataset.
+        labels: identity per file.
+        new: the new bundle.
+        old: the old bundle, or the name of the one backbone an old library holds.
+        seconds_per_1k_entries: stage -> measured cost of that path (see
+            ``upgrade_costs``); recorded as given.
+
+    Returns:
+        JSON-ready ``{"from", "to", "rows", "ensemble_size", "comparisons"}``: ``rows``
+        has ``stage``, ``members``, ``query``, ``recall_at_1`` (+ 95% bootstrap
+        interval), ``tar_at_far_1e-2``, ``tar_at_far_1e-3``, ``seconds_per_1k_entries``
+        and ``photos_read``; ``ensemble_size`` the no-backfill Recall@1 and TARs by
+        number of members (mean over member subsets); ``comparisons`` paired bootstrap
+        intervals of the Recall@1 differences.
+    """
+    from itertools import combinations
+
+    from .ensemble import fuse_members
+
+    labels = np.asarray(labels)
+    idx = np.flatnonzero(embedded.found)
+    gi_l, qi_l = first_image_protocol(labels[idx])
+    gi, qi = idx[gi_l], idx[qi_l]
+    if len(qi) == 0:
+        raise DatasetError("no identity has two images with a face; nothing to query")
+    g_lab, q_lab = labels[gi], labels[qi]
+    emb, prob = embedded.embeddings, embedded.detection_probability[gi]
+    costs = seconds_per_1k_entries or {}
+    if isinstance(old, Bundle):
+        gv_old = old.gallery_vectors({m: emb[m][gi] for m in old.models}, prob)
+        old_query, stored = old.query_model, old.models
+        before_sim = emb[old_query][qi] @ gv_old.ensemble.T
+        before_members = [_member_label(old_query, m) for m in old.member_names]
+        side_from = {"query": old_query, "gallery": before_members}
+    else:
+        old_query, stored = old, (old,)
+        before_sim = emb[old][qi] @ emb[old][gi].T
+        before_members = [old]
+        side_from = {"query": old, "gallery": [old]}
+    nq = new.query_model
+    gv_nb = new.gallery_vectors({m: emb[m][gi] for m in new.models if m in stored}, prob)
+    gv_bf = new.gallery_vectors({m: emb[m][gi] for m in new.models}, prob)
+    qv = emb[nq][qi]
+    kept = [m for m, p in zip(gv_nb.members, gv_nb.member_present.all(axis=0)) if p]
+    sims = {"before": before_sim, "no_backfill": qv @ gv_nb.ensemble.T, "backfill": qv @ gv_bf.ensemble.T}
+    members = {"before": before_members, "no_backfill": [_member_label(nq, m) for m in kept],
+               "backfill": [_member_label(nq, m) for m in gv_bf.members]}
+    photos = {"before": 0, "no_backfill": 0, "backfill": int(len(gi)) if set(new.models) - set(stored) else 0}
+    rows = []
+    for stage in UPGRADE_STAGES:
+        row = {"stage": stage, "members": members[stage], "query": old_query if stage == "before" else nq}
+        row.update(_upgrade_metrics(sims[stage], q_lab, g_lab))
+        row["seconds_per_1k_entries"] = costs.get(stage)
+        row["photos_read"] = photos[stage]
+        rows.append(row)
+    hits = {s: _top1_hits(sims[s], q_lab, g_lab) for s in UPGRADE_STAGES}
+    comparisons = []
+    for a, b in (("before", "no_backfill"), ("no_backfill", "backfill")):
+        d, lo, hi = M.bootstrap_mean_ci(hits[b] - hits[a])
+        comparisons.append({"from": a, "to": b, "recall_at_1_gain": d, "ci95": [lo, hi]})
+    curve = []
+    views = {m: (gv_nb.views["query"] if m == "query" else gv_nb.views[m]) for m in kept}
+    for n in range(1, len(kept) + 1):
+        per = []
+        for subset in combinations(kept, n):
+            fused = fuse_members(np.stack([views[m] for m in subset], axis=1))
+            per.append({"members": [_member_label(nq, m) for m in subset],
+                        **_upgrade_metrics(qv @ fused.T, q_lab, g_lab)})
+        curve.append({"members": n, "subsets": per,
+                      **{k: float(np.mean([p[k] for p in per]))
+                         for k in ("recall_at_1", "tar_at_far_1e-2", "tar_at_far_1e-3")}})
+    return {
+        "from": side_from,
+        "to": {"query": nq, "gallery": [_member_label(nq, m) for m in new.member_names]},
+        "counts": {"gallery": int(len(gi)), "queries": int(len(qi))},
+        "rows": rows,
+        "comparisons": comparisons,
+        "ensemble_size": curve,
+    }
+
+
+def upgrade_costs(
+    embedded: EmbeddedFiles, labels: Sequence[str], new: Bundle, stored: Sequence[str], *,
+    sample: int = 32, repeats: int = 5,
+) -> dict[str, float]:
+    """Measured seconds per 1,000 gallery entries of each upgrade path, on this machine.
+
+    * ``before``: 0 (the gallery as it was).
+    * ``no_backfill``: re-projecting the gallery's raw embeddings with the new
+      bundle, fusing, scoring and building the index (median of ``repeats``).
+    * ``backfill``: that, plus reading, decoding and embedding each photo again with
+      the backbones the old gallery lacks (timed on ``sample`` gallery photos).
+
+    Args:
+        embedded, labels: the dataset (first-image protocol gallery).
+        new: the new bundle.
+        stored: the backbones the old gallery holds.
+    """
+    import time
+
+    from .backbones import create_backbone
+    from .gallery import derive
+    from .images import load_image
+
+    labels = np.asarray(labels)
+    idx = np.flatnonzero(embedded.found)
+    gi = idx[first_image_protocol(labels[idx])[0]]
+    emb = {m: embedded.embeddings[m][gi] for m in new.models if m in stored}
+    prob = embedded.detection_probability[gi]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        derive(new, new.gallery_vectors(emb, prob))
+        times.append(time.perf_counter() - start)
+    project = 1000.0 * float(np.median(times)) / max(len(gi), 1)
+    missing = [m for m in new.models if m not in stored]
+    embed = 0.0
+    if missing:
+        backbones = [create_backbone(m) for m in missing]
+        picks = gi[:sample]
+        for bb in backbones:  # warm-up: first calls allocate
+            bb.embed_faces(load_image(embedded.paths[picks[0]]), [embedded.faces[picks[0]]])
+        start = time.perf_counter()
+        for i in picks:
+            img = load_image(Path(embedded.paths[i]).read_bytes(), name=str(embedded.paths[i]))
+            for bb in backbones:
+                bb.embed_faces(img, [embedded.faces[i]])
+        embed = 1000.0 * (time.perf_counter() - start) / len(picks)
+    return {"before": 0.0, "no_backfill": project, "backfill": project + embed}

@@ -17,20 +17,30 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .backbones import PRETRAINED
 from .bundle import Bundle, GalleryVectors
-from .errors import CmceError, GalleryError, ImageError, LimitError
+from .errors import BackboneUnavailableError, CmceError, GalleryError, ImageError, LimitError
 from .faces import Face, FaceDetector, pick_subject
 from .images import DEFAULT_LIMITS, ImageLimits, content_hash, load_image
 from .index import VectorIndex
+from .store import (
+    BackboneRecord,
+    DerivedData,
+    GalleryRecords,
+    backbone_key,
+    backbone_record,
+    read_gallery,
+    write_derived,
+    write_gallery,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +50,12 @@ __all__ = [
     "GalleryEntry",
     "GalleryLimits",
     "IndexReport",
+    "LoadReport",
     "Match",
     "QueryResult",
     "ViewResult",
+    "bundle_fingerprint",
+    "bundle_keys",
 ]
 
 ProgressFn = Callable[[float, str], None]
@@ -112,6 +125,8 @@ class GalleryEntry:
         face: where the face is in that file.
         content_hash: sha256 of the file's bytes.
         thumbnail: JPEG bytes of a loose crop around the face (for display).
+        entry_id: ``<content hash>:<face number in the photo>``, unique in a gallery.
+        uri: where the photo can be read again (for backfill), or None.
     """
 
     label: str | None
@@ -119,6 +134,8 @@ class GalleryEntry:
     face: Face
     content_hash: str
     thumbnail: bytes = field(repr=False)
+    entry_id: str = ""
+    uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,7 @@ class IndexReport:
     skipped: tuple[tuple[str, str], ...] = ()
     duplicates: tuple[str, ...] = ()
     limits_reached: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def summary(self) -> str:
         def n(count: int, word: str) -> str:
@@ -140,13 +158,61 @@ class IndexReport:
             parts.append(f"{n(len(self.skipped), 'file')} skipped")
         if self.duplicates:
             parts.append(f"{n(len(self.duplicates), 'duplicate')} ignored")
-        parts += list(self.limits_reached)
+        parts += list(self.limits_reached) + list(self.notes)
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """How a saved gallery was opened with a bundle.
+
+    Attributes:
+        entries: entries read.
+        missing: member name -> entries lacking that member's embedding (only members
+            with at least one missing entry are listed).
+        unusable: entries holding none of the bundle's members (kept on disk, never
+            matched by this bundle).
+        unused_backbones: backbone keys stored in the gallery that this bundle does not
+            use (kept; another bundle may).
+        seconds: time to re-project the raw embeddings into this bundle's space.
+        photos_read: photos read while opening (always 0: raw embeddings suffice).
+        converted_from: 1 when the folder was in the version 1 format.
+    """
+
+    entries: int
+    missing: Mapping[str, int]
+    unusable: int
+    unused_backbones: tuple[str, ...]
+    seconds: float
+    photos_read: int = 0
+    converted_from: int | None = None
+
+    @property
+    def lacking(self) -> int:
+        """How many of the missing-member counts are non-zero (members lacking somewhere)."""
+        return sum(1 for v in self.missing.values() if v)
+
+    def summary(self) -> str:
+        parts = [f"{self.entries} entries re-projected in {self.seconds:.2f} s; {self.photos_read} photos read"]
+        if self.missing:
+            parts.append("lacking: " + ", ".join(f"{m} on {n}" for m, n in self.missing.items()))
+        if self.unusable:
+            parts.append(f"{self.unusable} entries hold none of this bundle's members")
+        if self.converted_from:
+            parts.append(f"converted from format version {self.converted_from}")
         return "; ".join(parts)
 
 
 @dataclass(frozen=True)
 class Match:
-    """One gallery entry returned for a query in one view."""
+    """One gallery entry returned for a query in one view.
+
+    Attributes:
+        members: the ensemble members this entry was fused from (``"query"``: the
+            query model's own embedding).
+        lacks: the members it lacks (indexed before the bundle that serves it).
+        member_scores: for the ensemble view, each member's similarity.
+    """
 
     position: int
     label: str | None
@@ -155,6 +221,8 @@ class Match:
     uncertainty: float
     quality: float
     member_scores: Mapping[str, float]
+    members: tuple[str, ...] = ()
+    lacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,52 +270,73 @@ def _thumbnail(image: np.ndarray, face: Face, size: int = 128) -> bytes:
 class FaceEngine:
     """The models, loaded once: detector, query model, gallery models, bundle.
 
+    The query model must run here (every query needs it). A gallery model that cannot
+    run here (e.g. weights that are only downloadable online) is skipped: the engine
+    still serves galleries that hold its embeddings, and new photos are indexed
+    without it (``unavailable`` says why).
+
     Args:
         bundle: the loaded bundle.
         detector: MTCNN settings (default: ``FaceDetector(max_side=800)``).
         device: torch device for torch backbones.
+
+    Raises:
+        BackboneUnavailableError: the query model cannot run here.
     """
 
     def __init__(self, bundle: Bundle, detector: FaceDetector | None = None, device: str | None = None):
         from .backbones import create_backbone
-        from .backbones.base import configure_torch_threads
+        from .backbones.base import configure_torch_threads, default_device
 
         configure_torch_threads()  # CMCE_TORCH_THREADS, default 1 (see TORCH_THREADS)
-
-        from .backbones.base import default_device
-
         self.device = device or default_device()
         self.bundle = bundle.to(self.device)  # the transformers run where the backbones do
         self.detector = detector or FaceDetector(max_side=800, device=self.device)
-        self.backbones = {m: create_backbone(m, self.device) for m in bundle.models}
+        self._backbones = {bundle.query_model: create_backbone(bundle.query_model, self.device)}
+        self.unavailable: dict[str, str] = {}
+        for m in bundle.models[1:]:
+            try:
+                self._backbones[m] = create_backbone(m, self.device)
+            except BackboneUnavailableError as e:
+                self.unavailable[m] = str(e)
+                logger.warning("%s; galleries holding its embeddings are still served", e)
+
+    @property
+    def backbones(self) -> dict[str, object]:
+        """Backbone name -> loaded model, for every bundle model that runs here."""
+        return dict(self._backbones)
 
     @property
     def query_backbone(self):
-        return self.backbones[self.bundle.query_model]
+        return self._backbones[self.bundle.query_model]
 
     def detect(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None) -> list[list[Face]]:
         """Faces per image (see ``FaceDetector.detect_batch``)."""
         return self.detector.detect_batch(list(images), list(sources) if sources else None)
 
     def embed_gallery_faces(self, image: np.ndarray, faces: Sequence[Face]) -> dict[str, np.ndarray]:
-        """Every bundle backbone's embeddings of ``faces``: name -> (n, D)."""
+        """Every available bundle backbone's embeddings of ``faces``: name -> (n, D)."""
         return self.embed_gallery_batch([(image, faces)])
 
-    def embed_gallery_batch(self, batch: Sequence[tuple[np.ndarray, Sequence[Face]]]) -> dict[str, np.ndarray]:
-        """Every bundle backbone's embeddings of the faces of several images.
+    def embed_gallery_batch(
+        self, batch: Sequence[tuple[np.ndarray, Sequence[Face]]], models: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Backbone embeddings of the faces of several images.
 
         Each backbone aligns the faces of every image, then embeds all of them in
         batches of its own size (batching across images, not image by image).
 
         Args:
             batch: ``(image, faces of that image)`` pairs.
+            models: which backbones (default every bundle model that runs here).
 
         Returns:
             name -> (total faces, D), rows in the order of ``batch`` and of the faces
             within each image.
         """
         out = {}
-        for m, bb in self.backbones.items():
+        for m in self._backbones if models is None else models:
+            bb = self._backbones[m]
             crops = [bb.align(image, faces) for image, faces in batch if len(faces)]
             out[m] = bb.embed(np.concatenate(crops)) if crops else np.zeros((0, bb.embedding_size), np.float32)
         return out
@@ -257,8 +346,64 @@ class FaceEngine:
         return self.query_backbone.embed_faces(image, [face])[0]
 
 
+def bundle_keys(bundle: Bundle) -> dict[str, str]:
+    """Backbone name -> the key (name and weights checksum) of its raw embeddings."""
+    return {m: backbone_key(m, PRETRAINED[m].sha256) for m in bundle.models}
+
+
+def bundle_inputs(
+    bundle: Bundle, embeddings: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Raw embeddings keyed by backbone key -> the name-keyed inputs of ``Bundle.gallery_vectors``.
+
+    Only embeddings made with the weights the bundle was built on are used.
+    """
+    keys = bundle_keys(bundle)
+    return ({m: embeddings[k] for m, k in keys.items() if k in embeddings},
+            {m: present[k] for m, k in keys.items() if k in present})
+
+
+def check_servable(bundle: Bundle, backbones: Mapping[str, BackboneRecord], entries: int, source: str) -> None:
+    """Refuse a gallery the bundle cannot serve, saying what is on each side.
+
+    Raises:
+        GalleryError: a stored embedding size that does not fit the bundle, or none of
+            the bundle's ensemble members among the stored backbones.
+    """
+    keys = bundle_keys(bundle)
+    for m, k in keys.items():
+        rec = backbones.get(k)
+        if rec is not None and rec.dim != PRETRAINED[m].embedding_size:
+            raise GalleryError(
+                f"{source}: holds {rec.dim}-d {m} embeddings, but this bundle's {m} is "
+                f"{PRETRAINED[m].embedding_size}-d; it cannot serve this gallery"
+            )
+    members = [keys[m] for m in bundle.gallery_models] + ([keys[bundle.query_model]] if bundle.query_member else [])
+    if entries and not any(k in backbones for k in members):
+        stored = ", ".join(sorted(backbones)) or "none"
+        raise GalleryError(
+            f"{source}: holds embeddings of {stored}; this bundle (query {bundle.query_model}) fuses "
+            f"{', '.join(dict.fromkeys(members))}, none of which is stored. Open it with a bundle of those "
+            f"backbones, or index the photos again with this one"
+        )
+
+
+def _placeholder_rows(vectors: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Rows a view cannot match get a unit placeholder (then removed from its index)."""
+    if not missing.any():
+        return vectors
+    out = vectors.copy()
+    out[missing] = 0.0
+    out[missing, 0] = 1.0
+    return out
+
+
 class Gallery:
     """One user's searchable gallery.
+
+    The raw embeddings of every backbone are kept (keyed by name and weights
+    checksum), so the gallery can be re-fused for another bundle, grown and pruned
+    without re-reading a photo; fused vectors and indexes are derived from them.
 
     Args:
         engine: the shared models.
@@ -269,12 +414,22 @@ class Gallery:
         self.engine = engine
         self.limits = limits
         self.entries: list[GalleryEntry] = []
-        self._emb: dict[str, np.ndarray] = {m: np.zeros((0, engine.backbones[m].embedding_size), np.float32)
-                                            for m in engine.bundle.models}
+        self._backbones: dict[str, BackboneRecord] = {}
+        self._emb: dict[str, np.ndarray] = {}
+        self._present: dict[str, np.ndarray] = {}
+        for m in engine.bundle.models:
+            self._ensure_backbone(backbone_record(m))
         self._vectors: GalleryVectors | None = None
         self._indexes: dict[str, VectorIndex] = {}
         self._removed = np.zeros(0, bool)
         self._lock = threading.RLock()
+        self.load_report: LoadReport | None = None
+
+    def _ensure_backbone(self, record: BackboneRecord) -> None:
+        if record.key not in self._backbones:
+            self._backbones[record.key] = record
+            self._emb[record.key] = np.zeros((len(self.entries), record.dim), np.float32)
+            self._present[record.key] = np.zeros(len(self.entries), bool)
 
     # ------------------------------------------------------------------ state
 
@@ -322,6 +477,7 @@ class Gallery:
         *,
         progress: ProgressFn | None = None,
         batch_size: int = 16,
+        record_paths: bool = True,
     ) -> IndexReport:
         """Detect, embed and index every face of the given images.
 
@@ -329,6 +485,8 @@ class Gallery:
             items: ``(display name, file bytes or path, label or None)`` per image.
             progress: called with (fraction done, message).
             batch_size: images per detection batch.
+            record_paths: store each file's absolute path (so a later backfill can
+                read it again); off for uploads that are deleted afterwards.
 
         Returns:
             IndexReport; unreadable files, files without a face, duplicates and
@@ -351,8 +509,9 @@ class Gallery:
             nonlocal added
             emb = self.engine.embed_gallery_batch([(r[1], r[4]) for r in records])
             entries = [
-                GalleryEntry(label if i == subject else None, name, f, digest, _thumbnail(img, f))
-                for name, img, label, digest, faces, subject in records
+                GalleryEntry(label if i == subject else None, name, f, digest, _thumbnail(img, f),
+                             f"{digest}:{i}", uri)
+                for name, img, label, digest, faces, subject, uri in records
                 for i, f in enumerate(faces)
             ]
             self._append(entries, emb)
@@ -383,11 +542,12 @@ class Gallery:
                             skipped.append((name, f"cannot read file ({e.strerror or e})"))
                             continue
                         seen.add(digest)
-                        decoded.append((name, img, label, digest))
+                        uri = str(Path(src).resolve()) if record_paths and not isinstance(src, (bytes, bytearray)) else None
+                        decoded.append((name, img, label, digest, uri))
                     records = []
                     if decoded:
                         faces_per = self.engine.detect([d[1] for d in decoded], [d[0] for d in decoded])
-                        for (name, img, label, digest), faces in zip(decoded, faces_per):
+                        for (name, img, label, digest, uri), faces in zip(decoded, faces_per):
                             if not faces:
                                 skipped.append((name, "no face found"))
                                 continue
@@ -406,7 +566,7 @@ class Gallery:
                             if len(faces) > room:
                                 limits_hit.append(f"{name}: only {room} of {len(faces)} faces fit (max entries)")
                                 faces = faces[:room]
-                            records.append((name, img, label, digest, faces, pick_subject(faces)))
+                            records.append((name, img, label, digest, faces, pick_subject(faces), uri))
                     if records:
                         append(records)  # every face of the chunk, batched per backbone
                     if progress:
@@ -417,13 +577,21 @@ class Gallery:
                 # half-fused; a chunk interrupted while embedding is dropped whole
                 if added:
                     self._refuse()
-        return IndexReport(added, len(items), tuple(skipped), tuple(duplicates), tuple(limits_hit))
+        notes = tuple(f"new entries lack {m}: {why}" for m, why in self.engine.unavailable.items()) if added else ()
+        return IndexReport(added, len(items), tuple(skipped), tuple(duplicates), tuple(limits_hit), notes)
 
     def _append(self, entries: list[GalleryEntry], emb: Mapping[str, np.ndarray]) -> None:
         # build everything first, then swap in: entries and embeddings never disagree
-        new_emb = {m: np.concatenate([v, np.asarray(emb[m], np.float32)]) for m, v in self._emb.items()}
-        new_removed = np.concatenate([self._removed, np.zeros(len(entries), bool)])
-        self._emb, self._removed = new_emb, new_removed
+        keys = bundle_keys(self.bundle)
+        by_key = {keys[m]: np.asarray(v, np.float32) for m, v in emb.items()}
+        n = len(entries)
+        new_emb, new_present = {}, {}
+        for k, v in self._emb.items():
+            rows = by_key.get(k)
+            new_emb[k] = np.concatenate([v, rows if rows is not None else np.zeros((n, v.shape[1]), np.float32)])
+            new_present[k] = np.concatenate([self._present[k], np.full(n, rows is not None)])
+        new_removed = np.concatenate([self._removed, np.zeros(n, bool)])
+        self._emb, self._present, self._removed = new_emb, new_present, new_removed
         self.entries.extend(entries)
 
     def _refuse(self) -> None:
@@ -432,14 +600,16 @@ class Gallery:
             self._vectors, self._indexes = None, {}
             return
         prob = np.array([e.face.probability for e in self.entries], np.float32)
-        vec = self.bundle.gallery_vectors(self._emb, prob)
+        emb, present = bundle_inputs(self.bundle, self._emb, self._present)
+        vec = self.bundle.gallery_vectors(emb, prob, present)
         self._vectors = vec
         self._indexes = {}
         for view, arr in [("ensemble", vec.ensemble)] + list(vec.views.items()):
+            missing = ~vec.available[view]
             index = VectorIndex(arr.shape[1])
-            index.add(arr)
-            if self._removed.any():
-                index.remove(np.flatnonzero(self._removed))
+            index.add(_placeholder_rows(arr, missing))
+            if self._removed.any() or missing.any():
+                index.remove(np.flatnonzero(self._removed | missing))
             self._indexes[view] = index
 
     def remove(self, positions: Sequence[int]) -> None:
@@ -479,7 +649,6 @@ class Gallery:
             keep = ~np.asarray(rejected, bool)
             q = np.asarray(query, np.float32)[None, :]
             thresholds = self.bundle.calibration.similarity_thresholds
-            members = list(self.bundle.gallery_models) + (["query"] if self.bundle.query_member else [])
             out = {}
             for view in self.bundle.view_names:
                 res = self._indexes[view].search(q, k=k, mask=keep)
@@ -488,9 +657,11 @@ class Gallery:
                     if pos < 0:
                         continue
                     e = self.entries[pos]
-                    ms = {m: float(vec.views[m][pos] @ q[0]) for m in members} if view == "ensemble" else {}
+                    has = vec.entry_members(int(pos))
+                    ms = {m: float(vec.views[m][pos] @ q[0]) for m in has} if view == "ensemble" else {}
+                    lacks = tuple(m for m in vec.members if m not in has)
                     matches.append(Match(int(pos), e.label, e.source, float(score), float(vec.uncertainty[pos]),
-                                         float(vec.quality[pos]), ms))
+                                         float(vec.quality[pos]), ms, has, lacks))
                 thr = float(thresholds.get(view, -1.0))
                 unknown = not matches or matches[0].score < thr
                 out[view] = ViewResult(view, tuple(matches), thr, unknown)
@@ -531,81 +702,165 @@ class Gallery:
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write the gallery to ``folder`` atomically (previous state kept on failure)."""
-        dest = Path(folder)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    def records(self) -> GalleryRecords:
+        """The live entries as columns, with every backbone's raw embeddings."""
         with self._lock:
-            tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
-            try:
-                thumbs = [e.thumbnail for e in self.entries]
-                offsets = np.cumsum([0] + [len(t) for t in thumbs]).astype(np.int64)
-                np.savez(
-                    tmp / "embeddings.npz",
-                    removed=self._removed,
-                    thumbnails=np.frombuffer(b"".join(thumbs), np.uint8),
-                    thumbnail_offsets=offsets,
-                    **{f"emb::{m}": v for m, v in self._emb.items()},
-                )
-                meta = {
-                    "format_version": 1,
-                    "bundle_fingerprint": bundle_fingerprint(self.bundle),
-                    "bundle": {"query": self.bundle.query_model, "gallery": list(self.bundle.gallery_models),
-                               "source": self.bundle.source},
-                    "entries": [
-                        {"label": e.label, "source": e.source, "face": e.face.to_dict(), "content_hash": e.content_hash}
-                        for e in self.entries
-                    ],
-                }
-                (tmp / "gallery.json").write_text(json.dumps(meta))
-                old = dest.with_name(f".{dest.name}.old")
-                if dest.exists():
-                    shutil.rmtree(old, ignore_errors=True)
-                    os.replace(dest, old)
-                os.replace(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            live = self.positions
+            es = [self.entries[i] for i in live]
+            n = len(es)
+
+            def objects(values: list) -> np.ndarray:
+                out = np.empty(n, dtype=object)
+                out[:] = values
+                return out
+
+            return GalleryRecords(
+                entry_id=objects([e.entry_id or f"{e.content_hash}:{i}" for i, e in zip(live, es)]),
+                content_hash=objects([e.content_hash for e in es]),
+                source=objects([e.source for e in es]),
+                uri=objects([e.uri for e in es]),
+                label=objects([e.label for e in es]),
+                box=np.array([e.face.box for e in es], np.float32).reshape(n, 4),
+                landmarks=np.array([e.face.landmarks for e in es], np.float32).reshape(n, 5, 2),
+                probability=np.array([e.face.probability for e in es], np.float32),
+                image_size=np.array([e.face.image_size for e in es], np.int32).reshape(n, 2),
+                thumbnail=objects([e.thumbnail for e in es]),
+                backbones=dict(self._backbones),
+                embeddings={k: v[live] for k, v in self._emb.items()},
+                present={k: v[live] for k, v in self._present.items()},
+            )
+
+    def derived_data(self) -> tuple[DerivedData, VectorIndex]:
+        """This bundle's derived data for the live entries (what ``save`` stores beside the shards)."""
+        with self._lock:
+            return derive(self.bundle, self.vectors, self.positions)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the gallery to ``folder`` (format version 2) atomically.
+
+        The raw embeddings of every backbone go to Parquet shards (the source of
+        truth); this bundle's fused vectors, scores and index are stored beside them
+        as derived data. Removed entries are dropped. The previous state is kept if
+        writing fails.
+        """
+        with self._lock:
+            dest = write_gallery(folder, self.records())
+            if len(self):
+                derived, index = self.derived_data()
+                write_derived(dest, derived, index)
         return dest
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, engine: FaceEngine, limits: GalleryLimits = GalleryLimits()) -> Gallery:
-        """Read a gallery written by ``save``; refuses one built with another bundle."""
-        folder = Path(folder)
-        try:
-            meta = json.loads((folder / "gallery.json").read_text())
-            with np.load(folder / "embeddings.npz", allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except FileNotFoundError as e:
-            raise GalleryError(f"{folder}: not a saved gallery ({Path(e.filename).name} missing)") from e
-        except (ValueError, OSError, json.JSONDecodeError) as e:
-            raise GalleryError(f"{folder}: corrupt gallery files ({e})") from e
-        if meta.get("bundle_fingerprint") != bundle_fingerprint(engine.bundle):
-            b = meta.get("bundle", {})
-            raise GalleryError(
-                f"{folder}: built with another bundle (query {b.get('query')}, gallery {b.get('gallery')}, "
-                f"from {b.get('source')}); open it with that bundle or index the images again"
-            )
+    def from_records(
+        cls, records: GalleryRecords, engine: FaceEngine, limits: GalleryLimits = GalleryLimits(), *,
+        source: str = "gallery", converted_from: int | None = None,
+    ) -> Gallery:
+        """A gallery over stored records, re-projected into ``engine``'s bundle.
+
+        No photo is read and no backbone runs: the bundle's transformers map the raw
+        embeddings into its query space and the members each entry has are fused.
+
+        Raises:
+            GalleryError: the records hold none of the bundle's members, or an
+                embedding whose size does not fit the bundle; the message names the
+                backbones on each side.
+        """
+        start = time.perf_counter()
+        bundle = engine.bundle
+        keys = bundle_keys(bundle)
+        check_servable(bundle, records.backbones, len(records), source)
+        member_keys = {m: keys[m] for m in bundle.gallery_models}
+        if bundle.query_member:
+            member_keys["query"] = keys[bundle.query_model]
         g = cls(engine, limits)
-        thumbs, offs = arrays["thumbnails"].tobytes(), arrays["thumbnail_offsets"]
+        for k, rec in records.backbones.items():
+            g._backbones[k] = rec
+            g._emb[k] = np.asarray(records.embeddings[k], np.float32)
+            g._present[k] = np.asarray(records.present[k], bool)
+        n = len(records)
+        for k, rec in list(g._backbones.items()):
+            if len(g._emb[k]) != n:  # a bundle backbone the records do not hold
+                g._emb[k] = np.zeros((n, rec.dim), np.float32)
+                g._present[k] = np.zeros(n, bool)
         g.entries = [
-            GalleryEntry(d["label"], d["source"], Face.from_dict(d["face"]), d["content_hash"], thumbs[offs[i] : offs[i + 1]])
-            for i, d in enumerate(meta["entries"])
+            GalleryEntry(
+                records.label[i], records.source[i], records.face(i), records.content_hash[i], records.thumbnail[i] or b"", records.entry_id[i], records.uri[i],
+            )
+            for i in range(n)
         ]
-        for m in g._emb:
-            key = f"emb::{m}"
-            if key not in arrays or len(arrays[key]) != len(g.entries):
-                raise GalleryError(f"{folder}: embeddings of {m} missing or incomplete")
-            g._emb[m] = arrays[key].astype(np.float32)
-        g._removed = arrays["removed"].astype(bool)
+        g._removed = np.zeros(n, bool)
         g._refuse()
+        present = g._vectors.member_present if g._vectors is not None else np.zeros((0, len(member_keys)), bool)
+        missing = {m: int((~present[:, j]).sum()) for j, m in enumerate(member_keys) if (~present[:, j]).any()}
+        used = set(keys.values())
+        g.load_report = LoadReport(
+            entries=n, missing=missing, unusable=int((~present.any(axis=1)).sum()) if n else 0,
+            unused_backbones=tuple(sorted(k for k in records.backbones if k not in used)),
+            seconds=time.perf_counter() - start, converted_from=converted_from,
+        )
         return g
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, engine: FaceEngine, limits: GalleryLimits = GalleryLimits()) -> Gallery:
+        """Open a saved gallery with any bundle that fuses at least one backbone it holds.
+
+        The raw embeddings are re-projected into the bundle's space (no photo is
+        read); ``load_report`` says which members each entry lacks. Version 1
+        galleries are converted on reading.
+
+        Raises:
+            GalleryError: missing or corrupt folder, or no member of the bundle stored.
+        """
+        stored = read_gallery(folder)
+        return cls.from_records(stored.records, engine, limits, source=str(folder),
+                                converted_from=stored.converted_from)
+
+    def reproject(self, engine: FaceEngine) -> Gallery:
+        """This gallery served by another engine's bundle: re-projected, no photo read.
+
+        Returns:
+            A new Gallery with the same entries; its ``load_report`` says how long it
+            took and which members entries lack.
+        """
+        with self._lock:
+            records = self.records()
+        return Gallery.from_records(records, engine, self.limits, source="this gallery")
+
+
+def derive(bundle: Bundle, vectors: GalleryVectors, rows: np.ndarray | None = None,
+           seconds: float = 0.0) -> tuple[DerivedData, VectorIndex]:
+    """The derived data a gallery folder stores for ``bundle``: scores and the ensemble's index.
+
+    Args:
+        bundle: the serving bundle.
+        vectors: its ``gallery_vectors`` of the gallery.
+        rows: the entries to keep, in order (default all).
+        seconds: how long computing ``vectors`` took (recorded).
+    """
+    rows = np.arange(len(vectors.quality)) if rows is None else np.asarray(rows)
+    missing = ~vectors.available["ensemble"][rows]
+    index = VectorIndex(vectors.ensemble.shape[1])
+    index.add(_placeholder_rows(vectors.ensemble[rows], missing))
+    if missing.any():
+        index.remove(np.flatnonzero(missing))
+    derived = DerivedData(
+        bundle_fingerprint(bundle), bundle_description(bundle), vectors.members, vectors.member_present[rows],
+        vectors.uncertainty[rows], vectors.quality[rows], Path("index.npz"), seconds,
+    )
+    return derived, index
+
+
+def bundle_description(bundle: Bundle) -> dict:
+    """What a derived folder records about the bundle that built it."""
+    return {"query": bundle.query_model, "gallery": list(bundle.gallery_models),
+            "query_member": bundle.query_member, "source": bundle.source}
 
 
 def bundle_fingerprint(bundle: Bundle) -> str:
-    """sha256 over the bundle's config and transformer weights: galleries record it."""
-    h = hashlib.sha256(json.dumps(bundle.config_dict(), sort_keys=True, default=str).encode())
+    """sha256 over what shapes a gallery's derived data: the config (less the free-form
+    ``info``: training summary and evaluations) and the transformer weights."""
+    config = {k: v for k, v in bundle.config_dict().items() if k != "info"}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for m in bundle.gallery_models:
         for k, v in sorted(bundle.transformers[m].state_dict().items()):
             h.update(k.encode())

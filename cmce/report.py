@@ -60,12 +60,12 @@ class RiskCoverage:
 class _Ranking:
     """Every query's gallery entries sorted by similarity, so any rejection is cheap."""
 
-    def __init__(self, sim: np.ndarray, labels: np.ndarray, known: np.ndarray):
+    def __init__(self, sim: np.ndarray, labels: np.ndarray, known: np.ndarray, can_query: np.ndarray):
         n = sim.shape[0]
         sim = sim.copy()
         np.fill_diagonal(sim, -np.inf)  # an entry never matches itself
         self.order = np.argsort(-sim, axis=1, kind="stable").astype(np.int32)[:, : max(n - 1, 0)]
-        self.labels, self.known = labels, known
+        self.labels, self.known, self.can_query = labels, known, can_query
         self.n_labels = int(labels.max()) + 1 if known.any() else 0
 
     def top1(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +74,7 @@ class _Ranking:
         per_label = np.bincount(self.labels[kept & self.known], minlength=self.n_labels)
         counted = kept & self.known
         counted[counted] = per_label[self.labels[counted]] >= 2  # itself and one more
+        counted &= self.can_query
         if not counted.any():
             return counted, counted.copy()
         rows = np.flatnonzero(counted)
@@ -93,6 +94,7 @@ def leave_one_out_risk_coverage(
     rates: Sequence[float] = DEFAULT_RATES,
     random_draws: int = 10,
     seed: int = 0,
+    can_query: np.ndarray | None = None,
 ) -> RiskCoverage:
     """Leave-one-out Recall@1 with rejection by quality score vs random rejection.
 
@@ -104,6 +106,9 @@ def leave_one_out_risk_coverage(
         rates: rejection rates in [0, 1).
         random_draws: random rejections averaged for the baseline.
         seed: seed of the random baseline.
+        can_query: (N,) bool, entries that can act as queries (default all; an entry
+            without the query model's own embedding cannot). A NaN quality score (no
+            measurable disagreement) is never rejected first.
 
     Returns:
         RiskCoverage.
@@ -126,6 +131,7 @@ def leave_one_out_risk_coverage(
     q = np.asarray(query_vectors, np.float32)
     g = np.asarray(gallery_vectors, np.float32)
     quality = np.asarray(quality, np.float64)
+    quality = np.where(np.isnan(quality), -np.inf, quality)
     n = len(labels)
     if q.ndim != 2 or g.ndim != 2 or q.shape != g.shape or q.shape[0] != n or quality.shape != (n,):
         raise CmceError(
@@ -138,7 +144,8 @@ def leave_one_out_risk_coverage(
     known = np.array([lab is not None for lab in labels], bool)
     codes = {lab: i for i, lab in enumerate(sorted({lab for lab in labels if lab is not None}))}
     lab_arr = np.array([codes[lab] if lab is not None else -1 for lab in labels], np.int64)
-    ranking = _Ranking(q @ g.T, lab_arr, known)
+    can = np.ones(n, bool) if can_query is None else np.asarray(can_query, bool)
+    ranking = _Ranking(q @ g.T, lab_arr, known, can)
     rng = np.random.default_rng(seed)
     rec_u = np.full(len(rate_list), np.nan)
     rec_r = np.full(len(rate_list), np.nan)
@@ -169,14 +176,15 @@ def leave_one_out_risk_coverage(
 def gallery_risk_coverage(gallery, *, rates: Sequence[float] = DEFAULT_RATES, random_draws: int = 10) -> RiskCoverage:
     """:func:`leave_one_out_risk_coverage` over the live entries of a ``cmce.gallery.Gallery``.
 
-    Queries use ``gallery.vectors.views["query"]``, matches ``gallery.vectors.ensemble``,
-    rejection ``gallery.vectors.quality``. ``hits`` and ``is_query`` are over the live
+    Queries use ``gallery.vectors.views["query"]`` (entries lacking the query model's own
+    embedding are not queries), matches ``gallery.vectors.ensemble``, rejection
+    ``gallery.vectors.quality``. ``hits`` and ``is_query`` are over the live
     entries, in ``gallery.positions`` order.
     """
     live = gallery.positions
     vec = gallery.vectors
-    labels = [gallery.entries[i].label for i in live]
+    labels = [gallery.entries[i].label if vec.available["ensemble"][i] else None for i in live]
     return leave_one_out_risk_coverage(
         vec.views["query"][live], vec.ensemble[live], labels, vec.quality[live],
-        rates=rates, random_draws=random_draws,
+        rates=rates, random_draws=random_draws, can_query=vec.available["query"][live],
     )

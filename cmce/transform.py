@@ -40,6 +40,7 @@ __all__ = [
     "create_transformer",
     "first_image_protocol",
     "fit_linear_map",
+    "quantize_transformer",
     "train_transformer",
     "transform_embeddings",
 ]
@@ -133,6 +134,25 @@ class EmbeddingTransformer(nn.Module):
 def create_transformer(config: TransformerConfig) -> EmbeddingTransformer:
     """Build an untrained transformation network for ``config``."""
     return EmbeddingTransformer(config)
+
+
+def quantize_transformer(module: EmbeddingTransformer) -> EmbeddingTransformer:
+    """A copy of ``module`` whose linear layers run in int8 (dynamic quantization, CPU).
+
+    Weights are quantized per tensor, activations per batch at run time; on CPUs with
+    int8 dot-product instructions (VNNI) it runs about twice as fast as float32 and its
+    unit outputs stay within about 1e-3 cosine distance of the float32 ones (measured in
+    ``tests/test_transform_quantized.py``). Used for bulk re-projection only.
+    """
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():  # torch marks eager-mode quantization as moving to torchao
+        warnings.simplefilter("ignore")
+        out = torch.ao.quantization.quantize_dynamic(copy.deepcopy(module).cpu().eval(), {nn.Linear},
+                                                     dtype=torch.qint8)
+    out.config = module.config
+    return out
 
 
 def transform_embeddings(module: EmbeddingTransformer, embeddings: np.ndarray, batch_size: int = 4096) -> np.ndarray:

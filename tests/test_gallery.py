@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from cmce import display
 from cmce.bundle import default_bundle_path, load_bundle
-from cmce.errors import CmceError, GalleryError
+from cmce.errors import CmceError
 from cmce.gallery import FaceEngine, Gallery, GalleryLimits
+from cmce.store import read_gallery
 
 PEOPLE = ["Aaron_Peirsol", "Adam_Sandler", "Abel_Pacheco", "Ahmed_Chalabi"]
 
@@ -76,7 +76,7 @@ def test_no_face_query_is_a_clear_error(gallery: Gallery) -> None:
         gallery.search_image(np.full((200, 200, 3), 127, np.uint8), name="grey.png")
 
 
-def test_save_load_remove_and_refuse_other_bundle(gallery: Gallery, engine, tmp_path: Path, lfw_dir) -> None:
+def test_save_load_remove_and_serve_with_another_bundle(gallery: Gallery, engine, tmp_path: Path, lfw_dir) -> None:
     gallery.save(tmp_path / "g")
     loaded = Gallery.load(tmp_path / "g", engine)
     assert len(loaded) == len(gallery)
@@ -86,9 +86,13 @@ def test_save_load_remove_and_refuse_other_bundle(gallery: Gallery, engine, tmp_
     assert len(loaded) == len(gallery) - 1
     res = loaded.search_image(lfw_dir / "Aaron_Peirsol" / "Aaron_Peirsol_0003.jpg")
     assert pos not in [m.position for m in res.views["ensemble"].matches]
+    # another bundle over the same backbones serves the saved gallery: re-projected, no photo read
     other = FaceEngine(load_bundle(default_bundle_path().parent / "facenet-query"))
-    with pytest.raises(GalleryError, match="another bundle"):
-        Gallery.load(tmp_path / "g", other)
+    moved = Gallery.load(tmp_path / "g", other)
+    assert len(moved) == len(gallery) and moved.load_report.photos_read == 0 and not moved.load_report.missing
+    res = moved.search_image(lfw_dir / "Aaron_Peirsol" / "Aaron_Peirsol_0003.jpg")
+    assert res.views["ensemble"].matches[0].label == "Aaron_Peirsol"
+    assert set(res.views) == set(other.bundle.view_names)
 
 
 def test_limits_are_reported(engine, lfw_dir) -> None:
@@ -112,8 +116,10 @@ def test_index_command(tmp_path: Path, lfw_dir, capsys) -> None:
     assert main(["index", str(src), "--out", str(tmp_path / "gal"), "--quiet"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("4 faces indexed from 5 files; 1 file skipped")
-    meta = json.loads((tmp_path / "gal" / "gallery.json").read_text())
-    assert sorted({e["label"] for e in meta["entries"]}) == sorted(PEOPLE[:2])
+    stored = read_gallery(tmp_path / "gal")
+    assert sorted(set(stored.records.label)) == sorted(PEOPLE[:2])
+    assert all(Path(u).is_file() for u in stored.records.uri)  # paths kept for a later backfill
+    assert stored.manifest["derived"]["bundle"]["query"] == load_bundle().query_model
 
 
 def test_limits_from_environment() -> None:
@@ -131,16 +137,16 @@ def test_interrupted_saves_leave_the_previous_state(gallery: Gallery, tmp_path: 
     from cmce.bundle import save_bundle
 
     gallery.save(tmp_path / "g")
-    before = (tmp_path / "g" / "gallery.json").read_bytes()
+    before = (tmp_path / "g" / "manifest.json").read_bytes()
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(np, "savez", boom)
+    monkeypatch.setattr("cmce.store._write_parquet", boom)
     with pytest.raises(KeyboardInterrupt):
         gallery.save(tmp_path / "g")
     monkeypatch.undo()
-    assert (tmp_path / "g" / "gallery.json").read_bytes() == before
+    assert (tmp_path / "g" / "manifest.json").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g"]  # no half-written folder left
 
     save_bundle(gallery.bundle, tmp_path / "b")
@@ -159,11 +165,11 @@ def test_interrupted_indexing_keeps_a_consistent_gallery(engine, lfw_dir, monkey
     real = engine.embed_gallery_batch
     calls = []
 
-    def flaky(batch):
+    def flaky(batch, models=None):
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return real(batch)
+        return real(batch, models)
 
     monkeypatch.setattr(engine, "embed_gallery_batch", flaky)
     with pytest.raises(KeyboardInterrupt):

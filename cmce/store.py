@@ -1,0 +1,730 @@
+"""The on-disk gallery format: raw per-backbone embeddings as the source of truth.
+
+A gallery folder (format version 2)::
+
+    GALLERY/
+      manifest.json                      format, version, backbones by weights checksum,
+                                         the shards in order, the derived data in use
+      shards/entries-000000.parquet      one row per face: id, content hash, source, uri,
+                                         label, detection record, thumbnail, and the raw
+                                         embedding of every backbone this shard holds
+                                         (column ``emb:<key>``: fixed_size_binary of D
+                                         little-endian float32, null where missing)
+      shards/embeddings-000001.parquet   rows added later for entries already stored
+                                         (``entry_id`` + one backbone's embedding: backfill)
+      derived/<bundle fingerprint>/      fused vectors, uncertainty, quality and the search
+                                         index for one bundle: rebuildable from the shards
+
+Raw embeddings are keyed by backbone *and* weights checksum (``sface@0d2a97b4c1f3``):
+two versions of one model never mix. An entry may lack a backbone (a library indexed
+long ago by one model); its column is null there. Fused vectors and indexes are
+derived data: they are rebuilt whenever the serving bundle changes, and a derived
+folder is used only if its bundle fingerprint and shard list match the manifest.
+
+Writes are atomic: a shard or derived folder is written under a temporary name and
+renamed, and only then listed in ``manifest.json`` (with its size), which is itself
+replaced atomically; every Parquet data page carries a CRC32 checked on reading. A reader therefore never sees a half-written shard, and an interrupted
+write leaves the previous gallery intact. Version 1 galleries (``gallery.json`` +
+``embeddings.npz``) are read and converted in memory; saving writes version 2.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cache import atomic_write_bytes
+from .errors import GalleryError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "BackboneRecord",
+    "DerivedData",
+    "GalleryRecords",
+    "StoredGallery",
+    "append_embeddings",
+    "backbone_key",
+    "backbone_record",
+    "is_gallery",
+    "read_derived",
+    "read_gallery",
+    "write_derived",
+    "write_gallery",
+]
+
+FORMAT = "cmce-gallery"
+FORMAT_VERSION = 2
+MANIFEST = "manifest.json"
+SHARD_ROWS = 100_000
+_V1_FILES = ("gallery.json", "embeddings.npz")
+
+
+def _require_pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:  # pragma: no cover - pyarrow is in requirements.txt
+        raise GalleryError("reading and writing galleries needs pyarrow: pip install pyarrow") from e
+    return pa, pq
+
+
+def backbone_key(name: str, sha256: str | None) -> str:
+    """The key of one backbone's raw embeddings: name and weights checksum.
+
+    >>> backbone_key("sface", "0d2a97b4c1f3aa")
+    'sface@0d2a97b4c1f3'
+    >>> backbone_key("facenet-vggface2", None)
+    'facenet-vggface2@unpinned'
+    """
+    return f"{name}@{sha256[:12] if sha256 else 'unpinned'}"
+
+
+@dataclass(frozen=True)
+class BackboneRecord:
+    """A backbone whose raw embeddings a gallery holds.
+
+    Attributes:
+        name: registry name.
+        sha256: checksum of the weights that made the embeddings (None: unpinned).
+        dim: embedding size D.
+    """
+
+    name: str
+    sha256: str | None
+    dim: int
+
+    @property
+    def key(self) -> str:
+        return backbone_key(self.name, self.sha256)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "sha256": self.sha256, "dim": self.dim}
+
+
+def backbone_record(name: str) -> BackboneRecord:
+    """The record of an installed backbone, from the weights table."""
+    from .backbones import get_spec
+
+    spec = get_spec(name)
+    return BackboneRecord(name, spec.sha256, spec.embedding_size)
+
+
+@dataclass
+class GalleryRecords:
+    """Every entry of a gallery as columns (no Python object per entry).
+
+    Attributes:
+        entry_id: (N,) str, ``<content hash>:<face number>``; unique.
+        content_hash: (N,) str, sha256 of the photo's bytes.
+        source: (N,) str, the file name shown to users.
+        uri: (N,) str or None, where the photo can be read again (backfill); None
+            for uploads that were not kept.
+        label: (N,) str or None, identity label.
+        box: (N, 4) float32, ``x1, y1, x2, y2`` in the photo's pixels.
+        landmarks: (N, 5, 2) float32.
+        probability: (N,) float32, the detector's probability.
+        image_size: (N, 2) int32, ``width, height``.
+        thumbnail: (N,) bytes or None, a small JPEG for display.
+        backbones: key -> BackboneRecord, every backbone with embeddings here.
+        embeddings: key -> (N, D) float32; rows of entries lacking it are zero.
+        present: key -> (N,) bool, which entries hold that backbone's embedding.
+    """
+
+    entry_id: np.ndarray
+    content_hash: np.ndarray
+    source: np.ndarray
+    uri: np.ndarray
+    label: np.ndarray
+    box: np.ndarray
+    landmarks: np.ndarray
+    probability: np.ndarray
+    image_size: np.ndarray
+    thumbnail: np.ndarray
+    backbones: dict[str, BackboneRecord] = field(default_factory=dict)
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    present: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.entry_id)
+        for name in ("content_hash", "source", "uri", "label", "box", "landmarks", "probability",
+                     "image_size", "thumbnail"):
+            if len(getattr(self, name)) != n:
+                raise GalleryError(f"gallery records: {name} has {len(getattr(self, name))} rows, entry_id {n}")
+        for key, rec in self.backbones.items():
+            emb, pres = self.embeddings.get(key), self.present.get(key)
+            if emb is None or pres is None or emb.shape != (n, rec.dim) or pres.shape != (n,):
+                raise GalleryError(
+                    f"gallery records: embeddings of {key} must be ({n}, {rec.dim}) with a ({n},) presence mask"
+                )
+
+    def __len__(self) -> int:
+        return len(self.entry_id)
+
+    @classmethod
+    def empty(cls) -> GalleryRecords:
+        obj = np.array([], dtype=object)
+        return cls(obj, obj.copy(), obj.copy(), obj.copy(), obj.copy(), np.zeros((0, 4), np.float32),
+                   np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.int32), obj.copy())
+    def take(self, rows: np.ndarray) -> GalleryRecords:
+        """The records of ``rows`` (indices or a bool mask), in that order."""
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, np.int64)
+        return GalleryRecords(
+            self.entry_id[rows], self.content_hash[rows], self.source[rows], self.uri[rows], self.label[rows],
+            self.box[rows], self.landmarks[rows], self.probability[rows], self.image_size[rows], self.thumbnail[rows],
+            dict(self.backbones), {k: v[rows] for k, v in self.embeddings.items()},
+            {k: v[rows] for k, v in self.present.items()},
+        )
+
+    def face(self, i: int):
+        """Entry ``i``'s detection as a ``cmce.faces.Face``."""
+        from .faces import Face
+
+        return Face(tuple(float(v) for v in self.box[i]), float(self.probability[i]),
+                    tuple((float(x), float(y)) for x, y in self.landmarks[i]),
+                    (int(self.image_size[i][0]), int(self.image_size[i][1])), self.source[i])
+
+
+@dataclass(frozen=True)
+class DerivedData:
+    """What one bundle derives from a gallery's raw embeddings (rebuildable).
+
+    Attributes:
+        fingerprint: the bundle's fingerprint (see ``cmce.gallery.bundle_fingerprint``).
+        bundle: ``{"query": ..., "gallery": [...], "source": ...}`` for messages.
+        members: member names of the ensemble (gallery models, then ``"query"``).
+        member_present: (N, M) bool, which members each entry was fused from.
+        uncertainty: (N,) float32 (NaN: fewer than two members to compare).
+        quality: (N,) float32, the bundle's quality score.
+        index_path: the ensemble's saved ``VectorIndex`` (``index.npz``).
+        seconds: how long building it took.
+    """
+
+    fingerprint: str
+    bundle: Mapping[str, Any]
+    members: tuple[str, ...]
+    member_present: np.ndarray
+    uncertainty: np.ndarray
+    quality: np.ndarray
+    index_path: Path
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class StoredGallery:
+    """A gallery read from disk: its manifest and its records.
+
+    Attributes:
+        folder: where it was read from.
+        manifest: the manifest (version 2; a converted one for version 1).
+        records: every entry.
+        converted_from: 1 when the folder was in the version 1 format, else None.
+    """
+
+    folder: Path
+    manifest: dict
+    records: GalleryRecords
+    converted_from: int | None = None
+
+    @property
+    def derived(self) -> dict | None:
+        return self.manifest.get("derived")
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def is_gallery(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a saved gallery (any version)."""
+    f = Path(folder)
+    return (f / MANIFEST).is_file() or all((f / n).is_file() for n in _V1_FILES)
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise GalleryError(f"{folder}: not a saved gallery ({MANIFEST} missing)") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GalleryError(f"{folder}: corrupt gallery ({MANIFEST} is not valid JSON: {e})") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise GalleryError(f"{folder}: {MANIFEST} is not a cmce gallery manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise GalleryError(
+            f"{folder}: gallery format version {version!r}; this cmce reads versions 1 and {FORMAT_VERSION}"
+            + (" (upgrade cmce to read it)" if isinstance(version, int) and version > FORMAT_VERSION else "")
+        )
+    for key in ("backbones", "shards"):
+        if not isinstance(manifest.get(key), (dict if key == "backbones" else list)):
+            raise GalleryError(f"{folder}: corrupt gallery ({MANIFEST} lacks '{key}')")
+    return manifest
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    manifest = dict(manifest, updated=_now())
+    atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """One writer at a time per gallery folder (an advisory lock file)."""
+    with open(folder / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def shards_signature(manifest: dict) -> list[str]:
+    """The shard files in order: a derived folder is valid only for this list."""
+    return [s["file"] for s in manifest.get("shards", [])]
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def _entry_table(records: GalleryRecords, rows: slice, keys: Sequence[str]):
+    pa, _ = _require_pyarrow()
+    n = len(records.entry_id[rows])
+
+    def fixed(values: np.ndarray, width: int, dtype, mask: np.ndarray | None = None):
+        flat = pa.array(np.ascontiguousarray(values, dtype=dtype).reshape(-1))
+        return pa.FixedSizeListArray.from_arrays(flat, width, mask=None if mask is None else pa.array(mask))
+
+    columns = {
+        "entry_id": pa.array(records.entry_id[rows].tolist(), pa.string()),
+        "content_hash": pa.array(records.content_hash[rows].tolist(), pa.string()),
+        "source": pa.array(records.source[rows].tolist(), pa.string()),
+        "uri": pa.array(records.uri[rows].tolist(), pa.string()),
+        "label": pa.array(records.label[rows].tolist(), pa.string()),
+        "box": fixed(records.box[rows], 4, np.float32),
+        "landmarks": fixed(records.landmarks[rows], 10, np.float32),
+        "probability": pa.array(np.asarray(records.probability[rows], np.float32)),
+        "image_size": fixed(records.image_size[rows], 2, np.int32),
+        "thumbnail": pa.array(records.thumbnail[rows].tolist(), pa.binary()),
+    }
+    for key in keys:
+        rec = records.backbones[key]
+        columns[f"emb:{key}"] = _embedding_column(records.embeddings[key][rows], rec.dim, records.present[key][rows])
+    return pa.table(columns)
+
+
+def _embedding_column(vectors: np.ndarray, dim: int, present: np.ndarray | None = None):
+    """(n, D) float32 as one fixed-size binary value per row (little-endian float32 x D).
+
+    One value per row decodes about 7x faster than a Parquet list of D floats, whose
+    repetition levels are read value by value. Rows not ``present`` are null.
+    """
+    pa, _ = _require_pyarrow()
+    data = np.ascontiguousarray(vectors, dtype="<f4").reshape(len(vectors), dim)
+    validity = None
+    if present is not None and not np.all(present):
+        validity = pa.array(np.asarray(present, bool)).buffers()[1]
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * dim), len(data), [validity, pa.py_buffer(data.tobytes())])
+
+
+def _embedding_to_numpy(column, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """An embedding column as (N, D) float32 values and (N,) validity (nulls -> zeros)."""
+    pa, _ = _require_pyarrow()
+    arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    n = len(arr)
+    if arr.type != pa.binary(4 * dim):
+        raise GalleryError(f"embedding column of type {arr.type}, expected fixed_size_binary[{4 * dim}]")
+    if n == 0:
+        return np.zeros((0, dim), np.float32), np.zeros(0, bool)
+    raw = np.frombuffer(arr.buffers()[1], dtype="<f4", count=(arr.offset + n) * dim)[arr.offset * dim :]
+    out = raw.reshape(n, dim).astype(np.float32, copy=True)
+    valid = np.ones(n, bool) if arr.null_count == 0 else ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
+    out[~valid] = 0
+    return out, valid
+
+
+def _write_parquet(table, path: Path) -> None:
+    _, pq = _require_pyarrow()
+    # embeddings barely compress; the text and thumbnail columns do
+    compression = {c: ("none" if c.startswith("emb:") else "zstd") for c in table.column_names}
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        pq.write_table(table, tmp, compression=compression, row_group_size=SHARD_ROWS, write_page_checksum=True)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fixed_to_numpy(column, width: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A FixedSizeList column as (N, width) values and (N,) validity (nulls -> zeros)."""
+    pa, _ = _require_pyarrow()
+    arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    n = len(arr)
+    valid = np.ones(n, bool) if arr.null_count == 0 else ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
+    if arr.offset:
+        arr = pa.concat_arrays([arr])  # a sliced array: flatten with its offset applied
+    values = arr.values.to_numpy(zero_copy_only=False)[: n * width]
+    out = np.asarray(values, dtype=dtype).reshape(n, width)
+    if not valid.all():
+        out = out.copy()
+        out[~valid] = 0
+    return out, valid
+
+
+def _read_shard(folder: Path, info: dict, backbones: dict[str, BackboneRecord]):
+    _, pq = _require_pyarrow()
+    path = folder / info["file"]
+    if not path.is_file():
+        raise GalleryError(f"{folder}: shard {info['file']} is listed in {MANIFEST} but missing")
+    size = info.get("bytes")
+    if size is not None and path.stat().st_size != size:
+        raise GalleryError(f"{folder}: shard {info['file']} is corrupt ({path.stat().st_size} bytes, "
+                           f"{MANIFEST} says {size})")
+    try:  # every data page carries a CRC32, verified while decoding
+        table = pq.read_table(path, page_checksum_verification=True)
+    except Exception as e:  # pyarrow raises its own error types for damaged files
+        raise GalleryError(f"{folder}: shard {info['file']} is corrupt or cannot be read ({e})") from e
+    if table.num_rows != info.get("rows"):
+        raise GalleryError(f"{folder}: shard {info['file']} has {table.num_rows} rows, {MANIFEST} says {info.get('rows')}")
+    emb = {}
+    for key in info.get("backbones", []):
+        col = f"emb:{key}"
+        if col not in table.column_names or key not in backbones:
+            raise GalleryError(f"{folder}: shard {info['file']} lacks the {key} embeddings its manifest lists")
+        emb[key] = _embedding_to_numpy(table.column(col), backbones[key].dim)
+    return table, emb
+
+
+def _records_from_tables(tables: list, embs: list[dict], backbones: dict[str, BackboneRecord]) -> GalleryRecords:
+    pa, _ = _require_pyarrow()
+    if not tables:
+        out = GalleryRecords.empty()
+        out.backbones = dict(backbones)
+        out.embeddings = {k: np.zeros((0, b.dim), np.float32) for k, b in backbones.items()}
+        out.present = {k: np.zeros(0, bool) for k in backbones}
+        return out
+    table = pa.concat_tables(tables)
+    n = table.num_rows
+
+    def strings(name: str) -> np.ndarray:
+        return np.array(table.column(name).to_pylist(), dtype=object)
+
+    box, _ = _fixed_to_numpy(table.column("box"), 4, np.float32)
+    lm, _ = _fixed_to_numpy(table.column("landmarks"), 10, np.float32)
+    size, _ = _fixed_to_numpy(table.column("image_size"), 2, np.int32)
+    embeddings, present = {}, {}
+    for key, rec in backbones.items():
+        embeddings[key] = np.zeros((n, rec.dim), np.float32)
+        present[key] = np.zeros(n, bool)
+    start = 0
+    for t, e in zip(tables, embs):
+        for key, (values, valid) in e.items():
+            embeddings[key][start : start + t.num_rows] = values
+            present[key][start : start + t.num_rows] = valid
+        start += t.num_rows
+    return GalleryRecords(
+        strings("entry_id"), strings("content_hash"), strings("source"), strings("uri"), strings("label"),
+        box, lm.reshape(n, 5, 2), table.column("probability").to_numpy().astype(np.float32), size,
+        strings("thumbnail"), dict(backbones), embeddings, present,
+    )
+
+
+# --------------------------------------------------------------------------- read
+
+
+def read_gallery(folder: str | os.PathLike) -> StoredGallery:
+    """Read every entry and raw embedding of a saved gallery.
+
+    Version 1 galleries are converted in memory (saving writes version 2).
+
+    Raises:
+        GalleryError: missing folder, not a gallery, unknown version, or a corrupt or
+            missing shard; the message says which.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GalleryError(f"{folder}: no such gallery folder")
+    if not (folder / MANIFEST).is_file() and all((folder / n).is_file() for n in _V1_FILES):
+        return _read_v1(folder)
+    manifest = _read_manifest(folder)
+    try:
+        backbones = {k: BackboneRecord(v["name"], v.get("sha256"), int(v["dim"]))
+                     for k, v in manifest["backbones"].items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise GalleryError(f"{folder}: corrupt gallery ({MANIFEST} backbones: {e!r})") from e
+    tables, embs, patches = [], [], []
+    for info in manifest["shards"]:
+        table, emb = _read_shard(folder, info, backbones)
+        if info.get("kind") == "embeddings":
+            patches.append((table, emb))
+        else:
+            tables.append(table)
+            embs.append(emb)
+    records = _records_from_tables(tables, embs, backbones)
+    if patches:
+        position = {eid: i for i, eid in enumerate(records.entry_id)}
+        for table, emb in patches:
+            rows = np.array([position.get(e, -1) for e in table.column("entry_id").to_pylist()], np.int64)
+            if (rows < 0).any():
+                raise GalleryError(f"{folder}: an embeddings shard names entries the gallery does not hold")
+            for key, (values, valid) in emb.items():
+                records.embeddings[key][rows[valid]] = values[valid]
+                records.present[key][rows[valid]] = True
+    if len(set(records.entry_id.tolist())) != len(records):
+        raise GalleryError(f"{folder}: corrupt gallery (an entry id appears twice)")
+    return StoredGallery(folder, manifest, records)
+
+
+def _read_v1(folder: Path) -> StoredGallery:
+    """A version 1 gallery (``gallery.json`` + ``embeddings.npz``) converted in memory.
+
+    Version 1 keyed embeddings by backbone name only; the weights were the ones the
+    weights table pinned (bundles refused any other), so today's table gives the key.
+    """
+    from .backbones import get_spec
+    from .errors import BackboneError
+
+    try:
+        meta = json.loads((folder / "gallery.json").read_text())
+        with np.load(folder / "embeddings.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        entries = meta["entries"]
+        removed = arrays["removed"].astype(bool)
+        thumbs, offs = arrays["thumbnails"].tobytes(), arrays["thumbnail_offsets"]
+    except (ValueError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise GalleryError(f"{folder}: corrupt version 1 gallery ({e!r})") from e
+    n = len(entries)
+    seen: dict[str, int] = {}
+    ids = []
+    for d in entries:  # faces of one photo were stored in order: number them per photo
+        ids.append(f"{d['content_hash']}:{seen.get(d['content_hash'], 0)}")
+        seen[d["content_hash"]] = seen.get(d["content_hash"], 0) + 1
+    records = GalleryRecords(
+        entry_id=np.array(ids, dtype=object),
+        content_hash=np.array([d["content_hash"] for d in entries], dtype=object),
+        source=np.array([d["source"] for d in entries], dtype=object),
+        uri=np.array([None] * n, dtype=object),
+        label=np.array([d["label"] for d in entries], dtype=object),
+        box=np.array([d["face"]["box"] for d in entries], np.float32).reshape(n, 4),
+        landmarks=np.array([d["face"]["landmarks"] for d in entries], np.float32).reshape(n, 5, 2),
+        probability=np.array([d["face"]["probability"] for d in entries], np.float32),
+        image_size=np.array([d["face"]["image_size"] for d in entries], np.int32).reshape(n, 2),
+        thumbnail=np.array([thumbs[offs[i] : offs[i + 1]] for i in range(n)] + [None], dtype=object)[:n],
+    )
+    for name in [k.removeprefix("emb::") for k in arrays if k.startswith("emb::")]:
+        try:
+            spec = get_spec(name)
+        except BackboneError as e:
+            raise GalleryError(f"{folder}: version 1 gallery holds embeddings of {name!r}, unknown here ({e})") from e
+        values = arrays[f"emb::{name}"].astype(np.float32)
+        if values.shape != (n, spec.embedding_size):
+            raise GalleryError(f"{folder}: version 1 gallery: embeddings of {name} are {values.shape}, "
+                               f"expected ({n}, {spec.embedding_size})")
+        rec = BackboneRecord(name, spec.sha256, spec.embedding_size)
+        records.backbones[rec.key] = rec
+        records.embeddings[rec.key] = values
+        records.present[rec.key] = np.ones(n, bool)
+    records = records.take(~removed)
+    manifest = _new_manifest(records)
+    logger.info("%s: version 1 gallery read and converted in memory (%d entries)", folder, len(records))
+    return StoredGallery(folder, manifest, records, converted_from=1)
+
+
+# --------------------------------------------------------------------------- write
+
+
+def _new_manifest(records: GalleryRecords) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": _now(),
+        "updated": _now(),
+        "entries": len(records),
+        "backbones": {k: b.to_dict() for k, b in records.backbones.items()},
+        "shards": [],
+        "derived": None,
+    }
+
+
+def write_gallery(folder: str | os.PathLike, records: GalleryRecords, *, shard_rows: int = SHARD_ROWS,
+                  extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``records`` as a new version 2 gallery at ``folder``, atomically.
+
+    The whole folder is built under a temporary name beside ``folder`` and renamed
+    into place; an existing gallery there is replaced only once the new one is
+    complete (its derived data is not carried over: derived data is rebuilt).
+
+    Args:
+        folder: the gallery folder.
+        records: the entries; backbones without any present row are dropped.
+        shard_rows: rows per Parquet shard.
+        extra: more manifest fields (e.g. ``{"note": ...}``).
+
+    Returns:
+        The folder.
+    """
+    dest = Path(folder)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    keep = [k for k in records.backbones if records.present[k].any()]
+    records = replace(records, backbones={k: records.backbones[k] for k in keep},
+                      embeddings={k: records.embeddings[k] for k in keep},
+                      present={k: records.present[k] for k in keep})
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
+    try:
+        (tmp / "shards").mkdir()
+        manifest = _new_manifest(records)
+        manifest.update(extra or {})
+        for i, start in enumerate(range(0, max(len(records), 1), shard_rows)):
+            if len(records) == 0:
+                break
+            rows = slice(start, min(start + shard_rows, len(records)))
+            name = f"shards/entries-{i:06d}.parquet"
+            _write_parquet(_entry_table(records, rows, keep), tmp / name)
+            manifest["shards"].append({"file": name, "kind": "entries", "rows": rows.stop - rows.start,
+                                       "backbones": keep, "bytes": (tmp / name).stat().st_size})
+        _write_manifest(tmp, manifest)
+        tmp.chmod(0o755)
+        _swap_in(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _swap_in(tmp: Path, dest: Path) -> None:
+    """Rename ``tmp`` to ``dest``; a previous ``dest`` is removed only after the swap."""
+    old = dest.with_name(f".{dest.name}.old")
+    if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def append_embeddings(folder: str | os.PathLike, record: BackboneRecord, entry_ids: Sequence[str],
+                      vectors: np.ndarray) -> str:
+    """Add one backbone's embeddings for entries the gallery already holds (backfill).
+
+    The rows go to a new shard, written and renamed before the manifest lists it, so
+    a reader sees all of them or none, and an interrupted call changes nothing.
+
+    Args:
+        folder: a version 2 gallery.
+        record: the backbone (its key must not clash with other weights of that name).
+        entry_ids: (n,) ids of existing entries.
+        vectors: (n, D) float32 unit vectors.
+
+    Returns:
+        The new shard's file name.
+    """
+    folder = Path(folder)
+    vectors = np.asarray(vectors, np.float32)
+    if vectors.shape != (len(entry_ids), record.dim):
+        raise GalleryError(f"append_embeddings: vectors {vectors.shape}, expected ({len(entry_ids)}, {record.dim})")
+    pa, _ = _require_pyarrow()
+    with _locked(folder):
+        manifest = _read_manifest(folder)
+        known = manifest["backbones"].get(record.key)
+        if known and int(known["dim"]) != record.dim:
+            raise GalleryError(f"{folder}: holds {record.key} as {known['dim']}-d, not {record.dim}-d")
+        number = 1 + max([int(Path(s["file"]).stem.rsplit("-", 1)[1]) for s in manifest["shards"]] + [-1])
+        name = f"shards/embeddings-{number:06d}.parquet"
+        table = pa.table({"entry_id": pa.array(list(entry_ids), pa.string()),
+                          f"emb:{record.key}": _embedding_column(vectors, record.dim)})
+        (folder / "shards").mkdir(exist_ok=True)
+        _write_parquet(table, folder / name)
+        manifest["backbones"][record.key] = record.to_dict()
+        manifest["shards"].append({"file": name, "kind": "embeddings", "rows": len(entry_ids),
+                                   "backbones": [record.key], "bytes": (folder / name).stat().st_size})
+        _write_manifest(folder, manifest)
+    return name
+
+
+# --------------------------------------------------------------------------- derived
+
+
+def write_derived(folder: str | os.PathLike, derived: DerivedData, index) -> Path:
+    """Store one bundle's derived data and make it the gallery's current one.
+
+    Written to ``derived/<fingerprint[:16]>`` under a temporary name, renamed, then
+    the manifest is replaced; derived folders of other bundles are removed after.
+
+    Args:
+        folder: a version 2 gallery.
+        derived: what to store (``index_path`` is ignored: the index goes inside).
+        index: the ensemble's ``VectorIndex``.
+
+    Returns:
+        The derived folder.
+    """
+    folder = Path(folder)
+    with _locked(folder):
+        manifest = _read_manifest(folder)
+        name = derived.fingerprint[:16]
+        root = folder / "derived"
+        root.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp"))
+        try:
+            np.savez(tmp / "scores.npz", member_present=derived.member_present,
+                     uncertainty=derived.uncertainty, quality=derived.quality)
+            index.save(tmp / "index.npz")
+            (tmp / "meta.json").write_text(json.dumps({
+                "fingerprint": derived.fingerprint, "bundle": dict(derived.bundle),
+                "members": list(derived.members), "entries": int(len(derived.quality)),
+                "shards": shards_signature(manifest), "seconds": derived.seconds, "built": _now(),
+            }, indent=1))
+            tmp.chmod(0o755)
+            _swap_in(tmp, root / name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        manifest["derived"] = {"path": f"derived/{name}", "fingerprint": derived.fingerprint,
+                               "bundle": dict(derived.bundle), "shards": shards_signature(manifest)}
+        _write_manifest(folder, manifest)
+        for other in root.iterdir():
+            if other.name != name:
+                shutil.rmtree(other, ignore_errors=True)
+    return root / name
+
+
+def read_derived(stored: StoredGallery, fingerprint: str) -> DerivedData | None:
+    """The stored derived data for a bundle, or None when absent or stale.
+
+    Stale means: built for another bundle, or before shards were added.
+    """
+    info = stored.derived
+    if not info or info.get("fingerprint") != fingerprint or info.get("shards") != shards_signature(stored.manifest):
+        return None
+    path = stored.folder / info["path"]
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        with np.load(path / "scores.npz", allow_pickle=False) as z:
+            present, unc, qual = z["member_present"], z["uncertainty"], z["quality"]
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        logger.warning("%s: derived data unreadable (%s); rebuilding it", stored.folder, e)
+        return None
+    if meta.get("fingerprint") != fingerprint or len(qual) != len(stored.records):
+        return None
+    return DerivedData(fingerprint, meta.get("bundle", {}), tuple(meta.get("members", ())), present.astype(bool),
+                       unc.astype(np.float32), qual.astype(np.float32), path / "index.npz",
+                       float(meta.get("seconds", 0.0)))

@@ -1,0 +1,183 @@
+"""The on-disk gallery format: Parquet shards of raw embeddings, a manifest, derived data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmce.errors import GalleryError
+from cmce.store import (
+    FORMAT_VERSION,
+    BackboneRecord,
+    DerivedData,
+    GalleryRecords,
+    append_embeddings,
+    read_derived,
+    read_gallery,
+    write_derived,
+    write_gallery,
+)
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def make_records(n: int = 7, seed: int = 0, missing_b: tuple[int, ...] = (2, 5)) -> GalleryRecords:
+    """``n`` entries with backbone a (all) and b (all but ``missing_b``)."""
+    rng = np.random.default_rng(seed)
+    a, b = BackboneRecord("alpha", "a" * 64, 8), BackboneRecord("beta", None, 4)
+    present_b = np.ones(n, bool)
+    present_b[list(missing_b)] = False
+    emb_b = _unit(rng, n, 4)
+    emb_b[~present_b] = 0
+    return GalleryRecords(
+        entry_id=_objects([f"h{i}:0" for i in range(n)]),
+        content_hash=_objects([f"h{i}" for i in range(n)]),
+        source=_objects([f"photo {i}.jpg" for i in range(n)]),
+        uri=_objects([f"/photos/{i}.jpg" if i % 2 else None for i in range(n)]),
+        label=_objects([f"person{i % 3}" if i != 4 else None for i in range(n)]),
+        box=rng.random((n, 4)).astype(np.float32),
+        landmarks=rng.random((n, 5, 2)).astype(np.float32),
+        probability=rng.random(n).astype(np.float32),
+        image_size=rng.integers(50, 500, (n, 2)).astype(np.int32),
+        thumbnail=_objects([bytes([i]) * (i + 1) if i != 3 else None for i in range(n)]),
+        backbones={a.key: a, b.key: b},
+        embeddings={a.key: _unit(rng, n, 8), b.key: emb_b},
+        present={a.key: np.ones(n, bool), b.key: present_b},
+    )
+
+
+def assert_same(x: GalleryRecords, y: GalleryRecords) -> None:
+    for name in ("entry_id", "content_hash", "source", "uri", "label", "thumbnail"):
+        assert getattr(x, name).tolist() == getattr(y, name).tolist(), name
+    for name in ("box", "landmarks", "probability", "image_size"):
+        np.testing.assert_array_equal(getattr(x, name), getattr(y, name))
+    assert x.backbones == y.backbones
+    for k in x.backbones:
+        np.testing.assert_array_equal(x.embeddings[k], y.embeddings[k])
+        np.testing.assert_array_equal(x.present[k], y.present[k])
+
+
+def test_round_trip_keeps_every_column_and_missing_members(tmp_path: Path) -> None:
+    records = make_records()
+    write_gallery(tmp_path / "g", records, shard_rows=3)  # three shards: 3 + 3 + 1
+    stored = read_gallery(tmp_path / "g")
+    assert_same(records, stored.records)
+    m = stored.manifest
+    assert m["format_version"] == FORMAT_VERSION and m["entries"] == 7
+    assert [s["rows"] for s in m["shards"]] == [3, 3, 1]
+    assert set(m["backbones"]) == {"alpha@aaaaaaaaaaaa", "beta@unpinned"}  # keyed by weights checksum
+    assert stored.derived is None
+
+
+def test_backfill_shards_fill_in_missing_members(tmp_path: Path) -> None:
+    records = make_records()
+    write_gallery(tmp_path / "g", records)
+    b = records.backbones["beta@unpinned"]
+    new = _unit(np.random.default_rng(1), 2, 4)
+    append_embeddings(tmp_path / "g", b, ["h5:0", "h2:0"], new)
+    # a third backbone, for two entries only
+    c = BackboneRecord("gamma", "c" * 64, 3)
+    append_embeddings(tmp_path / "g", c, ["h0:0", "h6:0"], _unit(np.random.default_rng(2), 2, 3))
+    got = read_gallery(tmp_path / "g").records
+    assert got.present[b.key].all()
+    np.testing.assert_array_equal(got.embeddings[b.key][[5, 2]], new)
+    np.testing.assert_array_equal(got.embeddings[b.key][[0, 1, 3, 4, 6]], records.embeddings[b.key][[0, 1, 3, 4, 6]])
+    assert got.present[c.key].tolist() == [True, False, False, False, False, False, True]
+    assert not got.embeddings[c.key][1:6].any()
+    with pytest.raises(GalleryError, match="names entries the gallery does not hold"):
+        append_embeddings(tmp_path / "g", c, ["nobody:0"], _unit(np.random.default_rng(3), 1, 3))
+        read_gallery(tmp_path / "g")
+
+
+def test_a_half_written_shard_is_never_read(tmp_path: Path, monkeypatch) -> None:
+    records = make_records()
+    write_gallery(tmp_path / "g", records)
+    before = (tmp_path / "g" / "manifest.json").read_bytes()
+    import pyarrow.parquet as pq
+
+    def dies_mid_write(table, where, **kwargs):
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq, "write_table", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        append_embeddings(tmp_path / "g", records.backbones["beta@unpinned"], ["h2:0"], np.eye(1, 4, dtype=np.float32))
+    monkeypatch.undo()
+    assert (tmp_path / "g" / "manifest.json").read_bytes() == before
+    assert not list((tmp_path / "g" / "shards").glob(".*"))  # the temporary file is gone too
+    assert_same(records, read_gallery(tmp_path / "g").records)
+
+
+def test_derived_data_is_used_only_while_it_matches(tmp_path: Path) -> None:
+    from cmce.index import VectorIndex
+
+    records = make_records()
+    write_gallery(tmp_path / "g", records)
+    vecs = records.embeddings["alpha@aaaaaaaaaaaa"]
+    index = VectorIndex(8)
+    index.add(vecs)
+    derived = DerivedData("f" * 64, {"query": "alpha"}, ("alpha",), np.ones((7, 1), bool),
+                          np.full(7, np.nan, np.float32), np.arange(7, dtype=np.float32), Path("index.npz"))
+    write_derived(tmp_path / "g", derived, index)
+    stored = read_gallery(tmp_path / "g")
+    got = read_derived(stored, "f" * 64)
+    assert got is not None and got.members == ("alpha",)
+    np.testing.assert_array_equal(got.quality, np.arange(7))
+    assert VectorIndex.load(got.index_path).search(vecs[:1], k=1).positions[0, 0] == 0
+    assert read_derived(stored, "e" * 64) is None  # another bundle
+    append_embeddings(tmp_path / "g", records.backbones["beta@unpinned"], ["h2:0"], np.eye(1, 4, dtype=np.float32))
+    assert read_derived(read_gallery(tmp_path / "g"), "f" * 64) is None  # shards changed since
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda g: (g / "manifest.json").write_text("{not json"), "not valid JSON"),
+        (lambda g: (g / "manifest.json").write_text(json.dumps({"format": "other"})), "not a cmce gallery manifest"),
+        (lambda g: _set_version(g, 99), "format version 99; this cmce reads versions 1 and 2 .upgrade cmce"),
+        (lambda g: next((g / "shards").glob("*.parquet")).unlink(), "listed in manifest.json but missing"),
+        (lambda g: _flip_a_byte(next((g / "shards").glob("*.parquet"))), "is corrupt or cannot be read"),
+        (lambda g: _truncate(next((g / "shards").glob("*.parquet"))), r"is corrupt \(\d+ bytes"),
+    ],
+)
+def test_damaged_galleries_are_refused_with_the_reason(tmp_path: Path, damage, message) -> None:
+    write_gallery(tmp_path / "g", make_records())
+    damage(tmp_path / "g")
+    with pytest.raises(GalleryError, match=message):
+        read_gallery(tmp_path / "g")
+
+
+def test_missing_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(GalleryError, match="no such gallery folder"):
+        read_gallery(tmp_path / "nothing here")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GalleryError, match="not a saved gallery"):
+        read_gallery(tmp_path / "empty")
+
+
+def _set_version(folder: Path, version: int) -> None:
+    m = json.loads((folder / "manifest.json").read_text())
+    m["format_version"] = version
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
