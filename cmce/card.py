@@ -113,6 +113,12 @@ def _upgrades(config: dict) -> list[str]:
         "with these weights: `python -m cmce upgrade GALLERY --bundle THIS` re-projects it without "
         "reading a photo; `--backfill` then embeds the members entries lack, where the photo is still there.",
     ]
+    sources = config.get("info", {}).get("upgrade_from", [])
+    if sources:
+        lines += ["", "Galleries built by these shipped bundles can be upgraded to this one:", ""]
+        lines += [f"- `{s['bundle']}` (query `{s['query']}`): shares {', '.join(f'`{q} (own)`' if m == 'query' else f'`{m}`' for m in s['shared'])}"
+                  + ("" if s.get("complete") else "; entries lack the other members until a backfill")
+                  for s in sources]
     for up in config.get("info", {}).get("upgrades", []):
         src = up["from"]
         lines += [

@@ -44,7 +44,10 @@ from .transform import quantize_transformer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BackfillReport", "UpgradeReport", "backfill_gallery", "reproject_records", "upgrade_gallery"]
+__all__ = [
+    "BackfillReport", "UpgradeReport", "backfill_gallery", "check_index_bundle", "reproject_records",
+    "shared_members", "upgrade_gallery",
+]
 
 #: Called with (entries done, entries still waiting).
 BackfillProgress = Callable[[int, int], None]
@@ -323,6 +326,20 @@ def _read_photo(uri: str | None, digest: str, name: str, limits: ImageLimits) ->
         return load_image(data, limits=limits, name=name), None
     except (ImageError, LimitError) as e:
         return None, str(e)
+
+
+def shared_members(bundle: Bundle, old: Bundle) -> list[str]:
+    """The ensemble members of ``bundle`` that a gallery built by ``old`` holds.
+
+    A gallery built by ``old`` holds the raw embeddings of ``old.models``; ``bundle``
+    can serve it when this list is not empty. ``"query"`` stands for ``bundle``'s
+    query model's own embedding.
+    """
+    stored = set(old.models)
+    members = [m for m in bundle.gallery_models if m in stored]
+    if bundle.query_member and bundle.query_model in stored:
+        members.append("query")
+    return members
 
 
 def check_index_bundle(folder: str | os.PathLike, bundle: Bundle) -> None:
