@@ -215,7 +215,9 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle, revision=args.revision)
     report = upgrade_gallery(args.gallery_dir, bundle, out=args.out, precision=args.precision)
     for member, n in report.lacking.items():
-        logger.info("%d of %d entries lack %s (fused from the members they have)", n, report.entries, member)
+        name = f"{bundle.query_model}'s own embedding" if member == "query" else member
+        logger.info("%d of %d entries lack %s (fused from the members they have)", n, report.entries, name)
+    print(report.summary())
     if args.backfill:
         from tqdm.auto import tqdm
 
@@ -237,7 +239,6 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
         for source, why in back.unreachable:
             logger.warning("not backfilled: %s (%s)", source, why)
         print(back.summary())
-    print(report.summary())
     return 0
 
 
