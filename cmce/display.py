@@ -40,6 +40,7 @@ __all__ = [
     "result_html",
     "result_dict",
     "risk_coverage_figure",
+    "risk_coverage_note",
     "uncertainty_figure",
 ]
 
@@ -93,6 +94,7 @@ def bundle_choice(name: str, query_model: str, gallery_models: Sequence[str], pu
     without a purpose only the models follow the name.
     """
     models = f"query {query_model}; gallery {' + '.join(gallery_models)}"
+    purpose = (purpose or "").strip().rstrip(".")
     return f"{name} — {purpose} ({models})" if purpose else f"{name} — {models}"
 
 
@@ -382,7 +384,13 @@ def result_html(
                 f"<div>sim <b>{m.score:.2f}</b> · u {_u(m.uncertainty)}</div>{members}</div></li>"
             )
         if not items:
-            items.append("<li class='cmce-empty'>no gallery entry left after rejection</li>")
+            can_match = gallery.vectors.available.get(name)
+            if can_match is not None and not can_match[gallery.positions].any():  # every face lacks this model
+                model = html.escape(qm if name == "query" else name)
+                items.append(f"<li class='cmce-empty'>◐ no gallery face has {model}'s embedding "
+                             "(indexed before this bundle)</li>")
+            else:
+                items.append("<li class='cmce-empty'>no gallery entry left after rejection</li>")
         cols.append(
             f"<section class='cmce-view {'cmce-unknown' if v.unknown else 'cmce-known'}' "
             f"data-view='{html.escape(name)}'>"
@@ -393,6 +401,29 @@ def result_html(
     who = f" · query identity: <b>{html.escape(query_label)}</b>" if query_label else ""
     return (f"<div class='cmce-results-head'>Results for {face}{who}</div>"
             f"<div class='cmce-results'>{''.join(cols)}</div>")
+
+
+def risk_coverage_note(rc: RiskCoverage, gallery: Gallery) -> str:
+    """The sentence under the risk-coverage curve: what the leave-one-out measured, or why it could not.
+
+    Each labelled face searches the rest with the query model's own embedding, so faces
+    indexed before this bundle (◐, lacking that embedding) cannot be queries.
+    """
+    qm = gallery.bundle.query_model
+    own = gallery.vectors.available.get("query")
+    lacking = 0 if own is None else int((~own[gallery.positions]).sum())
+    if not rc.usable:
+        if lacking == len(gallery):
+            return (f"The risk-coverage curve needs faces with {qm}'s own embedding (each labelled face searches "
+                    f"the rest with it); every face here was indexed before this bundle (◐). Index the photos "
+                    f"again with this bundle to see it.")
+        return ("The risk-coverage curve needs labels: at least one person with two or more "
+                "photos (folders per person, or `Name_0001.jpg`-style names).")
+    text = (f"Leave-one-out: each of the {int(rc.queries[0])} labelled faces whose person has another photo "
+            "searches the rest of the gallery with its query-model embedding.")
+    if lacking:
+        text += f" The {lacking} faces lacking {qm}'s own embedding (◐) are only matched, never queries."
+    return text
 
 
 # --------------------------------------------------------------------------- figures

@@ -174,9 +174,9 @@ def upgrade_gallery(
         out: write the upgraded gallery there instead (a new folder outside ``folder``;
             the source is left untouched).
         precision: ``"float32"``, or ``"int8"`` to run the transformers with int8
-            linear layers (about twice as fast on CPUs with VNNI, within ~1e-3 cosine;
-            recorded in the derived data). A ``Gallery`` opened later re-projects in
-            float32 either way.
+            linear layers (up to twice as fast on CPUs with VNNI, a few 1e-3 of cosine
+            away; recorded in the derived data). A ``Gallery`` opened later re-projects
+            in float32 either way.
 
     Raises:
         GalleryError: missing or corrupt gallery, a bundle that cannot serve it, or a
