@@ -5,8 +5,10 @@ which entries the ensemble doubts (and rejects), search it with a photo and comp
 the CMCE ensemble with each single model side by side.
 
 Run ``python app.py`` (binds 127.0.0.1:7860; ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``
-change that). The bundle is the one in ``assets/bundles/`` unless ``CMCE_BUNDLE`` (a
-folder or a Hub id) and ``CMCE_BUNDLE_REVISION`` say otherwise. Each browser session
+change that). The bundle is ``assets/bundles/sface-query`` unless ``CMCE_BUNDLE`` (a
+folder or a Hub id) and ``CMCE_BUNDLE_REVISION`` say otherwise; every bundle shipped in
+``assets/bundles/`` can be picked in the page, and switching keeps the session's gallery
+(re-projected into the new bundle's space, no photo re-read). Each browser session
 has its own gallery, dropped with its temporary files when the tab closes or after
 ``CMCE_SESSION_TTL`` seconds without activity (default 3600). ``CMCE_DEVICE`` (e.g. ``cuda``)
 picks the torch device; on a ZeroGPU Space the embedding handlers run under ``@spaces.GPU``.
@@ -15,6 +17,7 @@ picks the torch device; on a ZeroGPU Space the embedding handlers run under ``@s
 from __future__ import annotations
 
 import html
+import json
 import logging
 import math
 import os
@@ -29,9 +32,9 @@ from typing import Any
 import gradio as gr
 
 from cmce import display
-from cmce.bundle import bundle_summary, load_bundle
+from cmce.bundle import bundle_summary, default_bundle_path, load_bundle
 from cmce.errors import CmceError
-from cmce.gallery import FaceEngine, Gallery, GalleryLimits
+from cmce.gallery import FaceEngine, Gallery, GalleryLimits, bundle_keys
 from cmce.images import load_image
 from cmce.report import RiskCoverage, gallery_risk_coverage
 from cmce.uploads import collect_uploads, query_label
@@ -52,6 +55,7 @@ logger = logging.getLogger("cmce.app")
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "assets" / "examples"
+BUNDLES = ROOT / "assets" / "bundles"
 EXAMPLE_GALLERIES = {"Two pioneers, public domain (7 photos)": EXAMPLES / "gallery"}
 EXAMPLE_QUERIES = [
     (EXAMPLES / "queries" / "Grace_Hopper_04.jpg", "Grace Hopper (in the gallery)"),
@@ -84,7 +88,7 @@ CSS = """
 .cmce-label{font-weight:600;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .cmce-members{font-size:.7rem;opacity:.8}
 .cmce-empty{font-size:.8rem;opacity:.7}
-#overview .caption-label{font-size:11px;padding:1px 4px}
+#overview .caption-label{font-size:11px;padding:1px 4px;max-width:calc(100% - 6px);white-space:normal;line-height:1.25}
 """
 
 # The browser keeps the folder structure of a folder upload only in webkitRelativePath;
@@ -105,6 +109,49 @@ FOLDER_PATHS_JS = ("(...args) => { args[2] = (window.cmceFolderPaths || []).join
 # --------------------------------------------------------------------------- models and sessions
 
 
+@dataclass(frozen=True)
+class ShippedBundle:
+    """A bundle folder in ``assets/bundles/``: its name, folder and line in the picker."""
+
+    name: str
+    path: Path
+    label: str
+
+
+def shipped_bundles(root: Path = BUNDLES) -> dict[str, ShippedBundle]:
+    """The bundles shipped in ``root`` (sub-folders with a config.json), the default one first.
+
+    Each is described by its config: ``info.purpose`` (what it is for) when present, then
+    its query and gallery models. A folder whose config.json cannot be read is left out
+    (and logged); loading it would fail anyway.
+    """
+    found = {}
+    for folder in sorted(p for p in root.glob("*") if (p / "config.json").is_file()):
+        try:
+            cfg = json.loads((folder / "config.json").read_text())
+            query, gallery = cfg["query_model"]["name"], [g["name"] for g in cfg["gallery_models"]]
+            info = cfg.get("info")
+            purpose = info.get("purpose") if isinstance(info, dict) else None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logger.warning("bundle %s left out of the picker: unreadable config.json (%s)", folder, e)
+            continue
+        found[folder.name] = ShippedBundle(folder.name, folder, display.bundle_choice(folder.name, query, gallery,
+                                                                                        purpose))
+    default = default_bundle_path().name
+    return dict(sorted(found.items(), key=lambda item: item[0] != default))
+
+
+SHIPPED = shipped_bundles()
+
+
+def _shipped_name(engine: FaceEngine | None) -> str | None:
+    """The picker's value for an engine: the name of its shipped bundle (None: a Hub or other bundle)."""
+    if engine is None or engine.bundle.source.startswith("hf://"):
+        return None
+    source = Path(engine.bundle.source).resolve()
+    return next((n for n, b in SHIPPED.items() if b.path.resolve() == source), None)
+
+
 class Engines:
     """Loaded bundles and their models, shared by all sessions: the default one and a few more."""
 
@@ -115,13 +162,22 @@ class Engines:
         self.default: FaceEngine | None = None
         self.default_error: str | None = None
 
+    @staticmethod
+    def _key(path_or_id: str | None, revision: str | None) -> tuple[str, str | None]:
+        """One key per bundle: a folder by its resolved path (the default bundle picked by name
+        is the default engine), a Hub id with its revision."""
+        folder = (default_bundle_path() if path_or_id is None else Path(path_or_id)).expanduser()
+        if folder.is_dir():
+            return str(folder.resolve()), None
+        return str(path_or_id if path_or_id is not None else folder), revision
+
     def load(self, path_or_id: str | None, revision: str | None = None) -> FaceEngine:
         """The engine of a bundle (folder or Hub id; None = default), loading it if needed.
 
         Raises:
             BundleError / HubError: the bundle cannot be loaded; nothing changes.
         """
-        key = (str(path_or_id), revision)
+        key = self._key(path_or_id, revision)
         with self._lock:
             if key in self._engines:
                 self._engines.move_to_end(key)
@@ -156,6 +212,9 @@ class Session:
     workdir: Path
     closed: bool = False
     risk_cache: tuple[int, int, RiskCoverage] | None = field(default=None, repr=False)
+    # held while the gallery grows or is replaced (indexing, example, clearing, bundle switch): a switch
+    # during indexing waits for it, so the re-projected gallery holds every photo
+    busy: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(cls, engine: FaceEngine) -> "Session":
@@ -238,28 +297,65 @@ def _rejection_defaults(engine: FaceEngine) -> tuple[Any, Any, Any]:
 
 def load_bundle_ui(repo_id: str, revision: str, state: Session | None, request: gr.Request,
                    progress=gr.Progress()):
-    """Switch this session to another bundle (a folder or Hub id; empty = the default)."""
+    """Switch this session to another bundle, keeping its gallery.
+
+    ``repo_id`` is the name of a bundle shipped in assets/bundles/ (``facenet-query``), a Hub
+    id (``org/name``, at ``revision``) or empty for the default bundle. The gallery is
+    re-projected into the new bundle's space from its stored embeddings: no photo is read
+    again. If the new bundle cannot serve it (no backbone in common), the current bundle
+    and gallery stay.
+
+    Returns the session, the bundle card, a note on what happened, and the new bundle's
+    rejection defaults.
+    """
     target, rev = (repo_id or "").strip() or None, (revision or "").strip() or None
-    if target and Path(target).expanduser().exists() and not os.environ.get("CMCE_ALLOW_LOCAL_BUNDLES"):
+    shipped = SHIPPED.get(target or "")
+    if shipped is not None:  # shipped bundles are always allowed
+        target, rev = str(shipped.path), None
+    elif target and Path(target).expanduser().exists() and not os.environ.get("CMCE_ALLOW_LOCAL_BUNDLES"):
         raise gr.Error("Type a Hub id of the form org/name (local folders need CMCE_ALLOW_LOCAL_BUNDLES=1).")
-    progress(0.1, desc=f"Loading {target or 'the default bundle'} (Hub download if needed)")
+    keep = gr.update()
+    progress(0.1, desc=f"Loading {(repo_id or '').strip() or 'the default bundle'} (Hub download if needed)")
     try:
         engine = ENGINES.load(target, rev) if target or rev else (ENGINES.default or ENGINES.load(None))
     except CmceError as e:  # unreachable Hub, missing repo, broken bundle: keep the current one
         gr.Warning(f"{e}. The current bundle stays in use.", duration=None)
-        keep = gr.update()
         return state, keep, f"**Not loaded:** {e}. The current bundle stays in use.", keep, keep, keep
-    progress(0.9, desc="Models loaded")
-    if state is not None and not state.closed and state.engine is engine:
-        return state, gr.update(), "This bundle is already in use.", gr.update(), gr.update(), gr.update()
-    had = len(state.gallery) if state is not None and not state.closed else 0
-    session = _register(Session.open(engine), request)
-    if state is not None and state is not session:
-        state.close()
-    if had:
-        gr.Warning(f"New bundle: the gallery of {had} faces was cleared; index your images again.")
-    note = "Bundle loaded." + (" Gallery cleared." if had else "")
-    return (session, display.bundle_markdown(bundle_summary(engine.bundle)), note, *_rejection_defaults(engine))
+    progress(0.8, desc="Models loaded")
+    card = display.bundle_markdown(bundle_summary(engine.bundle))
+    if state is None or state.closed:
+        return (_register(Session.open(engine), request), card, "Bundle loaded.", *_rejection_defaults(engine))
+    with state.busy:
+        if state.engine is engine:
+            return state, keep, "This bundle is already in use.", keep, keep, keep
+        if len(state.gallery):
+            progress(0.9, desc="Re-projecting the gallery into the new bundle's space (no photo is read)")
+            try:
+                gallery = state.gallery.reproject(engine)
+            except CmceError as e:  # no backbone in common: the gallery stays with the current bundle
+                gr.Warning(f"{e}. The current bundle and gallery stay in use.", duration=None)
+                return (state, keep, f"**Not switched:** {e}. The current bundle and gallery stay in use.",
+                        keep, keep, keep)
+            note = display.reprojection_markdown(gallery.load_report, _shipped_name(engine) or engine.bundle.source,
+                                                 engine.bundle.query_model)
+        else:
+            gallery, note = Gallery(engine, LIMITS), "Bundle loaded; the gallery is empty."
+        state.engine, state.gallery, state.risk_cache = engine, gallery, None
+    logger.info("session switched to bundle %s: %s", engine.bundle.source, note)
+    return state, card, note, *_rejection_defaults(engine)
+
+
+def pick_bundle(name: str | None, state: Session | None, request: gr.Request, progress=gr.Progress()):
+    """The bundle picker: switch to a shipped bundle by name (see ``load_bundle_ui``)."""
+    current = state.engine if state is not None and not state.closed else ENGINES.default
+    if not name or name == _shipped_name(current):  # picked again: nothing to do, nothing to say
+        return state, gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+    return load_bundle_ui(name, "", state, request, progress)
+
+
+def picked_bundle(state: Session | None):
+    """The picker's value after a switch (or a failed one): the session's shipped bundle, if any."""
+    return gr.update(value=_shipped_name(state.engine if state is not None and not state.closed else ENGINES.default))
 
 
 def _relative_names(folder: list[str], folder_paths: str | None) -> list[str]:
@@ -300,7 +396,8 @@ def index_gallery(files: list[str] | None, folder: list[str] | None = None, fold
             moved.append((name, seen[path]))
         progress(0.0, desc=f"Reading {len(moved)} files")
         upload = collect_uploads(moved, batch / "extracted")
-        report = session.gallery.add_images(upload.items, progress=lambda f, m: progress(f, desc=m))
+        with session.busy:
+            report = session.gallery.add_images(upload.items, progress=lambda f, m: progress(f, desc=m))
     except CmceError as e:
         raise gr.Error(str(e)) from e
     except OSError as e:
@@ -320,8 +417,9 @@ def load_example_gallery(name: str, state: Session | None, request: gr.Request, 
         raise gr.Error(f"Unknown example gallery {name!r}; choose one of {list(EXAMPLE_GALLERIES)}")
     progress(0.0, desc="Loading the example gallery")
     try:
-        saved, report, upload = _EXAMPLE_CACHE.get(session.engine, folder, lambda f, m: progress(f, desc=m))
-        session.gallery = Gallery.load(saved, session.engine)
+        with session.busy:
+            saved, report, upload = _EXAMPLE_CACHE.get(session.engine, folder, lambda f, m: progress(f, desc=m))
+            session.gallery = Gallery.load(saved, session.engine, LIMITS)
     except CmceError as e:
         raise gr.Error(str(e)) from e
     session.risk_cache = None
@@ -330,15 +428,19 @@ def load_example_gallery(name: str, state: Session | None, request: gr.Request, 
 
 
 class _ExampleCache:
-    """Example galleries indexed once per engine and saved; each session loads its own copy."""
+    """Example galleries indexed once per set of backbones and saved; each session loads its own copy.
+
+    A saved gallery keeps every backbone's raw embeddings, so one copy serves every bundle
+    built on the same backbones (loading re-projects it into the session's bundle).
+    """
 
     def __init__(self):
-        self._done: dict[tuple[int, str], tuple[Path, Any, Any]] = {}
+        self._done: dict[tuple[tuple[str, ...], str], tuple[Path, Any, Any]] = {}
         self._lock = threading.Lock()
         self._root = Path(tempfile.mkdtemp(prefix="cmce-examples-"))
 
     def get(self, engine: FaceEngine, folder: Path, progress):
-        key = (id(engine), str(folder))
+        key = (tuple(sorted(bundle_keys(engine.bundle).values())), str(folder))
         with self._lock:
             if key not in self._done:
                 files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -364,7 +466,8 @@ _EXAMPLE_CACHE = _ExampleCache()
 def clear_gallery(state: Session | None, request: gr.Request):
     """Empty this session's gallery."""
     session = _session(state, request)
-    session.gallery = Gallery(session.engine, LIMITS)
+    with session.busy:
+        session.gallery = Gallery(session.engine, LIMITS)
     session.risk_cache = None
     return session, "Gallery cleared.", {}
 
@@ -392,11 +495,9 @@ def refresh_plots(state: Session | None, reject_by: str, rate: float, threshold:
     quality = g.bundle.calibration.quality
     hist = display.uncertainty_figure(g.vectors.quality[live], rejected, rc.is_query & ~rc.hits, quality.description,
                                       log_scale=quality.log_axis)
+    note = display.risk_coverage_note(rc, g)
     if not rc.usable:
-        return None, hist, ("The risk-coverage curve needs labels: at least one person with two or more "
-                            "photos (folders per person, or `Name_0001.jpg`-style names).")
-    note = (f"Leave-one-out: each of the {int(rc.queries[0])} labelled faces whose person has another photo "
-            "searches the rest of the gallery with its query-model embedding.")
+        return None, hist, note
     return display.risk_coverage_figure(rc, float(rejected.mean()), quality.kind), hist, note
 
 
@@ -454,17 +555,21 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
             "**rejected** so they never produce a match. Your gallery lives only in this "
             "browser session."
         )
-        with gr.Accordion("Model bundle", open=False):
+        picker = gr.Dropdown([(b.label, n) for n, b in SHIPPED.items()], value=_shipped_name(engine),
+                             label="Bundle: which face models search your photos",
+                             info="Switching keeps your gallery: it is re-projected into the new bundle's space "
+                                  "without reading a photo again.", elem_id="bundle-picker")
+        bundle_note = gr.Markdown(elem_id="bundle-note")
+        with gr.Accordion("Model bundle: details, or one from the Hub", open=False):
             bundle_md = gr.Markdown(
                 display.bundle_markdown(bundle_summary(engine.bundle)) if engine
                 else f"**No bundle loaded** ({ENGINES.default_error}). Set `CMCE_BUNDLE` or load one below."
             )
             with gr.Row(equal_height=True):
-                hub_id = gr.Textbox(label="Hub bundle id", placeholder="org/name (empty = the default bundle)",
-                                    scale=3, elem_id="hub-id")
+                hub_id = gr.Textbox(label="Hub bundle id", scale=3, elem_id="hub-id",
+                                    placeholder="org/name, or a shipped bundle's name (empty = the default bundle)")
                 hub_rev = gr.Textbox(label="Revision (optional)", placeholder="main, a tag or a commit", scale=2)
                 load_btn = gr.Button("Load bundle", scale=1)
-            bundle_note = gr.Markdown()
 
         gr.Markdown("## 1 · Build a gallery")
         with gr.Row():
@@ -539,6 +644,14 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
                     .then(refresh_plots, [state, *rejection], [rc_plot, hist_plot, plots_note],
                           api_visibility="private"))
 
+        def after_bundle_switch(event, search_name: str):
+            """Picker in step with the session, the query searched again (the new bundle's columns), then
+            the overview and plots."""
+            synced = event.then(picked_bundle, [state], [picker], api_visibility="private")
+            return after_gallery_change(synced.then(search, search_inputs, search_outputs, api_name=search_name,
+                                                    api_visibility="private"))
+
+        bundle_outputs = [state, bundle_md, bundle_note, *rejection]
         indexed = index_btn.click(index_gallery, [files, folder, folder_paths, state], upload_outputs,
                                   js=FOLDER_PATHS_JS, api_name="index_gallery")
         after_gallery_change(indexed.then(lambda: (None, None, ""), None, [files, folder, folder_paths],
@@ -547,8 +660,10 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
             load_example_gallery, [example_name, state], upload_outputs, api_visibility="private"))
         after_gallery_change(clear_btn.click(clear_gallery, [state], [state, report_md, report_json],
                                              api_visibility="private"))
-        after_gallery_change(load_btn.click(load_bundle_ui, [hub_id, hub_rev, state],
-                                            [state, bundle_md, bundle_note, *rejection], api_name="load_bundle"))
+        after_bundle_switch(load_btn.click(load_bundle_ui, [hub_id, hub_rev, state], bundle_outputs,
+                                           api_name="load_bundle"), "search_after_load_bundle")
+        after_bundle_switch(picker.select(pick_bundle, [picker, state], bundle_outputs, api_visibility="private"),
+                            "search_after_pick_bundle")
         gr.on([order.change, reject_by.change, rate.change, threshold.change], refresh_overview,
               [state, order, *rejection], [overview, overview_md], trigger_mode="always_last",
               api_visibility="private").then(

@@ -10,6 +10,7 @@ Needs ``pip install playwright`` and ``apt-get install chromium``; skipped other
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -118,6 +119,34 @@ def test_gallery_rejection_and_search(app_server, gallery_folder, tmp_path):
             _idle(page)
             _shot(page, tmp_path, "app_search_known")
 
+            # 3b. Another bundle through the picker: the gallery is kept (re-projected, no photo
+            # read), the overview still shows every face, the results get the new bundle's columns.
+            faces = int(re.search(r"(\d+) faces", page.inner_text("#overview-summary")).group(1))
+            assert faces >= 8
+            page.locator("#bundle-picker input").click()
+            page.get_by_role("option", name=re.compile(r"^facenet-query")).click()
+            _wait_text(page, "#bundle-note", "re-projected into facenet-casia's space")
+            _wait_text(page, "#results", "facenet-casia")
+            _idle(page)
+            note = page.inner_text("#bundle-note")
+            assert f"Gallery of {faces} faces" in note and "0 photos re-read" in note
+            assert f"{faces} faces" in page.inner_text("#overview-summary")
+            for person in people[:4]:
+                assert person.name[:8] in page.inner_text("#overview")
+            assert page.locator("#overview .thumbnail-item").count() == faces
+            views = page.locator("#results section.cmce-view").evaluate_all(
+                "els => els.map(e => e.getAttribute('data-view'))")
+            assert "sface" in views and views[0] == "ensemble", views
+            first = page.locator("#results section[data-view=ensemble] li.cmce-match").first
+            assert target.name in first.inner_text()
+            assert "facenet-query" in page.locator("#bundle-picker input").input_value()
+            assert page.inner_text("#index-report").count("faces indexed") == 1  # nothing re-indexed
+            _shot(page, tmp_path, "app_bundle_switched")
+            page.locator("#bundle-picker input").click()
+            page.get_by_role("option", name=re.compile(r"^sface-query")).click()
+            _wait_text(page, "#bundle-note", "re-projected into sface's space")
+            _idle(page)
+
             # 4. A stranger (not in the gallery): the ensemble answers "unknown".
             stranger = people[4]
             page.locator("#query-image input[type=file]").set_input_files(str(sorted(stranger.glob("*.jpg"))[0]))
@@ -174,5 +203,41 @@ def test_one_click_examples(app_server, tmp_path):
             _wait_text(page, "body", "licence")
             page.screenshot(path=str(tmp_path / "app_bundle.png"))
             shutil.copy(tmp_path / "app_bundle.png", SCREENS / "app_bundle.png")
+
+            # The example gallery on another bundle: the saved copy is re-projected, not re-indexed.
+            page.locator("#bundle-picker input").click()
+            page.get_by_role("option", name=re.compile(r"^facenet-query")).click()
+            _wait_text(page, "#bundle-note", "re-projected into facenet-casia's space")
+            _idle(page)
+            page.click("#clear-btn")  # so that the report below is the new one
+            _wait_text(page, "#index-report", "Gallery cleared")
+            page.get_by_text("Two pioneers").first.click()
+            _wait_text(page, "#index-report", "faces indexed from 7 files")
+            _idle(page)
+            assert page.locator("#results section[data-view=sface]").count() == 1  # searched again: new columns
+            assert "Eileen_Collins" in top.inner_text()  # still face 2 of the two-faces photo
+            assert "◐" not in page.inner_text("#overview")  # the same three backbones: nothing lacking
+
+            # The upgrade story: a gallery indexed with the old facenet-dlib bundle (two backbones),
+            # then served by sface-query: every face lacks sface's own embedding (◐ 2/3 models).
+            if (app_server["bundle"].parent / "facenet-dlib" / "config.json").is_file():
+                page.locator("#bundle-picker input").click()
+                page.get_by_role("option", name=re.compile(r"^facenet-dlib")).click()
+                _wait_text(page, "#bundle-note", "re-projected into facenet-casia's space")
+                _idle(page)
+                page.click("#clear-btn")
+                _wait_text(page, "#index-report", "Gallery cleared")
+                page.get_by_text("Two pioneers").first.click()  # indexed again, by facenet-dlib's two models
+                _wait_text(page, "#index-report", "faces indexed from 7 files")
+                _idle(page)
+                page.locator("#bundle-picker input").click()
+                page.get_by_role("option", name=re.compile(r"^sface-query")).click()
+                _wait_text(page, "#bundle-note", "lack sface's own embedding (◐)")
+                _wait_text(page, "#overview", "◐ 2/3 models")
+                _idle(page)
+                assert "lack a model" in page.inner_text("#overview-summary")
+                assert "no gallery face has sface's embedding" in page.inner_text("#results section[data-view=query]")
+                _wait_text(page, "body", "every face here was indexed before this bundle")  # the plot's note
+                _shot(page, tmp_path, "app_upgraded_gallery")
         finally:
             browser.close()

@@ -74,6 +74,77 @@ def test_unreachable_hub_keeps_current_bundle(app_server, people):
     assert result["views"]["ensemble"]["matches"][0]["label"] == people[0].name
 
 
+def test_switching_bundles_keeps_the_gallery(app_server, people):
+    """A shipped bundle picked by name re-projects the session's gallery: no photo is read again."""
+    other = app_server["bundle"].parent / "facenet-query"
+    if not (other / "config.json").is_file() or app_server["bundle"].name != "sface-query":
+        pytest.skip("needs the shipped sface-query and facenet-query bundles")
+    client = Client(app_server["url"], verbose=False)
+    gallery = [handle_file(str(f)) for p in people[:4] for f in sorted(p.glob("*.jpg"))[:2]]
+    _, report = client.predict(files=gallery, api_name="/index_gallery")
+    faces = report["entries"]
+    target = people[2]
+    query = sorted(target.glob("*.jpg"))[2]  # not in the gallery
+
+    bundle_md, note, reject_by, rate, threshold = client.predict(repo_id="facenet-query", revision="",
+                                                                 api_name="/load_bundle")
+    assert "query model **facenet-casia**" in bundle_md
+    calibration = json.loads((other / "config.json").read_text())["calibration"]  # the new bundle's defaults
+    assert (reject_by["value"], rate["value"]) == ("threshold", calibration["rejection_rate"])  # gr.update dicts
+    assert threshold["value"] == pytest.approx(calibration["rejection_threshold"])
+    assert f"Gallery of {faces} faces re-projected into facenet-casia's space" in note, note
+    assert "0 photos re-read" in note and "lack" not in note  # both bundles use the same three backbones
+    *_, result = client.predict(image=handle_file(str(query)), api_name="/search")
+    assert set(result["views"]) == _view_names(other)
+    assert result["views"]["ensemble"]["matches"][0]["label"] == target.name
+    assert result["views"]["ensemble"]["matches"][0]["correct"] is True
+    # The same gallery, not a new one: one more photo makes it one face larger.
+    extra = sorted(people[3].glob("*.jpg"))[2]
+    _, report = client.predict(files=[handle_file(str(extra))], api_name="/index_gallery")
+    assert report["entries"] == faces + 1, report
+
+    _, note, *_ = client.predict(repo_id="facenet-query", revision="", api_name="/load_bundle")
+    assert "already in use" in note
+    bundle_md, note, *_ = client.predict(repo_id="sface-query", revision="", api_name="/load_bundle")
+    assert "query model **sface**" in bundle_md
+    assert f"Gallery of {faces + 1} faces re-projected into sface's space" in note and "0 photos re-read" in note
+    *_, result = client.predict(image=handle_file(str(query)), api_name="/search")
+    assert set(result["views"]) == _view_names(app_server["bundle"])
+    assert result["views"]["ensemble"]["matches"][0]["label"] == target.name
+
+
+def test_upgrade_from_the_old_bundle(app_server, people):
+    """A gallery indexed with facenet-dlib, served by sface-query: its faces lack sface's own
+    embedding (◐), are fused from the two models they have, and still found."""
+    if not (app_server["bundle"].parent / "facenet-dlib" / "config.json").is_file():
+        pytest.skip("needs the shipped facenet-dlib bundle")
+    client = Client(app_server["url"], verbose=False)
+    _, note, *_ = client.predict(repo_id="facenet-dlib", revision="", api_name="/load_bundle")
+    assert note == "Bundle loaded."
+    gallery = [handle_file(str(f)) for p in people[:3] for f in sorted(p.glob("*.jpg"))[:2]]
+    _, report = client.predict(files=gallery, api_name="/index_gallery")
+    faces = report["entries"]
+
+    _, note, *_ = client.predict(repo_id="sface-query", revision="", api_name="/load_bundle")
+    assert f"Gallery of {faces} faces re-projected into sface's space" in note and "0 photos re-read" in note
+    assert f"{faces} faces lack sface's own embedding (◐)" in note, note
+    target = people[1]
+    *_, result = client.predict(image=handle_file(str(sorted(target.glob("*.jpg"))[2])), api_name="/search")
+    top = result["views"]["ensemble"]["matches"][0]
+    assert top["label"] == target.name
+    assert top["members"] == ["dlib-resnet34", "facenet-casia"]  # no "query": sface never saw these photos
+    assert result["views"]["query"]["matches"] == []  # sface alone cannot match them
+
+
+def test_local_folder_typed_by_hand_needs_permission(app_server):
+    """A shipped bundle is picked by name; its folder path typed by hand is a local folder (refused)."""
+    from gradio_client.exceptions import AppError
+
+    client = Client(app_server["url"], verbose=False)
+    with pytest.raises(AppError, match="CMCE_ALLOW_LOCAL_BUNDLES"):
+        client.predict(repo_id=str(app_server["bundle"]), revision="", api_name="/load_bundle")
+
+
 def test_hostile_uploads_are_reported_and_the_rest_indexed(app_server, people, tmp_path):
     """Broken, empty, fake, bomb and unsafe-archive uploads next to good photos."""
     import io
