@@ -33,7 +33,7 @@ import numpy as np
 
 from .backbones import PRETRAINED, get_spec
 from .cache import file_sha256
-from .ensemble import QualityModel, fuse_members, member_uncertainty
+from .ensemble import QualityModel, fuse_member_list, member_list_uncertainty
 from .errors import BackboneError, BundleError, CmceError, HubError
 from .transform import (
     EmbeddingTransformer,
@@ -256,24 +256,30 @@ class Bundle:
         available: dict[str, np.ndarray] = {}
         for m in self.gallery_models:
             rows = has(m)
-            out = np.zeros((g, dq), np.float32)
-            if rows.any():
-                out[rows] = transform_embeddings(self.transformers[m], np.asarray(embeddings[m])[rows])
-            views[m], available[m] = out, rows
+            if rows.all():  # the common case: no masked copies of the inputs
+                views[m] = transform_embeddings(self.transformers[m], embeddings[m])
+            else:
+                views[m] = np.zeros((g, dq), np.float32)
+                if rows.any():
+                    views[m][rows] = transform_embeddings(self.transformers[m], np.asarray(embeddings[m])[rows])
+            available[m] = rows
         q_rows = has(self.query_model)
-        query_vecs = np.zeros((g, dq), np.float32)
-        if q_rows.any():
-            query_vecs[q_rows] = np.asarray(embeddings[self.query_model], np.float32)[q_rows]
-        stack = [views[m] for m in self.gallery_models] + ([query_vecs] if self.query_member else [])
-        mask = np.stack([available[m] for m in self.gallery_models] + ([q_rows] if self.query_member else []), axis=1)
-        members = np.stack(stack, axis=1)
-        ensemble = fuse_members(members, mask)
+        if q_rows.all():
+            query_vecs = np.asarray(embeddings[self.query_model], np.float32)
+        else:
+            query_vecs = np.zeros((g, dq), np.float32)
+            if q_rows.any():
+                query_vecs[q_rows] = np.asarray(embeddings[self.query_model], np.float32)[q_rows]
+        member_vecs = [views[m] for m in self.gallery_models] + ([query_vecs] if self.query_member else [])
+        member_rows = [available[m] for m in self.gallery_models] + ([q_rows] if self.query_member else [])
+        ensemble = fuse_member_list(member_vecs, member_rows)
         # Disagreement of the gallery models' transformed embeddings (the paper's signal);
         # with fewer than two of them, the query model's own embedding is compared too.
-        gm = np.stack([available[m] for m in self.gallery_models], axis=1)
-        with_query = q_rows & (gm.sum(axis=1) < 2)
-        unc_members = np.concatenate([members[:, : len(self.gallery_models)], query_vecs[:, None]], axis=1)
-        uncertainty = member_uncertainty(unc_members, np.concatenate([gm, with_query[:, None]], axis=1))
+        n_gallery = np.sum([available[m] for m in self.gallery_models], axis=0)
+        with_query = q_rows & (n_gallery < 2)
+        uncertainty = member_list_uncertainty([views[m] for m in self.gallery_models] + [query_vecs],
+                                              [available[m] for m in self.gallery_models] + [with_query])
+        mask = np.stack(member_rows, axis=1)
         views["query"], available["query"] = query_vecs, q_rows
         available["ensemble"] = mask.any(axis=1)
         quality = self.calibration.quality.score(uncertainty, prob)

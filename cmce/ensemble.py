@@ -15,6 +15,7 @@ in the calibration sample, so neither's scale dominates.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,9 @@ __all__ = [
     "QUALITY_DESCRIPTIONS",
     "QUALITY_SCORES",
     "QualityModel",
+    "fuse_member_list",
     "fuse_members",
+    "member_list_uncertainty",
     "member_uncertainty",
     "detection_doubt",
 ]
@@ -39,6 +42,44 @@ QUALITY_DESCRIPTIONS = {
     "detection": "detector doubt (-log10 of the face detector's probability)",
     "combined": "uncertainty and detector doubt together (mean of their percentile ranks)",
 }
+
+
+def _masked_sum(vectors: Sequence[np.ndarray], present: Sequence[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of the present members and their count per entry, one member at a time.
+
+    Member by member (N <= 4 here) streams each (G, D) array once, without stacking a
+    (G, N, D) copy first.
+    """
+    g, d = vectors[0].shape
+    total = np.zeros((g, d), np.float32)
+    count = np.zeros(g, np.float32)
+    for i, v in enumerate(vectors):
+        w = None if present is None else np.asarray(present[i], bool)
+        if w is None or w.all():
+            total += v
+            count += 1.0
+        elif w.any():
+            total[w] += v[w]
+            count += w
+    return total, count
+
+
+def fuse_member_list(vectors: Sequence[np.ndarray], present: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """L2-normalised mean of the members an entry has, members given one by one.
+
+    Args:
+        vectors: N arrays (G, D) of unit vectors, one per member.
+        present: N (G,) bool arrays, which entries have that member (default all); an
+            entry with none gets a zero row.
+
+    Returns:
+        (G, D) float32 unit vectors (zero rows for entries without a member).
+    """
+    if not len(vectors):
+        raise CmceError("fuse_member_list needs at least one member")
+    total, _ = _masked_sum([np.asarray(v, np.float32) for v in vectors], present)
+    norm = np.linalg.norm(total, axis=1, keepdims=True)
+    return (total / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
 
 
 def fuse_members(members: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
@@ -55,14 +96,32 @@ def fuse_members(members: np.ndarray, present: np.ndarray | None = None) -> np.n
     members = np.asarray(members, dtype=np.float32)
     if members.ndim != 3 or members.shape[1] == 0:
         raise CmceError(f"members must be (G, N>=1, D), got {members.shape}")
-    if present is None:
-        mean = members.mean(axis=1)
-    else:
-        w = np.asarray(present, np.float32)
-        if w.shape != members.shape[:2]:
-            raise CmceError(f"present must be (G, N) = {members.shape[:2]}, got {w.shape}")
-        mean = np.einsum("gn,gnd->gd", w, members)
-    return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    if present is not None and np.asarray(present).shape != members.shape[:2]:
+        raise CmceError(f"present must be (G, N) = {members.shape[:2]}, got {np.asarray(present).shape}")
+    n = members.shape[1]
+    return fuse_member_list([members[:, i] for i in range(n)],
+                            None if present is None else [np.asarray(present)[:, i] for i in range(n)])
+
+
+def member_list_uncertainty(vectors: Sequence[np.ndarray], present: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """Mean pairwise cosine distance between the members an entry has, members one by one.
+
+    With the members' sum ``s`` and count ``n`` per entry (unit vectors):
+    ``1 - (||s||^2 - n) / (n (n - 1))``. Entries with fewer than two members have no
+    pair to compare: NaN.
+
+    Args:
+        vectors: N arrays (G, D) of unit vectors.
+        present: N (G,) bool arrays (default all).
+
+    Returns:
+        (G,) float32.
+    """
+    total, n = _masked_sum([np.asarray(v, np.float32) for v in vectors], present)
+    sq = np.einsum("gd,gd->g", total, total)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unc = np.clip(1.0 - (sq - n) / (n * (n - 1)), 0.0, 2.0)
+    return np.where(n >= 2, unc, np.nan).astype(np.float32)
 
 
 def member_uncertainty(members: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
@@ -70,8 +129,8 @@ def member_uncertainty(members: np.ndarray, present: np.ndarray | None = None) -
 
     Args:
         members: (G, N, D) unit vectors.
-        present: (G, N) bool (default all). Entries with fewer than two members have
-            no pair to compare: NaN.
+        present: (G, N) bool (default all). Entries with fewer than two members have no
+            pair to compare: NaN.
 
     Returns:
         (G,) float32.
@@ -79,13 +138,9 @@ def member_uncertainty(members: np.ndarray, present: np.ndarray | None = None) -
     members = np.asarray(members, dtype=np.float32)
     if present is None:
         return mean_pairwise_cosine_distance(members).astype(np.float32)
-    w = np.asarray(present, np.float32)
-    n = w.sum(axis=1)
-    total = np.einsum("gn,gnd->gd", w, members)
-    sq = np.einsum("gd,gd->g", total, total)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        unc = np.clip(1.0 - (sq - n) / (n * (n - 1)), 0.0, 2.0)
-    return np.where(n >= 2, unc, np.nan).astype(np.float32)
+    n = members.shape[1]
+    return member_list_uncertainty([members[:, i] for i in range(n)],
+                                   [np.asarray(present)[:, i] for i in range(n)])
 
 
 def detection_doubt(probability: np.ndarray) -> np.ndarray:

@@ -345,7 +345,10 @@ def _embedding_column(vectors: np.ndarray, dim: int, present: np.ndarray | None 
 
 
 def _embedding_to_numpy(column, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """An embedding column as (N, D) float32 values and (N,) validity (nulls -> zeros)."""
+    """An embedding column as (N, D) float32 values and (N,) validity (nulls -> zeros).
+
+    Without nulls the values are a read-only view of the column's buffer.
+    """
     pa, _ = _require_pyarrow()
     arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
     n = len(arr)
@@ -354,8 +357,11 @@ def _embedding_to_numpy(column, dim: int) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         return np.zeros((0, dim), np.float32), np.zeros(0, bool)
     raw = np.frombuffer(arr.buffers()[1], dtype="<f4", count=(arr.offset + n) * dim)[arr.offset * dim :]
-    out = raw.reshape(n, dim).astype(np.float32, copy=True)
-    valid = np.ones(n, bool) if arr.null_count == 0 else ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
+    raw = raw.reshape(n, dim)
+    if arr.null_count == 0:
+        return raw, np.ones(n, bool)  # a read-only view of the column: callers copy
+    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
+    out = raw.astype(np.float32, copy=True)
     out[~valid] = 0
     return out, valid
 
@@ -401,7 +407,7 @@ def _read_shard(folder: Path, info: dict, backbones: dict[str, BackboneRecord]):
         raise GalleryError(f"{folder}: shard {info['file']} is corrupt ({path.stat().st_size} bytes, "
                            f"{MANIFEST} says {size})")
     try:  # every data page carries a CRC32, verified while decoding
-        table = pq.read_table(path, page_checksum_verification=True)
+        table = pq.read_table(path, page_checksum_verification=True, memory_map=True)
     except Exception as e:  # pyarrow raises its own error types for damaged files
         raise GalleryError(f"{folder}: shard {info['file']} is corrupt or cannot be read ({e})") from e
     if table.num_rows != info.get("rows"):
@@ -427,21 +433,17 @@ def _records_from_tables(tables: list, embs: list[dict], backbones: dict[str, Ba
     n = table.num_rows
 
     def strings(name: str) -> np.ndarray:
-        return np.array(table.column(name).to_pylist(), dtype=object)
+        return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=object)
 
     box, _ = _fixed_to_numpy(table.column("box"), 4, np.float32)
     lm, _ = _fixed_to_numpy(table.column("landmarks"), 10, np.float32)
     size, _ = _fixed_to_numpy(table.column("image_size"), 2, np.int32)
     embeddings, present = {}, {}
-    for key, rec in backbones.items():
-        embeddings[key] = np.zeros((n, rec.dim), np.float32)
-        present[key] = np.zeros(n, bool)
-    start = 0
-    for t, e in zip(tables, embs):
-        for key, (values, valid) in e.items():
-            embeddings[key][start : start + t.num_rows] = values
-            present[key][start : start + t.num_rows] = valid
-        start += t.num_rows
+    for key, rec in backbones.items():  # one copy per backbone: shards lacking it contribute zeros
+        parts = [e[key] if key in e else (np.zeros((t.num_rows, rec.dim), np.float32), np.zeros(t.num_rows, bool))
+                 for t, e in zip(tables, embs)]
+        embeddings[key] = np.concatenate([v for v, _ in parts])
+        present[key] = np.concatenate([p for _, p in parts])
     return GalleryRecords(
         strings("entry_id"), strings("content_hash"), strings("source"), strings("uri"), strings("label"),
         box, lm.reshape(n, 5, 2), table.column("probability").to_numpy().astype(np.float32), size,

@@ -174,14 +174,12 @@ def transform_embeddings(module: EmbeddingTransformer, embeddings: np.ndarray, b
         )
     module.eval()
     device = next(module.parameters()).device
-    out = []
+    out = np.empty((len(embeddings), module.config.out_dim), np.float32)
     with torch.inference_mode():
         for i in range(0, len(embeddings), batch_size):
             x = torch.from_numpy(embeddings[i : i + batch_size]).to(device)
-            out.append(module(x).float().cpu().numpy())
-    if not out:
-        return np.zeros((0, module.config.out_dim), np.float32)
-    return np.concatenate(out).astype(np.float32)
+            out[i : i + batch_size] = module(x).float().cpu().numpy()
+    return out
 
 
 def fit_linear_map(gallery: np.ndarray, query: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
