@@ -28,13 +28,12 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import CmceError, GalleryError, ImageError, LimitError
-from .gallery import FaceEngine, bundle_inputs, check_servable, derive
+from .gallery import FaceEngine, bundle_inputs, bundle_keys, check_servable, derive
 from .images import DEFAULT_LIMITS, ImageLimits, content_hash, load_image
 from .store import (
     MANIFEST,
     StoredGallery,
     append_embeddings,
-    backbone_key,
     backbone_record,
     read_gallery,
     write_derived,
@@ -266,7 +265,7 @@ def backfill_gallery(
     records = stored.records
     check_servable(engine.bundle, records.backbones, len(records), str(folder))
     runnable = [m for m in engine.bundle.models if m in engine.backbones]
-    keys = {m: backbone_key(m, backbone_record(m).sha256) for m in runnable}
+    keys = {m: k for m, k in bundle_keys(engine.bundle).items() if m in runnable}
     need = {m: ~records.present[k] if k in records.present else np.ones(len(records), bool) for m, k in keys.items()}
     waiting = np.flatnonzero(np.any(np.stack(list(need.values()), axis=1), axis=1)) if need else np.zeros(0, int)
     order = waiting[np.argsort(records.uri[waiting].astype(str), kind="stable")]  # one read per photo
