@@ -397,7 +397,7 @@ def _fixed_to_numpy(column, width: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     return out, valid
 
 
-def _read_shard(folder: Path, info: dict, backbones: dict[str, BackboneRecord]):
+def _read_shard(folder: Path, info: dict, backbones: dict[str, BackboneRecord], metadata: bool = True):
     _, pq = _require_pyarrow()
     path = folder / info["file"]
     if not path.is_file():
@@ -407,7 +407,11 @@ def _read_shard(folder: Path, info: dict, backbones: dict[str, BackboneRecord]):
         raise GalleryError(f"{folder}: shard {info['file']} is corrupt ({path.stat().st_size} bytes, "
                            f"{MANIFEST} says {size})")
     try:  # every data page carries a CRC32, verified while decoding
-        table = pq.read_table(path, page_checksum_verification=True, memory_map=True)
+        columns = None
+        if not metadata:  # what re-projection needs: ids, detector probabilities, embeddings
+            columns = ["entry_id"] + ([] if info.get("kind") == "embeddings" else ["probability"])
+            columns += [f"emb:{k}" for k in info.get("backbones", [])]
+        table = pq.read_table(path, columns=columns, page_checksum_verification=True, memory_map=True)
     except Exception as e:  # pyarrow raises its own error types for damaged files
         raise GalleryError(f"{folder}: shard {info['file']} is corrupt or cannot be read ({e})") from e
     if table.num_rows != info.get("rows"):
@@ -421,7 +425,8 @@ def _read_shard(folder: Path, info: dict, backbones: dict[str, BackboneRecord]):
     return table, emb
 
 
-def _records_from_tables(tables: list, embs: list[dict], backbones: dict[str, BackboneRecord]) -> GalleryRecords:
+def _records_from_tables(tables: list, embs: list[dict], backbones: dict[str, BackboneRecord],
+                         metadata: bool = True) -> GalleryRecords:
     pa, _ = _require_pyarrow()
     if not tables:
         out = GalleryRecords.empty()
@@ -433,11 +438,16 @@ def _records_from_tables(tables: list, embs: list[dict], backbones: dict[str, Ba
     n = table.num_rows
 
     def strings(name: str) -> np.ndarray:
+        if not metadata and name != "entry_id":
+            return np.empty(n, dtype=object)
         return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=object)
 
-    box, _ = _fixed_to_numpy(table.column("box"), 4, np.float32)
-    lm, _ = _fixed_to_numpy(table.column("landmarks"), 10, np.float32)
-    size, _ = _fixed_to_numpy(table.column("image_size"), 2, np.int32)
+    if metadata:
+        box, _ = _fixed_to_numpy(table.column("box"), 4, np.float32)
+        lm, _ = _fixed_to_numpy(table.column("landmarks"), 10, np.float32)
+        size, _ = _fixed_to_numpy(table.column("image_size"), 2, np.int32)
+    else:
+        box, lm, size = np.zeros((n, 4), np.float32), np.zeros((n, 10), np.float32), np.zeros((n, 2), np.int32)
     embeddings, present = {}, {}
     for key, rec in backbones.items():  # one copy per backbone: shards lacking it contribute zeros
         parts = [e[key] if key in e else (np.zeros((t.num_rows, rec.dim), np.float32), np.zeros(t.num_rows, bool))
@@ -454,10 +464,16 @@ def _records_from_tables(tables: list, embs: list[dict], backbones: dict[str, Ba
 # --------------------------------------------------------------------------- read
 
 
-def read_gallery(folder: str | os.PathLike) -> StoredGallery:
+def read_gallery(folder: str | os.PathLike, *, metadata: bool = True) -> StoredGallery:
     """Read every entry and raw embedding of a saved gallery.
 
     Version 1 galleries are converted in memory (saving writes version 2).
+
+    Args:
+        folder: the gallery.
+        metadata: False reads only what re-projection needs (entry ids, detector
+            probabilities, embeddings); the other columns come back empty (None or
+            zeros). Such records must not be written back.
 
     Raises:
         GalleryError: missing folder, not a gallery, unknown version, or a corrupt or
@@ -476,13 +492,13 @@ def read_gallery(folder: str | os.PathLike) -> StoredGallery:
         raise GalleryError(f"{folder}: corrupt gallery ({MANIFEST} backbones: {e!r})") from e
     tables, embs, patches = [], [], []
     for info in manifest["shards"]:
-        table, emb = _read_shard(folder, info, backbones)
+        table, emb = _read_shard(folder, info, backbones, metadata)
         if info.get("kind") == "embeddings":
             patches.append((table, emb))
         else:
             tables.append(table)
             embs.append(emb)
-    records = _records_from_tables(tables, embs, backbones)
+    records = _records_from_tables(tables, embs, backbones, metadata)
     if patches:
         position = {eid: i for i, eid in enumerate(records.entry_id)}
         for table, emb in patches:

@@ -187,7 +187,7 @@ def upgrade_gallery(
         _check_out(src, Path(out))
     if precision not in PRECISIONS:
         raise CmceError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    stored = read_gallery(src)
+    stored = read_gallery(src, metadata=False)  # ids, probabilities, embeddings: all re-projection needs
     previous = (stored.derived or {}).get("bundle") or {}
     serving = bundle if precision == "float32" else replace(
         bundle, transformers={m: quantize_transformer(t) for m, t in bundle.transformers.items()})

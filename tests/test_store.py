@@ -181,3 +181,17 @@ def _flip_a_byte(path: Path) -> None:
 
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-100])
+
+
+def test_slim_read_has_what_reprojection_needs(tmp_path: Path) -> None:
+    records = make_records()
+    write_gallery(tmp_path / "g", records, shard_rows=4)
+    append_embeddings(tmp_path / "g", records.backbones["beta@unpinned"], ["h2:0"], np.eye(1, 4, dtype=np.float32))
+    full = read_gallery(tmp_path / "g").records
+    slim = read_gallery(tmp_path / "g", metadata=False).records
+    assert slim.entry_id.tolist() == full.entry_id.tolist()
+    np.testing.assert_array_equal(slim.probability, full.probability)
+    for k in full.backbones:
+        np.testing.assert_array_equal(slim.embeddings[k], full.embeddings[k])
+        np.testing.assert_array_equal(slim.present[k], full.present[k])
+    assert set(slim.source.tolist()) == {None} and not slim.box.any()  # not read
