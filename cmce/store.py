@@ -306,7 +306,6 @@ def shards_signature(manifest: dict) -> list[str]:
 
 def _entry_table(records: GalleryRecords, rows: slice, keys: Sequence[str]):
     pa, _ = _require_pyarrow()
-    n = len(records.entry_id[rows])
 
     def fixed(values: np.ndarray, width: int, dtype, mask: np.ndarray | None = None):
         flat = pa.array(np.ascontiguousarray(values, dtype=dtype).reshape(-1))
@@ -344,26 +343,37 @@ def _embedding_column(vectors: np.ndarray, dim: int, present: np.ndarray | None 
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * dim), len(data), [validity, pa.py_buffer(data.tobytes())])
 
 
-def _embedding_to_numpy(column, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """An embedding column as (N, D) float32 values and (N,) validity (nulls -> zeros).
+def _embedding_chunks(column, dim: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """An embedding column as (n_i, D) float32 pieces with (n_i,) validity, one per chunk.
 
-    Without nulls the values are a read-only view of the column's buffer.
+    Chunks without nulls are read-only views of the column's buffers (no copy; callers
+    concatenate once); null rows become zeros.
     """
     pa, _ = _require_pyarrow()
-    arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    n = len(arr)
-    if arr.type != pa.binary(4 * dim):
-        raise GalleryError(f"embedding column of type {arr.type}, expected fixed_size_binary[{4 * dim}]")
-    if n == 0:
+    out = []
+    for arr in (column.chunks if hasattr(column, "chunks") else [column]):
+        n = len(arr)
+        if arr.type != pa.binary(4 * dim):
+            raise GalleryError(f"embedding column of type {arr.type}, expected fixed_size_binary[{4 * dim}]")
+        if n == 0:
+            continue
+        raw = np.frombuffer(arr.buffers()[1], dtype="<f4", count=(arr.offset + n) * dim)[arr.offset * dim :]
+        raw = raw.reshape(n, dim)
+        if arr.null_count == 0:
+            out.append((raw, np.ones(n, bool)))
+            continue
+        valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
+        values = raw.astype(np.float32, copy=True)
+        values[~valid] = 0
+        out.append((values, valid))
+    return out
+
+
+def _join(pieces: list[tuple[np.ndarray, np.ndarray]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate (values, validity) pieces into one writable copy."""
+    if not pieces:
         return np.zeros((0, dim), np.float32), np.zeros(0, bool)
-    raw = np.frombuffer(arr.buffers()[1], dtype="<f4", count=(arr.offset + n) * dim)[arr.offset * dim :]
-    raw = raw.reshape(n, dim)
-    if arr.null_count == 0:
-        return raw, np.ones(n, bool)  # a read-only view of the column: callers copy
-    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
-    out = raw.astype(np.float32, copy=True)
-    out[~valid] = 0
-    return out, valid
+    return np.concatenate([v for v, _ in pieces]), np.concatenate([p for _, p in pieces])
 
 
 def _write_parquet(table, path: Path) -> None:
@@ -421,7 +431,7 @@ def _read_shard(folder: Path, info: dict, backbones: dict[str, BackboneRecord], 
         col = f"emb:{key}"
         if col not in table.column_names or key not in backbones:
             raise GalleryError(f"{folder}: shard {info['file']} lacks the {key} embeddings its manifest lists")
-        emb[key] = _embedding_to_numpy(table.column(col), backbones[key].dim)
+        emb[key] = _embedding_chunks(table.column(col), backbones[key].dim)
     return table, emb
 
 
@@ -450,10 +460,10 @@ def _records_from_tables(tables: list, embs: list[dict], backbones: dict[str, Ba
         box, lm, size = np.zeros((n, 4), np.float32), np.zeros((n, 10), np.float32), np.zeros((n, 2), np.int32)
     embeddings, present = {}, {}
     for key, rec in backbones.items():  # one copy per backbone: shards lacking it contribute zeros
-        parts = [e[key] if key in e else (np.zeros((t.num_rows, rec.dim), np.float32), np.zeros(t.num_rows, bool))
-                 for t, e in zip(tables, embs)]
-        embeddings[key] = np.concatenate([v for v, _ in parts])
-        present[key] = np.concatenate([p for _, p in parts])
+        pieces = []
+        for t, e in zip(tables, embs):
+            pieces += e[key] if key in e else [(np.zeros((t.num_rows, rec.dim), np.float32), np.zeros(t.num_rows, bool))]
+        embeddings[key], present[key] = _join(pieces, rec.dim)
     return GalleryRecords(
         strings("entry_id"), strings("content_hash"), strings("source"), strings("uri"), strings("label"),
         box, lm.reshape(n, 5, 2), table.column("probability").to_numpy().astype(np.float32), size,
@@ -505,7 +515,8 @@ def read_gallery(folder: str | os.PathLike, *, metadata: bool = True) -> StoredG
             rows = np.array([position.get(e, -1) for e in table.column("entry_id").to_pylist()], np.int64)
             if (rows < 0).any():
                 raise GalleryError(f"{folder}: an embeddings shard names entries the gallery does not hold")
-            for key, (values, valid) in emb.items():
+            for key, pieces in emb.items():
+                values, valid = _join(pieces, backbones[key].dim)
                 records.embeddings[key][rows[valid]] = values[valid]
                 records.present[key][rows[valid]] = True
     if len(set(records.entry_id.tolist())) != len(records):
