@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle
+from .engine import FaceEngine
 from .errors import CmceError, GalleryError, ImageError, LimitError
-from .gallery import FaceEngine, bundle_inputs, bundle_keys, check_servable, derive
+from .gallery import bundle_inputs, bundle_keys, check_servable, derive
 from .images import DEFAULT_LIMITS, ImageLimits, content_hash, load_image
 from .store import (
     MANIFEST,
