@@ -12,6 +12,7 @@ import base64
 import html
 import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,8 +69,11 @@ def bundle_markdown(summary: Mapping[str, Any]) -> str:
     """Markdown card of a bundle from ``cmce.bundle.bundle_summary``: models and licences."""
     q = summary["query_model"]
     rows = [("query model", q)] + [("gallery model", g) for g in summary["gallery_models"]]
+    source = summary.get("source") or "?"
+    if not source.startswith("hf://"):
+        source = Path(source).name  # a local folder: its name, not the server's path
     lines = [
-        f"**Bundle** `{summary.get('source') or '?'}` · query model **{q['name']}** · "
+        f"**Bundle** `{source}` · query model **{q['name']}** · "
         f"gallery models {', '.join('**' + g['name'] + '**' for g in summary['gallery_models'])}"
         + (" (+ the query model as an ensemble member)" if summary.get("query_member") else ""),
         "",

@@ -118,3 +118,14 @@ def test_bundle_markdown_lists_models_and_licences():
     assert "Default rejection: 10% of a gallery ·" in md
     md = display.bundle_markdown({**summary, "quality_description": QualityModel("detection").description})
     assert "ranked by detector doubt" in md
+
+
+def test_bundle_markdown_names_a_local_folder_without_the_servers_path():
+    summary = {
+        "query_model": {"name": "q", "license": "Apache-2.0", "training_data": "A"},
+        "gallery_models": [{"name": "g", "license": "MIT", "training_data": "B"}],
+        "query_member": False, "rejection_rate": 0.1, "open_set_far": 1e-3,
+    }
+    md = display.bundle_markdown({**summary, "source": "/srv/app/assets/bundles/sface-query"})
+    assert "`sface-query`" in md and "/srv/app" not in md
+    assert "`hf://org/name@main`" in display.bundle_markdown({**summary, "source": "hf://org/name@main"})
