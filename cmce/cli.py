@@ -182,7 +182,9 @@ def _cmd_index(args: argparse.Namespace) -> int:
         check_index_bundle(out, bundle)  # another bundle serves it: say to run `upgrade` first
     engine = FaceEngine(bundle)
     limits = GalleryLimits(max_files=args.max_files, max_entries=args.max_entries)
-    gallery = Gallery.load(out, engine, limits) if is_gallery(out) else Gallery(engine, limits)
+    existed = is_gallery(out)
+    gallery = Gallery.load(out, engine, limits) if existed else Gallery(engine, limits)
+    since = len(gallery.entries)
     ds = list_labelled_images(args.images_dir)
     flat = all(p.parent == ds.root for p in ds.paths)
     items = [(str(p.relative_to(ds.root)), p, None if flat and not args.filename_labels else lab)
@@ -197,7 +199,10 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
     report = gallery.add_images(items, progress=progress)
     bar.close()
-    gallery.save(out)
+    if existed and gallery.load_report is not None and not gallery.load_report.converted_from:
+        gallery.save_appended(out, since)  # one new shard; the others are not rewritten
+    else:
+        gallery.save(out)
     for name, why in report.skipped:
         logger.warning("skipped %s: %s", name, why)
     for msg in report.limits_reached:

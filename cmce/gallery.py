@@ -36,6 +36,7 @@ from .store import (
     BackboneRecord,
     DerivedData,
     GalleryRecords,
+    append_entries,
     backbone_key,
     backbone_record,
     read_gallery,
@@ -671,6 +672,22 @@ class Gallery:
                 derived, index = self.derived_data()
                 write_derived(dest, derived, index)
         return dest
+
+    def save_appended(self, folder: str | os.PathLike, since: int) -> Path:
+        """Append the entries added since position ``since`` to the gallery saved at ``folder``.
+
+        Only a new shard is written (``store.append_entries``; the other shards stay as
+        they are), then this bundle's derived data is rebuilt for the whole gallery.
+        ``folder`` must hold what this gallery held before ``since``.
+        """
+        with self._lock:
+            records = self.records()
+            live = self.positions
+            append_entries(folder, records.take(live >= since))
+            if len(self):
+                derived, index = self.derived_data()
+                write_derived(folder, derived, index)
+        return Path(folder)
 
     @classmethod
     def from_records(

@@ -58,6 +58,7 @@ __all__ = [
     "GalleryRecords",
     "StoredGallery",
     "append_embeddings",
+    "append_entries",
     "backbone_key",
     "backbone_record",
     "is_gallery",
@@ -444,7 +445,8 @@ def _records_from_tables(tables: list, embs: list[dict], backbones: dict[str, Ba
         out.embeddings = {k: np.zeros((0, b.dim), np.float32) for k, b in backbones.items()}
         out.present = {k: np.zeros(0, bool) for k in backbones}
         return out
-    table = pa.concat_tables(tables)
+    # shards may hold different backbones: the embeddings come from ``embs``, the rest is concatenated
+    table = pa.concat_tables([t.select([c for c in t.column_names if not c.startswith("emb:")]) for t in tables])
     n = table.num_rows
 
     def strings(name: str) -> np.ndarray:
@@ -650,6 +652,64 @@ def _swap_in(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _next_shard_number(manifest: dict) -> int:
+    return 1 + max([int(Path(s["file"]).stem.rsplit("-", 1)[1]) for s in manifest["shards"]] + [-1])
+
+
+def _stored_ids(folder: Path, manifest: dict) -> set[str]:
+    """The entry ids of a gallery's entry shards (only that column is read)."""
+    _, pq = _require_pyarrow()
+    ids: set[str] = set()
+    for info in manifest["shards"]:
+        if info.get("kind") != "embeddings":
+            ids.update(pq.read_table(folder / info["file"], columns=["entry_id"]).column("entry_id").to_pylist())
+    return ids
+
+
+def append_entries(folder: str | os.PathLike, records: GalleryRecords) -> int:
+    """Add new entries to a gallery as one new shard, without rewriting the others.
+
+    Idempotent: entries whose id the gallery already holds are skipped, so a re-run
+    of an interrupted indexing job (or a retried worker) writes no face twice. The
+    shard is written and renamed before the manifest lists it.
+
+    Args:
+        folder: a version 2 gallery (created empty by ``write_gallery`` first).
+        records: the new entries with their raw embeddings.
+
+    Returns:
+        The number of entries written.
+
+    Raises:
+        GalleryError: a backbone key whose embedding size differs from the stored one.
+    """
+    folder = Path(folder)
+    with _locked(folder):
+        manifest = _read_manifest(folder)
+        for key, rec in records.backbones.items():
+            known = manifest["backbones"].get(key)
+            if known and int(known["dim"]) != rec.dim:
+                raise GalleryError(f"{folder}: holds {key} as {known['dim']}-d, not {rec.dim}-d")
+        stored = _stored_ids(folder, manifest)
+        new = np.array([e not in stored for e in records.entry_id], bool)
+        if len(set(records.entry_id[new].tolist())) != int(new.sum()):
+            raise GalleryError("append_entries: an entry id appears twice among the new entries")
+        if not new.any():
+            return 0
+        records = records.take(new)
+        keys = [k for k in records.backbones if records.present[k].any()]
+        name = f"shards/entries-{_next_shard_number(manifest):06d}.parquet"
+        (folder / "shards").mkdir(exist_ok=True)
+        _write_parquet(_entry_table(records, slice(0, len(records)), keys), folder / name)
+        for k in keys:
+            manifest["backbones"][k] = records.backbones[k].to_dict()
+        manifest["shards"].append({"file": name, "kind": "entries", "rows": len(records), "backbones": keys,
+                                   "bytes": (folder / name).stat().st_size})
+        manifest["entries"] = int(manifest.get("entries", 0)) + len(records)
+        _write_manifest(folder, manifest)
+    return len(records)
+
+
 def append_embeddings(folder: str | os.PathLike, record: BackboneRecord, entry_ids: Sequence[str],
                       vectors: np.ndarray) -> str:
     """Add one backbone's embeddings for entries the gallery already holds (backfill).
@@ -676,8 +736,7 @@ def append_embeddings(folder: str | os.PathLike, record: BackboneRecord, entry_i
         known = manifest["backbones"].get(record.key)
         if known and int(known["dim"]) != record.dim:
             raise GalleryError(f"{folder}: holds {record.key} as {known['dim']}-d, not {record.dim}-d")
-        number = 1 + max([int(Path(s["file"]).stem.rsplit("-", 1)[1]) for s in manifest["shards"]] + [-1])
-        name = f"shards/embeddings-{number:06d}.parquet"
+        name = f"shards/embeddings-{_next_shard_number(manifest):06d}.parquet"
         table = pa.table({"entry_id": pa.array(list(entry_ids), pa.string()),
                           f"emb:{record.key}": _embedding_column(vectors, record.dim)})
         (folder / "shards").mkdir(exist_ok=True)

@@ -195,3 +195,47 @@ def test_slim_read_has_what_reprojection_needs(tmp_path: Path) -> None:
         np.testing.assert_array_equal(slim.embeddings[k], full.embeddings[k])
         np.testing.assert_array_equal(slim.present[k], full.present[k])
     assert set(slim.source.tolist()) == {None} and not slim.box.any()  # not read
+
+
+def test_appending_entries_is_idempotent_and_keeps_the_other_shards(tmp_path: Path) -> None:
+    from cmce.store import append_entries
+
+    records = make_records(7)
+    write_gallery(tmp_path / "g", records.take(np.arange(4)))
+    first = sorted((tmp_path / "g" / "shards").iterdir())
+    before = {p.name: p.read_bytes() for p in first}
+    assert append_entries(tmp_path / "g", records.take(np.arange(2, 7))) == 3  # 2 and 3 are there already
+    assert append_entries(tmp_path / "g", records.take(np.arange(2, 7))) == 0  # a re-run writes nothing
+    assert {p.name: p.read_bytes() for p in first} == before  # earlier shards untouched
+    stored = read_gallery(tmp_path / "g")
+    assert_same(records, stored.records)
+    assert stored.manifest["entries"] == 7 and len(stored.manifest["shards"]) == 2
+    bad = make_records(1, missing_b=())
+    bad.entry_id[0] = "new:0"
+    rec = bad.backbones.pop("alpha@aaaaaaaaaaaa")
+    wide = BackboneRecord(rec.name, rec.sha256, 16)
+    bad.backbones[wide.key] = wide
+    bad.embeddings[wide.key] = np.zeros((1, 16), np.float32)
+    bad.present[wide.key] = bad.present.pop("alpha@aaaaaaaaaaaa")
+    bad.embeddings.pop("alpha@aaaaaaaaaaaa")
+    with pytest.raises(GalleryError, match="holds alpha@aaaaaaaaaaaa as 8-d, not 16-d"):
+        append_entries(tmp_path / "g", bad)
+
+
+def test_shards_may_hold_different_backbones(tmp_path: Path) -> None:
+    from cmce.store import append_entries
+
+    old = make_records(4, missing_b=(2,))
+    write_gallery(tmp_path / "g", old)
+    new = make_records(3, seed=1, missing_b=())
+    new.entry_id = np.array([f"n{i}:0" for i in range(3)], dtype=object)
+    c = BackboneRecord("gamma", "c" * 64, 3)
+    new.backbones[c.key], new.embeddings[c.key] = c, _unit(np.random.default_rng(5), 3, 3)
+    new.present[c.key] = np.ones(3, bool)
+    del new.backbones["beta@unpinned"], new.embeddings["beta@unpinned"], new.present["beta@unpinned"]
+    assert append_entries(tmp_path / "g", new) == 3
+    got = read_gallery(tmp_path / "g").records
+    assert got.present[c.key].tolist() == [False] * 4 + [True] * 3
+    assert got.present["beta@unpinned"].tolist() == old.present["beta@unpinned"].tolist() + [False] * 3
+    np.testing.assert_array_equal(got.embeddings[c.key][4:], new.embeddings[c.key])
+    assert got.source.tolist() == old.source.tolist() + new.source.tolist()
