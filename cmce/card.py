@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .backbones import PRETRAINED
 
-__all__ = ["render_model_card", "render_table"]
+__all__ = ["render_model_card", "render_table", "render_upgrade_table"]
 
 
 def render_table(rows: list[dict]) -> str:
@@ -20,6 +20,23 @@ def render_table(rows: list[dict]) -> str:
             f"| {r['name']} | {r['kind']} | {r['query']} | {' + '.join(r['gallery'])} | "
             f"{100 * r['recall_at_1']:.2f} | {100 * r['recall_at_5']:.2f} | {100 * r['map']:.2f} | "
             f"{100 * r['tar_at_far_1e-3']:.2f} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def render_upgrade_table(upgrade: dict) -> str:
+    """Markdown table of an upgrade experiment's rows (``evaluate --upgrade-from``'s JSON)."""
+    out = [
+        "| stage | query | members | R@1 (95% CI) | TAR@FAR=1e-2 | TAR@FAR=1e-3 | s per 1k entries | photos read |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in upgrade["rows"]:
+        lo, hi = r["recall_at_1_ci95"]
+        cost = r.get("seconds_per_1k_entries")
+        out.append(
+            f"| {r['stage']} | {r['query']} | {' + '.join(r['members'])} | {100 * r['recall_at_1']:.2f} "
+            f"({100 * lo:.2f}-{100 * hi:.2f}) | {100 * r['tar_at_far_1e-2']:.2f} | {100 * r['tar_at_far_1e-3']:.2f} | "
+            f"{'' if cost is None else f'{cost:.3g}'} | {r['photos_read']} |"
         )
     return "\n".join(out) + "\n"
 
@@ -127,17 +144,8 @@ def _upgrades(config: dict) -> list[str]:
             f"{' + '.join(src['gallery'])}), on {up['counts']['queries']} queries of identities never "
             f"used in training ({up['counts']['gallery']} gallery entries):",
             "",
-            "| stage | query | members | R@1 (95% CI) | TAR@FAR=1e-2 | TAR@FAR=1e-3 | s per 1k entries | photos read |",
-            "|---|---|---|---:|---:|---:|---:|---:|",
+            render_upgrade_table(up),
         ]
-        for r in up["rows"]:
-            lo, hi = r["recall_at_1_ci95"]
-            cost = r.get("seconds_per_1k_entries")
-            lines.append(
-                f"| {r['stage']} | {r['query']} | {' + '.join(r['members'])} | {100 * r['recall_at_1']:.2f} "
-                f"({100 * lo:.1f}-{100 * hi:.1f}) | {100 * r['tar_at_far_1e-2']:.2f} | {100 * r['tar_at_far_1e-3']:.2f} | "
-                f"{'' if cost is None else f'{cost:.3g}'} | {r['photos_read']} |"
-            )
     return lines
 
 

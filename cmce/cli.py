@@ -149,16 +149,11 @@ def _upgrade_source(spec: str):
 
 
 def _print_upgrade(up: dict) -> None:
+    from .card import render_upgrade_table
+
     print(f"\nupgrade from query {up['from']['query']} ({' + '.join(up['from']['gallery'])}) "
           f"to query {up['to']['query']}: {up['counts']['gallery']} gallery entries, {up['counts']['queries']} queries")
-    print("| stage | query | members | R@1 (95% CI) | TAR@FAR=1e-2 | TAR@FAR=1e-3 | s per 1k entries | photos read |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    for r in up["rows"]:
-        lo, hi = r["recall_at_1_ci95"]
-        cost = r["seconds_per_1k_entries"]
-        print(f"| {r['stage']} | {r['query']} | {' + '.join(r['members'])} | {100 * r['recall_at_1']:.2f} "
-              f"({100 * lo:.2f}-{100 * hi:.2f}) | {100 * r['tar_at_far_1e-2']:.2f} | {100 * r['tar_at_far_1e-3']:.2f} | "
-              f"{'' if cost is None else f'{cost:.3g}'} | {r['photos_read']} |")
+    print(render_upgrade_table(up), end="")
     for c in up["comparisons"]:
         lo, hi = c["ci95"]
         print(f"{c['from']} -> {c['to']}: R@1 {100 * c['recall_at_1_gain']:+.2f} points (95% CI {100 * lo:+.2f} to {100 * hi:+.2f})")

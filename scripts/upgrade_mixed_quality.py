@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from cmce.bundle import load_bundle
+from cmce.card import render_upgrade_table
 from cmce.data import list_labelled_images
 from cmce.embed import EmbeddingCache, embed_files
 from cmce.evaluate import evaluate_upgrade
@@ -86,12 +87,7 @@ def main() -> None:
           f"({', '.join(f'{k} {int((kinds == k).sum())}' for k in KINDS)}); {kept_clean} kept clean (no face found)")
     for name, old_side in ((args.old, old), ("backbone:facenet-casia", "facenet-casia")):
         up = evaluate_upgrade(mixed, ds.labels, new, old_side)
-        print(f"\nfrom {name}:")
-        for r in up["rows"]:
-            lo, hi = r["recall_at_1_ci95"]
-            print(f"  {r['stage']:<12} {r['query']:<14} {' + '.join(r['members']):<48} R@1 {100 * r['recall_at_1']:.2f} "
-                  f"({100 * lo:.2f}-{100 * hi:.2f})  TAR@1e-2 {100 * r['tar_at_far_1e-2']:.2f}  "
-                  f"TAR@1e-3 {100 * r['tar_at_far_1e-3']:.2f}")
+        print(f"\nfrom {name}:\n" + render_upgrade_table(up), end="")
         for c in up["comparisons"]:
             lo, hi = c["ci95"]
             print(f"  {c['from']} -> {c['to']}: R@1 {100 * c['recall_at_1_gain']:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f})")
