@@ -64,6 +64,7 @@ __all__ = [
     "is_gallery",
     "read_derived",
     "read_gallery",
+    "read_manifest",
     "write_derived",
     "write_gallery",
 ]
@@ -279,6 +280,18 @@ def _read_manifest(folder: Path) -> dict:
         if not isinstance(manifest.get(key), (dict if key == "backbones" else list)):
             raise GalleryError(f"{folder}: corrupt gallery ({MANIFEST} lacks '{key}')")
     return manifest
+
+
+def read_manifest(folder: str | os.PathLike) -> dict | None:
+    """A gallery's manifest alone (None for a version 1 gallery, which has none).
+
+    Raises:
+        GalleryError: not a gallery, or a corrupt or unknown-version manifest.
+    """
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file() and all((folder / n).is_file() for n in _V1_FILES):
+        return None
+    return _read_manifest(folder)
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:

@@ -37,6 +37,7 @@ from .store import (
     append_embeddings,
     backbone_record,
     read_gallery,
+    read_manifest,
     write_derived,
     write_gallery,
 )
@@ -299,7 +300,7 @@ def backfill_gallery(
         done += len(chunk)
         if progress:
             progress(done, len(order) - done)
-    stored = read_gallery(folder)
+    stored = read_gallery(folder, metadata=False)  # with the backfilled shards: ids and embeddings suffice
     proj = reproject_records(stored, engine.bundle)
     derived, index = derive(engine.bundle, proj.vectors, seconds=proj.seconds)
     write_derived(folder, derived, index)
@@ -350,8 +351,8 @@ def check_index_bundle(folder: str | os.PathLike, bundle: Bundle) -> None:
     """
     from .gallery import bundle_fingerprint
 
-    stored = read_gallery(folder)
-    info = stored.derived
+    manifest = read_manifest(folder)  # the manifest says which bundle serves it: no shard is read
+    info = manifest.get("derived") if manifest else None
     if info and info.get("fingerprint") != bundle_fingerprint(bundle):
         b = info.get("bundle", {})
         raise CmceError(
