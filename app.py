@@ -19,7 +19,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ import gradio as gr
 
 from cmce import display
 from cmce.bundle import bundle_summary, default_bundle_path, load_bundle
+from cmce.ensemble import QUALITY_SCORES
 from cmce.errors import CmceError
 from cmce.gallery import FaceEngine, Gallery, GalleryLimits, bundle_keys
 from cmce.images import load_image
@@ -271,25 +271,40 @@ def _unload(request: gr.Request) -> None:
         session.close()
 
 
-def _rejected(gallery: Gallery, reject_by: str, rate: float | None, threshold: float | None):
+def _rejected(gallery: Gallery, reject_by: str, rate: float | None, threshold: float | None,
+              score: str | None = None):
     """Rejection mask from the controls (None: the bundle's calibrated default)."""
+    score = score if score in QUALITY_SCORES else None
     try:
         if reject_by == "rate" and rate is not None:
-            return gallery.rejected(rate=float(rate))
-        return gallery.rejected(threshold=None if threshold is None else float(threshold))
+            return gallery.rejected(rate=float(rate), quality=score)
+        return gallery.rejected(threshold=None if threshold is None else float(threshold), quality=score)
     except CmceError as e:
         raise gr.Error(str(e)) from e
 
 
-def _calibrated_threshold(engine: FaceEngine | None) -> float | None:
-    """The bundle's rejection threshold for the Number widget (None: not calibrated)."""
-    t = engine.bundle.calibration.rejection_threshold if engine else None
-    return t if t is not None and math.isfinite(t) else None
+def _calibrated_threshold(engine: FaceEngine | None, score: str | None = None) -> float | None:
+    """A score's calibrated rejection threshold, rounded for the Number widget (None: not calibrated)."""
+    return display.readable_number(engine.bundle.calibration.threshold_for(score)) if engine else None
 
 
-def _rejection_defaults(engine: FaceEngine) -> tuple[Any, Any, Any]:
+def _threshold_update(engine: FaceEngine | None, score: str | None) -> Any:
+    kind = score or (engine.bundle.calibration.quality.kind if engine else "disagreement")
+    t = _calibrated_threshold(engine, score)
+    return gr.update(value=t, info=display.threshold_help(kind, t))
+
+
+def _rejection_defaults(engine: FaceEngine) -> tuple[Any, Any, Any, Any]:
+    kind = engine.bundle.calibration.quality.kind
     return (gr.update(value=REJECT_BY[0]), gr.update(value=engine.bundle.calibration.rejection_rate),
-            gr.update(value=_calibrated_threshold(engine)))
+            _threshold_update(engine, kind),
+            gr.update(value=kind, label=display.score_choice_label(engine.bundle)))
+
+
+def pick_score(score: str, state: Session | None, request: gr.Request):
+    """Another rejection score: its own calibrated threshold, in its own unit."""
+    session = _session(state, request)
+    return _threshold_update(session.engine, score if score in QUALITY_SCORES else None)
 
 
 # --------------------------------------------------------------------------- handlers
@@ -472,16 +487,17 @@ def clear_gallery(state: Session | None, request: gr.Request):
     return session, "Gallery cleared.", {}
 
 
-def refresh_overview(state: Session | None, order: str, reject_by: str, rate: float, threshold: float):
+def refresh_overview(state: Session | None, order: str, reject_by: str, rate: float, threshold: float,
+                     score: str | None = None):
     """Thumbnails of every entry (rejected ones framed red) and a one-line summary."""
     if state is None or state.closed or not len(state.gallery):
         return [], display.overview_summary(None, [])
-    rejected = _rejected(state.gallery, reject_by, rate, threshold)
+    rejected = _rejected(state.gallery, reject_by, rate, threshold, score)
     return (display.overview_tiles(state.gallery, rejected, order),
             display.overview_summary(state.gallery, rejected))
 
 
-def refresh_plots(state: Session | None, reject_by: str, rate: float, threshold: float):
+def refresh_plots(state: Session | None, reject_by: str, rate: float, threshold: float, score: str | None = None):
     """Risk-coverage curve and quality-score histogram of this session's gallery."""
     if state is None or state.closed or not len(state.gallery):
         return None, None, "Index a labelled gallery to see how rejection works on it."
@@ -491,10 +507,10 @@ def refresh_plots(state: Session | None, reject_by: str, rate: float, threshold:
         state.risk_cache = (*key, gallery_risk_coverage(g))
     rc = state.risk_cache[2]
     live = g.positions
-    rejected = _rejected(g, reject_by, rate, threshold)[live]
-    quality = g.bundle.calibration.quality
-    hist = display.uncertainty_figure(g.vectors.quality[live], rejected, rc.is_query & ~rc.hits, quality.description,
-                                      log_scale=quality.log_axis)
+    rejected = _rejected(g, reject_by, rate, threshold, score)[live]
+    quality = g.bundle.calibration.quality_model(score if score in QUALITY_SCORES else None)
+    hist = display.uncertainty_figure(g.quality_scores(quality.kind)[live], rejected, rc.is_query & ~rc.hits,
+                                      quality.description, log_scale=quality.log_axis)
     note = display.risk_coverage_note(rc, g)
     if not rc.usable:
         return None, hist, note
@@ -509,7 +525,7 @@ def prepare_query(image: str | None):
 @gpu
 def search(image: str | None, face: int | None = 0, k: int = 5, identity: str | None = None,
            reject_by: str = REJECT_BY[0], rate: float | None = None, threshold: float | None = None,
-           state: Session | None = None, request: gr.Request = None):
+           score: str | None = None, state: Session | None = None, request: gr.Request = None):
     """Search this session's gallery with one face of a photo, in every view.
 
     Returns the photo with numbered face boxes, the face choice, the side-by-side
@@ -526,7 +542,7 @@ def search(image: str | None, face: int | None = 0, k: int = 5, identity: str | 
     label = (identity or "").strip() or query_label(name)
     try:
         img = load_image(image, name=name)
-        rejected = _rejected(session.gallery, reject_by, rate, threshold)
+        rejected = _rejected(session.gallery, reject_by, rate, threshold, score)
         result = session.gallery.search_image(img, face_index=face_index, k=int(k), rejected=rejected, name=name)
     except CmceError as e:  # no face, unreadable photo, empty gallery: reported, not a crash
         gr.Warning(str(e))
@@ -599,8 +615,13 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
                                  elem_id="reject-by")
             rate = gr.Slider(0.0, 0.9, value=cal.rejection_rate if cal else 0.1, step=0.01,
                              label="Rejection rate (share of the gallery)", scale=3, elem_id="reject-rate")
+            score = gr.Dropdown(list(QUALITY_SCORES), value=cal.quality.kind if cal else QUALITY_SCORES[0],
+                                label=display.score_choice_label(engine.bundle) if engine else "Rejection score",
+                                scale=2, elem_id="reject-score")
             threshold = gr.Number(value=_calibrated_threshold(engine), step=0.001,
-                                  label="Threshold (reject quality score above)", scale=2, elem_id="reject-threshold")
+                                  label="Threshold (reject quality score above)", scale=2, elem_id="reject-threshold",
+                                  info=display.threshold_help(cal.quality.kind, _calibrated_threshold(engine))
+                                  if cal else None)
         overview_md = gr.Markdown(display.overview_summary(None, []), elem_id="overview-summary")
         overview = gr.Gallery(label="Gallery overview", columns=7, height=360, object_fit="contain",
                               format="jpeg", elem_id="overview", buttons=[])
@@ -633,7 +654,7 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
             hist_plot = gr.Plot(label="Quality score", elem_id="hist-plot")
 
         # ---- wiring
-        rejection = [reject_by, rate, threshold]
+        rejection = [reject_by, rate, threshold, score]
         search_inputs = [query, face, k, identity, *rejection, state]
         search_outputs = [faces_img, face, results, results_json, state]
         upload_outputs = [state, report_md, report_json]
@@ -664,7 +685,8 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
                                            api_name="load_bundle"), "search_after_load_bundle")
         after_bundle_switch(picker.select(pick_bundle, [picker, state], bundle_outputs, api_visibility="private"),
                             "search_after_pick_bundle")
-        gr.on([order.change, reject_by.change, rate.change, threshold.change], refresh_overview,
+        score.input(pick_score, [score, state], [threshold], api_visibility="private")
+        gr.on([order.change, reject_by.change, rate.change, threshold.change, score.change], refresh_overview,
               [state, order, *rejection], [overview, overview_md], trigger_mode="always_last",
               api_visibility="private").then(
             refresh_plots, [state, *rejection], [rc_plot, hist_plot, plots_note], trigger_mode="always_last",

@@ -33,7 +33,7 @@ import numpy as np
 
 from .backbones import PRETRAINED, get_spec
 from .cache import file_sha256
-from .ensemble import QualityModel, fuse_member_list, member_list_uncertainty
+from .ensemble import FusionGate, QualityModel, member_list_uncertainty
 from .errors import BackboneError, BundleError, CmceError, HubError
 from .transform import (
     EmbeddingTransformer,
@@ -91,6 +91,33 @@ class Calibration:
     quality: QualityModel = field(default_factory=QualityModel)
     open_set_far: float = 1e-3
     similarity_thresholds: Mapping[str, float] = field(default_factory=dict)
+    quality_thresholds: Mapping[str, float] = field(default_factory=dict)
+
+    def quality_model(self, kind: str | None = None) -> QualityModel:
+        """The bundle's quality score, or another kind sharing its calibration references."""
+        if kind is None or kind == self.quality.kind:
+            return self.quality
+        if kind == "combined" and not self.quality.uncertainty_reference:
+            raise CmceError("this bundle has no calibration references for the combined score; "
+                            "choose disagreement or detection")
+        return QualityModel(kind, self.quality.uncertainty_reference, self.quality.doubt_reference)
+
+    def threshold_for(self, kind: str | None = None) -> float | None:
+        """Rejection threshold of a quality score, in its own unit, calibrated to reject
+        ``rejection_rate`` of the calibration gallery (None: not calibrated for that score).
+
+        Bundles trained before per-score thresholds were stored fall back to the
+        ``rejection_rate`` quantile of the calibration sample where one is stored
+        (disagreement: the uncertainties, detection: the detector doubts).
+        """
+        if kind is None or kind == self.quality.kind:
+            return self.rejection_threshold if np.isfinite(self.rejection_threshold) else None
+        if kind in self.quality_thresholds:
+            return float(self.quality_thresholds[kind])
+        ref = {"disagreement": self.quality.uncertainty_reference, "detection": self.quality.doubt_reference}.get(kind)
+        if ref:
+            return float(np.quantile(np.asarray(ref, np.float64), 1.0 - self.rejection_rate))
+        return None
 
     def to_dict(self) -> dict:
         return {
@@ -99,6 +126,7 @@ class Calibration:
             "quality": self.quality.to_dict(),
             "open_set_far": self.open_set_far,
             "similarity_thresholds": dict(self.similarity_thresholds),
+            **({"quality_thresholds": dict(self.quality_thresholds)} if self.quality_thresholds else {}),
         }
 
     @classmethod
@@ -109,6 +137,7 @@ class Calibration:
             quality=QualityModel.from_dict(d.get("quality", {})),
             open_set_far=float(d.get("open_set_far", 1e-3)),
             similarity_thresholds={k: float(v) for k, v in d.get("similarity_thresholds", {}).items()},
+            quality_thresholds={k: float(v) for k, v in d.get("quality_thresholds", {}).items()},
         )
 
 
@@ -160,6 +189,7 @@ class Bundle:
         query_adapters: gallery model -> network mapping the *query* model's embedding
             into that gallery model's space (the distillation-style baseline, the
             opposite direction of CMCE; only ``evaluate`` uses it). Optional.
+        fusion: how the members are fused (``FusionGate``; default the paper's plain mean).
         info: free-form training summary and metrics (JSON-serialisable).
         source: where it was loaded from.
     """
@@ -173,6 +203,7 @@ class Bundle:
     query_adapters: dict[str, EmbeddingTransformer] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     source: str | None = None
+    fusion: FusionGate = field(default_factory=FusionGate)
 
     def __post_init__(self) -> None:
         get_spec(self.query_model)
@@ -190,6 +221,9 @@ class Bundle:
         for m, a in self.query_adapters.items():
             if m not in self.gallery_models or a.config.in_dim != dq or a.config.out_dim != get_spec(m).embedding_size:
                 raise BundleError(f"query adapter {m!r} does not map {self.query_model} into a gallery model's space")
+        if self.fusion.kind != "mean" and self.fusion.members != self.member_names:
+            raise BundleError(f"the fusion was learned for members {list(self.fusion.members)}, "
+                              f"but the bundle's members are {list(self.member_names)}")
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -272,7 +306,7 @@ class Bundle:
                 query_vecs[q_rows] = np.asarray(embeddings[self.query_model], np.float32)[q_rows]
         member_vecs = [views[m] for m in self.gallery_models] + ([query_vecs] if self.query_member else [])
         member_rows = [available[m] for m in self.gallery_models] + ([q_rows] if self.query_member else [])
-        ensemble = fuse_member_list(member_vecs, member_rows)
+        ensemble = self.fusion.fuse(member_vecs, member_rows, prob)
         # Disagreement of the gallery models' transformed embeddings (the paper's signal);
         # with fewer than two of them, the query model's own embedding is compared too.
         n_gallery = np.sum([available[m] for m in self.gallery_models], axis=0)
@@ -317,6 +351,8 @@ class Bundle:
                 for m in self.gallery_models
             ],
             "query_member": self.query_member,
+            # absent for the plain mean, so older bundles' fingerprints stay as they were
+            **({"fusion": self.fusion.to_dict()} if self.fusion.kind != "mean" else {}),
             "calibration": self.calibration.to_dict(),
             "info": self.info,
         }
@@ -500,6 +536,7 @@ def _load_folder(folder: Path, source: str) -> Bundle:
             gallery_models=tuple(n for n, _, _ in gallery),
             transformers=transformers,
             query_member=bool(cfg.get("query_member", False)),
+            fusion=FusionGate.from_dict(cfg.get("fusion")),
             linear_maps={
                 k[len("linear."):]: v.numpy() for k, v in state.items() if k.startswith("linear.")
             },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .backbones import PRETRAINED
+from .ensemble import FUSION_DESCRIPTIONS
 
 __all__ = ["render_model_card", "render_table", "render_upgrade_table"]
 
@@ -18,9 +19,50 @@ def render_table(rows: list[dict]) -> str:
     for r in rows:
         out.append(
             f"| {r['name']} | {r['kind']} | {r['query']} | {' + '.join(r['gallery'])} | "
-            f"{100 * r['recall_at_1']:.2f} | {100 * r['recall_at_5']:.2f} | {100 * r['map']:.2f} | "
-            f"{100 * r['tar_at_far_1e-3']:.2f} |"
+            f"{_with_ci(r['recall_at_1'], r.get('recall_at_1_ci95'))} | {100 * r['recall_at_5']:.2f} | "
+            f"{100 * r['map']:.2f} | {_with_ci(r['tar_at_far_1e-3'], r.get('tar_at_far_1e-3_ci95'))} |"
         )
+    return "\n".join(out) + "\n"
+
+
+def _with_ci(value: float | None, ci: list | None, pct: str = "") -> str:
+    """``98.40 (97.81-98.93)``: a percentage with its 95% interval when there is one; ``—`` for no value."""
+    if value is None or value != value:
+        return "—"
+    if not ci or any(x is None or x != x for x in ci):
+        return f"{100 * value:.2f}{pct}"
+    return f"{100 * value:.2f}{pct} ({100 * ci[0]:.2f} to {100 * ci[1]:.2f})"
+
+
+def render_rejection_tables(result: dict) -> str:
+    """Markdown: Recall@1 and error cut after rejection by every quality score, with 95% intervals.
+
+    One table for the ensemble the bundle serves, one for the gallery models' own
+    ensemble (the paper's setting). An error cut is ``—`` where there is no error to cut.
+    """
+    shipped = result["bundle"]["quality"]
+    by_q = result["rejection_by_quality"]
+    kinds = [k for k in by_q if k != "bundle"]
+    head = "| rejected | " + " | ".join(f"{k}{' (shipped)' if k == shipped else ''}: R@1 · error cut" for k in kinds)
+    out = ["**CMCE ensemble as served**", "", head + " | random: R@1 · error cut |",
+           "|---:|" + "---:|" * (len(kinds) + 1)]
+    for i, r in enumerate(result["rejection"]):
+        cells = [f"{_with_ci(by_q[k][i]['recall_at_1'], by_q[k][i].get('recall_at_1_ci95'))} · "
+                 f"{_with_ci(by_q[k][i].get('error_cut'), by_q[k][i].get('error_cut_ci95'), '%')}" for k in kinds]
+        rand = f"{100 * r['random_recall_at_1']:.2f} · {_with_ci(r.get('random_error_cut'), None, '%')}"
+        out.append(f"| {100 * r['rate']:.0f}% | " + " | ".join(cells) + f" | {rand} |")
+    go = result.get("rejection_gallery_ensemble")
+    if go:
+        gk = [k for k in kinds if f"{k}_recall_at_1" in go["rates"][0]]
+        out += ["", f"**Gallery models' own ensemble (the paper's setting)**: R@1 "
+                    f"{_with_ci(go['recall_at_1'], go.get('recall_at_1_ci95'))} with nothing rejected", "",
+                "| rejected | " + " | ".join(f"{k}: R@1 · error cut" for k in gk) + " | random: R@1 · error cut |",
+                "|---:|" + "---:|" * (len(gk) + 1)]
+        for r in go["rates"]:
+            cells = [f"{_with_ci(r[f'{k}_recall_at_1'], r.get(f'{k}_recall_at_1_ci95'))} · "
+                     f"{_with_ci(r.get(f'{k}_error_cut'), r.get(f'{k}_error_cut_ci95'), '%')}" for k in gk]
+            rand = f"{100 * r['random_recall_at_1']:.2f} · {_with_ci(r.get('random_error_cut'), None, '%')}"
+            out.append(f"| {100 * r['rate']:.0f}% | " + " | ".join(cells) + f" | {rand} |")
     return "\n".join(out) + "\n"
 
 
@@ -95,6 +137,8 @@ def render_model_card(config: dict) -> str:
         f"- open set: similarity thresholds at FAR={config['calibration']['open_set_far']:g}: "
         + ", ".join(f"{k} {v:.3f}" for k, v in config["calibration"]["similarity_thresholds"].items()),
         f"- query model's own gallery embedding is an ensemble member: {config.get('query_member', False)}",
+        f"- fusion: `{config.get('fusion', {}).get('kind', 'mean')}` "
+        f"({FUSION_DESCRIPTIONS[config.get('fusion', {}).get('kind', 'mean')]})",
         *_quality_choice(train, bool(config.get("query_member", False))),
         "",
         "## Evaluation (identities never used in training)",
@@ -102,7 +146,11 @@ def render_model_card(config: dict) -> str:
         render_table(info.get("evaluation", {}).get("rows", [])),
     ]
     rej = info.get("evaluation", {}).get("rejection", [])
-    if rej:
+    if info.get("evaluation", {}).get("rejection_by_quality", {}).get("disagreement", [{}])[0].get("error_cut_ci95"):
+        lines += ["Rejection (95% intervals from a bootstrap over query identities):", "",
+                  render_rejection_tables({"bundle": {"quality": config["calibration"]["quality"]["kind"]},
+                                           **info["evaluation"]})]
+    elif rej:
         lines += [
             "| rejected | R@1 (quality) | R@1 (random) | R@1 (lowest detection prob.) |",
             "|---:|---:|---:|---:|",
@@ -112,6 +160,21 @@ def render_model_card(config: dict) -> str:
                 f"| {100 * r['rate']:.0f}% | {100 * r['recall_at_1']:.2f} | {100 * r['random_recall_at_1']:.2f} | "
                 f"{100 * r['detection_recall_at_1']:.2f} |"
             )
+    mixed = info.get("evaluation_mixed")
+    if mixed:
+        d = mixed.get("gallery_degrade", {})
+        lines += [
+            "",
+            "## Evaluation on a mixed-quality gallery (identities never used in training)",
+            "",
+            f"The same held-out identities, with `{d.get('spec', '?')}` (seed {d.get('seed', '?')}): "
+            f"{d.get('degraded', '?')} of {d.get('gallery_photos', '?')} gallery photos degraded "
+            f"({', '.join(f'{k} {v}' for k, v in d.get('by_kind', {}).items())}); queries unchanged. "
+            "`python -m cmce evaluate DATA --heldout --gallery-degrade mix:0.6`.",
+            "",
+            render_table(mixed.get("rows", [])),
+            render_rejection_tables({"bundle": {"quality": config["calibration"]["quality"]["kind"]}, **mixed}),
+        ]
     lines += _upgrades(config)
     lines.append("")
     return "\n".join(lines)
@@ -152,14 +215,19 @@ def _upgrades(config: dict) -> list[str]:
 def _quality_choice(train: dict, query_member: bool) -> list[str]:
     """Card lines: how the quality scores did in cross-validation on the served ensemble."""
     cv = train.get("cross_validation", {})
-    curves = cv.get("rejection_recall_at_1", {}).get("with" if query_member else "without")
+    side = "with" if query_member else "without"
+    mixed = cv.get("mixed_rejection_recall_at_1", {}).get(side)
+    curves = mixed or cv.get("rejection_recall_at_1", {}).get(side)
     if not isinstance(curves, dict) or "random" not in curves:
         return []
     rates = ", ".join(f"{100 * r:.0f}" for r in cv.get("rates", []))
+    where = ("mixed-quality validation galleries (a share of each fold's gallery photos degraded: "
+             + str(train.get("mixed_quality_validation", {}).get("degraded", "?")) + " copies in all)"
+             if mixed else "the ensemble this bundle serves")
     lines = [
         "",
         f"The quality score was chosen by {cv.get('folds', '?')}-fold identity cross-validation "
-        f"({cv.get('queries', '?')} queries) on the ensemble this bundle serves: "
+        f"({cv.get('queries', '?')} queries) on {where}: "
         f"Recall@1 after rejecting {rates}% of the gallery,",
         "",
         "| quality score | " + " | ".join(f"{100 * r:.0f}%" for r in cv.get("rates", [])) + " |",
@@ -167,4 +235,12 @@ def _quality_choice(train: dict, query_member: bool) -> list[str]:
     ]
     for kind, values in curves.items():
         lines.append(f"| {kind} | " + " | ".join(f"{100 * v:.2f}" for v in values) + " |")
+    fus = cv.get("fusion_recall_at_1", {}).get(side)
+    if fus:
+        conds = cv.get("conditions", ["clean"])
+        lines += ["", "The fusion was chosen by the same cross-validation (learned fusions are fitted on the other "
+                      "folds' out-of-fold member vectors): Recall@1 with nothing rejected,", "",
+                  "| fusion | " + " | ".join(f"{c} gallery" for c in conds) + " |", "|---|" + "---:|" * len(conds)]
+        for kind, fig in fus.items():
+            lines.append(f"| {kind} | " + " | ".join(f"{100 * fig[c]:.2f}" for c in conds) + " |")
     return lines

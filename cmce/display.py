@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -491,3 +492,41 @@ def uncertainty_figure(uncertainty: np.ndarray, rejected: np.ndarray, wrong: np.
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+# --------------------------------------------------------------------------- rejection score controls
+
+#: The unit of each quality score, for the threshold box.
+QUALITY_UNITS = {
+    "disagreement": "mean cosine distance between the members' embeddings of the face (0 = they agree; 2 = opposite)",
+    "detection": "detector doubt, -log10 of the face detector's probability (0 = certain; 3 = probability 0.999)",
+    "combined": "mean percentile rank of disagreement and detector doubt in the calibration gallery (0 to 1)",
+}
+
+
+def readable_number(value: float | None, digits: int = 3) -> float | None:
+    """``value`` rounded to ``digits`` significant digits (``0.000271188...`` -> ``0.000271``)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.{digits}g}")
+
+
+def threshold_help(kind: str, threshold: float | None) -> str:
+    """One line under the threshold box: the score's unit and what the value means."""
+    unit = QUALITY_UNITS.get(kind, kind)
+    if threshold is None:
+        return f"Unit: {unit}. Not calibrated for this score: rejection falls back to the rate."
+    extra = ""
+    if kind == "detection":
+        extra = f", i.e. faces the detector gave a probability below {10 ** -threshold:.6g}"
+    return f"Unit: {unit}. Entries scoring above {readable_number(threshold)} are rejected{extra}."
+
+
+def score_choice_label(bundle) -> str:
+    """Label of the rejection-score picker: the bundle's choice and, where measured, what it did."""
+    kind = bundle.calibration.quality.kind
+    ev = (bundle.info or {}).get("evaluation_mixed") or (bundle.info or {}).get("evaluation") or {}
+    cut = next((r.get("relative_error_cut") for r in ev.get("rejection", []) if abs(r.get("rate", 0) - 0.1) < 1e-9), None)
+    where = "mixed-quality" if "evaluation_mixed" in (bundle.info or {}) else "held-out"
+    figure = f": rejecting 10% cut the {where} error by {100 * cut:.0f}%" if cut is not None and cut == cut else ""
+    return f"Rejection score (bundle's choice: {kind}{figure})"

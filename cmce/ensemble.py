@@ -24,6 +24,9 @@ from .errors import CmceError
 from .metrics import mean_pairwise_cosine_distance
 
 __all__ = [
+    "FUSIONS",
+    "FusionGate",
+    "fusion_features",
     "QUALITY_DESCRIPTIONS",
     "QUALITY_SCORES",
     "QualityModel",
@@ -218,3 +221,124 @@ class QualityModel:
             tuple(data.get("uncertainty_reference", ())),
             tuple(data.get("doubt_reference", ())),
         )
+
+
+# --------------------------------------------------------------------------- robust fusion
+
+#: How a bundle fuses its members: the paper's plain mean, one learned weight per
+#: member for every entry, or per-entry weights from a small gate.
+FUSIONS = ("mean", "weighted", "gated")
+
+FUSION_DESCRIPTIONS = {
+    "mean": "the plain mean of the members (the paper)",
+    "weighted": "a learned weight per member, the same for every entry",
+    "gated": "per-entry member weights from a small learned gate over the members' agreement and the detector's doubt",
+}
+
+
+def fusion_features(vectors: Sequence[np.ndarray], present: Sequence[np.ndarray] | None,
+                    probability: np.ndarray) -> np.ndarray:
+    """Per-entry inputs of the fusion gate, (G, F) float32 with F = M(M-1)/2 + M + 1.
+
+    The cosine of every pair of members (0 where either is missing), which members are
+    present, and the detector's doubt (``detection_doubt``) scaled to [0, 1].
+    """
+    m = len(vectors)
+    g = len(probability)
+    pres = [np.ones(g, bool) if present is None else np.asarray(present[i], bool) for i in range(m)]
+    cols = []
+    for i in range(m):
+        for j in range(i + 1, m):
+            c = np.einsum("gd,gd->g", vectors[i], vectors[j])
+            cols.append(np.where(pres[i] & pres[j], c, 0.0))
+    cols += [p.astype(np.float32) for p in pres]
+    cols.append(detection_doubt(probability) / 6.0)
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FusionGate:
+    """Member weights per gallery entry; the stored vector is ``normalise(sum_i w_i m_i)``.
+
+    ``kind="mean"``: equal weights over the present members (the paper). ``"weighted"``:
+    ``w = softmax(bias)`` over the present members. ``"gated"``:
+    ``w = softmax(W2 tanh(W1 f + b1) + bias)`` with ``f = fusion_features(...)``, so an
+    entry whose members disagree, or whose face the detector doubts, can lean on the
+    members that stay reliable on such photos. Missing members get weight 0.
+
+    Attributes:
+        kind: one of ``FUSIONS``.
+        members: the member names, in the bundle's order.
+        w1, b1, w2: the gate's layers (``gated`` only), nested lists for JSON.
+        bias: (M,) logit offset per member (``weighted`` and ``gated``).
+    """
+
+    kind: str = "mean"
+    members: tuple[str, ...] = ()
+    w1: tuple = ()
+    b1: tuple = ()
+    w2: tuple = ()
+    bias: tuple = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in FUSIONS:
+            raise CmceError(f"fusion must be one of {FUSIONS}, got {self.kind!r}")
+        m = len(self.members)
+        if self.kind != "mean" and len(self.bias) != m:
+            raise CmceError(f"{self.kind} fusion needs one bias per member ({m}), got {len(self.bias)}")
+        if self.kind == "gated":
+            f = m * (m - 1) // 2 + m + 1
+            w1 = np.asarray(self.w1, np.float32)
+            if w1.ndim != 2 or w1.shape[1] != f or np.asarray(self.w2).shape != (m, w1.shape[0]) \
+                    or len(self.b1) != w1.shape[0]:
+                raise CmceError(f"gated fusion over {m} members needs w1 (H, {f}), b1 (H,), w2 ({m}, H)")
+
+    @property
+    def description(self) -> str:
+        return FUSION_DESCRIPTIONS[self.kind]
+
+    def weights(self, vectors: Sequence[np.ndarray], present: Sequence[np.ndarray] | None,
+                probability: np.ndarray) -> np.ndarray:
+        """(G, M) member weights, summing to 1 over each entry's present members."""
+        g, m = len(probability), len(vectors)
+        pres = np.stack([np.ones(g, bool) if present is None else np.asarray(present[i], bool) for i in range(m)], 1)
+        logits = np.zeros((g, m), np.float32)
+        if self.kind != "mean":
+            if m != len(self.members):
+                raise CmceError(f"this fusion was learned for members {list(self.members)}, got {m} member arrays")
+            logits = logits + np.asarray(self.bias, np.float32)[None, :]
+        if self.kind == "gated":
+            h = np.tanh(fusion_features(vectors, present, probability) @ np.asarray(self.w1, np.float32).T
+                        + np.asarray(self.b1, np.float32))
+            logits = logits + h @ np.asarray(self.w2, np.float32).T
+        logits = np.where(pres, logits, -np.inf)
+        top = np.max(np.where(pres, logits, -1e30), axis=1, keepdims=True)
+        e = np.where(pres, np.exp(logits - top), 0.0)
+        total = e.sum(axis=1, keepdims=True)
+        return np.divide(e, total, out=np.zeros_like(e), where=total > 0).astype(np.float32)
+
+    def fuse(self, vectors: Sequence[np.ndarray], present: Sequence[np.ndarray] | None,
+             probability: np.ndarray) -> np.ndarray:
+        """(G, D) fused unit vectors (zero rows where no member is present)."""
+        if self.kind == "mean":
+            return fuse_member_list(vectors, present)
+        w = self.weights(vectors, present, probability)
+        total = np.zeros_like(vectors[0], dtype=np.float32)
+        for i, v in enumerate(vectors):
+            total += w[:, i:i + 1] * v
+        n = np.linalg.norm(total, axis=1, keepdims=True)
+        return np.divide(total, n, out=np.zeros_like(total), where=n > 0).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        if self.kind == "mean":
+            return {"kind": "mean"}
+        return {"kind": self.kind, "members": list(self.members), "bias": [float(x) for x in self.bias],
+                **({"w1": [list(map(float, r)) for r in self.w1], "b1": [float(x) for x in self.b1],
+                    "w2": [list(map(float, r)) for r in self.w2]} if self.kind == "gated" else {})}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "FusionGate":
+        data = data or {"kind": "mean"}
+        return cls(data.get("kind", "mean"), tuple(data.get("members", ())),
+                   tuple(tuple(r) for r in data.get("w1", ())), tuple(data.get("b1", ())),
+                   tuple(tuple(r) for r in data.get("w2", ())), tuple(data.get("bias", ())))

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "REJECTION_RATES", "UPGRADE_STAGES", "ViewScores", "adapter_row_name", "evaluate_embedded", "evaluate_upgrade",
+    "gallery_positions",
     "plot_risk_coverage", "row_metrics", "upgrade_costs",
 ]
 
@@ -71,6 +72,9 @@ def build_views(bundle: Bundle, emb: dict[str, np.ndarray], prob: np.ndarray, gi
         rows.append(ViewScores(f"{m} -> {q} (transformer)", "asymmetric", q, (m,), qv @ gv.views[m].T))
     members = list(bundle.gallery_models) + ([q] if bundle.query_member else [])
     rows.append(ViewScores("CMCE ensemble", "ensemble", q, tuple(members), qv @ gv.ensemble.T))
+    if bundle.fusion.kind != "mean":  # the paper's plain mean of the same members, for comparison
+        plain = _normalise(np.mean([gv.views[m] for m in bundle.gallery_models] + ([gal[q]] if bundle.query_member else []), 0))
+        rows.append(ViewScores("CMCE ensemble, plain mean (the paper)", "ensemble", q, tuple(members), qv @ plain.T))
     alt = "CMCE ensemble + query member" if not bundle.query_member else "CMCE ensemble without query member"
     alt_members = [gv.views[m] for m in bundle.gallery_models] + ([] if bundle.query_member else [gal[q]])
     alt_vec = _normalise(np.mean(alt_members, axis=0))
@@ -89,6 +93,13 @@ def build_views(bundle: Bundle, emb: dict[str, np.ndarray], prob: np.ndarray, gi
             aq = transform_embeddings(bundle.query_adapters[m], qv)
             rows.append(ViewScores(adapter_row_name(q, m), "baseline", q, (m,), aq @ _normalise(gal[m]).T))
     return rows, gv
+
+
+def gallery_positions(embedded: EmbeddedFiles, labels: Sequence[str]) -> np.ndarray:
+    """Indices of the gallery photos under this module's protocol (first face-found image per identity)."""
+    labels = np.asarray(labels)
+    idx = np.flatnonzero(embedded.found)
+    return idx[first_image_protocol(labels[idx])[0]]
 
 
 def adapter_row_name(query_model: str, gallery_model: str) -> str:
@@ -120,8 +131,13 @@ def evaluate_embedded(
     rates: Sequence[float] = REJECTION_RATES,
     random_repeats: int = 20,
     seed: int = 0,
+    ci_resamples: int = 1000,
 ) -> dict:
     """The paper's table for one dataset already embedded with ``bundle.models``.
+
+    Every Recall@1, TAR and error cut comes with a 95% interval (``*_ci95``) from a
+    bootstrap over query identities (``ci_resamples`` draws; TAR uses a quarter as
+    many); error cuts are paired (the same identities resampled for both sides).
 
     Returns:
         JSON-ready dict: ``bundle``, ``counts``, ``rows``, ``rejection``,
@@ -146,6 +162,11 @@ def evaluate_embedded(
     for r in rows:
         d = {"name": r.name, "kind": r.kind, "query": r.query, "gallery": list(r.gallery)}
         d.update(row_metrics(r.similarity, q_lab, g_lab))
+        _, lo, hi = M.cluster_bootstrap([M.top1_hits(r.similarity, q_lab, g_lab)], q_lab, resamples=ci_resamples, seed=seed)
+        d["recall_at_1_ci95"] = [lo, hi]
+        _, lo, hi = M.tar_at_far_cluster_ci(r.similarity, q_lab, g_lab, q_lab, 1e-3,
+                                             resamples=max(1, ci_resamples // 4), seed=seed)
+        d["tar_at_far_1e-3_ci95"] = [lo, hi]
         out_rows.append(d)
         if r.name == "CMCE ensemble":
             ens_sim = r.similarity
@@ -161,45 +182,60 @@ def evaluate_embedded(
     elif bundle.calibration.quality.kind == "combined":
         scores_by_kind["combined"] = gv.quality
 
-    def r1_at(score: np.ndarray, rate: float) -> float:
-        keep = M.gallery_rejection_mask(score, rate)
-        return M.recall_at_k(ens_sim, q_lab, g_lab, ks=(1,), gallery_mask=keep)[1]
+    clusters = q_lab  # bootstrap over query identities
+    ens_hits = M.top1_hits(ens_sim, q_lab, g_lab)
+
+    def stats(sim: np.ndarray, base_hits: np.ndarray, score: np.ndarray, rate: float) -> dict:
+        """R@1 after rejecting ``rate`` by ``score``, and the error cut against no rejection, with CIs."""
+        hits = M.top1_hits(sim, q_lab, g_lab, M.gallery_rejection_mask(score, rate))
+        r1, lo, hi = M.cluster_bootstrap([hits], clusters, resamples=ci_resamples, seed=seed)
+        cut, clo, chi = M.cluster_bootstrap([base_hits, hits], clusters, M.relative_error_reduction, resamples=ci_resamples, seed=seed)
+        return {"recall_at_1": r1, "recall_at_1_ci95": [lo, hi], "error_cut": cut, "error_cut_ci95": [clo, chi]}
+
+    def random_r1(sim: np.ndarray, rate: float) -> float:
+        return float(np.mean([np.nanmean(M.top1_hits(sim, q_lab, g_lab, M.gallery_rejection_mask(rng.random(len(gi)), rate)))
+                              for _ in range(random_repeats)]))
 
     thr = bundle.calibration.similarity_thresholds.get("ensemble", -np.inf)
     rejection, by_quality = [], {k: [] for k in scores_by_kind}
     for rate in rates:
-        rand = [r1_at(rng.random(len(gi)), rate) for _ in range(random_repeats)]
         keep = M.gallery_rejection_mask(gv.quality, rate)
+        shipped = stats(ens_sim, ens_hits, gv.quality, rate)
+        rand = random_r1(ens_sim, rate)
         rejection.append(
             {
                 "rate": rate,
-                "recall_at_1": r1_at(gv.quality, rate),
-                "random_recall_at_1": float(np.mean(rand)),
-                "detection_recall_at_1": r1_at(det_doubt, rate),
-                "relative_error_cut": M.relative_error_reduction(base_r1, r1_at(gv.quality, rate)),
+                "recall_at_1": shipped["recall_at_1"],
+                "recall_at_1_ci95": shipped["recall_at_1_ci95"],
+                "random_recall_at_1": rand,
+                "random_error_cut": M.relative_error_reduction(base_r1, rand),
+                "detection_recall_at_1": stats(ens_sim, ens_hits, det_doubt, rate)["recall_at_1"],
+                "relative_error_cut": shipped["error_cut"],
+                "relative_error_cut_ci95": shipped["error_cut_ci95"],
                 "open_set_accuracy": _open_set_accuracy(ens_sim, q_lab, g_lab, keep, thr),
             }
         )
-        for k, s in scores_by_kind.items():
-            by_quality[k].append({"rate": rate, "recall_at_1": r1_at(s, rate)})
+        for k, sc in scores_by_kind.items():
+            by_quality[k].append({"rate": rate, **stats(ens_sim, ens_hits, sc, rate)})
     # The paper's setting: the gallery models' own ensemble (no query-model member),
     # whose errors are many enough to show what rejection does.
     from .ensemble import fuse_members
 
     go_vec = fuse_members(np.stack([gv.views[m] for m in bundle.gallery_models], axis=1))
     go_sim = embedded.embeddings[bundle.query_model][qi] @ go_vec.T
-    go_base = M.recall_at_k(go_sim, q_lab, g_lab, ks=(1,))[1]
-
-    def go_r1(score: np.ndarray, rate: float) -> float:
-        return M.recall_at_k(go_sim, q_lab, g_lab, ks=(1,), gallery_mask=M.gallery_rejection_mask(score, rate))[1]
-
-    gallery_only = {"recall_at_1": go_base, "rates": []}
+    go_hits = M.top1_hits(go_sim, q_lab, g_lab)
+    go_base, go_lo, go_hi = M.cluster_bootstrap([go_hits], clusters, resamples=ci_resamples, seed=seed)
+    gallery_only = {"recall_at_1": go_base, "recall_at_1_ci95": [go_lo, go_hi], "rates": []}
     for rate in rates:
-        row = {"rate": rate, "random_recall_at_1": float(np.mean([go_r1(rng.random(len(gi)), rate) for _ in range(random_repeats)]))}
-        for k, s in scores_by_kind.items():
+        rand = random_r1(go_sim, rate)
+        row = {"rate": rate, "random_recall_at_1": rand, "random_error_cut": M.relative_error_reduction(go_base, rand)}
+        for k, sc in scores_by_kind.items():
             if k != "bundle":
-                row[f"{k}_recall_at_1"] = go_r1(s, rate)
-                row[f"{k}_error_cut"] = M.relative_error_reduction(go_base, row[f"{k}_recall_at_1"])
+                st = stats(go_sim, go_hits, sc, rate)
+                row[f"{k}_recall_at_1"] = st["recall_at_1"]
+                row[f"{k}_recall_at_1_ci95"] = st["recall_at_1_ci95"]
+                row[f"{k}_error_cut"] = st["error_cut"]
+                row[f"{k}_error_cut_ci95"] = st["error_cut_ci95"]
         gallery_only["rates"].append(row)
     n_files = len(labels)
     return {

@@ -379,17 +379,34 @@ class Gallery:
     def hashes(self) -> set[str]:
         return {e.content_hash for e, r in zip(self.entries, self._removed) if not r}
 
-    def rejected(self, *, rate: float | None = None, threshold: float | None = None) -> np.ndarray:
+    def quality_scores(self, kind: str | None = None) -> np.ndarray:
+        """(N,) quality score of every position by ``kind`` (default the bundle's; higher = worse)."""
+        with self._lock:
+            if kind is None or kind == self.bundle.calibration.quality.kind:
+                return self.vectors.quality
+            prob = np.array([e.face.probability for e in self.entries], np.float32)
+            return self.bundle.calibration.quality_model(kind).score(self.vectors.uncertainty, prob)
+
+    def rejected(self, *, rate: float | None = None, threshold: float | None = None,
+                 quality: str | None = None) -> np.ndarray:
         """(N,) bool over all positions: rejected live entries (see ``Bundle.rejected``).
 
-        ``rate`` is taken over the live entries of this gallery.
+        ``rate`` is taken over the live entries of this gallery. ``quality`` ranks by
+        another score than the bundle's (``disagreement``, ``detection``, ``combined``);
+        without ``rate`` or ``threshold`` it rejects above that score's calibrated
+        threshold (``Calibration.threshold_for``), or the calibrated rate if it has none.
         """
         with self._lock:
             out = np.zeros(len(self.entries), bool)
             live = self.positions
             if len(live) == 0:
                 return out
-            out[live] = self.bundle.rejected(self.vectors.quality[live], rate=rate, threshold=threshold)
+            scores = self.quality_scores(quality)[live]
+            if quality is not None and rate is None and threshold is None:
+                threshold = self.bundle.calibration.threshold_for(quality)
+                if threshold is None:
+                    rate = self.bundle.calibration.rejection_rate
+            out[live] = self.bundle.rejected(scores, rate=rate, threshold=threshold)
             return out
 
     # ------------------------------------------------------------------ indexing

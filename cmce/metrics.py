@@ -29,7 +29,7 @@ Conventions shared by the rejection functions:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Real
 
 import numpy as np
@@ -39,6 +39,9 @@ from cmce.errors import CmceError
 __all__ = [
     "best_verification_accuracy",
     "bootstrap_mean_ci",
+    "cluster_bootstrap",
+    "top1_hits",
+    "tar_at_far_cluster_ci",
     "gallery_rejection_mask",
     "mean_average_precision",
     "mean_pairwise_cosine_distance",
@@ -691,6 +694,165 @@ def bootstrap_mean_ci(
         means[start:stop] = v[rng.integers(0, v.shape[0], size=(stop - start, v.shape[0]))].mean(axis=1)
     tail = (1.0 - float(level)) / 2.0
     return float(v.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
+
+
+def top1_hits(
+    similarity: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    gallery_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-query top-1 hit: 1.0 right, 0.0 wrong, NaN where the query is not counted.
+
+    The same counting as ``recall_at_k(..., ks=(1,))``: a query whose label is absent
+    from the (masked) gallery is not counted, and ties go to the lower gallery index,
+    so ``np.nanmean(top1_hits(...)) == recall_at_k(..., ks=(1,))[1]``.
+
+    Example:
+        >>> top1_hits(np.array([[0.2, 0.9], [0.8, 0.1], [0.5, 0.4]]), [0, 0, 7], [0, 1])
+        array([ 0.,  1., nan])
+    """
+    sim, pos = _retrieval_inputs(similarity, query_labels, gallery_labels, gallery_mask)
+    out = np.full(sim.shape[0], np.nan)
+    if sim.shape[1] == 0:
+        return out
+    best = sim.argmax(axis=1)
+    counted = pos.any(axis=1)
+    out[counted] = pos[np.arange(sim.shape[0]), best][counted]
+    return out
+
+
+def cluster_bootstrap(
+    values: Sequence[np.ndarray],
+    clusters: np.ndarray,
+    statistic: Callable[..., float] | None = None,
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """A statistic of per-query means, with a bootstrap interval over clusters (identities).
+
+    Queries of one identity are not independent (same person, often the same event),
+    so whole identities are resampled with replacement. Each of ``values`` is a
+    per-query vector (NaN = query not counted, as ``top1_hits`` gives); its mean over
+    the counted queries of a resample is passed to ``statistic``. Several vectors are
+    resampled together (the same identities), which makes paired comparisons honest.
+
+    Args:
+        values: one or more ``(Q,)`` vectors on the same queries.
+        clusters: ``(Q,)`` cluster label per query (the query's identity).
+        statistic: ``f(mean_1, mean_2, ...) -> float``; default the first mean.
+        level: confidence level in ``(0, 1)``.
+        resamples: bootstrap resamples (>= 1).
+        seed: random seed.
+
+    Returns:
+        ``(statistic on the data, low, high)``; NaNs when nothing is counted.
+
+    Example:
+        Two identities, one always right (3 queries), one always wrong (1 query):
+        R@1 is 0.75; resampling identities swings it between 0 and 1::
+
+        >>> m, lo, hi = cluster_bootstrap([np.array([1., 1., 1., 0.])], np.array([0, 0, 0, 1]))
+        >>> m, lo, hi
+        (0.75, 0.0, 1.0)
+    """
+    vs = [np.asarray(v, np.float64) for v in values]
+    if not vs:
+        raise CmceError("cluster_bootstrap needs at least one vector of values")
+    q = vs[0].shape[0]
+    if any(v.ndim != 1 or v.shape[0] != q for v in vs):
+        raise CmceError(f"every value vector must be (Q,) with Q={q}; got {[v.shape for v in vs]}")
+    cl = np.asarray(clusters)
+    if cl.shape != (q,):
+        raise CmceError(f"clusters must be (Q,)=({q},), got {cl.shape}")
+    if not 0.0 < float(level) < 1.0:
+        raise CmceError(f"level must be in (0, 1), got {level!r}")
+    if int(resamples) < 1:
+        raise CmceError(f"resamples must be >= 1, got {resamples!r}")
+    stat = statistic or (lambda *means: means[0])
+    _, inv = np.unique(cl, return_inverse=True)
+    c = int(inv.max()) + 1 if q else 0
+    sums = [np.bincount(inv, weights=np.nan_to_num(v), minlength=c) for v in vs]
+    counts = [np.bincount(inv, weights=(~np.isnan(v)).astype(np.float64), minlength=c) for v in vs]
+
+    def means(w: np.ndarray) -> list[np.ndarray]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return [(w @ s) / (w @ n) for s, n in zip(sums, counts)]
+
+    point = stat(*[float(m) for m in means(np.ones(c))]) if c else float("nan")
+    if c == 0 or not np.isfinite(point):
+        return float(point), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    draws = np.empty(int(resamples))
+    for start in range(0, len(draws), 256):
+        stop = min(start + 256, len(draws))
+        w = np.stack([np.bincount(rng.integers(0, c, size=c), minlength=c) for _ in range(stop - start)]).astype(np.float64)
+        ms = means(w)
+        draws[start:stop] = [stat(*[float(m[b]) for m in ms]) for b in range(stop - start)]
+    draws = draws[np.isfinite(draws)]
+    if not len(draws):
+        return float(point), float("nan"), float("nan")
+    tail = (1.0 - float(level)) / 2.0
+    return float(point), float(np.quantile(draws, tail)), float(np.quantile(draws, 1.0 - tail))
+
+
+def tar_at_far_cluster_ci(
+    similarity: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    clusters: np.ndarray,
+    far: float = 1e-3,
+    *,
+    level: float = 0.95,
+    resamples: int = 500,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """TAR at a FAR, with a bootstrap interval over query clusters (identities).
+
+    The point value is ``tar_at_far`` on every (query, gallery) pair. Each resample
+    draws identities with replacement; a query drawn ``w`` times weighs ``w`` in both
+    the impostor distribution (whose weighted upper ``far`` quantile is the threshold)
+    and the genuine pairs. One sort of the impostor scores serves every resample.
+
+    Returns:
+        ``(tar, low, high)``.
+
+    Example:
+        >>> sim = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+        >>> tar_at_far_cluster_ci(sim, [0, 1, 0], [0, 1], [0, 1, 0], far=0.0, resamples=50)[0]
+        1.0
+    """
+    scores, same = verification_scores(similarity, query_labels, gallery_labels)
+    point = tar_at_far(scores, same, far)
+    q, g = np.asarray(similarity).shape
+    cl = np.asarray(clusters)
+    if cl.shape != (q,):
+        raise CmceError(f"clusters must be (Q,)=({q},), got {cl.shape}")
+    qidx = np.repeat(np.arange(q), g)
+    imp, gen = ~same, same
+    order = np.argsort(-scores[imp], kind="stable")
+    imp_s, imp_q = scores[imp][order], qidx[imp][order]
+    gen_s, gen_q = scores[gen], qidx[gen]
+    _, inv = np.unique(cl, return_inverse=True)
+    c = int(inv.max()) + 1 if q else 0
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(int(resamples)):
+        wq = np.bincount(rng.integers(0, c, size=c), minlength=c)[inv].astype(np.float64)
+        w_imp = wq[imp_q]
+        total = w_imp.sum()
+        if total <= 0 or wq[gen_q].sum() <= 0:
+            continue
+        cum = np.cumsum(w_imp)  # weighted impostors at or above each sorted score
+        k = np.searchsorted(cum, far * total, side="right")  # first sorted score that must be rejected
+        thr = np.nextafter(imp_s[k], np.inf) if k < len(imp_s) else -np.inf
+        draws.append(float((wq[gen_q] * (gen_s >= thr)).sum() / wq[gen_q].sum()))
+    if not draws:
+        return float(point), float("nan"), float("nan")
+    tail = (1.0 - float(level)) / 2.0
+    return float(point), float(np.quantile(draws, tail)), float(np.quantile(draws, 1.0 - tail))
 
 
 def relative_error_reduction(base_accuracy: float, new_accuracy: float) -> float:

@@ -25,7 +25,7 @@ from . import metrics as M
 from .bundle import Bundle, Calibration, save_bundle
 from .data import LabelledImages, list_labelled_images, split_identities
 from .embed import EmbeddedFiles, EmbeddingCache, embed_files
-from .ensemble import QUALITY_SCORES, QualityModel
+from .ensemble import FUSIONS, QUALITY_SCORES, FusionGate, QualityModel, fusion_features
 from .errors import DatasetError
 from .transform import (
     TrainConfig,
@@ -33,6 +33,7 @@ from .transform import (
     first_image_protocol,
     fit_linear_map,
     train_transformer,
+    transform_embeddings,
 )
 
 logger = logging.getLogger(__name__)
@@ -143,6 +144,13 @@ def _quality_curves(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndar
     return curves, len(qi), M.recall_at_k(sim, q_lab, g_lab, ks=(1,))[1]
 
 
+def _ensemble_recall(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray) -> float:
+    """Recall@1 of the ensemble ``bundle`` serves, under the first-image protocol."""
+    gi, qi = first_image_protocol(labels)
+    gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
+    return M.recall_at_k(emb[bundle.query_model][qi] @ gv.ensemble.T, labels[qi], labels[gi], ks=(1,))[1]
+
+
 def _member_recalls(query_model: str, gallery_models: Sequence[str], transformers: dict, emb: dict,
                     prob: np.ndarray, labels: np.ndarray) -> dict[bool, float]:
     """Ensemble Recall@1 without (False) and with (True) the query model as a member."""
@@ -161,8 +169,14 @@ def _pick_quality(curves: dict) -> str:
 
 
 def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, rate: float, far: float,
-               quality: str) -> tuple[Calibration, dict]:
-    """Thresholds (and, for ``quality="auto"``, the quality score) measured on the validation identities."""
+               quality: str, reject_on: tuple[dict, np.ndarray] | None = None) -> tuple[Calibration, dict]:
+    """Thresholds (and, for ``quality="auto"``, the quality score) measured on the validation identities.
+
+    The open-set similarity thresholds come from the clean validation gallery; the
+    rejection threshold (and the combined score's references) from ``reject_on``, the
+    validation gallery with its degraded copies swapped in, when given: rejection is
+    for the galleries people have, not for clean press photos.
+    """
     gi, qi = first_image_protocol(labels)
     gal = {m: v[gi] for m, v in emb.items()}
     gv = bundle.gallery_vectors(gal, prob[gi])
@@ -172,6 +186,9 @@ def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, 
     for view, vecs in [("ensemble", gv.ensemble)] + list(gv.views.items()):
         scores, same = M.verification_scores(qv @ vecs.T, q_lab, g_lab)
         thresholds[view] = float(M.threshold_at_far(scores, same, far))
+    if reject_on is not None:
+        emb, prob = reject_on
+        gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
     curves, _, _ = _quality_curves(bundle, emb, prob, labels)
     if quality == "auto":
         quality = _pick_quality(curves)
@@ -179,14 +196,127 @@ def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, 
     ref = QualityModel.fit("combined", gv.uncertainty, prob[gi])
     qm = QualityModel(quality, ref.uncertainty_reference, ref.doubt_reference)
     s = qm.score(gv.uncertainty, prob[gi])
+    per_kind = {k: float(M.threshold_for_rate(QualityModel(k, ref.uncertainty_reference, ref.doubt_reference)
+                                              .score(gv.uncertainty, prob[gi]), rate)) for k in QUALITY_SCORES}
     cal = Calibration(
         rejection_rate=rate,
         rejection_threshold=float(M.threshold_for_rate(s, rate)),
         quality=qm,
         open_set_far=far,
         similarity_thresholds=thresholds,
+        quality_thresholds=per_kind,
     )
     return cal, {"val_rejection_recall_at_1": curves, "chosen_quality": quality}
+
+
+@dataclass(frozen=True)
+class Degraded:
+    """Degraded copies of some photos, for training on and choosing by mixed-quality galleries.
+
+    Attributes:
+        embeddings: backbone -> (N, D), rows where ``mask`` hold the degraded copy's embedding.
+        probability: (N,) detector probability of the degraded copy (where ``mask``).
+        mask: (N,) which photos have a degraded copy (a face was found in it).
+    """
+
+    embeddings: dict
+    probability: np.ndarray
+    mask: np.ndarray
+
+    def mixed(self, emb: dict, prob: np.ndarray, rows: np.ndarray) -> tuple[dict, np.ndarray]:
+        """``emb``/``prob`` restricted to ``rows`` with every photo that has a copy swapped for it."""
+        m = self.mask[rows]
+        out = {k: np.where(m[:, None], self.embeddings[k][rows], v[rows]) for k, v in emb.items()}
+        return out, np.where(m, self.probability[rows], prob[rows])
+
+
+def augmented_pairs(inputs: np.ndarray, targets: np.ndarray, labels: np.ndarray, train: np.ndarray,
+                    val: np.ndarray, degraded_inputs: np.ndarray | None, degraded_mask: np.ndarray | None):
+    """Training pairs plus, for each training photo with a degraded copy, (copy -> clean target).
+
+    The transformed embedding of a degraded gallery photo is trained to land on the query
+    model's embedding of the clean photo. Validation stays clean.
+
+    Returns:
+        (inputs, targets, labels, train, val), extended.
+    """
+    if degraded_inputs is None or degraded_mask is None:
+        return inputs, targets, labels, train, val
+    extra = degraded_mask & train
+    return (np.concatenate([inputs, degraded_inputs[extra]]), np.concatenate([targets, targets[extra]]),
+            np.concatenate([labels, labels[extra]]), np.concatenate([train, np.ones(int(extra.sum()), bool)]),
+            np.concatenate([val, np.zeros(int(extra.sum()), bool)]))
+
+
+def _identity_targets(query_emb: np.ndarray, labels: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """(N, D) per photo: the mean query-model embedding of its identity's *other* photos (zeros if none)."""
+    out = np.zeros_like(query_emb)
+    gal = set(np.flatnonzero(gallery).tolist())
+    by_id: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_id.setdefault(lab, []).append(i)
+    for rows in by_id.values():
+        for i in rows:
+            if i in gal:
+                others = [j for j in rows if j != i]
+                if others:
+                    c = query_emb[others].mean(0)
+                    out[i] = c / max(float(np.linalg.norm(c)), 1e-12)
+    return out
+
+
+def fit_fusion(kind: str, members: tuple[str, ...], vectors: list[np.ndarray], present: list[np.ndarray] | None,
+               probability: np.ndarray, targets: np.ndarray, *, hidden: int = 16, steps: int = 300,
+               lr: float = 0.01, weight_decay: float = 1e-3, temperature: float = 0.05, seed: int = 0) -> FusionGate:
+    """Learn member weights so that fused gallery vectors retrieve their identity.
+
+    Loss: softmax cross-entropy of each fused vector's cosine to every identity's
+    target (the mean query-model embedding of the identity's other photos), at
+    ``temperature``; rows whose target is zero are left out. ``weighted`` learns one
+    logit per member; ``gated`` adds a ``hidden``-unit tanh layer over
+    ``fusion_features``. Starts from equal weights (the plain mean).
+    """
+    import torch
+
+    if kind == "mean":
+        return FusionGate()
+    if kind not in FUSIONS:
+        raise DatasetError(f"fusion must be one of {FUSIONS}, got {kind!r}")
+    keep = np.linalg.norm(targets, axis=1) > 0
+    if keep.sum() < 10:
+        raise DatasetError(f"too few gallery photos with another photo of their identity to learn a fusion ({keep.sum()})")
+    m = len(vectors)
+    torch.manual_seed(seed)
+    x = torch.from_numpy(np.stack([v[keep] for v in vectors], 1).astype(np.float32))  # (N, M, D)
+    pres = torch.from_numpy(np.stack([np.ones(len(probability), bool) if present is None else np.asarray(p, bool)
+                                      for p in present], 1)[keep])
+    feats = torch.from_numpy(fusion_features(vectors, present, probability)[keep])
+    uniq, inv = np.unique(targets[keep], axis=0, return_inverse=True)
+    cent = torch.from_numpy(uniq.astype(np.float32))
+    tgt = torch.from_numpy(inv.reshape(-1).astype(np.int64))
+    bias = torch.zeros(m, requires_grad=True)
+    params = [bias]
+    if kind == "gated":
+        w1 = torch.nn.Parameter(0.1 * torch.randn(hidden, feats.shape[1]))
+        b1 = torch.nn.Parameter(torch.zeros(hidden))
+        w2 = torch.nn.Parameter(torch.zeros(m, hidden))
+        params += [w1, b1, w2]
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        logits = bias.expand(len(x), m)
+        if kind == "gated":
+            logits = logits + torch.tanh(feats @ w1.T + b1) @ w2.T
+        w = torch.softmax(logits.masked_fill(~pres, -1e9), dim=1)
+        fused = torch.nn.functional.normalize((w.unsqueeze(-1) * x).sum(1), dim=1)
+        loss = torch.nn.functional.cross_entropy(fused @ cent.T / temperature, tgt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if kind == "weighted":
+        return FusionGate("weighted", members, bias=tuple(float(b) for b in bias.detach()))
+    return FusionGate("gated", members, w1=tuple(tuple(float(v) for v in r) for r in w1.detach()),
+                      b1=tuple(float(v) for v in b1.detach()), w2=tuple(tuple(float(v) for v in r) for r in w2.detach()),
+                      bias=tuple(float(b) for b in bias.detach()))
 
 
 def cross_validate_choices(
@@ -202,28 +332,36 @@ def cross_validate_choices(
     config: TrainConfig,
     folds: int = 5,
     seed: int = 0,
+    degraded: Degraded | None = None,
+    augment: bool = False,
+    fusions: Sequence[str] = ("mean",),
 ) -> dict:
-    """k-fold cross-validation of the query-member decision and the quality score.
+    """k-fold cross-validation of the query member, the fusion and the quality score.
 
     The identities of ``pool`` (train + validation, never the held-out ones) are split
     into ``folds`` identity-disjoint folds. Per fold, each gallery model's transformer is
-    trained on the other folds for ``epochs[m]`` epochs (the count early stopping
-    chose), and the fold is measured like the validation split: ensemble Recall@1 with
-    and without the query model as a member, and Recall@1 of each of those two ensembles
-    after rejection by each quality score (and at random). Figures are averaged over
-    folds, weighted by their queries; every non-held-out identity is measured once.
+    trained on the other folds for ``epochs[m]`` epochs (with the degraded copies of
+    their photos when ``augment``), and the fold is measured on its clean gallery and,
+    when ``degraded`` is given, on its mixed-quality gallery (every gallery photo that
+    has a degraded copy swapped for it). Each fusion in ``fusions`` other than the mean
+    is learned (``fit_fusion``) on the other folds' out-of-fold member vectors, clean
+    and degraded (stacking), then measured on the fold. Figures are averaged over
+    folds, weighted by their queries.
 
     Returns:
         ``{"folds", "queries", "query_member_recall_at_1": {"without", "with"},
-        "rejection_recall_at_1": {"without"|"with": {kind: [R@1 per rate]}}, "rates"}``.
+        "fusion_recall_at_1": {fusion: {"clean", "mixed"}} (the served member choice),
+        "rejection_recall_at_1": {"without"|"with": {kind: [R@1 per rate]}} (clean),
+        "mixed_rejection_recall_at_1": the same on mixed galleries, "rates"}``; the
+        rejection curves are for the fusion ``_choose_fusion`` picks.
     """
     ids = np.unique(labels[pool])
     rng = np.random.default_rng(seed)
     parts = np.array_split(rng.permutation(ids), folds)
-    member = {False: [], True: []}
-    curves: dict[bool, dict[str, list]] = {False: {}, True: {}}
-    weights = []
     q = emb[query_model]
+    evs, nets_by_fold = [], []
+    oof = {m: np.zeros((len(labels), q.shape[1]), np.float32) for m in gallery_models}
+    oof_deg = {m: np.zeros((len(labels), q.shape[1]), np.float32) for m in gallery_models} if degraded else None
     for k, part in enumerate(parts):
         ev = pool & np.isin(labels, part)
         fit = pool & ~ev
@@ -231,35 +369,111 @@ def cross_validate_choices(
             continue
         nets = {}
         for m in gallery_models:
+            x, y, lab, tr, _ = augmented_pairs(emb[m], q, labels, fit, np.zeros_like(fit),
+                                               degraded.embeddings[m] if (degraded and augment) else None,
+                                               degraded.mask if (degraded and augment) else None)
             nets[m] = train_transformer(
-                emb[m][fit], q[fit], labels[fit], None, None, None,
+                x[tr], y[tr], lab[tr], None, None, None,
                 arch=TransformerConfig(emb[m].shape[1], q.shape[1], hidden=hidden),
                 config=config, fixed_epochs=epochs[m],
             ).module
-        ev_emb = {m: v[ev] for m, v in emb.items()}
-        for b in (False, True):
-            # one pass per ensemble: its Recall@1 decides the member, its curves the quality score
-            c, n, r1 = _quality_curves(Bundle(query_model, tuple(gallery_models), nets, b), ev_emb, prob[ev],
-                                       labels[ev])
-            member[b].append(r1)
-            for kind, values in c.items():
-                curves[b].setdefault(kind, []).append(values)
-        weights.append(n)
-        logger.info("cross-validation fold %d/%d: %d queries; R@1 without/with query member %.4f/%.4f",
-                    k + 1, folds, n, member[False][-1], member[True][-1])
-    if not weights:
+            oof[m][ev] = transform_embeddings(nets[m], emb[m][ev])
+            if degraded is not None:
+                oof_deg[m][ev] = transform_embeddings(nets[m], degraded.embeddings[m][ev])
+        evs.append(ev)
+        nets_by_fold.append(nets)
+        logger.info("cross-validation fold %d/%d trained", k + 1, folds)
+    if not evs:
         raise DatasetError("cross-validation: no fold has an identity with two images")
-    w = np.asarray(weights, float) / sum(weights)
-    return {
+    # out-of-fold member vectors of every pool gallery photo, clean and degraded, for learning fusions
+    gal = np.zeros(len(labels), bool)
+    pool_idx = np.flatnonzero(pool)
+    gal[pool_idx[first_image_protocol(labels[pool_idx])[0]]] = True
+    targets = _identity_targets(q, labels, gal)
+
+    def member_rows(rows: np.ndarray, member: bool, dg: bool):
+        src = oof_deg if dg else oof
+        vecs = [src[m][rows] for m in gallery_models]
+        if member:
+            vecs.append((degraded.embeddings[query_model] if dg else q)[rows])
+        return vecs
+
+    def learn(kind: str, member: bool, train_rows: np.ndarray) -> FusionGate:
+        if kind == "mean":
+            return FusionGate()
+        names = tuple(gallery_models) + (("query",) if member else ())
+        rows = train_rows & gal
+        vecs = member_rows(rows, member, False)
+        probs, tg = [prob[rows]], [targets[rows]]
+        if degraded is not None:
+            drows = rows & degraded.mask
+            vecs = [np.concatenate([a, b]) for a, b in zip(vecs, member_rows(drows, member, True))]
+            probs.append(degraded.probability[drows])
+            tg.append(targets[drows])
+        return fit_fusion(kind, names, vecs, None, np.concatenate(probs), np.concatenate(tg), seed=seed)
+
+    weights = np.asarray([len(first_image_protocol(labels[ev])[1]) for ev in evs], float)
+    w = weights / weights.sum()
+    conditions = ("clean", "mixed") if degraded is not None else ("clean",)
+    fusion_r1: dict[bool, dict[str, dict[str, float]]] = {False: {}, True: {}}
+    curves: dict[str, dict[bool, dict[str, list]]] = {c: {False: {}, True: {}} for c in conditions}
+
+    def fold_bundle(k: int, member: bool, fusion: FusionGate) -> Bundle:
+        return Bundle(query_model, tuple(gallery_models), nets_by_fold[k], member, fusion=fusion)
+
+    def condition(ev: np.ndarray, cond: str):
+        if cond == "clean":
+            return {m: v[ev] for m, v in emb.items()}, prob[ev]
+        return degraded.mixed(emb, prob, ev)
+
+    for member in (False, True):
+        for kind in fusions:
+            per = {c: [] for c in conditions}
+            for k, ev in enumerate(evs):
+                fb = fold_bundle(k, member, learn(kind, member, pool & ~ev))
+                for c in conditions:
+                    e, pr = condition(ev, c)
+                    per[c].append(_ensemble_recall(fb, e, pr, labels[ev]))
+            fusion_r1[member][kind] = {c: float(w @ np.asarray(per[c])) for c in conditions}
+    chosen = {b: _choose_fusion(fusion_r1[b]) for b in (False, True)}
+    for member in (False, True):
+        for k, ev in enumerate(evs):
+            fb = fold_bundle(k, member, learn(chosen[member], member, pool & ~ev))
+            for c in conditions:
+                e, pr = condition(ev, c)
+                cv, _, _ = _quality_curves(fb, e, pr, labels[ev])
+                for kind, values in cv.items():
+                    curves[c][member].setdefault(kind, []).append(values)
+
+    def avg(cs: dict) -> dict:
+        return {name: {k: [float(x) for x in w @ np.asarray(v)] for k, v in cs[b].items()}
+                for name, b in (("without", False), ("with", True))}
+
+    def score(b: bool) -> float:
+        return float(np.mean([fusion_r1[b][chosen[b]][c] for c in conditions]))
+
+    out = {
         "folds": folds,
-        "queries": int(sum(weights)),
-        "query_member_recall_at_1": {"without": float(w @ member[False]), "with": float(w @ member[True])},
-        "rejection_recall_at_1": {
-            name: {k: [float(x) for x in w @ np.asarray(v)] for k, v in curves[b].items()}
-            for name, b in (("without", False), ("with", True))
-        },
+        "queries": int(weights.sum()),
+        "conditions": list(conditions),
+        "query_member_recall_at_1": {"without": score(False), "with": score(True)},
+        "fusion_recall_at_1": {name: fusion_r1[b] for name, b in (("without", False), ("with", True))},
+        "chosen_fusion": {"without": chosen[False], "with": chosen[True]},
+        "rejection_recall_at_1": avg(curves["clean"]),
         "rates": list(QUALITY_RATES),
     }
+    if degraded is not None:
+        out["mixed_rejection_recall_at_1"] = avg(curves["mixed"])
+    out["_learn"] = learn  # the final fusion is learned on every fold's out-of-fold vectors (not serialised)
+    return out
+
+
+def _choose_fusion(figures: dict[str, dict[str, float]]) -> str:
+    """The fusion with the best mean Recall@1 over the conditions measured (clean, mixed);
+    the plain mean (the paper) unless another beats it by more than 0.1 point."""
+    mean = float(np.mean(list(figures["mean"].values()))) if "mean" in figures else -1.0
+    best = max(figures, key=lambda k: float(np.mean(list(figures[k].values()))))
+    return best if float(np.mean(list(figures[best].values()))) > mean + 1e-3 else "mean"
 
 
 def train_bundle(
@@ -281,6 +495,9 @@ def train_bundle(
     refit: bool = True,
     query_adapters: bool = True,
     cv_folds: int = 5,
+    mixed_share: float = 0.6,
+    degrade_augment: bool = True,
+    fusion: str = "auto",
 ) -> Bundle:
     """Train, calibrate and save a bundle. See the module docstring for the steps.
 
@@ -296,6 +513,15 @@ def train_bundle(
             cross-validation over the train + validation identities
             (``cross_validate_choices``) instead of on the validation split alone;
             0 or 1: validation split.
+        mixed_share: share of the non-held-out gallery photos (first photo of each
+            identity) that get a degraded copy (seeded; every kind in
+            ``degrade.DEGRADATIONS``). The query member, the fusion and the quality
+            score are then chosen on clean *and* mixed-quality validation galleries, and
+            the rejection threshold is calibrated on the mixed one. 0 disables it.
+        degrade_augment: train each transformer on the degraded copies too (the copy's
+            embedding -> the query model's embedding of the clean photo).
+        fusion: ``"auto"`` (chosen by cross-validation among ``ensemble.FUSIONS``; the
+            plain mean unless another is better) or one of ``FUSIONS``.
 
     Returns:
         The saved bundle.
@@ -313,10 +539,25 @@ def train_bundle(
         raise DatasetError(f"{data_dir}: too few faces to train ({tr.sum()} train, {va.sum()} validation)")
     emb = embedded.embeddings
     q = emb[query_model]
+    if fusion != "auto" and fusion not in FUSIONS:
+        raise DatasetError(f"fusion must be 'auto' or one of {FUSIONS}, got {fusion!r}")
+    degraded, degrade_info = None, None
+    if mixed_share > 0:
+        from .degrade import DEGRADATIONS, DegradeSpec, degrade_gallery
+
+        pool_idx = np.flatnonzero(found & (splits["train"] | splits["val"]))
+        gpos = pool_idx[first_image_protocol(labels[pool_idx])[0]]
+        dfiles, degrade_info, dmask = degrade_gallery(embedded, gpos, DegradeSpec(mixed_share, DEGRADATIONS),
+                                                      seed=split.seed + 1, models=models, cache=cache, progress=progress)
+        degraded = Degraded(dfiles.embeddings, dfiles.detection_probability, dmask)
+    augment = degraded is not None and degrade_augment
     transformers, early, linear, history, adapters = {}, {}, {}, {}, {}
     for m in gallery_models:
-        logger.info("training transformer %s -> %s on %d images", m, query_model, tr.sum())
-        transformers[m], early[m], history[m] = fit_network(emb[m], q, labels, tr, va, hidden=hidden, config=train_config,
+        x, y, lab, tr_x, va_x = augmented_pairs(emb[m], q, labels, tr, va,
+                                                degraded.embeddings[m] if augment else None,
+                                                degraded.mask if augment else None)
+        logger.info("training transformer %s -> %s on %d pairs", m, query_model, tr_x.sum())
+        transformers[m], early[m], history[m] = fit_network(x, y, lab, tr_x, va_x, hidden=hidden, config=train_config,
                                                   refit=refit, progress=progress)
         # the no-learning baseline sees the same images as the transformer's final fit
         fit_rows = tr | va if refit else tr
@@ -330,23 +571,34 @@ def train_bundle(
     # Every choice and threshold is measured with networks that have not seen the
     # identities measured (with ``refit`` the final ones have seen the validation ones).
     choice = _member_recalls(query_model, gallery_models, early, val_emb, prob[va], labels[va])
-    cv = None
-    if cv_folds > 1 and (query_member == "auto" or quality == "auto"):
-        logger.info("choosing the query member and quality score by %d-fold cross-validation", cv_folds)
+    cv, learn = None, None
+    fusions = FUSIONS if fusion == "auto" else (fusion,)
+    if cv_folds > 1 and (query_member == "auto" or quality == "auto" or fusion != "mean"):
+        logger.info("choosing the query member, fusion and quality score by %d-fold cross-validation", cv_folds)
         cv = cross_validate_choices(
             emb, prob, labels, tr | va, query_model=query_model, gallery_models=gallery_models,
             epochs={m: history[m]["best_epoch"] for m in gallery_models}, hidden=hidden, config=train_config,
-            folds=cv_folds, seed=split.seed,
+            folds=cv_folds, seed=split.seed, degraded=degraded, augment=augment, fusions=fusions,
         )
+        learn = cv.pop("_learn")
+    elif fusion not in ("auto", "mean"):
+        raise DatasetError(f"a learned fusion ({fusion}) needs cross-validation folds (--cv-folds >= 2)")
     member_figures = cv["query_member_recall_at_1"] if cv else {"without": choice[False], "with": choice[True]}
     member = member_figures["with"] > member_figures["without"] if query_member == "auto" else query_member == "yes"
+    side = "with" if member else "without"
+    gate = FusionGate()
+    if cv and learn is not None:
+        chosen = cv["chosen_fusion"][side]
+        gate = learn(chosen, member, tr | va)  # learned on every fold's out-of-fold member vectors
     if quality == "auto" and cv:
-        # chosen for the ensemble the bundle will serve (with or without the query member)
-        quality = _pick_quality(cv["rejection_recall_at_1"]["with" if member else "without"])
-    cal, cal_info = _calibrate(Bundle(query_model, tuple(gallery_models), early, member), val_emb, prob[va],
-                               labels[va], rejection_rate, open_set_far, quality)
+        # chosen for the ensemble the bundle will serve (with or without the query member),
+        # on the mixed-quality validation galleries when there are degraded copies
+        quality = _pick_quality(cv["mixed_rejection_recall_at_1" if degraded is not None else "rejection_recall_at_1"][side])
+    cal, cal_info = _calibrate(Bundle(query_model, tuple(gallery_models), early, member, fusion=gate), val_emb,
+                               prob[va], labels[va], rejection_rate, open_set_far, quality,
+                               reject_on=degraded.mixed(emb, prob, va) if degraded is not None else None)
     bundle = Bundle(query_model, tuple(gallery_models), transformers, member, calibration=cal,
-                    linear_maps=linear, query_adapters=adapters)
+                    linear_maps=linear, query_adapters=adapters, fusion=gate)
     bundle.info = {
         "training": {
             "data_description": data_description or f"folder-per-identity dataset {Path(data_dir).name}",
@@ -367,6 +619,9 @@ def train_bundle(
             "query_member_val_recall_at_1": {"without": choice[False], "with": choice[True]},
             **cal_info,
             "choices_by": f"{cv_folds}-fold cross-validation" if cv else "validation split",
+            "fusion": gate.kind,
+            "degrade_augment": augment,
+            **({"mixed_quality_validation": degrade_info} if degrade_info else {}),
             **({"cross_validation": cv} if cv else {}),
         }
     }

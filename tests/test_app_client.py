@@ -86,12 +86,15 @@ def test_switching_bundles_keeps_the_gallery(app_server, people):
     target = people[2]
     query = sorted(target.glob("*.jpg"))[2]  # not in the gallery
 
-    bundle_md, note, reject_by, rate, threshold = client.predict(repo_id="facenet-query", revision="",
-                                                                 api_name="/load_bundle")
+    bundle_md, note, reject_by, rate, threshold, score = client.predict(repo_id="facenet-query", revision="",
+                                                                        api_name="/load_bundle")
     assert "query model **facenet-casia**" in bundle_md
     calibration = json.loads((other / "config.json").read_text())["calibration"]  # the new bundle's defaults
     assert (reject_by["value"], rate["value"]) == ("threshold", calibration["rejection_rate"])  # gr.update dicts
-    assert threshold["value"] == pytest.approx(calibration["rejection_threshold"])
+    # the threshold box shows the calibrated value rounded to 3 significant digits, in its unit
+    assert threshold["value"] == float(f"{calibration['rejection_threshold']:.3g}")
+    assert "Unit:" in threshold["info"]
+    assert score["value"] == calibration["quality"]["kind"] and "bundle's choice" in score["label"]
     assert f"Gallery of {faces} faces re-projected into facenet-casia's space" in note, note
     assert "0 photos re-read" in note and "lack" not in note  # both bundles use the same three backbones
     *_, result = client.predict(image=handle_file(str(query)), api_name="/search")

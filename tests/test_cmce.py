@@ -123,14 +123,31 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     cv = t["cross_validation"]
     assert t["choices_by"] == "5-fold cross-validation" and cv["queries"] > 0
     assert loaded.query_member == (cv["query_member_recall_at_1"]["with"] > cv["query_member_recall_at_1"]["without"])
-    # the quality score is chosen on the ensemble the bundle serves, with or without the query member
-    assert set(cv["rejection_recall_at_1"]) == {"without", "with"}
-    served = cv["rejection_recall_at_1"]["with" if loaded.query_member else "without"]
+    # the quality score is chosen on the ensemble the bundle serves, with or without the query member,
+    # on mixed-quality validation galleries (degraded copies of a share of the gallery photos)
+    side = "with" if loaded.query_member else "without"
+    assert set(cv["rejection_recall_at_1"]) == {"without", "with"} == set(cv["mixed_rejection_recall_at_1"])
+    served = cv["mixed_rejection_recall_at_1"][side]
     assert set(served) == {"disagreement", "detection", "combined", "random"}
     assert all(len(v) == len(cv["rates"]) and all(0 <= x <= 1 for x in v) for v in served.values())
     best = max(("disagreement", "detection", "combined"), key=lambda k: np.mean(served[k]))
     assert cal.quality.kind == best == t["chosen_quality"]
-    assert t["refit_on_train_and_validation"] and all(h["refit_images"] > t["images"] for h in t["transformers"].values())
+    mq = t["mixed_quality_validation"]
+    assert mq["degraded"] > 0.4 * mq["gallery_photos"] and t["degrade_augment"] is True
+    # the transformers were trained on the degraded copies as well (copy -> clean query embedding)
+    assert all(h["refit_images"] > t["images"] + t["validation_images"] for h in t["transformers"].values())
+    # the fusion: chosen by the same cross-validation among mean / weighted / gated, on clean and mixed
+    figs = cv["fusion_recall_at_1"][side]
+    assert set(figs) == {"mean", "weighted", "gated"} and all(set(f) == {"clean", "mixed"} for f in figs.values())
+    assert loaded.fusion.kind == cv["chosen_fusion"][side] == t["fusion"]
+    assert loaded.fusion == bundle.fusion
+    if loaded.fusion.kind != "mean":
+        assert loaded.fusion.members == loaded.member_names
+        assert np.mean(list(figs[loaded.fusion.kind].values())) > np.mean(list(figs["mean"].values()))
+    # every score has its own calibrated threshold, in its own unit
+    assert set(cal.quality_thresholds) == {"disagreement", "detection", "combined"}
+    assert cal.threshold_for(cal.quality.kind) == cal.rejection_threshold
+    assert t["refit_on_train_and_validation"]
     # the query adapters (distillation baseline) survive saving, in float16
     assert set(loaded.query_adapters) == {"dlib-resnet34", "facenet-casia"}
     x = np.random.default_rng(0).standard_normal((5, 128)).astype(np.float32)
