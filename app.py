@@ -591,7 +591,6 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
                     with gr.Tab(story.tab_title(name, reports), elem_id=f"story-{name}"):
                         with gr.Row():
                             with gr.Column(scale=3):
-                                gr.Markdown(story.story_markdown(reports))
                                 shows = EXAMPLE_SET.by_bundle.get(name, ())
                                 if shows:
                                     gr.Markdown(story.examples_markdown(EXAMPLE_SET, name))
@@ -601,10 +600,11 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
                                         example_labels=[EXAMPLE_SET.label(e) for e in shows],
                                         label=f"One click: switch to {name}, load the gallery, search the query",
                                         api_visibility="private"))
-                            for r in reports:
-                                if r.plot is not None:
+                                gr.Markdown(story.story_markdown(reports))
+                            with gr.Column(scale=2):  # one risk-coverage plot per gallery kind, stacked
+                                for r in (r for r in reports if r.plot is not None):
                                     gr.Image(str(r.plot), label=f"Recall@1 vs share rejected, {r.gallery_kind} gallery",
-                                             interactive=False, height=300, scale=2)
+                                             interactive=False, height=300)
 
         gr.Markdown("## 1 · Build a gallery")
         with gr.Row():
