@@ -256,7 +256,8 @@ def overview_summary(gallery: Gallery | None, rejected: np.ndarray, limit: int =
     quality = gallery.bundle.calibration.quality
     text = (f"**{n} faces**, **{r} rejected** ({r / n:.0%}, red frame): they never count as matches. "
             f"Rejected by the bundle's quality score, {quality.description}. "
-            f"u = uncertainty, the disagreement of the ensemble's members.")
+            f"u = uncertainty, the disagreement of the ensemble's members"
+            + (", so a face with a high u can be kept." if quality.kind != "disagreement" else "."))
     text += _rejected_line(gallery, rejected)
     vec = gallery.vectors
     lacking = int((~vec.member_present[gallery.positions].all(axis=1)).sum())
