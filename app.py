@@ -693,13 +693,13 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
                                           api_visibility="private"))
         after_gallery_change(gallery_examples.load_input_event.then(
             load_example_gallery, [example_name, state], upload_outputs, api_name="load_example_gallery"))
-        for examples in bundle_examples:  # bundle, gallery and query; setting the query searches
+        for examples in bundle_examples:  # bundle, gallery and query photo, then a search (the photo may be unchanged)
             after_gallery_change(examples.load_input_event.then(
                 open_bundle_example, [example_bundle, example_gallery, example_query, state],
                 [*bundle_outputs, report_md, report_json, query], api_visibility="private")
                 .then(picked_bundle, [state], [picker], api_visibility="private")
-                .then(search, search_inputs, search_outputs, api_name="search_after_example",  # also when the
-                      api_visibility="private"))  # query is unchanged
+                .then(search, search_inputs, search_outputs, api_name="search_after_example",
+                      api_visibility="private"))
         after_gallery_change(clear_btn.click(clear_gallery, [state], [state, report_md, report_json],
                                              api_visibility="private"))
         after_bundle_switch(load_btn.click(load_bundle_ui, [hub_id, hub_rev, state], bundle_outputs,
