@@ -30,7 +30,7 @@ from typing import Any
 
 import gradio as gr
 
-from cmce import display
+from cmce import display, story
 from cmce.bundle import bundle_summary, default_bundle_path, load_bundle
 from cmce.ensemble import QUALITY_SCORES
 from cmce.errors import CmceError
@@ -56,13 +56,9 @@ logger = logging.getLogger("cmce.app")
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "assets" / "examples"
 BUNDLES = ROOT / "assets" / "bundles"
-EXAMPLE_GALLERIES = {"Two pioneers, public domain (7 photos)": EXAMPLES / "gallery"}
-EXAMPLE_QUERIES = [
-    (EXAMPLES / "queries" / "Grace_Hopper_04.jpg", "Grace Hopper (in the gallery)"),
-    (EXAMPLES / "queries" / "Eileen_Collins_04.jpg", "Eileen Collins (in the gallery)"),
-    (EXAMPLES / "queries" / "two_people.jpg", "two faces: pick one"),
-    (EXAMPLES / "queries" / "camera_man.jpg", "a stranger (not in the gallery)"),
-]
+EXAMPLE_SET = story.load_examples(EXAMPLES)  # galleries, queries, and the examples each bundle is shown with
+EXAMPLE_GALLERIES = {g.name: g.folder for g in EXAMPLE_SET.galleries}
+EXAMPLE_QUERIES = [(q.path, q.caption) for q in EXAMPLE_SET.queries]
 SESSION_TTL_S = float(os.environ.get("CMCE_SESSION_TTL", 3600))
 LIMITS = GalleryLimits.from_env()  # CMCE_MAX_FILES, CMCE_MAX_ENTRIES, ... (see cmce.gallery)
 REJECT_BY = ("threshold", "rate")
@@ -142,6 +138,7 @@ def shipped_bundles(root: Path = BUNDLES) -> dict[str, ShippedBundle]:
 
 
 SHIPPED = shipped_bundles()
+EVALUATIONS = story.read_evaluations(ROOT / "docs", SHIPPED)  # the shipped held-out evaluations, per bundle
 
 
 def _shipped_name(engine: FaceEngine | None) -> str | None:
@@ -442,6 +439,18 @@ def load_example_gallery(name: str, state: Session | None, request: gr.Request, 
             display.index_report_dict(report, upload, session.gallery))
 
 
+def open_bundle_example(bundle: str, gallery_name: str, query_path: str, state: Session | None,
+                        request: gr.Request, progress=gr.Progress()):
+    """One click on a bundle's example: switch to the bundle, load the example gallery, set the query.
+
+    Returns the outputs of ``load_bundle_ui`` and ``load_example_gallery``, then the query photo
+    (setting it searches).
+    """
+    switched = pick_bundle(bundle, state, request, progress)
+    loaded = load_example_gallery(gallery_name, switched[0], request, progress)
+    return (loaded[0], *switched[1:], *loaded[1:], query_path)
+
+
 class _ExampleCache:
     """Example galleries indexed once per set of backbones and saved; each session loads its own copy.
 
@@ -587,6 +596,32 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
                 hub_rev = gr.Textbox(label="Revision (optional)", placeholder="main, a tag or a commit", scale=2)
                 load_btn = gr.Button("Load bundle", scale=1)
 
+        bundle_examples = []  # (gr.Examples, ...) of each bundle's tab, wired below
+        with gr.Accordion("What the ensemble buys: measured on faces never seen in training, and shown in one click",
+                          open=True, elem_id="story"):
+            gr.Markdown(story.READING_GUIDE, elem_classes="cmce-hint")
+            example_bundle, example_gallery, example_query = (gr.Textbox(visible=False) for _ in range(3))
+            with gr.Tabs():  # the bundle where the ensemble lifts its query model most comes first
+                for name in story.order_by_lift(SHIPPED, EVALUATIONS):
+                    reports = [r for r in EVALUATIONS if r.bundle == name]
+                    with gr.Tab(story.tab_title(name, reports), elem_id=f"story-{name}"):
+                        with gr.Row():
+                            with gr.Column(scale=3):
+                                shows = EXAMPLE_SET.by_bundle.get(name, ())
+                                if shows:
+                                    gr.Markdown(story.examples_markdown(EXAMPLE_SET, name))
+                                    bundle_examples.append(gr.Examples(
+                                        [[name, e.gallery, str(e.query)] for e in shows],
+                                        inputs=[example_bundle, example_gallery, example_query],
+                                        example_labels=[EXAMPLE_SET.label(e) for e in shows],
+                                        label=f"One click: switch to {name}, load the gallery, search the query",
+                                        api_visibility="private"))
+                                gr.Markdown(story.story_markdown(reports))
+                            with gr.Column(scale=2):  # one risk-coverage plot per gallery kind, stacked
+                                for r in (r for r in reports if r.plot is not None):
+                                    gr.Image(str(r.plot), label=f"Recall@1 vs share rejected, {r.gallery_kind} gallery",
+                                             interactive=False, height=300)
+
         gr.Markdown("## 1 · Build a gallery")
         with gr.Row():
             with gr.Column(scale=3):
@@ -678,7 +713,14 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
         after_gallery_change(indexed.then(lambda: (None, None, ""), None, [files, folder, folder_paths],
                                           api_visibility="private"))
         after_gallery_change(gallery_examples.load_input_event.then(
-            load_example_gallery, [example_name, state], upload_outputs, api_visibility="private"))
+            load_example_gallery, [example_name, state], upload_outputs, api_name="load_example_gallery"))
+        for examples in bundle_examples:  # bundle, gallery and query photo, then a search (the photo may be unchanged)
+            after_gallery_change(examples.load_input_event.then(
+                open_bundle_example, [example_bundle, example_gallery, example_query, state],
+                [*bundle_outputs, report_md, report_json, query], api_visibility="private")
+                .then(picked_bundle, [state], [picker], api_visibility="private")
+                .then(search, search_inputs, search_outputs, api_name="search_after_example",
+                      api_visibility="private"))
         after_gallery_change(clear_btn.click(clear_gallery, [state], [state, report_md, report_json],
                                              api_visibility="private"))
         after_bundle_switch(load_btn.click(load_bundle_ui, [hub_id, hub_rev, state], bundle_outputs,

@@ -166,7 +166,34 @@ def index_report_dict(report: IndexReport, upload: UploadBatch | None, gallery: 
         "skipped": [list(x) for x in (upload.skipped if upload else ())] + [list(x) for x in report.skipped],
         "duplicates": list(report.duplicates),
         "limits_reached": (list(upload.notes) if upload else []) + list(report.limits_reached),
+        "rejected": rejected_entries(gallery, gallery.rejected()) if len(gallery) else [],
     }
+
+
+def rejected_entries(gallery: Gallery, rejected: np.ndarray) -> list[dict[str, Any]]:
+    """The rejected live entries, most doubtful first: source, label, quality score and uncertainty.
+
+    ``score`` names the bundle's quality score (``detection``, ``disagreement``, ``combined``);
+    ``threshold`` is the bundle's calibrated one (entries scoring above it are rejected by default).
+    """
+    vec = gallery.vectors
+    quality = gallery.bundle.calibration.quality.kind
+    t = gallery.bundle.calibration.rejection_threshold
+    rows = [{"source": gallery.entries[i].source, "label": gallery.entries[i].label,
+             "quality": float(vec.quality[i]), "score": quality, "threshold": t if np.isfinite(t) else None,
+             "uncertainty": None if np.isnan(vec.uncertainty[i]) else round(float(vec.uncertainty[i]), 4)}
+            for i in gallery.positions if rejected[i]]
+    return sorted(rows, key=lambda r: -r["quality"])
+
+
+def _rejected_line(gallery: Gallery, rejected: np.ndarray, limit: int = 8) -> str:
+    rows = rejected_entries(gallery, rejected)
+    if not rows:
+        return ""
+    items = [f"`{r['source']}` ({r['score']} {r['quality']:.3g}"
+             + ("" if r["uncertainty"] is None else f", u={r['uncertainty']:.2f}") + ")" for r in rows[:limit]]
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return " Rejected, most doubtful first: " + ", ".join(items) + more + "."
 
 
 # --------------------------------------------------------------------------- gallery overview
@@ -230,7 +257,9 @@ def overview_summary(gallery: Gallery | None, rejected: np.ndarray, limit: int =
     quality = gallery.bundle.calibration.quality
     text = (f"**{n} faces**, **{r} rejected** ({r / n:.0%}, red frame): they never count as matches. "
             f"Rejected by the bundle's quality score, {quality.description}. "
-            f"u = uncertainty, the disagreement of the ensemble's members.")
+            f"u = uncertainty, the disagreement of the ensemble's members"
+            + (", so a face with a high u can be kept." if quality.kind != "disagreement" else "."))
+    text += _rejected_line(gallery, rejected)
     vec = gallery.vectors
     lacking = int((~vec.member_present[gallery.positions].all(axis=1)).sum())
     if lacking:

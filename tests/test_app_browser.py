@@ -185,8 +185,8 @@ def test_one_click_examples(app_server, tmp_path):
             page = browser.new_page(viewport={"width": 1366, "height": 768})
             page.goto(app_server["url"])
             page.wait_for_selector("#index-btn", timeout=TIMEOUT_MS)
-            page.get_by_text("Two pioneers").first.click()
-            _wait_text(page, "#index-report", "faces indexed from 7 files")
+            page.locator("button", has_text="Two pioneers, clean (5 photos)").first.click()
+            _wait_text(page, "#index-report", "faces indexed from 5 files")
             assert "coffee_no_face.jpg" in page.inner_text("#index-report")  # the skip report
             page.get_by_text("two faces: pick one").first.click()
             _wait_text(page, "#results", "face 1 of 2")
@@ -211,8 +211,8 @@ def test_one_click_examples(app_server, tmp_path):
             _idle(page)
             page.click("#clear-btn")  # so that the report below is the new one
             _wait_text(page, "#index-report", "Gallery cleared")
-            page.get_by_text("Two pioneers").first.click()
-            _wait_text(page, "#index-report", "faces indexed from 7 files")
+            page.locator("button", has_text="Two pioneers, clean (5 photos)").first.click()
+            _wait_text(page, "#index-report", "faces indexed from 5 files")
             _idle(page)
             assert page.locator("#results section[data-view=sface]").count() == 1  # searched again: new columns
             assert "Eileen_Collins" in top.inner_text()  # still face 2 of the two-faces photo
@@ -227,8 +227,9 @@ def test_one_click_examples(app_server, tmp_path):
                 _idle(page)
                 page.click("#clear-btn")
                 _wait_text(page, "#index-report", "Gallery cleared")
-                page.get_by_text("Two pioneers").first.click()  # indexed again, by facenet-dlib's two models
-                _wait_text(page, "#index-report", "faces indexed from 7 files")
+                # indexed again, by facenet-dlib's two models
+                page.locator("button", has_text="Two pioneers, clean (5 photos)").first.click()
+                _wait_text(page, "#index-report", "faces indexed from 5 files")
                 _idle(page)
                 page.locator("#bundle-picker input").click()
                 page.get_by_role("option", name=re.compile(r"^sface-query")).click()
@@ -239,5 +240,59 @@ def test_one_click_examples(app_server, tmp_path):
                 assert "no gallery face has sface's embedding" in page.inner_text("#results section[data-view=query]")
                 _wait_text(page, "body", "every face here was indexed before this bundle")  # the plot's note
                 _shot(page, tmp_path, "app_upgraded_gallery")
+        finally:
+            browser.close()
+
+
+def test_story_and_a_bundle_example_in_one_click(app_server, tmp_path):
+    """The measured story is on the page (read from the shipped evaluations), and one click on
+    facenet-query's example switches the bundle, loads the mixed-quality archive and searches:
+    the ensemble finds her while the weak query model alone says unknown."""
+    from cmce.story import load_examples, order_by_lift, read_evaluations
+
+    root = Path(__file__).resolve().parent.parent
+    reports = read_evaluations(root / "docs")
+    shipped = [p.name for p in (root / "assets" / "bundles").glob("*") if (p / "config.json").is_file()]
+    manifest = load_examples(root / "assets" / "examples")
+    examples = manifest.by_bundle.get("facenet-query")
+    if not reports or not examples or "facenet-query" not in shipped:
+        pytest.skip("needs the shipped facenet-query bundle, its evaluation and its examples")
+    first = order_by_lift(shipped, reports)[0]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 768})
+            page.goto(app_server["url"])
+            page.wait_for_selector("#index-btn", timeout=TIMEOUT_MS)
+            story = page.locator("#story")
+            assert "How to read the columns" in story.inner_text()
+            assert first in story.get_by_role("tab", selected=True).inner_text()
+            ensemble = next(r for r in reports if r.bundle == first).column("ensemble")
+            assert f"{100 * ensemble.recall_at_1:.1f}" in story.locator("table").first.inner_text()
+            assert story.locator("img").count() >= 1  # the risk-coverage plot
+            _shot(page, tmp_path, "app_story")
+
+            if first != "facenet-query":  # it leads while its ensemble's lift is the largest
+                story.get_by_role("tab", name=re.compile(r"^facenet-query")).click()
+            example = examples[0]
+            page.get_by_role("button", name=manifest.label(example)).first.click()
+            person = example.query.stem.rsplit("_", 1)[0]
+            _wait_text(page, "#results", f"query identity: {person}")
+            _idle(page)
+            assert "facenet-query" in page.locator("#bundle-picker input").input_value()
+            photos = len(list(manifest.gallery(example.gallery).folder.glob("*.jpg")))
+            assert f"faces indexed from {photos} files" in page.inner_text("#index-report")
+            top = page.locator("#results section[data-view=ensemble] li.cmce-match").first
+            assert person in top.inner_text() and "cmce-correct" in top.get_attribute("class")
+            alone = page.locator("#results section[data-view=query]")
+            assert "cmce-unknown" in alone.get_attribute("class") or "cmce-wrong" in alone.locator(
+                "li.cmce-match").first.get_attribute("class")
+            summary = page.inner_text("#overview-summary")
+            assert "Eileen_Collins_15.jpg" in summary and "detection" in summary  # rejected, with its score
+            _wait_text(page, "#overview", "rejected ·")
+            _shot(page, tmp_path, "app_story_example")
+            page.locator("#results").scroll_into_view_if_needed()
+            page.screenshot(path=str(tmp_path / "app_story_columns.png"))
+            shutil.copy(tmp_path / "app_story_columns.png", SCREENS / "app_story_columns.png")
         finally:
             browser.close()

@@ -1,0 +1,86 @@
+"""The example galleries show what the ensemble buys, through the app's API (gradio_client).
+
+For every shipped bundle's examples (``assets/examples/examples.json``): switch to the
+bundle, load the example gallery, search the example query, and check the point the
+example is there to make: the ensemble's top match is the right person while at least
+one single-model column is wrong or says unknown. Every example gallery must be shown
+by at least one such example, and the gallery's rejected entries come back with their
+quality score.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cmce.story import load_examples
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = load_examples(ROOT / "assets" / "examples")
+SHIPPED = {p.name for p in (ROOT / "assets" / "bundles").glob("*") if (p / "config.json").is_file()}
+CASES = [e for bundle, items in EXAMPLES.by_bundle.items() if bundle in SHIPPED for e in items]
+
+
+def _outcome(view: dict) -> str:
+    if view["unknown"]:
+        return "unknown"
+    return "right" if view["correct"] else "wrong"
+
+
+@pytest.fixture(scope="module")
+def outcomes(app_server):
+    """Each bundle example's columns, and each (bundle, gallery)'s rejected entries, through the API."""
+    if not CASES:
+        pytest.skip("no shipped bundle has examples")
+    results, rejected = {}, {}
+    client = Client(app_server["url"], verbose=False)
+    for case in CASES:
+        client.predict(repo_id=case.bundle, revision="", api_name="/load_bundle")
+        report_md, report = client.predict(name=case.gallery, api_name="/load_example_gallery")
+        rejected[case.bundle, case.gallery] = report["rejected"]
+        calibration = json.loads((ROOT / "assets" / "bundles" / case.bundle / "config.json").read_text())["calibration"]
+        *_, result = client.predict(image=handle_file(str(case.query)), reject_by="threshold",
+                                    threshold=calibration["rejection_threshold"], api_name="/search")
+        assert result["query_label"] == case.query.stem.rsplit("_", 1)[0], result
+        results[case] = {name: _outcome(v) for name, v in result["views"].items()}
+    return results, rejected
+
+
+def test_each_bundle_example_shows_the_ensemble_right_where_a_single_model_is_not(outcomes):
+    results, _ = outcomes
+    failed = {f"{c.bundle} / {c.gallery} / {c.query.name}": cols for c, cols in results.items()
+              if cols["ensemble"] != "right" or all(v == "right" for k, v in cols.items() if k != "ensemble")}
+    assert not failed, f"examples that no longer make their point: {failed}"
+
+
+def test_every_example_gallery_is_shown_by_an_example(outcomes):
+    results, _ = outcomes
+    shown = {c.gallery for c in results}
+    assert shown == {g.name for g in EXAMPLES.galleries}
+
+
+def test_facenet_query_example_is_the_papers_regime(outcomes):
+    """The weak query model alone does not find her; the ensemble of stronger gallery models does."""
+    results, _ = outcomes
+    cases = [c for c in results if c.bundle == "facenet-query"]
+    if not cases:
+        pytest.skip("facenet-query is not shipped")
+    assert any(results[c]["ensemble"] == "right" and results[c]["query"] != "right" for c in cases), results
+
+
+def test_rejected_entries_are_listed_with_their_score(outcomes):
+    _, rejected = outcomes
+    archive = [rows for (bundle, gallery), rows in rejected.items() if "archive" in gallery.lower()]
+    assert archive, "no example loads the mixed-quality archive"
+    for rows in archive:
+        sources = [r["source"] for r in rows]
+        assert "Eileen_Collins_15.jpg" in sources, rows  # the copy destroyed by JPEG quality 5
+        for r in rows:
+            assert r["threshold"] is not None and r["quality"] > r["threshold"], r
+            assert r["score"] in {"detection", "disagreement", "combined"}
+        assert [r["quality"] for r in rows] == sorted((r["quality"] for r in rows), reverse=True)
