@@ -61,7 +61,8 @@ EXAMPLE_GALLERIES = {g.name: g.folder for g in EXAMPLE_SET.galleries}
 EXAMPLE_QUERIES = [(q.path, q.caption) for q in EXAMPLE_SET.queries]
 SESSION_TTL_S = float(os.environ.get("CMCE_SESSION_TTL", 3600))
 LIMITS = GalleryLimits.from_env()  # CMCE_MAX_FILES, CMCE_MAX_ENTRIES, ... (see cmce.gallery)
-REJECT_BY = ("threshold", "rate")
+REJECT_BY = ("calibrated", "threshold", "rate")  # calibrated: the session bundle's own threshold for the score
+BUNDLE_SCORE = "bundle"  # the rejection-score choice that follows the session's bundle
 
 CSS = """
 .cmce-results-head{font-size:.9rem;margin:2px 0 8px}
@@ -275,7 +276,9 @@ def _rejected(gallery: Gallery, reject_by: str, rate: float | None, threshold: f
     try:
         if reject_by == "rate" and rate is not None:
             return gallery.rejected(rate=float(rate), quality=score)
-        return gallery.rejected(threshold=None if threshold is None else float(threshold), quality=score)
+        if reject_by == "threshold" and threshold is not None:
+            return gallery.rejected(threshold=float(threshold), quality=score)
+        return gallery.rejected(quality=score)  # the score's calibrated threshold in this session's bundle
     except CmceError as e:
         raise gr.Error(str(e)) from e
 
@@ -286,22 +289,33 @@ def _calibrated_threshold(engine: FaceEngine | None, score: str | None = None) -
 
 
 def _threshold_update(engine: FaceEngine | None, score: str | None) -> Any:
+    score = score if score in QUALITY_SCORES else None
     kind = score or (engine.bundle.calibration.quality.kind if engine else "disagreement")
     t = _calibrated_threshold(engine, score)
     return gr.update(value=t, info=display.threshold_help(kind, t))
 
 
+def _score_choices(engine: FaceEngine | None) -> list[tuple[str, str]]:
+    kind = engine.bundle.calibration.quality.kind if engine else "?"
+    return [(f"bundle's choice ({kind})", BUNDLE_SCORE)] + [(k, k) for k in QUALITY_SCORES]
+
+
 def _rejection_defaults(engine: FaceEngine) -> tuple[Any, Any, Any, Any]:
-    kind = engine.bundle.calibration.quality.kind
     return (gr.update(value=REJECT_BY[0]), gr.update(value=engine.bundle.calibration.rejection_rate),
-            _threshold_update(engine, kind),
-            gr.update(value=kind, label=display.score_choice_label(engine.bundle)))
+            _threshold_update(engine, None),
+            gr.update(choices=_score_choices(engine), value=BUNDLE_SCORE,
+                      label=display.score_choice_label(engine.bundle)))
 
 
 def pick_score(score: str, state: Session | None, request: gr.Request):
     """Another rejection score: its own calibrated threshold, in its own unit."""
     session = _session(state, request)
-    return _threshold_update(session.engine, score if score in QUALITY_SCORES else None)
+    return _threshold_update(session.engine, score)
+
+
+def typed_threshold() -> Any:
+    """A threshold typed in the box: reject by it."""
+    return gr.update(value="threshold")
 
 
 # --------------------------------------------------------------------------- handlers
@@ -327,19 +341,20 @@ def load_bundle_ui(repo_id: str, revision: str, state: Session | None, request: 
     elif target and Path(target).expanduser().exists() and not os.environ.get("CMCE_ALLOW_LOCAL_BUNDLES"):
         raise gr.Error("Type a Hub id of the form org/name (local folders need CMCE_ALLOW_LOCAL_BUNDLES=1).")
     keep = gr.update()
+    unchanged = (keep,) * 4  # reject_by, rate, threshold, score unchanged
     progress(0.1, desc=f"Loading {(repo_id or '').strip() or 'the default bundle'} (Hub download if needed)")
     try:
         engine = ENGINES.load(target, rev) if target or rev else (ENGINES.default or ENGINES.load(None))
     except CmceError as e:  # unreachable Hub, missing repo, broken bundle: keep the current one
         gr.Warning(f"{e}. The current bundle stays in use.", duration=None)
-        return state, keep, f"**Not loaded:** {e}. The current bundle stays in use.", keep, keep, keep
+        return state, keep, f"**Not loaded:** {e}. The current bundle stays in use.", *unchanged
     progress(0.8, desc="Models loaded")
     card = display.bundle_markdown(bundle_summary(engine.bundle))
     if state is None or state.closed:
         return (_register(Session.open(engine), request), card, "Bundle loaded.", *_rejection_defaults(engine))
     with state.busy:
         if state.engine is engine:
-            return state, keep, "This bundle is already in use.", keep, keep, keep
+            return state, keep, "This bundle is already in use.", *unchanged
         if len(state.gallery):
             progress(0.9, desc="Re-projecting the gallery into the new bundle's space (no photo is read)")
             try:
@@ -347,7 +362,7 @@ def load_bundle_ui(repo_id: str, revision: str, state: Session | None, request: 
             except CmceError as e:  # no backbone in common: the gallery stays with the current bundle
                 gr.Warning(f"{e}. The current bundle and gallery stay in use.", duration=None)
                 return (state, keep, f"**Not switched:** {e}. The current bundle and gallery stay in use.",
-                        keep, keep, keep)
+                        *unchanged)
             note = display.reprojection_markdown(gallery.load_report, _shipped_name(engine) or engine.bundle.source,
                                                  engine.bundle.query_model)
         else:
@@ -361,7 +376,7 @@ def pick_bundle(name: str | None, state: Session | None, request: gr.Request, pr
     """The bundle picker: switch to a shipped bundle by name (see ``load_bundle_ui``)."""
     current = state.engine if state is not None and not state.closed else ENGINES.default
     if not name or name == _shipped_name(current):  # picked again: nothing to do, nothing to say
-        return state, gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+        return state, *(gr.update(),) * 6  # card, note, reject_by, rate, threshold, score unchanged
     return load_bundle_ui(name, "", state, request, progress)
 
 
@@ -650,7 +665,7 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
                                  elem_id="reject-by")
             rate = gr.Slider(0.0, 0.9, value=cal.rejection_rate if cal else 0.1, step=0.01,
                              label="Rejection rate (share of the gallery)", scale=3, elem_id="reject-rate")
-            score = gr.Dropdown(list(QUALITY_SCORES), value=cal.quality.kind if cal else QUALITY_SCORES[0],
+            score = gr.Dropdown(_score_choices(engine), value=BUNDLE_SCORE,
                                 label=display.score_choice_label(engine.bundle) if engine else "Rejection score",
                                 scale=2, elem_id="reject-score")
             threshold = gr.Number(value=_calibrated_threshold(engine), step=0.001,
@@ -728,6 +743,7 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
         after_bundle_switch(picker.select(pick_bundle, [picker, state], bundle_outputs, api_visibility="private"),
                             "search_after_pick_bundle")
         score.input(pick_score, [score, state], [threshold], api_visibility="private")
+        threshold.input(typed_threshold, None, [reject_by], api_visibility="private")
         gr.on([order.change, reject_by.change, rate.change, threshold.change, score.change], refresh_overview,
               [state, order, *rejection], [overview, overview_md], trigger_mode="always_last",
               api_visibility="private").then(
