@@ -76,6 +76,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_embedded, plot_risk_coverage
     from .train import heldout_subset
 
+    if args.ablations and not args.heldout:
+        raise CmceError("--ablations trains on the bundle's training identities and measures on the held-out ones: "
+                        "add --heldout")
+    spec = None
+    if args.gallery_degrade:
+        from .degrade import DegradeSpec
+
+        spec = DegradeSpec.parse(args.gallery_degrade)  # a bad spec fails before anything is embedded
     bundle = load_bundle(args.bundle, revision=args.revision)
     old = _upgrade_source(args.upgrade_from) if args.upgrade_from else None
     ds = list_labelled_images(args.data_dir)
@@ -90,14 +98,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cache = None if args.no_cache else EmbeddingCache()
     embedded = embed_files(list(ds.paths), models, cache=cache, progress=not args.quiet)
     degrade_report, clean = None, embedded
-    if args.ablations and not args.heldout:
-        raise CmceError("--ablations trains on the bundle's training identities and measures on the held-out ones: "
-                        "add --heldout")
-    if args.gallery_degrade:
-        from .degrade import DegradeSpec, degrade_gallery
+    if spec is not None:
+        from .degrade import degrade_gallery
         from .evaluate import gallery_positions
 
-        spec = DegradeSpec.parse(args.gallery_degrade)
         embedded, degrade_report, _ = degrade_gallery(embedded, gallery_positions(embedded, ds.labels), spec,
                                                       seed=args.degrade_seed, models=models, cache=cache,
                                                       progress=not args.quiet)

@@ -223,6 +223,48 @@ def test_evaluate_cli_writes_json_and_plot(trained_bundle, small_dataset, tmp_pa
     assert any(row["name"].endswith("(query adapter)") for row in r["rows"])
 
 
+def test_evaluate_cli_on_a_degraded_gallery_with_ablations(trained_bundle, small_dataset, tmp_path: Path,
+                                                           capsys) -> None:
+    """--gallery-degrade degrades gallery photos only (seeded, recorded); every figure has an identity CI."""
+    from cmce.cli import main
+
+    out, bundle = trained_bundle
+    args = ["evaluate", str(small_dataset), "--bundle", str(out), "--heldout", "--quiet", "--ci-resamples", "100"]
+    assert main(args + ["--json", str(tmp_path / "clean.json")]) == 0
+    assert main(args + ["--gallery-degrade", "blur", "--degrade-seed", "3", "--ablations",
+                        "--json", str(tmp_path / "blur.json")]) == 0
+    clean, blur = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("clean", "blur"))
+    d = blur["gallery_degrade"]
+    assert (d["spec"], d["seed"], d["kinds"]) == ("blur", 3, ["blur"])
+    assert d["picked"] == clean["counts"]["gallery"] and d["degraded"] + sum(d["kept_clean_no_face"].values()) == d["picked"]
+    assert blur["counts"]["queries"] == clean["counts"]["queries"]  # queries are untouched
+    rows = {r["name"]: r for r in blur["rows"]}
+    clean_rows = {r["name"]: r for r in clean["rows"]}
+    # the query model's symmetric row: same queries, blurred gallery
+    assert rows["query model symmetric"]["recall_at_1"] != clean_rows["query model symmetric"]["recall_at_1"] or \
+        rows["query model symmetric"]["map"] != clean_rows["query model symmetric"]["map"]
+    for r in blur["rows"]:
+        lo, hi = r["recall_at_1_ci95"]
+        assert lo <= r["recall_at_1"] <= hi
+        lo, hi = r["tar_at_far_1e-3_ci95"]
+        assert lo <= r["tar_at_far_1e-3"] <= hi
+    for kind, curve in blur["rejection_by_quality"].items():
+        for c in curve:
+            assert c["recall_at_1_ci95"][0] <= c["recall_at_1"] <= c["recall_at_1_ci95"][1]
+    ab = blur["ablations"]
+    names = {r["name"] for r in ab["rows"]}
+    assert {"independent + mean (the method)", "end-to-end mean", "concat + one transformer"} <= names
+    assert set(ab["ensemble_size"]) == {"clean", "blur"} and len(ab["ensemble_size"]["clean"]) == len(ab["pool"])
+    assert all(set(r) >= {"clean", "blur"} for r in ab["rows"])
+    printed = capsys.readouterr().out
+    assert "gallery degraded (blur, seed 3)" in printed and "ablations" in printed and "D-TG" in printed
+    # a bad spec, or ablations without the held-out split, fail before anything is embedded
+    assert main(["evaluate", str(small_dataset), "--gallery-degrade", "fog", "--bundle", str(out)]) == 2
+    assert main(["evaluate", str(small_dataset), "--ablations", "--bundle", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "valid kinds: blur, lowres, jpeg, dark, noise, occlusion" in err and "add --heldout" in err
+
+
 def test_evaluate_refuses_heldout_on_another_dataset(trained_bundle, tmp_path: Path, lfw_dir) -> None:
     from cmce.cli import main
 
