@@ -65,6 +65,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cut(value: float) -> str:
+    """A relative error cut as a percentage; an em dash where it is undefined (no error to cut)."""
+    return "\u2014" if value != value else f"{100 * value:.1f}%"
+
+
+def _json_safe(value):
+    """``value`` with every NaN float replaced by None (JSON has no NaN; it reads as null)."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
     from .card import render_table
@@ -102,18 +118,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print("|---:|---:|---:|---:|---:|---:|")
     for r in result["rejection"]:
         print(f"| {100 * r['rate']:.0f}% | {100 * r['recall_at_1']:.2f} | {100 * r['random_recall_at_1']:.2f} | "
-              f"{100 * r['detection_recall_at_1']:.2f} | {100 * r['relative_error_cut']:.1f}% | {100 * r['open_set_accuracy']:.2f} |")
+              f"{100 * r['detection_recall_at_1']:.2f} | {_cut(r['relative_error_cut'])} | {100 * r['open_set_accuracy']:.2f} |")
     go = result["rejection_gallery_ensemble"]
     print(f"\ngallery models' own ensemble (the paper's setting): R@1 {100 * go['recall_at_1']:.2f}")
     print("| rejected | random | " + " | ".join(k for k in go["rates"][0] if k.endswith("_recall_at_1") and k != "random_recall_at_1") + " |")
     for r in go["rates"]:
-        cells = [f"{100 * v:.2f} ({100 * r[k.replace('_recall_at_1', '_error_cut')]:.1f}%)" for k, v in r.items()
+        cells = [f"{100 * v:.2f} ({_cut(r[k.replace('_recall_at_1', '_error_cut')])})" for k, v in r.items()
                  if k.endswith("_recall_at_1") and k != "random_recall_at_1"]
         print(f"| {100 * r['rate']:.0f}% | {100 * r['random_recall_at_1']:.2f} | " + " | ".join(cells) + " |")
     if "upgrade" in result:
         _print_upgrade(result["upgrade"])
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(_json_safe(result), indent=2) + "\n")
     if args.plot:
         plot_risk_coverage(result, args.plot)
     if args.record:
