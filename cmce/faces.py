@@ -354,6 +354,31 @@ class FaceDetector:
         boxes, points = (r[0] for r in self._detect(small[None]))
         return self._faces(boxes[:, :4], boxes[:, 4], points, s, image.shape, source) if len(boxes) else []
 
+    def onet_probability(self, image: np.ndarray, box: Sequence[float] | None = None) -> float:
+        """MTCNN's last stage (O-Net) on one region: its face probability.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            box: ``(x1, y1, x2, y2)``; squared about its centre (as MTCNN does) and cut
+                with a grey border where it leaves the image. None: the whole frame,
+                resized to 48x48 as it is.
+        """
+        import torch
+
+        if box is not None:
+            x1, y1, x2, y2 = (float(v) for v in box)
+            side = max(x2 - x1, y2 - y1, 2.0)
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            m = np.array([[48 / side, 0, 24 - 48 / side * cx], [0, 48 / side, 24 - 48 / side * cy]])
+            crop = cv2.warpAffine(image, m, (48, 48), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT,
+                                  borderValue=(127, 127, 127))
+        else:
+            crop = cv2.resize(image, (48, 48), interpolation=cv2.INTER_AREA)
+        mtcnn = self._model()
+        x = (torch.from_numpy(crop.astype(np.float32)).permute(2, 0, 1)[None].to(mtcnn.device) - 127.5) * 0.0078125
+        with torch.no_grad():
+            return float(mtcnn.onet(x)[2][0, 1])  # O-Net ends in a softmax: (1, 2) non-face/face
+
     def whole_frame(self, image: np.ndarray) -> tuple[float, np.ndarray | None]:
         """MTCNN's last stage (O-Net) on the whole frame, and dlib's landmarks there.
 
@@ -362,15 +387,9 @@ class FaceDetector:
             and the (5, 2) landmarks from ``cmce.detection.whole_frame_landmarks``
             (None when dlib is not installed).
         """
-        import torch
-
         from .detection import whole_frame_landmarks
 
-        mtcnn = self._model()
-        crop = cv2.resize(image, (48, 48), interpolation=cv2.INTER_AREA).astype(np.float32)
-        x = (torch.from_numpy(crop).permute(2, 0, 1)[None].to(mtcnn.device) - 127.5) * 0.0078125
-        with torch.no_grad():
-            probability = float(mtcnn.onet(x)[2][0, 1])  # O-Net ends in a softmax: (1, 2) non-face/face
+        probability = self.onet_probability(image)
         if self._shape_predictor is None:
             try:
                 import dlib
@@ -389,7 +408,7 @@ class FaceDetector:
         if self._yunet is None:
             self._yunet = YuNet(self.second_chance.yunet_min_score, self.max_side)
         return second_chance(image, lambda img: self._detect_one(img, source), self._yunet,
-                             self.whole_frame, self.second_chance, source)
+                             self.whole_frame, self.second_chance, source, self.onet_probability)
 
     def _detect(self, batch: np.ndarray):
         """MTCNN's cascade on a (B, H, W, 3) uint8 batch: per image (n, 5) boxes+probability, (n, 5, 2) points."""
