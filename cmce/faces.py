@@ -406,7 +406,8 @@ class FaceDetector:
         from .detection import YuNet, second_chance
 
         if self._yunet is None:
-            self._yunet = YuNet(self.second_chance.yunet_min_score, self.max_side)
+            settings = self.second_chance
+            self._yunet = YuNet(min(settings.yunet_min_score, settings.agree_min_score), self.max_side)
         return second_chance(image, lambda img: self._detect_one(img, source), self._yunet,
                              self.whole_frame, self.second_chance, source, self.onet_probability)
 
