@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .bundle import Bundle
-from .errors import BackboneUnavailableError
 from .detection import SecondChance
+from .errors import BackboneUnavailableError
 from .faces import Face, FaceDetector
 
 logger = logging.getLogger(__name__)

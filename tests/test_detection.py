@@ -79,7 +79,7 @@ def no_face_images() -> dict[str, np.ndarray]:
     try:
         import skimage.data as sd
 
-        for name in ("coffee", "chelsea", "hubble_deep_field", "moon", "rocket"):
+        for name in ("coffee", "chelsea", "colorwheel"):  # each a false face of one detector alone
             img = np.asarray(getattr(sd, name)())
             img = np.repeat(img[..., None], 3, 2) if img.ndim == 2 else img[..., :3]
             s = min(img.shape[:2])
@@ -126,9 +126,14 @@ def test_whole_image_face_needs_onet_evidence_and_gets_dlib_landmarks(photos, en
     probability, points = engine_detector.whole_frame(crop)
     assert probability >= SecondChance().whole_image_min_score
     assert points.shape == (5, 2) and implausible_landmarks(points) is None
-    # the eyes near the detected landmarks of the same crop (dlib on the frame vs MTCNN)
-    found = engine_detector.detect(crop)[0].landmarks_array()
-    assert np.abs(points[:2] - found[:2]).max() < 0.15 * crop.shape[1]
+    # dlib's eyes and nose on the frame where MTCNN put them in the full photo
+    x1, y1, x2, _ = face.box
+    dx, dy = int(0.05 * (round(x2) - round(x1))), int(0.05 * (round(face.box[3]) - round(y1)))
+    origin = np.array([round(x1) + dx, round(y1) + dy])
+    scale = crop.shape[1] / (round(x2) - dx - origin[0])
+    reference = (face.landmarks_array() - origin) * scale
+    assert np.abs(points[:2] - reference[:2]).max() < 0.1 * crop.shape[1]
+    assert np.abs(points[2] - reference[2]).max() < 0.15 * crop.shape[1]  # dlib: base of the nose, MTCNN: its tip
     assert engine_detector.whole_frame(smiley())[0] < 0.5
 
 
@@ -162,23 +167,25 @@ def test_no_face_images_give_no_face(engine_detector) -> None:
 def test_gallery_indexes_crops_records_the_pass_and_keeps_it_on_disk(photos, first_pass, tmp_path) -> None:
     g = Gallery(FaceEngine(load_bundle()))
 
-    def jpeg(img: np.ndarray) -> bytes:
+    def png(img: np.ndarray) -> bytes:  # lossless: the gallery sees the pixels checked here
         buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="JPEG", quality=95)
+        Image.fromarray(img).save(buf, format="PNG")
         return buf.getvalue()
 
     img, face = photos[2]
     crop = inside_crop(img, face)
     assert not first_pass.detect(crop), "the crop must be one the first pass misses"
     tiny = cv2.resize(img, (60, 60), interpolation=cv2.INTER_AREA)  # a face ~26 px wide
+    # alone: in a batch, images of other sizes are detected on one canvas, whose black
+    # margin can make MTCNN's first pass find the crop (see test_batch_of_different_sizes...)
+    assert g.add_images([("crop.jpg", png(crop), "Abel_Pacheco")]).added == 1
     report = g.add_images([
-        ("crop.jpg", jpeg(crop), "Abel_Pacheco"),
-        ("full.jpg", jpeg(img), "Abel_Pacheco"),
-        ("tiny.jpg", jpeg(tiny), "Abel_Pacheco"),
-        ("smiley.png", jpeg(smiley()), None),
-        ("blank.jpg", jpeg(np.full((200, 200, 3), 127, np.uint8)), None),
+        ("full.jpg", png(img), "Abel_Pacheco"),
+        ("tiny.jpg", png(tiny), "Abel_Pacheco"),
+        ("smiley.png", png(smiley()), None),
+        ("blank.jpg", png(np.full((200, 200, 3), 127, np.uint8)), None),
     ])
-    assert report.added == 3
+    assert report.added == 2
     assert sorted(report.skipped) == [("blank.jpg", "no face found"), ("smiley.png", "no face found")]
     by_source = {e.source: e for e in g.entries}
     assert by_source["full.jpg"].face.detection_pass == "first"
@@ -187,7 +194,7 @@ def test_gallery_indexes_crops_records_the_pass_and_keeps_it_on_disk(photos, fir
     assert "found: " in caption and by_source["crop.jpg"].face.detector in caption
     assert "found" not in display.entry_caption("Abel_Pacheco", 0.1, False, face=by_source["full.jpg"].face)
     # the crop matches the full photo of the same person
-    res = g.search_image(jpeg(photos[2][0]), name="q.jpg")
+    res = g.search_image(png(photos[2][0]), name="q.jpg")
     assert res.views["ensemble"].matches[0].label == "Abel_Pacheco"
 
     g.save(tmp_path / "g")
