@@ -340,6 +340,12 @@ def _u(uncertainty: float) -> str:
     return "–" if np.isnan(uncertainty) else f"{uncertainty:.2f}"
 
 
+def _found_by_title(entry) -> str:
+    """`` title='found by mtcnn, first pass, p=0.999'`` for an entry's thumbnail ('' without a face record)."""
+    face = getattr(entry, "face", None)
+    return f" title='found by {html.escape(face.found_by)}'" if face is not None else ""
+
+
 def _data_uri(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
@@ -387,8 +393,8 @@ def result_html(
                     f"{html.escape(qm if k == 'query' else k)} {s:.2f}" for k, s in m.member_scores.items()) + (
                     f" · ◐ lacks {html.escape(', '.join(lacks))}" if lacks else "") + "</div>"
             items.append(
-                f"<li class='cmce-match{cls}'><img src='{_data_uri(gallery.entries[m.position].thumbnail)}' alt='' "
-                f"title='found by {html.escape(gallery.entries[m.position].face.found_by)}'>"
+                f"<li class='cmce-match{cls}'><img src='{_data_uri(gallery.entries[m.position].thumbnail)}' alt=''"
+                f"{_found_by_title(gallery.entries[m.position])}>"
                 f"<div class='cmce-meta'><div class='cmce-label' title='{html.escape(m.source)}'>{rank}. "
                 f"{html.escape(_short(m.label or m.source, 22))}</div>"
                 f"<div>sim <b>{m.score:.2f}</b> · u {_u(m.uncertainty)}</div>{members}</div></li>"
