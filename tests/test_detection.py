@@ -219,3 +219,25 @@ def test_gallery_indexes_crops_records_the_pass_and_keeps_it_on_disk(photos, fir
     (tmp_path / "g" / "manifest.json").write_text(json.dumps(manifest))
     old = read_gallery(tmp_path / "g").records
     assert set(old.detector) == {"mtcnn"} and set(old.detection_pass) == {"first"}
+
+
+def test_whole_image_pass_takes_a_face_shaped_frame_only_with_evidence(photos, engine_detector) -> None:
+    """The last pass alone (the detectors before it passed as finding nothing)."""
+    from cmce.detection import second_chance
+
+    settings = SecondChance()
+
+    def last_pass(img: np.ndarray) -> list[Face]:
+        return second_chance(img, lambda _: [], None, engine_detector.whole_frame, settings, "x.jpg")
+
+    img, face = photos[1]
+    crop = inside_crop(img, face, inset=0.05)
+    faces = last_pass(crop)
+    assert len(faces) == 1
+    f = faces[0]
+    assert (f.detector, f.detection_pass) == ("whole-image", "whole-image")
+    assert f.box == (0.0, 0.0, float(crop.shape[1]), float(crop.shape[0])) and f.probability >= 0.99
+    assert implausible_landmarks(f.landmarks_array()) is None
+    assert last_pass(smiley()) == []  # face-shaped, but O-Net sees no face
+    wide = cv2.resize(crop, (crop.shape[1] * 2, crop.shape[0] // 2))  # not shaped like a face crop
+    assert last_pass(wide) == []
