@@ -68,6 +68,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_safe(value):
+    """``value`` with every NaN float replaced by None (JSON has no NaN; it reads as null)."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
     from .card import render_rejection_tables, render_table
@@ -144,7 +155,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print("\nablations (gallery models only; trained on the bundle's training identities):\n")
         print(render_ablations(result["ablations"]))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(_json_safe(result), indent=2) + "\n")
     if args.plot:
         plot_risk_coverage(result, args.plot)
     if args.record:
@@ -154,13 +165,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             raise CmceError(f"--record writes into a local bundle folder; {folder} is not one")
         key = "evaluation_mixed" if degrade_report is not None else "evaluation"
-        bundle.info[key] = {
+        bundle.info[key] = _json_safe({
             "data": result["data"], "counts": result["counts"], "rows": result["rows"],
             "rejection": result["rejection"], "rejection_by_quality": result["rejection_by_quality"],
             "rejection_gallery_ensemble": result["rejection_gallery_ensemble"],
             "open_set": result["open_set"],
             **({"gallery_degrade": degrade_report} if degrade_report is not None else {}),
-        }
+        })
         if "upgrade" in result:
             upgrades = [u for u in bundle.info.get("upgrades", []) if u["from"] != result["upgrade"]["from"]]
             bundle.info["upgrades"] = upgrades + [{k: v for k, v in result["upgrade"].items() if k != "ensemble_size"}]

@@ -212,14 +212,18 @@ def entry_tile(thumbnail: bytes, rejected: bool, size: int = 128) -> Image.Image
 
 
 def entry_caption(label: str | None, uncertainty: float, rejected: bool, members: int | None = None,
-                  of: int | None = None) -> str:
+                  of: int | None = None, face: Face | None = None) -> str:
     """``"Aaron_Peirsol · u=0.41"`` or ``"rejected · u=0.41"`` (the label kept short).
 
     An entry fused from fewer members than the ensemble has gets a badge,
     ``"… · ◐ 2/3 models"``; ``u=–`` means there was no pair of members to compare.
+    A face found by a second chance (not MTCNN's first pass) says how:
+    ``"… · found: yunet, padded pass, p=0.930"``.
     """
     u = "–" if np.isnan(uncertainty) else f"{uncertainty:.2f}"
     badge = f" · ◐ {members}/{of} models" if members is not None and of is not None and members < of else ""
+    if face is not None and face.detection_pass != "first":
+        badge += f" · found: {face.found_by}"
     return f"{'rejected' if rejected else _short(label, 11)} · u={u}{badge}"
 
 
@@ -243,7 +247,8 @@ def overview_tiles(
     out = []
     for pos in _ordered(gallery, order)[:limit]:
         e = gallery.entries[pos]
-        cap = entry_caption(e.label, float(unc[pos]), bool(rejected[pos]), len(vec.entry_members(pos)), total)
+        cap = entry_caption(e.label, float(unc[pos]), bool(rejected[pos]), len(vec.entry_members(pos)), total,
+                            e.face)
         out.append((entry_tile(e.thumbnail, bool(rejected[pos])), cap))
     return out
 
@@ -365,6 +370,12 @@ def _u(uncertainty: float) -> str:
     return "–" if np.isnan(uncertainty) else f"{uncertainty:.2f}"
 
 
+def _found_by_title(entry) -> str:
+    """`` title='found by mtcnn, first pass, p=0.999'`` for an entry's thumbnail ('' without a face record)."""
+    face = getattr(entry, "face", None)
+    return f" title='found by {html.escape(face.found_by)}'" if face is not None else ""
+
+
 def _data_uri(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
@@ -412,7 +423,8 @@ def result_html(
                     f"{html.escape(qm if k == 'query' else k)} {s:.2f}" for k, s in m.member_scores.items()) + (
                     f" · ◐ lacks {html.escape(', '.join(lacks))}" if lacks else "") + "</div>"
             items.append(
-                f"<li class='cmce-match{cls}'><img src='{_data_uri(gallery.entries[m.position].thumbnail)}' alt=''>"
+                f"<li class='cmce-match{cls}'><img src='{_data_uri(gallery.entries[m.position].thumbnail)}' alt=''"
+                f"{_found_by_title(gallery.entries[m.position])}>"
                 f"<div class='cmce-meta'><div class='cmce-label' title='{html.escape(m.source)}'>{rank}. "
                 f"{html.escape(_short(m.label or m.source, 22))}</div>"
                 f"<div>sim <b>{m.score:.2f}</b> · u {_u(m.uncertainty)}</div>{members}</div></li>"

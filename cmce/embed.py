@@ -35,10 +35,15 @@ __all__ = ["EmbeddedFiles", "EmbeddingCache", "embed_files", "detector_signature
 def detector_signature(detector: FaceDetector) -> str:
     """A string that changes whenever detection settings would change the faces."""
     t = ",".join(f"{v:g}" for v in detector.thresholds)
-    return (
+    sig = (
         f"mtcnn:min{detector.min_face_size}:t{t}:side{detector.max_side}"
         f":p{detector.min_probability:g}:subject-v1"
     )
+    if detector.landmark_check:
+        sig += ":sane-v1"
+    if detector.second_chance is not None:
+        sig += ":" + detector.second_chance.signature()
+    return sig
 
 
 class EmbeddingCache:

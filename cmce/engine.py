@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .bundle import Bundle
+from .detection import SecondChance
 from .errors import BackboneUnavailableError
 from .faces import Face, FaceDetector
 
@@ -30,7 +31,8 @@ class FaceEngine:
 
     Args:
         bundle: the loaded bundle.
-        detector: MTCNN settings (default: ``FaceDetector(max_side=800)``).
+        detector: MTCNN settings (default: ``FaceDetector(max_side=800)`` with the landmark
+            check and the second chance of ``cmce.detection`` on).
         device: torch device for torch backbones.
 
     Raises:
@@ -44,7 +46,8 @@ class FaceEngine:
         configure_torch_threads()  # CMCE_TORCH_THREADS, default 1 (see TORCH_THREADS)
         self.device = device or default_device()
         self.bundle = bundle.to(self.device)  # the transformers run where the backbones do
-        self.detector = detector or FaceDetector(max_side=800, device=self.device)
+        self.detector = detector or FaceDetector(
+            max_side=800, device=self.device, landmark_check=True, second_chance=SecondChance())
         self._backbones = {bundle.query_model: create_backbone(bundle.query_model, self.device)}
         self.unavailable: dict[str, str] = {}
         for m in bundle.models[1:]:

@@ -16,11 +16,15 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from .errors import CmceError
+
+if TYPE_CHECKING:
+    from .detection import SecondChance
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,11 @@ class Face:
             left mouth corner, right mouth corner (left/right as seen in the image).
         image_size: ``(width, height)`` of the image the face was found in.
         source: where the image came from (file path or upload name), if known.
+        detector: which detector found it: ``"mtcnn"``, ``"yunet"`` or ``"whole-image"``
+            (no detector box: the frame itself, see ``cmce.detection``).
+        detection_pass: ``"first"`` (the image as given), or a second-chance pass run
+            because the first found nothing: ``"padded"``, ``"normalised"`` or
+            ``"whole-image"``.
     """
 
     box: tuple[float, float, float, float]
@@ -52,6 +61,13 @@ class Face:
     landmarks: tuple[tuple[float, float], ...]
     image_size: tuple[int, int]
     source: str | None = None
+    detector: str = "mtcnn"
+    detection_pass: str = "first"
+
+    @property
+    def found_by(self) -> str:
+        """How the face was found, for people: ``"mtcnn, first pass, p=0.999"``."""
+        return f"{self.detector}, {self.detection_pass} pass, p={self.probability:.3f}"
 
     @property
     def width(self) -> float:
@@ -76,6 +92,8 @@ class Face:
             "landmarks": [list(p) for p in self.landmarks],
             "image_size": list(self.image_size),
             "source": self.source,
+            "detector": self.detector,
+            "detection_pass": self.detection_pass,
         }
 
     @classmethod
@@ -86,6 +104,8 @@ class Face:
             landmarks=tuple((float(x), float(y)) for x, y in data["landmarks"]),
             image_size=tuple(int(v) for v in data["image_size"]),  # type: ignore[arg-type]
             source=data.get("source"),
+            detector=data.get("detector") or "mtcnn",  # records written before the field: MTCNN's first pass
+            detection_pass=data.get("detection_pass") or "first",
         )
 
 
@@ -202,6 +222,12 @@ class FaceDetector:
         max_side: images are downscaled to at most this many pixels on their longer side
             for detection (speed and memory); landmarks are mapped back.
         min_probability: faces below this detection probability are dropped.
+        landmark_check: drop faces whose 5 landmarks no face can have
+            (``cmce.detection.implausible_landmarks``).
+        second_chance: settings of the second chance given to an image where no face
+            was accepted (``cmce.detection``: padded, contrast-normalised, YuNet,
+            whole-image); None (the default) runs MTCNN's first pass only. The engine
+            that indexes galleries turns both on; the first pass is the same either way.
     """
 
     device: str | None = None
@@ -209,7 +235,11 @@ class FaceDetector:
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     max_side: int = 640
     min_probability: float = 0.9
+    landmark_check: bool = False
+    second_chance: SecondChance | None = None
     _mtcnn: object = field(default=None, init=False, repr=False)
+    _yunet: object = field(default=None, init=False, repr=False)
+    _shape_predictor: object = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def _model(self):
@@ -299,7 +329,87 @@ class FaceDetector:
                 results[i] = self._faces(
                     boxes[:, :4], boxes[:, 4], points, scales[i], images[i].shape, sources[i]
                 ) if len(boxes) else []
+        if self.landmark_check or self.second_chance is not None:
+            from .detection import implausible_landmarks
+
+            for i, faces in enumerate(results):
+                kept = [f for f in faces if implausible_landmarks(f.landmarks_array()) is None]
+                if len(kept) < len(faces):
+                    logger.info("%s: %d faces with impossible landmarks dropped",
+                                sources[i] or "image", len(faces) - len(kept))
+                results[i] = kept
+        if self.second_chance is not None:
+            for i, faces in enumerate(results):
+                if not faces:
+                    with self._lock:
+                        results[i] = self._second_chance(images[i], sources[i])
         return results
+
+    def _detect_one(self, image: np.ndarray, source: str | None) -> list[Face]:
+        """MTCNN's first-pass settings on one image; the caller holds the lock."""
+        h, w = image.shape[:2]
+        s = min(1.0, self.max_side / max(h, w))
+        small = image if s >= 1.0 else cv2.resize(
+            image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        boxes, points = (r[0] for r in self._detect(small[None]))
+        return self._faces(boxes[:, :4], boxes[:, 4], points, s, image.shape, source) if len(boxes) else []
+
+    def onet_probability(self, image: np.ndarray, box: Sequence[float] | None = None) -> float:
+        """MTCNN's last stage (O-Net) on one region: its face probability.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            box: ``(x1, y1, x2, y2)``; squared about its centre (as MTCNN does) and cut
+                with a grey border where it leaves the image. None: the whole frame,
+                resized to 48x48 as it is.
+        """
+        import torch
+
+        if box is not None:
+            x1, y1, x2, y2 = (float(v) for v in box)
+            side = max(x2 - x1, y2 - y1, 2.0)
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            m = np.array([[48 / side, 0, 24 - 48 / side * cx], [0, 48 / side, 24 - 48 / side * cy]])
+            crop = cv2.warpAffine(image, m, (48, 48), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT,
+                                  borderValue=(127, 127, 127))
+        else:
+            crop = cv2.resize(image, (48, 48), interpolation=cv2.INTER_AREA)
+        mtcnn = self._model()
+        x = (torch.from_numpy(crop.astype(np.float32)).permute(2, 0, 1)[None].to(mtcnn.device) - 127.5) * 0.0078125
+        with torch.no_grad():
+            return float(mtcnn.onet(x)[2][0, 1])  # O-Net ends in a softmax: (1, 2) non-face/face
+
+    def whole_frame(self, image: np.ndarray) -> tuple[float, np.ndarray | None]:
+        """MTCNN's last stage (O-Net) on the whole frame, and dlib's landmarks there.
+
+        Returns:
+            O-Net's face probability of the (H, W, 3) uint8 RGB image resized to 48x48,
+            and the (5, 2) landmarks from ``cmce.detection.whole_frame_landmarks``
+            (None when dlib is not installed).
+        """
+        from .detection import whole_frame_landmarks
+
+        probability = self.onet_probability(image)
+        if self._shape_predictor is None:
+            try:
+                import dlib
+            except ImportError:
+                logger.warning("whole-image faces need dlib (pip install dlib-bin); skipped")
+                return probability, None
+            from .backbones import get_spec
+            from .backbones.base import verified_package_file
+
+            self._shape_predictor = dlib.shape_predictor(str(verified_package_file(get_spec("dlib-resnet34"), extra=0)))
+        return probability, whole_frame_landmarks(self._shape_predictor, image)
+
+    def _second_chance(self, image: np.ndarray, source: str | None) -> list[Face]:
+        from .detection import YuNet, second_chance
+
+        if self._yunet is None:
+            settings = self.second_chance
+            self._yunet = YuNet(min(settings.yunet_min_score, settings.agree_min_score), self.max_side)
+        return second_chance(image, lambda img: self._detect_one(img, source), self._yunet,
+                             self.whole_frame, self.second_chance, source, self.onet_probability)
 
     def _detect(self, batch: np.ndarray):
         """MTCNN's cascade on a (B, H, W, 3) uint8 batch: per image (n, 5) boxes+probability, (n, 5, 2) points."""

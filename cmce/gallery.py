@@ -668,6 +668,8 @@ class Gallery:
                 backbones=dict(self._backbones),
                 embeddings={k: v[live] for k, v in self._emb.items()},
                 present={k: v[live] for k, v in self._present.items()},
+                detector=objects([e.face.detector for e in es]),
+                detection_pass=objects([e.face.detection_pass for e in es]),
             )
 
     def derived_data(self) -> tuple[DerivedData, VectorIndex]:

@@ -145,6 +145,10 @@ class GalleryRecords:
         backbones: key -> BackboneRecord, every backbone with embeddings here.
         embeddings: key -> (N, D) float32; rows of entries lacking it are zero.
         present: key -> (N,) bool, which entries hold that backbone's embedding.
+        detector: (N,) str, the detector that found the face (``cmce.faces.Face``);
+            None fills in ``"mtcnn"``, as do shards written before the column existed.
+        detection_pass: (N,) str, the pass that found it (``"first"``, ``"padded"``,
+            ``"normalised"``, ``"whole-image"``); None and older shards: ``"first"``.
     """
 
     entry_id: np.ndarray
@@ -160,11 +164,17 @@ class GalleryRecords:
     backbones: dict[str, BackboneRecord] = field(default_factory=dict)
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     present: dict[str, np.ndarray] = field(default_factory=dict)
+    detector: np.ndarray | None = None
+    detection_pass: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.entry_id)
+        if self.detector is None:  # before detection passes existed every face was MTCNN's first pass
+            self.detector = np.full(n, "mtcnn", dtype=object)
+        if self.detection_pass is None:
+            self.detection_pass = np.full(n, "first", dtype=object)
         for name in ("content_hash", "source", "uri", "label", "box", "landmarks", "probability",
-                     "image_size", "thumbnail"):
+                     "image_size", "thumbnail", "detector", "detection_pass"):
             if len(getattr(self, name)) != n:
                 raise GalleryError(f"gallery records: {name} has {len(getattr(self, name))} rows, entry_id {n}")
         for key, rec in self.backbones.items():
@@ -189,7 +199,7 @@ class GalleryRecords:
             self.entry_id[rows], self.content_hash[rows], self.source[rows], self.uri[rows], self.label[rows],
             self.box[rows], self.landmarks[rows], self.probability[rows], self.image_size[rows], self.thumbnail[rows],
             dict(self.backbones), {k: v[rows] for k, v in self.embeddings.items()},
-            {k: v[rows] for k, v in self.present.items()},
+            {k: v[rows] for k, v in self.present.items()}, self.detector[rows], self.detection_pass[rows],
         )
 
     def face(self, i: int):
@@ -198,7 +208,8 @@ class GalleryRecords:
 
         return Face(tuple(float(v) for v in self.box[i]), float(self.probability[i]),
                     tuple((float(x), float(y)) for x, y in self.landmarks[i]),
-                    (int(self.image_size[i][0]), int(self.image_size[i][1])), self.source[i])
+                    (int(self.image_size[i][0]), int(self.image_size[i][1])), self.source[i],
+                    detector=str(self.detector[i] or "mtcnn"), detection_pass=str(self.detection_pass[i] or "first"))
 
 
 @dataclass(frozen=True)
@@ -336,6 +347,8 @@ def _entry_table(records: GalleryRecords, rows: slice, keys: Sequence[str]):
         "probability": pa.array(np.asarray(records.probability[rows], np.float32)),
         "image_size": fixed(records.image_size[rows], 2, np.int32),
         "thumbnail": pa.array(records.thumbnail[rows].tolist(), pa.binary()),
+        "detector": pa.array(records.detector[rows].tolist(), pa.string()),
+        "detection_pass": pa.array(records.detection_pass[rows].tolist(), pa.string()),
     }
     for key in keys:
         rec = records.backbones[key]
@@ -436,6 +449,7 @@ def _read_shard(folder: Path, info: dict, backbones: dict[str, BackboneRecord], 
             columns = ["entry_id"] + ([] if info.get("kind") == "embeddings" else ["probability"])
             columns += [f"emb:{k}" for k in info.get("backbones", [])]
         table = pq.read_table(path, columns=columns, page_checksum_verification=True, memory_map=True)
+        table.column_names  # a damaged schema fails here (field names that do not decode)
     except Exception as e:  # pyarrow raises its own error types for damaged files
         raise GalleryError(f"{folder}: shard {info['file']} is corrupt or cannot be read ({e})") from e
     if table.num_rows != info.get("rows"):
@@ -458,7 +472,10 @@ def _records_from_tables(tables: list, embs: list[dict], backbones: dict[str, Ba
         out.embeddings = {k: np.zeros((0, b.dim), np.float32) for k, b in backbones.items()}
         out.present = {k: np.zeros(0, bool) for k in backbones}
         return out
-    # shards may hold different backbones: the embeddings come from ``embs``, the rest is concatenated
+    # shards may hold different backbones: the embeddings come from ``embs``, the rest is concatenated;
+    # shards written before the detection columns existed get them filled (MTCNN, first pass)
+    if metadata:
+        tables = [_with_detection_columns(t) for t in tables]
     table = pa.concat_tables([t.select([c for c in t.column_names if not c.startswith("emb:")]) for t in tables])
     n = table.num_rows
 
@@ -483,7 +500,20 @@ def _records_from_tables(tables: list, embs: list[dict], backbones: dict[str, Ba
         strings("entry_id"), strings("content_hash"), strings("source"), strings("uri"), strings("label"),
         box, lm.reshape(n, 5, 2), table.column("probability").to_numpy().astype(np.float32), size,
         strings("thumbnail"), dict(backbones), embeddings, present,
+        strings("detector") if metadata else None, strings("detection_pass") if metadata else None,
     )
+
+
+def _with_detection_columns(table):
+    """``table`` with the ``detector`` and ``detection_pass`` columns, filled where it lacks them.
+
+    Shards written before these columns existed hold MTCNN's first-pass faces only.
+    """
+    pa, _ = _require_pyarrow()
+    for name, default in (("detector", "mtcnn"), ("detection_pass", "first")):
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([default] * table.num_rows, pa.string()))
+    return table
 
 
 # --------------------------------------------------------------------------- read

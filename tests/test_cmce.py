@@ -282,3 +282,12 @@ def test_train_refuses_a_negative_fold_count_before_reading_anything(tmp_path) -
     with pytest.raises(DatasetError, match="cv_folds must be 0"):
         train_bundle(tmp_path / "does-not-matter", tmp_path / "out", cv_folds=-3)
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_prints_an_undefined_error_cut_as_a_dash_and_writes_null() -> None:
+    from cmce.cli import _cut, _json_safe
+
+    cut = M.relative_error_reduction(1.0, 1.0)  # unrejected Recall@1 already 100%: no error to cut
+    assert np.isnan(cut) and _cut(cut) == "\u2014" and _cut(0.25) == "25.0%"
+    text = json.dumps(_json_safe({"rejection": [{"relative_error_cut": cut, "rate": 0.1}]}))
+    assert json.loads(text) == {"rejection": [{"relative_error_cut": None, "rate": 0.1}]}
