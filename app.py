@@ -350,7 +350,9 @@ def load_bundle_ui(repo_id: str, revision: str, state: Session | None, request: 
     progress(0.8, desc="Models loaded")
     card = display.bundle_markdown(bundle_summary(engine.bundle))
     if state is None or state.closed:
-        return (_register(Session.open(engine), request), card, "Bundle loaded.", *_rejection_defaults(engine))
+        session = _register(Session.open(engine), request)
+        session.bundle_loads.charge(1)
+        return session, card, "Bundle loaded.", *_rejection_defaults(engine)
     with state.busy:
         if state.engine is engine:
             return state, keep, "This bundle is already in use.", keep, keep, keep
@@ -400,6 +402,16 @@ def _relative_names(folder: list[str], folder_paths: str | None) -> list[str]:
     return [queue[Path(p).name].pop(0) if queue.get(Path(p).name) else Path(p).name for p in folder]
 
 
+def _link_or_copy(src: str, dst: Path) -> None:
+    """Gradio keeps one cached file per content, shared by every session that uploads the same
+    bytes: take a hard link (or a copy) and leave the cached file to Gradio's clean-up, so that a
+    concurrent session's upload of the same photo stays readable."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 @gpu
 def index_gallery(files: list[str] | None, folder: list[str] | None = None, folder_paths: str | None = None,
                   state: Session | None = None, request: gr.Request = None, progress=gr.Progress()):
@@ -418,16 +430,14 @@ def index_gallery(files: list[str] | None, folder: list[str] | None = None, fold
         session.added_faces.check(1)
         session.indexed_bytes.take(size, format_amount=format_bytes)
     except (CmceError, OSError) as e:
-        for _, p in named:  # refused uploads do not wait in Gradio's cache
-            Path(p).unlink(missing_ok=True)
         raise gr.Error(str(e) if isinstance(e, CmceError) else f"Could not read the uploaded files ({e})") from e
     batch = Path(tempfile.mkdtemp(dir=session.workdir, prefix="upload-"))
     try:
         moved, seen = [], {}
-        for n, (name, path) in enumerate(named):  # uploads live only in the session's folder
+        for n, (name, path) in enumerate(named):  # the session works on its own copy of each upload
             if path not in seen:  # the same upload twice: the gallery reports the duplicate
                 seen[path] = batch / f"{n:05d}{''.join(Path(name).suffixes[-2:]) or '.bin'}"
-                shutil.move(path, seen[path])
+                _link_or_copy(path, seen[path])
             moved.append((name, seen[path]))
         progress(0.0, desc=f"Reading {len(moved)} files")
         upload = collect_uploads(moved, batch / "extracted")
