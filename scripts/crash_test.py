@@ -15,8 +15,9 @@ CRCs), hold exactly the old or the new state (entry ids, and embeddings equal to
 uninterrupted reference run), open with ``Gallery.load`` under the state's bundle, and
 find a gallery photo's own person at rank 1. Anything else is a *mix* or a failure.
 Half the trials kill at a uniform moment of the command's measured run time (most fall
-while it loads its models), the other half at a random moment up to 0.3 s after the
-command first writes into the gallery folder, which is where a torn write could happen.
+while it loads its models), the other half at a random moment up to 0.1 s after the
+command first writes into the gallery folder (0.1 s x U^3: most within a few
+milliseconds), which is where a torn write could happen.
 ``--resume`` trials also re-run the command to completion after the kill.
 
     CMCE_TORCH_THREADS=1 PYTHONPATH=. python scripts/crash_test.py --trials 20 --seed 0
@@ -179,12 +180,12 @@ class CrashTest:
         if mode == "uniform":
             kill_at = start + rng.uniform(0, 1.1 * self.seconds[operation])
         else:
-            delay, kill_at = rng.uniform(0, 0.3), None
+            delay, kill_at = 0.1 * rng.random() ** 3, None  # most within a few ms of the first write
             while proc.poll() is None and kill_at is None:
                 if _listing(gallery) != before:
                     kill_at = time.monotonic() + delay
                 else:
-                    time.sleep(0.005)
+                    time.sleep(0.001)
             kill_at = kill_at or time.monotonic()
         while proc.poll() is None and time.monotonic() < kill_at:
             time.sleep(0.002)
