@@ -18,7 +18,9 @@ Half the trials kill at a uniform moment of the command's measured run time (mos
 while it loads its models), the other half at a random moment up to 0.1 s after the
 command first writes into the gallery folder (0.1 s x U^3: most within a few
 milliseconds), which is where a torn write could happen.
-``--resume`` trials also re-run the command to completion after the kill.
+``--resume`` trials also re-run the command to completion after the kill: it must reach
+the new state and leave no stray temporary file (the next write replaces or removes what
+a killed one left).
 
     CMCE_TORCH_THREADS=1 PYTHONPATH=. python scripts/crash_test.py --trials 20 --seed 0
 
@@ -204,7 +206,10 @@ class CrashTest:
             if outcome != "new":
                 trial.outcome, trial.detail = f"FAIL after resume: {outcome}", detail
             else:
-                trial.detail += " resumed to new"
+                stray = len(_listing(gallery) - _known(gallery))
+                trial.detail += f"; re-run: new, {stray} stray files"
+                if stray:
+                    trial.outcome = f"FAIL re-run left {stray} stray files"
         return trial
 
     def check(self, operation: str) -> tuple[str, str]:

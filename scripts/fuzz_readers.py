@@ -5,7 +5,8 @@ PNG (RGB, palette, 16-bit grey, RGBA), GIF (animated), TIFF (raw, LZW, 16-bit), 
 BMP, and zip (stored, deflated) / tar (plain, gzip) archives of such images in folders.
 Each case is a seed mutated by a few seeded operations (bit flips, interesting bytes and
 integers written over header fields, chunks inserted, deleted, duplicated, truncation,
-splices of two seeds) and read the way an upload is: an image by
+splices of two seeds; half the PNG cases get their chunk CRCs fixed so that they reach
+the decoder) and read the way an upload is: an image by
 :func:`cmce.images.load_image`, an archive by :func:`cmce.archives.extract_images`,
 then every extracted image by ``load_image``.
 
@@ -39,6 +40,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -177,6 +179,21 @@ def _splice(rng, data, seeds):
         data[i:] = other[j:]
 
 
+def fix_png_crcs(data: bytearray) -> None:
+    """Recompute every PNG chunk's CRC in place, so that a mutation reaches the decoder instead
+    of stopping at Pillow's CRC check (stops at the first chunk whose length runs past the end)."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return
+    pos = 8
+    while pos + 12 <= len(data):
+        length = struct.unpack_from(">I", data, pos)[0]
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            return
+        struct.pack_into(">I", data, end, zlib.crc32(data[pos + 4:end]) & 0xFFFFFFFF)
+        pos = end + 4
+
+
 MUTATIONS: tuple[Callable, ...] = (_flip, _flip, _byte, _int32, _int32, _insert, _delete, _duplicate, _truncate,
                                    _splice)
 
@@ -199,6 +216,8 @@ def make_case(number: int, seed: int, seeds: dict[str, tuple[str, str, bytes]]) 
     pool = [s[2] for s in seeds.values()]
     for _ in range(rng.choice((1, 1, 2, 2, 3, 4, 8))):
         rng.choice(MUTATIONS)(rng, data, pool)
+    if name.startswith("png") and rng.random() < 0.5:  # half the PNG cases get past the CRC check
+        fix_png_crcs(data)
     return Case(number, name, kind, suffix, bytes(data))
 
 
