@@ -12,6 +12,8 @@ folder or a Hub id) and ``CMCE_BUNDLE_REVISION`` say otherwise; every bundle shi
 has its own gallery, dropped with its temporary files when the tab closes or after
 ``CMCE_SESSION_TTL`` seconds without activity (default 3600). ``CMCE_DEVICE`` (e.g. ``cuda``)
 picks the torch device; on a ZeroGPU Space the embedding handlers run under ``@spaces.GPU``.
+Caps for a public Space (upload size, per-request bytes, per-session quotas, the bundle
+allow-list ``CMCE_BUNDLES``, queue sizes) come from ``cmce.limits.ServerLimits.from_env``.
 """
 
 from __future__ import annotations
