@@ -733,7 +733,9 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
 INDEX_QUEUE = {"concurrency_id": "index", "concurrency_limit": SERVER.index_concurrency}
 SEARCH_QUEUE = {"concurrency_id": "search", "concurrency_limit": SERVER.search_concurrency}
 BUNDLE_QUEUE = {"concurrency_id": "bundle", "concurrency_limit": 1}
-LAUNCH_KWARGS = {"css": CSS, "head": HEAD, "max_file_size": SERVER.max_file_bytes}
+# state_session_capacity bounds Gradio's per-session copies of the page's configuration (CMCE_MAX_SESSIONS)
+LAUNCH_KWARGS = {"css": CSS, "head": HEAD, "max_file_size": SERVER.max_file_bytes,
+                 "state_session_capacity": SERVER.max_sessions}
 
 
 def _exit_on_sigterm(signum, frame) -> None:

@@ -91,6 +91,10 @@ class ServerLimits:
         search_concurrency: searches run at once, apart from indexing (``CMCE_SEARCH_CONCURRENCY``).
         queue_size: requests waiting at most, all events together; one more is told the
             server is busy (``CMCE_QUEUE_SIZE``).
+        max_sessions: sessions whose state Gradio keeps (``state_session_capacity``), the
+            least recently used dropped first (``CMCE_MAX_SESSIONS``). Gradio keeps a copy of
+            the page's configuration per session, expired only by this capacity, so it
+            bounds the server's memory.
     """
 
     max_request_bytes: int = 200 * _MIB
@@ -102,6 +106,7 @@ class ServerLimits:
     index_concurrency: int = 1
     search_concurrency: int = 2
     queue_size: int = 64
+    max_sessions: int = 200
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -147,6 +152,7 @@ class ServerLimits:
             index_concurrency=value("CMCE_INDEX_CONCURRENCY", base.index_concurrency),
             search_concurrency=value("CMCE_SEARCH_CONCURRENCY", base.search_concurrency),
             queue_size=value("CMCE_QUEUE_SIZE", base.queue_size),
+            max_sessions=value("CMCE_MAX_SESSIONS", base.max_sessions),
         )
 
     def describe(self) -> list[tuple[str, str]]:
@@ -161,6 +167,7 @@ class ServerLimits:
             ("indexing requests at once", str(self.index_concurrency)),
             ("searches at once", str(self.search_concurrency)),
             ("requests waiting in the queue", str(self.queue_size)),
+            ("sessions kept (least recently used dropped)", str(self.max_sessions)),
         ]
 
 

@@ -43,7 +43,8 @@ def test_server_limits_from_env():
     assert (limits.max_bundle_bytes, limits.search_concurrency, limits.queue_size) == (5 * MIB, 3, 9)
     default = ServerLimits.from_env({})
     assert default.max_file_bytes == min(default.max_request_bytes, 500 * MIB)
-    assert len(default.describe()) == 9
+    assert len(default.describe()) == 10 and default.max_sessions == 200
+    assert ServerLimits.from_env({"CMCE_MAX_SESSIONS": "7"}).max_sessions == 7
     for bad in ("0", "-3", "x", "1.5"):
         with pytest.raises(LimitError, match="CMCE_QUEUE_SIZE"):
             ServerLimits.from_env({"CMCE_QUEUE_SIZE": bad})
