@@ -12,6 +12,8 @@ folder or a Hub id) and ``CMCE_BUNDLE_REVISION`` say otherwise; every bundle shi
 has its own gallery, dropped with its temporary files when the tab closes or after
 ``CMCE_SESSION_TTL`` seconds without activity (default 3600). ``CMCE_DEVICE`` (e.g. ``cuda``)
 picks the torch device; on a ZeroGPU Space the embedding handlers run under ``@spaces.GPU``.
+Caps for a public Space (upload size, per-request bytes, per-session quotas, the bundle
+allow-list ``CMCE_BUNDLES``, queue sizes) come from ``cmce.limits.ServerLimits.from_env``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from collections import OrderedDict
@@ -33,11 +36,13 @@ import gradio as gr
 from cmce import display, story
 from cmce.bundle import bundle_summary, default_bundle_path, load_bundle
 from cmce.ensemble import QUALITY_SCORES
-from cmce.errors import CmceError
+from cmce.errors import CmceError, LimitError
 from cmce.gallery import FaceEngine, Gallery, GalleryLimits, bundle_keys
-from cmce.images import load_image
+from cmce.images import format_bytes, load_image
+from cmce.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes
 from cmce.report import RiskCoverage, gallery_risk_coverage
 from cmce.uploads import collect_uploads, query_label
+from cmce.workdirs import TempFolders
 
 try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated handler runs
     import spaces
@@ -61,6 +66,10 @@ EXAMPLE_GALLERIES = {g.name: g.folder for g in EXAMPLE_SET.galleries}
 EXAMPLE_QUERIES = [(q.path, q.caption) for q in EXAMPLE_SET.queries]
 SESSION_TTL_S = float(os.environ.get("CMCE_SESSION_TTL", 3600))
 LIMITS = GalleryLimits.from_env()  # CMCE_MAX_FILES, CMCE_MAX_ENTRIES, ... (see cmce.gallery)
+SERVER = ServerLimits.from_env(image=LIMITS.image)  # CMCE_MAX_REQUEST_MB, CMCE_QUOTA_*, ... (see cmce.limits)
+ALLOWED = BundleAllowList.from_env()  # CMCE_BUNDLES, CMCE_ALLOW_LOCAL_BUNDLES
+TEMP = TempFolders()  # session and example folders: removed at exit, swept at the next start if killed
+HUB_LOADS = SlidingQuota(SERVER.bundle_loads_per_hour, what="bundle loads from outside assets/ (whole server)")
 REJECT_BY = ("calibrated", "threshold", "rate")  # calibrated: the session bundle's own threshold for the score
 BUNDLE_SCORE = "bundle"  # the rejection-score choice that follows the session's bundle
 
@@ -169,6 +178,11 @@ class Engines:
             return str(folder.resolve()), None
         return str(path_or_id if path_or_id is not None else folder), revision
 
+    def cached(self, path_or_id: str | None, revision: str | None = None) -> bool:
+        """Whether that bundle is loaded already (using it downloads nothing)."""
+        with self._lock:
+            return self._key(path_or_id, revision) in self._engines
+
     def load(self, path_or_id: str | None, revision: str | None = None) -> FaceEngine:
         """The engine of a bundle (folder or Hub id; None = default), loading it if needed.
 
@@ -180,7 +194,7 @@ class Engines:
             if key in self._engines:
                 self._engines.move_to_end(key)
                 return self._engines[key]
-            bundle = load_bundle(path_or_id, revision=revision)
+            bundle = load_bundle(path_or_id, revision=revision, max_bytes=SERVER.max_bundle_bytes)
             engine = FaceEngine(bundle, device=os.environ.get("CMCE_DEVICE") or None)
             self._engines[key] = engine
             while len(self._engines) > self.keep + 1:
@@ -213,10 +227,17 @@ class Session:
     # held while the gallery grows or is replaced (indexing, example, clearing, bundle switch): a switch
     # during indexing waits for it, so the re-projected gallery holds every photo
     busy: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # per-session quotas (cmce.limits): bytes indexed and faces added per hour, bundle switches per hour
+    indexed_bytes: SlidingQuota = field(default_factory=lambda: SlidingQuota(
+        SERVER.quota_bytes_per_hour, what="bytes indexed"), repr=False)
+    added_faces: SlidingQuota = field(default_factory=lambda: SlidingQuota(
+        SERVER.quota_entries_per_hour, what="faces added"), repr=False)
+    bundle_loads: SlidingQuota = field(default_factory=lambda: SlidingQuota(
+        SERVER.bundle_loads_per_hour, what="bundle loads"), repr=False)
 
     @classmethod
     def open(cls, engine: FaceEngine) -> "Session":
-        return cls(engine, Gallery(engine, LIMITS), Path(tempfile.mkdtemp(prefix="cmce-session-")))
+        return cls(engine, Gallery(engine, LIMITS), TEMP.mkdtemp("session"))
 
     def close(self) -> None:
         """Drop the gallery (embeddings, thumbnails) and delete the temporary folder."""
@@ -338,20 +359,29 @@ def load_bundle_ui(repo_id: str, revision: str, state: Session | None, request: 
     shipped = SHIPPED.get(target or "")
     if shipped is not None:  # shipped bundles are always allowed
         target, rev = str(shipped.path), None
-    elif target and Path(target).expanduser().exists() and not os.environ.get("CMCE_ALLOW_LOCAL_BUNDLES"):
-        raise gr.Error("Type a Hub id of the form org/name (local folders need CMCE_ALLOW_LOCAL_BUNDLES=1).")
+    elif target and Path(target).expanduser().exists() and not ALLOWED.allows_folder(target):
+        raise gr.Error("Type a Hub id of the form org/name (local folders need CMCE_ALLOW_LOCAL_BUNDLES=1 "
+                       "or their path in CMCE_BUNDLES).")
     keep = gr.update()
     unchanged = (keep,) * 4  # reject_by, rate, threshold, score unchanged
     progress(0.1, desc=f"Loading {(repo_id or '').strip() or 'the default bundle'} (Hub download if needed)")
     try:
+        if target and shipped is None and (refused := ALLOWED.refusal(target)):
+            raise LimitError(refused)
+        if state is not None and not state.closed:
+            state.bundle_loads.check(1)  # per session: CMCE_BUNDLE_LOADS_PER_HOUR (charged on a switch)
+        if target and shipped is None and not ENGINES.cached(target, rev):
+            HUB_LOADS.take(1)  # whole server: bundles from outside assets/ fetched per hour
         engine = ENGINES.load(target, rev) if target or rev else (ENGINES.default or ENGINES.load(None))
-    except CmceError as e:  # unreachable Hub, missing repo, broken bundle: keep the current one
+    except CmceError as e:  # refused, unreachable Hub, missing repo, broken bundle: keep the current one
         gr.Warning(f"{e}. The current bundle stays in use.", duration=None)
         return state, keep, f"**Not loaded:** {e}. The current bundle stays in use.", *unchanged
     progress(0.8, desc="Models loaded")
     card = display.bundle_markdown(bundle_summary(engine.bundle))
     if state is None or state.closed:
-        return (_register(Session.open(engine), request), card, "Bundle loaded.", *_rejection_defaults(engine))
+        session = _register(Session.open(engine), request)
+        session.bundle_loads.charge(1)
+        return session, card, "Bundle loaded.", *_rejection_defaults(engine)
     with state.busy:
         if state.engine is engine:
             return state, keep, "This bundle is already in use.", *unchanged
@@ -368,6 +398,7 @@ def load_bundle_ui(repo_id: str, revision: str, state: Session | None, request: 
         else:
             gallery, note = Gallery(engine, LIMITS), "Bundle loaded; the gallery is empty."
         state.engine, state.gallery, state.risk_cache = engine, gallery, None
+        state.bundle_loads.charge(1)
     logger.info("session switched to bundle %s: %s", engine.bundle.source, note)
     return state, card, note, *_rejection_defaults(engine)
 
@@ -400,6 +431,16 @@ def _relative_names(folder: list[str], folder_paths: str | None) -> list[str]:
     return [queue[Path(p).name].pop(0) if queue.get(Path(p).name) else Path(p).name for p in folder]
 
 
+def _link_or_copy(src: str, dst: Path) -> None:
+    """Gradio keeps one cached file per content, shared by every session that uploads the same
+    bytes: take a hard link (or a copy) and leave the cached file to Gradio's clean-up, so that a
+    concurrent session's upload of the same photo stays readable."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 @gpu
 def index_gallery(files: list[str] | None, folder: list[str] | None = None, folder_paths: str | None = None,
                   state: Session | None = None, request: gr.Request = None, progress=gr.Progress()):
@@ -413,18 +454,25 @@ def index_gallery(files: list[str] | None, folder: list[str] | None = None, fold
         gr.Warning("Choose some images, a zip/tar archive or a folder first.")
         return session, "Nothing uploaded yet.", {}
     named = [(Path(p).name, p) for p in files] + list(zip(_relative_names(folder, folder_paths), folder))
+    try:  # request cap and per-session quotas, before any file is read (cmce.limits)
+        size = check_request_bytes((os.path.getsize(p) for p in {p for _, p in named}), SERVER.max_request_bytes)
+        session.added_faces.check(1)
+        session.indexed_bytes.take(size, format_amount=format_bytes)
+    except (CmceError, OSError) as e:
+        raise gr.Error(str(e) if isinstance(e, CmceError) else f"Could not read the uploaded files ({e})") from e
     batch = Path(tempfile.mkdtemp(dir=session.workdir, prefix="upload-"))
     try:
         moved, seen = [], {}
-        for n, (name, path) in enumerate(named):  # uploads live only in the session's folder
+        for n, (name, path) in enumerate(named):  # the session works on its own copy of each upload
             if path not in seen:  # the same upload twice: the gallery reports the duplicate
                 seen[path] = batch / f"{n:05d}{''.join(Path(name).suffixes[-2:]) or '.bin'}"
-                shutil.move(path, seen[path])
+                _link_or_copy(path, seen[path])
             moved.append((name, seen[path]))
         progress(0.0, desc=f"Reading {len(moved)} files")
         upload = collect_uploads(moved, batch / "extracted")
         with session.busy:
             report = session.gallery.add_images(upload.items, progress=lambda f, m: progress(f, desc=m))
+        session.added_faces.charge(report.added)
     except CmceError as e:
         raise gr.Error(str(e)) from e
     except OSError as e:
@@ -476,7 +524,7 @@ class _ExampleCache:
     def __init__(self):
         self._done: dict[tuple[tuple[str, ...], str], tuple[Path, Any, Any]] = {}
         self._lock = threading.Lock()
-        self._root = Path(tempfile.mkdtemp(prefix="cmce-examples-"))
+        self._root = TEMP.mkdtemp("examples")
 
     def get(self, engine: FaceEngine, folder: Path, progress):
         key = (tuple(sorted(bundle_keys(engine.bundle).values())), str(folder))
@@ -720,28 +768,29 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
             the overview and plots."""
             synced = event.then(picked_bundle, [state], [picker], api_visibility="private")
             return after_gallery_change(synced.then(search, search_inputs, search_outputs, api_name=search_name,
-                                                    api_visibility="private"))
+                                                    api_visibility="private", **SEARCH_QUEUE))
 
         bundle_outputs = [state, bundle_md, bundle_note, *rejection]
         indexed = index_btn.click(index_gallery, [files, folder, folder_paths, state], upload_outputs,
-                                  js=FOLDER_PATHS_JS, api_name="index_gallery")
+                                  js=FOLDER_PATHS_JS, api_name="index_gallery", **INDEX_QUEUE)
         after_gallery_change(indexed.then(lambda: (None, None, ""), None, [files, folder, folder_paths],
                                           api_visibility="private"))
         after_gallery_change(gallery_examples.load_input_event.then(
-            load_example_gallery, [example_name, state], upload_outputs, api_name="load_example_gallery"))
+            load_example_gallery, [example_name, state], upload_outputs, api_name="load_example_gallery",
+            **INDEX_QUEUE))
         for examples in bundle_examples:  # bundle, gallery and query photo, then a search (the photo may be unchanged)
             after_gallery_change(examples.load_input_event.then(
                 open_bundle_example, [example_bundle, example_gallery, example_query, state],
-                [*bundle_outputs, report_md, report_json, query], api_visibility="private")
+                [*bundle_outputs, report_md, report_json, query], api_visibility="private", **INDEX_QUEUE)
                 .then(picked_bundle, [state], [picker], api_visibility="private")
                 .then(search, search_inputs, search_outputs, api_name="search_after_example",
-                      api_visibility="private"))
+                      api_visibility="private", **SEARCH_QUEUE))
         after_gallery_change(clear_btn.click(clear_gallery, [state], [state, report_md, report_json],
                                              api_visibility="private"))
         after_bundle_switch(load_btn.click(load_bundle_ui, [hub_id, hub_rev, state], bundle_outputs,
-                                           api_name="load_bundle"), "search_after_load_bundle")
-        after_bundle_switch(picker.select(pick_bundle, [picker, state], bundle_outputs, api_visibility="private"),
-                            "search_after_pick_bundle")
+                                           api_name="load_bundle", **BUNDLE_QUEUE), "search_after_load_bundle")
+        after_bundle_switch(picker.select(pick_bundle, [picker, state], bundle_outputs, api_visibility="private",
+                                          **BUNDLE_QUEUE), "search_after_pick_bundle")
         score.input(pick_score, [score, state], [threshold], api_visibility="private")
         threshold.input(typed_threshold, None, [reject_by], api_visibility="private")
         gr.on([order.change, reject_by.change, rate.change, threshold.change, score.change], refresh_overview,
@@ -749,24 +798,41 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
               api_visibility="private").then(
             refresh_plots, [state, *rejection], [rc_plot, hist_plot, plots_note], trigger_mode="always_last",
             api_visibility="private")
-        search_btn.click(search, search_inputs, search_outputs, api_name="search")
+        search_btn.click(search, search_inputs, search_outputs, api_name="search", **SEARCH_QUEUE)
         query.change(prepare_query, [query], [face, identity], api_visibility="private").then(
-            search, search_inputs, search_outputs, api_name="search_new_photo", api_visibility="private")
-        face.input(search, search_inputs, search_outputs, api_name="search_other_face", api_visibility="private")
+            search, search_inputs, search_outputs, api_name="search_new_photo", api_visibility="private",
+            **SEARCH_QUEUE)
+        face.input(search, search_inputs, search_outputs, api_name="search_other_face", api_visibility="private",
+                   **SEARCH_QUEUE)
         demo.unload(_unload)
     return demo
 
 
-LAUNCH_KWARGS = {"css": CSS, "head": HEAD}
+# Fair queueing: indexing, searching and bundle loads wait in separate queues with their own
+# concurrency, so a long indexing job never holds a search slot; past CMCE_QUEUE_SIZE waiting
+# requests a caller is told the app is busy ("try again") at once.
+INDEX_QUEUE = {"concurrency_id": "index", "concurrency_limit": SERVER.index_concurrency}
+SEARCH_QUEUE = {"concurrency_id": "search", "concurrency_limit": SERVER.search_concurrency}
+BUNDLE_QUEUE = {"concurrency_id": "bundle", "concurrency_limit": 1}
+# state_session_capacity bounds Gradio's per-session copies of the page's configuration (CMCE_MAX_SESSIONS)
+LAUNCH_KWARGS = {"css": CSS, "head": HEAD, "max_file_size": SERVER.max_file_bytes,
+                 "state_session_capacity": SERVER.max_sessions}
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM (a Space restarting, ``kill``) exits like Ctrl-C, so the temporary folders are removed."""
+    raise SystemExit(0)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    logger.info("limits: %s", "; ".join(f"{what}: {value}" for what, value in SERVER.describe()))
     engine = ENGINES.load_default()
     if engine is not None and not ZERO_GPU:  # index the example galleries while the page loads
         threading.Thread(target=_EXAMPLE_CACHE.preload, args=(engine,), daemon=True).start()
     demo = create_demo(engine)
-    demo.queue(default_concurrency_limit=2).launch(
+    demo.queue(default_concurrency_limit=2, max_size=SERVER.queue_size).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", 7860))),
         **LAUNCH_KWARGS,

@@ -47,8 +47,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "FORMAT_VERSION",
     "Bundle",
+    "BUNDLE_FILES",
     "Calibration",
     "GalleryVectors",
+    "check_bundle_files",
     "default_bundle_path",
     "load_bundle",
     "push_to_hub",
@@ -60,6 +62,11 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 BASELINES_NAME = "baselines.safetensors"
 CARD_NAME = "README.md"
+BUNDLE_FILES = (CONFIG_NAME, WEIGHTS_NAME, BASELINES_NAME, CARD_NAME)
+"""The only files of a bundle that are ever downloaded or read: JSON, safetensors and the card.
+Anything else in a folder or repo (pickles, ``.py`` files, ``.bin`` weights) is ignored: loading
+a bundle never runs code from it."""
+DEFAULT_MAX_BUNDLE_BYTES = 64 * 2**20
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}/[\w.\-]{1,96}$")
 
 
@@ -412,11 +419,48 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> Path:
     return dest
 
 
+def check_bundle_files(sizes: Mapping[str, int | None], max_bytes: int, source: str = "bundle") -> int:
+    """Check a bundle's file list and sizes, before any of its files is downloaded or read.
+
+    Only :data:`BUNDLE_FILES` count: any other file (a pickle, a ``.py`` file, ``.bin``
+    weights) is never downloaded nor read, so it is ignored here too.
+
+    Args:
+        sizes: file name -> size in bytes (None: unknown), as a repo's metadata lists them.
+        max_bytes: most bytes the bundle's files may hold together.
+        source: how the bundle is named in messages.
+
+    Returns:
+        The bytes that loading will download or read.
+
+    Raises:
+        BundleError: config.json or model.safetensors is not listed, a size is unknown,
+            or the total is over ``max_bytes``.
+
+    >>> check_bundle_files({"config.json": 2_000, "model.safetensors": 3_000_000, "evil.pkl": 10**9}, 64 * 2**20)
+    3002000
+    """
+    used = {name: sizes[name] for name in BUNDLE_FILES if name in sizes}
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if name not in used]
+    if missing:
+        raise BundleError(f"{source}: {', '.join(missing)} missing (a bundle needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    unknown = [name for name, size in used.items() if size is None or size < 0]
+    if unknown:
+        raise BundleError(f"{source}: the size of {', '.join(unknown)} is not listed; refusing to download it")
+    total = sum(int(size) for size in used.values())
+    if total > max_bytes:
+        listed = ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in used.items())
+        raise BundleError(f"{source}: its files hold {total / 2**20:.1f} MiB ({listed}), over the "
+                          f"{max_bytes / 2**20:.0f} MiB allowed for a bundle (CMCE_MAX_BUNDLE_MB)")
+    return total
+
+
 def load_bundle(
     path_or_id: str | os.PathLike | None = None,
     *,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    max_bytes: int | None = DEFAULT_MAX_BUNDLE_BYTES,
 ) -> Bundle:
     """Load a bundle from a local folder or a Hugging Face Hub model repo.
 
@@ -424,22 +468,28 @@ def load_bundle(
         path_or_id: a folder, or ``"org/name"`` on the Hub; default the bundle in assets/.
         revision: Hub branch, tag or commit (pin a commit for reproducibility).
         cache_dir: Hugging Face cache folder (default: huggingface_hub's).
+        max_bytes: most bytes of the bundle's files (:data:`BUNDLE_FILES`), checked from the
+            Hub repo's metadata before anything is downloaded, and from the folder's file
+            sizes before anything is read; None: no cap. Only JSON and safetensors files
+            are read: loading never runs code from the bundle.
 
     Raises:
         BundleError: the folder/repo is missing a file, a file is corrupt, a checksum
-            differs, a backbone is unknown, or the config does not fit this version.
+            differs, a backbone is unknown, the config does not fit this version, or
+            the files are over ``max_bytes``.
         HubError: the Hub cannot be reached and the repo is not in the local cache.
     """
     target = default_bundle_path() if path_or_id is None else path_or_id
     folder = Path(target).expanduser()
     if folder.is_dir():
-        return _load_folder(folder, str(folder))
+        return _load_folder(folder, str(folder), max_bytes)
     name = str(target)
     if folder.exists() or not _REPO_ID.match(name) or name.startswith((".", "/", "~")):
         raise BundleError(
             f"{name}: not a bundle folder, and not a Hub id of the form 'org/name'"
         )
-    return _load_folder(_download(name, revision, cache_dir), f"hf://{name}@{revision or 'main'}")
+    source = f"hf://{name}@{revision or 'main'}"
+    return _load_folder(_download(name, revision, cache_dir, max_bytes), source, max_bytes)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -453,8 +503,17 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _download(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None = None) -> Path:
-    from huggingface_hub import constants, snapshot_download
+def _download(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None = None,
+              max_bytes: int | None = None) -> Path:
+    """Download a bundle's files (:data:`BUNDLE_FILES` only) into the Hugging Face cache.
+
+    Online, the repo's metadata (file sizes and the commit ``revision`` points at) is read
+    first: a bundle over ``max_bytes`` is refused before any file is downloaded, and the
+    files are then fetched at that very commit. Offline (``HF_HUB_OFFLINE``, or the Hub
+    unreachable) only the local cache is read, which fails at once when the bundle is
+    not in it.
+    """
+    from huggingface_hub import HfApi, constants, snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError,
         LocalEntryNotFoundError,
@@ -462,27 +521,32 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | os.PathLike |
         RevisionNotFoundError,
     )
 
-    patterns = [CONFIG_NAME, WEIGHTS_NAME, BASELINES_NAME, CARD_NAME]
     offline = constants.HF_HUB_OFFLINE or not _hub_reachable()
+    where = f"{repo_id}@{revision or 'main'}"
     try:
+        if not offline:
+            info = HfApi(library_name="cmce").model_info(repo_id, revision=revision, files_metadata=True, timeout=10)
+            sizes = {s.rfilename: s.size for s in info.siblings or ()}
+            if max_bytes is not None:
+                check_bundle_files(sizes, max_bytes, f"hf://{where}")
+            revision = info.sha or revision
         return Path(
             snapshot_download(
-                repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline,
+                repo_id, revision=revision, allow_patterns=list(BUNDLE_FILES), local_files_only=offline,
                 etag_timeout=5, library_name="cmce", cache_dir=cache_dir,
             )
         )
     except LocalEntryNotFoundError as e:
         why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face Hub is unreachable"
-        raise HubError(
-            f"{repo_id}@{revision or 'main'}: {why} and the bundle is not in the local cache"
-        ) from e
+        raise HubError(f"{where}: {why} and the bundle is not in the local cache") from e
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        raise HubError(f"{repo_id}@{revision or 'main'}: no such repo or revision on the Hub") from e
+        raise HubError(f"{where}: no such repo or revision on the Hub") from e
     except (HfHubHTTPError, OSError) as e:
         raise HubError(f"{repo_id}: download failed: {e}") from e
 
 
-def _load_folder(folder: Path, source: str) -> Bundle:
+def _load_folder(folder: Path, source: str, max_bytes: int | None = None) -> Bundle:
+    """Read a bundle folder: config.json, then the safetensors files it names (nothing else)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -490,6 +554,9 @@ def _load_folder(folder: Path, source: str) -> Bundle:
     for p in (cfg_path, w_path):
         if not p.is_file():
             raise BundleError(f"{source}: {p.name} is missing (a bundle needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    if max_bytes is not None:
+        check_bundle_files({n: (folder / n).stat().st_size for n in BUNDLE_FILES if (folder / n).is_file()},
+                           max_bytes, source)
     try:
         cfg = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -14,6 +14,14 @@ Loopback only (127.0.0.0/8, localhost, ::1), bounded in clients, images and time
 Prints requests, errors, isolation violations, latency percentiles per endpoint and,
 with ``--pid``, the server's resident memory before and after. Exits 1 on any error or
 isolation violation, 2 on bad arguments.
+
+``--soak SECONDS`` runs a soak instead: every client loops until the time is up, each
+cycle a new session (a new ``Client``) that indexes a small gallery of its own people,
+searches it, switches the bundle (every other cycle) and searches again, then closes
+the session. With ``--pid`` and ``--watch DIR`` (the app's temporary folders) the server's
+memory and the disk use of those folders are sampled over time::
+
+    python scripts/load_test.py --soak 600 --clients 32 --pid PID --watch /tmp --watch GRADIO_TEMP_DIR
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ MAX_IMAGES_PER_CLIENT = 40
 MAX_SEARCHES_PER_CLIENT = 50
 MAX_SECONDS = 1800
 ENDPOINTS = ("/index_gallery", "/search")
+SOAK_ENDPOINTS = ("/index_gallery", "/search", "/load_bundle", "close")
+SWITCH_TO = ("facenet-query", "sface-query")
 
 
 class LoadTestError(ValueError):
@@ -279,6 +289,181 @@ def format_report(report: LoadReport) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- soak
+
+
+def disk_bytes(folders: Sequence[Path]) -> int:
+    """Bytes of the files below ``folders`` (files that vanish while counted are skipped)."""
+    total = 0
+    for folder in folders:
+        for root, _, files in os.walk(folder):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_size
+                except OSError:
+                    continue
+    return total
+
+
+@dataclass
+class SoakReport:
+    """A soak: per-client outcomes, and (seconds, RSS KiB, temp-disk bytes) samples over time."""
+
+    outcomes: tuple[ClientOutcome, ...]
+    seconds: float
+    cycles: int
+    samples: list[tuple[float, int | None, int | None]]
+    warmup_s: float
+
+    @property
+    def requests(self) -> int:
+        return sum(o.requests for o in self.outcomes)
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for o in self.outcomes for e in o.errors]
+
+    @property
+    def violations(self) -> list[str]:
+        return [v for o in self.outcomes for v in o.violations]
+
+    def latencies(self, endpoint: str) -> list[float]:
+        return sorted(t for o in self.outcomes for t in o.latencies.get(endpoint, []))
+
+    def growth(self, column: int) -> tuple[float | None, float | None, float | None]:
+        """(value at the end of warm-up, largest value after it, relative growth) of RSS (1) or disk (2)."""
+        after = [s[column] for s in self.samples if s[0] >= self.warmup_s and s[column] is not None]
+        if not after:
+            return None, None, None
+        base = after[0]
+        return base, max(after), (max(after) - base) / base if base else None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.violations
+
+
+def _soak_client(number: int, url: str, people: Sequence[Person], deadline: float, k: int,
+                 outcome: ClientOutcome, cycles: list[int]) -> None:
+    """Cycles of: new session, index 2 of this client's people, search, (switch bundle, search), close."""
+    from gradio_client import Client, handle_file
+
+    cycle = 0
+    while time.monotonic() < deadline - 5:
+        client = None
+        try:
+            client = Client(url, verbose=False)
+            pair = [people[(2 * cycle + i) % len(people)] for i in range(2)]
+            files = [handle_file(str(f)) for p in pair for f in p.gallery]
+            _, report = _timed(client, outcome, "/index_gallery", deadline, files=files)
+            if report.get("added", 0) < len(files) or set(report.get("labels", {})) != {p.name for p in pair}:
+                outcome.errors.append(f"client {number} cycle {cycle}: index report {report}")
+            steps = [None, SWITCH_TO[(cycle // 2) % 2]] if cycle % 2 else [None]
+            for step, switch in enumerate(steps):
+                if switch is not None:
+                    _, note, *_ = _timed(client, outcome, "/load_bundle", deadline, repo_id=switch, revision="")
+                    if "Not loaded" in note or "Not switched" in note:
+                        outcome.errors.append(f"client {number} cycle {cycle}: switch to {switch}: {note}")
+                person = pair[step % 2]
+                query = person.queries[cycle % len(person.queries)]
+                _, _, _, result = _timed(client, outcome, "/search", deadline, image=handle_file(str(query)), k=k)
+                if "error" in result:
+                    outcome.errors.append(f"client {number} cycle {cycle}: search {query.name}: {result['error']}")
+                    continue
+                matches = result["views"]["ensemble"]["matches"]
+                outcome.results += 1
+                mine_labels = {p.name for p in pair}
+                mine_sources = {f.name for p in pair for f in p.gallery}
+                foreign = sorted({m["source"] for m in matches} - mine_sources
+                                 | {m["label"] for m in matches if m["label"] is not None} - mine_labels)
+                if foreign:
+                    outcome.violations.append(f"client {number} cycle {cycle}: {query.name} matched {foreign}")
+                outcome.correct += bool(matches) and matches[0]["label"] == person.name
+        except Exception as e:  # noqa: BLE001 - counted, the loop goes on with a new session
+            if time.monotonic() < deadline:
+                outcome.errors.append(f"client {number} cycle {cycle}: {type(e).__name__}: {e}")
+        finally:
+            if client is not None:
+                start = time.monotonic()
+                client.close()  # ends the heartbeat: the app drops the session and its folder
+                outcome.latencies.setdefault("close", []).append(time.monotonic() - start)
+        cycle += 1
+    cycles[number] = cycle
+
+
+def run_soak(url: str, lfw_dir: Path, clients: int = 32, seconds: float = 600, k: int = 5,
+             pid: int | None = None, watch: Sequence[Path] = (), sample_s: float = 10.0,
+             warmup: float = 0.25, people_per_client: int = 4) -> SoakReport:
+    """``clients`` threads cycling sessions for ``seconds``; memory and disk sampled every ``sample_s``.
+
+    Raises:
+        LoadTestError: non-loopback URL, sizes out of bounds, too few LFW people.
+    """
+    check_loopback(url)
+    if not 1 <= clients <= MAX_CLIENTS:
+        raise LoadTestError(f"--clients must be in 1..{MAX_CLIENTS}, got {clients}")
+    if not 10 <= seconds <= MAX_SECONDS:
+        raise LoadTestError(f"--soak must be in [10, {MAX_SECONDS}] seconds, got {seconds}")
+    groups = assign_people(lfw_dir, clients, people_per_client)
+    outcomes = [ClientOutcome(i, frozenset(p.name for p in g), frozenset(f.name for p in g for f in p.gallery))
+                for i, g in enumerate(groups)]
+    for o in outcomes:
+        o.latencies = {e: [] for e in SOAK_ENDPOINTS}
+    cycles = [0] * clients
+    samples: list[tuple[float, int | None, int | None]] = []
+    start = time.monotonic()
+    deadline = start + seconds
+    stop = threading.Event()
+
+    def sample() -> None:
+        while True:
+            samples.append((time.monotonic() - start, read_rss_kib(pid) if pid else None,
+                            disk_bytes(watch) if watch else None))
+            if stop.wait(sample_s):
+                return
+
+    sampler = threading.Thread(target=sample, name="soak-sampler", daemon=True)
+    sampler.start()
+    threads = [threading.Thread(target=_soak_client, name=f"soak-client-{i}", daemon=True,
+                                args=(i, url, g, deadline, k, outcomes[i], cycles))
+               for i, g in enumerate(groups)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, deadline + 60 - time.monotonic()))
+    for o, t in zip(outcomes, threads):
+        if t.is_alive():
+            o.errors.append(f"client {o.client}: still busy 60 s after the end")
+    stop.set()
+    sampler.join(30)
+    return SoakReport(tuple(outcomes), time.monotonic() - start, sum(cycles), samples, warmup * seconds)
+
+
+def format_soak(report: SoakReport) -> str:
+    lines = [
+        f"soak: {len(report.outcomes)} clients, {report.seconds:.0f} s, {report.cycles} sessions opened and closed",
+        f"requests: {report.requests}  errors: {len(report.errors)}  isolation violations: {len(report.violations)}",
+        (f"searches with a result: {sum(o.results for o in report.outcomes)}  "
+         f"top-1 correct: {sum(o.correct for o in report.outcomes)}"),
+    ]
+    for endpoint in SOAK_ENDPOINTS:
+        t = report.latencies(endpoint)
+        lines.append(f"{endpoint:<15} n={len(t):<5} p50={percentile(t, 50):6.2f} s  "
+                     f"p95={percentile(t, 95):6.2f} s  max={max(t, default=float('nan')):6.2f} s")
+    for column, what, unit in ((1, "server RSS", 1024), (2, "temp disk", 1)):
+        base, top, growth = report.growth(column)
+        if base is not None:
+            lines.append(f"{what}: {base * unit / 2**20:.0f} MiB after warm-up ({report.warmup_s:.0f} s), "
+                         f"max after {top * unit / 2**20:.0f} MiB ({100 * (growth or 0):+.1f}%)")
+            series = [s[column] for s in report.samples if s[column] is not None]
+            step = max(1, len(series) // 12)
+            lines.append(f"  {what} over time (MiB): "
+                         + " ".join(f"{v * unit / 2**20:.0f}" for v in series[::step]))
+    lines += [f"error: {e}" for e in report.errors[:20]]
+    lines += [f"isolation violation: {v}" for v in report.violations[:20]]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=os.environ.get("CMCE_LOAD_URL", DEFAULT_URL),
@@ -291,7 +476,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=5, help="matches per view (default 5)")
     parser.add_argument("--lfw", type=Path, default=DEFAULT_LFW, help="LFW folder (default %(default)s)")
     parser.add_argument("--pid", type=int, help="server process id, to report its memory")
+    parser.add_argument("--soak", type=float, metavar="SECONDS", help="soak for this long instead (10-1800)")
+    parser.add_argument("--watch", type=Path, action="append", default=[],
+                        help="with --soak: a folder whose disk use is sampled (repeatable)")
+    parser.add_argument("--sample-seconds", type=float, default=10.0, help="with --soak (default 10)")
     args = parser.parse_args(argv)
+    if args.soak is not None:
+        try:
+            soak = run_soak(args.url, args.lfw, args.clients, args.soak, args.k, args.pid, args.watch,
+                            args.sample_seconds)
+        except LoadTestError as e:
+            print(f"load_test: {e}", file=sys.stderr)
+            return 2
+        print(format_soak(soak))
+        return 0 if soak.ok else 1
     try:
         report = run_load(args.url, args.lfw, args.clients, args.images_per_client,
                           args.searches_per_client, args.max_seconds, args.k, args.pid)

@@ -98,6 +98,23 @@ def test_eight_sessions_at_once(app_server, lfw_dir):
         sorted(_session_dirs(app_server["tmp"]) - before)
 
 
+def test_short_soak(app_server, lfw_dir):
+    """scripts/load_test.py --soak at a small size: 6 clients for 30 s, each cycling sessions that index,
+    search, switch the bundle and close. No errors, no foreign matches; every session folder is gone
+    afterwards. (The 10-minute, 32-client soak and its memory and disk figures are in the README.)"""
+    tmp = app_server["tmp"]
+    before = _session_dirs(tmp)
+    pid = _server_pid(int(app_server["url"].rstrip("/").rsplit(":", 1)[1]))
+    report = load_test.run_soak(app_server["url"], lfw_dir, clients=6, seconds=30, pid=pid,
+                                watch=[tmp, app_server["root"] / "gradio"], sample_s=5)
+    print(load_test.format_soak(report))
+    assert report.errors == [] and report.violations == []
+    assert report.cycles >= 6 and report.latencies("/load_bundle") and report.latencies("close")
+    assert sum(o.correct for o in report.outcomes) >= 0.9 * sum(o.results for o in report.outcomes)
+    assert len(report.samples) >= 5
+    assert _wait_until(lambda: not _session_dirs(tmp) - before, 60), sorted(_session_dirs(tmp) - before)
+
+
 # --------------------------------------------------------------------------- a second app
 
 
