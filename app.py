@@ -566,7 +566,7 @@ def refresh_overview(state: Session | None, order: str, reject_by: str, rate: fl
         return [], display.overview_summary(None, [])
     rejected = _rejected(state.gallery, reject_by, rate, threshold, score)
     return (display.overview_tiles(state.gallery, rejected, order),
-            display.overview_summary(state.gallery, rejected))
+            display.overview_summary(state.gallery, rejected, score=score if score in QUALITY_SCORES else None))
 
 
 def refresh_plots(state: Session | None, reject_by: str, rate: float, threshold: float, score: str | None = None):

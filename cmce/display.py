@@ -170,24 +170,26 @@ def index_report_dict(report: IndexReport, upload: UploadBatch | None, gallery: 
     }
 
 
-def rejected_entries(gallery: Gallery, rejected: np.ndarray) -> list[dict[str, Any]]:
+def rejected_entries(gallery: Gallery, rejected: np.ndarray, score: str | None = None) -> list[dict[str, Any]]:
     """The rejected live entries, most doubtful first: source, label, quality score and uncertainty.
 
-    ``score`` names the bundle's quality score (``detection``, ``disagreement``, ``combined``);
-    ``threshold`` is the bundle's calibrated one (entries scoring above it are rejected by default).
+    ``score`` names the quality score (``detection``, ``disagreement``, ``combined``; default the
+    bundle's); ``threshold`` is its calibrated one (entries scoring above it are rejected by default).
     """
     vec = gallery.vectors
-    quality = gallery.bundle.calibration.quality.kind
-    t = gallery.bundle.calibration.rejection_threshold
+    quality = score or gallery.bundle.calibration.quality.kind
+    values = gallery.quality_scores(quality)
+    t = gallery.bundle.calibration.threshold_for(quality)
     rows = [{"source": gallery.entries[i].source, "label": gallery.entries[i].label,
-             "quality": float(vec.quality[i]), "score": quality, "threshold": t if np.isfinite(t) else None,
+             "quality": float(values[i]), "score": quality,
+             "threshold": t if t is not None and np.isfinite(t) else None,
              "uncertainty": None if np.isnan(vec.uncertainty[i]) else round(float(vec.uncertainty[i]), 4)}
             for i in gallery.positions if rejected[i]]
     return sorted(rows, key=lambda r: -r["quality"])
 
 
-def _rejected_line(gallery: Gallery, rejected: np.ndarray, limit: int = 8) -> str:
-    rows = rejected_entries(gallery, rejected)
+def _rejected_line(gallery: Gallery, rejected: np.ndarray, limit: int = 8, score: str | None = None) -> str:
+    rows = rejected_entries(gallery, rejected, score)
     if not rows:
         return ""
     items = [f"`{r['source']}` ({r['score']} {r['quality']:.3g}"
@@ -253,18 +255,21 @@ def overview_tiles(
     return out
 
 
-def overview_summary(gallery: Gallery | None, rejected: np.ndarray, limit: int = 600) -> str:
-    """One line: entries, rejected count, and whether the overview is cut."""
+def overview_summary(gallery: Gallery | None, rejected: np.ndarray, limit: int = 600,
+                     score: str | None = None) -> str:
+    """One line: entries, rejected count, the score rejecting (``score``: one the user picked;
+    default the bundle's), and whether the overview is cut."""
     n = len(gallery) if gallery is not None else 0
     if not n:
         return "The gallery is empty: upload images or pick an example gallery."
     r = int(rejected[gallery.positions].sum())
-    quality = gallery.bundle.calibration.quality
+    quality = gallery.bundle.calibration.quality_model(score)
+    whose = "the bundle's quality score" if quality.kind == gallery.bundle.calibration.quality.kind else "the chosen score"
     text = (f"**{n} faces**, **{r} rejected** ({r / n:.0%}, red frame): they never count as matches. "
-            f"Rejected by the bundle's quality score, {quality.description}. "
+            f"Rejected by {whose}, {quality.description}. "
             f"u = uncertainty, the disagreement of the ensemble's members"
             + (", so a face with a high u can be kept." if quality.kind != "disagreement" else "."))
-    text += _rejected_line(gallery, rejected)
+    text += _rejected_line(gallery, rejected, score=quality.kind)
     vec = gallery.vectors
     lacking = int((~vec.member_present[gallery.positions].all(axis=1)).sum())
     if lacking:
