@@ -32,6 +32,7 @@ from .errors import CmceError, GalleryError, ImageError, LimitError
 from .faces import Face, pick_subject
 from .images import DEFAULT_LIMITS, ImageLimits, content_hash, load_image
 from .index import VectorIndex
+from .limits import env_positive_int
 from .store import (
     BackboneRecord,
     DerivedData,
@@ -93,16 +94,7 @@ class GalleryLimits:
         base = cls()
 
         def value(name: str, default: int) -> int:
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            try:
-                number = int(raw)
-            except ValueError:
-                number = 0
-            if number < 1:
-                raise LimitError(f"{name}={raw!r}: must be a positive integer")
-            return number
+            return env_positive_int(env, name, default)
 
         image = ImageLimits(
             max_pixels=value("CMCE_MAX_PIXELS", base.image.max_pixels),

@@ -31,6 +31,7 @@ __all__ = [
     "ServerLimits",
     "SlidingQuota",
     "check_request_bytes",
+    "env_positive_int",
     "upload_size_cap",
 ]
 
@@ -70,6 +71,24 @@ def check_request_bytes(sizes: Iterable[int], cap: int) -> int:
         raise LimitError(f"this upload holds {format_bytes(total)}, over the {format_bytes(cap)} allowed per "
                          f"indexing request (CMCE_MAX_REQUEST_MB); upload fewer or smaller files at a time")
     return total
+
+
+def env_positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    """``env[name]`` as a positive integer; ``default`` when unset or blank.
+
+    Raises:
+        LimitError: a value that is not a positive integer.
+    """
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        number = int(raw)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise LimitError(f"{name}={raw!r}: must be a positive integer")
+    return number
 
 
 @dataclass(frozen=True)
@@ -130,16 +149,7 @@ class ServerLimits:
         base = cls()
 
         def value(name: str, default: int) -> int:
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            try:
-                number = int(raw)
-            except ValueError:
-                number = 0
-            if number < 1:
-                raise LimitError(f"{name}={raw!r}: must be a positive integer")
-            return number
+            return env_positive_int(env, name, default)
 
         request = value("CMCE_MAX_REQUEST_MB", base.max_request_bytes // _MIB) * _MIB
         return cls(
