@@ -235,6 +235,11 @@ def _quality_choice(train: dict, query_member: bool) -> list[str]:
     ]
     for kind, values in curves.items():
         lines.append(f"| {kind} | " + " | ".join(f"{100 * v:.2f}" for v in values) + " |")
+    chosen = train.get("chosen_quality")
+    if chosen:
+        lines += ["", f"Shipped: `{chosen}`, the best mean Recall@1 over these rates"
+                      + (" on galleries of mixed photo quality, the ones people have (on clean LFW folds every "
+                         "score's errors are too few to rank)." if mixed else ".")]
     fus = cv.get("fusion_recall_at_1", {}).get(side)
     if fus:
         conds = cv.get("conditions", ["clean"])
@@ -243,4 +248,8 @@ def _quality_choice(train: dict, query_member: bool) -> list[str]:
                   "| fusion | " + " | ".join(f"{c} gallery" for c in conds) + " |", "|---|" + "---:|" * len(conds)]
         for kind, fig in fus.items():
             lines.append(f"| {kind} | " + " | ".join(f"{100 * fig[c]:.2f}" for c in conds) + " |")
+        chosen_fusion = cv.get("chosen_fusion", {}).get(side)
+        if chosen_fusion:
+            lines += ["", f"Shipped: `{chosen_fusion}`, the best mean over the galleries measured; the paper's plain "
+                          "mean is kept unless another fusion beats it by more than 0.1 point."]
     return lines
