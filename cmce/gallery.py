@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +91,8 @@ class GalleryLimits:
         Raises:
             LimitError: a value that is not a positive integer.
         """
-        env = os.environ if environ is None else environ
         base = cls()
-
-        def value(name: str, default: int) -> int:
-            return env_positive_int(env, name, default)
+        value = partial(env_positive_int, os.environ if environ is None else environ)  # (name, default) -> int
 
         image = ImageLimits(
             max_pixels=value("CMCE_MAX_PIXELS", base.image.max_pixels),

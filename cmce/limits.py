@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from .archives import DEFAULT_ARCHIVE_LIMITS, ArchiveLimits
@@ -145,11 +146,8 @@ class ServerLimits:
         Raises:
             LimitError: a value that is not a positive integer.
         """
-        env = os.environ if environ is None else environ
         base = cls()
-
-        def value(name: str, default: int) -> int:
-            return env_positive_int(env, name, default)
+        value = partial(env_positive_int, os.environ if environ is None else environ)  # (name, default) -> int
 
         request = value("CMCE_MAX_REQUEST_MB", base.max_request_bytes // _MIB) * _MIB
         return cls(
