@@ -276,10 +276,7 @@ def format_report(report: LoadReport) -> str:
         (f"searches with a result: {sum(o.results for o in report.outcomes)}  "
          f"top-1 correct: {sum(o.correct for o in report.outcomes)}"),
     ]
-    for endpoint in ENDPOINTS:
-        t = report.latencies(endpoint)
-        lines.append(f"{endpoint:<15} n={len(t):<4} p50={percentile(t, 50):6.2f} s  "
-                     f"p95={percentile(t, 95):6.2f} s  max={max(t, default=float('nan')):6.2f} s")
+    lines += [_latency_line(endpoint, report.latencies(endpoint), 4) for endpoint in ENDPOINTS]
     if report.rss_before_kib is not None or report.rss_after_kib is not None:
         before, after = report.rss_before_kib, report.rss_after_kib
         growth = f" (+{(after - before) / 1024:.0f} MiB)" if before is not None and after is not None else ""
@@ -439,6 +436,12 @@ def run_soak(url: str, lfw_dir: Path, clients: int = 32, seconds: float = 600, k
     return SoakReport(tuple(outcomes), time.monotonic() - start, sum(cycles), samples, warmup * seconds)
 
 
+def _latency_line(endpoint: str, t: list[float], count_width: int) -> str:
+    """``endpoint n=.. p50=.. p95=.. max=..`` for one endpoint's latencies (seconds)."""
+    return (f"{endpoint:<15} n={len(t):<{count_width}} p50={percentile(t, 50):6.2f} s  "
+            f"p95={percentile(t, 95):6.2f} s  max={max(t, default=float('nan')):6.2f} s")
+
+
 def format_soak(report: SoakReport) -> str:
     lines = [
         f"soak: {len(report.outcomes)} clients, {report.seconds:.0f} s, {report.cycles} sessions opened and closed",
@@ -446,10 +449,7 @@ def format_soak(report: SoakReport) -> str:
         (f"searches with a result: {sum(o.results for o in report.outcomes)}  "
          f"top-1 correct: {sum(o.correct for o in report.outcomes)}"),
     ]
-    for endpoint in SOAK_ENDPOINTS:
-        t = report.latencies(endpoint)
-        lines.append(f"{endpoint:<15} n={len(t):<5} p50={percentile(t, 50):6.2f} s  "
-                     f"p95={percentile(t, 95):6.2f} s  max={max(t, default=float('nan')):6.2f} s")
+    lines += [_latency_line(endpoint, report.latencies(endpoint), 5) for endpoint in SOAK_ENDPOINTS]
     for column, what, unit in ((1, "server RSS", 1024), (2, "temp disk", 1)):
         base, top, growth = report.growth(column)
         if base is not None:

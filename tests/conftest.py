@@ -143,3 +143,18 @@ def lfw_people(lfw_dir: Path, count: int, min_images: int = 3) -> list[Path]:
     if len(out) < count:
         pytest.skip(f"LFW subset too small: {len(out)} of {count} people with {min_images}+ images")
     return out
+
+
+def server_pid(url: str) -> int | None:
+    """The app.py process serving ``url`` (matched on GRADIO_SERVER_PORT in its environment), if readable."""
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if b"app.py" in (proc / "cmdline").read_bytes() and \
+                    f"GRADIO_SERVER_PORT={port}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None

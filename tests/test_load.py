@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, app_bundle, launch_app, lfw_people
+from conftest import ROOT, app_bundle, launch_app, lfw_people, server_pid
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file
@@ -27,20 +27,6 @@ sys.modules["load_test"] = load_test  # dataclasses look their module up by name
 _spec.loader.exec_module(load_test)
 
 SESSION_TTL_S = 20
-
-
-def _server_pid(port: int) -> int | None:
-    """The app.py process serving ``port`` (matched on its environment), if readable."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if b"app.py" in (proc / "cmdline").read_bytes() and \
-                    f"GRADIO_SERVER_PORT={port}".encode() in (proc / "environ").read_bytes().split(b"\0"):
-                return int(proc.name)
-        except OSError:
-            continue
-    return None
 
 
 def _session_dirs(tmp: Path) -> set[Path]:
@@ -84,7 +70,7 @@ def test_people_are_disjoint(lfw_dir):
 def test_eight_sessions_at_once(app_server, lfw_dir):
     """8 clients x (2 people x 2 images, 1 search): no errors, each sees only its own gallery."""
     before = _session_dirs(app_server["tmp"])
-    pid = _server_pid(int(app_server["url"].rstrip("/").rsplit(":", 1)[1]))
+    pid = server_pid(app_server["url"])
     report = load_test.run_load(app_server["url"], lfw_dir, clients=8, images_per_client=4,
                                 searches_per_client=1, max_seconds=240, pid=pid)
     print(load_test.format_report(report))
@@ -104,7 +90,7 @@ def test_short_soak(app_server, lfw_dir):
     afterwards. (The 10-minute, 32-client soak and its memory and disk figures are in the README.)"""
     tmp = app_server["tmp"]
     before = _session_dirs(tmp)
-    pid = _server_pid(int(app_server["url"].rstrip("/").rsplit(":", 1)[1]))
+    pid = server_pid(app_server["url"])
     report = load_test.run_soak(app_server["url"], lfw_dir, clients=6, seconds=30, pid=pid,
                                 watch=[tmp, app_server["root"] / "gradio"], sample_s=5)
     print(load_test.format_soak(report))

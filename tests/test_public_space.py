@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import launch_app, lfw_people
+from conftest import launch_app, lfw_people, server_pid
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -159,18 +159,6 @@ def test_search_is_not_stalled_by_indexing_and_a_full_queue_says_busy(capped_ser
 # --------------------------------------------------------------------------- temporary folders
 
 
-def _server_pid(port: int) -> int | None:
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if b"app.py" in (proc / "cmdline").read_bytes() and \
-                        f"GRADIO_SERVER_PORT={port}".encode() in (proc / "environ").read_bytes().split(b"\0"):
-                    return int(proc.name)
-            except OSError:
-                continue
-    return None
-
-
 def _cmce_temp(tmp: Path) -> list[str]:
     return sorted(p.name for p in tmp.iterdir() if p.name.startswith("cmce-"))
 
@@ -183,7 +171,7 @@ def test_temp_folders_removed_at_exit_and_on_the_next_start(tmp_path, people):
         Client(server["url"], verbose=False).predict(files=[photo], api_name="/index_gallery")
         left = _cmce_temp(server["tmp"])
         assert any(n.startswith("cmce-session-") for n in left) and any(n.startswith("cmce-examples-") for n in left)
-        os.kill(_server_pid(int(server["url"].rstrip("/").rsplit(":", 1)[1])), signal.SIGKILL)
+        os.kill(server_pid(server["url"]), signal.SIGKILL)
         time.sleep(1)
         assert _cmce_temp(server["tmp"]) == left  # killed: nothing could clean up
     with launch_app(tmp_path) as server:
