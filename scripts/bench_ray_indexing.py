@@ -36,7 +36,7 @@ def link_photos(lfw: Path, n: int, dest: Path) -> int:
 
     ds = list_labelled_images(lfw)
     for path, label in list(zip(ds.paths, ds.labels))[:n]:
-        (dest / label).mkdir(exist_ok=True)
+        (dest / label).mkdir(parents=True, exist_ok=True)
         (dest / label / path.name).symlink_to(path)
     return min(n, len(ds))
 

@@ -224,7 +224,7 @@ def connect_ray(address: str = "local", *, num_cpus: int | None = None, timeout_
 def run_ray(job: IndexJob, *, address: str = "local", workers: int = 1, gpus_per_worker: float = 0.0,
             cpus_per_worker: float = 1.0, progress: JobProgress | None = None,
             mapper_class: type[IndexMapper] = IndexMapper, max_task_retries: int = 3) -> JobReport:
-    """Run a job on Ray Data: read tasks, then an actor pool of ``mapper_class``.
+    """Run a job on Ray Data: the listed files as a Dataset, mapped by an actor pool of ``mapper_class``.
 
     Args:
         job: what to index where; the gallery folder must be reachable by every worker.
@@ -244,6 +244,10 @@ def run_ray(job: IndexJob, *, address: str = "local", workers: int = 1, gpus_per
     ray = _require_ray()
     started = connect_ray(address)  # first: an unreachable cluster fails before the gallery is touched
     try:
+        cpus = float(ray.cluster_resources().get("CPU", 0))
+        if address == "local" and workers * cpus_per_worker > cpus:
+            raise CmceError(f"{workers} workers need {workers * cpus_per_worker:g} CPUs; this machine's Ray cluster "
+                            f"has {cpus:g}: use --workers {max(1, int(cpus // cpus_per_worker))} or fewer")
         files, writer, limits = _start(job)
         from ray.data import ActorPoolStrategy, DataContext
 
