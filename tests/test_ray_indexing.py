@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -39,6 +40,20 @@ def cluster():
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def deadline():
+    """A Ray job that stops making progress (e.g. actors waiting for CPUs) fails the test instead of hanging CI."""
+
+    def expired(signum, frame):
+        raise TimeoutError("Ray test still running after 300 s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(300)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")
