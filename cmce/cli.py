@@ -210,8 +210,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .bundle import load_bundle
-    from .data import list_labelled_images
-    from .gallery import FaceEngine, Gallery, GalleryLimits
+    from .pipeline import IndexJob, MapperConfig, build_derived, run_in_process, run_ray
     from .store import is_gallery
     from .upgrade import check_index_bundle
 
@@ -219,35 +218,34 @@ def _cmd_index(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if is_gallery(out):
         check_index_bundle(out, bundle)  # another bundle serves it: say to run `upgrade` first
-    engine = FaceEngine(bundle)
-    limits = GalleryLimits(max_files=args.max_files, max_entries=args.max_entries)
-    existed = is_gallery(out)
-    gallery = Gallery.load(out, engine, limits) if existed else Gallery(engine, limits)
-    since = len(gallery.entries)
-    ds = list_labelled_images(args.images_dir)
-    flat = all(p.parent == ds.root for p in ds.paths)
-    items = [(str(p.relative_to(ds.root)), p, None if flat and not args.filename_labels else lab)
-             for p, lab in zip(ds.paths, ds.labels)]
-    bar = tqdm(total=len(items), desc="indexing", unit="img", disable=args.quiet)
-    last = [0.0]
+    job = IndexJob(args.source, str(out), MapperConfig(bundle=args.bundle, revision=args.revision),
+                   batch_size=args.batch_size, max_files=args.max_files, max_entries=args.max_entries,
+                   filename_labels=args.filename_labels)
+    bar = tqdm(desc="indexing", unit="img", disable=args.quiet)
 
-    def progress(fraction: float, _msg: str) -> None:
-        done = round(fraction * len(items))
-        bar.update(done - last[0])
-        last[0] = done
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
 
-    report = gallery.add_images(items, progress=progress)
-    bar.close()
-    if existed and gallery.load_report is not None and not gallery.load_report.converted_from:
-        gallery.save_appended(out, since)  # one new shard; the others are not rewritten
+    notes: list[str] = []
+    if args.ray:
+        report = run_ray(job, address=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                         progress=progress)
     else:
-        gallery.save(out)
-    for name, why in report.skipped:
+        from .engine import FaceEngine
+
+        engine = FaceEngine(bundle)
+        report = run_in_process(job, engine=engine, progress=progress)
+        notes = [f"new entries lack {m}: {why}" for m, why in engine.unavailable.items()] if report.added else []
+    bar.close()
+    for name, why in report.skipped[:20]:
         logger.warning("skipped %s: %s", name, why)
+    if len(report.skipped) > 20:
+        logger.warning("... and %d more skipped files (listed in %s/skipped)", len(report.skipped) - 20, out)
     for msg in report.limits_reached:
         logger.warning("limit: %s", msg)
-    n_rej = int(gallery.rejected().sum())
-    print(f"{report.summary()}; {len(gallery)} entries in {out}, {n_rej} rejected "
+    derived = build_derived(out, bundle)
+    print(f"{'; '.join([report.summary(), *notes])}; {derived.entries} entries in {out}, {derived.rejected} rejected "
           f"(quality {bundle.calibration.quality.kind} > {bundle.calibration.rejection_threshold:.3f})")
     return 0
 
@@ -381,14 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_upgrade)
 
-    s = sub.add_parser("index", help="index a folder of images into a saved gallery")
-    s.add_argument("images_dir", help="folder of images (recursively; first folder level = label)")
+    s = sub.add_parser("index", help="index photos into a saved gallery, here or on a Ray cluster; resumable")
+    s.add_argument("source", metavar="SOURCE",
+                   help="folder (recursively; first folder level = label) or URI: file:///..., s3://..., gs://...")
     s.add_argument("--out", required=True, help="gallery folder (created, or extended if it exists)")
     s.add_argument("--bundle", default=None)
     s.add_argument("--revision", default=None)
+    s.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
+                   help="run on Ray Data: local (a cluster on this machine), auto (the cluster this machine is in) "
+                        "or a head's HOST:PORT; needs pip install -r requirements-scale.txt")
+    s.add_argument("--workers", type=int, default=1, help="with --ray: actors, each loading the models once")
+    s.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --ray: GPUs per actor (models on CUDA)")
+    s.add_argument("--batch-size", type=int, default=16, help="photos per detection and embedding batch")
     s.add_argument("--filename-labels", action="store_true", help="label flat folders by Name_0001-style names")
-    s.add_argument("--max-files", type=int, default=100_000)
-    s.add_argument("--max-entries", type=int, default=1_000_000)
+    s.add_argument("--max-files", type=int, default=None, help="read at most this many files (default: all)")
+    s.add_argument("--max-entries", type=int, default=None, help="entries the gallery may hold (default: no cap)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_index)
     return p

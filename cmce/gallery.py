@@ -49,6 +49,7 @@ from .store import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EmbeddedPhotos",
     "FaceEngine",
     "Gallery",
     "GalleryEntry",
@@ -56,10 +57,14 @@ __all__ = [
     "IndexReport",
     "LoadReport",
     "Match",
+    "Photo",
     "QueryResult",
     "ViewResult",
     "bundle_fingerprint",
     "bundle_keys",
+    "check_photo_size",
+    "decode_photo",
+    "embed_photos",
 ]
 
 ProgressFn = Callable[[float, str], None]
@@ -259,6 +264,122 @@ def _thumbnail(image: np.ndarray, face: Face, size: int = 128) -> bytes:
     return buf.getvalue()
 
 
+def decode_photo(data: bytes, name: str, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """A photo's bytes decoded by the safe loader, as indexing decodes every photo.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+
+    Raises:
+        LimitError: more bytes than ``limits.max_bytes``. ImageError: not a readable image.
+    """
+    check_photo_size(len(data), name, limits)
+    return load_image(data, limits=limits, name=name)
+
+
+def check_photo_size(size: int, name: str, limits: ImageLimits = DEFAULT_LIMITS) -> None:
+    """Refuse a photo file of more than ``limits.max_bytes`` before it is read or hashed.
+
+    Raises:
+        LimitError: over the cap (the message names the photo and both sizes).
+    """
+    if size > limits.max_bytes:
+        raise LimitError(f"{name}: {size / 2**20:.1f} MiB, over the {limits.max_bytes / 2**20:.0f} MiB "
+                         f"per-image limit")
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A decoded photo on its way into a gallery.
+
+    Attributes:
+        name: display name (``source`` of its entries).
+        image: (H, W, 3) uint8 RGB.
+        label: identity label, given to the photo's subject face only.
+        content_hash: sha256 of the file's bytes.
+        uri: where it can be read again, or None.
+    """
+
+    name: str
+    image: np.ndarray = field(repr=False)
+    label: str | None
+    content_hash: str
+    uri: str | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddedPhotos:
+    """What ``embed_photos`` made of a batch of photos.
+
+    Attributes:
+        entries: one per face, photo by photo, largest face first within a photo.
+        embeddings: backbone name -> (len(entries), D) float32, rows in ``entries`` order.
+        skipped: ``(photo, reason)`` of photos without an entry (no face, gallery full).
+        limits_reached: messages about caps reached (faces per photo, entries).
+    """
+
+    entries: tuple[GalleryEntry, ...]
+    embeddings: Mapping[str, np.ndarray]
+    skipped: tuple[tuple[Photo, str], ...] = ()
+    limits_reached: tuple[str, ...] = ()
+
+
+def embed_photos(engine: FaceEngine, photos: Sequence[Photo], *, max_faces_per_image: int = 20,
+                 max_entries: int | None = None, stored: int = 0) -> EmbeddedPhotos:
+    """Detect every face of a batch of photos and embed them with every backbone that runs.
+
+    Detection runs once over the whole batch, then each backbone embeds all the faces
+    of all the photos in batches of its own size. Faces of a photo are kept largest
+    first (at most ``max_faces_per_image``); entry ``i`` of a photo gets the id
+    ``<content hash>:<i>`` and the photo's label only if it is the photo's subject
+    (``cmce.faces.pick_subject``). This is the one indexing step of ``Gallery.add_images``
+    and of the ``cmce.pipeline`` runners.
+
+    Args:
+        engine: the models.
+        photos: decoded photos.
+        max_faces_per_image: faces kept per photo (the largest).
+        max_entries: entries a gallery may hold (None: no cap); photos that do not fit
+            are skipped, the faces of the last one that partly fits are cut.
+        stored: entries the gallery already holds.
+    """
+    faces_per = engine.detect([p.image for p in photos], [p.name for p in photos])
+    kept: list[tuple[Photo, list[Face], int | None]] = []
+    skipped: list[tuple[Photo, str]] = []
+    limits: list[str] = []
+    left = None if max_entries is None else max_entries - stored
+    for photo, faces in zip(photos, faces_per):
+        name = photo.name
+        if not faces:
+            skipped.append((photo, "no face found"))
+            continue
+        faces = sorted(faces, key=lambda f: -f.area)
+        if len(faces) > max_faces_per_image:
+            limits.append(f"{name}: {len(faces)} faces, kept the {max_faces_per_image} largest")
+            faces = faces[:max_faces_per_image]
+        if left is not None:
+            if left <= 0:
+                skipped.append((photo, f"gallery is full ({max_entries} entries)"))
+                if not any("gallery is full" in m for m in limits):
+                    limits.append(skipped[-1][1])
+                continue
+            if len(faces) > left:
+                limits.append(f"{name}: only {left} of {len(faces)} faces fit (max entries)")
+                faces = faces[:left]
+            left -= len(faces)
+        kept.append((photo, faces, pick_subject(faces)))
+    if not kept:
+        return EmbeddedPhotos((), {}, tuple(skipped), tuple(limits))
+    emb = engine.embed_gallery_batch([(p.image, faces) for p, faces, _ in kept])  # every face, batched per backbone
+    entries = tuple(
+        GalleryEntry(p.label if i == subject else None, p.name, f, p.content_hash, _thumbnail(p.image, f),
+                     f"{p.content_hash}:{i}", p.uri)
+        for p, faces, subject in kept
+        for i, f in enumerate(faces)
+    )
+    return EmbeddedPhotos(entries, emb, tuple(skipped), tuple(limits))
+
+
 def bundle_keys(bundle: Bundle) -> dict[str, str]:
     """Backbone name -> the key (name and weights checksum) of its raw embeddings."""
     return {m: backbone_key(m, PRETRAINED[m].sha256) for m in bundle.models}
@@ -435,18 +556,6 @@ class Gallery:
             items = items[: self.limits.max_files]
         added = 0
 
-        def append(records: list[tuple]) -> None:
-            nonlocal added
-            emb = self.engine.embed_gallery_batch([(r[1], r[4]) for r in records])
-            entries = [
-                GalleryEntry(label if i == subject else None, name, f, digest, _thumbnail(img, f),
-                             f"{digest}:{i}", uri)
-                for name, img, label, digest, faces, subject, uri in records
-                for i, f in enumerate(faces)
-            ]
-            self._append(entries, emb)
-            added += len(entries)
-
         with self._lock:
             seen = self.hashes
             try:
@@ -456,15 +565,12 @@ class Gallery:
                     for name, src, label in chunk:
                         try:
                             data = Path(src).read_bytes() if not isinstance(src, (bytes, bytearray)) else bytes(src)
-                            if len(data) > self.limits.image.max_bytes:
-                                raise LimitError(
-                                    f"{name}: {len(data) / 2**20:.1f} MiB, over the {self.limits.image.max_bytes / 2**20:.0f} MiB per-image limit"
-                                )
+                            check_photo_size(len(data), name, self.limits.image)
                             digest = content_hash(data)
                             if digest in seen:
                                 duplicates.append(name)
                                 continue
-                            img = load_image(data, limits=self.limits.image, name=name)
+                            img = decode_photo(data, name, self.limits.image)
                         except (ImageError, LimitError) as e:
                             skipped.append((name, str(e).removeprefix(f"{name}: ")))
                             continue
@@ -473,32 +579,16 @@ class Gallery:
                             continue
                         seen.add(digest)
                         uri = str(Path(src).resolve()) if record_paths and not isinstance(src, (bytes, bytearray)) else None
-                        decoded.append((name, img, label, digest, uri))
-                    records = []
+                        decoded.append(Photo(name, img, label, digest, uri))
                     if decoded:
-                        faces_per = self.engine.detect([d[1] for d in decoded], [d[0] for d in decoded])
-                        for (name, img, label, digest, uri), faces in zip(decoded, faces_per):
-                            if not faces:
-                                skipped.append((name, "no face found"))
-                                continue
-                            faces = sorted(faces, key=lambda f: -f.area)
-                            if len(faces) > self.limits.max_faces_per_image:
-                                limits_hit.append(
-                                    f"{name}: {len(faces)} faces, kept the {self.limits.max_faces_per_image} largest"
-                                )
-                                faces = faces[: self.limits.max_faces_per_image]
-                            room = self.limits.max_entries - len(self) - sum(len(r[4]) for r in records)
-                            if room <= 0:
-                                skipped.append((name, f"gallery is full ({self.limits.max_entries} entries)"))
-                                if not any("gallery is full" in m for m in limits_hit):
-                                    limits_hit.append(f"gallery is full ({self.limits.max_entries} entries)")
-                                continue
-                            if len(faces) > room:
-                                limits_hit.append(f"{name}: only {room} of {len(faces)} faces fit (max entries)")
-                                faces = faces[:room]
-                            records.append((name, img, label, digest, faces, pick_subject(faces), uri))
-                    if records:
-                        append(records)  # every face of the chunk, batched per backbone
+                        faces = embed_photos(self.engine, decoded, max_faces_per_image=self.limits.max_faces_per_image,
+                                             max_entries=self.limits.max_entries, stored=len(self))
+                        skipped += [(photo.name, why) for photo, why in faces.skipped]
+                        limits_hit += [m for m in faces.limits_reached
+                                       if not ("gallery is full" in m and any("gallery is full" in h for h in limits_hit))]
+                        if faces.entries:
+                            self._append(list(faces.entries), faces.embeddings)
+                            added += len(faces.entries)
                     if progress:
                         done = min(len(items), start + batch_size)
                         progress(done / max(len(items), 1), f"indexed {done}/{len(items)} files")

@@ -206,7 +206,7 @@ def upgrade_gallery(
                 os.replace(tmp / "g", tmp / "gallery")
             else:
                 (tmp / "gallery").mkdir()
-                for shard in stored.manifest["shards"]:
+                for shard in stored.manifest["shards"] + stored.manifest.get("skipped", []):
                     _link_or_copy(src / shard["file"], tmp / "gallery" / shard["file"])
                 manifest = dict(stored.manifest, derived=None)
                 (tmp / "gallery" / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

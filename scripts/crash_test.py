@@ -251,6 +251,7 @@ def _known(folder: Path) -> set[str]:
         return set()
     known = {"manifest.json", "shards", "derived", ".lock"}
     known |= {s["file"] for s in manifest.get("shards", [])}
+    known |= {"skipped"} | {s["file"] for s in manifest.get("skipped", [])} if manifest.get("skipped") else set()
     derived = (manifest.get("derived") or {}).get("path")
     if derived:
         known |= {derived} | {str(p.relative_to(folder)) for p in (folder / derived).rglob("*")}

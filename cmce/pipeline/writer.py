@@ -1,0 +1,177 @@
+"""Commit staged batches into a gallery, idempotently; then build its derived data.
+
+The mapper stages each finished batch under ``GALLERY/staging/`` (temporary name, then
+renamed); ``GalleryWriter`` on the driver commits staged batches in groups with
+``cmce.store.commit_staged``, under the gallery's lock and with one manifest write per
+group. Why no face is ever written twice and no half shard is ever read:
+
+- a staged file is whole or absent (rename), and nothing reads ``staging/``;
+- a retried batch (a killed worker) rewrites the same staged name with the same rows;
+- a commit drops rows whose entry id is stored (``<content hash>:<face>``), so staged
+  files committed twice, or two copies of a photo, add nothing;
+- a re-run starts by committing what an interrupted run staged, removes files a commit
+  renamed but never listed, and skips content hashes already stored, including files
+  recorded as skipped (no face, not an image).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..errors import GalleryError
+from ..store import (
+    CommitReport,
+    GalleryRecords,
+    StoredKeys,
+    commit_staged,
+    is_gallery,
+    read_gallery,
+    read_manifest,
+    remove_orphans,
+    staged_files,
+    write_derived,
+    write_gallery,
+)
+from .mapper import KnownHashes
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EXACT_INDEX_MAX_ENTRIES", "DerivedSummary", "GalleryWriter", "build_derived", "open_gallery"]
+
+#: Up to this many entries the exact index is built after indexing (above: the compact index's job).
+EXACT_INDEX_MAX_ENTRIES = 2_000_000
+
+
+def open_gallery(folder: str | os.PathLike) -> Path:
+    """Make ``folder`` a version 2 gallery ready for a job: created empty, or converted
+    from version 1; files an interrupted commit renamed but never listed are removed."""
+    folder = Path(folder)
+    if not is_gallery(folder):
+        if folder.exists() and (not folder.is_dir() or any(p.name != "staging" for p in folder.iterdir())):
+            raise GalleryError(f"{folder} exists and is not a gallery; choose a new folder or an existing gallery")
+        staging = folder / "staging"
+        kept = staging.exists()
+        if kept:  # a first run interrupted before its first commit: keep what it staged
+            os.replace(staging, folder.with_name(f".{folder.name}.staging"))
+        write_gallery(folder, GalleryRecords.empty())
+        if kept:
+            os.replace(folder.with_name(f".{folder.name}.staging"), staging)
+    elif read_manifest(folder) is None:  # version 1: rewrite as version 2 first
+        write_gallery(folder, read_gallery(folder).records)
+    removed = remove_orphans(folder)
+    if removed:
+        logger.info("%s: removed %d files an interrupted commit left unlisted", folder, len(removed))
+    return folder
+
+
+@dataclass
+class GalleryWriter:
+    """Commits a job's staged batches into ``folder`` in groups; keeps the job's totals.
+
+    Args:
+        folder: the gallery (``open_gallery`` first).
+        commit_every: staged batches per commit (one manifest write each).
+        max_entries: entries the gallery may hold (None: no cap).
+    """
+
+    folder: Path
+    commit_every: int = 8
+    max_entries: int | None = None
+    keys: StoredKeys = field(default_factory=StoredKeys)
+    added: int = 0
+    duplicates: int = 0
+    over_limit: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    _pending: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder)
+        self.resumed = self._commit(staged_files(self.folder))  # what an interrupted run staged
+        if self.resumed.entries or self.resumed.skipped:
+            logger.info("%s: committed %d entries an interrupted run had staged", self.folder, self.resumed.entries)
+
+    def known_hashes(self) -> KnownHashes:
+        """The content hashes stored so far (entries and skipped files), for the mappers."""
+        return KnownHashes(self.keys.hashes)
+
+    def add(self, row: Mapping[str, object]) -> None:
+        """Take one mapper output row; commit when ``commit_every`` batches are waiting.
+
+        Raises:
+            GalleryError: a staged file the mapper wrote is not visible here (workers on
+                other machines must write to a file system the driver mounts too).
+        """
+        names = [n for n in str(row["staged"]).split(",") if n]
+        for name in names:
+            if not (self.folder / name).is_file():
+                raise GalleryError(
+                    f"{self.folder}: the batch staged as {name} is not there. Workers write their batches into "
+                    f"GALLERY/staging: on a cluster of several machines, --out must be a folder every machine "
+                    f"mounts (NFS, EFS, Filestore)")
+        self._pending += names
+        if len(self._pending) >= self.commit_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit every staged batch taken so far."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._commit(pending)
+
+    def close(self) -> None:
+        """Commit what is left, and remove the staging folder if it is empty."""
+        self.flush()
+        try:
+            (self.folder / "staging").rmdir()
+        except OSError:  # absent, or another job's batches are there
+            pass
+
+    def _commit(self, names: Sequence[str]) -> CommitReport:
+        report = commit_staged(self.folder, names, known=self.keys, max_entries=self.max_entries)
+        self.added += report.entries
+        self.duplicates += report.duplicates
+        self.over_limit += report.over_limit
+        self.skipped += list(report.skipped)
+        return report
+
+
+@dataclass(frozen=True)
+class DerivedSummary:
+    """The derived data built after a job: how many entries, how many rejected."""
+
+    entries: int
+    rejected: int
+    built: bool
+
+
+def build_derived(folder: str | os.PathLike, bundle: Bundle) -> DerivedSummary:
+    """Re-project the gallery's raw embeddings with ``bundle`` and store its derived data.
+
+    Galleries above ``EXACT_INDEX_MAX_ENTRIES`` are left without (their search index is
+    the compact one, built apart).
+    """
+    from ..gallery import derive
+    from ..upgrade import reproject_records
+
+    folder = Path(folder)
+    manifest = read_manifest(folder) or {}
+    entries = int(manifest.get("entries", 0))
+    if entries > EXACT_INDEX_MAX_ENTRIES:
+        logger.warning("%s: %d entries, over the %d the exact index serves; derived data not built", folder,
+                       entries, EXACT_INDEX_MAX_ENTRIES)
+        return DerivedSummary(entries, 0, False)
+    stored = read_gallery(folder, metadata=False)  # ids, probabilities, embeddings: all re-projection needs
+    if not len(stored.records):
+        return DerivedSummary(0, 0, False)
+    proj = reproject_records(stored, bundle)
+    derived, index = derive(bundle, proj.vectors, seconds=proj.seconds)
+    write_derived(folder, derived, index)
+    rejected = int(np.asarray(bundle.rejected(derived.quality)).sum())
+    return DerivedSummary(len(stored.records), rejected, True)
