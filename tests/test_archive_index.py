@@ -118,3 +118,19 @@ def test_archive_index_refuses_bad_input(copy, engine, tmp_path):
     assert not (copy / "derived").exists() or not any(p.name.startswith(".") for p in (copy / "derived").iterdir())
     with pytest.raises(GalleryError):
         build_archive_index(tmp_path / "nowhere", engine.bundle)
+
+
+def test_cli_build_index_and_search(copy, saved, tmp_path):
+    """`build-index` then `search` with real photos: a gallery member is found under its label."""
+    from cmce.cli import main
+
+    _, gallery = saved
+    assert main(["build-index", str(copy), "--index", "compact", "--nlist", "4", "--nprobe", "4"]) == 0
+    labelled = [e for e in gallery.entries if e.label]
+    person = labelled[0].label
+    photo = next(p for p in Path(gallery.entries[0].uri).parent.parent.glob(f"{person}/*.jpg"))
+    out = tmp_path / "answers.json"
+    assert main(["search", str(copy), str(photo), "--k", "3", "--json", str(out)]) == 0
+    answers = json.loads(out.read_text())
+    assert answers[0]["matches"][0]["label"] == person and answers[0]["matches"][0]["score"] > 0.9
+    assert main(["search", str(copy), str(tmp_path / "missing.jpg")]) == 2
