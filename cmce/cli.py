@@ -1,4 +1,4 @@
-"""Command line: ``python -m cmce {info,train,evaluate,index,upgrade,bench}``."""
+"""Command line: ``python -m cmce {info,train,evaluate,index,build-index,search,upgrade,bench}``."""
 
 from __future__ import annotations
 
@@ -244,10 +244,66 @@ def _cmd_index(args: argparse.Namespace) -> int:
         logger.warning("... and %d more skipped files (listed in %s/skipped)", len(report.skipped) - 20, out)
     for msg in report.limits_reached:
         logger.warning("limit: %s", msg)
-    derived = build_derived(out, bundle)
+    derived = build_derived(out, bundle, ray=args.ray)
     print(f"{'; '.join([report.summary(), *notes])}; {derived.entries} entries in {out}, {derived.rejected} rejected "
           f"(quality {bundle.calibration.quality.kind} > {bundle.calibration.rejection_threshold:.3f})")
     return 0
+
+
+def _cmd_build_index(args: argparse.Namespace) -> int:
+    from .archive_index import build_archive_index
+    from .bundle import load_bundle
+    from .compact import CompactConfig
+
+    bundle = load_bundle(args.bundle, revision=args.revision)
+    config = CompactConfig(**{k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe)) if v is not None})
+    report = build_archive_index(args.gallery_dir, bundle, index=args.index, config=config, ray=args.ray)
+    print(report.summary())
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .archive_index import ARCHIVE_KIND, ArchiveGallery
+    from .bundle import load_bundle
+    from .gallery import FaceEngine, Gallery
+    from .images import load_image
+    from .store import read_manifest
+
+    bundle = load_bundle(args.bundle, revision=args.revision)
+    engine = FaceEngine(bundle)
+    archive = None
+    if ((read_manifest(args.gallery_dir) or {}).get("derived") or {}).get("kind") == ARCHIVE_KIND:
+        archive = ArchiveGallery.open(args.gallery_dir, engine.bundle)
+    gallery = None if archive is not None else Gallery.load(args.gallery_dir, engine)
+    answers = []
+    for photo in args.photos:
+        img = load_image(photo, name=str(photo))
+        faces = sorted(engine.detect([img], [str(photo)])[0], key=lambda f: -f.area)
+        if not faces:
+            logger.warning("%s: no face found", photo)
+            answers.append({"photo": str(photo), "error": "no face found"})
+            continue
+        q = engine.embed_query_face(img, faces[0])
+        if archive is not None:
+            res = archive.search_vectors(q[None, :], k=args.k)[0]
+            matches = [{"entry_id": m.entry_id, "label": m.label, "source": m.source, "score": m.score,
+                        "uncertainty": m.uncertainty, "quality": m.quality} for m in res.matches]
+            unknown, threshold = res.unknown, res.threshold
+        else:
+            res = gallery.search_vector(q, k=args.k)["ensemble"]
+            matches = [{"entry_id": gallery.entries[m.position].entry_id, "label": m.label, "source": m.source,
+                        "score": m.score, "uncertainty": m.uncertainty, "quality": m.quality} for m in res.matches]
+            unknown, threshold = res.unknown, res.threshold
+        answers.append({"photo": str(photo), "unknown": unknown, "threshold": threshold, "matches": matches})
+        print(f"{photo}: " + ("unknown (no match reaches %.3f); " % threshold if unknown else "")
+              + ", ".join(f"{m['label'] or m['source']} {m['score']:.3f}" for m in matches))
+    if args.json:
+        Path(args.json).write_text(json.dumps(answers, indent=1, default=_json_default))
+    return 0
+
+
+def _json_default(value):
+    return None if value != value else float(value)  # NaN -> null
 
 
 def _cmd_upgrade(args: argparse.Namespace) -> int:
@@ -255,7 +311,7 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     from .upgrade import backfill_gallery, upgrade_gallery
 
     bundle = load_bundle(args.bundle, revision=args.revision)
-    report = upgrade_gallery(args.gallery_dir, bundle, out=args.out, precision=args.precision)
+    report = upgrade_gallery(args.gallery_dir, bundle, out=args.out, precision=args.precision, ray=args.ray)
     for member, n in report.lacking.items():
         name = f"{bundle.query_model}'s own embedding" if member == "query" else member
         logger.info("%d of %d entries lack %s (fused from the members they have)", n, report.entries, name)
@@ -376,8 +432,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=["float32", "int8"], default="float32",
                    help="int8: transformers with int8 linear layers, up to 2x faster on CPU; changed 3 of 888 "
                         "held-out top-1 answers (scripts/upgrade_int8_check.py)")
+    s.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
+                   help="archive galleries: project the shards as Ray tasks on this cluster")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_upgrade)
+
+    s = sub.add_parser("build-index", help="build a bundle's archive index over a gallery's shards (for millions of faces)")
+    s.add_argument("gallery_dir", help="a gallery written by `index`")
+    s.add_argument("--bundle", default=None)
+    s.add_argument("--revision", default=None)
+    s.add_argument("--index", choices=["auto", "exact", "compact"], default="auto",
+                   help="auto: the compact (IVF-PQ, exact re-rank) index from 2M entries, exact below")
+    s.add_argument("--nlist", type=int, default=None, help="compact index: IVF lists (default about 2 sqrt(N))")
+    s.add_argument("--nprobe", type=int, default=None, help="compact index: lists probed per query")
+    s.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
+                   help="project the shards as Ray tasks and build the index in one (the gallery on a shared mount)")
+    s.set_defaults(func=_cmd_build_index)
+
+    s = sub.add_parser("search", help="search a saved gallery (archive index or in-memory) with query photos")
+    s.add_argument("gallery_dir")
+    s.add_argument("photos", nargs="+", help="query photos (the largest face of each is searched)")
+    s.add_argument("--bundle", default=None)
+    s.add_argument("--revision", default=None)
+    s.add_argument("--k", type=int, default=5)
+    s.add_argument("--json", default=None, help="write the answers as JSON")
+    s.set_defaults(func=_cmd_search)
 
     s = sub.add_parser("index", help="index photos into a saved gallery, here or on a Ray cluster; resumable")
     s.add_argument("source", metavar="SOURCE",

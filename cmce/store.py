@@ -1169,7 +1169,7 @@ def read_derived(stored: StoredGallery, fingerprint: str) -> DerivedData | None:
     Stale means: built for another bundle, or before shards were added.
     """
     info = stored.derived
-    if not info or info.get("fingerprint") != fingerprint or info.get("shards") != shards_signature(stored.manifest):
+    if not info or info.get("kind") == "archive" or info.get("fingerprint") != fingerprint or info.get("shards") != shards_signature(stored.manifest):
         return None
     path = stored.folder / info["path"]
     try:

@@ -161,7 +161,8 @@ PRECISIONS = ("float32", "int8")
 
 
 def upgrade_gallery(
-    folder: str | os.PathLike, bundle: Bundle, *, out: str | os.PathLike | None = None, precision: str = "float32"
+    folder: str | os.PathLike, bundle: Bundle, *, out: str | os.PathLike | None = None, precision: str = "float32",
+    ray: str | None = None,
 ) -> UpgradeReport:
     """Re-project a saved gallery into a new bundle's query space, without reading a photo.
 
@@ -178,6 +179,10 @@ def upgrade_gallery(
             linear layers (up to twice as fast on CPUs with VNNI, a few 1e-3 of cosine
             away; recorded in the derived data). A ``Gallery`` opened later re-projects
             in float32 either way.
+        ray: for an archive gallery (``COMPACT_FROM`` entries or more, or one that
+            serves an archive index), project its shards as Ray tasks on this cluster
+            (see ``cmce.archive_index.build_archive_index``). Archive galleries are
+            re-projected shard by shard, never loaded whole.
 
     Raises:
         GalleryError: missing or corrupt gallery, a bundle that cannot serve it, or a
@@ -189,6 +194,9 @@ def upgrade_gallery(
         _check_out(src, Path(out))
     if precision not in PRECISIONS:
         raise CmceError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    manifest = read_manifest(src)
+    if manifest is not None and _serves_archive(manifest):
+        return _upgrade_archive(src, manifest, bundle, out, precision, ray, start)
     stored = read_gallery(src, metadata=False)  # ids, probabilities, embeddings: all re-projection needs
     previous = (stored.derived or {}).get("bundle") or {}
     serving = bundle if precision == "float32" else replace(
@@ -227,6 +235,58 @@ def upgrade_gallery(
         members=members, lacking=proj.lacking,
         entries_lacking=int((~proj.vectors.member_present.all(axis=1)).sum()) if len(stored.records) else 0,
         projection_seconds=proj.seconds, seconds=time.perf_counter() - start,
+    )
+    logger.info("%s", report.summary())
+    return report
+
+
+def _serves_archive(manifest: dict) -> bool:
+    """Whether a gallery is upgraded as an archive: big, or already served by an archive index."""
+    from .archive_index import ARCHIVE_KIND
+    from .compact import COMPACT_FROM
+
+    return int(manifest.get("entries", 0)) >= COMPACT_FROM or (manifest.get("derived") or {}).get("kind") == ARCHIVE_KIND
+
+
+def _upgrade_archive(src: Path, manifest: dict, bundle: Bundle, out: str | os.PathLike | None, precision: str,
+                     ray: str | None, start: float) -> UpgradeReport:
+    """``upgrade_gallery`` of an archive gallery: shards linked (for ``out``), archive index rebuilt."""
+    from .archive_index import build_archive_index
+
+    if precision != "float32":
+        raise CmceError("archive galleries are re-projected in float32 (precision int8 serves in-memory galleries)")
+    previous = (manifest.get("derived") or {}).get("bundle") or {}
+    dest = src
+    if out is not None:
+        dest = Path(out)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
+        try:
+            (tmp / "gallery").mkdir()
+            for shard in manifest["shards"] + manifest.get("skipped", []):
+                _link_or_copy(src / shard["file"], tmp / "gallery" / shard["file"])
+            (tmp / "gallery" / MANIFEST).write_text(json.dumps(dict(manifest, derived=None), indent=1) + "\n")
+            build_archive_index(tmp / "gallery", bundle, ray=ray)
+            if dest.exists():
+                dest.rmdir()  # checked empty above
+            os.replace(tmp / "gallery", dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        build_archive_index(src, bundle, ray=ray)
+    derived = dest / ((read_manifest(dest) or {}).get("derived") or {})["path"]
+    meta = json.loads((derived / "meta.json").read_text())
+    present = np.load(derived / "member_present.npy", mmap_mode="r")
+    lacking = {}
+    for j, m in enumerate(meta["members"]):
+        missing = int(present.shape[0] - np.count_nonzero(present[:, j]))
+        if missing:
+            lacking[m] = missing
+    report = UpgradeReport(
+        folder=dest, entries=int(meta["entries"]), from_query=previous.get("query"), to_query=bundle.query_model,
+        members=tuple(meta["members"]), lacking=lacking,
+        entries_lacking=int(np.count_nonzero(~np.all(present, axis=1))) if present.size else 0,
+        projection_seconds=float(meta["projection_seconds"]), seconds=time.perf_counter() - start,
     )
     logger.info("%s", report.summary())
     return report

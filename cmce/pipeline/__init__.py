@@ -13,10 +13,9 @@ optional (``pip install -r requirements-scale.txt``); nothing here imports it un
 from .mapper import IndexMapper, KnownHashes, MapperConfig, PreparedBatch, batch_key, prepare_batch
 from .reader import SourceFile, SourceListing, is_uri, list_source, read_file
 from .runner import IndexJob, JobReport, connect_ray, run_in_process, run_ray
-from .writer import EXACT_INDEX_MAX_ENTRIES, DerivedSummary, GalleryWriter, build_derived, open_gallery
+from .writer import DerivedSummary, GalleryWriter, build_derived, open_gallery
 
 __all__ = [
-    "EXACT_INDEX_MAX_ENTRIES",
     "DerivedSummary",
     "GalleryWriter",
     "IndexJob",

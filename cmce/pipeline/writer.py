@@ -43,10 +43,7 @@ from .mapper import KnownHashes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXACT_INDEX_MAX_ENTRIES", "DerivedSummary", "GalleryWriter", "build_derived", "open_gallery"]
-
-#: Up to this many entries the exact index is built after indexing (above: the compact index's job).
-EXACT_INDEX_MAX_ENTRIES = 2_000_000
+__all__ = ["DerivedSummary", "GalleryWriter", "build_derived", "open_gallery"]
 
 
 def open_gallery(folder: str | os.PathLike) -> Path:
@@ -151,22 +148,30 @@ class DerivedSummary:
     built: bool
 
 
-def build_derived(folder: str | os.PathLike, bundle: Bundle) -> DerivedSummary:
+def build_derived(folder: str | os.PathLike, bundle: Bundle, *, ray: str | None = None) -> DerivedSummary:
     """Re-project the gallery's raw embeddings with ``bundle`` and store its derived data.
 
-    Galleries above ``EXACT_INDEX_MAX_ENTRIES`` are left without (their search index is
-    the compact one, built apart).
+    From ``cmce.compact.COMPACT_FROM`` entries, or when the gallery already serves an
+    archive index, the derived data is the archive kind (``cmce.archive_index``:
+    streamed shard by shard, compact index from that size); below, the in-memory
+    gallery's (fused vectors and the exact index, as ``Gallery.save`` writes it).
+
+    Args:
+        folder: the gallery.
+        bundle: the serving bundle.
+        ray: build an archive index with Ray tasks on this cluster (see ``connect_ray``).
     """
+    from ..archive_index import ARCHIVE_KIND, build_archive_index
+    from ..compact import COMPACT_FROM
     from ..gallery import derive
     from ..upgrade import reproject_records
 
     folder = Path(folder)
     manifest = read_manifest(folder) or {}
     entries = int(manifest.get("entries", 0))
-    if entries > EXACT_INDEX_MAX_ENTRIES:
-        logger.warning("%s: %d entries, over the %d the exact index serves; derived data not built", folder,
-                       entries, EXACT_INDEX_MAX_ENTRIES)
-        return DerivedSummary(entries, 0, False)
+    if entries and (entries >= COMPACT_FROM or (manifest.get("derived") or {}).get("kind") == ARCHIVE_KIND):
+        report = build_archive_index(folder, bundle, ray=ray)
+        return DerivedSummary(report.entries, report.rejected, True)
     stored = read_gallery(folder, metadata=False)  # ids, probabilities, embeddings: all re-projection needs
     if not len(stored.records):
         return DerivedSummary(0, 0, False)

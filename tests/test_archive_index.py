@@ -1,0 +1,160 @@
+"""Archive derived data (cmce.archive_index): built by streaming over the shards, searched
+without loading them, and answering like the in-memory Gallery on a real LFW gallery."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmce.archive_index import ArchiveGallery, build_archive_index
+from cmce.bundle import load_bundle
+from cmce.compact import CompactConfig
+from cmce.errors import CmceError, GalleryError
+from cmce.gallery import FaceEngine, Gallery
+from cmce.store import append_entries
+
+from conftest import lfw_people
+
+SMALL = CompactConfig(factory="IVF{nlist},PQ32x4fs", nlist=4, nprobe=4, rerank=64, train_per_list=16)
+
+
+@pytest.fixture(scope="module")
+def engine() -> FaceEngine:
+    return FaceEngine(load_bundle(None))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, lfw_dir, engine) -> tuple[Path, Gallery]:
+    """A real gallery in two entry shards (the second appended), and the same gallery in memory."""
+    people = lfw_people(lfw_dir, 12, min_images=3)
+    photos = [p for person in people for p in sorted(person.glob("*.jpg"))[:3]]
+    items = [(p.name, p, p.parent.name) for p in photos]
+    folder = tmp_path_factory.mktemp("archive") / "gallery"
+    gallery = Gallery(engine)
+    gallery.add_images(items[:20])
+    gallery.save(folder)
+    since = len(gallery.entries)
+    gallery.add_images(items[20:])
+    gallery.save_appended(folder, since)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert len([s for s in manifest["shards"] if s["kind"] == "entries"]) == 2
+    return folder, gallery
+
+
+@pytest.fixture()
+def copy(saved, tmp_path) -> Path:
+    dest = tmp_path / "gallery"
+    shutil.copytree(saved[0], dest)
+    return dest
+
+
+def _queries(gallery: Gallery) -> np.ndarray:
+    # each gallery entry's own query-model embedding, slightly perturbed, as a query
+    rng = np.random.default_rng(0)
+    q = gallery.vectors.views["query"] + 0.05 * rng.standard_normal(gallery.vectors.views["query"].shape)
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["exact", "compact"])
+def test_archive_answers_like_the_gallery(copy, saved, engine, kind):
+    _, gallery = saved
+    report = build_archive_index(copy, engine.bundle, index=kind, config=SMALL)
+    assert report.entries == len(gallery) and report.index == kind and report.unusable == 0
+    archive = ArchiveGallery.open(copy, engine.bundle)
+    assert len(archive) == len(gallery)
+    np.testing.assert_array_equal(archive.rejected(), gallery.rejected())
+    np.testing.assert_array_equal(archive.rejected(rate=0.2), gallery.rejected(rate=0.2))
+    np.testing.assert_allclose(archive.quality, gallery.vectors.quality, atol=1e-6)
+    queries = _queries(gallery)
+    for rejected in (None, gallery.rejected(rate=0.3)):
+        results = archive.search_vectors(queries, k=5, rejected=rejected)
+        for q, res in zip(queries, results):
+            want = gallery.search_vector(q, k=5, rejected=rejected)["ensemble"]
+            assert [m.position for m in res.matches] == [m.position for m in want.matches]
+            np.testing.assert_allclose([m.score for m in res.matches], [m.score for m in want.matches], atol=2e-3)
+            assert [m.label for m in res.matches] == [m.label for m in want.matches]
+            assert [m.source for m in res.matches] == [m.source for m in want.matches]
+            assert res.unknown == want.unknown and res.threshold == pytest.approx(want.threshold)
+            if rejected is not None:
+                assert not any(rejected[m.position] for m in res.matches)
+    entry_ids = [e.entry_id for e in gallery.entries]
+    hit = archive.search_vectors(queries[:1], k=1)[0].matches[0]
+    assert hit.entry_id == entry_ids[hit.position]
+
+
+def test_archive_index_is_derived_data(copy, engine, saved, lfw_dir):
+    """Stale after new shards, refused for another bundle, and a rebuild replaces it."""
+    _, gallery = saved
+    with pytest.raises(GalleryError, match="no archive index for this bundle"):
+        ArchiveGallery.open(copy, engine.bundle)
+    build_archive_index(copy, engine.bundle, index="exact")
+    other = load_bundle(Path(__file__).resolve().parents[1] / "assets" / "bundles" / "facenet-dlib")
+    with pytest.raises(GalleryError, match="no archive index for this bundle"):
+        ArchiveGallery.open(copy, other)
+    grown = Gallery.load(copy, engine)
+    since = len(grown.entries)
+    extra = sorted(lfw_people(lfw_dir, 14, min_images=3)[-1].glob("*.jpg"))[:1]
+    grown.add_images([(p.name, p, None) for p in extra])
+    append_entries(copy, grown.records().take(grown.positions >= since))  # raw shard only
+    with pytest.raises(GalleryError, match="shards were added"):
+        ArchiveGallery.open(copy, engine.bundle)
+    report = build_archive_index(copy, engine.bundle, index="exact")
+    assert report.entries == len(grown)
+    assert len(list((copy / "derived").iterdir())) == 1
+
+
+def test_archive_index_refuses_bad_input(copy, engine, tmp_path):
+    with pytest.raises(CmceError, match="index must be one of"):
+        build_archive_index(copy, engine.bundle, index="hnsw")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    shard = copy / manifest["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(GalleryError, match="corrupt"):
+        build_archive_index(copy, engine.bundle)
+    assert not (copy / "derived").exists() or not any(p.name.startswith(".") for p in (copy / "derived").iterdir())
+    with pytest.raises(GalleryError):
+        build_archive_index(tmp_path / "nowhere", engine.bundle)
+
+
+def test_cli_build_index_and_search(copy, saved, tmp_path):
+    """`build-index` then `search` with real photos: a gallery member is found under its label."""
+    from cmce.cli import main
+
+    _, gallery = saved
+    assert main(["build-index", str(copy), "--index", "compact", "--nlist", "4", "--nprobe", "4"]) == 0
+    labelled = [e for e in gallery.entries if e.label]
+    person = labelled[0].label
+    photo = next(p for p in Path(gallery.entries[0].uri).parent.parent.glob(f"{person}/*.jpg"))
+    out = tmp_path / "answers.json"
+    assert main(["search", str(copy), str(photo), "--k", "3", "--json", str(out)]) == 0
+    answers = json.loads(out.read_text())
+    assert answers[0]["matches"][0]["label"] == person and answers[0]["matches"][0]["score"] > 0.9
+    assert main(["search", str(copy), str(tmp_path / "missing.jpg")]) == 2
+
+
+def test_upgrade_of_an_archive_gallery_streams_the_shards(copy, engine, tmp_path):
+    """`upgrade` of a gallery served by an archive index re-projects it shard by shard, in
+    place or into --out (shards linked), with the same vectors the in-memory path computes."""
+    from cmce.store import read_gallery
+    from cmce.upgrade import reproject_records, upgrade_gallery
+
+    build_archive_index(copy, engine.bundle, index="exact")
+    other = load_bundle(Path(__file__).resolve().parents[1] / "assets" / "bundles" / "facenet-query")
+    with pytest.raises(CmceError, match="float32"):
+        upgrade_gallery(copy, other, precision="int8")
+    report = upgrade_gallery(copy, other, out=tmp_path / "upgraded")
+    assert report.to_query == other.query_model and report.from_query == engine.bundle.query_model
+    want = reproject_records(read_gallery(copy, metadata=False), other).vectors
+    archive = ArchiveGallery.open(tmp_path / "upgraded", other)
+    vectors = np.load(tmp_path / "upgraded" / archive.meta["path"] / "vectors.npy")
+    np.testing.assert_allclose(vectors.astype(np.float32), want.ensemble, atol=1e-3)
+    np.testing.assert_allclose(archive.quality, want.quality, atol=1e-6)
+    assert report.entries == len(archive) and report.lacking == {}
+    with pytest.raises(GalleryError, match="no archive index for this bundle"):
+        ArchiveGallery.open(copy, other)  # the source is untouched
+    upgrade_gallery(copy, other)
+    assert ArchiveGallery.open(copy, other).meta["fingerprint"] == archive.meta["fingerprint"]
