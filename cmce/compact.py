@@ -9,9 +9,11 @@ copy from 65k entries): about 768 bytes per 128-d entry, 7.7 GB at 10M. Above
   read-only. Only the rows a search re-ranks are read.
 * **In memory, only the compressed index**: a faiss inverted-file index with
   product-quantised codes, built with ``faiss.index_factory`` from
-  :data:`COMPACT_FACTORY` (IVF with an HNSW coarse quantizer, so assigning 10M
-  vectors to their lists is a graph search, not a scan of every centroid), trained
-  on a sample of the file.
+  :data:`COMPACT_FACTORY`, trained on a sample of the file. While adding, the
+  coarse quantizer is an HNSW graph over the centroids, so assigning 10M vectors
+  to their lists is a graph search, not a scan of every centroid; once built it is
+  replaced by a flat quantizer over the same centroids, faster for the many lists
+  a search probes.
 * **Exact re-ranking.** A search fetches ``rerank`` candidates per query from the
   compressed index, reads their float16 rows from the file and scores them
   exactly: the returned scores are float32 inner products of the query with the
