@@ -387,6 +387,11 @@ def main() -> None:
     stats = real_statistics(args.data)
     report["real_pairs"] = pair_scores(stats["x"], stats["labels"], np.random.default_rng(0))
     report["real_photos"] = int(len(stats["x"]))
+    cov_b = stats["L_b"].T @ stats["L_b"]
+    eig = np.linalg.eigvalsh(cov_b)
+    report["between_identity_participation_ratio"] = round(float(eig.sum() ** 2 / (eig**2).sum()), 1)
+    print(f"between-identity covariance: participation ratio {report['between_identity_participation_ratio']} "
+          f"dimensions of {cov_b.shape[0]}", flush=True)
     report["ivf_recall_by_probe_share"] = ivf_difficulty(stats)
     print(f"IVF64 recall@10 by share of lists probed (real vs synthetic, {len(stats['x'])} vectors): "
           f"{report['ivf_recall_by_probe_share']}", flush=True)
