@@ -707,7 +707,9 @@ class CompactIndex:
             if selected is not None and n_selected <= COMPACT_EXACT_BELOW:
                 scores, ids = self._search_selected_exactly(q, k_found, np.flatnonzero(selected))
             else:
-                scores, ids = self._search_approximate(q, k_found, selected, nprobe, max(rerank, k_found))
+                scores, ids = self._search_approximate(
+                    q, k_found, selected, n_selected, nprobe, max(rerank, k_found)
+                )
         if threshold is not None:
             below = scores < threshold
             ids = np.where(below, -1, ids)
@@ -724,10 +726,9 @@ class CompactIndex:
         return params
 
     def _search_approximate(
-        self, q: np.ndarray, k: int, selected: np.ndarray | None, nprobe: int, rerank: int
+        self, q: np.ndarray, k: int, selected: np.ndarray | None, n_selected: int, nprobe: int, rerank: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``rerank`` candidates from the compressed index, re-ranked exactly to top-``k``."""
-        n_selected = self._count if selected is None else int(np.count_nonzero(selected))
         if selected is not None and n_selected >= COMPACT_POSTFILTER_FRACTION * self._count:
             # most entries kept: search unmasked for proportionally more candidates and
             # drop the excluded ones (a selector slows the fast-scan kernel down)
