@@ -111,8 +111,10 @@ COMPACT_FACTORY = "IVF{nlist}_HNSW32,PQ64x4fs"
 IVF lists (an HNSW graph over the centroids while adding), residuals encoded by
 64 sub-quantizers of 4 bits each (32 bytes, 2 dimensions each at D=128) scanned by
 faiss's SIMD "fast-scan" kernel. In memory: 32 bytes of code + 8 bytes of id per
-entry, plus the centroids: 40.8 bytes per entry serialized at 10M, 43.5 bytes
-RssAnon after loading.
+entry, plus the centroids: 40.8 bytes per entry serialized at 10M, 43.4 bytes
+RssAnon after loading (loading took 0.7 s). On disk: the index plus 256 bytes per
+entry of float16 vectors, 296.8 bytes per entry. Building at 10M took 370 s of
+training (262,144 sampled rows) and 325 s of adding on 2 busy vCPUs.
 
 Measured at 1M (``docs/bench-compact-index-1M.txt``; 2048 lists, 40% probed,
 1,024 candidates re-ranked, 2 shared vCPUs, load 1.6-5):
@@ -144,23 +146,27 @@ spread over many lists.
 COMPACT_PROBE_FRACTION = 0.3
 """Share of the IVF lists probed per query when ``nprobe`` is not given.
 
-At 10M entries (8,192 lists, ``docs/bench-compact-index.json``; one thread, 2 shared
-vCPUs at load 4-7), probed share / candidates re-ranked -> recall@10 against
-exact, single-query p50:
+At 10M entries (8,192 lists; ``docs/bench-compact-index.txt`` and ``-10M-run1.txt``;
+300 single queries on one thread, 2 shared vCPUs at load 3-7), probed share /
+candidates re-ranked -> recall@10 against exact, p50 and p95:
 
-=====  ======  =========  ========
-share  rerank  recall@10  p50
-=====  ======  =========  ========
-0.2    1,024   0.921      12.8 ms
-0.3    1,024   0.952      17.5 ms
-0.3    2,048   0.963      19.2 ms
-0.4    1,024   0.971      22.2 ms
-0.4    2,048   0.982      23.8 ms
-0.5    1,024   0.978      26.8 ms
-=====  ======  =========  ========
+=====  ======  =========  ========  ========
+share  rerank  recall@10  p50       p95
+=====  ======  =========  ========  ========
+0.2    1,024   0.921      12.8 ms   14.3 ms
+0.2    2,048   0.929      14.0 ms   16.7 ms
+0.25   2,048   0.950      16.1 ms   18.3 ms
+0.3    1,024   0.952      16.7 ms   19.2 ms
+0.3    2,048   0.963      18.1 ms   21.1 ms   (the defaults)
+0.4    1,024   0.971      22.2 ms   23.9 ms
+0.4    2,048   0.982      22.7 ms   25.8 ms
+0.5    1,024   0.978      26.8 ms   28.9 ms
+=====  ======  =========  ========  ========
 
 0.3 with 2,048 candidates is the cheapest setting that clears recall@10 0.95 with
-a margin and a p50 under 20 ms; pass ``nprobe``/``rerank`` per search to trade.
+a margin (0.963, 300 queries) at a p50 under 20 ms; pass ``nprobe``/``rerank``
+per search to trade one for the other. With the defaults, hits above an open-set
+threshold of 0.523 (95% of real genuine pairs reach it) were found at 0.990.
 """
 
 COMPACT_RERANK = 2048
@@ -181,17 +187,20 @@ COMPACT_TRAIN_MAX = 262_144
 COMPACT_POSTFILTER_FRACTION = 0.5
 """Masks keeping at least this share of the entries are applied to the candidates, not in the scan.
 
-faiss's fast-scan kernel slows down with an ``IDSelector`` (10M entries, a mask
-rejecting 10%: p50 29.4 ms against 22.2 ms unmasked); such masks instead fetch
-``rerank * N / selected`` candidates unmasked and drop the excluded ones.
+faiss's fast-scan kernel slows down with an ``IDSelector`` (10M entries, 40% of
+the lists, a mask rejecting 10%: p50 29.4 ms against 22.2 ms unmasked); such masks
+instead fetch ``rerank * N / selected`` candidates unmasked and drop the excluded
+ones (defaults, 10M, 10% rejected: recall@10 0.963, p50 22.2 ms against 18.1 ms
+unmasked, most of the difference being the larger candidate list and the load).
 """
 
 COMPACT_EXACT_BELOW = 16_384
 """Masks keeping at most this many entries are searched exactly (rows read from the file).
 
 Reading scattered rows costs: an exact search over 50,000 selected rows took 16.5 ms
-in a 1M file and 40 ms in a 10M one (rows spread over 2.5 GB); 16,384 rows keep the
-exact path near the cost of an approximate search.
+in a 1M file and 40 ms in a 10M one (rows spread over 2.5 GB, in the page cache),
+where the approximate search with a selector took 29 ms; 16,384 rows keep the exact
+path near the cost of an approximate search.
 """
 
 INDEX_FILE = "index.faiss"
