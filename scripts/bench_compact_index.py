@@ -149,6 +149,39 @@ def pair_scores(x: np.ndarray, labels: np.ndarray, rng: np.random.Generator, pai
     }
 
 
+def ivf_difficulty(stats: dict, seed: int = 5) -> dict:
+    """Recall@10 of an exact-within-lists IVF (64 lists) at growing probe shares, real vs synthetic.
+
+    Both sets have the size of the real one; queries are 500 members (self excluded).
+    Similar curves mean the synthetic vectors are as hard for an IVF index as real ones.
+    """
+    import tempfile
+
+    import faiss
+
+    x = stats["x"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "small.npy"
+        generate(stats, len(x), 10, path, seed=seed)
+        y = np.asarray(np.load(path), dtype=np.float32)
+    out = {}
+    for name, data in (("real", x), ("synthetic", y)):
+        rng = np.random.default_rng(0)
+        q = data[rng.choice(len(data), 500, replace=False)]
+        exact = faiss.IndexFlatIP(data.shape[1])
+        exact.add(data)
+        _, truth = exact.search(q, 11)
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(data.shape[1]), data.shape[1], 64)
+        ivf.train(data)
+        ivf.add(data)
+        curve = {}
+        for nprobe in (4, 8, 16, 32):
+            _, found = ivf.search(q, 11, params=faiss.SearchParametersIVF(nprobe=nprobe))
+            curve[f"{nprobe / 64:.3f}"] = round(recall(found[:, 1:], truth[:, 1:]), 3)
+        out[name] = curve
+    return out
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -324,6 +357,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/cmce-compact-bench")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the vector file and indexes")
+    ap.add_argument("--realism-only", action="store_true", help="only compare real and synthetic statistics")
     ap.add_argument("--measure", nargs=2, metavar=("FOLDER", "GT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     sweep = [(float(s.split(":")[0]), int(s.split(":")[1])) for s in args.sweep.split(",") if s]
@@ -333,10 +367,15 @@ def main() -> None:
         print("RESULT " + json.dumps(result), flush=True)
         return
 
+    import logging
+
     import faiss
     import torch
 
     from cmce.compact import CompactConfig, CompactIndex
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("cmce.compact").setLevel(logging.INFO)  # training and add progress
 
     torch.set_num_threads(1)
     work = Path(args.workdir)
@@ -348,6 +387,17 @@ def main() -> None:
     stats = real_statistics(args.data)
     report["real_pairs"] = pair_scores(stats["x"], stats["labels"], np.random.default_rng(0))
     report["real_photos"] = int(len(stats["x"]))
+    cov_b = stats["L_b"].T @ stats["L_b"]
+    eig = np.linalg.eigvalsh(cov_b)
+    report["between_identity_participation_ratio"] = round(float(eig.sum() ** 2 / (eig**2).sum()), 1)
+    print(f"between-identity covariance: participation ratio {report['between_identity_participation_ratio']} "
+          f"dimensions of {cov_b.shape[0]}", flush=True)
+    report["ivf_recall_by_probe_share"] = ivf_difficulty(stats)
+    print(f"IVF64 recall@10 by share of lists probed (real vs synthetic, {len(stats['x'])} vectors): "
+          f"{report['ivf_recall_by_probe_share']}", flush=True)
+    if args.realism_only:
+        print(json.dumps(report, indent=2))
+        return
     vec_path = work / "vectors.npy"
     gen = generate(stats, args.n, args.queries, vec_path)
     report.update({k: gen[k] for k in ("identities", "photos_per_identity", "generate_seconds", "synthetic_pairs")})

@@ -88,8 +88,9 @@ def test_recall_and_exact_scores(built):
     np.testing.assert_allclose(result.scores[same, 0], truth_scores[same, 0], atol=1e-5)
 
 
-def test_mask_excludes_and_keeps_recall(built):
+def test_mask_excludes_and_keeps_recall(built, monkeypatch):
     index, path, q = built
+    monkeypatch.setattr(compact, "COMPACT_EXACT_BELOW", 0)  # 10k entries: no exact shortcut
     mask = np.random.default_rng(1).random(N) >= 0.1
     result = index.search(q, k=10, mask=mask)
     assert (result.positions >= 0).all()
@@ -122,6 +123,24 @@ def test_sparse_mask_through_the_approximate_path(built, monkeypatch):
     result = index.search(q, k=10, mask=mask, nprobe=1)
     assert ((result.positions >= 0).sum(axis=1) == 6).all()
     assert mask[result.positions[:, :6]].all()
+
+
+def test_mask_excluding_every_near_entry_still_fills_k(built, caplog, monkeypatch):
+    """A mask kept after the scan that removes all fetched candidates falls back to a masked search."""
+    index, path, q = built
+    monkeypatch.setattr(compact, "COMPACT_EXACT_BELOW", 0)  # 10k entries: no exact shortcut
+    caplog.set_level("DEBUG", logger="cmce.compact")
+    vectors = open_vector_file(path)
+    scores = q[:1] @ np.asarray(vectors, np.float32).T
+    mask = np.ones(N, bool)
+    mask[np.argsort(-scores[0])[: N // 2]] = False  # the half of the entries nearest to the query
+    assert mask.sum() >= compact.COMPACT_POSTFILTER_FRACTION * N  # the post-filter path
+    # the one probed list (about 40 entries) keeps fewer than k selected entries
+    result = index.search(q[:1], k=50, mask=mask, nprobe=1)
+    assert "under-filled" in caplog.text
+    assert (result.positions >= 0).all() and mask[result.positions].all()
+    _, truth = _exact(vectors, q[:1], 50, mask)
+    assert _recall(result.positions, truth) >= 0.9
 
 
 def test_threshold_drops_hits_below(built):
