@@ -12,6 +12,8 @@ Variants (``--variants``, comma-separated; the first is the base of the ratios):
     cv1       OpenCV on 1 thread (``CMCE_OPENCV_THREADS=1``).
     int8      ``CMCE_FACENET_RUNTIME=int8``: facenet-casia int8 through onnxruntime, OpenCV on every core.
     int8-cv1  both.
+MTCNN's exact int32 crop table is in every variant (it changes no face; its own before/after
+is in the README).
 
 Usage:
     python scripts/bench_indexing_throughput.py ../shared/data/lfw-train --n 128

@@ -65,7 +65,7 @@ class FaceNetCasia(_InceptionResnet):
     """FaceNet 20180408-102900 (CASIA-WebFace), 512-d.
 
     On the CPU with ``CMCE_FACENET_RUNTIME=int8`` it runs a statically quantised copy
-    through onnxruntime (``facenet_int8``), about 3x faster; its ``cache_id`` says so.
+    through onnxruntime (``facenet_int8``), about 5x faster; its ``cache_id`` says so.
     """
 
     def __init__(self, spec, device=None, batch_size=64):
