@@ -8,7 +8,7 @@ Python loop, which was about a quarter of MTCNN's CPU time (and far more of its 
 time). Here all candidates are cut and area-resized at once from a summed-area table:
 area interpolation of a crop is the mean over the windows
 ``[floor(i*n/S), ceil((i+1)*n/S))`` of adaptive average pooling, and window sums of
-integer pixel values are exact in float64, so the crops equal the loop's
+integer pixel values are exact (int32 / int64 tables), so the crops equal the loop's
 (``tests/test_faces.py`` compares the detections with facenet-pytorch's own).
 """
 
@@ -42,7 +42,8 @@ def crop_resize(integral: torch.Tensor, image_inds: torch.Tensor, y, ey, x, ex, 
     """Area-resized crops ``img[b, :, y-1:ey, x-1:ex]`` -> (N, C, size, size) float32.
 
     Args:
-        integral: (B, H+1, W+1, C) float64 summed-area table of the images.
+        integral: (B, H+1, W+1, C) summed-area table of the images, int32 or int64
+            (exact integers either way; see ``_integral``).
         image_inds: (N,) image of each candidate.
         y, ey, x, ex: (N,) int arrays from facenet-pytorch's ``pad`` (1-based starts).
         size: output side.
@@ -59,7 +60,7 @@ def crop_resize(integral: torch.Tensor, image_inds: torch.Tensor, y, ey, x, ex, 
     def at(r, c):
         return integral[b, r[:, :, None], c[:, None, :]]  # (N, size, size, C)
 
-    sums = at(r1, c1) - at(r0, c1) - at(r1, c0) + at(r0, c0)
+    sums = (at(r1, c1) - at(r0, c1) - at(r1, c0) + at(r0, c0)).to(torch.float64)
     area = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :]).to(torch.float64)
     return (sums / area[..., None]).to(torch.float32).permute(0, 3, 1, 2).contiguous()
 
@@ -78,13 +79,25 @@ def _stage_input(integral, boxes, image_inds, w, h, size: int, dtype):
     return boxes, image_inds, (crops.to(dtype) - 127.5) * 0.0078125
 
 
+def _integral(imgs: torch.Tensor) -> torch.Tensor:
+    """(B, H+1, W+1, C) summed-area table of a (B, H, W, C) uint8 batch, in exact integers.
+
+    int32 whenever the largest possible sum (255 x H x W) fits, else int64: half the
+    memory traffic of float64 for the cumulative sums and the crops' corner gathers
+    (about a tenth of MTCNN's CPU time at 800 px), and the same window sums.
+    """
+    dtype = torch.int32 if 255 * imgs.shape[1] * imgs.shape[2] < 2**31 else torch.int64
+    integral = torch.zeros((imgs.shape[0], imgs.shape[1] + 1, imgs.shape[2] + 1, imgs.shape[3]),
+                           dtype=dtype, device=imgs.device)
+    integral[:, 1:, 1:] = imgs.to(dtype).cumsum(1, dtype=dtype).cumsum(2, dtype=dtype)
+    return integral
+
+
 def detect_faces(imgs: np.ndarray, minsize: int, pnet, rnet, onet, threshold, factor: float, device):
     """facenet-pytorch's ``detect_face`` for a (B, H, W, 3) uint8 batch; same return value."""
     imgs = torch.as_tensor(np.ascontiguousarray(imgs), device=device)
     model_dtype = next(pnet.parameters()).dtype
-    integral = torch.zeros((imgs.shape[0], imgs.shape[1] + 1, imgs.shape[2] + 1, imgs.shape[3]),
-                           dtype=torch.float64, device=device)
-    integral[:, 1:, 1:] = imgs.to(torch.float64).cumsum(1).cumsum(2)
+    integral = _integral(imgs)
     imgs = imgs.permute(0, 3, 1, 2).type(model_dtype)
 
     batch_size = len(imgs)

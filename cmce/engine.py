@@ -41,9 +41,10 @@ class FaceEngine:
 
     def __init__(self, bundle: Bundle, detector: FaceDetector | None = None, device: str | None = None):
         from .backbones import create_backbone
-        from .backbones.base import configure_torch_threads, default_device
+        from .backbones.base import configure_opencv_threads, configure_torch_threads, default_device
 
         configure_torch_threads()  # CMCE_TORCH_THREADS, default 1 (see TORCH_THREADS)
+        configure_opencv_threads()  # CMCE_OPENCV_THREADS, default OpenCV's own (every core)
         self.device = device or default_device()
         self.bundle = bundle.to(self.device)  # the transformers run where the backbones do
         self.detector = detector or FaceDetector(

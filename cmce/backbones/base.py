@@ -17,7 +17,7 @@ from ._pretrained import TEMPLATES, PretrainedSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Backbone", "configure_torch_threads", "default_device", "package_file", "verified_package_file"]
+__all__ = ["Backbone", "configure_opencv_threads", "configure_torch_threads", "default_device", "package_file", "verified_package_file"]
 
 TORCH_THREADS = 1
 """Default torch intra-op threads of a cmce process (``CMCE_TORCH_THREADS`` overrides).
@@ -64,6 +64,42 @@ def configure_torch_threads(threads: int | None = None) -> int:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
         logger.info("torch intra-op threads: %d", threads)
+    return threads
+
+
+def configure_opencv_threads(threads: int | None = None) -> int:
+    """Set OpenCV's thread count (SFace and YuNet run in OpenCV DNN) when asked; return it.
+
+    OpenCV uses every core by default. Two indexing processes on two cores then run
+    four OpenCV threads, the oversubscription that makes cmce run one torch thread. On
+    this shared machine the gain of one OpenCV thread did not stand out of the noise
+    (``scripts/bench_indexing_throughput.py``, variants ``cv1``), so the default stays
+    OpenCV's own; ``CMCE_OPENCV_THREADS`` sets it.
+
+    Args:
+        threads: the count; None reads ``CMCE_OPENCV_THREADS`` and, when that is unset,
+            leaves OpenCV as it is.
+
+    Raises:
+        BackboneError: a count that is not a positive integer.
+    """
+    import os
+
+    import cv2
+
+    if threads is None:
+        raw = os.environ.get("CMCE_OPENCV_THREADS", "").strip()
+        if not raw:
+            return cv2.getNumThreads()
+        try:
+            threads = int(raw)
+        except ValueError:
+            raise BackboneError(f"CMCE_OPENCV_THREADS must be a positive integer; got {raw!r}") from None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise BackboneError(f"OpenCV threads must be a positive integer; got {threads!r}")
+    if cv2.getNumThreads() != threads:
+        cv2.setNumThreads(threads)
+        logger.info("OpenCV threads: %d", threads)
     return threads
 
 
