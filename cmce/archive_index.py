@@ -404,11 +404,17 @@ class ArchiveGallery:
         self.quality = np.load(derived / "quality.npy")
         self.uncertainty = np.load(derived / "uncertainty.npy", mmap_mode="r")
         self.active = np.load(derived / "active.npy")
-        self._entries = _require_pyarrow()[0].ipc.open_file(
-            _require_pyarrow()[0].memory_map(str(derived / "entries.arrow"))).read_all()
+        pa = _require_pyarrow()[0]
+        reader = pa.ipc.open_file(pa.memory_map(str(derived / "entries.arrow")))
+        # one record batch per shard, zero-copy from the memory map; a hit is looked up in its
+        # batch (Table.take over chunks would concatenate every chunk: 40 ms at 2M entries)
+        self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        self._offsets = np.cumsum([0] + [b.num_rows for b in self._batches])
         n = int(meta["entries"])
-        if not (len(self.quality) == len(self.active) == len(self.uncertainty) == self._entries.num_rows == n):
+        if not (len(self.quality) == len(self.active) == len(self.uncertainty) == self._offsets[-1] == n):
             raise GalleryError(f"{derived}: derived files disagree on the entry count; rebuild the archive index")
+        self._searchable = self.active & ~self.rejected()  # the default mask, computed once
+        self._threshold = float(bundle.calibration.similarity_thresholds.get("ensemble", -1.0))
 
     def __len__(self) -> int:
         return int(self.meta["entries"])
@@ -464,14 +470,16 @@ class ArchiveGallery:
                 calibrated rejection).
         """
         if rejected is None:
-            rejected = self.rejected()
-        rejected = np.asarray(rejected)
-        if rejected.dtype != np.bool_ or rejected.shape != (len(self),):
-            raise CmceError(f"rejected must be a bool array of shape ({len(self)},), got {rejected.dtype} {rejected.shape}")
-        res = self.index.search(np.atleast_2d(np.asarray(queries, np.float32)), k=k, mask=self.active & ~rejected)
-        threshold = float(self.bundle.calibration.similarity_thresholds.get("ensemble", -1.0))
-        hits = res.positions[res.positions >= 0]
-        rows = self._entries.take(hits).to_pydict() if len(hits) else {c: [] for c in _ENTRY_COLUMNS}
+            mask = self._searchable
+        else:
+            rejected = np.asarray(rejected)
+            if rejected.dtype != np.bool_ or rejected.shape != (len(self),):
+                raise CmceError(
+                    f"rejected must be a bool array of shape ({len(self)},), got {rejected.dtype} {rejected.shape}")
+            mask = self.active & ~rejected
+        res = self.index.search(np.atleast_2d(np.asarray(queries, np.float32)), k=k, mask=mask)
+        threshold = self._threshold
+        rows = self._entry_rows(res.positions[res.positions >= 0])
         out, j = [], 0
         for scores, positions in zip(res.scores, res.positions):
             matches = []
@@ -485,8 +493,18 @@ class ArchiveGallery:
             out.append(ArchiveResult(tuple(matches), threshold, not matches or matches[0].score < threshold))
         return out
 
+    def _entry_rows(self, positions: np.ndarray) -> dict[str, list]:
+        """entry_id, source, label and uri of each position, in order."""
+        out: dict[str, list] = {c: [] for c in _ENTRY_COLUMNS}
+        batch_of = np.searchsorted(self._offsets, positions, side="right") - 1
+        for pos, b in zip(positions.tolist(), batch_of.tolist()):
+            batch, row = self._batches[b], pos - int(self._offsets[b])
+            for c in _ENTRY_COLUMNS:
+                out[c].append(batch.column(c)[row].as_py())
+        return out
+
     def memory_bytes(self) -> int:
         """Bytes held in RAM for searching: the index's in-memory part, quality scores, masks."""
         index = self.index.memory_bytes() if isinstance(self.index, CompactIndex) else self.index.vectors.nbytes
-        return int(index + self.quality.nbytes + self.active.nbytes)
+        return int(index + self.quality.nbytes + self.active.nbytes + self._searchable.nbytes)
 

@@ -178,6 +178,7 @@ def main() -> None:
     p.add_argument("--index", default="compact", choices=["compact", "exact"])
     p.add_argument("--workdir", default=None, help="where the synthetic gallery goes (default: a temp folder)")
     p.add_argument("--json", default=None)
+    p.add_argument("--keep", action="store_true", help="keep the synthetic gallery (its folder is printed)")
     p.add_argument("--measure", nargs=3, metavar=("GALLERY", "QUERIES", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -213,7 +214,10 @@ def main() -> None:
             **json.loads((root / "measure.json").read_text()),
         }
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            logging.info("kept %s", root)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

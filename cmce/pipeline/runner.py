@@ -189,6 +189,10 @@ def connect_ray(address: str = "local", *, num_cpus: int | None = None, timeout_
         num_cpus: CPUs of a local cluster (default: all).
         timeout_s: seconds a head's port may take to answer.
 
+    Every ``CMCE_*`` variable of this process's environment is passed to the cluster's
+    workers (``runtime_env``), so settings such as ``CMCE_FACENET_RUNTIME=int8`` hold on
+    every machine.
+
     Returns:
         Whether this call started the connection (the caller then shuts it down).
 
@@ -200,6 +204,11 @@ def connect_ray(address: str = "local", *, num_cpus: int | None = None, timeout_
     if ray.is_initialized():
         return False
     kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    # this process's cmce settings (e.g. CMCE_FACENET_RUNTIME=int8, CMCE_TORCH_THREADS) reach every
+    # worker of the cluster, also on other machines, whose environment is not this one
+    settings = {k: v for k, v in os.environ.items() if k.startswith("CMCE_")}
+    if settings:
+        kwargs["runtime_env"] = {"env_vars": settings}
     if address == "local":
         ray.init(num_cpus=num_cpus, **kwargs)
         return True
@@ -215,7 +224,8 @@ def connect_ray(address: str = "local", *, num_cpus: int | None = None, timeout_
         # a port that answers but is no Ray head: ray.init retries about once a second, 20 times by default
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(max(1, round(timeout_s))))
     try:
-        ray.init(address=address, **({} if address.startswith("ray://") else kwargs))
+        client = address.startswith("ray://")  # Ray Client takes the runtime environment only
+        ray.init(address=address, **({k: v for k, v in kwargs.items() if k == "runtime_env"} if client else kwargs))
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise CmceError(f"cannot join the Ray cluster at {address}: {e}") from e
     return True
