@@ -66,7 +66,7 @@ import numpy as np
 
 from .cache import atomic_write, atomic_write_bytes
 from .errors import CmceError, GalleryError
-from .index import SearchResult, _omp_threads, _pad, _positive_int, _unit_matrix
+from .index import SearchResult, _bool_mask, _omp_threads, _pad, _positive_int, _unit_matrix
 
 try:
     import faiss
@@ -699,12 +699,7 @@ class CompactIndex:
         selected = None
         n_selected = n
         if mask is not None:
-            m = np.asarray(mask)
-            if m.dtype != np.bool_ or m.shape != (n,):
-                raise CmceError(
-                    f"mask must be a bool array of shape ({n},) (one entry per position, "
-                    f"len(index)), got dtype {m.dtype} shape {m.shape}"
-                )
+            m = _bool_mask(mask, n)
             n_selected = int(np.count_nonzero(m))
             if n_selected < n:
                 selected = m

@@ -135,6 +135,11 @@ class GalleryEntry:
     uri: str | None = None
 
 
+def plural(count: int, word: str) -> str:
+    """``"1 face"``, ``"2 faces"``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class IndexReport:
     """What one indexing request did."""
@@ -147,14 +152,11 @@ class IndexReport:
     notes: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        def n(count: int, word: str) -> str:
-            return f"{count} {word}{'' if count == 1 else 's'}"
-
-        parts = [f"{n(self.added, 'face')} indexed from {n(self.files, 'file')}"]
+        parts = [f"{plural(self.added, 'face')} indexed from {plural(self.files, 'file')}"]
         if self.skipped:
-            parts.append(f"{n(len(self.skipped), 'file')} skipped")
+            parts.append(f"{plural(len(self.skipped), 'file')} skipped")
         if self.duplicates:
-            parts.append(f"{n(len(self.duplicates), 'duplicate')} ignored")
+            parts.append(f"{plural(len(self.duplicates), 'duplicate')} ignored")
         parts += list(self.limits_reached) + list(self.notes)
         return "; ".join(parts)
 

@@ -546,6 +546,17 @@ def _positive_int(value: object, name: str, minimum: int, error: type[CmceError]
     return int(value)
 
 
+def _bool_mask(mask: object, n: int) -> np.ndarray:
+    """``mask`` as an (n,) bool array (one entry per position), or CmceError saying what it is."""
+    m = np.asarray(mask)
+    if m.dtype != np.bool_ or m.shape != (n,):
+        raise CmceError(
+            f"mask must be a bool array of shape ({n},) (one entry per position, "
+            f"len(index)), got dtype {m.dtype} shape {m.shape}"
+        )
+    return m
+
+
 def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Widen faiss results to ``k`` columns and turn faiss's 'no hit' into -1 / -inf."""
     q = ids.shape[0]
@@ -801,13 +812,7 @@ class VectorIndex:
             selected = self._active[:n]
             n_selected = self._num_active
             if mask is not None:
-                m = np.asarray(mask)
-                if m.dtype != np.bool_ or m.shape != (n,):
-                    raise CmceError(
-                        f"mask must be a bool array of shape ({n},) (one entry per position, "
-                        f"len(index)), got dtype {m.dtype} shape {m.shape}"
-                    )
-                selected = selected & m
+                selected = selected & _bool_mask(mask, n)
                 n_selected = int(selected.sum())
             k_found = min(k, n_selected)
             if q.shape[0] == 0 or k_found == 0:

@@ -20,7 +20,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -157,6 +158,31 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+@contextmanager
+def _new_gallery(dest: Path) -> Iterator[Path]:
+    """A folder to build a gallery in (not yet created), moved to ``dest`` when the block succeeds.
+
+    ``dest`` must be absent or empty (``_check_out``); a failed block leaves nothing behind.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
+    try:
+        yield tmp / "gallery"
+        if dest.exists():
+            dest.rmdir()
+        os.replace(tmp / "gallery", dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _link_shards(src: Path, manifest: dict, folder: Path) -> None:
+    """``folder``: ``src``'s shards and skipped tables (hard-linked) and its manifest, without derived data."""
+    folder.mkdir()
+    for shard in manifest["shards"] + manifest.get("skipped", []):
+        _link_or_copy(src / shard["file"], folder / shard["file"])
+    (folder / MANIFEST).write_text(json.dumps(dict(manifest, derived=None), indent=1) + "\n")
+
+
 PRECISIONS = ("float32", "int8")
 
 
@@ -206,24 +232,12 @@ def upgrade_gallery(
     derived = replace(derived, bundle={**derived.bundle, "precision": precision})
     if out is not None:
         dest = Path(out)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
-        try:
+        with _new_gallery(dest) as new:
             if stored.converted_from:
-                write_gallery(tmp / "g", stored.records)
-                os.replace(tmp / "g", tmp / "gallery")
+                write_gallery(new, stored.records)
             else:
-                (tmp / "gallery").mkdir()
-                for shard in stored.manifest["shards"] + stored.manifest.get("skipped", []):
-                    _link_or_copy(src / shard["file"], tmp / "gallery" / shard["file"])
-                manifest = dict(stored.manifest, derived=None)
-                (tmp / "gallery" / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-            write_derived(tmp / "gallery", derived, index)
-            if dest.exists():
-                dest.rmdir()  # checked empty above
-            os.replace(tmp / "gallery", dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+                _link_shards(src, stored.manifest, new)
+            write_derived(new, derived, index)
     else:
         dest = src
         if stored.converted_from:
@@ -259,19 +273,9 @@ def _upgrade_archive(src: Path, manifest: dict, bundle: Bundle, out: str | os.Pa
     dest = src
     if out is not None:
         dest = Path(out)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
-        try:
-            (tmp / "gallery").mkdir()
-            for shard in manifest["shards"] + manifest.get("skipped", []):
-                _link_or_copy(src / shard["file"], tmp / "gallery" / shard["file"])
-            (tmp / "gallery" / MANIFEST).write_text(json.dumps(dict(manifest, derived=None), indent=1) + "\n")
-            build_archive_index(tmp / "gallery", bundle, ray=ray)
-            if dest.exists():
-                dest.rmdir()  # checked empty above
-            os.replace(tmp / "gallery", dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with _new_gallery(dest) as new:
+            _link_shards(src, manifest, new)
+            build_archive_index(new, bundle, ray=ray)
     else:
         build_archive_index(src, bundle, ray=ray)
     derived = dest / ((read_manifest(dest) or {}).get("derived") or {})["path"]

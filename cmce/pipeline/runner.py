@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from ..errors import CmceError
+from ..gallery import plural
 from .mapper import IndexMapper, MapperConfig
 from .reader import SourceFile, list_source
 from .writer import GalleryWriter, open_gallery
@@ -99,18 +100,15 @@ class JobReport:
         return self.added / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        def n(count: int, word: str) -> str:
-            return f"{count} {word}{'' if count == 1 else 's'}"
-
-        parts = [f"{n(self.added, 'face')} indexed from {n(self.files, 'file')}"]
+        parts = [f"{plural(self.added, 'face')} indexed from {plural(self.files, 'file')}"]
         if self.skipped:
-            parts.append(f"{n(len(self.skipped), 'file')} skipped")
+            parts.append(f"{plural(len(self.skipped), 'file')} skipped")
         if self.known:
-            parts.append(f"{n(self.known, 'file')} already indexed")
+            parts.append(f"{plural(self.known, 'file')} already indexed")
         if self.duplicates:
-            parts.append(f"{n(self.duplicates, 'duplicate face')} ignored")
+            parts.append(f"{plural(self.duplicates, 'duplicate face')} ignored")
         if self.resumed:
-            parts.append(f"{n(self.resumed, 'face')} of an interrupted run committed")
+            parts.append(f"{plural(self.resumed, 'face')} of an interrupted run committed")
         return "; ".join(parts + list(self.limits_reached))
 
 
