@@ -40,6 +40,27 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _thread_count(threads: int | None, env_name: str, what: str, default: int | None) -> int | None:
+    """``threads``, else the ``env_name`` variable, else ``default``; checked to be a positive integer.
+
+    Raises:
+        BackboneError: a count that is not a positive integer (naming the variable when it came from one).
+    """
+    import os
+
+    if threads is None:
+        raw = os.environ.get(env_name, "").strip()
+        if not raw:
+            return default
+        try:
+            threads = int(raw)
+        except ValueError:
+            raise BackboneError(f"{env_name} must be a positive integer; got {raw!r}") from None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise BackboneError(f"{what} threads must be a positive integer; got {threads!r}")
+    return threads
+
+
 def configure_torch_threads(threads: int | None = None) -> int:
     """Set torch's intra-op thread count for this process and return it.
 
@@ -49,18 +70,9 @@ def configure_torch_threads(threads: int | None = None) -> int:
     Raises:
         BackboneError: a count that is not a positive integer.
     """
-    import os
-
     import torch
 
-    if threads is None:
-        raw = os.environ.get("CMCE_TORCH_THREADS", "").strip()
-        try:
-            threads = int(raw) if raw else TORCH_THREADS
-        except ValueError:
-            raise BackboneError(f"CMCE_TORCH_THREADS must be a positive integer; got {raw!r}") from None
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise BackboneError(f"torch threads must be a positive integer; got {threads!r}")
+    threads = _thread_count(threads, "CMCE_TORCH_THREADS", "torch", TORCH_THREADS)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
         logger.info("torch intra-op threads: %d", threads)
@@ -83,20 +95,11 @@ def configure_opencv_threads(threads: int | None = None) -> int:
     Raises:
         BackboneError: a count that is not a positive integer.
     """
-    import os
-
     import cv2
 
+    threads = _thread_count(threads, "CMCE_OPENCV_THREADS", "OpenCV", None)
     if threads is None:
-        raw = os.environ.get("CMCE_OPENCV_THREADS", "").strip()
-        if not raw:
-            return cv2.getNumThreads()
-        try:
-            threads = int(raw)
-        except ValueError:
-            raise BackboneError(f"CMCE_OPENCV_THREADS must be a positive integer; got {raw!r}") from None
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise BackboneError(f"OpenCV threads must be a positive integer; got {threads!r}")
+        return cv2.getNumThreads()
     if cv2.getNumThreads() != threads:
         cv2.setNumThreads(threads)
         logger.info("OpenCV threads: %d", threads)
