@@ -318,7 +318,8 @@ def _threshold_update(engine: FaceEngine | None, score: str | None) -> Any:
 
 def _score_choices(engine: FaceEngine | None) -> list[tuple[str, str]]:
     kind = engine.bundle.calibration.quality.kind if engine else "?"
-    return [(f"bundle's choice ({kind})", BUNDLE_SCORE)] + [(k, k) for k in QUALITY_SCORES]
+    kinds = engine.bundle.calibration.quality.kinds if engine else QUALITY_SCORES
+    return [(f"bundle's choice ({kind})", BUNDLE_SCORE)] + [(k, k) for k in kinds]
 
 
 def _rejection_defaults(engine: FaceEngine) -> tuple[Any, Any, Any, Any]:

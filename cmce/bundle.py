@@ -33,7 +33,7 @@ import numpy as np
 
 from .backbones import PRETRAINED, get_spec
 from .cache import file_sha256
-from .ensemble import FusionGate, QualityModel, member_list_uncertainty
+from .ensemble import QUALITY_SCORES, FusionGate, QualityModel, member_list_uncertainty
 from .errors import BackboneError, BundleError, CmceError, HubError
 from .transform import (
     EmbeddingTransformer,
@@ -104,10 +104,10 @@ class Calibration:
         """The bundle's quality score, or another kind sharing its calibration references."""
         if kind is None or kind == self.quality.kind:
             return self.quality
-        if kind == "combined" and not self.quality.uncertainty_reference:
-            raise CmceError("this bundle has no calibration references for the combined score; "
-                            "choose disagreement or detection")
-        return QualityModel(kind, self.quality.uncertainty_reference, self.quality.doubt_reference)
+        if kind in QUALITY_SCORES and kind not in self.quality.kinds:
+            raise CmceError(f"this bundle has no calibration for the {kind} score; "
+                            f"choose one of {', '.join(self.quality.kinds)}")
+        return self.quality.with_kind(kind)
 
     def threshold_for(self, kind: str | None = None) -> float | None:
         """Rejection threshold of a quality score, in its own unit, calibrated to reject
@@ -173,6 +173,13 @@ class GalleryVectors:
     members: tuple[str, ...] = ()
     member_present: np.ndarray | None = None
     available: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def member_arrays(self) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """The members' vectors (``views``, in ``members`` order) and their presence, as
+        ``QualityModel.score`` takes them."""
+        vecs = [self.views[m] for m in self.members]
+        pres = None if self.member_present is None else [self.member_present[:, i] for i in range(len(self.members))]
+        return vecs, pres
 
     def entry_members(self, position: int) -> tuple[str, ...]:
         """The members entry ``position`` was fused from."""
@@ -323,7 +330,7 @@ class Bundle:
         mask = np.stack(member_rows, axis=1)
         views["query"], available["query"] = query_vecs, q_rows
         available["ensemble"] = mask.any(axis=1)
-        quality = self.calibration.quality.score(uncertainty, prob)
+        quality = self.calibration.quality.score(uncertainty, prob, member_vecs, member_rows)
         return GalleryVectors(ensemble, views, uncertainty, quality, self.member_names, mask, available)
 
     def rejected(self, quality: np.ndarray, *, rate: float | None = None, threshold: float | None = None) -> np.ndarray:

@@ -140,6 +140,7 @@ def render_model_card(config: dict) -> str:
         f"- fusion: `{config.get('fusion', {}).get('kind', 'mean')}` "
         f"({FUSION_DESCRIPTIONS[config.get('fusion', {}).get('kind', 'mean')]})",
         *_quality_choice(train, bool(config.get("query_member", False))),
+        *_predictor_lines(config["calibration"]["quality"]),
         "",
         "## Evaluation (identities never used in training)",
         "",
@@ -210,6 +211,27 @@ def _upgrades(config: dict) -> list[str]:
             render_upgrade_table(up),
         ]
     return lines
+
+
+def _predictor_lines(quality: dict) -> list[str]:
+    """Card lines: what the learned quality score weighs, when the bundle carries one."""
+    pred = quality.get("predictor")
+    if not pred:
+        return []
+    names, members = [], pred["members"]
+    for group in pred["groups"]:
+        if group == "pairs":
+            names += [f"agreement {a}·{b}" for i, a in enumerate(members) for b in members[i + 1:]]
+        elif group == "typicality":
+            names += [f"typicality of {m}" for m in members]
+        else:
+            names.append({"disagreement": "disagreement", "doubt": "detector doubt"}[group])
+    weights = ", ".join(f"{n} {c:+.2f}" for n, c in zip(names, pred["coef"]))
+    return ["", "The `learned` score is a logistic regression fitted on the cross-validation folds' out-of-fold "
+                "gallery entries, clean and degraded: it predicts the share of an entry's queries that miss at "
+                "rank 1. Its weights on the standardised inputs (positive = more likely to miss): "
+                f"{weights}. Typicality is a member's cosine to the centre of all its training vectors; "
+                "unrecognisable faces crowd towards it."]
 
 
 def _quality_choice(train: dict, query_member: bool) -> list[str]:

@@ -547,6 +547,7 @@ QUALITY_UNITS = {
     "disagreement": "mean cosine distance between the members' embeddings of the face (0 = they agree; 2 = opposite)",
     "detection": "detector doubt, -log10 of the face detector's probability (0 = certain; 3 = probability 0.999)",
     "combined": "mean percentile rank of disagreement and detector doubt in the calibration gallery (0 to 1)",
+    "learned": "predicted chance that a search for this person misses at rank 1 (0 to 1)",
 }
 
 
@@ -565,6 +566,8 @@ def threshold_help(kind: str, threshold: float | None) -> str:
     extra = ""
     if kind == "detection":
         extra = f", i.e. faces the detector gave a probability below {10 ** -threshold:.6g}"
+    elif kind == "learned":
+        extra = f", i.e. faces whose searches are predicted to miss more often than {100 * threshold:.3g}% of the time"
     return f"Unit: {unit}. Entries scoring above {readable_number(threshold)} are rejected{extra}."
 
 

@@ -9,8 +9,10 @@ members are ``m_i = T_i(g_i(x))`` (unit vectors in the query model's space). The
   are flagged and kept out of matching.
 
 The quality score can be the disagreement alone (the paper), the detector's doubt
-alone, or both combined (``combined``): the mean of the two scores' percentile ranks
-in the calibration sample, so neither's scale dominates.
+alone, both combined (``combined``): the mean of the two scores' percentile ranks
+in the calibration sample, so neither's scale dominates; or ``learned``: the chance
+that a search for this person misses, predicted from the disagreement, the members'
+agreement and typicality and the detector's doubt (``quality.QualityPredictor``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from .errors import CmceError
 from .metrics import mean_pairwise_cosine_distance
+from .quality import QualityPredictor, detection_doubt
 
 __all__ = [
     "FUSIONS",
@@ -37,13 +40,15 @@ __all__ = [
     "detection_doubt",
 ]
 
-QUALITY_SCORES = ("disagreement", "detection", "combined")
+QUALITY_SCORES = ("disagreement", "detection", "combined", "learned")
 
 #: What each quality score measures, in words for the app and the model card.
 QUALITY_DESCRIPTIONS = {
     "disagreement": "uncertainty (the disagreement of the ensemble's members)",
     "detection": "detector doubt (-log10 of the face detector's probability)",
     "combined": "uncertainty and detector doubt together (mean of their percentile ranks)",
+    "learned": "the predicted chance that a search for this person misses (learned from the members' "
+               "disagreement, agreement and typicality and the detector's doubt)",
 }
 
 
@@ -146,42 +151,50 @@ def member_uncertainty(members: np.ndarray, present: np.ndarray | None = None) -
                                    [np.asarray(present)[:, i] for i in range(n)])
 
 
-def detection_doubt(probability: np.ndarray) -> np.ndarray:
-    """How unsure the detector was: ``-log10(p)`` clipped to [0, 6]; higher = worse.
-
-    MTCNN probabilities of real faces sit within 1e-3 of 1, so the log stretches them.
-    """
-    p = np.clip(np.asarray(probability, dtype=np.float64), 1e-6, 1.0)
-    return np.clip(-np.log10(p), 0.0, 6.0).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class QualityModel:
-    """Turns (uncertainty, detection probability) into one score; higher = reject first.
+    """Turns an entry's (uncertainty, detection probability, members) into one score; higher = reject first.
 
     Attributes:
         kind: one of ``QUALITY_SCORES``.
         uncertainty_reference: sorted calibration uncertainties (for ``combined``).
         doubt_reference: sorted calibration detection doubts (for ``combined``).
+        predictor: the learned predictor (for ``learned``; bundles may carry it whatever
+            their kind, so the app and ``evaluate`` can offer it).
     """
 
     kind: str = "disagreement"
     uncertainty_reference: tuple[float, ...] = ()
     doubt_reference: tuple[float, ...] = ()
+    predictor: QualityPredictor | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in QUALITY_SCORES:
             raise CmceError(f"quality score must be one of {QUALITY_SCORES}, got {self.kind!r}")
         if self.kind == "combined" and (not self.uncertainty_reference or not self.doubt_reference):
             raise CmceError("the combined quality score needs calibration references")
+        if self.kind == "learned" and self.predictor is None:
+            raise CmceError("the learned quality score needs a predictor (train the bundle with cmce train)")
 
     @classmethod
-    def fit(cls, kind: str, uncertainty: np.ndarray, probability: np.ndarray, size: int = 512) -> "QualityModel":
+    def fit(cls, kind: str, uncertainty: np.ndarray, probability: np.ndarray, size: int = 512,
+            predictor: QualityPredictor | None = None) -> "QualityModel":
         """Keep ``size`` quantiles of the calibration sample as references."""
         qs = np.linspace(0, 1, size)
         u = np.quantile(np.asarray(uncertainty, np.float64), qs) if len(uncertainty) else []
         d = np.quantile(detection_doubt(probability).astype(np.float64), qs) if len(probability) else []
-        return cls(kind, tuple(float(x) for x in u), tuple(float(x) for x in d))
+        return cls(kind, tuple(float(x) for x in u), tuple(float(x) for x in d), predictor)
+
+    def with_kind(self, kind: str) -> "QualityModel":
+        """Another score sharing this one's references and predictor."""
+        return QualityModel(kind, self.uncertainty_reference, self.doubt_reference, self.predictor)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The scores this model's calibration can give (``combined`` needs references,
+        ``learned`` a predictor)."""
+        return tuple(k for k in QUALITY_SCORES
+                     if (k != "combined" or self.uncertainty_reference) and (k != "learned" or self.predictor))
 
     @property
     def description(self) -> str:
@@ -193,9 +206,18 @@ class QualityModel:
         """Whether plots should put the score on a log axis (detector doubt spans decades)."""
         return self.kind == "detection"
 
-    def score(self, uncertainty: np.ndarray, probability: np.ndarray) -> np.ndarray:
-        """Quality score per entry (G,) float32; higher = less trustworthy."""
+    def score(self, uncertainty: np.ndarray, probability: np.ndarray, vectors: Sequence[np.ndarray] | None = None,
+              present: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Quality score per entry (G,) float32; higher = less trustworthy.
+
+        ``vectors`` (the members in the query space, bundle order) and ``present`` are
+        needed by ``learned`` only.
+        """
         u = np.asarray(uncertainty, dtype=np.float32)
+        if self.kind == "learned":
+            if vectors is None:
+                raise CmceError("the learned quality score needs the members' vectors")
+            return self.predictor.predict(vectors, present, probability, u)
         if self.kind == "disagreement":
             return u  # NaN (a single member) stays NaN: never rejected by disagreement
         d = detection_doubt(probability)
@@ -208,18 +230,23 @@ class QualityModel:
         return np.where(np.isnan(u), rd, 0.5 * (ru + rd) + 1e-3 * u).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "kind": self.kind,
             "uncertainty_reference": list(self.uncertainty_reference),
             "doubt_reference": list(self.doubt_reference),
         }
+        if self.predictor is not None:  # absent otherwise: older bundles' configs stay as they were
+            out["predictor"] = self.predictor.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "QualityModel":
+        pred = data.get("predictor")
         return cls(
             data.get("kind", "disagreement"),
             tuple(data.get("uncertainty_reference", ())),
             tuple(data.get("doubt_reference", ())),
+            QualityPredictor.from_dict(pred) if pred else None,
         )
 
 

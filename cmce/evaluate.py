@@ -95,6 +95,22 @@ def build_views(bundle: Bundle, emb: dict[str, np.ndarray], prob: np.ndarray, gi
     return rows, gv
 
 
+def quality_scores_by_kind(bundle: Bundle, gv, probability: np.ndarray) -> dict[str, np.ndarray]:
+    """Every quality score the bundle can give for a gallery (higher = rejected first).
+
+    ``"bundle"`` is the shipped one; ``detection`` ranks by the lowest detector
+    probability; ``combined`` and ``learned`` where the bundle's calibration carries them.
+    """
+    out = {"bundle": gv.quality, "disagreement": gv.uncertainty, "detection": -np.asarray(probability)}
+    shipped = bundle.calibration.quality
+    for kind in ("combined", "learned"):
+        if kind == shipped.kind:
+            out[kind] = gv.quality
+        elif kind in shipped.kinds:
+            out[kind] = shipped.with_kind(kind).score(gv.uncertainty, probability, *gv.member_arrays())
+    return out
+
+
 def gallery_positions(embedded: EmbeddedFiles, labels: Sequence[str]) -> np.ndarray:
     """Indices of the gallery photos under this module's protocol (first face-found image per identity)."""
     labels = np.asarray(labels)
@@ -172,15 +188,8 @@ def evaluate_embedded(
             ens_sim = r.similarity
     base_r1 = next(d["recall_at_1"] for d in out_rows if d["name"] == "CMCE ensemble")
     rng = np.random.default_rng(seed)
-    det_doubt = -prob[gi]  # lowest probability first
-    from .ensemble import QualityModel
-
-    scores_by_kind = {"bundle": gv.quality, "disagreement": gv.uncertainty, "detection": det_doubt}
-    if bundle.calibration.quality.kind != "combined" and bundle.calibration.quality.uncertainty_reference:
-        scores_by_kind["combined"] = QualityModel("combined", bundle.calibration.quality.uncertainty_reference,
-                                                  bundle.calibration.quality.doubt_reference).score(gv.uncertainty, prob[gi])
-    elif bundle.calibration.quality.kind == "combined":
-        scores_by_kind["combined"] = gv.quality
+    scores_by_kind = quality_scores_by_kind(bundle, gv, prob[gi])
+    det_doubt = scores_by_kind["detection"]
 
     clusters = q_lab  # bootstrap over query identities
     ens_hits = M.top1_hits(ens_sim, q_lab, g_lab)

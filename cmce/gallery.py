@@ -498,7 +498,8 @@ class Gallery:
             if kind is None or kind == self.bundle.calibration.quality.kind:
                 return self.vectors.quality
             prob = np.array([e.face.probability for e in self.entries], np.float32)
-            return self.bundle.calibration.quality_model(kind).score(self.vectors.uncertainty, prob)
+            return self.bundle.calibration.quality_model(kind).score(self.vectors.uncertainty, prob,
+                                                                     *self.vectors.member_arrays())
 
     def rejected(self, *, rate: float | None = None, threshold: float | None = None,
                  quality: str | None = None) -> np.ndarray:

@@ -41,6 +41,7 @@ __all__ = [
     "bootstrap_mean_ci",
     "cluster_bootstrap",
     "top1_hits",
+    "entry_misses",
     "tar_at_far_cluster_ci",
     "gallery_rejection_mask",
     "mean_average_precision",
@@ -720,6 +721,35 @@ def top1_hits(
     counted = pos.any(axis=1)
     out[counted] = pos[np.arange(sim.shape[0]), best][counted]
     return out
+
+
+def entry_misses(
+    similarity: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per gallery entry: how many queries of its label there are, and how many miss at rank 1.
+
+    A query misses when its most similar gallery entry (ties to the lower index, as in
+    ``top1_hits``) has another label. Each query counts for every gallery entry of its
+    label, so the counts say which entries fail their people: the target of a learned
+    quality score.
+
+    Returns:
+        ((G,) misses, (G,) queries), float64.
+
+    Example:
+        >>> entry_misses(np.array([[0.2, 0.9], [0.8, 0.1], [0.3, 0.6]]), [0, 0, 1], [0, 1])
+        (array([1., 0.]), array([2., 1.]))
+    """
+    sim, pos = _retrieval_inputs(similarity, query_labels, gallery_labels, None)
+    g = sim.shape[1]
+    if sim.shape[0] == 0 or g == 0:
+        return np.zeros(g), np.zeros(g)
+    hit = pos[np.arange(sim.shape[0]), sim.argmax(axis=1)]
+    queries = pos.sum(axis=0).astype(np.float64)
+    misses = (pos & ~hit[:, None]).sum(axis=0).astype(np.float64)
+    return misses, queries
 
 
 def cluster_bootstrap(

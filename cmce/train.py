@@ -4,8 +4,9 @@ Steps: list the dataset; split identities into train / validation / held-out tes
 (disjoint, fixed seed); embed every image once with every backbone (cached); train
 one transformer per gallery model on the train identities with early stopping on the
 validation identities; pick by measurement on validation whether the query model's
-own gallery embedding joins the ensemble and which quality score rejects best for
-that ensemble;
+own gallery embedding joins the ensemble, how its members are fused, and which
+quality score rejects best for that ensemble (the learned score is fitted on the
+cross-validation folds' out-of-fold gallery entries);
 calibrate the rejection and open-set thresholds on validation; save the bundle.
 The held-out identities are never seen; ``evaluate --heldout`` reports on them.
 """
@@ -27,6 +28,7 @@ from .data import LabelledImages, list_labelled_images, split_identities
 from .embed import EmbeddedFiles, EmbeddingCache, embed_files
 from .ensemble import FUSIONS, QUALITY_SCORES, FusionGate, QualityModel, fusion_features
 from .errors import DatasetError
+from .quality import QualityPredictor, fit_quality_predictor
 from .transform import (
     TrainConfig,
     TransformerConfig,
@@ -113,13 +115,14 @@ QUALITY_RATES = (0.05, 0.1, 0.2, 0.3)
 
 
 def _quality_curves(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray,
-                    random_repeats: int = 5) -> tuple[dict, int, float]:
+                    random_repeats: int = 5, predictor: QualityPredictor | None = None) -> tuple[dict, int, float]:
     """Recall@1 after rejecting 5/10/20/30% of the gallery by each quality score.
 
     Measured on the ensemble ``bundle`` serves (with the query model's own gallery
     embedding as a member when ``bundle.query_member``): a score is chosen for the
     errors that ensemble makes. The combined score's ranks are fitted on this very
-    gallery. ``random`` is the mean of ``random_repeats`` random rejections (seeded).
+    gallery; ``learned`` (measured when a ``predictor`` is given) must have been fitted
+    on other identities. ``random`` is the mean of ``random_repeats`` random rejections (seeded).
 
     Returns:
         (quality kind or ``random`` -> list of Recall@1 per rate, number of queries,
@@ -129,14 +132,14 @@ def _quality_curves(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndar
     gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
     q_lab, g_lab = labels[qi], labels[gi]
     sim = emb[bundle.query_model][qi] @ gv.ensemble.T
-    ref = QualityModel.fit("combined", gv.uncertainty, prob[gi])
+    ref = QualityModel.fit("combined", gv.uncertainty, prob[gi], predictor=predictor)
 
     def r1(score: np.ndarray, rate: float) -> float:
         return M.recall_at_k(sim, q_lab, g_lab, ks=(1,), gallery_mask=M.gallery_rejection_mask(score, rate))[1]
 
     curves = {}
-    for kind in QUALITY_SCORES:
-        s = QualityModel(kind, ref.uncertainty_reference, ref.doubt_reference).score(gv.uncertainty, prob[gi])
+    for kind in ref.kinds:
+        s = ref.with_kind(kind).score(gv.uncertainty, prob[gi], *gv.member_arrays())
         curves[kind] = [r1(s, r) for r in QUALITY_RATES]
     rng = np.random.default_rng(0)
     draws = [rng.random(len(gi)) for _ in range(random_repeats)]
@@ -165,11 +168,37 @@ def _member_recalls(query_model: str, gallery_models: Sequence[str], transformer
 
 def _pick_quality(curves: dict) -> str:
     """The quality score with the best mean Recall@1 over the rejection rates."""
-    return max(QUALITY_SCORES, key=lambda k: float(np.mean(curves[k])))
+    return max((k for k in QUALITY_SCORES if k in curves), key=lambda k: float(np.mean(curves[k])))
+
+
+def _entry_outcomes(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray) -> dict:
+    """The first-image gallery's member vectors and inputs, and each entry's queries and misses."""
+    gi, qi = first_image_protocol(labels)
+    gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
+    misses, queries = M.entry_misses(emb[bundle.query_model][qi] @ gv.ensemble.T, labels[qi], labels[gi])
+    vecs, pres = gv.member_arrays()
+    return {"vectors": vecs, "present": pres, "probability": prob[gi], "uncertainty": gv.uncertainty,
+            "misses": misses, "queries": queries, "members": gv.members}
+
+
+def _fit_quality(outcomes: Sequence[dict], l2: float = 10.0) -> QualityPredictor:
+    """``quality.fit_quality_predictor`` on pooled ``_entry_outcomes`` (out-of-fold galleries)."""
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([o[key] for o in outcomes])
+
+    m = len(outcomes[0]["vectors"])
+    vecs = [np.concatenate([o["vectors"][i] for o in outcomes]) for i in range(m)]
+    pres = None
+    if any(o["present"] is not None for o in outcomes):
+        pres = [np.concatenate([np.ones(len(o["probability"]), bool) if o["present"] is None else o["present"][i]
+                                for o in outcomes]) for i in range(m)]
+    return fit_quality_predictor(outcomes[0]["members"], vecs, pres, cat("probability"), cat("uncertainty"),
+                                 cat("misses"), cat("queries"), l2=l2)
 
 
 def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, rate: float, far: float,
-               quality: str, reject_on: tuple[dict, np.ndarray] | None = None) -> tuple[Calibration, dict]:
+               quality: str, reject_on: tuple[dict, np.ndarray] | None = None,
+               predictor: QualityPredictor | None = None) -> tuple[Calibration, dict]:
     """Thresholds (and, for ``quality="auto"``, the quality score) measured on the validation identities.
 
     The open-set similarity thresholds come from the clean validation gallery; the
@@ -189,15 +218,18 @@ def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, 
     if reject_on is not None:
         emb, prob = reject_on
         gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
-    curves, _, _ = _quality_curves(bundle, emb, prob, labels)
+    curves, _, _ = _quality_curves(bundle, emb, prob, labels, predictor=predictor)
     if quality == "auto":
         quality = _pick_quality(curves)
+    if quality == "learned" and predictor is None:
+        raise DatasetError("the learned quality score is fitted during cross-validation (--cv-folds >= 2)")
     # calibration sample for rank-combined scores: the validation gallery
-    ref = QualityModel.fit("combined", gv.uncertainty, prob[gi])
-    qm = QualityModel(quality, ref.uncertainty_reference, ref.doubt_reference)
-    s = qm.score(gv.uncertainty, prob[gi])
-    per_kind = {k: float(M.threshold_for_rate(QualityModel(k, ref.uncertainty_reference, ref.doubt_reference)
-                                              .score(gv.uncertainty, prob[gi]), rate)) for k in QUALITY_SCORES}
+    ref = QualityModel.fit("combined", gv.uncertainty, prob[gi], predictor=predictor)
+    qm = ref.with_kind(quality)
+    members = gv.member_arrays()
+    s = qm.score(gv.uncertainty, prob[gi], *members)
+    per_kind = {k: float(M.threshold_for_rate(ref.with_kind(k).score(gv.uncertainty, prob[gi], *members), rate))
+                for k in ref.kinds}
     cal = Calibration(
         rejection_rate=rate,
         rejection_threshold=float(M.threshold_for_rate(s, rate)),
@@ -347,8 +379,10 @@ def cross_validate_choices(
     when ``degraded`` is given, on its mixed-quality gallery (every gallery photo that
     has a degraded copy swapped for it). Each fusion in ``fusions`` other than the mean
     is learned (``fit_fusion``) on the other folds' out-of-fold member vectors, clean
-    and degraded (stacking), then measured on the fold. Figures are averaged over
-    folds, weighted by their queries.
+    and degraded (stacking), then measured on the fold. So is the learned quality score
+    (``quality.fit_quality_predictor``): fitted on the other folds' gallery entries and
+    how their queries fared, measured on the fold. Figures are averaged over folds,
+    weighted by their queries.
 
     Returns:
         ``{"folds", "queries", "query_member_recall_at_1": {"without", "with"},
@@ -446,12 +480,22 @@ def cross_validate_choices(
                     per[c].append(_ensemble_recall(fb, e, pr, labels[ev]))
             fusion_r1[member][kind] = {c: float(w @ np.asarray(per[c])) for c in conditions}
     chosen = {b: _choose_fusion(fusion_r1[b]) for b in (False, True)}
+    # each fold's gallery entries with their queries' outcomes (clean and mixed): the
+    # learned quality score is fitted on the other folds' entries and measured on the fold
+    outcomes = {member: [[_entry_outcomes(fold_bundle(k, member, learn(chosen[member], member, pool & ~ev)),
+                                          *condition(ev, c), labels[ev]) for c in conditions]
+                         for k, ev in enumerate(evs)] for member in (False, True)}
+
+    def predictor(member: bool, leave_out: int | None = None) -> QualityPredictor:
+        return _fit_quality([o for k, per in enumerate(outcomes[member]) if k != leave_out for o in per])
+
     for member in (False, True):
         for k, ev in enumerate(evs):
             fb = fold_bundle(k, member, learn(chosen[member], member, pool & ~ev))
+            qp = predictor(member, k)
             for c in conditions:
                 e, pr = condition(ev, c)
-                cv, _, _ = _quality_curves(fb, e, pr, labels[ev])
+                cv, _, _ = _quality_curves(fb, e, pr, labels[ev], predictor=qp)
                 for kind, values in cv.items():
                     curves[c][member].setdefault(kind, []).append(values)
 
@@ -475,6 +519,7 @@ def cross_validate_choices(
     if degraded is not None:
         out["mixed_rejection_recall_at_1"] = avg(curves["mixed"])
     out["_learn"] = learn  # the final fusion is learned on every fold's out-of-fold vectors (not serialised)
+    out["_predictor"] = predictor  # member -> the learned quality score fitted on every fold (not serialised)
     return out
 
 
@@ -581,9 +626,9 @@ def train_bundle(
     # Every choice and threshold is measured with networks that have not seen the
     # identities measured (with ``refit`` the final ones have seen the validation ones).
     choice = _member_recalls(query_model, gallery_models, early, val_emb, prob[va], labels[va])
-    cv, learn = None, None
+    cv, learn, fit_predictor = None, None, None
     fusions = FUSIONS if fusion == "auto" else (fusion,)
-    if cv_folds > 1 and (query_member == "auto" or quality == "auto" or fusion != "mean"):
+    if cv_folds > 1 and (query_member == "auto" or quality in ("auto", "learned") or fusion != "mean"):
         logger.info("choosing the query member, fusion and quality score by %d-fold cross-validation", cv_folds)
         cv = cross_validate_choices(
             emb, prob, labels, tr | va, query_model=query_model, gallery_models=gallery_models,
@@ -591,6 +636,7 @@ def train_bundle(
             folds=cv_folds, seed=split.seed, degraded=degraded, augment=augment, fusions=fusions,
         )
         learn = cv.pop("_learn")
+        fit_predictor = cv.pop("_predictor")
     elif fusion not in ("auto", "mean"):
         raise DatasetError(f"a learned fusion ({fusion}) needs cross-validation folds (--cv-folds >= 2)")
     member_figures = cv["query_member_recall_at_1"] if cv else {"without": choice[False], "with": choice[True]}
@@ -600,13 +646,15 @@ def train_bundle(
     if cv and learn is not None:
         chosen = cv["chosen_fusion"][side]
         gate = learn(chosen, member, tr | va)  # learned on every fold's out-of-fold member vectors
+    predictor = fit_predictor(member) if fit_predictor is not None else None
     if quality == "auto" and cv:
         # chosen for the ensemble the bundle will serve (with or without the query member),
         # on the mixed-quality validation galleries when there are degraded copies
         quality = _pick_quality(cv["mixed_rejection_recall_at_1" if degraded is not None else "rejection_recall_at_1"][side])
     cal, cal_info = _calibrate(Bundle(query_model, tuple(gallery_models), early, member, fusion=gate), val_emb,
                                prob[va], labels[va], rejection_rate, open_set_far, quality,
-                               reject_on=degraded.mixed(emb, prob, va) if degraded is not None else None)
+                               reject_on=degraded.mixed(emb, prob, va) if degraded is not None else None,
+                               predictor=predictor)
     bundle = Bundle(query_model, tuple(gallery_models), transformers, member, calibration=cal,
                     linear_maps=linear, query_adapters=adapters, fusion=gate)
     bundle.info = {

@@ -56,7 +56,8 @@ def main() -> None:
     print(f"bundle {args.bundle}: query {q}, members {', '.join(bundle.member_names)}, fusion {bundle.fusion.kind}, "
           f"quality {bundle.calibration.quality.kind}")
     print(f"| gallery | {q} alone | " + " | ".join(f"{m} -> {q}" for m in bundle.gallery_models)
-          + " | served ensemble | gallery models' own | 10% rejected: error cut by disagreement · detection · combined |")
+          + " | served ensemble | gallery models' own | 10% rejected: error cut by disagreement · detection · combined"
+            " · learned |")
     print("|---|" + "---:|" * (len(bundle.gallery_models) + 4))
     for spec in args.specs:
         if spec == "clean":
@@ -69,7 +70,7 @@ def main() -> None:
         by_q = res["rejection_by_quality"]
         i10 = [r["rate"] for r in res["rejection"]].index(0.1)
         cuts = " · ".join(f"{100 * by_q[k][i10]['error_cut']:.1f}%" if k in by_q else "—"
-                          for k in ("disagreement", "detection", "combined"))
+                          for k in ("disagreement", "detection", "combined", "learned"))
         go = res["rejection_gallery_ensemble"]
         print(f"| {spec} | {_cell(rows['query model symmetric'])} | "
               + " | ".join(_cell(rows[f"{m} -> {q} (transformer)"]) for m in bundle.gallery_models)

@@ -11,6 +11,7 @@ import pytest
 from cmce import metrics as M
 from cmce.bundle import load_bundle
 from cmce.ensemble import (
+    QUALITY_SCORES,
     QualityModel,
     detection_doubt,
     fuse_members,
@@ -115,7 +116,7 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     assert loaded.gallery_models == ("dlib-resnet34", "facenet-casia")
     assert cal.rejection_rate == 0.1 and np.isfinite(cal.rejection_threshold)
     assert set(cal.similarity_thresholds) == {"ensemble", "dlib-resnet34", "facenet-casia", "query"}
-    assert cal.quality.kind in {"disagreement", "detection", "combined"}
+    assert cal.quality.kind in {"disagreement", "detection", "combined", "learned"}
     t = loaded.info["training"]
     assert t["images"] > 300 and t["heldout_identities"] > 20
     assert "query_member_val_recall_at_1" in t and "chosen_quality" in t
@@ -128,10 +129,14 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     side = "with" if loaded.query_member else "without"
     assert set(cv["rejection_recall_at_1"]) == {"without", "with"} == set(cv["mixed_rejection_recall_at_1"])
     served = cv["mixed_rejection_recall_at_1"][side]
-    assert set(served) == {"disagreement", "detection", "combined", "random"}
+    assert set(served) == {"disagreement", "detection", "combined", "learned", "random"}
     assert all(len(v) == len(cv["rates"]) and all(0 <= x <= 1 for x in v) for v in served.values())
-    best = max(("disagreement", "detection", "combined"), key=lambda k: np.mean(served[k]))
+    best = max(("disagreement", "detection", "combined", "learned"), key=lambda k: np.mean(served[k]))
     assert cal.quality.kind == best == t["chosen_quality"]
+    # the learned score's predictor travels with the bundle whatever was chosen, for the members served
+    qp = cal.quality.predictor
+    assert qp is not None and qp.members == loaded.member_names and cal.quality.kinds == QUALITY_SCORES
+    assert loaded.calibration.quality == bundle.calibration.quality
     mq = t["mixed_quality_validation"]
     assert mq["degraded"] > 0.4 * mq["gallery_photos"] and t["degrade_augment"] is True
     # the transformers were trained on the degraded copies as well (copy -> clean query embedding)
@@ -145,7 +150,8 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
         assert loaded.fusion.members == loaded.member_names
         assert np.mean(list(figs[loaded.fusion.kind].values())) > np.mean(list(figs["mean"].values()))
     # every score has its own calibrated threshold, in its own unit
-    assert set(cal.quality_thresholds) == {"disagreement", "detection", "combined"}
+    assert set(cal.quality_thresholds) == {"disagreement", "detection", "combined", "learned"}
+    assert 0.0 < cal.quality_thresholds["learned"] < 1.0  # a predicted chance of a miss
     assert cal.threshold_for(cal.quality.kind) == cal.rejection_threshold
     assert t["refit_on_train_and_validation"]
     # the query adapters (distillation baseline) survive saving, in float16
