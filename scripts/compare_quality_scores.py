@@ -48,12 +48,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
+    spec = DegradeSpec.parse(args.gallery_degrade) if args.gallery_degrade else None  # fails before any work
     bundle = load_bundle(args.bundle)
     ds = heldout_subset(list_labelled_images(args.data_dir), bundle)
     cache = EmbeddingCache()
     emb = embed_files(list(ds.paths), list(bundle.models), cache=cache)
-    if args.gallery_degrade:
-        emb, _, _ = degrade_gallery(emb, gallery_positions(emb, ds.labels), DegradeSpec.parse(args.gallery_degrade),
+    if spec is not None:
+        emb, _, _ = degrade_gallery(emb, gallery_positions(emb, ds.labels), spec,
                                     seed=args.degrade_seed, models=list(bundle.models), cache=cache)
     labels = np.asarray(ds.labels)
     idx = np.flatnonzero(emb.found)
@@ -94,4 +95,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cmce.errors import CmceError
+
+    try:
+        main()
+    except CmceError as e:  # a bad path, spec or bundle: say what is wrong, no traceback
+        sys.exit(f"error: {e}")

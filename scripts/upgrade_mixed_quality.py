@@ -13,6 +13,7 @@ its clean version (counted). Nothing is written to the repo.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from cmce.bundle import load_bundle
 from cmce.card import render_upgrade_table
@@ -51,4 +52,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cmce.errors import CmceError
+
+    try:
+        main()
+    except CmceError as e:  # a bad path, spec or bundle: say what is wrong, no traceback
+        sys.exit(f"error: {e}")
