@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .answers import AnswerPolicy
 from .backbones import PRETRAINED, get_spec
 from .cache import file_sha256
 from .ensemble import QUALITY_SCORES, FusionGate, QualityModel, member_list_uncertainty
@@ -91,6 +92,12 @@ class Calibration:
         similarity_thresholds: per view (``"ensemble"``, each gallery model name,
             ``"query"``), the query-gallery cosine similarity below which the answer
             is "unknown" at ``open_set_far``.
+        quality_thresholds: per quality score, the threshold that rejects
+            ``rejection_rate`` of the calibration gallery.
+        answer_rule: which of ``answers.ANSWER_RULES`` the bundle answers by (chosen by
+            cross-validation; empty in bundles calibrated before it).
+        answer_policies: per view and rule, the ``answers.AnswerPolicy`` that answers
+            "unknown" where a named person is more likely wrong than right.
     """
 
     rejection_rate: float = 0.10
@@ -99,6 +106,13 @@ class Calibration:
     open_set_far: float = 1e-3
     similarity_thresholds: Mapping[str, float] = field(default_factory=dict)
     quality_thresholds: Mapping[str, float] = field(default_factory=dict)
+    answer_rule: str = ""
+    answer_policies: Mapping[str, Mapping[str, AnswerPolicy]] = field(default_factory=dict)
+
+    def answer_policy(self, view: str, rule: str | None = None) -> AnswerPolicy | None:
+        """The rule that abstains on doubtful answers in ``view``: the bundle's
+        ``answer_rule`` unless ``rule`` names another (None: not calibrated for it)."""
+        return self.answer_policies.get(view, {}).get(rule or self.answer_rule)
 
     def quality_model(self, kind: str | None = None) -> QualityModel:
         """The bundle's quality score, or another kind sharing its calibration references."""
@@ -134,6 +148,9 @@ class Calibration:
             "open_set_far": self.open_set_far,
             "similarity_thresholds": dict(self.similarity_thresholds),
             **({"quality_thresholds": dict(self.quality_thresholds)} if self.quality_thresholds else {}),
+            **({"answer_rule": self.answer_rule,
+                "answer_policies": {v: {k: p.to_dict() for k, p in per.items()} for v, per in self.answer_policies.items()}}
+               if self.answer_policies else {}),
         }
 
     @classmethod
@@ -145,6 +162,9 @@ class Calibration:
             open_set_far=float(d.get("open_set_far", 1e-3)),
             similarity_thresholds={k: float(v) for k, v in d.get("similarity_thresholds", {}).items()},
             quality_thresholds={k: float(v) for k, v in d.get("quality_thresholds", {}).items()},
+            answer_rule=str(d.get("answer_rule", "")),
+            answer_policies={v: {k: AnswerPolicy.from_dict(p) for k, p in per.items()}
+                             for v, per in d.get("answer_policies", {}).items()},
         )
 
 

@@ -58,6 +58,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         mixed_share=args.mixed_share,
         degrade_augment=args.degrade_augment,
         fusion=args.fusion,
+        abstain_below=args.abstain_below,
     )
     t = bundle.info["training"]
     print(
@@ -85,6 +86,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import list_labelled_images
     from .embed import EmbeddingCache, embed_files
     from .evaluate import evaluate_embedded, plot_risk_coverage
+    from .evaluate_answers import answers_table
     from .train import heldout_subset
 
     if args.ablations and not args.heldout:
@@ -134,6 +136,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{c['files']} files, {c['faces_found']} faces ({c['no_face_or_unreadable']} without a face or unreadable); "
           f"gallery {c['gallery']} ({c['distractors']} distractors), queries {c['queries']}")
     print(render_table(result["rows"]))
+    print("\nanswers as the app gives them (every query; CMCE ensemble column):\n")
+    print("\n".join(answers_table(result["answers"])))
+    print("\nthe paper's metric (Recall@1 of the kept queries):\n")
     print(render_rejection_tables(result))
     print("| rejected (shipped score) | open-set accuracy |\n|---:|---:|")
     for r in result["rejection"]:
@@ -167,6 +172,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         key = "evaluation_mixed" if degrade_report is not None else "evaluation"
         bundle.info[key] = _json_safe({
             "data": result["data"], "counts": result["counts"], "rows": result["rows"],
+            "answers": result["answers"],
             "rejection": result["rejection"], "rejection_by_quality": result["rejection_by_quality"],
             "rejection_gallery_ensemble": result["rejection_gallery_ensemble"],
             "open_set": result["open_set"],
@@ -380,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the transformers on the degraded copies too (copy -> clean query embedding)")
     s.add_argument("--fusion", default="auto", choices=["auto", "mean", "weighted", "gated"],
                    help="how members are fused: auto (cross-validated), mean (the paper), weighted, gated")
+    s.add_argument("--abstain-below", type=float, default=0.5,
+                   help="the answer rule says Unknown where its predicted chance of a right answer is below this")
     s.add_argument("--data-description", default=None)
     s.add_argument("--no-cache", action="store_true")
     s.add_argument("--quiet", action="store_true")

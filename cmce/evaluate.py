@@ -19,6 +19,7 @@ from . import metrics as M
 from .bundle import Bundle
 from .embed import EmbeddedFiles
 from .errors import DatasetError
+from .evaluate_answers import answer_report
 from .transform import first_image_protocol, transform_embeddings
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,9 @@ def evaluate_embedded(
     many); error cuts are paired (the same identities resampled for both sides).
 
     Returns:
-        JSON-ready dict: ``bundle``, ``counts``, ``rows``, ``rejection``,
+        JSON-ready dict: ``bundle``, ``counts``, ``rows``, ``answers`` (every query
+        answered as the app answers, under each rule: ``evaluate_answers.answer_report``),
+        ``rejection`` (the paper's kept-queries metric),
         ``rejection_by_quality`` (each quality score alone and combined),
         ``rejection_gallery_ensemble`` (the same for the gallery models' own ensemble,
         the paper's setting), ``open_set``.
@@ -247,6 +250,8 @@ def evaluate_embedded(
                 row[f"{k}_error_cut_ci95"] = st["error_cut_ci95"]
         gallery_only["rates"].append(row)
     n_files = len(labels)
+    answers = answer_report(bundle, gv, embedded.embeddings[bundle.query_model][qi], prob[qi], q_lab, g_lab,
+                            resamples=ci_resamples, seed=seed)
     return {
         "bundle": {"query": bundle.query_model, "gallery": list(bundle.gallery_models),
                    "query_member": bundle.query_member, "quality": bundle.calibration.quality.kind,
@@ -261,6 +266,9 @@ def evaluate_embedded(
             "distractors": int(len(gi) - len(np.unique(q_lab))),
         },
         "rows": out_rows,
+        "answers": answers,
+        "rejection_metric": "the paper's: Recall@1 of the kept queries (queries whose person was rejected are "
+                            "dropped); the app answers every query, see 'answers'",
         "rejection": rejection,
         "rejection_by_quality": by_quality,
         "rejection_gallery_ensemble": gallery_only,

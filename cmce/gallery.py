@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import PRETRAINED
+from .answers import Answer, DoubtMarks, capped_rejection, decide_answer, doubt_marks
 from .bundle import Bundle, GalleryVectors
 from .engine import FaceEngine
 from .errors import CmceError, GalleryError, ImageError, LimitError
@@ -211,6 +212,8 @@ class Match:
             query model's own embedding).
         lacks: the members it lacks (indexed before the bundle that serves it).
         member_scores: for the ensemble view, each member's similarity.
+        doubtful: the entry's quality score is above the bundle's calibrated threshold
+            (it is searched, and marked).
     """
 
     position: int
@@ -222,6 +225,7 @@ class Match:
     member_scores: Mapping[str, float]
     members: tuple[str, ...] = ()
     lacks: tuple[str, ...] = ()
+    doubtful: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,13 +236,18 @@ class ViewResult:
         view: ``"ensemble"``, a gallery model name, or ``"query"``.
         matches: best first; rejected entries never appear.
         threshold: similarity below which the answer is "unknown".
-        unknown: the best match scores below ``threshold`` (or there is none).
+        unknown: the view names nobody (``answer.kind`` is not ``match``).
+        answer: what the view answers and why (``answers.Answer``): a named person, or
+            "Unknown" because nothing reaches the threshold, the answer rule is unsure,
+            or the best match is a rejected or doubtful photo (whose queries are never
+            handed to the next person).
     """
 
     view: str
     matches: tuple[Match, ...]
     threshold: float
     unknown: bool
+    answer: Answer | None = None
 
 
 @dataclass(frozen=True)
@@ -501,14 +510,32 @@ class Gallery:
             return self.bundle.calibration.quality_model(kind).score(self.vectors.uncertainty, prob,
                                                                      *self.vectors.member_arrays())
 
+    def doubt(self, quality: str | None = None) -> DoubtMarks:
+        """Doubtful entries (over the score's calibrated threshold), over all positions.
+
+        ``DoubtMarks.unfamiliar`` says the gallery has far more of them than the
+        calibration predicts; ``note`` says so in one sentence.
+        """
+        with self._lock:
+            live = self.positions
+            cal = self.bundle.calibration
+            marks = doubt_marks(self.quality_scores(quality)[live] if len(live) else np.zeros(0),
+                                cal.threshold_for(quality), cal.rejection_rate)
+            full = np.zeros(len(self.entries), bool)
+            full[live] = marks.doubtful
+            return DoubtMarks(full, marks.over_threshold, marks.expected, marks.unfamiliar, marks.note)
+
     def rejected(self, *, rate: float | None = None, threshold: float | None = None,
                  quality: str | None = None) -> np.ndarray:
         """(N,) bool over all positions: rejected live entries (see ``Bundle.rejected``).
 
         ``rate`` is taken over the live entries of this gallery. ``quality`` ranks by
-        another score than the bundle's (``disagreement``, ``detection``, ``combined``);
-        without ``rate`` or ``threshold`` it rejects above that score's calibrated
-        threshold (``Calibration.threshold_for``), or the calibrated rate if it has none.
+        another score than the bundle's (``disagreement``, ``detection``, ``combined``,
+        ``learned``). Without ``rate`` or ``threshold`` it rejects above the score's
+        calibrated threshold (``Calibration.threshold_for``), capped at the calibrated
+        share when the gallery looks unlike the calibration galleries (``doubt``), or
+        at the calibrated rate if the score has no threshold. Searching never hands a
+        rejected entry's queries to another person: it blocks (``search_vector``).
         """
         with self._lock:
             out = np.zeros(len(self.entries), bool)
@@ -516,10 +543,14 @@ class Gallery:
             if len(live) == 0:
                 return out
             scores = self.quality_scores(quality)[live]
-            if quality is not None and rate is None and threshold is None:
-                threshold = self.bundle.calibration.threshold_for(quality)
-                if threshold is None:
-                    rate = self.bundle.calibration.rejection_rate
+            cal = self.bundle.calibration
+            if rate is None and threshold is None:
+                calibrated = cal.threshold_for(quality)
+                if calibrated is not None:
+                    marks = doubt_marks(scores, calibrated, cal.rejection_rate)
+                    out[live] = capped_rejection(scores, marks, cal.rejection_rate)
+                    return out
+                rate = cal.rejection_rate
             out[live] = self.bundle.rejected(scores, rate=rate, threshold=threshold)
             return out
 
@@ -653,30 +684,46 @@ class Gallery:
         *,
         k: int = 5,
         rejected: np.ndarray | None = None,
+        query_probability: float = 1.0,
+        answer_rule: str | None = None,
     ) -> dict[str, ViewResult]:
         """Search every view with one query-model vector.
+
+        Every live entry is searched. A rejected entry never appears among the matches,
+        and when it is a view's best match the view answers "Unknown: the best match is
+        a rejected photo of X" instead of naming the next person. The bundle's answer
+        rule (``Calibration.answer_policy``) then says "Unknown" where the named person
+        is more likely wrong than right; doubtful entries (``doubt``) are marked.
 
         Args:
             query: (Dq,) unit vector from the query model.
             k: matches per view.
-            rejected: (N,) bool, entries kept out of matching; default the bundle's
-                calibrated rejection.
+            rejected: (N,) bool, entries that never match (default none: doubtful
+                entries are marked, not removed).
+            query_probability: the query face's detector probability (an input of the
+                answer rule).
+            answer_rule: one of ``answers.ANSWER_RULES``, ``"none"`` (name whoever reaches
+                the threshold), or None (the bundle's rule).
 
         Returns:
             view name -> ViewResult.
         """
         with self._lock:
             vec = self.vectors
-            if rejected is None:
-                rejected = self.rejected()
-            keep = ~np.asarray(rejected, bool)
+            rejected = np.zeros(len(self.entries), bool) if rejected is None else np.asarray(rejected, bool)
+            keep = ~rejected
+            doubtful = self.doubt().doubtful
             q = np.asarray(query, np.float32)[None, :]
-            thresholds = self.bundle.calibration.similarity_thresholds
+            cal = self.bundle.calibration
             out = {}
             for view in self.bundle.view_names:
-                res = self._indexes[view].search(q, k=k, mask=keep)
+                index = self._indexes[view]
+                hits = index.search(q, k=max(k, 20))
+                hit_pos = [int(p) for p in hits.positions[0] if p >= 0]
+                hit_scores = [float(s) for s, p in zip(hits.scores[0], hits.positions[0]) if p >= 0]
+                res = hits if not rejected[hit_pos].any() else index.search(q, k=k, mask=keep)
                 matches = []
-                for score, pos in zip(res.scores[0], res.positions[0]):
+                for score, pos in zip(res.scores[0][:k], res.positions[0][:k]):
                     if pos < 0:
                         continue
                     e = self.entries[pos]
@@ -684,10 +731,18 @@ class Gallery:
                     ms = {m: float(vec.views[m][pos] @ q[0]) for m in has} if view == "ensemble" else {}
                     lacks = tuple(m for m in vec.members if m not in has)
                     matches.append(Match(int(pos), e.label, e.source, float(score), float(vec.uncertainty[pos]),
-                                         float(vec.quality[pos]), ms, has, lacks))
-                thr = float(thresholds.get(view, -1.0))
-                unknown = not matches or matches[0].score < thr
-                out[view] = ViewResult(view, tuple(matches), thr, unknown)
+                                         float(vec.quality[pos]), ms, has, lacks, bool(doubtful[pos])))
+                thr = float(cal.similarity_thresholds.get(view, -1.0))
+                policy = None if answer_rule == "none" else cal.answer_policy(view, answer_rule)
+                top = hit_pos[0] if hit_pos else None
+                answer = decide_answer(
+                    hit_scores, [self.entries[p].label for p in hit_pos],
+                    [self.entries[p].label or f"\0{p}" for p in hit_pos], threshold=thr, policy=policy,
+                    query_probability=query_probability,
+                    entry_quality=float(vec.quality[top]) if top is not None else float("nan"),
+                    entry_disagreement=float(vec.uncertainty[top]) if top is not None else float("nan"),
+                    blocked=bool(top is not None and rejected[top]), doubtful=bool(top is not None and doubtful[top]))
+                out[view] = ViewResult(view, tuple(matches), thr, answer.unknown, answer)
             return out
 
     def search_image(
@@ -698,6 +753,7 @@ class Gallery:
         k: int = 5,
         rejected: np.ndarray | None = None,
         name: str = "query",
+        answer_rule: str | None = None,
     ) -> QueryResult:
         """Detect faces in a query photo and search with one of them.
 
@@ -706,7 +762,7 @@ class Gallery:
             face_index: which face (in the returned ``faces`` order, largest first);
                 default the largest.
             k: matches per view.
-            rejected: see ``search_vector``.
+            rejected, answer_rule: see ``search_vector``.
 
         Raises:
             ImageError: unreadable photo. GalleryError: empty gallery.
@@ -720,7 +776,8 @@ class Gallery:
         if not 0 <= i < len(faces):
             raise CmceError(f"{name}: face {i} asked for, but the photo has {len(faces)} (0..{len(faces) - 1})")
         q = self.engine.embed_query_face(img, faces[i])
-        views = self.search_vector(q, k=k, rejected=rejected)
+        views = self.search_vector(q, k=k, rejected=rejected, query_probability=faces[i].probability,
+                                   answer_rule=answer_rule)
         return QueryResult(tuple(faces), i, views, self.bundle.calibration.open_set_far)
 
     # ------------------------------------------------------------------ persistence

@@ -13,6 +13,7 @@ The held-out identities are never seen; ``evaluate --heldout`` reports on them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
+from .answers import ANSWER_RULES, choose_answer_rule, fit_answer_policy, policy_features, top_matches
 from .bundle import Bundle, Calibration, save_bundle
 from .data import LabelledImages, list_labelled_images, split_identities
 from .embed import EmbeddedFiles, EmbeddingCache, embed_files
@@ -239,6 +241,84 @@ def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, 
         quality_thresholds=per_kind,
     )
     return cal, {"val_rejection_recall_at_1": curves, "chosen_quality": quality}
+
+
+def answer_records(bundle: Bundle, quality: QualityModel, emb: dict, prob: np.ndarray, labels: np.ndarray,
+                   views: Sequence[str]) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+    """Each first-image query's answer-rule inputs and whether its top-1 is another person, per view.
+
+    Args:
+        bundle: the (fold's) bundle serving the gallery.
+        quality: the entry quality score (fitted without these identities).
+        emb, prob, labels: the photos (the gallery side may be degraded).
+        views: ``"ensemble"``, gallery model names, ``"query"``.
+
+    Returns:
+        view -> (``answers.policy_features``, (Q,) wrong, (Q,) query identities).
+    """
+    gi, qi = first_image_protocol(labels)
+    gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
+    entry_quality = quality.score(gv.uncertainty, prob[gi], *gv.member_arrays())
+    q_lab, g_lab = labels[qi], labels[gi]
+    qv = emb[bundle.query_model][qi]
+    out = {}
+    for view in views:
+        vecs = gv.ensemble if view == "ensemble" else gv.views[view]
+        top = top_matches(qv @ vecs.T, list(g_lab))
+        pos = np.maximum(top.position, 0)
+        feats = policy_features(top.score, top.margin, prob[qi], entry_quality[pos], gv.uncertainty[pos])
+        out[view] = (feats, g_lab[pos] != q_lab, q_lab)
+    return out
+
+
+def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool, *,
+                      abstain_below: float = 0.5, seed: int = 0) -> tuple[str, dict, dict]:
+    """Choose and fit the answer rule of every view on cross-validation folds.
+
+    Each fold's queries are searched in that fold's galleries (clean and every degraded
+    condition) with networks, fusion and quality score that never saw the fold's
+    identities. The rule is chosen on the ensemble view (``answers.choose_answer_rule``:
+    a richer rule only where it beats the simpler one by more than its interval), then
+    every rule is fitted on all folds for every view, with the threshold ``abstain_below``
+    (the bundle keeps them all, so ``evaluate`` and the app can compare).
+
+    Returns:
+        (the chosen rule, view -> rule -> AnswerPolicy, a JSON-ready report of the
+        choice and the abstention each condition saw).
+    """
+    records: dict[str, list] = {}
+    for k, fb, per_condition, fold_labels in fold_galleries:
+        views = ("ensemble", *fb.gallery_models, "query")
+        predictor = fit_predictor(member, k) if fit_predictor is not None else None
+        for cond, (e, pr) in per_condition.items():
+            gi = first_image_protocol(fold_labels)[0]
+            gv = fb.gallery_vectors({m: v[gi] for m, v in e.items()}, pr[gi])
+            kind = quality if (quality != "learned" or predictor is not None) else "disagreement"
+            qm = QualityModel.fit(kind, gv.uncertainty, pr[gi], predictor=predictor)
+            for view, (feats, wrong, ids) in answer_records(fb, qm, e, pr, fold_labels, views).items():
+                records.setdefault(view, []).append((k, cond, feats, wrong, ids))
+
+    def pooled(view: str):
+        rows = records[view]
+        feats = {f: np.concatenate([r[2][f] for r in rows]) for f in rows[0][2]}
+        return (feats, np.concatenate([r[3] for r in rows]), np.concatenate([np.full(len(r[3]), r[0]) for r in rows]),
+                np.concatenate([np.full(len(r[3]), r[1]) for r in rows]), np.concatenate([r[4] for r in rows]))
+
+    feats, wrong, folds, conds, ids = pooled("ensemble")
+    kind, report = choose_answer_rule(feats, wrong, folds, conds, ids, seed=seed)
+    policies, abstained = {}, {}
+    for view in records:
+        f, w, _, c, _ = pooled(view)
+        policies[view] = {}
+        for rule in ANSWER_RULES:
+            p = fit_answer_policy(rule, f, w)
+            abst = p.with_threshold(abstain_below).abstains(f)
+            policies[view][rule] = p.with_threshold(abstain_below, float(abst.mean()))
+            if rule == kind:
+                abstained[view] = {str(x): float(abst[c == x].mean()) for x in np.unique(c)}
+    report["abstain_below"] = abstain_below
+    report["abstained_share"] = abstained  # in-sample, with the chosen rule
+    return kind, policies, report
 
 
 @dataclass(frozen=True)
@@ -520,6 +600,14 @@ def cross_validate_choices(
         out["mixed_rejection_recall_at_1"] = avg(curves["mixed"])
     out["_learn"] = learn  # the final fusion is learned on every fold's out-of-fold vectors (not serialised)
     out["_predictor"] = predictor  # member -> the learned quality score fitted on every fold (not serialised)
+
+    def fold_galleries(member: bool):
+        """Per fold: (fold number, the fold's served bundle, condition -> (emb, prob), labels), not serialised."""
+        for k, ev in enumerate(evs):
+            fb = fold_bundle(k, member, learn(chosen[member], member, pool & ~ev))
+            yield k, fb, {c: condition(ev, c) for c in conditions}, labels[ev]
+
+    out["_fold_galleries"] = fold_galleries
     return out
 
 
@@ -553,6 +641,7 @@ def train_bundle(
     mixed_share: float = 0.6,
     degrade_augment: bool = True,
     fusion: str = "auto",
+    abstain_below: float = 0.5,
 ) -> Bundle:
     """Train, calibrate and save a bundle. See the module docstring for the steps.
 
@@ -577,6 +666,9 @@ def train_bundle(
             embedding -> the query model's embedding of the clean photo).
         fusion: ``"auto"`` (chosen by cross-validation among ``ensemble.FUSIONS``; the
             plain mean unless another is better) or one of ``FUSIONS``.
+        abstain_below: the answer rule (``answers.AnswerPolicy``, chosen and fitted by
+            the cross-validation) answers "Unknown" where its predicted chance of a
+            right answer is below this.
 
     Returns:
         The saved bundle.
@@ -637,6 +729,7 @@ def train_bundle(
         )
         learn = cv.pop("_learn")
         fit_predictor = cv.pop("_predictor")
+        fold_galleries = cv.pop("_fold_galleries")
     elif fusion not in ("auto", "mean"):
         raise DatasetError(f"a learned fusion ({fusion}) needs cross-validation folds (--cv-folds >= 2)")
     member_figures = cv["query_member_recall_at_1"] if cv else {"without": choice[False], "with": choice[True]}
@@ -655,6 +748,12 @@ def train_bundle(
                                prob[va], labels[va], rejection_rate, open_set_far, quality,
                                reject_on=degraded.mixed(emb, prob, va) if degraded is not None else None,
                                predictor=predictor)
+    if cv is not None:
+        # the answer rule: fitted on every fold's queries against out-of-fold galleries, clean and degraded
+        rule, policies, answer_info = calibrate_answers(fold_galleries(member), quality, fit_predictor, member,
+                                                        abstain_below=abstain_below)
+        cal = dataclasses.replace(cal, answer_rule=rule, answer_policies=policies)
+        cal_info["answers"] = answer_info
     bundle = Bundle(query_model, tuple(gallery_models), transformers, member, calibration=cal,
                     linear_maps=linear, query_adapters=adapters, fusion=gate)
     bundle.info = {

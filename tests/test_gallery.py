@@ -64,6 +64,32 @@ def test_rejected_entries_never_match(gallery: Gallery, lfw_dir) -> None:
     assert f"{by_rate.sum()} rejected" in summary and gallery.bundle.calibration.quality.description in summary
 
 
+def test_a_rejected_best_match_blocks_and_never_hands_its_query_on(gallery: Gallery, lfw_dir) -> None:
+    q = lfw_dir / "Adam_Sandler" / "Adam_Sandler_0003.jpg"
+    plain = gallery.search_image(q, answer_rule="none").views["ensemble"]
+    assert plain.answer.kind == "match" and plain.answer.label == "Adam_Sandler"
+    mask = np.zeros(len(gallery.entries), bool)
+    mask[[e.position for e in plain.matches if e.label == "Adam_Sandler"]] = True
+    res = gallery.search_image(q, rejected=mask, answer_rule="none").views["ensemble"]
+    # the person's photos are rejected: "Unknown", naming the doubtful photo, not another person
+    assert res.unknown and res.answer.kind == "doubtful" and res.answer.label == "Adam_Sandler"
+    assert "rejected photo of Adam_Sandler" in res.answer.reason
+    assert all(m.label != "Adam_Sandler" for m in res.matches)
+
+
+def test_search_marks_doubtful_entries_without_removing_them(gallery: Gallery, lfw_dir) -> None:
+    marks = gallery.doubt()
+    assert marks.doubtful.shape == (len(gallery.entries),)
+    thr = gallery.bundle.calibration.threshold_for()
+    assert np.array_equal(marks.doubtful[gallery.positions], gallery.vectors.quality[gallery.positions] > thr)
+    res = gallery.search_image(lfw_dir / "Aaron_Peirsol" / "Aaron_Peirsol_0003.jpg").views["ensemble"]
+    for m in res.matches:
+        assert m.doubtful == bool(marks.doubtful[m.position])
+    # by default nothing is removed: every entry can be found
+    assert len(gallery.search_image(lfw_dir / "Aaron_Peirsol" / "Aaron_Peirsol_0003.jpg", k=50)
+               .views["ensemble"].matches) == len(gallery)
+
+
 def test_unknown_person_is_answered_unknown(gallery: Gallery, lfw_dir) -> None:
     stranger = lfw_dir / "Abdoulaye_Wade" / "Abdoulaye_Wade_0001.jpg"
     res = gallery.search_image(stranger)
