@@ -10,6 +10,10 @@ area interpolation of a crop is the mean over the windows
 ``[floor(i*n/S), ceil((i+1)*n/S))`` of adaptive average pooling, and window sums of
 integer pixel values are exact (int32 / int64 tables), so the crops equal the loop's
 (``tests/test_faces.py`` compares the detections with facenet-pytorch's own).
+
+One more difference: an image whose shorter side is under ``minsize`` (no pyramid level
+fits P-Net's 12-pixel window) gives no faces, where facenet-pytorch fails in
+``torch.cat`` on the empty pyramid.
 """
 
 from __future__ import annotations
@@ -111,6 +115,9 @@ def detect_faces(imgs: np.ndarray, minsize: int, pnet, rnet, onet, threshold, fa
         scales.append(scale_i)
         scale_i = scale_i * factor
         minl = minl * factor
+    if not scales:  # shorter side under minsize: no pyramid level fits P-Net's 12 px window, so no face
+        return ([np.zeros((0, 5), np.float32) for _ in range(batch_size)],
+                [np.zeros((0, 5, 2), np.float32) for _ in range(batch_size)])
 
     # First stage
     boxes, image_inds, scale_picks = [], [], []

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .degrade import DEGRADATIONS, MIX_KINDS
+from .detection import DETECTORS
 from .ensemble import QUALITY_SCORES
 from .errors import CmceError
 
@@ -84,6 +86,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
     from .card import render_rejection_tables, render_table
     from .data import list_labelled_images
+    from .detection import create_detector
     from .embed import EmbeddingCache, embed_files
     from .evaluate import evaluate_embedded, plot_risk_coverage
     from .evaluate_answers import answers_table
@@ -109,7 +112,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     old_models = () if old is None else ((old,) if isinstance(old, str) else old.models)
     models = list(dict.fromkeys([*bundle.models, *old_models]))
     cache = None if args.no_cache else EmbeddingCache()
-    embedded = embed_files(list(ds.paths), models, cache=cache, progress=not args.quiet)
+    detector = create_detector(args.detection)  # the photos and their degraded copies alike
+    embedded = embed_files(list(ds.paths), models, detector=detector, cache=cache, progress=not args.quiet)
     degrade_report, clean = None, embedded
     if spec is not None:
         from .degrade import degrade_gallery
@@ -117,24 +121,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         embedded, degrade_report, _ = degrade_gallery(embedded, gallery_positions(embedded, ds.labels), spec,
                                                       seed=args.degrade_seed, models=models, cache=cache,
-                                                      progress=not args.quiet)
+                                                      progress=not args.quiet, detector=detector)
     result = evaluate_embedded(embedded, ds.labels, bundle, ci_resamples=args.ci_resamples)
     if degrade_report is not None:
         result["gallery_degrade"] = degrade_report
         print(f"gallery degraded ({degrade_report['spec']}, seed {degrade_report['seed']}): "
               f"{degrade_report['degraded']} of {degrade_report['gallery_photos']} photos "
               f"({', '.join(f'{k} {v}' for k, v in degrade_report['by_kind'].items())}); "
-              f"{sum(degrade_report['kept_clean_no_face'].values())} kept clean (no face found in the degraded copy)")
+              f"{sum(degrade_report['kept_clean_no_face'].values())} kept clean (no face found in the degraded copy"
+              f"{_too_small_note(degrade_report)})")
     if old is not None:
         from .evaluate import evaluate_upgrade, upgrade_costs
 
         costs = upgrade_costs(embedded, ds.labels, bundle, old_models)
         result["upgrade"] = evaluate_upgrade(embedded, ds.labels, bundle, old, seconds_per_1k_entries=costs)
         result["upgrade"]["from"]["source"] = args.upgrade_from
-    result["data"] = {"dir": str(Path(args.data_dir).resolve().name), "heldout_only": bool(args.heldout)}
+    result["data"] = {"dir": str(Path(args.data_dir).resolve().name), "heldout_only": bool(args.heldout),
+                      "detection": args.detection}
     c = result["counts"]
-    print(f"{c['files']} files, {c['faces_found']} faces ({c['no_face_or_unreadable']} without a face or unreadable); "
-          f"gallery {c['gallery']} ({c['distractors']} distractors), queries {c['queries']}")
+    print(f"{c['files']} files, {c['faces_found']} faces ({c['no_face_or_unreadable']} without a face or unreadable; "
+          f"{args.detection} detection); gallery {c['gallery']} ({c['distractors']} distractors), "
+          f"queries {c['queries']}")
     print(render_table(result["rows"]))
     print("\nanswers as the app gives them (every query; CMCE ensemble column):\n")
     print("\n".join(answers_table(result["answers"])))
@@ -150,6 +157,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from .train import SplitConfig, dataset_splits
 
         full = list_labelled_images(args.data_dir)
+        # the training identities as the bundle was trained on them: plain detection, whatever --detection says
         train_emb = embed_files(list(full.paths), list(bundle.models), cache=cache, progress=not args.quiet)
         sp = dataset_splits(full.labels, SplitConfig(**bundle.info["training"]["split"]))
         conditions = {"clean": clean}
@@ -184,6 +192,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         save_bundle(bundle, folder)
         print(f"recorded the evaluation in {folder}/config.json and its model card")
     return 0
+
+
+def _too_small_note(report: dict) -> str:
+    """``"; 12 of them a face or image under 16 px"`` when degraded copies were too small, else ``""``."""
+    from .faces import MIN_FACE_PIXELS
+
+    n = sum(report.get("kept_clean_too_small", {}).values())
+    return f"; {n} of them a face or image under {MIN_FACE_PIXELS} px" if n else ""
 
 
 def _upgrade_source(spec: str):
@@ -406,8 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "the gallery, or backbone:NAME for a library indexed by one model; adds 'upgrade' to the JSON")
     s.add_argument("--gallery-degrade", default=None, metavar="SPEC",
                    help="degrade gallery photos only (queries stay clean): mix:SHARE (e.g. mix:0.6: that share, "
-                        "each by blur, lowres, jpeg or dark), mix:SHARE:K1+K2, or one kind alone: "
-                        "blur, lowres, jpeg, dark, noise, occlusion (optionally KIND:SHARE)")
+                        f"each by {', '.join(MIX_KINDS[:-1])} or {MIX_KINDS[-1]}), mix:SHARE:K1+K2, or one kind alone: "
+                        f"{', '.join(DEGRADATIONS)} (optionally KIND:SHARE); crop (tight face crops) and tiny "
+                        "(faces 16-40 px wide) want --detection index")
+    s.add_argument("--detection", default="plain", choices=DETECTORS,
+                   help="face detection of the photos and degraded copies: plain (MTCNN's first pass, as training "
+                        "embeds) or index (what cmce index and the app use: landmark check and second chance, which "
+                        "finds tight crops and tiny faces); cached apart")
     s.add_argument("--degrade-seed", type=int, default=0, help="picks the degraded photos and their strength")
     s.add_argument("--ci-resamples", type=int, default=1000, help="bootstrap draws (over identities) per interval")
     s.add_argument("--ablations", action="store_true",

@@ -28,6 +28,10 @@ Every face records its ``detector`` and ``detection_pass`` (see ``cmce.faces.Fac
 eyes, mirrored mouth, nose far outside the eye-mouth quadrilateral): aligning them would
 feed the backbones a garbage crop. The engine's detector drops such faces and, when an
 image is left without any, gives it the second chance.
+
+``create_detector`` names the two settings in use: ``"plain"`` (MTCNN's first pass at
+640 px, as training and ``evaluate`` embed by default) and ``"index"`` (what
+``FaceEngine`` indexes and searches with: 800 px, landmark check, second chance).
 """
 
 from __future__ import annotations
@@ -41,16 +45,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import BackboneUnavailableError, ChecksumError
-from .faces import Face, similarity_transform
+from .errors import BackboneUnavailableError, ChecksumError, CmceError
+from .faces import Face, FaceDetector, similarity_transform
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DETECTORS",
     "PASSES",
     "SecondChance",
     "YuNet",
     "clahe_luminance",
+    "create_detector",
     "implausible_landmarks",
     "second_chance",
 ]
@@ -100,6 +106,31 @@ class SecondChance:
         return (f"sc-v1:pad{self.pad_fraction:g}:up{self.upscale_below}:y{self.yunet_min_score:g}"
                 f":yc{self.yunet_confirm_score:g}:ag{self.agree_min_score:g}-{self.agree_min_iou:g}"
                 f":wa{a[0]:g}-{a[1]:g}:ws{self.whole_image_min_side}:wp{self.whole_image_min_score:g}")
+
+
+DETECTORS = ("plain", "index")
+
+
+def create_detector(kind: str = "plain", device: str | None = None) -> FaceDetector:
+    """The face detector settings named ``kind`` (one of ``DETECTORS``).
+
+    ``"plain"``: ``FaceDetector()``, MTCNN's first pass on the photo downscaled to 640 px
+    (training and ``evaluate`` embed with it unless told otherwise). ``"index"``: what
+    ``FaceEngine`` (``cmce index``, the app) detects with: 800 px, the landmark check and
+    the second chance. ``cmce.embed.detector_signature`` tells the two apart in the cache.
+
+    Args:
+        kind: ``"plain"`` or ``"index"``.
+        device: torch device for MTCNN (default CUDA when available, else CPU).
+
+    Raises:
+        CmceError: an unknown ``kind``.
+    """
+    if kind == "plain":
+        return FaceDetector(device=device)
+    if kind == "index":
+        return FaceDetector(max_side=800, device=device, landmark_check=True, second_chance=SecondChance())
+    raise CmceError(f"unknown detection {kind!r}; valid: {', '.join(DETECTORS)}")
 
 
 def implausible_landmarks(landmarks: np.ndarray) -> str | None:

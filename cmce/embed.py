@@ -24,7 +24,7 @@ import numpy as np
 from .backbones import create_backbone
 from .cache import cache_dir
 from .errors import CmceError
-from .faces import Face, FaceDetector, pick_subject
+from .faces import Face, FaceDetector, pick_subject, too_small_face, too_small_image
 from .images import content_hash, load_image
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,8 @@ def embed_files(
     Args:
         paths: image files.
         models: backbone names.
-        detector: MTCNN settings; default ``FaceDetector()``.
+        detector: MTCNN settings; default ``FaceDetector()`` (``create_detector("plain")``
+            of ``cmce.detection``; ``"index"`` is what galleries are indexed with).
         cache: where to read/write results; None disables caching.
         chunk_size: images per detection/embedding batch.
         flip: also embed the horizontally mirrored crop, stored as ``"<model>|flip"``.
@@ -162,8 +163,9 @@ def embed_files(
         device: torch device for torch backbones.
 
     Returns:
-        EmbeddedFiles in the order of ``paths``. Unreadable files and files without a
-        face are reported in ``errors``, never dropped.
+        EmbeddedFiles in the order of ``paths``. Unreadable files, files without a
+        face and files whose subject face (or whole image) is under
+        ``faces.MIN_FACE_PIXELS`` are reported in ``errors``, never dropped.
     """
     detector = detector or FaceDetector()
     sig = detector_signature(detector)
@@ -235,6 +237,8 @@ def _process_chunk(idx, paths, detector, sig, cache, faces, errors, keys, pool) 
     images: dict[int, np.ndarray] = {}
     to_detect: list[int] = []
     for i, digest, img, err in pool.map(read, idx):
+        if err is None:
+            err = None if (why := too_small_image(img.shape)) is None else f"{paths[i]}: {why}"
         if err is not None:
             errors[i] = err
             continue
@@ -248,7 +252,18 @@ def _process_chunk(idx, paths, detector, sig, cache, faces, errors, keys, pool) 
                 continue
         to_detect.append(i)
     if to_detect:
-        found = detector.detect_batch([images[i] for i in to_detect], [str(paths[i]) for i in to_detect])
+        # one batch per image size: the detector pads images of different sizes onto one
+        # canvas, whose margin changes what MTCNN finds (a tight face crop is found with its
+        # landmarks off the face); the cache is keyed by content, so a file's face must not
+        # depend on the files it was read with. (Every LFW photo is 250x250: one batch.)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i in to_detect:
+            by_size.setdefault(images[i].shape, []).append(i)
+        found_by = {}
+        for group in by_size.values():
+            found_by.update(zip(group, detector.detect_batch([images[i] for i in group],
+                                                             [str(paths[i]) for i in group])))
+        found = [found_by[i] for i in to_detect]
         rows = []
         for i, fs in zip(to_detect, found):
             k = pick_subject(fs)
@@ -257,4 +272,8 @@ def _process_chunk(idx, paths, detector, sig, cache, faces, errors, keys, pool) 
             rows.append((keys[i], faces[i], errors[i]))
         if cache is not None:
             cache.put_faces(rows)
+    # after the cache: it holds the subject face as detected, whatever its size
+    for i in idx:
+        if faces[i] is not None and (why := too_small_face(faces[i])) is not None:
+            faces[i], errors[i] = None, f"{paths[i]}: {why}"
     return images

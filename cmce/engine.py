@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .bundle import Bundle
-from .detection import SecondChance
+from .detection import create_detector
 from .errors import BackboneUnavailableError
 from .faces import Face, FaceDetector
 
@@ -31,8 +31,8 @@ class FaceEngine:
 
     Args:
         bundle: the loaded bundle.
-        detector: MTCNN settings (default: ``FaceDetector(max_side=800)`` with the landmark
-            check and the second chance of ``cmce.detection`` on).
+        detector: MTCNN settings (default: ``cmce.detection.create_detector("index")``:
+            ``FaceDetector(max_side=800)`` with the landmark check and the second chance on).
         device: torch device for torch backbones.
 
     Raises:
@@ -47,8 +47,7 @@ class FaceEngine:
         configure_opencv_threads()  # CMCE_OPENCV_THREADS, default OpenCV's own (every core)
         self.device = device or default_device()
         self.bundle = bundle.to(self.device)  # the transformers run where the backbones do
-        self.detector = detector or FaceDetector(
-            max_side=800, device=self.device, landmark_check=True, second_chance=SecondChance())
+        self.detector = detector or create_detector("index", device=self.device)
         self._backbones = {bundle.query_model: create_backbone(bundle.query_model, self.device)}
         self.unavailable: dict[str, str] = {}
         for m in bundle.models[1:]:

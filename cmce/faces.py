@@ -29,13 +29,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MIN_FACE_PIXELS",
     "AlignmentTemplate",
     "Face",
     "FaceDetector",
     "align_faces",
     "pick_subject",
     "similarity_transform",
+    "too_small_face",
+    "too_small_image",
 ]
+
+MIN_FACE_PIXELS = 16
+"""Smallest face width (and shorter image side) in pixels that is indexed or embedded.
+
+A backbone's 112-160 px input cut from a face under 16 px wide is an upscaled blur: its
+embedding says little about the person. Images whose shorter side is under it are not
+even given to the detector."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +211,21 @@ def pick_subject(faces: Sequence[Face]) -> int | None:
     return int(np.argmax(scores))
 
 
+def too_small_image(shape: Sequence[int]) -> str | None:
+    """Why an image of ``shape`` (H, W, ...) cannot hold a usable face, or None when it can."""
+    h, w = int(shape[0]), int(shape[1])
+    if min(h, w) < MIN_FACE_PIXELS:
+        return f"image smaller than {MIN_FACE_PIXELS} px on its shorter side ({w}x{h} px)"
+    return None
+
+
+def too_small_face(face: Face) -> str | None:
+    """Why ``face`` is too small to embed (box under ``MIN_FACE_PIXELS`` wide), or None."""
+    if face.width < MIN_FACE_PIXELS:
+        return f"face smaller than {MIN_FACE_PIXELS} px ({face.width:.0f} px wide)"
+    return None
+
+
 def _channels_last_input(module, args):
     """Forward pre-hook: hand 4-D tensor inputs over in channels_last memory format."""
     import torch
@@ -286,37 +311,44 @@ class FaceDetector:
             sources: one per image, recorded in its faces.
 
         Returns:
-            For each image, its faces (possibly empty).
+            For each image, its faces (possibly empty). An image whose shorter side is
+            under ``MIN_FACE_PIXELS`` gets none without being detected (see
+            ``too_small_image``; callers that report skips name the reason).
         """
         if sources is None:
             sources = [None] * len(images)
         if len(sources) != len(images):
             raise CmceError(f"got {len(images)} images but {len(sources)} sources")
-        if not images:
-            return []
-        small, scales = [], []
-        for img in images:
+        results: list[list[Face]] = [[] for _ in images]
+        small: dict[int, np.ndarray] = {}
+        scales: dict[int, float] = {}
+        for i, img in enumerate(images):
             if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
                 raise CmceError(
                     f"detect needs (H, W, 3) uint8 RGB images, got {img.shape} {img.dtype}"
                 )
+            if (why := too_small_image(img.shape)) is not None:
+                logger.info("%s: %s; no face searched", sources[i] or "image", why)
+                continue
             h, w = img.shape[:2]
             s = min(1.0, self.max_side / max(h, w))
             if s < 1.0:
                 img = cv2.resize(
                     img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
                 )
-            small.append(img)
-            scales.append(s)
-        results: list[list[Face]] = [[] for _ in images]
-        # Group by canvas size so that a batch of equal photos is not padded at all.
+            small[i] = img
+            scales[i] = s
+        # Group by canvas size so that a batch of equal photos is not padded at all. Images
+        # of different sizes share one canvas, whose black margin changes what MTCNN finds
+        # (a tight face crop can be found, with its landmarks off the face, where alone it
+        # is not): ``cmce.embed`` detects one size at a time for that reason.
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, img in enumerate(small):
+        for i, img in small.items():
             groups.setdefault(img.shape[:2], []).append(i)
         if len(groups) > 1:
-            hmax = max(img.shape[0] for img in small)
-            wmax = max(img.shape[1] for img in small)
-            groups = {(hmax, wmax): list(range(len(small)))}
+            hmax = max(img.shape[0] for img in small.values())
+            wmax = max(img.shape[1] for img in small.values())
+            groups = {(hmax, wmax): list(small)}
         for (hc, wc), idx in groups.items():
             batch = np.zeros((len(idx), hc, wc, 3), dtype=np.uint8)
             for j, i in enumerate(idx):
@@ -339,8 +371,8 @@ class FaceDetector:
                                 sources[i] or "image", len(faces) - len(kept))
                 results[i] = kept
         if self.second_chance is not None:
-            for i, faces in enumerate(results):
-                if not faces:
+            for i in small:
+                if not results[i]:
                     with self._lock:
                         results[i] = self._second_chance(images[i], sources[i])
         return results

@@ -31,7 +31,7 @@ from .answers import Answer, DoubtMarks, capped_rejection, decide_answer, doubt_
 from .bundle import Bundle, GalleryVectors
 from .engine import FaceEngine
 from .errors import CmceError, GalleryError, ImageError, LimitError
-from .faces import Face, pick_subject
+from .faces import MIN_FACE_PIXELS, Face, pick_subject, too_small_face, too_small_image
 from .images import DEFAULT_LIMITS, ImageLimits, content_hash, load_image
 from .index import VectorIndex
 from .limits import env_positive_int
@@ -325,7 +325,8 @@ class EmbeddedPhotos:
     Attributes:
         entries: one per face, photo by photo, largest face first within a photo.
         embeddings: backbone name -> (len(entries), D) float32, rows in ``entries`` order.
-        skipped: ``(photo, reason)`` of photos without an entry (no face, gallery full).
+        skipped: ``(photo, reason)`` of photos without an entry (no face, face or image
+            under ``MIN_FACE_PIXELS``, gallery full).
         limits_reached: messages about caps reached (faces per photo, entries).
     """
 
@@ -344,7 +345,9 @@ def embed_photos(engine: FaceEngine, photos: Sequence[Photo], *, max_faces_per_i
     first (at most ``max_faces_per_image``); entry ``i`` of a photo gets the id
     ``<content hash>:<i>`` and the photo's label only if it is the photo's subject
     (``cmce.faces.pick_subject``). This is the one indexing step of ``Gallery.add_images``
-    and of the ``cmce.pipeline`` runners.
+    and of the ``cmce.pipeline`` runners. Faces under ``cmce.faces.MIN_FACE_PIXELS`` wide
+    are left out (noted in ``limits_reached``); a photo left without a face, or whose
+    shorter side is under it, is skipped with that reason.
 
     Args:
         engine: the models.
@@ -362,8 +365,15 @@ def embed_photos(engine: FaceEngine, photos: Sequence[Photo], *, max_faces_per_i
     for photo, faces in zip(photos, faces_per):
         name = photo.name
         if not faces:
-            skipped.append((photo, "no face found"))
+            skipped.append((photo, too_small_image(photo.image.shape) or "no face found"))
             continue
+        small = [f for f in faces if too_small_face(f) is not None]
+        if len(small) == len(faces):
+            skipped.append((photo, str(too_small_face(max(faces, key=lambda f: f.width)))))
+            continue
+        if small:
+            limits.append(f"{name}: {plural(len(small), 'face')} under {MIN_FACE_PIXELS} px wide left out")
+            faces = [f for f in faces if too_small_face(f) is None]
         faces = sorted(faces, key=lambda f: -f.area)
         if len(faces) > max_faces_per_image:
             limits.append(f"{name}: {len(faces)} faces, kept the {max_faces_per_image} largest")
@@ -771,7 +781,8 @@ class Gallery:
         img = image if isinstance(image, np.ndarray) and image.ndim == 3 and image.dtype == np.uint8 and image.shape[2] == 3 else load_image(image, name=name)
         faces = sorted(self.engine.detect([img], [name])[0], key=lambda f: -f.area)
         if not faces:
-            raise CmceError(f"{name}: no face found in the query photo")
+            why = too_small_image(img.shape)
+            raise CmceError(f"{name}: no face found in the query photo" + (f" ({why})" if why else ""))
         i = 0 if face_index is None else face_index
         if not 0 <= i < len(faces):
             raise CmceError(f"{name}: face {i} asked for, but the photo has {len(faces)} (0..{len(faces) - 1})")

@@ -659,7 +659,7 @@ def train_bundle(
             0 or 1: validation split.
         mixed_share: share of the non-held-out gallery photos (first photo of each
             identity) that get a degraded copy (seeded; every kind in
-            ``degrade.DEGRADATIONS``). The query member, the fusion and the quality
+            ``degrade.TRAIN_KINDS``). The query member, the fusion and the quality
             score are then chosen on clean *and* mixed-quality validation galleries, and
             the rejection threshold is calibrated on the mixed one. 0 disables it.
         degrade_augment: train each transformer on the degraded copies too (the copy's
@@ -690,11 +690,11 @@ def train_bundle(
         raise DatasetError(f"fusion must be 'auto' or one of {FUSIONS}, got {fusion!r}")
     degraded, degrade_info = None, None
     if mixed_share > 0:
-        from .degrade import DEGRADATIONS, DegradeSpec, degrade_gallery
+        from .degrade import TRAIN_KINDS, DegradeSpec, degrade_gallery
 
         pool_idx = np.flatnonzero(found & (splits["train"] | splits["val"]))
         gpos = pool_idx[first_image_protocol(labels[pool_idx])[0]]
-        dfiles, degrade_info, dmask = degrade_gallery(embedded, gpos, DegradeSpec(mixed_share, DEGRADATIONS),
+        dfiles, degrade_info, dmask = degrade_gallery(embedded, gpos, DegradeSpec(mixed_share, TRAIN_KINDS),
                                                       seed=split.seed + 1, models=models, cache=cache, progress=progress)
         degraded = Degraded(dfiles.embeddings, dfiles.detection_probability, dmask)
     augment = degraded is not None and degrade_augment

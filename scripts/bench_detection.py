@@ -41,7 +41,7 @@ import numpy as np
 
 from cmce.backbones import TEMPLATES, create_backbone
 from cmce.backbones.base import configure_torch_threads
-from cmce.detection import SecondChance
+from cmce.detection import create_detector
 from cmce.faces import FaceDetector, align_faces, pick_subject
 from cmce.images import load_image
 from cmce.metrics import bootstrap_mean_ci
@@ -193,7 +193,7 @@ def main() -> None:
     configure_torch_threads()
     rng = np.random.default_rng(args.seed)
     first = FaceDetector(max_side=800)
-    engine = FaceDetector(max_side=800, landmark_check=True, second_chance=SecondChance())
+    engine = create_detector("index")
     paths = sorted(Path(args.data_dir).glob("*/*.jpg"))
     random.Random(args.seed).shuffle(paths)
     paths = paths[: args.photos]

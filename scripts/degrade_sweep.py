@@ -1,12 +1,14 @@
 """Held-out Recall@1 of a bundle's rows on galleries degraded by each kind alone, and by the mix.
 
     PYTHONPATH=. python scripts/degrade_sweep.py ../shared/data/lfw-train --bundle assets/bundles/sface-query \
-        [--specs clean mix:0.6 blur:0.6 lowres:0.6 jpeg:0.6 dark:0.6 noise:0.6 occlusion:0.6] [--json docs/x.json]
+        [--specs clean mix:0.6 blur:0.6 lowres:0.6 jpeg:0.6 dark:0.6 noise:0.6 occlusion:0.6] [--json docs/x.json] \
+        [--detection index]
 
-The protocol of ``evaluate --heldout --gallery-degrade SPEC`` (same seed), one SPEC after
-another: the query model alone, each gallery model through its transformer, the served
-ensemble, the gallery models' own ensemble, and the error cut at 10% rejected by every
-quality score. 95% intervals are a bootstrap over query identities.
+The protocol of ``evaluate --heldout --gallery-degrade SPEC [--detection plain|index]`` (same
+seed), one SPEC after another (``crop`` and ``tiny`` want ``--detection index``): the query
+model alone, each gallery model through its transformer, the served ensemble, the gallery
+models' own ensemble, and the error cut at 10% rejected by every quality score. 95%
+intervals are a bootstrap over query identities.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ import numpy as np
 from cmce.bundle import load_bundle
 from cmce.data import list_labelled_images
 from cmce.degrade import DegradeSpec, degrade_gallery
+from cmce.detection import DETECTORS, create_detector
 from cmce.embed import EmbeddingCache, embed_files
 from cmce.evaluate import evaluate_embedded, gallery_positions
 from cmce.train import heldout_subset
@@ -43,28 +47,32 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ci-resamples", type=int, default=500)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--detection", default="plain", choices=DETECTORS,
+                        help="detector of the photos and the degraded copies, as in cmce evaluate")
     args = parser.parse_args()
+    specs = {s: None if s == "clean" else DegradeSpec.parse(s) for s in args.specs}  # a bad spec fails first
     logging.basicConfig(level=logging.WARNING)
     bundle = load_bundle(args.bundle)
     ds = heldout_subset(list_labelled_images(args.data_dir), bundle)
     models = list(bundle.models)
     cache = EmbeddingCache()
-    clean = embed_files(list(ds.paths), models, cache=cache)
+    detector = create_detector(args.detection)
+    clean = embed_files(list(ds.paths), models, detector=detector, cache=cache)
     gpos = gallery_positions(clean, ds.labels)
     q = bundle.query_model
-    out = {"bundle": str(args.bundle), "seed": args.seed, "results": {}}
+    out = {"bundle": str(args.bundle), "seed": args.seed, "detection": args.detection, "results": {}}
     print(f"bundle {args.bundle}: query {q}, members {', '.join(bundle.member_names)}, fusion {bundle.fusion.kind}, "
           f"quality {bundle.calibration.quality.kind}")
     print(f"| gallery | {q} alone | " + " | ".join(f"{m} -> {q}" for m in bundle.gallery_models)
           + " | served ensemble | gallery models' own | 10% rejected: error cut by disagreement · detection · combined"
             " · learned |")
     print("|---|" + "---:|" * (len(bundle.gallery_models) + 4))
-    for spec in args.specs:
-        if spec == "clean":
+    for spec, parsed in specs.items():
+        if parsed is None:
             emb, rep = clean, None
         else:
-            emb, rep, _ = degrade_gallery(clean, gpos, DegradeSpec.parse(spec), seed=args.seed, models=models,
-                                          cache=cache)
+            emb, rep, _ = degrade_gallery(clean, gpos, parsed, seed=args.seed, models=models, cache=cache,
+                                          detector=detector)
         res = evaluate_embedded(emb, ds.labels, bundle, ci_resamples=args.ci_resamples)
         rows = {r["name"]: r for r in res["rows"]}
         by_q = res["rejection_by_quality"]
@@ -82,4 +90,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cmce.errors import CmceError
+
+    try:
+        main()
+    except CmceError as e:  # a bad spec, path or bundle: say what is wrong, no traceback
+        sys.exit(f"error: {e}")

@@ -19,6 +19,7 @@ from PIL import Image
 from cmce import display
 from cmce.bundle import default_bundle_path, load_bundle
 from cmce.detection import SecondChance, clahe_luminance, implausible_landmarks
+from cmce.errors import CmceError
 from cmce.faces import Face, FaceDetector, pick_subject
 from cmce.gallery import FaceEngine, Gallery
 from cmce.images import load_image
@@ -241,3 +242,110 @@ def test_whole_image_pass_takes_a_face_shaped_frame_only_with_evidence(photos, e
     assert last_pass(smiley()) == []  # face-shaped, but O-Net sees no face
     wide = cv2.resize(crop, (crop.shape[1] * 2, crop.shape[0] // 2))  # not shaped like a face crop
     assert last_pass(wide) == []
+
+
+# ---------------------------------------------------------------- inputs too small to hold a face
+
+
+def png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def shrunk(img: np.ndarray, face: Face, face_width: float) -> np.ndarray:
+    """The whole photo downscaled so that ``face`` is about ``face_width`` px wide."""
+    s = face_width / face.width
+    return cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 2), (15, 15), (19, 19), (12, 600), (30, 3000)])
+def test_images_too_small_for_a_face_give_none_not_a_crash(shape, first_pass, engine_detector, photos) -> None:
+    """Under 16 px: not detected at all; 16-19 px, or a strip that downscaling leaves under MTCNN's
+    20 px minimum: MTCNN's pyramid is empty (facenet-pytorch failed in torch.cat there)."""
+    img = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    assert first_pass.detect(img) == [] and engine_detector.detect(img) == []
+    # alongside a real photo (on one canvas when it is searched at all): the photo's face is found
+    full, face = photos[0]
+    got = engine_detector.detect_batch([img, full])
+    assert got[0] == [] and got[1]
+    assert np.abs(np.subtract(got[1][pick_subject(got[1])].box, face.box)).max() < 0.08 * 250
+
+
+def test_faces_under_16_px_are_found_but_too_small(photos, first_pass) -> None:
+    """The detector does find faces 8-15 px wide in a small photo: the callers must name the skip."""
+    from cmce.faces import MIN_FACE_PIXELS, too_small_face, too_small_image
+
+    img, face = photos[0]
+    small = shrunk(img, face, 10)
+    faces = first_pass.detect(small)
+    assert faces and faces[0].width < MIN_FACE_PIXELS
+    assert too_small_face(faces[0]).startswith("face smaller than 16 px")
+    assert too_small_face(face) is None and too_small_image(small.shape) is None
+    assert too_small_image((2, 2, 3)) == "image smaller than 16 px on its shorter side (2x2 px)"
+
+
+def test_embed_files_names_images_and_faces_under_16_px(photos, engine_detector, tmp_path) -> None:
+    from cmce.embed import EmbeddingCache, embed_files
+
+    img, face = photos[0]
+    files = {
+        "1x1.png": np.full((1, 1, 3), 200, np.uint8),
+        "2x2.png": np.random.default_rng(0).integers(0, 256, (2, 2, 3), dtype=np.uint8),
+        "face10.png": shrunk(img, face, 10),
+        "face30.png": shrunk(img, face, 30),
+    }
+    paths = []
+    for name, pixels in files.items():
+        (tmp_path / name).write_bytes(png(pixels))
+        paths.append(tmp_path / name)
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    for _ in range(2):  # detected, then read from the cache: the same answers
+        out = embed_files(paths, ["sface"], detector=engine_detector, cache=cache)
+        why = dict(zip([p.name for p in paths], out.errors))
+        assert why["1x1.png"].endswith("image smaller than 16 px on its shorter side (1x1 px)")
+        assert why["2x2.png"].endswith("image smaller than 16 px on its shorter side (2x2 px)")
+        assert "face smaller than 16 px" in why["face10.png"]
+        assert why["face30.png"] is None
+        assert out.found.tolist() == [False, False, False, True]
+        assert not out.embeddings["sface"][:3].any() and np.isclose(np.linalg.norm(out.embeddings["sface"][3]), 1.0)
+
+
+@pytest.mark.skipif(not (default_bundle_path() / "config.json").is_file(), reason="default bundle not built")
+def test_gallery_skips_images_and_faces_under_16_px_by_name(photos) -> None:
+    g = Gallery(FaceEngine(load_bundle()))
+    img, face = photos[0]
+    report = g.add_images([
+        ("1x1.png", png(np.full((1, 1, 3), 200, np.uint8)), None),
+        ("2x2.png", png(np.random.default_rng(0).integers(0, 256, (2, 2, 3), dtype=np.uint8)), None),
+        ("strip.png", png(np.full((10, 400, 3), 90, np.uint8)), None),
+        ("face10.png", png(shrunk(img, face, 10)), "Aaron_Peirsol"),
+        ("face30.png", png(shrunk(img, face, 30)), "Aaron_Peirsol"),
+    ])
+    assert report.added == 1 and [e.source for e in g.entries] == ["face30.png"]
+    why = dict(report.skipped)
+    assert why["1x1.png"] == "image smaller than 16 px on its shorter side (1x1 px)"
+    assert why["2x2.png"] == "image smaller than 16 px on its shorter side (2x2 px)"
+    assert why["strip.png"] == "image smaller than 16 px on its shorter side (400x10 px)"
+    assert why["face10.png"].startswith("face smaller than 16 px (")
+    with pytest.raises(CmceError, match="no face found in the query photo .image smaller than 16 px"):
+        g.search_image(png(np.full((2, 2, 3), 90, np.uint8)), name="q.png")
+
+
+def test_embed_files_gives_a_crop_the_face_it_has_alone_whatever_it_is_read_with(photos, first_pass,
+                                                                                  tmp_path) -> None:
+    """The detector pads images of different sizes onto one canvas, where MTCNN finds a tight crop
+    (with its landmarks off the face) that it misses alone; embed_files detects one size at a time,
+    so the face it caches for a file does not depend on the files read with it."""
+    from cmce.embed import embed_files
+
+    img, face = photos[2]
+    crop = inside_crop(img, face)
+    (tmp_path / "crop.png").write_bytes(png(crop))
+    (tmp_path / "photo.png").write_bytes(png(img))
+    assert not first_pass.detect(crop) and first_pass.detect_batch([crop, img])[0], \
+        "the crop must be one the canvas changes, or this tests nothing"
+    alone = embed_files([tmp_path / "crop.png"], [], detector=first_pass)
+    mixed = embed_files([tmp_path / "crop.png", tmp_path / "photo.png"], [], detector=first_pass)
+    assert alone.faces[0] is None and mixed.faces[0] is None and mixed.faces[1] is not None
+    assert "no face found" in mixed.errors[0]
