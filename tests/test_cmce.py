@@ -17,6 +17,7 @@ from cmce.ensemble import (
     fuse_members,
     member_uncertainty,
 )
+from cmce.answers import ANSWER_RULES
 from cmce.evaluate import adapter_row_name, evaluate_embedded
 from cmce.train import SplitConfig, dataset_splits, train_bundle
 from cmce.transform import (
@@ -159,6 +160,16 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     x = np.random.default_rng(0).standard_normal((5, 128)).astype(np.float32)
     for m, a in bundle.query_adapters.items():
         np.testing.assert_allclose(transform_embeddings(loaded.query_adapters[m], x), transform_embeddings(a, x), atol=2e-2)
+    # the answer rule: chosen by the same cross-validation, every rule fitted for every view
+    assert cal.answer_rule in ANSWER_RULES
+    assert set(cal.answer_policies) == {"ensemble", "dlib-resnet34", "facenet-casia", "query"}
+    assert all(set(per) == set(ANSWER_RULES) for per in cal.answer_policies.values())
+    assert all(p.threshold == 0.5 for per in cal.answer_policies.values() for p in per.values())
+    ans = t["answers"]
+    assert ans["chosen"] == cal.answer_rule and set(ans["rules"]) == set(ANSWER_RULES)
+    assert set(ans["rules"]["combined"]) == {"clean", "mixed"}
+    assert [d["to"] for d in ans["decisions"]] == ["query", "combined"]
+    assert loaded.calibration.answer_policies == bundle.calibration.answer_policies
     card = (out / "README.md").read_text()
     assert "CC0" in card and "Apache-2.0" in card
 
@@ -186,6 +197,24 @@ def test_evaluate_rows_and_rejection(trained_bundle, small_dataset, lfw_pairs_em
     r1 = M.recall_at_k(sim, labels[qi], labels[gi], ks=(1,))[1]
     row = next(r for r in result["rows"] if r["name"] == "CMCE ensemble")
     assert row["recall_at_1"] == pytest.approx(r1)
+    # the app's answers: every query counted once, under every rule
+    rules = result["answers"]["rules"]
+    thr = bundle.calibration.similarity_thresholds["ensemble"]
+    best = sim.argmax(1)
+    right = int(((labels[gi][best] == labels[qi]) & (sim.max(1) >= thr)).sum())
+    assert rules["answer_all"]["right"] == right
+    for name, r in rules.items():
+        assert r["right"] + r["wrong"] + r["unknown"] == len(qi), name
+    # a blocking rejection never adds a wrong answer; the policy only abstains
+    assert rules["blocking"]["wrong"] <= rules["answer_all"]["wrong"]
+    assert rules["policy"]["wrong"] <= rules["answer_all"]["wrong"]
+    assert rules["policy"]["right"] <= rules["answer_all"]["right"]
+    # the query-side rule answers as many queries as the policy does
+    assert rules["similarity_at_policy_coverage"]["coverage"] == pytest.approx(rules["policy"]["coverage"], abs=1 / len(qi))
+    curves = result["answers"]["curves"]
+    assert {"similarity", "margin", *ANSWER_RULES} <= set(curves)
+    assert all(0 <= c["area"] <= 1 for c in curves.values())
+    assert result["answers"]["abstention"]["rates"] == [0.05, 0.1, 0.2]
 
 
 def test_evaluate_reports_query_adapter_baseline(trained_bundle, lfw_pairs_embedded) -> None:
