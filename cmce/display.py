@@ -351,10 +351,10 @@ def overview_summary(gallery: Gallery | None, rejected: np.ndarray, limit: int =
     quality = cal.quality_model(score)
     counts = (f"**{n} faces**: **{r} rejected** (red frame: never a match; a query whose best match is rejected "
               f"answers Unknown, never the next person), **{d} doubtful** (◌ amber dashed frame: searched, and "
-              f"marked in the results); {marks.over_threshold} over the bundle's calibrated threshold "
-              f"(about {marks.expected:.0f} expected).")
-    if marks.unfamiliar:
-        counts += f" {marks.note}"
+              f"marked in the results). ")
+    # an unfamiliar gallery: the note gives the count over the threshold and what it means
+    counts += marks.note if marks.unfamiliar else (f"{marks.over_threshold} over the bundle's calibrated threshold "
+                                                   f"(about {marks.expected:.0f} expected).")
     threshold = cal.threshold_for()
     scores = (f"Doubtful by the bundle's quality score, {cal.quality.description}"
               + (f", above {readable_number(threshold)}" if threshold is not None else "") + ".")
@@ -548,6 +548,8 @@ def _verdict(v: ViewResult, answer: Answer, far: float, query_label: str | None,
              status: str | None) -> tuple[str, str]:
     if answer.unknown:
         mark, cls = _UNKNOWN_MARKS.get(status, ("", " cmce-doubtful" if answer.kind == "doubtful" else ""))
+        if answer.kind == "doubtful" and status == "present":  # a deliberate "Unknown" on a doubtful photo, no miss
+            mark, cls = " (person is in the gallery)", " cmce-doubtful"
         detail = answer.reason.removeprefix("Unknown: ")
         if answer.kind == "unknown" and v.matches:
             detail += f"; the threshold is set for a {_pct(far)} false-accept rate"

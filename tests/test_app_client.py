@@ -31,6 +31,8 @@ def test_index_then_search_in_one_session(app_server, people):
     client = Client(app_server["url"], verbose=False)
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/index_gallery", "/search"} <= set(endpoints)
+    params = {p["parameter_name"]: p for p in endpoints["/search"]["parameters"]}
+    assert params["reject_by"]["parameter_default"] == "none"  # by default nothing is rejected
 
     gallery = [handle_file(str(f)) for p in people[:4] for f in sorted(p.glob("*.jpg"))[:2]]
     report_md, report = client.predict(files=gallery, api_name="/index_gallery")

@@ -11,7 +11,6 @@ quality score.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

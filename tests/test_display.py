@@ -143,7 +143,8 @@ def _answered_result():
     views = {
         "ensemble": ViewResult("ensemble", (match(0, 0.8), match(1, 0.5)), 0.4, False,
                                Answer("match", "ann", 0.8, 0.93, "ann (a doubtful photo), similarity 0.800")),
-        "m1": ViewResult("m1", (match(1, 0.7),), 0.4, False, Answer("match", "bob", 0.7, None, "bob, similarity 0.700")),
+        "m1": ViewResult("m1", (match(1, 0.7),), 0.4, False,
+                         Answer("match", "bob", 0.7, None, "bob, similarity 0.700")),
         "m2": ViewResult("m2", (match(1, 0.5),), 0.4, True,
                          Answer("doubtful", "cy", 0.6, None, "Unknown: the best match is a rejected photo of <cy>")),
         "query": ViewResult("query", (match(1, 0.6),), 0.4, True,
@@ -167,7 +168,9 @@ def test_result_html_marks_doubtful_apart_from_rejected_and_wrong():
     # the reasons of "Unknown", escaped; the person is in the gallery (one good photo): not "not in the gallery"
     m2 = html.split("data-view='m2'")[1].split("</section>")[0]
     assert "data-answer='doubtful'" in html and "rejected photo of &lt;cy&gt;" in m2 and "<cy>" not in html
-    assert "✗ (person is in the gallery)" in m2 and "not in the gallery" not in html
+    # blocked by a rejected photo: a deliberate "Unknown" (amber), not a miss (red ✗)
+    assert "(person is in the gallery)" in m2 and "✗" not in m2 and "cmce-verdict cmce-doubtful" in m2
+    assert "not in the gallery" not in html
     assert "more likely wrong than right (chance 0.31 &lt; 0.50)" in html
     # every photo of ann doubtful or rejected: "Unknown" says so (amber), not "✓ not in the gallery"
     html = display.result_html(result, gallery, query_label="ann",
@@ -202,14 +205,15 @@ def test_overview_summary_counts_rejected_doubtful_and_over_the_threshold():
         rejection_threshold=0.07, rejection_rate=0.10, quality=QualityModel("disagreement")))
     none = np.zeros(38, bool)
     text = display.overview_summary(gallery, none)
-    assert "**0 rejected**" in text and "**31 doubtful**" in text and "31 over the bundle's calibrated threshold" in text
-    assert "about 4 expected" in text and "looks unlike the photos the bundle was calibrated on" in text
+    assert "**0 rejected**" in text and "**31 doubtful**" in text
+    assert "31 of 38 faces score above the bundle's calibrated threshold (about 4 expected)" in text
+    assert "looks unlike the photos the bundle was calibrated on" in text and text.count("about 4 expected") == 1
     assert "Doubtful, most doubtful first: `p0_0.jpg`" in text and "Rejected, most" not in text
     assert "no answer rule" in text
     some = np.zeros(38, bool)
     some[:4] = True
     text = display.overview_summary(gallery, some)
-    assert "**4 rejected**" in text and "**27 doubtful**" in text and "31 over" in text
+    assert "**4 rejected**" in text and "**27 doubtful**" in text and "31 of 38 faces score above" in text
     assert "Rejected, most doubtful first: `p0_0.jpg`" in text
     tiles = display.overview_tiles(gallery, some)
     assert [c.split(" · ")[0] for _, c in tiles[3:6]] == ["rejected", "◌ doubtful", "◌ doubtful"]
@@ -220,7 +224,7 @@ def test_overview_summary_counts_rejected_doubtful_and_over_the_threshold():
     text = display.overview_summary(ruled, np.zeros(2, bool))
     assert "**combined** rule" in text and "more likely wrong than right" in text and "below 0.50" in text
     assert "answered 88% of the calibration queries" in text and "**0 doubtful**" in text
-    assert "looks unlike" not in text
+    assert "looks unlike" not in text and "0 over the bundle's calibrated threshold (about 0 expected)" in text
 
 
 def test_figures():
