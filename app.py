@@ -1,8 +1,8 @@
 """CMCE Face Search: the web demo.
 
 A thin Gradio app over the ``cmce`` library: build a gallery from many photos, see
-which entries the ensemble doubts (and rejects), search it with a photo and compare
-the CMCE ensemble with each single model side by side.
+which entries the ensemble doubts (marked, still searched) and, if you choose, rejects,
+search it with a photo and compare the CMCE ensemble with each single model side by side.
 
 Run ``python app.py`` (binds 127.0.0.1:7860; ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``
 change that). The bundle is ``assets/bundles/sface-query`` unless ``CMCE_BUNDLE`` (a
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 
 from cmce import display, story
 from cmce.bundle import bundle_summary, default_bundle_path, load_bundle
@@ -70,7 +71,11 @@ SERVER = ServerLimits.from_env(image=LIMITS.image)  # CMCE_MAX_REQUEST_MB, CMCE_
 ALLOWED = BundleAllowList.from_env()  # CMCE_BUNDLES, CMCE_ALLOW_LOCAL_BUNDLES
 TEMP = TempFolders()  # session and example folders: removed at exit, swept at the next start if killed
 HUB_LOADS = SlidingQuota(SERVER.bundle_loads_per_hour, what="bundle loads from outside assets/ (whole server)")
-REJECT_BY = ("calibrated", "threshold", "rate")  # calibrated: the session bundle's own threshold for the score
+# none: reject nothing, mark the doubtful faces (searched); calibrated: the session bundle's own threshold
+# for the score; threshold / rate: the user's
+REJECT_BY = ("none", "calibrated", "threshold", "rate")
+REJECT_BY_LABELS = {"none": "none (mark doubtful faces)", "calibrated": "calibrated", "threshold": "threshold",
+                    "rate": "rate"}
 BUNDLE_SCORE = "bundle"  # the rejection-score choice that follows the session's bundle
 
 CSS = """
@@ -90,6 +95,9 @@ CSS = """
 .cmce-match.cmce-correct{border-color:#1e8e3e;background:#e6f4ea;color:#0d3d1a}
 .cmce-match.cmce-wrong{border-color:#d93025;background:#fce8e6;color:#5c0a05}
 .cmce-match.cmce-below{opacity:.6}
+.cmce-match.cmce-doubtful{border-style:dashed;border-color:#e37400}
+.cmce-doubt-tag{color:#b06000;font-weight:600;white-space:nowrap}
+.cmce-verdict.cmce-doubtful{background:#fef7e0;color:#5c3c00}
 .cmce-meta{min-width:0}
 .cmce-label{font-weight:600;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .cmce-members{font-size:.7rem;opacity:.8}
@@ -292,8 +300,11 @@ def _unload(request: gr.Request) -> None:
 
 def _rejected(gallery: Gallery, reject_by: str, rate: float | None, threshold: float | None,
               score: str | None = None):
-    """Rejection mask from the controls (None: the bundle's calibrated default)."""
+    """Rejection mask from the controls: none (the default: doubtful faces are marked, not
+    rejected), the score's calibrated threshold, a typed threshold or a rate."""
     score = score if score in QUALITY_SCORES else None
+    if reject_by not in REJECT_BY[1:]:
+        return np.zeros(len(gallery.entries), bool)
     try:
         if reject_by == "rate" and rate is not None:
             return gallery.rejected(rate=float(rate), quality=score)
@@ -562,7 +573,7 @@ def clear_gallery(state: Session | None, request: gr.Request):
 
 def refresh_overview(state: Session | None, order: str, reject_by: str, rate: float, threshold: float,
                      score: str | None = None):
-    """Thumbnails of every entry (rejected ones framed red) and a one-line summary."""
+    """Thumbnails of every entry (rejected ones framed red, doubtful ones amber) and a summary."""
     if state is None or state.closed or not len(state.gallery):
         return [], display.overview_summary(None, [])
     rejected = _rejected(state.gallery, reject_by, rate, threshold, score)
@@ -583,7 +594,8 @@ def refresh_plots(state: Session | None, reject_by: str, rate: float, threshold:
     rejected = _rejected(g, reject_by, rate, threshold, score)[live]
     quality = g.bundle.calibration.quality_model(score if score in QUALITY_SCORES else None)
     hist = display.uncertainty_figure(g.quality_scores(quality.kind)[live], rejected, rc.is_query & ~rc.hits,
-                                      quality.description, log_scale=quality.log_axis)
+                                      quality.description, log_scale=quality.log_axis,
+                                      threshold=g.bundle.calibration.threshold_for(quality.kind))
     note = display.risk_coverage_note(rc, g)
     if not rc.usable:
         return None, hist, note
@@ -624,7 +636,7 @@ def search(image: str | None, face: int | None = 0, k: int = 5, identity: str | 
     return (display.annotate_faces(img, result.faces, result.chosen),
             gr.update(choices=display.face_choices(len(result.faces)), value=result.chosen),
             display.result_html(result, session.gallery, label, rejected),
-            display.result_dict(result, session.engine.bundle.query_model, label),
+            display.result_dict(result, session.engine.bundle.query_model, label, session.engine.bundle.calibration),
             session)
 
 
@@ -640,9 +652,10 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
             "# CMCE Face Search\n"
             "Search your own photos with an ensemble of face models mapped into one space "
             "(CMCE). Every gallery face shows its **uncertainty** (how much the models disagree "
-            "on it); the least trustworthy faces, ranked by the bundle's quality score, are "
-            "**rejected** so they never produce a match. Your gallery lives only in this "
-            "browser session."
+            "on it); faces the bundle's quality score doubts are marked **doubtful** and still searched, "
+            "and every column says why it answers **Unknown**. You can also **reject** faces: a query "
+            "whose best match is rejected answers Unknown, never the next person. Your gallery lives "
+            "only in this browser session."
         )
         picker = gr.Dropdown([(b.label, n) for n, b in SHIPPED.items()], value=_shipped_name(engine),
                              label="Bundle: which face models search your photos",
@@ -710,8 +723,10 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
 
         with gr.Row(equal_height=True):
             order = gr.Dropdown(list(display.ORDERS), value=display.ORDERS[0], label="Sort", scale=2)
-            reject_by = gr.Radio(list(REJECT_BY), value=REJECT_BY[0], label="Reject by", scale=2,
-                                 elem_id="reject-by")
+            reject_by = gr.Radio([(REJECT_BY_LABELS[v], v) for v in REJECT_BY], value=REJECT_BY[0],
+                                 label="Reject by", scale=2, elem_id="reject-by",
+                                 info="Rejected faces never match; a query whose best match is rejected answers "
+                                      "Unknown.")
             rate = gr.Slider(0.0, 0.9, value=cal.rejection_rate if cal else 0.1, step=0.01,
                              label="Rejection rate (share of the gallery)", scale=3, elem_id="reject-rate")
             score = gr.Dropdown(_score_choices(engine), value=BUNDLE_SCORE,
@@ -746,7 +761,7 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
         with gr.Accordion("Results as data (what the API returns)", open=False):
             results_json = gr.JSON()
 
-        gr.Markdown("## 3 · Does rejection help on your gallery?")
+        gr.Markdown("## 3 · Does rejection help on your gallery? (the paper's metric)")
         plots_note = gr.Markdown("Index a labelled gallery to see how rejection works on it.")
         with gr.Row():
             rc_plot = gr.Plot(label="Recall@1 vs rejection", elem_id="risk-plot")

@@ -26,9 +26,12 @@ vectors, the other scores and the entry metadata are memory-mapped from disk and
 the rows of a search's hits are read. Below ``COMPACT_FROM`` entries the exact
 ``VectorIndex`` is built from ``vectors.npy`` when the archive is opened.
 
-Rejection and the open-set threshold work as in ``Gallery.search_vector``: entries whose
-quality score is above the bundle's calibrated threshold are kept out of matching, and a
-query whose best score is below the ensemble's similarity threshold is "unknown".
+Answers work as in ``Gallery.search_vector`` (through the same ``answers.decide_answer``):
+every active entry is searched; entries whose quality score is above the bundle's
+calibrated threshold are marked doubtful, not removed; a query whose best score is below
+the ensemble's similarity threshold is "unknown"; an entry the caller rejects never
+appears among the matches, and when it is a query's best match the answer is "Unknown"
+(doubtful), never the next person.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .answers import Answer, DoubtMarks, capped_rejection, decide_answer, doubt_marks
 from .bundle import Bundle
 from .compact import COMPACT_FROM, CompactConfig, CompactIndex, VectorFileWriter
 from .errors import CmceError, GalleryError
@@ -93,7 +97,8 @@ class ArchiveBuildReport:
         folder: the derived folder written.
         entries: positions (every entry of the gallery).
         unusable: entries with none of the bundle's members (kept out of every search).
-        rejected: entries the bundle's calibrated threshold rejects.
+        rejected: entries above the bundle's calibrated threshold (searches mark them
+            doubtful; they are rejected only where a search is given a rejection mask).
         index: ``"exact"`` or ``"compact"``.
         projection_seconds: reading shards, transformers, fusion, scores (wall time).
         index_seconds: building the compact index (0 for exact: built on open).
@@ -113,7 +118,8 @@ class ArchiveBuildReport:
 
     def summary(self) -> str:
         return (f"{self.entries} entries projected in {self.projection_seconds:.1f} s ({self.workers}), "
-                f"{self.index} index in {self.index_seconds:.1f} s; {self.rejected} rejected, "
+                f"{self.index} index in {self.index_seconds:.1f} s; {self.rejected} over the calibrated threshold "
+                f"(doubtful), "
                 f"{self.unusable} without any member")
 
 
@@ -362,6 +368,7 @@ class ArchiveMatch:
         score: cosine similarity to the query (exact).
         uncertainty: the members' disagreement (NaN: fewer than two members).
         quality: the bundle's quality score (higher = less trustworthy).
+        doubtful: the quality score is above the bundle's calibrated threshold (searched, and marked).
     """
 
     position: int
@@ -372,6 +379,7 @@ class ArchiveMatch:
     score: float
     uncertainty: float
     quality: float
+    doubtful: bool = False
 
 
 @dataclass(frozen=True)
@@ -379,14 +387,16 @@ class ArchiveResult:
     """The ensemble's answer to one query.
 
     Attributes:
-        matches: best first.
+        matches: best first; rejected entries never appear.
         threshold: the ensemble's calibrated similarity threshold.
-        unknown: no match reaches it (open-set: the person is not in the gallery).
+        unknown: the search names nobody (``answer.kind`` is not ``match``).
+        answer: what it answers and why (``answers.Answer``, as ``ViewResult.answer``).
     """
 
     matches: tuple[ArchiveMatch, ...]
     threshold: float
     unknown: bool
+    answer: Answer | None = None
 
 
 class ArchiveGallery:
@@ -413,8 +423,8 @@ class ArchiveGallery:
         n = int(meta["entries"])
         if not (len(self.quality) == len(self.active) == len(self.uncertainty) == self._offsets[-1] == n):
             raise GalleryError(f"{derived}: derived files disagree on the entry count; rebuild the archive index")
-        self._searchable = self.active & ~self.rejected()  # the default mask, computed once
         self._threshold = float(bundle.calibration.similarity_thresholds.get("ensemble", -1.0))
+        self._doubt = self._doubt_marks()  # computed once: the quality scores never change
 
     def __len__(self) -> int:
         return int(self.meta["entries"])
@@ -451,60 +461,125 @@ class ArchiveGallery:
                 index.add(np.asarray(vectors[i : i + (1 << 18)], np.float32))
         return cls(folder, bundle, meta, index)
 
+    def _doubt_marks(self) -> DoubtMarks:
+        live = np.flatnonzero(self.active)
+        cal = self.bundle.calibration
+        marks = doubt_marks(self.quality[live], cal.threshold_for(), cal.rejection_rate)
+        full = np.zeros(len(self), bool)
+        full[live] = marks.doubtful
+        return DoubtMarks(full, marks.over_threshold, marks.expected, marks.unfamiliar, marks.note)
+
+    def doubt(self) -> DoubtMarks:
+        """Doubtful entries (quality score above the bundle's calibrated threshold), as ``Gallery.doubt``."""
+        return self._doubt
+
     def rejected(self, *, rate: float | None = None, threshold: float | None = None) -> np.ndarray:
-        """(N,) bool: entries kept out of matching (``Bundle.rejected`` over the active entries)."""
+        """(N,) bool: rejected active entries, as ``Gallery.rejected``.
+
+        ``rate`` rejects that share of the active entries (most doubtful first),
+        ``threshold`` those scoring above it. Without either: the bundle's calibrated
+        threshold, capped at the calibrated share when the archive looks unlike the
+        calibration galleries (``answers.capped_rejection``), or the calibrated rate if
+        the bundle has no threshold. Searches reject nothing unless given this mask.
+        """
         out = np.zeros(len(self), bool)
         live = np.flatnonzero(self.active)
-        if len(live):
-            out[live] = self.bundle.rejected(self.quality[live], rate=rate, threshold=threshold)
+        if not len(live):
+            return out
+        scores = self.quality[live]
+        cal = self.bundle.calibration
+        if rate is None and threshold is None:
+            calibrated = cal.threshold_for()
+            if calibrated is not None:
+                marks = doubt_marks(scores, calibrated, cal.rejection_rate)
+                out[live] = capped_rejection(scores, marks, cal.rejection_rate)
+                return out
+            rate = cal.rejection_rate
+        out[live] = self.bundle.rejected(scores, rate=rate, threshold=threshold)
         return out
 
-    def search_vectors(self, queries: np.ndarray, *, k: int = 5,
-                       rejected: np.ndarray | None = None) -> list[ArchiveResult]:
-        """Search with query-model vectors.
+    def search_vectors(self, queries: np.ndarray, *, k: int = 5, rejected: np.ndarray | None = None,
+                       query_probability: np.ndarray | None = None,
+                       answer_rule: str | None = None) -> list[ArchiveResult]:
+        """Search with query-model vectors; answer as ``Gallery.search_vector`` does.
+
+        Every active entry is searched. A rejected entry never appears among the
+        matches, and when it is a query's best match the answer is "Unknown: the best
+        match is a rejected photo of X", not the next person. The bundle's answer rule
+        then says "Unknown" where the named person is more likely wrong than right.
 
         Args:
             queries: (Q, Dq) unit vectors from the query model.
             k: matches per query.
-            rejected: (N,) bool entries kept out of matching (default the bundle's
-                calibrated rejection).
+            rejected: (N,) bool, entries that never match (default none: doubtful
+                entries are marked, not removed).
+            query_probability: (Q,) the query faces' detector probabilities (an input of
+                the answer rule; default 1).
+            answer_rule: one of ``answers.ANSWER_RULES``, ``"none"`` (name whoever reaches
+                the threshold), or None (the bundle's rule).
         """
+        q = np.atleast_2d(np.asarray(queries, np.float32))
         if rejected is None:
-            mask = self._searchable
+            rejected = np.zeros(len(self), bool)
         else:
             rejected = np.asarray(rejected)
             if rejected.dtype != np.bool_ or rejected.shape != (len(self),):
                 raise CmceError(
                     f"rejected must be a bool array of shape ({len(self)},), got {rejected.dtype} {rejected.shape}")
-            mask = self.active & ~rejected
-        res = self.index.search(np.atleast_2d(np.asarray(queries, np.float32)), k=k, mask=mask)
-        threshold = self._threshold
-        rows = self._entry_rows(res.positions[res.positions >= 0])
-        out, j = [], 0
-        for scores, positions in zip(res.scores, res.positions):
+        prob = np.ones(len(q)) if query_probability is None else np.asarray(query_probability, np.float64)
+        if prob.shape != (len(q),):
+            raise CmceError(f"query_probability must be ({len(q)},), got {prob.shape}")
+        # the best hits over every active entry decide the answer (a rejected best match blocks);
+        # the matches shown leave rejected entries out: searched again where a hit is rejected
+        hits = self.index.search(q, k=max(k, 20), mask=self.active)
+        shown_scores, shown_positions = hits.scores[:, :k], hits.positions[:, :k]
+        again = np.flatnonzero([rejected[p[p >= 0]].any() for p in hits.positions])
+        if len(again):
+            kept = self.index.search(q[again], k=k, mask=self.active & ~rejected)
+            shown_scores, shown_positions = shown_scores.copy(), shown_positions.copy()
+            shown_scores[again], shown_positions[again] = kept.scores, kept.positions
+        hit_rows = self._entry_rows(hits.positions[hits.positions >= 0], ("label",))
+        shown_rows = self._entry_rows(shown_positions[shown_positions >= 0])
+        cal = self.bundle.calibration
+        policy = None if answer_rule == "none" else cal.answer_policy("ensemble", answer_rule)
+        doubtful = self._doubt.doubtful
+        out, i, j = [], 0, 0
+        for row in range(len(q)):
+            found = hits.positions[row] >= 0
+            pos = hits.positions[row][found]
+            labels = hit_rows["label"][i : i + len(pos)]
+            i += len(pos)
+            top = int(pos[0]) if len(pos) else None
+            answer = decide_answer(
+                [float(s) for s in hits.scores[row][found]], labels,
+                [lab or f"\0{p}" for lab, p in zip(labels, pos.tolist())], threshold=self._threshold,
+                policy=policy, query_probability=float(prob[row]),
+                entry_quality=float(self.quality[top]) if top is not None else float("nan"),
+                entry_disagreement=float(self.uncertainty[top]) if top is not None else float("nan"),
+                blocked=bool(top is not None and rejected[top]), doubtful=bool(top is not None and doubtful[top]))
             matches = []
-            for score, pos in zip(scores, positions):
-                if pos < 0:
+            for score, p in zip(shown_scores[row], shown_positions[row]):
+                if p < 0:
                     continue
-                matches.append(ArchiveMatch(int(pos), rows["entry_id"][j], rows["label"][j], rows["source"][j],
-                                            rows["uri"][j], float(score), float(self.uncertainty[pos]),
-                                            float(self.quality[pos])))
+                matches.append(ArchiveMatch(int(p), shown_rows["entry_id"][j], shown_rows["label"][j],
+                                            shown_rows["source"][j], shown_rows["uri"][j], float(score),
+                                            float(self.uncertainty[p]), float(self.quality[p]), bool(doubtful[p])))
                 j += 1
-            out.append(ArchiveResult(tuple(matches), threshold, not matches or matches[0].score < threshold))
+            out.append(ArchiveResult(tuple(matches), self._threshold, answer.unknown, answer))
         return out
 
-    def _entry_rows(self, positions: np.ndarray) -> dict[str, list]:
-        """entry_id, source, label and uri of each position, in order."""
-        out: dict[str, list] = {c: [] for c in _ENTRY_COLUMNS}
+    def _entry_rows(self, positions: np.ndarray, columns: Sequence[str] = _ENTRY_COLUMNS) -> dict[str, list]:
+        """The ``columns`` (default entry_id, source, label and uri) of each position, in order."""
+        out: dict[str, list] = {c: [] for c in columns}
         batch_of = np.searchsorted(self._offsets, positions, side="right") - 1
         for pos, b in zip(positions.tolist(), batch_of.tolist()):
             batch, row = self._batches[b], pos - int(self._offsets[b])
-            for c in _ENTRY_COLUMNS:
+            for c in columns:
                 out[c].append(batch.column(c)[row].as_py())
         return out
 
     def memory_bytes(self) -> int:
         """Bytes held in RAM for searching: the index's in-memory part, quality scores, masks."""
         index = self.index.memory_bytes() if isinstance(self.index, CompactIndex) else self.index.vectors.nbytes
-        return int(index + self.quality.nbytes + self.active.nbytes + self._searchable.nbytes)
+        return int(index + self.quality.nbytes + self.active.nbytes + self._doubt.doubtful.nbytes)
 

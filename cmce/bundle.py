@@ -697,4 +697,5 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
         "quality": bundle.calibration.quality.kind,
         "quality_description": bundle.calibration.quality.description,
         "open_set_far": bundle.calibration.open_set_far,
+        "answer_rule": bundle.calibration.answer_rule or None,
     }

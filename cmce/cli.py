@@ -267,8 +267,9 @@ def _cmd_index(args: argparse.Namespace) -> int:
     for msg in report.limits_reached:
         logger.warning("limit: %s", msg)
     derived = build_derived(out, bundle, ray=args.ray)
-    print(f"{'; '.join([report.summary(), *notes])}; {derived.entries} entries in {out}, {derived.rejected} rejected "
-          f"(quality {bundle.calibration.quality.kind} > {bundle.calibration.rejection_threshold:.3f})")
+    print(f"{'; '.join([report.summary(), *notes])}; {derived.entries} entries in {out}, {derived.rejected} over the "
+          f"calibrated threshold (quality {bundle.calibration.quality.kind} > "
+          f"{bundle.calibration.rejection_threshold:.3f}: marked doubtful, still searched)")
     return 0
 
 
@@ -307,18 +308,22 @@ def _cmd_search(args: argparse.Namespace) -> int:
             continue
         q = engine.embed_query_face(img, faces[0])
         if archive is not None:
-            res = archive.search_vectors(q[None, :], k=args.k)[0]
+            res = archive.search_vectors(q[None, :], k=args.k, query_probability=[faces[0].probability])[0]
             matches = [{"entry_id": m.entry_id, "label": m.label, "source": m.source, "score": m.score,
-                        "uncertainty": m.uncertainty, "quality": m.quality} for m in res.matches]
-            unknown, threshold = res.unknown, res.threshold
+                        "uncertainty": m.uncertainty, "quality": m.quality, "doubtful": m.doubtful}
+                       for m in res.matches]
         else:
-            res = gallery.search_vector(q, k=args.k)["ensemble"]
+            res = gallery.search_vector(q, k=args.k, query_probability=faces[0].probability)["ensemble"]
             matches = [{"entry_id": gallery.entries[m.position].entry_id, "label": m.label, "source": m.source,
-                        "score": m.score, "uncertainty": m.uncertainty, "quality": m.quality} for m in res.matches]
-            unknown, threshold = res.unknown, res.threshold
-        answers.append({"photo": str(photo), "unknown": unknown, "threshold": threshold, "matches": matches})
-        print(f"{photo}: " + ("unknown (no match reaches %.3f); " % threshold if unknown else "")
-              + ", ".join(f"{m['label'] or m['source']} {m['score']:.3f}" for m in matches))
+                        "score": m.score, "uncertainty": m.uncertainty, "quality": m.quality, "doubtful": m.doubtful}
+                       for m in res.matches]
+        answer = res.answer
+        answers.append({"photo": str(photo), "unknown": res.unknown, "threshold": res.threshold,
+                        "answer_kind": answer.kind, "answer": None if answer.unknown else answer.label,
+                        "reason": answer.reason, "confidence": answer.confidence, "matches": matches})
+        print(f"{photo}: " + (f"{answer.reason}; " if answer.unknown else "")
+              + ", ".join(f"{m['label'] or m['source']} {m['score']:.3f}" + (" (doubtful)" if m["doubtful"] else "")
+                          for m in matches))
     if args.json:
         Path(args.json).write_text(json.dumps(answers, indent=1, default=_json_default))
     return 0

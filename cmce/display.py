@@ -4,6 +4,12 @@ Pictures (framed thumbnails, numbered face boxes), short texts (captions, report
 the bundle card), the side-by-side results as HTML, the same results as a JSON-able
 dict for API clients, and matplotlib figures (risk-coverage, uncertainty histogram).
 Every function is a pure function of its arguments; the app only passes them on.
+
+Two marks on gallery faces, never confused: **doubtful** (amber, dashed: the bundle's
+quality score is above its calibrated threshold; the face is still searched) and
+**rejected** (red: the face never matches, and a query whose best match it is answers
+"Unknown" rather than naming the next person). Wrong matches are red too, but solid
+and on a red background, and only in the results.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import base64
 import html
 import io
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from .answers import Answer, DoubtMarks, decide_answer
 from .ensemble import QUALITY_DESCRIPTIONS
 from .faces import Face
 from .gallery import Gallery, IndexReport, LoadReport, QueryResult, ViewResult
@@ -39,6 +47,7 @@ __all__ = [
     "face_choices",
     "annotate_faces",
     "view_title",
+    "answer_rule_note",
     "result_html",
     "result_dict",
     "risk_coverage_figure",
@@ -50,6 +59,14 @@ ORDERS: tuple[str, ...] = ("upload order", "most uncertain first", "least uncert
 """Sort orders of the gallery overview."""
 
 REJECTED_RED = (217, 48, 37)
+DOUBTFUL_AMBER = (227, 116, 0)
+RULE_DESCRIPTIONS = {
+    "similarity": "the best match's similarity alone",
+    "query": "the best match's similarity, its margin over the next person and the query face's detector doubt",
+    "combined": "the best match's similarity, its margin over the next person, the query face's detector doubt "
+                "and the gallery face's quality",
+}
+"""What each answer rule (``answers.ANSWER_RULES``) looks at, for the user."""
 _BOX_COLOURS = ((26, 115, 232), (249, 171, 0))  # other faces, chosen face
 _MAX_LISTED = 12
 
@@ -82,12 +99,16 @@ def bundle_markdown(summary: Mapping[str, Any]) -> str:
         "| --- | --- | --- | --- |",
     ]
     lines += [f"| {role} | {r['name']} | {r['license']} | {r['training_data']} |" for role, r in rows]
+    rule = summary.get("answer_rule")
     lines += [
         "",
-        f"Default rejection: {_pct(summary['rejection_rate'])} of a gallery"
-        + (f", ranked by {summary['quality_description']}" if summary.get("quality_description") else "")
-        + " · "
-        f"'unknown' thresholds set for a {_pct(summary['open_set_far'])} false-accept rate.",
+        "Doubtful: faces scoring above the threshold that marks "
+        f"{_pct(summary['rejection_rate'])} of the calibration gallery"
+        + (f", scored by {summary['quality_description']}" if summary.get("quality_description") else "")
+        + "; marked and still searched (rejected only when you choose) · "
+        f"'unknown' thresholds set for a {_pct(summary['open_set_far'])} false-accept rate · "
+        + (f"answer rule: {rule} (says Unknown where a name is more likely wrong than right)." if rule
+           else "no answer rule (calibrated before answer rules)."),
     ]
     return "\n".join(lines)
 
@@ -152,7 +173,14 @@ def index_report_markdown(report: IndexReport, upload: UploadBatch | None, galle
 
 
 def index_report_dict(report: IndexReport, upload: UploadBatch | None, gallery: Gallery) -> dict[str, Any]:
-    """The same report as JSON-able data (what API clients get)."""
+    """The same report as JSON-able data (what API clients get).
+
+    ``rejected`` lists the faces a search rejects by default: none (doubtful faces are
+    marked and still searched). ``doubtful`` lists those marked, most doubtful first, with
+    their quality score and its calibrated threshold; ``doubt`` counts them
+    (``over_threshold``, ``expected`` from the calibration, ``unfamiliar``, ``note``).
+    """
+    marks = gallery.doubt() if len(gallery) else None
     labels: dict[str, int] = {}
     for i in gallery.positions:
         lab = gallery.entries[i].label
@@ -166,15 +194,20 @@ def index_report_dict(report: IndexReport, upload: UploadBatch | None, gallery: 
         "skipped": [list(x) for x in (upload.skipped if upload else ())] + [list(x) for x in report.skipped],
         "duplicates": list(report.duplicates),
         "limits_reached": (list(upload.notes) if upload else []) + list(report.limits_reached),
-        "rejected": rejected_entries(gallery, gallery.rejected()) if len(gallery) else [],
+        "rejected": [],
+        "doubtful": rejected_entries(gallery, marks.doubtful) if marks is not None else [],
+        "doubt": None if marks is None else {"over_threshold": marks.over_threshold,
+                                              "expected": round(marks.expected, 2),
+                                              "unfamiliar": marks.unfamiliar, "note": marks.note},
     }
 
 
 def rejected_entries(gallery: Gallery, rejected: np.ndarray, score: str | None = None) -> list[dict[str, Any]]:
-    """The rejected live entries, most doubtful first: source, label, quality score and uncertainty.
+    """The live entries of a mask (rejected, or doubtful), most doubtful first: source, label,
+    quality score and uncertainty.
 
-    ``score`` names the quality score (``detection``, ``disagreement``, ``combined``; default the
-    bundle's); ``threshold`` is its calibrated one (entries scoring above it are rejected by default).
+    ``score`` names the quality score (``detection``, ``disagreement``, ``combined``, ``learned``;
+    default the bundle's); ``threshold`` is its calibrated one (entries scoring above it are doubtful).
     """
     vec = gallery.vectors
     quality = score or gallery.bundle.calibration.quality.kind
@@ -188,34 +221,49 @@ def rejected_entries(gallery: Gallery, rejected: np.ndarray, score: str | None =
     return sorted(rows, key=lambda r: -r["quality"])
 
 
-def _rejected_line(gallery: Gallery, rejected: np.ndarray, limit: int = 8, score: str | None = None) -> str:
-    rows = rejected_entries(gallery, rejected, score)
+def _listed_line(title: str, gallery: Gallery, mask: np.ndarray, limit: int = 8, score: str | None = None) -> str:
+    rows = rejected_entries(gallery, mask, score)
     if not rows:
         return ""
     items = [f"`{r['source']}` ({r['score']} {r['quality']:.3g}"
              + ("" if r["uncertainty"] is None else f", u={r['uncertainty']:.2f}") + ")" for r in rows[:limit]]
     more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
-    return " Rejected, most doubtful first: " + ", ".join(items) + more + "."
+    return f"{title}, most doubtful first: " + ", ".join(items) + more + "."
 
 
 # --------------------------------------------------------------------------- gallery overview
 
 
-def entry_tile(thumbnail: bytes, rejected: bool, size: int = 128) -> Image.Image:
-    """Square tile of a gallery thumbnail; rejected entries greyed inside a red frame."""
+def _dashed_frame(draw: ImageDraw.ImageDraw, size: int, width: int, colour: tuple[int, int, int]) -> None:
+    """A dashed square frame ``width`` pixels thick along the edges of a ``size`` tile."""
+    dash = max(size // 10, 6)
+    for start in range(0, size, 2 * dash):
+        end = min(start + dash, size) - 1
+        draw.rectangle((start, 0, end, width - 1), fill=colour)
+        draw.rectangle((start, size - width, end, size - 1), fill=colour)
+        draw.rectangle((0, start, width - 1, end), fill=colour)
+        draw.rectangle((size - width, start, size - 1, end), fill=colour)
+
+
+def entry_tile(thumbnail: bytes, rejected: bool, size: int = 128, doubtful: bool = False) -> Image.Image:
+    """Square tile of a gallery thumbnail: rejected entries greyed inside a red frame,
+    doubtful ones (searched, marked) in colour inside a dashed amber frame."""
     img = Image.open(io.BytesIO(thumbnail)).convert("RGB")
     img = ImageOps.pad(img, (size, size), color=(240, 240, 240))
+    w = max(size // 20, 4)
     if rejected:
         img = ImageOps.grayscale(img).convert("RGB")
         draw = ImageDraw.Draw(img)
-        w = max(size // 20, 4)
         draw.rectangle((0, 0, size - 1, size - 1), outline=REJECTED_RED, width=w)
+    elif doubtful:
+        _dashed_frame(ImageDraw.Draw(img), size, w, DOUBTFUL_AMBER)
     return img
 
 
 def entry_caption(label: str | None, uncertainty: float, rejected: bool, members: int | None = None,
-                  of: int | None = None, face: Face | None = None) -> str:
-    """``"Aaron_Peirsol · u=0.41"`` or ``"rejected · u=0.41"`` (the label kept short).
+                  of: int | None = None, face: Face | None = None, doubtful: bool = False) -> str:
+    """``"Aaron_Peirsol · u=0.41"``, ``"rejected · u=0.41"`` or, for a doubtful entry (searched,
+    marked), ``"◌ doubtful · Aaron_Pei… · u=0.41"`` (the label kept short).
 
     An entry fused from fewer members than the ensemble has gets a badge,
     ``"… · ◐ 2/3 models"``; ``u=–`` means there was no pair of members to compare.
@@ -226,7 +274,8 @@ def entry_caption(label: str | None, uncertainty: float, rejected: bool, members
     badge = f" · ◐ {members}/{of} models" if members is not None and of is not None and members < of else ""
     if face is not None and face.detection_pass != "first":
         badge += f" · found: {face.found_by}"
-    return f"{'rejected' if rejected else _short(label, 11)} · u={u}{badge}"
+    name = "rejected" if rejected else f"◌ doubtful · {_short(label, 9)}" if doubtful else _short(label, 11)
+    return f"{name} · u={u}{badge}"
 
 
 def _ordered(gallery: Gallery, order: str) -> np.ndarray:
@@ -239,45 +288,98 @@ def _ordered(gallery: Gallery, order: str) -> np.ndarray:
 
 
 def overview_tiles(
-    gallery: Gallery, rejected: np.ndarray, order: str = ORDERS[0], limit: int = 600
+    gallery: Gallery, rejected: np.ndarray, order: str = ORDERS[0], limit: int = 600,
+    doubtful: np.ndarray | None = None,
 ) -> list[tuple[Image.Image, str]]:
-    """(tile, caption) for the live entries in ``order`` (one of ``ORDERS``), at most ``limit``."""
+    """(tile, caption) for the live entries in ``order`` (one of ``ORDERS``), at most ``limit``.
+
+    ``doubtful``: (N,) bool over all positions (default ``gallery.doubt().doubtful``).
+    """
     if not len(gallery):
         return []
+    if doubtful is None:
+        doubtful = gallery.doubt().doubtful
     vec = gallery.vectors
     unc, total = vec.uncertainty, len(vec.members)
     out = []
     for pos in _ordered(gallery, order)[:limit]:
         e = gallery.entries[pos]
         cap = entry_caption(e.label, float(unc[pos]), bool(rejected[pos]), len(vec.entry_members(pos)), total,
-                            e.face)
-        out.append((entry_tile(e.thumbnail, bool(rejected[pos])), cap))
+                            e.face, bool(doubtful[pos]))
+        out.append((entry_tile(e.thumbnail, bool(rejected[pos]), doubtful=bool(doubtful[pos])), cap))
     return out
 
 
+def answer_rule_note(calibration) -> str:
+    """Which rule decides that a column says "Unknown" although a name reaches its threshold.
+
+    ``calibration``: the bundle's ``Calibration``. The rule's coverage is per query (it
+    answers where the named person is more likely right than wrong); the share of the
+    calibration queries it answered is given for scale.
+    """
+    rule = calibration.answer_rule
+    policy = calibration.answer_policy("ensemble") if rule else None
+    if policy is None:
+        return ("Answers: this bundle has no answer rule (calibrated before answer rules), so a column names "
+                "whoever reaches its similarity threshold, unless that best match is a rejected photo.")
+    what = RULE_DESCRIPTIONS.get(rule, rule)
+    if not np.isfinite(policy.threshold):
+        return f"Answers: the bundle's **{rule}** rule ({what}) scores each answer; it never says Unknown by itself."
+    return (f"Answers: the bundle's **{rule}** rule ({what}) says Unknown where the named person is more likely "
+            f"wrong than right (predicted chance of a right answer below {policy.threshold:.2f}); decided per "
+            f"query, it answered {1 - policy.rate:.0%} of the calibration queries.")
+
+
 def overview_summary(gallery: Gallery | None, rejected: np.ndarray, limit: int = 600,
-                     score: str | None = None) -> str:
-    """One line: entries, rejected count, the score rejecting (``score``: one the user picked;
-    default the bundle's), and whether the overview is cut."""
+                     score: str | None = None, doubt: DoubtMarks | None = None) -> str:
+    """What the overview shows: counts of rejected, doubtful and over-threshold faces, the doubt
+    note of an unfamiliar gallery, the scores behind them (``score``: the one rejecting, picked by
+    the user; default the bundle's), the faces listed, and the answer rule.
+
+    ``doubt``: the gallery's ``DoubtMarks`` (default ``gallery.doubt()``: the bundle's score).
+    """
     n = len(gallery) if gallery is not None else 0
     if not n:
         return "The gallery is empty: upload images or pick an example gallery."
-    r = int(rejected[gallery.positions].sum())
-    quality = gallery.bundle.calibration.quality_model(score)
-    whose = "the bundle's quality score" if quality.kind == gallery.bundle.calibration.quality.kind else "the chosen score"
-    text = (f"**{n} faces**, **{r} rejected** ({r / n:.0%}, red frame): they never count as matches. "
-            f"Rejected by {whose}, {quality.description}. "
-            f"u = uncertainty, the disagreement of the ensemble's members"
-            + (", so a face with a high u can be kept." if quality.kind != "disagreement" else "."))
-    text += _rejected_line(gallery, rejected, score=quality.kind)
+    live = gallery.positions
+    cal = gallery.bundle.calibration
+    marks = gallery.doubt() if doubt is None else doubt
+    rej = np.asarray(rejected, bool)
+    r = int(rej[live].sum())
+    doubtful_only = marks.doubtful & ~rej
+    d = int(doubtful_only[live].sum())
+    quality = cal.quality_model(score)
+    counts = (f"**{n} faces**: **{r} rejected** (red frame: never a match; a query whose best match is rejected "
+              f"answers Unknown, never the next person), **{d} doubtful** (◌ amber dashed frame: searched, and "
+              f"marked in the results). ")
+    # an unfamiliar gallery: the note gives the count over the threshold and what it means
+    counts += marks.note if marks.unfamiliar else (f"{marks.over_threshold} over the bundle's calibrated threshold "
+                                                   f"(about {marks.expected:.0f} expected).")
+    threshold = cal.threshold_for()
+    scores = (f"Doubtful by the bundle's quality score, {cal.quality.description}"
+              + (f", above {readable_number(threshold)}" if threshold is not None else "") + ".")
+    if r:
+        scores += " Rejected by the same score." if quality.kind == cal.quality.kind else \
+            f" Rejected by the chosen score, {quality.description}."
+    scores += (" u = uncertainty, the disagreement of the ensemble's members"
+               + (", so a face with a high u need not be doubtful." if cal.quality.kind != "disagreement" else "."))
+    blocks = [counts, scores]
+    listed = " ".join(x for x in (_listed_line("Rejected", gallery, rej, score=quality.kind),
+                                  _listed_line("Doubtful", gallery, doubtful_only, score=cal.quality.kind)) if x)
+    if listed:
+        blocks.append(listed)
+    blocks.append(answer_rule_note(cal))
     vec = gallery.vectors
-    lacking = int((~vec.member_present[gallery.positions].all(axis=1)).sum())
+    lacking = int((~vec.member_present[live].all(axis=1)).sum())
+    tail = ""
     if lacking:
-        text += (f" **{lacking} faces lack a model** (◐: indexed before this bundle; fused from the "
+        tail += (f"**{lacking} faces lack a model** (◐: indexed before this bundle; fused from the "
                  f"models they have, and absent from the columns of the models they lack).")
     if n > limit:
-        text += f" Showing {limit} of {n}."
-    return text
+        tail += f" Showing {limit} of {n}."
+    if tail:
+        blocks.append(tail.strip())
+    return "\n\n".join(blocks)
 
 
 # --------------------------------------------------------------------------- query
@@ -337,15 +439,45 @@ def _answer(view: ViewResult) -> str | None:
     return m.label or m.source
 
 
-def result_dict(result: QueryResult, query_model: str, query_label: str | None = None) -> dict[str, Any]:
-    """The results of a query as plain JSON-able data (what API clients get)."""
+def _view_answer(view: ViewResult) -> Answer:
+    """The view's ``Answer``; for a result made without one, decided from its matches (the
+    rejected entries are not among them, so nothing blocks)."""
+    if view.answer is not None:
+        return view.answer
+    ms = view.matches
+    return decide_answer([m.score for m in ms], [m.label for m in ms], [m.label or f"\0{m.position}" for m in ms],
+                         threshold=view.threshold)
+
+
+def _view_rule(calibration, view: str) -> str | None:
+    """The answer rule that answers in ``view`` (None: no rule, or none calibrated for it)."""
+    if calibration is None or not calibration.answer_rule:
+        return None
+    return calibration.answer_rule if calibration.answer_policy(view) is not None else None
+
+
+def result_dict(result: QueryResult, query_model: str, query_label: str | None = None,
+                calibration=None) -> dict[str, Any]:
+    """The results of a query as plain JSON-able data (what API clients get).
+
+    Per view: ``answer`` (the person named, or None), ``answer_kind`` (``match``, ``unknown``,
+    ``unsure`` or ``doubtful``: see ``answers.Answer``), ``reason`` (one sentence),
+    ``confidence`` (the answer rule's predicted chance of a right answer, or None) and
+    ``rule`` (the answer rule that answered in that view, from ``calibration``, the bundle's
+    ``Calibration``; None: no rule). Per match: ``doubtful`` (searched, and marked).
+    """
     views = {}
     for name, v in result.views.items():
+        answer = _view_answer(v)
         views[name] = {
             "title": view_title(name, query_model),
             "threshold": v.threshold,
             "unknown": v.unknown,
             "answer": _answer(v),
+            "answer_kind": answer.kind,
+            "reason": answer.reason,
+            "confidence": None if answer.confidence is None else round(answer.confidence, 4),
+            "rule": _view_rule(calibration, name),
             "correct": None if v.unknown or not v.matches else _correct(v.matches[0].label, query_label),
             "matches": [
                 {
@@ -358,6 +490,7 @@ def result_dict(result: QueryResult, query_model: str, query_label: str | None =
                     "member_similarities": {k: round(s, 4) for k, s in m.member_scores.items()},
                     "members": list(m.members),
                     "correct": _correct(m.label, query_label),
+                    "doubtful": bool(m.doubtful),
                 }
                 for m in v.matches
             ],
@@ -385,54 +518,97 @@ def _data_uri(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
-def _verdict(v: ViewResult, far: float, query_label: str | None, in_gallery: bool) -> tuple[str, str]:
-    if v.unknown:
-        best = f"best {v.matches[0].score:.2f}" if v.matches else "no match"
-        ok = "" if query_label is None else (
-            " ✗ (person is in the gallery)" if in_gallery else " ✓ (not in the gallery)")
-        cls = "" if query_label is None else (" cmce-wrong" if in_gallery else " cmce-correct")
-        return (f"<b>Unknown</b>{ok}<br><span>{best} &lt; {v.threshold:.2f}, the threshold for a "
-                f"{_pct(far)} false-accept rate</span>", cls)
+#: Where the query's person is in the gallery, and what "Unknown" then means (mark, verdict class).
+_UNKNOWN_MARKS = {
+    "absent": (" ✓ (not in the gallery)", " cmce-correct"),
+    "rejected": (" · every photo of them here is rejected", " cmce-doubtful"),
+    "doubtful": (" · every photo of them here is doubtful or rejected", " cmce-doubtful"),
+    "present": (" ✗ (person is in the gallery)", " cmce-wrong"),
+}
+
+
+def _person_status(gallery: Gallery, query_label: str | None, rejected: np.ndarray | None,
+                   doubtful: np.ndarray) -> str | None:
+    """``absent``, ``rejected`` (every photo), ``doubtful`` (every photo doubtful or rejected) or
+    ``present`` for the query's person among the live entries (None: no query label)."""
+    if query_label is None:
+        return None
+    mine = [i for i in gallery.positions if gallery.entries[i].label == query_label]
+    if not mine:
+        return "absent"
+    rej = np.zeros(len(gallery.entries), bool) if rejected is None else np.asarray(rejected, bool)
+    if all(rej[i] for i in mine):
+        return "rejected"
+    if all(rej[i] or doubtful[i] for i in mine):
+        return "doubtful"
+    return "present"
+
+
+def _verdict(v: ViewResult, answer: Answer, far: float, query_label: str | None,
+             status: str | None) -> tuple[str, str]:
+    if answer.unknown:
+        mark, cls = _UNKNOWN_MARKS.get(status, ("", " cmce-doubtful" if answer.kind == "doubtful" else ""))
+        if answer.kind == "doubtful" and status == "present":  # a deliberate "Unknown" on a doubtful photo, no miss
+            mark, cls = " (person is in the gallery)", " cmce-doubtful"
+        detail = answer.reason.removeprefix("Unknown: ")
+        if answer.kind == "unknown" and v.matches:
+            detail += f"; the threshold is set for a {_pct(far)} false-accept rate"
+        elif answer.kind != "unknown" and np.isfinite(answer.score):  # it reached the threshold, yet no name
+            detail += f" · similarity {answer.score:.2f} ≥ {v.threshold:.2f} ({_pct(far)} false-accept rate)"
+        return f"<b>Unknown</b>{html.escape(mark)}<br><span>{html.escape(detail)}</span>", cls
     m = v.matches[0]
     ok = _correct(m.label, query_label)
     mark = "" if ok is None else (" ✓" if ok else " ✗")
     cls = "" if ok is None else (" cmce-correct" if ok else " cmce-wrong")
+    extra = "" if answer.confidence is None else f" · chance of a right answer {answer.confidence:.2f}"
+    if m.doubtful:
+        extra += " · <span class='cmce-doubt-tag'>◌ a doubtful photo</span>"
     return (f"<b>{html.escape(_short(m.label or m.source, 28))}</b>{mark}<br><span>similarity {m.score:.2f} ≥ "
-            f"{v.threshold:.2f} ({_pct(far)} false-accept rate)</span>", cls)
+            f"{v.threshold:.2f} ({_pct(far)} false-accept rate){extra}</span>", cls)
 
 
 def result_html(
-    result: QueryResult, gallery: Gallery, query_label: str | None = None, rejected: np.ndarray | None = None
+    result: QueryResult, gallery: Gallery, query_label: str | None = None, rejected: np.ndarray | None = None,
+    doubtful: np.ndarray | None = None,
 ) -> str:
     """Side-by-side HTML columns, one per view: verdict, then the ranked matches.
 
-    Each match shows the gallery thumbnail, label, similarity and the entry's
-    uncertainty; ensemble matches also show each member's similarity. With a known
-    ``query_label`` matches are marked green (same person) or red (someone else).
+    The verdict names the person, with the answer rule's chance of a right answer when
+    the bundle has a rule, or says "Unknown" and why (``Answer.reason``). Each match shows
+    the gallery thumbnail, label, similarity and the entry's uncertainty; ensemble matches
+    also show each member's similarity. With a known ``query_label`` matches are marked
+    green (same person) or red (someone else), and an "Unknown" says whether the person is
+    in the gallery at all, or only as rejected or doubtful photos. Doubtful matches
+    (``doubtful``: (N,) bool, default ``gallery.doubt().doubtful``) get a dashed amber frame
+    and "◌ doubtful"; ``rejected`` entries never appear.
     """
     qm = gallery.bundle.query_model
-    kept = gallery.positions if rejected is None else [i for i in gallery.positions if not rejected[i]]
-    in_gallery = query_label is not None and any(gallery.entries[i].label == query_label for i in kept)
+    if doubtful is None:
+        doubtful = gallery.doubt().doubtful
+    status = _person_status(gallery, query_label, rejected, doubtful)
     cols = []
     for name, v in result.views.items():
-        verdict, vcls = _verdict(v, result.far, query_label, in_gallery)
+        answer = _view_answer(v)
+        verdict, vcls = _verdict(v, answer, result.far, query_label, status)
         items = []
         for rank, m in enumerate(v.matches, 1):
             ok = _correct(m.label, query_label)
             cls = "" if ok is None else (" cmce-correct" if ok else " cmce-wrong")
             cls += " cmce-below" if m.score < v.threshold else ""
+            cls += " cmce-doubtful" if m.doubtful else ""
             members = ""
             if m.member_scores:
                 lacks = [qm if k == "query" else k for k in m.lacks]
                 members = "<div class='cmce-members'>" + " · ".join(
                     f"{html.escape(qm if k == 'query' else k)} {s:.2f}" for k, s in m.member_scores.items()) + (
                     f" · ◐ lacks {html.escape(', '.join(lacks))}" if lacks else "") + "</div>"
+            doubt = " · <span class='cmce-doubt-tag'>◌ doubtful</span>" if m.doubtful else ""
             items.append(
                 f"<li class='cmce-match{cls}'><img src='{_data_uri(gallery.entries[m.position].thumbnail)}' alt=''"
                 f"{_found_by_title(gallery.entries[m.position])}>"
                 f"<div class='cmce-meta'><div class='cmce-label' title='{html.escape(m.source)}'>{rank}. "
                 f"{html.escape(_short(m.label or m.source, 22))}</div>"
-                f"<div>sim <b>{m.score:.2f}</b> · u {_u(m.uncertainty)}</div>{members}</div></li>"
+                f"<div>sim <b>{m.score:.2f}</b> · u {_u(m.uncertainty)}{doubt}</div>{members}</div></li>"
             )
         if not items:
             can_match = gallery.vectors.available.get(name)
@@ -444,7 +620,7 @@ def result_html(
                 items.append("<li class='cmce-empty'>no gallery entry left after rejection</li>")
         cols.append(
             f"<section class='cmce-view {'cmce-unknown' if v.unknown else 'cmce-known'}' "
-            f"data-view='{html.escape(name)}'>"
+            f"data-view='{html.escape(name)}' data-answer='{html.escape(answer.kind)}'>"
             f"<h4>{html.escape(view_title(name, qm))}</h4><div class='cmce-verdict{vcls}'>{verdict}</div>"
             f"<ol class='cmce-matches'>{''.join(items)}</ol></section>"
         )
@@ -455,7 +631,8 @@ def result_html(
 
 
 def risk_coverage_note(rc: RiskCoverage, gallery: Gallery) -> str:
-    """The sentence under the risk-coverage curve: what the leave-one-out measured, or why it could not.
+    """The sentences under the risk-coverage curve: what the leave-one-out measured (the paper's
+    metric, which drops queries; the app does not), or why it could not.
 
     Each labelled face searches the rest with the query model's own embedding, so faces
     indexed before this bundle (◐, lacking that embedding) cannot be queries.
@@ -474,6 +651,10 @@ def risk_coverage_note(rc: RiskCoverage, gallery: Gallery) -> str:
             "searches the rest of the gallery with its query-model embedding.")
     if lacking:
         text += f" The {lacking} faces lacking {qm}'s own embedding (◐) are only matched, never queries."
+    text += (" The curve is the paper's metric: rejected faces are removed, and the queries of a person left "
+             "without a photo are dropped, so it counts only the queries that are kept. The search above drops "
+             "no query: by default it rejects nothing and marks doubtful faces, and a query whose best match is "
+             "rejected answers Unknown.")
     return text
 
 
@@ -481,7 +662,8 @@ def risk_coverage_note(rc: RiskCoverage, gallery: Gallery) -> str:
 
 
 def risk_coverage_figure(rc: RiskCoverage, current_rate: float | None = None, quality: str = "disagreement"):
-    """matplotlib Figure: leave-one-out Recall@1 vs share of the gallery rejected.
+    """matplotlib Figure: leave-one-out Recall@1 of the kept queries (the paper's metric) vs share of
+    the gallery rejected.
 
     ``quality`` names the quality score that ranked the gallery (one of ``QUALITY_SCORES``).
     """
@@ -497,21 +679,23 @@ def risk_coverage_figure(rc: RiskCoverage, current_rate: float | None = None, qu
     low = np.nanmin(np.concatenate([rc.recall_uncertainty, rc.recall_random])) if rc.usable else 0.0
     ax.set_ylim(max(0.0, np.floor(low * 10 - 1) * 10), 101)
     ax.set_xlabel("share of gallery rejected (%)")
-    ax.set_ylabel("Recall@1, leave-one-out (%)")
-    ax.set_title(f"Risk-coverage on your gallery ({int(rc.queries[0])} queries)", fontsize=10)
+    ax.set_ylabel("Recall@1 of kept queries (%)")
+    ax.set_title(f"The paper's metric ({int(rc.queries[0])} queries)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return fig
 
 
 def uncertainty_figure(uncertainty: np.ndarray, rejected: np.ndarray, wrong: np.ndarray | None = None,
-                       description: str = QUALITY_DESCRIPTIONS["disagreement"], log_scale: bool = False):
-    """matplotlib Figure: histogram of a per-entry score, kept vs rejected; wrong LOO top-1 as ticks.
+                       description: str = QUALITY_DESCRIPTIONS["disagreement"], log_scale: bool = False,
+                       threshold: float | None = None):
+    """matplotlib Figure: histogram of a per-entry score, searched vs rejected; wrong LOO top-1 as ticks.
 
     ``uncertainty`` is the score rejection acts on (the bundle's quality score), and
     ``description`` says what it is (``QualityModel.description``). ``log_scale`` puts
     the score on a log axis (detector doubt spans several decades), with values
-    below 1e-6 drawn at 1e-6.
+    below 1e-6 drawn at 1e-6. ``threshold``, the score's calibrated threshold, is drawn
+    as a dashed amber line (faces above it are doubtful).
     """
     from matplotlib.figure import Figure
 
@@ -528,13 +712,17 @@ def uncertainty_figure(uncertainty: np.ndarray, rejected: np.ndarray, wrong: np.
     else:
         bins = np.histogram_bin_edges(u, bins=n_bins) if len(u) else 10
     ax.hist([u[~rej], u[rej]], bins=bins, stacked=True, color=["#1a73e8", "#d93025"],
-            label=[f"kept ({int((~rej).sum())})", f"rejected ({int(rej.sum())})"])
+            label=[f"searched ({int((~rej).sum())})", f"rejected ({int(rej.sum())})"])
+    if threshold is not None and np.isfinite(threshold):
+        above = int((np.asarray(uncertainty, np.float64) > threshold).sum())
+        x = max(threshold, 1e-6) if log_scale else threshold
+        ax.axvline(x, color="#e37400", ls="--", lw=1.5, label=f"calibrated threshold ({above} above: doubtful)")
     if wrong is not None and np.any(wrong):
         ax.plot(u[np.asarray(wrong, bool)], np.zeros(int(np.sum(wrong))), "|", color="black", ms=14, mew=1.5,
                 label="wrong top-1 (leave-one-out)")
-    ax.set_xlabel(description)
+    ax.set_xlabel(textwrap.fill(description, 80), fontsize=9)
     ax.set_ylabel("gallery faces")
-    ax.set_title("Quality score of your gallery (rejection acts on it)", fontsize=10)
+    ax.set_title("Quality score of your gallery (doubt and rejection act on it)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
@@ -565,10 +753,11 @@ def threshold_help(kind: str, threshold: float | None) -> str:
         return f"Unit: {unit}. Not calibrated for this score: rejection falls back to the rate."
     extra = ""
     if kind == "detection":
-        extra = f", i.e. faces the detector gave a probability below {10 ** -threshold:.6g}"
+        extra = f" (a detector probability of {10 ** -threshold:.6g})"
     elif kind == "learned":
-        extra = f", i.e. faces whose searches are predicted to miss more often than {100 * threshold:.3g}% of the time"
-    return f"Unit: {unit}. Entries scoring above {readable_number(threshold)} are rejected{extra}."
+        extra = f" (searches predicted to miss {100 * threshold:.3g}% of the time)"
+    return (f"Unit: {unit}. Calibrated threshold {readable_number(threshold)}{extra}: 'calibrated' rejects "
+            "above it, 'threshold' above the value in this box.")
 
 
 def score_choice_label(bundle) -> str:

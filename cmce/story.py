@@ -51,9 +51,12 @@ READING_GUIDE = (
     "gallery model through its transformer alone. *query model alone*: the light query model on both "
     "sides, no transformer. Each column answers with its best match, or **unknown** when even that "
     "match is less similar than the column's threshold (set for a 0.1% false-accept rate on held-out "
-    "faces): the column does not claim to know the person. A **rejected** gallery face (red frame) "
-    "is one the bundle's quality score doubts most; it is kept out of every column, so it can never be "
-    "a wrong answer."
+    "faces): the column does not claim to know the person. A **doubtful** gallery face (◌, amber "
+    "dashed frame) scores above the bundle's calibrated quality threshold: it is still searched, and "
+    "marked wherever it appears. A **rejected** face (red frame; only when you choose to reject) never "
+    "matches, and a query whose best match it is answers unknown rather than naming the next person. "
+    "The rejection line under each table is the paper's metric: Recall@1 of the queries kept after "
+    "rejection."
 )
 
 
@@ -279,8 +282,8 @@ def story_markdown(reports: Sequence[EvalReport]) -> str:
             base = r.column("ensemble").recall_at_1
             steps = ", ".join(f"{100 * rate:.0f}% → {_pct(rec)}% (random {_pct(rnd)}%)"
                               for rate, rec, rnd in r.rejection if not math.isnan(rec))
-            blocks.append(f"Rejecting the gallery faces the quality score (*{r.quality}*) doubts most, "
-                          f"ensemble Recall@1 from {_pct(base)}%: {steps}.")
+            blocks.append(f"The paper's metric, rejecting the gallery faces the quality score (*{r.quality}*) "
+                          f"doubts most (Recall@1 of the kept queries), ensemble from {_pct(base)}%: {steps}.")
     return "\n\n".join(blocks)
 
 

@@ -1,9 +1,9 @@
 """The app in a real browser (Playwright + Debian's chromium).
 
 Uploads a folder gallery (one sub-folder per person, camera-style file names, so the
-labels can only come from the folders), highlights rejected entries at a high
-rejection rate, runs a query of a known person and one of a stranger, and keeps
-screenshots in ``tmp_path`` and ``/tmp/cmce_screens/``.
+labels can only come from the folders), starts with nothing rejected (doubtful faces
+marked), highlights rejected entries at a high rejection rate, runs a query of a known
+person and one of a stranger, and keeps screenshots in ``tmp_path`` and ``/tmp/cmce_screens/``.
 
 Needs ``pip install playwright`` and ``apt-get install chromium``; skipped otherwise.
 """
@@ -99,6 +99,9 @@ def test_gallery_rejection_and_search(app_server, gallery_folder, tmp_path):
         _wait_text(page, "#overview-summary", "faces")
         for person in people[:4]:
             _wait_text(page, "#overview", person.name[:8])
+        assert "**0 rejected**" not in page.inner_text("#overview-summary")  # markdown rendered
+        assert " 0 rejected" in page.inner_text("#overview-summary")  # the default rejects nothing
+        assert page.locator("#reject-by input[value=none]").is_checked()
 
         # 2. A high rejection rate: some entries rejected and framed red, without re-indexing.
         page.locator("#reject-by").get_by_text("rate", exact=True).click()
@@ -298,8 +301,9 @@ def test_story_and_a_bundle_example_in_one_click(app_server, tmp_path):
         assert missed, "every single-model column found her: the example no longer makes its point"
         shipped = load_bundle(root / "assets" / "bundles" / "facenet-query").calibration.quality
         summary = page.inner_text("#overview-summary")
-        assert "Eileen_Collins_15.jpg" in summary and shipped.description in summary  # rejected, with its score
-        _wait_text(page, "#overview", "rejected ·")
+        # the all-degraded archive: nothing rejected by default, its doubtful faces listed with their score
+        assert "Eileen_Collins_15.jpg" in summary and shipped.description in summary and " 0 rejected" in summary
+        _wait_text(page, "#overview", "◌ doubtful ·")
         _shot(page, tmp_path, "app_story_example")
         page.locator("#results").scroll_into_view_if_needed()
         page.screenshot(path=str(tmp_path / "app_story_columns.png"))

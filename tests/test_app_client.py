@@ -31,6 +31,8 @@ def test_index_then_search_in_one_session(app_server, people):
     client = Client(app_server["url"], verbose=False)
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/index_gallery", "/search"} <= set(endpoints)
+    params = {p["parameter_name"]: p for p in endpoints["/search"]["parameters"]}
+    assert params["reject_by"]["parameter_default"] == "none"  # by default nothing is rejected
 
     gallery = [handle_file(str(f)) for p in people[:4] for f in sorted(p.glob("*.jpg"))[:2]]
     report_md, report = client.predict(files=gallery, api_name="/index_gallery")
@@ -46,6 +48,19 @@ def test_index_then_search_in_one_session(app_server, people):
     ensemble = result["views"]["ensemble"]
     assert ensemble["matches"][0]["label"] == target.name
     assert ensemble["matches"][0]["correct"] is True
+    # what happened, per view: the answer's kind, its reason, the rule (none in bundles calibrated before
+    # answer rules), and per match whether it is doubtful
+    assert ensemble["answer_kind"] == "match" and ensemble["reason"].startswith(target.name), ensemble
+    calibration = json.loads((app_server["bundle"] / "config.json").read_text())["calibration"]
+    assert ensemble["rule"] == (calibration.get("answer_rule") or None)
+    assert (ensemble["confidence"] is None) == (ensemble["rule"] is None)
+    assert all(isinstance(m["doubtful"], bool) for v in result["views"].values() for m in v["matches"])
+    # every face rejected: a rejected best match blocks ("Unknown" naming its person), never the next person
+    *_, blocked = client.predict(image=handle_file(str(query)), reject_by="threshold", threshold=-1.0,
+                                 api_name="/search")
+    ens = blocked["views"]["ensemble"]
+    assert ens["unknown"] and ens["answer_kind"] == "doubtful" and ens["matches"] == [], ens
+    assert f"rejected photo of {target.name}" in ens["reason"]
     gallery_models = _view_names(app_server["bundle"]) - {"ensemble", "query"}
     assert set(ensemble["matches"][0]["member_similarities"]) >= gallery_models
     for view in result["views"]:
@@ -90,7 +105,7 @@ def test_switching_bundles_keeps_the_gallery(app_server, people):
                                                                         api_name="/load_bundle")
     assert "query model **facenet-casia**" in bundle_md
     calibration = json.loads((other / "config.json").read_text())["calibration"]  # the new bundle's defaults
-    assert (reject_by["value"], rate["value"]) == ("calibrated", calibration["rejection_rate"])  # gr.update dicts
+    assert (reject_by["value"], rate["value"]) == ("none", calibration["rejection_rate"])  # gr.update dicts
     # the threshold box shows the calibrated value rounded to 3 significant digits, in its unit
     assert threshold["value"] == float(f"{calibration['rejection_threshold']:.3g}")
     assert "Unit:" in threshold["info"]

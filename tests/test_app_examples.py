@@ -4,13 +4,13 @@ For every shipped bundle's examples (``assets/examples/examples.json``): switch 
 bundle, load the example gallery, search the example query, and check the point the
 example is there to make: the ensemble's top match is the right person while at least
 one single-model column is wrong or says unknown. Every example gallery must be shown
-by at least one such example, and the gallery's rejected entries come back with their
+by at least one such example. Searches use the app's default (nothing rejected: doubtful
+faces are marked and searched), and the gallery's doubtful entries come back with their
 quality score.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -34,21 +34,23 @@ def _outcome(view: dict) -> str:
 
 @pytest.fixture(scope="module")
 def outcomes(app_server):
-    """Each bundle example's columns, and each (bundle, gallery)'s rejected entries, through the API."""
+    """Each bundle example's columns, and each (bundle, gallery)'s doubtful entries, through the API."""
     if not CASES:
         pytest.skip("no shipped bundle has examples")
-    results, rejected = {}, {}
+    results, doubtful = {}, {}
     client = Client(app_server["url"], verbose=False)
     for case in CASES:
         client.predict(repo_id=case.bundle, revision="", api_name="/load_bundle")
         report_md, report = client.predict(name=case.gallery, api_name="/load_example_gallery")
-        rejected[case.bundle, case.gallery] = report["rejected"]
-        calibration = json.loads((ROOT / "assets" / "bundles" / case.bundle / "config.json").read_text())["calibration"]
-        *_, result = client.predict(image=handle_file(str(case.query)), reject_by="threshold",
-                                    threshold=calibration["rejection_threshold"], api_name="/search")
+        assert report["rejected"] == []  # nothing is rejected by default
+        doubtful[case.bundle, case.gallery] = report["doubtful"], report["doubt"]
+        *_, result = client.predict(image=handle_file(str(case.query)), api_name="/search")  # reject_by "none"
         assert result["query_label"] == case.query.stem.rsplit("_", 1)[0], result
+        for name, v in result["views"].items():
+            assert v["answer_kind"] in {"match", "unknown", "unsure", "doubtful"} and v["reason"], v
+            assert v["unknown"] == (v["answer_kind"] != "match")
         results[case] = {name: _outcome(v) for name, v in result["views"].items()}
-    return results, rejected
+    return results, doubtful
 
 
 def test_each_bundle_example_shows_the_ensemble_right_where_a_single_model_is_not(outcomes):
@@ -83,17 +85,19 @@ def test_facenet_query_example_is_the_papers_regime(outcomes):
                    for c in cases if c.gallery == g), results
 
 
-def test_rejected_entries_are_listed_with_their_score(outcomes):
-    """Every bundle's calibrated rejection flags part of the archive (every photo in it is
-    degraded) and nothing in the clean gallery; each rejected entry comes with its score."""
-    _, rejected = outcomes
-    archive = {bundle: rows for (bundle, gallery), rows in rejected.items() if "archive" in gallery.lower()}
+def test_doubtful_entries_are_listed_with_their_score(outcomes):
+    """Every bundle marks part of the archive doubtful (every photo in it is degraded) and
+    nothing in the clean gallery; each doubtful entry comes with its score, and the counts
+    agree with the list."""
+    _, doubtful = outcomes
+    archive = {bundle: rows for (bundle, gallery), rows in doubtful.items() if "archive" in gallery.lower()}
     assert archive, "no example loads the mixed-quality archive"
-    for bundle, rows in archive.items():
-        assert rows, f"{bundle} rejects nothing in the mixed-quality archive"
+    for bundle, (rows, doubt) in archive.items():
+        assert rows, f"{bundle} marks nothing doubtful in the mixed-quality archive"
+        assert doubt["over_threshold"] == len(rows) and doubt["expected"] > 0, doubt
         for r in rows:
             assert r["threshold"] is not None and r["quality"] > r["threshold"], r
             assert r["score"] in {"detection", "disagreement", "combined", "learned"}
         assert [r["quality"] for r in rows] == sorted((r["quality"] for r in rows), reverse=True)
-    clean = {bundle: rows for (bundle, gallery), rows in rejected.items() if "clean" in gallery.lower()}
+    clean = {bundle: rows for (bundle, gallery), (rows, _) in doubtful.items() if "clean" in gallery.lower()}
     assert clean and not any(clean.values()), clean

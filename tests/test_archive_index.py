@@ -79,11 +79,40 @@ def test_archive_answers_like_the_gallery(copy, saved, engine, kind):
             assert [m.label for m in res.matches] == [m.label for m in want.matches]
             assert [m.source for m in res.matches] == [m.source for m in want.matches]
             assert res.unknown == want.unknown and res.threshold == pytest.approx(want.threshold)
+            assert (res.answer.kind, res.answer.label) == (want.answer.kind, want.answer.label)
+            assert [m.doubtful for m in res.matches] == [m.doubtful for m in want.matches]
             if rejected is not None:
                 assert not any(rejected[m.position] for m in res.matches)
+    np.testing.assert_array_equal(archive.doubt().doubtful, gallery.doubt().doubtful)
     entry_ids = [e.entry_id for e in gallery.entries]
     hit = archive.search_vectors(queries[:1], k=1)[0].matches[0]
     assert hit.entry_id == entry_ids[hit.position]
+
+
+def test_archive_blocks_on_a_rejected_best_match(copy, saved, engine):
+    """By default nothing is rejected; a rejected best match answers "Unknown" (doubtful),
+    naming the rejected photo's person, and never hands the query to the next person."""
+    _, gallery = saved
+    build_archive_index(copy, engine.bundle, index="exact")
+    archive = ArchiveGallery.open(copy, engine.bundle)
+    queries = _queries(gallery)[:6]
+    plain = archive.search_vectors(queries, k=5, answer_rule="none")
+    assert all(r.answer.kind == "match" and r.matches[0].label == r.answer.label for r in plain)
+    # the default searches every active entry: the same as rejecting nothing
+    assert [[m.position for m in r.matches] for r in archive.search_vectors(queries, k=5, answer_rule="none")] == \
+        [[m.position for m in r.matches] for r in archive.search_vectors(queries, k=5, answer_rule="none",
+                                                                          rejected=np.zeros(len(archive), bool))]
+    rejected = np.zeros(len(archive), bool)
+    rejected[plain[0].matches[0].position] = True
+    res = archive.search_vectors(queries[:1], k=5, rejected=rejected, answer_rule="none")[0]
+    want = gallery.search_vector(queries[0], k=5, rejected=rejected, answer_rule="none")["ensemble"]
+    assert res.unknown and res.answer.kind == "doubtful" and res.answer.label == plain[0].answer.label
+    assert "rejected photo of" in res.answer.reason
+    assert plain[0].matches[0].position not in [m.position for m in res.matches]
+    assert [m.position for m in res.matches] == [m.position for m in want.matches]
+    assert (want.answer.kind, want.answer.label) == (res.answer.kind, res.answer.label)
+    with pytest.raises(CmceError, match="query_probability"):
+        archive.search_vectors(queries, query_probability=np.ones(2))
 
 
 def test_archive_index_is_derived_data(copy, engine, saved, lfw_dir):
@@ -125,14 +154,20 @@ def test_cli_build_index_and_search(copy, saved, tmp_path):
     from cmce.cli import main
 
     _, gallery = saved
-    assert main(["build-index", str(copy), "--index", "compact", "--nlist", "4", "--nprobe", "4"]) == 0
     labelled = [e for e in gallery.entries if e.label]
     person = labelled[0].label
     photo = next(p for p in Path(gallery.entries[0].uri).parent.parent.glob(f"{person}/*.jpg"))
     out = tmp_path / "answers.json"
+    # the in-memory gallery first, then its archive index: the same answer, with its kind and reason
+    assert main(["search", str(copy), str(photo), "--k", "3", "--json", str(out)]) == 0
+    in_memory = json.loads(out.read_text())[0]
+    assert main(["build-index", str(copy), "--index", "compact", "--nlist", "4", "--nprobe", "4"]) == 0
     assert main(["search", str(copy), str(photo), "--k", "3", "--json", str(out)]) == 0
     answers = json.loads(out.read_text())
     assert answers[0]["matches"][0]["label"] == person and answers[0]["matches"][0]["score"] > 0.9
+    for a in (in_memory, answers[0]):
+        assert a["answer_kind"] == "match" and a["answer"] == person and a["reason"].startswith(person), a
+        assert not a["unknown"] and all(isinstance(m["doubtful"], bool) for m in a["matches"])
     assert main(["search", str(copy), str(tmp_path / "missing.jpg")]) == 2
 
 

@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image
 
 from cmce import display
+from cmce.answers import Answer, AnswerPolicy, doubt_marks
+from cmce.bundle import Calibration
 from cmce.ensemble import QualityModel
 from cmce.faces import Face
 from cmce.gallery import Match, QueryResult, ViewResult
@@ -35,9 +37,21 @@ def test_entry_tile_frames_rejected_entries_red():
     assert max(centre) - min(centre) < 3  # greyed
 
 
+def test_entry_tile_frames_doubtful_entries_amber_and_dashed():
+    doubtful = np.asarray(display.entry_tile(_jpeg(), rejected=False, doubtful=True))
+    assert tuple(doubtful[1, 1]) == display.DOUBTFUL_AMBER  # a dash starts at the corner
+    edge = [tuple(doubtful[1, x]) == display.DOUBTFUL_AMBER for x in range(128)]
+    assert 0.3 < np.mean(edge) < 0.7  # dashed: about half the edge
+    assert abs(int(doubtful[64, 64][1]) - 128) < 10  # in colour, not greyed
+    both = np.asarray(display.entry_tile(_jpeg(), rejected=True, doubtful=True))
+    assert tuple(both[1, 64]) == display.REJECTED_RED  # rejected wins: one mark per face
+
+
 def test_captions_and_choices():
     assert display.entry_caption("Aaron_Peirsol", 0.412, False) == "Aaron_Peir… · u=0.41"
     assert display.entry_caption("Ann", 0.5, True) == "rejected · u=0.50"
+    assert display.entry_caption("Aaron_Peirsol", 0.5, False, doubtful=True) == "◌ doubtful · Aaron_Pe… · u=0.50"
+    assert display.entry_caption("Ann", 0.5, True, doubtful=True) == "rejected · u=0.50"
     assert display.entry_caption(None, 0.5, False).startswith("(no label)")
     assert display.face_choices(3) == [("face 1 (largest)", 0), ("face 2", 1), ("face 3", 2)]
 
@@ -49,9 +63,35 @@ def test_annotate_faces_draws_numbered_boxes():
     assert tuple(out[45, 120]) == (249, 171, 0)  # chosen face 2: amber
 
 
+POLICY = AnswerPolicy("combined", 0.5, (0.5,) * 5, (0.1,) * 5, (1.0,) * 5, 0.0, rate=0.12)
+
+
+class _FakeGallery:
+    """What display reads of a gallery: entries, live positions, scores, doubt marks, the bundle."""
+
+    def __init__(self, labels, quality, calibration=None):
+        self.entries = [SimpleNamespace(label=lab, thumbnail=_jpeg(), source=f"{lab or 'x'}_{i}.jpg", face=None)
+                        for i, lab in enumerate(labels)]
+        self.positions = np.arange(len(labels))
+        self.calibration = calibration or Calibration(rejection_threshold=0.5, quality=QualityModel("disagreement"))
+        self.bundle = SimpleNamespace(query_model="sface", calibration=self.calibration)
+        self.quality = np.asarray(quality, float)
+        self.vectors = SimpleNamespace(uncertainty=self.quality, member_present=np.ones((len(labels), 3), bool),
+                                       available={}, members=("a", "b", "c"), entry_members=lambda pos: ("a", "b", "c"))
+
+    def __len__(self):
+        return len(self.entries)
+
+    def quality_scores(self, kind=None):
+        return self.quality
+
+    def doubt(self, quality=None):
+        return doubt_marks(self.quality, self.calibration.threshold_for(quality), self.calibration.rejection_rate)
+
+
 def _fake_result():
-    entries = [SimpleNamespace(label=lab, thumbnail=_jpeg(), source=f"{lab}.jpg") for lab in ("ann", "bob", None)]
-    gallery = SimpleNamespace(entries=entries, positions=np.arange(3), bundle=SimpleNamespace(query_model="sface"))
+    gallery = _FakeGallery(["ann", "bob", None], [0.3, 0.3, 0.3])
+    entries = gallery.entries
 
     def match(pos, score):
         return Match(pos, entries[pos].label, entries[pos].source, score, 0.3, 0.3,
@@ -77,11 +117,114 @@ def test_result_html_and_dict():
     assert "cmce-match cmce-correct" in html and "cmce-match cmce-wrong" in html
     assert "m1 0.70 · sface 0.90" in html  # ensemble members, the query member named after its model
     assert "Unknown" in html and "0.1% false-accept rate" in html
+    # a result made without answers (older callers): the answer is decided from its matches
+    assert "no gallery face reaches the threshold (best 0.300 &lt; 0.350)" in html
     data = display.result_dict(result, "sface", "ann")
     assert data["views"]["ensemble"]["answer"] == "ann" and data["views"]["ensemble"]["correct"] is True
     assert data["views"]["m1"]["unknown"] is True and data["views"]["m1"]["answer"] is None
     assert data["views"]["query"]["correct"] is False
     assert data["views"]["ensemble"]["matches"][0]["member_similarities"] == {"m1": 0.7, "query": 0.9}
+    assert data["views"]["m1"]["answer_kind"] == "unknown" and data["views"]["ensemble"]["answer_kind"] == "match"
+    assert data["views"]["ensemble"]["rule"] is None and data["views"]["ensemble"]["confidence"] is None
+
+
+def _answered_result():
+    """Four columns: a right match on a doubtful photo (with the rule's confidence), a wrong match,
+    a column blocked by a rejected photo, and one whose rule is unsure."""
+    gallery = _FakeGallery(["ann", "bob", "ann", "cy"], [0.9, 0.1, 0.2, 0.1], Calibration(
+        rejection_threshold=0.5, quality=QualityModel("disagreement"), answer_rule="combined",
+        answer_policies={"ensemble": {"combined": POLICY}}))
+    e = gallery.entries
+
+    def match(pos, score):
+        return Match(pos, e[pos].label, e[pos].source, score, 0.3, float(gallery.quality[pos]), {},
+                     doubtful=bool(gallery.quality[pos] > 0.5))
+
+    views = {
+        "ensemble": ViewResult("ensemble", (match(0, 0.8), match(1, 0.5)), 0.4, False,
+                               Answer("match", "ann", 0.8, 0.93, "ann (a doubtful photo), similarity 0.800")),
+        "m1": ViewResult("m1", (match(1, 0.7),), 0.4, False,
+                         Answer("match", "bob", 0.7, None, "bob, similarity 0.700")),
+        "m2": ViewResult("m2", (match(1, 0.5),), 0.4, True,
+                         Answer("doubtful", "cy", 0.6, None, "Unknown: the best match is a rejected photo of <cy>")),
+        "query": ViewResult("query", (match(1, 0.6),), 0.4, True,
+                            Answer("unsure", "bob", 0.6, 0.31, "Unknown: the best match, bob, is more likely wrong "
+                                                               "than right (chance 0.31 < 0.50)")),
+    }
+    return gallery, QueryResult((_face((1, 1, 50, 50)),), 0, views, 1e-3)
+
+
+def test_result_html_marks_doubtful_apart_from_rejected_and_wrong():
+    gallery, result = _answered_result()
+    rejected = np.array([False, False, False, True])
+    html = display.result_html(result, gallery, query_label="ann", rejected=rejected)
+    ensemble = html.split("data-view='ensemble'")[1].split("</section>")[0]
+    # the doubtful right match: green, with a dashed amber frame and its tag; the wrong one solid red
+    assert "cmce-match cmce-correct cmce-doubtful" in ensemble and "◌ doubtful" in ensemble
+    assert "cmce-match cmce-wrong'" in ensemble
+    assert "chance of a right answer 0.93" in ensemble and "◌ a doubtful photo" in ensemble
+    m1 = html.split("data-view='m1'")[1].split("</section>")[0]
+    assert "cmce-verdict cmce-wrong" in m1 and "cmce-doubtful" not in m1
+    # the reasons of "Unknown", escaped; the person is in the gallery (one good photo): not "not in the gallery"
+    m2 = html.split("data-view='m2'")[1].split("</section>")[0]
+    assert "data-answer='doubtful'" in html and "rejected photo of &lt;cy&gt;" in m2 and "<cy>" not in html
+    # blocked by a rejected photo: a deliberate "Unknown" (amber), not a miss (red ✗)
+    assert "(person is in the gallery)" in m2 and "✗" not in m2 and "cmce-verdict cmce-doubtful" in m2
+    assert "not in the gallery" not in html
+    assert "more likely wrong than right (chance 0.31 &lt; 0.50)" in html
+    # every photo of ann doubtful or rejected: "Unknown" says so (amber), not "✓ not in the gallery"
+    html = display.result_html(result, gallery, query_label="ann",
+                               doubtful=np.array([True, False, True, False]))
+    m2 = html.split("data-view='m2'")[1].split("</section>")[0]
+    assert "every photo of them here is doubtful or rejected" in m2 and "cmce-verdict cmce-doubtful" in m2
+    html = display.result_html(result, gallery, query_label="ann", rejected=np.array([True, False, True, False]))
+    assert "every photo of them here is rejected" in html
+    html = display.result_html(result, gallery, query_label="dee")
+    assert "✓ (not in the gallery)" in html.split("data-view='m2'")[1].split("</section>")[0]
+
+
+def test_result_dict_carries_the_answer_and_the_rule():
+    gallery, result = _answered_result()
+    data = display.result_dict(result, "sface", "ann", gallery.calibration)
+    v = data["views"]
+    assert (v["ensemble"]["answer_kind"], v["ensemble"]["confidence"], v["ensemble"]["rule"]) == ("match", 0.93,
+                                                                                                 "combined")
+    assert v["ensemble"]["reason"].startswith("ann (a doubtful photo)")
+    assert [m["doubtful"] for m in v["ensemble"]["matches"]] == [True, False]
+    assert v["m1"]["rule"] is None  # the bundle has no rule calibrated for this column
+    assert v["m2"]["answer_kind"] == "doubtful" and v["m2"]["answer"] is None and v["m2"]["unknown"] is True
+    assert "rejected photo of <cy>" in v["m2"]["reason"]
+    assert v["query"]["answer_kind"] == "unsure" and v["query"]["confidence"] == 0.31
+    for view in v.values():  # every key of before is kept
+        assert {"title", "threshold", "unknown", "answer", "correct", "matches"} <= set(view)
+
+
+def test_overview_summary_counts_rejected_doubtful_and_over_the_threshold():
+    quality = [0.9] * 31 + [0.01] * 7  # far more over the threshold than the calibration predicts
+    gallery = _FakeGallery([f"p{i // 2}" for i in range(38)], quality, Calibration(
+        rejection_threshold=0.07, rejection_rate=0.10, quality=QualityModel("disagreement")))
+    none = np.zeros(38, bool)
+    text = display.overview_summary(gallery, none)
+    assert "**0 rejected**" in text and "**31 doubtful**" in text
+    assert "31 of 38 faces score above the bundle's calibrated threshold (about 4 expected)" in text
+    assert "looks unlike the photos the bundle was calibrated on" in text and text.count("about 4 expected") == 1
+    assert "Doubtful, most doubtful first: `p0_0.jpg`" in text and "Rejected, most" not in text
+    assert "no answer rule" in text
+    some = np.zeros(38, bool)
+    some[:4] = True
+    text = display.overview_summary(gallery, some)
+    assert "**4 rejected**" in text and "**27 doubtful**" in text and "31 of 38 faces score above" in text
+    assert "Rejected, most doubtful first: `p0_0.jpg`" in text
+    tiles = display.overview_tiles(gallery, some)
+    assert [c.split(" · ")[0] for _, c in tiles[3:6]] == ["rejected", "◌ doubtful", "◌ doubtful"]
+    assert tiles[-1][1].startswith("p18")
+    ruled = _FakeGallery(["a", "b"], [0.1, 0.2], Calibration(
+        rejection_threshold=0.5, quality=QualityModel("disagreement"), answer_rule="combined",
+        answer_policies={"ensemble": {"combined": POLICY}}))
+    text = display.overview_summary(ruled, np.zeros(2, bool))
+    assert "**combined** rule" in text and "more likely wrong than right" in text and "below 0.50" in text
+    assert "answered 88% of the calibration queries" in text and "**0 doubtful**" in text
+    assert "looks unlike" not in text and "0 over the bundle's calibrated threshold (about 0 expected)" in text
 
 
 def test_figures():
@@ -93,11 +236,15 @@ def test_figures():
     assert len(fig.axes[0].lines) == 3
     fig = display.uncertainty_figure(rng.random(12), rng.random(12) > 0.7, rc.is_query & ~rc.hits)
     assert fig.axes[0].get_xlabel().startswith("uncertainty")
+    u = rng.random(12)
+    fig = display.uncertainty_figure(u, np.zeros(12, bool), threshold=0.5)  # the doubtful ones: above the line
+    assert any(f"({int((u > 0.5).sum())} above: doubtful)" in line.get_label() for line in fig.axes[0].lines)
+    assert "paper's metric" in display.risk_coverage_figure(rc).axes[0].get_title()
     # the figures name the quality score the bundle rejects by
     q = QualityModel("detection")
     doubt = np.r_[0.0, 10.0 ** -rng.uniform(0, 5, 11)]  # detector doubt spans decades, and can be 0
     fig = display.uncertainty_figure(doubt, rng.random(12) > 0.7, None, q.description, log_scale=True)
-    assert fig.axes[0].get_xlabel() == q.description and "detector" in q.description
+    assert " ".join(fig.axes[0].get_xlabel().split()) == q.description and "detector" in q.description
     assert fig.axes[0].get_xscale() == "log" and q.log_axis and not QualityModel("disagreement").log_axis
     counts, _ = np.histogram(np.maximum(doubt, 1e-6), bins=[p.get_x() for p in fig.axes[0].patches[:1]]
                              + [p.get_x() + p.get_width() for p in fig.axes[0].patches[: len(fig.axes[0].patches) // 2]])
@@ -115,9 +262,10 @@ def test_bundle_markdown_lists_models_and_licences():
     }
     md = display.bundle_markdown(summary)
     assert "| query model | q | Apache-2.0 | A |" in md and "| gallery model | g | MIT | B |" in md
-    assert "Default rejection: 10% of a gallery ·" in md
-    md = display.bundle_markdown({**summary, "quality_description": QualityModel("detection").description})
-    assert "ranked by detector doubt" in md
+    assert "marks 10% of the calibration gallery" in md and "still searched" in md and "no answer rule" in md
+    md = display.bundle_markdown({**summary, "quality_description": QualityModel("detection").description,
+                                  "answer_rule": "query"})
+    assert "scored by detector doubt" in md and "answer rule: query" in md
 
 
 def test_bundle_markdown_names_a_local_folder_without_the_servers_path():
