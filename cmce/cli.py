@@ -61,6 +61,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         degrade_augment=args.degrade_augment,
         fusion=args.fusion,
         abstain_below=args.abstain_below,
+        answer_kinds=tuple(args.answer_galleries),
     )
     t = bundle.info["training"]
     print(
@@ -407,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the transformers on the degraded copies too (copy -> clean query embedding)")
     s.add_argument("--fusion", default="auto", choices=["auto", "mean", "weighted", "gated"],
                    help="how members are fused: auto (cross-validated), mean (the paper), weighted, gated")
+    s.add_argument("--answer-galleries", nargs="*", default=["crop", "tiny"], metavar="KIND",
+                   help="degrade kinds of whole galleries the answer rule is also calibrated on (none: clean and "
+                        "mixed only)")
     s.add_argument("--abstain-below", type=float, default=0.5,
                    help="the answer rule says Unknown where its predicted chance of a right answer is below this")
     s.add_argument("--data-description", default=None)

@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -449,6 +449,7 @@ def cross_validate_choices(
     degraded: Degraded | None = None,
     augment: bool = False,
     fusions: Sequence[str] = ("mean",),
+    answer_galleries: Mapping[str, Degraded] | None = None,
 ) -> dict:
     """k-fold cross-validation of the query member, the fusion and the quality score.
 
@@ -462,7 +463,9 @@ def cross_validate_choices(
     and degraded (stacking), then measured on the fold. So is the learned quality score
     (``quality.fit_quality_predictor``): fitted on the other folds' gallery entries and
     how their queries fared, measured on the fold. Figures are averaged over folds,
-    weighted by their queries.
+    weighted by their queries. ``answer_galleries`` (e.g. ``crop``, ``tiny``: every
+    gallery photo degraded one way) are further conditions that only the answer rule
+    sees (through ``_fold_galleries``); they choose nothing else.
 
     Returns:
         ``{"folds", "queries", "query_member_recall_at_1": {"without", "with"},
@@ -548,7 +551,9 @@ def cross_validate_choices(
     def condition(ev: np.ndarray, cond: str):
         if cond == "clean":
             return {m: v[ev] for m, v in emb.items()}, prob[ev]
-        return degraded.mixed(emb, prob, ev)
+        if cond == "mixed":
+            return degraded.mixed(emb, prob, ev)
+        return answer_galleries[cond].mixed(emb, prob, ev)
 
     for member in (False, True):
         for kind in fusions:
@@ -605,7 +610,7 @@ def cross_validate_choices(
         """Per fold: (fold number, the fold's served bundle, condition -> (emb, prob), labels), not serialised."""
         for k, ev in enumerate(evs):
             fb = fold_bundle(k, member, learn(chosen[member], member, pool & ~ev))
-            yield k, fb, {c: condition(ev, c) for c in conditions}, labels[ev]
+            yield k, fb, {c: condition(ev, c) for c in (*conditions, *(answer_galleries or {}))}, labels[ev]
 
     out["_fold_galleries"] = fold_galleries
     return out
@@ -642,6 +647,7 @@ def train_bundle(
     degrade_augment: bool = True,
     fusion: str = "auto",
     abstain_below: float = 0.5,
+    answer_kinds: Sequence[str] = ("crop", "tiny"),
 ) -> Bundle:
     """Train, calibrate and save a bundle. See the module docstring for the steps.
 
@@ -669,12 +675,19 @@ def train_bundle(
         abstain_below: the answer rule (``answers.AnswerPolicy``, chosen and fitted by
             the cross-validation) answers "Unknown" where its predicted chance of a
             right answer is below this.
+        answer_kinds: ``degrade`` kinds of whole galleries (every gallery photo degraded
+            that way, detected as ``cmce index`` detects) that the answer rule is also
+            calibrated on, beside the clean and mixed galleries.
 
     Returns:
         The saved bundle.
     """
     if isinstance(cv_folds, bool) or not isinstance(cv_folds, int) or cv_folds < 0:
         raise DatasetError(f"cv_folds must be 0 (validation split), 1 (the same) or a fold count >= 2; got {cv_folds!r}")
+    from .degrade import DegradeSpec
+
+    for kind in answer_kinds:
+        DegradeSpec(1.0, (kind,))  # an unknown kind fails here, before anything is embedded
     ds = list_labelled_images(data_dir)
     labels = np.asarray(ds.labels)
     models = [query_model] + [m for m in gallery_models if m != query_model]
@@ -690,13 +703,27 @@ def train_bundle(
         raise DatasetError(f"fusion must be 'auto' or one of {FUSIONS}, got {fusion!r}")
     degraded, degrade_info = None, None
     if mixed_share > 0:
-        from .degrade import TRAIN_KINDS, DegradeSpec, degrade_gallery
+        from .degrade import TRAIN_KINDS, degrade_gallery
 
         pool_idx = np.flatnonzero(found & (splits["train"] | splits["val"]))
         gpos = pool_idx[first_image_protocol(labels[pool_idx])[0]]
         dfiles, degrade_info, dmask = degrade_gallery(embedded, gpos, DegradeSpec(mixed_share, TRAIN_KINDS),
                                                       seed=split.seed + 1, models=models, cache=cache, progress=progress)
         degraded = Degraded(dfiles.embeddings, dfiles.detection_probability, dmask)
+    answer_galleries: dict[str, Degraded] = {}
+    if answer_kinds and cv_folds > 1:
+        from .degrade import degrade_gallery
+        from .detection import create_detector
+
+        # galleries unlike the training photos, for calibrating the answer rule only: every
+        # gallery photo cut to a tight crop, or shrunk to a tiny face, detected as `cmce index` does
+        pool_idx = np.flatnonzero(found & (splits["train"] | splits["val"]))
+        gpos = pool_idx[first_image_protocol(labels[pool_idx])[0]]
+        detector = create_detector("index")
+        for i, kind in enumerate(answer_kinds):
+            dfiles, _, dmask = degrade_gallery(embedded, gpos, DegradeSpec(1.0, (kind,)), seed=split.seed + 2 + i,
+                                               models=models, cache=cache, progress=progress, detector=detector)
+            answer_galleries[kind] = Degraded(dfiles.embeddings, dfiles.detection_probability, dmask)
     augment = degraded is not None and degrade_augment
     transformers, early, linear, history, adapters = {}, {}, {}, {}, {}
     for m in gallery_models:
@@ -726,6 +753,7 @@ def train_bundle(
             emb, prob, labels, tr | va, query_model=query_model, gallery_models=gallery_models,
             epochs={m: history[m]["best_epoch"] for m in gallery_models}, hidden=hidden, config=train_config,
             folds=cv_folds, seed=split.seed, degraded=degraded, augment=augment, fusions=fusions,
+            answer_galleries=answer_galleries,
         )
         learn = cv.pop("_learn")
         fit_predictor = cv.pop("_predictor")

@@ -106,7 +106,7 @@ def small_dataset(lfw_pairs_embedded, tmp_path_factory) -> Path:
 def trained_bundle(small_dataset: Path, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "b"
     bundle = train_bundle(small_dataset, out, train_config=TrainConfig(epochs=4, patience=4), hidden=256,
-                          progress=False)
+                          progress=False, answer_kinds=("crop",))
     return out, bundle
 
 
@@ -167,7 +167,7 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     assert all(p.threshold == 0.5 for per in cal.answer_policies.values() for p in per.values())
     ans = t["answers"]
     assert ans["chosen"] == cal.answer_rule and set(ans["rules"]) == set(ANSWER_RULES)
-    assert set(ans["rules"]["combined"]) == {"clean", "mixed"}
+    assert set(ans["rules"]["combined"]) == {"clean", "mixed", "crop"}  # crop: calibrates the answer rule only
     assert [d["to"] for d in ans["decisions"]] == ["query", "combined"]
     assert loaded.calibration.answer_policies == bundle.calibration.answer_policies
     card = (out / "README.md").read_text()
