@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from .backbones import create_backbone
+from .backbones.base import FaceViews
 from .cache import cache_dir
 from .errors import CmceError
 from .faces import Face, FaceDetector, pick_subject, too_small_face, too_small_image
@@ -43,6 +44,10 @@ def detector_signature(detector: FaceDetector) -> str:
         sig += ":sane-v1"
     if detector.second_chance is not None:
         sig += ":" + detector.second_chance.signature()
+    if not detector.edge_landmarks:
+        # refined edge landmarks are the default and need no mark: faces cached before
+        # them are refined when read (``embed_files``); only opting out changes the key
+        sig += ":noedge"
     return sig
 
 
@@ -134,8 +139,10 @@ def _view_name(model: str, flip: bool) -> str:
     return f"{model}|flip" if flip else model
 
 
-def _cache_view(backbone, flip: bool) -> str:
-    return f"{backbone.cache_id}|flip" if flip else backbone.cache_id
+def _cache_view(backbone, face: Face, flip: bool) -> str:
+    """The cache's model column for ``face``: ``Backbone.face_cache_id``, ``|flip`` for the mirror."""
+    view = backbone.face_cache_id(face)
+    return f"{view}|flip" if flip else view
 
 
 def embed_files(
@@ -190,24 +197,29 @@ def embed_files(
             for view in views:
                 model, _, flag = view.partition("|")
                 bb = backbones[model]
-                cview = _cache_view(bb, flag == "flip")
+                cviews = {i: _cache_view(bb, faces[i], flag == "flip") for i in have}  # type: ignore[arg-type]
                 todo = have
                 if cache is not None and have:
-                    got = cache.get_vectors([keys[i] for i in have], cview)  # type: ignore[misc]
-                    for i in have:
-                        if keys[i] in got:
-                            out[view][i] = got[keys[i]]
-                    todo = [i for i in have if keys[i] not in got]
+                    todo = []
+                    for cview in dict.fromkeys(cviews.values()):  # faces at the image's edge have their own key
+                        rows = [i for i in have if cviews[i] == cview]
+                        got = cache.get_vectors([keys[i] for i in rows], cview)  # type: ignore[misc]
+                        for i in rows:
+                            if keys[i] in got:
+                                out[view][i] = got[keys[i]]
+                            else:
+                                todo.append(i)
+                    todo.sort()
                 if not todo:
                     continue
-                crops = np.concatenate([bb.align(images[i], [faces[i]]) for i in todo])  # type: ignore[list-item]
-                if flag == "flip":
-                    crops = np.ascontiguousarray(crops[:, :, ::-1])
-                emb = bb.embed(crops)
+                aligned = FaceViews.concat([bb.align_views(images[i], [faces[i]]) for i in todo])  # type: ignore[list-item]
+                emb = bb.embed_views(aligned.mirrored() if flag == "flip" else aligned)
                 for j, i in enumerate(todo):
                     out[view][i] = emb[j]
                 if cache is not None:
-                    cache.put_vectors(cview, {keys[i]: emb[j] for j, i in enumerate(todo)})  # type: ignore[misc]
+                    for cview in dict.fromkeys(cviews[i] for i in todo):
+                        cache.put_vectors(cview, {keys[i]: emb[j] for j, i in enumerate(todo)  # type: ignore[misc]
+                                                  if cviews[i] == cview})
             if bar is not None:
                 bar.update(len(idx))
     finally:
@@ -247,6 +259,9 @@ def _process_chunk(idx, paths, detector, sig, cache, faces, errors, keys, pool) 
         if cache is not None:
             hit, face, cerr = cache.get_face(keys[i])
             if hit:
+                if face is not None and detector.edge_landmarks and face.at_image_edge:
+                    # stored before edge landmarks existed, or after: refining gives the same face
+                    face = detector.refine_edge_landmarks(img, [face])[0]
                 faces[i] = face
                 errors[i] = cerr
                 continue

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .backbones.base import FaceViews
 from .bundle import Bundle
 from .detection import create_detector
 from .errors import BackboneUnavailableError
@@ -80,7 +81,9 @@ class FaceEngine:
         """Backbone embeddings of the faces of several images.
 
         Each backbone aligns the faces of every image, then embeds all of them in
-        batches of its own size (batching across images, not image by image).
+        batches of its own size (batching across images, not image by image). A face
+        whose template reaches past its image is embedded as the mean of two fills
+        (``Backbone.align_views``), exactly as a query is.
 
         Args:
             batch: ``(image, faces of that image)`` pairs.
@@ -93,8 +96,8 @@ class FaceEngine:
         out = {}
         for m in self._backbones if models is None else models:
             bb = self._backbones[m]
-            crops = [bb.align(image, faces) for image, faces in batch if len(faces)]
-            out[m] = bb.embed(np.concatenate(crops)) if crops else np.zeros((0, bb.embedding_size), np.float32)
+            views = [bb.align_views(image, faces) for image, faces in batch if len(faces)]
+            out[m] = bb.embed_views(FaceViews.concat(views)) if views else np.zeros((0, bb.embedding_size), np.float32)
         return out
 
     def embed_query_face(self, image: np.ndarray, face: Face) -> np.ndarray:

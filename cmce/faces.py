@@ -8,6 +8,23 @@ image.
 
 Alignment warps the 5 landmarks onto a backbone's own template with a similarity
 transform (Umeyama, 1991), the way ArcFace-style models expect their input.
+
+Faces at the image's edge (tight crops: ID photos, badges, exported thumbnails) need two
+things full photos do not (issue 22):
+
+- Landmarks. facenet-pytorch's cascade (kept as it is in ``cmce._mtcnn``) cuts each
+  candidate box that leaves the image down to its inside part and resizes that to the
+  24/48-pixel input of the next stage, so the network sees the face squashed and its
+  landmarks land off the face (0.25 eye distances off on MTCNN-box crops, 0.65 on crops
+  of the face alone; the original MTCNN pads the missing part instead). A first-pass
+  face whose box reaches the image border therefore gets its landmarks again from
+  O-Net shown its box padded with grey (``FaceDetector.edge_landmarks``); faces inside
+  the image keep MTCNN's landmarks to the bit.
+- Something where the template reaches past the image. ``align_faces`` fills with black
+  as it always has; ``fill="extended"`` fills with the image's border pixels blurred
+  and fading to grey. The backbones embed such a face as the mean of both crops
+  (``Backbone.align_views``): no single fill beat black, but the two fills err in
+  different directions (``scripts/bench_crops.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import cv2
@@ -29,6 +46,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EDGE_VERSION",
+    "FILLS",
     "MIN_FACE_PIXELS",
     "AlignmentTemplate",
     "Face",
@@ -38,6 +57,7 @@ __all__ = [
     "similarity_transform",
     "too_small_face",
     "too_small_image",
+    "warp_leaves_image",
 ]
 
 MIN_FACE_PIXELS = 16
@@ -46,6 +66,16 @@ MIN_FACE_PIXELS = 16
 A backbone's 112-160 px input cut from a face under 16 px wide is an upscaled blur: its
 embedding says little about the person. Images whose shorter side is under it are not
 even given to the detector."""
+
+EDGE_VERSION = "edge-v1"
+"""Version of the treatment of faces at the image's edge (refined landmarks, extended fill).
+
+Embedding caches key such faces with it (``Backbone.face_cache_id``); faces inside the
+image keep their old keys because nothing about them changed.
+"""
+
+FILLS = ("black", "extended")
+"""What ``align_faces`` puts where the template reaches past the image."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +93,9 @@ class Face:
             (no detector box: the frame itself, see ``cmce.detection``).
         detection_pass: ``"first"`` (the image as given), or a second-chance pass run
             because the first found nothing: ``"padded"``, ``"normalised"`` or
-            ``"whole-image"``.
+            ``"whole-image"``. A first-pass face at the image's edge
+            (``at_image_edge``) has landmarks re-estimated by O-Net on its padded box
+            (``FaceDetector.edge_landmarks``); its box and probability are MTCNN's.
     """
 
     box: tuple[float, float, float, float]
@@ -90,6 +122,13 @@ class Face:
     @property
     def area(self) -> float:
         return max(self.width, 0.0) * max(self.height, 0.0)
+
+    @property
+    def at_image_edge(self) -> bool:
+        """Whether the box reaches the border of the image (detectors clip boxes to it)."""
+        w, h = self.image_size
+        x1, y1, x2, y2 = self.box
+        return x1 <= 0 or y1 <= 0 or x2 >= w or y2 >= h
 
     def landmarks_array(self) -> np.ndarray:
         """The landmarks as a float32 array of shape (5, 2)."""
@@ -168,8 +207,40 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
+def warp_leaves_image(face: Face, template: AlignmentTemplate) -> bool:
+    """Whether aligning ``face`` to ``template`` samples outside its image.
+
+    True when a corner pixel centre of the ``S x S`` crop maps outside
+    ``[0, W - 1] x [0, H - 1]`` of the image (``face.image_size``). Decided from the
+    face record alone, so that a cache can tell which faces the fill touches.
+    """
+    m = similarity_transform(face.landmarks_array(), template.points_array())
+    inverse = cv2.invertAffineTransform(m)
+    last = template.size - 1.0
+    corners = np.array([[0.0, 0.0, 1.0], [last, 0.0, 1.0], [0.0, last, 1.0], [last, last, 1.0]]) @ inverse.T
+    w, h = face.image_size
+    return bool((corners[:, 0] < 0).any() or (corners[:, 1] < 0).any()
+                or (corners[:, 0] > w - 1).any() or (corners[:, 1] > h - 1).any())
+
+
+def _extended_fill(image: np.ndarray, m: np.ndarray, size: int, inside: np.ndarray) -> np.ndarray:
+    """(S, S, 3) float32 fill: the image's border pixels, blurred, fading to grey away from it.
+
+    Edge-replicated pixels blurred with sigma 4 (at 112 pixels; scaled with the crop),
+    turned into grey (127) over 12 pixels from the image's outline.
+    """
+    scale = size / 112.0
+    replicated = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    blurred = cv2.GaussianBlur(replicated, (0, 0), 4.0 * scale)
+    outside = (inside < 0.999).astype(np.uint8)
+    distance = cv2.distanceTransform(outside, cv2.DIST_L2, 3)
+    fade = np.clip(distance / (12.0 * scale), 0.0, 1.0)[..., None]
+    return (1.0 - fade) * blurred + fade * 127.0
+
+
 def align_faces(
-    image: np.ndarray, faces: Sequence[Face], template: AlignmentTemplate
+    image: np.ndarray, faces: Sequence[Face], template: AlignmentTemplate, fill: str = "black"
 ) -> np.ndarray:
     """Cut each face out of ``image`` aligned to ``template``.
 
@@ -177,10 +248,19 @@ def align_faces(
         image: (H, W, 3) uint8 RGB, the image the faces were detected in.
         faces: faces of that image.
         template: the backbone's landmark template.
+        fill: what goes where the template reaches past the image: ``"black"`` (zeros,
+            what every backbone has always been given) or ``"extended"`` (the border
+            pixels blurred, fading to grey). Crops that stay inside the image are the
+            same either way.
 
     Returns:
         (N, S, S, 3) uint8 RGB crops, ``S = template.size``.
+
+    Raises:
+        CmceError: an unknown ``fill``.
     """
+    if fill not in FILLS:
+        raise CmceError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)}")
     size = template.size
     out = np.zeros((len(faces), size, size, 3), dtype=np.uint8)
     dst = template.points_array()
@@ -189,6 +269,13 @@ def align_faces(
         out[i] = cv2.warpAffine(
             image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
         )
+        if fill == "extended":
+            inside = cv2.warpAffine(np.ones(image.shape[:2], np.float32), m, (size, size),
+                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+            if inside.min() < 0.999:
+                # black-bordered bilinear samples hold (inside share) x image: add the rest as fill
+                filled = out[i] + (1.0 - inside)[..., None] * _extended_fill(image, m, size, inside)
+                out[i] = np.clip(np.rint(filled), 0, 255).astype(np.uint8)
     return out
 
 
@@ -253,6 +340,9 @@ class FaceDetector:
             was accepted (``cmce.detection``: padded, contrast-normalised, YuNet,
             whole-image); None (the default) runs MTCNN's first pass only. The engine
             that indexes galleries turns both on; the first pass is the same either way.
+        edge_landmarks: re-estimate the landmarks of first-pass faces at the image's
+            edge with O-Net shown their box padded with grey (``refine_edge_landmarks``);
+            boxes, probabilities and the faces inside the image stay MTCNN's.
     """
 
     device: str | None = None
@@ -262,6 +352,7 @@ class FaceDetector:
     min_probability: float = 0.9
     landmark_check: bool = False
     second_chance: SecondChance | None = None
+    edge_landmarks: bool = True
     _mtcnn: object = field(default=None, init=False, repr=False)
     _yunet: object = field(default=None, init=False, repr=False)
     _shape_predictor: object = field(default=None, init=False, repr=False)
@@ -370,6 +461,10 @@ class FaceDetector:
                     logger.info("%s: %d faces with impossible landmarks dropped",
                                 sources[i] or "image", len(faces) - len(kept))
                 results[i] = kept
+        if self.edge_landmarks:
+            for i, faces in enumerate(results):
+                if any(f.at_image_edge for f in faces):
+                    results[i] = self.refine_edge_landmarks(images[i], faces)
         if self.second_chance is not None:
             for i in small:
                 if not results[i]:
@@ -410,6 +505,60 @@ class FaceDetector:
         x = (torch.from_numpy(crop.astype(np.float32)).permute(2, 0, 1)[None].to(mtcnn.device) - 127.5) * 0.0078125
         with torch.no_grad():
             return float(mtcnn.onet(x)[2][0, 1])  # O-Net ends in a softmax: (1, 2) non-face/face
+
+    def refine_edge_landmarks(self, image: np.ndarray, faces: Sequence[Face]) -> list[Face]:
+        """``faces`` with the landmarks of first-pass faces at the image's edge re-estimated.
+
+        The cascade resizes the inside part of a box that leaves the image to the
+        networks' input, so O-Net sees the face squashed and places the landmarks off
+        it. Here O-Net is shown the face's box made square (as the cascade does),
+        padded with grey where it leaves the image and area-resized to 48 pixels; its
+        landmarks replace MTCNN's unless they are implausible
+        (``cmce.detection.implausible_landmarks``). Box and probability stay, so the
+        subject choice is unchanged. Only the box is read, so refining a refined face
+        gives the same face (a cache may refine the faces it stored before).
+
+        Args:
+            image: (H, W, 3) uint8 RGB the faces were found in.
+            faces: its faces; those not at the edge, or not from MTCNN's first pass,
+                are returned as they are.
+
+        Returns:
+            The faces in the same order.
+        """
+        from .detection import implausible_landmarks
+
+        out = []
+        for face in faces:
+            if face.detector == "mtcnn" and face.detection_pass == "first" and face.at_image_edge:
+                with self._lock:
+                    points = self._onet_landmarks(image, face.box)
+                why = implausible_landmarks(points)
+                if why is None:
+                    face = replace(face, landmarks=tuple((round(float(x), 2), round(float(y), 2)) for x, y in points))
+                else:
+                    logger.info("%s: edge landmarks kept as found (O-Net's: %s)", face.source or "image", why)
+            out.append(face)
+        return out
+
+    def _onet_landmarks(self, image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+        """O-Net's (5, 2) landmarks of the square about ``box``, grey where it leaves the image."""
+        import torch
+
+        x1, y1, x2, y2 = (float(v) for v in box)
+        side = max(x2 - x1, y2 - y1, 2.0)
+        left, top = (x1 + x2 - side) / 2, (y1 + y2 - side) / 2
+        pixels = max(48, int(round(side)))
+        s = pixels / side  # the square at (about) its own resolution, then area-resized like the cascade's crops
+        m = np.array([[s, 0.0, -s * left], [0.0, s, -s * top]])
+        square = cv2.warpAffine(image, m, (pixels, pixels), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=(127, 127, 127))
+        crop = cv2.resize(square, (48, 48), interpolation=cv2.INTER_AREA)
+        mtcnn = self._model()
+        x = (torch.from_numpy(crop.astype(np.float32)).permute(2, 0, 1)[None].to(mtcnn.device) - 127.5) * 0.0078125
+        with torch.no_grad():
+            points = mtcnn.onet(x)[1][0].float().cpu().numpy()  # (10,): x of the 5 points, then y, in box units
+        return np.stack([left + points[:5] * side, top + points[5:] * side], axis=1)
 
     def whole_frame(self, image: np.ndarray) -> tuple[float, np.ndarray | None]:
         """MTCNN's last stage (O-Net) on the whole frame, and dlib's landmarks there.

@@ -145,6 +145,34 @@ def lfw_people(lfw_dir: Path, count: int, min_images: int = 3) -> list[Path]:
     return out
 
 
+TIGHT_CROP_PEOPLE = ["Aaron_Peirsol", "Abel_Pacheco", "Ahmed_Chalabi", "Alejandro_Toledo"]
+"""lfw-train people whose first photo the tight-crop tests cut up (issue 22)."""
+
+
+def tight_crops(img, face) -> dict:
+    """Tight crops of a photo's face, as ``scripts/bench_crops.py`` cuts them (issue 22).
+
+    Returns:
+        ``box`` (the MTCNN box), ``in10`` (10% inside it) and ``face`` (the face alone, from
+        its landmarks): each ``((h, w, 3) uint8 crop, (2,) offset of its top-left corner)``.
+    """
+    import numpy as np
+
+    x1, y1, x2, y2 = face.box
+    w, h = x2 - x1, y2 - y1
+    lm = face.landmarks_array().astype(np.float64)
+    eyes, mouth = (lm[0] + lm[1]) / 2, (lm[3] + lm[4]) / 2
+    d, m = np.hypot(*(lm[1] - lm[0])), np.hypot(*(mouth - eyes))
+    boxes = {"box": (x1, y1, x2, y2), "in10": (x1 + 0.1 * w, y1 + 0.1 * h, x2 - 0.1 * w, y2 - 0.1 * h),
+             "face": (eyes[0] - d, eyes[1] - 0.45 * m, eyes[0] + d, mouth[1] + 0.8 * m)}
+    out = {}
+    for kind, (a, b, c, e) in boxes.items():
+        a, b = int(max(a, 0)), int(max(b, 0))
+        out[kind] = (np.ascontiguousarray(img[b:int(min(e, img.shape[0])), a:int(min(c, img.shape[1]))]),
+                     np.array([a, b], np.float64))
+    return out
+
+
 def server_pid(url: str) -> int | None:
     """The app.py process serving ``url`` (matched on GRADIO_SERVER_PORT in its environment), if readable."""
     port = int(url.rstrip("/").rsplit(":", 1)[1])

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import LOCAL_BACKBONES, ROOT
+from conftest import LOCAL_BACKBONES, ROOT, TIGHT_CROP_PEOPLE, tight_crops
 
 from cmce.backbones import (
     _REGISTRY,
@@ -20,8 +20,12 @@ from cmce.backbones import (
     register_backbone,
 )
 from cmce.backbones._pretrained import PretrainedSpec
+from cmce.backbones.base import FaceViews
+from cmce.detection import SecondChance
 from cmce.embed import embed_files
 from cmce.errors import BackboneError, BackboneUnavailableError
+from cmce.faces import EDGE_VERSION, FaceDetector, pick_subject, warp_leaves_image
+from cmce.images import load_image
 from cmce.metrics import best_verification_accuracy
 
 LOCAL = LOCAL_BACKBONES
@@ -160,3 +164,88 @@ def test_torch_threads_come_from_the_environment(monkeypatch) -> None:
             configure_torch_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+
+
+@pytest.fixture(scope="module")
+def subject_photos(lfw_dir) -> list[tuple[np.ndarray, list]]:
+    """Every face of a few LFW photos and of the shipped example gallery (photos with faces)."""
+    detector = FaceDetector()
+    paths = [lfw_dir / p / f"{p}_0001.jpg" for p in TIGHT_CROP_PEOPLE + ["Astrid_Eyzaguirre"]]
+    paths += sorted((ROOT / "assets" / "examples" / "gallery").glob("*_0*.jpg"))
+    out = []
+    for path in paths:
+        image = load_image(path)
+        out.append((image, detector.detect(image)))
+    assert all(faces for _, faces in out)
+    return out
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_full_photos_embed_exactly_as_before(name: str, subject_photos) -> None:
+    """Faces inside their photo: the same crops, embeddings and cache key as before issue 22, to the bit."""
+    model = create_backbone(name)
+    inside, views = [], []
+    for image, faces in subject_photos:
+        for face in faces:
+            if model.at_edge(face):  # the half face cut by Astrid_Eyzaguirre_0001's border
+                assert face.at_image_edge or warp_leaves_image(face, model.template)
+                continue
+            before = model.embed(model.align(image, [face]))
+            assert np.array_equal(model.embed_faces(image, [face]), before)
+            assert model.face_cache_id(face) == model.cache_id
+            inside.append(before[0])
+        views.append(model.align_views(image, faces))
+    assert len(inside) >= 7
+    # in one batch with a face at the edge (which gets a second view), the inner faces get the bits
+    # the batch gave them before (a batch's composition, not its extra views, moves float rounding)
+    views = FaceViews.concat(views)
+    faces = [f for _, fs in subject_photos for f in fs]
+    kept = np.array([not model.at_edge(f) for f in faces])
+    assert kept.all() != model.aligns_by_landmarks and (len(views.extra) > 0) == model.aligns_by_landmarks
+    np.testing.assert_array_equal(model.embed_views(views)[kept], model.embed(views.crops)[kept])
+
+
+@pytest.fixture(scope="module")
+def tight_crop_faces(lfw_dir) -> list[tuple]:
+    """Per LFW photo: image, subject face, and its box / 10%-inside / face-only crops with the
+    engine detector's face before issue 22 (MTCNN's landmarks) and now (edge landmarks)."""
+    settings = dict(max_side=800, landmark_check=True, second_chance=SecondChance())
+    now, before = FaceDetector(**settings), FaceDetector(**settings, edge_landmarks=False)
+    out = []
+    for person in TIGHT_CROP_PEOPLE:
+        image = load_image(lfw_dir / person / f"{person}_0001.jpg")
+        faces = now.detect(image)
+        face = faces[pick_subject(faces)]
+        crops = []
+        for crop, _ in tight_crops(image, face).values():
+            a, b = before.detect(crop), now.detect(crop)
+            crops.append((crop, a[pick_subject(a)], b[pick_subject(b)]))
+        out.append((image, face, crops))
+    return out
+
+
+@pytest.mark.parametrize("name", ["sface", "facenet-casia"])
+def test_tight_crops_embed_close_to_the_full_photo(name: str, tight_crop_faces) -> None:
+    """Issue 22: crops of a face (MTCNN box, 10% inside it, the face alone) against the full photo."""
+    model = create_backbone(name)
+    before, after = [], []
+    for image, face, crops in tight_crop_faces:
+        full = model.embed_faces(image, [face])[0]
+        for crop, old_face, new_face in crops:
+            assert model.face_cache_id(new_face) == f"{model.cache_id}:{EDGE_VERSION}"
+            before.append(float(model.embed(model.align(crop, [old_face]))[0] @ full))
+            after.append(float(model.embed_faces(crop, [new_face])[0] @ full))
+    before, after = np.array(before), np.array(after)
+    assert after.min() >= 0.7 and after[0::3].min() >= 0.85, np.round(after, 3)  # every crop; box crops
+    assert after.mean() >= 0.8 and after.mean() - before.mean() >= 0.1, (before.mean(), after.mean())
+
+
+def test_dlib_chips_ignore_the_edge_treatment(tight_crop_faces) -> None:
+    """dlib cuts its chip from the box with its own landmarks: crops embed and cache as before."""
+    model = create_backbone("dlib-resnet34")
+    for _, _, crops in tight_crop_faces:
+        for crop, old_face, new_face in crops:
+            assert old_face.box == new_face.box and model.face_cache_id(new_face) == model.cache_id
+            assert np.array_equal(model.embed_faces(crop, [new_face]), model.embed(model.align(crop, [old_face])))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
+from conftest import TIGHT_CROP_PEOPLE, tight_crops
 
 from cmce.backbones import TEMPLATES
+from cmce.errors import CmceError
 from cmce.faces import (
     AlignmentTemplate,
     Face,
@@ -13,6 +16,7 @@ from cmce.faces import (
     align_faces,
     pick_subject,
     similarity_transform,
+    warp_leaves_image,
 )
 from cmce.images import load_image
 
@@ -156,3 +160,80 @@ def test_batched_crop_resize_equals_area_interpolation_per_crop() -> None:
             crop = nchw[inds[k], :, y[k] - 1 : ey[k], x[k] - 1 : ex[k]].unsqueeze(0)
             theirs = interpolate(crop, size=(size, size), mode="area")[0]
             torch.testing.assert_close(ours[k], theirs, atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def edge_photos(detector: FaceDetector, lfw_dir) -> list[tuple[np.ndarray, Face]]:
+    out = []
+    for person in TIGHT_CROP_PEOPLE:
+        img = load_image(lfw_dir / person / f"{person}_0001.jpg")
+        faces = detector.detect(img)
+        out.append((img, faces[pick_subject(faces)]))
+    return out
+
+
+def test_edge_landmarks_land_on_the_face_in_tight_crops(detector: FaceDetector, edge_photos) -> None:
+    """In crops of a photo, MTCNN's own landmarks miss the face; refined ones stay within 0.2 eye distances."""
+    as_found = FaceDetector(edge_landmarks=False)
+    errors_before, errors_after = [], []
+    for img, face in edge_photos:
+        truth = face.landmarks_array().astype(np.float64)
+        eye_distance = np.hypot(*(truth[1] - truth[0]))
+        for kind, (crop, offset) in tight_crops(img, face).items():
+            before, after = as_found.detect(crop), detector.detect(crop)
+            if not before:  # the first pass alone misses some crops (the engine's second chance finds them)
+                continue
+            f_before, f_after = before[pick_subject(before)], after[pick_subject(after)]
+            assert f_after.at_image_edge, f"{kind}: the face of a tight crop reaches its border"
+            assert (f_after.box, f_after.probability) == (f_before.box, f_before.probability)
+            for f, errors in ((f_before, errors_before), (f_after, errors_after)):
+                errors.append(np.linalg.norm(f.landmarks_array() + offset - truth, axis=1).max() / eye_distance)
+    assert len(errors_after) >= 6
+    assert max(errors_after) < 0.2, np.round(errors_after, 3)
+    assert np.median(errors_before) > 0.2, "MTCNN's landmarks were fine on these crops: this tests nothing"
+
+
+def test_edge_landmarks_leave_inner_faces_alone_and_refine_once(detector: FaceDetector, edge_photos, lfw_dir) -> None:
+    as_found = FaceDetector(edge_landmarks=False)
+    # full photos, one with a half face cut by its left border (refined) next to the subject (not)
+    img = load_image(lfw_dir / "Astrid_Eyzaguirre" / "Astrid_Eyzaguirre_0001.jpg")
+    ours, theirs = detector.detect(img), as_found.detect(img)
+    assert [f.at_image_edge for f in ours] == [False, True]
+    assert ours[0] == theirs[0] and ours[1].box == theirs[1].box and ours[1].landmarks != theirs[1].landmarks
+    for img, face in edge_photos:
+        assert not face.at_image_edge and detector.detect(img) == as_found.detect(img)
+        assert detector.refine_edge_landmarks(img, [face]) == [face]
+        crop, _ = tight_crops(img, face)["box"]
+        raw = as_found.detect(crop)
+        once = detector.refine_edge_landmarks(crop, raw)
+        assert once == detector.detect(crop) and detector.refine_edge_landmarks(crop, once) == once
+
+
+def test_warp_leaves_image_decides_from_the_face_record() -> None:
+    template = TEMPLATES["arcface-112"]
+    centre = _face((75, 70, 175, 190))
+    assert not warp_leaves_image(centre, template)
+    assert warp_leaves_image(_face((0, 20, 100, 140)), template)
+    # the crop's right column samples the image at x = 178.4: inside a 180-pixel-wide image, not a 179-pixel one
+    assert not warp_leaves_image(_face((75, 70, 175, 190), size=(180, 250)), template)
+    assert warp_leaves_image(_face((75, 70, 175, 190), size=(179, 250)), template)
+
+
+def test_extended_fill_changes_only_what_lies_outside_the_image(edge_photos) -> None:
+    template = TEMPLATES["arcface-112"]
+    img, face = edge_photos[0]
+    assert not warp_leaves_image(face, template)
+    np.testing.assert_array_equal(align_faces(img, [face], template, fill="extended"), align_faces(img, [face], template))
+    crop, offset = tight_crops(img, face)["in10"]
+    inner = Face((0.0, 0.0, float(crop.shape[1]), float(crop.shape[0])), 1.0,
+                 tuple(map(tuple, face.landmarks_array() - offset)), (crop.shape[1], crop.shape[0]))
+    assert warp_leaves_image(inner, template)
+    black = align_faces(crop, [inner], template)[0]
+    extended = align_faces(crop, [inner], template, fill="extended")[0]
+    m = similarity_transform(inner.landmarks_array(), template.points_array())
+    inside = cv2.warpAffine(np.ones(crop.shape[:2], np.float32), m, (template.size, template.size))
+    np.testing.assert_array_equal(extended[inside >= 1.0], black[inside >= 1.0])
+    outside = inside == 0
+    assert outside.mean() > 0.05 and (black[outside] == 0).all() and extended[outside].mean() > 40
+    with pytest.raises(CmceError, match="valid: black, extended"):
+        align_faces(crop, [inner], template, fill="reflect")

@@ -222,6 +222,24 @@ def test_batched_embedding_equals_one_image_at_a_time(engine, lfw_dir) -> None:
     assert all(v.shape == (0, engine.backbones[m].embedding_size) for m, v in empty.items())
 
 
+def test_tight_crop_is_indexed_and_queried_the_same_way(engine, lfw_dir) -> None:
+    """Issue 22: a crop inside the face box gets the edge treatment on both paths, with the same vector."""
+    from cmce.images import load_image
+
+    image = load_image(lfw_dir / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg")
+    x1, y1, x2, y2 = (int(v) for v in engine.detect([image])[0][0].box)
+    dx, dy = (x2 - x1) // 10, (y2 - y1) // 10
+    crop = np.ascontiguousarray(image[y1 + dy:y2 - dy, x1 + dx:x2 - dx])
+    faces = engine.detect([crop])[0]
+    assert len(faces) == 1 and faces[0].at_image_edge
+    indexed = engine.embed_gallery_batch([(image, []), (crop, faces)])
+    query = engine.embed_query_face(crop, faces[0])
+    np.testing.assert_allclose(indexed[engine.bundle.query_model][0], query, atol=1e-5)
+    for m, bb in engine.backbones.items():
+        black_only = bb.embed(bb.align(crop, faces))[0]
+        assert bb.aligns_by_landmarks == (not np.allclose(indexed[m][0], black_only, atol=1e-4)), m
+
+
 def test_crowd_photo_keeps_the_largest_faces_and_says_so(engine, lfw_dir) -> None:
     """Six people in one picture, a cap of three faces per image."""
     from cmce.images import load_image

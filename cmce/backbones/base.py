@@ -6,18 +6,19 @@ import importlib.util
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..cache import file_sha256
 from ..errors import BackboneError, BackboneUnavailableError, ChecksumError
-from ..faces import AlignmentTemplate, Face, align_faces
+from ..faces import EDGE_VERSION, AlignmentTemplate, Face, align_faces, warp_leaves_image
 from ._pretrained import TEMPLATES, PretrainedSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Backbone", "configure_opencv_threads", "configure_torch_threads", "default_device", "package_file", "verified_package_file"]
+__all__ = ["Backbone", "FaceViews", "configure_opencv_threads", "configure_torch_threads", "default_device", "package_file", "verified_package_file"]
 
 TORCH_THREADS = 1
 """Default torch intra-op threads of a cmce process (``CMCE_TORCH_THREADS`` overrides).
@@ -185,6 +186,49 @@ def verified_package_file(spec: PretrainedSpec, extra: int | None = None) -> Pat
     return path
 
 
+@dataclass(frozen=True)
+class FaceViews:
+    """Aligned crops of N faces: one per face, and a second for faces at the image's edge.
+
+    Attributes:
+        crops: (N, S, S, 3) uint8 RGB, face ``i``'s crop as ``Backbone.align`` cuts it.
+        extra: (M, S, S, 3) uint8 RGB, the extended-fill crops of the faces whose
+            template reaches past the image (``cmce.faces.align_faces``).
+        owners: (M,) int64, the face each extra crop belongs to.
+    """
+
+    crops: np.ndarray
+    extra: np.ndarray
+    owners: np.ndarray
+
+    def __post_init__(self) -> None:
+        owners_valid = not len(self.owners) or (self.owners.min() >= 0 and self.owners.max() < len(self.crops))
+        if len(self.extra) != len(self.owners) or not owners_valid:
+            raise BackboneError(f"{len(self.extra)} extra crops for owners {self.owners.tolist()} "
+                                f"of {len(self.crops)} faces")
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def mirrored(self) -> FaceViews:
+        """The same views flipped left to right."""
+        return FaceViews(np.ascontiguousarray(self.crops[:, :, ::-1]), np.ascontiguousarray(self.extra[:, :, ::-1]),
+                         self.owners)
+
+    @classmethod
+    def concat(cls, parts: Sequence[FaceViews]) -> FaceViews:
+        """The views of several images' faces, faces in the order of ``parts``.
+
+        Raises:
+            BackboneError: no parts (the crop size would be unknown).
+        """
+        if not parts:
+            raise BackboneError("FaceViews.concat needs at least one part")
+        offsets = np.cumsum([0] + [len(v) for v in parts[:-1]])
+        return cls(np.concatenate([v.crops for v in parts]), np.concatenate([v.extra for v in parts]),
+                   np.concatenate([v.owners + o for v, o in zip(parts, offsets)]).astype(np.int64))
+
+
 class Backbone(ABC):
     """A frozen face embedding network.
 
@@ -196,6 +240,11 @@ class Backbone(ABC):
         device: torch device for torch backbones (default: CUDA when present).
         batch_size: faces per forward pass.
     """
+
+    aligns_by_landmarks: bool = True
+    """``align`` warps the 5 landmarks onto ``template``; False for an adapter that cuts
+    its own chip (dlib), which then gets neither the refined edge landmarks nor the
+    extended fill's second view."""
 
     def __init__(self, spec: PretrainedSpec, device: str | None = None, batch_size: int = 32):
         self.spec = spec
@@ -280,8 +329,59 @@ class Backbone(ABC):
         """
         return align_faces(image, faces, self.template)
 
+    def at_edge(self, face: Face) -> bool:
+        """Whether ``face`` gets the edge treatment of ``cmce.faces`` from this backbone.
+
+        True for a landmark-aligned backbone when the face's box reaches the image's
+        border (its landmarks are refined) or its template reaches past the image (it
+        gets a second, extended-fill view). Decided from the face record alone.
+        """
+        return self.aligns_by_landmarks and (face.at_image_edge or warp_leaves_image(face, self.template))
+
+    def face_cache_id(self, face: Face) -> str:
+        """``cache_id``, with ``cmce.faces.EDGE_VERSION`` appended for a face ``at_edge``.
+
+        Faces inside the image keep the key their embeddings were always stored under.
+        """
+        return f"{self.cache_id}:{EDGE_VERSION}" if self.at_edge(face) else self.cache_id
+
+    def align_views(self, image: np.ndarray, faces: Sequence[Face]) -> FaceViews:
+        """``align``'s crops of ``faces``, plus an extended-fill crop of each face whose
+        template reaches past the image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB the faces were found in.
+            faces: faces of that image.
+        """
+        crops = self.align(image, faces)
+        s = self.input_size
+        owners = [i for i, f in enumerate(faces) if self.aligns_by_landmarks and warp_leaves_image(f, self.template)]
+        extra = (align_faces(image, [faces[i] for i in owners], self.template, fill="extended") if owners
+                 else np.zeros((0, s, s, 3), np.uint8))
+        return FaceViews(crops, extra, np.asarray(owners, dtype=np.int64))
+
+    def embed_views(self, views: FaceViews) -> np.ndarray:
+        """Embed each face as the normalised mean of its views' embeddings.
+
+        The one-per-face crops are embedded in the same batches as ``embed`` would, so
+        a face with no extra view gets exactly ``embed``'s vector.
+
+        Args:
+            views: aligned views of N faces.
+
+        Returns:
+            (N, D) float32 unit vectors.
+        """
+        out = self.embed(views.crops)
+        if len(views.extra):
+            np.add.at(out, views.owners, self.embed(views.extra))
+            rows = np.unique(views.owners)
+            norms = np.linalg.norm(out[rows], axis=1, keepdims=True)
+            out[rows] = out[rows] / np.maximum(norms, 1e-12)
+        return out
+
     def embed_faces(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-        """Align ``faces`` of ``image`` and embed them.
+        """Align ``faces`` of ``image`` and embed them (``align_views``, ``embed_views``).
 
         Args:
             image: (H, W, 3) uint8 RGB.
@@ -290,7 +390,7 @@ class Backbone(ABC):
         Returns:
             (len(faces), D) float32 unit vectors.
         """
-        return self.embed(self.align(image, faces))
+        return self.embed_views(self.align_views(image, faces))
 
     @abstractmethod
     def _forward(self, crops: np.ndarray) -> np.ndarray:

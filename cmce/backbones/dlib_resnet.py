@@ -32,6 +32,8 @@ _CONVERT_LOCK = threading.Lock()
 class DlibResNet34(Backbone):
     """dlib_face_recognition_resnet_model_v1: 150x150 chips, 128-d (PyTorch port of dlib's network)."""
 
+    aligns_by_landmarks = False  # its chip comes from the box and dlib's own landmarks
+
     def __init__(self, spec, device=None, batch_size=32):
         super().__init__(spec, device, batch_size)
         try:

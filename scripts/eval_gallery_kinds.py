@@ -1,0 +1,56 @@
+"""Evaluate a bundle's answers on every gallery kind, as the app answers (issue 22).
+
+For each kind (clean, mix:0.6, crop, tiny and each single degradation at 100%) this runs
+``python -m cmce evaluate DATA --bundle B --heldout --detection index --gallery-degrade KIND
+--json OUT/eval-NAME-KIND.json`` in this process, then ``scripts/answers_doc.py`` renders
+the tables of docs/answers.md from the JSON files.
+
+    python scripts/eval_gallery_kinds.py ../shared/data/lfw-train --bundle assets/bundles/sface-query \\
+        --out docs/answers
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cmce.cli import main  # noqa: E402
+
+KINDS = ("clean", "mix:0.6", "crop", "tiny", "blur", "lowres", "jpeg", "dark", "noise", "occlusion")
+
+
+def file_name(bundle: str, kind: str) -> str:
+    return f"eval-{Path(bundle).name}-{kind.replace(':', '')}.json"
+
+
+def run(data: str, bundle: str, out: Path, kinds=KINDS, resamples: int = 1000) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind in kinds:
+        path = out / file_name(bundle, kind)
+        args = ["evaluate", data, "--bundle", bundle, "--heldout", "--detection", "index", "--quiet",
+                "--ci-resamples", str(resamples), "--json", str(path)]
+        if kind != "clean":
+            args += ["--gallery-degrade", kind]
+        logging.getLogger(__name__).info("evaluating %s on %s", bundle, kind)
+        code = main(args)
+        if code:
+            raise SystemExit(f"evaluate failed on {kind} (exit {code})")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("data_dir")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--out", default="docs/answers")
+    p.add_argument("--kinds", nargs="+", default=list(KINDS))
+    p.add_argument("--ci-resamples", type=int, default=1000)
+    a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run(a.data_dir, a.bundle, Path(a.out), a.kinds, a.ci_resamples)
