@@ -409,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fusion", default="auto", choices=["auto", "mean", "weighted", "gated"],
                    help="how members are fused: auto (cross-validated), mean (the paper), weighted, gated")
     s.add_argument("--answer-galleries", nargs="*", default=["crop", "tiny"], metavar="KIND",
-                   help="degrade kinds of whole galleries the answer rule is also calibrated on (none: clean and "
-                        "mixed only)")
+                   help="degrade kinds of whole galleries that, beside clean and mixed ones, choose the query "
+                        "member and fusion and calibrate the answer rule (none: clean and mixed only)")
     s.add_argument("--abstain-below", type=float, default=0.5,
                    help="the answer rule says Unknown where its predicted chance of a right answer is below this")
     s.add_argument("--data-description", default=None)

@@ -464,8 +464,9 @@ def cross_validate_choices(
     (``quality.fit_quality_predictor``): fitted on the other folds' gallery entries and
     how their queries fared, measured on the fold. Figures are averaged over folds,
     weighted by their queries. ``answer_galleries`` (e.g. ``crop``, ``tiny``: every
-    gallery photo degraded one way) are further conditions that only the answer rule
-    sees (through ``_fold_galleries``); they choose nothing else.
+    gallery photo degraded one way) are further conditions on which the query member
+    and the fusion are chosen (beside clean and mixed) and the answer rule is calibrated
+    (through ``_fold_galleries``); the quality score is still chosen on mixed galleries.
 
     Returns:
         ``{"folds", "queries", "query_member_recall_at_1": {"without", "with"},
@@ -555,15 +556,16 @@ def cross_validate_choices(
             return degraded.mixed(emb, prob, ev)
         return answer_galleries[cond].mixed(emb, prob, ev)
 
+    choice_conditions = (*conditions, *(answer_galleries or {}))  # what the member and fusion are chosen on
     for member in (False, True):
         for kind in fusions:
-            per = {c: [] for c in conditions}
+            per = {c: [] for c in choice_conditions}
             for k, ev in enumerate(evs):
                 fb = fold_bundle(k, member, learn(kind, member, pool & ~ev))
-                for c in conditions:
+                for c in choice_conditions:
                     e, pr = condition(ev, c)
                     per[c].append(_ensemble_recall(fb, e, pr, labels[ev]))
-            fusion_r1[member][kind] = {c: float(w @ np.asarray(per[c])) for c in conditions}
+            fusion_r1[member][kind] = {c: float(w @ np.asarray(per[c])) for c in choice_conditions}
     chosen = {b: _choose_fusion(fusion_r1[b]) for b in (False, True)}
     # each fold's gallery entries with their queries' outcomes (clean and mixed): the
     # learned quality score is fitted on the other folds' entries and measured on the fold
@@ -610,7 +612,7 @@ def cross_validate_choices(
         """Per fold: (fold number, the fold's served bundle, condition -> (emb, prob), labels), not serialised."""
         for k, ev in enumerate(evs):
             fb = fold_bundle(k, member, learn(chosen[member], member, pool & ~ev))
-            yield k, fb, {c: condition(ev, c) for c in (*conditions, *(answer_galleries or {}))}, labels[ev]
+            yield k, fb, {c: condition(ev, c) for c in choice_conditions}, labels[ev]
 
     out["_fold_galleries"] = fold_galleries
     return out
@@ -676,8 +678,9 @@ def train_bundle(
             the cross-validation) answers "Unknown" where its predicted chance of a
             right answer is below this.
         answer_kinds: ``degrade`` kinds of whole galleries (every gallery photo degraded
-            that way, detected as ``cmce index`` detects) that the answer rule is also
-            calibrated on, beside the clean and mixed galleries.
+            that way, detected as ``cmce index`` detects) on which, beside the clean and
+            mixed galleries, the query member and fusion are chosen and the answer rule
+            is calibrated.
 
     Returns:
         The saved bundle.

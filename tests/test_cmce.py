@@ -144,7 +144,7 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     assert all(h["refit_images"] > t["images"] + t["validation_images"] for h in t["transformers"].values())
     # the fusion: chosen by the same cross-validation among mean / weighted / gated, on clean and mixed
     figs = cv["fusion_recall_at_1"][side]
-    assert set(figs) == {"mean", "weighted", "gated"} and all(set(f) == {"clean", "mixed"} for f in figs.values())
+    assert set(figs) == {"mean", "weighted", "gated"} and all(set(f) == {"clean", "mixed", "crop"} for f in figs.values())
     assert loaded.fusion.kind == cv["chosen_fusion"][side] == t["fusion"]
     assert loaded.fusion == bundle.fusion
     if loaded.fusion.kind != "mean":
