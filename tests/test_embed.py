@@ -26,7 +26,11 @@ def test_default_detector_signature_is_unchanged() -> None:
 
 @pytest.fixture(scope="module")
 def photos_and_crops(lfw_dir, tmp_path_factory) -> list[Path]:
-    """Two LFW photos and, written losslessly next to nothing else, their 10%-inside crops."""
+    """Two LFW photos and, written losslessly, their crops to the detector's box.
+
+    Box crops are found by MTCNN's first pass on their own (``embed_files`` detects
+    each image size apart), with the face touching every edge: the case the edge
+    landmarks refine."""
     folder = tmp_path_factory.mktemp("crops")
     detector = FaceDetector()
     files = []
@@ -35,9 +39,8 @@ def photos_and_crops(lfw_dir, tmp_path_factory) -> list[Path]:
         image = load_image(path)
         faces = detector.detect(image)
         x1, y1, x2, y2 = faces[pick_subject(faces)].box
-        dx, dy = 0.1 * (x2 - x1), 0.1 * (y2 - y1)
-        crop = image[int(y1 + dy):int(y2 - dy), int(x1 + dx):int(x2 - dx)]
-        out = folder / f"{person}_in10.png"
+        crop = image[int(y1):int(y2), int(x1):int(x2)]
+        out = folder / f"{person}_box.png"
         cv2.imwrite(str(out), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
         files += [path, out]
     return files
@@ -76,9 +79,9 @@ def test_faces_cached_before_edge_landmarks_are_refined_when_read(photos_and_cro
     cache = EmbeddingCache(tmp_path / "old.sqlite")
     sig = detector_signature(FaceDetector())
     old = FaceDetector(edge_landmarks=False)
-    rows = []  # detected in one batch, as embed_files does (images of different sizes share a canvas)
-    images, sources = [load_image(p) for p in photos_and_crops], [str(p) for p in photos_and_crops]
-    for path, faces in zip(photos_and_crops, old.detect_batch(images, sources)):
+    rows = []  # each image detected on its own, as embed_files detects each image size apart
+    for path in photos_and_crops:
+        faces = old.detect_batch([load_image(path)], [str(path)])[0]
         rows.append((f"{content_hash(Path(path).read_bytes())}:{sig}", faces[pick_subject(faces)], None))
     cache.put_faces(rows)
     assert [f.landmarks for _, f, _ in rows[1::2]] != [f.landmarks for f in fresh.faces[1::2]]
