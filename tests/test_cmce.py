@@ -338,3 +338,14 @@ def test_evaluate_prints_an_undefined_error_cut_as_a_dash_and_writes_null() -> N
     assert "100.00 (100.00 to 100.00) · \u2014" in table and "25.00% (10.00 to 40.00)" in table
     text = json.dumps(_json_safe({"rejection": [{"relative_error_cut": cut, "rate": 0.1}]}))
     assert json.loads(text) == {"rejection": [{"relative_error_cut": None, "rate": 0.1}]}
+
+
+def test_choose_fusion_takes_the_simplest_unless_beaten_by_more_than_a_tenth_of_a_point() -> None:
+    from cmce.train import _choose_fusion
+
+    figs = {"mean": {"clean": 0.990, "mixed": 0.950}, "weighted": {"clean": 0.995, "mixed": 0.960},
+            "gated": {"clean": 0.9955, "mixed": 0.9600}}
+    assert _choose_fusion(figs) == "weighted"  # gated is 0.025 point better: noise
+    figs["gated"] = {"clean": 0.997, "mixed": 0.962}
+    assert _choose_fusion(figs) == "gated"
+    assert _choose_fusion({"mean": {"clean": 0.99}, "weighted": {"clean": 0.9905}}) == "mean"
