@@ -131,9 +131,10 @@ def render_model_card(config: dict) -> str:
         "",
         "## Calibration",
         "",
-        f"- rejection: {100 * config['calibration']['rejection_rate']:.0f}% of gallery entries, "
-        f"quality score `{config['calibration']['quality']['kind']}`, "
-        f"threshold {config['calibration']['rejection_threshold']:.4g}",
+        f"- doubtful gallery faces (marked, still searched; rejected only when asked): quality score "
+        f"`{config['calibration']['quality']['kind']}` above {config['calibration']['rejection_threshold']:.4g}, "
+        f"{100 * config['calibration']['rejection_rate']:.0f}% of the calibration gallery",
+        *_answer_lines(config["calibration"], train),
         f"- open set: similarity thresholds at FAR={config['calibration']['open_set_far']:g}: "
         + ", ".join(f"{k} {v:.3f}" for k, v in config["calibration"]["similarity_thresholds"].items()),
         f"- query model's own gallery embedding is an ensemble member: {config.get('query_member', False)}",
@@ -179,6 +180,22 @@ def render_model_card(config: dict) -> str:
     lines += _upgrades(config)
     lines.append("")
     return "\n".join(lines)
+
+
+def _answer_lines(calibration: dict, train: dict) -> list[str]:
+    """The answer rule in one line, with the cross-validated comparison that chose it."""
+    rule = calibration.get("answer_rule")
+    if not rule:
+        return ["- answer rule: none (calibrated before answer rules existed): every match over the threshold is named"]
+    ans = train.get("answers", {})
+    decisions = "; ".join(
+        f"`{d['to']}` vs `{d['from']}` {100 * d['accuracy_gain']:+.2f} points "
+        f"({100 * d['ci95'][0]:+.2f} to {100 * d['ci95'][1]:+.2f})" for d in ans.get("decisions", []))
+    return [f"- answer rule `{rule}`: \"Unknown\" where the predicted chance of a right answer is below "
+            f"{ans.get('abstain_below', 0.5):g}; chosen by cross-validation on "
+            f"{', '.join(ans.get('queries', {}))} galleries, a richer rule only where it answers more accurately "
+            f"at 10% abstention on mixed galleries by more than its interval"
+            + (f" ({decisions})" if decisions else "")]
 
 
 def _upgrades(config: dict) -> list[str]:

@@ -967,8 +967,11 @@ def bundle_description(bundle: Bundle) -> dict:
 
 def bundle_fingerprint(bundle: Bundle) -> str:
     """sha256 over what shapes a gallery's derived data: the config (less the free-form
-    ``info``: training summary and evaluations) and the transformer weights."""
+    ``info``: training summary and evaluations; and less the answer rule, which decides
+    answers at search time and shapes nothing stored) and the transformer weights."""
     config = {k: v for k, v in bundle.config_dict().items() if k != "info"}
+    config["calibration"] = {k: v for k, v in config["calibration"].items()
+                             if k not in ("answer_rule", "answer_policies")}
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for m in bundle.gallery_models:
         for k, v in sorted(bundle.transformers[m].state_dict().items()):
