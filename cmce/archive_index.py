@@ -506,7 +506,7 @@ class ArchiveGallery:
         Every active entry is searched. A rejected entry never appears among the
         matches, and when it is a query's best match the answer is "Unknown: the best
         match is a rejected photo of X", not the next person. The bundle's answer rule
-        then says "Unknown" where the named person is more likely wrong than right.
+        then says "Unknown" where the named person is too likely wrong.
 
         Args:
             queries: (Q, Dq) unit vectors from the query model.

@@ -97,7 +97,7 @@ class Calibration:
         answer_rule: which of ``answers.ANSWER_RULES`` the bundle answers by (chosen by
             cross-validation; empty in bundles calibrated before it).
         answer_policies: per view and rule, the ``answers.AnswerPolicy`` that answers
-            "unknown" where a named person is more likely wrong than right.
+            "unknown" where a named person is too likely wrong (its ``threshold``).
     """
 
     rejection_rate: float = 0.10

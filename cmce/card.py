@@ -191,8 +191,9 @@ def _answer_lines(calibration: dict, train: dict) -> list[str]:
     decisions = "; ".join(
         f"`{d['to']}` vs `{d['from']}` {100 * d['accuracy_gain']:+.2f} points "
         f"({100 * d['ci95'][0]:+.2f} to {100 * d['ci95'][1]:+.2f})" for d in ans.get("decisions", []))
+    ens = calibration.get("answer_policies", {}).get("ensemble", {}).get(rule, {})
     return [f"- answer rule `{rule}`: \"Unknown\" where the predicted chance of a right answer is below "
-            f"{ans.get('abstain_below', 0.5):g}; chosen by cross-validation on "
+            f"{ens.get('threshold', ans.get('abstain_below', 0.5)):.3g} (ensemble column); chosen by cross-validation on "
             f"{', '.join(ans.get('queries', {}))} galleries, a richer rule only where it answers more accurately "
             f"at 10% abstention on mixed galleries by more than its interval"
             + (f" ({decisions})" if decisions else "")]

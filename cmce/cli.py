@@ -411,8 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--answer-galleries", nargs="*", default=["crop", "tiny"], metavar="KIND",
                    help="degrade kinds of whole galleries that, beside clean and mixed ones, choose the query "
                         "member and fusion and calibrate the answer rule (none: clean and mixed only)")
-    s.add_argument("--abstain-below", type=float, default=0.5,
-                   help="the answer rule says Unknown where its predicted chance of a right answer is below this")
+    s.add_argument("--abstain-below", type=float, default=0.75,
+                   help="the answer rule says Unknown where its predicted chance of a right answer is below this "
+                        "(lowered where it would say Unknown to over 10%% of clean or 20%% of other calibration queries)")
     s.add_argument("--data-description", default=None)
     s.add_argument("--no-cache", action="store_true")
     s.add_argument("--quiet", action="store_true")

@@ -107,7 +107,7 @@ def bundle_markdown(summary: Mapping[str, Any]) -> str:
         + (f", scored by {summary['quality_description']}" if summary.get("quality_description") else "")
         + "; marked and still searched (rejected only when you choose) · "
         f"'unknown' thresholds set for a {_pct(summary['open_set_far'])} false-accept rate · "
-        + (f"answer rule: {rule} (says Unknown where a name is more likely wrong than right)." if rule
+        + (f"answer rule: {rule} (says Unknown where a name is too likely wrong)." if rule
            else "no answer rule (calibrated before answer rules)."),
     ]
     return "\n".join(lines)
@@ -325,9 +325,9 @@ def answer_rule_note(calibration) -> str:
     what = RULE_DESCRIPTIONS.get(rule, rule)
     if not np.isfinite(policy.threshold):
         return f"Answers: the bundle's **{rule}** rule ({what}) scores each answer; it never says Unknown by itself."
-    return (f"Answers: the bundle's **{rule}** rule ({what}) says Unknown where the named person is more likely "
-            f"wrong than right (predicted chance of a right answer below {policy.threshold:.2f}); decided per "
-            f"query, it answered {1 - policy.rate:.0%} of the calibration queries.")
+    return (f"Answers: the bundle's **{rule}** rule ({what}) says Unknown where the named person is too likely "
+            f"wrong (predicted chance of a right answer below {policy.threshold:.2f}); decided per query, with the "
+            f"similarity threshold it answered {1 - policy.rate:.0%} of the calibration queries.")
 
 
 def overview_summary(gallery: Gallery | None, rejected: np.ndarray, limit: int = 600,

@@ -703,7 +703,7 @@ class Gallery:
         and when it is a view's best match the view answers "Unknown: the best match is
         a rejected photo of X" instead of naming the next person. The bundle's answer
         rule (``Calibration.answer_policy``) then says "Unknown" where the named person
-        is more likely wrong than right; doubtful entries (``doubt``) are marked.
+        is too likely wrong; doubtful entries (``doubt``) are marked.
 
         Args:
             query: (Dq,) unit vector from the query model.

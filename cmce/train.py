@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
-from .answers import ANSWER_RULES, choose_answer_rule, fit_answer_policy, policy_features, top_matches
+from .answers import (
+    ANSWER_RULES,
+    choose_answer_rule,
+    fit_answer_policy,
+    out_of_fold_confidence,
+    policy_features,
+    top_matches,
+)
 from .bundle import Bundle, Calibration, save_bundle
 from .data import LabelledImages, list_labelled_images, split_identities
 from .embed import EmbeddedFiles, EmbeddingCache, embed_files
@@ -271,16 +278,54 @@ def answer_records(bundle: Bundle, quality: QualityModel, emb: dict, prob: np.nd
     return out
 
 
+#: Most a default answer rule may answer "Unknown" (with the similarity threshold's own
+#: unknowns) on the calibration queries: on clean galleries, and on any gallery kind.
+ABSTAIN_CAPS = {"clean": 0.10, "any": 0.20}
+
+
+def capped_threshold(confidence: np.ndarray, below_threshold: np.ndarray, conditions: np.ndarray,
+                     wanted: float, caps: Mapping[str, float] = ABSTAIN_CAPS) -> float:
+    """The highest abstention threshold <= ``wanted`` whose unknowns stay within the caps.
+
+    A query answers "Unknown" when its top-1 similarity is below the view's threshold
+    (``below_threshold``) or its confidence is below the abstention threshold. Per
+    condition the share of unknowns may reach ``caps["clean"]`` on ``clean`` and
+    ``caps["any"]`` elsewhere; where the similarity threshold alone passes the cap the
+    rule abstains on nothing more there (the threshold returned is then ``-inf``).
+
+    Example:
+        >>> capped_threshold(np.array([.9, .8, .3, .2]), np.zeros(4, bool), np.array(["clean"] * 4), 0.5,
+        ...                  {"clean": 0.25, "any": 0.25})
+        0.3
+    """
+    t = float(wanted)
+    for cond in np.unique(conditions):
+        sel = conditions == cond
+        n = int(sel.sum())
+        cap = caps["clean"] if cond == "clean" else caps["any"]
+        allowed = int(np.floor(cap * n + 1e-9)) - int(below_threshold[sel].sum())
+        others = np.sort(confidence[sel & ~below_threshold])
+        if allowed <= 0:
+            return float("-inf")
+        if allowed < len(others):
+            t = min(t, float(others[allowed]))
+    return t
+
+
 def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool, *,
-                      abstain_below: float = 0.5, seed: int = 0) -> tuple[str, dict, dict]:
+                      thresholds: Mapping[str, float], abstain_below: float = 0.75,
+                      seed: int = 0) -> tuple[str, dict, dict]:
     """Choose and fit the answer rule of every view on cross-validation folds.
 
     Each fold's queries are searched in that fold's galleries (clean and every degraded
     condition) with networks, fusion and quality score that never saw the fold's
     identities. The rule is chosen on the ensemble view (``answers.choose_answer_rule``:
     a richer rule only where it beats the simpler one by more than its interval), then
-    every rule is fitted on all folds for every view, with the threshold ``abstain_below``
-    (the bundle keeps them all, so ``evaluate`` and the app can compare).
+    every rule is fitted on all folds for every view (the bundle keeps them all, so
+    ``evaluate`` and the app can compare). Each abstains below ``abstain_below``, lowered
+    where needed (``capped_threshold``, on out-of-fold confidences) so that with the
+    view's similarity threshold (``thresholds``) it answers "Unknown" on at most 10% of
+    the clean calibration queries and 20% of any other kind's.
 
     Returns:
         (the chosen rule, view -> rule -> AnswerPolicy, a JSON-ready report of the
@@ -306,18 +351,22 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
 
     feats, wrong, folds, conds, ids = pooled("ensemble")
     kind, report = choose_answer_rule(feats, wrong, folds, conds, ids, seed=seed)
-    policies, abstained = {}, {}
+    policies, unknown = {}, {}
     for view in records:
-        f, w, _, c, _ = pooled(view)
+        f, w, fo, c, _ = pooled(view)
+        below = f["similarity"] < thresholds.get(view, -np.inf)
         policies[view] = {}
         for rule in ANSWER_RULES:
-            p = fit_answer_policy(rule, f, w)
-            abst = p.with_threshold(abstain_below).abstains(f)
-            policies[view][rule] = p.with_threshold(abstain_below, float(abst.mean()))
+            oof = out_of_fold_confidence(rule, f, w, fo)
+            t = capped_threshold(oof, below, c, abstain_below)
+            abst = below | (oof < t)
+            policies[view][rule] = fit_answer_policy(rule, f, w).with_threshold(t, float(abst.mean()))
             if rule == kind:
-                abstained[view] = {str(x): float(abst[c == x].mean()) for x in np.unique(c)}
+                unknown[view] = {str(x): float(abst[c == x].mean()) for x in np.unique(c)}
     report["abstain_below"] = abstain_below
-    report["abstained_share"] = abstained  # in-sample, with the chosen rule
+    report["caps"] = dict(ABSTAIN_CAPS)
+    report["thresholds"] = {v: {r: p.threshold for r, p in per.items()} for v, per in policies.items()}
+    report["unknown_share"] = unknown  # out-of-fold, with the chosen rule and the similarity threshold
     return kind, policies, report
 
 
@@ -659,7 +708,7 @@ def train_bundle(
     mixed_share: float = 0.6,
     degrade_augment: bool = True,
     fusion: str = "auto",
-    abstain_below: float = 0.5,
+    abstain_below: float = 0.75,
     answer_kinds: Sequence[str] = ("crop", "tiny"),
 ) -> Bundle:
     """Train, calibrate and save a bundle. See the module docstring for the steps.
@@ -687,7 +736,9 @@ def train_bundle(
             plain mean unless another is better) or one of ``FUSIONS``.
         abstain_below: the answer rule (``answers.AnswerPolicy``, chosen and fitted by
             the cross-validation) answers "Unknown" where its predicted chance of a
-            right answer is below this.
+            right answer is below this (0.75: a wrong name costs three "Unknown"s), or
+            lower where that would say "Unknown" to more than 10% of clean or 20% of
+            other calibration queries (``capped_threshold``).
         answer_kinds: ``degrade`` kinds of whole galleries (every gallery photo degraded
             that way, detected as ``cmce index`` detects) on which, beside the clean and
             mixed galleries, the query member and fusion are chosen and the answer rule
@@ -793,6 +844,7 @@ def train_bundle(
     if cv is not None:
         # the answer rule: fitted on every fold's queries against out-of-fold galleries, clean and degraded
         rule, policies, answer_info = calibrate_answers(fold_galleries(member), quality, fit_predictor, member,
+                                                        thresholds=cal.similarity_thresholds,
                                                         abstain_below=abstain_below)
         cal = dataclasses.replace(cal, answer_rule=rule, answer_policies=policies)
         cal_info["answers"] = answer_info

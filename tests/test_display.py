@@ -222,7 +222,7 @@ def test_overview_summary_counts_rejected_doubtful_and_over_the_threshold():
         rejection_threshold=0.5, quality=QualityModel("disagreement"), answer_rule="combined",
         answer_policies={"ensemble": {"combined": POLICY}}))
     text = display.overview_summary(ruled, np.zeros(2, bool))
-    assert "**combined** rule" in text and "more likely wrong than right" in text and "below 0.50" in text
+    assert "**combined** rule" in text and "too likely wrong" in text and "below 0.50" in text
     assert "answered 88% of the calibration queries" in text and "**0 doubtful**" in text
     assert "looks unlike" not in text and "0 over the bundle's calibrated threshold (about 0 expected)" in text
 
