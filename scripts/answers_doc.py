@@ -1,6 +1,7 @@
 """Render docs/answers.md from the evaluation JSON files written by scripts/eval_gallery_kinds.py.
 
     python scripts/answers_doc.py docs/answers/eval-*.json > docs/answers.md
+    python scripts/answers_doc.py --summary docs/answers/eval-*.json   # the README's table
 
 Every figure in the page is read from those files (``evaluate``'s ``answers`` section).
 """
@@ -101,8 +102,35 @@ def render(results: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def summary(results: list[dict]) -> str:
+    """The README's table: per bundle and gallery kind, the ensemble's answers under the
+    three product rules and the default's accuracy against top-1 similarity at its coverage."""
+    by_bundle: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in results:
+        by_bundle[Path(r["bundle"]["source"]).name][_kind(r)] = r
+    out = ["| bundle | gallery | nothing rejected | rejected removed (old default) | **default** | unknown, default "
+           "| accuracy of answered: default / top-1 similarity at its coverage |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for name, kinds in sorted(by_bundle.items()):
+        for kind in [k for k in KIND_ORDER if k in kinds]:
+            r = kinds[kind]["answers"]["rules"]
+            pol = r.get("policy", r["answer_all"])
+            sim = r.get("similarity_at_policy_coverage", r["answer_all"])
+
+            def rwu(x: dict) -> str:
+                return f"{x['right']} / {x['wrong']} / {x['unknown']}"
+
+            out.append(f"| `{name}` | {kind} | {rwu(r['answer_all'])} | {rwu(r['removed'])} | **{rwu(pol)}** | "
+                       f"{_pct(pol['unknown'] / pol['queries'])}% | {_pct(pol['answered_accuracy'])} / "
+                       f"{_pct(sim['answered_accuracy'])} |")
+    return "\n".join(out) + "\n"
+
+
 if __name__ == "__main__":
-    files = [Path(p) for p in sys.argv[1:]]
+    args = sys.argv[1:]
+    short = "--summary" in args
+    files = [Path(p) for p in args if p != "--summary"]
     if not files:
-        raise SystemExit("usage: answers_doc.py EVAL.json [EVAL.json ...]")
-    sys.stdout.write(render([json.loads(p.read_text()) for p in files]))
+        raise SystemExit("usage: answers_doc.py [--summary] EVAL.json [EVAL.json ...]")
+    results = [json.loads(p.read_text()) for p in files]
+    sys.stdout.write(summary(results) if short else render(results))
