@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .answers import Answer, DoubtMarks, capped_rejection, decide_answer, doubt_marks
+from .answers import Answer, DoubtMarks, decide_answer, doubt_marks
 from .bundle import Bundle
 from .compact import COMPACT_FROM, CompactConfig, CompactIndex, VectorFileWriter
 from .errors import CmceError, GalleryError
@@ -486,16 +486,7 @@ class ArchiveGallery:
         live = np.flatnonzero(self.active)
         if not len(live):
             return out
-        scores = self.quality[live]
-        cal = self.bundle.calibration
-        if rate is None and threshold is None:
-            calibrated = cal.threshold_for()
-            if calibrated is not None:
-                marks = doubt_marks(scores, calibrated, cal.rejection_rate)
-                out[live] = capped_rejection(scores, marks, cal.rejection_rate)
-                return out
-            rate = cal.rejection_rate
-        out[live] = self.bundle.rejected(scores, rate=rate, threshold=threshold)
+        out[live] = self.bundle.rejected_capped(self.quality[live], rate=rate, threshold=threshold)
         return out
 
     def search_vectors(self, queries: np.ndarray, *, k: int = 5, rejected: np.ndarray | None = None,

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .answers import AnswerPolicy
+from .answers import AnswerPolicy, capped_rejection, doubt_marks
 from .backbones import PRETRAINED, get_spec
 from .cache import file_sha256
 from .ensemble import QUALITY_SCORES, FusionGate, QualityModel, member_list_uncertainty
@@ -369,6 +369,25 @@ class Bundle:
             return ~gallery_rejection_mask(np.where(np.isnan(q), -np.inf, q), rate) if len(q) else np.zeros(0, bool)
         t = self.calibration.rejection_threshold if threshold is None else threshold
         return q > t
+
+    def rejected_capped(self, quality: np.ndarray, *, rate: float | None = None, threshold: float | None = None,
+                        kind: str | None = None) -> np.ndarray:
+        """(G,) bool: what a gallery rejects when asked, for scores of the quality ``kind``.
+
+        With ``rate`` or ``threshold``: ``rejected``. Without: the kind's calibrated
+        threshold, capped at the calibrated share when the gallery has far more entries
+        over it than the calibration predicts (``answers.doubt_marks``,
+        ``answers.capped_rejection``), or the calibrated rate where the kind has no
+        calibrated threshold.
+        """
+        cal = self.calibration
+        if rate is None and threshold is None:
+            calibrated = cal.threshold_for(kind)
+            if calibrated is not None:
+                marks = doubt_marks(quality, calibrated, cal.rejection_rate)
+                return capped_rejection(quality, marks, cal.rejection_rate)
+            rate = cal.rejection_rate
+        return self.rejected(quality, rate=rate, threshold=threshold)
 
     def config_dict(self) -> dict:
         return {

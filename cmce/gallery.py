@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import PRETRAINED
-from .answers import Answer, DoubtMarks, capped_rejection, decide_answer, doubt_marks
+from .answers import Answer, DoubtMarks, decide_answer, doubt_marks
 from .bundle import Bundle, GalleryVectors
 from .engine import FaceEngine
 from .errors import CmceError, GalleryError, ImageError, LimitError
@@ -552,16 +552,8 @@ class Gallery:
             live = self.positions
             if len(live) == 0:
                 return out
-            scores = self.quality_scores(quality)[live]
-            cal = self.bundle.calibration
-            if rate is None and threshold is None:
-                calibrated = cal.threshold_for(quality)
-                if calibrated is not None:
-                    marks = doubt_marks(scores, calibrated, cal.rejection_rate)
-                    out[live] = capped_rejection(scores, marks, cal.rejection_rate)
-                    return out
-                rate = cal.rejection_rate
-            out[live] = self.bundle.rejected(scores, rate=rate, threshold=threshold)
+            out[live] = self.bundle.rejected_capped(self.quality_scores(quality)[live], rate=rate,
+                                                    threshold=threshold, kind=quality)
             return out
 
     # ------------------------------------------------------------------ indexing
