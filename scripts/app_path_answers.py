@@ -1,0 +1,98 @@
+"""Held-out answers on the path the app uses: Gallery.add_images, then Gallery.search_image per query.
+
+The first photo of each held-out identity (by file name) goes into the gallery with its
+label, identities with one photo as distractors; every other photo is a query. Every face
+of every gallery photo is indexed (background faces too), as the app indexes. With
+``--gallery-degrade mix:0.6`` (kinds that need no face box: blur, lowres, jpeg, dark) that
+share of gallery photos is degraded first (seeded, ``cmce.degrade``). Each query's CMCE
+ensemble answer is counted right (its person named), wrong (another) or unknown, under the
+bundle's default (nothing rejected, the answer rule), with no answer rule, and with the
+calibrated rejection blocking.
+
+    python scripts/app_path_answers.py ../shared/data/lfw-train --bundle assets/bundles/sface-query \\
+        [--gallery-degrade mix:0.6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cmce.bundle import load_bundle  # noqa: E402
+from cmce.data import list_labelled_images  # noqa: E402
+from cmce.degrade import DegradeSpec, degrade_image, plan_degradation  # noqa: E402
+from cmce.errors import CmceError  # noqa: E402
+from cmce.gallery import FaceEngine, Gallery, GalleryLimits  # noqa: E402
+from cmce.images import load_image  # noqa: E402
+from cmce.train import heldout_subset  # noqa: E402
+from cmce.transform import first_image_protocol  # noqa: E402
+
+
+def outcome(view, label: str) -> str:
+    if view.answer.kind != "match":
+        return "unknown"
+    return "right" if view.answer.label == label else "wrong"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("data_dir")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--gallery-degrade", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    bundle = load_bundle(a.bundle)
+    ds = heldout_subset(list_labelled_images(a.data_dir), bundle)
+    labels = np.asarray(ds.labels)
+    gi, qi = first_image_protocol(labels)
+    items = [(Path(ds.paths[i]).name, Path(ds.paths[i]).read_bytes(), labels[i]) for i in gi]
+    if a.gallery_degrade:
+        spec = DegradeSpec.parse(a.gallery_degrade)
+        if any(k in ("occlusion", "crop", "tiny") for k in spec.kinds):
+            raise CmceError("this script degrades without face boxes: use blur, lowres, jpeg, dark or noise")
+        picked, kinds = plan_degradation(len(items), spec, a.seed)
+        for j, kind in zip(picked, kinds):
+            name, data, lab = items[j]
+            rng = np.random.default_rng([a.seed, int(j)])
+            img = degrade_image(load_image(data, name=name), str(kind), rng)
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="PNG")
+            items[j] = (name, buf.getvalue(), lab)
+    engine = FaceEngine(bundle)
+    gallery = Gallery(engine, GalleryLimits(max_files=len(items) + 1, max_entries=10 * len(items)))
+    report = gallery.add_images(items)
+    rejected = gallery.rejected()
+    counts = {"default": Counter(), "no rule": Counter(), "rejected block": Counter()}
+    for i in qi:
+        try:
+            img = load_image(ds.paths[i])
+            default = gallery.search_image(img, k=1)
+            plain = gallery.search_image(img, k=1, answer_rule="none")
+            block = gallery.search_image(img, k=1, rejected=rejected, answer_rule="none")
+        except CmceError:
+            for c in counts.values():
+                c["no face in query"] += 1
+            continue
+        counts["default"][outcome(default.views["ensemble"], labels[i])] += 1
+        counts["no rule"][outcome(plain.views["ensemble"], labels[i])] += 1
+        counts["rejected block"][outcome(block.views["ensemble"], labels[i])] += 1
+    print(f"{Path(a.bundle).name}, gallery {a.gallery_degrade or 'clean'}: {report.summary()}; "
+          f"{int(gallery.doubt().doubtful.sum())} doubtful, {int(rejected.sum())} rejected if asked; {len(qi)} queries")
+    for name, c in counts.items():
+        print(f"  {name:15s} right {c['right']:4d}  wrong {c['wrong']:4d}  unknown {c['unknown']:4d}"
+              + (f"  no face {c['no face in query']}" if c["no face in query"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
