@@ -5,7 +5,8 @@ was rejected is dropped). The app drops nothing: every query gets a named person
 or wrong) or "Unknown". This module counts answers that way and holds the rule that
 decides when to say "Unknown" although a name scores above the similarity threshold.
 
-Pure functions (no I/O) over a query-gallery similarity matrix:
+Pure functions (no I/O) over a query-gallery similarity matrix, in ``cmce.answer_metrics``
+and re-exported here:
 
 * ``top_matches``: per query the best searchable entry, its score and the margin to
   the best entry of another person;
@@ -42,6 +43,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .answer_metrics import (
+    OUTCOMES,
+    RIGHT,
+    UNKNOWN,
+    WRONG,
+    TopMatches,
+    abstain_lowest,
+    accuracy_at_abstention,
+    accuracy_coverage,
+    accuracy_coverage_area,
+    answer_counts,
+    answer_outcomes,
+    top_matches,
+)
 from .errors import CmceError
 from .quality import detection_doubt, fit_logistic
 
@@ -53,207 +68,12 @@ __all__ = [
     "top_matches",
 ]
 
-RIGHT, WRONG, UNKNOWN = 0, 1, 2
-OUTCOMES = ("right", "wrong", "unknown")
 ANSWER_RULES = ("similarity", "query", "combined")
 FEATURES = {
     "similarity": ("similarity",),
     "query": ("similarity", "margin", "query_doubt"),
     "combined": ("similarity", "margin", "query_doubt", "entry_quality", "entry_disagreement"),
 }
-
-
-@dataclass(frozen=True)
-class TopMatches:
-    """Each query's best searchable gallery entry.
-
-    Attributes:
-        position: (Q,) gallery position of the best entry, -1 where none is searchable.
-        score: (Q,) its similarity (-inf where none).
-        margin: (Q,) its similarity minus the best similarity of an entry of another
-            person (``score + 1`` where no other person is searchable: cosines lie in
-            [-1, 1], so the margin stays finite).
-    """
-
-    position: np.ndarray
-    score: np.ndarray
-    margin: np.ndarray
-
-
-def _identity_keys(gallery_labels: Sequence[str | None]) -> np.ndarray:
-    """Per entry the key of its person: its label, or the entry itself when unlabelled."""
-    return np.array([f"\0{i}" if lab is None else str(lab) for i, lab in enumerate(gallery_labels)], dtype=object)
-
-
-def top_matches(similarity: np.ndarray, gallery_labels: Sequence[str | None],
-                searchable: np.ndarray | None = None) -> TopMatches:
-    """The best searchable entry per query and its margin over the best other person.
-
-    Unlabelled entries count as a person each. Ties go to the lower gallery position.
-
-    Args:
-        similarity: (Q, G) query-gallery similarities.
-        gallery_labels: (G,) identity per entry (None: unlabelled).
-        searchable: (G,) bool, entries a query may land on (default all).
-
-    Returns:
-        TopMatches.
-
-    Example:
-        >>> t = top_matches(np.array([[0.9, 0.7, 0.2]]), ["a", "a", "b"])
-        >>> t.position, t.score, np.round(t.margin, 2)
-        (array([0]), array([0.9]), array([0.7]))
-    """
-    sim = np.asarray(similarity, np.float64)
-    if sim.ndim != 2 or sim.shape[1] != len(gallery_labels):
-        raise CmceError(f"similarity must be (Q, G) with G = {len(gallery_labels)} labels, got {sim.shape}")
-    keys = _identity_keys(gallery_labels)
-    if searchable is not None:
-        mask = np.asarray(searchable, bool)
-        if mask.shape != (sim.shape[1],):
-            raise CmceError(f"searchable must be (G,) = ({sim.shape[1]},), got {mask.shape}")
-        sim = np.where(mask[None, :], sim, -np.inf)
-    q = sim.shape[0]
-    if sim.shape[1] == 0:
-        return TopMatches(np.full(q, -1), np.full(q, -np.inf), np.zeros(q))
-    best = sim.argmax(axis=1)
-    score = sim[np.arange(q), best]
-    none = ~np.isfinite(score)
-    same = keys[None, :] == keys[best][:, None]
-    other = np.where(same, -np.inf, sim).max(axis=1)
-    with np.errstate(invalid="ignore"):
-        margin = np.where(np.isfinite(other), score - other, score + 1.0)
-    best = np.where(none, -1, best)
-    return TopMatches(best, score, np.where(none, 0.0, margin))
-
-
-def answer_outcomes(
-    similarity: np.ndarray,
-    query_labels: Sequence[str],
-    gallery_labels: Sequence[str | None],
-    threshold: float,
-    *,
-    removed: np.ndarray | None = None,
-    blocking: np.ndarray | None = None,
-    abstain: np.ndarray | None = None,
-) -> np.ndarray:
-    """Right, wrong or unknown per query, as the app answers.
-
-    A query lands on its best entry among those not ``removed``. The answer is
-    "unknown" when that entry scores below ``threshold``, is ``blocking`` (a doubtful
-    entry that never hands its query to another person), or the rule ``abstain``s on
-    the query; otherwise the entry's person is named: right when it is the query's,
-    wrong when not. A query whose person is not in the gallery is never right here
-    (the protocols measured keep every query's person in the gallery).
-
-    Args:
-        similarity: (Q, G).
-        query_labels: (Q,) identity per query.
-        gallery_labels: (G,) identity per entry.
-        threshold: similarity below which the answer is "unknown".
-        removed: (G,) bool, entries kept out of the search (default none).
-        blocking: (G,) bool, entries that answer "unknown" when they are the best match.
-        abstain: (Q,) bool, queries the answer rule abstains on.
-
-    Returns:
-        (Q,) int8 of ``RIGHT`` / ``WRONG`` / ``UNKNOWN`` (``OUTCOMES`` names them).
-
-    Example:
-        Query 0 finds its mate, query 1 another person, query 2 scores too low::
-
-            >>> sim = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.1]])
-            >>> answer_outcomes(sim, ["a", "a", "b"], ["a", "b"], 0.5).tolist()
-            [0, 1, 2]
-    """
-    g_lab = np.asarray(gallery_labels, dtype=object)
-    q_lab = np.asarray(query_labels, dtype=object)
-    searchable = None if removed is None else ~np.asarray(removed, bool)
-    top = top_matches(similarity, list(g_lab), searchable)
-    q = len(top.score)
-    if q_lab.shape != (q,):
-        raise CmceError(f"query_labels must be ({q},), got {q_lab.shape}")
-    found = top.position >= 0
-    unknown = ~found | (top.score < threshold)
-    if blocking is not None:
-        block = np.asarray(blocking, bool)
-        unknown |= found & block[np.maximum(top.position, 0)]
-    if abstain is not None:
-        unknown |= np.asarray(abstain, bool)
-    right = found & (g_lab[np.maximum(top.position, 0)] == q_lab)
-    return np.where(unknown, UNKNOWN, np.where(right, RIGHT, WRONG)).astype(np.int8)
-
-
-def answer_counts(outcomes: np.ndarray) -> dict[str, float]:
-    """Counts of each outcome, the coverage (share answered) and the accuracy of the answered.
-
-    Example:
-        >>> answer_counts(np.array([0, 0, 1, 2]))
-        {'right': 2, 'wrong': 1, 'unknown': 1, 'queries': 4, 'coverage': 0.75, 'answered_accuracy': 0.6666666666666666}
-    """
-    o = np.asarray(outcomes)
-    right, wrong, unknown = (int((o == c).sum()) for c in (RIGHT, WRONG, UNKNOWN))
-    answered = right + wrong
-    return {"right": right, "wrong": wrong, "unknown": unknown, "queries": int(len(o)),
-            "coverage": answered / len(o) if len(o) else float("nan"),
-            "answered_accuracy": right / answered if answered else float("nan")}
-
-
-def abstain_lowest(confidence: np.ndarray, rate: float) -> np.ndarray:
-    """(Q,) bool: the ``round(rate * Q)`` least confident queries (ties: the later query first).
-
-    Example:
-        >>> abstain_lowest(np.array([0.9, 0.1, 0.5, 0.3]), 0.5).tolist()
-        [False, True, False, True]
-    """
-    c = np.asarray(confidence, np.float64)
-    if not 0.0 <= rate <= 1.0:
-        raise CmceError(f"abstention rate must be in [0, 1], got {rate}")
-    k = int(np.floor(rate * len(c) + 0.5))
-    out = np.zeros(len(c), bool)
-    if k:
-        order = np.lexsort((-np.arange(len(c)), np.nan_to_num(c, nan=-np.inf)))
-        out[order[:k]] = True
-    return out
-
-
-def accuracy_coverage(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Answering the most confident queries first: accuracy of the answered against coverage.
-
-    With queries sorted by confidence, highest first (ties: the earlier query first),
-    the point k (k = 1..Q) answers the first k: coverage ``k/Q``, accuracy
-    ``sum(correct[:k]) / k``.
-
-    Args:
-        confidence: (Q,) higher = answer first.
-        correct: (Q,) bool, the named person is the query's.
-
-    Returns:
-        ((Q,) coverage, (Q,) accuracy).
-    """
-    c = np.asarray(confidence, np.float64)
-    ok = np.asarray(correct, bool)
-    if c.shape != ok.shape or c.ndim != 1:
-        raise CmceError(f"confidence and correct must be (Q,) alike, got {c.shape} and {ok.shape}")
-    order = np.lexsort((np.arange(len(c)), -np.nan_to_num(c, nan=-np.inf)))
-    k = np.arange(1, len(c) + 1)
-    return k / len(c), np.cumsum(ok[order]) / k
-
-
-def accuracy_coverage_area(confidence: np.ndarray, correct: np.ndarray) -> float:
-    """Area under the accuracy-coverage curve: the mean accuracy over coverages 1/Q..1.
-
-    1 means every wrong answer is ranked after every right one *and* there are none
-    early; a rule ranking at random scores about the overall accuracy.
-
-    Example:
-        Right, right, wrong ranked first to last: (1 + 1 + 2/3) / 3::
-
-            >>> round(accuracy_coverage_area(np.array([3., 2., 1.]), np.array([True, True, False])), 4)
-            0.8889
-    """
-    if len(np.asarray(confidence)) == 0:
-        return float("nan")
-    return float(np.mean(accuracy_coverage(confidence, correct)[1]))
 
 
 def policy_features(similarity: np.ndarray, margin: np.ndarray, query_probability: np.ndarray,
@@ -397,16 +217,6 @@ def out_of_fold_confidence(kind: str, features: Mapping[str, np.ndarray], wrong:
         policy = fit_answer_policy(kind, {f: v[train] for f, v in features.items()}, wrong[train])
         out[test] = policy.confidence({f: v[test] for f, v in features.items()})
     return out
-
-
-def accuracy_at_abstention(confidence: np.ndarray, wrong: np.ndarray, rate: float) -> np.ndarray:
-    """(Q,) 1.0 answered right, 0.0 answered wrong, NaN abstained (the ``rate`` least confident).
-
-    Its mean over the non-NaN entries is the accuracy of the answered queries
-    (the form ``metrics.cluster_bootstrap`` takes).
-    """
-    abstain = abstain_lowest(confidence, rate)
-    return np.where(abstain, np.nan, (~np.asarray(wrong, bool)).astype(np.float64))
 
 
 def choose_answer_rule(
