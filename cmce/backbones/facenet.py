@@ -34,8 +34,30 @@ def _offline() -> bool:
     )
 
 
+def fold_batchnorm(net):
+    """``net`` (eval mode) with each ``BasicConv2d``'s batch norm folded into its convolution.
+
+    The folded network computes the same function with one operation less per layer;
+    outputs match the unfolded network's to float rounding (about 1e-7).
+    """
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for module in net.modules():
+        conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
+        if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(conv, bn)
+            module.bn = torch.nn.Identity()
+    return net
+
+
 class _InceptionResnet(Backbone):
-    """Shared forward pass: (x - 127.5) / 128, NCHW float32, eval mode, no grad."""
+    """Shared forward pass: (x - 127.5) / 128, float32, eval mode, no grad.
+
+    Batch norms are folded into their convolutions and the network runs channels-last,
+    1.3x faster on the CPU than facenet-pytorch's module as it is (``fold_batchnorm``;
+    ``scripts/bench_add_images.py``).
+    """
 
     def __init__(self, spec, device=None, batch_size=64):
         super().__init__(spec, device, batch_size)
@@ -48,7 +70,7 @@ class _InceptionResnet(Backbone):
             net.load_state_dict(self._state_dict(), strict=True)
         except RuntimeError as e:
             raise BackboneError(f"{spec.name}: weights do not fit InceptionResnetV1: {e}") from e
-        self._net = net.eval().to(self.device)
+        self._net = fold_batchnorm(net.eval()).to(self.device, memory_format=torch.channels_last)
 
     def _state_dict(self) -> dict:
         raise NotImplementedError
@@ -56,7 +78,8 @@ class _InceptionResnet(Backbone):
     def _forward(self, crops: np.ndarray) -> np.ndarray:
         torch = self._torch
         x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
-        x = (x.permute(0, 3, 1, 2).float() - 127.5) / 128.0
+        # NHWC crops permuted to NCHW are already laid out channels-last
+        x = ((x.permute(0, 3, 1, 2).float() - 127.5) / 128.0).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             return self._net(x).float().cpu().numpy()
 
