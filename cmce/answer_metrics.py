@@ -18,7 +18,8 @@ from .errors import CmceError
 
 __all__ = [
     "OUTCOMES", "RIGHT", "UNKNOWN", "WRONG", "TopMatches", "abstain_lowest", "accuracy_at_abstention",
-    "accuracy_coverage", "accuracy_coverage_area", "answer_counts", "answer_outcomes", "top_matches",
+    "accuracy_coverage", "accuracy_coverage_area", "answer_counts", "answer_outcomes", "cohort_normalised",
+    "cohort_score", "stranger_best", "top_matches", "unknown_mask",
 ]
 
 RIGHT, WRONG, UNKNOWN = 0, 1, 2
@@ -98,6 +99,8 @@ def answer_outcomes(
     removed: np.ndarray | None = None,
     blocking: np.ndarray | None = None,
     abstain: np.ndarray | None = None,
+    cohort: int | None = None,
+    norm_threshold: float | None = None,
 ) -> np.ndarray:
     """Right, wrong or unknown per query, as the app answers.
 
@@ -116,6 +119,9 @@ def answer_outcomes(
         removed: (G,) bool, entries kept out of the search (default none).
         blocking: (G,) bool, entries that answer "unknown" when they are the best match.
         abstain: (Q,) bool, queries the answer rule abstains on.
+        cohort, norm_threshold: the normalised "Unknown" threshold (``answers.CohortNorm``):
+            where the searchable gallery holds ``cohort`` other people, "unknown" is
+            ``cohort_normalised`` below ``norm_threshold`` instead of the raw threshold.
 
     Returns:
         (Q,) int8 of ``RIGHT`` / ``WRONG`` / ``UNKNOWN`` (``OUTCOMES`` names them).
@@ -135,7 +141,11 @@ def answer_outcomes(
     if q_lab.shape != (q,):
         raise CmceError(f"query_labels must be ({q},), got {q_lab.shape}")
     found = top.position >= 0
-    unknown = ~found | (top.score < threshold)
+    if cohort is not None and norm_threshold is not None:
+        z = cohort_normalised(similarity, list(g_lab), cohort, searchable)
+        unknown = ~found | unknown_mask(top.score, z, threshold, norm_threshold)
+    else:
+        unknown = ~found | (top.score < threshold)
     if blocking is not None:
         block = np.asarray(blocking, bool)
         unknown |= found & block[np.maximum(top.position, 0)]
@@ -226,3 +236,92 @@ def accuracy_at_abstention(confidence: np.ndarray, wrong: np.ndarray, rate: floa
     """
     abstain = abstain_lowest(confidence, rate)
     return np.where(abstain, np.nan, (~np.asarray(wrong, bool)).astype(np.float64))
+
+
+def cohort_score(scores: Sequence[float], keys: Sequence[str], cohort: int) -> float:
+    """The best score standardised by the scores of the next ``cohort`` people (adaptive Z-norm).
+
+    ``(s1 - mean) / std`` over the ``cohort`` best scores of entries of *other* people
+    than the best one: how far the best match stands out from the gallery's impostors
+    for this query. NaN when fewer than ``cohort`` such scores are given (too small a
+    gallery: the raw threshold applies).
+
+    Args:
+        scores: a query's best hits' similarities, best first.
+        keys: each hit's person key (its label, or a key of its own when unlabelled).
+        cohort: how many impostor scores the statistics are taken from.
+
+    Example:
+        >>> round(cohort_score([0.9, 0.85, 0.5, 0.4, 0.3], ["a", "a", "b", "c", "d"], 3), 3)
+        6.124
+    """
+    if not len(scores):
+        return float("nan")
+    others = [float(s) for s, k in zip(scores[1:], keys[1:]) if k != keys[0]][:cohort]
+    if cohort < 1 or len(others) < cohort:
+        return float("nan")
+    return float((float(scores[0]) - np.mean(others)) / max(float(np.std(others)), 1e-6))
+
+
+def cohort_normalised(similarity: np.ndarray, gallery_labels: Sequence[str | None], cohort: int,
+                      searchable: np.ndarray | None = None) -> np.ndarray:
+    """``cohort_score`` of every query's best searchable entry, from a (Q, G) similarity matrix.
+
+    Example:
+        >>> z = cohort_normalised(np.array([[0.9, 0.85, 0.5, 0.4, 0.3]]), ["a", "a", "b", "c", "d"], 3)
+        >>> round(float(z[0]), 3)
+        6.124
+    """
+    sim = np.asarray(similarity, np.float64)
+    if sim.ndim != 2 or sim.shape[1] != len(gallery_labels):
+        raise CmceError(f"similarity must be (Q, G) with G = {len(gallery_labels)} labels, got {sim.shape}")
+    if searchable is not None:
+        sim = np.where(np.asarray(searchable, bool)[None, :], sim, -np.inf)
+    q, g = sim.shape
+    if g == 0 or cohort < 1:
+        return np.full(q, np.nan)
+    keys = _identity_keys(gallery_labels)
+    best = sim.argmax(axis=1)
+    score = sim[np.arange(q), best]
+    other = np.where(keys[None, :] == keys[best][:, None], -np.inf, sim)
+    enough = np.isfinite(other).sum(axis=1) >= cohort
+    if g <= cohort:
+        return np.full(q, np.nan)
+    top = -np.partition(-other, cohort - 1, axis=1)[:, :cohort]
+    with np.errstate(invalid="ignore"):
+        z = (score - top.mean(axis=1)) / np.maximum(top.std(axis=1), 1e-6)
+    return np.where(enough & np.isfinite(score), z, np.nan)
+
+
+def stranger_best(similarity: np.ndarray, query_labels: Sequence[str], gallery_labels: Sequence[str | None],
+                  cohort: int | None = None) -> np.ndarray:
+    """Per query, its best score with its own person taken out of the gallery: the query as a stranger.
+
+    With ``cohort`` the score is ``cohort_normalised`` in that reduced gallery. The
+    share of strangers a threshold names is ``mean(stranger_best(...) >= threshold)``.
+    """
+    sim = np.asarray(similarity, np.float64)
+    keys = _identity_keys(gallery_labels)
+    own = np.asarray([str(x) for x in query_labels], dtype=object)[:, None] == keys[None, :]
+    reduced = np.where(own, -np.inf, sim)
+    if cohort is None:
+        return reduced.max(axis=1)
+    return cohort_normalised(reduced, gallery_labels, cohort)
+
+
+def unknown_mask(similarity: np.ndarray, normalised: np.ndarray, threshold: float,
+                 norm_threshold: float | None) -> np.ndarray:
+    """Which queries answer "Unknown" before any answer rule: the normalised score below its
+    threshold where it is known (a large enough gallery), else the raw similarity below its own.
+
+    Args:
+        similarity: (Q,) best raw similarity. normalised: (Q,) ``cohort_score`` (NaN: unknown).
+        threshold: the raw threshold. norm_threshold: the normalised one (None: raw only).
+    """
+    sim = np.asarray(similarity, np.float64)
+    raw = sim < threshold
+    if norm_threshold is None:
+        return raw
+    z = np.asarray(normalised, np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(z), z < norm_threshold, raw)

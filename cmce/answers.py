@@ -14,7 +14,16 @@ and re-exported here:
   rejected entries (removed, or blocking: a query whose best match is such an entry
   gets "Unknown", never the next person) and the queries a rule abstains on;
 * ``accuracy_coverage`` and ``accuracy_coverage_area``: answering the most confident
-  queries first, the accuracy of the answered ones against the share answered.
+  queries first, the accuracy of the answered ones against the share answered;
+* ``cohort_score`` / ``cohort_normalised`` and ``stranger_best``: the best score
+  standardised by the query's scores against the next people of the gallery (adaptive
+  Z-norm), and each query's best score as a stranger (its person taken out).
+
+``CohortNorm`` is the "Unknown" threshold on the cohort-normalised score: a raw cosine
+threshold names strangers more often the larger or the more degraded the gallery, while
+"how far the best match stands out from the next 50 people" holds across galleries
+(``scripts/unknown_threshold.py``). Galleries with fewer than ``cohort`` other people
+keep the raw threshold.
 
 ``AnswerPolicy`` is the abstention rule: a confidence per query from its top-1
 similarity and margin, the query face's own quality and, for ``combined``, the
@@ -55,20 +64,33 @@ from .answer_metrics import (
     accuracy_coverage_area,
     answer_counts,
     answer_outcomes,
+    cohort_normalised,
+    cohort_score,
+    stranger_best,
     top_matches,
+    unknown_mask,
 )
 from .errors import CmceError
 from .quality import detection_doubt, fit_logistic
 
 __all__ = [
-    "ANSWERS", "ANSWER_RULES", "OUTCOMES", "RIGHT", "UNKNOWN", "WRONG", "Answer", "AnswerPolicy", "DoubtMarks",
-    "TopMatches", "capped_rejection", "decide_answer", "doubt_marks",
+    "ANSWERS", "ANSWER_RULES", "DEFAULT_COHORT", "OUTCOMES", "UNKNOWN_BY", "RIGHT", "UNKNOWN", "WRONG", "Answer", "AnswerPolicy", "CohortNorm",
+    "DoubtMarks", "TopMatches", "capped_rejection", "cohort_normalised", "cohort_score", "decide_answer",
+    "doubt_marks", "stranger_best", "unknown_mask", "unknown_norm",
     "abstain_lowest", "accuracy_at_abstention", "accuracy_coverage", "accuracy_coverage_area", "answer_counts",
     "answer_outcomes", "choose_answer_rule", "fit_answer_policy", "out_of_fold_confidence", "policy_features",
     "top_matches",
 ]
 
 ANSWER_RULES = ("similarity", "query", "combined")
+UNKNOWN_BY = ("normalised", "similarity")
+"""How a search decides "Unknown" before any answer rule: ``normalised`` (the bundle's
+``CohortNorm`` where the gallery holds its cohort, the raw threshold elsewhere; the
+default) or ``similarity`` (the raw similarity threshold only: names more strangers,
+says "Unknown" less on galleries of poor photos)."""
+DEFAULT_COHORT = 50
+"""People whose scores normalise a query's best score (``CohortNorm``): galleries smaller
+than this keep the raw similarity threshold."""
 FEATURES = {
     "similarity": ("similarity",),
     "query": ("similarity", "margin", "query_doubt"),
@@ -296,6 +318,47 @@ ANSWERS = ("match", "unknown", "unsure", "doubtful")
 
 
 @dataclass(frozen=True)
+class CohortNorm:
+    """The "Unknown" threshold on cohort-normalised scores (adaptive Z-norm over the gallery).
+
+    A query's best score counts by how far it stands out from its scores against the
+    next ``cohort`` people of the gallery (``cohort_score``): below ``thresholds[view]``
+    the answer is "Unknown". Each threshold names ``strangers_named`` of strangers (a
+    query whose person is not in the gallery) on the clean calibration gallery. Where
+    the gallery holds fewer than ``cohort`` other people the raw similarity threshold
+    applies.
+
+    Attributes:
+        cohort: how many of the next people's scores the statistics come from.
+        thresholds: per view, the normalised threshold.
+        strangers_named: the share of strangers named on the calibration gallery.
+    """
+
+    cohort: int = DEFAULT_COHORT
+    thresholds: Mapping[str, float] = None  # type: ignore[assignment]
+    strangers_named: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.thresholds is None:
+            object.__setattr__(self, "thresholds", {})
+        if not isinstance(self.cohort, int) or self.cohort < 2:
+            raise CmceError(f"a cohort is a count of people >= 2 (their scores' spread normalises), got {self.cohort!r}")
+
+    @property
+    def hits_needed(self) -> int:
+        """Hits a search fetches so that the cohort is there even when the best person has several entries."""
+        return 2 * self.cohort + 10
+
+    def to_dict(self) -> dict:
+        return {"cohort": self.cohort, "thresholds": dict(self.thresholds), "strangers_named": self.strangers_named}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> CohortNorm:
+        return cls(int(d.get("cohort", DEFAULT_COHORT)), {k: float(v) for k, v in d.get("thresholds", {}).items()},
+                   float(d.get("strangers_named", 0.05)))
+
+
+@dataclass(frozen=True)
 class Answer:
     """What one view answers to one query.
 
@@ -308,6 +371,9 @@ class Answer:
         score: the best match's similarity (NaN: nothing to match).
         confidence: the answer rule's predicted chance of a right answer (None: no rule).
         reason: one sentence for the user.
+        normalised: the best score's ``cohort_score`` when the bundle's normalised
+            "Unknown" threshold decided (None: the raw similarity threshold did).
+        norm_threshold: that threshold (None: the raw one decided).
     """
 
     kind: str
@@ -315,6 +381,8 @@ class Answer:
     score: float
     confidence: float | None
     reason: str
+    normalised: float | None = None
+    norm_threshold: float | None = None
 
     @property
     def unknown(self) -> bool:
@@ -331,6 +399,17 @@ def _margin(scores: Sequence[float], keys: Sequence[str]) -> float:
     return float(scores[0] - scores[-1]) if len(scores) > 1 else float(scores[0] + 1.0)
 
 
+def unknown_norm(norm: CohortNorm | None, unknown_by: str | None) -> CohortNorm | None:
+    """The normalised threshold a search applies: ``norm`` unless ``unknown_by`` is ``similarity``.
+
+    Raises:
+        CmceError: ``unknown_by`` is not one of ``UNKNOWN_BY`` (or None).
+    """
+    if unknown_by is not None and unknown_by not in UNKNOWN_BY:
+        raise CmceError(f"unknown_by must be one of {', '.join(UNKNOWN_BY)}, got {unknown_by!r}")
+    return None if unknown_by == "similarity" else norm
+
+
 def decide_answer(
     scores: Sequence[float],
     labels: Sequence[str | None],
@@ -343,6 +422,8 @@ def decide_answer(
     entry_disagreement: float = float("nan"),
     blocked: bool = False,
     doubtful: bool = False,
+    norm: CohortNorm | None = None,
+    view: str = "ensemble",
 ) -> Answer:
     """The answer to one query from its best hits over every searchable entry.
 
@@ -357,16 +438,29 @@ def decide_answer(
         entry_quality, entry_disagreement: the best hit's quality score and disagreement.
         blocked: the best hit is rejected.
         doubtful: the best hit is marked doubtful.
+        norm: the bundle's cohort-normalised "Unknown" threshold (None: raw threshold
+            only); the hits must then reach past the next ``norm.cohort`` people
+            (``CohortNorm.hits_needed``), else the raw threshold applies.
+        view: the view searched (whose normalised threshold applies).
     """
     if not len(scores):
         return Answer("unknown", None, float("nan"), None, "Unknown: the gallery has no face to match")
     s1, who = float(scores[0]), labels[0]
     name = who or "an unlabelled face"
-    if s1 < threshold:
+    z_thr = None if norm is None else norm.thresholds.get(view)
+    z = cohort_score(scores, keys, norm.cohort) if z_thr is not None else float("nan")
+    zz: dict = {}
+    if z_thr is not None and np.isfinite(z):
+        zz = {"normalised": z, "norm_threshold": float(z_thr)}
+        if z < z_thr:
+            return Answer("unknown", who, s1, None,
+                          f"Unknown: the best match, {name} ({s1:.3f}), does not stand out from the next "
+                          f"{norm.cohort} people of the gallery ({z:.1f} spreads above them, {z_thr:.1f} needed)", **zz)
+    elif s1 < threshold:
         return Answer("unknown", who, s1, None,
                       f"Unknown: no gallery face reaches the threshold (best {s1:.3f} < {threshold:.3f})")
     if blocked:
-        return Answer("doubtful", who, s1, None, f"Unknown: the best match is a rejected photo of {name}")
+        return Answer("doubtful", who, s1, None, f"Unknown: the best match is a rejected photo of {name}", **zz)
     conf = None
     if policy is not None:
         feats = policy_features(np.array([s1]), np.array([_margin(scores, keys)]), np.array([query_probability]),
@@ -375,11 +469,14 @@ def decide_answer(
         if conf < policy.threshold:
             if doubtful:
                 return Answer("doubtful", who, s1, conf, f"Unknown: the best match is a doubtful photo of {name} "
-                                                         f"(chance of a right answer {conf:.2f})")
+                                                         f"(chance of a right answer {conf:.2f})", **zz)
             return Answer("unsure", who, s1, conf, f"Unknown: the best match, {name}, is too likely wrong "
-                                                   f"(chance of a right answer {conf:.2f} < {policy.threshold:.2f})")
+                                                   f"(chance of a right answer {conf:.2f} < {policy.threshold:.2f})",
+                          **zz)
     tail = "" if conf is None else f" (chance of a right answer {conf:.2f})"
-    return Answer("match", who, s1, conf, f"{name}{' (a doubtful photo)' if doubtful else ''}, similarity {s1:.3f}{tail}")
+    stands = f", {z:.1f} spreads above the next {norm.cohort} people" if zz else ""  # type: ignore[union-attr]
+    return Answer("match", who, s1, conf,
+                  f"{name}{' (a doubtful photo)' if doubtful else ''}, similarity {s1:.3f}{stands}{tail}", **zz)
 
 
 @dataclass(frozen=True)

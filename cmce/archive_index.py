@@ -28,8 +28,10 @@ the rows of a search's hits are read. Below ``COMPACT_FROM`` entries the exact
 
 Answers work as in ``Gallery.search_vector`` (through the same ``answers.decide_answer``):
 every active entry is searched; entries whose quality score is above the bundle's
-calibrated threshold are marked doubtful, not removed; a query whose best score is below
-the ensemble's similarity threshold is "unknown"; an entry the caller rejects never
+calibrated threshold are marked doubtful, not removed; a query whose best score does not
+stand out enough from the next people's (``answers.CohortNorm``; in archives too small
+for its cohort: whose best score is below the ensemble's similarity threshold) is
+"unknown"; an entry the caller rejects never
 appears among the matches, and when it is a query's best match the answer is "Unknown"
 (doubtful), never the next person.
 """
@@ -48,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .answers import Answer, DoubtMarks, decide_answer, doubt_marks
+from .answers import Answer, DoubtMarks, decide_answer, doubt_marks, unknown_norm
 from .bundle import Bundle
 from .compact import COMPACT_FROM, CompactConfig, CompactIndex, VectorFileWriter
 from .errors import CmceError, GalleryError
@@ -491,7 +493,7 @@ class ArchiveGallery:
 
     def search_vectors(self, queries: np.ndarray, *, k: int = 5, rejected: np.ndarray | None = None,
                        query_probability: np.ndarray | None = None,
-                       answer_rule: str | None = None) -> list[ArchiveResult]:
+                       answer_rule: str | None = None, unknown_by: str | None = None) -> list[ArchiveResult]:
         """Search with query-model vectors; answer as ``Gallery.search_vector`` does.
 
         Every active entry is searched. A rejected entry never appears among the
@@ -508,6 +510,7 @@ class ArchiveGallery:
                 the answer rule; default 1).
             answer_rule: one of ``answers.ANSWER_RULES``, ``"none"`` (name whoever reaches
                 the threshold), or None (the bundle's rule).
+            unknown_by: ``answers.UNKNOWN_BY`` (see ``Gallery.search_vector``).
         """
         q = np.atleast_2d(np.asarray(queries, np.float32))
         if rejected is None:
@@ -522,7 +525,9 @@ class ArchiveGallery:
             raise CmceError(f"query_probability must be ({len(q)},), got {prob.shape}")
         # the best hits over every active entry decide the answer (a rejected best match blocks);
         # the matches shown leave rejected entries out: searched again where a hit is rejected
-        hits = self.index.search(q, k=max(k, 20), mask=self.active)
+        cal = self.bundle.calibration
+        norm = unknown_norm(cal.cohort_norm, unknown_by)
+        hits = self.index.search(q, k=max(k, 20, norm.hits_needed if norm is not None else 0), mask=self.active)
         shown_scores, shown_positions = hits.scores[:, :k], hits.positions[:, :k]
         again = np.flatnonzero([rejected[p[p >= 0]].any() for p in hits.positions])
         if len(again):
@@ -531,7 +536,6 @@ class ArchiveGallery:
             shown_scores[again], shown_positions[again] = kept.scores, kept.positions
         hit_rows = self._entry_rows(hits.positions[hits.positions >= 0], ("label",))
         shown_rows = self._entry_rows(shown_positions[shown_positions >= 0])
-        cal = self.bundle.calibration
         policy = None if answer_rule == "none" else cal.answer_policy("ensemble", answer_rule)
         doubtful = self._doubt.doubtful
         out, i, j = [], 0, 0
@@ -547,7 +551,8 @@ class ArchiveGallery:
                 policy=policy, query_probability=float(prob[row]),
                 entry_quality=float(self.quality[top]) if top is not None else float("nan"),
                 entry_disagreement=float(self.uncertainty[top]) if top is not None else float("nan"),
-                blocked=bool(top is not None and rejected[top]), doubtful=bool(top is not None and doubtful[top]))
+                blocked=bool(top is not None and rejected[top]), doubtful=bool(top is not None and doubtful[top]),
+                norm=norm)
             matches = []
             for score, p in zip(shown_scores[row], shown_positions[row]):
                 if p < 0:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .answers import AnswerPolicy, capped_rejection, doubt_marks
+from .answers import AnswerPolicy, CohortNorm, capped_rejection, doubt_marks
 from .backbones import PRETRAINED, get_spec
 from .cache import file_sha256
 from .ensemble import QUALITY_SCORES, FusionGate, QualityModel, member_list_uncertainty
@@ -98,6 +98,9 @@ class Calibration:
             cross-validation; empty in bundles calibrated before it).
         answer_policies: per view and rule, the ``answers.AnswerPolicy`` that answers
             "unknown" where a named person is too likely wrong (its ``threshold``).
+        cohort_norm: the "Unknown" threshold on cohort-normalised scores
+            (``answers.CohortNorm``), used instead of ``similarity_thresholds`` in
+            galleries with enough people; None in bundles calibrated before it.
     """
 
     rejection_rate: float = 0.10
@@ -108,6 +111,7 @@ class Calibration:
     quality_thresholds: Mapping[str, float] = field(default_factory=dict)
     answer_rule: str = ""
     answer_policies: Mapping[str, Mapping[str, AnswerPolicy]] = field(default_factory=dict)
+    cohort_norm: CohortNorm | None = None
 
     def answer_policy(self, view: str, rule: str | None = None) -> AnswerPolicy | None:
         """The rule that abstains on doubtful answers in ``view``: the bundle's
@@ -151,6 +155,7 @@ class Calibration:
             **({"answer_rule": self.answer_rule,
                 "answer_policies": {v: {k: p.to_dict() for k, p in per.items()} for v, per in self.answer_policies.items()}}
                if self.answer_policies else {}),
+            **({"cohort_norm": self.cohort_norm.to_dict()} if self.cohort_norm is not None else {}),
         }
 
     @classmethod
@@ -165,6 +170,7 @@ class Calibration:
             answer_rule=str(d.get("answer_rule", "")),
             answer_policies={v: {k: AnswerPolicy.from_dict(p) for k, p in per.items()}
                              for v, per in d.get("answer_policies", {}).items()},
+            cohort_norm=CohortNorm.from_dict(d["cohort_norm"]) if d.get("cohort_norm") else None,
         )
 
 
@@ -716,5 +722,7 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
         "quality": bundle.calibration.quality.kind,
         "quality_description": bundle.calibration.quality.description,
         "open_set_far": bundle.calibration.open_set_far,
+        "cohort_norm": (bundle.calibration.cohort_norm.to_dict() if bundle.calibration.cohort_norm is not None
+                        else None),
         "answer_rule": bundle.calibration.answer_rule or None,
     }

@@ -135,8 +135,7 @@ def render_model_card(config: dict) -> str:
         f"`{config['calibration']['quality']['kind']}` above {config['calibration']['rejection_threshold']:.4g}, "
         f"{100 * config['calibration']['rejection_rate']:.0f}% of the calibration gallery",
         *_answer_lines(config["calibration"], train),
-        f"- open set: similarity thresholds at FAR={config['calibration']['open_set_far']:g}: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in config["calibration"]["similarity_thresholds"].items()),
+        *_unknown_lines(config["calibration"], train),
         f"- query model's own gallery embedding is an ensemble member: {config.get('query_member', False)}",
         f"- fusion: `{config.get('fusion', {}).get('kind', 'mean')}` "
         f"({FUSION_DESCRIPTIONS[config.get('fusion', {}).get('kind', 'mean')]})",
@@ -180,6 +179,24 @@ def render_model_card(config: dict) -> str:
     lines += _upgrades(config)
     lines.append("")
     return "\n".join(lines)
+
+
+def _unknown_lines(calibration: dict, train: dict) -> list[str]:
+    """When the bundle answers "Unknown": the normalised threshold (where calibrated) and the raw one."""
+    raw = (f"similarity thresholds at FAR={calibration['open_set_far']:g}: "
+           + ", ".join(f"{k} {v:.3f}" for k, v in calibration["similarity_thresholds"].items()))
+    norm = calibration.get("cohort_norm")
+    if not norm:
+        return [f"- open set: {raw}"]
+    named = train.get("answers", {}).get("strangers_named", {}).get("ensemble", {})
+    by_kind = "; ".join(f"{k} {100 * v['default']:.1f}% (raw threshold {100 * v['raw_threshold']:.1f}%)"
+                        for k, v in named.items())
+    return [f"- open set: \"Unknown\" when the best match stands out from the query's scores against the next "
+            f"{norm['cohort']} people of the gallery by less than "
+            + ", ".join(f"{k} {v:.2f}" for k, v in norm["thresholds"].items())
+            + f" spreads (adaptive Z-norm), set to name {100 * norm['strangers_named']:g}% of strangers on the "
+            f"clean cross-validation galleries" + (f"; strangers named out of fold: {by_kind}" if by_kind else ""),
+            f"- galleries with fewer than {norm['cohort']} other people: {raw}"]
 
 
 def _answer_lines(calibration: dict, train: dict) -> list[str]:

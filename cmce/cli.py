@@ -62,6 +62,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         fusion=args.fusion,
         abstain_below=args.abstain_below,
         answer_kinds=tuple(args.answer_galleries),
+        augment_kinds=None if args.augment_galleries is None else tuple(args.augment_galleries),
+        strangers_named=None if args.strangers_named <= 0 else args.strangers_named,
     )
     t = bundle.info["training"]
     print(
@@ -309,19 +311,22 @@ def _cmd_search(args: argparse.Namespace) -> int:
             continue
         q = engine.embed_query_face(img, faces[0])
         if archive is not None:
-            res = archive.search_vectors(q[None, :], k=args.k, query_probability=[faces[0].probability])[0]
+            res = archive.search_vectors(q[None, :], k=args.k, query_probability=[faces[0].probability],
+                                         unknown_by=args.unknown_by)[0]
             matches = [{"entry_id": m.entry_id, "label": m.label, "source": m.source, "score": m.score,
                         "uncertainty": m.uncertainty, "quality": m.quality, "doubtful": m.doubtful}
                        for m in res.matches]
         else:
-            res = gallery.search_vector(q, k=args.k, query_probability=faces[0].probability)["ensemble"]
+            res = gallery.search_vector(q, k=args.k, query_probability=faces[0].probability,
+                                        unknown_by=args.unknown_by)["ensemble"]
             matches = [{"entry_id": gallery.entries[m.position].entry_id, "label": m.label, "source": m.source,
                         "score": m.score, "uncertainty": m.uncertainty, "quality": m.quality, "doubtful": m.doubtful}
                        for m in res.matches]
         answer = res.answer
         answers.append({"photo": str(photo), "unknown": res.unknown, "threshold": res.threshold,
                         "answer_kind": answer.kind, "answer": None if answer.unknown else answer.label,
-                        "reason": answer.reason, "confidence": answer.confidence, "matches": matches})
+                        "reason": answer.reason, "confidence": answer.confidence,
+                        "normalised": answer.normalised, "norm_threshold": answer.norm_threshold, "matches": matches})
         print(f"{photo}: " + (f"{answer.reason}; " if answer.unknown else "")
               + ", ".join(f"{m['label'] or m['source']} {m['score']:.3f}" + (" (doubtful)" if m["doubtful"] else "")
                           for m in matches))
@@ -411,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--answer-galleries", nargs="*", default=["crop", "tiny"], metavar="KIND",
                    help="degrade kinds of whole galleries that, beside clean and mixed ones, choose the query "
                         "member and fusion and calibrate the answer rule (none: clean and mixed only)")
+    s.add_argument("--augment-galleries", nargs="*", default=None, metavar="KIND",
+                   help="which answer galleries the transformers also train on with --degrade-augment "
+                        "(default: all of them; none: the mixed copies only)")
+    s.add_argument("--strangers-named", type=float, default=0.05,
+                   help="the Unknown threshold on cohort-normalised scores names this share of strangers on the "
+                        "clean cross-validation galleries (0: the raw similarity threshold only)")
     s.add_argument("--abstain-below", type=float, default=0.75,
                    help="the answer rule says Unknown where its predicted chance of a right answer is below this "
                         "(lowered where it would say Unknown to over 10%% of clean or 20%% of other calibration queries)")
@@ -494,6 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bundle", default=None)
     s.add_argument("--revision", default=None)
     s.add_argument("--k", type=int, default=5)
+    s.add_argument("--unknown-by", default="normalised", choices=["normalised", "similarity"],
+                   help="'Unknown' when the best match does not stand out from the next people of the gallery "
+                        "(normalised, the default, in galleries of 50+ people) or when its similarity is below the "
+                        "bundle's threshold (similarity: names more strangers, says Unknown less on poor photos)")
     s.add_argument("--json", default=None, help="write the answers as JSON")
     s.set_defaults(func=_cmd_search)
 

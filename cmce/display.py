@@ -106,7 +106,7 @@ def bundle_markdown(summary: Mapping[str, Any]) -> str:
         f"{_pct(summary['rejection_rate'])} of the calibration gallery"
         + (f", scored by {summary['quality_description']}" if summary.get("quality_description") else "")
         + "; marked and still searched (rejected only when you choose) · "
-        f"'unknown' thresholds set for a {_pct(summary['open_set_far'])} false-accept rate · "
+        + _unknown_rule_text(summary) + " · "
         + (f"answer rule: {rule} (says Unknown where a name is too likely wrong)." if rule
            else "no answer rule (calibrated before answer rules)."),
     ]
@@ -464,7 +464,9 @@ def result_dict(result: QueryResult, query_model: str, query_label: str | None =
     ``unsure`` or ``doubtful``: see ``answers.Answer``), ``reason`` (one sentence),
     ``confidence`` (the answer rule's predicted chance of a right answer, or None) and
     ``rule`` (the answer rule that answered in that view, from ``calibration``, the bundle's
-    ``Calibration``; None: no rule). Per match: ``doubtful`` (searched, and marked).
+    ``Calibration``; None: no rule), ``normalised`` and ``norm_threshold`` (the best
+    match's cohort-normalised score and its threshold where that decided "Unknown", else
+    None: the raw ``threshold`` did). Per match: ``doubtful`` (searched, and marked).
     """
     views = {}
     for name, v in result.views.items():
@@ -477,6 +479,8 @@ def result_dict(result: QueryResult, query_model: str, query_label: str | None =
             "answer_kind": answer.kind,
             "reason": answer.reason,
             "confidence": None if answer.confidence is None else round(answer.confidence, 4),
+            "normalised": None if answer.normalised is None else round(answer.normalised, 3),
+            "norm_threshold": None if answer.norm_threshold is None else round(answer.norm_threshold, 3),
             "rule": _view_rule(calibration, name),
             "correct": None if v.unknown or not v.matches else _correct(v.matches[0].label, query_label),
             "matches": [
@@ -544,6 +548,25 @@ def _person_status(gallery: Gallery, query_label: str | None, rejected: np.ndarr
     return "present"
 
 
+def _unknown_rule_text(summary: Mapping) -> str:
+    """How the bundle decides "Unknown", in a few words for the overview."""
+    far = f"{_pct(summary['open_set_far'])} false-accept rate"
+    norm = summary.get("cohort_norm")
+    if not norm:
+        return f"'unknown' thresholds set for a {far}"
+    return (f"'unknown' when the best match does not stand out from the next {norm['cohort']} people of the "
+            f"gallery (set to name {_pct(norm['strangers_named'])} of strangers in calibration galleries; "
+            f"smaller galleries: similarity thresholds at a {far})")
+
+
+def _reached(v: ViewResult, answer: Answer, score: float, far: float) -> str:
+    """Why a name was reachable: the normalised score over its threshold, or the similarity over the raw one."""
+    if answer.normalised is not None and answer.norm_threshold is not None:
+        return (f"similarity {score:.2f}, {answer.normalised:.1f} spreads above the next people "
+                f"≥ {answer.norm_threshold:.1f}")
+    return f"similarity {score:.2f} ≥ {v.threshold:.2f} ({_pct(far)} false-accept rate)"
+
+
 def _verdict(v: ViewResult, answer: Answer, far: float, query_label: str | None,
              status: str | None) -> tuple[str, str]:
     if answer.unknown:
@@ -551,10 +574,10 @@ def _verdict(v: ViewResult, answer: Answer, far: float, query_label: str | None,
         if answer.kind == "doubtful" and status == "present":  # a deliberate "Unknown" on a doubtful photo, no miss
             mark, cls = " (person is in the gallery)", " cmce-doubtful"
         detail = answer.reason.removeprefix("Unknown: ")
-        if answer.kind == "unknown" and v.matches:
+        if answer.kind == "unknown" and v.matches and answer.normalised is None:
             detail += f"; the threshold is set for a {_pct(far)} false-accept rate"
         elif answer.kind != "unknown" and np.isfinite(answer.score):  # it reached the threshold, yet no name
-            detail += f" · similarity {answer.score:.2f} ≥ {v.threshold:.2f} ({_pct(far)} false-accept rate)"
+            detail += " · " + _reached(v, answer, answer.score, far)
         return f"<b>Unknown</b>{html.escape(mark)}<br><span>{html.escape(detail)}</span>", cls
     m = v.matches[0]
     ok = _correct(m.label, query_label)
@@ -563,8 +586,8 @@ def _verdict(v: ViewResult, answer: Answer, far: float, query_label: str | None,
     extra = "" if answer.confidence is None else f" · chance of a right answer {answer.confidence:.2f}"
     if m.doubtful:
         extra += " · <span class='cmce-doubt-tag'>◌ a doubtful photo</span>"
-    return (f"<b>{html.escape(_short(m.label or m.source, 28))}</b>{mark}<br><span>similarity {m.score:.2f} ≥ "
-            f"{v.threshold:.2f} ({_pct(far)} false-accept rate){extra}</span>", cls)
+    return (f"<b>{html.escape(_short(m.label or m.source, 28))}</b>{mark}<br>"
+            f"<span>{html.escape(_reached(v, answer, m.score, far))}{extra}</span>", cls)
 
 
 def result_html(
@@ -594,7 +617,7 @@ def result_html(
         for rank, m in enumerate(v.matches, 1):
             ok = _correct(m.label, query_label)
             cls = "" if ok is None else (" cmce-correct" if ok else " cmce-wrong")
-            cls += " cmce-below" if m.score < v.threshold else ""
+            cls += " cmce-below" if answer.normalised is None and m.score < v.threshold else ""
             cls += " cmce-doubtful" if m.doubtful else ""
             members = ""
             if m.member_scores:

@@ -38,7 +38,9 @@ from .answers import (
     answer_counts,
     answer_outcomes,
     policy_features,
+    stranger_best,
     top_matches,
+    unknown_mask,
 )
 from .bundle import Bundle, GalleryVectors
 
@@ -103,7 +105,9 @@ def answer_report(
         resamples: bootstrap draws per interval.
 
     Returns:
-        JSON-ready ``{"metric", "gallery", "rules", "curves", "abstention", "views"}``.
+        JSON-ready ``{"metric", "gallery", "rules", "strangers", "curves", "abstention",
+        "views"}``; ``strangers``: every query asked as a stranger (its person taken out
+        of the gallery), how many the raw threshold and the default name.
     """
     q_lab = np.asarray(query_labels)
     g_lab = np.asarray(gallery_labels)
@@ -119,29 +123,52 @@ def answer_report(
         feats = policy_features(top.score, top.margin, query_probability, quality[pos], vectors.uncertainty[pos])
         return feats, g_lab[pos] != q_lab, top.score
 
+    def unknown_rule(view: str) -> dict:
+        """The view's "Unknown" threshold as the app applies it (normalised where the bundle has it)."""
+        norm = cal.cohort_norm
+        z_thr = None if norm is None else norm.thresholds.get(view)
+        return {} if z_thr is None else {"cohort": norm.cohort, "norm_threshold": float(z_thr)}
+
     per_view = {}
     for view, vecs in views.items():
         sim = query_vectors @ vecs.T
         thr = float(cal.similarity_thresholds.get(view, -np.inf))
         available = vectors.available[view]
-        row = {"answer_all": _counts_with_ci(answer_outcomes(sim, q_lab, g_lab, thr, removed=~available),
-                                             clusters, resamples, seed)}
+        row = {"answer_all": _counts_with_ci(answer_outcomes(sim, q_lab, g_lab, thr, removed=~available,
+                                                             **unknown_rule(view)), clusters, resamples, seed)}
         policy = cal.answer_policy(view)
         if policy is not None:
             feats, _, _ = features_of(np.where(available[None, :], sim, -np.inf))
             row["policy"] = _counts_with_ci(answer_outcomes(sim, q_lab, g_lab, thr, removed=~available,
-                                                            abstain=policy.abstains(feats)), clusters, resamples, seed)
+                                                            abstain=policy.abstains(feats), **unknown_rule(view)),
+                                            clusters, resamples, seed)
         per_view[view] = row
 
     sim = query_vectors @ vectors.ensemble.T
     thr = float(cal.similarity_thresholds.get("ensemble", -np.inf))
+    unknown = unknown_rule("ensemble")
     feats, wrong, score = features_of(sim)
     rules = {
         "answer_all": per_view["ensemble"]["answer_all"],
-        "removed": _counts_with_ci(answer_outcomes(sim, q_lab, g_lab, thr, removed=rejected), clusters, resamples, seed),
-        "blocking": _counts_with_ci(answer_outcomes(sim, q_lab, g_lab, thr, blocking=rejected), clusters,
+        "removed": _counts_with_ci(answer_outcomes(sim, q_lab, g_lab, thr, removed=rejected, **unknown), clusters,
+                                   resamples, seed),
+        "blocking": _counts_with_ci(answer_outcomes(sim, q_lab, g_lab, thr, blocking=rejected, **unknown), clusters,
                                     resamples, seed),
     }
+    if unknown:
+        # the raw similarity threshold alone, for comparison (bundles calibrated before the normalised one)
+        rules["answer_all_raw_threshold"] = _counts_with_ci(answer_outcomes(sim, q_lab, g_lab, thr), clusters,
+                                                            resamples, seed)
+    # the other side of the threshold: every query as a stranger (its person taken out of the gallery)
+    raw_best = stranger_best(sim, q_lab, g_lab)
+    named = {"raw_threshold": raw_best >= thr}
+    if unknown:
+        z = stranger_best(sim, q_lab, g_lab, unknown["cohort"])
+        named["default"] = ~unknown_mask(raw_best, z, thr, unknown["norm_threshold"])
+    strangers = {}
+    for name, v in named.items():
+        share, lo, hi = M.cluster_bootstrap([v.astype(float)], clusters, resamples=resamples, seed=seed)
+        strangers[name] = {"named": int(v.sum()), "share": share, "share_ci95": [lo, hi]}
     policy = cal.answer_policy("ensemble")
     confidences = {"similarity": score, "margin": feats["margin"]}
     if policy is not None:
@@ -184,6 +211,7 @@ def answer_report(
                   "named) or unknown; the paper's kept-queries figures are under 'rejection'",
         "gallery": gallery_doubt(bundle, vectors),
         "rules": rules,
+        "strangers": strangers,
         "curves": curves,
         "abstention": abstention,
         "views": per_view,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import PRETRAINED
-from .answers import Answer, DoubtMarks, decide_answer, doubt_marks
+from .answers import Answer, DoubtMarks, decide_answer, doubt_marks, unknown_norm
 from .bundle import Bundle, GalleryVectors
 from .engine import FaceEngine
 from .errors import CmceError, GalleryError, ImageError, LimitError
@@ -688,6 +688,7 @@ class Gallery:
         rejected: np.ndarray | None = None,
         query_probability: float = 1.0,
         answer_rule: str | None = None,
+        unknown_by: str | None = None,
     ) -> dict[str, ViewResult]:
         """Search every view with one query-model vector.
 
@@ -706,6 +707,9 @@ class Gallery:
                 answer rule).
             answer_rule: one of ``answers.ANSWER_RULES``, ``"none"`` (name whoever reaches
                 the threshold), or None (the bundle's rule).
+            unknown_by: ``answers.UNKNOWN_BY``: ``"normalised"`` (default: the bundle's
+                cohort-normalised threshold in galleries of enough people) or
+                ``"similarity"`` (the raw similarity threshold only).
 
         Returns:
             view name -> ViewResult.
@@ -718,9 +722,11 @@ class Gallery:
             q = np.asarray(query, np.float32)[None, :]
             cal = self.bundle.calibration
             out = {}
+            norm = unknown_norm(cal.cohort_norm, unknown_by)
+            fetch = max(k, 20, norm.hits_needed if norm is not None else 0)
             for view in self.bundle.view_names:
                 index = self._indexes[view]
-                hits = index.search(q, k=max(k, 20))
+                hits = index.search(q, k=fetch)
                 hit_pos = [int(p) for p in hits.positions[0] if p >= 0]
                 hit_scores = [float(s) for s, p in zip(hits.scores[0], hits.positions[0]) if p >= 0]
                 res = hits if not rejected[hit_pos].any() else index.search(q, k=k, mask=keep)
@@ -743,7 +749,8 @@ class Gallery:
                     query_probability=query_probability,
                     entry_quality=float(vec.quality[top]) if top is not None else float("nan"),
                     entry_disagreement=float(vec.uncertainty[top]) if top is not None else float("nan"),
-                    blocked=bool(top is not None and rejected[top]), doubtful=bool(top is not None and doubtful[top]))
+                    blocked=bool(top is not None and rejected[top]), doubtful=bool(top is not None and doubtful[top]),
+                    norm=norm, view=view)
                 out[view] = ViewResult(view, tuple(matches), thr, answer.unknown, answer)
             return out
 
@@ -756,6 +763,7 @@ class Gallery:
         rejected: np.ndarray | None = None,
         name: str = "query",
         answer_rule: str | None = None,
+        unknown_by: str | None = None,
     ) -> QueryResult:
         """Detect faces in a query photo and search with one of them.
 
@@ -764,7 +772,7 @@ class Gallery:
             face_index: which face (in the returned ``faces`` order, largest first);
                 default the largest.
             k: matches per view.
-            rejected, answer_rule: see ``search_vector``.
+            rejected, answer_rule, unknown_by: see ``search_vector``.
 
         Raises:
             ImageError: unreadable photo. GalleryError: empty gallery.
@@ -780,7 +788,7 @@ class Gallery:
             raise CmceError(f"{name}: face {i} asked for, but the photo has {len(faces)} (0..{len(faces) - 1})")
         q = self.engine.embed_query_face(img, faces[i])
         views = self.search_vector(q, k=k, rejected=rejected, query_probability=faces[i].probability,
-                                   answer_rule=answer_rule)
+                                   answer_rule=answer_rule, unknown_by=unknown_by)
         return QueryResult(tuple(faces), i, views, self.bundle.calibration.open_set_far)
 
     # ------------------------------------------------------------------ persistence
@@ -959,11 +967,12 @@ def bundle_description(bundle: Bundle) -> dict:
 
 def bundle_fingerprint(bundle: Bundle) -> str:
     """sha256 over what shapes a gallery's derived data: the config (less the free-form
-    ``info``: training summary and evaluations; and less the answer rule, which decides
-    answers at search time and shapes nothing stored) and the transformer weights."""
+    ``info``: training summary and evaluations; and less the answer rule and the
+    normalised "Unknown" threshold, which decide answers at search time and shape
+    nothing stored) and the transformer weights."""
     config = {k: v for k, v in bundle.config_dict().items() if k != "info"}
     config["calibration"] = {k: v for k, v in config["calibration"].items()
-                             if k not in ("answer_rule", "answer_policies")}
+                             if k not in ("answer_rule", "answer_policies", "cohort_norm")}
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for m in bundle.gallery_models:
         for k, v in sorted(bundle.transformers[m].state_dict().items()):

@@ -26,11 +26,16 @@ import numpy as np
 from . import metrics as M
 from .answers import (
     ANSWER_RULES,
+    DEFAULT_COHORT,
+    CohortNorm,
     choose_answer_rule,
+    cohort_normalised,
     fit_answer_policy,
     out_of_fold_confidence,
     policy_features,
+    stranger_best,
     top_matches,
+    unknown_mask,
 )
 from .bundle import Bundle, Calibration, save_bundle
 from .data import LabelledImages, list_labelled_images, split_identities
@@ -251,7 +256,8 @@ def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, 
 
 
 def answer_records(bundle: Bundle, quality: QualityModel, emb: dict, prob: np.ndarray, labels: np.ndarray,
-                   views: Sequence[str]) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+                   views: Sequence[str], cohort: int = DEFAULT_COHORT,
+                   ) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
     """Each first-image query's answer-rule inputs and whether its top-1 is another person, per view.
 
     Args:
@@ -259,9 +265,13 @@ def answer_records(bundle: Bundle, quality: QualityModel, emb: dict, prob: np.nd
         quality: the entry quality score (fitted without these identities).
         emb, prob, labels: the photos (the gallery side may be degraded).
         views: ``"ensemble"``, gallery model names, ``"query"``.
+        cohort: the cohort of the normalised score.
 
     Returns:
-        view -> (``answers.policy_features``, (Q,) wrong, (Q,) query identities).
+        view -> (``answers.policy_features`` plus ``cohort_z`` (the top-1's
+        ``answers.cohort_normalised`` score), ``stranger_z`` and ``stranger_raw`` (the
+        query's best normalised and raw scores with its person taken out of the gallery),
+        (Q,) wrong, (Q,) query identities).
     """
     gi, qi = first_image_protocol(labels)
     gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
@@ -271,11 +281,24 @@ def answer_records(bundle: Bundle, quality: QualityModel, emb: dict, prob: np.nd
     out = {}
     for view in views:
         vecs = gv.ensemble if view == "ensemble" else gv.views[view]
-        top = top_matches(qv @ vecs.T, list(g_lab))
+        sim = qv @ vecs.T
+        top = top_matches(sim, list(g_lab))
         pos = np.maximum(top.position, 0)
         feats = policy_features(top.score, top.margin, prob[qi], entry_quality[pos], gv.uncertainty[pos])
+        feats["cohort_z"] = cohort_normalised(sim, list(g_lab), cohort)
+        feats["stranger_z"] = stranger_best(sim, q_lab, g_lab, cohort)
+        feats["stranger_raw"] = stranger_best(sim, q_lab, g_lab)
         out[view] = (feats, g_lab[pos] != q_lab, q_lab)
     return out
+
+
+def calibrate_cohort_norm(stranger_z: np.ndarray, strangers_named: float) -> float | None:
+    """The normalised threshold that names ``strangers_named`` of these strangers (None: too few scores)."""
+    z = np.asarray(stranger_z, np.float64)
+    z = z[np.isfinite(z)]
+    if len(z) < 20:
+        return None
+    return float(np.quantile(z, 1.0 - strangers_named))
 
 
 #: Most a default answer rule may answer "Unknown" (with the similarity threshold's own
@@ -314,7 +337,8 @@ def capped_threshold(confidence: np.ndarray, below_threshold: np.ndarray, condit
 
 def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool, *,
                       thresholds: Mapping[str, float], abstain_below: float = 0.75,
-                      seed: int = 0) -> tuple[str, dict, dict]:
+                      strangers_named: float | None = 0.05, cohort: int = DEFAULT_COHORT,
+                      seed: int = 0) -> tuple[str, dict, CohortNorm | None, dict]:
     """Choose and fit the answer rule of every view on cross-validation folds.
 
     Each fold's queries are searched in that fold's galleries (clean and every degraded
@@ -324,12 +348,19 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
     every rule is fitted on all folds for every view (the bundle keeps them all, so
     ``evaluate`` and the app can compare). Each abstains below ``abstain_below``, lowered
     where needed (``capped_threshold``, on out-of-fold confidences) so that with the
-    view's similarity threshold (``thresholds``) it answers "Unknown" on at most 10% of
-    the clean calibration queries and 20% of any other kind's.
+    view's "Unknown" threshold it answers "Unknown" on at most 10% of the clean
+    calibration queries and 20% of any other kind's.
+
+    The "Unknown" threshold: with ``strangers_named``, each view's normalised threshold
+    (``answers.CohortNorm``, cohort ``cohort``) names that share of the clean galleries'
+    queries asked as strangers (their person taken out), or more where that would say
+    "Unknown" to more than the caps allow, up to the share the raw threshold names
+    (``_cohort_thresholds``); without it, and in galleries too small for the cohort, the
+    raw similarity ``thresholds``.
 
     Returns:
-        (the chosen rule, view -> rule -> AnswerPolicy, a JSON-ready report of the
-        choice and the abstention each condition saw).
+        (the chosen rule, view -> rule -> AnswerPolicy, the CohortNorm or None, a
+        JSON-ready report of the choice and the abstention each condition saw).
     """
     records: dict[str, list] = {}
     for k, fb, per_condition, fold_labels in fold_galleries:
@@ -340,7 +371,7 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
             gv = fb.gallery_vectors({m: v[gi] for m, v in e.items()}, pr[gi])
             kind = quality if (quality != "learned" or predictor is not None) else "disagreement"
             qm = QualityModel.fit(kind, gv.uncertainty, pr[gi], predictor=predictor)
-            for view, (feats, wrong, ids) in answer_records(fb, qm, e, pr, fold_labels, views).items():
+            for view, (feats, wrong, ids) in answer_records(fb, qm, e, pr, fold_labels, views, cohort).items():
                 records.setdefault(view, []).append((k, cond, feats, wrong, ids))
 
     def pooled(view: str):
@@ -351,10 +382,18 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
 
     feats, wrong, folds, conds, ids = pooled("ensemble")
     kind, report = choose_answer_rule(feats, wrong, folds, conds, ids, seed=seed)
-    policies, unknown = {}, {}
+    norm_thresholds, target, tried = _cohort_thresholds(records, pooled, thresholds, strangers_named)
+    norm = CohortNorm(cohort, norm_thresholds, target) if norm_thresholds else None
+    policies, unknown, strangers = {}, {}, {}
     for view in records:
         f, w, fo, c, _ = pooled(view)
-        below = f["similarity"] < thresholds.get(view, -np.inf)
+        raw_thr = thresholds.get(view, -np.inf)
+        z_thr = norm_thresholds.get(view)
+        below = unknown_mask(f["similarity"], f["cohort_z"], raw_thr, z_thr)
+        named = ~unknown_mask(f["stranger_raw"], f["stranger_z"], raw_thr, z_thr)
+        strangers[view] = {str(x): {"default": float(named[c == x].mean()),
+                                    "raw_threshold": float((f["stranger_raw"][c == x] >= raw_thr).mean())}
+                           for x in np.unique(c)}
         policies[view] = {}
         for rule in ANSWER_RULES:
             oof = out_of_fold_confidence(rule, f, w, fo)
@@ -366,8 +405,47 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
     report["abstain_below"] = abstain_below
     report["caps"] = dict(ABSTAIN_CAPS)
     report["thresholds"] = {v: {r: p.threshold for r, p in per.items()} for v, per in policies.items()}
-    report["unknown_share"] = unknown  # out-of-fold, with the chosen rule and the similarity threshold
-    return kind, policies, report
+    report["unknown_share"] = unknown  # out-of-fold, with the chosen rule and the "Unknown" threshold
+    report["strangers_named"] = strangers  # out-of-fold queries asked as strangers, per condition
+    report["cohort_norm"] = norm.to_dict() if norm is not None else None
+    report["cohort_norm_targets_tried"] = tried  # strangers named -> out-of-fold unknown share per condition
+    return kind, policies, norm, report
+
+
+def _cohort_thresholds(records: Mapping, pooled, thresholds: Mapping[str, float], strangers_named: float | None,
+                       caps: Mapping[str, float] = ABSTAIN_CAPS, steps: int = 12):
+    """The normalised "Unknown" thresholds: the fewest strangers named (from ``strangers_named``
+    up to as many as the raw threshold names) at which the out-of-fold queries of every
+    condition stay within the abstention caps, on the ensemble view.
+
+    Returns:
+        (view -> threshold (empty: none calibrated), the share of strangers it names on the
+        clean calibration galleries, {share tried: {condition: unknown share}}).
+    """
+    if strangers_named is None:
+        return {}, None, {}
+    f, _, _, c, _ = pooled("ensemble")
+    clean = c == "clean"
+    raw_rate = float(np.mean(f["stranger_raw"][clean] >= thresholds.get("ensemble", -np.inf)))
+    targets = [strangers_named] if raw_rate <= strangers_named else list(np.linspace(strangers_named, raw_rate, steps))
+    tried: dict[str, dict[str, float]] = {}
+    chosen: dict[str, float] = {}
+    for target in targets:
+        chosen = {}
+        for view in records:
+            fv, _, _, cv, _ = pooled(view)
+            t = calibrate_cohort_norm(fv["stranger_z"][cv == "clean"], target)
+            if t is not None:
+                chosen[view] = t
+        if "ensemble" not in chosen:
+            return {}, None, tried
+        below = unknown_mask(f["similarity"], f["cohort_z"], thresholds.get("ensemble", -np.inf), chosen["ensemble"])
+        shares = {str(x): float(below[c == x].mean()) for x in np.unique(c)}
+        tried[f"{target:.4f}"] = shares
+        if all(v <= caps["clean" if k == "clean" else "any"] for k, v in shares.items()):
+            return chosen, float(target), tried
+    # no share within the caps: name no more strangers than the raw threshold does
+    return chosen, float(targets[-1]), tried
 
 
 @dataclass(frozen=True)
@@ -392,21 +470,36 @@ class Degraded:
 
 
 def augmented_pairs(inputs: np.ndarray, targets: np.ndarray, labels: np.ndarray, train: np.ndarray,
-                    val: np.ndarray, degraded_inputs: np.ndarray | None, degraded_mask: np.ndarray | None):
+                    val: np.ndarray, copies: Sequence[tuple[np.ndarray, np.ndarray]] = ()):
     """Training pairs plus, for each training photo with a degraded copy, (copy -> clean target).
 
     The transformed embedding of a degraded gallery photo is trained to land on the query
     model's embedding of the clean photo. Validation stays clean.
 
+    Args:
+        copies: per set of degraded copies (a mixed gallery, a crop or tiny gallery),
+            ``(inputs of the copies (N, D), which photos have one (N,))``.
+
     Returns:
         (inputs, targets, labels, train, val), extended.
     """
-    if degraded_inputs is None or degraded_mask is None:
+    n = len(inputs)
+    xs, ys, labs, trs, vas = [inputs], [targets], [labels], [train], [val]
+    for copy_inputs, mask in copies:
+        extra = mask & train[:n]
+        xs.append(copy_inputs[extra])
+        ys.append(targets[extra])
+        labs.append(labels[extra])
+        trs.append(np.ones(int(extra.sum()), bool))
+        vas.append(np.zeros(int(extra.sum()), bool))
+    if len(xs) == 1:
         return inputs, targets, labels, train, val
-    extra = degraded_mask & train
-    return (np.concatenate([inputs, degraded_inputs[extra]]), np.concatenate([targets, targets[extra]]),
-            np.concatenate([labels, labels[extra]]), np.concatenate([train, np.ones(int(extra.sum()), bool)]),
-            np.concatenate([val, np.zeros(int(extra.sum()), bool)]))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(labs), np.concatenate(trs), np.concatenate(vas)
+
+
+def _augment_copies(model: str, sets: Sequence[Degraded]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``augmented_pairs``'s copies of one backbone from sets of degraded copies."""
+    return [(d.embeddings[model], d.mask) for d in sets]
 
 
 def _identity_targets(query_emb: np.ndarray, labels: np.ndarray, gallery: np.ndarray) -> np.ndarray:
@@ -496,7 +589,7 @@ def cross_validate_choices(
     folds: int = 5,
     seed: int = 0,
     degraded: Degraded | None = None,
-    augment: bool = False,
+    augment_sets: Sequence[Degraded] = (),
     fusions: Sequence[str] = ("mean",),
     answer_galleries: Mapping[str, Degraded] | None = None,
 ) -> dict:
@@ -505,7 +598,7 @@ def cross_validate_choices(
     The identities of ``pool`` (train + validation, never the held-out ones) are split
     into ``folds`` identity-disjoint folds. Per fold, each gallery model's transformer is
     trained on the other folds for ``epochs[m]`` epochs (with the degraded copies of
-    their photos when ``augment``), and the fold is measured on its clean gallery and,
+    their photos in ``augment_sets``, as ``train_bundle`` trains), and the fold is measured on its clean gallery and,
     when ``degraded`` is given, on its mixed-quality gallery (every gallery photo that
     has a degraded copy swapped for it). Each fusion in ``fusions`` other than the mean
     is learned (``fit_fusion``) on the other folds' out-of-fold member vectors, clean
@@ -539,8 +632,7 @@ def cross_validate_choices(
         nets = {}
         for m in gallery_models:
             x, y, lab, tr, _ = augmented_pairs(emb[m], q, labels, fit, np.zeros_like(fit),
-                                               degraded.embeddings[m] if (degraded and augment) else None,
-                                               degraded.mask if (degraded and augment) else None)
+                                               _augment_copies(m, augment_sets))
             nets[m] = train_transformer(
                 x[tr], y[tr], lab[tr], None, None, None,
                 arch=TransformerConfig(emb[m].shape[1], q.shape[1], hidden=hidden),
@@ -710,6 +802,8 @@ def train_bundle(
     fusion: str = "auto",
     abstain_below: float = 0.75,
     answer_kinds: Sequence[str] = ("crop", "tiny"),
+    augment_kinds: Sequence[str] | None = None,
+    strangers_named: float | None = 0.05,
 ) -> Bundle:
     """Train, calibrate and save a bundle. See the module docstring for the steps.
 
@@ -731,7 +825,8 @@ def train_bundle(
             score are then chosen on clean *and* mixed-quality validation galleries, and
             the rejection threshold is calibrated on the mixed one. 0 disables it.
         degrade_augment: train each transformer on the degraded copies too (the copy's
-            embedding -> the query model's embedding of the clean photo).
+            embedding -> the query model's embedding of the clean photo): the mixed
+            copies and the ``answer_kinds`` galleries' copies (tight crops, tiny faces).
         fusion: ``"auto"`` (chosen by cross-validation among ``ensemble.FUSIONS``; the
             plain mean unless another is better) or one of ``FUSIONS``.
         abstain_below: the answer rule (``answers.AnswerPolicy``, chosen and fitted by
@@ -743,6 +838,12 @@ def train_bundle(
             that way, detected as ``cmce index`` detects) on which, beside the clean and
             mixed galleries, the query member and fusion are chosen and the answer rule
             is calibrated.
+        augment_kinds: which of ``answer_kinds``' galleries the transformers also train on
+            with ``degrade_augment`` (None: all of them; ``()``: the mixed copies only, as
+            bundles trained before them).
+        strangers_named: the "Unknown" threshold on cohort-normalised scores
+            (``answers.CohortNorm``) names this share of strangers on the clean
+            cross-validation galleries; None: the raw similarity thresholds only.
 
     Returns:
         The saved bundle.
@@ -753,6 +854,11 @@ def train_bundle(
 
     for kind in answer_kinds:
         DegradeSpec(1.0, (kind,))  # an unknown kind fails here, before anything is embedded
+    if augment_kinds is not None and set(augment_kinds) - set(answer_kinds):
+        raise DatasetError(f"augment_kinds must be among the answer galleries {tuple(answer_kinds)}, "
+                           f"got {tuple(augment_kinds)}")
+    if strangers_named is not None and not 0.0 < strangers_named < 1.0:
+        raise DatasetError(f"strangers_named is a share in (0, 1) or None, got {strangers_named!r}")
     ds = list_labelled_images(data_dir)
     labels = np.asarray(ds.labels)
     models = [query_model] + [m for m in gallery_models if m != query_model]
@@ -776,7 +882,7 @@ def train_bundle(
                                                       seed=split.seed + 1, models=models, cache=cache, progress=progress)
         degraded = Degraded(dfiles.embeddings, dfiles.detection_probability, dmask)
     answer_galleries: dict[str, Degraded] = {}
-    if answer_kinds and cv_folds > 1:
+    if answer_kinds and (cv_folds > 1 or (degrade_augment and (augment_kinds is None or augment_kinds))):
         from .degrade import degrade_gallery
         from .detection import create_detector
 
@@ -789,12 +895,13 @@ def train_bundle(
             dfiles, _, dmask = degrade_gallery(embedded, gpos, DegradeSpec(1.0, (kind,)), seed=split.seed + 2 + i,
                                                models=models, cache=cache, progress=progress, detector=detector)
             answer_galleries[kind] = Degraded(dfiles.embeddings, dfiles.detection_probability, dmask)
-    augment = degraded is not None and degrade_augment
+    augment_galleries = {k: g for k, g in answer_galleries.items() if augment_kinds is None or k in augment_kinds}
+    augment = degrade_augment and (degraded is not None or bool(augment_galleries))
+    # the transformers learn the mixed copies and the crop / tiny galleries' copies alike
+    augment_sets = (([degraded] if degraded is not None else []) + list(augment_galleries.values())) if augment else []
     transformers, early, linear, history, adapters = {}, {}, {}, {}, {}
     for m in gallery_models:
-        x, y, lab, tr_x, va_x = augmented_pairs(emb[m], q, labels, tr, va,
-                                                degraded.embeddings[m] if augment else None,
-                                                degraded.mask if augment else None)
+        x, y, lab, tr_x, va_x = augmented_pairs(emb[m], q, labels, tr, va, _augment_copies(m, augment_sets))
         logger.info("training transformer %s -> %s on %d pairs", m, query_model, tr_x.sum())
         transformers[m], early[m], history[m] = fit_network(x, y, lab, tr_x, va_x, hidden=hidden, config=train_config,
                                                   refit=refit, progress=progress)
@@ -817,7 +924,7 @@ def train_bundle(
         cv = cross_validate_choices(
             emb, prob, labels, tr | va, query_model=query_model, gallery_models=gallery_models,
             epochs={m: history[m]["best_epoch"] for m in gallery_models}, hidden=hidden, config=train_config,
-            folds=cv_folds, seed=split.seed, degraded=degraded, augment=augment, fusions=fusions,
+            folds=cv_folds, seed=split.seed, degraded=degraded, augment_sets=augment_sets, fusions=fusions,
             answer_galleries=answer_galleries,
         )
         learn = cv.pop("_learn")
@@ -843,10 +950,11 @@ def train_bundle(
                                predictor=predictor)
     if cv is not None:
         # the answer rule: fitted on every fold's queries against out-of-fold galleries, clean and degraded
-        rule, policies, answer_info = calibrate_answers(fold_galleries(member), quality, fit_predictor, member,
-                                                        thresholds=cal.similarity_thresholds,
-                                                        abstain_below=abstain_below)
-        cal = dataclasses.replace(cal, answer_rule=rule, answer_policies=policies)
+        rule, policies, norm, answer_info = calibrate_answers(fold_galleries(member), quality, fit_predictor, member,
+                                                              thresholds=cal.similarity_thresholds,
+                                                              abstain_below=abstain_below,
+                                                              strangers_named=strangers_named)
+        cal = dataclasses.replace(cal, answer_rule=rule, answer_policies=policies, cohort_norm=norm)
         cal_info["answers"] = answer_info
     bundle = Bundle(query_model, tuple(gallery_models), transformers, member, calibration=cal,
                     linear_maps=linear, query_adapters=adapters, fusion=gate)
@@ -872,6 +980,7 @@ def train_bundle(
             "choices_by": f"{cv_folds}-fold cross-validation" if cv else "validation split",
             "fusion": gate.kind,
             "degrade_augment": augment,
+            "augmented_with": (["mixed"] if augment and degraded is not None else []) + (list(augment_galleries) if augment else []),
             **({"mixed_quality_validation": degrade_info} if degrade_info else {}),
             **({"cross_validation": cv} if cv else {}),
         }

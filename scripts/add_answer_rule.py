@@ -17,7 +17,8 @@ after checking that the two serve the same similarities:
     python -m cmce train ../shared/data/lfw-train --out /tmp/rerun/sface-query
     python scripts/add_answer_rule.py /tmp/rerun/sface-query assets/bundles/sface-query
 
-What is copied: ``calibration.answer_rule`` and ``answer_policies``, and the rerun's
+What is copied: ``calibration.answer_rule``, ``answer_policies`` and ``cohort_norm`` (the
+normalised "Unknown" threshold, also calibrated out of fold), and the rerun's
 ``info.training.answers`` (the choice and its cross-validated figures) and
 ``info.training.cross_validation`` figures of the fusion on the crop and tiny galleries.
 """
@@ -72,7 +73,8 @@ def main() -> int:
     rerun, shipped = load_bundle(a.rerun), load_bundle(a.shipped)
     worst = check_same(rerun, shipped, a.atol)
     shipped.calibration = dataclasses.replace(shipped.calibration, answer_rule=rerun.calibration.answer_rule,
-                                              answer_policies=rerun.calibration.answer_policies)
+                                              answer_policies=rerun.calibration.answer_policies,
+                                              cohort_norm=rerun.calibration.cohort_norm)
     train_new, train_old = rerun.info["training"], shipped.info["training"]
     train_old["answers"] = train_new["answers"]
     cv = train_old.get("cross_validation")

@@ -1,4 +1,4 @@
-"""Held-out answers on the path the app uses: Gallery.add_images, then Gallery.search_image per query.
+"""Held-out answers on the path the app uses: Gallery.add_images, then a search per query.
 
 The first photo of each held-out identity (by file name) goes into the gallery with its
 label, identities with one photo as distractors; every other photo is a query. Every face
@@ -6,8 +6,11 @@ of every gallery photo is indexed (background faces too), as the app indexes. Wi
 ``--gallery-degrade mix:0.6`` (kinds that need no face box: blur, lowres, jpeg, dark) that
 share of gallery photos is degraded first (seeded, ``cmce.degrade``). Each query's CMCE
 ensemble answer is counted right (its person named), wrong (another) or unknown, under the
-bundle's default (nothing rejected, the answer rule), with no answer rule, and with the
-calibrated rejection blocking.
+bundle's default (nothing rejected, the normalised "Unknown" threshold, the answer rule),
+with no answer rule, with neither (the raw similarity threshold, as bundles answered
+before), and with the calibrated rejection blocking. Each query photo is detected and
+embedded once, as ``Gallery.search_image`` does, then searched under each variant
+(``Gallery.search_vector``).
 
     python scripts/app_path_answers.py ../shared/data/lfw-train --bundle assets/bundles/sface-query \\
         [--gallery-degrade mix:0.6]
@@ -72,20 +75,24 @@ def main() -> int:
     gallery = Gallery(engine, GalleryLimits(max_files=len(items) + 1, max_entries=10 * len(items)))
     report = gallery.add_images(items)
     rejected = gallery.rejected()
-    counts = {"default": Counter(), "no rule": Counter(), "rejected block": Counter()}
+    variants = {  # search_vector's arguments per variant; the query is detected and embedded once
+        "default": {},
+        "no rule": {"answer_rule": "none"},
+        "raw threshold, no rule": {"answer_rule": "none", "unknown_by": "similarity"},
+        "rejected block": {"answer_rule": "none", "rejected": rejected},
+    }
+    counts = {name: Counter() for name in variants}
     for i in qi:
-        try:
-            img = load_image(ds.paths[i])
-            default = gallery.search_image(img, k=1)
-            plain = gallery.search_image(img, k=1, answer_rule="none")
-            block = gallery.search_image(img, k=1, rejected=rejected, answer_rule="none")
-        except CmceError:
+        img = load_image(ds.paths[i])
+        faces = sorted(engine.detect([img])[0], key=lambda f: -f.area)
+        if not faces:
             for c in counts.values():
                 c["no face in query"] += 1
             continue
-        counts["default"][outcome(default.views["ensemble"], labels[i])] += 1
-        counts["no rule"][outcome(plain.views["ensemble"], labels[i])] += 1
-        counts["rejected block"][outcome(block.views["ensemble"], labels[i])] += 1
+        q = engine.embed_query_face(img, faces[0])  # what Gallery.search_image does
+        for name, kw in variants.items():
+            view = gallery.search_vector(q, k=1, query_probability=faces[0].probability, **kw)["ensemble"]
+            counts[name][outcome(view, labels[i])] += 1
     print(f"{Path(a.bundle).name}, gallery {a.gallery_degrade or 'clean'}: {report.summary()}; "
           f"{int(gallery.doubt().doubtful.sum())} doubtful, {int(rejected.sum())} rejected if asked; {len(qi)} queries")
     for name, c in counts.items():

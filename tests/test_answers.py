@@ -172,3 +172,107 @@ def test_doubt_marks_and_the_cap_on_unfamiliar_galleries() -> None:
     capped = capped_rejection(q, crops, 0.10)
     assert capped.sum() == 4 and capped[:4].all()  # the calibrated share, worst first
     assert doubt_marks(np.zeros(0), 0.07, 0.1).note == ""
+
+
+def test_cohort_score_of_a_hit_list_equals_the_matrix_version() -> None:
+    from cmce.answers import cohort_normalised, cohort_score
+
+    rng = np.random.default_rng(3)
+    sim = rng.uniform(-0.2, 0.9, (30, 80))
+    g_lab = [f"p{j % 60}" for j in range(80)]  # some people have two entries
+    z = cohort_normalised(sim, g_lab, 20)
+    for i in range(len(sim)):
+        order = np.argsort(-sim[i], kind="stable")
+        assert cohort_score(sim[i][order], [g_lab[j] for j in order], 20) == pytest.approx(z[i])
+    # the best person's other entries are not its cohort: a twin of the best match changes nothing
+    twin = np.concatenate([sim, sim[:, :1] - 1e-3], axis=1)
+    np.testing.assert_allclose(cohort_normalised(twin, [*g_lab, g_lab[0]], 20)[sim.argmax(1) == 0],
+                               z[sim.argmax(1) == 0])
+    # too few other people: no normalised score (the raw threshold applies)
+    assert np.isnan(cohort_normalised(sim[:, :15], g_lab[:15], 20)).all()
+    assert np.isnan(cohort_score([0.9, 0.3], ["a", "b"], 5)) and np.isnan(cohort_score([], [], 5))
+
+
+def test_stranger_best_takes_the_query_person_out() -> None:
+    from cmce.answers import stranger_best
+
+    sim = np.array([[0.9, 0.4, 0.2], [0.1, 0.8, 0.7]])
+    np.testing.assert_allclose(stranger_best(sim, ["a", "b"], ["a", "b", "c"]), [0.4, 0.7])
+    sim = np.array([[0.9, 0.5, 0.3, 0.1], [0.2, 0.8, 0.6, 0.4]])
+    z = stranger_best(sim, ["a", "b"], list("abcd"), cohort=2)
+    # query a without its person: best 0.5 (b), cohort c, d = 0.3, 0.1; query b: best 0.6, cohort 0.2, 0.4
+    np.testing.assert_allclose(z, [(0.5 - 0.2) / 0.1, (0.6 - 0.3) / 0.1])
+    assert np.isnan(stranger_best(sim, ["a", "b"], list("abcd"), cohort=3)).all()
+
+
+def test_unknown_mask_uses_the_normalised_score_where_there_is_one() -> None:
+    from cmce.answers import answer_outcomes, unknown_mask
+
+    raw = np.array([0.2, 0.2, 0.9, 0.9])
+    z = np.array([5.0, np.nan, 1.0, np.nan])
+    assert unknown_mask(raw, z, 0.5, 3.0).tolist() == [False, True, True, False]
+    assert unknown_mask(raw, z, 0.5, None).tolist() == [True, True, False, False]
+    # answer_outcomes applies it over the searchable gallery: a clear winner with a low raw score is named
+    rng = np.random.default_rng(0)
+    sim = rng.uniform(0.0, 0.1, (2, 40))
+    sim[0, 0], sim[1, 1] = 0.3, 0.11
+    g_lab = [f"p{j}" for j in range(40)]
+    assert answer_outcomes(sim, ["p0", "p1"], g_lab, 0.5).tolist() == [UNKNOWN, UNKNOWN]
+    assert answer_outcomes(sim, ["p0", "p1"], g_lab, 0.5, cohort=20, norm_threshold=4.0).tolist() == [RIGHT, UNKNOWN]
+
+
+def test_decide_answer_with_the_normalised_threshold_and_its_round_trip() -> None:
+    from cmce.answers import CohortNorm
+    from cmce.bundle import Calibration
+
+    norm = CohortNorm(3, {"ensemble": 2.5}, 0.05)
+    keys = ["a", "b", "c", "d", "e"]
+    stands_out = decide_answer([0.45, 0.2, 0.18, 0.16, 0.1], keys, keys, threshold=0.5, norm=norm)
+    assert stands_out.kind == "match" and stands_out.label == "a"
+    crowded = decide_answer([0.95, 0.94, 0.93, 0.92, 0.1], keys, keys, threshold=0.5, norm=norm)
+    assert crowded.kind == "unknown" and "does not stand out from the next 3 people" in crowded.reason
+    # too few hits for the cohort, or a view without a normalised threshold: the raw threshold
+    assert decide_answer([0.45, 0.2], keys[:2], keys[:2], threshold=0.5, norm=norm).kind == "unknown"
+    assert decide_answer([0.95, 0.93, 0.92, 0.9], keys[:4], keys[:4], threshold=0.5, norm=norm, view="query").kind == "match"
+    cal = Calibration(similarity_thresholds={"ensemble": 0.5}, cohort_norm=norm)
+    assert Calibration.from_dict(cal.to_dict()).cohort_norm == norm
+    assert Calibration.from_dict(Calibration().to_dict()).cohort_norm is None
+    with pytest.raises(CmceError, match="cohort"):
+        CohortNorm(1, {})
+
+
+def test_cohort_thresholds_name_the_fewest_strangers_the_caps_allow() -> None:
+    from cmce.train import _cohort_thresholds
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    cond = np.array(["clean"] * n + ["mixed"] * n)
+    stranger_z = rng.normal(3.0, 1.0, 2 * n)
+    raw_sim = rng.uniform(0, 1, 2 * n)
+    # genuine queries stand out less on the mixed galleries
+    cohort_z = np.concatenate([rng.normal(8.0, 1.5, n), rng.normal(5.5, 1.5, n)])
+    feats = {"similarity": raw_sim, "cohort_z": cohort_z, "stranger_z": stranger_z, "stranger_raw": raw_sim}
+
+    def pooled(view):
+        return feats, np.zeros(2 * n, bool), np.zeros(2 * n), cond, np.arange(2 * n)
+
+    # the raw threshold 0.5 names half the strangers: room to move from 5% towards it
+    thr, target, tried = _cohort_thresholds({"ensemble": []}, pooled, {"ensemble": 0.5}, 0.05)
+    first = tried[f"{0.05:.4f}"]
+    assert first["mixed"] > 0.20  # at 5% the mixed galleries would say Unknown too often
+    assert 0.05 < target <= 0.5 and tried[f"{target:.4f}"]["mixed"] <= 0.20 and tried[f"{target:.4f}"]["clean"] <= 0.10
+    assert thr["ensemble"] == pytest.approx(np.quantile(stranger_z[:n], 1 - target))
+    # easy galleries: the asked share holds; no target: no normalised threshold
+    feats["cohort_z"] = np.full(2 * n, 9.0)
+    assert _cohort_thresholds({"ensemble": []}, pooled, {"ensemble": 0.5}, 0.05)[1] == 0.05
+    assert _cohort_thresholds({"ensemble": []}, pooled, {"ensemble": 0.5}, None) == ({}, None, {})
+
+
+def test_unknown_norm_follows_the_callers_choice() -> None:
+    from cmce.answers import CohortNorm, unknown_norm
+
+    norm = CohortNorm(50, {"ensemble": 5.0})
+    assert unknown_norm(norm, None) is norm and unknown_norm(norm, "normalised") is norm
+    assert unknown_norm(norm, "similarity") is None and unknown_norm(None, "normalised") is None
+    with pytest.raises(CmceError, match="unknown_by must be one of normalised, similarity"):
+        unknown_norm(norm, "z")

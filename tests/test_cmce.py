@@ -17,7 +17,7 @@ from cmce.ensemble import (
     fuse_members,
     member_uncertainty,
 )
-from cmce.answers import ANSWER_RULES
+from cmce.answers import ANSWER_RULES, cohort_normalised, stranger_best, unknown_mask
 from cmce.evaluate import adapter_row_name, evaluate_embedded
 from cmce.train import SplitConfig, dataset_splits, train_bundle
 from cmce.transform import (
@@ -140,6 +140,7 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     assert loaded.calibration.quality == bundle.calibration.quality
     mq = t["mixed_quality_validation"]
     assert mq["degraded"] > 0.4 * mq["gallery_photos"] and t["degrade_augment"] is True
+    assert t["augmented_with"] == ["mixed", "crop"]  # the crop gallery's copies are learned too
     # the transformers were trained on the degraded copies as well (copy -> clean query embedding)
     assert all(h["refit_images"] > t["images"] + t["validation_images"] for h in t["transformers"].values())
     # the fusion: chosen by the same cross-validation among mean / weighted / gated, on clean and mixed
@@ -172,6 +173,11 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     # with the similarity threshold, the rule says "Unknown" to at most 10% of clean and 20% of other queries
     shares = ans["unknown_share"]["ensemble"]
     assert shares["clean"] <= 0.10 + 1e-9 and all(v <= 0.20 + 1e-9 for v in shares.values())
+    # the "Unknown" threshold on normalised scores: every view, calibrated out of fold on clean galleries
+    norm = cal.cohort_norm
+    assert norm is not None and set(norm.thresholds) == set(cal.answer_policies) and norm.cohort == 50
+    assert loaded.calibration.cohort_norm == norm and 0.05 <= norm.strangers_named < 1
+    assert ans["strangers_named"]["ensemble"]["clean"]["default"] == pytest.approx(norm.strangers_named, abs=0.02)
     assert loaded.calibration.answer_policies == bundle.calibration.answer_policies
     card = (out / "README.md").read_text()
     assert "CC0" in card and "Apache-2.0" in card
@@ -205,7 +211,14 @@ def test_evaluate_rows_and_rejection(trained_bundle, small_dataset, lfw_pairs_em
     thr = bundle.calibration.similarity_thresholds["ensemble"]
     best = sim.argmax(1)
     right = int(((labels[gi][best] == labels[qi]) & (sim.max(1) >= thr)).sum())
-    assert rules["answer_all"]["right"] == right
+    norm = bundle.calibration.cohort_norm
+    assert rules.get("answer_all_raw_threshold", rules["answer_all"])["right"] == right
+    if norm is not None:  # the default "Unknown": the normalised score, where the gallery holds the cohort
+        z = cohort_normalised(sim, list(labels[gi]), norm.cohort)
+        named = ~unknown_mask(sim.max(1), z, thr, norm.thresholds["ensemble"])
+        assert rules["answer_all"]["right"] == int(((labels[gi][best] == labels[qi]) & named).sum())
+        strangers = result["answers"]["strangers"]
+        assert strangers["raw_threshold"]["named"] == int((stranger_best(sim, labels[qi], labels[gi]) >= thr).sum())
     for name, r in rules.items():
         assert r["right"] + r["wrong"] + r["unknown"] == len(qi), name
     # a blocking rejection never adds a wrong answer; the policy only abstains

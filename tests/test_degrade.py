@@ -361,3 +361,22 @@ def test_evaluate_cli_with_crop_and_tiny_galleries_and_index_detection(lfw_dir, 
         rows = {row["name"]: row for row in r["rows"]}
         assert 0.0 <= rows["CMCE ensemble"]["recall_at_1"] <= 1.0
     assert "index detection" in capsys.readouterr().out
+
+
+def test_augmented_pairs_add_every_set_of_copies_of_training_photos_only() -> None:
+    from cmce.train import augmented_pairs
+
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    y = -x
+    labels = np.array(list("aabbcc"))
+    train = np.array([1, 1, 1, 1, 0, 0], bool)
+    val = ~train
+    mixed = (x + 100, np.array([1, 0, 1, 0, 1, 0], bool))  # row 4 is a validation photo: not added
+    crops = (x + 200, np.array([0, 1, 0, 0, 0, 1], bool))
+    xs, ys, labs, tr, va = augmented_pairs(x, y, labels, train, val, [mixed, crops])
+    assert len(xs) == 6 + 2 + 1
+    np.testing.assert_array_equal(xs[6:], np.stack([x[0] + 100, x[2] + 100, x[1] + 200]))
+    # a copy learns the clean photo's target and keeps its label; copies only ever train
+    np.testing.assert_array_equal(ys[6:], np.stack([y[0], y[2], y[1]]))
+    assert list(labs[6:]) == ["a", "b", "a"] and tr[6:].all() and not va[6:].any()
+    assert augmented_pairs(x, y, labels, train, val)[0] is x

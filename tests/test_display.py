@@ -277,3 +277,29 @@ def test_bundle_markdown_names_a_local_folder_without_the_servers_path():
     md = display.bundle_markdown({**summary, "source": "/srv/app/assets/bundles/sface-query"})
     assert "`sface-query`" in md and "/srv/app" not in md
     assert "`hf://org/name@main`" in display.bundle_markdown({**summary, "source": "hf://org/name@main"})
+
+
+def test_a_name_reached_by_the_normalised_score_says_so_and_is_not_greyed():
+    gallery, result = _answered_result()
+    e = gallery.entries
+    low = Match(0, e[0].label, e[0].source, 0.31, 0.3, float(gallery.quality[0]), {})
+    views = dict(result.views)
+    views["ensemble"] = ViewResult("ensemble", (low,), 0.4, False,
+                                   Answer("match", "ann", 0.31, None, "ann, similarity 0.310, 6.2 spreads above "
+                                          "the next 50 people", normalised=6.2, norm_threshold=5.4))
+    views["m1"] = ViewResult("m1", (low,), 0.4, True,
+                             Answer("unknown", "ann", 0.31, None, "Unknown: the best match, ann (0.310), does not "
+                                    "stand out from the next 50 people of the gallery (3.0 spreads above them, 5.4 "
+                                    "needed)", normalised=3.0, norm_threshold=5.4))
+    res = QueryResult(result.faces, 0, views, 1e-3)
+    page = display.result_html(res, gallery, "ann")
+    ens = page[page.index("ann</b>"):]
+    assert "similarity 0.31, 6.2 spreads above the next people ≥ 5.4" in ens
+    assert "0.31 ≥ 0.40" not in page  # never claims the raw threshold was reached
+    assert "does not stand out from the next 50 people of the gallery (3.0 spreads" in page
+    v = display.result_dict(res, "sface", "ann")["views"]
+    assert (v["ensemble"]["normalised"], v["ensemble"]["norm_threshold"]) == (6.2, 5.4)
+    assert v["m1"]["answer_kind"] == "unknown" and v["query"]["normalised"] is None
+    summary = {"open_set_far": 1e-3, "cohort_norm": {"cohort": 50, "thresholds": {}, "strangers_named": 0.05}}
+    assert "does not stand out from the next 50 people" in display._unknown_rule_text(summary)
+    assert display._unknown_rule_text({"open_set_far": 1e-3}) == "'unknown' thresholds set for a 0.1% false-accept rate"

@@ -265,3 +265,43 @@ def test_engine_puts_transformers_and_models_on_its_device(engine) -> None:
     for module in engine.bundle.transformers.values():
         assert next(module.parameters()).device.type == torch.device(engine.device).type
     assert all(create_backbone(m) is bb for m, bb in engine.backbones.items())  # one instance each
+
+
+def test_unknown_by_the_normalised_score_in_a_gallery_of_many_people(engine, lfw_dir, monkeypatch) -> None:
+    """Past the cohort's size, "Unknown" is decided by how far the best match stands out from
+    the next people (answers.CohortNorm), exactly as the matrix version computes it."""
+    from dataclasses import replace
+
+    from cmce.answers import CohortNorm, cohort_normalised
+    from cmce.images import load_image
+
+    people = sorted(p.name for p in lfw_dir.iterdir() if len(list(p.glob("*.jpg"))) >= 2)[:70]
+    g = Gallery(engine)
+    g.add_images([(f"{p}_0001.jpg", lfw_dir / p / f"{p}_0001.jpg", p) for p in people[:60]])
+    queries = [lfw_dir / p / f"{p}_0002.jpg" for p in people[:5] + people[60:70]]  # 10 strangers
+    qv = []
+    for path in queries:
+        img = load_image(path)
+        face = max(engine.detect([img])[0], key=lambda f: f.area)
+        qv.append(engine.embed_query_face(img, face))
+    labels = [e.label for e in g.entries]
+    z = cohort_normalised(np.stack(qv) @ g.vectors.ensemble.T, labels, 20)
+    assert np.isfinite(z).all()
+    thr = float(np.median(z))  # half the queries on each side
+    cal = engine.bundle.calibration
+    monkeypatch.setattr(engine.bundle, "calibration",
+                        replace(cal, cohort_norm=CohortNorm(20, {"ensemble": thr}, 0.05)))
+    for q, zq in zip(qv, z):
+        ans = g.search_vector(q)["ensemble"].answer
+        if zq < thr:
+            assert ans.kind == "unknown" and "does not stand out from the next 20 people" in ans.reason
+        else:
+            assert ans.kind != "unknown"
+        # asked for, the raw similarity threshold decides, as in bundles before the normalised one
+        raw = g.search_vector(q, unknown_by="similarity")["ensemble"].answer
+        best = float((g.vectors.ensemble @ q).max())
+        assert raw.normalised is None and (raw.kind == "unknown") == (best < cal.similarity_thresholds["ensemble"])
+    # a gallery smaller than the cohort keeps the raw threshold
+    monkeypatch.setattr(engine.bundle, "calibration",
+                        replace(cal, cohort_norm=CohortNorm(100, {"ensemble": 1e9}, 0.05)))
+    assert g.search_vector(qv[0])["ensemble"].answer.kind == "match"
