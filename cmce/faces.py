@@ -23,8 +23,10 @@ things full photos do not (issue 22):
 - Something where the template reaches past the image. ``align_faces`` fills with black
   as it always has; ``fill="extended"`` fills with the image's border pixels blurred
   and fading to grey. The backbones embed such a face as the mean of both crops
-  (``Backbone.align_views``): no single fill beat black, but the two fills err in
-  different directions (``scripts/bench_crops.py``).
+  (``Backbone.align_views``) when the face is the photo (``face_fills_image``: its box
+  covers a quarter of the image or more); no single fill beat black, but the two fills
+  err in different directions (``scripts/bench_crops.py``). A face cut by the frame of a
+  larger photo keeps the black fill alone.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "pick_subject",
     "similarity_transform",
     "too_small_face",
+    "face_fills_image",
     "too_small_image",
     "warp_leaves_image",
 ]
@@ -66,6 +69,13 @@ MIN_FACE_PIXELS = 16
 A backbone's 112-160 px input cut from a face under 16 px wide is an upscaled blur: its
 embedding says little about the person. Images whose shorter side is under it are not
 even given to the detector."""
+
+FILLS_IMAGE_SHARE = 0.25
+"""A face whose box covers at least this share of its image *is* the photo (an ID photo, a
+badge, a tight crop): only such faces get the second, extended-fill view where their
+template leaves the image. A face cut by the frame of a larger photo (a bystander) keeps
+the black fill alone: its second view cost about a tenth of the indexing time on ordinary
+photos (``scripts/bench_add_images.py``)."""
 
 EDGE_VERSION = "edge-v1"
 """Version of the treatment of faces at the image's edge (refined landmarks, extended fill).
@@ -205,6 +215,12 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     m[:, :2] = scale * rot
     m[:, 2] = mu_d - scale * rot @ mu_s
     return m
+
+
+def face_fills_image(face: Face, share: float = FILLS_IMAGE_SHARE) -> bool:
+    """Whether ``face``'s box covers at least ``share`` of its image (the photo is the face)."""
+    w, h = face.image_size
+    return w > 0 and h > 0 and face.area >= share * w * h
 
 
 def warp_leaves_image(face: Face, template: AlignmentTemplate) -> bool:

@@ -179,6 +179,10 @@ def subject_photos(lfw_dir) -> list[tuple[np.ndarray, list]]:
         image = load_image(path)
         out.append((image, detector.detect(image)))
     assert all(faces for _, faces in out)
+    # and one tight crop (the photo is the face: its template leaves it and it gets a second view)
+    image, faces = out[0]
+    crop, _ = tight_crops(image, faces[pick_subject(faces)])["box"]
+    out.append((crop, detector.detect(crop)))
     return out
 
 
@@ -189,7 +193,7 @@ def test_full_photos_embed_exactly_as_before(name: str, subject_photos) -> None:
     inside, views = [], []
     for image, faces in subject_photos:
         for face in faces:
-            if model.at_edge(face):  # the half face cut by Astrid_Eyzaguirre_0001's border
+            if model.at_edge(face):  # the half face cut by Astrid_Eyzaguirre_0001's border; the tight crop
                 assert face.at_image_edge or warp_leaves_image(face, model.template)
                 continue
             before = model.embed(model.align(image, [face]))
@@ -205,6 +209,8 @@ def test_full_photos_embed_exactly_as_before(name: str, subject_photos) -> None:
     kept = np.array([not model.at_edge(f) for f in faces])
     assert kept.all() != model.aligns_by_landmarks and (len(views.extra) > 0) == model.aligns_by_landmarks
     np.testing.assert_array_equal(model.embed_views(views)[kept], model.embed(views.crops)[kept])
+    # only the face that is its photo gets the extended view; the face cut by a photo's frame keeps black
+    assert len(views.extra) == (1 if model.aligns_by_landmarks else 0)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from conftest import TIGHT_CROP_PEOPLE, tight_crops
 from cmce.backbones import TEMPLATES
 from cmce.errors import CmceError
 from cmce.faces import (
+    EDGE_VERSION,
     AlignmentTemplate,
     Face,
     FaceDetector,
@@ -217,6 +218,21 @@ def test_warp_leaves_image_decides_from_the_face_record() -> None:
     # the crop's right column samples the image at x = 178.4: inside a 180-pixel-wide image, not a 179-pixel one
     assert not warp_leaves_image(_face((75, 70, 175, 190), size=(180, 250)), template)
     assert warp_leaves_image(_face((75, 70, 175, 190), size=(179, 250)), template)
+
+
+def test_a_face_fills_its_image_when_its_box_covers_a_quarter_of_it() -> None:
+    from cmce.backbones import create_backbone
+    from cmce.faces import face_fills_image
+
+    assert face_fills_image(_face((0, 0, 100, 120), size=(100, 120)))  # a tight crop
+    assert not face_fills_image(_face((0, 20, 100, 140)))  # a face cut by the frame of a 250 x 250 photo
+    sface = create_backbone("sface")
+    cut = _face((0, 20, 100, 140))
+    assert cut.at_image_edge and warp_leaves_image(cut, sface.template) and not sface.extended_view(cut)
+    # refined landmarks, black fill alone: a key of its own; the tight crop keeps the two-fill key
+    assert sface.face_cache_id(cut) == f"{sface.cache_id}:{EDGE_VERSION}-black"
+    crop = _face((0, 0, 100, 120), size=(100, 120))
+    assert sface.extended_view(crop) and sface.face_cache_id(crop) == f"{sface.cache_id}:{EDGE_VERSION}"
 
 
 def test_extended_fill_changes_only_what_lies_outside_the_image(edge_photos) -> None:

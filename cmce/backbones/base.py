@@ -13,7 +13,7 @@ import numpy as np
 
 from ..cache import file_sha256
 from ..errors import BackboneError, BackboneUnavailableError, ChecksumError
-from ..faces import EDGE_VERSION, AlignmentTemplate, Face, align_faces, warp_leaves_image
+from ..faces import EDGE_VERSION, AlignmentTemplate, Face, align_faces, face_fills_image, warp_leaves_image
 from ._pretrained import TEMPLATES, PretrainedSpec
 
 logger = logging.getLogger(__name__)
@@ -329,25 +329,36 @@ class Backbone(ABC):
         """
         return align_faces(image, faces, self.template)
 
+    def extended_view(self, face: Face) -> bool:
+        """Whether ``face`` gets a second, extended-fill view: a landmark-aligned backbone,
+        a template that reaches past the image, and a face that is the photo
+        (``cmce.faces.face_fills_image``). Decided from the face record alone."""
+        return self.aligns_by_landmarks and warp_leaves_image(face, self.template) and face_fills_image(face)
+
     def at_edge(self, face: Face) -> bool:
         """Whether ``face`` gets the edge treatment of ``cmce.faces`` from this backbone.
 
         True for a landmark-aligned backbone when the face's box reaches the image's
-        border (its landmarks are refined) or its template reaches past the image (it
-        gets a second, extended-fill view). Decided from the face record alone.
+        border (its landmarks are refined) or it gets an ``extended_view``. Decided from
+        the face record alone.
         """
-        return self.aligns_by_landmarks and (face.at_image_edge or warp_leaves_image(face, self.template))
+        return self.aligns_by_landmarks and (face.at_image_edge or self.extended_view(face))
 
     def face_cache_id(self, face: Face) -> str:
         """``cache_id``, with ``cmce.faces.EDGE_VERSION`` appended for a face ``at_edge``.
 
         Faces inside the image keep the key their embeddings were always stored under.
+        A face at the border whose template leaves the image but that is not the photo
+        (refined landmarks, black fill alone) gets ``EDGE_VERSION-black``.
         """
-        return f"{self.cache_id}:{EDGE_VERSION}" if self.at_edge(face) else self.cache_id
+        if not self.at_edge(face):
+            return self.cache_id
+        one_fill = warp_leaves_image(face, self.template) and not self.extended_view(face)
+        return f"{self.cache_id}:{EDGE_VERSION}" + ("-black" if one_fill else "")
 
     def align_views(self, image: np.ndarray, faces: Sequence[Face]) -> FaceViews:
-        """``align``'s crops of ``faces``, plus an extended-fill crop of each face whose
-        template reaches past the image.
+        """``align``'s crops of ``faces``, plus an extended-fill crop of each face that gets
+        an ``extended_view`` (the photo is the face, and its template reaches past it).
 
         Args:
             image: (H, W, 3) uint8 RGB the faces were found in.
@@ -355,7 +366,7 @@ class Backbone(ABC):
         """
         crops = self.align(image, faces)
         s = self.input_size
-        owners = [i for i, f in enumerate(faces) if self.aligns_by_landmarks and warp_leaves_image(f, self.template)]
+        owners = [i for i, f in enumerate(faces) if self.extended_view(f)]
         extra = (align_faces(image, [faces[i] for i in owners], self.template, fill="extended") if owners
                  else np.zeros((0, s, s, 3), np.uint8))
         return FaceViews(crops, extra, np.asarray(owners, dtype=np.int64))
