@@ -194,7 +194,7 @@ def _unknown_lines(calibration: dict, train: dict) -> list[str]:
     return [f"- open set: \"Unknown\" when the best match stands out from the query's scores against the next "
             f"{norm['cohort']} people of the gallery by less than "
             + ", ".join(f"{k} {v:.2f}" for k, v in norm["thresholds"].items())
-            + f" spreads (adaptive Z-norm), set to name {100 * norm['strangers_named']:g}% of strangers on the "
+            + f" spreads (adaptive Z-norm), set to name {100 * norm['strangers_named']:.1f}% of strangers on the "
             f"clean cross-validation galleries" + (f"; strangers named out of fold: {by_kind}" if by_kind else ""),
             f"- galleries with fewer than {norm['cohort']} other people: {raw}"]
 
