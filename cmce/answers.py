@@ -322,40 +322,72 @@ class CohortNorm:
     """The "Unknown" threshold on cohort-normalised scores (adaptive Z-norm over the gallery).
 
     A query's best score counts by how far it stands out from its scores against the
-    next ``cohort`` people of the gallery (``cohort_score``): below ``thresholds[view]``
+    next ``cohort`` people of the gallery (``cohort_score``): below the view's threshold
     the answer is "Unknown". Each threshold names ``strangers_named`` of strangers (a
-    query whose person is not in the gallery) on the clean calibration gallery. Where
-    the gallery holds fewer than ``cohort`` other people the raw similarity threshold
-    applies.
+    query whose person is not in the gallery) on clean calibration galleries. A stranger
+    meets more impostors in a larger gallery, so the threshold is calibrated per gallery
+    size (``sizes``, ``by_size``) and interpolated in log size between them (``threshold``).
+    Where the gallery holds fewer than ``cohort`` other people the raw similarity
+    threshold applies.
 
     Attributes:
         cohort: how many of the next people's scores the statistics come from.
-        thresholds: per view, the normalised threshold.
-        strangers_named: the share of strangers named on the calibration gallery.
+        thresholds: per view, the normalised threshold at the calibration galleries' size.
+        strangers_named: the share of strangers named on the calibration galleries.
+        sizes: gallery sizes (entries) the ``by_size`` thresholds were calibrated at,
+            ascending (empty: ``thresholds`` at every size, as in bundles calibrated before).
+        by_size: per view, one threshold per size.
     """
 
     cohort: int = DEFAULT_COHORT
     thresholds: Mapping[str, float] = None  # type: ignore[assignment]
     strangers_named: float = 0.05
+    sizes: tuple[int, ...] = ()
+    by_size: Mapping[str, tuple[float, ...]] = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.thresholds is None:
             object.__setattr__(self, "thresholds", {})
+        if self.by_size is None:
+            object.__setattr__(self, "by_size", {})
         if not isinstance(self.cohort, int) or self.cohort < 2:
             raise CmceError(f"a cohort is a count of people >= 2 (their scores' spread normalises), got {self.cohort!r}")
+        if list(self.sizes) != sorted(set(self.sizes)) or any(len(v) != len(self.sizes) for v in self.by_size.values()):
+            raise CmceError("CohortNorm sizes must ascend, with one threshold per size for every view")
 
     @property
     def hits_needed(self) -> int:
         """Hits a search fetches so that the cohort is there even when the best person has several entries."""
         return 2 * self.cohort + 10
 
+    def threshold(self, view: str, gallery_size: int | None = None) -> float | None:
+        """The view's normalised threshold for a gallery of ``gallery_size`` entries (None: not calibrated).
+
+        Interpolated linearly in log size between the calibrated sizes, held at the ends;
+        without ``gallery_size`` or per-size thresholds, the calibration galleries' one.
+
+        Example:
+            >>> n = CohortNorm(50, {"ensemble": 5.0}, 0.05, (100, 400), {"ensemble": (4.0, 5.0)})
+            >>> n.threshold("ensemble", 200), n.threshold("ensemble", 60), n.threshold("ensemble")
+            (4.5, 4.0, 5.0)
+        """
+        if view not in self.thresholds:
+            return None
+        per = self.by_size.get(view)
+        if gallery_size is None or not per:
+            return float(self.thresholds[view])
+        return float(np.interp(np.log(max(gallery_size, 1)), np.log(np.asarray(self.sizes, np.float64)), per))
+
     def to_dict(self) -> dict:
-        return {"cohort": self.cohort, "thresholds": dict(self.thresholds), "strangers_named": self.strangers_named}
+        return {"cohort": self.cohort, "thresholds": dict(self.thresholds), "strangers_named": self.strangers_named,
+                **({"sizes": list(self.sizes), "by_size": {k: list(v) for k, v in self.by_size.items()}}
+                   if self.sizes else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> CohortNorm:
         return cls(int(d.get("cohort", DEFAULT_COHORT)), {k: float(v) for k, v in d.get("thresholds", {}).items()},
-                   float(d.get("strangers_named", 0.05)))
+                   float(d.get("strangers_named", 0.05)), tuple(int(x) for x in d.get("sizes", ())),
+                   {k: tuple(float(x) for x in v) for k, v in d.get("by_size", {}).items()})
 
 
 @dataclass(frozen=True)
@@ -424,6 +456,7 @@ def decide_answer(
     doubtful: bool = False,
     norm: CohortNorm | None = None,
     view: str = "ensemble",
+    gallery_size: int | None = None,
 ) -> Answer:
     """The answer to one query from its best hits over every searchable entry.
 
@@ -442,12 +475,13 @@ def decide_answer(
             only); the hits must then reach past the next ``norm.cohort`` people
             (``CohortNorm.hits_needed``), else the raw threshold applies.
         view: the view searched (whose normalised threshold applies).
+        gallery_size: entries searched (the normalised threshold depends on it).
     """
     if not len(scores):
         return Answer("unknown", None, float("nan"), None, "Unknown: the gallery has no face to match")
     s1, who = float(scores[0]), labels[0]
     name = who or "an unlabelled face"
-    z_thr = None if norm is None else norm.thresholds.get(view)
+    z_thr = None if norm is None else norm.threshold(view, gallery_size)
     z = cohort_score(scores, keys, norm.cohort) if z_thr is not None else float("nan")
     zz: dict = {}
     if z_thr is not None and np.isfinite(z):

@@ -552,7 +552,7 @@ class ArchiveGallery:
                 entry_quality=float(self.quality[top]) if top is not None else float("nan"),
                 entry_disagreement=float(self.uncertainty[top]) if top is not None else float("nan"),
                 blocked=bool(top is not None and rejected[top]), doubtful=bool(top is not None and doubtful[top]),
-                norm=norm)
+                norm=norm, gallery_size=int(self.active.sum()))
             matches = []
             for score, p in zip(shown_scores[row], shown_positions[row]):
                 if p < 0:

@@ -195,7 +195,10 @@ def _unknown_lines(calibration: dict, train: dict) -> list[str]:
             f"{norm['cohort']} people of the gallery by less than "
             + ", ".join(f"{k} {v:.2f}" for k, v in norm["thresholds"].items())
             + f" spreads (adaptive Z-norm), set to name {100 * norm['strangers_named']:.1f}% of strangers on the "
-            f"clean cross-validation galleries" + (f"; strangers named out of fold: {by_kind}" if by_kind else ""),
+            f"clean cross-validation galleries" + (f"; strangers named out of fold: {by_kind}" if by_kind else "")
+            + (f"; per gallery size (entries {', '.join(str(n) for n in norm['sizes'])}; interpolated in log size), "
+               f"ensemble " + ", ".join(f"{t:.2f}" for t in norm["by_size"].get("ensemble", ())) if norm.get("sizes")
+               else ""),
             f"- galleries with fewer than {norm['cohort']} other people: {raw}"]
 
 

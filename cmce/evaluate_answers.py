@@ -126,7 +126,7 @@ def answer_report(
     def unknown_rule(view: str) -> dict:
         """The view's "Unknown" threshold as the app applies it (normalised where the bundle has it)."""
         norm = cal.cohort_norm
-        z_thr = None if norm is None else norm.thresholds.get(view)
+        z_thr = None if norm is None else norm.threshold(view, len(g_lab))
         return {} if z_thr is None else {"cohort": norm.cohort, "norm_threshold": float(z_thr)}
 
     per_view = {}

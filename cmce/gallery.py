@@ -750,7 +750,7 @@ class Gallery:
                     entry_quality=float(vec.quality[top]) if top is not None else float("nan"),
                     entry_disagreement=float(vec.uncertainty[top]) if top is not None else float("nan"),
                     blocked=bool(top is not None and rejected[top]), doubtful=bool(top is not None and doubtful[top]),
-                    norm=norm, view=view)
+                    norm=norm, view=view, gallery_size=int((~self._removed).sum()))
                 out[view] = ViewResult(view, tuple(matches), thr, answer.unknown, answer)
             return out
 

@@ -288,8 +288,19 @@ def answer_records(bundle: Bundle, quality: QualityModel, emb: dict, prob: np.nd
         feats["cohort_z"] = cohort_normalised(sim, list(g_lab), cohort)
         feats["stranger_z"] = stranger_best(sim, q_lab, g_lab, cohort)
         feats["stranger_raw"] = stranger_best(sim, q_lab, g_lab)
+        feats["gallery_size"] = np.full(len(qi), float(len(gi)))
+        for size in STRANGER_SIZES:  # the same queries as strangers to smaller galleries drawn from this one
+            if cohort < size < len(gi):
+                keep = np.sort(np.random.default_rng(size).choice(len(gi), size, replace=False))
+                feats[f"stranger_z@{size}"] = stranger_best(sim[:, keep], q_lab, g_lab[keep], cohort)
+                feats[f"stranger_raw@{size}"] = stranger_best(sim[:, keep], q_lab, g_lab[keep])
         out[view] = (feats, g_lab[pos] != q_lab, q_lab)
     return out
+
+
+#: Gallery sizes (entries) at which the normalised "Unknown" threshold is also calibrated,
+#: beside the cross-validation galleries' own size.
+STRANGER_SIZES = (60, 120, 240, 480)
 
 
 def calibrate_cohort_norm(stranger_z: np.ndarray, strangers_named: float) -> float | None:
@@ -376,14 +387,19 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
 
     def pooled(view: str):
         rows = records[view]
-        feats = {f: np.concatenate([r[2][f] for r in rows]) for f in rows[0][2]}
+        names = dict.fromkeys(f for r in rows for f in r[2])  # a fold too small for a stranger size lacks it: NaN
+        feats = {f: np.concatenate([r[2].get(f, np.full(len(r[3]), np.nan)) for r in rows]) for f in names}
         return (feats, np.concatenate([r[3] for r in rows]), np.concatenate([np.full(len(r[3]), r[0]) for r in rows]),
                 np.concatenate([np.full(len(r[3]), r[1]) for r in rows]), np.concatenate([r[4] for r in rows]))
 
     feats, wrong, folds, conds, ids = pooled("ensemble")
     kind, report = choose_answer_rule(feats, wrong, folds, conds, ids, seed=seed)
     norm_thresholds, target, tried = _cohort_thresholds(records, pooled, thresholds, strangers_named)
-    norm = CohortNorm(cohort, norm_thresholds, target) if norm_thresholds else None
+    norm = None
+    if norm_thresholds:
+        sizes, by_size, aims = _thresholds_by_size(records, pooled, norm_thresholds, target, thresholds,
+                                                   strangers_named)
+        norm = CohortNorm(cohort, norm_thresholds, target, sizes, by_size)
     policies, unknown, strangers = {}, {}, {}
     for view in records:
         f, w, fo, c, _ = pooled(view)
@@ -409,7 +425,40 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
     report["strangers_named"] = strangers  # out-of-fold queries asked as strangers, per condition
     report["cohort_norm"] = norm.to_dict() if norm is not None else None
     report["cohort_norm_targets_tried"] = tried  # strangers named -> out-of-fold unknown share per condition
+    report["cohort_norm_strangers_by_size"] = aims if norm is not None else {}
     return kind, policies, norm, report
+
+
+def _thresholds_by_size(records: Mapping, pooled, full: Mapping[str, float], target: float,
+                        raw: Mapping[str, float], floor: float) -> tuple[tuple[int, ...], dict[str, tuple[float, ...]], dict]:
+    """Per view, the normalised threshold for clean galleries of each of ``STRANGER_SIZES``
+    entries (drawn from the cross-validation galleries) and, at their own size, ``full``.
+
+    At a size the threshold names ``target`` of strangers, or fewer where the raw threshold
+    (``raw``) names fewer there, but never fewer than ``floor`` (the share asked for): a
+    target relaxed by the abstention caps on the calibration galleries' size is not
+    carried over to small galleries, where the raw threshold protects strangers better.
+    Sizes without enough strangers are left out.
+
+    Returns:
+        (sizes, view -> thresholds per size, {size: share of strangers aimed at}).
+    """
+    f, _, _, c, _ = pooled("ensemble")
+    clean = c == "clean"
+    own = int(np.median(f["gallery_size"][clean]))
+    sizes = [s for s in STRANGER_SIZES if f"stranger_z@{s}" in f and np.isfinite(f[f"stranger_z@{s}"][clean]).sum() >= 20
+             and s < own]
+    aims: dict[str, float] = {}
+    for s in sizes:
+        raw_rate = float(np.mean(f[f"stranger_raw@{s}"][clean] >= raw.get("ensemble", -np.inf)))
+        aims[str(s)] = max(floor, min(target, raw_rate))
+    by_size: dict[str, tuple[float, ...]] = {}
+    for view in full:
+        fv, _, _, cv, _ = pooled(view)
+        per = [calibrate_cohort_norm(fv[f"stranger_z@{s}"][cv == "clean"], aims[str(s)]) for s in sizes]
+        by_size[view] = (*[float(t) for t in per], float(full[view]))
+    aims[str(own)] = target
+    return (*sizes, own), by_size, aims
 
 
 def _cohort_thresholds(records: Mapping, pooled, thresholds: Mapping[str, float], strangers_named: float | None,

@@ -211,9 +211,10 @@ def by_gallery_size(data_dir: str, bundle_path: str, sizes=(60, 100, 200, 400, 8
             rows["raw_right"].append(float(np.mean(right & (sim.max(1) >= raw_thr))))
             if norm is not None:
                 zs = stranger_best(sim, ql, gl, norm.cohort)
-                rows["default"].append(float(np.mean(~unknown_mask(best_raw, zs, raw_thr, norm.thresholds["ensemble"]))))
+                z_thr = norm.threshold("ensemble", size)
+                rows["default"].append(float(np.mean(~unknown_mask(best_raw, zs, raw_thr, z_thr))))
                 z = cohort_normalised(sim, list(gl), norm.cohort)
-                named = ~unknown_mask(sim.max(1), z, raw_thr, norm.thresholds["ensemble"])
+                named = ~unknown_mask(sim.max(1), z, raw_thr, z_thr)
                 rows["default_right"].append(float(np.mean(right & named)))
         out[str(size)] = {k: float(np.mean(v)) for k, v in rows.items() if v}
         logger.info("gallery of %d people: %s", size, out[str(size)])

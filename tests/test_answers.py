@@ -276,3 +276,46 @@ def test_unknown_norm_follows_the_callers_choice() -> None:
     assert unknown_norm(norm, "similarity") is None and unknown_norm(None, "normalised") is None
     with pytest.raises(CmceError, match="unknown_by must be one of normalised, similarity"):
         unknown_norm(norm, "z")
+
+
+def test_the_normalised_threshold_follows_the_gallery_size() -> None:
+    from cmce.answers import CohortNorm
+    from cmce.bundle import Calibration
+
+    norm = CohortNorm(3, {"ensemble": 3.0}, 0.05, (10, 1000), {"ensemble": (2.0, 3.0)})
+    assert norm.threshold("ensemble", 100) == pytest.approx(2.5) and norm.threshold("query", 100) is None
+    keys = ["a", "b", "c", "d", "e"]
+    scores = [0.6, 0.3, 0.25, 0.2, 0.1]  # 8.0 spreads above the next three people's 0.25 +- 0.041
+    z = (0.6 - 0.25) / np.std([0.3, 0.25, 0.2])
+    between = CohortNorm(3, {"ensemble": z + 1}, 0.05, (10, 1000), {"ensemble": (z - 1, z + 1)})
+    assert decide_answer(scores, keys, keys, threshold=0.9, norm=between, gallery_size=10).kind == "match"
+    assert decide_answer(scores, keys, keys, threshold=0.9, norm=between, gallery_size=1000).kind == "unknown"
+    assert decide_answer(scores, keys, keys, threshold=0.9, norm=between).kind == "unknown"  # the calibration size
+    cal = Calibration(cohort_norm=norm)
+    assert Calibration.from_dict(cal.to_dict()).cohort_norm == norm
+    with pytest.raises(CmceError, match="sizes must ascend"):
+        CohortNorm(3, {"ensemble": 3.0}, 0.05, (1000, 10), {"ensemble": (2.0, 3.0)})
+    with pytest.raises(CmceError, match="one threshold per size"):
+        CohortNorm(3, {"ensemble": 3.0}, 0.05, (10, 1000), {"ensemble": (2.0,)})
+
+
+def test_thresholds_by_size_never_relax_beyond_the_raw_threshold_in_small_galleries() -> None:
+    from cmce.train import _thresholds_by_size
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    cond = np.array(["clean"] * n)
+    feats = {"gallery_size": np.full(n, 700.0),
+             "stranger_z@60": rng.normal(2.0, 1.0, n), "stranger_raw@60": rng.uniform(0, 0.51, n),  # raw names 2%
+             "stranger_z@240": rng.normal(2.5, 1.0, n), "stranger_raw@240": rng.uniform(0, 0.6, n)}  # raw names ~17%
+
+    def pooled(view):
+        return feats, np.zeros(n, bool), np.zeros(n), cond, np.arange(n)
+
+    sizes, by_size, aims = _thresholds_by_size({"ensemble": []}, pooled, {"ensemble": 4.0}, 0.15, {"ensemble": 0.5},
+                                               0.05)
+    assert sizes == (60, 240, 700) and by_size["ensemble"][-1] == 4.0
+    # 60: the raw threshold names 2%, below the floor: 5%; 240: the relaxed 15% (raw names more there)
+    assert aims == {"60": 0.05, "240": 0.15, "700": 0.15}
+    assert by_size["ensemble"][0] == pytest.approx(np.quantile(feats["stranger_z@60"], 0.95))
+    assert by_size["ensemble"][1] == pytest.approx(np.quantile(feats["stranger_z@240"], 0.85))

@@ -177,6 +177,9 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     norm = cal.cohort_norm
     assert norm is not None and set(norm.thresholds) == set(cal.answer_policies) and norm.cohort == 50
     assert loaded.calibration.cohort_norm == norm and 0.05 <= norm.strangers_named < 1
+    # calibrated per gallery size too (galleries drawn from the folds' own), the folds' size last
+    assert len(norm.sizes) >= 2 and set(norm.by_size) == set(norm.thresholds)
+    assert all(per[-1] == norm.thresholds[v] for v, per in norm.by_size.items())
     assert ans["strangers_named"]["ensemble"]["clean"]["default"] == pytest.approx(norm.strangers_named, abs=0.02)
     assert loaded.calibration.answer_policies == bundle.calibration.answer_policies
     card = (out / "README.md").read_text()
@@ -215,7 +218,7 @@ def test_evaluate_rows_and_rejection(trained_bundle, small_dataset, lfw_pairs_em
     assert rules.get("answer_all_raw_threshold", rules["answer_all"])["right"] == right
     if norm is not None:  # the default "Unknown": the normalised score, where the gallery holds the cohort
         z = cohort_normalised(sim, list(labels[gi]), norm.cohort)
-        named = ~unknown_mask(sim.max(1), z, thr, norm.thresholds["ensemble"])
+        named = ~unknown_mask(sim.max(1), z, thr, norm.threshold("ensemble", len(gi)))
         assert rules["answer_all"]["right"] == int(((labels[gi][best] == labels[qi]) & named).sum())
         strangers = result["answers"]["strangers"]
         assert strangers["raw_threshold"]["named"] == int((stranger_best(sim, labels[qi], labels[gi]) >= thr).sum())
