@@ -360,6 +360,11 @@ class CohortNorm:
         """Hits a search fetches so that the cohort is there even when the best person has several entries."""
         return 2 * self.cohort + 10
 
+    def hits_for(self, gallery_size: int) -> int:
+        """Hits a search of a gallery of ``gallery_size`` entries fetches for the cohort (0: too
+        small a gallery for it, the raw threshold decides)."""
+        return self.hits_needed if gallery_size > self.cohort else 0
+
     def threshold(self, view: str, gallery_size: int | None = None) -> float | None:
         """The view's normalised threshold for a gallery of ``gallery_size`` entries (None: not calibrated).
 

@@ -527,7 +527,8 @@ class ArchiveGallery:
         # the matches shown leave rejected entries out: searched again where a hit is rejected
         cal = self.bundle.calibration
         norm = unknown_norm(cal.cohort_norm, unknown_by)
-        hits = self.index.search(q, k=max(k, 20, norm.hits_needed if norm is not None else 0), mask=self.active)
+        size = int(self.active.sum())
+        hits = self.index.search(q, k=max(k, 20, norm.hits_for(size) if norm is not None else 0), mask=self.active)
         shown_scores, shown_positions = hits.scores[:, :k], hits.positions[:, :k]
         again = np.flatnonzero([rejected[p[p >= 0]].any() for p in hits.positions])
         if len(again):
@@ -552,7 +553,7 @@ class ArchiveGallery:
                 entry_quality=float(self.quality[top]) if top is not None else float("nan"),
                 entry_disagreement=float(self.uncertainty[top]) if top is not None else float("nan"),
                 blocked=bool(top is not None and rejected[top]), doubtful=bool(top is not None and doubtful[top]),
-                norm=norm, gallery_size=int(self.active.sum()))
+                norm=norm, gallery_size=size)
             matches = []
             for score, p in zip(shown_scores[row], shown_positions[row]):
                 if p < 0:

@@ -723,7 +723,8 @@ class Gallery:
             cal = self.bundle.calibration
             out = {}
             norm = unknown_norm(cal.cohort_norm, unknown_by)
-            fetch = max(k, 20, norm.hits_needed if norm is not None else 0)
+            size = int((~self._removed).sum())  # every live entry is searched
+            fetch = max(k, 20, norm.hits_for(size) if norm is not None else 0)
             for view in self.bundle.view_names:
                 index = self._indexes[view]
                 hits = index.search(q, k=fetch)
@@ -750,7 +751,7 @@ class Gallery:
                     entry_quality=float(vec.quality[top]) if top is not None else float("nan"),
                     entry_disagreement=float(vec.uncertainty[top]) if top is not None else float("nan"),
                     blocked=bool(top is not None and rejected[top]), doubtful=bool(top is not None and doubtful[top]),
-                    norm=norm, view=view, gallery_size=int((~self._removed).sum()))
+                    norm=norm, view=view, gallery_size=size)
                 out[view] = ViewResult(view, tuple(matches), thr, answer.unknown, answer)
             return out
 

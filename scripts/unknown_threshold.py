@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from answers_doc import unknown_table  # noqa: E402  (scripts/, beside this file)
+from cmce.answers import cohort_normalised, stranger_best, unknown_mask  # noqa: E402
 from cmce.bundle import load_bundle  # noqa: E402
 from cmce.data import list_labelled_images  # noqa: E402
 from cmce.degrade import DegradeSpec, degrade_gallery  # noqa: E402
@@ -91,20 +92,17 @@ def normalised(kind: str, sim: np.ndarray, gal: np.ndarray, q_exclude_top: bool,
 
 def outcomes(score: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray, thr: float) -> dict[str, np.ndarray]:
     """Per query: right / wrong / unknown with its person in the gallery, and named as a stranger."""
-    mate = q_lab[:, None] == g_lab[None, :]
     best = score.argmax(1)
     best_s = score[np.arange(len(score)), best]
     answered = best_s >= thr
     right = answered & (g_lab[best] == q_lab)
-    stranger_best = np.where(mate, -np.inf, score).max(1)
-    return {"right": right, "wrong": answered & ~right, "unknown": ~answered, "stranger_named": stranger_best >= thr}
+    return {"right": right, "wrong": answered & ~right, "unknown": ~answered,
+            "stranger_named": stranger_best(score, q_lab, g_lab) >= thr}
 
 
 def stranger_threshold(score: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray, rate: float) -> float:
     """The threshold at which ``rate`` of these queries, as strangers, would be named."""
-    mate = q_lab[:, None] == g_lab[None, :]
-    best = np.where(mate, -np.inf, score).max(1)
-    return float(np.quantile(best, 1.0 - rate))
+    return float(np.quantile(stranger_best(score, q_lab, g_lab), 1.0 - rate))
 
 
 def embedded_kind(ds, bundle, kind: str, cache, detector, seed: int):
@@ -180,8 +178,6 @@ def measure(data_dir: str, bundle_path: str, kinds=KINDS, cohort: int = 50, resa
 def by_gallery_size(data_dir: str, bundle_path: str, sizes=(60, 100, 200, 400, 800), repeats: int = 5) -> dict:
     """Strangers named and right answers against gallery size, clean gallery, with the bundle's
     own thresholds: the raw similarity threshold and its normalised one (``CohortNorm``)."""
-    from cmce.answers import cohort_normalised, stranger_best, unknown_mask
-
     bundle = load_bundle(bundle_path)
     norm = bundle.calibration.cohort_norm
     ds = heldout_subset(list_labelled_images(data_dir), bundle)
