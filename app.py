@@ -35,6 +35,7 @@ import gradio as gr
 import numpy as np
 
 from cmce import display, story
+from cmce.answers import UNKNOWN_BY
 from cmce.bundle import bundle_summary, default_bundle_path, load_bundle
 from cmce.ensemble import QUALITY_SCORES
 from cmce.errors import CmceError, LimitError
@@ -77,6 +78,11 @@ REJECT_BY = ("none", "calibrated", "threshold", "rate")
 REJECT_BY_LABELS = {"none": "none (mark doubtful faces)", "calibrated": "calibrated", "threshold": "threshold",
                     "rate": "rate"}
 BUNDLE_SCORE = "bundle"  # the rejection-score choice that follows the session's bundle
+UNKNOWN_BY_LABELS = {  # answers.UNKNOWN_BY, as the search column offers them
+    "normalised": "normal: most searches get a name",
+    "strict": "strict: fewest strangers named",
+    "similarity": "similarity threshold only",
+}
 
 CSS = """
 .cmce-results-head{font-size:.9rem;margin:2px 0 8px}
@@ -610,8 +616,13 @@ def prepare_query(image: str | None):
 @gpu
 def search(image: str | None, face: int | None = 0, k: int = 5, identity: str | None = None,
            reject_by: str = REJECT_BY[0], rate: float | None = None, threshold: float | None = None,
-           score: str | None = None, state: Session | None = None, request: gr.Request = None):
+           score: str | None = None, unknown_by: str = UNKNOWN_BY[0], state: Session | None = None,
+           request: gr.Request = None):
     """Search this session's gallery with one face of a photo, in every view.
+
+    ``unknown_by`` (``answers.UNKNOWN_BY``) says when a column answers "Unknown": ``normalised``
+    (the bundle's default), ``strict`` (never lowered on a gallery of poor photos) or
+    ``similarity`` (the raw similarity threshold).
 
     Returns the photo with numbered face boxes, the face choice, the side-by-side
     results (HTML), the results as a dict, and the session.
@@ -625,10 +636,13 @@ def search(image: str | None, face: int | None = 0, k: int = 5, identity: str | 
     except (TypeError, ValueError):
         raise gr.Error(f"Face must be a face number from the list, got {face!r}") from None
     label = (identity or "").strip() or query_label(name)
+    if unknown_by not in UNKNOWN_BY:
+        raise gr.Error(f"unknown_by must be one of {', '.join(UNKNOWN_BY)}, got {str(unknown_by)[:40]!r}")
     try:
         img = load_image(image, name=name)
         rejected = _rejected(session.gallery, reject_by, rate, threshold, score)
-        result = session.gallery.search_image(img, face_index=face_index, k=int(k), rejected=rejected, name=name)
+        result = session.gallery.search_image(img, face_index=face_index, k=int(k), rejected=rejected, name=name,
+                                              unknown_by=unknown_by)
     except CmceError as e:  # no face, unreadable photo, empty gallery: reported, not a crash
         gr.Warning(str(e))
         return (None, gr.update(choices=display.face_choices(1), value=0), f"<p>{html.escape(str(e))}</p>",
@@ -636,7 +650,8 @@ def search(image: str | None, face: int | None = 0, k: int = 5, identity: str | 
     return (display.annotate_faces(img, result.faces, result.chosen),
             gr.update(choices=display.face_choices(len(result.faces)), value=result.chosen),
             display.result_html(result, session.gallery, label, rejected),
-            display.result_dict(result, session.engine.bundle.query_model, label, session.engine.bundle.calibration),
+            {**display.result_dict(result, session.engine.bundle.query_model, label,
+                                   session.engine.bundle.calibration), "unknown_by": unknown_by},
             session)
 
 
@@ -756,6 +771,10 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
                 identity = gr.Textbox("", label="Who is it? (optional)", placeholder="from Name_0003.jpg",
                                       elem_id="query-identity")
                 k = gr.Slider(1, 10, value=5, step=1, label="Matches per column")
+                unknown_by = gr.Radio([(UNKNOWN_BY_LABELS[v], v) for v in UNKNOWN_BY], value=UNKNOWN_BY[0],
+                                      label="Say Unknown", elem_id="unknown-by",
+                                      info="normal: lowered on a gallery of poor photos so that most searches get "
+                                           "a name; strict: never lowered")
                 search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
         results = gr.HTML("<p>Results appear here, one column per model.</p>", elem_id="results")
         with gr.Accordion("Results as data (what the API returns)", open=False):
@@ -769,7 +788,7 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
 
         # ---- wiring
         rejection = [reject_by, rate, threshold, score]
-        search_inputs = [query, face, k, identity, *rejection, state]
+        search_inputs = [query, face, k, identity, *rejection, unknown_by, state]
         search_outputs = [faces_img, face, results, results_json, state]
         upload_outputs = [state, report_md, report_json]
 
@@ -820,6 +839,8 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
             **SEARCH_QUEUE)
         face.input(search, search_inputs, search_outputs, api_name="search_other_face", api_visibility="private",
                    **SEARCH_QUEUE)
+        unknown_by.input(search, search_inputs, search_outputs, api_name="search_unknown_by", api_visibility="private",
+                         **SEARCH_QUEUE)
         demo.unload(_unload)
     return demo
 

@@ -310,18 +310,24 @@ def stranger_best(similarity: np.ndarray, query_labels: Sequence[str], gallery_l
 
 
 def unknown_mask(similarity: np.ndarray, normalised: np.ndarray, threshold: float,
-                 norm_threshold: float | None) -> np.ndarray:
+                 norm_threshold: float | np.ndarray | None) -> np.ndarray:
     """Which queries answer "Unknown" before any answer rule: the normalised score below its
-    threshold where it is known (a large enough gallery), else the raw similarity below its own.
+    threshold where both are known (a large enough gallery), else the raw similarity below its own.
 
     Args:
         similarity: (Q,) best raw similarity. normalised: (Q,) ``cohort_score`` (NaN: unknown).
-        threshold: the raw threshold. norm_threshold: the normalised one (None: raw only).
+        threshold: the raw threshold. norm_threshold: the normalised one, or (Q,) one per
+            query (each in its own gallery; NaN: raw); None: raw only.
+
+    Example:
+        >>> unknown_mask(np.array([0.5, 0.5, 0.2]), np.array([1.0, np.nan, 3.0]), 0.3, np.array([2.0, 2.0, np.nan]))
+        array([ True, False,  True])
     """
     sim = np.asarray(similarity, np.float64)
     raw = sim < threshold
     if norm_threshold is None:
         return raw
     z = np.asarray(normalised, np.float64)
+    t = np.asarray(norm_threshold, np.float64)
     with np.errstate(invalid="ignore"):
-        return np.where(np.isfinite(z), z < norm_threshold, raw)
+        return np.where(np.isfinite(z) & np.isfinite(t), z < t, raw)

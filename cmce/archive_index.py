@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .answers import Answer, DoubtMarks, decide_answer, doubt_marks, unknown_norm
+from .answers import Answer, DoubtMarks, decide_answer, doubt_marks, gallery_doubt, unknown_norm, unknown_note
 from .bundle import Bundle
 from .compact import COMPACT_FROM, CompactConfig, CompactIndex, VectorFileWriter
 from .errors import CmceError, GalleryError
@@ -427,6 +427,7 @@ class ArchiveGallery:
             raise GalleryError(f"{derived}: derived files disagree on the entry count; rebuild the archive index")
         self._threshold = float(bundle.calibration.similarity_thresholds.get("ensemble", -1.0))
         self._doubt = self._doubt_marks()  # computed once: the quality scores never change
+        self._gallery_doubt = gallery_doubt(self.quality[self.active])  # the "Unknown" threshold's coverage guard
 
     def __len__(self) -> int:
         return int(self.meta["entries"])
@@ -474,6 +475,11 @@ class ArchiveGallery:
     def doubt(self) -> DoubtMarks:
         """Doubtful entries (quality score above the bundle's calibrated threshold), as ``Gallery.doubt``."""
         return self._doubt
+
+    def unknown_note(self, unknown_by: str | None = None) -> str:
+        """As ``Gallery.unknown_note``: where the archive's photos lower the "Unknown" threshold."""
+        return unknown_note(unknown_norm(self.bundle.calibration.cohort_norm, unknown_by), "ensemble",
+                            int(self.active.sum()), self._gallery_doubt)
 
     def rejected(self, *, rate: float | None = None, threshold: float | None = None) -> np.ndarray:
         """(N,) bool: rejected active entries, as ``Gallery.rejected``.
@@ -553,7 +559,7 @@ class ArchiveGallery:
                 entry_quality=float(self.quality[top]) if top is not None else float("nan"),
                 entry_disagreement=float(self.uncertainty[top]) if top is not None else float("nan"),
                 blocked=bool(top is not None and rejected[top]), doubtful=bool(top is not None and doubtful[top]),
-                norm=norm, gallery_size=size)
+                norm=norm, gallery_size=size, gallery_doubt=self._gallery_doubt)
             matches = []
             for score, p in zip(shown_scores[row], shown_positions[row]):
                 if p < 0:

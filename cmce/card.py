@@ -199,7 +199,22 @@ def _unknown_lines(calibration: dict, train: dict) -> list[str]:
             + (f"; per gallery size (entries {', '.join(str(n) for n in norm['sizes'])}; interpolated in log size), "
                f"ensemble " + ", ".join(f"{t:.2f}" for t in norm["by_size"].get("ensemble", ())) if norm.get("sizes")
                else ""),
+            *_guard_lines(norm),
             f"- galleries with fewer than {norm['cohort']} other people: {raw}"]
+
+
+def _guard_lines(norm: dict) -> list[str]:
+    """The coverage guard of the normalised threshold, in one line (none for bundles without it)."""
+    doubt, caps = norm.get("guard_doubt"), norm.get("guard", {}).get("ensemble")
+    if not doubt or not caps:
+        return []
+    share = norm.get("guard_share", {})
+    steps = [(d, c) for i, (d, c) in enumerate(zip(doubt, caps)) if i == 0 or c != caps[i - 1]]  # where it changes
+    points = ", ".join(f"{d:.3f} -> {c:.2f}" for d, c in steps)
+    return [f"- coverage guard: on a gallery of poorer photos the ensemble's normalised threshold is at most "
+            f"(mean quality score -> threshold) {points}, so that the threshold alone said \"Unknown\" to at most "
+            f"{100 * share.get('clean', 0):.0f}% of a clean and {100 * share.get('any', 0):.0f}% of any other "
+            f"calibration gallery's queries; there it names more strangers (out of fold, above)"]
 
 
 def _answer_lines(calibration: dict, train: dict) -> list[str]:

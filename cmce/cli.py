@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .degrade import DEGRADATIONS, MIX_KINDS
+from .answers import UNKNOWN_BY
+from .degrade import DEGRADATIONS, MIX_KINDS, TRAIN_KINDS
 from .detection import DETECTORS
 from .ensemble import QUALITY_SCORES
 from .errors import CmceError
@@ -64,6 +65,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         answer_kinds=tuple(args.answer_galleries),
         augment_kinds=None if args.augment_galleries is None else tuple(args.augment_galleries),
         strangers_named=None if args.strangers_named <= 0 else args.strangers_named,
+        guard_kinds=tuple(args.guard_galleries),
     )
     t = bundle.info["training"]
     print(
@@ -301,6 +303,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if ((read_manifest(args.gallery_dir) or {}).get("derived") or {}).get("kind") == ARCHIVE_KIND:
         archive = ArchiveGallery.open(args.gallery_dir, engine.bundle)
     gallery = None if archive is not None else Gallery.load(args.gallery_dir, engine)
+    note = (archive or gallery).unknown_note(args.unknown_by)  # type: ignore[union-attr]
+    if note:
+        logger.warning("%s", note)
     answers = []
     for photo in args.photos:
         img = load_image(photo, name=str(photo))
@@ -422,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strangers-named", type=float, default=0.05,
                    help="the Unknown threshold on cohort-normalised scores names this share of strangers on the "
                         "clean cross-validation galleries (0: the raw similarity threshold only)")
+    s.add_argument("--guard-galleries", nargs="*", default=list(TRAIN_KINDS), metavar="KIND",
+                   help="degrade kinds of further whole galleries that calibrate only the coverage guard of the "
+                        "normalised Unknown threshold (the most it may be on a gallery of poor photos); "
+                        "none: no guard")
     s.add_argument("--abstain-below", type=float, default=0.75,
                    help="the answer rule says Unknown where its predicted chance of a right answer is below this "
                         "(lowered where it would say Unknown to over 10%% of clean or 20%% of other calibration queries)")
@@ -505,10 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bundle", default=None)
     s.add_argument("--revision", default=None)
     s.add_argument("--k", type=int, default=5)
-    s.add_argument("--unknown-by", default="normalised", choices=["normalised", "similarity"],
+    s.add_argument("--unknown-by", default="normalised", choices=list(UNKNOWN_BY),
                    help="'Unknown' when the best match does not stand out from the next people of the gallery "
-                        "(normalised, the default, in galleries of 50+ people) or when its similarity is below the "
-                        "bundle's threshold (similarity: names more strangers, says Unknown less on poor photos)")
+                        "(normalised, the default, in galleries of 50+ people, lowered on a gallery of poor photos "
+                        "so that most searches get a name; strict: never lowered, names the fewest strangers) or "
+                        "when its similarity is below the bundle's threshold (similarity)")
     s.add_argument("--json", default=None, help="write the answers as JSON")
     s.set_defaults(func=_cmd_search)
 

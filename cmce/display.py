@@ -178,7 +178,8 @@ def index_report_dict(report: IndexReport, upload: UploadBatch | None, gallery: 
     ``rejected`` lists the faces a search rejects by default: none (doubtful faces are
     marked and still searched). ``doubtful`` lists those marked, most doubtful first, with
     their quality score and its calibrated threshold; ``doubt`` counts them
-    (``over_threshold``, ``expected`` from the calibration, ``unfamiliar``, ``note``).
+    (``over_threshold``, ``expected`` from the calibration, ``unfamiliar``, ``note``, and
+    ``unknown_threshold_note`` where the photos lower the "Unknown" threshold).
     """
     marks = gallery.doubt() if len(gallery) else None
     labels: dict[str, int] = {}
@@ -198,7 +199,8 @@ def index_report_dict(report: IndexReport, upload: UploadBatch | None, gallery: 
         "doubtful": rejected_entries(gallery, marks.doubtful) if marks is not None else [],
         "doubt": None if marks is None else {"over_threshold": marks.over_threshold,
                                               "expected": round(marks.expected, 2),
-                                              "unfamiliar": marks.unfamiliar, "note": marks.note},
+                                              "unfamiliar": marks.unfamiliar, "note": marks.note,
+                                              "unknown_threshold_note": gallery.unknown_note()},
     }
 
 
@@ -355,6 +357,9 @@ def overview_summary(gallery: Gallery | None, rejected: np.ndarray, limit: int =
     # an unfamiliar gallery: the note gives the count over the threshold and what it means
     counts += marks.note if marks.unfamiliar else (f"{marks.over_threshold} over the bundle's calibrated threshold "
                                                    f"(about {marks.expected:.0f} expected).")
+    guard = gallery.unknown_note()
+    if guard:
+        counts += " " + guard
     threshold = cal.threshold_for()
     scores = (f"Doubtful by the bundle's quality score, {cal.quality.description}"
               + (f", above {readable_number(threshold)}" if threshold is not None else "") + ".")
@@ -555,8 +560,10 @@ def _unknown_rule_text(summary: Mapping) -> str:
     if not norm:
         return f"'unknown' thresholds set for a {far}"
     return (f"'unknown' when the best match does not stand out from the next {norm['cohort']} people of the "
-            f"gallery (set to name {_pct(norm['strangers_named'])} of strangers in calibration galleries; "
-            f"smaller galleries: similarity thresholds at a {far})")
+            f"gallery (set to name {_pct(norm['strangers_named'])} of strangers in calibration galleries"
+            + ("; lowered on a gallery of poor photos so that most searches still get a name" if norm.get("guard")
+               else "")
+            + f"; smaller galleries: similarity thresholds at a {far})")
 
 
 def _reached(v: ViewResult, answer: Answer, score: float, far: float) -> str:

@@ -37,6 +37,7 @@ from .answers import (
     accuracy_coverage_area,
     answer_counts,
     answer_outcomes,
+    gallery_doubt,
     policy_features,
     stranger_best,
     top_matches,
@@ -44,7 +45,7 @@ from .answers import (
 )
 from .bundle import Bundle, GalleryVectors
 
-__all__ = ["ABSTENTION_RATES", "answer_report", "gallery_doubt"]
+__all__ = ["ABSTENTION_RATES", "answer_report", "gallery_overview"]
 
 ABSTENTION_RATES = (0.05, 0.10, 0.20)
 
@@ -63,15 +64,21 @@ def _counts_with_ci(outcomes: np.ndarray, clusters: np.ndarray, resamples: int, 
     return out
 
 
-def gallery_doubt(bundle: Bundle, vectors: GalleryVectors) -> dict:
+def gallery_overview(bundle: Bundle, vectors: GalleryVectors) -> dict:
     """How many gallery entries score over the bundle's calibrated quality threshold, against
-    the share the calibration gallery had (``Calibration.rejection_rate``)."""
-    thr = bundle.calibration.threshold_for()
+    the share the calibration gallery had (``Calibration.rejection_rate``); the gallery's
+    mean quality score (``answers.gallery_doubt``) and whether it lowers the ensemble's
+    normalised "Unknown" threshold (``CohortNorm.relaxed``)."""
+    cal = bundle.calibration
+    thr = cal.threshold_for()
     over = int(np.sum(vectors.quality > thr)) if thr is not None else 0
     n = len(vectors.quality)
+    doubt = gallery_doubt(vectors.quality)
+    norm = cal.cohort_norm
     return {"entries": n, "over_threshold": over, "share_over_threshold": over / n if n else float("nan"),
-            "calibrated_share": bundle.calibration.rejection_rate,
-            "threshold": thr, "score": bundle.calibration.quality.kind}
+            "calibrated_share": cal.rejection_rate, "threshold": thr, "score": cal.quality.kind,
+            "mean_quality": doubt,
+            "unknown_threshold_lowered": bool(norm is not None and n > norm.cohort and norm.relaxed("ensemble", n, doubt))}
 
 
 def _curve(confidence: np.ndarray, correct: np.ndarray, points: int = 21) -> dict:
@@ -114,6 +121,7 @@ def answer_report(
     cal = bundle.calibration
     clusters = q_lab
     quality = vectors.quality
+    doubt = gallery_doubt(quality)  # the coverage guard of the normalised threshold reads it
     rejected = bundle.rejected(quality)
     views = {"ensemble": vectors.ensemble, **vectors.views}
 
@@ -126,7 +134,7 @@ def answer_report(
     def unknown_rule(view: str) -> dict:
         """The view's "Unknown" threshold as the app applies it (normalised where the bundle has it)."""
         norm = cal.cohort_norm
-        z_thr = None if norm is None else norm.threshold(view, len(g_lab))
+        z_thr = None if norm is None else norm.threshold(view, len(g_lab), doubt)
         return {} if z_thr is None else {"cohort": norm.cohort, "norm_threshold": float(z_thr)}
 
     per_view = {}
@@ -209,7 +217,7 @@ def answer_report(
     return {
         "metric": "every query answered as the app answers: right (its person named), wrong (another person "
                   "named) or unknown; the paper's kept-queries figures are under 'rejection'",
-        "gallery": gallery_doubt(bundle, vectors),
+        "gallery": gallery_overview(bundle, vectors),
         "rules": rules,
         "strangers": strangers,
         "curves": curves,

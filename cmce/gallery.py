@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import PRETRAINED
-from .answers import Answer, DoubtMarks, decide_answer, doubt_marks, unknown_norm
+from .answers import Answer, DoubtMarks, decide_answer, doubt_marks, gallery_doubt, unknown_norm, unknown_note
 from .bundle import Bundle, GalleryVectors
 from .engine import FaceEngine
 from .errors import CmceError, GalleryError, ImageError, LimitError
@@ -535,6 +535,16 @@ class Gallery:
             full[live] = marks.doubtful
             return DoubtMarks(full, marks.over_threshold, marks.expected, marks.unfamiliar, marks.note)
 
+    def unknown_note(self, unknown_by: str | None = None) -> str:
+        """One sentence where the gallery's photos lower the ensemble's normalised "Unknown"
+        threshold (``CohortNorm.guard``), "" elsewhere (``answers.unknown_note``; ``unknown_by``
+        as ``search_vector``'s)."""
+        with self._lock:
+            live = self.positions
+            doubt = gallery_doubt(self.vectors.quality[live]) if len(live) else float("nan")
+            return unknown_note(unknown_norm(self.bundle.calibration.cohort_norm, unknown_by), "ensemble", len(live),
+                                doubt)
+
     def rejected(self, *, rate: float | None = None, threshold: float | None = None,
                  quality: str | None = None) -> np.ndarray:
         """(N,) bool over all positions: rejected live entries (see ``Bundle.rejected``).
@@ -724,6 +734,7 @@ class Gallery:
             out = {}
             norm = unknown_norm(cal.cohort_norm, unknown_by)
             size = int((~self._removed).sum())  # every live entry is searched
+            doubt = gallery_doubt(vec.quality[~self._removed]) if norm is not None else None
             fetch = max(k, 20, norm.hits_for(size) if norm is not None else 0)
             for view in self.bundle.view_names:
                 index = self._indexes[view]
@@ -751,7 +762,7 @@ class Gallery:
                     entry_quality=float(vec.quality[top]) if top is not None else float("nan"),
                     entry_disagreement=float(vec.uncertainty[top]) if top is not None else float("nan"),
                     blocked=bool(top is not None and rejected[top]), doubtful=bool(top is not None and doubtful[top]),
-                    norm=norm, view=view, gallery_size=size)
+                    norm=norm, view=view, gallery_size=size, gallery_doubt=doubt)
                 out[view] = ViewResult(view, tuple(matches), thr, answer.unknown, answer)
             return out
 

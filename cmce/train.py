@@ -31,6 +31,7 @@ from .answers import (
     choose_answer_rule,
     cohort_normalised,
     fit_answer_policy,
+    gallery_doubt,
     out_of_fold_confidence,
     policy_features,
     stranger_best,
@@ -39,6 +40,7 @@ from .answers import (
 )
 from .bundle import Bundle, Calibration, save_bundle
 from .data import LabelledImages, list_labelled_images, split_identities
+from .degrade import TRAIN_KINDS
 from .embed import EmbeddedFiles, EmbeddingCache, embed_files
 from .ensemble import FUSIONS, QUALITY_SCORES, FusionGate, QualityModel, fusion_features
 from .errors import DatasetError
@@ -271,7 +273,10 @@ def answer_records(bundle: Bundle, quality: QualityModel, emb: dict, prob: np.nd
         view -> (``answers.policy_features`` plus ``cohort_z`` (the top-1's
         ``answers.cohort_normalised`` score), ``stranger_z`` and ``stranger_raw`` (the
         query's best normalised and raw scores with its person taken out of the gallery),
-        (Q,) wrong, (Q,) query identities).
+        the same at each of ``STRANGER_SIZES`` (``@size``: galleries drawn from this one;
+        ``cohort_z@size`` for the queries whose person was drawn, NaN for the others),
+        (Q,) wrong, (Q,) query identities); ``gallery_size`` and ``gallery_doubt``
+        (``answers.gallery_doubt``) repeat the gallery's per query.
     """
     gi, qi = first_image_protocol(labels)
     gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
@@ -289,11 +294,16 @@ def answer_records(bundle: Bundle, quality: QualityModel, emb: dict, prob: np.nd
         feats["stranger_z"] = stranger_best(sim, q_lab, g_lab, cohort)
         feats["stranger_raw"] = stranger_best(sim, q_lab, g_lab)
         feats["gallery_size"] = np.full(len(qi), float(len(gi)))
-        for size in STRANGER_SIZES:  # the same queries as strangers to smaller galleries drawn from this one
+        feats["gallery_doubt"] = np.full(len(qi), gallery_doubt(entry_quality))
+        for size in STRANGER_SIZES:  # the same queries in smaller galleries drawn from this one
             if cohort < size < len(gi):
                 keep = np.sort(np.random.default_rng(size).choice(len(gi), size, replace=False))
                 feats[f"stranger_z@{size}"] = stranger_best(sim[:, keep], q_lab, g_lab[keep], cohort)
                 feats[f"stranger_raw@{size}"] = stranger_best(sim[:, keep], q_lab, g_lab[keep])
+                inside = np.isin(q_lab, g_lab[keep])  # and, whose person is in it, as themselves
+                z = np.full(len(qi), np.nan)
+                z[inside] = cohort_normalised(sim[np.ix_(inside, keep)], list(g_lab[keep]), cohort)
+                feats[f"cohort_z@{size}"] = z
         out[view] = (feats, g_lab[pos] != q_lab, q_lab)
     return out
 
@@ -346,10 +356,59 @@ def capped_threshold(confidence: np.ndarray, below_threshold: np.ndarray, condit
     return t
 
 
+#: The unknown shares the coverage guard allows the "Unknown" threshold alone, on clean
+#: galleries and on any other kind: the abstention caps less two points for the answer rule.
+GUARD_SHARES = {"clean": 0.08, "any": 0.18}
+
+
+def fit_coverage_guard(doubt: np.ndarray, z: np.ndarray, groups: np.ndarray, shares: Sequence[float]
+                       ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """The most a normalised threshold may be, as a function of a gallery's mean doubt.
+
+    Each group is one kind of calibration gallery (its folds pooled): its queries'
+    cohort-normalised top scores ``z`` and its galleries' doubt (``answers.gallery_doubt``;
+    the group's is their mean over its queries). A threshold at the group's ``share``
+    quantile of ``z`` says "Unknown" to that share of its queries. The guard is the running
+    minimum of those quantiles over groups sorted by doubt: a gallery never gets a higher
+    cap than a cleaner-looking kind, and every kind keeps within its share.
+
+    Args:
+        doubt, z, groups: (Q,) per query.
+        shares: one allowed unknown share per group, in ``np.unique(groups)`` order.
+
+    Returns:
+        (ascending doubts, the cap at each, one {group, doubt, cap, queries} per group).
+
+    Example:
+        >>> d, cap, _ = fit_coverage_guard(np.r_[[0.1] * 20, [0.5] * 20], np.r_[np.arange(20.), np.arange(20.) - 5],
+        ...                                np.r_[["a"] * 20, ["b"] * 20], [0.2, 0.2])
+        >>> np.round(d, 3).tolist(), np.round(cap, 2).tolist()
+        ([0.1, 0.5], [3.8, -1.2])
+    """
+    doubt, z, groups = np.asarray(doubt, np.float64), np.asarray(z, np.float64), np.asarray(groups)
+    points = []
+    for g, share in zip(np.unique(groups), shares):
+        sel = (groups == g) & np.isfinite(z) & np.isfinite(doubt)
+        if sel.sum() < 20:  # too few queries to place a quantile
+            continue
+        points.append({"group": str(g), "doubt": float(doubt[sel].mean()),
+                       "cap": float(np.quantile(z[sel], share)), "queries": int(sel.sum())})
+    points.sort(key=lambda p: p["doubt"])
+    d, caps = [], []
+    for p in points:
+        cap = p["cap"] if not caps else min(caps[-1], p["cap"])
+        if d and p["doubt"] <= d[-1] + 1e-12:
+            caps[-1] = cap  # equal doubts: the lower cap holds
+            continue
+        d.append(p["doubt"])
+        caps.append(cap)
+    return np.asarray(d), np.asarray(caps), points
+
+
 def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool, *,
                       thresholds: Mapping[str, float], abstain_below: float = 0.75,
                       strangers_named: float | None = 0.05, cohort: int = DEFAULT_COHORT,
-                      seed: int = 0) -> tuple[str, dict, CohortNorm | None, dict]:
+                      guard_only: Sequence[str] = (), seed: int = 0) -> tuple[str, dict, CohortNorm | None, dict]:
     """Choose and fit the answer rule of every view on cross-validation folds.
 
     Each fold's queries are searched in that fold's galleries (clean and every degraded
@@ -357,17 +416,19 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
     identities. The rule is chosen on the ensemble view (``answers.choose_answer_rule``:
     a richer rule only where it beats the simpler one by more than its interval), then
     every rule is fitted on all folds for every view (the bundle keeps them all, so
-    ``evaluate`` and the app can compare). Each abstains below ``abstain_below``, lowered
-    where needed (``capped_threshold``, on out-of-fold confidences) so that with the
-    view's "Unknown" threshold it answers "Unknown" on at most 10% of the clean
-    calibration queries and 20% of any other kind's.
+    ``evaluate`` and the app can compare), on every condition (``guard_only`` ones too).
+    Each abstains below ``abstain_below``, lowered where needed (``capped_threshold``, on
+    out-of-fold confidences) so that with the view's "Unknown" threshold it answers
+    "Unknown" on at most 10% of the clean calibration queries and 20% of any other kind's.
 
     The "Unknown" threshold: with ``strangers_named``, each view's normalised threshold
     (``answers.CohortNorm``, cohort ``cohort``) names that share of the clean galleries'
-    queries asked as strangers (their person taken out), or more where that would say
-    "Unknown" to more than the caps allow, up to the share the raw threshold names
-    (``_cohort_thresholds``); without it, and in galleries too small for the cohort, the
-    raw similarity ``thresholds``.
+    queries asked as strangers (their person taken out), at their size and at each of
+    ``STRANGER_SIZES`` (``_thresholds_by_size``), capped by a coverage guard on the
+    gallery's mean doubt (``fit_coverage_guard``, every condition, ``GUARD_SHARES``);
+    without it, and in galleries too small for the cohort, the raw similarity
+    ``thresholds``. Conditions in ``guard_only`` calibrate the guard and the rule's
+    threshold; the rule is chosen without them.
 
     Returns:
         (the chosen rule, view -> rule -> AnswerPolicy, the CohortNorm or None, a
@@ -385,8 +446,9 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
             for view, (feats, wrong, ids) in answer_records(fb, qm, e, pr, fold_labels, views, cohort).items():
                 records.setdefault(view, []).append((k, cond, feats, wrong, ids))
 
-    def pooled(view: str):
-        rows = records[view]
+    def pooled(view: str, guard: bool = False):
+        """The view's records pooled over folds (and the ``guard_only`` conditions where ``guard``)."""
+        rows = [r for r in records[view] if guard or r[1] not in guard_only]
         names = dict.fromkeys(f for r in rows for f in r[2])  # a fold too small for a stranger size lacks it: NaN
         feats = {f: np.concatenate([r[2].get(f, np.full(len(r[3]), np.nan)) for r in rows]) for f in names}
         return (feats, np.concatenate([r[3] for r in rows]), np.concatenate([np.full(len(r[3]), r[0]) for r in rows]),
@@ -394,22 +456,44 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
 
     feats, wrong, folds, conds, ids = pooled("ensemble")
     kind, report = choose_answer_rule(feats, wrong, folds, conds, ids, seed=seed)
-    norm_thresholds, target, tried = _cohort_thresholds(records, pooled, thresholds, strangers_named)
-    norm = None
-    if norm_thresholds:
-        sizes, by_size, aims = _thresholds_by_size(records, pooled, norm_thresholds, target, thresholds,
-                                                   strangers_named)
-        norm = CohortNorm(cohort, norm_thresholds, target, sizes, by_size)
+    norm, guard_report = None, {}
+    if strangers_named is not None:
+        full = {}
+        for view in records:
+            fv, _, _, cv, _ = pooled(view)
+            t = calibrate_cohort_norm(fv["stranger_z"][cv == "clean"], strangers_named)
+            if t is not None:
+                full[view] = t
+        if "ensemble" in full:
+            sizes, by_size, aims = _thresholds_by_size(pooled, full, strangers_named)
+            guard_doubt, guard, slope, guard_report = _coverage_guard(records, pooled, full, sizes)
+            norm = CohortNorm(cohort, full, strangers_named, sizes, by_size, guard_doubt, guard, dict(GUARD_SHARES),
+                              sizes[-1], slope)
+            guard_report["strangers_by_size"] = aims
+
+    def z_thresholds(view: str, f: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """(Q,) each record's normalised threshold in its own gallery (None: not calibrated)."""
+        out = np.full(len(f["gallery_size"]), np.nan)
+        if norm is None or view not in norm.thresholds:
+            return None
+        for size, doubt in set(zip(f["gallery_size"].tolist(), f["gallery_doubt"].tolist())):
+            sel = (f["gallery_size"] == size) & (f["gallery_doubt"] == doubt)
+            out[sel] = norm.threshold(view, int(size), doubt)
+        return out
+
     policies, unknown, strangers = {}, {}, {}
     for view in records:
-        f, w, fo, c, _ = pooled(view)
         raw_thr = thresholds.get(view, -np.inf)
-        z_thr = norm_thresholds.get(view)
-        below = unknown_mask(f["similarity"], f["cohort_z"], raw_thr, z_thr)
-        named = ~unknown_mask(f["stranger_raw"], f["stranger_z"], raw_thr, z_thr)
-        strangers[view] = {str(x): {"default": float(named[c == x].mean()),
-                                    "raw_threshold": float((f["stranger_raw"][c == x] >= raw_thr).mean())}
-                           for x in np.unique(c)}
+        # the rule is fitted and capped on every kind (the guard's too): 20% "Unknown" at most on any kind
+        fg, w, fo, cg, _ = pooled(view, guard=True)
+        zg = z_thresholds(view, fg)
+        below_g = unknown_mask(fg["similarity"], fg["cohort_z"], raw_thr, zg)
+        named = ~unknown_mask(fg["stranger_raw"], fg["stranger_z"], raw_thr, zg)
+        strangers[view] = {str(x): {"default": float(named[cg == x].mean()),
+                                    "raw_threshold": float((fg["stranger_raw"][cg == x] >= raw_thr).mean()),
+                                    "unknown_by_threshold": float(below_g[cg == x].mean())}
+                           for x in np.unique(cg)}
+        f, c, below = fg, cg, below_g
         policies[view] = {}
         for rule in ANSWER_RULES:
             oof = out_of_fold_confidence(rule, f, w, fo)
@@ -422,23 +506,85 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
     report["caps"] = dict(ABSTAIN_CAPS)
     report["thresholds"] = {v: {r: p.threshold for r, p in per.items()} for v, per in policies.items()}
     report["unknown_share"] = unknown  # out-of-fold, with the chosen rule and the "Unknown" threshold
-    report["strangers_named"] = strangers  # out-of-fold queries asked as strangers, per condition
+    report["strangers_named"] = strangers  # out-of-fold queries asked as strangers, per condition (guard ones too)
     report["cohort_norm"] = norm.to_dict() if norm is not None else None
-    report["cohort_norm_targets_tried"] = tried  # strangers named -> out-of-fold unknown share per condition
-    report["cohort_norm_strangers_by_size"] = aims if norm is not None else {}
+    report["coverage_guard"] = guard_report
     return kind, policies, norm, report
 
 
-def _thresholds_by_size(records: Mapping, pooled, full: Mapping[str, float], target: float,
-                        raw: Mapping[str, float], floor: float) -> tuple[tuple[int, ...], dict[str, tuple[float, ...]], dict]:
-    """Per view, the normalised threshold for clean galleries of each of ``STRANGER_SIZES``
-    entries (drawn from the cross-validation galleries) and, at their own size, ``full``.
+def _coverage_guard(records: Mapping, pooled, full: Mapping[str, float], sizes: Sequence[int]):
+    """``fit_coverage_guard`` per view over every kind of calibration gallery (each
+    condition's folds pooled, the ``guard_only`` ones included), on shared doubt points;
+    and how the caps move with gallery size (``guard_size_slope``).
 
-    At a size the threshold names ``target`` of strangers, or fewer where the raw threshold
-    (``raw``) names fewer there, but never fewer than ``floor`` (the share asked for): a
-    target relaxed by the abstention caps on the calibration galleries' size is not
-    carried over to small galleries, where the raw threshold protects strangers better.
-    Sizes without enough strangers are left out.
+    Returns:
+        (ascending doubts, view -> caps at them (never above the view's threshold),
+        view -> slope per unit of log size, report).
+    """
+    f, _, _, c, _ = pooled("ensemble", guard=True)
+    shares = [GUARD_SHARES["clean" if g == "clean" else "any"] for g in np.unique(c)]
+    doubt, _, points = fit_coverage_guard(f["gallery_doubt"], f["cohort_z"], c, shares)
+    guard: dict[str, tuple[float, ...]] = {}
+    per_view_points = {}
+    for view in full:
+        fv, _, _, cv, _ = pooled(view, guard=True)
+        d, caps, pts = fit_coverage_guard(fv["gallery_doubt"], fv["cohort_z"], cv, shares)
+        # on the ensemble's doubt points (the same galleries: the doubt is the gallery's)
+        guard[view] = tuple(float(min(full[view], x)) for x in np.interp(doubt, d, caps))
+        per_view_points[view] = pts
+    slope = {}
+    for view in full:
+        fv, _, _, cv, _ = pooled(view, guard=True)
+        slope[view] = guard_size_slope(fv, cv, sizes, [GUARD_SHARES["clean" if g == "clean" else "any"]
+                                                       for g in np.unique(cv)])
+    report = {"shares": dict(GUARD_SHARES), "doubt": doubt.tolist(), "caps": {v: list(g) for v, g in guard.items()},
+              "galleries": per_view_points.get("ensemble", points), "size": int(sizes[-1]), "slope": slope}
+    return tuple(float(x) for x in doubt), guard, slope, report
+
+
+def guard_size_slope(feats: Mapping[str, np.ndarray], conditions: np.ndarray, sizes: Sequence[int],
+                     shares: Sequence[float], min_size: int = 2 * DEFAULT_COHORT) -> float:
+    """How the guard's caps move with gallery size: per unit of log size, from each condition's
+    share quantile of ``cohort_z@size`` (galleries drawn from the calibration ones) against
+    its quantile at the calibration size (``cohort_z``, ``sizes[-1]``), pooled by least squares
+    through the calibration size; sizes under ``min_size`` are left out (their cohort is
+    most of the gallery). 0.0 when nothing is measured.
+
+    Example:
+        >>> z = np.random.default_rng(0).normal(5, 1, 4000)
+        >>> f = {"cohort_z": z, "cohort_z@200": z + np.log(400 / 200)}  # 1 spread more per halving
+        >>> round(guard_size_slope(f, np.array(["clean"] * 4000), (200, 400), [0.1]), 6)
+        -1.0
+    """
+    own = sizes[-1]
+    xs, ys = [], []
+    for cond, share in zip(np.unique(conditions), shares):
+        sel = conditions == cond
+        base = feats["cohort_z"][sel]
+        base = base[np.isfinite(base)]
+        if len(base) < 20:
+            continue
+        q_own = float(np.quantile(base, share))
+        for size in sizes[:-1]:
+            z = feats.get(f"cohort_z@{size}")
+            if size < min_size or z is None:
+                continue
+            z = z[sel][np.isfinite(z[sel])]
+            if len(z) < 20:
+                continue
+            xs.append(np.log(size / own))
+            ys.append(float(np.quantile(z, share)) - q_own)
+    if not xs:
+        return 0.0
+    x, y = np.asarray(xs), np.asarray(ys)
+    return float((x @ y) / (x @ x))
+
+
+def _thresholds_by_size(pooled, full: Mapping[str, float], target: float
+                        ) -> tuple[tuple[int, ...], dict[str, tuple[float, ...]], dict]:
+    """Per view, the normalised threshold naming ``target`` of strangers in clean galleries
+    of each of ``STRANGER_SIZES`` entries (drawn from the cross-validation galleries) and,
+    at their own size, ``full``. Sizes without enough strangers are left out.
 
     Returns:
         (sizes, view -> thresholds per size, {size: share of strangers aimed at}).
@@ -448,53 +594,28 @@ def _thresholds_by_size(records: Mapping, pooled, full: Mapping[str, float], tar
     own = int(np.median(f["gallery_size"][clean]))
     sizes = [s for s in STRANGER_SIZES if f"stranger_z@{s}" in f and np.isfinite(f[f"stranger_z@{s}"][clean]).sum() >= 20
              and s < own]
-    aims: dict[str, float] = {}
-    for s in sizes:
-        raw_rate = float(np.mean(f[f"stranger_raw@{s}"][clean] >= raw.get("ensemble", -np.inf)))
-        aims[str(s)] = max(floor, min(target, raw_rate))
     by_size: dict[str, tuple[float, ...]] = {}
     for view in full:
         fv, _, _, cv, _ = pooled(view)
-        per = [calibrate_cohort_norm(fv[f"stranger_z@{s}"][cv == "clean"], aims[str(s)]) for s in sizes]
+        per = [calibrate_cohort_norm(fv[f"stranger_z@{s}"][cv == "clean"], target) for s in sizes]
         by_size[view] = (*[float(t) for t in per], float(full[view]))
-    aims[str(own)] = target
-    return (*sizes, own), by_size, aims
+    return (*sizes, own), by_size, {str(s): target for s in (*sizes, own)}
 
 
-def _cohort_thresholds(records: Mapping, pooled, thresholds: Mapping[str, float], strangers_named: float | None,
-                       caps: Mapping[str, float] = ABSTAIN_CAPS, steps: int = 12):
-    """The normalised "Unknown" thresholds: the fewest strangers named (from ``strangers_named``
-    up to as many as the raw threshold names) at which the out-of-fold queries of every
-    condition stay within the abstention caps, on the ensemble view.
+def _whole_galleries(embedded: EmbeddedFiles, gallery_positions: np.ndarray, kinds: Sequence[str], seed: int,
+                     models: Sequence[str], cache: EmbeddingCache | None, progress: bool) -> dict[str, Degraded]:
+    """Per kind, every gallery photo degraded that way and detected as ``cmce index`` detects
+    (the i-th kind seeded ``seed + i``)."""
+    from .degrade import DegradeSpec, degrade_gallery
+    from .detection import create_detector
 
-    Returns:
-        (view -> threshold (empty: none calibrated), the share of strangers it names on the
-        clean calibration galleries, {share tried: {condition: unknown share}}).
-    """
-    if strangers_named is None:
-        return {}, None, {}
-    f, _, _, c, _ = pooled("ensemble")
-    clean = c == "clean"
-    raw_rate = float(np.mean(f["stranger_raw"][clean] >= thresholds.get("ensemble", -np.inf)))
-    targets = [strangers_named] if raw_rate <= strangers_named else list(np.linspace(strangers_named, raw_rate, steps))
-    tried: dict[str, dict[str, float]] = {}
-    chosen: dict[str, float] = {}
-    for target in targets:
-        chosen = {}
-        for view in records:
-            fv, _, _, cv, _ = pooled(view)
-            t = calibrate_cohort_norm(fv["stranger_z"][cv == "clean"], target)
-            if t is not None:
-                chosen[view] = t
-        if "ensemble" not in chosen:
-            return {}, None, tried
-        below = unknown_mask(f["similarity"], f["cohort_z"], thresholds.get("ensemble", -np.inf), chosen["ensemble"])
-        shares = {str(x): float(below[c == x].mean()) for x in np.unique(c)}
-        tried[f"{target:.4f}"] = shares
-        if all(v <= caps["clean" if k == "clean" else "any"] for k, v in shares.items()):
-            return chosen, float(target), tried
-    # no share within the caps: name no more strangers than the raw threshold does
-    return chosen, float(targets[-1]), tried
+    detector = create_detector("index")
+    out = {}
+    for i, kind in enumerate(kinds):
+        dfiles, _, dmask = degrade_gallery(embedded, gallery_positions, DegradeSpec(1.0, (kind,)), seed=seed + i,
+                                           models=models, cache=cache, progress=progress, detector=detector)
+        out[kind] = Degraded(dfiles.embeddings, dfiles.detection_probability, dmask)
+    return out
 
 
 @dataclass(frozen=True)
@@ -641,6 +762,7 @@ def cross_validate_choices(
     augment_sets: Sequence[Degraded] = (),
     fusions: Sequence[str] = ("mean",),
     answer_galleries: Mapping[str, Degraded] | None = None,
+    guard_galleries: Mapping[str, Degraded] | None = None,
 ) -> dict:
     """k-fold cross-validation of the query member, the fusion and the quality score.
 
@@ -658,6 +780,8 @@ def cross_validate_choices(
     gallery photo degraded one way) are further conditions on which the query member
     and the fusion are chosen (beside clean and mixed) and the answer rule is calibrated
     (through ``_fold_galleries``); the quality score is still chosen on mixed galleries.
+    ``guard_galleries`` join ``_fold_galleries`` only (the "Unknown" threshold's coverage
+    guard is calibrated on them); they choose nothing.
 
     Returns:
         ``{"folds", "queries", "query_member_recall_at_1": {"without", "with"},
@@ -744,7 +868,9 @@ def cross_validate_choices(
             return {m: v[ev] for m, v in emb.items()}, prob[ev]
         if cond == "mixed":
             return degraded.mixed(emb, prob, ev)
-        return answer_galleries[cond].mixed(emb, prob, ev)
+        if answer_galleries and cond in answer_galleries:
+            return answer_galleries[cond].mixed(emb, prob, ev)
+        return guard_galleries[cond].mixed(emb, prob, ev)  # type: ignore[index]
 
     choice_conditions = (*conditions, *(answer_galleries or {}))  # what the member and fusion are chosen on
     for member in (False, True):
@@ -802,7 +928,7 @@ def cross_validate_choices(
         """Per fold: (fold number, the fold's served bundle, condition -> (emb, prob), labels), not serialised."""
         for k, ev in enumerate(evs):
             fb = fold_bundle(k, member, learn(chosen[member], member, pool & ~ev))
-            yield k, fb, {c: condition(ev, c) for c in choice_conditions}, labels[ev]
+            yield k, fb, {c: condition(ev, c) for c in (*choice_conditions, *(guard_galleries or {}))}, labels[ev]
 
     out["_fold_galleries"] = fold_galleries
     return out
@@ -853,6 +979,7 @@ def train_bundle(
     answer_kinds: Sequence[str] = ("crop", "tiny"),
     augment_kinds: Sequence[str] | None = None,
     strangers_named: float | None = 0.05,
+    guard_kinds: Sequence[str] = TRAIN_KINDS,
 ) -> Bundle:
     """Train, calibrate and save a bundle. See the module docstring for the steps.
 
@@ -893,6 +1020,9 @@ def train_bundle(
         strangers_named: the "Unknown" threshold on cohort-normalised scores
             (``answers.CohortNorm``) names this share of strangers on the clean
             cross-validation galleries; None: the raw similarity thresholds only.
+        guard_kinds: ``degrade`` kinds of further whole galleries that calibrate only the
+            normalised threshold's coverage guard (``fit_coverage_guard``), beside the
+            clean, mixed and ``answer_kinds`` ones; they choose nothing else.
 
     Returns:
         The saved bundle.
@@ -901,7 +1031,7 @@ def train_bundle(
         raise DatasetError(f"cv_folds must be 0 (validation split), 1 (the same) or a fold count >= 2; got {cv_folds!r}")
     from .degrade import DegradeSpec
 
-    for kind in answer_kinds:
+    for kind in (*answer_kinds, *guard_kinds):
         DegradeSpec(1.0, (kind,))  # an unknown kind fails here, before anything is embedded
     if augment_kinds is not None and set(augment_kinds) - set(answer_kinds):
         raise DatasetError(f"augment_kinds must be among the answer galleries {tuple(answer_kinds)}, "
@@ -921,29 +1051,25 @@ def train_bundle(
     q = emb[query_model]
     if fusion != "auto" and fusion not in FUSIONS:
         raise DatasetError(f"fusion must be 'auto' or one of {FUSIONS}, got {fusion!r}")
+    pool_idx = np.flatnonzero(found & (splits["train"] | splits["val"]))
+    gpos = pool_idx[first_image_protocol(labels[pool_idx])[0]]  # the gallery photos that get degraded copies
     degraded, degrade_info = None, None
     if mixed_share > 0:
-        from .degrade import TRAIN_KINDS, degrade_gallery
+        from .degrade import degrade_gallery
 
-        pool_idx = np.flatnonzero(found & (splits["train"] | splits["val"]))
-        gpos = pool_idx[first_image_protocol(labels[pool_idx])[0]]
         dfiles, degrade_info, dmask = degrade_gallery(embedded, gpos, DegradeSpec(mixed_share, TRAIN_KINDS),
                                                       seed=split.seed + 1, models=models, cache=cache, progress=progress)
         degraded = Degraded(dfiles.embeddings, dfiles.detection_probability, dmask)
     answer_galleries: dict[str, Degraded] = {}
     if answer_kinds and (cv_folds > 1 or (degrade_augment and (augment_kinds is None or augment_kinds))):
-        from .degrade import degrade_gallery
-        from .detection import create_detector
-
         # galleries unlike the training photos, for calibrating the answer rule only: every
         # gallery photo cut to a tight crop, or shrunk to a tiny face, detected as `cmce index` does
-        pool_idx = np.flatnonzero(found & (splits["train"] | splits["val"]))
-        gpos = pool_idx[first_image_protocol(labels[pool_idx])[0]]
-        detector = create_detector("index")
-        for i, kind in enumerate(answer_kinds):
-            dfiles, _, dmask = degrade_gallery(embedded, gpos, DegradeSpec(1.0, (kind,)), seed=split.seed + 2 + i,
-                                               models=models, cache=cache, progress=progress, detector=detector)
-            answer_galleries[kind] = Degraded(dfiles.embeddings, dfiles.detection_probability, dmask)
+        answer_galleries = _whole_galleries(embedded, gpos, answer_kinds, split.seed + 2, models, cache, progress)
+    guard_galleries: dict[str, Degraded] = {}
+    guard_kinds = tuple(k for k in guard_kinds if k not in answer_kinds)
+    if guard_kinds and cv_folds > 1 and strangers_named is not None:
+        # one degradation each, for the coverage guard of the "Unknown" threshold and the rule's threshold only
+        guard_galleries = _whole_galleries(embedded, gpos, guard_kinds, split.seed + 4, models, cache, progress)
     augment_galleries = {k: g for k, g in answer_galleries.items() if augment_kinds is None or k in augment_kinds}
     augment = degrade_augment and (degraded is not None or bool(augment_galleries))
     # the transformers learn the mixed copies and the crop / tiny galleries' copies alike
@@ -974,7 +1100,7 @@ def train_bundle(
             emb, prob, labels, tr | va, query_model=query_model, gallery_models=gallery_models,
             epochs={m: history[m]["best_epoch"] for m in gallery_models}, hidden=hidden, config=train_config,
             folds=cv_folds, seed=split.seed, degraded=degraded, augment_sets=augment_sets, fusions=fusions,
-            answer_galleries=answer_galleries,
+            answer_galleries=answer_galleries, guard_galleries=guard_galleries,
         )
         learn = cv.pop("_learn")
         fit_predictor = cv.pop("_predictor")
@@ -1002,7 +1128,8 @@ def train_bundle(
         rule, policies, norm, answer_info = calibrate_answers(fold_galleries(member), quality, fit_predictor, member,
                                                               thresholds=cal.similarity_thresholds,
                                                               abstain_below=abstain_below,
-                                                              strangers_named=strangers_named)
+                                                              strangers_named=strangers_named,
+                                                              guard_only=tuple(guard_galleries))
         cal = dataclasses.replace(cal, answer_rule=rule, answer_policies=policies, cohort_norm=norm)
         cal_info["answers"] = answer_info
     bundle = Bundle(query_model, tuple(gallery_models), transformers, member, calibration=cal,

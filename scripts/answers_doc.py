@@ -40,6 +40,14 @@ def _strangers(answers: dict) -> str:
     return f"{_pct(raw['share'])}% / **{_pct(default['share'])}%**"
 
 
+def _guard(gallery: dict) -> str:
+    """The gallery's mean quality score, and whether it lowered the "Unknown" threshold (the coverage guard)."""
+    if "mean_quality" not in gallery:
+        return ""
+    return f"; mean {gallery['mean_quality']:.3f}" + (", **threshold lowered**" if gallery.get("unknown_threshold_lowered")
+                                                      else "")
+
+
 def render(results: list[dict]) -> str:
     by_bundle: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in results:
@@ -53,7 +61,9 @@ def render(results: list[dict]) -> str:
            "**Strangers named**: every query asked again with its own person taken out of the gallery; the share",
            "the app would still name someone for (the other side of the \"Unknown\" threshold). The default",
            "\"Unknown\" threshold is the bundle's cohort-normalised one (`answers.CohortNorm`); the raw similarity",
-           "threshold is the one bundles had before.",
+           "threshold is the one bundles had before. On a gallery of poorer photos than the calibration's (its",
+           "mean quality score, \"mean\"), the coverage guard lowers the normalised threshold (\"threshold",
+           "lowered\") so that most searches still get a name; strangers are then named more often.",
            ""]
     for name, kinds in sorted(by_bundle.items()):
         rule = next(iter(kinds.values()))["answers"]["rules"].get("policy", {}).get("rule", "none")
@@ -74,7 +84,7 @@ def render(results: list[dict]) -> str:
 
             pol = r.get("policy", r["answer_all"])
             sim = r.get("similarity_at_policy_coverage", r["answer_all"])
-            out.append(f"| {kind} | {g['entries']} | {g['over_threshold']} ({_pct(g['share_over_threshold'])}%) | "
+            out.append(f"| {kind} | {g['entries']} | {g['over_threshold']} ({_pct(g['share_over_threshold'])}%){_guard(g)} | "
                        f"{rwu(r.get('answer_all_raw_threshold', r['answer_all']))} | "
                        f"{rwu(r['answer_all'])} | {rwu(r['removed'])} | {rwu(r['blocking'])} | **{rwu(pol)}** | "
                        f"{_pct(pol['answered_accuracy'])} ({_ci(pol['answered_accuracy_ci95'])}) | "
@@ -194,7 +204,9 @@ def summary(results: list[dict]) -> str:
 
             out.append(f"| `{name}` | {kind} | {rwu(r.get('answer_all_raw_threshold', r['answer_all']))} | "
                        f"{rwu(r['removed'])} | **{rwu(pol)}** | "
-                       f"{_pct(pol['unknown'] / pol['queries'])}% | {_pct(pol['answered_accuracy'])} / "
+                       f"{_pct(pol['unknown'] / pol['queries'])}%"
+                       f"{' (guard)' if kinds[kind]['answers']['gallery'].get('unknown_threshold_lowered') else ''} | "
+                       f"{_pct(pol['answered_accuracy'])} / "
                        f"{_pct(sim['answered_accuracy'])} | {_strangers(kinds[kind]['answers'])} |")
     return "\n".join(out) + "\n"
 

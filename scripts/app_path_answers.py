@@ -7,7 +7,7 @@ of every gallery photo is indexed (background faces too), as the app indexes. Wi
 share of gallery photos is degraded first (seeded, ``cmce.degrade``). Each query's CMCE
 ensemble answer is counted right (its person named), wrong (another) or unknown, under the
 bundle's default (nothing rejected, the normalised "Unknown" threshold, the answer rule),
-with no answer rule, with neither (the raw similarity threshold, as bundles answered
+``strict`` (the same without the threshold's coverage guard), with no answer rule, with neither (the raw similarity threshold, as bundles answered
 before), and with the calibrated rejection blocking. Each query photo is detected and
 embedded once, as ``Gallery.search_image`` does, then searched under each variant
 (``Gallery.search_vector``).
@@ -77,6 +77,7 @@ def main() -> int:
     rejected = gallery.rejected()
     variants = {  # search_vector's arguments per variant; the query is detected and embedded once
         "default": {},
+        "strict": {"unknown_by": "strict"},
         "no rule": {"answer_rule": "none"},
         "raw threshold, no rule": {"answer_rule": "none", "unknown_by": "similarity"},
         "rejected block": {"answer_rule": "none", "rejected": rejected},
@@ -94,7 +95,8 @@ def main() -> int:
             view = gallery.search_vector(q, k=1, query_probability=faces[0].probability, **kw)["ensemble"]
             counts[name][outcome(view, labels[i])] += 1
     print(f"{Path(a.bundle).name}, gallery {a.gallery_degrade or 'clean'}: {report.summary()}; "
-          f"{int(gallery.doubt().doubtful.sum())} doubtful, {int(rejected.sum())} rejected if asked; {len(qi)} queries")
+          f"{int(gallery.doubt().doubtful.sum())} doubtful, {int(rejected.sum())} rejected if asked; {len(qi)} queries"
+          + (f"\n  {note}" if (note := gallery.unknown_note()) else ""))
     for name, c in counts.items():
         print(f"  {name:15s} right {c['right']:4d}  wrong {c['wrong']:4d}  unknown {c['unknown']:4d}"
               + (f"  no face {c['no face in query']}" if c["no face in query"] else ""))

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from answers_doc import unknown_table  # noqa: E402  (scripts/, beside this file)
-from cmce.answers import cohort_normalised, stranger_best, unknown_mask  # noqa: E402
+from cmce.answers import cohort_normalised, gallery_doubt, stranger_best, unknown_mask  # noqa: E402
 from cmce.bundle import load_bundle  # noqa: E402
 from cmce.data import list_labelled_images  # noqa: E402
 from cmce.degrade import DegradeSpec, degrade_gallery  # noqa: E402
@@ -177,7 +177,8 @@ def measure(data_dir: str, bundle_path: str, kinds=KINDS, cohort: int = 50, resa
 
 def by_gallery_size(data_dir: str, bundle_path: str, sizes=(60, 100, 200, 400, 800), repeats: int = 5) -> dict:
     """Strangers named and right answers against gallery size, clean gallery, with the bundle's
-    own thresholds: the raw similarity threshold and its normalised one (``CohortNorm``)."""
+    own thresholds: the raw similarity threshold and its normalised one (``CohortNorm``, with
+    its coverage guard on each drawn gallery's mean quality score, as the app applies it)."""
     bundle = load_bundle(bundle_path)
     norm = bundle.calibration.cohort_norm
     ds = heldout_subset(list_labelled_images(data_dir), bundle)
@@ -207,7 +208,7 @@ def by_gallery_size(data_dir: str, bundle_path: str, sizes=(60, 100, 200, 400, 8
             rows["raw_right"].append(float(np.mean(right & (sim.max(1) >= raw_thr))))
             if norm is not None:
                 zs = stranger_best(sim, ql, gl, norm.cohort)
-                z_thr = norm.threshold("ensemble", size)
+                z_thr = norm.threshold("ensemble", size, gallery_doubt(gv.quality[keep]))  # the app's, guard included
                 rows["default"].append(float(np.mean(~unknown_mask(best_raw, zs, raw_thr, z_thr))))
                 z = cohort_normalised(sim, list(gl), norm.cohort)
                 named = ~unknown_mask(sim.max(1), z, raw_thr, z_thr)
@@ -228,8 +229,15 @@ if __name__ == "__main__":
     p.add_argument("--sizes", action="store_true",
                    help="also: strangers named and right answers against gallery size, with the bundle's own thresholds")
     p.add_argument("--json")
+    p.add_argument("--sizes-only", action="store_true",
+                   help="recompute only the gallery-size figures, into the existing --json study")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if a.sizes_only:
+        out = json.loads(Path(a.json).read_text())
+        out["by_gallery_size"] = by_gallery_size(a.data_dir, a.bundle)
+        Path(a.json).write_text(json.dumps(out, indent=1))
+        raise SystemExit(0)
     out = measure(a.data_dir, a.bundle, a.kinds, a.cohort, targets=tuple(a.targets))
     if a.sizes:
         out["by_gallery_size"] = by_gallery_size(a.data_dir, a.bundle)

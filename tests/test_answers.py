@@ -241,31 +241,57 @@ def test_decide_answer_with_the_normalised_threshold_and_its_round_trip() -> Non
         CohortNorm(1, {})
 
 
-def test_cohort_thresholds_name_the_fewest_strangers_the_caps_allow() -> None:
-    from cmce.train import _cohort_thresholds
+def test_the_coverage_guard_keeps_each_calibration_gallery_within_its_share() -> None:
+    from cmce.train import fit_coverage_guard
 
     rng = np.random.default_rng(0)
-    n = 2000
-    cond = np.array(["clean"] * n + ["mixed"] * n)
-    stranger_z = rng.normal(3.0, 1.0, 2 * n)
-    raw_sim = rng.uniform(0, 1, 2 * n)
-    # genuine queries stand out less on the mixed galleries
-    cohort_z = np.concatenate([rng.normal(8.0, 1.5, n), rng.normal(5.5, 1.5, n)])
-    feats = {"similarity": raw_sim, "cohort_z": cohort_z, "stranger_z": stranger_z, "stranger_raw": raw_sim}
+    # three galleries: clean (doubt 0.05), mixed (0.2) and lowres (0.4), where a person's own
+    # photo stands out less; one noisy clean fold (doubt 0.06) stands out even less than mixed
+    spec = [("clean/0", 0.05, 8.0), ("clean/1", 0.06, 4.0), ("mixed/0", 0.2, 5.5), ("lowres/0", 0.4, 3.0)]
+    z = np.concatenate([rng.normal(mu, 1.5, 500) for _, _, mu in spec])
+    doubt = np.repeat([d for _, d, _ in spec], 500)
+    groups = np.repeat([g for g, _, _ in spec], 500)
+    shares = [0.08, 0.08, 0.18, 0.18]  # np.unique order: clean/0, clean/1, lowres/0, mixed/0
+    d, caps, points = fit_coverage_guard(doubt, z, groups, shares)
+    assert np.round(d, 6).tolist() == [0.05, 0.06, 0.2, 0.4]
+    assert list(caps) == sorted(caps, reverse=True)  # a poorer-looking gallery never gets a higher cap
+    for g, share in zip(np.unique(groups), shares):
+        sel = groups == g
+        cap = np.interp(doubt[sel][0], d, caps)
+        assert (z[sel] < cap).mean() <= share + 1e-9  # within its share
+    # the running minimum: mixed inherits the noisy clean fold's lower cap
+    by = {p["group"]: p["cap"] for p in points}
+    assert caps[2] == pytest.approx(min(by["clean/1"], by["mixed/0"]))
+    # too few queries place no point
+    assert fit_coverage_guard(doubt[:10], z[:10], groups[:10], [0.08])[0].size == 0
 
-    def pooled(view):
-        return feats, np.zeros(2 * n, bool), np.zeros(2 * n), cond, np.arange(2 * n)
 
-    # the raw threshold 0.5 names half the strangers: room to move from 5% towards it
-    thr, target, tried = _cohort_thresholds({"ensemble": []}, pooled, {"ensemble": 0.5}, 0.05)
-    first = tried[f"{0.05:.4f}"]
-    assert first["mixed"] > 0.20  # at 5% the mixed galleries would say Unknown too often
-    assert 0.05 < target <= 0.5 and tried[f"{target:.4f}"]["mixed"] <= 0.20 and tried[f"{target:.4f}"]["clean"] <= 0.10
-    assert thr["ensemble"] == pytest.approx(np.quantile(stranger_z[:n], 1 - target))
-    # easy galleries: the asked share holds; no target: no normalised threshold
-    feats["cohort_z"] = np.full(2 * n, 9.0)
-    assert _cohort_thresholds({"ensemble": []}, pooled, {"ensemble": 0.5}, 0.05)[1] == 0.05
-    assert _cohort_thresholds({"ensemble": []}, pooled, {"ensemble": 0.5}, None) == ({}, None, {})
+def test_the_guard_lowers_the_threshold_on_a_poor_gallery_and_says_so() -> None:
+    from cmce.answers import CohortNorm, gallery_doubt, unknown_note
+    from cmce.bundle import Calibration
+
+    norm = CohortNorm(3, {"ensemble": 6.0}, 0.05, guard_doubt=(0.1, 0.4), guard={"ensemble": (6.0, 2.0)},
+                      guard_share={"clean": 0.08, "any": 0.18})
+    assert norm.threshold("ensemble", 800, 0.05) == 6.0 and norm.threshold("ensemble", 800, 0.4) == 2.0
+    assert norm.threshold("ensemble", 800, float("nan")) == 6.0 and norm.threshold("query", 800, 0.4) is None
+    assert not norm.relaxed("ensemble", 800, 0.1) and norm.relaxed("ensemble", 800, 0.3)
+    keys = ["a", "b", "c", "d", "e"]
+    scores = [0.6, 0.3, 0.25, 0.2, 0.1]  # 8.6 spreads above the next three people
+    weak = [0.4, 0.3, 0.25, 0.2, 0.1]  # 3.7 spreads
+    assert decide_answer(weak, keys, keys, threshold=0.9, norm=norm, gallery_doubt=0.05).kind == "unknown"
+    named = decide_answer(weak, keys, keys, threshold=0.9, norm=norm, gallery_doubt=0.4)
+    assert named.kind == "match" and named.norm_threshold == 2.0
+    low = decide_answer([0.31, 0.3, 0.25, 0.2, 0.1], keys, keys, threshold=0.9, norm=norm, gallery_doubt=0.4)
+    assert low.kind == "unknown" and "lowered for this gallery's poor photos" in low.reason
+    assert decide_answer(scores, keys, keys, threshold=0.9, norm=norm, gallery_doubt=0.05).kind == "match"
+    assert "strangers are named more often" in unknown_note(norm, "ensemble", 800, 0.4)
+    assert unknown_note(norm, "ensemble", 800, 0.05) == "" and unknown_note(norm, "ensemble", 3, 0.4) == ""
+    assert unknown_note(None, "ensemble", 800, 0.4) == ""
+    assert gallery_doubt(np.array([0.1, 0.3, np.nan])) == pytest.approx(0.2) and np.isnan(gallery_doubt(np.array([])))
+    cal = Calibration(cohort_norm=norm)
+    assert Calibration.from_dict(cal.to_dict()).cohort_norm == norm
+    with pytest.raises(CmceError, match="guard_doubt must ascend"):
+        CohortNorm(3, {"ensemble": 6.0}, guard_doubt=(0.4, 0.1), guard={"ensemble": (6.0, 2.0)})
 
 
 def test_unknown_norm_follows_the_callers_choice() -> None:
@@ -274,8 +300,13 @@ def test_unknown_norm_follows_the_callers_choice() -> None:
     norm = CohortNorm(50, {"ensemble": 5.0})
     assert unknown_norm(norm, None) is norm and unknown_norm(norm, "normalised") is norm
     assert unknown_norm(norm, "similarity") is None and unknown_norm(None, "normalised") is None
-    with pytest.raises(CmceError, match="unknown_by must be one of normalised, similarity"):
+    with pytest.raises(CmceError, match="unknown_by must be one of normalised, strict, similarity"):
         unknown_norm(norm, "z")
+    # strict: the normalised threshold without its coverage guard
+    guarded = CohortNorm(50, {"ensemble": 5.0}, guard_doubt=(0.1, 0.5), guard={"ensemble": (5.0, 2.0)})
+    assert unknown_norm(guarded, None).threshold("ensemble", 800, 0.5) == 2.0
+    assert unknown_norm(guarded, "strict").threshold("ensemble", 800, 0.5) == 5.0
+    assert unknown_norm(None, "strict") is None
 
 
 def test_the_normalised_threshold_follows_the_gallery_size() -> None:
@@ -299,23 +330,21 @@ def test_the_normalised_threshold_follows_the_gallery_size() -> None:
         CohortNorm(3, {"ensemble": 3.0}, 0.05, (10, 1000), {"ensemble": (2.0,)})
 
 
-def test_thresholds_by_size_never_relax_beyond_the_raw_threshold_in_small_galleries() -> None:
+def test_thresholds_by_size_name_the_same_share_of_strangers_at_every_size() -> None:
     from cmce.train import _thresholds_by_size
 
     rng = np.random.default_rng(1)
     n = 4000
     cond = np.array(["clean"] * n)
     feats = {"gallery_size": np.full(n, 700.0),
-             "stranger_z@60": rng.normal(2.0, 1.0, n), "stranger_raw@60": rng.uniform(0, 0.51, n),  # raw names 2%
-             "stranger_z@240": rng.normal(2.5, 1.0, n), "stranger_raw@240": rng.uniform(0, 0.6, n)}  # raw names ~17%
+             "stranger_z@60": rng.normal(2.0, 1.0, n), "stranger_z@240": rng.normal(2.5, 1.0, n),
+             "stranger_z@480": np.full(n, np.nan)}  # too few strangers at 480: left out
 
     def pooled(view):
         return feats, np.zeros(n, bool), np.zeros(n), cond, np.arange(n)
 
-    sizes, by_size, aims = _thresholds_by_size({"ensemble": []}, pooled, {"ensemble": 4.0}, 0.15, {"ensemble": 0.5},
-                                               0.05)
+    sizes, by_size, aims = _thresholds_by_size(pooled, {"ensemble": 4.0}, 0.05)
     assert sizes == (60, 240, 700) and by_size["ensemble"][-1] == 4.0
-    # 60: the raw threshold names 2%, below the floor: 5%; 240: the relaxed 15% (raw names more there)
-    assert aims == {"60": 0.05, "240": 0.15, "700": 0.15}
+    assert aims == {"60": 0.05, "240": 0.05, "700": 0.05}
     assert by_size["ensemble"][0] == pytest.approx(np.quantile(feats["stranger_z@60"], 0.95))
-    assert by_size["ensemble"][1] == pytest.approx(np.quantile(feats["stranger_z@240"], 0.85))
+    assert by_size["ensemble"][1] == pytest.approx(np.quantile(feats["stranger_z@240"], 0.95))

@@ -15,6 +15,7 @@ from conftest import lfw_people
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
 
 
 def _view_names(bundle) -> set[str]:
@@ -55,6 +56,12 @@ def test_index_then_search_in_one_session(app_server, people):
     assert ensemble["rule"] == (calibration.get("answer_rule") or None)
     assert (ensemble["confidence"] is None) == (ensemble["rule"] is None)
     assert all(isinstance(m["doubtful"], bool) for v in result["views"].values() for m in v["matches"])
+    # when a column says "Unknown" is the caller's choice (a gallery of 4 people: the raw threshold either way)
+    assert result["unknown_by"] == "normalised"
+    *_, strict = client.predict(image=handle_file(str(query)), unknown_by="strict", api_name="/search")
+    assert strict["unknown_by"] == "strict" and strict["views"]["ensemble"]["answer"] == target.name
+    with pytest.raises(AppError, match=r"not in the list of choices: \['normalised', 'strict', 'similarity'\]"):
+        client.predict(image=handle_file(str(query)), unknown_by="loose", api_name="/search")
     # every face rejected: a rejected best match blocks ("Unknown" naming its person), never the next person
     *_, blocked = client.predict(image=handle_file(str(query)), reject_by="threshold", threshold=-1.0,
                                  api_name="/search")

@@ -17,7 +17,7 @@ from cmce.ensemble import (
     fuse_members,
     member_uncertainty,
 )
-from cmce.answers import ANSWER_RULES, cohort_normalised, stranger_best, unknown_mask
+from cmce.answers import ANSWER_RULES, cohort_normalised, gallery_doubt, stranger_best, unknown_mask
 from cmce.evaluate import adapter_row_name, evaluate_embedded
 from cmce.train import SplitConfig, dataset_splits, train_bundle
 from cmce.transform import (
@@ -106,7 +106,7 @@ def small_dataset(lfw_pairs_embedded, tmp_path_factory) -> Path:
 def trained_bundle(small_dataset: Path, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "b"
     bundle = train_bundle(small_dataset, out, train_config=TrainConfig(epochs=4, patience=4), hidden=256,
-                          progress=False, answer_kinds=("crop",))
+                          progress=False, answer_kinds=("crop",), guard_kinds=("lowres",))
     return out, bundle
 
 
@@ -180,7 +180,22 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     # calibrated per gallery size too (galleries drawn from the folds' own), the folds' size last
     assert len(norm.sizes) >= 2 and set(norm.by_size) == set(norm.thresholds)
     assert all(per[-1] == norm.thresholds[v] for v, per in norm.by_size.items())
-    assert ans["strangers_named"]["ensemble"]["clean"]["default"] == pytest.approx(norm.strangers_named, abs=0.02)
+    # the coverage guard: every calibration gallery (the lowres guard galleries too) keeps the
+    # threshold's own unknowns within its share; a guard only ever lowers the threshold
+    guard = ans["coverage_guard"]
+    assert list(norm.guard_doubt) == guard["doubt"] and set(norm.guard) == set(norm.thresholds)
+    assert norm.guard_size == norm.sizes[-1] == guard["size"] and set(norm.guard_slope) == set(norm.thresholds)
+    assert {g["group"].split("/")[0] for g in guard["galleries"]} == {"clean", "mixed", "crop", "lowres"}
+    assert all(max(per) <= norm.thresholds[v] + 1e-9 and list(per) == sorted(per, reverse=True)
+               for v, per in norm.guard.items())
+    assert "lowres" in ans["strangers_named"]["ensemble"] and "lowres" in ans["unknown_share"]["ensemble"]
+    for g in guard["galleries"]:
+        cond = g["group"].split("/")[0]
+        assert g["cap"] >= norm.guard_threshold("ensemble", g["doubt"]) - 1e-9, g
+    unknown_by_thr = {c: v["unknown_by_threshold"] for c, v in ans["strangers_named"]["ensemble"].items()}
+    assert unknown_by_thr["clean"] <= 0.08 + 0.05 and unknown_by_thr["lowres"] <= 0.18 + 0.05  # pooled over folds
+    clean_strangers = ans["strangers_named"]["ensemble"]["clean"]["default"]
+    assert clean_strangers >= norm.strangers_named - 0.02  # the guard may name more strangers, never fewer
     assert loaded.calibration.answer_policies == bundle.calibration.answer_policies
     card = (out / "README.md").read_text()
     assert "CC0" in card and "Apache-2.0" in card
@@ -218,7 +233,9 @@ def test_evaluate_rows_and_rejection(trained_bundle, small_dataset, lfw_pairs_em
     assert rules.get("answer_all_raw_threshold", rules["answer_all"])["right"] == right
     if norm is not None:  # the default "Unknown": the normalised score, where the gallery holds the cohort
         z = cohort_normalised(sim, list(labels[gi]), norm.cohort)
-        named = ~unknown_mask(sim.max(1), z, thr, norm.threshold("ensemble", len(gi)))
+        doubt = gallery_doubt(gv.quality)
+        assert result["answers"]["gallery"]["mean_quality"] == pytest.approx(doubt)
+        named = ~unknown_mask(sim.max(1), z, thr, norm.threshold("ensemble", len(gi), doubt))
         assert rules["answer_all"]["right"] == int(((labels[gi][best] == labels[qi]) & named).sum())
         strangers = result["answers"]["strangers"]
         assert strangers["raw_threshold"]["named"] == int((stranger_best(sim, labels[qi], labels[gi]) >= thr).sum())

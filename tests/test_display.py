@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from cmce import display
-from cmce.answers import Answer, AnswerPolicy, doubt_marks
+from cmce.answers import Answer, AnswerPolicy, CohortNorm, doubt_marks, gallery_doubt, unknown_note
 from cmce.bundle import Calibration
 from cmce.ensemble import QualityModel
 from cmce.faces import Face
@@ -87,6 +87,9 @@ class _FakeGallery:
 
     def doubt(self, quality=None):
         return doubt_marks(self.quality, self.calibration.threshold_for(quality), self.calibration.rejection_rate)
+
+    def unknown_note(self):
+        return unknown_note(self.calibration.cohort_norm, "ensemble", len(self.entries), gallery_doubt(self.quality))
 
 
 def _fake_result():
@@ -225,6 +228,14 @@ def test_overview_summary_counts_rejected_doubtful_and_over_the_threshold():
     assert "**combined** rule" in text and "too likely wrong" in text and "below 0.50" in text
     assert "answered 88% of the calibration queries" in text and "**0 doubtful**" in text
     assert "looks unlike" not in text and "0 over the bundle's calibrated threshold (about 0 expected)" in text
+    assert "strangers are named more often" not in text
+    # a gallery of poor photos lowers the normalised "Unknown" threshold: the overview says so
+    guarded = Calibration(rejection_threshold=0.07, rejection_rate=0.10, quality=QualityModel("disagreement"),
+                          cohort_norm=CohortNorm(20, {"ensemble": 5.0}, 0.05, guard_doubt=(0.1, 0.5),
+                                                 guard={"ensemble": (5.0, 2.0)}))
+    text = display.overview_summary(_FakeGallery([f"p{i // 2}" for i in range(38)], quality, guarded), none)
+    assert "mean quality score 0.736): so that most searches still get a name, a match needs to stand out 2.0 spreads from the next 20 people instead of 5.0" in text
+    assert "strangers are named more often" in text
 
 
 def test_figures():
