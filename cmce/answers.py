@@ -525,7 +525,8 @@ def unknown_note(norm: CohortNorm | None, view: str, gallery_size: int, doubt: f
     base, low = norm.threshold(view, gallery_size), norm.threshold(view, gallery_size, doubt)
     return (f"This gallery's photos look poorer than those the bundle was calibrated on (mean quality score "
             f"{doubt:.3f}): so that most searches still get a name, a match needs to stand out {low:.1f} spreads "
-            f"from the next {norm.cohort} people instead of {base:.1f}, and strangers are named more often.")
+            f"from the next {norm.cohort} people instead of {base:.1f}, and strangers are named more often "
+            f"(\"strict\" keeps {base:.1f}).")
 
 
 def unknown_norm(norm: CohortNorm | None, unknown_by: str | None) -> CohortNorm | None:
