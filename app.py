@@ -773,8 +773,8 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
                 k = gr.Slider(1, 10, value=5, step=1, label="Matches per column")
                 unknown_by = gr.Radio([(UNKNOWN_BY_LABELS[v], v) for v in UNKNOWN_BY], value=UNKNOWN_BY[0],
                                       label="Say Unknown", elem_id="unknown-by",
-                                      info="normal: lowered on a gallery of poor photos so that most searches get "
-                                           "a name; strict: never lowered")
+                                      info="in galleries of more than 50 people; normal is lowered on a gallery "
+                                           "of poor photos, strict never is")
                 search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
         results = gr.HTML("<p>Results appear here, one column per model.</p>", elem_id="results")
         with gr.Accordion("Results as data (what the API returns)", open=False):
