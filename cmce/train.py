@@ -473,9 +473,9 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
 
     def z_thresholds(view: str, f: Mapping[str, np.ndarray]) -> np.ndarray | None:
         """(Q,) each record's normalised threshold in its own gallery (None: not calibrated)."""
-        out = np.full(len(f["gallery_size"]), np.nan)
         if norm is None or view not in norm.thresholds:
             return None
+        out = np.full(len(f["gallery_size"]), np.nan)
         for size, doubt in set(zip(f["gallery_size"].tolist(), f["gallery_doubt"].tolist())):
             sel = (f["gallery_size"] == size) & (f["gallery_doubt"] == doubt)
             out[sel] = norm.threshold(view, int(size), doubt)
@@ -521,24 +521,17 @@ def _coverage_guard(records: Mapping, pooled, full: Mapping[str, float], sizes: 
         (ascending doubts, view -> caps at them (never above the view's threshold),
         view -> slope per unit of log size, report).
     """
-    f, _, _, c, _ = pooled("ensemble", guard=True)
-    shares = [GUARD_SHARES["clean" if g == "clean" else "any"] for g in np.unique(c)]
-    doubt, _, points = fit_coverage_guard(f["gallery_doubt"], f["cohort_z"], c, shares)
-    guard: dict[str, tuple[float, ...]] = {}
-    per_view_points = {}
+    fits = {}
     for view in full:
         fv, _, _, cv, _ = pooled(view, guard=True)
-        d, caps, pts = fit_coverage_guard(fv["gallery_doubt"], fv["cohort_z"], cv, shares)
-        # on the ensemble's doubt points (the same galleries: the doubt is the gallery's)
-        guard[view] = tuple(float(min(full[view], x)) for x in np.interp(doubt, d, caps))
-        per_view_points[view] = pts
-    slope = {}
-    for view in full:
-        fv, _, _, cv, _ = pooled(view, guard=True)
-        slope[view] = guard_size_slope(fv, cv, sizes, [GUARD_SHARES["clean" if g == "clean" else "any"]
-                                                       for g in np.unique(cv)])
+        shares = [GUARD_SHARES["clean" if g == "clean" else "any"] for g in np.unique(cv)]
+        d, caps, points = fit_coverage_guard(fv["gallery_doubt"], fv["cohort_z"], cv, shares)
+        fits[view] = (d, caps, points, guard_size_slope(fv, cv, sizes, shares))
+    doubt = fits["ensemble"][0]  # every view's galleries are the same, so are their doubts
+    guard = {v: tuple(float(min(full[v], x)) for x in np.interp(doubt, d, caps)) for v, (d, caps, _, _) in fits.items()}
+    slope = {v: fit[3] for v, fit in fits.items()}
     report = {"shares": dict(GUARD_SHARES), "doubt": doubt.tolist(), "caps": {v: list(g) for v, g in guard.items()},
-              "galleries": per_view_points.get("ensemble", points), "size": int(sizes[-1]), "slope": slope}
+              "galleries": fits["ensemble"][2], "size": int(sizes[-1]), "slope": slope}
     return tuple(float(x) for x in doubt), guard, slope, report
 
 
