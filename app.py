@@ -13,7 +13,7 @@ has its own gallery, dropped with its temporary files when the tab closes or aft
 ``CMCE_SESSION_TTL`` seconds without activity (default 3600). ``CMCE_DEVICE`` (e.g. ``cuda``)
 picks the torch device; on a ZeroGPU Space the embedding handlers run under ``@spaces.GPU``.
 Caps for a public Space (upload size, per-request bytes, per-session quotas, the bundle
-allow-list ``CMCE_BUNDLES``, queue sizes) come from ``cmce.limits.ServerLimits.from_env``.
+allow-list ``CMCE_BUNDLES``, queue sizes) come from ``cmce.io.limits.ServerLimits.from_env``.
 """
 
 from __future__ import annotations
@@ -34,17 +34,17 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from cmce import display, story
-from cmce.answers import UNKNOWN_BY
-from cmce.bundle import bundle_summary, default_bundle_path, load_bundle
-from cmce.ensemble import QUALITY_SCORES
 from cmce.errors import CmceError, LimitError
-from cmce.gallery import FaceEngine, Gallery, GalleryLimits, bundle_keys
-from cmce.images import format_bytes, load_image
-from cmce.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes
-from cmce.report import RiskCoverage, gallery_risk_coverage
-from cmce.uploads import collect_uploads, query_label
-from cmce.workdirs import TempFolders
+from cmce.gallery.memory import FaceEngine, Gallery, GalleryLimits, bundle_keys
+from cmce.io.images import format_bytes, load_image
+from cmce.io.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes
+from cmce.io.uploads import collect_uploads, query_label
+from cmce.method.answers import UNKNOWN_BY
+from cmce.method.bundle import bundle_summary, default_bundle_path, load_bundle
+from cmce.method.ensemble import QUALITY_SCORES
+from cmce.method.report import RiskCoverage, gallery_risk_coverage
+from cmce.serve import display, story
+from cmce.serve.workdirs import TempFolders
 
 try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated handler runs
     import spaces
@@ -68,7 +68,7 @@ EXAMPLE_GALLERIES = {g.name: g.folder for g in EXAMPLE_SET.galleries}
 EXAMPLE_QUERIES = [(q.path, q.caption) for q in EXAMPLE_SET.queries]
 SESSION_TTL_S = float(os.environ.get("CMCE_SESSION_TTL", 3600))
 LIMITS = GalleryLimits.from_env()  # CMCE_MAX_FILES, CMCE_MAX_ENTRIES, ... (see cmce.gallery)
-SERVER = ServerLimits.from_env(image=LIMITS.image)  # CMCE_MAX_REQUEST_MB, CMCE_QUOTA_*, ... (see cmce.limits)
+SERVER = ServerLimits.from_env(image=LIMITS.image)  # CMCE_MAX_REQUEST_MB, CMCE_QUOTA_*, ... (see cmce.io.limits)
 ALLOWED = BundleAllowList.from_env()  # CMCE_BUNDLES, CMCE_ALLOW_LOCAL_BUNDLES
 TEMP = TempFolders()  # session and example folders: removed at exit, swept at the next start if killed
 HUB_LOADS = SlidingQuota(SERVER.bundle_loads_per_hour, what="bundle loads from outside assets/ (whole server)")
@@ -241,7 +241,7 @@ class Session:
     # held while the gallery grows or is replaced (indexing, example, clearing, bundle switch): a switch
     # during indexing waits for it, so the re-projected gallery holds every photo
     busy: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    # per-session quotas (cmce.limits): bytes indexed and faces added per hour, bundle switches per hour
+    # per-session quotas (cmce.io.limits): bytes indexed and faces added per hour, bundle switches per hour
     indexed_bytes: SlidingQuota = field(default_factory=lambda: SlidingQuota(
         SERVER.quota_bytes_per_hour, what="bytes indexed"), repr=False)
     added_faces: SlidingQuota = field(default_factory=lambda: SlidingQuota(
@@ -472,7 +472,7 @@ def index_gallery(files: list[str] | None, folder: list[str] | None = None, fold
         gr.Warning("Choose some images, a zip/tar archive or a folder first.")
         return session, "Nothing uploaded yet.", {}
     named = [(Path(p).name, p) for p in files] + list(zip(_relative_names(folder, folder_paths), folder))
-    try:  # request cap and per-session quotas, before any file is read (cmce.limits)
+    try:  # request cap and per-session quotas, before any file is read (cmce.io.limits)
         size = check_request_bytes((os.path.getsize(p) for p in {p for _, p in named}), SERVER.max_request_bytes)
         session.added_faces.check(1)
         session.indexed_bytes.take(size, format_amount=format_bytes)

@@ -13,17 +13,17 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_bundle": "cmce.bundle",
-    "save_bundle": "cmce.bundle",
-    "push_to_hub": "cmce.bundle",
-    "Bundle": "cmce.bundle",
+    "load_bundle": "cmce.method.bundle",
+    "save_bundle": "cmce.method.bundle",
+    "push_to_hub": "cmce.method.bundle",
+    "Bundle": "cmce.method.bundle",
     "FaceEngine": "cmce.gallery",
     "Gallery": "cmce.gallery",
     "GalleryLimits": "cmce.gallery",
-    "create_backbone": "cmce.backbones",
-    "list_backbones": "cmce.backbones",
+    "create_backbone": "cmce.models.backbones",
+    "list_backbones": "cmce.models.backbones",
     "FaceDetector": "cmce.faces",
-    "load_image": "cmce.images",
+    "load_image": "cmce.io.images",
     "CmceError": "cmce.errors",
 }
 

@@ -3,7 +3,7 @@
 Every query is answered right (its person named), wrong (another person named) or
 "unknown". These functions count that, with removed entries, blocking entries (a doubtful
 best match never hands its query to another person) and abstention, and draw the
-accuracy-coverage curve of any confidence. ``cmce.answers`` builds the answer rules on them
+accuracy-coverage curve of any confidence. ``cmce.method.answers`` builds the answer rules on them
 and re-exports them.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CmceError
+from cmce.errors import CmceError
 
 __all__ = [
     "OUTCOMES", "RIGHT", "UNKNOWN", "WRONG", "TopMatches", "abstain_lowest", "accuracy_at_abstention",

@@ -9,17 +9,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .answers import UNKNOWN_BY
-from .degrade import DEGRADATIONS, MIX_KINDS, TRAIN_KINDS
-from .detection import DETECTORS
-from .ensemble import QUALITY_SCORES
-from .errors import CmceError
+from cmce.errors import CmceError
+from cmce.experiments.degrade import DEGRADATIONS, MIX_KINDS, TRAIN_KINDS
+from cmce.faces.detector import DETECTORS
+from cmce.method.answers import UNKNOWN_BY
+from cmce.method.ensemble import QUALITY_SCORES
 
 logger = logging.getLogger("cmce")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .backbones import list_backbones
+    from cmce.models.backbones import list_backbones
 
     rows = list_backbones()
     head = f"{'backbone':<18} {'role':<8} {'dim':>4} {'input':>6}  {'available':<10} licence / training data"
@@ -34,9 +34,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .embed import EmbeddingCache
-    from .train import SplitConfig, train_bundle
-    from .transform import TrainConfig
+    from cmce.experiments.train import SplitConfig, train_bundle
+    from cmce.models.embed import EmbeddingCache
+    from cmce.models.transform import TrainConfig
 
     bundle = train_bundle(
         args.data_dir,
@@ -88,21 +88,21 @@ def _json_safe(value):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .bundle import load_bundle
-    from .card import render_rejection_tables, render_table
-    from .data import list_labelled_images
-    from .detection import create_detector
-    from .embed import EmbeddingCache, embed_files
-    from .evaluate import evaluate_embedded, plot_risk_coverage
-    from .evaluate_answers import answers_table
-    from .train import heldout_subset
+    from cmce.experiments.evaluate import evaluate_embedded, plot_risk_coverage
+    from cmce.experiments.evaluate_answers import answers_table
+    from cmce.experiments.train import heldout_subset
+    from cmce.faces.detector import create_detector
+    from cmce.io.datasets import list_labelled_images
+    from cmce.method.bundle import load_bundle
+    from cmce.method.card import render_rejection_tables, render_table
+    from cmce.models.embed import EmbeddingCache, embed_files
 
     if args.ablations and not args.heldout:
         raise CmceError("--ablations trains on the bundle's training identities and measures on the held-out ones: "
                         "add --heldout")
     spec = None
     if args.gallery_degrade:
-        from .degrade import DegradeSpec
+        from cmce.experiments.degrade import DegradeSpec
 
         spec = DegradeSpec.parse(args.gallery_degrade)  # a bad spec fails before anything is embedded
     bundle = load_bundle(args.bundle, revision=args.revision)
@@ -121,8 +121,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     embedded = embed_files(list(ds.paths), models, detector=detector, cache=cache, progress=not args.quiet)
     degrade_report, clean = None, embedded
     if spec is not None:
-        from .degrade import degrade_gallery
-        from .evaluate import gallery_positions
+        from cmce.experiments.degrade import degrade_gallery
+        from cmce.experiments.evaluate import gallery_positions
 
         embedded, degrade_report, _ = degrade_gallery(embedded, gallery_positions(embedded, ds.labels), spec,
                                                       seed=args.degrade_seed, models=models, cache=cache,
@@ -136,7 +136,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               f"{sum(degrade_report['kept_clean_no_face'].values())} kept clean (no face found in the degraded copy"
               f"{_too_small_note(degrade_report)})")
     if old is not None:
-        from .evaluate import evaluate_upgrade, upgrade_costs
+        from cmce.experiments.evaluate import evaluate_upgrade, upgrade_costs
 
         costs = upgrade_costs(embedded, ds.labels, bundle, old_models)
         result["upgrade"] = evaluate_upgrade(embedded, ds.labels, bundle, old, seconds_per_1k_entries=costs)
@@ -158,8 +158,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if "upgrade" in result:
         _print_upgrade(result["upgrade"])
     if args.ablations:
-        from .ablations import render_ablations, run_ablations
-        from .train import SplitConfig, dataset_splits
+        from cmce.experiments.ablations import render_ablations, run_ablations
+        from cmce.experiments.train import SplitConfig, dataset_splits
 
         full = list_labelled_images(args.data_dir)
         # the training identities as the bundle was trained on them: plain detection, whatever --detection says
@@ -177,7 +177,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.plot:
         plot_risk_coverage(result, args.plot)
     if args.record:
-        from .bundle import default_bundle_path, save_bundle
+        from cmce.method.bundle import default_bundle_path, save_bundle
 
         folder = Path(args.bundle) if args.bundle else default_bundle_path()
         if not folder.is_dir():
@@ -201,7 +201,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _too_small_note(report: dict) -> str:
     """``"; 12 of them a face or image under 16 px"`` when degraded copies were too small, else ``""``."""
-    from .faces import MIN_FACE_PIXELS
+    from cmce.faces.geometry import MIN_FACE_PIXELS
 
     n = sum(report.get("kept_clean_too_small", {}).values())
     return f"; {n} of them a face or image under {MIN_FACE_PIXELS} px" if n else ""
@@ -209,8 +209,8 @@ def _too_small_note(report: dict) -> str:
 
 def _upgrade_source(spec: str):
     """``--upgrade-from``: a bundle (folder or Hub id), or ``backbone:NAME`` (a one-model library)."""
-    from .backbones import get_spec
-    from .bundle import load_bundle
+    from cmce.method.bundle import load_bundle
+    from cmce.models.backbones import get_spec
 
     if spec.startswith("backbone:"):
         name = spec.removeprefix("backbone:")
@@ -220,7 +220,7 @@ def _upgrade_source(spec: str):
 
 
 def _print_upgrade(up: dict) -> None:
-    from .card import render_upgrade_table
+    from cmce.method.card import render_upgrade_table
 
     print(f"\nupgrade from query {up['from']['query']} ({' + '.join(up['from']['gallery'])}) "
           f"to query {up['to']['query']}: {up['counts']['gallery']} gallery entries, {up['counts']['queries']} queries")
@@ -236,10 +236,10 @@ def _print_upgrade(up: dict) -> None:
 def _cmd_index(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .bundle import load_bundle
-    from .pipeline import IndexJob, MapperConfig, build_derived, run_in_process, run_ray
-    from .store import is_gallery
-    from .upgrade import check_index_bundle
+    from cmce.gallery.upgrade import check_index_bundle
+    from cmce.method.bundle import load_bundle
+    from cmce.pipeline import IndexJob, MapperConfig, build_derived, run_in_process, run_ray
+    from cmce.storage.store import is_gallery
 
     bundle = load_bundle(args.bundle, revision=args.revision)
     out = Path(args.out)
@@ -259,7 +259,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         report = run_ray(job, address=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                          progress=progress)
     else:
-        from .engine import FaceEngine
+        from cmce.method.engine import FaceEngine
 
         engine = FaceEngine(bundle)
         report = run_in_process(job, engine=engine, progress=progress)
@@ -279,9 +279,9 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_index(args: argparse.Namespace) -> int:
-    from .archive_index import build_archive_index
-    from .bundle import load_bundle
-    from .compact import CompactConfig
+    from cmce.gallery.archive import build_archive_index
+    from cmce.method.bundle import load_bundle
+    from cmce.search.compact import CompactConfig
 
     bundle = load_bundle(args.bundle, revision=args.revision)
     config = CompactConfig(**{k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe)) if v is not None})
@@ -291,11 +291,11 @@ def _cmd_build_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .archive_index import ARCHIVE_KIND, ArchiveGallery
-    from .bundle import load_bundle
-    from .gallery import FaceEngine, Gallery
-    from .images import load_image
-    from .store import read_manifest
+    from cmce.gallery.archive import ARCHIVE_KIND, ArchiveGallery
+    from cmce.gallery.memory import FaceEngine, Gallery
+    from cmce.io.images import load_image
+    from cmce.method.bundle import load_bundle
+    from cmce.storage.store import read_manifest
 
     bundle = load_bundle(args.bundle, revision=args.revision)
     engine = FaceEngine(bundle)
@@ -345,8 +345,8 @@ def _json_default(value):
 
 
 def _cmd_upgrade(args: argparse.Namespace) -> int:
-    from .bundle import load_bundle
-    from .upgrade import backfill_gallery, upgrade_gallery
+    from cmce.gallery.upgrade import backfill_gallery, upgrade_gallery
+    from cmce.method.bundle import load_bundle
 
     bundle = load_bundle(args.bundle, revision=args.revision)
     report = upgrade_gallery(args.gallery_dir, bundle, out=args.out, precision=args.precision, ray=args.ray)
@@ -357,7 +357,7 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     if args.backfill:
         from tqdm.auto import tqdm
 
-        from .gallery import FaceEngine
+        from cmce.gallery.memory import FaceEngine
 
         engine = FaceEngine(bundle)
         bar = tqdm(desc="backfilling", unit="entry", disable=args.quiet)
@@ -479,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--only", choices=["all", "upgrade"], default="all",
                    help="upgrade: only the indexing rate and the upgrade timing")
     s.add_argument("--json", default=None)
-    s.set_defaults(func=lambda a: __import__("cmce.bench", fromlist=["main_bench"]).main_bench(a))
+    s.set_defaults(func=lambda a: __import__("cmce.experiments.bench", fromlist=["main_bench"]).main_bench(a))
 
     s = sub.add_parser("upgrade", help="move a saved gallery to another bundle without re-reading its photos")
     s.add_argument("gallery_dir", help="a gallery written by `index` or Gallery.save")
@@ -548,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs every missing SIMD build
     try:
         if args.command != "info":
-            from .backbones.base import configure_torch_threads
+            from cmce.models.backbones.base import configure_torch_threads
 
             configure_torch_threads()  # CMCE_TORCH_THREADS, default 1
         return args.func(args)

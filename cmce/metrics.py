@@ -37,6 +37,7 @@ import numpy as np
 from cmce.errors import CmceError
 
 __all__ = [
+    "l2_normalise",
     "best_verification_accuracy",
     "bootstrap_mean_ci",
     "cluster_bootstrap",
@@ -54,6 +55,18 @@ __all__ = [
     "threshold_for_rate",
     "verification_scores",
 ]
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` (along its last axis) scaled to unit length, as float32; a zero row stays zero.
+
+    The one normaliser of the experiments (evaluation, ablations, benchmarks).
+
+    Example:
+        >>> l2_normalise(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+        [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    """
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- #

@@ -1,7 +1,7 @@
 """Give a shipped bundle the answer rule that a rerun of its own training calibrated (issue 22).
 
 ``python -m cmce train`` with the bundle's own command now also chooses and fits the
-answer rule (``cmce.answers``) by cross-validation on clean, mixed, crop and tiny
+answer rule (``cmce.method.answers``) by cross-validation on clean, mixed, crop and tiny
 galleries. A rerun does not reproduce the shipped transformers bit for bit (faces at the
 image's edge now get refined landmarks, which moves a few training embeddings and
 degraded copies), so rather than replace tensors that every recorded table was
@@ -31,11 +31,10 @@ import logging
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cmce.bundle import load_bundle, save_bundle  # noqa: E402
 from cmce.errors import CmceError  # noqa: E402
+from cmce.method.bundle import load_bundle, save_bundle  # noqa: E402
 
 logger = logging.getLogger("add_answer_rule")
 

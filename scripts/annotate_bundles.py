@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cmce.bundle import load_bundle, save_bundle
-from cmce.upgrade import shared_members
+from cmce.gallery.upgrade import shared_members
+from cmce.method.bundle import load_bundle, save_bundle
 
 PURPOSES = {
     "sface-query": "the demo and real use: the most accurate ensemble here, and the cheapest queries (sface).",

@@ -4,7 +4,7 @@ The first photo of each held-out identity (by file name) goes into the gallery w
 label, identities with one photo as distractors; every other photo is a query. Every face
 of every gallery photo is indexed (background faces too), as the app indexes. With
 ``--gallery-degrade mix:0.6`` (kinds that need no face box: blur, lowres, jpeg, dark) that
-share of gallery photos is degraded first (seeded, ``cmce.degrade``). Each query's CMCE
+share of gallery photos is degraded first (seeded, ``cmce.experiments.degrade``). Each query's CMCE
 ensemble answer is counted right (its person named), wrong (another) or unknown, under the
 bundle's default (nothing rejected, the normalised "Unknown" threshold, the answer rule),
 ``strict`` (the same without the threshold's coverage guard), with no answer rule, with neither (the raw similarity threshold, as bundles answered
@@ -30,14 +30,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cmce.bundle import load_bundle  # noqa: E402
-from cmce.data import list_labelled_images  # noqa: E402
-from cmce.degrade import DegradeSpec, degrade_image, plan_degradation  # noqa: E402
 from cmce.errors import CmceError  # noqa: E402
-from cmce.gallery import FaceEngine, Gallery, GalleryLimits  # noqa: E402
-from cmce.images import load_image  # noqa: E402
-from cmce.train import heldout_subset  # noqa: E402
-from cmce.transform import first_image_protocol  # noqa: E402
+from cmce.experiments.degrade import DegradeSpec, degrade_image, plan_degradation  # noqa: E402
+from cmce.experiments.train import heldout_subset  # noqa: E402
+from cmce.gallery.memory import FaceEngine, Gallery, GalleryLimits  # noqa: E402
+from cmce.io.datasets import list_labelled_images  # noqa: E402
+from cmce.io.images import load_image  # noqa: E402
+from cmce.method.bundle import load_bundle  # noqa: E402
+from cmce.models.transform import first_image_protocol  # noqa: E402
 
 
 def outcome(view, label: str) -> str:

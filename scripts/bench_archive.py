@@ -8,7 +8,7 @@ concatenation (so the three backbones stay correlated as they are on real faces)
 synthetic identity is ``mu + L_b z``; each of its photos ``centroid + L_w z'``, split back
 into the three backbones and L2-normalised per backbone. Photos per identity are
 resampled from the real counts. The gallery is written as Parquet shards of 100k rows
-(``cmce.store``), under ``--workdir`` (not the repo), and deleted afterwards.
+(``cmce.storage.store``), under ``--workdir`` (not the repo), and deleted afterwards.
 
 Then, with the default bundle:
   * ``build_archive_index`` (streaming projection + compact index), timed;
@@ -49,8 +49,8 @@ def _sqrtm(cov: np.ndarray) -> np.ndarray:
 
 def joint_statistics(data_dir: str) -> dict:
     """Between/within-identity Gaussian model of the concatenated real embeddings."""
-    from cmce.data import list_labelled_images
-    from cmce.embed import EmbeddingCache, embed_files
+    from cmce.io.datasets import list_labelled_images
+    from cmce.models.embed import EmbeddingCache, embed_files
 
     ds = list_labelled_images(data_dir)
     emb = embed_files(list(ds.paths), list(MODELS), cache=EmbeddingCache())
@@ -82,7 +82,7 @@ def _split(x: np.ndarray, dims: list[int]) -> list[np.ndarray]:
 
 def write_synthetic_gallery(stats: dict, n: int, folder: Path, n_queries: int, seed: int = 0) -> np.ndarray:
     """Write the gallery; return (n_queries, Dq) query-model embeddings of new photos."""
-    from cmce.store import GalleryRecords, append_entries, backbone_record, write_gallery
+    from cmce.storage.store import GalleryRecords, append_entries, backbone_record, write_gallery
 
     rng = np.random.default_rng(seed)
     records = [backbone_record(m) for m in MODELS]
@@ -124,8 +124,8 @@ def measure(folder: Path, queries_path: Path, out_path: Path) -> None:
     """In a fresh process: open the archive, RSS, latency, recall@10 vs exact."""
     import faiss
 
-    from cmce.archive_index import ArchiveGallery
-    from cmce.bundle import load_bundle
+    from cmce.gallery.archive import ArchiveGallery
+    from cmce.method.bundle import load_bundle
 
     def rss() -> int:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -188,8 +188,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from cmce.archive_index import build_archive_index
-    from cmce.bundle import load_bundle
+    from cmce.gallery.archive import build_archive_index
+    from cmce.method.bundle import load_bundle
 
     root = Path(tempfile.mkdtemp(prefix="cmce-bench-archive-", dir=args.workdir))
     try:

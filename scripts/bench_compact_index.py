@@ -1,4 +1,4 @@
-"""Benchmark cmce.compact.CompactIndex on synthetic galleries drawn from real face embedding statistics.
+"""Benchmark cmce.search.compact.CompactIndex on synthetic galleries drawn from real face embedding statistics.
 
 Vectors: real 128-d sface embeddings of the lfw-train photos (read from the embedding
 cache, no model runs) give
@@ -96,8 +96,8 @@ def load_avg() -> str:
 
 def real_statistics(data_dir: str) -> dict[str, np.ndarray]:
     """Centroid / residual statistics of the real sface embeddings of ``data_dir`` (cached)."""
-    from cmce.data import list_labelled_images
-    from cmce.embed import EmbeddingCache, embed_files
+    from cmce.io.datasets import list_labelled_images
+    from cmce.models.embed import EmbeddingCache, embed_files
 
     ds = list_labelled_images(data_dir)
     embedded = embed_files(list(ds.paths), ["sface"], cache=EmbeddingCache())
@@ -191,7 +191,7 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 def generate(stats: dict, n: int, n_queries: int, path: Path, seed: int = 0, chunk: int = 1 << 20) -> dict:
     """Write ``n`` synthetic unit vectors to ``path`` (float16 .npy) and make queries."""
-    from cmce.compact import VectorFileWriter
+    from cmce.search.compact import VectorFileWriter
 
     rng = np.random.default_rng(seed)
     dim = stats["mu"].size
@@ -285,7 +285,7 @@ def measure(folder: Path, gt_path: Path, sweep: list[tuple[int, int]]) -> dict:
     """Load the index in this fresh process and measure memory, recall and latency."""
     import faiss
 
-    from cmce.compact import CompactIndex
+    from cmce.search.compact import CompactIndex
 
     faiss.omp_set_num_threads(1)
     before = proc_status()
@@ -372,10 +372,10 @@ def main() -> None:
     import faiss
     import torch
 
-    from cmce.compact import CompactConfig, CompactIndex
+    from cmce.search.compact import CompactConfig, CompactIndex
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("cmce.compact").setLevel(logging.INFO)  # training and add progress
+    logging.getLogger("cmce.search.compact").setLevel(logging.INFO)  # training and add progress
 
     torch.set_num_threads(1)
     work = Path(args.workdir)

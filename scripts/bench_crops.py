@@ -36,11 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cmce.backbones import create_backbone
-from cmce.backbones.base import configure_torch_threads
-from cmce.detection import SecondChance
-from cmce.faces import Face, FaceDetector, pick_subject
-from cmce.images import load_image
+from cmce.faces.detector import FaceDetector
+from cmce.faces.geometry import Face, pick_subject
+from cmce.faces.second_chance import SecondChance
+from cmce.io.images import load_image
+from cmce.models.backbones import create_backbone
+from cmce.models.backbones.base import configure_torch_threads
 
 MODELS = ("sface", "facenet-casia", "dlib-resnet34")
 KINDS = ("box", "in10", "face")

@@ -39,12 +39,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cmce.backbones import TEMPLATES, create_backbone
-from cmce.backbones.base import configure_torch_threads
-from cmce.detection import create_detector
-from cmce.faces import FaceDetector, align_faces, pick_subject
-from cmce.images import load_image
+from cmce.faces.detector import FaceDetector, create_detector
+from cmce.faces.geometry import align_faces, pick_subject
+from cmce.io.images import load_image
 from cmce.metrics import bootstrap_mean_ci
+from cmce.models.backbones import TEMPLATES, create_backbone
+from cmce.models.backbones.base import configure_torch_threads
 
 MODELS = ("sface", "dlib-resnet34", "facenet-casia")
 

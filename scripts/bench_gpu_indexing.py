@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmce.bundle import load_bundle
-from cmce.data import list_labelled_images
-from cmce.faces import FaceDetector, pick_subject
-from cmce.gallery import FaceEngine, Gallery, GalleryLimits
-from cmce.images import load_image
+from cmce.faces.detector import FaceDetector
+from cmce.faces.geometry import pick_subject
+from cmce.gallery.memory import FaceEngine, Gallery, GalleryLimits
+from cmce.io.datasets import list_labelled_images
+from cmce.io.images import load_image
+from cmce.method.bundle import load_bundle
 
 logger = logging.getLogger("bench_gpu_indexing")
 

@@ -49,7 +49,7 @@ def _pick(images_dir: str, n: int) -> list[str]:
     """``n`` photos spread over the folder (fixed seed)."""
     import numpy as np
 
-    from cmce.data import list_labelled_images
+    from cmce.io.datasets import list_labelled_images
 
     paths = list(list_labelled_images(images_dir).paths)
     rng = np.random.default_rng(0)
@@ -58,10 +58,10 @@ def _pick(images_dir: str, n: int) -> list[str]:
 
 def worker(paths_file: str, go_file: str, out_file: str, chunk: int, gallery: bool) -> None:
     """Load the models, wait for ``go_file``, time one pass, write figures to ``out_file``."""
-    from cmce.bundle import default_bundle_path, load_bundle
-    from cmce.engine import FaceEngine
-    from cmce.gallery import Gallery
-    from cmce.images import load_image
+    from cmce.gallery.memory import Gallery
+    from cmce.io.images import load_image
+    from cmce.method.bundle import default_bundle_path, load_bundle
+    from cmce.method.engine import FaceEngine
 
     paths = json.loads(Path(paths_file).read_text())
     engine = FaceEngine(load_bundle(default_bundle_path()))

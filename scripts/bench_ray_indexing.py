@@ -32,7 +32,7 @@ def uptime() -> str:
 
 
 def link_photos(lfw: Path, n: int, dest: Path) -> int:
-    from cmce.data import list_labelled_images
+    from cmce.io.datasets import list_labelled_images
 
     ds = list_labelled_images(lfw)
     for path, label in list(zip(ds.paths, ds.labels))[:n]:
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from cmce.bundle import load_bundle
-    from cmce.engine import FaceEngine
+    from cmce.method.bundle import load_bundle
+    from cmce.method.engine import FaceEngine
     from cmce.pipeline import IndexJob, run_in_process, run_ray
 
     print(f"load before: {uptime()}", flush=True)

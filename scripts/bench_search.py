@@ -1,4 +1,4 @@
-"""Benchmark cmce.index.VectorIndex on random unit vectors.
+"""Benchmark cmce.search.index.VectorIndex on random unit vectors.
 
 For each gallery size N: build time of the index ``kind="auto"`` chooses, single-query
 search latency (p50/p95 over the queries, search call alone), recall@10 of that index
@@ -29,9 +29,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from cmce import index as cmce_index
-from cmce.bench import timings_ms
-from cmce.index import VectorIndex
+from cmce.experiments.bench import timings_ms
+from cmce.search import index as cmce_index
+from cmce.search.index import VectorIndex
 
 logger = logging.getLogger("bench_search")
 

@@ -20,11 +20,12 @@ import time
 import numpy as np
 import torch
 
-from cmce.backbones import create_backbone
-from cmce.bench import timings_ms
-from cmce.data import list_labelled_images
-from cmce.faces import FaceDetector, pick_subject
-from cmce.images import load_image
+from cmce.experiments.bench import timings_ms
+from cmce.faces.detector import FaceDetector
+from cmce.faces.geometry import pick_subject
+from cmce.io.datasets import list_labelled_images
+from cmce.io.images import load_image
+from cmce.models.backbones import create_backbone
 
 
 def _spin(stop) -> None:

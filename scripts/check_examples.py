@@ -21,12 +21,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from cmce.bundle import load_bundle
-    from cmce.display import result_dict
     from cmce.errors import CmceError
-    from cmce.gallery import FaceEngine, Gallery
-    from cmce.images import load_image
-    from cmce.uploads import collect_uploads, query_label
+    from cmce.gallery.memory import FaceEngine, Gallery
+    from cmce.io.images import load_image
+    from cmce.io.uploads import collect_uploads, query_label
+    from cmce.method.bundle import load_bundle
+    from cmce.serve.display import result_dict
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", nargs="*", type=Path,

@@ -30,13 +30,13 @@ RATES = (0.05, 0.1, 0.2, 0.3)
 
 def main() -> None:
     from cmce import metrics as M
-    from cmce.bundle import load_bundle
-    from cmce.data import list_labelled_images
-    from cmce.degrade import DegradeSpec, degrade_gallery
-    from cmce.embed import EmbeddingCache, embed_files
-    from cmce.evaluate import gallery_positions, quality_scores_by_kind
-    from cmce.train import heldout_subset
-    from cmce.transform import first_image_protocol
+    from cmce.experiments.degrade import DegradeSpec, degrade_gallery
+    from cmce.experiments.evaluate import gallery_positions, quality_scores_by_kind
+    from cmce.experiments.train import heldout_subset
+    from cmce.io.datasets import list_labelled_images
+    from cmce.method.bundle import load_bundle
+    from cmce.models.embed import EmbeddingCache, embed_files
+    from cmce.models.transform import first_image_protocol
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir")

@@ -64,7 +64,7 @@ class State:
 
     @classmethod
     def read(cls, folder: Path) -> State:
-        from cmce.store import read_gallery
+        from cmce.storage.store import read_gallery
 
         stored = read_gallery(folder)
         records = stored.records
@@ -140,8 +140,8 @@ class CrashTest:
     """Set-up (base gallery, reference runs, engines) shared by every trial of one run."""
 
     def __init__(self, lfw: Path, workdir: Path):
-        from cmce.bundle import load_bundle
-        from cmce.gallery import FaceEngine
+        from cmce.gallery.memory import FaceEngine
+        from cmce.method.bundle import load_bundle
 
         self.work = workdir
         first, more = pick_photos(lfw)
@@ -215,7 +215,7 @@ class CrashTest:
     def check(self, operation: str) -> tuple[str, str]:
         """Classify the gallery folder: "old", "new", "MIX ..." or "FAIL ..."."""
         from cmce.errors import CmceError
-        from cmce.gallery import Gallery
+        from cmce.gallery.memory import Gallery
 
         gallery = self.work / "gallery"
         try:

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cmce.bundle import load_bundle
-from cmce.data import list_labelled_images
-from cmce.degrade import DegradeSpec, degrade_gallery
-from cmce.detection import DETECTORS, create_detector
-from cmce.embed import EmbeddingCache, embed_files
-from cmce.evaluate import evaluate_embedded, gallery_positions
-from cmce.train import heldout_subset
+from cmce.experiments.degrade import DegradeSpec, degrade_gallery
+from cmce.experiments.evaluate import evaluate_embedded, gallery_positions
+from cmce.experiments.train import heldout_subset
+from cmce.faces.detector import DETECTORS, create_detector
+from cmce.io.datasets import list_labelled_images
+from cmce.method.bundle import load_bundle
+from cmce.models.embed import EmbeddingCache, embed_files
 
 logger = logging.getLogger("degrade_sweep")
 

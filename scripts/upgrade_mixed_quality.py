@@ -4,7 +4,7 @@
 
 Same held-out protocol as ``evaluate --heldout --upgrade-from`` (first photo of each
 identity in the gallery, the others are queries), with the gallery degraded by
-``cmce.degrade`` exactly as ``evaluate --gallery-degrade SPEC`` does (seeded; the default
+``cmce.experiments.degrade`` exactly as ``evaluate --gallery-degrade SPEC`` does (seeded; the default
 ``mix:0.6`` degrades 60% of the gallery photos, each by blur, low resolution, heavy JPEG
 or a dark gamma). Queries stay clean. A degraded photo in which no face is found keeps
 its clean version (counted). Nothing is written to the repo.
@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cmce.bundle import load_bundle
-from cmce.card import render_upgrade_table
-from cmce.data import list_labelled_images
-from cmce.degrade import DegradeSpec, degrade_gallery
-from cmce.embed import EmbeddingCache, embed_files
-from cmce.evaluate import evaluate_upgrade, gallery_positions
-from cmce.train import heldout_subset
+from cmce.experiments.degrade import DegradeSpec, degrade_gallery
+from cmce.experiments.evaluate import evaluate_upgrade, gallery_positions
+from cmce.experiments.train import heldout_subset
+from cmce.io.datasets import list_labelled_images
+from cmce.method.bundle import load_bundle
+from cmce.method.card import render_upgrade_table
+from cmce.models.embed import EmbeddingCache, embed_files
 
 
 def main() -> None:

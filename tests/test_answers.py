@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmce.answers import (
+from cmce.errors import CmceError
+from cmce.method.answers import (
     RIGHT,
     UNKNOWN,
     WRONG,
@@ -23,7 +24,6 @@ from cmce.answers import (
     policy_features,
     top_matches,
 )
-from cmce.errors import CmceError
 
 
 def _naive_outcomes(sim, q_lab, g_lab, thr, removed, blocking, abstain):
@@ -175,7 +175,7 @@ def test_doubt_marks_and_the_cap_on_unfamiliar_galleries() -> None:
 
 
 def test_cohort_score_of_a_hit_list_equals_the_matrix_version() -> None:
-    from cmce.answers import cohort_normalised, cohort_score
+    from cmce.method.answers import cohort_normalised, cohort_score
 
     rng = np.random.default_rng(3)
     sim = rng.uniform(-0.2, 0.9, (30, 80))
@@ -194,7 +194,7 @@ def test_cohort_score_of_a_hit_list_equals_the_matrix_version() -> None:
 
 
 def test_stranger_best_takes_the_query_person_out() -> None:
-    from cmce.answers import stranger_best
+    from cmce.method.answers import stranger_best
 
     sim = np.array([[0.9, 0.4, 0.2], [0.1, 0.8, 0.7]])
     np.testing.assert_allclose(stranger_best(sim, ["a", "b"], ["a", "b", "c"]), [0.4, 0.7])
@@ -206,7 +206,7 @@ def test_stranger_best_takes_the_query_person_out() -> None:
 
 
 def test_unknown_mask_uses_the_normalised_score_where_there_is_one() -> None:
-    from cmce.answers import answer_outcomes, unknown_mask
+    from cmce.method.answers import answer_outcomes, unknown_mask
 
     raw = np.array([0.2, 0.2, 0.9, 0.9])
     z = np.array([5.0, np.nan, 1.0, np.nan])
@@ -222,8 +222,8 @@ def test_unknown_mask_uses_the_normalised_score_where_there_is_one() -> None:
 
 
 def test_decide_answer_with_the_normalised_threshold_and_its_round_trip() -> None:
-    from cmce.answers import CohortNorm
-    from cmce.bundle import Calibration
+    from cmce.method.answers import CohortNorm
+    from cmce.method.bundle import Calibration
 
     norm = CohortNorm(3, {"ensemble": 2.5}, 0.05)
     keys = ["a", "b", "c", "d", "e"]
@@ -242,7 +242,7 @@ def test_decide_answer_with_the_normalised_threshold_and_its_round_trip() -> Non
 
 
 def test_the_coverage_guard_keeps_each_calibration_gallery_within_its_share() -> None:
-    from cmce.train import fit_coverage_guard
+    from cmce.experiments.train import fit_coverage_guard
 
     rng = np.random.default_rng(0)
     # three galleries: clean (doubt 0.05), mixed (0.2) and lowres (0.4), where a person's own
@@ -267,8 +267,8 @@ def test_the_coverage_guard_keeps_each_calibration_gallery_within_its_share() ->
 
 
 def test_the_guard_lowers_the_threshold_on_a_poor_gallery_and_says_so() -> None:
-    from cmce.answers import CohortNorm, gallery_doubt, unknown_note
-    from cmce.bundle import Calibration
+    from cmce.method.answers import CohortNorm, gallery_doubt, unknown_note
+    from cmce.method.bundle import Calibration
 
     norm = CohortNorm(3, {"ensemble": 6.0}, 0.05, guard_doubt=(0.1, 0.4), guard={"ensemble": (6.0, 2.0)},
                       guard_share={"clean": 0.08, "any": 0.18})
@@ -295,7 +295,7 @@ def test_the_guard_lowers_the_threshold_on_a_poor_gallery_and_says_so() -> None:
 
 
 def test_unknown_norm_follows_the_callers_choice() -> None:
-    from cmce.answers import CohortNorm, unknown_norm
+    from cmce.method.answers import CohortNorm, unknown_norm
 
     norm = CohortNorm(50, {"ensemble": 5.0})
     assert unknown_norm(norm, None) is norm and unknown_norm(norm, "normalised") is norm
@@ -310,8 +310,8 @@ def test_unknown_norm_follows_the_callers_choice() -> None:
 
 
 def test_the_normalised_threshold_follows_the_gallery_size() -> None:
-    from cmce.answers import CohortNorm
-    from cmce.bundle import Calibration
+    from cmce.method.answers import CohortNorm
+    from cmce.method.bundle import Calibration
 
     norm = CohortNorm(3, {"ensemble": 3.0}, 0.05, (10, 1000), {"ensemble": (2.0, 3.0)})
     assert norm.threshold("ensemble", 100) == pytest.approx(2.5) and norm.threshold("query", 100) is None
@@ -331,7 +331,7 @@ def test_the_normalised_threshold_follows_the_gallery_size() -> None:
 
 
 def test_thresholds_by_size_name_the_same_share_of_strangers_at_every_size() -> None:
-    from cmce.train import _thresholds_by_size
+    from cmce.experiments.train import _thresholds_by_size
 
     rng = np.random.default_rng(1)
     n = 4000

@@ -17,14 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import lfw_people
 
-from cmce.bundle import load_bundle
+from cmce.method.bundle import load_bundle
 
 CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(CHROMIUM is None,
-                                reason="Debian's chromium is not installed (apt-get install -y chromium)")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(CHROMIUM is None,
+                                reason="Debian's chromium is not installed (apt-get install -y chromium)")]
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -256,7 +255,7 @@ def test_story_and_a_bundle_example_in_one_click(app_server, tmp_path):
     """The measured story is on the page (read from the shipped evaluations), and one click on
     facenet-query's example switches the bundle, loads the mixed-quality archive and searches:
     the ensemble finds her while the weak query model alone says unknown."""
-    from cmce.story import load_examples, order_by_lift, read_evaluations
+    from cmce.serve.story import load_examples, order_by_lift, read_evaluations
 
     root = Path(__file__).resolve().parent.parent
     reports = read_evaluations(root / "docs")

@@ -10,12 +10,13 @@ import json
 import time
 
 import pytest
-
 from conftest import lfw_people
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+
+pytestmark = pytest.mark.e2e
 
 
 def _view_names(bundle) -> set[str]:

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from cmce.story import load_examples
+from cmce.serve.story import load_examples
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = load_examples(ROOT / "assets" / "examples")

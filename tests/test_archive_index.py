@@ -1,4 +1,4 @@
-"""Archive derived data (cmce.archive_index): built by streaming over the shards, searched
+"""Archive derived data (cmce.gallery.archive): built by streaming over the shards, searched
 without loading them, and answering like the in-memory Gallery on a real LFW gallery."""
 
 from __future__ import annotations
@@ -9,15 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cmce.archive_index import ArchiveGallery, build_archive_index
-from cmce.bundle import load_bundle
-from cmce.compact import CompactConfig
-from cmce.errors import CmceError, GalleryError
-from cmce.gallery import FaceEngine, Gallery
-from cmce.store import append_entries
-
 from conftest import lfw_people
+
+from cmce.errors import CmceError, GalleryError
+from cmce.gallery.archive import ArchiveGallery, build_archive_index
+from cmce.gallery.memory import FaceEngine, Gallery
+from cmce.method.bundle import load_bundle
+from cmce.search.compact import CompactConfig
+from cmce.storage.store import append_entries
 
 SMALL = CompactConfig(factory="IVF{nlist},PQ32x4fs", nlist=4, nprobe=4, rerank=64, train_per_list=16)
 
@@ -174,8 +173,8 @@ def test_cli_build_index_and_search(copy, saved, tmp_path):
 def test_upgrade_of_an_archive_gallery_streams_the_shards(copy, engine, tmp_path):
     """`upgrade` of a gallery served by an archive index re-projects it shard by shard, in
     place or into --out (shards linked), with the same vectors the in-memory path computes."""
-    from cmce.store import read_gallery
-    from cmce.upgrade import reproject_records, upgrade_gallery
+    from cmce.gallery.upgrade import reproject_records, upgrade_gallery
+    from cmce.storage.store import read_gallery
 
     build_archive_index(copy, engine.bundle, index="exact")
     other = load_bundle(Path(__file__).resolve().parents[1] / "assets" / "bundles" / "facenet-query")

@@ -1,4 +1,4 @@
-"""Tests for cmce.archives: every archive is generated in tmp_path, nothing is downloaded."""
+"""Tests for cmce.io.archives: every archive is generated in tmp_path, nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmce.archives import ArchiveLimits, ExtractReport, extract_images
 from cmce.errors import ArchiveError, CmceError
-from cmce.images import load_image
+from cmce.io.archives import ArchiveLimits, ExtractReport, extract_images
+from cmce.io.images import load_image
 
 _MIB = 1024 * 1024
 

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from conftest import LOCAL_BACKBONES, ROOT, TIGHT_CROP_PEOPLE, tight_crops
 
-from cmce.backbones import (
+from cmce.errors import BackboneError, BackboneUnavailableError
+from cmce.faces.detector import FaceDetector
+from cmce.faces.geometry import EDGE_VERSION, pick_subject, warp_leaves_image
+from cmce.faces.second_chance import SecondChance
+from cmce.io.images import load_image
+from cmce.metrics import best_verification_accuracy
+from cmce.models.backbones import (
     _REGISTRY,
     PRETRAINED,
     Backbone,
@@ -19,14 +25,9 @@ from cmce.backbones import (
     list_backbones,
     register_backbone,
 )
-from cmce.backbones._pretrained import PretrainedSpec
-from cmce.backbones.base import FaceViews
-from cmce.detection import SecondChance
-from cmce.embed import embed_files
-from cmce.errors import BackboneError, BackboneUnavailableError
-from cmce.faces import EDGE_VERSION, FaceDetector, pick_subject, warp_leaves_image
-from cmce.images import load_image
-from cmce.metrics import best_verification_accuracy
+from cmce.models.backbones._pretrained import PretrainedSpec
+from cmce.models.backbones.base import FaceViews
+from cmce.models.embed import embed_files
 
 LOCAL = LOCAL_BACKBONES
 GOLDEN = json.loads((ROOT / "tests" / "golden" / "similarity.json").read_text())
@@ -148,8 +149,8 @@ def test_lfw_verification_accuracy(name: str, lfw_pairs_embedded) -> None:
 def test_torch_threads_come_from_the_environment(monkeypatch) -> None:
     import torch
 
-    from cmce.backbones.base import TORCH_THREADS, configure_torch_threads
     from cmce.errors import BackboneError
+    from cmce.models.backbones.base import TORCH_THREADS, configure_torch_threads
 
     before = torch.get_num_threads()
     try:

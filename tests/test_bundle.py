@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from cmce.bundle import Bundle, Calibration, load_bundle, save_bundle
-from cmce.ensemble import QualityModel
 from cmce.errors import BundleError, HubError
-from cmce.transform import TransformerConfig, create_transformer, transform_embeddings
+from cmce.method.bundle import Bundle, Calibration, load_bundle, save_bundle
+from cmce.method.ensemble import QualityModel
+from cmce.models.transform import TransformerConfig, create_transformer, transform_embeddings
 
 
 def _bundle(seed: int = 0) -> Bundle:

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 
 from cmce import metrics as M
-from cmce.bundle import load_bundle
-from cmce.ensemble import (
+from cmce.experiments.evaluate import adapter_row_name, evaluate_embedded
+from cmce.experiments.train import SplitConfig, dataset_splits, train_bundle
+from cmce.method.answers import ANSWER_RULES, cohort_normalised, gallery_doubt, stranger_best, unknown_mask
+from cmce.method.bundle import load_bundle
+from cmce.method.ensemble import (
     QUALITY_SCORES,
     QualityModel,
     detection_doubt,
     fuse_members,
     member_uncertainty,
 )
-from cmce.answers import ANSWER_RULES, cohort_normalised, gallery_doubt, stranger_best, unknown_mask
-from cmce.evaluate import adapter_row_name, evaluate_embedded
-from cmce.train import SplitConfig, dataset_splits, train_bundle
-from cmce.transform import (
+from cmce.models.transform import (
     TrainConfig,
     first_image_protocol,
     fit_linear_map,
@@ -348,7 +348,7 @@ def test_evaluate_refuses_heldout_on_another_dataset(trained_bundle, tmp_path: P
 
 def test_train_refuses_a_negative_fold_count_before_reading_anything(tmp_path) -> None:
     from cmce.errors import DatasetError
-    from cmce.train import train_bundle
+    from cmce.experiments.train import train_bundle
 
     with pytest.raises(DatasetError, match="cv_folds must be 0"):
         train_bundle(tmp_path / "does-not-matter", tmp_path / "out", cv_folds=-3)
@@ -356,8 +356,8 @@ def test_train_refuses_a_negative_fold_count_before_reading_anything(tmp_path) -
 
 
 def test_evaluate_prints_an_undefined_error_cut_as_a_dash_and_writes_null() -> None:
-    from cmce.card import render_rejection_tables
     from cmce.cli import _json_safe
+    from cmce.method.card import render_rejection_tables
 
     cut = M.relative_error_reduction(1.0, 1.0)  # unrejected Recall@1 already 100%: no error to cut
     assert np.isnan(cut)
@@ -377,7 +377,7 @@ def test_evaluate_prints_an_undefined_error_cut_as_a_dash_and_writes_null() -> N
 
 
 def test_choose_fusion_takes_the_simplest_unless_beaten_by_more_than_a_tenth_of_a_point() -> None:
-    from cmce.train import _choose_fusion
+    from cmce.experiments.train import _choose_fusion
 
     figs = {"mean": {"clean": 0.990, "mixed": 0.950}, "weighted": {"clean": 0.995, "mixed": 0.960},
             "gated": {"clean": 0.9955, "mixed": 0.9600}}

@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from cmce import compact
-from cmce.compact import (
+from cmce.errors import CmceError, GalleryError
+from cmce.search import compact
+from cmce.search.compact import (
     COMPACT_FROM,
     CompactConfig,
     CompactIndex,
@@ -17,7 +18,6 @@ from cmce.compact import (
     compact_nlist,
     open_vector_file,
 )
-from cmce.errors import CmceError, GalleryError
 
 DIM = 128
 N = 10_000
@@ -129,7 +129,7 @@ def test_mask_excluding_every_near_entry_still_fills_k(built, caplog, monkeypatc
     """A mask kept after the scan that removes all fetched candidates falls back to a masked search."""
     index, path, q = built
     monkeypatch.setattr(compact, "COMPACT_EXACT_BELOW", 0)  # 10k entries: no exact shortcut
-    caplog.set_level("DEBUG", logger="cmce.compact")
+    caplog.set_level("DEBUG", logger="cmce.search.compact")
     vectors = open_vector_file(path)
     scores = q[:1] @ np.asarray(vectors, np.float32).T
     mask = np.ones(N, bool)

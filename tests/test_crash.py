@@ -16,6 +16,8 @@ import sys
 import pytest
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 _spec = importlib.util.spec_from_file_location("crash_test", ROOT / "scripts" / "crash_test.py")
 crash_test = importlib.util.module_from_spec(_spec)
 sys.modules["crash_test"] = crash_test

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from cmce import metrics as M
-from cmce.degrade import (
+from cmce.errors import CmceError
+from cmce.experiments.degrade import (
     CROP_MARGINS,
     DEGRADATIONS,
     MIX_KINDS,
@@ -23,9 +24,8 @@ from cmce.degrade import (
     plan_degradation,
     write_degraded,
 )
-from cmce.ensemble import FusionGate, fuse_member_list
-from cmce.errors import CmceError
-from cmce.faces import Face
+from cmce.faces.geometry import Face
+from cmce.method.ensemble import FusionGate, fuse_member_list
 
 # real LFW photos whose subject face the plain detector finds (crop and tiny need its box)
 PHOTOS = [("Abel_Pacheco", 1), ("Adam_Sandler", 2), ("Ai_Sugiyama", 1), ("Aaron_Peirsol", 1),
@@ -83,7 +83,7 @@ def test_training_kinds_are_the_six_it_always_drew() -> None:
     assert set(kinds.tolist()) == set(TRAIN_KINDS)
     import inspect
 
-    from cmce import train
+    from cmce.experiments import train
 
     src = inspect.getsource(train.train_bundle)
     assert "DegradeSpec(mixed_share, TRAIN_KINDS)" in src and "DEGRADATIONS" not in src
@@ -124,9 +124,9 @@ def test_each_kind_changes_the_image_deterministically(kind: str) -> None:
 @pytest.fixture(scope="module")
 def lfw_faces(lfw_dir: Path) -> list[tuple[np.ndarray, Face]]:
     """The PHOTOS with their subject face (plain detection, as evaluate's clean gallery has it)."""
-    from cmce.detection import create_detector
-    from cmce.faces import pick_subject
-    from cmce.images import load_image
+    from cmce.faces.detector import create_detector
+    from cmce.faces.geometry import pick_subject
+    from cmce.io.images import load_image
 
     detector = create_detector("plain")
     out = []
@@ -190,8 +190,8 @@ def test_tiny_draws_a_face_16_to_40_px_wide_and_keeps_the_small_photo(lfw_faces)
 
 def test_the_index_detector_finds_tiny_faces_about_as_wide_as_drawn(lfw_faces) -> None:
     """The point of tiny: the indexing path sees (and finds) a face 16-40 px wide."""
-    from cmce.detection import create_detector
-    from cmce.faces import pick_subject
+    from cmce.faces.detector import create_detector
+    from cmce.faces.geometry import pick_subject
 
     detector = create_detector("index")
     for seed, (img, face) in enumerate(lfw_faces):
@@ -218,8 +218,8 @@ def test_crop_and_tiny_copies_are_smaller_and_deterministic_on_disk(lfw_faces, t
 
 
 def test_degrade_gallery_swaps_in_crops_and_tiny_copies_found_by_the_index_detector(lfw_dir, tmp_path) -> None:
-    from cmce.detection import create_detector
-    from cmce.embed import EmbeddingCache, embed_files
+    from cmce.faces.detector import create_detector
+    from cmce.models.embed import EmbeddingCache, embed_files
 
     files = [lfw_dir / p / f"{p}_{i:04d}.jpg" for p, i in PHOTOS]
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
@@ -364,7 +364,7 @@ def test_evaluate_cli_with_crop_and_tiny_galleries_and_index_detection(lfw_dir, 
 
 
 def test_augmented_pairs_add_every_set_of_copies_of_training_photos_only() -> None:
-    from cmce.train import augmented_pairs
+    from cmce.experiments.train import augmented_pairs
 
     x = np.arange(12, dtype=np.float32).reshape(6, 2)
     y = -x

@@ -16,14 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cmce import display
-from cmce.bundle import default_bundle_path, load_bundle
-from cmce.detection import SecondChance, clahe_luminance, implausible_landmarks
 from cmce.errors import CmceError
-from cmce.faces import Face, FaceDetector, pick_subject
-from cmce.gallery import FaceEngine, Gallery
-from cmce.images import load_image
-from cmce.store import read_gallery
+from cmce.faces.detector import FaceDetector
+from cmce.faces.geometry import Face, pick_subject
+from cmce.faces.second_chance import SecondChance, clahe_luminance, implausible_landmarks
+from cmce.gallery.memory import FaceEngine, Gallery
+from cmce.io.images import load_image
+from cmce.method.bundle import default_bundle_path, load_bundle
+from cmce.serve import display
+from cmce.storage.store import read_gallery
 
 PHOTOS = [("Aaron_Peirsol", 1), ("Adam_Sandler", 2), ("Abel_Pacheco", 1), ("Ahmed_Chalabi", 1),
           ("Alejandro_Toledo", 3), ("Ai_Sugiyama", 1)]
@@ -224,7 +225,7 @@ def test_gallery_indexes_crops_records_the_pass_and_keeps_it_on_disk(photos, fir
 
 def test_whole_image_pass_takes_a_face_shaped_frame_only_with_evidence(photos, engine_detector) -> None:
     """The last pass alone (the detectors before it passed as finding nothing)."""
-    from cmce.detection import second_chance
+    from cmce.faces.second_chance import second_chance
 
     settings = SecondChance()
 
@@ -274,7 +275,7 @@ def test_images_too_small_for_a_face_give_none_not_a_crash(shape, first_pass, en
 
 def test_faces_under_16_px_are_found_but_too_small(photos, first_pass) -> None:
     """The detector does find faces 8-15 px wide in a small photo: the callers must name the skip."""
-    from cmce.faces import MIN_FACE_PIXELS, too_small_face, too_small_image
+    from cmce.faces.geometry import MIN_FACE_PIXELS, too_small_face, too_small_image
 
     img, face = photos[0]
     small = shrunk(img, face, 10)
@@ -286,7 +287,7 @@ def test_faces_under_16_px_are_found_but_too_small(photos, first_pass) -> None:
 
 
 def test_embed_files_names_images_and_faces_under_16_px(photos, engine_detector, tmp_path) -> None:
-    from cmce.embed import EmbeddingCache, embed_files
+    from cmce.models.embed import EmbeddingCache, embed_files
 
     img, face = photos[0]
     files = {
@@ -337,7 +338,7 @@ def test_embed_files_gives_a_crop_the_face_it_has_alone_whatever_it_is_read_with
     """The detector pads images of different sizes onto one canvas, where MTCNN finds a tight crop
     (with its landmarks off the face) that it misses alone; embed_files detects one size at a time,
     so the face it caches for a file does not depend on the files read with it."""
-    from cmce.embed import embed_files
+    from cmce.models.embed import embed_files
 
     img, face = photos[2]
     crop = inside_crop(img, face)

@@ -1,4 +1,4 @@
-"""Tests for cmce.display: tiles, captions, boxes, result HTML/dict and figures (no models needed)."""
+"""Tests for cmce.serve.display: tiles, captions, boxes, result HTML/dict and figures (no models needed)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from cmce import display
-from cmce.answers import Answer, AnswerPolicy, CohortNorm, doubt_marks, gallery_doubt, unknown_note
-from cmce.bundle import Calibration
-from cmce.ensemble import QualityModel
-from cmce.faces import Face
-from cmce.gallery import Match, QueryResult, ViewResult
-from cmce.report import leave_one_out_risk_coverage
+from cmce.faces.geometry import Face
+from cmce.gallery.memory import Match, QueryResult, ViewResult
+from cmce.method.answers import Answer, AnswerPolicy, CohortNorm, doubt_marks, gallery_doubt, unknown_note
+from cmce.method.bundle import Calibration
+from cmce.method.ensemble import QualityModel
+from cmce.method.report import leave_one_out_risk_coverage
+from cmce.serve import display
 
 
 def _jpeg(colour=(0, 128, 0), size=64) -> bytes:

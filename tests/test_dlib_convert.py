@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from cmce.backbones.dlib_convert import (
+from cmce.errors import BackboneError
+from cmce.models.backbones.dlib_convert import (
     CHIP_SIZE,
     DlibResNet34Torch,
     chips_to_tensor,
     load_dlib_resnet_torch,
     read_dlib_net,
 )
-from cmce.errors import BackboneError
 
 dlib = pytest.importorskip("dlib")
 
@@ -67,9 +67,10 @@ def _assert_close(out: np.ndarray, ref: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def face_chips(lfw_dir: Path) -> np.ndarray:
     """dlib chips (the repo's own pipeline) of the first image of the first people with a face."""
-    from cmce.backbones import create_backbone
-    from cmce.faces import FaceDetector, pick_subject
-    from cmce.images import load_image
+    from cmce.faces.detector import FaceDetector
+    from cmce.faces.geometry import pick_subject
+    from cmce.io.images import load_image
+    from cmce.models.backbones import create_backbone
 
     bb = create_backbone("dlib-resnet34")
     det = FaceDetector()

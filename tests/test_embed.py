@@ -9,10 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from cmce.backbones import create_backbone
-from cmce.embed import EmbeddingCache, detector_signature, embed_files
-from cmce.faces import EDGE_VERSION, FaceDetector, pick_subject
-from cmce.images import content_hash, load_image
+from cmce.faces.detector import FaceDetector
+from cmce.faces.geometry import EDGE_VERSION, pick_subject
+from cmce.io.images import content_hash, load_image
+from cmce.models.backbones import create_backbone
+from cmce.models.embed import EmbeddingCache, detector_signature, embed_files
 
 PEOPLE = ["Aaron_Peirsol", "Abel_Pacheco"]
 MODELS = ["sface", "dlib-resnet34"]

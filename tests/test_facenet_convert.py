@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cmce.backbones.facenet_convert import convert_facenet_graph, read_graph_nodes
 from cmce.errors import BackboneError
+from cmce.models.backbones.facenet_convert import convert_facenet_graph, read_graph_nodes
 
 cv2 = pytest.importorskip("cv2")
 facenet_pytorch = pytest.importorskip("facenet_pytorch")

@@ -5,18 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmce.backbones import create_backbone
-from cmce.backbones.facenet_int8 import INT8_VERSION, facenet_runtime
 from cmce.cache import cache_dir
 from cmce.errors import BackboneError
+from cmce.models.backbones import create_backbone
+from cmce.models.backbones.facenet_int8 import INT8_VERSION, facenet_runtime
 
 pytest.importorskip("onnxruntime", reason="the int8 runtime needs onnxruntime")
 
 
 @pytest.fixture(scope="module")
 def lfw_crops(lfw_dir) -> np.ndarray:
-    from cmce.faces import FaceDetector, pick_subject
-    from cmce.images import load_image
+    from cmce.faces.detector import FaceDetector
+    from cmce.faces.geometry import pick_subject
+    from cmce.io.images import load_image
 
     det = FaceDetector()
     model = create_backbone("facenet-casia", "cpu")
@@ -65,7 +66,7 @@ def test_runtime_comes_from_the_environment(monkeypatch) -> None:
 def test_opencv_threads_come_from_the_environment(monkeypatch) -> None:
     import cv2
 
-    from cmce.backbones.base import configure_opencv_threads
+    from cmce.models.backbones.base import configure_opencv_threads
 
     before = cv2.getNumThreads()
     try:

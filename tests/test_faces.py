@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 from conftest import TIGHT_CROP_PEOPLE, tight_crops
 
-from cmce.backbones import TEMPLATES
 from cmce.errors import CmceError
-from cmce.faces import (
+from cmce.faces.detector import FaceDetector
+from cmce.faces.geometry import (
     EDGE_VERSION,
     AlignmentTemplate,
     Face,
-    FaceDetector,
     align_faces,
     pick_subject,
     similarity_transform,
     warp_leaves_image,
 )
-from cmce.images import load_image
+from cmce.io.images import load_image
+from cmce.models.backbones import TEMPLATES
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_similarity_transform_recovers_a_known_transform() -> None:
     np.testing.assert_allclose(m[:, 2], shift, atol=1e-9)
 
 
-# dlib's chip is cut from dlib's own landmarks (see cmce/backbones/dlib_resnet.py); its
+# dlib's chip is cut from dlib's own landmarks (see cmce/models/backbones/dlib_resnet.py); its
 # tight crop is too close for MTCNN to re-detect reliably, so it is checked through the
 # backbone's golden values instead.
 @pytest.mark.parametrize("name", ["arcface-112", "facenet-margin44-160"])
@@ -142,7 +142,7 @@ def test_batched_crop_resize_equals_area_interpolation_per_crop() -> None:
     import torch
     from torch.nn.functional import interpolate
 
-    from cmce._mtcnn import crop_resize
+    from cmce.faces._mtcnn import crop_resize
 
     rng = np.random.default_rng(0)
     imgs = torch.as_tensor(rng.integers(0, 256, (2, 61, 47, 3), dtype=np.uint8))
@@ -221,8 +221,8 @@ def test_warp_leaves_image_decides_from_the_face_record() -> None:
 
 
 def test_a_face_fills_its_image_when_its_box_covers_a_quarter_of_it() -> None:
-    from cmce.backbones import create_backbone
-    from cmce.faces import face_fills_image
+    from cmce.faces.geometry import face_fills_image
+    from cmce.models.backbones import create_backbone
 
     assert face_fills_image(_face((0, 0, 100, 120), size=(100, 120)))  # a tight crop
     assert not face_fills_image(_face((0, 20, 100, 140)))  # a face cut by the frame of a 250 x 250 photo

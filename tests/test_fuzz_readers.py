@@ -10,7 +10,11 @@ from __future__ import annotations
 import importlib.util
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow
 
 _spec = importlib.util.spec_from_file_location("fuzz_readers", ROOT / "scripts" / "fuzz_readers.py")
 fuzz_readers = importlib.util.module_from_spec(_spec)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from cmce import display
-from cmce.bundle import default_bundle_path, load_bundle
 from cmce.errors import CmceError
-from cmce.gallery import FaceEngine, Gallery, GalleryLimits
-from cmce.store import read_gallery
+from cmce.gallery.memory import FaceEngine, Gallery, GalleryLimits
+from cmce.method.bundle import default_bundle_path, load_bundle
+from cmce.serve import display
+from cmce.storage.store import read_gallery
 
 PEOPLE = ["Aaron_Peirsol", "Adam_Sandler", "Abel_Pacheco", "Ahmed_Chalabi"]
 
@@ -159,8 +159,8 @@ def test_limits_from_environment() -> None:
 
 
 def test_interrupted_saves_leave_the_previous_state(gallery: Gallery, tmp_path: Path, monkeypatch) -> None:
-    import cmce.bundle as bundle_module
-    from cmce.bundle import save_bundle
+    import cmce.method.bundle as bundle_module
+    from cmce.method.bundle import save_bundle
 
     gallery.save(tmp_path / "g")
     before = (tmp_path / "g" / "manifest.json").read_bytes()
@@ -168,7 +168,7 @@ def test_interrupted_saves_leave_the_previous_state(gallery: Gallery, tmp_path: 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("cmce.store._write_parquet", boom)
+    monkeypatch.setattr("cmce.storage.store._write_parquet", boom)
     with pytest.raises(KeyboardInterrupt):
         gallery.save(tmp_path / "g")
     monkeypatch.undo()
@@ -209,7 +209,7 @@ def test_interrupted_indexing_keeps_a_consistent_gallery(engine, lfw_dir, monkey
 
 def test_batched_embedding_equals_one_image_at_a_time(engine, lfw_dir) -> None:
     """Batching across images changes no number."""
-    from cmce.images import load_image
+    from cmce.io.images import load_image
 
     images = [load_image(lfw_dir / p / f"{p}_0001.jpg") for p in PEOPLE[:3]]
     faces = [engine.detect([img])[0][:1] for img in images]
@@ -224,7 +224,7 @@ def test_batched_embedding_equals_one_image_at_a_time(engine, lfw_dir) -> None:
 
 def test_tight_crop_is_indexed_and_queried_the_same_way(engine, lfw_dir) -> None:
     """Issue 22: a crop inside the face box gets the edge treatment on both paths, with the same vector."""
-    from cmce.images import load_image
+    from cmce.io.images import load_image
 
     image = load_image(lfw_dir / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg")
     x1, y1, x2, y2 = (int(v) for v in engine.detect([image])[0][0].box)
@@ -242,7 +242,7 @@ def test_tight_crop_is_indexed_and_queried_the_same_way(engine, lfw_dir) -> None
 
 def test_crowd_photo_keeps_the_largest_faces_and_says_so(engine, lfw_dir) -> None:
     """Six people in one picture, a cap of three faces per image."""
-    from cmce.images import load_image
+    from cmce.io.images import load_image
 
     tiles = [load_image(lfw_dir / p / f"{p}_0001.jpg") for p in PEOPLE + ["Abdullah", "Adam_Scott"]][:6]
     crowd = np.concatenate([np.concatenate(tiles[:3], axis=1), np.concatenate(tiles[3:], axis=1)], axis=0)
@@ -260,7 +260,7 @@ def test_crowd_photo_keeps_the_largest_faces_and_says_so(engine, lfw_dir) -> Non
 
 def test_engine_puts_transformers_and_models_on_its_device(engine) -> None:
     """The transformers run where the backbones do (CUDA when present, else CPU)."""
-    from cmce.backbones import create_backbone
+    from cmce.models.backbones import create_backbone
 
     for module in engine.bundle.transformers.values():
         assert next(module.parameters()).device.type == torch.device(engine.device).type
@@ -272,8 +272,8 @@ def test_unknown_by_the_normalised_score_in_a_gallery_of_many_people(engine, lfw
     the next people (answers.CohortNorm), exactly as the matrix version computes it."""
     from dataclasses import replace
 
-    from cmce.answers import CohortNorm, cohort_normalised
-    from cmce.images import load_image
+    from cmce.io.images import load_image
+    from cmce.method.answers import CohortNorm, cohort_normalised
 
     people = sorted(p.name for p in lfw_dir.iterdir() if len(list(p.glob("*.jpg"))) >= 2)[:70]
     g = Gallery(engine)

@@ -1,4 +1,4 @@
-"""Tests for cmce.images: every file is generated in tmp_path, nothing is downloaded."""
+"""Tests for cmce.io.images: every file is generated in tmp_path, nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LFW_DIR
 from PIL import Image, ImageFile
 
 from cmce.errors import CmceError, ImageError, LimitError
-from cmce.images import (
+from cmce.io.images import (
     DEFAULT_LIMITS,
     IMAGE_EXTENSIONS,
     ImageLimits,
@@ -23,8 +24,6 @@ from cmce.images import (
     downscale_for_detection,
     load_image,
 )
-
-from conftest import LFW_DIR
 
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:

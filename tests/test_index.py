@@ -1,4 +1,4 @@
-"""Tests for cmce.index: VectorIndex vs brute-force numpy top-k, masks, removal, files."""
+"""Tests for cmce.search.index: VectorIndex vs brute-force numpy top-k, masks, removal, files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cmce.errors import CmceError, GalleryError
-from cmce.index import SearchHit, SearchResult, VectorIndex
+from cmce.search.index import SearchHit, SearchResult, VectorIndex
 
 N, D, Q, K = 5_000, 64, 40, 10
 
@@ -317,7 +317,7 @@ def test_concurrent_searches_and_adds():
 @pytest.fixture()
 def small_shards(monkeypatch):
     """Float16 shards of 1,500 rows, so 5k vectors make 4 shards scanned in parallel."""
-    from cmce import index as cmce_index
+    from cmce.search import index as cmce_index
 
     monkeypatch.setattr(cmce_index, "SCAN_SHARD_ROWS", 1_500)
 

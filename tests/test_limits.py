@@ -1,5 +1,5 @@
-"""Server caps (cmce.limits), bundle file checks and code-free loading (cmce.bundle), temporary
-folders that do not outlive their process (cmce.workdirs)."""
+"""Server caps (cmce.io.limits), bundle file checks and code-free loading (cmce.method.bundle), temporary
+folders that do not outlive their process (cmce.serve.workdirs)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from conftest import DEFAULT_BUNDLE, ROOT
 
-from cmce.archives import ArchiveLimits
-from cmce.bundle import BUNDLE_FILES, check_bundle_files, load_bundle
 from cmce.errors import BundleError, HubError, LimitError
-from cmce.images import ImageLimits
-from cmce.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes, upload_size_cap
-from cmce.workdirs import TempFolders, sweep
+from cmce.io.archives import ArchiveLimits
+from cmce.io.images import ImageLimits
+from cmce.io.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes, upload_size_cap
+from cmce.method.bundle import BUNDLE_FILES, check_bundle_files, load_bundle
+from cmce.serve.workdirs import TempFolders, sweep
 
 MIB = 2**20
 
@@ -158,7 +158,7 @@ def test_offline_hub_load_fails_fast():
 _CHILD = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
-    from cmce.workdirs import TempFolders
+    from cmce.serve.workdirs import TempFolders
     folders = TempFolders({tmp!r})
     for kind in ("session", "session", "examples"):
         (folders.mkdtemp(kind) / "data.bin").write_bytes(b"x" * 1000)

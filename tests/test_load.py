@@ -21,6 +21,8 @@ from conftest import ROOT, app_bundle, launch_app, lfw_people, server_pid
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file
 
+pytestmark = pytest.mark.e2e
+
 _spec = importlib.util.spec_from_file_location("load_test", ROOT / "scripts" / "load_test.py")
 load_test = importlib.util.module_from_spec(_spec)
 sys.modules["load_test"] = load_test  # dataclasses look their module up by name

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmce.bundle import load_bundle
 from cmce.cli import main
 from cmce.errors import DatasetError, GalleryError
-from cmce.gallery import FaceEngine, Gallery
+from cmce.gallery.memory import FaceEngine, Gallery
+from cmce.method.bundle import load_bundle
 from cmce.pipeline import IndexJob, list_source, prepare_batch, run_in_process
-from cmce.store import commit_staged, read_gallery, read_skipped, staged_files, write_staged
+from cmce.storage.store import commit_staged, read_gallery, read_skipped, staged_files, write_staged
 
 PEOPLE = ["Aaron_Peirsol", "Abdoulaye_Wade", "Abdullah", "Abel_Pacheco", "Adam_Sandler", "Ahmed_Chalabi"]
 

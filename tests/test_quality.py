@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from cmce import metrics as M
-from cmce.bundle import Calibration
-from cmce.ensemble import QUALITY_SCORES, QualityModel
 from cmce.errors import CmceError
-from cmce.quality import (
+from cmce.method.bundle import Calibration
+from cmce.method.ensemble import QUALITY_SCORES, QualityModel
+from cmce.method.quality import (
     FEATURE_GROUPS,
     QualityPredictor,
     fit_logistic,

@@ -14,11 +14,13 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-scale.txt")
 
-from cmce.bundle import load_bundle  # noqa: E402
 from cmce.cli import main  # noqa: E402
-from cmce.gallery import FaceEngine, Gallery  # noqa: E402
+from cmce.gallery.memory import FaceEngine, Gallery  # noqa: E402
+from cmce.method.bundle import load_bundle  # noqa: E402
 from cmce.pipeline import IndexJob, IndexMapper, run_in_process, run_ray  # noqa: E402
-from cmce.store import read_gallery, staged_files  # noqa: E402
+from cmce.storage.store import read_gallery, staged_files  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 
 def fixed_subset(lfw_dir: Path) -> tuple[list[Path], list[Path]]:
@@ -136,8 +138,8 @@ def test_killed_worker_is_redone_without_duplicates(cluster, photos, in_process,
 def test_archive_index_built_with_ray_tasks_equals_in_process(cluster, in_process, engine, tmp_path) -> None:
     """Re-projection as one Ray task per shard and the compact index built in a Ray task give
     the same derived files and answers as the in-process build."""
-    from cmce.archive_index import ArchiveGallery, build_archive_index
-    from cmce.compact import CompactConfig
+    from cmce.gallery.archive import ArchiveGallery, build_archive_index
+    from cmce.search.compact import CompactConfig
 
     config = CompactConfig(factory="IVF{nlist},PQ32x4fs", nlist=4, nprobe=4, rerank=64, train_per_list=16)
     folders = {}

@@ -1,4 +1,4 @@
-"""Tests for cmce.report: leave-one-out risk-coverage against a naive reference."""
+"""Tests for cmce.method.report: leave-one-out risk-coverage against a naive reference."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cmce.errors import CmceError
+from cmce.method.report import leave_one_out_risk_coverage
 from cmce.metrics import gallery_rejection_mask
-from cmce.report import leave_one_out_risk_coverage
 
 
 def _unit(rng, n, d=16):

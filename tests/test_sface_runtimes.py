@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmce.backbones import PRETRAINED, create_backbone
-from cmce.backbones.base import verified_package_file
-from cmce.backbones.sface import load_stripped_onnx
+from cmce.models.backbones import PRETRAINED, create_backbone
+from cmce.models.backbones.base import verified_package_file
+from cmce.models.backbones.sface import load_stripped_onnx
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is optional (requirements-dev.txt)")
 
@@ -22,8 +22,9 @@ def test_as_shipped_the_file_lists_stray_inputs() -> None:
 
 
 def test_opencv_and_onnxruntime_agree_on_real_faces(lfw_dir) -> None:
-    from cmce.faces import FaceDetector, pick_subject
-    from cmce.images import load_image
+    from cmce.faces.detector import FaceDetector
+    from cmce.faces.geometry import pick_subject
+    from cmce.io.images import load_image
 
     files = sorted(lfw_dir.glob("A*/*_0001.jpg"))[:6]
     det = FaceDetector()

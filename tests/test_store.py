@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cmce.errors import GalleryError
-from cmce.store import (
+from cmce.storage.store import (
     FORMAT_VERSION,
     BackboneRecord,
     DerivedData,
@@ -121,7 +121,7 @@ def test_a_half_written_shard_is_never_read(tmp_path: Path, monkeypatch) -> None
 
 
 def test_derived_data_is_used_only_while_it_matches(tmp_path: Path) -> None:
-    from cmce.index import VectorIndex
+    from cmce.search.index import VectorIndex
 
     records = make_records()
     write_gallery(tmp_path / "g", records)
@@ -198,7 +198,7 @@ def test_slim_read_has_what_reprojection_needs(tmp_path: Path) -> None:
 
 
 def test_appending_entries_is_idempotent_and_keeps_the_other_shards(tmp_path: Path) -> None:
-    from cmce.store import append_entries
+    from cmce.storage.store import append_entries
 
     records = make_records(7)
     write_gallery(tmp_path / "g", records.take(np.arange(4)))
@@ -223,7 +223,7 @@ def test_appending_entries_is_idempotent_and_keeps_the_other_shards(tmp_path: Pa
 
 
 def test_shards_may_hold_different_backbones(tmp_path: Path) -> None:
-    from cmce.store import append_entries
+    from cmce.storage.store import append_entries
 
     old = make_records(4, missing_b=(2,))
     write_gallery(tmp_path / "g", old)

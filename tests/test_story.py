@@ -1,4 +1,4 @@
-"""cmce.story: the shipped evaluations read into the app's columns, and the examples manifest."""
+"""cmce.serve.story: the shipped evaluations read into the app's columns, and the examples manifest."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cmce.story import StoryError, load_examples, read_evaluation, read_evaluations, story_markdown
+from cmce.serve.story import StoryError, load_examples, read_evaluation, read_evaluations, story_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmce.bundle import default_bundle_path, load_bundle
-from cmce.transform import quantize_transformer, transform_embeddings
+from cmce.method.bundle import default_bundle_path, load_bundle
+from cmce.models.transform import quantize_transformer, transform_embeddings
 
 pytestmark = pytest.mark.skipif(not (default_bundle_path() / "config.json").is_file(), reason="default bundle not built")
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmce.bundle import default_bundle_path, load_bundle
 from cmce.cli import main
 from cmce.errors import CmceError, GalleryError
-from cmce.gallery import FaceEngine, Gallery
-from cmce.store import read_gallery
+from cmce.gallery.memory import FaceEngine, Gallery
+from cmce.method.bundle import default_bundle_path, load_bundle
+from cmce.storage.store import read_gallery
 
 BUNDLES = default_bundle_path().parent
 OLD = BUNDLES / "facenet-dlib"
@@ -64,8 +64,8 @@ def gallery_copy(old_gallery, tmp_path) -> Path:
     shutil.copytree(old_gallery / "photos", tmp_path / "photos")
     shutil.copytree(old_gallery / "gallery", tmp_path / "gallery")
     # the copy's recorded paths point at the copied photos, so deleting them is real
-    from cmce.store import write_gallery
-    from cmce.upgrade import upgrade_gallery
+    from cmce.gallery.upgrade import upgrade_gallery
+    from cmce.storage.store import write_gallery
 
     stored = read_gallery(tmp_path / "gallery")
     stored.records.uri = np.array([u.replace(str(old_gallery), str(tmp_path)) for u in stored.records.uri], dtype=object)
@@ -78,17 +78,17 @@ def forbid_photo_reads(monkeypatch) -> None:
     """Any image decode or backbone creation fails the test loudly."""
     import PIL.Image
 
-    import cmce.backbones
-    import cmce.images
-    import cmce.upgrade
+    import cmce.gallery.upgrade
+    import cmce.io.images
+    import cmce.models.backbones
 
     def refuse(*args, **kwargs):
         raise AssertionError("an upgrade must not read a photo or run a backbone")
 
     monkeypatch.setattr(PIL.Image, "open", refuse)
-    monkeypatch.setattr(cmce.images, "load_image", refuse)
-    monkeypatch.setattr(cmce.upgrade, "load_image", refuse)
-    monkeypatch.setattr(cmce.backbones, "create_backbone", refuse)
+    monkeypatch.setattr(cmce.io.images, "load_image", refuse)
+    monkeypatch.setattr(cmce.gallery.upgrade, "load_image", refuse)
+    monkeypatch.setattr(cmce.models.backbones, "create_backbone", refuse)
 
 
 def test_upgrade_after_the_photos_are_deleted(gallery_copy, new_engine, lfw_dir, monkeypatch, capsys) -> None:
@@ -155,7 +155,7 @@ def test_mixed_gallery_searches_correctly(gallery_copy, new_engine, lfw_dir) -> 
 
 
 def test_backfill_is_resumable_and_completes(gallery_copy, new_engine, lfw_dir) -> None:
-    from cmce.upgrade import backfill_gallery, upgrade_gallery
+    from cmce.gallery.upgrade import backfill_gallery, upgrade_gallery
 
     folder = gallery_copy / "gallery"
     upgrade_gallery(folder, new_engine.bundle)
@@ -201,8 +201,8 @@ def test_index_into_a_gallery_of_another_bundle_says_to_upgrade(gallery_copy, lf
 
 
 def test_interrupted_upgrade_leaves_the_previous_gallery(gallery_copy, old_engine, lfw_dir, monkeypatch) -> None:
-    from cmce.index import VectorIndex
-    from cmce.upgrade import upgrade_gallery
+    from cmce.gallery.upgrade import upgrade_gallery
+    from cmce.search.index import VectorIndex
 
     folder = gallery_copy / "gallery"
     manifest = (folder / "manifest.json").read_bytes()
@@ -244,7 +244,7 @@ def test_version_1_gallery_is_read_and_upgraded(gallery_copy, new_engine, lfw_di
 
 
 def test_bundles_that_cannot_serve_are_refused_with_the_reason(gallery_copy, new_engine) -> None:
-    from cmce.store import BackboneRecord, write_gallery
+    from cmce.storage.store import BackboneRecord, write_gallery
 
     stored = read_gallery(gallery_copy / "gallery")
     r = stored.records
@@ -272,9 +272,9 @@ def test_bundles_that_cannot_serve_are_refused_with_the_reason(gallery_copy, new
 
 def test_a_bundle_whose_gallery_model_cannot_run_here_still_serves(gallery_copy, lfw_dir) -> None:
     """facenet-vggface2 is online-only: the engine skips it, a gallery holding it is served."""
-    from cmce.bundle import Bundle
-    from cmce.store import BackboneRecord, write_gallery
-    from cmce.transform import TransformerConfig, create_transformer
+    from cmce.method.bundle import Bundle
+    from cmce.models.transform import TransformerConfig, create_transformer
+    from cmce.storage.store import BackboneRecord, write_gallery
 
     new = load_bundle(NEW)
     torch = pytest.importorskip("torch")

@@ -1,4 +1,4 @@
-"""Tests for cmce.uploads: labels from folders and file names, archives extracted and labelled."""
+"""Tests for cmce.io.uploads: labels from folders and file names, archives extracted and labelled."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cmce.uploads import collect_uploads, labels_for_paths, query_label
+from cmce.io.uploads import collect_uploads, labels_for_paths, query_label
 
 
 def _jpeg() -> bytes:

@@ -10,10 +10,17 @@ optional (``pip install -r requirements-scale.txt``); nothing here imports it un
 ``run_ray`` or ``connect_ray`` is called.
 """
 
-from .mapper import IndexMapper, KnownHashes, MapperConfig, PreparedBatch, batch_key, prepare_batch
-from .reader import SourceFile, SourceListing, is_uri, list_source, read_file
-from .runner import IndexJob, JobReport, connect_ray, run_in_process, run_ray
-from .writer import DerivedSummary, GalleryWriter, build_derived, open_gallery
+from cmce.pipeline.mapper import (
+    IndexMapper,
+    KnownHashes,
+    MapperConfig,
+    PreparedBatch,
+    batch_key,
+    prepare_batch,
+)
+from cmce.pipeline.reader import SourceFile, SourceListing, is_uri, list_source, read_file
+from cmce.pipeline.runner import IndexJob, JobReport, connect_ray, run_in_process, run_ray
+from cmce.pipeline.writer import DerivedSummary, GalleryWriter, build_derived, open_gallery
 
 __all__ = [
     "DerivedSummary",

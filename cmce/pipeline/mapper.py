@@ -6,11 +6,11 @@ mapping of equal-length columns: ``uri``, ``source``, ``label``, ``size`` and, w
 read step ran before, ``bytes``. Mapping it:
 
 1. ``prepare`` (no model): read each file, hash it, skip content already in the
-   gallery, decode it with the safe loader (``cmce.images.load_image`` and its limits);
+   gallery, decode it with the safe loader (``cmce.io.images.load_image`` and its limits);
 2. ``embed``: detect faces over the whole batch, embed every face with every backbone
    (``cmce.gallery.embed_photos``, the step ``Gallery.add_images`` runs), thumbnails and
    entry ids ``<content hash>:<face>``;
-3. stage the batch's rows (``cmce.store.write_staged``) under a key made from its URIs,
+3. stage the batch's rows (``cmce.storage.store.write_staged``) under a key made from its URIs,
    so a retried batch rewrites the same files, and return one small row of counts.
 
 The driver commits staged batches (``cmce.pipeline.writer``).
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImageError, LimitError
-from ..gallery import Gallery, Photo, check_photo_size, decode_photo, embed_photos
-from ..images import DEFAULT_LIMITS, ImageLimits, content_hash
-from ..store import GalleryRecords, skipped_table, write_staged
-from .reader import read_file
+from cmce.errors import ImageError, LimitError
+from cmce.gallery.memory import Gallery, Photo, check_photo_size, decode_photo, embed_photos
+from cmce.io.images import DEFAULT_LIMITS, ImageLimits, content_hash
+from cmce.pipeline.reader import read_file
+from cmce.storage.store import GalleryRecords, skipped_table, write_staged
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +163,8 @@ class IndexMapper:
     def __init__(self, gallery: str | os.PathLike, config: MapperConfig = MapperConfig(),
                  known: KnownHashes | None = None, engine=None):
         if engine is None:
-            from ..bundle import load_bundle
-            from ..engine import FaceEngine
+            from cmce.method.bundle import load_bundle
+            from cmce.method.engine import FaceEngine
 
             engine = FaceEngine(load_bundle(config.bundle, revision=config.revision), device=config.device)
         self.engine = engine

@@ -2,7 +2,7 @@
 
 ``SOURCE`` is a folder (``photos/``), or a URI that ``pyarrow.fs.FileSystem.from_uri``
 opens (``file:///data/photos``, ``s3://bucket/prefix``, ``gs://bucket/prefix``). Labels
-follow ``cmce.data.list_labelled_images``: the first folder level below the root is the
+follow ``cmce.io.datasets.list_labelled_images``: the first folder level below the root is the
 identity; a photo directly in the root has none (or, with ``filename_labels``, the
 ``Name_0001``-style name's). Files are images by extension; hidden files and folders
 are skipped. Listing is sorted, so every runner sees the same files in the same order.
@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..data import label_from_filename, list_labelled_images
-from ..errors import DatasetError, ImageError
-from ..images import IMAGE_EXTENSIONS
+from cmce.errors import DatasetError, ImageError
+from cmce.io.datasets import label_from_filename, list_labelled_images
+from cmce.io.images import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 

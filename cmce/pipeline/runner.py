@@ -14,19 +14,18 @@ Ray is optional: ``pip install -r requirements-scale.txt``.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from ..errors import CmceError
-from ..gallery import plural
-from .mapper import IndexMapper, MapperConfig
-from .reader import SourceFile, list_source
-from .writer import GalleryWriter, open_gallery
+from cmce.errors import CmceError
+from cmce.gallery.memory import plural
+from cmce.pipeline.mapper import IndexMapper, MapperConfig
+from cmce.pipeline.reader import SourceFile, list_source
+from cmce.pipeline.writer import GalleryWriter, open_gallery
+from cmce.runtime import connect_ray, require_ray
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +34,6 @@ __all__ = ["IndexJob", "JobReport", "connect_ray", "run_in_process", "run_ray"]
 #: Called after each committed-or-staged batch with (files done, files in the job).
 JobProgress = Callable[[int, int], None]
 
-RAY_HINT = "Ray is not installed: pip install -r requirements-scale.txt (ray[data])"
-#: Seconds to wait for a Ray head's port to answer before giving up.
-RAY_CONNECT_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -169,66 +165,6 @@ def run_in_process(job: IndexJob, *, engine=None, progress: JobProgress | None =
     return _report(len(files), writer, known, limits, start, "in-process", job.max_entries)
 
 
-def _require_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as e:
-        raise CmceError(RAY_HINT) from e
-    return ray
-
-
-def connect_ray(address: str = "local", *, num_cpus: int | None = None, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> bool:
-    """Join a Ray cluster, or start a local one; reuse the one this process already joined.
-
-    Args:
-        address: ``"local"`` (start one on this machine), ``"auto"`` (the cluster this
-            machine belongs to), or a head's ``HOST:PORT`` / ``ray://HOST:PORT``.
-        num_cpus: CPUs of a local cluster (default: all).
-        timeout_s: seconds a head's port may take to answer.
-
-    Every ``CMCE_*`` variable of this process's environment is passed to the cluster's
-    workers (``runtime_env``), so settings such as ``CMCE_FACENET_RUNTIME=int8`` hold on
-    every machine.
-
-    Returns:
-        Whether this call started the connection (the caller then shuts it down).
-
-    Raises:
-        CmceError: Ray missing, or the cluster does not answer (within ``timeout_s``
-            for an address), with the reason.
-    """
-    ray = _require_ray()
-    if ray.is_initialized():
-        return False
-    kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
-    # this process's cmce settings (e.g. CMCE_FACENET_RUNTIME=int8, CMCE_TORCH_THREADS) reach every
-    # worker of the cluster, also on other machines, whose environment is not this one
-    settings = {k: v for k, v in os.environ.items() if k.startswith("CMCE_")}
-    if settings:
-        kwargs["runtime_env"] = {"env_vars": settings}
-    if address == "local":
-        ray.init(num_cpus=num_cpus, **kwargs)
-        return True
-    if address != "auto":
-        host, _, port = address.removeprefix("ray://").rpartition(":")
-        if not host or not port.isdigit():
-            raise CmceError(f"--ray {address!r}: expected local, auto, HOST:PORT or ray://HOST:PORT")
-        try:
-            socket.create_connection((host, int(port)), timeout=timeout_s).close()
-        except OSError as e:
-            raise CmceError(f"Ray cluster at {address} does not answer ({e.strerror or e}; waited at most "
-                            f"{timeout_s:.0f} s). Is its head running (ray start --head) and the port open?") from e
-        # a port that answers but is no Ray head: ray.init retries about once a second, 20 times by default
-        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(max(1, round(timeout_s))))
-    try:
-        client = address.startswith("ray://")  # Ray Client takes the runtime environment only
-        ray.init(address=address, **({k: v for k, v in kwargs.items() if k == "runtime_env"} if client else kwargs))
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise CmceError(f"cannot join the Ray cluster at {address}: {e}") from e
-    return True
-
-
 def run_ray(job: IndexJob, *, address: str = "local", workers: int = 1, gpus_per_worker: float = 0.0,
             cpus_per_worker: float = 1.0, progress: JobProgress | None = None,
             mapper_class: type[IndexMapper] = IndexMapper, max_task_retries: int = 3) -> JobReport:
@@ -249,7 +185,7 @@ def run_ray(job: IndexJob, *, address: str = "local", workers: int = 1, gpus_per
             that cannot be written, or a batch that failed every retry.
     """
     start = time.perf_counter()
-    ray = _require_ray()
+    ray = require_ray()
     started = connect_ray(address)  # first: an unreachable cluster fails before the gallery is touched
     try:
         cpus = float(ray.cluster_resources().get("CPU", 0))

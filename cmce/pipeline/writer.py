@@ -2,7 +2,7 @@
 
 The mapper stages each finished batch under ``GALLERY/staging/`` (temporary name, then
 renamed); ``GalleryWriter`` on the driver commits staged batches in groups with
-``cmce.store.commit_staged``, under the gallery's lock and with one manifest write per
+``cmce.storage.store.commit_staged``, under the gallery's lock and with one manifest write per
 group. Why no face is ever written twice and no half shard is ever read:
 
 - a staged file is whole or absent (rename), and nothing reads ``staging/``;
@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import Bundle
-from ..errors import GalleryError
-from ..store import (
+from cmce.errors import GalleryError
+from cmce.method.bundle import Bundle
+from cmce.pipeline.mapper import KnownHashes
+from cmce.storage.store import (
     CommitReport,
     GalleryRecords,
     StoredKeys,
@@ -39,7 +40,6 @@ from ..store import (
     write_derived,
     write_gallery,
 )
-from .mapper import KnownHashes
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ class DerivedSummary:
 def build_derived(folder: str | os.PathLike, bundle: Bundle, *, ray: str | None = None) -> DerivedSummary:
     """Re-project the gallery's raw embeddings with ``bundle`` and store its derived data.
 
-    From ``cmce.compact.COMPACT_FROM`` entries, or when the gallery already serves an
-    archive index, the derived data is the archive kind (``cmce.archive_index``:
+    From ``cmce.search.compact.COMPACT_FROM`` entries, or when the gallery already serves an
+    archive index, the derived data is the archive kind (``cmce.gallery.archive``:
     streamed shard by shard, compact index from that size); below, the in-memory
     gallery's (fused vectors and the exact index, as ``Gallery.save`` writes it).
 
@@ -161,10 +161,10 @@ def build_derived(folder: str | os.PathLike, bundle: Bundle, *, ray: str | None 
         bundle: the serving bundle.
         ray: build an archive index with Ray tasks on this cluster (see ``connect_ray``).
     """
-    from ..archive_index import ARCHIVE_KIND, build_archive_index
-    from ..compact import COMPACT_FROM
-    from ..gallery import derive
-    from ..upgrade import reproject_records
+    from cmce.gallery.archive import ARCHIVE_KIND, build_archive_index
+    from cmce.gallery.memory import derive
+    from cmce.gallery.upgrade import reproject_records
+    from cmce.search.compact import COMPACT_FROM
 
     folder = Path(folder)
     manifest = read_manifest(folder) or {}

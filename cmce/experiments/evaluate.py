@@ -1,0 +1,499 @@
+"""The paper's table on a folder-per-identity dataset: 1:N identification.
+
+Protocol: among the images where a face was found, per identity with >= 2 images the
+first image by file name joins the gallery and the others are queries; identities
+with one image join the gallery as distractors. Files without a face are counted and
+reported (``counts``), not silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cmce import metrics as M
+from cmce.errors import DatasetError
+from cmce.experiments.evaluate_answers import answer_report
+from cmce.method.bundle import Bundle
+from cmce.models.embed import EmbeddedFiles
+from cmce.models.transform import first_image_protocol, transform_embeddings
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "REJECTION_RATES", "UPGRADE_STAGES", "ViewScores", "adapter_row_name", "evaluate_embedded", "evaluate_upgrade",
+    "gallery_positions",
+    "plot_risk_coverage", "row_metrics", "upgrade_costs",
+]
+
+REJECTION_RATES = (0.05, 0.10, 0.20, 0.30)
+
+
+@dataclass(frozen=True)
+class ViewScores:
+    """One row of the table before metrics: the query-gallery similarity matrix."""
+
+    name: str
+    kind: str
+    query: str
+    gallery: tuple[str, ...]
+    similarity: np.ndarray
+
+
+def row_metrics(sim: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """Recall@1/5, mAP and TAR@FAR=1e-3 of one similarity matrix (Q, G)."""
+    r = M.recall_at_k(sim, q_lab, g_lab, ks=(1, 5), gallery_mask=mask)
+    scores, same = M.verification_scores(sim, q_lab, g_lab, gallery_mask=mask)
+    return {
+        "recall_at_1": float(r[1]),
+        "recall_at_5": float(r[5]),
+        "map": float(M.mean_average_precision(sim, q_lab, g_lab, gallery_mask=mask)),
+        "tar_at_far_1e-3": float(M.tar_at_far(scores, same, 1e-3)),
+    }
+
+
+def build_views(bundle: Bundle, emb: dict[str, np.ndarray], prob: np.ndarray, gi: np.ndarray, qi: np.ndarray):
+    """All rows' similarity matrices plus the gallery's quality scores."""
+    q = bundle.query_model
+    qv = emb[q][qi]
+    gal = {m: v[gi] for m, v in emb.items()}
+    gv = bundle.gallery_vectors(gal, prob[gi])
+    rows = [ViewScores("query model symmetric", "symmetric", q, (q,), qv @ gal[q].T)]
+    for m in bundle.gallery_models:
+        rows.append(ViewScores(f"{m} symmetric", "symmetric", m, (m,), emb[m][qi] @ gal[m].T))
+    for m in bundle.gallery_models:
+        rows.append(ViewScores(f"{m} -> {q} (transformer)", "asymmetric", q, (m,), qv @ gv.views[m].T))
+    members = list(bundle.gallery_models) + ([q] if bundle.query_member else [])
+    rows.append(ViewScores("CMCE ensemble", "ensemble", q, tuple(members), qv @ gv.ensemble.T))
+    if bundle.fusion.kind != "mean":  # the paper's plain mean of the same members, for comparison
+        plain = M.l2_normalise(np.mean([gv.views[m] for m in bundle.gallery_models] + ([gal[q]] if bundle.query_member else []), 0))
+        rows.append(ViewScores("CMCE ensemble, plain mean (the paper)", "ensemble", q, tuple(members), qv @ plain.T))
+    alt = "CMCE ensemble + query member" if not bundle.query_member else "CMCE ensemble without query member"
+    alt_members = [gv.views[m] for m in bundle.gallery_models] + ([] if bundle.query_member else [gal[q]])
+    alt_vec = M.l2_normalise(np.mean(alt_members, axis=0))
+    rows.append(ViewScores(alt, "ensemble", q, tuple(bundle.gallery_models) + (() if bundle.query_member else (q,)), qv @ alt_vec.T))
+    if bundle.linear_maps:
+        lin = []
+        for m in bundle.gallery_models:
+            v = M.l2_normalise(gal[m] @ bundle.linear_maps[m])
+            lin.append(v)
+            rows.append(ViewScores(f"{m} -> {q} (least-squares linear)", "baseline", q, (m,), qv @ v.T))
+        rows.append(ViewScores("least-squares linear ensemble", "baseline", q, tuple(bundle.gallery_models), qv @ M.l2_normalise(np.mean(lin, 0)).T))
+    # Distillation-style baseline, the opposite direction of CMCE: the query is mapped
+    # into the gallery model's space, the gallery is that model's own embedding.
+    for m in bundle.gallery_models:
+        if m in bundle.query_adapters:
+            aq = transform_embeddings(bundle.query_adapters[m], qv)
+            rows.append(ViewScores(adapter_row_name(q, m), "baseline", q, (m,), aq @ M.l2_normalise(gal[m]).T))
+    return rows, gv
+
+
+def quality_scores_by_kind(bundle: Bundle, gv, probability: np.ndarray) -> dict[str, np.ndarray]:
+    """Every quality score the bundle can give for a gallery (higher = rejected first).
+
+    ``"bundle"`` is the shipped one; ``detection`` ranks by the lowest detector
+    probability; ``combined`` and ``learned`` where the bundle's calibration carries them.
+    """
+    out = {"bundle": gv.quality, "disagreement": gv.uncertainty, "detection": -np.asarray(probability)}
+    shipped = bundle.calibration.quality
+    for kind in ("combined", "learned"):
+        if kind == shipped.kind:
+            out[kind] = gv.quality
+        elif kind in shipped.kinds:
+            out[kind] = shipped.with_kind(kind).score(gv.uncertainty, probability, *gv.member_arrays())
+    return out
+
+
+def gallery_positions(embedded: EmbeddedFiles, labels: Sequence[str]) -> np.ndarray:
+    """Indices of the gallery photos under this module's protocol (first face-found image per identity)."""
+    labels = np.asarray(labels)
+    idx = np.flatnonzero(embedded.found)
+    return idx[first_image_protocol(labels[idx])[0]]
+
+
+def adapter_row_name(query_model: str, gallery_model: str) -> str:
+    """Name of the distillation-style (query adapter) baseline row."""
+    return f"{query_model} distilled into {gallery_model} space (query adapter)"
+
+
+def _open_set_accuracy(sim: np.ndarray, q_lab, g_lab, keep: np.ndarray, threshold: float) -> float:
+    """Share of queries answered right when rejected entries cannot match.
+
+    A query whose mate was kept is right if its best kept match is the mate and scores
+    at least ``threshold``; a query whose mate was rejected is right only if its best
+    kept score is below ``threshold`` ("unknown").
+    """
+    s = np.where(keep[None, :], sim, -np.inf)
+    best = s.argmax(1)
+    best_s = s[np.arange(len(s)), best]
+    mate_kept = np.array([np.any(keep & (g_lab == lab)) for lab in q_lab])
+    right_known = (g_lab[best] == q_lab) & (best_s >= threshold)
+    right_unknown = best_s < threshold
+    return float(np.mean(np.where(mate_kept, right_known, right_unknown))) if len(s) else float("nan")
+
+
+def evaluate_embedded(
+    embedded: EmbeddedFiles,
+    labels: Sequence[str],
+    bundle: Bundle,
+    *,
+    rates: Sequence[float] = REJECTION_RATES,
+    random_repeats: int = 20,
+    seed: int = 0,
+    ci_resamples: int = 1000,
+) -> dict:
+    """The paper's table for one dataset already embedded with ``bundle.models``.
+
+    Every Recall@1, TAR and error cut comes with a 95% interval (``*_ci95``) from a
+    bootstrap over query identities (``ci_resamples`` draws; TAR uses a quarter as
+    many); error cuts are paired (the same identities resampled for both sides).
+
+    Returns:
+        JSON-ready dict: ``bundle``, ``counts``, ``rows``, ``answers`` (every query
+        answered as the app answers, under each rule: ``evaluate_answers.answer_report``),
+        ``rejection`` (the paper's kept-queries metric),
+        ``rejection_by_quality`` (each quality score alone and combined),
+        ``rejection_gallery_ensemble`` (the same for the gallery models' own ensemble,
+        the paper's setting), ``open_set``.
+    """
+    labels = np.asarray(labels)
+    found = embedded.found
+    if found.sum() < 2:
+        raise DatasetError("fewer than two faces found; nothing to evaluate")
+    idx = np.flatnonzero(found)
+    gi_l, qi_l = first_image_protocol(labels[idx])
+    gi, qi = idx[gi_l], idx[qi_l]
+    if len(qi) == 0:
+        raise DatasetError("no identity has two images with a face; nothing to query")
+    g_lab, q_lab = labels[gi], labels[qi]
+    prob = embedded.detection_probability
+    rows, gv = build_views(bundle, embedded.embeddings, prob, gi, qi)
+    out_rows = []
+    ens_sim = rows[0].similarity
+    for r in rows:
+        d = {"name": r.name, "kind": r.kind, "query": r.query, "gallery": list(r.gallery)}
+        d.update(row_metrics(r.similarity, q_lab, g_lab))
+        _, lo, hi = M.cluster_bootstrap([M.top1_hits(r.similarity, q_lab, g_lab)], q_lab, resamples=ci_resamples, seed=seed)
+        d["recall_at_1_ci95"] = [lo, hi]
+        _, lo, hi = M.tar_at_far_cluster_ci(r.similarity, q_lab, g_lab, q_lab, 1e-3,
+                                             resamples=max(1, ci_resamples // 4), seed=seed)
+        d["tar_at_far_1e-3_ci95"] = [lo, hi]
+        out_rows.append(d)
+        if r.name == "CMCE ensemble":
+            ens_sim = r.similarity
+    base_r1 = next(d["recall_at_1"] for d in out_rows if d["name"] == "CMCE ensemble")
+    rng = np.random.default_rng(seed)
+    scores_by_kind = quality_scores_by_kind(bundle, gv, prob[gi])
+    det_doubt = scores_by_kind["detection"]
+
+    clusters = q_lab  # bootstrap over query identities
+    ens_hits = M.top1_hits(ens_sim, q_lab, g_lab)
+
+    def stats(sim: np.ndarray, base_hits: np.ndarray, score: np.ndarray, rate: float) -> dict:
+        """R@1 after rejecting ``rate`` by ``score``, and the error cut against no rejection, with CIs."""
+        hits = M.top1_hits(sim, q_lab, g_lab, M.gallery_rejection_mask(score, rate))
+        r1, lo, hi = M.cluster_bootstrap([hits], clusters, resamples=ci_resamples, seed=seed)
+        cut, clo, chi = M.cluster_bootstrap([base_hits, hits], clusters, M.relative_error_reduction, resamples=ci_resamples, seed=seed)
+        return {"recall_at_1": r1, "recall_at_1_ci95": [lo, hi], "error_cut": cut, "error_cut_ci95": [clo, chi]}
+
+    def random_r1(sim: np.ndarray, rate: float) -> float:
+        return float(np.mean([np.nanmean(M.top1_hits(sim, q_lab, g_lab, M.gallery_rejection_mask(rng.random(len(gi)), rate)))
+                              for _ in range(random_repeats)]))
+
+    thr = bundle.calibration.similarity_thresholds.get("ensemble", -np.inf)
+    rejection, by_quality = [], {k: [] for k in scores_by_kind}
+    for rate in rates:
+        keep = M.gallery_rejection_mask(gv.quality, rate)
+        shipped = stats(ens_sim, ens_hits, gv.quality, rate)
+        rand = random_r1(ens_sim, rate)
+        rejection.append(
+            {
+                "rate": rate,
+                "recall_at_1": shipped["recall_at_1"],
+                "recall_at_1_ci95": shipped["recall_at_1_ci95"],
+                "random_recall_at_1": rand,
+                "random_error_cut": M.relative_error_reduction(base_r1, rand),
+                "detection_recall_at_1": stats(ens_sim, ens_hits, det_doubt, rate)["recall_at_1"],
+                "relative_error_cut": shipped["error_cut"],
+                "relative_error_cut_ci95": shipped["error_cut_ci95"],
+                "open_set_accuracy": _open_set_accuracy(ens_sim, q_lab, g_lab, keep, thr),
+            }
+        )
+        for k, sc in scores_by_kind.items():
+            by_quality[k].append({"rate": rate, **stats(ens_sim, ens_hits, sc, rate)})
+    # The paper's setting: the gallery models' own ensemble (no query-model member),
+    # whose errors are many enough to show what rejection does.
+    from cmce.method.ensemble import fuse_members
+
+    go_vec = fuse_members(np.stack([gv.views[m] for m in bundle.gallery_models], axis=1))
+    go_sim = embedded.embeddings[bundle.query_model][qi] @ go_vec.T
+    go_hits = M.top1_hits(go_sim, q_lab, g_lab)
+    go_base, go_lo, go_hi = M.cluster_bootstrap([go_hits], clusters, resamples=ci_resamples, seed=seed)
+    gallery_only = {"recall_at_1": go_base, "recall_at_1_ci95": [go_lo, go_hi], "rates": []}
+    for rate in rates:
+        rand = random_r1(go_sim, rate)
+        row = {"rate": rate, "random_recall_at_1": rand, "random_error_cut": M.relative_error_reduction(go_base, rand)}
+        for k, sc in scores_by_kind.items():
+            if k != "bundle":
+                st = stats(go_sim, go_hits, sc, rate)
+                row[f"{k}_recall_at_1"] = st["recall_at_1"]
+                row[f"{k}_recall_at_1_ci95"] = st["recall_at_1_ci95"]
+                row[f"{k}_error_cut"] = st["error_cut"]
+                row[f"{k}_error_cut_ci95"] = st["error_cut_ci95"]
+        gallery_only["rates"].append(row)
+    n_files = len(labels)
+    answers = answer_report(bundle, gv, embedded.embeddings[bundle.query_model][qi], prob[qi], q_lab, g_lab,
+                            resamples=ci_resamples, seed=seed)
+    return {
+        "bundle": {"query": bundle.query_model, "gallery": list(bundle.gallery_models),
+                   "query_member": bundle.query_member, "quality": bundle.calibration.quality.kind,
+                   "source": bundle.source},
+        "counts": {
+            "files": int(n_files),
+            "faces_found": int(found.sum()),
+            "no_face_or_unreadable": int(n_files - found.sum()),
+            "identities": len(np.unique(labels[idx])),
+            "gallery": len(gi),
+            "queries": len(qi),
+            "distractors": int(len(gi) - len(np.unique(q_lab))),
+        },
+        "rows": out_rows,
+        "answers": answers,
+        "rejection_metric": "the paper's: Recall@1 of the kept queries (queries whose person was rejected are "
+                            "dropped); the app answers every query, see 'answers'",
+        "rejection": rejection,
+        "rejection_by_quality": by_quality,
+        "rejection_gallery_ensemble": gallery_only,
+        "open_set": {
+            "threshold": float(thr),
+            "far": bundle.calibration.open_set_far,
+            "accuracy_no_rejection": _open_set_accuracy(ens_sim, q_lab, g_lab, np.ones(len(gi), bool), thr),
+        },
+    }
+
+
+def plot_risk_coverage(result: dict, path: str) -> None:
+    """Risk-coverage plot: Recall@1 against the share of the gallery rejected."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rej = result["rejection"]
+    rates = [0.0] + [r["rate"] for r in rej]
+    base = next(r["recall_at_1"] for r in result["rows"] if r["name"] == "CMCE ensemble")
+    shipped = result["bundle"]["quality"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    # left: the ensemble the bundle serves, ranked by each quality score
+    ax = axes[0]
+    curves = {k: [r["recall_at_1"] for r in v] for k, v in result["rejection_by_quality"].items() if k != "bundle"}
+    curves["random"] = [r["random_recall_at_1"] for r in rej]
+    for kind, values in curves.items():
+        label = f"{kind} (shipped)" if kind == shipped else kind
+        ax.plot([100 * x for x in rates], [100 * base] + [100 * v for v in values], marker="o", label=label,
+                lw=2.5 if kind == shipped else 1.2, ls="--" if kind == "random" else "-")
+    ax.set_title("CMCE ensemble as served", fontsize=10)
+    # right: the gallery models' own ensemble (the paper's setting)
+    go = result.get("rejection_gallery_ensemble")
+    ax = axes[1]
+    if go:
+        for kind in ("disagreement", "detection", "combined", "random"):
+            key = f"{kind}_recall_at_1"
+            if all(key in r for r in go["rates"]):
+                ax.plot([0.0] + [100 * r["rate"] for r in go["rates"]],
+                        [100 * go["recall_at_1"]] + [100 * r[key] for r in go["rates"]], marker="o", label=kind,
+                        ls="--" if kind == "random" else "-")
+    ax.set_title("gallery models' own ensemble (the paper's setting)", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("gallery rejected (%)")
+        ax.set_ylabel("Recall@1 of kept queries (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Risk-coverage: rejection by each quality score", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- upgrade experiment
+
+UPGRADE_STAGES = ("before", "no_backfill", "backfill")
+
+
+def _member_label(bundle_query: str, member: str) -> str:
+    return f"{bundle_query} (own)" if member == "query" else member
+
+
+def _top1_hits(sim: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray) -> np.ndarray:
+    """(Q,) 1.0 where the best-scoring gallery entry has the query's label."""
+    return (g_lab[sim.argmax(axis=1)] == q_lab).astype(np.float64)
+
+
+def _upgrade_metrics(sim: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray) -> dict:
+    scores, same = M.verification_scores(sim, q_lab, g_lab)
+    hits = _top1_hits(sim, q_lab, g_lab)
+    r1, lo, hi = M.bootstrap_mean_ci(hits)
+    return {
+        "recall_at_1": r1,
+        "recall_at_1_ci95": [lo, hi],
+        "tar_at_far_1e-2": float(M.tar_at_far(scores, same, 1e-2)),
+        "tar_at_far_1e-3": float(M.tar_at_far(scores, same, 1e-3)),
+    }
+
+
+def evaluate_upgrade(
+    embedded: EmbeddedFiles,
+    labels: Sequence[str],
+    new: Bundle,
+    old: Bundle | str,
+    *,
+    seconds_per_1k_entries: dict[str, float] | None = None,
+) -> dict:
+    """The paper's query-model update on one dataset: before, without and with backfill.
+
+    The old gallery holds what the old side embedded: the old bundle's backbones
+    (``old`` a Bundle), or one backbone alone (``old`` a backbone name: a photo
+    library indexed by one model, searched symmetrically). Then
+
+    * ``before``: old queries against the old gallery as the old side served it;
+    * ``no_backfill``: new-query-model queries against the old gallery's raw
+      embeddings re-projected by the new bundle (members it lacks are left out);
+    * ``backfill``: the new bundle with every member (the missing backbones embedded).
+
+    Same first-image protocol as ``evaluate_embedded``. ``embedded`` must hold every
+    backbone of both sides.
+
+    Args:
+        embedded: faces and embeddings of the dataset.
+        labels: identity per file.
+        new: the new bundle.
+        old: the old bundle, or the name of the one backbone an old library holds.
+        seconds_per_1k_entries: stage -> measured cost of that path (see
+            ``upgrade_costs``); recorded as given.
+
+    Returns:
+        JSON-ready ``{"from", "to", "rows", "ensemble_size", "comparisons"}``: ``rows``
+        has ``stage``, ``members``, ``query``, ``recall_at_1`` (+ 95% bootstrap
+        interval), ``tar_at_far_1e-2``, ``tar_at_far_1e-3``, ``seconds_per_1k_entries``
+        and ``photos_read``; ``ensemble_size`` the no-backfill Recall@1 and TARs by
+        number of members (mean over member subsets); ``comparisons`` paired bootstrap
+        intervals of the Recall@1 differences.
+    """
+    from itertools import combinations
+
+    from cmce.method.ensemble import fuse_members
+
+    labels = np.asarray(labels)
+    idx = np.flatnonzero(embedded.found)
+    gi_l, qi_l = first_image_protocol(labels[idx])
+    gi, qi = idx[gi_l], idx[qi_l]
+    if len(qi) == 0:
+        raise DatasetError("no identity has two images with a face; nothing to query")
+    g_lab, q_lab = labels[gi], labels[qi]
+    emb, prob = embedded.embeddings, embedded.detection_probability[gi]
+    costs = seconds_per_1k_entries or {}
+    if isinstance(old, Bundle):
+        gv_old = old.gallery_vectors({m: emb[m][gi] for m in old.models}, prob)
+        old_query, stored = old.query_model, old.models
+        before_sim = emb[old_query][qi] @ gv_old.ensemble.T
+        before_members = [_member_label(old_query, m) for m in old.member_names]
+        side_from = {"query": old_query, "gallery": before_members}
+    else:
+        old_query, stored = old, (old,)
+        before_sim = emb[old][qi] @ emb[old][gi].T
+        before_members = [old]
+        side_from = {"query": old, "gallery": [old]}
+    nq = new.query_model
+    gv_nb = new.gallery_vectors({m: emb[m][gi] for m in new.models if m in stored}, prob)
+    gv_bf = new.gallery_vectors({m: emb[m][gi] for m in new.models}, prob)
+    qv = emb[nq][qi]
+    kept = [m for m, p in zip(gv_nb.members, gv_nb.member_present.all(axis=0)) if p]
+    sims = {"before": before_sim, "no_backfill": qv @ gv_nb.ensemble.T, "backfill": qv @ gv_bf.ensemble.T}
+    members = {"before": before_members, "no_backfill": [_member_label(nq, m) for m in kept],
+               "backfill": [_member_label(nq, m) for m in gv_bf.members]}
+    photos = {"before": 0, "no_backfill": 0, "backfill": int(len(gi)) if set(new.models) - set(stored) else 0}
+    rows = []
+    for stage in UPGRADE_STAGES:
+        row = {"stage": stage, "members": members[stage], "query": old_query if stage == "before" else nq}
+        row.update(_upgrade_metrics(sims[stage], q_lab, g_lab))
+        row["seconds_per_1k_entries"] = costs.get(stage)
+        row["photos_read"] = photos[stage]
+        rows.append(row)
+    hits = {s: _top1_hits(sims[s], q_lab, g_lab) for s in UPGRADE_STAGES}
+    comparisons = []
+    for a, b in (("before", "no_backfill"), ("no_backfill", "backfill")):
+        d, lo, hi = M.bootstrap_mean_ci(hits[b] - hits[a])
+        comparisons.append({"from": a, "to": b, "recall_at_1_gain": d, "ci95": [lo, hi]})
+    curve = []
+    views = {m: (gv_nb.views["query"] if m == "query" else gv_nb.views[m]) for m in kept}
+    for n in range(1, len(kept) + 1):
+        per = []
+        for subset in combinations(kept, n):
+            fused = fuse_members(np.stack([views[m] for m in subset], axis=1))
+            per.append({"members": [_member_label(nq, m) for m in subset],
+                        **_upgrade_metrics(qv @ fused.T, q_lab, g_lab)})
+        curve.append({"members": n, "subsets": per,
+                      **{k: float(np.mean([p[k] for p in per]))
+                         for k in ("recall_at_1", "tar_at_far_1e-2", "tar_at_far_1e-3")}})
+    return {
+        "from": side_from,
+        "to": {"query": nq, "gallery": [_member_label(nq, m) for m in new.member_names]},
+        "counts": {"gallery": int(len(gi)), "queries": int(len(qi))},
+        "rows": rows,
+        "comparisons": comparisons,
+        "ensemble_size": curve,
+    }
+
+
+def upgrade_costs(
+    embedded: EmbeddedFiles, labels: Sequence[str], new: Bundle, stored: Sequence[str], *,
+    sample: int = 32, repeats: int = 5,
+) -> dict[str, float]:
+    """Measured seconds per 1,000 gallery entries of each upgrade path, on this machine.
+
+    * ``before``: 0 (the gallery as it was).
+    * ``no_backfill``: re-projecting the gallery's raw embeddings with the new
+      bundle, fusing, scoring and building the index (median of ``repeats``).
+    * ``backfill``: that, plus reading, decoding and embedding each photo again with
+      the backbones the old gallery lacks (timed on ``sample`` gallery photos).
+
+    Args:
+        embedded, labels: the dataset (first-image protocol gallery).
+        new: the new bundle.
+        stored: the backbones the old gallery holds.
+    """
+    import time
+
+    from cmce.gallery.memory import derive
+    from cmce.io.images import load_image
+    from cmce.models.backbones import create_backbone
+
+    labels = np.asarray(labels)
+    idx = np.flatnonzero(embedded.found)
+    gi = idx[first_image_protocol(labels[idx])[0]]
+    emb = {m: embedded.embeddings[m][gi] for m in new.models if m in stored}
+    prob = embedded.detection_probability[gi]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        derive(new, new.gallery_vectors(emb, prob))
+        times.append(time.perf_counter() - start)
+    project = 1000.0 * float(np.median(times)) / max(len(gi), 1)
+    missing = [m for m in new.models if m not in stored]
+    embed = 0.0
+    if missing:
+        backbones = [create_backbone(m) for m in missing]
+        picks = gi[:sample]
+        for bb in backbones:  # warm-up: first calls allocate
+            bb.embed_faces(load_image(embedded.paths[picks[0]]), [embedded.faces[picks[0]]])
+        start = time.perf_counter()
+        for i in picks:
+            img = load_image(Path(embedded.paths[i]).read_bytes(), name=str(embedded.paths[i]))
+            for bb in backbones:
+                bb.embed_faces(img, [embedded.faces[i]])
+        embed = 1000.0 * (time.perf_counter() - start) / len(picks)
+    return {"before": 0.0, "no_backfill": project, "backfill": project + embed}
