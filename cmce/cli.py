@@ -239,7 +239,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from cmce.gallery.upgrade import check_index_bundle
     from cmce.method.bundle import load_bundle
     from cmce.pipeline import IndexJob, MapperConfig, build_derived, run_in_process, run_ray
-    from cmce.storage.store import is_gallery
+    from cmce.storage.manifest import is_gallery
 
     bundle = load_bundle(args.bundle, revision=args.revision)
     out = Path(args.out)
@@ -295,7 +295,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from cmce.gallery.memory import FaceEngine, Gallery
     from cmce.io.images import load_image
     from cmce.method.bundle import load_bundle
-    from cmce.storage.store import read_manifest
+    from cmce.storage.manifest import read_manifest
 
     bundle = load_bundle(args.bundle, revision=args.revision)
     engine = FaceEngine(bundle)

@@ -8,7 +8,7 @@ concatenation (so the three backbones stay correlated as they are on real faces)
 synthetic identity is ``mu + L_b z``; each of its photos ``centroid + L_w z'``, split back
 into the three backbones and L2-normalised per backbone. Photos per identity are
 resampled from the real counts. The gallery is written as Parquet shards of 100k rows
-(``cmce.storage.store``), under ``--workdir`` (not the repo), and deleted afterwards.
+(``cmce.storage.write``), under ``--workdir`` (not the repo), and deleted afterwards.
 
 Then, with the default bundle:
   * ``build_archive_index`` (streaming projection + compact index), timed;
@@ -82,7 +82,8 @@ def _split(x: np.ndarray, dims: list[int]) -> list[np.ndarray]:
 
 def write_synthetic_gallery(stats: dict, n: int, folder: Path, n_queries: int, seed: int = 0) -> np.ndarray:
     """Write the gallery; return (n_queries, Dq) query-model embeddings of new photos."""
-    from cmce.storage.store import GalleryRecords, append_entries, backbone_record, write_gallery
+    from cmce.storage.records import GalleryRecords, backbone_record
+    from cmce.storage.write import append_entries, write_gallery
 
     rng = np.random.default_rng(seed)
     records = [backbone_record(m) for m in MODELS]

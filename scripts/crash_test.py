@@ -64,7 +64,7 @@ class State:
 
     @classmethod
     def read(cls, folder: Path) -> State:
-        from cmce.storage.store import read_gallery
+        from cmce.storage.read import read_gallery
 
         stored = read_gallery(folder)
         records = stored.records

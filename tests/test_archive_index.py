@@ -16,7 +16,7 @@ from cmce.gallery.archive import ArchiveGallery, build_archive_index
 from cmce.gallery.memory import FaceEngine, Gallery
 from cmce.method.bundle import load_bundle
 from cmce.search.compact import CompactConfig
-from cmce.storage.store import append_entries
+from cmce.storage.write import append_entries
 
 SMALL = CompactConfig(factory="IVF{nlist},PQ32x4fs", nlist=4, nprobe=4, rerank=64, train_per_list=16)
 
@@ -174,7 +174,7 @@ def test_upgrade_of_an_archive_gallery_streams_the_shards(copy, engine, tmp_path
     """`upgrade` of a gallery served by an archive index re-projects it shard by shard, in
     place or into --out (shards linked), with the same vectors the in-memory path computes."""
     from cmce.gallery.upgrade import reproject_records, upgrade_gallery
-    from cmce.storage.store import read_gallery
+    from cmce.storage.read import read_gallery
 
     build_archive_index(copy, engine.bundle, index="exact")
     other = load_bundle(Path(__file__).resolve().parents[1] / "assets" / "bundles" / "facenet-query")

@@ -24,7 +24,7 @@ from cmce.gallery.memory import FaceEngine, Gallery
 from cmce.io.images import load_image
 from cmce.method.bundle import default_bundle_path, load_bundle
 from cmce.serve import display
-from cmce.storage.store import read_gallery
+from cmce.storage.read import read_gallery
 
 PHOTOS = [("Aaron_Peirsol", 1), ("Adam_Sandler", 2), ("Abel_Pacheco", 1), ("Ahmed_Chalabi", 1),
           ("Alejandro_Toledo", 3), ("Ai_Sugiyama", 1)]

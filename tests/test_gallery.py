@@ -13,7 +13,7 @@ from cmce.errors import CmceError
 from cmce.gallery.memory import FaceEngine, Gallery, GalleryLimits
 from cmce.method.bundle import default_bundle_path, load_bundle
 from cmce.serve import display
-from cmce.storage.store import read_gallery
+from cmce.storage.read import read_gallery
 
 PEOPLE = ["Aaron_Peirsol", "Adam_Sandler", "Abel_Pacheco", "Ahmed_Chalabi"]
 
@@ -168,7 +168,7 @@ def test_interrupted_saves_leave_the_previous_state(gallery: Gallery, tmp_path: 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("cmce.storage.store._write_parquet", boom)
+    monkeypatch.setattr("cmce.storage.write._write_parquet", boom)
     with pytest.raises(KeyboardInterrupt):
         gallery.save(tmp_path / "g")
     monkeypatch.undo()

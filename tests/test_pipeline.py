@@ -16,7 +16,8 @@ from cmce.errors import DatasetError, GalleryError
 from cmce.gallery.memory import FaceEngine, Gallery
 from cmce.method.bundle import load_bundle
 from cmce.pipeline import IndexJob, list_source, prepare_batch, run_in_process
-from cmce.storage.store import commit_staged, read_gallery, read_skipped, staged_files, write_staged
+from cmce.storage.read import read_gallery
+from cmce.storage.staging import commit_staged, read_skipped, staged_files, write_staged
 
 PEOPLE = ["Aaron_Peirsol", "Abdoulaye_Wade", "Abdullah", "Abel_Pacheco", "Adam_Sandler", "Ahmed_Chalabi"]
 

@@ -18,7 +18,8 @@ from cmce.cli import main  # noqa: E402
 from cmce.gallery.memory import FaceEngine, Gallery  # noqa: E402
 from cmce.method.bundle import load_bundle  # noqa: E402
 from cmce.pipeline import IndexJob, IndexMapper, run_in_process, run_ray  # noqa: E402
-from cmce.storage.store import read_gallery, staged_files  # noqa: E402
+from cmce.storage.read import read_gallery  # noqa: E402
+from cmce.storage.staging import staged_files  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

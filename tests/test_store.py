@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 
 from cmce.errors import GalleryError
-from cmce.storage.store import (
-    FORMAT_VERSION,
-    BackboneRecord,
-    DerivedData,
-    GalleryRecords,
-    append_embeddings,
-    read_derived,
-    read_gallery,
-    write_derived,
-    write_gallery,
-)
+from cmce.storage.derived import read_derived, write_derived
+from cmce.storage.manifest import FORMAT_VERSION
+from cmce.storage.read import read_gallery
+from cmce.storage.records import BackboneRecord, DerivedData, GalleryRecords
+from cmce.storage.write import append_embeddings, write_gallery
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -198,7 +192,7 @@ def test_slim_read_has_what_reprojection_needs(tmp_path: Path) -> None:
 
 
 def test_appending_entries_is_idempotent_and_keeps_the_other_shards(tmp_path: Path) -> None:
-    from cmce.storage.store import append_entries
+    from cmce.storage.write import append_entries
 
     records = make_records(7)
     write_gallery(tmp_path / "g", records.take(np.arange(4)))
@@ -223,7 +217,7 @@ def test_appending_entries_is_idempotent_and_keeps_the_other_shards(tmp_path: Pa
 
 
 def test_shards_may_hold_different_backbones(tmp_path: Path) -> None:
-    from cmce.storage.store import append_entries
+    from cmce.storage.write import append_entries
 
     old = make_records(4, missing_b=(2,))
     write_gallery(tmp_path / "g", old)

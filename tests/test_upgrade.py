@@ -19,7 +19,7 @@ from cmce.cli import main
 from cmce.errors import CmceError, GalleryError
 from cmce.gallery.memory import FaceEngine, Gallery
 from cmce.method.bundle import default_bundle_path, load_bundle
-from cmce.storage.store import read_gallery
+from cmce.storage.read import read_gallery
 
 BUNDLES = default_bundle_path().parent
 OLD = BUNDLES / "facenet-dlib"
@@ -65,7 +65,7 @@ def gallery_copy(old_gallery, tmp_path) -> Path:
     shutil.copytree(old_gallery / "gallery", tmp_path / "gallery")
     # the copy's recorded paths point at the copied photos, so deleting them is real
     from cmce.gallery.upgrade import upgrade_gallery
-    from cmce.storage.store import write_gallery
+    from cmce.storage.write import write_gallery
 
     stored = read_gallery(tmp_path / "gallery")
     stored.records.uri = np.array([u.replace(str(old_gallery), str(tmp_path)) for u in stored.records.uri], dtype=object)
@@ -244,7 +244,8 @@ def test_version_1_gallery_is_read_and_upgraded(gallery_copy, new_engine, lfw_di
 
 
 def test_bundles_that_cannot_serve_are_refused_with_the_reason(gallery_copy, new_engine) -> None:
-    from cmce.storage.store import BackboneRecord, write_gallery
+    from cmce.storage.records import BackboneRecord
+    from cmce.storage.write import write_gallery
 
     stored = read_gallery(gallery_copy / "gallery")
     r = stored.records
@@ -274,7 +275,8 @@ def test_a_bundle_whose_gallery_model_cannot_run_here_still_serves(gallery_copy,
     """facenet-vggface2 is online-only: the engine skips it, a gallery holding it is served."""
     from cmce.method.bundle import Bundle
     from cmce.models.transform import TransformerConfig, create_transformer
-    from cmce.storage.store import BackboneRecord, write_gallery
+    from cmce.storage.records import BackboneRecord
+    from cmce.storage.write import write_gallery
 
     new = load_bundle(NEW)
     torch = pytest.importorskip("torch")

@@ -245,7 +245,8 @@ def bench_upgrade(
 
     from cmce.gallery.upgrade import upgrade_gallery
     from cmce.method.bundle import load_bundle
-    from cmce.storage.store import GalleryRecords, backbone_record, write_gallery
+    from cmce.storage.records import GalleryRecords, backbone_record
+    from cmce.storage.write import write_gallery
 
     bundle = load_bundle(bundle_path)
     rng = np.random.default_rng(seed)

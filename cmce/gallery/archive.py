@@ -64,18 +64,9 @@ from cmce.method.answers import (
 from cmce.method.bundle import Bundle
 from cmce.search.compact import COMPACT_FROM, CompactConfig, CompactIndex, VectorFileWriter
 from cmce.search.index import VectorIndex
-from cmce.storage.store import (
-    MANIFEST,
-    BackboneRecord,
-    _join,
-    _locked,
-    _read_manifest,
-    _read_shard,
-    _require_pyarrow,
-    _swap_in,
-    _write_manifest,
-    shards_signature,
-)
+from cmce.storage.manifest import MANIFEST, locked, require_manifest, shards_signature, swap_in, write_manifest
+from cmce.storage.records import BackboneRecord
+from cmce.storage.shards import join_embedding_pieces, read_shard, require_pyarrow
 
 logger = logging.getLogger(__name__)
 
@@ -155,18 +146,18 @@ def _project_shard(folder: str, info: dict, patches: Sequence[dict], backbones: 
                    bundle: Bundle) -> _ShardProjection:
     """Project one entries shard with the bundle (runs in-process or as a Ray task)."""
     folder = Path(folder)
-    table, emb = _read_shard(folder, info, backbones, metadata=False)
+    table, emb = read_shard(folder, info, backbones, metadata=False)
     ids = table.column("entry_id").to_pylist()
     embeddings, present = {}, {}
     for key, pieces in emb.items():
-        embeddings[key], present[key] = _join(pieces, backbones[key].dim)
+        embeddings[key], present[key] = join_embedding_pieces(pieces, backbones[key].dim)
     if patches:  # backfilled embeddings of these entries, from embeddings shards
         position = {e: i for i, e in enumerate(ids)}
         for patch in patches:
-            ptable, pemb = _read_shard(folder, patch, backbones, metadata=False)
+            ptable, pemb = read_shard(folder, patch, backbones, metadata=False)
             rows = np.array([position.get(e, -1) for e in ptable.column("entry_id").to_pylist()], np.int64)
             for key, pieces in pemb.items():
-                values, valid = _join(pieces, backbones[key].dim)
+                values, valid = join_embedding_pieces(pieces, backbones[key].dim)
                 take = valid & (rows >= 0)
                 if not take.any():
                     continue
@@ -182,7 +173,7 @@ def _project_shard(folder: str, info: dict, patches: Sequence[dict], backbones: 
     fused = vec.ensemble.astype(np.float32, copy=True)
     fused[~active] = 0.0
     fused[~active, 0] = 1.0  # a unit placeholder; inactive positions are never returned
-    _, pq = _require_pyarrow()
+    _, pq = require_pyarrow()
     entries = pq.read_table(folder / info["file"], columns=list(_ENTRY_COLUMNS), memory_map=True)
     return _ShardProjection(fused.astype(np.float16), active, vec.quality.astype(np.float32),
                             vec.uncertainty.astype(np.float32), np.asarray(vec.member_present, bool),
@@ -234,7 +225,7 @@ def build_archive_index(
     data atomically; an interrupted build leaves the previous one in place.
 
     Args:
-        folder: a version 2 gallery (see ``cmce.storage.store``).
+        folder: a version 2 gallery (see ``cmce.storage``).
         bundle: the serving bundle.
         index: ``"auto"`` (compact from ``COMPACT_FROM`` entries), ``"exact"`` or ``"compact"``.
         config: the compact index's settings.
@@ -270,7 +261,7 @@ def _build(folder: str | os.PathLike, bundle: Bundle, index: str, config: Compac
            in_flight: int) -> ArchiveBuildReport:
     start = time.perf_counter()
     folder = Path(folder)
-    manifest = _read_manifest(folder)
+    manifest = require_manifest(folder)
     n = sum(int(s["rows"]) for s in manifest["shards"] if s.get("kind") != "embeddings")
     if n == 0:
         raise GalleryError(f"{folder}: the gallery holds no entries; index photos into it first")
@@ -281,7 +272,7 @@ def _build(folder: str | os.PathLike, bundle: Bundle, index: str, config: Compac
     root = folder / "derived"
     root.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp"))
-    pa, _ = _require_pyarrow()
+    pa, _ = require_pyarrow()
     try:
         dim = None
         writer = None
@@ -328,14 +319,14 @@ def _build(folder: str | os.PathLike, bundle: Bundle, index: str, config: Compac
                 "index_seconds": index_seconds, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / _META).write_text(json.dumps(meta, indent=1))
         tmp.chmod(0o755)
-        with _locked(folder):
-            current = _read_manifest(folder)
+        with locked(folder):
+            current = require_manifest(folder)
             if shards_signature(current) != meta["shards"]:
                 raise GalleryError(f"{folder}: shards were added while the archive index was built; build it again")
-            _swap_in(tmp, root / name)
+            swap_in(tmp, root / name)
             current["derived"] = {"path": f"derived/{name}", "kind": ARCHIVE_KIND, "fingerprint": fingerprint,
                                   "bundle": meta["bundle"], "shards": meta["shards"]}
-            _write_manifest(folder, current)
+            write_manifest(folder, current)
             for other in root.iterdir():
                 if other.name != name and not other.name.startswith("."):
                     shutil.rmtree(other, ignore_errors=True)
@@ -424,7 +415,7 @@ class ArchiveGallery:
         self.quality = np.load(derived / "quality.npy")
         self.uncertainty = np.load(derived / "uncertainty.npy", mmap_mode="r")
         self.active = np.load(derived / "active.npy")
-        pa = _require_pyarrow()[0]
+        pa = require_pyarrow()[0]
         reader = pa.ipc.open_file(pa.memory_map(str(derived / "entries.arrow")))
         # one record batch per shard, zero-copy from the memory map; a hit is looked up in its
         # batch (Table.take over chunks would concatenate every chunk: 40 ms at 2M entries)
@@ -449,7 +440,7 @@ class ArchiveGallery:
                 data older than the shards; the message says what to run.
         """
         folder = Path(folder)
-        manifest = _read_manifest(folder)
+        manifest = require_manifest(folder)
         info = manifest.get("derived") or {}
         fingerprint = bundle_fingerprint(bundle)
         hint = f"build it with: python -m cmce build-index {folder} --bundle <this bundle>"

@@ -43,17 +43,10 @@ from cmce.method.bundle import Bundle, GalleryVectors
 from cmce.method.engine import FaceEngine
 from cmce.models.backbones import PRETRAINED
 from cmce.search.index import VectorIndex
-from cmce.storage.store import (
-    BackboneRecord,
-    DerivedData,
-    GalleryRecords,
-    append_entries,
-    backbone_key,
-    backbone_record,
-    read_gallery,
-    write_derived,
-    write_gallery,
-)
+from cmce.storage.derived import write_derived
+from cmce.storage.read import read_gallery
+from cmce.storage.records import BackboneRecord, DerivedData, GalleryRecords, backbone_key, backbone_record
+from cmce.storage.write import append_entries, write_gallery
 
 logger = logging.getLogger(__name__)
 
@@ -866,8 +859,9 @@ class Gallery:
     def save_appended(self, folder: str | os.PathLike, since: int) -> Path:
         """Append the entries added since position ``since`` to the gallery saved at ``folder``.
 
-        Only a new shard is written (``store.append_entries``; the other shards stay as
-        they are), then this bundle's derived data is rebuilt for the whole gallery.
+        Only a new shard is written (``cmce.storage.write.append_entries``; the other
+        shards stay as they are), then this bundle's derived data is rebuilt for the whole
+        gallery.
         ``folder`` must hold what this gallery held before ``since``.
         """
         with self._lock:

@@ -1,6 +1,6 @@
 """Model upgrades without re-indexing: ``python -m cmce upgrade``.
 
-A gallery keeps every backbone's raw embedding (``cmce.storage.store``). When the query model
+A gallery keeps every backbone's raw embedding (``cmce.storage``). When the query model
 changes, the new bundle's transformers map those embeddings into the new query space
 and the members each entry has are fused again: no photo is read, no backbone runs.
 That is the compatibility the paper promises (Shoshan, Linial et al., WACV 2024,
@@ -33,16 +33,11 @@ from cmce.io.images import DEFAULT_LIMITS, ImageLimits, content_hash, load_image
 from cmce.method.bundle import Bundle
 from cmce.method.engine import FaceEngine
 from cmce.models.transform import quantize_transformer
-from cmce.storage.store import (
-    MANIFEST,
-    StoredGallery,
-    append_embeddings,
-    backbone_record,
-    read_gallery,
-    read_manifest,
-    write_derived,
-    write_gallery,
-)
+from cmce.storage.derived import write_derived
+from cmce.storage.manifest import MANIFEST, read_manifest
+from cmce.storage.read import read_gallery
+from cmce.storage.records import StoredGallery, backbone_record
+from cmce.storage.write import append_embeddings, write_gallery
 
 logger = logging.getLogger(__name__)
 

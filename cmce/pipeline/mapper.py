@@ -10,7 +10,7 @@ read step ran before, ``bytes``. Mapping it:
 2. ``embed``: detect faces over the whole batch, embed every face with every backbone
    (``cmce.gallery.embed_photos``, the step ``Gallery.add_images`` runs), thumbnails and
    entry ids ``<content hash>:<face>``;
-3. stage the batch's rows (``cmce.storage.store.write_staged``) under a key made from its URIs,
+3. stage the batch's rows (``cmce.storage.staging.write_staged``) under a key made from its URIs,
    so a retried batch rewrites the same files, and return one small row of counts.
 
 The driver commits staged batches (``cmce.pipeline.writer``).
@@ -31,7 +31,8 @@ from cmce.errors import ImageError, LimitError
 from cmce.gallery.memory import Gallery, Photo, check_photo_size, decode_photo, embed_photos
 from cmce.io.images import DEFAULT_LIMITS, ImageLimits, content_hash
 from cmce.pipeline.reader import read_file
-from cmce.storage.store import GalleryRecords, skipped_table, write_staged
+from cmce.storage.records import GalleryRecords
+from cmce.storage.staging import skipped_table, write_staged
 
 logger = logging.getLogger(__name__)
 

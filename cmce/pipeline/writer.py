@@ -2,7 +2,7 @@
 
 The mapper stages each finished batch under ``GALLERY/staging/`` (temporary name, then
 renamed); ``GalleryWriter`` on the driver commits staged batches in groups with
-``cmce.storage.store.commit_staged``, under the gallery's lock and with one manifest write per
+``cmce.storage.staging.commit_staged``, under the gallery's lock and with one manifest write per
 group. Why no face is ever written twice and no half shard is ever read:
 
 - a staged file is whole or absent (rename), and nothing reads ``staging/``;
@@ -27,19 +27,12 @@ import numpy as np
 from cmce.errors import GalleryError
 from cmce.method.bundle import Bundle
 from cmce.pipeline.mapper import KnownHashes
-from cmce.storage.store import (
-    CommitReport,
-    GalleryRecords,
-    StoredKeys,
-    commit_staged,
-    is_gallery,
-    read_gallery,
-    read_manifest,
-    remove_orphans,
-    staged_files,
-    write_derived,
-    write_gallery,
-)
+from cmce.storage.derived import write_derived
+from cmce.storage.manifest import is_gallery, read_manifest
+from cmce.storage.read import read_gallery
+from cmce.storage.records import GalleryRecords
+from cmce.storage.staging import CommitReport, StoredKeys, commit_staged, remove_orphans, staged_files
+from cmce.storage.write import write_gallery
 
 logger = logging.getLogger(__name__)
 
