@@ -246,3 +246,16 @@ def pytest_make_collect_report(collector):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"module skipped under CMCE_TEST_STRICT=1 (CI): {reason}"
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test (offline paths must not try)."""
+    import socket as _socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[:2]}")
+
+    monkeypatch.setattr(_socket, "create_connection", refuse)
+    monkeypatch.setattr(_socket.socket, "connect", refuse)
+    monkeypatch.setattr(_socket.socket, "connect_ex", refuse)
