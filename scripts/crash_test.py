@@ -172,7 +172,7 @@ class CrashTest:
         shutil.copytree(self.base, self.work / "gallery")
 
     def trial(self, operation: str, number: int, rng: random.Random, resume: bool = False,
-              mode: str = "uniform") -> Trial:
+              mode: str = "uniform", write_delay: float = 0.1) -> Trial:
         self._restore()
         gallery = self.work / "gallery"
         before = _listing(gallery)
@@ -182,7 +182,7 @@ class CrashTest:
         if mode == "uniform":
             kill_at = start + rng.uniform(0, 1.1 * self.seconds[operation])
         else:
-            delay, kill_at = 0.1 * rng.random() ** 3, None  # most within a few ms of the first write
+            delay, kill_at = write_delay * rng.random() ** 3, None  # most within a few ms of the first write
             while proc.poll() is None and kill_at is None:
                 if _listing(gallery) != before:
                     kill_at = time.monotonic() + delay
@@ -259,9 +259,9 @@ def _known(folder: Path) -> set[str]:
 
 
 def run(lfw: Path, trials: int, seed: int = 0, resume: int = 0, operations: Sequence[str] = OPERATIONS,
-        modes: Sequence[str] = ("uniform", "write"), log=print) -> dict[str, list[Trial]]:
+        modes: Sequence[str] = ("uniform", "write"), log=print, write_delay: float = 0.1) -> dict[str, list[Trial]]:
     """``trials`` kill -9 trials per operation, taking ``modes`` in turn; the first ``resume`` of each
-    also re-run to completion."""
+    also re-run to completion. ``write`` trials kill within ``write_delay`` seconds of the first write."""
     if not 1 <= trials <= MAX_TRIALS:
         raise ValueError(f"--trials must be in 1..{MAX_TRIALS}, got {trials}")
     results: dict[str, list[Trial]] = {}
@@ -275,7 +275,8 @@ def run(lfw: Path, trials: int, seed: int = 0, resume: int = 0, operations: Sequ
             rng = random.Random(f"{seed}:{operation}")
             results[operation] = []
             for number in range(trials):
-                trial = test.trial(operation, number, rng, resume=number < resume, mode=modes[number % len(modes)])
+                trial = test.trial(operation, number, rng, resume=number < resume, mode=modes[number % len(modes)],
+                                   write_delay=write_delay)
                 results[operation].append(trial)
                 log(f"{operation:<8} #{number:<3} {trial.mode:<8} killed at "
                     f"{'-' if trial.kill_after_s is None else f'{trial.kill_after_s:.2f} s':<9} -> {trial.outcome}"

@@ -189,8 +189,8 @@ def server_pid(url: str) -> int | None:
 
 
 # ---- tiers and CI strictness -------------------------------------------------------------
-# Tiers: "e2e" (a browser or an app.py process), "slow" (crash, soak, Ray, training and
-# LFW-accuracy runs), and the fast rest. `pytest -m "not e2e and not slow"` is the
+# Tiers: "e2e" (a browser or an app.py process), "slow" (crash, soak, Ray, fuzzing, and
+# tests on the SLOW_FIXTURES: training and LFW-accuracy runs), and the fast rest. `pytest -m "not e2e and not slow"` is the
 # developer's tier; CI runs everything. Every run prints what ran in each tier.
 # CMCE_TEST_STRICT=1 (set by .ci/run) turns every skip into a failure: a missing data
 # folder, browser, Ray or bundle must not pass CI by skipping what needs it.
@@ -205,6 +205,16 @@ def tier_of(item: pytest.Item) -> str:
         if item.get_closest_marker(name) is not None:
             return name
     return "fast"
+
+
+#: Fixtures that embed hundreds of LFW photos or train a bundle: their tests are slow.
+SLOW_FIXTURES = {"lfw_pairs_embedded", "trained_bundle"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -246,3 +256,16 @@ def pytest_make_collect_report(collector):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"module skipped under CMCE_TEST_STRICT=1 (CI): {reason}"
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test (offline paths must not try)."""
+    import socket as _socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[:2]}")
+
+    monkeypatch.setattr(_socket, "create_connection", refuse)
+    monkeypatch.setattr(_socket.socket, "connect", refuse)
+    monkeypatch.setattr(_socket.socket, "connect_ex", refuse)

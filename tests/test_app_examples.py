@@ -62,6 +62,22 @@ def test_each_bundle_example_shows_the_ensemble_right_where_a_single_model_is_no
     assert not failed, f"examples that no longer make their point: {failed}"
 
 
+def test_each_example_says_what_its_columns_show(outcomes):
+    """What ``examples.json`` claims ("dlib-resnet34's column says unknown, the ensemble finds
+    her") is what the columns answer, not merely "some single column is not right"."""
+    import re
+
+    results, _ = outcomes
+    for case, cols in results.items():
+        claimed = re.findall(r"([\w-]+)'s column says (unknown|wrong)", case.shows)
+        assert claimed, f"{case.bundle} / {case.query.name}: no column claim in {case.shows!r}"
+        for model, outcome in claimed:
+            view = next(k for k in cols if k == model or k.startswith(model))
+            assert cols[view] == outcome, (case.bundle, case.gallery, case.query.name, cols)
+        if "the ensemble finds" in case.shows:
+            assert cols["ensemble"] == "right", (case.bundle, case.query.name, cols)
+
+
 def test_every_example_gallery_is_shown_by_an_example(outcomes):
     results, _ = outcomes
     shown = {c.gallery for c in results}

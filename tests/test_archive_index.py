@@ -192,3 +192,18 @@ def test_upgrade_of_an_archive_gallery_streams_the_shards(copy, engine, tmp_path
         ArchiveGallery.open(copy, other)  # the source is untouched
     upgrade_gallery(copy, other)
     assert ArchiveGallery.open(copy, other).meta["fingerprint"] == archive.meta["fingerprint"]
+
+
+def test_compact_probing_some_lists_keeps_recall(copy, saved, engine):
+    """nprobe < nlist: the compact index searches only part of the gallery, so it may differ
+    from exact search; its top-1 must still agree with the exact answer on most queries.
+    (``SMALL`` probes every list, where "compact equals exact" holds by construction.)"""
+    _, gallery = saved
+    partial = CompactConfig(factory="IVF{nlist},PQ32x4fs", nlist=8, nprobe=2, rerank=64, train_per_list=4)
+    build_archive_index(copy, engine.bundle, index="compact", config=partial)
+    archive = ArchiveGallery.open(copy, engine.bundle)
+    queries = _queries(gallery)
+    got = [r.matches[0].position for r in archive.search_vectors(queries, k=1)]
+    want = [gallery.search_vector(q, k=1)["ensemble"].matches[0].position for q in queries]
+    recall = np.mean(np.array(got) == np.array(want))
+    assert recall >= 0.9, f"top-1 recall against exact search {recall:.2f} with nprobe=2 of nlist=8"

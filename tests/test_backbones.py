@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -48,13 +47,11 @@ def test_unknown_backbone_lists_valid_names() -> None:
         create_backbone("resnet-9000")
 
 
-def test_download_only_backbone_fails_fast_offline() -> None:
-    t = time.perf_counter()
+def test_download_only_backbone_fails_fast_offline(no_network) -> None:
     with pytest.raises(BackboneUnavailableError, match="offline"):
         create_backbone("facenet-vggface2", cached=False)
     info = {b.name: b for b in list_backbones()}["facenet-vggface2"]
     assert not info.available and "download" in info.reason
-    assert time.perf_counter() - t < 2.0
 
 
 def test_info_command_lists_every_backbone() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -89,11 +88,9 @@ def test_load_from_a_hugging_face_cache_offline(tmp_path: Path) -> None:
     assert b2.query_model == "sface"
 
 
-def test_unreachable_hub_fails_fast(tmp_path: Path) -> None:
-    t = time.perf_counter()
+def test_unreachable_hub_fails_fast(tmp_path: Path, no_network) -> None:
     with pytest.raises(HubError, match="not in the local cache"):
         load_bundle("someone/not-cached", cache_dir=tmp_path / "hub")
-    assert time.perf_counter() - t < 5.0
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b/c", "/abs/path/nope", "no-slash"])

@@ -4,7 +4,6 @@ resume after an interrupted run, idempotent commits, and bad input. Real models,
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -168,8 +167,7 @@ def test_ray_address_that_does_not_answer_fails_fast(photos, tmp_path, capsys) -
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    start = time.perf_counter()
     assert main(["index", str(photos), "--out", str(tmp_path / "g"), "--ray", f"127.0.0.1:{port}", "--quiet"]) == 2
-    assert time.perf_counter() - start < 10
-    assert f"127.0.0.1:{port} does not answer" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port} does not answer" in err and "waited at most 3 s" in err  # the port check, not ray.init's retries
     assert not (tmp_path / "g").exists()  # nothing written
