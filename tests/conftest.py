@@ -190,8 +190,9 @@ def server_pid(url: str) -> int | None:
 
 # ---- tiers and CI strictness -------------------------------------------------------------
 # Tiers: "e2e" (a browser or an app.py process), "slow" (crash, soak, Ray, fuzzing, and
-# tests on the SLOW_FIXTURES: training and LFW-accuracy runs), and the fast rest. `pytest -m "not e2e and not slow"` is the
-# developer's tier; CI runs everything. Every run prints what ran in each tier.
+# tests on the SLOW_FIXTURES: training and LFW-accuracy runs), and the fast rest.
+# `pytest -m "not e2e and not slow"` is the developer's tier; CI runs everything. Every
+# run prints what ran in each tier.
 # CMCE_TEST_STRICT=1 (set by .ci/run) turns every skip into a failure: a missing data
 # folder, browser, Ray or bundle must not pass CI by skipping what needs it.
 

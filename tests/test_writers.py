@@ -37,7 +37,7 @@ def _index(source: Path, gallery: Path) -> subprocess.Popen:
 
 def _entries(gallery: Path) -> dict[str, int]:
     """Committed entries per label, read through the library's own reader."""
-    from cmce.storage.store import read_gallery
+    from cmce.storage.read import read_gallery
 
     labels = read_gallery(gallery).records.label.tolist()
     return {x: labels.count(x) for x in sorted(set(labels))}
