@@ -281,7 +281,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
 def _cmd_build_index(args: argparse.Namespace) -> int:
     from cmce.gallery.archive import build_archive_index
     from cmce.method.bundle import load_bundle
-    from cmce.search.compact import CompactConfig
+    from cmce.search.compact_config import CompactConfig
 
     bundle = load_bundle(args.bundle, revision=args.revision)
     config = CompactConfig(**{k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe)) if v is not None})

@@ -191,7 +191,7 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 def generate(stats: dict, n: int, n_queries: int, path: Path, seed: int = 0, chunk: int = 1 << 20) -> dict:
     """Write ``n`` synthetic unit vectors to ``path`` (float16 .npy) and make queries."""
-    from cmce.search.compact import VectorFileWriter
+    from cmce.search.vector_file import VectorFileWriter
 
     rng = np.random.default_rng(seed)
     dim = stats["mu"].size
@@ -372,10 +372,12 @@ def main() -> None:
     import faiss
     import torch
 
-    from cmce.search.compact import CompactConfig, CompactIndex
+    from cmce.search.compact import CompactIndex
+    from cmce.search.compact_config import CompactConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("cmce.search.compact").setLevel(logging.INFO)  # training and add progress
+    for name in ("cmce.search.compact", "cmce.search.compact_build"):  # loading; training and add progress
+        logging.getLogger(name).setLevel(logging.INFO)
 
     torch.set_num_threads(1)
     work = Path(args.workdir)

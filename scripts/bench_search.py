@@ -30,8 +30,9 @@ import faiss
 import numpy as np
 
 from cmce.experiments.bench import timings_ms
-from cmce.search import index as cmce_index
-from cmce.search.index import VectorIndex
+from cmce.search.flat import BLAS_QUERIES_PER_THREAD
+from cmce.search.hnsw import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M
+from cmce.search.index import SEARCH_THREADS, VectorIndex
 
 logger = logging.getLogger("bench_search")
 
@@ -78,12 +79,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
 
-    threads = cmce_index.SEARCH_THREADS or faiss.omp_get_max_threads()
+    threads = SEARCH_THREADS or faiss.omp_get_max_threads()
     print(
         f"faiss {faiss.__version__}, {os.cpu_count()} CPUs, load average "
         f"{os.getloadavg()[0]:.1f}; dim={args.dim}, {args.queries} single queries, k={args.k}, "
-        f"search_threads={cmce_index.SEARCH_THREADS}; HNSW M={cmce_index.HNSW_M} "
-        f"efConstruction={cmce_index.HNSW_EF_CONSTRUCTION} efSearch={cmce_index.HNSW_EF_SEARCH}"
+        f"search_threads={SEARCH_THREADS}; HNSW M={HNSW_M} "
+        f"efConstruction={HNSW_EF_CONSTRUCTION} efSearch={HNSW_EF_SEARCH}"
     )
     all_cores = faiss.omp_get_max_threads()
     header = (
@@ -137,7 +138,7 @@ def main() -> None:
         masked.append((time.perf_counter() - start) * 1e3)
     print(f"\nN={n:,} with a mask rejecting 10%: p50 {np.percentile(masked, 50):.2f} ms, "
           f"p95 {np.percentile(masked, 95):.2f} ms")
-    ours = cmce_index.BLAS_QUERIES_PER_THREAD * threads * args.dim
+    ours = BLAS_QUERIES_PER_THREAD * threads * args.dim
     default = faiss.cvar.distance_compute_blas_threshold
     raw = faiss.IndexFlatIP(args.dim)  # the bare faiss index, to time the threshold alone
     raw.add(flat.vectors)

@@ -15,7 +15,7 @@ from cmce.errors import CmceError, GalleryError
 from cmce.gallery.archive import ArchiveGallery, build_archive_index
 from cmce.gallery.memory import FaceEngine, Gallery
 from cmce.method.bundle import load_bundle
-from cmce.search.compact import CompactConfig
+from cmce.search.compact_config import CompactConfig
 from cmce.storage.write import append_entries
 
 SMALL = CompactConfig(factory="IVF{nlist},PQ32x4fs", nlist=4, nprobe=4, rerank=64, train_per_list=16)

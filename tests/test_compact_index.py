@@ -9,15 +9,10 @@ import pytest
 
 from cmce.errors import CmceError, GalleryError
 from cmce.search import compact
-from cmce.search.compact import (
-    COMPACT_FROM,
-    CompactConfig,
-    CompactIndex,
-    VectorFileWriter,
-    choose_index_kind,
-    compact_nlist,
-    open_vector_file,
-)
+from cmce.search.base import VectorSearch
+from cmce.search.compact import COMPACT_FROM, CompactIndex, choose_index_kind
+from cmce.search.compact_config import CompactConfig, compact_nlist
+from cmce.search.vector_file import VectorFileWriter, open_vector_file
 
 DIM = 128
 N = 10_000
@@ -70,6 +65,7 @@ def test_vector_file_round_trip(built):
     assert np.abs(norms - 1).max() < 1e-3
     assert len(index) == N and index.dim == DIM
     assert index.nlist == compact_nlist(N)
+    assert isinstance(index, VectorSearch) and 0 < index.memory_bytes() < N * DIM  # well under 1 B/dim
 
 
 def test_recall_and_exact_scores(built):

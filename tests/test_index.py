@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cmce.errors import CmceError, GalleryError
-from cmce.search.index import SearchHit, SearchResult, VectorIndex
+from cmce.search.base import SearchHit, SearchResult, VectorSearch
+from cmce.search.index import VectorIndex
 
 N, D, Q, K = 5_000, 64, 40, 10
 
@@ -52,6 +53,14 @@ def indexes(data):
         index.add(gallery)
         built[kind] = index
     return built
+
+
+def test_vector_index_is_a_vector_search(indexes):
+    """The one interface: dim, len, search, memory_bytes, save/load (and nothing archive-specific)."""
+    for index in indexes.values():
+        assert isinstance(index, VectorSearch)
+        assert (index.dim, len(index)) == (D, N)
+        assert index.memory_bytes() == index.vectors.nbytes == N * D * 4  # what an archive reports
 
 
 # --------------------------------------------------------------------------- #
@@ -317,9 +326,9 @@ def test_concurrent_searches_and_adds():
 @pytest.fixture()
 def small_shards(monkeypatch):
     """Float16 shards of 1,500 rows, so 5k vectors make 4 shards scanned in parallel."""
-    from cmce.search import index as cmce_index
+    from cmce.search import scan
 
-    monkeypatch.setattr(cmce_index, "SCAN_SHARD_ROWS", 1_500)
+    monkeypatch.setattr(scan, "SCAN_SHARD_ROWS", 1_500)
 
 
 @pytest.mark.parametrize("num_queries", [1, 5, 200])
@@ -328,7 +337,7 @@ def test_float16_scan_equals_brute_force(data, small_shards, num_queries):
     index = VectorIndex(D, kind="flat", scan_from=1_000)
     for chunk in np.array_split(gallery, 7):  # adds that cross shard boundaries
         index.add(chunk)
-    assert index._scan is not None and index._scan.count == N and len(index._scan._shards) == 4
+    assert index._scan is not None and index._scan.count == N and index.scan_shards == 4
     queries = _unit(np.random.default_rng(10 + num_queries), num_queries)
     result = index.search(queries, k=K)
     positions, scores = _brute_force(queries, gallery, K)

@@ -140,7 +140,7 @@ def test_archive_index_built_with_ray_tasks_equals_in_process(cluster, in_proces
     """Re-projection as one Ray task per shard and the compact index built in a Ray task give
     the same derived files and answers as the in-process build."""
     from cmce.gallery.archive import ArchiveGallery, build_archive_index
-    from cmce.search.compact import CompactConfig
+    from cmce.search.compact_config import CompactConfig
 
     config = CompactConfig(factory="IVF{nlist},PQ32x4fs", nlist=4, nprobe=4, rerank=64, train_per_list=16)
     folders = {}

@@ -62,8 +62,11 @@ from cmce.method.answers import (
     unknown_note,
 )
 from cmce.method.bundle import Bundle
-from cmce.search.compact import COMPACT_FROM, CompactConfig, CompactIndex, VectorFileWriter
+from cmce.search.base import VectorSearch
+from cmce.search.compact import COMPACT_FROM, CompactIndex
+from cmce.search.compact_config import CompactConfig
 from cmce.search.index import VectorIndex
+from cmce.search.vector_file import VectorFileWriter
 from cmce.storage.manifest import MANIFEST, locked, require_manifest, shards_signature, swap_in, write_manifest
 from cmce.storage.records import BackboneRecord
 from cmce.storage.shards import join_embedding_pieces, read_shard, require_pyarrow
@@ -406,7 +409,7 @@ class ArchiveGallery:
     Open with :meth:`open`. Searches are thread-safe; the object is read-only.
     """
 
-    def __init__(self, folder: Path, bundle: Bundle, meta: dict, index: VectorIndex | CompactIndex) -> None:
+    def __init__(self, folder: Path, bundle: Bundle, meta: dict, index: VectorSearch) -> None:
         self.folder = folder
         self.bundle = bundle
         self.meta = meta
@@ -454,6 +457,7 @@ class ArchiveGallery:
         except (OSError, json.JSONDecodeError) as e:
             raise GalleryError(f"{derived}: unreadable {_META} ({e}); {hint}") from e
         meta["path"] = info["path"]
+        index: VectorSearch
         if meta.get("index") == "compact":
             index = CompactIndex.load(derived / "compact")
         else:
@@ -582,6 +586,5 @@ class ArchiveGallery:
 
     def memory_bytes(self) -> int:
         """Bytes held in RAM for searching: the index's in-memory part, quality scores, masks."""
-        index = self.index.memory_bytes() if isinstance(self.index, CompactIndex) else self.index.vectors.nbytes
-        return int(index + self.quality.nbytes + self.active.nbytes + self._doubt.doubtful.nbytes)
+        return int(self.index.memory_bytes() + self.quality.nbytes + self.active.nbytes + self._doubt.doubtful.nbytes)
 
