@@ -18,7 +18,7 @@ Three folders:
 * ``queries/``: query photos (the person is named by the file name).
 
 Which query shows what, per bundle, is in ``assets/examples/examples.json``;
-``scripts/check_examples.py`` prints every column's answer for every example.
+``tests/harness/check_examples.py`` prints every column's answer for every example.
 
 Usage::
 

@@ -150,7 +150,7 @@ TIGHT_CROP_PEOPLE = ["Aaron_Peirsol", "Abel_Pacheco", "Ahmed_Chalabi", "Alejandr
 
 
 def tight_crops(img, face) -> dict:
-    """Tight crops of a photo's face, as ``scripts/bench_crops.py`` cuts them (issue 22).
+    """Tight crops of a photo's face, as ``benchmarks/bench_crops.py`` cuts them (issue 22).
 
     Returns:
         ``box`` (the MTCNN box), ``in10`` (10% inside it) and ``face`` (the face alone, from

@@ -1,4 +1,4 @@
-"""kill -9 of ``cmce index`` and ``cmce upgrade`` (scripts/crash_test.py at a small size).
+"""kill -9 of ``cmce index`` and ``cmce upgrade`` (tests/harness/crash_test.py at a small size).
 
 Each trial kills the command at a seeded random moment up to 0.1 s after it first writes
 into the gallery folder; the gallery must then load, hold exactly the old or the new
@@ -18,7 +18,7 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-_spec = importlib.util.spec_from_file_location("crash_test", ROOT / "scripts" / "crash_test.py")
+_spec = importlib.util.spec_from_file_location("crash_test", ROOT / "tests" / "harness" / "crash_test.py")
 crash_test = importlib.util.module_from_spec(_spec)
 sys.modules["crash_test"] = crash_test
 _spec.loader.exec_module(crash_test)

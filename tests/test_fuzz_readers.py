@@ -1,4 +1,4 @@
-"""A short run of scripts/fuzz_readers.py (the full run: 10,000+ cases, figures in the README).
+"""A short run of tests/harness/fuzz_readers.py (the full run: 10,000+ cases, figures in the README).
 
 Every mutated JPEG, PNG, GIF, TIFF, WebP, BMP, zip and tar seed must end in a decoded image,
 an extraction, or an ImageError/LimitError/ArchiveError naming the file; never another
@@ -16,7 +16,7 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-_spec = importlib.util.spec_from_file_location("fuzz_readers", ROOT / "scripts" / "fuzz_readers.py")
+_spec = importlib.util.spec_from_file_location("fuzz_readers", ROOT / "tests" / "harness" / "fuzz_readers.py")
 fuzz_readers = importlib.util.module_from_spec(_spec)
 sys.modules["fuzz_readers"] = fuzz_readers
 _spec.loader.exec_module(fuzz_readers)

@@ -1,4 +1,4 @@
-"""Eight gradio_client sessions at once (scripts/load_test.py at a small size), session
+"""Eight gradio_client sessions at once (tests/harness/load_test.py at a small size), session
 clean-up, and a corrupt bundle that leaves the current one in use.
 
 The load test runs against ``app_server`` (conftest). Session expiry and local bundle
@@ -23,7 +23,7 @@ from gradio_client import Client, handle_file
 
 pytestmark = pytest.mark.e2e
 
-_spec = importlib.util.spec_from_file_location("load_test", ROOT / "scripts" / "load_test.py")
+_spec = importlib.util.spec_from_file_location("load_test", ROOT / "tests" / "harness" / "load_test.py")
 load_test = importlib.util.module_from_spec(_spec)
 sys.modules["load_test"] = load_test  # dataclasses look their module up by name
 _spec.loader.exec_module(load_test)
@@ -87,7 +87,7 @@ def test_eight_sessions_at_once(app_server, lfw_dir):
 
 
 def test_short_soak(app_server, lfw_dir):
-    """scripts/load_test.py --soak at a small size: 6 clients for 30 s, each cycling sessions that index,
+    """tests/harness/load_test.py --soak at a small size: 6 clients for 30 s, each cycling sessions that index,
     search, switch the bundle and close. No errors, no foreign matches; every session folder is gone
     afterwards. (The 10-minute, 32-client soak and its memory and disk figures are in the README.)"""
     tmp = app_server["tmp"]

@@ -9,7 +9,7 @@ fills with the image's border pixels blurred and fading to grey. The backbones e
 such a face as the mean of both crops (``Backbone.align_views``) when the face is the
 photo (``face_fills_image``: its box covers a quarter of the image or more); no single
 fill beat black, but the two fills err in different directions
-(``scripts/bench_crops.py``). A face cut by the frame of a larger photo keeps the black
+(``benchmarks/bench_crops.py``). A face cut by the frame of a larger photo keeps the black
 fill alone. Detection lives one floor up (``cmce.faces.detector``).
 """
 
@@ -53,7 +53,7 @@ FILLS_IMAGE_SHARE = 0.25
 badge, a tight crop): only such faces get the second, extended-fill view where their
 template leaves the image. A face cut by the frame of a larger photo (a bystander) keeps
 the black fill alone: its second view cost about a tenth of the indexing time on ordinary
-photos (``scripts/bench_add_images.py``)."""
+photos (``benchmarks/bench_add_images.py``)."""
 
 EDGE_VERSION = "edge-v1"
 """Version of the treatment of faces at the image's edge (refined landmarks, extended fill).

@@ -44,7 +44,7 @@ Masks and threshold (as :meth:`cmce.search.index.VectorIndex.search`):
 
 Measured figures: see the constants below and in :mod:`cmce.search.compact_config`,
 and ``docs/bench-compact-index.json``
-(``scripts/bench_compact_index.py``).
+(``benchmarks/bench_compact_index.py``).
 
 Persistence:
     :meth:`CompactIndex.save` writes a folder with ``index.faiss`` (the compressed

@@ -57,7 +57,7 @@ The between-identity covariance of the sface embeddings of lfw-train has a
 participation ratio of about 94 dimensions out of 128, and an IVF with 64 lists
 and exact distances finds only 0.937 of the true top-10 with half of its lists
 probed, on the real 9,523 vectors as on synthetic ones drawn from their statistics
-(``scripts/bench_compact_index.py --realism-only``). A query's top-10 are its
+(``benchmarks/bench_compact_index.py --realism-only``). A query's top-10 are its
 identity's few other photos plus impostors barely above the crowd, which are
 spread over many lists.
 """

@@ -33,7 +33,7 @@ Kinds (the faiss index behind the searches, see :attr:`VectorIndex.backend`):
       switches back). The default threshold is 2M: on 2 CPU cores exact search
       over 1M 128-d vectors took 21.8 ms single-threaded while HNSW needed
       efSearch 12,288 (138 ms) to reach recall@10 0.99 on random unit vectors
-      (``scripts/bench_search.py``), so exact search wins up to there.
+      (``benchmarks/bench_search.py``), so exact search wins up to there.
 
 Exact search of large galleries (float16 scan, exact rescoring):
     From :data:`~cmce.search.scan.SCAN_FROM` positions, exact searches of a few

@@ -18,7 +18,7 @@ scan, which then returns proportionally more rows (a selector would slow the
 SIMD scan down); sparser masks go into the scan as a bitmap.
 
 On 2 shared CPU cores, one query over 1M x 128: float32 scan 22-24 ms, float16
-scan 11 ms on one thread and 7.7 ms on two (``scripts/bench_search.py``).
+scan 11 ms on one thread and 7.7 ms on two (``benchmarks/bench_search.py``).
 The float16 copy costs 2 bytes per dimension per entry (256 MB per million
 128-d vectors) and is rebuilt from the vectors on load, so files do not change.
 """

@@ -32,7 +32,7 @@ TORCH_THREADS = 1
 
 One, because torch's OpenMP threads wait on each other whenever a core is busy with
 anything else: with one other busy core, MTCNN took 27 ms per photo with one thread and
-75 ms with two, facenet-casia 33 vs 53 ms per face (``scripts/bench_threads.py``; on a
+75 ms with two, facenet-casia 33 vs 53 ms per face (``benchmarks/bench_threads.py``; on a
 quiet machine two threads were 1.6-2x faster). A server answering several users is
 never quiet; one thread per request uses the cores without that waiting. On a
 dedicated machine set ``CMCE_TORCH_THREADS`` to the number of cores.
@@ -93,7 +93,7 @@ def configure_opencv_threads(threads: int | None = None) -> int:
     OpenCV uses every core by default. Two indexing processes on two cores then run
     four OpenCV threads, the oversubscription that makes cmce run one torch thread. On
     this shared machine the gain of one OpenCV thread did not stand out of the noise
-    (``scripts/bench_indexing_throughput.py``, variants ``cv1``), so the default stays
+    (``benchmarks/bench_indexing_throughput.py``, variants ``cv1``), so the default stays
     OpenCV's own; ``CMCE_OPENCV_THREADS`` sets it.
 
     Args:

@@ -56,7 +56,7 @@ class _InceptionResnet(Backbone):
 
     Batch norms are folded into their convolutions and the network runs channels-last,
     1.3x faster on the CPU than facenet-pytorch's module as it is (``fold_batchnorm``;
-    ``scripts/bench_add_images.py``).
+    ``benchmarks/bench_add_images.py``).
     """
 
     def __init__(self, spec, device=None, batch_size=64):

@@ -5,7 +5,7 @@ The float32 PyTorch network is exported to ONNX once, then quantised statically
 face photos shipped in ``assets/examples`` (and their mirror images) as calibration
 data, and cached next to the converted weights. On this machine's AVX-512 VNNI cores
 it is about 5x faster than the float32 network at 1 thread; its embeddings keep a
-cosine of about 0.999 to the float32 ones (``scripts/bench_indexing_throughput.py``
+cosine of about 0.999 to the float32 ones (``benchmarks/bench_indexing_throughput.py``
 and the README's accuracy check). The backbone's ``cache_id`` changes with it, so the
 embedding cache never mixes the two.
 

@@ -16,7 +16,7 @@ MTCNN's exact int32 crop table is in every variant (it changes no face; its own 
 is in the README).
 
 Usage:
-    python scripts/bench_indexing_throughput.py ../shared/data/lfw-train --n 128
+    python benchmarks/bench_indexing_throughput.py ../shared/data/lfw-train --n 128
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Run it from two checkouts (the commit before a change and after it), alternating
 same quiet machine, and compare medians:
 
     for i in 1 2 3; do for w in ../before .; do (cd $w && CMCE_TORCH_THREADS=1 \\
-        python /path/to/scripts/bench_add_images.py); done; done
+        python /path/to/benchmarks/bench_add_images.py); done; done
 
 It imports ``cmce`` from the current folder and serves the bundle of this checkout
 (``assets/bundles/sface-query`` by default; ``--bundle`` to choose).

@@ -6,7 +6,7 @@ example query and prints each column's answer: ✓ right, ✗ wrong, ? unknown.
 
 Usage::
 
-    python scripts/check_examples.py [--bundle assets/bundles/facenet-query ...] [--examples DIR]
+    python tests/harness/check_examples.py [--bundle assets/bundles/facenet-query ...] [--examples DIR]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 

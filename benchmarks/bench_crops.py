@@ -23,7 +23,7 @@ The full photos are embedded both ways too; the script reports how many subject 
 differ (those whose template reaches past the photo, about 1% of LFW for facenet).
 
 Usage:
-    CMCE_TORCH_THREADS=1 PYTHONPATH=. python scripts/bench_crops.py 80 --json /tmp/crops.json
+    CMCE_TORCH_THREADS=1 PYTHONPATH=. python benchmarks/bench_crops.py 80 --json /tmp/crops.json
 """
 
 from __future__ import annotations

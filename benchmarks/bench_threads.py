@@ -7,20 +7,19 @@ MTCNN per LFW photo and the torch backbones per face (batch 16) with 1 and 2 thr
 first on a quiet machine, then while a second process keeps one core busy.
 
 Usage:
-    PYTHONPATH=. python scripts/bench_threads.py ../shared/data/lfw-train
+    PYTHONPATH=. python benchmarks/bench_threads.py ../shared/data/lfw-train
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import statistics
 import time
 
 import numpy as np
 import torch
+from _harness import median_ms
 
-from cmce.experiments.bench import timings_ms
 from cmce.faces.detector import FaceDetector
 from cmce.faces.geometry import pick_subject
 from cmce.io.datasets import list_labelled_images
@@ -31,10 +30,6 @@ from cmce.models.backbones import create_backbone
 def _spin(stop) -> None:
     while not stop.is_set():
         pass
-
-
-def _median_ms(fn, repeat: int = 5) -> float:
-    return statistics.median(timings_ms(fn, repeat, warmup=0))
 
 
 def main() -> None:
@@ -53,8 +48,8 @@ def main() -> None:
         cells = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            mtcnn = _median_ms(lambda: [detector.detect(img) for img in images[:4]]) / 4
-            nets = {m: _median_ms(lambda bb=bb, m=m: bb.embed(crops[m]), 3) / len(crops[m]) for m, bb in models.items()}
+            mtcnn = median_ms(lambda: [detector.detect(img) for img in images[:4]], 5) / 4
+            nets = {m: median_ms(lambda bb=bb, m=m: bb.embed(crops[m]), 3) / len(crops[m]) for m, bb in models.items()}
             cells.append(f"{threads} thread(s): MTCNN {mtcnn:.1f} ms/photo, "
                          + ", ".join(f"{m} {v:.1f} ms/face" for m, v in nets.items()))
         print(f"{label:>14}: " + " | ".join(cells), flush=True)

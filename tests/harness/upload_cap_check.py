@@ -5,7 +5,7 @@ chunks, stops sending as soon as the server answers or closes, and prints the HT
 status, the server's message, how many MiB were sent and the seconds it took; with
 ``--watch`` (the app's GRADIO_TEMP_DIR), how many bytes were left on the server's disk::
 
-    python scripts/upload_cap_check.py --url http://127.0.0.1:7860/ --mb 286 --watch $GRADIO_TEMP_DIR
+    python tests/harness/upload_cap_check.py --url http://127.0.0.1:7860/ --mb 286 --watch $GRADIO_TEMP_DIR
 """
 
 from __future__ import annotations

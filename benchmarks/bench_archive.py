@@ -18,7 +18,7 @@ Then, with the default bundle:
     checks recall@10 against exact search over the same stored vectors and mask.
 
 Usage (from the repo root):
-    python scripts/bench_archive.py ../shared/data/lfw-train --entries 2000000 --json docs/bench-archive.json
+    python benchmarks/bench_archive.py ../shared/data/lfw-train --entries 2000000 --json docs/bench-archive.json
 """
 
 from __future__ import annotations

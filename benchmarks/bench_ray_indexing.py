@@ -3,12 +3,12 @@
 The same fixed photos (the first N of lfw-train in listing order, linked into a temporary
 folder) are indexed into a fresh gallery by each runner, ``--repeat`` times; the script
 prints each run, the median faces/s per runner and the ratios to the in-process runner,
-with the machine's load (``uptime``) before and after. Ray runs on a local cluster of
+with the machine's load (``_harness.machine``) before and after. Ray runs on a local cluster of
 ``--cpus`` CPUs started once (not timed); a Ray job's time includes starting its actors
 and loading their models, the in-process time is shown with and without loading the
 engine. Derived data (the search index) is not built: only the raw shards are timed.
 
-    CMCE_TORCH_THREADS=1 PYTHONPATH=. python scripts/bench_ray_indexing.py --photos 500
+    CMCE_TORCH_THREADS=1 PYTHONPATH=. python benchmarks/bench_ray_indexing.py --photos 500
 """
 
 from __future__ import annotations
@@ -16,19 +16,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _harness import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DEFAULT_LFW = ROOT.parent / "shared" / "data" / "lfw-train"
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def link_photos(lfw: Path, n: int, dest: Path) -> int:
@@ -57,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from cmce.method.engine import FaceEngine
     from cmce.pipeline import IndexJob, run_in_process, run_ray
 
-    print(f"load before: {uptime()}", flush=True)
+    print(f"load before: {machine()}", flush=True)
     runs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="cmce-bench-ray-") as tmp:
         tmp = Path(tmp)
@@ -76,13 +73,13 @@ def main(argv: list[str] | None = None) -> int:
                 runs.setdefault("in-process", []).append(rep.added / rep.seconds)
                 print(f"in-process   run {r}: {rep.added} faces in {rep.seconds:.1f} s = {rep.added / rep.seconds:.2f} "
                       f"faces/s ({rep.added / (rep.seconds + load_s):.2f} with the {load_s:.1f} s engine load) | "
-                      f"{uptime()}", flush=True)
+                      f"{machine()}", flush=True)
                 for w in args.workers:
                     job = IndexJob(str(tmp / "photos"), str(tmp / f"ray{w}-{r}"), batch_size=args.batch_size)
                     rep = run_ray(job, workers=w)
                     runs.setdefault(f"ray x{w}", []).append(rep.added / rep.seconds)
                     print(f"ray {w} worker{'s' if w > 1 else ' '} run {r}: {rep.added} faces in {rep.seconds:.1f} s "
-                          f"(actor start and model load included) = {rep.added / rep.seconds:.2f} faces/s | {uptime()}",
+                          f"(actor start and model load included) = {rep.added / rep.seconds:.2f} faces/s | {machine()}",
                           flush=True)
         finally:
             ray.shutdown()
@@ -91,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in runs.items():
         med = statistics.median(values)
         print(f"  {name:<11} {med:6.2f}  x{med / base:.2f}  ({len(values)} run{'s' if len(values) > 1 else ''})")
-    print(f"load after: {uptime()}")
+    print(f"load after: {machine()}")
     return 0
 
 

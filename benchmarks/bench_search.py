@@ -12,8 +12,8 @@ Random unit vectors have no cluster structure, the hardest case for approximate
 search; real face embeddings reach the same recall with a smaller ``efSearch``.
 
 Usage:
-    PYTHONPATH=. python scripts/bench_search.py            # N = 1k, 100k, 1M (minutes)
-    PYTHONPATH=. python scripts/bench_search.py --sizes 1000 100000 --queries 100
+    PYTHONPATH=. python benchmarks/bench_search.py            # N = 1k, 100k, 1M (minutes)
+    PYTHONPATH=. python benchmarks/bench_search.py --sizes 1000 100000 --queries 100
 """
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
+from _harness import median_ms
 
-from cmce.experiments.bench import timings_ms
 from cmce.search.flat import BLAS_QUERIES_PER_THREAD
 from cmce.search.hnsw import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M
 from cmce.search.index import SEARCH_THREADS, VectorIndex
@@ -61,10 +60,6 @@ def single_query_latency(index: VectorIndex, queries: np.ndarray, k: int):
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean fraction of the exact top-k found."""
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
-
-
-def median_ms(fn, repeats: int) -> float:
-    return statistics.median(timings_ms(fn, repeats, warmup=0))
 
 
 def main() -> None:

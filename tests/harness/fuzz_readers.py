@@ -18,7 +18,7 @@ peak memory grows past the pixel budget. Cases run in a worker process so a hang
 crash in C code is caught too. Pure Python, seeded: the same ``--seed`` gives the same
 cases::
 
-    PYTHONPATH=. python scripts/fuzz_readers.py --cases 10000 --seed 0
+    PYTHONPATH=. python tests/harness/fuzz_readers.py --cases 10000 --seed 0
 
 Prints counts per seed kind and outcome, and every finding with the seed and case
 number that reproduce it (``--replay N``). Exits 1 on any finding.
@@ -346,7 +346,7 @@ class _Worker:
     """``python fuzz_readers.py --worker SEED`` as a child process, killed on a hang."""
 
     def __init__(self, seed: int):
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", "--seed", str(seed)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

@@ -8,9 +8,9 @@ alone so the bottleneck is visible. One JSON line per figure is also written to
 ``--json``.
 
 Usage (one short run; about 2 minutes on a GPU machine, longer on CPU):
-    PYTHONPATH=. python scripts/bench_gpu_indexing.py ../shared/data/lfw-train \\
+    PYTHONPATH=. python benchmarks/bench_gpu_indexing.py ../shared/data/lfw-train \\
         --images 2000 --json gpu_indexing.json
-    PYTHONPATH=. python scripts/bench_gpu_indexing.py ../shared/data/lfw-train --device cpu --images 64
+    PYTHONPATH=. python benchmarks/bench_gpu_indexing.py ../shared/data/lfw-train --device cpu --images 64
 
 Throughput depends on the CPU side as much as on the GPU: dlib-resnet34 and sface
 run on CPU threads whatever the device.

@@ -20,8 +20,8 @@ fresh subprocess loads it (RSS measured before/after), checks recall and times s
 queries on one thread: plain, with the 10% rejection mask, and with a threshold.
 
 Usage (from the repo root):
-    python scripts/bench_compact_index.py --n 1000000 --configs ivfpq,opq,fastscan,ivfpq48
-    python scripts/bench_compact_index.py --n 10000000 --configs ivfpq --json docs/bench-compact-index.json
+    python benchmarks/bench_compact_index.py --n 1000000 --configs ivfpq,opq,fastscan,ivfpq48
+    python benchmarks/bench_compact_index.py --n 10000000 --configs ivfpq --json docs/bench-compact-index.json
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ milliseconds), which is where a torn write could happen.
 the new state and leave no stray temporary file (the next write replaces or removes what
 a killed one left).
 
-    CMCE_TORCH_THREADS=1 PYTHONPATH=. python scripts/crash_test.py --trials 20 --seed 0
+    CMCE_TORCH_THREADS=1 PYTHONPATH=. python tests/harness/crash_test.py --trials 20 --seed 0
 
 Prints each trial and the counts per operation; exits 1 on any mix or failure.
 """
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_LFW = ROOT.parent / "shared" / "data" / "lfw-train"
 OLD_BUNDLE = ROOT / "assets" / "bundles" / "facenet-dlib"
 NEW_BUNDLE = ROOT / "assets" / "bundles" / "sface-query"

@@ -9,7 +9,7 @@ unlabelled face of one of its own files is fine).
 Loopback only (127.0.0.0/8, localhost, ::1), bounded in clients, images and time::
 
     python app.py &
-    python scripts/load_test.py --clients 8 --pid $(pgrep -n -f app.py)
+    python tests/harness/load_test.py --clients 8 --pid $(pgrep -n -f app.py)
 
 Prints requests, errors, isolation violations, latency percentiles per endpoint and,
 with ``--pid``, the server's resident memory before and after. Exits 1 on any error or
@@ -21,7 +21,7 @@ searches it, switches the bundle (every other cycle) and searches again, then cl
 the session. With ``--pid`` and ``--watch DIR`` (the app's temporary folders) the server's
 memory and the disk use of those folders are sampled over time::
 
-    python scripts/load_test.py --soak 600 --clients 32 --pid PID --watch /tmp --watch GRADIO_TEMP_DIR
+    python tests/harness/load_test.py --soak 600 --clients 32 --pid PID --watch /tmp --watch GRADIO_TEMP_DIR
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_URL = "http://127.0.0.1:7860/"
-DEFAULT_LFW = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lfw-train"
+DEFAULT_LFW = Path(__file__).resolve().parents[3] / "shared" / "data" / "lfw-train"
 MAX_CLIENTS = 32
 MAX_IMAGES_PER_CLIENT = 40
 MAX_SEARCHES_PER_CLIENT = 50
