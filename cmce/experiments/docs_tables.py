@@ -1,0 +1,60 @@
+"""Tables of the docs pages, rendered from the evaluation JSON they come from.
+
+A page marks each generated table with where it comes from::
+
+    <!-- table: rows eval-sface-query.json -->
+    | row | kind | ... |
+    <!-- /table -->
+
+``render_page`` replaces everything between the two markers with the table rendered from
+that JSON file (a path relative to the page) by the renderer named first (``TABLES``),
+the same renderers the model cards use. ``scripts/render_docs.py`` rewrites the pages;
+``tests/test_docs.py`` fails when a committed page differs from its render, so a figure
+in a table can no longer drift from the JSON it was measured into.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from cmce.errors import CmceError
+from cmce.method.card import render_rejection_tables, render_table, render_upgrade_table
+
+__all__ = ["TABLES", "render_page", "stale_pages"]
+
+#: Renderer name -> (the evaluation JSON -> the Markdown table, ending in a newline).
+TABLES: dict[str, Callable[[dict], str]] = {
+    "rows": lambda d: render_table(d["rows"]),
+    "upgrade": lambda d: render_upgrade_table(d["upgrade"]),
+    "rejection": render_rejection_tables,
+}
+
+_BLOCK = re.compile(r"(<!-- table: (?P<kind>\S+) (?P<src>\S+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def render_page(text: str, folder: Path) -> str:
+    """``text`` (a Markdown page in ``folder``) with every marked table rendered anew.
+
+    Raises:
+        CmceError: an unknown renderer name or a missing JSON file, naming the valid ones.
+    """
+    cache: dict[Path, dict] = {}
+
+    def block(m: re.Match) -> str:
+        kind, src = m["kind"], folder / m["src"]
+        if kind not in TABLES:
+            raise CmceError(f"unknown table {kind!r} in a docs page; valid: {', '.join(TABLES)}")
+        if not src.is_file():
+            raise CmceError(f"table {kind!r} reads {src}, which does not exist")
+        data = cache.setdefault(src, json.loads(src.read_text()))
+        return m.group(1) + TABLES[kind](data) + m.group(5)
+
+    return _BLOCK.sub(block, text)
+
+
+def stale_pages(pages: Iterable[Path]) -> list[Path]:
+    """The pages whose committed text differs from their render."""
+    return [p for p in pages if render_page(p.read_text(), p.parent) != p.read_text()]

@@ -1,0 +1,39 @@
+"""The docs pages' generated tables equal their render from the JSON they come from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cmce.errors import CmceError
+from cmce.experiments.docs_tables import render_page, stale_pages
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_every_page_equals_its_render() -> None:
+    stale = [str(p.relative_to(ROOT)) for p in stale_pages(PAGES)]
+    assert not stale, f"re-render with `python scripts/render_docs.py`: {stale}"
+
+
+def test_the_pages_hold_generated_tables() -> None:
+    marked = sum(p.read_text().count("<!-- table: ") for p in PAGES)
+    assert marked >= 3
+
+
+def test_a_figure_edited_by_hand_is_caught() -> None:
+    page = ROOT / "docs" / "upgrades.md"
+    text = page.read_text()
+    start = text.index("<!-- table: upgrade")
+    line = text.index("| no_backfill", start)
+    tampered = text[:line] + text[line:].replace("| 0.0391 |", "| 0.065 |", 1)
+    assert tampered != text
+    assert render_page(tampered, page.parent) == text
+
+
+def test_unknown_table_is_named(tmp_path) -> None:
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(CmceError, match="unknown table 'nope'.*valid: rows, upgrade, rejection"):
+        render_page("<!-- table: nope x.json -->\n<!-- /table -->\n", tmp_path)
