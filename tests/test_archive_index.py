@@ -12,9 +12,11 @@ import pytest
 from conftest import lfw_people
 
 from cmce.errors import CmceError, GalleryError
-from cmce.gallery.archive import ArchiveGallery, build_archive_index
-from cmce.gallery.memory import FaceEngine, Gallery
+from cmce.gallery.archive import ArchiveGallery
+from cmce.gallery.archive_build import build_archive_index
+from cmce.gallery.memory import Gallery
 from cmce.method.bundle import load_bundle
+from cmce.method.engine import FaceEngine
 from cmce.search.compact_config import CompactConfig
 from cmce.storage.write import append_entries
 
