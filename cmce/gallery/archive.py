@@ -217,19 +217,7 @@ class ArchiveGallery:
         Raises:
             CmceError: another view, or a mask or ``query_probability`` of the wrong shape.
         """
-        if view not in self.view_names:
-            raise CmceError(f"view must be one of {self.view_names}, got {view!r}")
-        q = np.atleast_2d(np.asarray(queries, np.float32))
-        if rejected is None:
-            rejected = np.zeros(len(self), bool)
-        else:
-            rejected = np.asarray(rejected)
-            if rejected.dtype != np.bool_ or rejected.shape != (len(self),):
-                raise CmceError(
-                    f"rejected must be a bool array of shape ({len(self)},), got {rejected.dtype} {rejected.shape}")
-        prob = np.ones(len(q)) if query_probability is None else np.asarray(query_probability, np.float64)
-        if prob.shape != (len(q),):
-            raise CmceError(f"query_probability must be ({len(q)},), got {prob.shape}")
+        q, rejected, prob = self._search_inputs(queries, view, rejected, query_probability)
         # the best hits over every active entry decide the answer (a rejected best match blocks);
         # the matches shown leave rejected entries out: searched again where a hit is rejected
         cal = self.bundle.calibration
@@ -271,6 +259,24 @@ class ArchiveGallery:
                 j += 1
             out.append(ViewResult("ensemble", tuple(matches), self._threshold, answer.unknown, answer))
         return out
+
+    def _search_inputs(self, queries: np.ndarray, view: str, rejected: np.ndarray | None,
+                       query_probability: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``search_vectors``' inputs checked: (Q, Dq) float32 queries, (N,) bool mask, (Q,) probabilities."""
+        if view not in self.view_names:
+            raise CmceError(f"view must be one of {self.view_names}, got {view!r}")
+        q = np.atleast_2d(np.asarray(queries, np.float32))
+        if rejected is None:
+            rejected = np.zeros(len(self), bool)
+        else:
+            rejected = np.asarray(rejected)
+            if rejected.dtype != np.bool_ or rejected.shape != (len(self),):
+                raise CmceError(
+                    f"rejected must be a bool array of shape ({len(self)},), got {rejected.dtype} {rejected.shape}")
+        prob = np.ones(len(q)) if query_probability is None else np.asarray(query_probability, np.float64)
+        if prob.shape != (len(q),):
+            raise CmceError(f"query_probability must be ({len(q)},), got {prob.shape}")
+        return q, rejected, prob
 
     def search_vector(self, query: np.ndarray, *, k: int = 5, rejected: np.ndarray | None = None,
                       query_probability: float = 1.0, answer_rule: str | None = None,

@@ -68,6 +68,7 @@ class Gallery:
     The raw embeddings of every backbone are kept (keyed by name and weights
     checksum), so the gallery can be re-fused for another bundle, grown and pruned
     without re-reading a photo; fused vectors and indexes are derived from them.
+    It is searched like every gallery (``searchable.SearchableGallery``).
 
     Args:
         engine: the shared models.
