@@ -35,7 +35,10 @@ import gradio as gr
 import numpy as np
 
 from cmce.errors import CmceError, LimitError
-from cmce.gallery.memory import FaceEngine, Gallery, GalleryLimits, bundle_keys
+from cmce.gallery.ingest import GalleryLimits
+from cmce.gallery.memory import Gallery
+from cmce.gallery.persistence import bundle_keys
+from cmce.method.engine import FaceEngine
 from cmce.io.images import format_bytes, load_image
 from cmce.io.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes
 from cmce.io.uploads import collect_uploads, query_label

@@ -17,8 +17,9 @@ import time
 
 sys.path.insert(0, os.getcwd())
 os.environ.setdefault("CMCE_CACHE_DIR", "/tmp/bench-cache-" + os.path.basename(os.getcwd()))
-from cmce.gallery.memory import FaceEngine, Gallery  # noqa: E402
+from cmce.gallery.memory import Gallery
 from cmce.method.bundle import load_bundle  # noqa: E402
+from cmce.method.engine import FaceEngine  # noqa: E402
 
 DATA = os.environ.get("CMCE_LFW_DIR", os.path.join(os.getcwd(), "..", "shared", "data", "lfw-train"))
 paths = sorted(glob.glob(os.path.join(DATA, "*", "*_0001.jpg")))[::40][:96]

@@ -189,7 +189,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from cmce.gallery.archive import build_archive_index
+    from cmce.gallery.archive_build import build_archive_index
     from cmce.method.bundle import load_bundle
 
     root = Path(tempfile.mkdtemp(prefix="cmce-bench-archive-", dir=args.workdir))

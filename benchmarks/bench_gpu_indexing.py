@@ -31,10 +31,12 @@ import torch
 
 from cmce.faces.detector import FaceDetector
 from cmce.faces.geometry import pick_subject
-from cmce.gallery.memory import FaceEngine, Gallery, GalleryLimits
+from cmce.gallery.ingest import GalleryLimits
+from cmce.gallery.memory import Gallery
 from cmce.io.datasets import list_labelled_images
 from cmce.io.images import load_image
 from cmce.method.bundle import load_bundle
+from cmce.method.engine import FaceEngine
 
 logger = logging.getLogger("bench_gpu_indexing")
 

@@ -238,7 +238,13 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
     from cmce.gallery.upgrade import check_index_bundle
     from cmce.method.bundle import load_bundle
-    from cmce.pipeline import IndexJob, MapperConfig, build_derived, run_in_process, run_ray
+    from cmce.pipeline import (
+        IndexJob,
+        MapperConfig,
+        build_derived,
+        run_in_process,
+        run_ray,
+    )
     from cmce.storage.manifest import is_gallery
 
     bundle = load_bundle(args.bundle, revision=args.revision)
@@ -279,7 +285,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_index(args: argparse.Namespace) -> int:
-    from cmce.gallery.archive import build_archive_index
+    from cmce.gallery.archive_build import build_archive_index
     from cmce.method.bundle import load_bundle
     from cmce.search.compact_config import CompactConfig
 
@@ -291,42 +297,29 @@ def _cmd_build_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from cmce.gallery.archive import ARCHIVE_KIND, ArchiveGallery
-    from cmce.gallery.memory import FaceEngine, Gallery
-    from cmce.io.images import load_image
+    from cmce.errors import NoFaceError
+    from cmce.gallery.archive import open_gallery
     from cmce.method.bundle import load_bundle
-    from cmce.storage.manifest import read_manifest
+    from cmce.method.engine import FaceEngine
 
     bundle = load_bundle(args.bundle, revision=args.revision)
     engine = FaceEngine(bundle)
-    archive = None
-    if ((read_manifest(args.gallery_dir) or {}).get("derived") or {}).get("kind") == ARCHIVE_KIND:
-        archive = ArchiveGallery.open(args.gallery_dir, engine.bundle)
-    gallery = None if archive is not None else Gallery.load(args.gallery_dir, engine)
-    note = (archive or gallery).unknown_note(args.unknown_by)  # type: ignore[union-attr]
+    gallery = open_gallery(args.gallery_dir, engine)  # an archive index if built, else in memory
+    note = gallery.unknown_note(args.unknown_by)
     if note:
         logger.warning("%s", note)
     answers = []
     for photo in args.photos:
-        img = load_image(photo, name=str(photo))
-        faces = sorted(engine.detect([img], [str(photo)])[0], key=lambda f: -f.area)
-        if not faces:
+        try:
+            result = gallery.search_image(photo, k=args.k, name=str(photo), unknown_by=args.unknown_by)
+        except NoFaceError:
             logger.warning("%s: no face found", photo)
             answers.append({"photo": str(photo), "error": "no face found"})
             continue
-        q = engine.embed_query_face(img, faces[0])
-        if archive is not None:
-            res = archive.search_vectors(q[None, :], k=args.k, query_probability=[faces[0].probability],
-                                         unknown_by=args.unknown_by)[0]
-            matches = [{"entry_id": m.entry_id, "label": m.label, "source": m.source, "score": m.score,
-                        "uncertainty": m.uncertainty, "quality": m.quality, "doubtful": m.doubtful}
-                       for m in res.matches]
-        else:
-            res = gallery.search_vector(q, k=args.k, query_probability=faces[0].probability,
-                                        unknown_by=args.unknown_by)["ensemble"]
-            matches = [{"entry_id": gallery.entries[m.position].entry_id, "label": m.label, "source": m.source,
-                        "score": m.score, "uncertainty": m.uncertainty, "quality": m.quality, "doubtful": m.doubtful}
-                       for m in res.matches]
+        res = result.views["ensemble"]
+        matches = [{"entry_id": m.entry_id, "label": m.label, "source": m.source, "score": m.score,
+                    "uncertainty": m.uncertainty, "quality": m.quality, "doubtful": m.doubtful}
+                   for m in res.matches]
         answer = res.answer
         answers.append({"photo": str(photo), "unknown": res.unknown, "threshold": res.threshold,
                         "answer_kind": answer.kind, "answer": None if answer.unknown else answer.label,
@@ -357,7 +350,7 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     if args.backfill:
         from tqdm.auto import tqdm
 
-        from cmce.gallery.memory import FaceEngine
+        from cmce.method.engine import FaceEngine
 
         engine = FaceEngine(bundle)
         bar = tqdm(desc="backfilling", unit="entry", disable=args.quiet)

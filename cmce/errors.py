@@ -49,3 +49,7 @@ class GalleryError(CmceError):
 
 class DatasetError(CmceError):
     """A folder-per-identity dataset is missing, empty or malformed."""
+
+
+class NoFaceError(CmceError):
+    """A query photo holds no face to search with (a normal outcome, to be reported)."""

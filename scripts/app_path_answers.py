@@ -33,10 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cmce.errors import CmceError  # noqa: E402
 from cmce.experiments.degrade import DegradeSpec, degrade_image, plan_degradation  # noqa: E402
 from cmce.experiments.train import heldout_subset  # noqa: E402
-from cmce.gallery.memory import FaceEngine, Gallery, GalleryLimits  # noqa: E402
+from cmce.gallery.ingest import GalleryLimits
+from cmce.gallery.memory import Gallery
+from cmce.gallery.searchable import detect_query
 from cmce.io.datasets import list_labelled_images  # noqa: E402
 from cmce.io.images import load_image  # noqa: E402
 from cmce.method.bundle import load_bundle  # noqa: E402
+from cmce.method.engine import FaceEngine  # noqa: E402
 from cmce.models.transform import first_image_protocol  # noqa: E402
 
 
@@ -84,15 +87,15 @@ def main() -> int:
     }
     counts = {name: Counter() for name in variants}
     for i in qi:
-        img = load_image(ds.paths[i])
-        faces = sorted(engine.detect([img])[0], key=lambda f: -f.area)
-        if not faces:
+        photo = detect_query(engine, ds.paths[i], name=Path(ds.paths[i]).name)
+        if not photo.faces:
             for c in counts.values():
                 c["no face in query"] += 1
             continue
-        q = engine.embed_query_face(img, faces[0])  # what Gallery.search_image does
+        face = photo.faces[0]
+        q = engine.embed_query_face(photo.image, face)  # what search_photo does, once for every variant
         for name, kw in variants.items():
-            view = gallery.search_vector(q, k=1, query_probability=faces[0].probability, **kw)["ensemble"]
+            view = gallery.search_vector(q, k=1, query_probability=face.probability, **kw)["ensemble"]
             counts[name][outcome(view, labels[i])] += 1
     print(f"{Path(a.bundle).name}, gallery {a.gallery_degrade or 'clean'}: {report.summary()}; "
           f"{int(gallery.doubt().doubtful.sum())} doubtful, {int(rejected.sum())} rejected if asked; {len(qi)} queries"

@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 from conftest import lfw_people
 
-from cmce.errors import CmceError, GalleryError
-from cmce.gallery.archive import ArchiveGallery, build_archive_index
-from cmce.gallery.memory import FaceEngine, Gallery
+from cmce.errors import CmceError, GalleryError, NoFaceError
+from cmce.gallery.archive import ArchiveGallery, open_gallery
+from cmce.gallery.archive_build import build_archive_index
+from cmce.gallery.memory import Gallery
+from cmce.gallery.results import Match, QueryResult, ViewResult
+from cmce.gallery.searchable import SearchableGallery
 from cmce.method.bundle import load_bundle
+from cmce.method.engine import FaceEngine
 from cmce.search.compact_config import CompactConfig
 from cmce.storage.write import append_entries
 
@@ -112,6 +116,47 @@ def test_archive_blocks_on_a_rejected_best_match(copy, saved, engine):
     assert (want.answer.kind, want.answer.label) == (res.answer.kind, res.answer.label)
     with pytest.raises(CmceError, match="query_probability"):
         archive.search_vectors(queries, query_probability=np.ones(2))
+
+
+def test_both_galleries_answer_through_one_interface(copy, saved, engine, lfw_dir):
+    """An in-memory gallery and its archive are both a ``SearchableGallery``: a photo query
+    (one shared detect + embed path) and a vector query give the same result type and the
+    same ensemble answer; the archive's old result names still work, with a warning."""
+    _, gallery = saved
+    build_archive_index(copy, engine.bundle, index="exact")
+    archive = ArchiveGallery.open(copy, engine.bundle, engine=engine)
+    assert isinstance(gallery, SearchableGallery) and isinstance(archive, SearchableGallery)
+    assert isinstance(open_gallery(copy, engine), ArchiveGallery)
+    assert archive.view_names == ("ensemble",) and "ensemble" in gallery.view_names
+    person = next(e.label for e in gallery.entries if e.label)
+    photo = max((lfw_dir / person).glob("*.jpg"))
+    got, want = archive.search_image(photo, k=3), gallery.search_image(photo, k=3)
+    assert isinstance(got, QueryResult) and set(got.views) == {"ensemble"} and got.faces == want.faces
+    a, b = got.views["ensemble"], want.views["ensemble"]
+    assert type(a) is type(b) is ViewResult and all(type(m) is Match for m in a.matches + b.matches)
+    assert [(m.position, m.entry_id, m.label, m.uri) for m in a.matches] == \
+        [(m.position, m.entry_id, m.label, m.uri) for m in b.matches]
+    assert (a.answer.kind, a.answer.label) == (b.answer.kind, b.answer.label)
+    queries = _queries(gallery)[:4]
+
+    def seen(res: ViewResult) -> tuple:
+        return [(m.position, m.score, m.doubtful) for m in res.matches], res.answer.kind, res.answer.reason
+
+    for g in (gallery, archive):
+        for many, one in zip(g.search_vectors(queries, k=3), queries):
+            assert seen(many) == seen(g.search_vector(one, k=3)["ensemble"])
+    with pytest.raises(CmceError, match="view must be one of"):
+        archive.search_vectors(queries, view="query")
+    with pytest.raises(NoFaceError):
+        archive.search_image(np.full((200, 200, 3), 127, np.uint8), name="grey.png")
+    with pytest.raises(CmceError, match="engine"):
+        ArchiveGallery.open(copy, engine.bundle).search_image(photo)
+    import cmce.gallery.archive as archive_module
+
+    with pytest.warns(DeprecationWarning, match="ArchiveMatch"):
+        assert archive_module.ArchiveMatch is Match
+    with pytest.warns(DeprecationWarning, match="ArchiveResult"):
+        assert archive_module.ArchiveResult is ViewResult
 
 
 def test_archive_index_is_derived_data(copy, engine, saved, lfw_dir):

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from cmce.faces.geometry import Face
-from cmce.gallery.memory import Match, QueryResult, ViewResult
+from cmce.gallery.results import Match, QueryResult, ViewResult
 from cmce.method.answers import Answer, AnswerPolicy, CohortNorm, doubt_marks, gallery_doubt, unknown_note
 from cmce.method.bundle import Calibration
 from cmce.method.ensemble import QualityModel

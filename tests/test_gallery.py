@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from cmce.errors import CmceError
-from cmce.gallery.memory import FaceEngine, Gallery, GalleryLimits
+from cmce.gallery.ingest import GalleryLimits
+from cmce.gallery.memory import Gallery
 from cmce.method.bundle import default_bundle_path, load_bundle
+from cmce.method.engine import FaceEngine
 from cmce.serve import display
 from cmce.storage.read import read_gallery
 

@@ -12,8 +12,9 @@ from PIL import Image
 
 from cmce.cli import main
 from cmce.errors import DatasetError, GalleryError
-from cmce.gallery.memory import FaceEngine, Gallery
+from cmce.gallery.memory import Gallery
 from cmce.method.bundle import load_bundle
+from cmce.method.engine import FaceEngine
 from cmce.pipeline import IndexJob, list_source, prepare_batch, run_in_process
 from cmce.storage.read import read_gallery
 from cmce.storage.staging import commit_staged, read_skipped, staged_files, write_staged

@@ -15,8 +15,9 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-scale.txt")
 
 from cmce.cli import main  # noqa: E402
-from cmce.gallery.memory import FaceEngine, Gallery  # noqa: E402
+from cmce.gallery.memory import Gallery
 from cmce.method.bundle import load_bundle  # noqa: E402
+from cmce.method.engine import FaceEngine  # noqa: E402
 from cmce.pipeline import IndexJob, IndexMapper, run_in_process, run_ray  # noqa: E402
 from cmce.storage.read import read_gallery  # noqa: E402
 from cmce.storage.staging import staged_files  # noqa: E402
@@ -139,7 +140,8 @@ def test_killed_worker_is_redone_without_duplicates(cluster, photos, in_process,
 def test_archive_index_built_with_ray_tasks_equals_in_process(cluster, in_process, engine, tmp_path) -> None:
     """Re-projection as one Ray task per shard and the compact index built in a Ray task give
     the same derived files and answers as the in-process build."""
-    from cmce.gallery.archive import ArchiveGallery, build_archive_index
+    from cmce.gallery.archive import ArchiveGallery
+    from cmce.gallery.archive_build import build_archive_index
     from cmce.search.compact_config import CompactConfig
 
     config = CompactConfig(factory="IVF{nlist},PQ32x4fs", nlist=4, nprobe=4, rerank=64, train_per_list=16)

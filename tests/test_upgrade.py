@@ -17,8 +17,9 @@ import pytest
 
 from cmce.cli import main
 from cmce.errors import CmceError, GalleryError
-from cmce.gallery.memory import FaceEngine, Gallery
+from cmce.gallery.memory import Gallery
 from cmce.method.bundle import default_bundle_path, load_bundle
+from cmce.method.engine import FaceEngine
 from cmce.storage.read import read_gallery
 
 BUNDLES = default_bundle_path().parent

@@ -80,10 +80,10 @@ def run_bench(
     import torch
 
     from cmce.faces.geometry import pick_subject
-    from cmce.gallery.memory import FaceEngine
     from cmce.io.datasets import list_labelled_images
     from cmce.io.images import load_image
     from cmce.method.bundle import load_bundle
+    from cmce.method.engine import FaceEngine
     from cmce.models.embed import embed_files
     from cmce.search.index import VectorIndex
 
@@ -201,7 +201,8 @@ def run_bench(
 
 
 def _indexing(engine, ds, rng: np.random.Generator, index_images: int) -> dict:
-    from cmce.gallery.memory import Gallery, GalleryLimits
+    from cmce.gallery.ingest import GalleryLimits
+    from cmce.gallery.memory import Gallery
 
     idx_files = [ds.paths[i] for i in rng.choice(len(ds), min(len(ds), index_images), replace=False)]
     gallery = Gallery(engine, GalleryLimits(max_files=len(idx_files), max_entries=10 * len(idx_files)))
@@ -214,9 +215,9 @@ def _indexing(engine, ds, rng: np.random.Generator, index_images: int) -> dict:
 
 def bench_indexing(images_dir: str | os.PathLike, bundle_path: str | None, index_images: int, seed: int = 0) -> dict:
     """Indexing throughput alone (the path ``python -m cmce index`` runs), faces per second."""
-    from cmce.gallery.memory import FaceEngine
     from cmce.io.datasets import list_labelled_images
     from cmce.method.bundle import load_bundle
+    from cmce.method.engine import FaceEngine
 
     return _indexing(FaceEngine(load_bundle(bundle_path)), list_labelled_images(images_dir),
                      np.random.default_rng(seed), index_images)

@@ -468,7 +468,7 @@ def upgrade_costs(
     """
     import time
 
-    from cmce.gallery.memory import derive
+    from cmce.gallery.persistence import derive
     from cmce.io.images import load_image
     from cmce.models.backbones import create_backbone
 

@@ -1,8 +1,11 @@
-"""Galleries: in-memory (``memory``) and archive (``archive``) galleries, and upgrades.
+"""Galleries: in-memory (``memory``) and archive (``archive``, built by ``archive_build``), and upgrades.
 
-``from cmce.gallery import FaceEngine, Gallery`` keeps working: this package re-exports
-the in-memory gallery's public names.
+Every gallery is searched through ``searchable.SearchableGallery`` and answers with the
+results of ``results``; the in-memory gallery's jobs are ``ingest``, ``view_search`` and
+``persistence``. ``from cmce.gallery import FaceEngine, Gallery`` keeps working.
 """
 
-from cmce.gallery.memory import *  # noqa: F403
-from cmce.gallery.memory import __all__, derive  # noqa: F401
+from cmce.gallery.memory import Gallery
+from cmce.method.engine import FaceEngine
+
+__all__ = ["FaceEngine", "Gallery"]

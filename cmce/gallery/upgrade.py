@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cmce.errors import CmceError, GalleryError, ImageError, LimitError
-from cmce.gallery.memory import bundle_inputs, bundle_keys, check_servable, derive
+from cmce.gallery.persistence import bundle_inputs, bundle_keys, check_servable, derive
 from cmce.io.images import DEFAULT_LIMITS, ImageLimits, content_hash, load_image
 from cmce.method.bundle import Bundle
 from cmce.method.engine import FaceEngine
@@ -251,7 +251,7 @@ def upgrade_gallery(
 
 def _serves_archive(manifest: dict) -> bool:
     """Whether a gallery is upgraded as an archive: big, or already served by an archive index."""
-    from cmce.gallery.archive import ARCHIVE_KIND
+    from cmce.gallery.archive_build import ARCHIVE_KIND
     from cmce.search.compact import COMPACT_FROM
 
     return int(manifest.get("entries", 0)) >= COMPACT_FROM or (manifest.get("derived") or {}).get("kind") == ARCHIVE_KIND
@@ -260,7 +260,7 @@ def _serves_archive(manifest: dict) -> bool:
 def _upgrade_archive(src: Path, manifest: dict, bundle: Bundle, out: str | os.PathLike | None, precision: str,
                      ray: str | None, start: float) -> UpgradeReport:
     """``upgrade_gallery`` of an archive gallery: shards linked (for ``out``), archive index rebuilt."""
-    from cmce.gallery.archive import build_archive_index
+    from cmce.gallery.archive_build import build_archive_index
 
     if precision != "float32":
         raise CmceError("archive galleries are re-projected in float32 (precision int8 serves in-memory galleries)")
@@ -408,7 +408,7 @@ def check_index_bundle(folder: str | os.PathLike, bundle: Bundle) -> None:
     Raises:
         CmceError: the gallery's current derived data belongs to another bundle.
     """
-    from cmce.gallery.memory import bundle_fingerprint
+    from cmce.gallery.persistence import bundle_fingerprint
 
     manifest = read_manifest(folder)  # the manifest says which bundle serves it: no shard is read
     info = manifest.get("derived") if manifest else None

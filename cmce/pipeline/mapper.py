@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from cmce.errors import ImageError, LimitError
-from cmce.gallery.memory import Gallery, Photo, check_photo_size, decode_photo, embed_photos
+from cmce.gallery.ingest import Photo, check_photo_size, decode_photo, embed_photos
+from cmce.gallery.memory import Gallery
 from cmce.io.images import DEFAULT_LIMITS, ImageLimits, content_hash
 from cmce.pipeline.reader import read_file
 from cmce.storage.records import GalleryRecords

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from cmce.errors import CmceError
-from cmce.gallery.memory import plural
+from cmce.gallery.ingest import plural
 from cmce.pipeline.mapper import IndexMapper, MapperConfig
 from cmce.pipeline.reader import SourceFile, list_source
 from cmce.pipeline.writer import GalleryWriter, open_gallery

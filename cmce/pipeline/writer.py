@@ -154,8 +154,8 @@ def build_derived(folder: str | os.PathLike, bundle: Bundle, *, ray: str | None 
         bundle: the serving bundle.
         ray: build an archive index with Ray tasks on this cluster (see ``connect_ray``).
     """
-    from cmce.gallery.archive import ARCHIVE_KIND, build_archive_index
-    from cmce.gallery.memory import derive
+    from cmce.gallery.archive_build import ARCHIVE_KIND, build_archive_index
+    from cmce.gallery.persistence import derive
     from cmce.gallery.upgrade import reproject_records
     from cmce.search.compact import COMPACT_FROM
 

@@ -27,7 +27,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from cmce.faces.geometry import Face
-from cmce.gallery.memory import Gallery, IndexReport, LoadReport, QueryResult, ViewResult
+from cmce.gallery.ingest import IndexReport
+from cmce.gallery.memory import Gallery
+from cmce.gallery.persistence import LoadReport
+from cmce.gallery.results import QueryResult, ViewResult
 from cmce.io.uploads import UploadBatch
 from cmce.method.answers import Answer, DoubtMarks, decide_answer
 from cmce.method.ensemble import QUALITY_DESCRIPTIONS

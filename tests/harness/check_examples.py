@@ -22,10 +22,11 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     from cmce.errors import CmceError
-    from cmce.gallery.memory import FaceEngine, Gallery
+    from cmce.gallery.memory import Gallery
     from cmce.io.images import load_image
     from cmce.io.uploads import collect_uploads, query_label
     from cmce.method.bundle import load_bundle
+    from cmce.method.engine import FaceEngine
     from cmce.serve.display import result_dict
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -140,8 +140,8 @@ class CrashTest:
     """Set-up (base gallery, reference runs, engines) shared by every trial of one run."""
 
     def __init__(self, lfw: Path, workdir: Path):
-        from cmce.gallery.memory import FaceEngine
         from cmce.method.bundle import load_bundle
+        from cmce.method.engine import FaceEngine
 
         self.work = workdir
         first, more = pick_photos(lfw)
