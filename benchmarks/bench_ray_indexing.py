@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cmce.method.bundle import load_bundle
     from cmce.method.engine import FaceEngine
-    from cmce.pipeline import IndexJob, run_in_process, run_ray
+    from cmce.pipeline import IngestJob, run_in_process, run_ray
 
     print(f"load before: {machine()}", flush=True)
     runs: dict[str, list[float]] = {}
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 engine = FaceEngine(load_bundle())
                 load_s = time.perf_counter() - start
-                job = IndexJob(str(tmp / "photos"), str(tmp / f"inproc-{r}"), batch_size=args.batch_size)
+                job = IngestJob(str(tmp / "photos"), str(tmp / f"inproc-{r}"), batch_size=args.batch_size)
                 rep = run_in_process(job, engine=engine)
                 del engine
                 runs.setdefault("in-process", []).append(rep.added / rep.seconds)
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"faces/s ({rep.added / (rep.seconds + load_s):.2f} with the {load_s:.1f} s engine load) | "
                       f"{machine()}", flush=True)
                 for w in args.workers:
-                    job = IndexJob(str(tmp / "photos"), str(tmp / f"ray{w}-{r}"), batch_size=args.batch_size)
+                    job = IngestJob(str(tmp / "photos"), str(tmp / f"ray{w}-{r}"), batch_size=args.batch_size)
                     rep = run_ray(job, workers=w)
                     runs.setdefault(f"ray x{w}", []).append(rep.added / rep.seconds)
                     print(f"ray {w} worker{'s' if w > 1 else ' '} run {r}: {rep.added} faces in {rep.seconds:.1f} s "

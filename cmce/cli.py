@@ -239,7 +239,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from cmce.gallery.upgrade import check_index_bundle
     from cmce.method.bundle import load_bundle
     from cmce.pipeline import (
-        IndexJob,
+        IngestJob,
         MapperConfig,
         build_derived,
         run_in_process,
@@ -251,7 +251,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if is_gallery(out):
         check_index_bundle(out, bundle)  # another bundle serves it: say to run `upgrade` first
-    job = IndexJob(args.source, str(out), MapperConfig(bundle=args.bundle, revision=args.revision),
+    job = IngestJob(args.source, str(out), MapperConfig(bundle=args.bundle, revision=args.revision),
                    batch_size=args.batch_size, max_files=args.max_files, max_entries=args.max_entries,
                    filename_labels=args.filename_labels)
     bar = tqdm(desc="indexing", unit="img", disable=args.quiet)

@@ -15,7 +15,7 @@ from cmce.errors import DatasetError, GalleryError
 from cmce.gallery.memory import Gallery
 from cmce.method.bundle import load_bundle
 from cmce.method.engine import FaceEngine
-from cmce.pipeline import IndexJob, list_source, prepare_batch, run_in_process
+from cmce.pipeline import IngestJob, list_source, prepare_batch, run_in_process
 from cmce.storage.read import read_gallery
 from cmce.storage.staging import commit_staged, read_skipped, staged_files, write_staged
 
@@ -60,7 +60,7 @@ def assert_same_entries(a, b) -> None:
 @pytest.fixture(scope="module")
 def indexed(photos, engine, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("full") / "gallery"
-    report = run_in_process(IndexJob(str(photos), str(folder), batch_size=4, commit_every=2), engine=engine)
+    report = run_in_process(IngestJob(str(photos), str(folder), batch_size=4, commit_every=2), engine=engine)
     assert report.files == 20 and report.added >= 18
     assert len({e.rsplit(":", 1)[0] for e in read_gallery(folder).records.entry_id}) == 18  # every photo with a face
     assert sorted(why for _, why in report.skipped) == ["no face found", "not a readable image (cannot identify image file)"]
@@ -93,14 +93,14 @@ def test_skipped_files_are_recorded_and_not_read_again(indexed, photos, engine) 
     assert set(by_source) == {f"{PEOPLE[0]}/grey.jpg", f"{PEOPLE[1]}/broken.jpg"}
     assert all(len(r["content_hash"]) == 64 for r in skipped)
     before = len(read_gallery(indexed).records)
-    again = run_in_process(IndexJob(str(photos), str(indexed), batch_size=8), engine=engine)
+    again = run_in_process(IngestJob(str(photos), str(indexed), batch_size=8), engine=engine)
     assert (again.added, again.known, again.skipped) == (0, 20, ())
     assert len(read_gallery(indexed).records) == before and read_skipped(indexed).num_rows == 2
 
 
 def test_resume_after_an_interrupted_run(indexed, photos, engine, tmp_path) -> None:
     folder = tmp_path / "gallery"
-    job = IndexJob(str(photos), str(folder), batch_size=4, commit_every=2)
+    job = IngestJob(str(photos), str(folder), batch_size=4, commit_every=2)
     calls = []
 
     def interrupt(done: int, total: int) -> None:

@@ -18,7 +18,7 @@ from cmce.cli import main  # noqa: E402
 from cmce.gallery.memory import Gallery
 from cmce.method.bundle import load_bundle  # noqa: E402
 from cmce.method.engine import FaceEngine  # noqa: E402
-from cmce.pipeline import IndexJob, IndexMapper, run_in_process, run_ray  # noqa: E402
+from cmce.pipeline import IngestJob, IngestMapper, run_in_process, run_ray  # noqa: E402
 from cmce.storage.read import read_gallery  # noqa: E402
 from cmce.storage.staging import staged_files  # noqa: E402
 
@@ -78,7 +78,7 @@ def photos(tmp_path_factory, lfw_dir) -> tuple[Path, list[Path]]:
 @pytest.fixture(scope="module")
 def in_process(photos, engine, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("inproc") / "gallery"
-    report = run_in_process(IndexJob(str(photos[0]), str(folder), batch_size=8), engine=engine)
+    report = run_in_process(IngestJob(str(photos[0]), str(folder), batch_size=8), engine=engine)
     assert report.files == 60 and report.added >= 55
     return folder
 
@@ -113,7 +113,7 @@ def test_ray_local_gives_the_same_entries_and_search_results(cluster, photos, in
         assert a[0].label == query.parent.name
 
 
-class CrashOnce(IndexMapper):
+class CrashOnce(IngestMapper):
     """Stages its first batch, then dies (a real process exit) before returning it."""
 
     marker: str = ""
@@ -129,7 +129,7 @@ class CrashOnce(IndexMapper):
 def test_killed_worker_is_redone_without_duplicates(cluster, photos, in_process, tmp_path) -> None:
     mapper = type("CrashOnceHere", (CrashOnce,), {"marker": str(tmp_path / "crashed")})
     folder = tmp_path / "gallery"
-    report = run_ray(IndexJob(str(photos[0]), str(folder), batch_size=8, commit_every=2), workers=2,
+    report = run_ray(IngestJob(str(photos[0]), str(folder), batch_size=8, commit_every=2), workers=2,
                      mapper_class=mapper)
     assert (tmp_path / "crashed").is_file()  # a worker did die
     assert report.files == 60 and report.added == len(read_gallery(in_process).records)

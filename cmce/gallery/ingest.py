@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmce.compat import renamed
 from cmce.errors import ImageError, LimitError
 from cmce.faces.geometry import MIN_FACE_PIXELS, Face, pick_subject, too_small_face, too_small_image
 from cmce.io.images import DEFAULT_LIMITS, ImageLimits, content_hash, load_image
@@ -27,7 +28,7 @@ __all__ = [
     "EmbeddedPhotos",
     "GalleryEntry",
     "GalleryLimits",
-    "IndexReport",
+    "IngestReport",
     "Photo",
     "ProgressFn",
     "check_photo_size",
@@ -115,7 +116,7 @@ def plural(count: int, word: str) -> str:
 
 
 @dataclass(frozen=True)
-class IndexReport:
+class IngestReport:
     """What one indexing request did."""
 
     added: int
@@ -316,3 +317,5 @@ def read_photos(
         uri = str(Path(src).resolve()) if record_paths and not isinstance(src, (bytes, bytearray)) else None
         photos.append(Photo(name, img, label, digest, uri))
     return photos, skipped, duplicates
+
+__getattr__ = renamed(__name__, {'IndexReport': 'IngestReport'}, globals(), "'index' names vector indexes; photos are ingested")

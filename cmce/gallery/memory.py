@@ -30,7 +30,7 @@ from cmce.gallery.ingest import (
     DEFAULT_GALLERY_LIMITS,
     GalleryEntry,
     GalleryLimits,
-    IndexReport,
+    IngestReport,
     ProgressFn,
     embed_photos,
     read_photos,
@@ -190,7 +190,7 @@ class Gallery:
         progress: ProgressFn | None = None,
         batch_size: int = 16,
         record_paths: bool = True,
-    ) -> IndexReport:
+    ) -> IngestReport:
         """Detect, embed and index every face of the given images.
 
         Args:
@@ -201,7 +201,7 @@ class Gallery:
                 read it again); off for uploads that are deleted afterwards.
 
         Returns:
-            IndexReport; unreadable files, files without a face, duplicates and
+            IngestReport; unreadable files, files without a face, duplicates and
             reached caps are listed there, everything else is indexed.
         """
         items = list(items)
@@ -244,7 +244,7 @@ class Gallery:
                 if added:
                     self._refuse()
         notes = tuple(f"new entries lack {m}: {why}" for m, why in self.engine.unavailable.items()) if added else ()
-        return IndexReport(added, len(items), tuple(skipped), tuple(duplicates), tuple(limits_hit), notes)
+        return IngestReport(added, len(items), tuple(skipped), tuple(duplicates), tuple(limits_hit), notes)
 
     def _append(self, entries: list[GalleryEntry], emb: Mapping[str, np.ndarray]) -> None:
         # build everything first, then swap in: entries and embeddings never disagree

@@ -1,7 +1,7 @@
 """One embedding pipeline, two runners: read files -> detect + embed a batch -> commit shards.
 
 - ``reader``: list a folder or pyarrow filesystem URI (labels by first folder level), read bytes.
-- ``mapper``: ``IndexMapper``, models loaded once, a batch of files -> staged gallery rows.
+- ``mapper``: ``IngestMapper``, models loaded once, a batch of files -> staged gallery rows.
 - ``writer``: commit staged batches into the gallery, idempotently; build derived data.
 - ``runner``: ``run_in_process`` and ``run_ray`` (Ray Data actor pool), the same mapper and writer.
 
@@ -10,8 +10,9 @@ optional (``pip install -r requirements-scale.txt``); nothing here imports it un
 ``run_ray`` or ``connect_ray`` is called.
 """
 
+from cmce.compat import renamed
 from cmce.pipeline.mapper import (
-    IndexMapper,
+    IngestMapper,
     KnownHashes,
     MapperConfig,
     PreparedBatch,
@@ -19,14 +20,14 @@ from cmce.pipeline.mapper import (
     prepare_batch,
 )
 from cmce.pipeline.reader import SourceFile, SourceListing, is_uri, list_source, read_file
-from cmce.pipeline.runner import IndexJob, JobReport, connect_ray, run_in_process, run_ray
+from cmce.pipeline.runner import IngestJob, JobReport, connect_ray, run_in_process, run_ray
 from cmce.pipeline.writer import DerivedSummary, GalleryWriter, build_derived, open_gallery
 
 __all__ = [
     "DerivedSummary",
     "GalleryWriter",
-    "IndexJob",
-    "IndexMapper",
+    "IngestJob",
+    "IngestMapper",
     "JobReport",
     "KnownHashes",
     "MapperConfig",
@@ -44,3 +45,5 @@ __all__ = [
     "run_in_process",
     "run_ray",
 ]
+
+__getattr__ = renamed(__name__, {'IndexMapper': 'IngestMapper', 'IndexJob': 'IngestJob'}, globals(), "'index' names vector indexes; photos are ingested")

@@ -1,6 +1,6 @@
 """The one step every runner runs: a batch of files -> staged gallery rows.
 
-``IndexMapper`` is a callable class in Ray Data's batch-inference shape: ``__init__``
+``IngestMapper`` is a callable class in Ray Data's batch-inference shape: ``__init__``
 loads the models once (``FaceEngine``), ``__call__`` maps one batch. A batch is a
 mapping of equal-length columns: ``uri``, ``source``, ``label``, ``size`` and, when a
 read step ran before, ``bytes``. Mapping it:
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmce.compat import renamed
 from cmce.errors import ImageError, LimitError
 from cmce.gallery.ingest import Photo, check_photo_size, decode_photo, embed_photos
 from cmce.gallery.memory import Gallery
@@ -37,7 +38,7 @@ from cmce.storage.staging import skipped_table, write_staged
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IndexMapper", "KnownHashes", "MapperConfig", "PreparedBatch", "batch_key", "prepare_batch"]
+__all__ = ["IngestMapper", "KnownHashes", "MapperConfig", "PreparedBatch", "batch_key", "prepare_batch"]
 
 #: The columns of a batch of files.
 BATCH_COLUMNS = ("uri", "source", "label", "size")
@@ -150,7 +151,7 @@ def prepare_batch(batch: Mapping[str, Sequence], limits: ImageLimits = DEFAULT_L
     return out
 
 
-class IndexMapper:
+class IngestMapper:
     """Detect and embed batches of photos into staged gallery rows; models load once.
 
     Args:
@@ -207,3 +208,5 @@ class IndexMapper:
 
     def __call__(self, batch: Mapping[str, Sequence]) -> dict[str, np.ndarray]:
         return self.process(self.prepare(batch))
+
+__getattr__ = renamed(__name__, {'IndexMapper': 'IngestMapper'}, globals(), "'index' names vector indexes; photos are ingested")

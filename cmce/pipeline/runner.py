@@ -2,7 +2,7 @@
 
 ``run_in_process`` reads and decodes the next batch in a thread while the current one is
 detected and embedded (torch and Pillow release the GIL). ``run_ray`` lists the files,
-makes them a Ray Dataset, and runs ``IndexMapper`` in an actor pool through
+makes them a Ray Dataset, and runs ``IngestMapper`` in an actor pool through
 ``Dataset.map_batches`` (models load once per actor; restarted actors redo a killed
 worker's batch). The actors read and decode their own batches: a separate read stage of
 Ray tasks deadlocks when the actors hold every CPU (as they should: one per CPU). Both stage each batch in the gallery and commit from the driver
@@ -20,16 +20,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from cmce.compat import renamed
 from cmce.errors import CmceError
 from cmce.gallery.ingest import plural
-from cmce.pipeline.mapper import IndexMapper, MapperConfig
+from cmce.pipeline.mapper import IngestMapper, MapperConfig
 from cmce.pipeline.reader import SourceFile, list_source
 from cmce.pipeline.writer import GalleryWriter, open_gallery
 from cmce.runtime import connect_ray, require_ray
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IndexJob", "JobReport", "connect_ray", "run_in_process", "run_ray"]
+__all__ = ["IngestJob", "JobReport", "connect_ray", "run_in_process", "run_ray"]
 
 #: Called after each committed-or-staged batch with (files done, files in the job).
 JobProgress = Callable[[int, int], None]
@@ -37,7 +38,7 @@ JobProgress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
-class IndexJob:
+class IngestJob:
     """One indexing job.
 
     Attributes:
@@ -113,7 +114,7 @@ def _columns(files: Sequence[SourceFile]) -> dict[str, list]:
             "label": [f.label for f in files], "size": [f.size for f in files]}
 
 
-def _start(job: IndexJob) -> tuple[list[SourceFile], GalleryWriter, list[str]]:
+def _start(job: IngestJob) -> tuple[list[SourceFile], GalleryWriter, list[str]]:
     listing = list_source(job.source, filename_labels=job.filename_labels)
     files, limits = list(listing.files), []
     if job.max_files is not None and len(files) > job.max_files:
@@ -132,15 +133,15 @@ def _report(job_files: int, writer: GalleryWriter, known: int, limits: list[str]
                      writer.duplicates, writer.resumed.entries, tuple(limits), time.perf_counter() - start, runner)
 
 
-def run_in_process(job: IndexJob, *, engine=None, progress: JobProgress | None = None,
-                   mapper_class: type[IndexMapper] = IndexMapper) -> JobReport:
+def run_in_process(job: IngestJob, *, engine=None, progress: JobProgress | None = None,
+                   mapper_class: type[IngestMapper] = IngestMapper) -> JobReport:
     """Run a job here: a reader thread prefetches and decodes the next batch.
 
     Args:
         job: what to index where.
         engine: an already loaded ``FaceEngine`` of the job's bundle (default: load one).
         progress: called after each batch with (files done, files in the job).
-        mapper_class: the mapper (a subclass of ``IndexMapper``).
+        mapper_class: the mapper (a subclass of ``IngestMapper``).
 
     Raises:
         CmceError: a source without images, a gallery that cannot be read or written.
@@ -165,9 +166,9 @@ def run_in_process(job: IndexJob, *, engine=None, progress: JobProgress | None =
     return _report(len(files), writer, known, limits, start, "in-process", job.max_entries)
 
 
-def run_ray(job: IndexJob, *, address: str = "local", workers: int = 1, gpus_per_worker: float = 0.0,
+def run_ray(job: IngestJob, *, address: str = "local", workers: int = 1, gpus_per_worker: float = 0.0,
             cpus_per_worker: float = 1.0, progress: JobProgress | None = None,
-            mapper_class: type[IndexMapper] = IndexMapper, max_task_retries: int = 3) -> JobReport:
+            mapper_class: type[IngestMapper] = IngestMapper, max_task_retries: int = 3) -> JobReport:
     """Run a job on Ray Data: the listed files as a Dataset, mapped by an actor pool of ``mapper_class``.
 
     Args:
@@ -177,7 +178,7 @@ def run_ray(job: IndexJob, *, address: str = "local", workers: int = 1, gpus_per
         gpus_per_worker: GPUs per actor (> 0: the models run on CUDA).
         cpus_per_worker: CPUs reserved per actor.
         progress: called after each batch with (files done, files in the job).
-        mapper_class: the mapper (a subclass of ``IndexMapper``).
+        mapper_class: the mapper (a subclass of ``IngestMapper``).
         max_task_retries: times a batch is retried on a restarted actor.
 
     Raises:
@@ -231,3 +232,5 @@ def run_ray(job: IndexJob, *, address: str = "local", workers: int = 1, gpus_per
         if started:
             ray.shutdown()
     return _report(len(files), writer, known, limits, start, "ray", job.max_entries)
+
+__getattr__ = renamed(__name__, {'IndexJob': 'IngestJob'}, globals(), "'index' names vector indexes; photos are ingested")

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from cmce.faces.geometry import Face
-from cmce.gallery.ingest import IndexReport
+from cmce.gallery.ingest import IngestReport
 from cmce.gallery.memory import Gallery
 from cmce.gallery.persistence import LoadReport
 from cmce.gallery.results import QueryResult, ViewResult
@@ -161,7 +161,7 @@ def _listing(title: str, rows: Sequence[str]) -> list[str]:
     return ["\n".join(out)]
 
 
-def index_report_markdown(report: IndexReport, upload: UploadBatch | None, gallery: Gallery) -> str:
+def index_report_markdown(report: IngestReport, upload: UploadBatch | None, gallery: Gallery) -> str:
     """Short markdown report of one indexing request: counts, then what was left out and why."""
     labels = {gallery.entries[i].label for i in gallery.positions} - {None}
     blocks = [
@@ -175,7 +175,7 @@ def index_report_markdown(report: IndexReport, upload: UploadBatch | None, galle
     return "\n\n".join(blocks)
 
 
-def index_report_dict(report: IndexReport, upload: UploadBatch | None, gallery: Gallery) -> dict[str, Any]:
+def index_report_dict(report: IngestReport, upload: UploadBatch | None, gallery: Gallery) -> dict[str, Any]:
     """The same report as JSON-able data (what API clients get).
 
     ``rejected`` lists the faces a search rejects by default: none (doubtful faces are
