@@ -15,6 +15,7 @@ from cmce.method.bundle import Calibration
 from cmce.method.ensemble import QualityModel
 from cmce.method.report import leave_one_out_risk_coverage
 from cmce.serve import display
+from cmce.serve.display.bundle_text import unknown_rule_text
 
 
 def _jpeg(colour=(0, 128, 0), size=64) -> bytes:
@@ -312,5 +313,5 @@ def test_a_name_reached_by_the_normalised_score_says_so_and_is_not_greyed():
     assert (v["ensemble"]["normalised"], v["ensemble"]["norm_threshold"]) == (6.2, 5.4)
     assert v["m1"]["answer_kind"] == "unknown" and v["query"]["normalised"] is None
     summary = {"open_set_far": 1e-3, "cohort_norm": {"cohort": 50, "thresholds": {}, "strangers_named": 0.05}}
-    assert "does not stand out from the next 50 people" in display._unknown_rule_text(summary)
-    assert display._unknown_rule_text({"open_set_far": 1e-3}) == "'unknown' thresholds set for a 0.1% false-accept rate"
+    assert "does not stand out from the next 50 people" in unknown_rule_text(summary)
+    assert unknown_rule_text({"open_set_far": 1e-3}) == "'unknown' thresholds set for a 0.1% false-accept rate"

@@ -1,0 +1,23 @@
+"""Small text helpers every view of the demo shares."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["percent", "short_label", "uncertainty_text"]
+
+
+def short_label(text: str | None, limit: int = 16) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis; "(no label)" for none."""
+    text = text or "(no label)"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def percent(x: float) -> str:
+    """A share as a percentage with two significant digits."""
+    return f"{x * 100:.2g}%"
+
+
+def uncertainty_text(uncertainty: float) -> str:
+    """An uncertainty to two decimals; a dash for none (NaN)."""
+    return "–" if np.isnan(uncertainty) else f"{uncertainty:.2f}"
