@@ -38,14 +38,14 @@ from cmce.errors import CmceError, LimitError
 from cmce.gallery.ingest import GalleryLimits
 from cmce.gallery.memory import Gallery
 from cmce.gallery.persistence import bundle_keys
-from cmce.method.engine import FaceEngine
 from cmce.io.images import format_bytes, load_image
 from cmce.io.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes
 from cmce.io.uploads import collect_uploads, query_label
-from cmce.method.answers import UNKNOWN_BY
 from cmce.method.bundle import bundle_summary, default_bundle_path, load_bundle
+from cmce.method.engine import FaceEngine
 from cmce.method.ensemble import QUALITY_SCORES
 from cmce.method.report import RiskCoverage, gallery_risk_coverage
+from cmce.method.unknown import UNKNOWN_BY
 from cmce.serve import display, story
 from cmce.serve.workdirs import TempFolders
 
@@ -81,7 +81,7 @@ REJECT_BY = ("none", "calibrated", "threshold", "rate")
 REJECT_BY_LABELS = {"none": "none (mark doubtful faces)", "calibrated": "calibrated", "threshold": "threshold",
                     "rate": "rate"}
 BUNDLE_SCORE = "bundle"  # the rejection-score choice that follows the session's bundle
-UNKNOWN_BY_LABELS = {  # answers.UNKNOWN_BY, as the search column offers them
+UNKNOWN_BY_LABELS = {  # unknown.UNKNOWN_BY, as the search column offers them
     "normalised": "normal: most searches get a name",
     "strict": "strict: fewest strangers named",
     "similarity": "similarity threshold only",
@@ -623,7 +623,7 @@ def search(image: str | None, face: int | None = 0, k: int = 5, identity: str | 
            request: gr.Request = None):
     """Search this session's gallery with one face of a photo, in every view.
 
-    ``unknown_by`` (``answers.UNKNOWN_BY``) says when a column answers "Unknown": ``normalised``
+    ``unknown_by`` (``unknown.UNKNOWN_BY``) says when a column answers "Unknown": ``normalised``
     (the bundle's default), ``strict`` (never lowered on a gallery of poor photos) or
     ``similarity`` (the raw similarity threshold).
 

@@ -119,7 +119,7 @@ def answer_outcomes(
         removed: (G,) bool, entries kept out of the search (default none).
         blocking: (G,) bool, entries that answer "unknown" when they are the best match.
         abstain: (Q,) bool, queries the answer rule abstains on.
-        cohort, norm_threshold: the normalised "Unknown" threshold (``answers.CohortNorm``):
+        cohort, norm_threshold: the normalised "Unknown" threshold (``unknown.CohortNorm``):
             where the searchable gallery holds ``cohort`` other people, "unknown" is
             ``cohort_normalised`` below ``norm_threshold`` instead of the raw threshold.
 

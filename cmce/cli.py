@@ -12,8 +12,8 @@ from pathlib import Path
 from cmce.errors import CmceError
 from cmce.experiments.degrade import DEGRADATIONS, MIX_KINDS, TRAIN_KINDS
 from cmce.faces.detector import DETECTORS
-from cmce.method.answers import UNKNOWN_BY
 from cmce.method.ensemble import QUALITY_SCORES
+from cmce.method.unknown import UNKNOWN_BY
 
 logger = logging.getLogger("cmce")
 

@@ -60,7 +60,7 @@ def render(results: list[dict]) -> str:
            "(another person named) or **unknown**. Intervals are 95% bootstrap intervals over query identities.",
            "**Strangers named**: every query asked again with its own person taken out of the gallery; the share",
            "the app would still name someone for (the other side of the \"Unknown\" threshold). The default",
-           "\"Unknown\" threshold is the bundle's cohort-normalised one (`answers.CohortNorm`); the raw similarity",
+           "\"Unknown\" threshold is the bundle's cohort-normalised one (`unknown.CohortNorm`); the raw similarity",
            "threshold is the one bundles had before. On a gallery of poorer photos than the calibration's (its",
            "mean quality score, \"mean\"), the coverage guard lowers the normalised threshold (\"threshold",
            "lowered\") so that most searches still get a name; strangers are then named more often.",
@@ -164,7 +164,7 @@ def unknown_section(studies: list[dict]) -> str:
            "its person in the gallery, and asked again as a stranger (its person taken out): **strangers named** is "
            "the share the app would name someone for. No answer rule. Scores: `raw` the cosine; `znorm` the best "
            "score standardised by the query's scores against the next 50 people (the bundles' default, "
-           "`answers.CohortNorm`); `tnorm` the same from the entry's side (its scores against the other entries); "
+           "`unknown.CohortNorm`); `tnorm` the same from the entry's side (its scores against the other entries); "
            "`asnorm` the mean of both.", ""]
     for st in studies:
         for target in st["targets"]:

@@ -42,13 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from answers_doc import unknown_table  # noqa: E402  (scripts/, beside this file)
 
+from cmce.answer_metrics import cohort_normalised, stranger_best, unknown_mask
 from cmce.experiments.degrade import DegradeSpec, degrade_gallery  # noqa: E402
 from cmce.experiments.evaluate import gallery_positions  # noqa: E402
 from cmce.experiments.train import heldout_subset  # noqa: E402
 from cmce.faces.detector import create_detector  # noqa: E402
 from cmce.io.datasets import list_labelled_images  # noqa: E402
-from cmce.method.answers import cohort_normalised, gallery_doubt, stranger_best, unknown_mask  # noqa: E402
 from cmce.method.bundle import load_bundle  # noqa: E402
+from cmce.method.unknown import gallery_doubt  # noqa: E402
 from cmce.metrics import cluster_bootstrap  # noqa: E402
 from cmce.models.embed import EmbeddingCache, embed_files  # noqa: E402
 from cmce.models.transform import first_image_protocol  # noqa: E402

@@ -5,25 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmce.errors import CmceError
-from cmce.method.answers import (
+from cmce.answer_metrics import (
     RIGHT,
     UNKNOWN,
     WRONG,
-    AnswerPolicy,
     abstain_lowest,
     accuracy_coverage,
     accuracy_coverage_area,
     answer_counts,
     answer_outcomes,
-    capped_rejection,
-    choose_answer_rule,
-    decide_answer,
-    doubt_marks,
-    fit_answer_policy,
-    policy_features,
     top_matches,
 )
+from cmce.errors import CmceError
+from cmce.method.answer_rules import AnswerPolicy, choose_answer_rule, fit_answer_policy, policy_features
+from cmce.method.answers import capped_rejection, decide_answer, doubt_marks
 
 
 def _naive_outcomes(sim, q_lab, g_lab, thr, removed, blocking, abstain):
@@ -175,7 +170,7 @@ def test_doubt_marks_and_the_cap_on_unfamiliar_galleries() -> None:
 
 
 def test_cohort_score_of_a_hit_list_equals_the_matrix_version() -> None:
-    from cmce.method.answers import cohort_normalised, cohort_score
+    from cmce.answer_metrics import cohort_normalised, cohort_score
 
     rng = np.random.default_rng(3)
     sim = rng.uniform(-0.2, 0.9, (30, 80))
@@ -194,7 +189,7 @@ def test_cohort_score_of_a_hit_list_equals_the_matrix_version() -> None:
 
 
 def test_stranger_best_takes_the_query_person_out() -> None:
-    from cmce.method.answers import stranger_best
+    from cmce.answer_metrics import stranger_best
 
     sim = np.array([[0.9, 0.4, 0.2], [0.1, 0.8, 0.7]])
     np.testing.assert_allclose(stranger_best(sim, ["a", "b"], ["a", "b", "c"]), [0.4, 0.7])
@@ -206,7 +201,7 @@ def test_stranger_best_takes_the_query_person_out() -> None:
 
 
 def test_unknown_mask_uses_the_normalised_score_where_there_is_one() -> None:
-    from cmce.method.answers import answer_outcomes, unknown_mask
+    from cmce.answer_metrics import answer_outcomes, unknown_mask
 
     raw = np.array([0.2, 0.2, 0.9, 0.9])
     z = np.array([5.0, np.nan, 1.0, np.nan])
@@ -222,8 +217,8 @@ def test_unknown_mask_uses_the_normalised_score_where_there_is_one() -> None:
 
 
 def test_decide_answer_with_the_normalised_threshold_and_its_round_trip() -> None:
-    from cmce.method.answers import CohortNorm
     from cmce.method.bundle import Calibration
+    from cmce.method.unknown import CohortNorm
 
     norm = CohortNorm(3, {"ensemble": 2.5}, 0.05)
     keys = ["a", "b", "c", "d", "e"]
@@ -267,8 +262,8 @@ def test_the_coverage_guard_keeps_each_calibration_gallery_within_its_share() ->
 
 
 def test_the_guard_lowers_the_threshold_on_a_poor_gallery_and_says_so() -> None:
-    from cmce.method.answers import CohortNorm, gallery_doubt, unknown_note
     from cmce.method.bundle import Calibration
+    from cmce.method.unknown import CohortNorm, gallery_doubt, unknown_note
 
     norm = CohortNorm(3, {"ensemble": 6.0}, 0.05, guard_doubt=(0.1, 0.4), guard={"ensemble": (6.0, 2.0)},
                       guard_share={"clean": 0.08, "any": 0.18})
@@ -295,7 +290,7 @@ def test_the_guard_lowers_the_threshold_on_a_poor_gallery_and_says_so() -> None:
 
 
 def test_unknown_norm_follows_the_callers_choice() -> None:
-    from cmce.method.answers import CohortNorm, unknown_norm
+    from cmce.method.unknown import CohortNorm, unknown_norm
 
     norm = CohortNorm(50, {"ensemble": 5.0})
     assert unknown_norm(norm, None) is norm and unknown_norm(norm, "normalised") is norm
@@ -310,8 +305,8 @@ def test_unknown_norm_follows_the_callers_choice() -> None:
 
 
 def test_the_normalised_threshold_follows_the_gallery_size() -> None:
-    from cmce.method.answers import CohortNorm
     from cmce.method.bundle import Calibration
+    from cmce.method.unknown import CohortNorm
 
     norm = CohortNorm(3, {"ensemble": 3.0}, 0.05, (10, 1000), {"ensemble": (2.0, 3.0)})
     assert norm.threshold("ensemble", 100) == pytest.approx(2.5) and norm.threshold("query", 100) is None

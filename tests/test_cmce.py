@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from cmce import metrics as M
+from cmce.answer_metrics import cohort_normalised, stranger_best, unknown_mask
 from cmce.experiments.evaluate import adapter_row_name, evaluate_embedded
 from cmce.experiments.train import SplitConfig, dataset_splits, train_bundle
-from cmce.method.answers import ANSWER_RULES, cohort_normalised, gallery_doubt, stranger_best, unknown_mask
+from cmce.method.answer_rules import ANSWER_RULES
 from cmce.method.bundle import load_bundle
 from cmce.method.ensemble import (
     QUALITY_SCORES,
@@ -20,6 +21,7 @@ from cmce.method.ensemble import (
     fuse_members,
     member_uncertainty,
 )
+from cmce.method.unknown import gallery_doubt
 from cmce.models.transform import (
     TrainConfig,
     first_image_protocol,

@@ -21,9 +21,9 @@ from cmce.faces.detector import FaceDetector
 from cmce.faces.geometry import Face, pick_subject
 from cmce.faces.second_chance import SecondChance, clahe_luminance, implausible_landmarks
 from cmce.gallery.memory import Gallery
-from cmce.method.engine import FaceEngine
 from cmce.io.images import load_image
 from cmce.method.bundle import default_bundle_path, load_bundle
+from cmce.method.engine import FaceEngine
 from cmce.serve import display
 from cmce.storage.read import read_gallery
 

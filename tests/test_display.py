@@ -10,10 +10,12 @@ from PIL import Image
 
 from cmce.faces.geometry import Face
 from cmce.gallery.results import Match, QueryResult, ViewResult
-from cmce.method.answers import Answer, AnswerPolicy, CohortNorm, doubt_marks, gallery_doubt, unknown_note
+from cmce.method.answer_rules import AnswerPolicy
+from cmce.method.answers import Answer, doubt_marks
 from cmce.method.bundle import Calibration
 from cmce.method.ensemble import QualityModel
 from cmce.method.report import leave_one_out_risk_coverage
+from cmce.method.unknown import CohortNorm, gallery_doubt, unknown_note
 from cmce.serve import display
 from cmce.serve.display.bundle_text import unknown_rule_text
 

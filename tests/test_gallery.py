@@ -271,11 +271,12 @@ def test_engine_puts_transformers_and_models_on_its_device(engine) -> None:
 
 def test_unknown_by_the_normalised_score_in_a_gallery_of_many_people(engine, lfw_dir, monkeypatch) -> None:
     """Past the cohort's size, "Unknown" is decided by how far the best match stands out from
-    the next people (answers.CohortNorm), exactly as the matrix version computes it."""
+    the next people (unknown.CohortNorm), exactly as the matrix version computes it."""
     from dataclasses import replace
 
+    from cmce.answer_metrics import cohort_normalised
     from cmce.io.images import load_image
-    from cmce.method.answers import CohortNorm, cohort_normalised
+    from cmce.method.unknown import CohortNorm
 
     people = sorted(p.name for p in lfw_dir.iterdir() if len(list(p.glob("*.jpg"))) >= 2)[:70]
     g = Gallery(engine)

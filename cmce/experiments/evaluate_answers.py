@@ -9,7 +9,7 @@ rule the product can use, with 95% bootstrap intervals over query identities:
 * ``removed``: the bundle's calibrated rejection, rejected entries removed from the
   search (what the app did before: a removed face hands its queries to the next person);
 * ``blocking``: the same entries kept in the search, "Unknown" when one is the best match;
-* ``policy``: the bundle's answer rule (``answers.AnswerPolicy``) on top of
+* ``policy``: the bundle's answer rule (``answer_rules.AnswerPolicy``) on top of
   ``answer_all``: the product's default;
 * the query-side rules at the policy's coverage: answer only the queries with the
   highest top-1 similarity (or margin), as many as the policy answers.
@@ -26,8 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from cmce import metrics as M
-from cmce.method.answers import (
-    ANSWER_RULES,
+from cmce.answer_metrics import (
     RIGHT,
     UNKNOWN,
     WRONG,
@@ -37,13 +36,13 @@ from cmce.method.answers import (
     accuracy_coverage_area,
     answer_counts,
     answer_outcomes,
-    gallery_doubt,
-    policy_features,
     stranger_best,
     top_matches,
     unknown_mask,
 )
+from cmce.method.answer_rules import ANSWER_RULES, policy_features
 from cmce.method.bundle import Bundle, GalleryVectors
+from cmce.method.unknown import gallery_doubt
 
 __all__ = ["ABSTENTION_RATES", "answer_report", "gallery_overview"]
 
@@ -67,7 +66,7 @@ def _counts_with_ci(outcomes: np.ndarray, clusters: np.ndarray, resamples: int, 
 def gallery_overview(bundle: Bundle, vectors: GalleryVectors) -> dict:
     """How many gallery entries score over the bundle's calibrated quality threshold, against
     the share the calibration gallery had (``Calibration.rejection_rate``); the gallery's
-    mean quality score (``answers.gallery_doubt``) and whether it lowers the ensemble's
+    mean quality score (``unknown.gallery_doubt``) and whether it lowers the ensemble's
     normalised "Unknown" threshold (``CohortNorm.relaxed``)."""
     cal = bundle.calibration
     thr = cal.threshold_for()

@@ -24,26 +24,21 @@ from pathlib import Path
 import numpy as np
 
 from cmce import metrics as M
+from cmce.answer_metrics import cohort_normalised, stranger_best, top_matches, unknown_mask
 from cmce.errors import DatasetError
 from cmce.experiments.degrade import TRAIN_KINDS
 from cmce.io.datasets import LabelledImages, list_labelled_images, split_identities
-from cmce.method.answers import (
+from cmce.method.answer_rules import (
     ANSWER_RULES,
-    DEFAULT_COHORT,
-    CohortNorm,
     choose_answer_rule,
-    cohort_normalised,
     fit_answer_policy,
-    gallery_doubt,
     out_of_fold_confidence,
     policy_features,
-    stranger_best,
-    top_matches,
-    unknown_mask,
 )
 from cmce.method.bundle import Bundle, Calibration, save_bundle
 from cmce.method.ensemble import FUSIONS, QUALITY_SCORES, FusionGate, QualityModel, fusion_features
 from cmce.method.quality import QualityPredictor, fit_quality_predictor
+from cmce.method.unknown import DEFAULT_COHORT, CohortNorm, gallery_doubt
 from cmce.models.embed import EmbeddedFiles, EmbeddingCache, embed_files
 from cmce.models.transform import (
     TrainConfig,
@@ -270,13 +265,13 @@ def answer_records(bundle: Bundle, quality: QualityModel, emb: dict, prob: np.nd
         cohort: the cohort of the normalised score.
 
     Returns:
-        view -> (``answers.policy_features`` plus ``cohort_z`` (the top-1's
-        ``answers.cohort_normalised`` score), ``stranger_z`` and ``stranger_raw`` (the
+        view -> (``answer_rules.policy_features`` plus ``cohort_z`` (the top-1's
+        ``answer_metrics.cohort_normalised`` score), ``stranger_z`` and ``stranger_raw`` (the
         query's best normalised and raw scores with its person taken out of the gallery),
         the same at each of ``STRANGER_SIZES`` (``@size``: galleries drawn from this one;
         ``cohort_z@size`` for the queries whose person was drawn, NaN for the others),
         (Q,) wrong, (Q,) query identities); ``gallery_size`` and ``gallery_doubt``
-        (``answers.gallery_doubt``) repeat the gallery's per query.
+        (``unknown.gallery_doubt``) repeat the gallery's per query.
     """
     gi, qi = first_image_protocol(labels)
     gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
@@ -366,7 +361,7 @@ def fit_coverage_guard(doubt: np.ndarray, z: np.ndarray, groups: np.ndarray, sha
     """The most a normalised threshold may be, as a function of a gallery's mean doubt.
 
     Each group is one kind of calibration gallery (its folds pooled): its queries'
-    cohort-normalised top scores ``z`` and its galleries' doubt (``answers.gallery_doubt``;
+    cohort-normalised top scores ``z`` and its galleries' doubt (``unknown.gallery_doubt``;
     the group's is their mean over its queries). A threshold at the group's ``share``
     quantile of ``z`` says "Unknown" to that share of its queries. The guard is the running
     minimum of those quantiles over groups sorted by doubt: a gallery never gets a higher
@@ -413,7 +408,7 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
 
     Each fold's queries are searched in that fold's galleries (clean and every degraded
     condition) with networks, fusion and quality score that never saw the fold's
-    identities. The rule is chosen on the ensemble view (``answers.choose_answer_rule``:
+    identities. The rule is chosen on the ensemble view (``answer_rules.choose_answer_rule``:
     a richer rule only where it beats the simpler one by more than its interval), then
     every rule is fitted on all folds for every view (the bundle keeps them all, so
     ``evaluate`` and the app can compare), on every condition (``guard_only`` ones too).
@@ -422,7 +417,7 @@ def calibrate_answers(fold_galleries, quality: str, fit_predictor, member: bool,
     "Unknown" on at most 10% of the clean calibration queries and 20% of any other kind's.
 
     The "Unknown" threshold: with ``strangers_named``, each view's normalised threshold
-    (``answers.CohortNorm``, cohort ``cohort``) names that share of the clean galleries'
+    (``unknown.CohortNorm``, cohort ``cohort``) names that share of the clean galleries'
     queries asked as strangers (their person taken out), at their size and at each of
     ``STRANGER_SIZES`` (``_thresholds_by_size``), capped by a coverage guard on the
     gallery's mean doubt (``fit_coverage_guard``, every condition, ``GUARD_SHARES``);
@@ -998,7 +993,7 @@ def train_bundle(
             copies and the ``answer_kinds`` galleries' copies (tight crops, tiny faces).
         fusion: ``"auto"`` (chosen by cross-validation among ``ensemble.FUSIONS``; the
             plain mean unless another is better) or one of ``FUSIONS``.
-        abstain_below: the answer rule (``answers.AnswerPolicy``, chosen and fitted by
+        abstain_below: the answer rule (``answer_rules.AnswerPolicy``, chosen and fitted by
             the cross-validation) answers "Unknown" where its predicted chance of a
             right answer is below this (0.75: a wrong name costs three "Unknown"s), or
             lower where that would say "Unknown" to more than 10% of clean or 20% of
@@ -1011,7 +1006,7 @@ def train_bundle(
             with ``degrade_augment`` (None: all of them; ``()``: the mixed copies only, as
             bundles trained before them).
         strangers_named: the "Unknown" threshold on cohort-normalised scores
-            (``answers.CohortNorm``) names this share of strangers on the clean
+            (``unknown.CohortNorm``) names this share of strangers on the clean
             cross-validation galleries; None: the raw similarity thresholds only.
         guard_kinds: ``degrade`` kinds of further whole galleries that calibrate only the
             normalised threshold's coverage guard (``fit_coverage_guard``), beside the

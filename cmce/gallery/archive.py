@@ -10,7 +10,7 @@ the rows of a search's hits are read. Below ``COMPACT_FROM`` entries the exact
 Answers work as in ``Gallery.search_vector`` (through the same ``answers.decide_answer``):
 every active entry is searched; entries whose quality score is above the bundle's
 calibrated threshold are marked doubtful, not removed; a query whose best score does not
-stand out enough from the next people's (``answers.CohortNorm``; in archives too small
+stand out enough from the next people's (``unknown.CohortNorm``; in archives too small
 for its cohort: whose best score is below the ensemble's similarity threshold) is
 "unknown"; an entry the caller rejects never
 appears among the matches, and when it is a query's best match the answer is "Unknown"
@@ -35,9 +35,10 @@ from cmce.gallery.memory import Gallery
 from cmce.gallery.persistence import bundle_fingerprint
 from cmce.gallery.results import Match, QueryResult, ViewResult
 from cmce.gallery.searchable import ImageInput, SearchableGallery, detect_query, search_photo
-from cmce.method.answers import DoubtMarks, decide_answer, doubt_marks, gallery_doubt, unknown_norm, unknown_note
+from cmce.method.answers import DoubtMarks, decide_answer, doubt_marks
 from cmce.method.bundle import Bundle
 from cmce.method.engine import FaceEngine
+from cmce.method.unknown import gallery_doubt, unknown_norm, unknown_note
 from cmce.search.base import VectorSearch
 from cmce.search.compact import CompactIndex
 from cmce.search.index import VectorIndex
@@ -206,9 +207,9 @@ class ArchiveGallery:
                 entries are marked, not removed).
             query_probability: (Q,) the query faces' detector probabilities (an input of
                 the answer rule; default 1).
-            answer_rule: one of ``answers.ANSWER_RULES``, ``"none"`` (name whoever reaches
+            answer_rule: one of ``answer_rules.ANSWER_RULES``, ``"none"`` (name whoever reaches
                 the threshold), or None (the bundle's rule).
-            unknown_by: ``answers.UNKNOWN_BY`` (see ``Gallery.search_vector``).
+            unknown_by: ``unknown.UNKNOWN_BY`` (see ``Gallery.search_vector``).
 
         Returns:
             One ``ViewResult`` of the ensemble view per query; its matches carry

@@ -48,9 +48,10 @@ from cmce.gallery.persistence import (
 from cmce.gallery.results import QueryResult, ViewResult
 from cmce.gallery.searchable import ImageInput, detect_query, search_photo
 from cmce.gallery.view_search import search_views
-from cmce.method.answers import DoubtMarks, doubt_marks, gallery_doubt, unknown_norm, unknown_note
+from cmce.method.answers import DoubtMarks, doubt_marks
 from cmce.method.bundle import Bundle, GalleryVectors
 from cmce.method.engine import FaceEngine
+from cmce.method.unknown import gallery_doubt, unknown_norm, unknown_note
 from cmce.search.index import VectorIndex
 from cmce.storage.derived import write_derived
 from cmce.storage.read import read_gallery
@@ -152,7 +153,7 @@ class Gallery:
 
     def unknown_note(self, unknown_by: str | None = None) -> str:
         """One sentence where the gallery's photos lower the ensemble's normalised "Unknown"
-        threshold (``CohortNorm.guard``), "" elsewhere (``answers.unknown_note``; ``unknown_by``
+        threshold (``CohortNorm.guard``), "" elsewhere (``unknown.unknown_note``; ``unknown_by``
         as ``search_vector``'s)."""
         with self._lock:
             live = self.positions
@@ -315,9 +316,9 @@ class Gallery:
                 entries are marked, not removed).
             query_probability: the query face's detector probability (an input of the
                 answer rule).
-            answer_rule: one of ``answers.ANSWER_RULES``, ``"none"`` (name whoever reaches
+            answer_rule: one of ``answer_rules.ANSWER_RULES``, ``"none"`` (name whoever reaches
                 the threshold), or None (the bundle's rule).
-            unknown_by: ``answers.UNKNOWN_BY``: ``"normalised"`` (default: the bundle's
+            unknown_by: ``unknown.UNKNOWN_BY``: ``"normalised"`` (default: the bundle's
                 cohort-normalised threshold in galleries of enough people) or
                 ``"similarity"`` (the raw similarity threshold only).
 

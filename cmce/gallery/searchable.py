@@ -36,8 +36,8 @@ class SearchableGallery(Protocol):
     The ``search_*`` methods take the same options everywhere: ``k`` matches per view,
     ``rejected`` an (N,) bool mask of entries that never match (a rejected best match
     makes the answer "Unknown", never the next person), ``answer_rule`` one of
-    ``answers.ANSWER_RULES``, ``"none"`` or None (the bundle's), ``unknown_by`` one of
-    ``answers.UNKNOWN_BY``.
+    ``answer_rules.ANSWER_RULES``, ``"none"`` or None (the bundle's), ``unknown_by`` one of
+    ``unknown.UNKNOWN_BY``.
     """
 
     @property

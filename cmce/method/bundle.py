@@ -33,9 +33,11 @@ import numpy as np
 from cmce.assets import PROJECT_ROOT
 from cmce.cache import file_sha256
 from cmce.errors import BackboneError, BundleError, CmceError
-from cmce.method.answers import AnswerPolicy, CohortNorm, capped_rejection, doubt_marks
+from cmce.method.answer_rules import AnswerPolicy
+from cmce.method.answers import capped_rejection, doubt_marks
 from cmce.method.ensemble import QUALITY_SCORES, FusionGate, QualityModel, member_list_uncertainty
 from cmce.method.hub import download_files, upload_folder
+from cmce.method.unknown import CohortNorm
 from cmce.models.backbones import PRETRAINED, get_spec
 from cmce.models.transform import (
     EmbeddingTransformer,
@@ -95,12 +97,12 @@ class Calibration:
             is "unknown" at ``open_set_far``.
         quality_thresholds: per quality score, the threshold that rejects
             ``rejection_rate`` of the calibration gallery.
-        answer_rule: which of ``answers.ANSWER_RULES`` the bundle answers by (chosen by
+        answer_rule: which of ``answer_rules.ANSWER_RULES`` the bundle answers by (chosen by
             cross-validation; empty in bundles calibrated before it).
-        answer_policies: per view and rule, the ``answers.AnswerPolicy`` that answers
+        answer_policies: per view and rule, the ``answer_rules.AnswerPolicy`` that answers
             "unknown" where a named person is too likely wrong (its ``threshold``).
         cohort_norm: the "Unknown" threshold on cohort-normalised scores
-            (``answers.CohortNorm``), used instead of ``similarity_thresholds`` in
+            (``unknown.CohortNorm``), used instead of ``similarity_thresholds`` in
             galleries with enough people; None in bundles calibrated before it.
     """
 

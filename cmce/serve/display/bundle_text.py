@@ -24,7 +24,7 @@ RULE_DESCRIPTIONS = {
     "combined": "the best match's similarity, its margin over the next person, the query face's detector doubt "
                 "and the gallery face's quality",
 }
-"""What each answer rule (``answers.ANSWER_RULES``) looks at, for the user."""
+"""What each answer rule (``answer_rules.ANSWER_RULES``) looks at, for the user."""
 
 
 def bundle_markdown(summary: Mapping[str, Any]) -> str:
