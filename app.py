@@ -19,15 +19,12 @@ allow-list ``CMCE_BUNDLES``, queue sizes) come from ``cmce.io.limits.ServerLimit
 from __future__ import annotations
 
 import html
-import json
 import logging
 import os
 import shutil
 import signal
 import tempfile
 import threading
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +34,16 @@ import numpy as np
 from cmce.errors import CmceError, LimitError
 from cmce.gallery.ingest import GalleryLimits
 from cmce.gallery.memory import Gallery
-from cmce.gallery.persistence import bundle_keys
 from cmce.io.images import format_bytes, load_image
 from cmce.io.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes
 from cmce.io.uploads import collect_uploads, query_label
-from cmce.method.bundle import bundle_summary, default_bundle_path, load_bundle
+from cmce.method.bundle import bundle_summary
 from cmce.method.engine import FaceEngine
 from cmce.method.ensemble import QUALITY_SCORES
-from cmce.method.report import RiskCoverage, gallery_risk_coverage
+from cmce.method.report import gallery_risk_coverage
 from cmce.method.unknown import UNKNOWN_BY
 from cmce.serve import display, story
+from cmce.serve.sessions import Engines, ExampleCache, Session, SessionRegistry, shipped_bundles
 from cmce.serve.workdirs import TempFolders
 
 try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated handler runs
@@ -132,39 +129,7 @@ FOLDER_PATHS_JS = ("(...args) => { args[2] = (window.cmceFolderPaths || []).join
 # --------------------------------------------------------------------------- models and sessions
 
 
-@dataclass(frozen=True)
-class ShippedBundle:
-    """A bundle folder in ``assets/bundles/``: its name, folder and line in the picker."""
-
-    name: str
-    path: Path
-    label: str
-
-
-def shipped_bundles(root: Path = BUNDLES) -> dict[str, ShippedBundle]:
-    """The bundles shipped in ``root`` (sub-folders with a config.json), the default one first.
-
-    Each is described by its config: ``info.purpose`` (what it is for) when present, then
-    its query and gallery models. A folder whose config.json cannot be read is left out
-    (and logged); loading it would fail anyway.
-    """
-    found = {}
-    for folder in sorted(p for p in root.glob("*") if (p / "config.json").is_file()):
-        try:
-            cfg = json.loads((folder / "config.json").read_text())
-            query, gallery = cfg["query_model"]["name"], [g["name"] for g in cfg["gallery_models"]]
-            info = cfg.get("info")
-            purpose = info.get("purpose") if isinstance(info, dict) else None
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            logger.warning("bundle %s left out of the picker: unreadable config.json (%s)", folder, e)
-            continue
-        found[folder.name] = ShippedBundle(folder.name, folder, display.bundle_choice(folder.name, query, gallery,
-                                                                                        purpose))
-    default = default_bundle_path().name
-    return dict(sorted(found.items(), key=lambda item: item[0] != default))
-
-
-SHIPPED = shipped_bundles()
+SHIPPED = shipped_bundles(BUNDLES)
 EVALUATIONS = story.read_evaluations(ROOT / "docs", SHIPPED)  # the shipped held-out evaluations, per bundle
 
 
@@ -176,109 +141,18 @@ def _shipped_name(engine: FaceEngine | None) -> str | None:
     return next((n for n, b in SHIPPED.items() if b.path.resolve() == source), None)
 
 
-class Engines:
-    """Loaded bundles and their models, shared by all sessions: the default one and a few more."""
-
-    def __init__(self, keep: int = 2):
-        self.keep = keep
-        self._engines: OrderedDict[tuple[str, str | None], FaceEngine] = OrderedDict()
-        self._lock = threading.Lock()
-        self.default: FaceEngine | None = None
-        self.default_error: str | None = None
-
-    @staticmethod
-    def _key(path_or_id: str | None, revision: str | None) -> tuple[str, str | None]:
-        """One key per bundle: a folder by its resolved path (the default bundle picked by name
-        is the default engine), a Hub id with its revision."""
-        folder = (default_bundle_path() if path_or_id is None else Path(path_or_id)).expanduser()
-        if folder.is_dir():
-            return str(folder.resolve()), None
-        return str(path_or_id if path_or_id is not None else folder), revision
-
-    def cached(self, path_or_id: str | None, revision: str | None = None) -> bool:
-        """Whether that bundle is loaded already (using it downloads nothing)."""
-        with self._lock:
-            return self._key(path_or_id, revision) in self._engines
-
-    def load(self, path_or_id: str | None, revision: str | None = None) -> FaceEngine:
-        """The engine of a bundle (folder or Hub id; None = default), loading it if needed.
-
-        Raises:
-            BundleError / HubError: the bundle cannot be loaded; nothing changes.
-        """
-        key = self._key(path_or_id, revision)
-        with self._lock:
-            if key in self._engines:
-                self._engines.move_to_end(key)
-                return self._engines[key]
-            bundle = load_bundle(path_or_id, revision=revision, max_bytes=SERVER.max_bundle_bytes)
-            engine = FaceEngine(bundle, device=os.environ.get("CMCE_DEVICE") or None)
-            self._engines[key] = engine
-            while len(self._engines) > self.keep + 1:
-                old_key = next(k for k, e in self._engines.items() if e is not self.default)
-                del self._engines[old_key]  # sessions using it keep their reference
-            return engine
-
-    def load_default(self) -> FaceEngine | None:
-        """Load the start-up bundle (``CMCE_BUNDLE``/``CMCE_BUNDLE_REVISION`` or assets/)."""
-        try:
-            self.default = self.load(None, os.environ.get("CMCE_BUNDLE_REVISION") or None)
-        except CmceError as e:
-            logger.error("no bundle at start-up: %s", e)
-            self.default_error = str(e)
-        return self.default
+ENGINES = Engines(max_bundle_bytes=SERVER.max_bundle_bytes, device=os.environ.get("CMCE_DEVICE") or None)
 
 
-ENGINES = Engines()
-
-
-@dataclass(eq=False)
-class Session:
-    """One browser session: its gallery and a private temporary folder."""
-
-    engine: FaceEngine
-    gallery: Gallery
-    workdir: Path
-    closed: bool = False
-    risk_cache: tuple[int, int, RiskCoverage] | None = field(default=None, repr=False)
-    # held while the gallery grows or is replaced (indexing, example, clearing, bundle switch): a switch
-    # during indexing waits for it, so the re-projected gallery holds every photo
-    busy: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    # per-session quotas (cmce.io.limits): bytes indexed and faces added per hour, bundle switches per hour
-    indexed_bytes: SlidingQuota = field(default_factory=lambda: SlidingQuota(
-        SERVER.quota_bytes_per_hour, what="bytes indexed"), repr=False)
-    added_faces: SlidingQuota = field(default_factory=lambda: SlidingQuota(
-        SERVER.quota_entries_per_hour, what="faces added"), repr=False)
-    bundle_loads: SlidingQuota = field(default_factory=lambda: SlidingQuota(
-        SERVER.bundle_loads_per_hour, what="bundle loads"), repr=False)
-
-    @classmethod
-    def open(cls, engine: FaceEngine) -> "Session":
-        return cls(engine, Gallery(engine, LIMITS), TEMP.mkdtemp("session"))
-
-    def close(self) -> None:
-        """Drop the gallery (embeddings, thumbnails) and delete the temporary folder."""
-        if not self.closed:
-            self.closed = True
-            self.gallery = Gallery(self.engine, LIMITS)
-            self.risk_cache = None
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            logger.info("session closed, %s removed", self.workdir)
-
-
-_SESSIONS: dict[str, Session] = {}
-_SESSIONS_LOCK = threading.Lock()
+SESSIONS = SessionRegistry()
 
 
 def _register(session: Session, request: gr.Request | None) -> Session:
-    key = getattr(request, "session_hash", None)
-    if key:
-        with _SESSIONS_LOCK:
-            old = _SESSIONS.get(key)
-            _SESSIONS[key] = session
-        if old is not None and old is not session:
-            old.close()
-    return session
+    return SESSIONS.register(session, getattr(request, "session_hash", None))
+
+
+def _open_session(engine: FaceEngine) -> Session:
+    return Session.open(engine, LIMITS, SERVER, TEMP)
 
 
 def _session(state: Session | None, request: gr.Request | None) -> Session:
@@ -287,24 +161,17 @@ def _session(state: Session | None, request: gr.Request | None) -> Session:
         return state
     if ENGINES.default is None:
         raise gr.Error(f"No bundle is loaded ({ENGINES.default_error}). Load one under 'Model bundle'.")
-    return _register(Session.open(ENGINES.default), request)
+    return _register(_open_session(ENGINES.default), request)
 
 
 def _expire(session: Session | None) -> None:
     """delete_callback of the session state: idle for SESSION_TTL_S, or gone an hour after unload."""
-    if session is not None:
-        session.close()
-        with _SESSIONS_LOCK:
-            for key in [k for k, s in _SESSIONS.items() if s is session]:
-                del _SESSIONS[key]
+    SESSIONS.expire(session)
 
 
 def _unload(request: gr.Request) -> None:
     """The tab was closed or reloaded: drop its session now."""
-    with _SESSIONS_LOCK:
-        session = _SESSIONS.pop(request.session_hash, None)
-    if session is not None:
-        session.close()
+    SESSIONS.drop(request.session_hash)
 
 
 def _rejected(gallery: Gallery, reject_by: str, rate: float | None, threshold: float | None,
@@ -400,7 +267,7 @@ def load_bundle_ui(repo_id: str, revision: str, state: Session | None, request: 
     progress(0.8, desc="Models loaded")
     card = display.bundle_markdown(bundle_summary(engine.bundle))
     if state is None or state.closed:
-        session = _register(Session.open(engine), request)
+        session = _register(_open_session(engine), request)
         session.bundle_loads.charge(1)
         return session, card, "Bundle loaded.", *_rejection_defaults(engine)
     with state.busy:
@@ -535,40 +402,7 @@ def open_bundle_example(bundle: str, gallery_name: str, query_path: str, state: 
     return (loaded[0], *switched[1:], *loaded[1:], query_path)
 
 
-class _ExampleCache:
-    """Example galleries indexed once per set of backbones and saved; each session loads its own copy.
-
-    A saved gallery keeps every backbone's raw embeddings, so one copy serves every bundle
-    built on the same backbones (loading re-projects it into the session's bundle).
-    """
-
-    def __init__(self):
-        self._done: dict[tuple[tuple[str, ...], str], tuple[Path, Any, Any]] = {}
-        self._lock = threading.Lock()
-        self._root = TEMP.mkdtemp("examples")
-
-    def get(self, engine: FaceEngine, folder: Path, progress):
-        key = (tuple(sorted(bundle_keys(engine.bundle).values())), str(folder))
-        with self._lock:
-            if key not in self._done:
-                files = sorted(p for p in folder.rglob("*") if p.is_file())
-                upload = collect_uploads([(p.relative_to(folder).as_posix(), p) for p in files], self._root / "x")
-                gallery = Gallery(engine, LIMITS)
-                report = gallery.add_images(upload.items, progress=progress)
-                saved = gallery.save(self._root / f"{len(self._done)}")
-                self._done[key] = (saved, report, upload)
-            return self._done[key]
-
-    def preload(self, engine: FaceEngine) -> None:
-        """Index every example gallery now (start-up, background thread)."""
-        for folder in EXAMPLE_GALLERIES.values():
-            try:
-                self.get(engine, folder, None)
-            except CmceError as e:
-                logger.warning("example gallery %s not indexed: %s", folder, e)
-
-
-_EXAMPLE_CACHE = _ExampleCache()
+_EXAMPLE_CACHE = ExampleCache(TEMP.mkdtemp("examples"), LIMITS)
 
 
 def clear_gallery(state: Session | None, request: gr.Request):
@@ -868,9 +702,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logger.info("limits: %s", "; ".join(f"{what}: {value}" for what, value in SERVER.describe()))
-    engine = ENGINES.load_default()
+    engine = ENGINES.load_default(os.environ.get("CMCE_BUNDLE_REVISION") or None)
     if engine is not None and not ZERO_GPU:  # index the example galleries while the page loads
-        threading.Thread(target=_EXAMPLE_CACHE.preload, args=(engine,), daemon=True).start()
+        threading.Thread(target=_EXAMPLE_CACHE.preload, args=(engine, EXAMPLE_GALLERIES.values()), daemon=True).start()
     demo = create_demo(engine)
     demo.queue(default_concurrency_limit=2, max_size=SERVER.queue_size).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

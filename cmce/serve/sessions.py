@@ -1,0 +1,241 @@
+"""The demo's server state, without Gradio: shipped bundles, loaded engines, browser sessions
+with their quotas and temporary folders, and the example galleries indexed once.
+
+``app.py`` holds one of each and wires them to widgets; everything a public Space must
+bound (sessions, engines, quotas, disk) lives here, where it can be tested alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cmce.errors import CmceError
+from cmce.gallery.ingest import GalleryLimits
+from cmce.gallery.memory import Gallery
+from cmce.gallery.persistence import bundle_keys
+from cmce.io.limits import ServerLimits, SlidingQuota
+from cmce.io.uploads import collect_uploads
+from cmce.method.bundle import default_bundle_path, load_bundle
+from cmce.method.engine import FaceEngine
+from cmce.method.report import RiskCoverage
+from cmce.serve.display.bundle_text import bundle_choice
+from cmce.serve.workdirs import TempFolders
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ExampleCache", "Engines", "Session", "SessionRegistry", "ShippedBundle", "shipped_bundles"]
+
+
+@dataclass(frozen=True)
+class ShippedBundle:
+    """A bundle folder in ``assets/bundles/``: its name, folder and line in the picker."""
+
+    name: str
+    path: Path
+    label: str
+
+
+def shipped_bundles(root: Path) -> dict[str, ShippedBundle]:
+    """The bundles shipped in ``root`` (sub-folders with a config.json), the default one first.
+
+    Each is described by its config: ``info.purpose`` (what it is for) when present, then
+    its query and gallery models. A folder whose config.json cannot be read is left out
+    (and logged); loading it would fail anyway.
+    """
+    found = {}
+    for folder in sorted(p for p in root.glob("*") if (p / "config.json").is_file()):
+        try:
+            cfg = json.loads((folder / "config.json").read_text())
+            query, gallery = cfg["query_model"]["name"], [g["name"] for g in cfg["gallery_models"]]
+            info = cfg.get("info")
+            purpose = info.get("purpose") if isinstance(info, dict) else None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logger.warning("bundle %s left out of the picker: unreadable config.json (%s)", folder, e)
+            continue
+        found[folder.name] = ShippedBundle(folder.name, folder, bundle_choice(folder.name, query, gallery, purpose))
+    default = default_bundle_path().name
+    return dict(sorted(found.items(), key=lambda item: item[0] != default))
+
+
+class Engines:
+    """Loaded bundles and their models, shared by all sessions: the default one and ``keep`` more.
+
+    Args:
+        keep: bundles kept loaded beside the default one (the least recently used goes).
+        max_bundle_bytes: most bytes a bundle's files may hold (``load_bundle``'s ``max_bytes``).
+        device: torch device of the models (None: CUDA when available, else CPU).
+    """
+
+    def __init__(self, keep: int = 2, max_bundle_bytes: int | None = None, device: str | None = None):
+        self.keep = keep
+        self.max_bundle_bytes = max_bundle_bytes
+        self.device = device
+        self._engines: OrderedDict[tuple[str, str | None], FaceEngine] = OrderedDict()
+        self._lock = threading.Lock()
+        self.default: FaceEngine | None = None
+        self.default_error: str | None = None
+
+    @staticmethod
+    def _key(path_or_id: str | None, revision: str | None) -> tuple[str, str | None]:
+        """One key per bundle: a folder by its resolved path (the default bundle picked by name
+        is the default engine), a Hub id with its revision."""
+        folder = (default_bundle_path() if path_or_id is None else Path(path_or_id)).expanduser()
+        if folder.is_dir():
+            return str(folder.resolve()), None
+        return str(path_or_id if path_or_id is not None else folder), revision
+
+    def cached(self, path_or_id: str | None, revision: str | None = None) -> bool:
+        """Whether that bundle is loaded already (using it downloads nothing)."""
+        with self._lock:
+            return self._key(path_or_id, revision) in self._engines
+
+    def load(self, path_or_id: str | None, revision: str | None = None) -> FaceEngine:
+        """The engine of a bundle (folder or Hub id; None = default), loading it if needed.
+
+        Raises:
+            BundleError / HubError: the bundle cannot be loaded; nothing changes.
+        """
+        key = self._key(path_or_id, revision)
+        with self._lock:
+            if key in self._engines:
+                self._engines.move_to_end(key)
+                return self._engines[key]
+            bundle = load_bundle(path_or_id, revision=revision, max_bytes=self.max_bundle_bytes)
+            engine = FaceEngine(bundle, device=self.device)
+            self._engines[key] = engine
+            while len(self._engines) > self.keep + 1:
+                old_key = next(k for k, e in self._engines.items() if e is not self.default)
+                del self._engines[old_key]  # sessions using it keep their reference
+            return engine
+
+    def load_default(self, revision: str | None = None) -> FaceEngine | None:
+        """Load the start-up bundle (``CMCE_BUNDLE`` or assets/, at ``revision``); on failure keep why."""
+        try:
+            self.default = self.load(None, revision)
+        except CmceError as e:
+            logger.error("no bundle at start-up: %s", e)
+            self.default_error = str(e)
+        return self.default
+
+
+@dataclass(eq=False)
+class Session:
+    """One browser session: its gallery, a private temporary folder and its hourly quotas.
+
+    Open one with ``Session.open``; ``close`` drops the gallery and deletes the folder.
+    """
+
+    engine: FaceEngine
+    gallery: Gallery
+    workdir: Path
+    indexed_bytes: SlidingQuota
+    added_faces: SlidingQuota
+    bundle_loads: SlidingQuota
+    limits: GalleryLimits = field(default_factory=GalleryLimits, repr=False)
+    closed: bool = False
+    risk_cache: tuple[int, int, RiskCoverage] | None = field(default=None, repr=False)
+    # held while the gallery grows or is replaced (indexing, example, clearing, bundle switch): a switch
+    # during indexing waits for it, so the re-projected gallery holds every photo
+    busy: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def open(cls, engine: FaceEngine, limits: GalleryLimits, server: ServerLimits, temp: TempFolders) -> Session:
+        """A new session on ``engine``: an empty gallery under ``limits``, a folder from ``temp``,
+        and the per-session quotas of ``server`` (bytes indexed, faces added, bundle loads per hour)."""
+        return cls(engine, Gallery(engine, limits), temp.mkdtemp("session"),
+                   SlidingQuota(server.quota_bytes_per_hour, what="bytes indexed"),
+                   SlidingQuota(server.quota_entries_per_hour, what="faces added"),
+                   SlidingQuota(server.bundle_loads_per_hour, what="bundle loads"), limits)
+
+    def close(self) -> None:
+        """Drop the gallery (embeddings, thumbnails) and delete the temporary folder."""
+        if not self.closed:
+            self.closed = True
+            self.gallery = Gallery(self.engine, self.limits)
+            self.risk_cache = None
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            logger.info("session closed, %s removed", self.workdir)
+
+
+class SessionRegistry:
+    """The live sessions by browser session key, so that a closed tab's session can be dropped at once."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def register(self, session: Session, key: str | None) -> Session:
+        """Record ``session`` under ``key`` (none: not recorded); a session it replaces is closed."""
+        if key:
+            with self._lock:
+                old = self._sessions.get(key)
+                self._sessions[key] = session
+            if old is not None and old is not session:
+                old.close()
+        return session
+
+    def expire(self, session: Session | None) -> None:
+        """Close ``session`` and forget every key it is recorded under."""
+        if session is not None:
+            session.close()
+            with self._lock:
+                for key in [k for k, s in self._sessions.items() if s is session]:
+                    del self._sessions[key]
+
+    def drop(self, key: str) -> None:
+        """The tab of ``key`` was closed or reloaded: close its session now."""
+        with self._lock:
+            session = self._sessions.pop(key, None)
+        if session is not None:
+            session.close()
+
+
+class ExampleCache:
+    """Example galleries indexed once per set of backbones and saved; each session loads its own copy.
+
+    A saved gallery keeps every backbone's raw embeddings, so one copy serves every bundle
+    built on the same backbones (loading re-projects it into the session's bundle).
+
+    Args:
+        root: folder the saved galleries go to.
+        limits: the galleries' caps.
+    """
+
+    def __init__(self, root: Path, limits: GalleryLimits):
+        self._done: dict[tuple[tuple[str, ...], str], tuple[Path, Any, Any]] = {}
+        self._lock = threading.Lock()
+        self._root = root
+        self._limits = limits
+
+    def get(self, engine: FaceEngine, folder: Path, progress: Callable | None):
+        """(saved gallery folder, ingest report, upload batch) of the example gallery in ``folder``."""
+        key = (tuple(sorted(bundle_keys(engine.bundle).values())), str(folder))
+        with self._lock:
+            if key not in self._done:
+                files = sorted(p for p in folder.rglob("*") if p.is_file())
+                upload = collect_uploads([(p.relative_to(folder).as_posix(), p) for p in files], self._root / "x")
+                gallery = Gallery(engine, self._limits)
+                report = gallery.add_images(upload.items, progress=progress)
+                saved = gallery.save(self._root / f"{len(self._done)}")
+                self._done[key] = (saved, report, upload)
+            return self._done[key]
+
+    def preload(self, engine: FaceEngine, folders: Iterable[Path]) -> None:
+        """Index every example gallery now (start-up, background thread)."""
+        for folder in folders:
+            try:
+                self.get(engine, folder, None)
+            except CmceError as e:
+                logger.warning("example gallery %s not indexed: %s", folder, e)
