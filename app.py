@@ -25,6 +25,7 @@ import shutil
 import signal
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -495,11 +496,249 @@ def search(image: str | None, face: int | None = 0, k: int = 5, identity: str | 
 # --------------------------------------------------------------------------- layout
 
 
+@dataclass
+class _Page:
+    """The page's components, as the section builders create them (wired by ``_wire``)."""
+
+    state: Any = None
+    picker: Any = None
+    bundle_note: Any = None
+    bundle_md: Any = None
+    hub_id: Any = None
+    hub_rev: Any = None
+    load_btn: Any = None
+    bundle_examples: list = field(default_factory=list)
+    example_bundle: Any = None
+    example_gallery: Any = None
+    example_query: Any = None
+    files: Any = None
+    folder: Any = None
+    folder_paths: Any = None
+    index_btn: Any = None
+    clear_btn: Any = None
+    report_md: Any = None
+    example_name: Any = None
+    gallery_examples: Any = None
+    report_json: Any = None
+    order: Any = None
+    reject_by: Any = None
+    rate: Any = None
+    score: Any = None
+    threshold: Any = None
+    overview_md: Any = None
+    overview: Any = None
+    query: Any = None
+    faces_img: Any = None
+    face: Any = None
+    identity: Any = None
+    k: Any = None
+    unknown_by: Any = None
+    search_btn: Any = None
+    results: Any = None
+    results_json: Any = None
+    plots_note: Any = None
+    rc_plot: Any = None
+    hist_plot: Any = None
+
+
+def _bundle_section(page: _Page, engine: FaceEngine | None) -> None:
+    """The bundle picker, its note, and the details / Hub loader."""
+    page.picker = gr.Dropdown([(b.label, n) for n, b in SHIPPED.items()], value=_shipped_name(engine),
+                         label="Bundle: which face models search your photos",
+                         info="Switching keeps your gallery: it is re-projected into the new bundle's space "
+                              "without reading a photo again.", elem_id="bundle-picker")
+    page.bundle_note = gr.Markdown(elem_id="bundle-note")
+    with gr.Accordion("Model bundle: details, or one from the Hub", open=False):
+        page.bundle_md = gr.Markdown(
+            display.bundle_markdown(bundle_summary(engine.bundle)) if engine
+            else f"**No bundle loaded** ({ENGINES.default_error}). Set `CMCE_BUNDLE` or load one below."
+        )
+        with gr.Row(equal_height=True):
+            page.hub_id = gr.Textbox(label="Hub bundle id", scale=3, elem_id="hub-id",
+                                placeholder="org/name, or a shipped bundle's name (empty = the default bundle)")
+            page.hub_rev = gr.Textbox(label="Revision (optional)", placeholder="main, a tag or a commit", scale=2)
+            page.load_btn = gr.Button("Load bundle", scale=1)
+
+
+
+def _story_section(page: _Page) -> None:
+    """"What the ensemble buys": one tab per shipped bundle, its examples, story and plots."""
+    page.bundle_examples = []  # (gr.Examples, ...) of each bundle's tab, wired below
+    with gr.Accordion("What the ensemble buys: measured on faces never seen in training, and shown in one click",
+                      open=True, elem_id="story"):
+        gr.Markdown(story.READING_GUIDE, elem_classes="cmce-hint")
+        page.example_bundle, page.example_gallery, page.example_query = (gr.Textbox(visible=False) for _ in range(3))
+        with gr.Tabs():  # the bundle where the ensemble lifts its query model most comes first
+            for name in story.order_by_lift(SHIPPED, EVALUATIONS):
+                reports = [r for r in EVALUATIONS if r.bundle == name]
+                with gr.Tab(story.tab_title(name, reports), elem_id=f"story-{name}"):
+                    with gr.Row():
+                        with gr.Column(scale=3):
+                            shows = EXAMPLE_SET.by_bundle.get(name, ())
+                            if shows:
+                                gr.Markdown(story.examples_markdown(EXAMPLE_SET, name))
+                                page.bundle_examples.append(gr.Examples(
+                                    [[name, e.gallery, str(e.query)] for e in shows],
+                                    inputs=[page.example_bundle, page.example_gallery, page.example_query],
+                                    example_labels=[EXAMPLE_SET.label(e) for e in shows],
+                                    label=f"One click: switch to {name}, load the gallery, search the query",
+                                    api_visibility="private"))
+                            gr.Markdown(story.story_markdown(reports))
+                        with gr.Column(scale=2):  # one risk-coverage plot per gallery kind, stacked
+                            for r in (r for r in reports if r.plot is not None):
+                                gr.Image(str(r.plot), label=f"Recall@1 vs share rejected, {r.gallery_kind} gallery",
+                                         interactive=False, height=300)
+
+
+
+def _gallery_section(page: _Page, engine: FaceEngine | None) -> None:
+    """Step 1: uploads, the ingest report, example galleries, rejection controls and the overview."""
+    cal = engine.bundle.calibration if engine else None
+    gr.Markdown("## 1 · Build a gallery")
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                page.files = gr.File(label="Images or zip/tar archives", file_count="multiple",
+                                file_types=["image", ".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz"],
+                                height=150, elem_id="gallery-files")
+                page.folder = gr.File(label="A folder (one sub-folder per person)", file_count="directory",
+                                 height=150, elem_id="gallery-folder")
+            page.folder_paths = gr.Textbox("", visible=False)
+            with gr.Row():
+                page.index_btn = gr.Button("Index faces", variant="primary", elem_id="index-btn")
+                page.clear_btn = gr.Button("Clear gallery", elem_id="clear-btn")
+            gr.Markdown("Labels come from folder names, or from `Name_0001.jpg`-style file names.",
+                        elem_classes="cmce-hint")
+        with gr.Column(scale=2):
+            page.report_md = gr.Markdown("No gallery yet.", elem_id="index-report")
+            page.example_name = gr.Textbox(visible=False)
+            page.gallery_examples = gr.Examples([[n] for n in EXAMPLE_GALLERIES], inputs=[page.example_name],
+                                           label="Example gallery (one click)", api_visibility="private")
+    page.report_json = gr.JSON(visible=False)
+
+    with gr.Row(equal_height=True):
+        page.order = gr.Dropdown(list(display.ORDERS), value=display.ORDERS[0], label="Sort", scale=2)
+        page.reject_by = gr.Radio([(REJECT_BY_LABELS[v], v) for v in REJECT_BY], value=REJECT_BY[0],
+                             label="Reject by", scale=2, elem_id="reject-by",
+                             info="Rejected faces never match; a query whose best match is rejected answers "
+                                  "Unknown.")
+        page.rate = gr.Slider(0.0, 0.9, value=cal.rejection_rate if cal else 0.1, step=0.01,
+                         label="Rejection rate (share of the gallery)", scale=3, elem_id="reject-rate")
+        page.score = gr.Dropdown(_score_choices(engine), value=BUNDLE_SCORE,
+                            label=display.score_choice_label(engine.bundle) if engine else "Rejection score",
+                            scale=2, elem_id="reject-score")
+        page.threshold = gr.Number(value=_calibrated_threshold(engine), step=0.001,
+                              label="Threshold (reject quality score above)", scale=2, elem_id="reject-threshold",
+                              info=display.threshold_help(cal.quality.kind, _calibrated_threshold(engine))
+                              if cal else None)
+    page.overview_md = gr.Markdown(display.overview_summary(None, []), elem_id="overview-summary")
+    page.overview = gr.Gallery(label="Gallery overview", columns=7, height=360, object_fit="contain",
+                          format="jpeg", elem_id="overview", buttons=[])
+
+
+
+def _search_section(page: _Page) -> None:
+    """Step 2: the query photo, its faces, the search options and the results."""
+    gr.Markdown("## 2 · Search")
+    with gr.Row():
+        with gr.Column(scale=2):
+            page.query = gr.Image(label="Query photo", type="filepath", sources=["upload", "webcam", "clipboard"],
+                             height=260, elem_id="query-image")
+            gr.Examples([[str(p)] for p, _ in EXAMPLE_QUERIES], inputs=[page.query], label="Example queries",
+                        example_labels=[t for _, t in EXAMPLE_QUERIES], api_visibility="private")
+        with gr.Column(scale=2):
+            page.faces_img = gr.Image(label="Faces found (numbered, largest first)", interactive=False, height=260,
+                                 elem_id="faces-image")
+        with gr.Column(scale=1, min_width=200):
+            page.face = gr.Dropdown(display.face_choices(1), value=0, label="Face", allow_custom_value=True,
+                               elem_id="face-choice")
+            page.identity = gr.Textbox("", label="Who is it? (optional)", placeholder="from Name_0003.jpg",
+                                  elem_id="query-identity")
+            page.k = gr.Slider(1, 10, value=5, step=1, label="Matches per column")
+            page.unknown_by = gr.Radio([(UNKNOWN_BY_LABELS[v], v) for v in UNKNOWN_BY], value=UNKNOWN_BY[0],
+                                  label="Say Unknown", elem_id="unknown-by",
+                                  info="in galleries of more than 50 people; normal is lowered on a gallery "
+                                       "of poor photos, strict never is")
+            page.search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
+    page.results = gr.HTML("<p>Results appear here, one column per model.</p>", elem_id="results")
+    with gr.Accordion("Results as data (what the API returns)", open=False):
+        page.results_json = gr.JSON()
+
+
+
+def _plots_section(page: _Page) -> None:
+    """Step 3: rejection on the user's own gallery (the paper's metric)."""
+    gr.Markdown("## 3 · Does rejection help on your gallery? (the paper's metric)")
+    page.plots_note = gr.Markdown("Index a labelled gallery to see how rejection works on it.")
+    with gr.Row():
+        page.rc_plot = gr.Plot(label="Recall@1 vs rejection", elem_id="risk-plot")
+        page.hist_plot = gr.Plot(label="Quality score", elem_id="hist-plot")
+
+
+
+def _wire(page: _Page) -> None:
+    """Every event of the page: what runs on which input, in which queue, under which API name."""
+    rejection = [page.reject_by, page.rate, page.threshold, page.score]
+    search_inputs = [page.query, page.face, page.k, page.identity, *rejection, page.unknown_by, page.state]
+    search_outputs = [page.faces_img, page.face, page.results, page.results_json, page.state]
+    upload_outputs = [page.state, page.report_md, page.report_json]
+
+    def after_gallery_change(event):
+        return (event.then(refresh_overview, [page.state, page.order, *rejection], [page.overview, page.overview_md],
+                           api_visibility="private")
+                .then(refresh_plots, [page.state, *rejection], [page.rc_plot, page.hist_plot, page.plots_note],
+                      api_visibility="private"))
+
+    def after_bundle_switch(event, search_name: str):
+        """Picker in step with the session, the query searched again (the new bundle's columns), then
+        the overview and plots."""
+        synced = event.then(picked_bundle, [page.state], [page.picker], api_visibility="private")
+        return after_gallery_change(synced.then(search, search_inputs, search_outputs, api_name=search_name,
+                                                api_visibility="private", **SEARCH_QUEUE))
+
+    bundle_outputs = [page.state, page.bundle_md, page.bundle_note, *rejection]
+    indexed = page.index_btn.click(index_gallery, [page.files, page.folder, page.folder_paths, page.state], upload_outputs,
+                              js=FOLDER_PATHS_JS, api_name="index_gallery", **INDEX_QUEUE)
+    after_gallery_change(indexed.then(lambda: (None, None, ""), None, [page.files, page.folder, page.folder_paths],
+                                      api_visibility="private"))
+    after_gallery_change(page.gallery_examples.load_input_event.then(
+        load_example_gallery, [page.example_name, page.state], upload_outputs, api_name="load_example_gallery",
+        **INDEX_QUEUE))
+    for examples in page.bundle_examples:  # bundle, gallery and query photo, then a search (the photo may be unchanged)
+        after_gallery_change(examples.load_input_event.then(
+            open_bundle_example, [page.example_bundle, page.example_gallery, page.example_query, page.state],
+            [*bundle_outputs, page.report_md, page.report_json, page.query], api_visibility="private", **INDEX_QUEUE)
+            .then(picked_bundle, [page.state], [page.picker], api_visibility="private")
+            .then(search, search_inputs, search_outputs, api_name="search_after_example",
+                  api_visibility="private", **SEARCH_QUEUE))
+    after_gallery_change(page.clear_btn.click(clear_gallery, [page.state], [page.state, page.report_md, page.report_json],
+                                         api_visibility="private"))
+    after_bundle_switch(page.load_btn.click(load_bundle_ui, [page.hub_id, page.hub_rev, page.state], bundle_outputs,
+                                       api_name="load_bundle", **BUNDLE_QUEUE), "search_after_load_bundle")
+    after_bundle_switch(page.picker.select(pick_bundle, [page.picker, page.state], bundle_outputs, api_visibility="private",
+                                      **BUNDLE_QUEUE), "search_after_pick_bundle")
+    page.score.input(pick_score, [page.score, page.state], [page.threshold], api_visibility="private")
+    page.threshold.input(typed_threshold, None, [page.reject_by], api_visibility="private")
+    gr.on([page.order.change, page.reject_by.change, page.rate.change, page.threshold.change, page.score.change], refresh_overview,
+          [page.state, page.order, *rejection], [page.overview, page.overview_md], trigger_mode="always_last",
+          api_visibility="private").then(
+        refresh_plots, [page.state, *rejection], [page.rc_plot, page.hist_plot, page.plots_note], trigger_mode="always_last",
+        api_visibility="private")
+    page.search_btn.click(search, search_inputs, search_outputs, api_name="search", **SEARCH_QUEUE)
+    page.query.change(prepare_query, [page.query], [page.face, page.identity], api_visibility="private").then(
+        search, search_inputs, search_outputs, api_name="search_new_photo", api_visibility="private",
+        **SEARCH_QUEUE)
+    page.face.input(search, search_inputs, search_outputs, api_name="search_other_face", api_visibility="private",
+               **SEARCH_QUEUE)
+    page.unknown_by.input(search, search_inputs, search_outputs, api_name="search_unknown_by", api_visibility="private",
+                     **SEARCH_QUEUE)
+
+
 def create_demo(engine: FaceEngine | None) -> gr.Blocks:
     """The Blocks app; ``engine`` gives the defaults shown (None: no bundle could be loaded)."""
-    cal = engine.bundle.calibration if engine else None
+    page = _Page()
     with gr.Blocks(title="CMCE Face Search", delete_cache=(1800, 3600)) as demo:
-        state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=_expire)
+        page.state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=_expire)
         gr.Markdown(
             "# CMCE Face Search\n"
             "Search your own photos with an ensemble of face models mapped into one space "
@@ -509,175 +748,12 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
             "whose best match is rejected answers Unknown, never the next person. Your gallery lives "
             "only in this browser session."
         )
-        picker = gr.Dropdown([(b.label, n) for n, b in SHIPPED.items()], value=_shipped_name(engine),
-                             label="Bundle: which face models search your photos",
-                             info="Switching keeps your gallery: it is re-projected into the new bundle's space "
-                                  "without reading a photo again.", elem_id="bundle-picker")
-        bundle_note = gr.Markdown(elem_id="bundle-note")
-        with gr.Accordion("Model bundle: details, or one from the Hub", open=False):
-            bundle_md = gr.Markdown(
-                display.bundle_markdown(bundle_summary(engine.bundle)) if engine
-                else f"**No bundle loaded** ({ENGINES.default_error}). Set `CMCE_BUNDLE` or load one below."
-            )
-            with gr.Row(equal_height=True):
-                hub_id = gr.Textbox(label="Hub bundle id", scale=3, elem_id="hub-id",
-                                    placeholder="org/name, or a shipped bundle's name (empty = the default bundle)")
-                hub_rev = gr.Textbox(label="Revision (optional)", placeholder="main, a tag or a commit", scale=2)
-                load_btn = gr.Button("Load bundle", scale=1)
-
-        bundle_examples = []  # (gr.Examples, ...) of each bundle's tab, wired below
-        with gr.Accordion("What the ensemble buys: measured on faces never seen in training, and shown in one click",
-                          open=True, elem_id="story"):
-            gr.Markdown(story.READING_GUIDE, elem_classes="cmce-hint")
-            example_bundle, example_gallery, example_query = (gr.Textbox(visible=False) for _ in range(3))
-            with gr.Tabs():  # the bundle where the ensemble lifts its query model most comes first
-                for name in story.order_by_lift(SHIPPED, EVALUATIONS):
-                    reports = [r for r in EVALUATIONS if r.bundle == name]
-                    with gr.Tab(story.tab_title(name, reports), elem_id=f"story-{name}"):
-                        with gr.Row():
-                            with gr.Column(scale=3):
-                                shows = EXAMPLE_SET.by_bundle.get(name, ())
-                                if shows:
-                                    gr.Markdown(story.examples_markdown(EXAMPLE_SET, name))
-                                    bundle_examples.append(gr.Examples(
-                                        [[name, e.gallery, str(e.query)] for e in shows],
-                                        inputs=[example_bundle, example_gallery, example_query],
-                                        example_labels=[EXAMPLE_SET.label(e) for e in shows],
-                                        label=f"One click: switch to {name}, load the gallery, search the query",
-                                        api_visibility="private"))
-                                gr.Markdown(story.story_markdown(reports))
-                            with gr.Column(scale=2):  # one risk-coverage plot per gallery kind, stacked
-                                for r in (r for r in reports if r.plot is not None):
-                                    gr.Image(str(r.plot), label=f"Recall@1 vs share rejected, {r.gallery_kind} gallery",
-                                             interactive=False, height=300)
-
-        gr.Markdown("## 1 · Build a gallery")
-        with gr.Row():
-            with gr.Column(scale=3):
-                with gr.Row():
-                    files = gr.File(label="Images or zip/tar archives", file_count="multiple",
-                                    file_types=["image", ".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz"],
-                                    height=150, elem_id="gallery-files")
-                    folder = gr.File(label="A folder (one sub-folder per person)", file_count="directory",
-                                     height=150, elem_id="gallery-folder")
-                folder_paths = gr.Textbox("", visible=False)
-                with gr.Row():
-                    index_btn = gr.Button("Index faces", variant="primary", elem_id="index-btn")
-                    clear_btn = gr.Button("Clear gallery", elem_id="clear-btn")
-                gr.Markdown("Labels come from folder names, or from `Name_0001.jpg`-style file names.",
-                            elem_classes="cmce-hint")
-            with gr.Column(scale=2):
-                report_md = gr.Markdown("No gallery yet.", elem_id="index-report")
-                example_name = gr.Textbox(visible=False)
-                gallery_examples = gr.Examples([[n] for n in EXAMPLE_GALLERIES], inputs=[example_name],
-                                               label="Example gallery (one click)", api_visibility="private")
-        report_json = gr.JSON(visible=False)
-
-        with gr.Row(equal_height=True):
-            order = gr.Dropdown(list(display.ORDERS), value=display.ORDERS[0], label="Sort", scale=2)
-            reject_by = gr.Radio([(REJECT_BY_LABELS[v], v) for v in REJECT_BY], value=REJECT_BY[0],
-                                 label="Reject by", scale=2, elem_id="reject-by",
-                                 info="Rejected faces never match; a query whose best match is rejected answers "
-                                      "Unknown.")
-            rate = gr.Slider(0.0, 0.9, value=cal.rejection_rate if cal else 0.1, step=0.01,
-                             label="Rejection rate (share of the gallery)", scale=3, elem_id="reject-rate")
-            score = gr.Dropdown(_score_choices(engine), value=BUNDLE_SCORE,
-                                label=display.score_choice_label(engine.bundle) if engine else "Rejection score",
-                                scale=2, elem_id="reject-score")
-            threshold = gr.Number(value=_calibrated_threshold(engine), step=0.001,
-                                  label="Threshold (reject quality score above)", scale=2, elem_id="reject-threshold",
-                                  info=display.threshold_help(cal.quality.kind, _calibrated_threshold(engine))
-                                  if cal else None)
-        overview_md = gr.Markdown(display.overview_summary(None, []), elem_id="overview-summary")
-        overview = gr.Gallery(label="Gallery overview", columns=7, height=360, object_fit="contain",
-                              format="jpeg", elem_id="overview", buttons=[])
-
-        gr.Markdown("## 2 · Search")
-        with gr.Row():
-            with gr.Column(scale=2):
-                query = gr.Image(label="Query photo", type="filepath", sources=["upload", "webcam", "clipboard"],
-                                 height=260, elem_id="query-image")
-                gr.Examples([[str(p)] for p, _ in EXAMPLE_QUERIES], inputs=[query], label="Example queries",
-                            example_labels=[t for _, t in EXAMPLE_QUERIES], api_visibility="private")
-            with gr.Column(scale=2):
-                faces_img = gr.Image(label="Faces found (numbered, largest first)", interactive=False, height=260,
-                                     elem_id="faces-image")
-            with gr.Column(scale=1, min_width=200):
-                face = gr.Dropdown(display.face_choices(1), value=0, label="Face", allow_custom_value=True,
-                                   elem_id="face-choice")
-                identity = gr.Textbox("", label="Who is it? (optional)", placeholder="from Name_0003.jpg",
-                                      elem_id="query-identity")
-                k = gr.Slider(1, 10, value=5, step=1, label="Matches per column")
-                unknown_by = gr.Radio([(UNKNOWN_BY_LABELS[v], v) for v in UNKNOWN_BY], value=UNKNOWN_BY[0],
-                                      label="Say Unknown", elem_id="unknown-by",
-                                      info="in galleries of more than 50 people; normal is lowered on a gallery "
-                                           "of poor photos, strict never is")
-                search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
-        results = gr.HTML("<p>Results appear here, one column per model.</p>", elem_id="results")
-        with gr.Accordion("Results as data (what the API returns)", open=False):
-            results_json = gr.JSON()
-
-        gr.Markdown("## 3 · Does rejection help on your gallery? (the paper's metric)")
-        plots_note = gr.Markdown("Index a labelled gallery to see how rejection works on it.")
-        with gr.Row():
-            rc_plot = gr.Plot(label="Recall@1 vs rejection", elem_id="risk-plot")
-            hist_plot = gr.Plot(label="Quality score", elem_id="hist-plot")
-
-        # ---- wiring
-        rejection = [reject_by, rate, threshold, score]
-        search_inputs = [query, face, k, identity, *rejection, unknown_by, state]
-        search_outputs = [faces_img, face, results, results_json, state]
-        upload_outputs = [state, report_md, report_json]
-
-        def after_gallery_change(event):
-            return (event.then(refresh_overview, [state, order, *rejection], [overview, overview_md],
-                               api_visibility="private")
-                    .then(refresh_plots, [state, *rejection], [rc_plot, hist_plot, plots_note],
-                          api_visibility="private"))
-
-        def after_bundle_switch(event, search_name: str):
-            """Picker in step with the session, the query searched again (the new bundle's columns), then
-            the overview and plots."""
-            synced = event.then(picked_bundle, [state], [picker], api_visibility="private")
-            return after_gallery_change(synced.then(search, search_inputs, search_outputs, api_name=search_name,
-                                                    api_visibility="private", **SEARCH_QUEUE))
-
-        bundle_outputs = [state, bundle_md, bundle_note, *rejection]
-        indexed = index_btn.click(index_gallery, [files, folder, folder_paths, state], upload_outputs,
-                                  js=FOLDER_PATHS_JS, api_name="index_gallery", **INDEX_QUEUE)
-        after_gallery_change(indexed.then(lambda: (None, None, ""), None, [files, folder, folder_paths],
-                                          api_visibility="private"))
-        after_gallery_change(gallery_examples.load_input_event.then(
-            load_example_gallery, [example_name, state], upload_outputs, api_name="load_example_gallery",
-            **INDEX_QUEUE))
-        for examples in bundle_examples:  # bundle, gallery and query photo, then a search (the photo may be unchanged)
-            after_gallery_change(examples.load_input_event.then(
-                open_bundle_example, [example_bundle, example_gallery, example_query, state],
-                [*bundle_outputs, report_md, report_json, query], api_visibility="private", **INDEX_QUEUE)
-                .then(picked_bundle, [state], [picker], api_visibility="private")
-                .then(search, search_inputs, search_outputs, api_name="search_after_example",
-                      api_visibility="private", **SEARCH_QUEUE))
-        after_gallery_change(clear_btn.click(clear_gallery, [state], [state, report_md, report_json],
-                                             api_visibility="private"))
-        after_bundle_switch(load_btn.click(load_bundle_ui, [hub_id, hub_rev, state], bundle_outputs,
-                                           api_name="load_bundle", **BUNDLE_QUEUE), "search_after_load_bundle")
-        after_bundle_switch(picker.select(pick_bundle, [picker, state], bundle_outputs, api_visibility="private",
-                                          **BUNDLE_QUEUE), "search_after_pick_bundle")
-        score.input(pick_score, [score, state], [threshold], api_visibility="private")
-        threshold.input(typed_threshold, None, [reject_by], api_visibility="private")
-        gr.on([order.change, reject_by.change, rate.change, threshold.change, score.change], refresh_overview,
-              [state, order, *rejection], [overview, overview_md], trigger_mode="always_last",
-              api_visibility="private").then(
-            refresh_plots, [state, *rejection], [rc_plot, hist_plot, plots_note], trigger_mode="always_last",
-            api_visibility="private")
-        search_btn.click(search, search_inputs, search_outputs, api_name="search", **SEARCH_QUEUE)
-        query.change(prepare_query, [query], [face, identity], api_visibility="private").then(
-            search, search_inputs, search_outputs, api_name="search_new_photo", api_visibility="private",
-            **SEARCH_QUEUE)
-        face.input(search, search_inputs, search_outputs, api_name="search_other_face", api_visibility="private",
-                   **SEARCH_QUEUE)
-        unknown_by.input(search, search_inputs, search_outputs, api_name="search_unknown_by", api_visibility="private",
-                         **SEARCH_QUEUE)
+        _bundle_section(page, engine)
+        _story_section(page)
+        _gallery_section(page, engine)
+        _search_section(page)
+        _plots_section(page)
+        _wire(page)
         demo.unload(_unload)
     return demo
 
