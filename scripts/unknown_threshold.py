@@ -49,7 +49,7 @@ from cmce.faces.detector import create_detector  # noqa: E402
 from cmce.io.datasets import list_labelled_images  # noqa: E402
 from cmce.method.answers import cohort_normalised, gallery_doubt, stranger_best, unknown_mask  # noqa: E402
 from cmce.method.bundle import load_bundle  # noqa: E402
-from cmce.metrics import cluster_bootstrap  # noqa: E402
+from cmce.metrics.intervals import cluster_bootstrap  # noqa: E402
 from cmce.models.embed import EmbeddingCache, embed_files  # noqa: E402
 from cmce.models.transform import first_image_protocol  # noqa: E402
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmce import metrics as M
 from cmce.experiments.evaluate import adapter_row_name, evaluate_embedded
 from cmce.experiments.train import SplitConfig, dataset_splits, train_bundle
 from cmce.method.answers import ANSWER_RULES, cohort_normalised, gallery_doubt, stranger_best, unknown_mask
@@ -20,6 +19,8 @@ from cmce.method.ensemble import (
     fuse_members,
     member_uncertainty,
 )
+from cmce.metrics.intervals import relative_error_reduction
+from cmce.metrics.retrieval import recall_at_k
 from cmce.models.transform import (
     TrainConfig,
     first_image_protocol,
@@ -72,7 +73,7 @@ def test_linear_map_and_trained_transformer_on_unseen_identities(lfw_pairs_embed
     gi, qi = first_image_protocol(labels[te])
 
     def r1(gallery_vectors):
-        return M.recall_at_k(q[te][qi] @ gallery_vectors.T, labels[te][qi], labels[te][gi], ks=(1,))[1]
+        return recall_at_k(q[te][qi] @ gallery_vectors.T, labels[te][qi], labels[te][gi], ks=(1,))[1]
 
     W = fit_linear_map(g[tr], q[tr])
     lin = g[te][gi] @ W
@@ -221,7 +222,7 @@ def test_evaluate_rows_and_rejection(trained_bundle, small_dataset, lfw_pairs_em
     gi, qi = idx[gi], idx[qi]
     gv = bundle.gallery_vectors({k: v[gi] for k, v in res.embeddings.items()}, res.detection_probability[gi])
     sim = res.embeddings["sface"][qi] @ gv.ensemble.T
-    r1 = M.recall_at_k(sim, labels[qi], labels[gi], ks=(1,))[1]
+    r1 = recall_at_k(sim, labels[qi], labels[gi], ks=(1,))[1]
     row = next(r for r in result["rows"] if r["name"] == "CMCE ensemble")
     assert row["recall_at_1"] == pytest.approx(r1)
     # the app's answers: every query counted once, under every rule
@@ -268,7 +269,7 @@ def test_evaluate_reports_query_adapter_baseline(trained_bundle, lfw_pairs_embed
         adapted = transform_embeddings(bundle.query_adapters[m], res.embeddings["sface"][qi])
         assert adapted.shape[1] == res.embeddings[m].shape[1]  # lands in the gallery model's space
         sim = adapted @ res.embeddings[m][gi].T
-        assert row["recall_at_1"] == pytest.approx(M.recall_at_k(sim, labels[qi], labels[gi], ks=(1,))[1], abs=1e-6)
+        assert row["recall_at_1"] == pytest.approx(recall_at_k(sim, labels[qi], labels[gi], ks=(1,))[1], abs=1e-6)
         assert row["recall_at_1"] > 0.5  # it carries identity across the spaces
     # a bundle without adapters (as the ones trained before them) has no such rows
     bare = type(bundle)(bundle.query_model, bundle.gallery_models, bundle.transformers, bundle.query_member,
@@ -359,7 +360,7 @@ def test_evaluate_prints_an_undefined_error_cut_as_a_dash_and_writes_null() -> N
     from cmce.cli import _json_safe
     from cmce.method.card import render_rejection_tables
 
-    cut = M.relative_error_reduction(1.0, 1.0)  # unrejected Recall@1 already 100%: no error to cut
+    cut = relative_error_reduction(1.0, 1.0)  # unrejected Recall@1 already 100%: no error to cut
     assert np.isnan(cut)
     nan = float("nan")
     table = render_rejection_tables({

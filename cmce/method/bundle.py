@@ -366,7 +366,7 @@ class Bundle:
         Default: the bundle's calibrated threshold. ``rate`` rejects that share of this
         gallery (most doubtful first); ``threshold`` rejects scores above it.
         """
-        from cmce.metrics import gallery_rejection_mask
+        from cmce.metrics.rejection import gallery_rejection_mask
 
         q = np.asarray(quality, np.float32)
         if rate is not None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from cmce.errors import CmceError
 from cmce.method.quality import QualityPredictor, detection_doubt
-from cmce.metrics import mean_pairwise_cosine_distance
+from cmce.metrics.uncertainty import mean_pairwise_cosine_distance
 
 __all__ = [
     "FUSIONS",
