@@ -24,7 +24,7 @@ from cmce.experiments.degrade import (
     write_degraded,
 )
 from cmce.faces.geometry import Face
-from cmce.method.ensemble import FusionGate, fuse_member_list
+from cmce.method.ensemble import FusionGate, fuse_members
 from cmce.metrics.intervals import cluster_bootstrap, tar_at_far_cluster_ci
 from cmce.metrics.retrieval import recall_at_k, top1_hits
 from cmce.metrics.verification import tar_at_far, verification_scores
@@ -322,7 +322,7 @@ def test_fusion_gate_weights_and_round_trip() -> None:
     prob = np.full(6, 0.999, np.float32)
     # zero logits: exactly the paper's mean over the present members
     flat = FusionGate("weighted", ("a", "b", "query"), bias=(0.0, 0.0, 0.0))
-    np.testing.assert_allclose(flat.fuse(v, present, prob), fuse_member_list(v, present), atol=1e-6)
+    np.testing.assert_allclose(flat.fuse(v, present, prob), fuse_members(v, present), atol=1e-6)
     gate = FusionGate("gated", ("a", "b", "query"), w1=tuple(map(tuple, rng.normal(size=(4, 7)))), b1=(0.0,) * 4,
                       w2=tuple(map(tuple, rng.normal(size=(3, 4)))), bias=(0.0, 0.5, -0.5))
     w = gate.weights(v, present, prob)

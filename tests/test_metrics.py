@@ -568,6 +568,11 @@ def test_relative_error_reduction():
             relative_error_reduction(0.5, bad)
 
 
+def _members(e: np.ndarray) -> list[np.ndarray]:
+    """(G, N, D) -> the N (G, D) member arrays ``mean_pairwise_cosine_distance`` takes."""
+    return list(np.moveaxis(e, 1, 0))
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("g,n,d", [(1, 1, 3), (3, 2, 4), (5, 7, 16), (2, 20, 8), (4, 3, 1), (0, 3, 2)])
 def test_mean_pairwise_matches_naive(seed, g, n, d):
@@ -575,36 +580,80 @@ def test_mean_pairwise_matches_naive(seed, g, n, d):
     e = rng.normal(size=(g, n, d)) * rng.uniform(0.1, 10.0, size=(g, n, 1))  # not unit norm
     if g and n > 1:
         e[0, 1] = 3.0 * e[0, 0]  # a duplicate direction
-    got = mean_pairwise_cosine_distance(e)
+    got = mean_pairwise_cosine_distance(_members(e))
     assert got.shape == (g,) and got.dtype == np.float64
     np.testing.assert_allclose(got, naive_mean_pairwise(e), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mean_pairwise_with_absent_members_matches_naive(seed):
+    rng = np.random.default_rng(seed)
+    g, n, d = 9, 4, 6
+    e = rng.normal(size=(g, n, d))
+    present = rng.random((g, n)) < 0.6
+    present[0], present[1] = False, [True, False, False, False]  # no member; one member
+    e[~present] = np.nan  # absent rows are never read
+    got = mean_pairwise_cosine_distance(_members(e), list(present.T))
+    want = [naive_mean_pairwise(e[i : i + 1, present[i]])[0] if present[i].any() else 0.0 for i in range(g)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert got[0] == 0.0 and got[1] == 0.0  # fewer than two members: no disagreement, never NaN
+
+
+def test_mean_pairwise_unit_float32_keeps_the_gallery_numbers():
+    """normalise=False on float32 unit vectors: exactly the arithmetic galleries were scored with."""
+    rng = np.random.default_rng(5)
+    vs = [rng.normal(size=(50, 32)).astype(np.float32) for _ in range(3)]
+    vs = [v / np.linalg.norm(v, axis=1, keepdims=True) for v in vs]
+    present = [np.ones(50, bool), rng.random(50) < 0.5, rng.random(50) < 0.5]
+    total, count = np.zeros((50, 32), np.float32), np.zeros(50, np.float32)
+    for v, w in zip(vs, present):
+        total[w] += v[w]
+        count += w
+    sq = np.einsum("gd,gd->g", total, total)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = np.clip(1.0 - (sq - count) / (count * (count - 1)), 0.0, 2.0)
+    want = np.where(count >= 2, want, 0.0).astype(np.float32)
+    got = mean_pairwise_cosine_distance(vs, present, normalise=False)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
 def test_mean_pairwise_edge_cases():
-    assert mean_pairwise_cosine_distance(np.ones((3, 1, 5))).tolist() == [0.0, 0.0, 0.0]
+    assert mean_pairwise_cosine_distance(_members(np.ones((3, 1, 5)))).tolist() == [0.0, 0.0, 0.0]
     same = np.tile(np.array([0.6, 0.8]), (2, 5, 1))
-    np.testing.assert_allclose(mean_pairwise_cosine_distance(same), [0.0, 0.0], atol=1e-15)
+    np.testing.assert_allclose(mean_pairwise_cosine_distance(_members(same)), [0.0, 0.0], atol=1e-15)
     opposite = np.array([[[1.0, 0.0], [-1.0, 0.0]]])
-    np.testing.assert_allclose(mean_pairwise_cosine_distance(opposite), [2.0])
+    np.testing.assert_allclose(mean_pairwise_cosine_distance(_members(opposite)), [2.0])
     # huge and tiny scales neither overflow nor underflow
     e = np.array([[[1e300, 0.0], [0.0, 1e300]], [[1e-300, 0.0], [0.0, 1e-300]]])
-    np.testing.assert_allclose(mean_pairwise_cosine_distance(e), [1.0, 1.0])
-    assert mean_pairwise_cosine_distance(np.arange(3, dtype=int).reshape(1, 3, 1) + 1).tolist() == [0.0]
+    np.testing.assert_allclose(mean_pairwise_cosine_distance(_members(e)), [1.0, 1.0])
+    ints = np.arange(3, dtype=int).reshape(1, 3, 1) + 1
+    assert mean_pairwise_cosine_distance(_members(ints)).tolist() == [0.0]
+    assert mean_pairwise_cosine_distance(_members(ints)).dtype == np.float64
 
 
 @pytest.mark.parametrize(
-    "e",
+    "members,present",
     [
-        np.zeros((2, 3)),
-        np.zeros((1, 2, 3, 4)),
-        np.zeros((2, 0, 3)),
-        np.zeros((2, 3, 0)),
-        np.array([[[1.0, 0.0], [0.0, 0.0]]]),
-        np.array([[[1.0, np.nan], [0.0, 1.0]]]),
-        np.array([[[1.0, np.inf], [0.0, 1.0]]]),
-        np.array([[["a", "b"]]]),
+        (np.zeros((2, 3, 4)), None),  # a bare (G, N, D) stack is refused
+        ([], None),
+        ([np.zeros(3)], None),
+        ([np.ones((2, 3)), np.ones((2, 4))], None),
+        ([np.zeros((2, 0)), np.zeros((2, 0))], None),
+        ([np.array([[1.0, 0.0]]), np.array([[0.0, 0.0]])], None),
+        ([np.array([[1.0, np.nan]]), np.array([[0.0, 1.0]])], None),
+        ([np.array([[1.0, np.inf]]), np.array([[0.0, 1.0]])], None),
+        ([np.array([["a", "b"]])], None),
+        ([np.ones((2, 3))], [np.ones(2, bool), np.ones(2, bool)]),
+        ([np.ones((2, 3))], [np.ones(3, bool)]),
+        ([np.ones((2, 3))], [np.ones(2)]),
+        ([np.ones((2, 3))], np.ones((2, 1), bool)),
     ],
 )
-def test_mean_pairwise_invalid_inputs_raise(e):
-    with pytest.raises(CmceError, match="embeddings"):
-        mean_pairwise_cosine_distance(e)
+def test_mean_pairwise_invalid_inputs_raise(members, present):
+    with pytest.raises(CmceError, match="members|present"):
+        mean_pairwise_cosine_distance(members, present)
+
+
+def test_mean_pairwise_unnormalised_non_finite_rows_raise():
+    with pytest.raises(CmceError, match="finite"):
+        mean_pairwise_cosine_distance([np.array([[1.0, np.nan]], np.float32)] * 2, normalise=False)

@@ -242,7 +242,7 @@ def evaluate_embedded(
     # whose errors are many enough to show what rejection does.
     from cmce.method.ensemble import fuse_members
 
-    go_vec = fuse_members(np.stack([gv.views[m] for m in bundle.gallery_models], axis=1))
+    go_vec = fuse_members([gv.views[m] for m in bundle.gallery_models])
     go_sim = embedded.embeddings[bundle.query_model][qi] @ go_vec.T
     go_hits = top1_hits(go_sim, q_lab, g_lab)
     go_base, go_lo, go_hi = cluster_bootstrap([go_hits], clusters, resamples=ci_resamples, seed=seed)
@@ -341,14 +341,10 @@ def _member_label(bundle_query: str, member: str) -> str:
     return f"{bundle_query} (own)" if member == "query" else member
 
 
-def _top1_hits(sim: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray) -> np.ndarray:
-    """(Q,) 1.0 where the best-scoring gallery entry has the query's label."""
-    return (g_lab[sim.argmax(axis=1)] == q_lab).astype(np.float64)
-
-
 def _upgrade_metrics(sim: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray) -> dict:
     scores, same = verification_scores(sim, q_lab, g_lab)
-    hits = _top1_hits(sim, q_lab, g_lab)
+    # every query has a mate (first-image protocol), so no hit is NaN ("not counted")
+    hits = top1_hits(sim, q_lab, g_lab)
     r1, lo, hi = bootstrap_mean_ci(hits)
     return {
         "recall_at_1": r1,
@@ -436,7 +432,7 @@ def evaluate_upgrade(
         row["seconds_per_1k_entries"] = costs.get(stage)
         row["photos_read"] = photos[stage]
         rows.append(row)
-    hits = {s: _top1_hits(sims[s], q_lab, g_lab) for s in UPGRADE_STAGES}
+    hits = {s: top1_hits(sims[s], q_lab, g_lab) for s in UPGRADE_STAGES}
     comparisons = []
     for a, b in (("before", "no_backfill"), ("no_backfill", "backfill")):
         d, lo, hi = bootstrap_mean_ci(hits[b] - hits[a])
@@ -446,7 +442,7 @@ def evaluate_upgrade(
     for n in range(1, len(kept) + 1):
         per = []
         for subset in combinations(kept, n):
-            fused = fuse_members(np.stack([views[m] for m in subset], axis=1))
+            fused = fuse_members([views[m] for m in subset])
             per.append({"members": [_member_label(nq, m) for m in subset],
                         **_upgrade_metrics(qv @ fused.T, q_lab, g_lab)})
         curve.append({"members": n, "subsets": per,
