@@ -42,7 +42,7 @@ import numpy as np
 from cmce.faces.detector import FaceDetector, create_detector
 from cmce.faces.geometry import align_faces, pick_subject
 from cmce.io.images import load_image
-from cmce.metrics import bootstrap_mean_ci
+from cmce.metrics.intervals import bootstrap_mean_ci
 from cmce.models.backbones import TEMPLATES, create_backbone
 from cmce.models.backbones.base import configure_torch_threads
 

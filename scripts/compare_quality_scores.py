@@ -29,12 +29,14 @@ RATES = (0.05, 0.1, 0.2, 0.3)
 
 
 def main() -> None:
-    from cmce import metrics as M
     from cmce.experiments.degrade import DegradeSpec, degrade_gallery
     from cmce.experiments.evaluate import gallery_positions, quality_scores_by_kind
     from cmce.experiments.train import heldout_subset
     from cmce.io.datasets import list_labelled_images
     from cmce.method.bundle import load_bundle
+    from cmce.metrics.intervals import cluster_bootstrap, relative_error_reduction
+    from cmce.metrics.rejection import gallery_rejection_mask
+    from cmce.metrics.retrieval import top1_hits
     from cmce.models.embed import EmbeddingCache, embed_files
     from cmce.models.transform import first_image_protocol
 
@@ -64,14 +66,14 @@ def main() -> None:
     gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.embeddings.items()}, prob[gi])
     sim = emb.embeddings[bundle.query_model][qi] @ gv.ensemble.T
     q_lab, g_lab = labels[qi], labels[gi]
-    base = M.top1_hits(sim, q_lab, g_lab)
+    base = top1_hits(sim, q_lab, g_lab)
     scores = quality_scores_by_kind(bundle, gv, prob[gi])
     mine = bundle.calibration.quality.kind
     # (no random column: one random draw is too noisy to pair with; evaluate reports the mean of many)
     others = [k for k in scores if k not in ("bundle", mine)]
 
     def diff(b: float, a: float, o: float) -> float:
-        return M.relative_error_reduction(b, a) - M.relative_error_reduction(b, o)
+        return relative_error_reduction(b, a) - relative_error_reduction(b, o)
 
     print(f"{args.bundle} ({args.gallery_degrade or 'clean'} gallery): R@1 {100 * np.nanmean(base):.2f}, "
           f"{int(np.nansum(1 - base))} errors in {int(np.sum(~np.isnan(base)))} queries; shipped score {mine}")
@@ -79,12 +81,12 @@ def main() -> None:
     print("|---:|---:|" + "---:|" * len(others))
     out = {"bundle": args.bundle, "gallery_degrade": args.gallery_degrade, "score": mine, "rates": []}
     for rate in RATES:
-        hits = {k: M.top1_hits(sim, q_lab, g_lab, M.gallery_rejection_mask(s, rate)) for k, s in scores.items()}
-        cut = M.cluster_bootstrap([base, hits[mine]], q_lab, M.relative_error_reduction, resamples=args.resamples)
+        hits = {k: top1_hits(sim, q_lab, g_lab, gallery_rejection_mask(s, rate)) for k, s in scores.items()}
+        cut = cluster_bootstrap([base, hits[mine]], q_lab, relative_error_reduction, resamples=args.resamples)
         row = {"rate": rate, "error_cut": cut, "minus": {}}
         cells = []
         for k in others:
-            d = M.cluster_bootstrap([base, hits[mine], hits[k]], q_lab, diff, resamples=args.resamples)
+            d = cluster_bootstrap([base, hits[mine], hits[k]], q_lab, diff, resamples=args.resamples)
             row["minus"][k] = d
             cells.append(f"{100 * d[0]:+.1f} ({100 * d[1]:+.0f} to {100 * d[2]:+.0f})")
         out["rates"].append(row)

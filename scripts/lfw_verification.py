@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cmce.io.datasets import read_lfw_pairs, sample_pairs  # noqa: E402
-from cmce.metrics import best_verification_accuracy  # noqa: E402
+from cmce.metrics.verification import best_verification_accuracy  # noqa: E402
 from cmce.models.embed import EmbeddingCache, embed_files  # noqa: E402
 
 MODELS = ["sface", "dlib-resnet34", "facenet-casia"]

@@ -18,12 +18,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cmce import metrics as M
 from cmce.experiments.train import SplitConfig, dataset_splits, heldout_subset
 from cmce.faces.geometry import Face, pick_subject, similarity_transform
 from cmce.io.datasets import list_labelled_images
 from cmce.io.images import load_image
 from cmce.method.bundle import load_bundle
+from cmce.metrics.retrieval import recall_at_k
 from cmce.models.backbones import create_backbone
 from cmce.models.embed import EmbeddingCache, embed_files
 from cmce.models.transform import first_image_protocol
@@ -85,6 +85,6 @@ for j in qi:
 qy=np.array(qy); qc=np.array(qc)
 print("yunet ms median", np.median(ty)*1000, "missed", int((np.abs(qy).sum(1)==0).sum()))
 for name,q in (("mtcnn",qm),("yunet raw",qy),("yunet corrected",qc)):
-    r_ens=M.recall_at_k(q@gv.ensemble.T, lab[qi], lab[gi], ks=(1,))[1]
-    r_sym=M.recall_at_k(q@e.embeddings["sface"][idx][gi].T, lab[qi], lab[gi], ks=(1,))[1]
+    r_ens=recall_at_k(q@gv.ensemble.T, lab[qi], lab[gi], ks=(1,))[1]
+    r_sym=recall_at_k(q@e.embeddings["sface"][idx][gi].T, lab[qi], lab[gi], ks=(1,))[1]
     print(f"{name}: ensemble R@1 {r_ens:.4f}  sface-gallery R@1 {r_sym:.4f}")

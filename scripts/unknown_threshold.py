@@ -50,7 +50,7 @@ from cmce.faces.detector import create_detector  # noqa: E402
 from cmce.io.datasets import list_labelled_images  # noqa: E402
 from cmce.method.bundle import load_bundle  # noqa: E402
 from cmce.method.unknown import gallery_doubt  # noqa: E402
-from cmce.metrics import cluster_bootstrap  # noqa: E402
+from cmce.metrics.intervals import cluster_bootstrap  # noqa: E402
 from cmce.models.embed import EmbeddingCache, embed_files  # noqa: E402
 from cmce.models.transform import first_image_protocol  # noqa: E402
 

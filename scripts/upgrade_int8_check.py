@@ -15,10 +15,11 @@ import dataclasses
 
 import numpy as np
 
-from cmce import metrics as M
 from cmce.experiments.train import heldout_subset
 from cmce.io.datasets import list_labelled_images
 from cmce.method.bundle import load_bundle
+from cmce.metrics.intervals import bootstrap_mean_ci
+from cmce.metrics.verification import tar_at_far, verification_scores
 from cmce.models.embed import EmbeddingCache, embed_files
 from cmce.models.transform import first_image_protocol, quantize_transformer
 
@@ -46,10 +47,10 @@ def main() -> None:
         sim = q @ vecs[name].T
         tops[name] = sim.argmax(axis=1)
         hits = (labels[gi][tops[name]] == labels[qi]).astype(float)
-        r1, lo, hi = M.bootstrap_mean_ci(hits)
-        scores, same = M.verification_scores(sim, labels[qi], labels[gi])
+        r1, lo, hi = bootstrap_mean_ci(hits)
+        scores, same = verification_scores(sim, labels[qi], labels[gi])
         print(f"{name}: R@1 {100 * r1:.2f} ({100 * lo:.2f}-{100 * hi:.2f}), "
-              f"TAR@FAR=1e-3 {100 * M.tar_at_far(scores, same, 1e-3):.2f}")
+              f"TAR@FAR=1e-3 {100 * tar_at_far(scores, same, 1e-3):.2f}")
     dist = 1 - (vecs["float32"] * vecs["int8"]).sum(axis=1)
     print(f"queries whose top-1 differs: {int((tops['float32'] != tops['int8']).sum())} of {len(qi)}; "
           f"cosine distance float32 vs int8 fused vectors: median {np.median(dist):.1e}, max {dist.max():.1e}")

@@ -15,7 +15,7 @@ from cmce.faces.detector import FaceDetector
 from cmce.faces.geometry import EDGE_VERSION, pick_subject, warp_leaves_image
 from cmce.faces.second_chance import SecondChance
 from cmce.io.images import load_image
-from cmce.metrics import best_verification_accuracy
+from cmce.metrics.verification import best_verification_accuracy
 from cmce.models.backbones import (
     _REGISTRY,
     PRETRAINED,

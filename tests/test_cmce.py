@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmce import metrics as M
 from cmce.answer_metrics import cohort_normalised, stranger_best, unknown_mask
+from cmce.errors import CmceError
 from cmce.experiments.evaluate import adapter_row_name, evaluate_embedded
 from cmce.experiments.train import SplitConfig, dataset_splits, train_bundle
 from cmce.method.answer_rules import ANSWER_RULES
@@ -19,9 +19,11 @@ from cmce.method.ensemble import (
     QualityModel,
     detection_doubt,
     fuse_members,
-    member_uncertainty,
 )
 from cmce.method.unknown import gallery_doubt
+from cmce.metrics.intervals import relative_error_reduction
+from cmce.metrics.retrieval import recall_at_k
+from cmce.metrics.uncertainty import mean_pairwise_cosine_distance
 from cmce.models.transform import (
     TrainConfig,
     first_image_protocol,
@@ -35,14 +37,26 @@ def test_fuse_and_uncertainty_match_their_definitions() -> None:
     rng = np.random.default_rng(0)
     m = rng.standard_normal((6, 3, 16)).astype(np.float32)
     m /= np.linalg.norm(m, axis=2, keepdims=True)
-    fused = fuse_members(m)
+    members = list(m.transpose(1, 0, 2))  # three (6, 16) arrays, one per member
+    fused = fuse_members(members)
     ref = m.mean(1) / np.linalg.norm(m.mean(1), axis=1, keepdims=True)
     np.testing.assert_allclose(fused, ref, atol=1e-6)
-    u = member_uncertainty(m)
     naive = [np.mean([1 - m[g, i] @ m[g, j] for i in range(3) for j in range(i + 1, 3)]) for g in range(6)]
-    np.testing.assert_allclose(u, naive, atol=1e-5)
-    same = np.repeat(m[:, :1], 3, axis=1)
-    np.testing.assert_allclose(member_uncertainty(same), 0.0, atol=1e-6)
+    for normalise in (True, False):
+        u = mean_pairwise_cosine_distance(members, normalise=normalise)
+        assert u.dtype == np.float32
+        np.testing.assert_allclose(u, naive, atol=1e-5)
+    same = [m[:, 0]] * 3
+    np.testing.assert_allclose(mean_pairwise_cosine_distance(same), 0.0, atol=1e-6)
+    # an entry with fewer than two members has no disagreement: 0, whether masked or not
+    present = [np.ones(6, bool), np.arange(6) < 3, np.arange(6) < 2]
+    u = mean_pairwise_cosine_distance(members, present)
+    assert u[3:].tolist() == [0.0, 0.0, 0.0]
+    np.testing.assert_allclose(u[:2], naive[:2], atol=1e-5)
+    assert mean_pairwise_cosine_distance(members[:1]).tolist() == [0.0] * 6
+    np.testing.assert_allclose(fuse_members(members, present)[3:], m[3:, 0], atol=1e-6)
+    with pytest.raises(CmceError, match="list or tuple"):
+        fuse_members(m)  # a (G, N, D) stack is refused, never misread
 
 
 def test_quality_scores() -> None:
@@ -74,7 +88,7 @@ def test_linear_map_and_trained_transformer_on_unseen_identities(lfw_pairs_embed
     gi, qi = first_image_protocol(labels[te])
 
     def r1(gallery_vectors):
-        return M.recall_at_k(q[te][qi] @ gallery_vectors.T, labels[te][qi], labels[te][gi], ks=(1,))[1]
+        return recall_at_k(q[te][qi] @ gallery_vectors.T, labels[te][qi], labels[te][gi], ks=(1,))[1]
 
     W = fit_linear_map(g[tr], q[tr])
     lin = g[te][gi] @ W
@@ -223,7 +237,7 @@ def test_evaluate_rows_and_rejection(trained_bundle, small_dataset, lfw_pairs_em
     gi, qi = idx[gi], idx[qi]
     gv = bundle.gallery_vectors({k: v[gi] for k, v in res.embeddings.items()}, res.detection_probability[gi])
     sim = res.embeddings["sface"][qi] @ gv.ensemble.T
-    r1 = M.recall_at_k(sim, labels[qi], labels[gi], ks=(1,))[1]
+    r1 = recall_at_k(sim, labels[qi], labels[gi], ks=(1,))[1]
     row = next(r for r in result["rows"] if r["name"] == "CMCE ensemble")
     assert row["recall_at_1"] == pytest.approx(r1)
     # the app's answers: every query counted once, under every rule
@@ -270,7 +284,7 @@ def test_evaluate_reports_query_adapter_baseline(trained_bundle, lfw_pairs_embed
         adapted = transform_embeddings(bundle.query_adapters[m], res.embeddings["sface"][qi])
         assert adapted.shape[1] == res.embeddings[m].shape[1]  # lands in the gallery model's space
         sim = adapted @ res.embeddings[m][gi].T
-        assert row["recall_at_1"] == pytest.approx(M.recall_at_k(sim, labels[qi], labels[gi], ks=(1,))[1], abs=1e-6)
+        assert row["recall_at_1"] == pytest.approx(recall_at_k(sim, labels[qi], labels[gi], ks=(1,))[1], abs=1e-6)
         assert row["recall_at_1"] > 0.5  # it carries identity across the spaces
     # a bundle without adapters (as the ones trained before them) has no such rows
     bare = type(bundle)(bundle.query_model, bundle.gallery_models, bundle.transformers, bundle.query_member,
@@ -361,7 +375,7 @@ def test_evaluate_prints_an_undefined_error_cut_as_a_dash_and_writes_null() -> N
     from cmce.cli import _json_safe
     from cmce.method.card import render_rejection_tables
 
-    cut = M.relative_error_reduction(1.0, 1.0)  # unrejected Recall@1 already 100%: no error to cut
+    cut = relative_error_reduction(1.0, 1.0)  # unrejected Recall@1 already 100%: no error to cut
     assert np.isnan(cut)
     nan = float("nan")
     table = render_rejection_tables({

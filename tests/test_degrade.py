@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmce import metrics as M
 from cmce.errors import CmceError
 from cmce.experiments.degrade import (
     CROP_MARGINS,
@@ -25,7 +24,10 @@ from cmce.experiments.degrade import (
     write_degraded,
 )
 from cmce.faces.geometry import Face
-from cmce.method.ensemble import FusionGate, fuse_member_list
+from cmce.method.ensemble import FusionGate, fuse_members
+from cmce.metrics.intervals import cluster_bootstrap, tar_at_far_cluster_ci
+from cmce.metrics.retrieval import recall_at_k, top1_hits
+from cmce.metrics.verification import tar_at_far, verification_scores
 
 # real LFW photos whose subject face the plain detector finds (crop and tiny need its box)
 PHOTOS = [("Abel_Pacheco", 1), ("Adam_Sandler", 2), ("Ai_Sugiyama", 1), ("Aaron_Peirsol", 1),
@@ -272,9 +274,9 @@ def test_top1_hits_matches_recall_at_1_with_a_mask() -> None:
     sim = rng.normal(size=(60, 40))
     ql, gl = rng.integers(0, 30, 60), np.arange(40) % 32
     mask = rng.random(40) > 0.3
-    hits = M.top1_hits(sim, ql, gl, mask)
+    hits = top1_hits(sim, ql, gl, mask)
     assert np.isnan(hits).any()  # queries whose mate is rejected are not counted
-    assert np.nanmean(hits) == pytest.approx(M.recall_at_k(sim, ql, gl, ks=(1,), gallery_mask=mask)[1])
+    assert np.nanmean(hits) == pytest.approx(recall_at_k(sim, ql, gl, ks=(1,), gallery_mask=mask)[1])
 
 
 def test_cluster_bootstrap_against_a_naive_resampling() -> None:
@@ -282,7 +284,7 @@ def test_cluster_bootstrap_against_a_naive_resampling() -> None:
     clusters = np.repeat(np.arange(40), rng.integers(1, 5, 40))
     a = (rng.random(len(clusters)) < 0.8).astype(float)
     b = np.where(rng.random(len(clusters)) < 0.1, np.nan, (rng.random(len(clusters)) < 0.9).astype(float))
-    point, lo, hi = M.cluster_bootstrap([a, b], clusters, lambda x, y: y - x, resamples=400, seed=5)
+    point, lo, hi = cluster_bootstrap([a, b], clusters, lambda x, y: y - x, resamples=400, seed=5)
     assert point == pytest.approx(np.nanmean(b) - np.nanmean(a))
     # naive: resample identities, gather their queries, recompute the difference
     ids = np.unique(clusters)
@@ -302,9 +304,9 @@ def test_tar_interval_brackets_the_point_value() -> None:
     gl, ql = np.arange(g), rng.integers(0, g, q)
     sim = rng.normal(0, 0.1, (q, g))
     sim[np.arange(q), ql] += rng.normal(0.45, 0.15, q)
-    scores, same = M.verification_scores(sim, ql, gl)
-    tar, lo, hi = M.tar_at_far_cluster_ci(sim, ql, gl, ql, far=1e-2, resamples=200)
-    assert tar == M.tar_at_far(scores, same, 1e-2)
+    scores, same = verification_scores(sim, ql, gl)
+    tar, lo, hi = tar_at_far_cluster_ci(sim, ql, gl, ql, far=1e-2, resamples=200)
+    assert tar == tar_at_far(scores, same, 1e-2)
     assert lo <= tar <= hi and hi - lo < 0.2
 
 
@@ -320,7 +322,7 @@ def test_fusion_gate_weights_and_round_trip() -> None:
     prob = np.full(6, 0.999, np.float32)
     # zero logits: exactly the paper's mean over the present members
     flat = FusionGate("weighted", ("a", "b", "query"), bias=(0.0, 0.0, 0.0))
-    np.testing.assert_allclose(flat.fuse(v, present, prob), fuse_member_list(v, present), atol=1e-6)
+    np.testing.assert_allclose(flat.fuse(v, present, prob), fuse_members(v, present), atol=1e-6)
     gate = FusionGate("gated", ("a", "b", "query"), w1=tuple(map(tuple, rng.normal(size=(4, 7)))), b1=(0.0,) * 4,
                       w2=tuple(map(tuple, rng.normal(size=(3, 4)))), bias=(0.0, 0.5, -0.5))
     w = gate.weights(v, present, prob)

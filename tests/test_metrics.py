@@ -8,8 +8,26 @@ import math
 import numpy as np
 import pytest
 
-from cmce import metrics as M
 from cmce.errors import CmceError
+from cmce.metrics import intervals as intervals_module
+from cmce.metrics import rejection as rejection_module
+from cmce.metrics import retrieval as retrieval_module
+from cmce.metrics import uncertainty as uncertainty_module
+from cmce.metrics import verification as verification_module
+from cmce.metrics.intervals import relative_error_reduction
+from cmce.metrics.rejection import (
+    gallery_rejection_mask,
+    rejection_curve,
+    threshold_for_rate,
+)
+from cmce.metrics.retrieval import mean_average_precision, recall_at_k
+from cmce.metrics.uncertainty import mean_pairwise_cosine_distance
+from cmce.metrics.verification import (
+    best_verification_accuracy,
+    tar_at_far,
+    threshold_at_far,
+    verification_scores,
+)
 
 # (Q, G) sizes, including degenerate ones
 SIZES = [(1, 1), (1, 6), (4, 3), (7, 11), (20, 30), (33, 17)]
@@ -175,9 +193,12 @@ def _same_float(a: float, b: float) -> bool:
 
 
 def test_docstring_examples():
-    result = doctest.testmod(M, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 10
-    assert result.failed == 0
+    attempted = 0
+    for module in (retrieval_module, verification_module, rejection_module, intervals_module, uncertainty_module):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, module.__name__
+        attempted += result.attempted
+    assert attempted >= 10
 
 
 # --------------------------------------------------------------------------- #
@@ -192,7 +213,7 @@ def test_recall_matches_naive(seed, q, g, use_mask):
     sim, ql, gl, mask = _random_retrieval(seed, q, g)
     mask = mask if use_mask else None
     ks = (1, 2, 5, 100)
-    got = M.recall_at_k(sim, ql, gl, ks=ks, gallery_mask=mask)
+    got = recall_at_k(sim, ql, gl, ks=ks, gallery_mask=mask)
     want = naive_recall(sim, ql, gl, ks, mask)
     assert list(got) == list(ks)
     for k in ks:
@@ -205,56 +226,56 @@ def test_recall_matches_naive(seed, q, g, use_mask):
 def test_map_matches_naive(seed, q, g, use_mask):
     sim, ql, gl, mask = _random_retrieval(seed, q, g)
     mask = mask if use_mask else None
-    assert _same_float(M.mean_average_precision(sim, ql, gl, mask), naive_map(sim, ql, gl, mask))
+    assert _same_float(mean_average_precision(sim, ql, gl, mask), naive_map(sim, ql, gl, mask))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("q,g", SIZES)
 def test_mask_equals_removing_columns(seed, q, g):
     sim, ql, gl, mask = _random_retrieval(seed, q, g)
-    masked = M.recall_at_k(sim, ql, gl, ks=(1, 3), gallery_mask=mask)
-    removed = M.recall_at_k(sim[:, mask], ql, gl[mask], ks=(1, 3))
+    masked = recall_at_k(sim, ql, gl, ks=(1, 3), gallery_mask=mask)
+    removed = recall_at_k(sim[:, mask], ql, gl[mask], ks=(1, 3))
     for k in (1, 3):
         assert _same_float(masked[k], removed[k])
     assert _same_float(
-        M.mean_average_precision(sim, ql, gl, mask),
-        M.mean_average_precision(sim[:, mask], ql, gl[mask]),
+        mean_average_precision(sim, ql, gl, mask),
+        mean_average_precision(sim[:, mask], ql, gl[mask]),
     )
 
 
 def test_recall_ties_break_by_lower_index():
     sim = np.array([[0.5, 0.5, 0.5]])
-    assert M.recall_at_k(sim, [1], [0, 1, 0], ks=(1, 2)) == {1: 0.0, 2: 1.0}
-    assert M.recall_at_k(sim, [0], [0, 1, 0], ks=(1,)) == {1: 1.0}
+    assert recall_at_k(sim, [1], [0, 1, 0], ks=(1, 2)) == {1: 0.0, 2: 1.0}
+    assert recall_at_k(sim, [0], [0, 1, 0], ks=(1,)) == {1: 1.0}
 
 
 def test_recall_string_labels_and_large_k():
     sim = np.array([[0.9, 0.1], [0.2, 0.8]])  # each query ranks the other name first
-    got = M.recall_at_k(sim, np.array(["bob", "ann"]), np.array(["ann", "bob"]), ks=(1, 50))
+    got = recall_at_k(sim, np.array(["bob", "ann"]), np.array(["ann", "bob"]), ks=(1, 50))
     assert got == {1: 0.0, 50: 1.0}
 
 
 def test_recall_and_map_perfect_and_worst():
     sim = np.eye(4)
     labels = np.arange(4)
-    assert M.recall_at_k(sim, labels, labels, ks=(1,)) == {1: 1.0}
-    assert M.mean_average_precision(sim, labels, labels) == 1.0
-    assert M.recall_at_k(-sim, labels, labels, ks=(1, 3, 4)) == {1: 0.0, 3: 0.0, 4: 1.0}
-    assert M.mean_average_precision(-sim, labels, labels) == pytest.approx(0.25)
+    assert recall_at_k(sim, labels, labels, ks=(1,)) == {1: 1.0}
+    assert mean_average_precision(sim, labels, labels) == 1.0
+    assert recall_at_k(-sim, labels, labels, ks=(1, 3, 4)) == {1: 0.0, 3: 0.0, 4: 1.0}
+    assert mean_average_precision(-sim, labels, labels) == pytest.approx(0.25)
 
 
 def test_retrieval_nan_when_nothing_counts():
     sim = np.ones((2, 3))
     ql, gl = np.array([0, 1]), np.array([0, 1, 1])
     all_out = np.zeros(3, dtype=bool)
-    got = M.recall_at_k(sim, ql, gl, ks=(1, 5), gallery_mask=all_out)
+    got = recall_at_k(sim, ql, gl, ks=(1, 5), gallery_mask=all_out)
     assert list(got) == [1, 5] and all(math.isnan(v) for v in got.values())
-    assert math.isnan(M.mean_average_precision(sim, ql, gl, all_out))
+    assert math.isnan(mean_average_precision(sim, ql, gl, all_out))
     # no query at all, no gallery at all, no shared label
-    assert math.isnan(M.recall_at_k(np.zeros((0, 3)), [], gl, ks=(1,))[1])
-    assert math.isnan(M.recall_at_k(np.zeros((2, 0)), ql, [], ks=(1,))[1])
-    assert math.isnan(M.mean_average_precision(np.zeros((0, 3)), [], gl))
-    assert math.isnan(M.mean_average_precision(sim, [7, 8], gl))
+    assert math.isnan(recall_at_k(np.zeros((0, 3)), [], gl, ks=(1,))[1])
+    assert math.isnan(recall_at_k(np.zeros((2, 0)), ql, [], ks=(1,))[1])
+    assert math.isnan(mean_average_precision(np.zeros((0, 3)), [], gl))
+    assert math.isnan(mean_average_precision(sim, [7, 8], gl))
 
 
 @pytest.mark.parametrize(
@@ -273,9 +294,9 @@ def test_retrieval_nan_when_nothing_counts():
 )
 def test_retrieval_invalid_inputs_raise(sim, ql, gl):
     for fn in (
-        lambda: M.recall_at_k(sim, ql, gl),
-        lambda: M.mean_average_precision(sim, ql, gl),
-        lambda: M.verification_scores(sim, ql, gl),
+        lambda: recall_at_k(sim, ql, gl),
+        lambda: mean_average_precision(sim, ql, gl),
+        lambda: verification_scores(sim, ql, gl),
     ):
         with pytest.raises(CmceError):
             fn()
@@ -287,19 +308,19 @@ def test_retrieval_invalid_inputs_raise(sim, ql, gl):
 def test_invalid_gallery_mask_raises(mask):
     sim = np.zeros((1, 3))
     with pytest.raises(CmceError, match="gallery_mask"):
-        M.recall_at_k(sim, [0], [0, 1, 2], gallery_mask=mask)
+        recall_at_k(sim, [0], [0, 1, 2], gallery_mask=mask)
     with pytest.raises(CmceError, match="gallery_mask"):
-        M.mean_average_precision(sim, [0], [0, 1, 2], gallery_mask=mask)
+        mean_average_precision(sim, [0], [0, 1, 2], gallery_mask=mask)
 
 
 @pytest.mark.parametrize("ks", [(0,), (1, -2), (1.5,), (True,), (), 5, "15", [None]])
 def test_invalid_ks_raise(ks):
     with pytest.raises(CmceError, match="k"):
-        M.recall_at_k(np.zeros((1, 2)), [0], [0, 1], ks=ks)
+        recall_at_k(np.zeros((1, 2)), [0], [0, 1], ks=ks)
 
 
 def test_ks_accepts_numpy_ints():
-    got = M.recall_at_k(np.zeros((1, 2)), [0], [0, 1], ks=np.array([1, 2]))
+    got = recall_at_k(np.zeros((1, 2)), [0], [0, 1], ks=np.array([1, 2]))
     assert got == {1: 1.0, 2: 1.0} and all(type(k) is int for k in got)
 
 
@@ -314,7 +335,7 @@ def test_ks_accepts_numpy_ints():
 def test_verification_scores_match_naive(seed, q, g, use_mask):
     sim, ql, gl, mask = _random_retrieval(seed, q, g)
     mask = mask if use_mask else None
-    s, same = M.verification_scores(sim, ql, gl, mask)
+    s, same = verification_scores(sim, ql, gl, mask)
     ws, wsame = naive_verification(sim, ql, gl, mask)
     assert s.dtype == np.float64 and same.dtype == np.bool_
     np.testing.assert_array_equal(s, ws)
@@ -330,9 +351,9 @@ def test_threshold_and_tar_match_naive(seed, n):
     scores, same = _random_pairs(seed, n)
     same[0], same[1] = True, False  # at least one of each
     for far in FARS:
-        t = M.threshold_at_far(scores, same, far)
+        t = threshold_at_far(scores, same, far)
         assert t == naive_threshold(scores, same, far), far
-        assert _same_float(M.tar_at_far(scores, same, far), naive_tar(scores, same, far))
+        assert _same_float(tar_at_far(scores, same, far), naive_tar(scores, same, far))
         # the defining property holds
         imp = scores[~same]
         assert np.mean(imp >= t) <= far
@@ -343,7 +364,7 @@ def test_threshold_at_far_exact_fraction_boundary():
     imp = np.arange(100, dtype=float)
     scores = np.concatenate([imp, [50.0]])
     same = np.concatenate([np.zeros(100, dtype=bool), [True]])
-    t = M.threshold_at_far(scores, same, 0.29)
+    t = threshold_at_far(scores, same, 0.29)
     assert np.sum(imp >= t) == 29
     assert t == np.nextafter(70.0, np.inf)
 
@@ -352,26 +373,26 @@ def test_threshold_at_far_ties_reject_whole_tie():
     # impostors all tied: any threshold accepting one accepts all four
     scores = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.9])
     same = np.array([False, False, False, False, True, True])
-    t = M.threshold_at_far(scores, same, far=0.5)
+    t = threshold_at_far(scores, same, far=0.5)
     assert t == np.nextafter(0.5, np.inf)
-    assert M.tar_at_far(scores, same, far=0.5) == 0.5  # the tied genuine 0.5 is rejected
-    assert M.threshold_at_far(scores, same, far=1.0) == -math.inf
-    assert M.tar_at_far(scores, same, far=1.0) == 1.0
+    assert tar_at_far(scores, same, far=0.5) == 0.5  # the tied genuine 0.5 is rejected
+    assert threshold_at_far(scores, same, far=1.0) == -math.inf
+    assert tar_at_far(scores, same, far=1.0) == 1.0
 
 
 def test_tar_at_far_nan_without_genuine_and_raise_without_impostor():
-    assert math.isnan(M.tar_at_far(np.array([0.1, 0.2]), np.array([False, False]), 0.5))
+    assert math.isnan(tar_at_far(np.array([0.1, 0.2]), np.array([False, False]), 0.5))
     with pytest.raises(CmceError, match="impostor"):
-        M.threshold_at_far(np.array([0.1, 0.2]), np.array([True, True]))
+        threshold_at_far(np.array([0.1, 0.2]), np.array([True, True]))
     with pytest.raises(CmceError, match="impostor"):
-        M.tar_at_far(np.zeros(0), np.zeros(0, dtype=bool))
+        tar_at_far(np.zeros(0), np.zeros(0, dtype=bool))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("n", [1, 2, 5, 17, 60, 200])
 def test_best_accuracy_matches_naive(seed, n):
     scores, same = _random_pairs(seed, n)
-    acc, t = M.best_verification_accuracy(scores, same)
+    acc, t = best_verification_accuracy(scores, same)
     want_acc, want_t = naive_best_acc(scores, same)
     assert acc == pytest.approx(want_acc, abs=1e-12)
     assert t == want_t
@@ -379,16 +400,16 @@ def test_best_accuracy_matches_naive(seed, n):
 
 
 def test_best_accuracy_edge_cases():
-    assert M.best_verification_accuracy(np.array([0.3, 0.1]), np.array([True, True])) == (1.0, 0.1)
-    assert M.best_verification_accuracy(np.array([0.3, 0.1]), np.array([False, False])) == (
+    assert best_verification_accuracy(np.array([0.3, 0.1]), np.array([True, True])) == (1.0, 0.1)
+    assert best_verification_accuracy(np.array([0.3, 0.1]), np.array([False, False])) == (
         1.0,
         math.inf,
     )
-    assert M.best_verification_accuracy(
+    assert best_verification_accuracy(
         np.array([0.9, 0.8, 0.2, 0.1]), np.array([True, True, False, False])
     ) == (1.0, 0.8)
     with pytest.raises(CmceError, match="at least one pair"):
-        M.best_verification_accuracy(np.zeros(0), np.zeros(0, dtype=bool))
+        best_verification_accuracy(np.zeros(0), np.zeros(0, dtype=bool))
 
 
 @pytest.mark.parametrize(
@@ -404,9 +425,9 @@ def test_best_accuracy_edge_cases():
 )
 def test_pair_functions_invalid_inputs_raise(scores, same):
     for fn in (
-        lambda: M.threshold_at_far(scores, same, 0.1),
-        lambda: M.tar_at_far(scores, same, 0.1),
-        lambda: M.best_verification_accuracy(scores, same),
+        lambda: threshold_at_far(scores, same, 0.1),
+        lambda: tar_at_far(scores, same, 0.1),
+        lambda: best_verification_accuracy(scores, same),
     ):
         with pytest.raises(CmceError):
             fn()
@@ -415,7 +436,7 @@ def test_pair_functions_invalid_inputs_raise(scores, same):
 @pytest.mark.parametrize("far", [-0.1, 1.5, math.nan, "0.1", True, None])
 def test_invalid_far_raises(far):
     with pytest.raises(CmceError, match="far"):
-        M.threshold_at_far(np.array([0.1, 0.2]), np.array([True, False]), far)
+        threshold_at_far(np.array([0.1, 0.2]), np.array([True, False]), far)
 
 
 # --------------------------------------------------------------------------- #
@@ -431,13 +452,13 @@ def test_rejection_curve_matches_naive(seed, n):
     rng = np.random.default_rng(seed + 100 * n)
     hits = rng.random(n) < 0.6
     scores = rng.integers(0, 4, size=n).astype(float)  # ties
-    got = M.rejection_curve(hits, scores, RATES)
+    got = rejection_curve(hits, scores, RATES)
     want = naive_rejection_curve(hits, scores, RATES)
     assert got.shape == (len(RATES),) and got.dtype == np.float64
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, equal_nan=True)
     # 0/1 ints give the same curve as bools
     np.testing.assert_allclose(
-        M.rejection_curve(hits.astype(int), scores, RATES), got, equal_nan=True
+        rejection_curve(hits.astype(int), scores, RATES), got, equal_nan=True
     )
 
 
@@ -445,14 +466,14 @@ def test_rejection_curve_rounding_and_ties():
     hits = np.array([False, True, True, True, True])
     # 0.5 * 5 = 2.5 rounds half up to 3; 0.3 * 5 = 1.5 -> 2; 0.1 * 5 = 0.5 -> 1
     unc = np.array([9.0, 8.0, 7.0, 0.0, 0.0])
-    np.testing.assert_allclose(M.rejection_curve(hits, unc, [0.1, 0.3, 0.5]), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(rejection_curve(hits, unc, [0.1, 0.3, 0.5]), [1.0, 1.0, 1.0])
     # all tied: lower index rejected first, so the wrong item 0 goes first
     tied = np.zeros(5)
-    np.testing.assert_allclose(M.rejection_curve(hits, tied, [0.0, 0.2]), [0.8, 1.0])
+    np.testing.assert_allclose(rejection_curve(hits, tied, [0.0, 0.2]), [0.8, 1.0])
     # +inf uncertainty is rejected first
     unc_inf = np.array([1.0, np.inf, 0.0, 0.0, 0.0])
-    np.testing.assert_allclose(M.rejection_curve(hits, unc_inf, [0.2]), [0.75])
-    assert M.rejection_curve(hits, unc, []).shape == (0,)
+    np.testing.assert_allclose(rejection_curve(hits, unc_inf, [0.2]), [0.75])
+    assert rejection_curve(hits, unc, []).shape == (0,)
 
 
 @pytest.mark.parametrize(
@@ -471,7 +492,7 @@ def test_rejection_curve_rounding_and_ties():
 )
 def test_rejection_curve_invalid_inputs_raise(hits, scores, rates):
     with pytest.raises(CmceError):
-        M.rejection_curve(hits, scores, rates)
+        rejection_curve(hits, scores, rates)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -482,30 +503,30 @@ def test_gallery_mask_and_threshold_match_naive(seed, g):
     u_distinct = rng.permutation(g).astype(float)
     for rate in RATES:
         for u in (u_tied, u_distinct):
-            keep = M.gallery_rejection_mask(u, rate)
+            keep = gallery_rejection_mask(u, rate)
             assert keep.dtype == np.bool_ and keep.shape == (g,)
             np.testing.assert_array_equal(keep, naive_mask(u, rate))
             assert (~keep).sum() == naive_reject_count(rate, g)
             if g:
-                t = M.threshold_for_rate(u, rate)
+                t = threshold_for_rate(u, rate)
                 assert t == naive_threshold_for_rate(u, rate)
                 # strict '>' never rejects more than the mask does
                 assert (u > t).sum() <= (~keep).sum()
         if g:
             # without ties the two agree exactly
-            t = M.threshold_for_rate(u_distinct, rate)
-            np.testing.assert_array_equal(u_distinct > t, ~M.gallery_rejection_mask(u_distinct, rate))
+            t = threshold_for_rate(u_distinct, rate)
+            np.testing.assert_array_equal(u_distinct > t, ~gallery_rejection_mask(u_distinct, rate))
 
 
 def test_threshold_for_rate_ends():
     u = np.array([0.1, 0.9, 0.3, 0.5])
-    assert M.threshold_for_rate(u, 0.0) == 0.9
-    assert M.threshold_for_rate(u, 1.0) == -math.inf
-    assert M.gallery_rejection_mask(u, 1.0).tolist() == [False] * 4
-    assert M.gallery_rejection_mask(u, 0.0).tolist() == [True] * 4
-    assert M.gallery_rejection_mask(np.zeros(0), 0.5).shape == (0,)
+    assert threshold_for_rate(u, 0.0) == 0.9
+    assert threshold_for_rate(u, 1.0) == -math.inf
+    assert gallery_rejection_mask(u, 1.0).tolist() == [False] * 4
+    assert gallery_rejection_mask(u, 0.0).tolist() == [True] * 4
+    assert gallery_rejection_mask(np.zeros(0), 0.5).shape == (0,)
     with pytest.raises(CmceError, match="G >= 1"):
-        M.threshold_for_rate(np.zeros(0), 0.5)
+        threshold_for_rate(np.zeros(0), 0.5)
 
 
 @pytest.mark.parametrize(
@@ -522,9 +543,9 @@ def test_threshold_for_rate_ends():
 )
 def test_rejection_helpers_invalid_inputs_raise(u, rate):
     with pytest.raises(CmceError):
-        M.gallery_rejection_mask(u, rate)
+        gallery_rejection_mask(u, rate)
     with pytest.raises(CmceError):
-        M.threshold_for_rate(u, rate)
+        threshold_for_rate(u, rate)
 
 
 # --------------------------------------------------------------------------- #
@@ -533,18 +554,23 @@ def test_rejection_helpers_invalid_inputs_raise(u, rate):
 
 
 def test_relative_error_reduction():
-    assert M.relative_error_reduction(0.90, 0.92) == pytest.approx(0.2)
-    assert M.relative_error_reduction(0.5, 1.0) == pytest.approx(1.0)
-    assert M.relative_error_reduction(0.8, 0.6) == pytest.approx(-1.0)
-    assert M.relative_error_reduction(0.7, 0.7) == 0.0
-    assert math.isnan(M.relative_error_reduction(1.0, 1.0))
-    assert math.isnan(M.relative_error_reduction(math.nan, 0.5))
-    assert M.relative_error_reduction(np.float32(0.5), np.float64(0.75)) == pytest.approx(0.5)
+    assert relative_error_reduction(0.90, 0.92) == pytest.approx(0.2)
+    assert relative_error_reduction(0.5, 1.0) == pytest.approx(1.0)
+    assert relative_error_reduction(0.8, 0.6) == pytest.approx(-1.0)
+    assert relative_error_reduction(0.7, 0.7) == 0.0
+    assert math.isnan(relative_error_reduction(1.0, 1.0))
+    assert math.isnan(relative_error_reduction(math.nan, 0.5))
+    assert relative_error_reduction(np.float32(0.5), np.float64(0.75)) == pytest.approx(0.5)
     for bad in (-0.1, 1.1, "0.5", None, True, math.inf):
         with pytest.raises(CmceError, match="accuracy"):
-            M.relative_error_reduction(bad, 0.5)
+            relative_error_reduction(bad, 0.5)
         with pytest.raises(CmceError, match="accuracy"):
-            M.relative_error_reduction(0.5, bad)
+            relative_error_reduction(0.5, bad)
+
+
+def _members(e: np.ndarray) -> list[np.ndarray]:
+    """(G, N, D) -> the N (G, D) member arrays ``mean_pairwise_cosine_distance`` takes."""
+    return list(np.moveaxis(e, 1, 0))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -554,36 +580,80 @@ def test_mean_pairwise_matches_naive(seed, g, n, d):
     e = rng.normal(size=(g, n, d)) * rng.uniform(0.1, 10.0, size=(g, n, 1))  # not unit norm
     if g and n > 1:
         e[0, 1] = 3.0 * e[0, 0]  # a duplicate direction
-    got = M.mean_pairwise_cosine_distance(e)
+    got = mean_pairwise_cosine_distance(_members(e))
     assert got.shape == (g,) and got.dtype == np.float64
     np.testing.assert_allclose(got, naive_mean_pairwise(e), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mean_pairwise_with_absent_members_matches_naive(seed):
+    rng = np.random.default_rng(seed)
+    g, n, d = 9, 4, 6
+    e = rng.normal(size=(g, n, d))
+    present = rng.random((g, n)) < 0.6
+    present[0], present[1] = False, [True, False, False, False]  # no member; one member
+    e[~present] = np.nan  # absent rows are never read
+    got = mean_pairwise_cosine_distance(_members(e), list(present.T))
+    want = [naive_mean_pairwise(e[i : i + 1, present[i]])[0] if present[i].any() else 0.0 for i in range(g)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert got[0] == 0.0 and got[1] == 0.0  # fewer than two members: no disagreement, never NaN
+
+
+def test_mean_pairwise_unit_float32_keeps_the_gallery_numbers():
+    """normalise=False on float32 unit vectors: exactly the arithmetic galleries were scored with."""
+    rng = np.random.default_rng(5)
+    vs = [rng.normal(size=(50, 32)).astype(np.float32) for _ in range(3)]
+    vs = [v / np.linalg.norm(v, axis=1, keepdims=True) for v in vs]
+    present = [np.ones(50, bool), rng.random(50) < 0.5, rng.random(50) < 0.5]
+    total, count = np.zeros((50, 32), np.float32), np.zeros(50, np.float32)
+    for v, w in zip(vs, present):
+        total[w] += v[w]
+        count += w
+    sq = np.einsum("gd,gd->g", total, total)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = np.clip(1.0 - (sq - count) / (count * (count - 1)), 0.0, 2.0)
+    want = np.where(count >= 2, want, 0.0).astype(np.float32)
+    got = mean_pairwise_cosine_distance(vs, present, normalise=False)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
 def test_mean_pairwise_edge_cases():
-    assert M.mean_pairwise_cosine_distance(np.ones((3, 1, 5))).tolist() == [0.0, 0.0, 0.0]
+    assert mean_pairwise_cosine_distance(_members(np.ones((3, 1, 5)))).tolist() == [0.0, 0.0, 0.0]
     same = np.tile(np.array([0.6, 0.8]), (2, 5, 1))
-    np.testing.assert_allclose(M.mean_pairwise_cosine_distance(same), [0.0, 0.0], atol=1e-15)
+    np.testing.assert_allclose(mean_pairwise_cosine_distance(_members(same)), [0.0, 0.0], atol=1e-15)
     opposite = np.array([[[1.0, 0.0], [-1.0, 0.0]]])
-    np.testing.assert_allclose(M.mean_pairwise_cosine_distance(opposite), [2.0])
+    np.testing.assert_allclose(mean_pairwise_cosine_distance(_members(opposite)), [2.0])
     # huge and tiny scales neither overflow nor underflow
     e = np.array([[[1e300, 0.0], [0.0, 1e300]], [[1e-300, 0.0], [0.0, 1e-300]]])
-    np.testing.assert_allclose(M.mean_pairwise_cosine_distance(e), [1.0, 1.0])
-    assert M.mean_pairwise_cosine_distance(np.arange(3, dtype=int).reshape(1, 3, 1) + 1).tolist() == [0.0]
+    np.testing.assert_allclose(mean_pairwise_cosine_distance(_members(e)), [1.0, 1.0])
+    ints = np.arange(3, dtype=int).reshape(1, 3, 1) + 1
+    assert mean_pairwise_cosine_distance(_members(ints)).tolist() == [0.0]
+    assert mean_pairwise_cosine_distance(_members(ints)).dtype == np.float64
 
 
 @pytest.mark.parametrize(
-    "e",
+    "members,present",
     [
-        np.zeros((2, 3)),
-        np.zeros((1, 2, 3, 4)),
-        np.zeros((2, 0, 3)),
-        np.zeros((2, 3, 0)),
-        np.array([[[1.0, 0.0], [0.0, 0.0]]]),
-        np.array([[[1.0, np.nan], [0.0, 1.0]]]),
-        np.array([[[1.0, np.inf], [0.0, 1.0]]]),
-        np.array([[["a", "b"]]]),
+        (np.zeros((2, 3, 4)), None),  # a bare (G, N, D) stack is refused
+        ([], None),
+        ([np.zeros(3)], None),
+        ([np.ones((2, 3)), np.ones((2, 4))], None),
+        ([np.zeros((2, 0)), np.zeros((2, 0))], None),
+        ([np.array([[1.0, 0.0]]), np.array([[0.0, 0.0]])], None),
+        ([np.array([[1.0, np.nan]]), np.array([[0.0, 1.0]])], None),
+        ([np.array([[1.0, np.inf]]), np.array([[0.0, 1.0]])], None),
+        ([np.array([["a", "b"]])], None),
+        ([np.ones((2, 3))], [np.ones(2, bool), np.ones(2, bool)]),
+        ([np.ones((2, 3))], [np.ones(3, bool)]),
+        ([np.ones((2, 3))], [np.ones(2)]),
+        ([np.ones((2, 3))], np.ones((2, 1), bool)),
     ],
 )
-def test_mean_pairwise_invalid_inputs_raise(e):
-    with pytest.raises(CmceError, match="embeddings"):
-        M.mean_pairwise_cosine_distance(e)
+def test_mean_pairwise_invalid_inputs_raise(members, present):
+    with pytest.raises(CmceError, match="members|present"):
+        mean_pairwise_cosine_distance(members, present)
+
+
+def test_mean_pairwise_unnormalised_non_finite_rows_raise():
+    with pytest.raises(CmceError, match="finite"):
+        mean_pairwise_cosine_distance([np.array([[1.0, np.nan]], np.float32)] * 2, normalise=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmce import metrics as M
 from cmce.errors import CmceError
 from cmce.method.bundle import Calibration
 from cmce.method.ensemble import QUALITY_SCORES, QualityModel
@@ -16,6 +15,7 @@ from cmce.method.quality import (
     fit_quality_predictor,
     predictor_features,
 )
+from cmce.metrics.retrieval import entry_misses, top1_hits
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -147,10 +147,10 @@ def test_entry_misses_matches_a_loop() -> None:
     g_lab = np.array([0, 1, 2, 3, 1])
     q_lab = rng.integers(0, 5, 60)
     sim = rng.standard_normal((60, 5))
-    misses, queries = M.entry_misses(sim, q_lab, g_lab)
+    misses, queries = entry_misses(sim, q_lab, g_lab)
     for j, lab in enumerate(g_lab):
         mine = np.flatnonzero(q_lab == lab)
         assert queries[j] == len(mine)
         assert misses[j] == sum(g_lab[np.argmax(sim[i])] != lab for i in mine)
-    hits = M.top1_hits(sim, q_lab, g_lab)
+    hits = top1_hits(sim, q_lab, g_lab)
     assert misses[0] == np.sum(hits[q_lab == 0] == 0)

@@ -7,7 +7,7 @@ import pytest
 
 from cmce.errors import CmceError
 from cmce.method.report import leave_one_out_risk_coverage
-from cmce.metrics import gallery_rejection_mask
+from cmce.metrics.rejection import gallery_rejection_mask
 
 
 def _unit(rng, n, d=16):

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cmce import metrics as M
 from cmce.method.bundle import Bundle
+from cmce.metrics.intervals import cluster_bootstrap
+from cmce.metrics.retrieval import l2_normalise, top1_hits
 from cmce.models.embed import EmbeddedFiles
 from cmce.models.transform import (
     TrainConfig,
@@ -151,8 +152,8 @@ def run_ablations(train: EmbeddedFiles, train_labels: Sequence[str], fit_rows: n
         views = {(m, s): transform_embeddings(nets[(m, s)], gal[m]) for m in gms for s in seeds}
 
         def measure(name: str, group: str, vec: np.ndarray) -> None:
-            hits = M.top1_hits(qv @ M.l2_normalise(vec).T, q_lab, g_lab)
-            r1, lo, hi = M.cluster_bootstrap([hits], q_lab, resamples=ci_resamples)
+            hits = top1_hits(qv @ l2_normalise(vec).T, q_lab, g_lab)
+            r1, lo, hi = cluster_bootstrap([hits], q_lab, resamples=ci_resamples)
             out_rows.setdefault(name, {"group": group, "name": name})[cond] = {"recall_at_1": r1,
                                                                                "recall_at_1_ci95": [lo, hi]}
 
@@ -175,7 +176,7 @@ def run_ablations(train: EmbeddedFiles, train_labels: Sequence[str], fit_rows: n
         pool = [(m, s) for m in gms for s in seeds]
         curve = []
         for k in range(1, len(pool) + 1):
-            r1s = [float(np.nanmean(M.top1_hits(qv @ M.l2_normalise(np.mean([views[p] for p in sub], 0)).T, q_lab, g_lab)))
+            r1s = [float(np.nanmean(top1_hits(qv @ l2_normalise(np.mean([views[p] for p in sub], 0)).T, q_lab, g_lab)))
                    for sub in itertools.combinations(pool, k)]
             curve.append({"members": k, "recall_at_1": float(np.mean(r1s)), "subsets": len(r1s)})
         sizes[cond] = curve

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cmce.assets import PROJECT_ROOT
-from cmce.metrics import l2_normalise
+from cmce.metrics.retrieval import l2_normalise
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
-from cmce import metrics as M
 from cmce.errors import DatasetError
 from cmce.experiments.evaluate_answers import answer_report
 from cmce.method.bundle import Bundle
+from cmce.metrics.intervals import (
+    bootstrap_mean_ci,
+    cluster_bootstrap,
+    relative_error_reduction,
+    tar_at_far_cluster_ci,
+)
+from cmce.metrics.rejection import gallery_rejection_mask
+from cmce.metrics.retrieval import (
+    l2_normalise,
+    mean_average_precision,
+    recall_at_k,
+    top1_hits,
+)
+from cmce.metrics.verification import tar_at_far, verification_scores
 from cmce.models.embed import EmbeddedFiles
 from cmce.models.transform import first_image_protocol, transform_embeddings
 
@@ -46,13 +59,13 @@ class ViewScores:
 
 def row_metrics(sim: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray, mask: np.ndarray | None = None) -> dict:
     """Recall@1/5, mAP and TAR@FAR=1e-3 of one similarity matrix (Q, G)."""
-    r = M.recall_at_k(sim, q_lab, g_lab, ks=(1, 5), gallery_mask=mask)
-    scores, same = M.verification_scores(sim, q_lab, g_lab, gallery_mask=mask)
+    r = recall_at_k(sim, q_lab, g_lab, ks=(1, 5), gallery_mask=mask)
+    scores, same = verification_scores(sim, q_lab, g_lab, gallery_mask=mask)
     return {
         "recall_at_1": float(r[1]),
         "recall_at_5": float(r[5]),
-        "map": float(M.mean_average_precision(sim, q_lab, g_lab, gallery_mask=mask)),
-        "tar_at_far_1e-3": float(M.tar_at_far(scores, same, 1e-3)),
+        "map": float(mean_average_precision(sim, q_lab, g_lab, gallery_mask=mask)),
+        "tar_at_far_1e-3": float(tar_at_far(scores, same, 1e-3)),
     }
 
 
@@ -70,25 +83,25 @@ def build_views(bundle: Bundle, emb: dict[str, np.ndarray], prob: np.ndarray, gi
     members = list(bundle.gallery_models) + ([q] if bundle.query_member else [])
     rows.append(ViewScores("CMCE ensemble", "ensemble", q, tuple(members), qv @ gv.ensemble.T))
     if bundle.fusion.kind != "mean":  # the paper's plain mean of the same members, for comparison
-        plain = M.l2_normalise(np.mean([gv.views[m] for m in bundle.gallery_models] + ([gal[q]] if bundle.query_member else []), 0))
+        plain = l2_normalise(np.mean([gv.views[m] for m in bundle.gallery_models] + ([gal[q]] if bundle.query_member else []), 0))
         rows.append(ViewScores("CMCE ensemble, plain mean (the paper)", "ensemble", q, tuple(members), qv @ plain.T))
     alt = "CMCE ensemble + query member" if not bundle.query_member else "CMCE ensemble without query member"
     alt_members = [gv.views[m] for m in bundle.gallery_models] + ([] if bundle.query_member else [gal[q]])
-    alt_vec = M.l2_normalise(np.mean(alt_members, axis=0))
+    alt_vec = l2_normalise(np.mean(alt_members, axis=0))
     rows.append(ViewScores(alt, "ensemble", q, tuple(bundle.gallery_models) + (() if bundle.query_member else (q,)), qv @ alt_vec.T))
     if bundle.linear_maps:
         lin = []
         for m in bundle.gallery_models:
-            v = M.l2_normalise(gal[m] @ bundle.linear_maps[m])
+            v = l2_normalise(gal[m] @ bundle.linear_maps[m])
             lin.append(v)
             rows.append(ViewScores(f"{m} -> {q} (least-squares linear)", "baseline", q, (m,), qv @ v.T))
-        rows.append(ViewScores("least-squares linear ensemble", "baseline", q, tuple(bundle.gallery_models), qv @ M.l2_normalise(np.mean(lin, 0)).T))
+        rows.append(ViewScores("least-squares linear ensemble", "baseline", q, tuple(bundle.gallery_models), qv @ l2_normalise(np.mean(lin, 0)).T))
     # Distillation-style baseline, the opposite direction of CMCE: the query is mapped
     # into the gallery model's space, the gallery is that model's own embedding.
     for m in bundle.gallery_models:
         if m in bundle.query_adapters:
             aq = transform_embeddings(bundle.query_adapters[m], qv)
-            rows.append(ViewScores(adapter_row_name(q, m), "baseline", q, (m,), aq @ M.l2_normalise(gal[m]).T))
+            rows.append(ViewScores(adapter_row_name(q, m), "baseline", q, (m,), aq @ l2_normalise(gal[m]).T))
     return rows, gv
 
 
@@ -177,9 +190,9 @@ def evaluate_embedded(
     for r in rows:
         d = {"name": r.name, "kind": r.kind, "query": r.query, "gallery": list(r.gallery)}
         d.update(row_metrics(r.similarity, q_lab, g_lab))
-        _, lo, hi = M.cluster_bootstrap([M.top1_hits(r.similarity, q_lab, g_lab)], q_lab, resamples=ci_resamples, seed=seed)
+        _, lo, hi = cluster_bootstrap([top1_hits(r.similarity, q_lab, g_lab)], q_lab, resamples=ci_resamples, seed=seed)
         d["recall_at_1_ci95"] = [lo, hi]
-        _, lo, hi = M.tar_at_far_cluster_ci(r.similarity, q_lab, g_lab, q_lab, 1e-3,
+        _, lo, hi = tar_at_far_cluster_ci(r.similarity, q_lab, g_lab, q_lab, 1e-3,
                                              resamples=max(1, ci_resamples // 4), seed=seed)
         d["tar_at_far_1e-3_ci95"] = [lo, hi]
         out_rows.append(d)
@@ -191,23 +204,23 @@ def evaluate_embedded(
     det_doubt = scores_by_kind["detection"]
 
     clusters = q_lab  # bootstrap over query identities
-    ens_hits = M.top1_hits(ens_sim, q_lab, g_lab)
+    ens_hits = top1_hits(ens_sim, q_lab, g_lab)
 
     def stats(sim: np.ndarray, base_hits: np.ndarray, score: np.ndarray, rate: float) -> dict:
         """R@1 after rejecting ``rate`` by ``score``, and the error cut against no rejection, with CIs."""
-        hits = M.top1_hits(sim, q_lab, g_lab, M.gallery_rejection_mask(score, rate))
-        r1, lo, hi = M.cluster_bootstrap([hits], clusters, resamples=ci_resamples, seed=seed)
-        cut, clo, chi = M.cluster_bootstrap([base_hits, hits], clusters, M.relative_error_reduction, resamples=ci_resamples, seed=seed)
+        hits = top1_hits(sim, q_lab, g_lab, gallery_rejection_mask(score, rate))
+        r1, lo, hi = cluster_bootstrap([hits], clusters, resamples=ci_resamples, seed=seed)
+        cut, clo, chi = cluster_bootstrap([base_hits, hits], clusters, relative_error_reduction, resamples=ci_resamples, seed=seed)
         return {"recall_at_1": r1, "recall_at_1_ci95": [lo, hi], "error_cut": cut, "error_cut_ci95": [clo, chi]}
 
     def random_r1(sim: np.ndarray, rate: float) -> float:
-        return float(np.mean([np.nanmean(M.top1_hits(sim, q_lab, g_lab, M.gallery_rejection_mask(rng.random(len(gi)), rate)))
+        return float(np.mean([np.nanmean(top1_hits(sim, q_lab, g_lab, gallery_rejection_mask(rng.random(len(gi)), rate)))
                               for _ in range(random_repeats)]))
 
     thr = bundle.calibration.similarity_thresholds.get("ensemble", -np.inf)
     rejection, by_quality = [], {k: [] for k in scores_by_kind}
     for rate in rates:
-        keep = M.gallery_rejection_mask(gv.quality, rate)
+        keep = gallery_rejection_mask(gv.quality, rate)
         shipped = stats(ens_sim, ens_hits, gv.quality, rate)
         rand = random_r1(ens_sim, rate)
         rejection.append(
@@ -216,7 +229,7 @@ def evaluate_embedded(
                 "recall_at_1": shipped["recall_at_1"],
                 "recall_at_1_ci95": shipped["recall_at_1_ci95"],
                 "random_recall_at_1": rand,
-                "random_error_cut": M.relative_error_reduction(base_r1, rand),
+                "random_error_cut": relative_error_reduction(base_r1, rand),
                 "detection_recall_at_1": stats(ens_sim, ens_hits, det_doubt, rate)["recall_at_1"],
                 "relative_error_cut": shipped["error_cut"],
                 "relative_error_cut_ci95": shipped["error_cut_ci95"],
@@ -229,14 +242,14 @@ def evaluate_embedded(
     # whose errors are many enough to show what rejection does.
     from cmce.method.ensemble import fuse_members
 
-    go_vec = fuse_members(np.stack([gv.views[m] for m in bundle.gallery_models], axis=1))
+    go_vec = fuse_members([gv.views[m] for m in bundle.gallery_models])
     go_sim = embedded.embeddings[bundle.query_model][qi] @ go_vec.T
-    go_hits = M.top1_hits(go_sim, q_lab, g_lab)
-    go_base, go_lo, go_hi = M.cluster_bootstrap([go_hits], clusters, resamples=ci_resamples, seed=seed)
+    go_hits = top1_hits(go_sim, q_lab, g_lab)
+    go_base, go_lo, go_hi = cluster_bootstrap([go_hits], clusters, resamples=ci_resamples, seed=seed)
     gallery_only = {"recall_at_1": go_base, "recall_at_1_ci95": [go_lo, go_hi], "rates": []}
     for rate in rates:
         rand = random_r1(go_sim, rate)
-        row = {"rate": rate, "random_recall_at_1": rand, "random_error_cut": M.relative_error_reduction(go_base, rand)}
+        row = {"rate": rate, "random_recall_at_1": rand, "random_error_cut": relative_error_reduction(go_base, rand)}
         for k, sc in scores_by_kind.items():
             if k != "bundle":
                 st = stats(go_sim, go_hits, sc, rate)
@@ -328,20 +341,16 @@ def _member_label(bundle_query: str, member: str) -> str:
     return f"{bundle_query} (own)" if member == "query" else member
 
 
-def _top1_hits(sim: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray) -> np.ndarray:
-    """(Q,) 1.0 where the best-scoring gallery entry has the query's label."""
-    return (g_lab[sim.argmax(axis=1)] == q_lab).astype(np.float64)
-
-
 def _upgrade_metrics(sim: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray) -> dict:
-    scores, same = M.verification_scores(sim, q_lab, g_lab)
-    hits = _top1_hits(sim, q_lab, g_lab)
-    r1, lo, hi = M.bootstrap_mean_ci(hits)
+    scores, same = verification_scores(sim, q_lab, g_lab)
+    # every query has a mate (first-image protocol), so no hit is NaN ("not counted")
+    hits = top1_hits(sim, q_lab, g_lab)
+    r1, lo, hi = bootstrap_mean_ci(hits)
     return {
         "recall_at_1": r1,
         "recall_at_1_ci95": [lo, hi],
-        "tar_at_far_1e-2": float(M.tar_at_far(scores, same, 1e-2)),
-        "tar_at_far_1e-3": float(M.tar_at_far(scores, same, 1e-3)),
+        "tar_at_far_1e-2": float(tar_at_far(scores, same, 1e-2)),
+        "tar_at_far_1e-3": float(tar_at_far(scores, same, 1e-3)),
     }
 
 
@@ -423,17 +432,17 @@ def evaluate_upgrade(
         row["seconds_per_1k_entries"] = costs.get(stage)
         row["photos_read"] = photos[stage]
         rows.append(row)
-    hits = {s: _top1_hits(sims[s], q_lab, g_lab) for s in UPGRADE_STAGES}
+    hits = {s: top1_hits(sims[s], q_lab, g_lab) for s in UPGRADE_STAGES}
     comparisons = []
     for a, b in (("before", "no_backfill"), ("no_backfill", "backfill")):
-        d, lo, hi = M.bootstrap_mean_ci(hits[b] - hits[a])
+        d, lo, hi = bootstrap_mean_ci(hits[b] - hits[a])
         comparisons.append({"from": a, "to": b, "recall_at_1_gain": d, "ci95": [lo, hi]})
     curve = []
     views = {m: (gv_nb.views["query"] if m == "query" else gv_nb.views[m]) for m in kept}
     for n in range(1, len(kept) + 1):
         per = []
         for subset in combinations(kept, n):
-            fused = fuse_members(np.stack([views[m] for m in subset], axis=1))
+            fused = fuse_members([views[m] for m in subset])
             per.append({"members": [_member_label(nq, m) for m in subset],
                         **_upgrade_metrics(qv @ fused.T, q_lab, g_lab)})
         curve.append({"members": n, "subsets": per,

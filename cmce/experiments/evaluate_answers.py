@@ -25,7 +25,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from cmce import metrics as M
 from cmce.answer_metrics import (
     RIGHT,
     UNKNOWN,
@@ -43,6 +42,7 @@ from cmce.answer_metrics import (
 from cmce.method.answer_rules import ANSWER_RULES, policy_features
 from cmce.method.bundle import Bundle, GalleryVectors
 from cmce.method.unknown import gallery_doubt
+from cmce.metrics.intervals import cluster_bootstrap
 
 __all__ = ["ABSTENTION_RATES", "answer_report", "gallery_overview"]
 
@@ -55,10 +55,10 @@ def _counts_with_ci(outcomes: np.ndarray, clusters: np.ndarray, resamples: int, 
     out = answer_counts(outcomes)
     q = len(outcomes)
     for name, code in (("right", RIGHT), ("wrong", WRONG)):
-        _, lo, hi = M.cluster_bootstrap([(outcomes == code).astype(float)], clusters, resamples=resamples, seed=seed)
+        _, lo, hi = cluster_bootstrap([(outcomes == code).astype(float)], clusters, resamples=resamples, seed=seed)
         out[f"{name}_ci95"] = [lo * q, hi * q]
     answered = np.where(outcomes == UNKNOWN, np.nan, (outcomes == RIGHT).astype(float))
-    _, lo, hi = M.cluster_bootstrap([answered], clusters, resamples=resamples, seed=seed)
+    _, lo, hi = cluster_bootstrap([answered], clusters, resamples=resamples, seed=seed)
     out["answered_accuracy_ci95"] = [lo, hi]
     return out
 
@@ -174,7 +174,7 @@ def answer_report(
         named["default"] = ~unknown_mask(raw_best, z, thr, unknown["norm_threshold"])
     strangers = {}
     for name, v in named.items():
-        share, lo, hi = M.cluster_bootstrap([v.astype(float)], clusters, resamples=resamples, seed=seed)
+        share, lo, hi = cluster_bootstrap([v.astype(float)], clusters, resamples=resamples, seed=seed)
         strangers[name] = {"named": int(v.sum()), "share": share, "share_ci95": [lo, hi]}
     policy = cal.answer_policy("ensemble")
     confidences = {"similarity": score, "margin": feats["margin"]}
@@ -201,7 +201,7 @@ def answer_report(
     for name, c in confidences.items():
         vals = [accuracy_at_abstention(c, wrong, r) for r in rates]
         per_rule_values[name] = vals
-        stats = [M.cluster_bootstrap([v], clusters, resamples=resamples, seed=seed) for v in vals]
+        stats = [cluster_bootstrap([v], clusters, resamples=resamples, seed=seed) for v in vals]
         abstention["answered_accuracy"][name] = [s[0] for s in stats]
         abstention["answered_accuracy_ci95"][name] = [[s[1], s[2]] for s in stats]
     for richer in ("combined", "query"):
@@ -209,7 +209,7 @@ def answer_report(
             if richer == simpler or richer not in per_rule_values or simpler not in per_rule_values:
                 continue
             for i, r in enumerate(rates):
-                d, lo, hi = M.cluster_bootstrap([per_rule_values[simpler][i], per_rule_values[richer][i]], clusters,
+                d, lo, hi = cluster_bootstrap([per_rule_values[simpler][i], per_rule_values[richer][i]], clusters,
                                                 lambda a, b: b - a, resamples=resamples, seed=seed)
                 abstention["comparisons"].append({"rule": richer, "against": simpler, "rate": r,
                                                   "accuracy_gain": d, "ci95": [lo, hi]})

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cmce import metrics as M
 from cmce.answer_metrics import cohort_normalised, stranger_best, top_matches, unknown_mask
 from cmce.errors import DatasetError
 from cmce.experiments.degrade import TRAIN_KINDS
@@ -39,6 +38,9 @@ from cmce.method.bundle import Bundle, Calibration, save_bundle
 from cmce.method.ensemble import FUSIONS, QUALITY_SCORES, FusionGate, QualityModel, fusion_features
 from cmce.method.quality import QualityPredictor, fit_quality_predictor
 from cmce.method.unknown import DEFAULT_COHORT, CohortNorm, gallery_doubt
+from cmce.metrics.rejection import gallery_rejection_mask, threshold_for_rate
+from cmce.metrics.retrieval import entry_misses, recall_at_k
+from cmce.metrics.verification import threshold_at_far, verification_scores
 from cmce.models.embed import EmbeddedFiles, EmbeddingCache, embed_files
 from cmce.models.transform import (
     TrainConfig,
@@ -146,7 +148,7 @@ def _quality_curves(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndar
     ref = QualityModel.fit("combined", gv.uncertainty, prob[gi], predictor=predictor)
 
     def r1(score: np.ndarray, rate: float) -> float:
-        return M.recall_at_k(sim, q_lab, g_lab, ks=(1,), gallery_mask=M.gallery_rejection_mask(score, rate))[1]
+        return recall_at_k(sim, q_lab, g_lab, ks=(1,), gallery_mask=gallery_rejection_mask(score, rate))[1]
 
     curves = {}
     for kind in ref.kinds:
@@ -155,14 +157,14 @@ def _quality_curves(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndar
     rng = np.random.default_rng(0)
     draws = [rng.random(len(gi)) for _ in range(random_repeats)]
     curves["random"] = [float(np.mean([r1(d, r) for d in draws])) for r in QUALITY_RATES]
-    return curves, len(qi), M.recall_at_k(sim, q_lab, g_lab, ks=(1,))[1]
+    return curves, len(qi), recall_at_k(sim, q_lab, g_lab, ks=(1,))[1]
 
 
 def _ensemble_recall(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray) -> float:
     """Recall@1 of the ensemble ``bundle`` serves, under the first-image protocol."""
     gi, qi = first_image_protocol(labels)
     gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
-    return M.recall_at_k(emb[bundle.query_model][qi] @ gv.ensemble.T, labels[qi], labels[gi], ks=(1,))[1]
+    return recall_at_k(emb[bundle.query_model][qi] @ gv.ensemble.T, labels[qi], labels[gi], ks=(1,))[1]
 
 
 def _member_recalls(query_model: str, gallery_models: Sequence[str], transformers: dict, emb: dict,
@@ -173,7 +175,7 @@ def _member_recalls(query_model: str, gallery_models: Sequence[str], transformer
     for member in (False, True):
         b = Bundle(query_model, tuple(gallery_models), transformers, member)
         gv = b.gallery_vectors({k: v[gi] for k, v in emb.items()}, prob[gi])
-        out[member] = M.recall_at_k(emb[query_model][qi] @ gv.ensemble.T, labels[qi], labels[gi], ks=(1,))[1]
+        out[member] = recall_at_k(emb[query_model][qi] @ gv.ensemble.T, labels[qi], labels[gi], ks=(1,))[1]
     return out
 
 
@@ -186,7 +188,7 @@ def _entry_outcomes(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndar
     """The first-image gallery's member vectors and inputs, and each entry's queries and misses."""
     gi, qi = first_image_protocol(labels)
     gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
-    misses, queries = M.entry_misses(emb[bundle.query_model][qi] @ gv.ensemble.T, labels[qi], labels[gi])
+    misses, queries = entry_misses(emb[bundle.query_model][qi] @ gv.ensemble.T, labels[qi], labels[gi])
     vecs, pres = gv.member_arrays()
     return {"vectors": vecs, "present": pres, "probability": prob[gi], "uncertainty": gv.uncertainty,
             "misses": misses, "queries": queries, "members": gv.members}
@@ -224,8 +226,8 @@ def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, 
     qv = emb[bundle.query_model][qi]
     thresholds = {}
     for view, vecs in [("ensemble", gv.ensemble)] + list(gv.views.items()):
-        scores, same = M.verification_scores(qv @ vecs.T, q_lab, g_lab)
-        thresholds[view] = float(M.threshold_at_far(scores, same, far))
+        scores, same = verification_scores(qv @ vecs.T, q_lab, g_lab)
+        thresholds[view] = float(threshold_at_far(scores, same, far))
     if reject_on is not None:
         emb, prob = reject_on
         gv = bundle.gallery_vectors({m: v[gi] for m, v in emb.items()}, prob[gi])
@@ -239,11 +241,11 @@ def _calibrate(bundle: Bundle, emb: dict, prob: np.ndarray, labels: np.ndarray, 
     qm = ref.with_kind(quality)
     members = gv.member_arrays()
     s = qm.score(gv.uncertainty, prob[gi], *members)
-    per_kind = {k: float(M.threshold_for_rate(ref.with_kind(k).score(gv.uncertainty, prob[gi], *members), rate))
+    per_kind = {k: float(threshold_for_rate(ref.with_kind(k).score(gv.uncertainty, prob[gi], *members), rate))
                 for k in ref.kinds}
     cal = Calibration(
         rejection_rate=rate,
-        rejection_threshold=float(M.threshold_for_rate(s, rate)),
+        rejection_threshold=float(threshold_for_rate(s, rate)),
         quality=qm,
         open_set_far=far,
         similarity_thresholds=thresholds,

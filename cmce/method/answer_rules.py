@@ -223,7 +223,7 @@ def choose_answer_rule(
         accuracy of answered queries at each rate; the paired differences behind the
         decision with their intervals.
     """
-    from cmce.metrics import cluster_bootstrap
+    from cmce.metrics.intervals import cluster_bootstrap
 
     wrong = np.asarray(wrong, bool)
     conditions = np.asarray(conditions)

@@ -35,9 +35,10 @@ from cmce.cache import file_sha256
 from cmce.errors import BackboneError, BundleError, CmceError
 from cmce.method.answer_rules import AnswerPolicy
 from cmce.method.answers import capped_rejection, doubt_marks
-from cmce.method.ensemble import QUALITY_SCORES, FusionGate, QualityModel, member_list_uncertainty
+from cmce.method.ensemble import QUALITY_SCORES, FusionGate, QualityModel
 from cmce.method.hub import download_files, upload_folder
 from cmce.method.unknown import CohortNorm
+from cmce.metrics.uncertainty import mean_pairwise_cosine_distance
 from cmce.models.backbones import PRETRAINED, get_spec
 from cmce.models.transform import (
     EmbeddingTransformer,
@@ -354,8 +355,16 @@ class Bundle:
         # with fewer than two of them, the query model's own embedding is compared too.
         n_gallery = np.sum([available[m] for m in self.gallery_models], axis=0)
         with_query = q_rows & (n_gallery < 2)
-        uncertainty = member_list_uncertainty([views[m] for m in self.gallery_models] + [query_vecs],
-                                              [available[m] for m in self.gallery_models] + [with_query])
+        uncertainty = mean_pairwise_cosine_distance([views[m] for m in self.gallery_models] + [query_vecs],
+                                                    [available[m] for m in self.gallery_models] + [with_query],
+                                                    normalise=False)
+        # The metric gives 0.0 (no disagreement) below two members; a gallery stores NaN
+        # there, "not measured", as it always has: the quality scores read it so (combined
+        # ranks such an entry by doubt alone, learned marks the feature missing,
+        # disagreement never rejects it), and so do the display ("–"), the answers' JSON
+        # (null) and saved galleries (uncertainty.npy, scores.npz).
+        compared = n_gallery + with_query
+        uncertainty = np.where(compared >= 2, uncertainty, np.nan).astype(np.float32)
         mask = np.stack(member_rows, axis=1)
         views["query"], available["query"] = query_vecs, q_rows
         available["ensemble"] = mask.any(axis=1)
@@ -368,7 +377,7 @@ class Bundle:
         Default: the bundle's calibrated threshold. ``rate`` rejects that share of this
         gallery (most doubtful first); ``threshold`` rejects scores above it.
         """
-        from cmce.metrics import gallery_rejection_mask
+        from cmce.metrics.rejection import gallery_rejection_mask
 
         q = np.asarray(quality, np.float32)
         if rate is not None:

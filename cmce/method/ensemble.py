@@ -4,7 +4,8 @@ For a gallery image x with gallery models g_1..g_N and transformers T_1..T_N, th
 members are ``m_i = T_i(g_i(x))`` (unit vectors in the query model's space). Then
 
 * stored vector: ``normalise(mean_i m_i)``;
-* uncertainty: mean pairwise cosine distance ``2/(N(N-1)) sum_{i<j} (1 - m_i . m_j)``;
+* uncertainty: mean pairwise cosine distance ``2/(N(N-1)) sum_{i<j} (1 - m_i . m_j)``
+  (``cmce.metrics.uncertainty.mean_pairwise_cosine_distance``);
 * rejection: entries whose quality score exceeds the bundle's calibrated threshold
   are flagged and kept out of matching.
 
@@ -24,7 +25,6 @@ import numpy as np
 
 from cmce.errors import CmceError
 from cmce.method.quality import QualityPredictor, detection_doubt
-from cmce.metrics import mean_pairwise_cosine_distance
 
 __all__ = [
     "FUSIONS",
@@ -33,10 +33,7 @@ __all__ = [
     "QUALITY_DESCRIPTIONS",
     "QUALITY_SCORES",
     "QualityModel",
-    "fuse_member_list",
     "fuse_members",
-    "member_list_uncertainty",
-    "member_uncertainty",
     "detection_doubt",
 ]
 
@@ -52,103 +49,42 @@ QUALITY_DESCRIPTIONS = {
 }
 
 
-def _masked_sum(vectors: Sequence[np.ndarray], present: Sequence[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of the present members and their count per entry, one member at a time.
+def fuse_members(members: Sequence[np.ndarray], present: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """The paper's stored vector: the L2-normalised mean of the members an entry has.
 
-    Member by member (N <= 4 here) streams each (G, D) array once, without stacking a
+    The one fusion of the plain mean (``FusionGate`` kind ``mean`` calls it). Member by
+    member (N <= 4 here): each (G, D) array is streamed once, without stacking a
     (G, N, D) copy first.
-    """
-    g, d = vectors[0].shape
-    total = np.zeros((g, d), np.float32)
-    count = np.zeros(g, np.float32)
-    for i, v in enumerate(vectors):
-        w = None if present is None else np.asarray(present[i], bool)
-        if w is None or w.all():
-            total += v
-            count += 1.0
-        elif w.any():
-            total[w] += v[w]
-            count += w
-    return total, count
-
-
-def fuse_member_list(vectors: Sequence[np.ndarray], present: Sequence[np.ndarray] | None = None) -> np.ndarray:
-    """L2-normalised mean of the members an entry has, members given one by one.
 
     Args:
-        vectors: N arrays (G, D) of unit vectors, one per member.
+        members: N arrays (G, D) of unit vectors, one per member, as a list or tuple
+            (a bare ndarray is refused, so a (G, N, D) stack is never misread).
         present: N (G,) bool arrays, which entries have that member (default all); an
             entry with none gets a zero row.
 
     Returns:
         (G, D) float32 unit vectors (zero rows for entries without a member).
+
+    Raises:
+        CmceError: no member, members not a list or tuple, or ``present`` of another length.
     """
-    if not len(vectors):
-        raise CmceError("fuse_member_list needs at least one member")
-    total, _ = _masked_sum([np.asarray(v, np.float32) for v in vectors], present)
+    if isinstance(members, np.ndarray) or not isinstance(members, (list, tuple)):
+        raise CmceError("members must be a list or tuple of N (G, D) arrays, one per member "
+                        "(for a (G, N, D) stack pass list(stack.transpose(1, 0, 2)))")
+    if not members:
+        raise CmceError("fuse_members needs at least one member")
+    if present is not None and len(present) != len(members):
+        raise CmceError(f"present must hold one (G,) bool array per member ({len(members)}), got {len(present)}")
+    vectors = [np.asarray(v, np.float32) for v in members]
+    total = np.zeros(vectors[0].shape, np.float32)
+    for i, v in enumerate(vectors):
+        w = None if present is None else np.asarray(present[i], bool)
+        if w is None or w.all():
+            total += v
+        elif w.any():
+            total[w] += v[w]
     norm = np.linalg.norm(total, axis=1, keepdims=True)
     return (total / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
-
-
-def fuse_members(members: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
-    """L2-normalised mean of the members an entry has.
-
-    Args:
-        members: (G, N, D) unit vectors, N members per gallery entry.
-        present: (G, N) bool, which members each entry has (default all); an entry
-            with none gets a zero row.
-
-    Returns:
-        (G, D) float32 unit vectors (zero rows for entries without a member).
-    """
-    members = np.asarray(members, dtype=np.float32)
-    if members.ndim != 3 or members.shape[1] == 0:
-        raise CmceError(f"members must be (G, N>=1, D), got {members.shape}")
-    if present is not None and np.asarray(present).shape != members.shape[:2]:
-        raise CmceError(f"present must be (G, N) = {members.shape[:2]}, got {np.asarray(present).shape}")
-    n = members.shape[1]
-    return fuse_member_list([members[:, i] for i in range(n)],
-                            None if present is None else [np.asarray(present)[:, i] for i in range(n)])
-
-
-def member_list_uncertainty(vectors: Sequence[np.ndarray], present: Sequence[np.ndarray] | None = None) -> np.ndarray:
-    """Mean pairwise cosine distance between the members an entry has, members one by one.
-
-    With the members' sum ``s`` and count ``n`` per entry (unit vectors):
-    ``1 - (||s||^2 - n) / (n (n - 1))``. Entries with fewer than two members have no
-    pair to compare: NaN.
-
-    Args:
-        vectors: N arrays (G, D) of unit vectors.
-        present: N (G,) bool arrays (default all).
-
-    Returns:
-        (G,) float32.
-    """
-    total, n = _masked_sum([np.asarray(v, np.float32) for v in vectors], present)
-    sq = np.einsum("gd,gd->g", total, total)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        unc = np.clip(1.0 - (sq - n) / (n * (n - 1)), 0.0, 2.0)
-    return np.where(n >= 2, unc, np.nan).astype(np.float32)
-
-
-def member_uncertainty(members: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
-    """Mean pairwise cosine distance between the members an entry has.
-
-    Args:
-        members: (G, N, D) unit vectors.
-        present: (G, N) bool (default all). Entries with fewer than two members have no
-            pair to compare: NaN.
-
-    Returns:
-        (G,) float32.
-    """
-    members = np.asarray(members, dtype=np.float32)
-    if present is None:
-        return mean_pairwise_cosine_distance(members).astype(np.float32)
-    n = members.shape[1]
-    return member_list_uncertainty([members[:, i] for i in range(n)],
-                                   [np.asarray(present)[:, i] for i in range(n)])
 
 
 @dataclass(frozen=True)
@@ -348,7 +284,7 @@ class FusionGate:
              probability: np.ndarray) -> np.ndarray:
         """(G, D) fused unit vectors (zero rows where no member is present)."""
         if self.kind == "mean":
-            return fuse_member_list(vectors, present)
+            return fuse_members(vectors, present)
         w = self.weights(vectors, present, probability)
         total = np.zeros_like(vectors[0], dtype=np.float32)
         for i, v in enumerate(vectors):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmce.errors import CmceError
-from cmce.metrics import gallery_rejection_mask
+from cmce.metrics.rejection import gallery_rejection_mask
 
 __all__ = ["DEFAULT_RATES", "RiskCoverage", "leave_one_out_risk_coverage", "gallery_risk_coverage"]
 

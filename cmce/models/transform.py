@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmce.errors import CmceError
-from cmce.metrics import recall_at_k
+from cmce.metrics.retrieval import recall_at_k
 
 logger = logging.getLogger(__name__)
 
