@@ -89,13 +89,7 @@ def _json_safe(value):
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cmce.experiments.evaluate import evaluate_embedded, plot_risk_coverage
-    from cmce.experiments.evaluate_answers import answers_table
-    from cmce.experiments.train import heldout_subset
-    from cmce.faces.detector import create_detector
-    from cmce.io.datasets import list_labelled_images
     from cmce.method.bundle import load_bundle
-    from cmce.method.card import render_rejection_tables, render_table
-    from cmce.models.embed import EmbeddingCache, embed_files
 
     if args.ablations and not args.heldout:
         raise CmceError("--ablations trains on the bundle's training identities and measures on the held-out ones: "
@@ -107,6 +101,47 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         spec = DegradeSpec.parse(args.gallery_degrade)  # a bad spec fails before anything is embedded
     bundle = load_bundle(args.bundle, revision=args.revision)
     old = _upgrade_source(args.upgrade_from) if args.upgrade_from else None
+    ds, models, cache, embedded, clean, degrade_report = _evaluation_photos(args, bundle, old, spec)
+    result = evaluate_embedded(embedded, ds.labels, bundle, ci_resamples=args.ci_resamples)
+    if degrade_report is not None:
+        result["gallery_degrade"] = degrade_report
+        print(f"gallery degraded ({degrade_report['spec']}, seed {degrade_report['seed']}): "
+              f"{degrade_report['degraded']} of {degrade_report['gallery_photos']} photos "
+              f"({', '.join(f'{k} {v}' for k, v in degrade_report['by_kind'].items())}); "
+              f"{sum(degrade_report['kept_clean_no_face'].values())} kept clean (no face found in the degraded copy"
+              f"{_too_small_note(degrade_report)})")
+    if old is not None:
+        from cmce.experiments.evaluate import evaluate_upgrade, upgrade_costs
+
+        old_models = (old,) if isinstance(old, str) else old.models
+        costs = upgrade_costs(embedded, ds.labels, bundle, old_models)
+        result["upgrade"] = evaluate_upgrade(embedded, ds.labels, bundle, old, seconds_per_1k_entries=costs)
+        result["upgrade"]["from"]["source"] = args.upgrade_from
+    result["data"] = {"dir": str(Path(args.data_dir).resolve().name), "heldout_only": bool(args.heldout),
+                      "detection": args.detection}
+    _print_evaluation(result, args)
+    if args.ablations:
+        _evaluation_ablations(result, args, bundle, ds, cache, clean, embedded, degrade_report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(_json_safe(result), indent=2) + "\n")
+    if args.plot:
+        plot_risk_coverage(result, args.plot)
+    if args.record:
+        _record_evaluation(result, args, bundle, degrade_report)
+    return 0
+
+
+def _evaluation_photos(args: argparse.Namespace, bundle, old, spec):
+    """The photos ``evaluate`` measures on, embedded (and their gallery degraded by ``spec``).
+
+    Returns:
+        (dataset, models, cache, embedded, the clean embedding, the degradation report or None).
+    """
+    from cmce.experiments.train import heldout_subset
+    from cmce.faces.detector import create_detector
+    from cmce.io.datasets import list_labelled_images
+    from cmce.models.embed import EmbeddingCache, embed_files
+
     ds = list_labelled_images(args.data_dir)
     if args.heldout:
         held = heldout_subset(ds, bundle)
@@ -127,22 +162,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         embedded, degrade_report, _ = degrade_gallery(embedded, gallery_positions(embedded, ds.labels), spec,
                                                       seed=args.degrade_seed, models=models, cache=cache,
                                                       progress=not args.quiet, detector=detector)
-    result = evaluate_embedded(embedded, ds.labels, bundle, ci_resamples=args.ci_resamples)
-    if degrade_report is not None:
-        result["gallery_degrade"] = degrade_report
-        print(f"gallery degraded ({degrade_report['spec']}, seed {degrade_report['seed']}): "
-              f"{degrade_report['degraded']} of {degrade_report['gallery_photos']} photos "
-              f"({', '.join(f'{k} {v}' for k, v in degrade_report['by_kind'].items())}); "
-              f"{sum(degrade_report['kept_clean_no_face'].values())} kept clean (no face found in the degraded copy"
-              f"{_too_small_note(degrade_report)})")
-    if old is not None:
-        from cmce.experiments.evaluate import evaluate_upgrade, upgrade_costs
+    return ds, models, cache, embedded, clean, degrade_report
 
-        costs = upgrade_costs(embedded, ds.labels, bundle, old_models)
-        result["upgrade"] = evaluate_upgrade(embedded, ds.labels, bundle, old, seconds_per_1k_entries=costs)
-        result["upgrade"]["from"]["source"] = args.upgrade_from
-    result["data"] = {"dir": str(Path(args.data_dir).resolve().name), "heldout_only": bool(args.heldout),
-                      "detection": args.detection}
+
+def _print_evaluation(result: dict, args: argparse.Namespace) -> None:
+    """The evaluation's tables on stdout: rows, answers, the paper's rejection metric, open set, upgrade."""
+    from cmce.experiments.evaluate_answers import answers_table
+    from cmce.method.card import render_rejection_tables, render_table
+
     c = result["counts"]
     print(f"{c['files']} files, {c['faces_found']} faces ({c['no_face_or_unreadable']} without a face or unreadable; "
           f"{args.detection} detection); gallery {c['gallery']} ({c['distractors']} distractors), "
@@ -157,46 +184,50 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"| {100 * r['rate']:.0f}% | {100 * r['open_set_accuracy']:.2f} |")
     if "upgrade" in result:
         _print_upgrade(result["upgrade"])
-    if args.ablations:
-        from cmce.experiments.ablations import render_ablations, run_ablations
-        from cmce.experiments.train import SplitConfig, dataset_splits
 
-        full = list_labelled_images(args.data_dir)
-        # the training identities as the bundle was trained on them: plain detection, whatever --detection says
-        train_emb = embed_files(list(full.paths), list(bundle.models), cache=cache, progress=not args.quiet)
-        sp = dataset_splits(full.labels, SplitConfig(**bundle.info["training"]["split"]))
-        conditions = {"clean": clean}
-        if degrade_report is not None:
-            conditions[degrade_report["spec"]] = embedded
-        result["ablations"] = run_ablations(train_emb, full.labels, sp["train"] | sp["val"], conditions, ds.labels,
-                                            bundle, ci_resamples=args.ci_resamples)
-        print("\nablations (gallery models only; trained on the bundle's training identities):\n")
-        print(render_ablations(result["ablations"]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(_json_safe(result), indent=2) + "\n")
-    if args.plot:
-        plot_risk_coverage(result, args.plot)
-    if args.record:
-        from cmce.method.bundle import default_bundle_path, save_bundle
 
-        folder = Path(args.bundle) if args.bundle else default_bundle_path()
-        if not folder.is_dir():
-            raise CmceError(f"--record writes into a local bundle folder; {folder} is not one")
-        key = "evaluation_mixed" if degrade_report is not None else "evaluation"
-        bundle.info[key] = _json_safe({
-            "data": result["data"], "counts": result["counts"], "rows": result["rows"],
-            "answers": result["answers"],
-            "rejection": result["rejection"], "rejection_by_quality": result["rejection_by_quality"],
-            "rejection_gallery_ensemble": result["rejection_gallery_ensemble"],
-            "open_set": result["open_set"],
-            **({"gallery_degrade": degrade_report} if degrade_report is not None else {}),
-        })
-        if "upgrade" in result:
-            upgrades = [u for u in bundle.info.get("upgrades", []) if u["from"] != result["upgrade"]["from"]]
-            bundle.info["upgrades"] = upgrades + [{k: v for k, v in result["upgrade"].items() if k != "ensemble_size"}]
-        save_bundle(bundle, folder)
-        print(f"recorded the evaluation in {folder}/config.json and its model card")
-    return 0
+def _evaluation_ablations(result: dict, args: argparse.Namespace, bundle, ds, cache, clean, embedded,
+                          degrade_report) -> None:
+    """``--ablations``: the paper's ablations trained on the bundle's training identities, into ``result``."""
+    from cmce.experiments.ablations import render_ablations, run_ablations
+    from cmce.experiments.train import SplitConfig, dataset_splits
+    from cmce.io.datasets import list_labelled_images
+    from cmce.models.embed import embed_files
+
+    full = list_labelled_images(args.data_dir)
+    # the training identities as the bundle was trained on them: plain detection, whatever --detection says
+    train_emb = embed_files(list(full.paths), list(bundle.models), cache=cache, progress=not args.quiet)
+    sp = dataset_splits(full.labels, SplitConfig(**bundle.info["training"]["split"]))
+    conditions = {"clean": clean}
+    if degrade_report is not None:
+        conditions[degrade_report["spec"]] = embedded
+    result["ablations"] = run_ablations(train_emb, full.labels, sp["train"] | sp["val"], conditions, ds.labels,
+                                        bundle, ci_resamples=args.ci_resamples)
+    print("\nablations (gallery models only; trained on the bundle's training identities):\n")
+    print(render_ablations(result["ablations"]))
+
+
+def _record_evaluation(result: dict, args: argparse.Namespace, bundle, degrade_report) -> None:
+    """``--record``: the evaluation stored in the (local) bundle's config and model card."""
+    from cmce.method.bundle import default_bundle_path, save_bundle
+
+    folder = Path(args.bundle) if args.bundle else default_bundle_path()
+    if not folder.is_dir():
+        raise CmceError(f"--record writes into a local bundle folder; {folder} is not one")
+    key = "evaluation_mixed" if degrade_report is not None else "evaluation"
+    bundle.info[key] = _json_safe({
+        "data": result["data"], "counts": result["counts"], "rows": result["rows"],
+        "answers": result["answers"],
+        "rejection": result["rejection"], "rejection_by_quality": result["rejection_by_quality"],
+        "rejection_gallery_ensemble": result["rejection_gallery_ensemble"],
+        "open_set": result["open_set"],
+        **({"gallery_degrade": degrade_report} if degrade_report is not None else {}),
+    })
+    if "upgrade" in result:
+        upgrades = [u for u in bundle.info.get("upgrades", []) if u["from"] != result["upgrade"]["from"]]
+        bundle.info["upgrades"] = upgrades + [{k: v for k, v in result["upgrade"].items() if k != "ensemble_size"}]
+    save_bundle(bundle, folder)
+    print(f"recorded the evaluation in {folder}/config.json and its model card")
 
 
 def _too_small_note(report: dict) -> str:
@@ -371,14 +402,14 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cmce", description="CMCE face search: asymmetric retrieval with cross model compatible ensembles")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_info_parser(sub) -> None:
+    """The ``info`` command's options."""
     s = sub.add_parser("info", help="list registered backbones and whether they run here")
     s.set_defaults(func=_cmd_info)
 
+
+def _add_train_parser(sub) -> None:
+    """The ``train`` command's options."""
     s = sub.add_parser("train", help="train a bundle on a folder-per-identity dataset")
     s.add_argument("data_dir")
     s.add_argument("--query", default="sface")
@@ -432,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate_parser(sub) -> None:
+    """The ``evaluate`` command's options."""
     s = sub.add_parser("evaluate", help="the paper's table on a folder-per-identity dataset")
     s.add_argument("data_dir")
     s.add_argument("--bundle", default=None, help="bundle folder or Hub id (default: assets/)")
@@ -461,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_evaluate)
 
+
+def _add_bench_parser(sub) -> None:
+    """The ``bench`` command's options."""
     s = sub.add_parser("bench", help="speed figures of this machine (medians; ratios within one run)")
     s.add_argument("images_dir", help="a folder of real face photos")
     s.add_argument("--bundle", default=None)
@@ -474,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None)
     s.set_defaults(func=lambda a: __import__("cmce.experiments.bench", fromlist=["main_bench"]).main_bench(a))
 
+
+def _add_upgrade_parser(sub) -> None:
+    """The ``upgrade`` command's options."""
     s = sub.add_parser("upgrade", help="move a saved gallery to another bundle without re-reading its photos")
     s.add_argument("gallery_dir", help="a gallery written by `index` or Gallery.save")
     s.add_argument("--bundle", required=True, help="the new bundle: a folder or a Hub id")
@@ -489,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_upgrade)
 
+
+def _add_build_index_parser(sub) -> None:
+    """The ``build-index`` command's options."""
     s = sub.add_parser("build-index", help="build a bundle's archive index over a gallery's shards (for millions of faces)")
     s.add_argument("gallery_dir", help="a gallery written by `index`")
     s.add_argument("--bundle", default=None)
@@ -501,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="project the shards as Ray tasks and build the index in one (the gallery on a shared mount)")
     s.set_defaults(func=_cmd_build_index)
 
+
+def _add_search_parser(sub) -> None:
+    """The ``search`` command's options."""
     s = sub.add_parser("search", help="search a saved gallery (archive index or in-memory) with query photos")
     s.add_argument("gallery_dir")
     s.add_argument("photos", nargs="+", help="query photos (the largest face of each is searched)")
@@ -515,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, help="write the answers as JSON")
     s.set_defaults(func=_cmd_search)
 
+
+def _add_index_parser(sub) -> None:
+    """The ``index`` command's options."""
     s = sub.add_parser("index", help="index photos into a saved gallery, here or on a Ray cluster; resumable")
     s.add_argument("source", metavar="SOURCE",
                    help="folder (recursively; first folder level = label) or URI: file:///..., s3://..., gs://...")
@@ -532,6 +581,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-entries", type=int, default=None, help="entries the gallery may hold (default: no cap)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_index)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cmce", description="CMCE face search: asymmetric retrieval with cross model compatible ensembles")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_info_parser(sub)
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_bench_parser(sub)
+    _add_upgrade_parser(sub)
+    _add_build_index_parser(sub)
+    _add_search_parser(sub)
+    _add_index_parser(sub)
     return p
 
 
