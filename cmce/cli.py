@@ -34,7 +34,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cmce.experiments.train import SplitConfig, train_bundle
+    from cmce.experiments.splits import SplitConfig
+    from cmce.experiments.train import train_bundle
     from cmce.models.embed import EmbeddingCache
     from cmce.models.transform import TrainConfig
 
@@ -90,7 +91,7 @@ def _json_safe(value):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cmce.experiments.evaluate import evaluate_embedded, plot_risk_coverage
     from cmce.experiments.evaluate_answers import answers_table
-    from cmce.experiments.train import heldout_subset
+    from cmce.experiments.splits import heldout_subset
     from cmce.faces.detector import create_detector
     from cmce.io.datasets import list_labelled_images
     from cmce.method.bundle import load_bundle
@@ -159,7 +160,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         _print_upgrade(result["upgrade"])
     if args.ablations:
         from cmce.experiments.ablations import render_ablations, run_ablations
-        from cmce.experiments.train import SplitConfig, dataset_splits
+        from cmce.experiments.splits import SplitConfig, dataset_splits
 
         full = list_labelled_images(args.data_dir)
         # the training identities as the bundle was trained on them: plain detection, whatever --detection says

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cmce.errors import CmceError  # noqa: E402
 from cmce.experiments.degrade import DegradeSpec, degrade_image, plan_degradation  # noqa: E402
-from cmce.experiments.train import heldout_subset  # noqa: E402
+from cmce.experiments.splits import heldout_subset  # noqa: E402
 from cmce.gallery.memory import FaceEngine, Gallery, GalleryLimits  # noqa: E402
 from cmce.io.datasets import list_labelled_images  # noqa: E402
 from cmce.io.images import load_image  # noqa: E402

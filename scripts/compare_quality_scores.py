@@ -32,7 +32,7 @@ def main() -> None:
     from cmce import metrics as M
     from cmce.experiments.degrade import DegradeSpec, degrade_gallery
     from cmce.experiments.evaluate import gallery_positions, quality_scores_by_kind
-    from cmce.experiments.train import heldout_subset
+    from cmce.experiments.splits import heldout_subset
     from cmce.io.datasets import list_labelled_images
     from cmce.method.bundle import load_bundle
     from cmce.models.embed import EmbeddingCache, embed_files

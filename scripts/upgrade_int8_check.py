@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 
 from cmce import metrics as M
-from cmce.experiments.train import heldout_subset
+from cmce.experiments.splits import heldout_subset
 from cmce.io.datasets import list_labelled_images
 from cmce.method.bundle import load_bundle
 from cmce.models.embed import EmbeddingCache, embed_files
