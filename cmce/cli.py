@@ -34,7 +34,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cmce.experiments.train import SplitConfig, train_bundle
+    from cmce.experiments.splits import SplitConfig
+    from cmce.experiments.train import train_bundle
     from cmce.models.embed import EmbeddingCache
     from cmce.models.transform import TrainConfig
 
@@ -137,7 +138,7 @@ def _evaluation_photos(args: argparse.Namespace, bundle, old, spec):
     Returns:
         (dataset, models, cache, embedded, the clean embedding, the degradation report or None).
     """
-    from cmce.experiments.train import heldout_subset
+    from cmce.experiments.splits import heldout_subset
     from cmce.faces.detector import create_detector
     from cmce.io.datasets import list_labelled_images
     from cmce.models.embed import EmbeddingCache, embed_files
@@ -190,7 +191,7 @@ def _evaluation_ablations(result: dict, args: argparse.Namespace, bundle, ds, ca
                           degrade_report) -> None:
     """``--ablations``: the paper's ablations trained on the bundle's training identities, into ``result``."""
     from cmce.experiments.ablations import render_ablations, run_ablations
-    from cmce.experiments.train import SplitConfig, dataset_splits
+    from cmce.experiments.splits import SplitConfig, dataset_splits
     from cmce.io.datasets import list_labelled_images
     from cmce.models.embed import embed_files
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cmce.errors import CmceError  # noqa: E402
 from cmce.experiments.degrade import DegradeSpec, degrade_image, plan_degradation  # noqa: E402
-from cmce.experiments.train import heldout_subset  # noqa: E402
+from cmce.experiments.splits import heldout_subset  # noqa: E402
 from cmce.gallery.ingest import GalleryLimits
 from cmce.gallery.memory import Gallery
 from cmce.gallery.searchable import detect_query

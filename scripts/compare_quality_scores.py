@@ -31,7 +31,7 @@ RATES = (0.05, 0.1, 0.2, 0.3)
 def main() -> None:
     from cmce.experiments.degrade import DegradeSpec, degrade_gallery
     from cmce.experiments.evaluate import gallery_positions, quality_scores_by_kind
-    from cmce.experiments.train import heldout_subset
+    from cmce.experiments.splits import heldout_subset
     from cmce.io.datasets import list_labelled_images
     from cmce.method.bundle import load_bundle
     from cmce.metrics.intervals import cluster_bootstrap, relative_error_reduction

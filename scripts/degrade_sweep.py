@@ -23,7 +23,7 @@ import numpy as np
 
 from cmce.experiments.degrade import DegradeSpec, degrade_gallery
 from cmce.experiments.evaluate import evaluate_embedded, gallery_positions
-from cmce.experiments.train import heldout_subset
+from cmce.experiments.splits import heldout_subset
 from cmce.faces.detector import DETECTORS, create_detector
 from cmce.io.datasets import list_labelled_images
 from cmce.method.bundle import load_bundle

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cmce.experiments.train import SplitConfig, dataset_splits, heldout_subset
+from cmce.experiments.splits import SplitConfig, dataset_splits, heldout_subset
 from cmce.faces.geometry import Face, pick_subject, similarity_transform
 from cmce.io.datasets import list_labelled_images
 from cmce.io.images import load_image

@@ -45,7 +45,7 @@ from answers_doc import unknown_table  # noqa: E402  (scripts/, beside this file
 from cmce.answer_metrics import cohort_normalised, stranger_best, unknown_mask
 from cmce.experiments.degrade import DegradeSpec, degrade_gallery  # noqa: E402
 from cmce.experiments.evaluate import gallery_positions  # noqa: E402
-from cmce.experiments.train import heldout_subset  # noqa: E402
+from cmce.experiments.splits import heldout_subset  # noqa: E402
 from cmce.faces.detector import create_detector  # noqa: E402
 from cmce.io.datasets import list_labelled_images  # noqa: E402
 from cmce.method.bundle import load_bundle  # noqa: E402

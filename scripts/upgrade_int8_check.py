@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from cmce.experiments.train import heldout_subset
+from cmce.experiments.splits import heldout_subset
 from cmce.io.datasets import list_labelled_images
 from cmce.method.bundle import load_bundle
 from cmce.metrics.intervals import bootstrap_mean_ci

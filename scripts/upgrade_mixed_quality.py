@@ -17,7 +17,7 @@ import sys
 
 from cmce.experiments.degrade import DegradeSpec, degrade_gallery
 from cmce.experiments.evaluate import evaluate_upgrade, gallery_positions
-from cmce.experiments.train import heldout_subset
+from cmce.experiments.splits import heldout_subset
 from cmce.io.datasets import list_labelled_images
 from cmce.method.bundle import load_bundle
 from cmce.method.card import render_upgrade_table

@@ -237,7 +237,7 @@ def test_decide_answer_with_the_normalised_threshold_and_its_round_trip() -> Non
 
 
 def test_the_coverage_guard_keeps_each_calibration_gallery_within_its_share() -> None:
-    from cmce.experiments.train import fit_coverage_guard
+    from cmce.experiments.answer_calibration import fit_coverage_guard
 
     rng = np.random.default_rng(0)
     # three galleries: clean (doubt 0.05), mixed (0.2) and lowres (0.4), where a person's own
@@ -326,7 +326,7 @@ def test_the_normalised_threshold_follows_the_gallery_size() -> None:
 
 
 def test_thresholds_by_size_name_the_same_share_of_strangers_at_every_size() -> None:
-    from cmce.experiments.train import _thresholds_by_size
+    from cmce.experiments.answer_calibration import _thresholds_by_size
 
     rng = np.random.default_rng(1)
     n = 4000

@@ -11,7 +11,8 @@ import pytest
 from cmce.answer_metrics import cohort_normalised, stranger_best, unknown_mask
 from cmce.errors import CmceError
 from cmce.experiments.evaluate import adapter_row_name, evaluate_embedded
-from cmce.experiments.train import SplitConfig, dataset_splits, train_bundle
+from cmce.experiments.splits import SplitConfig, dataset_splits
+from cmce.experiments.train import train_bundle
 from cmce.method.answer_rules import ANSWER_RULES
 from cmce.method.bundle import load_bundle
 from cmce.method.ensemble import (
@@ -393,7 +394,7 @@ def test_evaluate_prints_an_undefined_error_cut_as_a_dash_and_writes_null() -> N
 
 
 def test_choose_fusion_takes_the_simplest_unless_beaten_by_more_than_a_tenth_of_a_point() -> None:
-    from cmce.experiments.train import _choose_fusion
+    from cmce.experiments.cross_validation import _choose_fusion
 
     figs = {"mean": {"clean": 0.990, "mixed": 0.950}, "weighted": {"clean": 0.995, "mixed": 0.960},
             "gated": {"clean": 0.9955, "mixed": 0.9600}}

@@ -87,7 +87,7 @@ def test_training_kinds_are_the_six_it_always_drew() -> None:
 
     from cmce.experiments import train
 
-    src = inspect.getsource(train.train_bundle)
+    src = inspect.getsource(train)  # train_bundle's mixed-quality gallery (made in train._degraded_sets)
     assert "DegradeSpec(mixed_share, TRAIN_KINDS)" in src and "DEGRADATIONS" not in src
 
 
@@ -366,7 +366,7 @@ def test_evaluate_cli_with_crop_and_tiny_galleries_and_index_detection(lfw_dir, 
 
 
 def test_augmented_pairs_add_every_set_of_copies_of_training_photos_only() -> None:
-    from cmce.experiments.train import augmented_pairs
+    from cmce.experiments.train_networks import augmented_pairs
 
     x = np.arange(12, dtype=np.float32).reshape(6, 2)
     y = -x
