@@ -38,7 +38,7 @@ from cmce.gallery.memory import Gallery
 from cmce.io.images import format_bytes, load_image
 from cmce.io.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes
 from cmce.io.uploads import collect_uploads, query_label
-from cmce.method.bundle import bundle_summary
+from cmce.method.bundle_model import bundle_summary
 from cmce.method.engine import FaceEngine
 from cmce.method.ensemble import QUALITY_SCORES
 from cmce.method.report import gallery_risk_coverage

@@ -16,7 +16,7 @@ _EXPORTS = {
     "load_bundle": "cmce.method.bundle",
     "save_bundle": "cmce.method.bundle",
     "push_to_hub": "cmce.method.bundle",
-    "Bundle": "cmce.method.bundle",
+    "Bundle": "cmce.method.bundle_model",
     "FaceEngine": "cmce.gallery",
     "Gallery": "cmce.gallery",
     "GalleryLimits": "cmce.gallery",

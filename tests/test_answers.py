@@ -217,7 +217,7 @@ def test_unknown_mask_uses_the_normalised_score_where_there_is_one() -> None:
 
 
 def test_decide_answer_with_the_normalised_threshold_and_its_round_trip() -> None:
-    from cmce.method.bundle import Calibration
+    from cmce.method.bundle_model import Calibration
     from cmce.method.unknown import CohortNorm
 
     norm = CohortNorm(3, {"ensemble": 2.5}, 0.05)
@@ -262,7 +262,7 @@ def test_the_coverage_guard_keeps_each_calibration_gallery_within_its_share() ->
 
 
 def test_the_guard_lowers_the_threshold_on_a_poor_gallery_and_says_so() -> None:
-    from cmce.method.bundle import Calibration
+    from cmce.method.bundle_model import Calibration
     from cmce.method.unknown import CohortNorm, gallery_doubt, unknown_note
 
     norm = CohortNorm(3, {"ensemble": 6.0}, 0.05, guard_doubt=(0.1, 0.4), guard={"ensemble": (6.0, 2.0)},
@@ -305,7 +305,7 @@ def test_unknown_norm_follows_the_callers_choice() -> None:
 
 
 def test_the_normalised_threshold_follows_the_gallery_size() -> None:
-    from cmce.method.bundle import Calibration
+    from cmce.method.bundle_model import Calibration
     from cmce.method.unknown import CohortNorm
 
     norm = CohortNorm(3, {"ensemble": 3.0}, 0.05, (10, 1000), {"ensemble": (2.0, 3.0)})

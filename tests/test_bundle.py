@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from cmce.errors import BundleError, HubError
-from cmce.method.bundle import Bundle, Calibration, load_bundle, save_bundle
+from cmce.method.bundle import load_bundle, save_bundle
+from cmce.method.bundle_model import Bundle, Calibration
 from cmce.method.ensemble import QualityModel
 from cmce.models.transform import TransformerConfig, create_transformer, transform_embeddings
 

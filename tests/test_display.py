@@ -12,7 +12,7 @@ from cmce.faces.geometry import Face
 from cmce.gallery.results import Match, QueryResult, ViewResult
 from cmce.method.answer_rules import AnswerPolicy
 from cmce.method.answers import Answer, doubt_marks
-from cmce.method.bundle import Calibration
+from cmce.method.bundle_model import Calibration
 from cmce.method.ensemble import QualityModel
 from cmce.method.report import leave_one_out_risk_coverage
 from cmce.method.unknown import CohortNorm, gallery_doubt, unknown_note

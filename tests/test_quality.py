@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cmce.errors import CmceError
-from cmce.method.bundle import Calibration
+from cmce.method.bundle_model import Calibration
 from cmce.method.ensemble import QUALITY_SCORES, QualityModel
 from cmce.method.quality import (
     FEATURE_GROUPS,

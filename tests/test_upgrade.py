@@ -274,7 +274,7 @@ def test_bundles_that_cannot_serve_are_refused_with_the_reason(gallery_copy, new
 
 def test_a_bundle_whose_gallery_model_cannot_run_here_still_serves(gallery_copy, lfw_dir) -> None:
     """facenet-vggface2 is online-only: the engine skips it, a gallery holding it is served."""
-    from cmce.method.bundle import Bundle
+    from cmce.method.bundle_model import Bundle
     from cmce.models.transform import TransformerConfig, create_transformer
     from cmce.storage.records import BackboneRecord
     from cmce.storage.write import write_gallery

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cmce.method.bundle import Bundle
+from cmce.method.bundle_model import Bundle
 from cmce.metrics.intervals import cluster_bootstrap
 from cmce.metrics.retrieval import l2_normalise, top1_hits
 from cmce.models.embed import EmbeddedFiles

@@ -23,7 +23,7 @@ from cmce.method.answer_rules import (
     out_of_fold_confidence,
     policy_features,
 )
-from cmce.method.bundle import Bundle
+from cmce.method.bundle_model import Bundle
 from cmce.method.ensemble import QualityModel
 from cmce.method.quality import QualityPredictor
 from cmce.method.unknown import DEFAULT_COHORT, CohortNorm, gallery_doubt

@@ -31,7 +31,7 @@ from cmce.experiments.validation import (
     fit_quality,
     quality_curves,
 )
-from cmce.method.bundle import Bundle
+from cmce.method.bundle_model import Bundle
 from cmce.method.ensemble import FUSIONS, FusionGate
 from cmce.method.quality import QualityPredictor
 from cmce.models.transform import (

@@ -17,7 +17,7 @@ import numpy as np
 
 from cmce.errors import DatasetError
 from cmce.experiments.evaluate_answers import answer_report
-from cmce.method.bundle import Bundle
+from cmce.method.bundle_model import Bundle
 from cmce.metrics.intervals import (
     bootstrap_mean_ci,
     cluster_bootstrap,

@@ -40,7 +40,7 @@ from cmce.answer_metrics import (
     unknown_mask,
 )
 from cmce.method.answer_rules import ANSWER_RULES, policy_features
-from cmce.method.bundle import Bundle, GalleryVectors
+from cmce.method.bundle_model import Bundle, GalleryVectors
 from cmce.method.unknown import gallery_doubt
 from cmce.metrics.intervals import cluster_bootstrap
 

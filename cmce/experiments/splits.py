@@ -14,7 +14,7 @@ import numpy as np
 
 from cmce.errors import DatasetError
 from cmce.io.datasets import LabelledImages, split_identities
-from cmce.method.bundle import Bundle
+from cmce.method.bundle_model import Bundle
 from cmce.models.embed import EmbeddedFiles
 
 __all__ = ["SplitConfig", "dataset_splits", "embedded_subset", "heldout_subset", "identity_fingerprint"]

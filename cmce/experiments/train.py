@@ -41,7 +41,8 @@ from cmce.experiments.validation import (
     pick_quality,
 )
 from cmce.io.datasets import LabelledImages, list_labelled_images
-from cmce.method.bundle import Bundle, Calibration, save_bundle
+from cmce.method.bundle import save_bundle
+from cmce.method.bundle_model import Bundle, Calibration
 from cmce.method.ensemble import FUSIONS, FusionGate
 from cmce.models.embed import EmbeddedFiles, EmbeddingCache, embed_files
 from cmce.models.transform import TrainConfig, first_image_protocol, fit_linear_map

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cmce.errors import DatasetError
-from cmce.method.bundle import Bundle, Calibration
+from cmce.method.bundle_model import Bundle, Calibration
 from cmce.method.ensemble import QUALITY_SCORES, QualityModel
 from cmce.method.quality import QualityPredictor, fit_quality_predictor
 from cmce.metrics.rejection import gallery_rejection_mask, threshold_for_rate

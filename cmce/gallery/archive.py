@@ -36,7 +36,7 @@ from cmce.gallery.persistence import bundle_fingerprint
 from cmce.gallery.results import Match, QueryResult, ViewResult
 from cmce.gallery.searchable import ImageInput, SearchableGallery, detect_query, search_photo
 from cmce.method.answers import DoubtMarks, decide_answer, doubt_marks
-from cmce.method.bundle import Bundle
+from cmce.method.bundle_model import Bundle
 from cmce.method.engine import FaceEngine
 from cmce.method.unknown import gallery_doubt, unknown_norm, unknown_note
 from cmce.search.base import VectorSearch

@@ -38,7 +38,7 @@ import numpy as np
 
 from cmce.errors import CmceError, GalleryError
 from cmce.gallery.persistence import bundle_description, bundle_fingerprint, bundle_inputs, check_servable
-from cmce.method.bundle import Bundle
+from cmce.method.bundle_model import Bundle
 from cmce.search.compact import COMPACT_FROM, CompactIndex
 from cmce.search.compact_config import CompactConfig
 from cmce.search.vector_file import VectorFileWriter

@@ -49,7 +49,7 @@ from cmce.gallery.results import QueryResult, ViewResult
 from cmce.gallery.searchable import ImageInput, detect_query, search_photo
 from cmce.gallery.view_search import search_views
 from cmce.method.answers import DoubtMarks, doubt_marks
-from cmce.method.bundle import Bundle, GalleryVectors
+from cmce.method.bundle_model import Bundle, GalleryVectors
 from cmce.method.engine import FaceEngine
 from cmce.method.unknown import gallery_doubt, unknown_norm, unknown_note
 from cmce.search.index import VectorIndex

@@ -19,7 +19,7 @@ import numpy as np
 
 from cmce.errors import GalleryError
 from cmce.gallery.ingest import GalleryEntry
-from cmce.method.bundle import Bundle, GalleryVectors
+from cmce.method.bundle_model import Bundle, GalleryVectors
 from cmce.models.backbones import PRETRAINED
 from cmce.search.index import VectorIndex
 from cmce.storage.records import BackboneRecord, DerivedData, GalleryRecords, backbone_key

@@ -20,7 +20,7 @@ from cmce.faces.geometry import Face, too_small_image
 from cmce.gallery.results import QueryResult, ViewResult
 from cmce.io.images import load_image
 from cmce.method.answers import DoubtMarks
-from cmce.method.bundle import Bundle
+from cmce.method.bundle_model import Bundle
 from cmce.method.engine import FaceEngine
 
 __all__ = ["QueryPhoto", "SearchableGallery", "detect_query", "search_photo"]

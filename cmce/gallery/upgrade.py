@@ -30,7 +30,7 @@ import numpy as np
 from cmce.errors import CmceError, GalleryError, ImageError, LimitError
 from cmce.gallery.persistence import bundle_inputs, bundle_keys, check_servable, derive
 from cmce.io.images import DEFAULT_LIMITS, ImageLimits, content_hash, load_image
-from cmce.method.bundle import Bundle
+from cmce.method.bundle_model import Bundle
 from cmce.method.engine import FaceEngine
 from cmce.models.transform import quantize_transformer
 from cmce.storage.derived import write_derived

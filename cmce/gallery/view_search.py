@@ -15,7 +15,7 @@ import numpy as np
 from cmce.gallery.ingest import GalleryEntry
 from cmce.gallery.results import Match, ViewResult
 from cmce.method.answers import decide_answer
-from cmce.method.bundle import Calibration, GalleryVectors
+from cmce.method.bundle_model import Calibration, GalleryVectors
 from cmce.method.unknown import gallery_doubt, unknown_norm
 from cmce.search.index import VectorIndex
 

@@ -14,7 +14,7 @@ import numpy as np
 from cmce.errors import BackboneUnavailableError
 from cmce.faces.detector import FaceDetector, create_detector
 from cmce.faces.geometry import Face
-from cmce.method.bundle import Bundle
+from cmce.method.bundle_model import Bundle
 from cmce.models.backbones.base import FaceViews
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cmce.errors import GalleryError
-from cmce.method.bundle import Bundle
+from cmce.method.bundle_model import Bundle
 from cmce.pipeline.mapper import KnownHashes
 from cmce.storage.derived import write_derived
 from cmce.storage.manifest import is_gallery, read_manifest

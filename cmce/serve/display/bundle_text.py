@@ -28,7 +28,7 @@ RULE_DESCRIPTIONS = {
 
 
 def bundle_markdown(summary: Mapping[str, Any]) -> str:
-    """Markdown card of a bundle from ``cmce.method.bundle.bundle_summary``: models and licences."""
+    """Markdown card of a bundle from ``cmce.method.bundle_model.bundle_summary``: models and licences."""
     q = summary["query_model"]
     rows = [("query model", q)] + [("gallery model", g) for g in summary["gallery_models"]]
     source = summary.get("source") or "?"
