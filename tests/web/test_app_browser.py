@@ -257,7 +257,7 @@ def test_story_and_a_bundle_example_in_one_click(app_server, tmp_path):
     the ensemble finds her while the weak query model alone says unknown."""
     from cmce.serve.story import load_examples, order_by_lift, read_evaluations
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     reports = read_evaluations(root / "docs")
     shipped = [p.name for p in (root / "assets" / "bundles").glob("*") if (p / "config.json").is_file()]
     manifest = load_examples(root / "assets" / "examples")

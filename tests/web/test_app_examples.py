@@ -22,7 +22,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = load_examples(ROOT / "assets" / "examples")
 SHIPPED = {p.name for p in (ROOT / "assets" / "bundles").glob("*") if (p / "config.json").is_file()}
 CASES = [e for bundle, items in EXAMPLES.by_bundle.items() if bundle in SHIPPED for e in items]

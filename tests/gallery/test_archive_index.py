@@ -165,7 +165,7 @@ def test_archive_index_is_derived_data(copy, engine, saved, lfw_dir):
     with pytest.raises(GalleryError, match="no archive index for this bundle"):
         ArchiveGallery.open(copy, engine.bundle)
     build_archive_index(copy, engine.bundle, index="exact")
-    other = load_bundle(Path(__file__).resolve().parents[1] / "assets" / "bundles" / "facenet-dlib")
+    other = load_bundle(Path(__file__).resolve().parents[2] / "assets" / "bundles" / "facenet-dlib")
     with pytest.raises(GalleryError, match="no archive index for this bundle"):
         ArchiveGallery.open(copy, other)
     grown = Gallery.load(copy, engine)
@@ -222,7 +222,7 @@ def test_upgrade_of_an_archive_gallery_streams_the_shards(copy, engine, tmp_path
     from cmce.storage.read import read_gallery
 
     build_archive_index(copy, engine.bundle, index="exact")
-    other = load_bundle(Path(__file__).resolve().parents[1] / "assets" / "bundles" / "facenet-query")
+    other = load_bundle(Path(__file__).resolve().parents[2] / "assets" / "bundles" / "facenet-query")
     with pytest.raises(CmceError, match="float32"):
         upgrade_gallery(copy, other, precision="int8")
     report = upgrade_gallery(copy, other, out=tmp_path / "upgraded")

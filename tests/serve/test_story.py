@@ -11,7 +11,7 @@ import pytest
 
 from cmce.serve.story import StoryError, load_examples, read_evaluation, read_evaluations, story_markdown
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 SHIPPED_EVALS = sorted(p for p in DOCS.glob("eval-*.json") if "upgrade" not in json.loads(p.read_text()))
 

@@ -9,7 +9,7 @@ import pytest
 from cmce.errors import CmceError
 from cmce.experiments.docs_tables import render_page, stale_pages
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 

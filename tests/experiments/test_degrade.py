@@ -337,7 +337,7 @@ def test_fusion_gate_weights_and_round_trip() -> None:
         FusionGate("gated", ("a", "b"), w1=((0.0,),), b1=(0.0,), w2=((0.0,), (0.0,)), bias=(0.0, 0.0))
 
 
-@pytest.mark.skipif(not (Path(__file__).parent.parent / "assets/bundles/sface-query/config.json").is_file(),
+@pytest.mark.skipif(not (Path(__file__).parents[2] / "assets/bundles/sface-query/config.json").is_file(),
                     reason="shipped bundle not built")
 def test_evaluate_cli_with_crop_and_tiny_galleries_and_index_detection(lfw_dir, tmp_path, capsys) -> None:
     """--gallery-degrade crop / tiny / mix:..:crop+tiny with --detection index, end to end (shipped bundle)."""
@@ -350,7 +350,7 @@ def test_evaluate_cli_with_crop_and_tiny_galleries_and_index_detection(lfw_dir, 
         (data / person).mkdir(parents=True)
         for f in sorted((lfw_dir / person).glob("*.jpg"))[:3]:
             (data / person / f.name).symlink_to(f)
-    bundle = str(Path(__file__).parent.parent / "assets/bundles/sface-query")
+    bundle = str(Path(__file__).parents[2] / "assets/bundles/sface-query")
     for spec in ("crop", "tiny", "mix:0.6:crop+tiny"):
         out = tmp_path / f"{spec.replace(':', '_')}.json"
         assert main(["evaluate", str(data), "--bundle", bundle, "--gallery-degrade", spec, "--detection", "index",
