@@ -139,6 +139,17 @@ def _write_parquet(table, path: Path) -> None:
         raise
 
 
+def _listed_file(folder: Path, info: dict, name: str) -> Path:
+    """The path of a file the manifest lists, present and of the listed size; else a GalleryError naming it."""
+    path = folder / info["file"]
+    if not path.is_file():
+        raise GalleryError(f"{folder}: {name} is listed in {MANIFEST} but missing")
+    size = info.get("bytes")
+    if size is not None and path.stat().st_size != size:
+        raise GalleryError(f"{folder}: {name} is corrupt ({path.stat().st_size} bytes, {MANIFEST} says {size})")
+    return path
+
+
 def read_shard(folder: Path, info: dict, backbones: dict[str, BackboneRecord], metadata: bool = True):
     """One shard the manifest lists, checked, with its embeddings decoded.
 
@@ -158,13 +169,7 @@ def read_shard(folder: Path, info: dict, backbones: dict[str, BackboneRecord], m
             CRC or the schema), of another row count, or lacks a listed embedding column.
     """
     _, pq = require_pyarrow()
-    path = folder / info["file"]
-    if not path.is_file():
-        raise GalleryError(f"{folder}: shard {info['file']} is listed in {MANIFEST} but missing")
-    size = info.get("bytes")
-    if size is not None and path.stat().st_size != size:
-        raise GalleryError(f"{folder}: shard {info['file']} is corrupt ({path.stat().st_size} bytes, "
-                           f"{MANIFEST} says {size})")
+    path = _listed_file(folder, info, f"shard {info['file']}")
     try:  # every data page carries a CRC32, verified while decoding
         columns = None
         if not metadata:  # what re-projection needs: ids, detector probabilities, embeddings
@@ -188,12 +193,7 @@ def read_shard(folder: Path, info: dict, backbones: dict[str, BackboneRecord], m
 def _read_columns(folder: Path, info: dict, columns: list[str]):
     """Some columns of a file the manifest lists; a damaged file is a GalleryError naming it."""
     _, pq = require_pyarrow()
-    path = folder / info["file"]
-    if not path.is_file():
-        raise GalleryError(f"{folder}: {info['file']} is listed in {MANIFEST} but missing")
-    size = info.get("bytes")
-    if size is not None and path.stat().st_size != size:
-        raise GalleryError(f"{folder}: {info['file']} is corrupt ({path.stat().st_size} bytes, {MANIFEST} says {size})")
+    path = _listed_file(folder, info, info["file"])
     try:
         return pq.read_table(path, columns=columns, page_checksum_verification=True)
     except Exception as e:  # pyarrow raises its own error types for damaged files
