@@ -30,7 +30,7 @@ from cmce.method.unknown import DEFAULT_COHORT, CohortNorm, gallery_doubt
 from cmce.models.transform import first_image_protocol
 
 __all__ = ["ABSTAIN_CAPS", "GUARD_SHARES", "STRANGER_SIZES", "AnswerRecords", "answer_records", "calibrate_answers",
-           "calibrate_cohort_norm", "capped_threshold", "fit_coverage_guard", "guard_size_slope"]
+           "calibrate_cohort_norm", "capped_threshold", "fit_coverage_guard", "guard_doubt_margin", "guard_size_slope"]
 
 def answer_records(bundle: Bundle, quality: QualityModel, emb: dict, prob: np.ndarray, labels: np.ndarray,
                    views: Sequence[str], cohort: int = DEFAULT_COHORT,
@@ -136,23 +136,35 @@ def capped_threshold(confidence: np.ndarray, below_threshold: np.ndarray, condit
 GUARD_SHARES = {"clean": 0.08, "any": 0.18}
 
 
-def fit_coverage_guard(doubt: np.ndarray, z: np.ndarray, groups: np.ndarray, shares: Sequence[float]
+def fit_coverage_guard(doubt: np.ndarray, z: np.ndarray, groups: np.ndarray, shares: Sequence[float],
+                       kinds: np.ndarray | None = None, margin: float = 0.0
                        ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """The most a normalised threshold may be, as a function of a gallery's mean doubt.
 
-    Each group is one kind of calibration gallery (its folds pooled): its queries'
-    cohort-normalised top scores ``z`` and its galleries' doubt (``answers.gallery_doubt``;
-    the group's is their mean over its queries). A threshold at the group's ``share``
-    quantile of ``z`` says "Unknown" to that share of its queries. The guard is the running
-    minimum of those quantiles over groups sorted by doubt: a gallery never gets a higher
-    cap than a cleaner-looking kind, and every kind keeps within its share.
+    Each group is one calibration gallery: its queries' cohort-normalised top scores ``z``
+    and its doubt (``answers.gallery_doubt``; the group's is the mean over its queries). A
+    threshold at the group's ``share`` quantile of ``z`` says "Unknown" to that share of
+    its queries. The guard is the running minimum of those quantiles over galleries sorted
+    by doubt: a gallery never gets a higher cap than a cleaner-looking one, and every
+    calibration gallery keeps within its share.
+
+    With ``kinds`` (one kind per query; a kind's groups are its cross-validation folds),
+    each kind is placed by its worst fold: the lowest cap any of its folds needs, from the
+    lowest doubt any of them showed, divided by ``1 + margin``. The same kind of gallery
+    scores differently under networks trained on other people (the folds' caps for one
+    kind spread over two spreads), and a bundle's final networks see a gallery with less
+    doubt than the folds' networks did, so a cap read at a pooled point holds on the
+    calibration galleries and not beyond them.
 
     Args:
         doubt, z, groups: (Q,) per query.
         shares: one allowed unknown share per group, in ``np.unique(groups)`` order.
+        kinds: (Q,) the kind of gallery of each query (None: every group stands alone).
+        margin: the relative shift of a kind's doubt the guard allows for (with ``kinds``).
 
     Returns:
-        (ascending doubts, the cap at each, one {group, doubt, cap, queries} per group).
+        (ascending doubts, the cap at each, one {group, doubt, cap, queries} per group,
+        or with ``kinds`` per kind, its folds' points under ``folds``).
 
     Example:
         >>> d, cap, _ = fit_coverage_guard(np.r_[[0.1] * 20, [0.5] * 20], np.r_[np.arange(20.), np.arange(20.) - 5],
@@ -166,8 +178,14 @@ def fit_coverage_guard(doubt: np.ndarray, z: np.ndarray, groups: np.ndarray, sha
         sel = (groups == g) & np.isfinite(z) & np.isfinite(doubt)
         if sel.sum() < 20:  # too few queries to place a quantile
             continue
-        points.append({"group": str(g), "doubt": float(doubt[sel].mean()),
-                       "cap": float(np.quantile(z[sel], share)), "queries": int(sel.sum())})
+        point = {"group": str(g), "doubt": float(doubt[sel].mean()),
+                 "cap": float(np.quantile(z[sel], share)), "queries": int(sel.sum())}
+        if kinds is not None:
+            point["kind"] = str(np.asarray(kinds)[sel][0])
+        points.append(point)
+    if kinds is not None:
+        points = [_worst_fold(k, [p for p in points if p["kind"] == k], margin)
+                  for k in dict.fromkeys(p["kind"] for p in points)]
     points.sort(key=lambda p: p["doubt"])
     d, caps = [], []
     for p in points:
@@ -178,6 +196,35 @@ def fit_coverage_guard(doubt: np.ndarray, z: np.ndarray, groups: np.ndarray, sha
         d.append(p["doubt"])
         caps.append(cap)
     return np.asarray(d), np.asarray(caps), points
+
+
+def _worst_fold(kind: str, folds: list[dict], margin: float) -> dict:
+    """One kind's guard point: its folds' lowest cap at their lowest doubt over ``1 + margin``."""
+    return {"group": kind, "doubt": min(p["doubt"] for p in folds) / (1.0 + margin),
+            "cap": min(p["cap"] for p in folds), "queries": sum(p["queries"] for p in folds),
+            "folds": [{k: v for k, v in p.items() if k != "kind"} for p in folds]}
+
+
+def guard_doubt_margin(doubt: np.ndarray, groups: np.ndarray, kinds: np.ndarray, floor: float = 0.02,
+                       most: float = 0.5) -> float:
+    """How far one kind of gallery's mean doubt moves between networks trained on other
+    people: the largest relative spread (highest over lowest) of a kind's fold doubts, over
+    the kinds whose doubt is at least ``floor`` (below it the guard does not bind), at most
+    ``most``. 0.0 when no kind has two folds.
+
+    Example:
+        >>> g = np.array(["a/0", "a/1", "b/0", "b/1"]); k = np.array(["a", "a", "b", "b"])
+        >>> round(guard_doubt_margin(np.array([0.10, 0.11, 0.30, 0.36]), g, k), 3)
+        0.2
+    """
+    doubt, groups, kinds = np.asarray(doubt, np.float64), np.asarray(groups), np.asarray(kinds)
+    spread = 0.0
+    for k in np.unique(kinds):
+        means = [float(np.nanmean(doubt[groups == g])) for g in np.unique(groups[kinds == k])]
+        means = [m for m in means if np.isfinite(m)]
+        if len(means) >= 2 and min(means) >= floor:
+            spread = max(spread, max(means) / min(means) - 1.0)
+    return float(min(spread, most))
 
 
 #: One query group's records: (fold, condition, view features, (Q,) wrong, (Q,) query identities).
@@ -342,26 +389,37 @@ def _fit_view_policies(records: AnswerRecords, view: str, raw_thr: float, norm: 
 
 
 def _coverage_guard(pooled: Callable[..., Pooled], full: Mapping[str, float], sizes: Sequence[int]):
-    """``fit_coverage_guard`` per view over every kind of calibration gallery (each
-    condition's folds pooled, the ``guard_only`` ones included), on shared doubt points;
-    and how the caps move with gallery size (``guard_size_slope``).
+    """``fit_coverage_guard`` per view over every calibration gallery (each condition's
+    folds apart, the ``guard_only`` conditions included; each kind placed by its worst
+    fold, with the doubt margin of ``guard_doubt_margin``), on shared doubt points; and how
+    the caps move with gallery size (``guard_size_slope``).
 
     Returns:
         (ascending doubts, view -> caps at them (never above the view's threshold),
         view -> slope per unit of log size, report).
     """
+    fe, _, fold_e, cv_e, _ = pooled("ensemble", guard=True)
+    margin = guard_doubt_margin(fe["gallery_doubt"], _fold_groups(cv_e, fold_e), cv_e)
     fits = {}
     for view in full:
-        fv, _, _, cv, _ = pooled(view, guard=True)
-        shares = [GUARD_SHARES["clean" if g == "clean" else "any"] for g in np.unique(cv)]
-        d, caps, points = fit_coverage_guard(fv["gallery_doubt"], fv["cohort_z"], cv, shares)
-        fits[view] = (d, caps, points, guard_size_slope(fv, cv, sizes, shares))
+        fv, _, fold, cv, _ = pooled(view, guard=True)
+        groups = _fold_groups(cv, fold)
+        shares = [GUARD_SHARES["clean" if g.split("/")[0] == "clean" else "any"] for g in np.unique(groups)]
+        d, caps, points = fit_coverage_guard(fv["gallery_doubt"], fv["cohort_z"], groups, shares, cv, margin)
+        cond_shares = [GUARD_SHARES["clean" if g == "clean" else "any"] for g in np.unique(cv)]
+        fits[view] = (d, caps, points, guard_size_slope(fv, cv, sizes, cond_shares))
     doubt = fits["ensemble"][0]  # every view's galleries are the same, so are their doubts
     guard = {v: tuple(float(min(full[v], x)) for x in np.interp(doubt, d, caps)) for v, (d, caps, _, _) in fits.items()}
     slope = {v: fit[3] for v, fit in fits.items()}
-    report = {"shares": dict(GUARD_SHARES), "doubt": doubt.tolist(), "caps": {v: list(g) for v, g in guard.items()},
+    report = {"shares": dict(GUARD_SHARES), "doubt_margin": margin, "placed_by": "worst fold",
+              "doubt": doubt.tolist(), "caps": {v: list(g) for v, g in guard.items()},
               "galleries": fits["ensemble"][2], "size": int(sizes[-1]), "slope": slope}
     return tuple(float(x) for x in doubt), guard, slope, report
+
+
+def _fold_groups(conditions: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """One calibration gallery per (condition, fold): ``"lowres/3"``."""
+    return np.char.add(np.char.add(np.asarray(conditions).astype(str), "/"), np.asarray(folds).astype(str))
 
 
 def guard_size_slope(feats: Mapping[str, np.ndarray], conditions: np.ndarray, sizes: Sequence[int],

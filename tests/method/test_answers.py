@@ -261,6 +261,34 @@ def test_the_coverage_guard_keeps_each_calibration_gallery_within_its_share() ->
     assert fit_coverage_guard(doubt[:10], z[:10], groups[:10], [0.08])[0].size == 0
 
 
+def test_the_guard_places_each_kind_by_its_worst_fold_with_room_for_a_shifted_doubt() -> None:
+    from cmce.experiments.answer_calibration import fit_coverage_guard, guard_doubt_margin
+
+    rng = np.random.default_rng(1)
+    # two kinds, two folds each; lowres's second fold shows more doubt and needs the lower cap
+    spec = [("clean/0", "clean", 0.010, 8.0), ("clean/1", "clean", 0.012, 7.5),
+            ("lowres/0", "lowres", 0.120, 5.5), ("lowres/1", "lowres", 0.140, 3.5)]
+    z = np.concatenate([rng.normal(mu, 1.0, 400) for *_, mu in spec])
+    doubt = np.repeat([d for _, _, d, _ in spec], 400)
+    groups = np.repeat([g for g, *_ in spec], 400)
+    kinds = np.repeat([k for _, k, *_ in spec], 400)
+    shares = [0.08, 0.08, 0.18, 0.18]
+    margin = guard_doubt_margin(doubt, groups, kinds)
+    assert margin == pytest.approx(0.14 / 0.12 - 1)  # clean's doubts sit under the floor
+    d, caps, points = fit_coverage_guard(doubt, z, groups, shares, kinds, margin)
+    assert [p["group"] for p in points] == ["clean", "lowres"] and len(points[1]["folds"]) == 2
+    worst = min(p["cap"] for p in points[1]["folds"])
+    assert d[1] == pytest.approx(0.12 / (1 + margin)) and caps[1] == pytest.approx(worst)
+    # a gallery whose doubt reads lower than any lowres fold (other networks) still gets the worst
+    # fold's cap, and that fold's queries stay within their share
+    assert np.interp(0.105, d, caps) == pytest.approx(worst)
+    sel = groups == "lowres/1"
+    assert (z[sel] < np.interp(0.105, d, caps)).mean() <= 0.18 + 1e-9
+    # pooled points (no kinds) would have given that gallery a higher cap
+    d0, caps0, _ = fit_coverage_guard(doubt, z, kinds, [0.08, 0.18])
+    assert np.interp(0.105, d0, caps0) > worst + 0.5
+
+
 def test_the_guard_lowers_the_threshold_on_a_poor_gallery_and_says_so() -> None:
     from cmce.method.bundle_model import Calibration
     from cmce.method.unknown import CohortNorm, gallery_doubt, unknown_note
