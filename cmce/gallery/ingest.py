@@ -19,6 +19,7 @@ import numpy as np
 from cmce.compat import renamed
 from cmce.errors import ImageError, LimitError
 from cmce.faces.geometry import MIN_FACE_PIXELS, Face, pick_subject, too_small_face, too_small_image
+from cmce.faces.image_quality import FaceImageQuality, face_image_quality
 from cmce.io.images import DEFAULT_LIMITS, ImageLimits, content_hash, load_image
 from cmce.io.limits import env_positive_int
 from cmce.method.engine import FaceEngine
@@ -99,6 +100,8 @@ class GalleryEntry:
         thumbnail: JPEG bytes of a loose crop around the face (for display).
         entry_id: ``<content hash>:<face number in the photo>``, unique in a gallery.
         uri: where the photo can be read again (for backfill), or None.
+        image_quality: the face's size, sharpness and exposure in its photo, measured
+            at ingest (``cmce.faces.image_quality``); NaN for entries stored before.
     """
 
     label: str | None
@@ -108,6 +111,7 @@ class GalleryEntry:
     thumbnail: bytes = field(repr=False)
     entry_id: str = ""
     uri: str | None = None
+    image_quality: FaceImageQuality = field(default_factory=FaceImageQuality)
 
 
 def plural(count: int, word: str) -> str:
@@ -220,10 +224,12 @@ def embed_photos(engine: FaceEngine, photos: Sequence[Photo], *, max_faces_per_i
     of all the photos in batches of its own size. Faces of a photo are kept largest
     first (at most ``max_faces_per_image``); entry ``i`` of a photo gets the id
     ``<content hash>:<i>`` and the photo's label only if it is the photo's subject
-    (``cmce.faces.pick_subject``). This is the one indexing step of ``Gallery.add_images``
-    and of the ``cmce.pipeline`` runners. Faces under ``cmce.faces.MIN_FACE_PIXELS`` wide
-    are left out (noted in ``limits_reached``); a photo left without a face, or whose
-    shorter side is under it, is skipped with that reason.
+    (``cmce.faces.pick_subject``), a thumbnail, and its size, sharpness and exposure
+    (``cmce.faces.image_quality``, measured on the photo; embeddings do not depend on
+    them). This is the one indexing step of ``Gallery.add_images`` and of the
+    ``cmce.pipeline`` runners. Faces under ``cmce.faces.MIN_FACE_PIXELS`` wide are left
+    out (noted in ``limits_reached``); a photo left without a face, or whose shorter side
+    is under it, is skipped with that reason.
 
     Args:
         engine: the models.
@@ -268,9 +274,9 @@ def embed_photos(engine: FaceEngine, photos: Sequence[Photo], *, max_faces_per_i
     if not kept:
         return EmbeddedPhotos((), {}, tuple(skipped), tuple(limits))
     emb = engine.embed_gallery_batch([(p.image, faces) for p, faces, _ in kept])  # every face, batched per backbone
-    entries = tuple(
+    entries = tuple(  # the photo's pixels are at hand once: thumbnail and image quality now
         GalleryEntry(p.label if i == subject else None, p.name, f, p.content_hash, _thumbnail(p.image, f),
-                     f"{p.content_hash}:{i}", p.uri)
+                     f"{p.content_hash}:{i}", p.uri, face_image_quality(p.image, f))
         for p, faces, subject in kept
         for i, f in enumerate(faces)
     )

@@ -210,6 +210,9 @@ def gallery_records(entries: Sequence[GalleryEntry], positions: np.ndarray, back
         present={k: v[positions] for k, v in present.items()},
         detector=objects([e.face.detector for e in es]),
         detection_pass=objects([e.face.detection_pass for e in es]),
+        face_px=np.array([e.image_quality.face_px for e in es], np.float32),
+        sharpness=np.array([e.image_quality.sharpness for e in es], np.float32),
+        exposure=np.array([e.image_quality.exposure for e in es], np.float32),
     )
 
 
@@ -217,6 +220,6 @@ def record_entries(records: GalleryRecords) -> list[GalleryEntry]:
     """The entries of stored records, in order (what ``gallery_records`` wrote)."""
     return [
         GalleryEntry(records.label[i], records.source[i], records.face(i), records.content_hash[i],
-                     records.thumbnail[i] or b"", records.entry_id[i], records.uri[i])
+                     records.thumbnail[i] or b"", records.entry_id[i], records.uri[i], records.image_quality(i))
         for i in range(len(records))
     ]

@@ -15,7 +15,12 @@ import numpy as np
 from cmce.errors import GalleryError
 from cmce.storage.convert_v1 import read_v1_gallery
 from cmce.storage.manifest import _V1_FILES, MANIFEST, require_manifest
-from cmce.storage.records import BackboneRecord, GalleryRecords, StoredGallery
+from cmce.storage.records import (
+    IMAGE_QUALITY_COLUMNS,
+    BackboneRecord,
+    GalleryRecords,
+    StoredGallery,
+)
 from cmce.storage.shards import join_embedding_pieces, read_shard, require_pyarrow
 
 __all__ = ["read_gallery"]
@@ -97,11 +102,13 @@ def _records_from_tables(tables: list, embs: list[dict], backbones: dict[str, Ba
         out.embeddings = {k: np.zeros((0, b.dim), np.float32) for k, b in backbones.items()}
         out.present = {k: np.zeros(0, bool) for k in backbones}
         return out
-    # shards may hold different backbones: the embeddings come from ``embs``, the rest is concatenated;
-    # shards written before the detection columns existed get them filled (MTCNN, first pass)
+    # shards may hold different backbones: the embeddings come from ``embs``, the rest is concatenated
+    # (in one column order); shards written before the detection and image-quality columns existed
+    # get them filled (MTCNN, first pass; not measured)
     if metadata:
-        tables = [_with_detection_columns(t) for t in tables]
-    table = pa.concat_tables([t.select([c for c in t.column_names if not c.startswith("emb:")]) for t in tables])
+        tables = [_with_added_columns(t) for t in tables]
+    names = [c for c in tables[0].column_names if not c.startswith("emb:")]
+    table = pa.concat_tables([t.select(names) for t in tables])
     n = table.num_rows
 
     def strings(name: str) -> np.ndarray:
@@ -126,16 +133,27 @@ def _records_from_tables(tables: list, embs: list[dict], backbones: dict[str, Ba
         box, lm.reshape(n, 5, 2), table.column("probability").to_numpy().astype(np.float32), size,
         strings("thumbnail"), dict(backbones), embeddings, present,
         strings("detector") if metadata else None, strings("detection_pass") if metadata else None,
+        *(_floats(table, name) if metadata else None for name in IMAGE_QUALITY_COLUMNS),
     )
 
 
-def _with_detection_columns(table):
-    """``table`` with the ``detector`` and ``detection_pass`` columns, filled where it lacks them.
+def _floats(table, name: str) -> np.ndarray:
+    """A float32 column as (N,) float32, nulls as NaN."""
+    return np.asarray(table.column(name).to_numpy(zero_copy_only=False), np.float32)
 
-    Shards written before these columns existed hold MTCNN's first-pass faces only.
+
+def _with_added_columns(table):
+    """``table`` with the columns added to entry shards since version 2, filled where it lacks them.
+
+    Shards written before ``detector`` and ``detection_pass`` existed hold MTCNN's
+    first-pass faces only; before the image-quality columns (``IMAGE_QUALITY_COLUMNS``),
+    nothing was measured: NaN.
     """
     pa, _ = require_pyarrow()
     for name, default in (("detector", "mtcnn"), ("detection_pass", "first")):
         if name not in table.column_names:
             table = table.append_column(name, pa.array([default] * table.num_rows, pa.string()))
+    for name in IMAGE_QUALITY_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array(np.full(table.num_rows, np.nan, np.float32)))
     return table

@@ -18,6 +18,7 @@ import numpy as np
 from cmce.errors import GalleryError
 
 __all__ = [
+    "IMAGE_QUALITY_COLUMNS",
     "BackboneRecord",
     "DerivedData",
     "GalleryRecords",
@@ -25,6 +26,9 @@ __all__ = [
     "backbone_key",
     "backbone_record",
 ]
+
+IMAGE_QUALITY_COLUMNS = ("face_px", "sharpness", "exposure")
+"""The float32 columns of each face's image quality (``cmce.faces.image_quality``); NaN: not measured."""
 
 
 def backbone_key(name: str, sha256: str | None) -> str:
@@ -93,6 +97,11 @@ class GalleryRecords:
             None fills in ``"mtcnn"``, as do shards written before the column existed.
         detection_pass: (N,) str, the pass that found it (``"first"``, ``"padded"``,
             ``"normalised"``, ``"whole-image"``); None and older shards: ``"first"``.
+        face_px: (N,) float32, distance between the eyes in the photo's pixels
+            (``cmce.faces.image_quality``); NaN where not measured (None and shards
+            written before the column existed).
+        sharpness: (N,) float32 in [0, 1), the face's sharpness; NaN where not measured.
+        exposure: (N,) float32 in [0, 1], the face's mean grey level; NaN where not measured.
     """
 
     entry_id: np.ndarray
@@ -110,6 +119,9 @@ class GalleryRecords:
     present: dict[str, np.ndarray] = field(default_factory=dict)
     detector: np.ndarray | None = None
     detection_pass: np.ndarray | None = None
+    face_px: np.ndarray | None = None
+    sharpness: np.ndarray | None = None
+    exposure: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.entry_id)
@@ -117,8 +129,11 @@ class GalleryRecords:
             self.detector = np.full(n, "mtcnn", dtype=object)
         if self.detection_pass is None:
             self.detection_pass = np.full(n, "first", dtype=object)
+        for name in IMAGE_QUALITY_COLUMNS:  # not measured: NaN
+            value = getattr(self, name)
+            setattr(self, name, np.full(n, np.nan, np.float32) if value is None else np.asarray(value, np.float32))
         for name in ("content_hash", "source", "uri", "label", "box", "landmarks", "probability",
-                     "image_size", "thumbnail", "detector", "detection_pass"):
+                     "image_size", "thumbnail", "detector", "detection_pass", *IMAGE_QUALITY_COLUMNS):
             if len(getattr(self, name)) != n:
                 raise GalleryError(f"gallery records: {name} has {len(getattr(self, name))} rows, entry_id {n}")
         for key, rec in self.backbones.items():
@@ -146,6 +161,7 @@ class GalleryRecords:
             self.box[rows], self.landmarks[rows], self.probability[rows], self.image_size[rows], self.thumbnail[rows],
             dict(self.backbones), {k: v[rows] for k, v in self.embeddings.items()},
             {k: v[rows] for k, v in self.present.items()}, self.detector[rows], self.detection_pass[rows],
+            self.face_px[rows], self.sharpness[rows], self.exposure[rows],
         )
 
     def face(self, i: int):
@@ -156,6 +172,12 @@ class GalleryRecords:
                     tuple((float(x), float(y)) for x, y in self.landmarks[i]),
                     (int(self.image_size[i][0]), int(self.image_size[i][1])), self.source[i],
                     detector=str(self.detector[i] or "mtcnn"), detection_pass=str(self.detection_pass[i] or "first"))
+
+    def image_quality(self, i: int):
+        """Entry ``i``'s size, sharpness and exposure as a ``cmce.faces.image_quality.FaceImageQuality``."""
+        from cmce.faces.image_quality import FaceImageQuality
+
+        return FaceImageQuality(float(self.face_px[i]), float(self.sharpness[i]), float(self.exposure[i]))
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """Parquet shards: record columns as Arrow tables, written atomically, read back with their checks.
 
 An entry shard holds one row per face (id, content hash, source, uri, label, detection
-record, thumbnail) and the raw embedding of every backbone it holds, in a column
-``emb:<key>`` of fixed_size_binary(4 D) values (D little-endian float32, null where
-missing). Files are written under a temporary name and renamed, and every data page
-carries a CRC32 checked on reading; a listed file is also checked against the size the
-manifest gives.
+record, thumbnail, image quality: ``face_px``, ``sharpness``, ``exposure``) and the raw
+embedding of every backbone it holds, in a column ``emb:<key>`` of fixed_size_binary(4 D)
+values (D little-endian float32, null where missing). Files are written under a
+temporary name and renamed, and every data page carries a CRC32 checked on reading; a
+listed file is also checked against the size the manifest gives.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from cmce.errors import GalleryError
 from cmce.storage.manifest import MANIFEST
-from cmce.storage.records import BackboneRecord, GalleryRecords
+from cmce.storage.records import IMAGE_QUALITY_COLUMNS, BackboneRecord, GalleryRecords
 
 __all__ = ["SHARD_ROWS", "join_embedding_pieces", "read_shard", "require_pyarrow"]
 
@@ -60,6 +60,7 @@ def _entry_table(records: GalleryRecords, rows: slice, keys: Sequence[str]):
         "thumbnail": pa.array(records.thumbnail[rows].tolist(), pa.binary()),
         "detector": pa.array(records.detector[rows].tolist(), pa.string()),
         "detection_pass": pa.array(records.detection_pass[rows].tolist(), pa.string()),
+        **{name: pa.array(np.asarray(getattr(records, name)[rows], np.float32)) for name in IMAGE_QUALITY_COLUMNS},
     }
     for key in keys:
         rec = records.backbones[key]

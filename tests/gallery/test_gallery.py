@@ -12,6 +12,7 @@ import torch
 from cmce.errors import CmceError
 from cmce.gallery.ingest import GalleryLimits
 from cmce.gallery.memory import Gallery
+from cmce.gallery.persistence import bundle_keys
 from cmce.method.bundle import default_bundle_path, load_bundle
 from cmce.method.engine import FaceEngine
 from cmce.serve import display
@@ -121,6 +122,32 @@ def test_save_load_remove_and_serve_with_another_bundle(gallery: Gallery, engine
     res = moved.search_image(lfw_dir / "Aaron_Peirsol" / "Aaron_Peirsol_0003.jpg")
     assert res.views["ensemble"].matches[0].label == "Aaron_Peirsol"
     assert set(res.views) == set(other.bundle.view_names)
+
+
+def test_ingest_measures_image_quality_and_stores_it_without_changing_embeddings(gallery: Gallery, engine,
+                                                                                  tmp_path: Path) -> None:
+    """Issue 22: size, sharpness and exposure measured at ingest, saved in the shards, loaded back."""
+    from cmce.faces.image_quality import face_image_quality
+    from cmce.io.images import load_image
+
+    records = gallery.records()
+    entries = [gallery.entries[p] for p in gallery.positions]
+    for j, e in enumerate(entries[:4]):
+        image = load_image(e.uri)
+        q = e.image_quality
+        assert np.isfinite([q.face_px, q.sharpness, q.exposure]).all() and q.face_px > 16
+        assert q == face_image_quality(image, e.face)
+        again = engine.embed_gallery_batch([(image, [e.face])])  # what indexing stored, to float rounding
+        for m, v in again.items():
+            np.testing.assert_allclose(records.embeddings[bundle_keys(engine.bundle)[m]][j], v[0], atol=1e-5)
+    gallery.save(tmp_path / "g")
+    stored = read_gallery(tmp_path / "g").records
+    for name in ("face_px", "sharpness", "exposure"):
+        np.testing.assert_array_equal(getattr(stored, name), [getattr(e.image_quality, name) for e in entries])
+    loaded = Gallery.load(tmp_path / "g", engine)
+    assert [e.image_quality for e in loaded.entries] == [e.image_quality for e in entries]
+    caption = display.overview_tiles(loaded, np.zeros(len(loaded), bool))[0][1]
+    assert " px apart · sharpness 0." in caption and " · exposure 0." in caption
 
 
 def test_limits_are_reported(engine, lfw_dir) -> None:

@@ -51,6 +51,9 @@ def assert_same_entries(a, b) -> None:
     assert a.entry_id.tolist() == b.entry_id.tolist()
     assert a.label.tolist() == b.label.tolist() and a.source.tolist() == b.source.tolist()
     np.testing.assert_allclose(a.box, b.box, atol=1e-3)
+    for name in ("face_px", "sharpness", "exposure"):  # measured at ingest on both paths
+        assert np.isfinite(getattr(a, name)).all(), name
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     assert set(a.backbones) == set(b.backbones)
     for k in a.backbones:
         assert a.present[k].all() and b.present[k].all()

@@ -56,6 +56,12 @@ def test_captions_and_choices():
     assert display.entry_caption("Aaron_Peirsol", 0.5, False, doubtful=True) == "◌ doubtful · Aaron_Pe… · u=0.50"
     assert display.entry_caption("Ann", 0.5, True, doubtful=True) == "rejected · u=0.50"
     assert display.entry_caption(None, 0.5, False).startswith("(no label)")
+    from cmce.faces.image_quality import FaceImageQuality
+
+    measured = FaceImageQuality(38.4, 0.4219, 0.6051)
+    assert (display.entry_caption("Ann", 0.5, False, image_quality=measured)
+            == "Ann · u=0.50 · eyes 38 px apart · sharpness 0.42 · exposure 0.61")
+    assert display.entry_caption("Ann", 0.5, False, image_quality=FaceImageQuality()) == "Ann · u=0.50"  # not measured
     assert display.face_choices(3) == [("face 1 (largest)", 0), ("face 2", 1), ("face 3", 2)]
 
 

@@ -12,7 +12,12 @@ from cmce.errors import GalleryError
 from cmce.storage.derived import read_derived, write_derived
 from cmce.storage.manifest import FORMAT_VERSION
 from cmce.storage.read import read_gallery
-from cmce.storage.records import BackboneRecord, DerivedData, GalleryRecords
+from cmce.storage.records import (
+    IMAGE_QUALITY_COLUMNS,
+    BackboneRecord,
+    DerivedData,
+    GalleryRecords,
+)
 from cmce.storage.write import append_embeddings, write_gallery
 
 
@@ -49,14 +54,17 @@ def make_records(n: int = 7, seed: int = 0, missing_b: tuple[int, ...] = (2, 5))
         backbones={a.key: a, b.key: b},
         embeddings={a.key: _unit(rng, n, 8), b.key: emb_b},
         present={a.key: np.ones(n, bool), b.key: present_b},
+        face_px=np.where(np.arange(n) == 1, np.nan, rng.uniform(16, 200, n)).astype(np.float32),  # 1: not measured
+        sharpness=np.where(np.arange(n) == 1, np.nan, rng.random(n)).astype(np.float32),
+        exposure=np.where(np.arange(n) == 1, np.nan, rng.random(n)).astype(np.float32),
     )
 
 
 def assert_same(x: GalleryRecords, y: GalleryRecords) -> None:
     for name in ("entry_id", "content_hash", "source", "uri", "label", "thumbnail"):
         assert getattr(x, name).tolist() == getattr(y, name).tolist(), name
-    for name in ("box", "landmarks", "probability", "image_size"):
-        np.testing.assert_array_equal(getattr(x, name), getattr(y, name))
+    for name in ("box", "landmarks", "probability", "image_size", *IMAGE_QUALITY_COLUMNS):
+        np.testing.assert_array_equal(getattr(x, name), getattr(y, name))  # NaN equals NaN here
     assert x.backbones == y.backbones
     for k in x.backbones:
         np.testing.assert_array_equal(x.embeddings[k], y.embeddings[k])
@@ -189,6 +197,7 @@ def test_slim_read_has_what_reprojection_needs(tmp_path: Path) -> None:
         np.testing.assert_array_equal(slim.embeddings[k], full.embeddings[k])
         np.testing.assert_array_equal(slim.present[k], full.present[k])
     assert set(slim.source.tolist()) == {None} and not slim.box.any()  # not read
+    assert all(np.isnan(getattr(slim, c)).all() for c in IMAGE_QUALITY_COLUMNS)
 
 
 def test_appending_entries_is_idempotent_and_keeps_the_other_shards(tmp_path: Path) -> None:
@@ -233,3 +242,49 @@ def test_shards_may_hold_different_backbones(tmp_path: Path) -> None:
     assert got.present["beta@unpinned"].tolist() == old.present["beta@unpinned"].tolist() + [False] * 3
     np.testing.assert_array_equal(got.embeddings[c.key][4:], new.embeddings[c.key])
     assert got.source.tolist() == old.source.tolist() + new.source.tolist()
+
+
+def test_image_quality_columns_round_trip_and_are_carried_by_take(tmp_path: Path) -> None:
+    records = make_records()
+    stored = read_gallery(write_gallery(tmp_path / "g", records, shard_rows=3)).records
+    assert stored.face_px.dtype == stored.sharpness.dtype == stored.exposure.dtype == np.float32
+    assert np.isnan(stored.face_px[1]) and np.isfinite(np.delete(stored.face_px, 1)).all()
+    q = stored.image_quality(0)
+    assert (q.face_px, q.sharpness, q.exposure) == (records.face_px[0], records.sharpness[0], records.exposure[0])
+    assert not stored.image_quality(1).known
+    rows = np.array([4, 1, 0])
+    assert_same(records.take(rows), stored.take(rows))
+    assert all(len(getattr(GalleryRecords.empty(), c)) == 0 for c in IMAGE_QUALITY_COLUMNS)
+
+
+def test_records_without_image_quality_are_not_measured() -> None:
+    records = make_records()
+    bare = GalleryRecords(*(getattr(records, f) for f in ("entry_id", "content_hash", "source", "uri", "label", "box",
+                                                          "landmarks", "probability", "image_size", "thumbnail")))
+    assert all(np.isnan(getattr(bare, c)).all() and getattr(bare, c).shape == (7,) for c in IMAGE_QUALITY_COLUMNS)
+    with pytest.raises(GalleryError, match="sharpness has 3 rows, entry_id 7"):
+        GalleryRecords(*(getattr(bare, f) for f in ("entry_id", "content_hash", "source", "uri", "label", "box",
+                                                     "landmarks", "probability", "image_size", "thumbnail")),
+                       sharpness=np.zeros(3, np.float32))
+
+
+def test_shards_written_before_the_image_quality_columns_read_as_not_measured(tmp_path: Path) -> None:
+    """A gallery saved before the columns existed (one shard of two lacks them) reads, with NaN there."""
+    import pyarrow.parquet as pq
+
+    records = make_records()
+    write_gallery(tmp_path / "g", records, shard_rows=4)  # two shards: 4 + 3 rows
+    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    info = manifest["shards"][0]
+    shard = tmp_path / "g" / info["file"]
+    table = pq.read_table(shard)
+    pq.write_table(table.drop_columns(list(IMAGE_QUALITY_COLUMNS) + ["detector", "detection_pass"]), shard,
+                   write_page_checksum=True)
+    info["bytes"] = shard.stat().st_size
+    (tmp_path / "g" / "manifest.json").write_text(json.dumps(manifest))
+    old = read_gallery(tmp_path / "g").records
+    for c in IMAGE_QUALITY_COLUMNS:
+        assert np.isnan(getattr(old, c)[:4]).all()
+        np.testing.assert_array_equal(getattr(old, c)[4:], getattr(records, c)[4:])
+    assert old.detection_pass.tolist() == ["first"] * 7
+    assert_same(records.take(np.arange(4, 7)), old.take(np.arange(4, 7)))

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from cmce.faces.geometry import Face
+from cmce.faces.image_quality import FaceImageQuality
 from cmce.gallery.ingest import IngestReport
 from cmce.gallery.memory import Gallery
 from cmce.io.uploads import UploadBatch
@@ -156,19 +157,28 @@ def entry_tile(thumbnail: bytes, rejected: bool, size: int = 128, doubtful: bool
 
 
 def entry_caption(label: str | None, uncertainty: float, rejected: bool, members: int | None = None,
-                  of: int | None = None, face: Face | None = None, doubtful: bool = False) -> str:
+                  of: int | None = None, face: Face | None = None, doubtful: bool = False,
+                  image_quality: FaceImageQuality | None = None) -> str:
     """``"Aaron_Peirsol · u=0.41"``, ``"rejected · u=0.41"`` or, for a doubtful entry (searched,
     marked), ``"◌ doubtful · Aaron_Pei… · u=0.41"`` (the label kept short).
 
     An entry fused from fewer members than the ensemble has gets a badge,
     ``"… · ◐ 2/3 models"``; ``u=–`` means there was no pair of members to compare.
     A face found by a second chance (not MTCNN's first pass) says how:
-    ``"… · found: yunet, padded pass, p=0.930"``.
+    ``"… · found: yunet, padded pass, p=0.930"``. The face's measured image quality
+    (``cmce.faces.image_quality``) closes the caption where it is known:
+    ``"… · eyes 38 px apart · sharpness 0.42 · exposure 0.61"``.
+
+    >>> from cmce.faces.image_quality import FaceImageQuality
+    >>> entry_caption("Ann", 0.5, False, image_quality=FaceImageQuality(38.2, 0.4212, 0.6071))
+    'Ann · u=0.50 · eyes 38 px apart · sharpness 0.42 · exposure 0.61'
     """
     u = "–" if np.isnan(uncertainty) else f"{uncertainty:.2f}"
     badge = f" · ◐ {members}/{of} models" if members is not None and of is not None and members < of else ""
     if face is not None and face.detection_pass != "first":
         badge += f" · found: {face.found_by}"
+    if image_quality is not None and image_quality.known:
+        badge += f" · {image_quality.describe()}"
     name = "rejected" if rejected else f"◌ doubtful · {short_label(label, 9)}" if doubtful else short_label(label, 11)
     return f"{name} · u={u}{badge}"
 
@@ -200,7 +210,7 @@ def overview_tiles(
     for pos in _ordered(gallery, order)[:limit]:
         e = gallery.entries[pos]
         cap = entry_caption(e.label, float(unc[pos]), bool(rejected[pos]), len(vec.entry_members(pos)), total,
-                            e.face, bool(doubtful[pos]))
+                            e.face, bool(doubtful[pos]), getattr(e, "image_quality", None))
         out.append((entry_tile(e.thumbnail, bool(rejected[pos]), doubtful=bool(doubtful[pos])), cap))
     return out
 

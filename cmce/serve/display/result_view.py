@@ -151,9 +151,14 @@ def result_dict(result: QueryResult, query_model: str, query_label: str | None =
 
 
 def _found_by_title(entry) -> str:
-    """`` title='found by mtcnn, first pass, p=0.999'`` for an entry's thumbnail ('' without a face record)."""
+    """`` title='found by mtcnn, first pass, p=0.999; eyes 38 px apart · sharpness 0.42 · exposure 0.61'``
+    for an entry's thumbnail ('' without a face record; no image quality where it is not known)."""
     face = getattr(entry, "face", None)
-    return f" title='found by {html.escape(face.found_by)}'" if face is not None else ""
+    if face is None:
+        return ""
+    quality = getattr(entry, "image_quality", None)
+    measured = f"; {quality.describe()}" if quality is not None and quality.known else ""
+    return f" title='found by {html.escape(face.found_by + measured)}'"
 
 
 def _data_uri(jpeg: bytes) -> str:
