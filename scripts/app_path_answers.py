@@ -49,6 +49,28 @@ def outcome(view, label: str) -> str:
     return "right" if view.answer.label == label else "wrong"
 
 
+def heldout_gallery_items(data_dir: str, bundle, gallery_degrade: str | None, seed: int = 0):
+    """The held-out gallery photos as ``(name, bytes, label)`` (degraded where asked), the
+    held-out dataset, its labels and the query positions."""
+    ds = heldout_subset(list_labelled_images(data_dir), bundle)
+    labels = np.asarray(ds.labels)
+    gi, qi = first_image_protocol(labels)
+    items = [(Path(ds.paths[i]).name, Path(ds.paths[i]).read_bytes(), labels[i]) for i in gi]
+    if gallery_degrade:
+        spec = DegradeSpec.parse(gallery_degrade)
+        if any(k in ("occlusion", "crop", "tiny") for k in spec.kinds):
+            raise CmceError("this script degrades without face boxes: use blur, lowres, jpeg, dark or noise")
+        picked, kinds = plan_degradation(len(items), spec, seed)
+        for j, kind in zip(picked, kinds):
+            name, data, lab = items[j]
+            rng = np.random.default_rng([seed, int(j)])
+            img = degrade_image(load_image(data, name=name), str(kind), rng)
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="PNG")
+            items[j] = (name, buf.getvalue(), lab)
+    return items, ds, labels, qi
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data_dir")
@@ -58,22 +80,7 @@ def main() -> int:
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     bundle = load_bundle(a.bundle)
-    ds = heldout_subset(list_labelled_images(a.data_dir), bundle)
-    labels = np.asarray(ds.labels)
-    gi, qi = first_image_protocol(labels)
-    items = [(Path(ds.paths[i]).name, Path(ds.paths[i]).read_bytes(), labels[i]) for i in gi]
-    if a.gallery_degrade:
-        spec = DegradeSpec.parse(a.gallery_degrade)
-        if any(k in ("occlusion", "crop", "tiny") for k in spec.kinds):
-            raise CmceError("this script degrades without face boxes: use blur, lowres, jpeg, dark or noise")
-        picked, kinds = plan_degradation(len(items), spec, a.seed)
-        for j, kind in zip(picked, kinds):
-            name, data, lab = items[j]
-            rng = np.random.default_rng([a.seed, int(j)])
-            img = degrade_image(load_image(data, name=name), str(kind), rng)
-            buf = io.BytesIO()
-            Image.fromarray(img).save(buf, format="PNG")
-            items[j] = (name, buf.getvalue(), lab)
+    items, ds, labels, qi = heldout_gallery_items(a.data_dir, bundle, a.gallery_degrade, a.seed)
     engine = FaceEngine(bundle)
     gallery = Gallery(engine, GalleryLimits(max_files=len(items) + 1, max_entries=10 * len(items)))
     report = gallery.add_images(items)
