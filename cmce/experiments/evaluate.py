@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "REJECTION_RATES", "UPGRADE_STAGES", "ViewScores", "adapter_row_name", "evaluate_embedded", "evaluate_upgrade",
     "gallery_positions",
-    "plot_risk_coverage", "row_metrics", "upgrade_costs",
+    "plot_risk_coverage", "precision_effect", "row_metrics", "upgrade_costs",
 ]
 
 REJECTION_RATES = (0.05, 0.10, 0.20, 0.30)
@@ -458,9 +458,44 @@ def evaluate_upgrade(
     }
 
 
+def precision_effect(
+    embedded: EmbeddedFiles, labels: Sequence[str], bundle: Bundle, serving: Bundle, stored: Sequence[str], *,
+    precision: str,
+) -> dict:
+    """What re-projecting in another precision changes, against float32: the no-backfill stage.
+
+    The old gallery's raw embeddings (``stored`` backbones, first-image protocol) are
+    re-projected by ``bundle`` (float32) and by ``serving`` (the same bundle in
+    ``precision``, ``cmce.method.precision.at_precision``).
+
+    Returns:
+        JSON-ready ``{"precision", "queries", "top1_changed", "float32", "cosine_distance_median",
+        "cosine_distance_max"}``: the queries whose top-1 answer differs, the float32
+        figures (``recall_at_1`` with its interval, TARs) to set beside the upgrade's
+        ``no_backfill`` row, and the cosine distance between the two fused vectors of each entry.
+    """
+    labels = np.asarray(labels)
+    idx = np.flatnonzero(embedded.found)
+    gi_l, qi_l = first_image_protocol(labels[idx])
+    gi, qi = idx[gi_l], idx[qi_l]
+    emb, prob = embedded.embeddings, embedded.detection_probability[gi]
+    kept = {m: emb[m][gi] for m in bundle.models if m in stored}
+    full, low = (b.gallery_vectors(kept, prob).ensemble for b in (bundle, serving))
+    q = emb[bundle.query_model][qi]
+    dist = 1.0 - (full * low).sum(axis=1)
+    return {
+        "precision": precision,
+        "queries": int(len(qi)),
+        "top1_changed": int(((q @ full.T).argmax(axis=1) != (q @ low.T).argmax(axis=1)).sum()),
+        "float32": _upgrade_metrics(q @ full.T, labels[qi], labels[gi]),
+        "cosine_distance_median": float(np.median(dist)) if len(dist) else float("nan"),
+        "cosine_distance_max": float(dist.max()) if len(dist) else float("nan"),
+    }
+
+
 def upgrade_costs(
     embedded: EmbeddedFiles, labels: Sequence[str], new: Bundle, stored: Sequence[str], *,
-    sample: int = 32, repeats: int = 5,
+    sample: int = 32, repeats: int = 5, serving: Bundle | None = None,
 ) -> dict[str, float]:
     """Measured seconds per 1,000 gallery entries of each upgrade path, on this machine.
 
@@ -474,6 +509,7 @@ def upgrade_costs(
         embedded, labels: the dataset (first-image protocol gallery).
         new: the new bundle.
         stored: the backbones the old gallery holds.
+        serving: ``new`` as it re-projects (``cmce.method.precision.at_precision``; default ``new``).
     """
     import time
 
@@ -489,7 +525,7 @@ def upgrade_costs(
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        derive(new, new.gallery_vectors(emb, prob))
+        derive(new, (serving or new).gallery_vectors(emb, prob))
         times.append(time.perf_counter() - start)
     project = 1000.0 * float(np.median(times)) / max(len(gi), 1)
     missing = [m for m in new.models if m not in stored]
