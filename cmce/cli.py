@@ -15,6 +15,7 @@ from cmce.faces.detector import DETECTORS
 from cmce.method.ensemble import QUALITY_SCORES
 from cmce.method.precision import PRECISIONS
 from cmce.method.unknown import UNKNOWN_BY
+from cmce.metrics.results import json_safe as _json_safe  # noqa: F401  (the name tests and scripts import)
 
 logger = logging.getLogger("cmce")
 
@@ -78,17 +79,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_safe(value):
-    """``value`` with every NaN float replaced by None (JSON has no NaN; it reads as null)."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cmce.experiments.evaluate_run import (
         degrade_photos,
@@ -99,6 +89,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     from cmce.experiments.evaluate_text import degrade_line, render_evaluation
     from cmce.method.bundle import load_bundle
+    from cmce.metrics.results import save_evaluations
     from cmce.models.embed import EmbeddingCache
 
     _check_evaluate_options(args)
@@ -113,22 +104,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                                                                     seed=args.degrade_seed)
         if len(specs) > 1:
             print(f"\n## {'clean' if spec is None else spec.text} gallery\n")
-        result = evaluate_gallery(photos, bundle, embedded, degrade_report=report, sources=sources,
-                                  precision=args.precision, compare_scores=args.compare_scores,
-                                  ci_resamples=args.ci_resamples)
+        evaluation = evaluate_gallery(photos, bundle, embedded, degrade_report=report, sources=sources,
+                                      precision=args.precision, compare_scores=args.compare_scores,
+                                      ci_resamples=args.ci_resamples)
         if report is not None:
             print(degrade_line(report), end="")
-        print(render_evaluation(result, args.detection), end="")
+        print(render_evaluation(evaluation, args.detection), end="")
         if args.ablations:
-            _evaluation_ablations(result, args, bundle, photos, embedded, report)
-        results.append(result)
+            evaluation = _evaluation_ablations(evaluation, args, bundle, photos, embedded, report)
+        results.append(evaluation)
     if args.json:
-        body = results[0] if len(results) == 1 else {"evaluations": results}
-        Path(args.json).write_text(json.dumps(_json_safe(body), indent=2) + "\n")
+        save_evaluations(args.json, results)
     if args.plot:
         _plot_evaluations(results, args.plot)
     if args.record:
-        _record_evaluation(results[0], args, bundle, results[0].get("gallery_degrade"))
+        _record_evaluation(results[0], args, bundle)
     return 0
 
 
@@ -145,7 +135,7 @@ def _check_evaluate_options(args: argparse.Namespace) -> None:
         raise CmceError("--precision is the precision --upgrade-from re-projects the old gallery in: add --upgrade-from")
 
 
-def _plot_evaluations(results: list[dict], path: str) -> None:
+def _plot_evaluations(results: list, path: str) -> None:
     """``--plot``: the risk-coverage plot; with several galleries one per gallery (``PATH-SPEC.png``)."""
     from cmce.experiments.evaluate import plot_risk_coverage
 
@@ -154,37 +144,35 @@ def _plot_evaluations(results: list[dict], path: str) -> None:
         return
     p = Path(path)
     for r in results:
-        spec = (r.get("gallery_degrade") or {}).get("spec", "clean")
-        plot_risk_coverage(r, str(p.with_name(f"{p.stem}-{spec.replace(':', '').replace('+', '-')}{p.suffix}")))
+        spec = (r.degrade_spec or "clean").replace(":", "").replace("+", "-")
+        plot_risk_coverage(r, str(p.with_name(f"{p.stem}-{spec}{p.suffix}")))
 
 
-def _evaluation_ablations(result: dict, args: argparse.Namespace, bundle, photos, embedded, degrade_report) -> None:
-    """``--ablations``: the paper's ablations trained on the bundle's training identities, into ``result``."""
+def _evaluation_ablations(evaluation, args: argparse.Namespace, bundle, photos, embedded, degrade_report):
+    """``--ablations``: the paper's ablations trained on the bundle's training identities, added to ``evaluation``."""
+    from dataclasses import replace
+
     from cmce.experiments.ablations import render_ablations
     from cmce.experiments.evaluate_run import evaluate_ablations
+    from cmce.metrics.results import frozen
 
-    result["ablations"] = evaluate_ablations(photos, bundle, embedded, degrade_report, ci_resamples=args.ci_resamples)
+    ablations = evaluate_ablations(photos, bundle, embedded, degrade_report, ci_resamples=args.ci_resamples)
     print("\nablations (gallery models only; trained on the bundle's training identities):\n")
-    print(render_ablations(result["ablations"]))
+    print(render_ablations(ablations))
+    return replace(evaluation, ablations=frozen(ablations))
 
 
-def _record_evaluation(result: dict, args: argparse.Namespace, bundle, degrade_report) -> None:
+def _record_evaluation(evaluation, args: argparse.Namespace, bundle) -> None:
     """``--record``: the evaluation stored in the (local) bundle's config and model card."""
     from cmce.method.bundle import default_bundle_path, save_bundle
 
     folder = Path(args.bundle) if args.bundle else default_bundle_path()
     if not folder.is_dir():
         raise CmceError(f"--record writes into a local bundle folder; {folder} is not one")
-    key = "evaluation_mixed" if degrade_report is not None else "evaluation"
-    bundle.info[key] = _json_safe({
-        "data": result["data"], "counts": result["counts"], "rows": result["rows"],
-        "answers": result["answers"],
-        "rejection": result["rejection"], "rejection_by_quality": result["rejection_by_quality"],
-        "rejection_gallery_ensemble": result["rejection_gallery_ensemble"],
-        "open_set": result["open_set"],
-        **({"gallery_degrade": degrade_report} if degrade_report is not None else {}),
-    })
-    for up in ([result["upgrade"]] if "upgrade" in result else result.get("upgrades", [])):
+    key = "evaluation_mixed" if evaluation.gallery_degrade is not None else "evaluation"
+    bundle.info[key] = evaluation.recorded()
+    for up in evaluation.upgrade_results:
+        up = up.to_dict()
         upgrades = [u for u in bundle.info.get("upgrades", []) if u["from"] != up["from"]]
         bundle.info["upgrades"] = upgrades + [{k: v for k, v in up.items() if k != "ensemble_size"}]
     save_bundle(bundle, folder)

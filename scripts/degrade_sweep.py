@@ -32,12 +32,14 @@ from cmce.experiments.evaluate_run import (  # noqa: E402
 )
 from cmce.faces.detector import DETECTORS  # noqa: E402
 from cmce.method.bundle import load_bundle  # noqa: E402
+from cmce.metrics.intervals import format_with_interval  # noqa: E402
+from cmce.metrics.results import json_safe  # noqa: E402
 from cmce.models.embed import EmbeddingCache  # noqa: E402
 
 
-def _cell(row: dict, key: str = "recall_at_1") -> str:
-    lo, hi = row.get(f"{key}_ci95", [float("nan")] * 2)
-    return f"{100 * row[key]:.2f} ({100 * lo:.1f}-{100 * hi:.1f})"
+def _cell(row) -> str:
+    """Recall@1 and its interval of a row (``EvaluationRow`` or ``GalleryEnsembleRejection``)."""
+    return format_with_interval(row.recall_at_1, row.recall_at_1_ci95, interval_digits=1)
 
 
 def main() -> None:
@@ -68,20 +70,20 @@ def main() -> None:
     print("|---|" + "---:|" * (len(bundle.gallery_models) + 4))
     for spec, parsed in specs.items():
         emb, rep = (photos.clean, None) if parsed is None else degrade_photos(photos, parsed, seed=args.seed)
-        res = evaluate_gallery(photos, bundle, emb, degrade_report=rep, ci_resamples=args.ci_resamples)
-        rows = {r["name"]: r for r in res["rows"]}
-        by_q = res["rejection_by_quality"]
-        i10 = [r["rate"] for r in res["rejection"]].index(0.1)
-        cuts = " · ".join(f"{100 * by_q[k][i10]['error_cut']:.1f}%" if k in by_q else "—"
+        ev = evaluate_gallery(photos, bundle, emb, degrade_report=rep, ci_resamples=args.ci_resamples)
+        by_q = ev.rejection_by_quality
+        i10 = [r.rate for r in ev.rejection].index(0.1)
+        cuts = " · ".join(f"{100 * by_q[k][i10].error_cut:.1f}%" if k in by_q else "—"
                           for k in ("disagreement", "detection", "combined", "learned"))
-        go = res["rejection_gallery_ensemble"]
-        print(f"| {spec} | {_cell(rows['query model symmetric'])} | "
-              + " | ".join(_cell(rows[f"{m} -> {q} (transformer)"]) for m in bundle.gallery_models)
-              + f" | {_cell(rows['CMCE ensemble'])} | {_cell(go)} | {cuts} |", flush=True)
-        out["results"][spec] = {"gallery_degrade": rep, "rows": res["rows"], "rejection": res["rejection"],
-                                "rejection_by_quality": by_q, "rejection_gallery_ensemble": go, "counts": res["counts"]}
+        print(f"| {spec} | {_cell(ev.row('query model symmetric'))} | "
+              + " | ".join(_cell(ev.row(f"{m} -> {q} (transformer)")) for m in bundle.gallery_models)
+              + f" | {_cell(ev.row('CMCE ensemble'))} | {_cell(ev.rejection_gallery_ensemble)} | {cuts} |", flush=True)
+        d = ev.to_dict()
+        out["results"][spec] = {"gallery_degrade": rep, **{k: d[k] for k in (
+            "rows", "rejection", "rejection_by_quality", "rejection_gallery_ensemble", "counts")}}
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=lambda x: x.item() if isinstance(x, np.generic) else str(x)) + "\n")
+        Path(args.json).write_text(json.dumps(json_safe(out), indent=1,
+                                              default=lambda x: x.item() if isinstance(x, np.generic) else str(x)) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ renders the tables of docs/answers.md from them.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cmce.cli import main  # noqa: E402
+from cmce.metrics.results import load_evaluations, save_evaluations  # noqa: E402
 
 KINDS = ("clean", "mix:0.6", "crop", "tiny", "blur", "lowres", "jpeg", "dark", "noise", "occlusion")
 
@@ -44,12 +44,11 @@ def run(data: str, bundle: str, out: Path, kinds=KINDS, resamples: int = 1000) -
         code = main(args)
         if code:
             raise SystemExit(f"evaluate failed (exit {code})")
-        written = json.loads(every.read_text())
-    evaluations = written["evaluations"] if len(kinds) > 1 else [written]
+        evaluations = load_evaluations(every)
     paths = []
     for kind, evaluation in zip(kinds, evaluations):
         path = out / file_name(bundle, kind)
-        path.write_text(json.dumps(evaluation, indent=2) + "\n")
+        save_evaluations(path, [evaluation])
         paths.append(path)
     return paths
 

@@ -25,6 +25,7 @@ from cmce.metrics.intervals import (
     tar_at_far_cluster_ci,
 )
 from cmce.metrics.rejection import gallery_rejection_mask
+from cmce.metrics.results import Evaluation
 from cmce.metrics.retrieval import (
     l2_normalise,
     mean_average_precision,
@@ -289,37 +290,37 @@ def evaluate_embedded(
     }
 
 
-def plot_risk_coverage(result: dict, path: str) -> None:
-    """Risk-coverage plot: Recall@1 against the share of the gallery rejected."""
+def plot_risk_coverage(evaluation: Evaluation, path: str) -> None:
+    """Risk-coverage plot of an evaluation: Recall@1 against the share of the gallery rejected."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rej = result["rejection"]
-    rates = [0.0] + [r["rate"] for r in rej]
-    base = next(r["recall_at_1"] for r in result["rows"] if r["name"] == "CMCE ensemble")
-    shipped = result["bundle"]["quality"]
+    rej = evaluation.rejection
+    rates = [0.0] + [r.rate for r in rej]
+    base = evaluation.row("CMCE ensemble").recall_at_1
+    shipped = evaluation.bundle.quality
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     # left: the ensemble the bundle serves, ranked by each quality score
     ax = axes[0]
-    curves = {k: [r["recall_at_1"] for r in v] for k, v in result["rejection_by_quality"].items() if k != "bundle"}
-    curves["random"] = [r["random_recall_at_1"] for r in rej]
+    curves = {k: [r.recall_at_1 for r in v] for k, v in evaluation.rejection_by_quality.items() if k != "bundle"}
+    curves["random"] = [r.random_recall_at_1 for r in rej]
     for kind, values in curves.items():
         label = f"{kind} (shipped)" if kind == shipped else kind
         ax.plot([100 * x for x in rates], [100 * base] + [100 * v for v in values], marker="o", label=label,
                 lw=2.5 if kind == shipped else 1.2, ls="--" if kind == "random" else "-")
     ax.set_title("CMCE ensemble as served", fontsize=10)
     # right: the gallery models' own ensemble (the paper's setting)
-    go = result.get("rejection_gallery_ensemble")
+    go = evaluation.rejection_gallery_ensemble
     ax = axes[1]
     if go:
         for kind in ("disagreement", "detection", "combined", "random"):
-            key = f"{kind}_recall_at_1"
-            if all(key in r for r in go["rates"]):
-                ax.plot([0.0] + [100 * r["rate"] for r in go["rates"]],
-                        [100 * go["recall_at_1"]] + [100 * r[key] for r in go["rates"]], marker="o", label=kind,
-                        ls="--" if kind == "random" else "-")
+            if kind == "random" or all(kind in r.scores for r in go.rates):
+                ax.plot([0.0] + [100 * r.rate for r in go.rates],
+                        [100 * go.recall_at_1] + [100 * (r.random_recall_at_1 if kind == "random" else
+                                                         r.scores[kind].recall_at_1) for r in go.rates],
+                        marker="o", label=kind, ls="--" if kind == "random" else "-")
     ax.set_title("gallery models' own ensemble (the paper's setting)", fontsize=10)
     for ax in axes:
         ax.set_xlabel("gallery rejected (%)")

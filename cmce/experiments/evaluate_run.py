@@ -29,6 +29,7 @@ from cmce.io.datasets import LabelledImages, list_labelled_images
 from cmce.method.bundle import load_bundle
 from cmce.method.bundle_model import Bundle
 from cmce.method.precision import at_precision
+from cmce.metrics.results import Evaluation
 from cmce.models.embed import EmbeddedFiles, EmbeddingCache, embed_files
 
 __all__ = ["CLEAN", "EvaluationPhotos", "UpgradeSource", "degrade_photos", "embed_evaluation_photos",
@@ -152,7 +153,7 @@ def degrade_photos(photos: EvaluationPhotos, spec: DegradeSpec, *, seed: int = 0
 
 def evaluate_gallery(photos: EvaluationPhotos, bundle: Bundle, embedded: EmbeddedFiles, *,
                      degrade_report: dict | None = None, sources: Sequence[UpgradeSource] = (),
-                     precision: str = "float32", compare_scores: bool = False, ci_resamples: int = 1000) -> dict:
+                     precision: str = "float32", compare_scores: bool = False, ci_resamples: int = 1000) -> Evaluation:
     """One gallery's evaluation, as ``evaluate --json`` writes it.
 
     Args:
@@ -165,9 +166,9 @@ def evaluate_gallery(photos: EvaluationPhotos, bundle: Bundle, embedded: Embedde
         compare_scores: add the paired comparison of quality scores (``score_comparison``).
 
     Returns:
-        JSON-ready dict: ``evaluate_embedded``'s sections, then ``score_comparison`` (when
+        The evaluation: ``evaluate_embedded``'s sections, then ``score_comparison`` (when
         asked), ``gallery_degrade`` (a degraded gallery), ``upgrade`` (one old side; with
-        several, ``upgrades``: one per side, in order) and ``data``.
+        several, ``upgrades``: one per side, in order) and ``data``, in that order in its JSON.
     """
     labels = photos.dataset.labels
     result = evaluate_embedded(embedded, labels, bundle, ci_resamples=ci_resamples)
@@ -184,7 +185,7 @@ def evaluate_gallery(photos: EvaluationPhotos, bundle: Bundle, embedded: Embedde
     elif upgrades:
         result["upgrades"] = upgrades
     result["data"] = photos.data
-    return result
+    return Evaluation.from_dict(result)
 
 
 def _upgrade(embedded: EmbeddedFiles, labels: Sequence[str], bundle: Bundle, source: UpgradeSource,

@@ -1,4 +1,4 @@
-"""What ``cmce evaluate`` prints: an evaluation's tables as text, from its JSON-ready result."""
+"""What ``cmce evaluate`` prints: an evaluation's tables as text (``cmce.metrics.results.Evaluation``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from cmce.experiments.evaluate_answers import answers_table
 from cmce.faces.geometry import MIN_FACE_PIXELS
 from cmce.method.card import render_rejection_tables, render_table, render_upgrade_table
+from cmce.metrics.intervals import format_interval
+from cmce.metrics.results import Evaluation, UpgradeResult
 
 __all__ = ["degrade_line", "render_evaluation", "render_upgrade"]
 
@@ -27,42 +29,41 @@ def degrade_line(report: Mapping) -> str:
                   f"{small})")
 
 
-def render_evaluation(result: Mapping, detection: str) -> str:
+def render_evaluation(evaluation: Evaluation, detection: str) -> str:
     """The evaluation's tables: rows, answers, the paper's rejection metric, open set, score comparison, upgrade."""
     from cmce.experiments.score_comparison import ScoreComparison, render_score_comparison
 
-    c = result["counts"]
+    ev, c = evaluation, evaluation.counts
     text = _lines(
         f"{c['files']} files, {c['faces_found']} faces ({c['no_face_or_unreadable']} without a face or unreadable; "
         f"{detection} detection); gallery {c['gallery']} ({c['distractors']} distractors), queries {c['queries']}",
-        render_table(result["rows"]),
+        render_table(ev.rows),
         "\nanswers as the app gives them (every query; CMCE ensemble column):\n",
-        "\n".join(answers_table(result["answers"])),
+        "\n".join(answers_table(ev.answers)),
         "\nthe paper's metric (Recall@1 of the kept queries):\n",
-        render_rejection_tables(result),
+        render_rejection_tables(ev),
         "| rejected (shipped score) | open-set accuracy |\n|---:|---:|",
-        *(f"| {100 * r['rate']:.0f}% | {100 * r['open_set_accuracy']:.2f} |" for r in result["rejection"]))
-    if "score_comparison" in result:
+        *(f"| {100 * r.rate:.0f}% | {100 * r.open_set_accuracy:.2f} |" for r in ev.rejection))
+    if ev.score_comparison is not None:
         text += _lines("\nquality scores compared (error cut of the shipped score minus each other's, paired; "
                        "95% intervals over query identities):\n",
-                       render_score_comparison(ScoreComparison.from_dict(result["score_comparison"])))
-    for up in ([result["upgrade"]] if "upgrade" in result else result.get("upgrades", [])):
+                       render_score_comparison(ScoreComparison.from_dict(ev.score_comparison)))
+    for up in ev.upgrade_results:
         text += render_upgrade(up)
     return text
 
 
-def render_upgrade(up: Mapping) -> str:
+def render_upgrade(up: UpgradeResult) -> str:
     """The upgrade experiment from one old side: its table, the paired gains, the ensemble-size curve."""
-    text = _lines(f"\nupgrade from query {up['from']['query']} ({' + '.join(up['from']['gallery'])}) "
-                  f"to query {up['to']['query']}: {up['counts']['gallery']} gallery entries, "
-                  f"{up['counts']['queries']} queries")
+    text = _lines(f"\nupgrade from query {up.old.query} ({' + '.join(up.old.gallery)}) to query {up.new.query}: "
+                  f"{up.counts['gallery']} gallery entries, {up.counts['queries']} queries")
     text += render_upgrade_table(up)
-    text += _lines(*(f"{c['from']} -> {c['to']}: R@1 {100 * c['recall_at_1_gain']:+.2f} points "
-                     f"(95% CI {100 * c['ci95'][0]:+.2f} to {100 * c['ci95'][1]:+.2f})" for c in up["comparisons"]))
+    text += _lines(*(f"{c.from_stage} -> {c.to_stage}: R@1 {100 * c.recall_at_1_gain:+.2f} points, 95% CI "
+                     f"{format_interval(*c.ci95, signed=True)}" for c in up.comparisons))
     text += _lines("no-backfill ensemble size: " + "; ".join(
         f"{c['members']} member{'s' if c['members'] > 1 else ''}: R@1 {100 * c['recall_at_1']:.2f}, "
-        f"TAR@1e-3 {100 * c['tar_at_far_1e-3']:.2f}" for c in up["ensemble_size"]))
-    p = up.get("precision")
+        f"TAR@1e-3 {100 * c['tar_at_far_1e-3']:.2f}" for c in up.ensemble_size or ()))
+    p = up.precision
     if p:
         f32 = p["float32"]
         text += _lines(f"{p['precision']} re-projection (no backfill): the top-1 answer differs from float32's for "

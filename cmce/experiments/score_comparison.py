@@ -18,7 +18,7 @@ import numpy as np
 from cmce.errors import CmceError
 from cmce.experiments.evaluate import quality_scores_by_kind
 from cmce.method.bundle_model import Bundle
-from cmce.metrics.intervals import cluster_bootstrap, relative_error_reduction
+from cmce.metrics.intervals import cluster_bootstrap, format_with_interval, relative_error_reduction
 from cmce.metrics.rejection import gallery_rejection_mask
 from cmce.metrics.retrieval import top1_hits
 from cmce.models.embed import EmbeddedFiles
@@ -196,15 +196,13 @@ def render_score_comparison(comparison: ScoreComparison) -> str:
     """
     c, others = comparison, comparison.others
 
-    def cell(e: Estimate, sign: str, digits: int, unit: str = "") -> str:
-        if any(x is None or x != x for x in e):
-            return "—"
-        return f"{100 * e[0]:{sign}.1f}{unit} ({100 * e[1]:{sign}.{digits}f} to {100 * e[2]:{sign}.{digits}f})"
+    def cell(e: Estimate, signed: bool, unit: str = "") -> str:
+        return format_with_interval(e[0], e[1:], digits=1, interval_digits=0, signed=signed, unit=unit)
 
     lines = [f"R@1 {100 * c.recall_at_1:.2f}, {c.errors} errors in {c.queries} queries; shipped score {c.score}", "",
              f"| rejected | {c.score} error cut | " + " | ".join(f"{c.score} minus {k}" for k in others) + " |",
              "|---:|---:|" + "---:|" * len(others)]
     for s in c.steps:
-        lines.append(f"| {100 * s.rate:.0f}% | {cell(s.error_cut, '', 0, '%')} | "
-                     + " | ".join(cell(d, '+', 0) for d in s.minus.values()) + " |")
+        lines.append(f"| {100 * s.rate:.0f}% | {cell(s.error_cut, False, '%')} | "
+                     + " | ".join(cell(d, True) for d in s.minus.values()) + " |")
     return "\n".join(lines) + "\n"

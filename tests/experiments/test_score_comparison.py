@@ -73,3 +73,12 @@ def test_what_cannot_be_compared_is_refused() -> None:
         compare_quality_scores(sim, q_lab, g_lab, scores, "learned")
     with pytest.raises(CmceError, match="nothing to compare"):
         compare_quality_scores(sim, q_lab, g_lab, {"oracle": scores["oracle"]}, "oracle")
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    import cmce.experiments.score_comparison as module
+
+    result = doctest.testmod(module)
+    assert result.failed == 0 and result.attempted >= 6
