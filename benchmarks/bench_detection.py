@@ -42,7 +42,7 @@ import numpy as np
 from cmce.faces.detector import FaceDetector, create_detector
 from cmce.faces.geometry import align_faces, pick_subject
 from cmce.io.images import load_image
-from cmce.metrics.intervals import bootstrap_mean_ci
+from cmce.metrics.intervals import bootstrap_mean_ci, format_with_interval
 from cmce.models.backbones import TEMPLATES, create_backbone
 from cmce.models.backbones.base import configure_torch_threads
 
@@ -58,7 +58,8 @@ def rate(found: list[bool]) -> dict:
 
 
 def fmt(r: dict) -> str:
-    return f"{r['rate']:.1f}% [{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}] (n={r['n']})" if r.get("n") else "n=0"
+    return (f"{format_with_interval(r['rate'], r['ci95'], scale=1, digits=1, unit='%')} (n={r['n']})" if r.get("n")
+            else "n=0")
 
 
 def resize_width(img: np.ndarray, width: int) -> np.ndarray:

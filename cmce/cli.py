@@ -1,4 +1,4 @@
-"""Command line: ``python -m cmce {info,train,evaluate,index,build-index,search,upgrade,bench}``."""
+"""Command line: ``python -m cmce {info,train,evaluate,index,build-index,search,upgrade,bench,bundle}``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from cmce.errors import CmceError
 from cmce.experiments.degrade import DEGRADATIONS, MIX_KINDS, TRAIN_KINDS
 from cmce.faces.detector import DETECTORS
 from cmce.method.ensemble import QUALITY_SCORES
+from cmce.method.precision import PRECISIONS
 from cmce.method.unknown import UNKNOWN_BY
+from cmce.metrics.results import json_safe as _json_safe  # noqa: F401  (the name tests and scripts import)
 
 logger = logging.getLogger("cmce")
 
@@ -77,192 +79,104 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_safe(value):
-    """``value`` with every NaN float replaced by None (JSON has no NaN; it reads as null)."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from cmce.experiments.evaluate import evaluate_embedded, plot_risk_coverage
+    from cmce.experiments.evaluate_run import (
+        degrade_photos,
+        embed_evaluation_photos,
+        evaluate_gallery,
+        load_upgrade_source,
+        parse_gallery_kinds,
+    )
+    from cmce.experiments.evaluate_text import degrade_line, render_evaluation
     from cmce.method.bundle import load_bundle
+    from cmce.metrics.results import save_evaluations
+    from cmce.models.embed import EmbeddingCache
 
-    if args.ablations and not args.heldout:
-        raise CmceError("--ablations trains on the bundle's training identities and measures on the held-out ones: "
-                        "add --heldout")
-    spec = None
-    if args.gallery_degrade:
-        from cmce.experiments.degrade import DegradeSpec
-
-        spec = DegradeSpec.parse(args.gallery_degrade)  # a bad spec fails before anything is embedded
+    _check_evaluate_options(args)
+    specs = parse_gallery_kinds(args.gallery_degrade)  # a bad spec fails before anything is embedded
     bundle = load_bundle(args.bundle, revision=args.revision)
-    old = _upgrade_source(args.upgrade_from) if args.upgrade_from else None
-    ds, models, cache, embedded, clean, degrade_report = _evaluation_photos(args, bundle, old, spec)
-    result = evaluate_embedded(embedded, ds.labels, bundle, ci_resamples=args.ci_resamples)
-    if degrade_report is not None:
-        result["gallery_degrade"] = degrade_report
-        print(f"gallery degraded ({degrade_report['spec']}, seed {degrade_report['seed']}): "
-              f"{degrade_report['degraded']} of {degrade_report['gallery_photos']} photos "
-              f"({', '.join(f'{k} {v}' for k, v in degrade_report['by_kind'].items())}); "
-              f"{sum(degrade_report['kept_clean_no_face'].values())} kept clean (no face found in the degraded copy"
-              f"{_too_small_note(degrade_report)})")
-    if old is not None:
-        from cmce.experiments.evaluate import evaluate_upgrade, upgrade_costs
-
-        old_models = (old,) if isinstance(old, str) else old.models
-        costs = upgrade_costs(embedded, ds.labels, bundle, old_models)
-        result["upgrade"] = evaluate_upgrade(embedded, ds.labels, bundle, old, seconds_per_1k_entries=costs)
-        result["upgrade"]["from"]["source"] = args.upgrade_from
-    result["data"] = {"dir": str(Path(args.data_dir).resolve().name), "heldout_only": bool(args.heldout),
-                      "detection": args.detection}
-    _print_evaluation(result, args)
-    if args.ablations:
-        _evaluation_ablations(result, args, bundle, ds, cache, clean, embedded, degrade_report)
+    sources = [load_upgrade_source(s) for s in args.upgrade_from or ()]
+    photos = embed_evaluation_photos(args.data_dir, bundle, sources, heldout=args.heldout, detection=args.detection,
+                                     cache=None if args.no_cache else EmbeddingCache(), progress=not args.quiet)
+    results = []
+    for spec in specs:
+        embedded, report = (photos.clean, None) if spec is None else degrade_photos(photos, spec,
+                                                                                    seed=args.degrade_seed)
+        if len(specs) > 1:
+            print(f"\n## {'clean' if spec is None else spec.text} gallery\n")
+        evaluation = evaluate_gallery(photos, bundle, embedded, degrade_report=report, sources=sources,
+                                      precision=args.precision, compare_scores=args.compare_scores,
+                                      ci_resamples=args.ci_resamples)
+        if report is not None:
+            print(degrade_line(report), end="")
+        print(render_evaluation(evaluation, args.detection), end="")
+        if args.ablations:
+            evaluation = _evaluation_ablations(evaluation, args, bundle, photos, embedded, report)
+        results.append(evaluation)
     if args.json:
-        Path(args.json).write_text(json.dumps(_json_safe(result), indent=2) + "\n")
+        save_evaluations(args.json, results)
     if args.plot:
-        plot_risk_coverage(result, args.plot)
+        _plot_evaluations(results, args.plot)
     if args.record:
-        _record_evaluation(result, args, bundle, degrade_report)
+        _record_evaluation(results[0], args, bundle)
     return 0
 
 
-def _evaluation_photos(args: argparse.Namespace, bundle, old, spec):
-    """The photos ``evaluate`` measures on, embedded (and their gallery degraded by ``spec``).
-
-    Returns:
-        (dataset, models, cache, embedded, the clean embedding, the degradation report or None).
-    """
-    from cmce.experiments.splits import heldout_subset
-    from cmce.faces.detector import create_detector
-    from cmce.io.datasets import list_labelled_images
-    from cmce.models.embed import EmbeddingCache, embed_files
-
-    ds = list_labelled_images(args.data_dir)
-    if args.heldout:
-        held = heldout_subset(ds, bundle)
-        if old is not None and not isinstance(old, str) and heldout_subset(ds, old).paths != held.paths:
-            raise CmceError("--upgrade-from: the two bundles held out different identities; train both on the "
-                            "same data with the same --seed, --val-fraction and --test-fraction")
-        ds = held
-    old_models = () if old is None else ((old,) if isinstance(old, str) else old.models)
-    models = list(dict.fromkeys([*bundle.models, *old_models]))
-    cache = None if args.no_cache else EmbeddingCache()
-    detector = create_detector(args.detection)  # the photos and their degraded copies alike
-    embedded = embed_files(list(ds.paths), models, detector=detector, cache=cache, progress=not args.quiet)
-    degrade_report, clean = None, embedded
-    if spec is not None:
-        from cmce.experiments.degrade import degrade_gallery
-        from cmce.experiments.evaluate import gallery_positions
-
-        embedded, degrade_report, _ = degrade_gallery(embedded, gallery_positions(embedded, ds.labels), spec,
-                                                      seed=args.degrade_seed, models=models, cache=cache,
-                                                      progress=not args.quiet, detector=detector)
-    return ds, models, cache, embedded, clean, degrade_report
+def _check_evaluate_options(args: argparse.Namespace) -> None:
+    """Refuse option combinations ``evaluate`` cannot honour, before anything is embedded."""
+    if args.ablations and not args.heldout:
+        raise CmceError("--ablations trains on the bundle's training identities and measures on the held-out ones: "
+                        "add --heldout")
+    galleries = len(args.gallery_degrade or ())
+    if galleries > 1 and (args.ablations or args.record):
+        raise CmceError(f"{'--ablations' if args.ablations else '--record'} takes one gallery; "
+                        f"{galleries} --gallery-degrade specs were given")
+    if args.precision != "float32" and not args.upgrade_from:
+        raise CmceError("--precision is the precision --upgrade-from re-projects the old gallery in: add --upgrade-from")
 
 
-def _print_evaluation(result: dict, args: argparse.Namespace) -> None:
-    """The evaluation's tables on stdout: rows, answers, the paper's rejection metric, open set, upgrade."""
-    from cmce.experiments.evaluate_answers import answers_table
-    from cmce.method.card import render_rejection_tables, render_table
+def _plot_evaluations(results: list, path: str) -> None:
+    """``--plot``: the risk-coverage plot; with several galleries one per gallery (``PATH-SPEC.png``)."""
+    from cmce.experiments.evaluate import plot_risk_coverage
 
-    c = result["counts"]
-    print(f"{c['files']} files, {c['faces_found']} faces ({c['no_face_or_unreadable']} without a face or unreadable; "
-          f"{args.detection} detection); gallery {c['gallery']} ({c['distractors']} distractors), "
-          f"queries {c['queries']}")
-    print(render_table(result["rows"]))
-    print("\nanswers as the app gives them (every query; CMCE ensemble column):\n")
-    print("\n".join(answers_table(result["answers"])))
-    print("\nthe paper's metric (Recall@1 of the kept queries):\n")
-    print(render_rejection_tables(result))
-    print("| rejected (shipped score) | open-set accuracy |\n|---:|---:|")
-    for r in result["rejection"]:
-        print(f"| {100 * r['rate']:.0f}% | {100 * r['open_set_accuracy']:.2f} |")
-    if "upgrade" in result:
-        _print_upgrade(result["upgrade"])
+    if len(results) == 1:
+        plot_risk_coverage(results[0], path)
+        return
+    p = Path(path)
+    for r in results:
+        spec = (r.degrade_spec or "clean").replace(":", "").replace("+", "-")
+        plot_risk_coverage(r, str(p.with_name(f"{p.stem}-{spec}{p.suffix}")))
 
 
-def _evaluation_ablations(result: dict, args: argparse.Namespace, bundle, ds, cache, clean, embedded,
-                          degrade_report) -> None:
-    """``--ablations``: the paper's ablations trained on the bundle's training identities, into ``result``."""
-    from cmce.experiments.ablations import render_ablations, run_ablations
-    from cmce.experiments.splits import SplitConfig, dataset_splits
-    from cmce.io.datasets import list_labelled_images
-    from cmce.models.embed import embed_files
+def _evaluation_ablations(evaluation, args: argparse.Namespace, bundle, photos, embedded, degrade_report):
+    """``--ablations``: the paper's ablations trained on the bundle's training identities, added to ``evaluation``."""
+    from dataclasses import replace
 
-    full = list_labelled_images(args.data_dir)
-    # the training identities as the bundle was trained on them: plain detection, whatever --detection says
-    train_emb = embed_files(list(full.paths), list(bundle.models), cache=cache, progress=not args.quiet)
-    sp = dataset_splits(full.labels, SplitConfig(**bundle.info["training"]["split"]))
-    conditions = {"clean": clean}
-    if degrade_report is not None:
-        conditions[degrade_report["spec"]] = embedded
-    result["ablations"] = run_ablations(train_emb, full.labels, sp["train"] | sp["val"], conditions, ds.labels,
-                                        bundle, ci_resamples=args.ci_resamples)
+    from cmce.experiments.ablations import render_ablations
+    from cmce.experiments.evaluate_run import evaluate_ablations
+    from cmce.metrics.results import frozen
+
+    ablations = evaluate_ablations(photos, bundle, embedded, degrade_report, ci_resamples=args.ci_resamples)
     print("\nablations (gallery models only; trained on the bundle's training identities):\n")
-    print(render_ablations(result["ablations"]))
+    print(render_ablations(ablations))
+    return replace(evaluation, ablations=frozen(ablations))
 
 
-def _record_evaluation(result: dict, args: argparse.Namespace, bundle, degrade_report) -> None:
+def _record_evaluation(evaluation, args: argparse.Namespace, bundle) -> None:
     """``--record``: the evaluation stored in the (local) bundle's config and model card."""
     from cmce.method.bundle import default_bundle_path, save_bundle
 
     folder = Path(args.bundle) if args.bundle else default_bundle_path()
     if not folder.is_dir():
         raise CmceError(f"--record writes into a local bundle folder; {folder} is not one")
-    key = "evaluation_mixed" if degrade_report is not None else "evaluation"
-    bundle.info[key] = _json_safe({
-        "data": result["data"], "counts": result["counts"], "rows": result["rows"],
-        "answers": result["answers"],
-        "rejection": result["rejection"], "rejection_by_quality": result["rejection_by_quality"],
-        "rejection_gallery_ensemble": result["rejection_gallery_ensemble"],
-        "open_set": result["open_set"],
-        **({"gallery_degrade": degrade_report} if degrade_report is not None else {}),
-    })
-    if "upgrade" in result:
-        upgrades = [u for u in bundle.info.get("upgrades", []) if u["from"] != result["upgrade"]["from"]]
-        bundle.info["upgrades"] = upgrades + [{k: v for k, v in result["upgrade"].items() if k != "ensemble_size"}]
+    key = "evaluation_mixed" if evaluation.gallery_degrade is not None else "evaluation"
+    bundle.info[key] = evaluation.recorded()
+    for up in evaluation.upgrade_results:
+        up = up.to_dict()
+        upgrades = [u for u in bundle.info.get("upgrades", []) if u["from"] != up["from"]]
+        bundle.info["upgrades"] = upgrades + [{k: v for k, v in up.items() if k != "ensemble_size"}]
     save_bundle(bundle, folder)
     print(f"recorded the evaluation in {folder}/config.json and its model card")
-
-
-def _too_small_note(report: dict) -> str:
-    """``"; 12 of them a face or image under 16 px"`` when degraded copies were too small, else ``""``."""
-    from cmce.faces.geometry import MIN_FACE_PIXELS
-
-    n = sum(report.get("kept_clean_too_small", {}).values())
-    return f"; {n} of them a face or image under {MIN_FACE_PIXELS} px" if n else ""
-
-
-def _upgrade_source(spec: str):
-    """``--upgrade-from``: a bundle (folder or Hub id), or ``backbone:NAME`` (a one-model library)."""
-    from cmce.method.bundle import load_bundle
-    from cmce.models.backbones import get_spec
-
-    if spec.startswith("backbone:"):
-        name = spec.removeprefix("backbone:")
-        get_spec(name)  # unknown names fail with the list of valid ones
-        return name
-    return load_bundle(spec)
-
-
-def _print_upgrade(up: dict) -> None:
-    from cmce.method.card import render_upgrade_table
-
-    print(f"\nupgrade from query {up['from']['query']} ({' + '.join(up['from']['gallery'])}) "
-          f"to query {up['to']['query']}: {up['counts']['gallery']} gallery entries, {up['counts']['queries']} queries")
-    print(render_upgrade_table(up), end="")
-    for c in up["comparisons"]:
-        lo, hi = c["ci95"]
-        print(f"{c['from']} -> {c['to']}: R@1 {100 * c['recall_at_1_gain']:+.2f} points (95% CI {100 * lo:+.2f} to {100 * hi:+.2f})")
-    print("no-backfill ensemble size: " + "; ".join(
-        f"{c['members']} member{'s' if c['members'] > 1 else ''}: R@1 {100 * c['recall_at_1']:.2f}, "
-        f"TAR@1e-3 {100 * c['tar_at_far_1e-3']:.2f}" for c in up["ensemble_size"]))
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
@@ -403,6 +317,15 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bundle_annotate(args: argparse.Namespace) -> int:
+    from cmce.experiments.annotate import annotate_bundles
+
+    for name, bundle in annotate_bundles(args.folder).items():
+        paths = ", ".join(p["bundle"] for p in bundle.info["upgrade_from"]) or "none"
+        print(f"{name}: {bundle.info['purpose'] or '(no purpose)'} Upgrades galleries of: {paths}")
+    return 0
+
+
 def _add_info_parser(sub) -> None:
     """The ``info`` command's options."""
     s = sub.add_parser("info", help="list registered backbones and whether they run here")
@@ -475,14 +398,23 @@ def _add_evaluate_parser(sub) -> None:
     s.add_argument("--json", default=None)
     s.add_argument("--plot", default=None)
     s.add_argument("--record", action="store_true", help="store the table in the (local) bundle and its model card")
-    s.add_argument("--upgrade-from", default=None, metavar="OLD",
+    s.add_argument("--upgrade-from", action="append", default=None, metavar="OLD",
                    help="also run the paper's query-model update: OLD is the bundle (folder or Hub id) that built "
-                        "the gallery, or backbone:NAME for a library indexed by one model; adds 'upgrade' to the JSON")
-    s.add_argument("--gallery-degrade", default=None, metavar="SPEC",
+                        "the gallery, or backbone:NAME for a library indexed by one model; adds 'upgrade' to the JSON "
+                        "(repeatable: one upgrade per OLD, a list under 'upgrades')")
+    s.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="with --upgrade-from: the new bundle re-projects the old gallery in this precision, as "
+                        "cmce upgrade --precision does (int8: the JSON's upgrade adds what it changes against float32)")
+    s.add_argument("--gallery-degrade", action="append", default=None, metavar="SPEC",
                    help="degrade gallery photos only (queries stay clean): mix:SHARE (e.g. mix:0.6: that share, "
                         f"each by {', '.join(MIX_KINDS[:-1])} or {MIX_KINDS[-1]}), mix:SHARE:K1+K2, or one kind alone: "
                         f"{', '.join(DEGRADATIONS)} (optionally KIND:SHARE); crop (tight face crops) and tiny "
-                        "(faces 16-40 px wide) want --detection index")
+                        "(faces 16-40 px wide) want --detection index. Repeatable (clean: the gallery as it is): "
+                        "one evaluation per SPEC, the JSON then {\"evaluations\": [one per SPEC, in order]}")
+    s.add_argument("--compare-scores", action="store_true",
+                   help="add the paired comparison of quality scores: the shipped score's error cut minus every "
+                        "other score's, per rejection rate, with a 95%% interval over query identities; adds "
+                        "'score_comparison' to the JSON")
     s.add_argument("--detection", default="plain", choices=DETECTORS,
                    help="face detection of the photos and degraded copies: plain (MTCNN's first pass, as training "
                         "embeds) or index (what cmce index and the app use: landmark check and second chance, which "
@@ -522,7 +454,7 @@ def _add_upgrade_parser(sub) -> None:
     s.add_argument("--out", default=None, help="write the upgraded gallery to this new folder (default: in place)")
     s.add_argument("--backfill", action="store_true",
                    help="then embed the members entries lack, from photos that can still be read (resumable)")
-    s.add_argument("--precision", choices=["float32", "int8"], default="float32",
+    s.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="int8: transformers with int8 linear layers, up to 2x faster on CPU; changed 3 of 888 "
                         "held-out top-1 answers (scripts/upgrade_int8_check.py)")
     s.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
@@ -584,6 +516,19 @@ def _add_index_parser(sub) -> None:
     s.set_defaults(func=_cmd_index)
 
 
+def _add_bundle_parser(sub) -> None:
+    """The ``bundle`` command group: ``bundle annotate``."""
+    from cmce.assets import PROJECT_ROOT
+
+    s = sub.add_parser("bundle", help="work on bundle folders (annotate)")
+    group = s.add_subparsers(dest="bundle_command", required=True)
+    a = group.add_parser("annotate", help="write each bundle's purpose and the bundles it can upgrade galleries "
+                                          "from into its config and model card (weights unchanged)")
+    a.add_argument("folder", nargs="?", default=str(PROJECT_ROOT / "assets" / "bundles"),
+                   help="a folder of bundle folders (default: the shipped assets/bundles)")
+    a.set_defaults(func=_cmd_bundle_annotate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cmce", description="CMCE face search: asymmetric retrieval with cross model compatible ensembles")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -596,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build_index_parser(sub)
     _add_search_parser(sub)
     _add_index_parser(sub)
+    _add_bundle_parser(sub)
     return p
 
 

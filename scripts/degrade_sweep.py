@@ -4,11 +4,12 @@
         [--specs clean mix:0.6 blur:0.6 lowres:0.6 jpeg:0.6 dark:0.6 noise:0.6 occlusion:0.6] [--json docs/x.json] \
         [--detection index]
 
-The protocol of ``evaluate --heldout --gallery-degrade SPEC [--detection plain|index]`` (same
-seed), one SPEC after another (``crop`` and ``tiny`` want ``--detection index``): the query
-model alone, each gallery model through its transformer, the served ensemble, the gallery
-models' own ensemble, and the error cut at 10% rejected by every quality score. 95%
-intervals are a bootstrap over query identities.
+Provenance of docs/degrade-sweep-*.json and the per-kind table of docs/mixed-quality.md. The
+measurement is ``cmce evaluate --heldout --gallery-degrade SPEC1 --gallery-degrade SPEC2 ...``'s
+(same steps, same seed; ``crop`` and ``tiny`` want ``--detection index``); this keeps the
+summary: the query model alone, each gallery model through its transformer, the served
+ensemble, the gallery models' own ensemble, and the error cut at 10% rejected by every quality
+score. 95% intervals are a bootstrap over query identities.
 """
 
 from __future__ import annotations
@@ -21,20 +22,24 @@ from pathlib import Path
 
 import numpy as np
 
-from cmce.experiments.degrade import DegradeSpec, degrade_gallery
-from cmce.experiments.evaluate import evaluate_embedded, gallery_positions
-from cmce.experiments.splits import heldout_subset
-from cmce.faces.detector import DETECTORS, create_detector
-from cmce.io.datasets import list_labelled_images
-from cmce.method.bundle import load_bundle
-from cmce.models.embed import EmbeddingCache, embed_files
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-logger = logging.getLogger("degrade_sweep")
+from cmce.experiments.evaluate_run import (  # noqa: E402
+    degrade_photos,
+    embed_evaluation_photos,
+    evaluate_gallery,
+    parse_gallery_kinds,
+)
+from cmce.faces.detector import DETECTORS  # noqa: E402
+from cmce.method.bundle import load_bundle  # noqa: E402
+from cmce.metrics.intervals import format_with_interval  # noqa: E402
+from cmce.metrics.results import json_safe  # noqa: E402
+from cmce.models.embed import EmbeddingCache  # noqa: E402
 
 
-def _cell(row: dict, key: str = "recall_at_1") -> str:
-    lo, hi = row.get(f"{key}_ci95", [float("nan")] * 2)
-    return f"{100 * row[key]:.2f} ({100 * lo:.1f}-{100 * hi:.1f})"
+def _cell(row) -> str:
+    """Recall@1 and its interval of a row (``EvaluationRow`` or ``GalleryEnsembleRejection``)."""
+    return format_with_interval(row.recall_at_1, row.recall_at_1_ci95, interval_digits=1)
 
 
 def main() -> None:
@@ -50,15 +55,11 @@ def main() -> None:
     parser.add_argument("--detection", default="plain", choices=DETECTORS,
                         help="detector of the photos and the degraded copies, as in cmce evaluate")
     args = parser.parse_args()
-    specs = {s: None if s == "clean" else DegradeSpec.parse(s) for s in args.specs}  # a bad spec fails first
+    specs = dict(zip(args.specs, parse_gallery_kinds(args.specs)))  # a bad spec fails first
     logging.basicConfig(level=logging.WARNING)
     bundle = load_bundle(args.bundle)
-    ds = heldout_subset(list_labelled_images(args.data_dir), bundle)
-    models = list(bundle.models)
-    cache = EmbeddingCache()
-    detector = create_detector(args.detection)
-    clean = embed_files(list(ds.paths), models, detector=detector, cache=cache)
-    gpos = gallery_positions(clean, ds.labels)
+    photos = embed_evaluation_photos(args.data_dir, bundle, heldout=True, detection=args.detection,
+                                     cache=EmbeddingCache())
     q = bundle.query_model
     out = {"bundle": str(args.bundle), "seed": args.seed, "detection": args.detection, "results": {}}
     print(f"bundle {args.bundle}: query {q}, members {', '.join(bundle.member_names)}, fusion {bundle.fusion.kind}, "
@@ -68,25 +69,21 @@ def main() -> None:
             " · learned |")
     print("|---|" + "---:|" * (len(bundle.gallery_models) + 4))
     for spec, parsed in specs.items():
-        if parsed is None:
-            emb, rep = clean, None
-        else:
-            emb, rep, _ = degrade_gallery(clean, gpos, parsed, seed=args.seed, models=models, cache=cache,
-                                          detector=detector)
-        res = evaluate_embedded(emb, ds.labels, bundle, ci_resamples=args.ci_resamples)
-        rows = {r["name"]: r for r in res["rows"]}
-        by_q = res["rejection_by_quality"]
-        i10 = [r["rate"] for r in res["rejection"]].index(0.1)
-        cuts = " · ".join(f"{100 * by_q[k][i10]['error_cut']:.1f}%" if k in by_q else "—"
+        emb, rep = (photos.clean, None) if parsed is None else degrade_photos(photos, parsed, seed=args.seed)
+        ev = evaluate_gallery(photos, bundle, emb, degrade_report=rep, ci_resamples=args.ci_resamples)
+        by_q = ev.rejection_by_quality
+        i10 = [r.rate for r in ev.rejection].index(0.1)
+        cuts = " · ".join(f"{100 * by_q[k][i10].error_cut:.1f}%" if k in by_q else "—"
                           for k in ("disagreement", "detection", "combined", "learned"))
-        go = res["rejection_gallery_ensemble"]
-        print(f"| {spec} | {_cell(rows['query model symmetric'])} | "
-              + " | ".join(_cell(rows[f"{m} -> {q} (transformer)"]) for m in bundle.gallery_models)
-              + f" | {_cell(rows['CMCE ensemble'])} | {_cell(go)} | {cuts} |", flush=True)
-        out["results"][spec] = {"gallery_degrade": rep, "rows": res["rows"], "rejection": res["rejection"],
-                                "rejection_by_quality": by_q, "rejection_gallery_ensemble": go, "counts": res["counts"]}
+        print(f"| {spec} | {_cell(ev.row('query model symmetric'))} | "
+              + " | ".join(_cell(ev.row(f"{m} -> {q} (transformer)")) for m in bundle.gallery_models)
+              + f" | {_cell(ev.row('CMCE ensemble'))} | {_cell(ev.rejection_gallery_ensemble)} | {cuts} |", flush=True)
+        d = ev.to_dict()
+        out["results"][spec] = {"gallery_degrade": rep, **{k: d[k] for k in (
+            "rows", "rejection", "rejection_by_quality", "rejection_gallery_ensemble", "counts")}}
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=lambda x: x.item() if isinstance(x, np.generic) else str(x)) + "\n")
+        Path(args.json).write_text(json.dumps(json_safe(out), indent=1,
+                                              default=lambda x: x.item() if isinstance(x, np.generic) else str(x)) + "\n")
 
 
 if __name__ == "__main__":

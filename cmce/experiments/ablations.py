@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from cmce.method.bundle_model import Bundle
-from cmce.metrics.intervals import cluster_bootstrap
+from cmce.metrics.intervals import cluster_bootstrap, format_with_interval
 from cmce.metrics.retrieval import l2_normalise, top1_hits
 from cmce.models.embed import EmbeddedFiles
 from cmce.models.transform import (
@@ -200,8 +200,7 @@ def render_ablations(result: dict) -> str:
         for c in conds:
             v = r.get(c)
             cells.append("—" if v is None else
-                         f"{100 * v['recall_at_1']:.2f} ({100 * v['recall_at_1_ci95'][0]:.1f}-"
-                         f"{100 * v['recall_at_1_ci95'][1]:.1f})")
+                         format_with_interval(v["recall_at_1"], v["recall_at_1_ci95"], interval_digits=1))
         out.append(f"| {r['group']} | {r['name']} | " + " | ".join(cells) + " |")
     out += ["", "| members (of " + str(len(result["pool"])) + ") | " + " | ".join(f"R@1, {c}" for c in conds) + " |",
             "|---:|" + "---:|" * len(conds)]

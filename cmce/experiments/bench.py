@@ -155,7 +155,7 @@ def run_bench(
         keep = np.ones(n, bool)
         keep[rng.choice(n, n // 10, replace=False)] = False  # 10% rejected
 
-        def query_once() -> None:
+        def query_once(index: VectorIndex = index) -> None:  # bound now: the loop deletes its name
             img = load_image(jpeg, name="q.jpg")
             fs = det.detect(img)
             f = max(fs, key=lambda x: x.area)

@@ -15,22 +15,28 @@ in a table can no longer drift from the JSON it was measured into.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cmce.errors import CmceError
 from cmce.method.card import render_rejection_tables, render_table, render_upgrade_table
+from cmce.metrics.results import Evaluation, ResultError, load_evaluations
 
 __all__ = ["TABLES", "render_page", "stale_pages"]
 
-#: Renderer name -> (the evaluation JSON -> the Markdown table, ending in a newline).
-TABLES: dict[str, Callable[[dict], str]] = {
-    "rows": lambda d: render_table(d["rows"]),
-    "upgrade": lambda d: render_upgrade_table(d["upgrade"]),
+#: Renderer name -> (the evaluation -> the Markdown table, ending in a newline).
+TABLES: dict[str, Callable[[Evaluation], str]] = {
+    "rows": lambda e: render_table(e.rows),
+    "upgrade": lambda e: render_upgrade_table(_one_upgrade(e)),
     "rejection": render_rejection_tables,
 }
+
+
+def _one_upgrade(evaluation: Evaluation):
+    if evaluation.upgrade is None:
+        raise ResultError("an upgrade table reads an evaluation with one upgrade ('upgrade' in the JSON)")
+    return evaluation.upgrade
 
 _BLOCK = re.compile(r"(<!-- table: (?P<kind>\S+) (?P<src>\S+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -39,9 +45,10 @@ def render_page(text: str, folder: Path) -> str:
     """``text`` (a Markdown page in ``folder``) with every marked table rendered anew.
 
     Raises:
-        CmceError: an unknown renderer name or a missing JSON file, naming the valid ones.
+        CmceError: an unknown renderer name, a missing JSON file or one that is not a single
+            evaluation (``ResultError``), naming the valid ones.
     """
-    cache: dict[Path, dict] = {}
+    cache: dict[Path, Evaluation] = {}
 
     def block(m: re.Match) -> str:
         kind, src = m["kind"], folder / m["src"]
@@ -49,8 +56,12 @@ def render_page(text: str, folder: Path) -> str:
             raise CmceError(f"unknown table {kind!r} in a docs page; valid: {', '.join(TABLES)}")
         if not src.is_file():
             raise CmceError(f"table {kind!r} reads {src}, which does not exist")
-        data = cache.setdefault(src, json.loads(src.read_text()))
-        return m.group(1) + TABLES[kind](data) + m.group(5)
+        if src not in cache:
+            evaluations = load_evaluations(src)
+            if len(evaluations) != 1:
+                raise CmceError(f"table {kind!r} reads {src}, which holds {len(evaluations)} evaluations, not one")
+            cache[src] = evaluations[0]
+        return m.group(1) + TABLES[kind](cache[src]) + m.group(5)
 
     return _BLOCK.sub(block, text)
 

@@ -25,6 +25,7 @@ from cmce.metrics.intervals import (
     tar_at_far_cluster_ci,
 )
 from cmce.metrics.rejection import gallery_rejection_mask
+from cmce.metrics.results import Evaluation
 from cmce.metrics.retrieval import (
     l2_normalise,
     mean_average_precision,
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "REJECTION_RATES", "UPGRADE_STAGES", "ViewScores", "adapter_row_name", "evaluate_embedded", "evaluate_upgrade",
     "gallery_positions",
-    "plot_risk_coverage", "row_metrics", "upgrade_costs",
+    "plot_risk_coverage", "precision_effect", "row_metrics", "upgrade_costs",
 ]
 
 REJECTION_RATES = (0.05, 0.10, 0.20, 0.30)
@@ -289,37 +290,37 @@ def evaluate_embedded(
     }
 
 
-def plot_risk_coverage(result: dict, path: str) -> None:
-    """Risk-coverage plot: Recall@1 against the share of the gallery rejected."""
+def plot_risk_coverage(evaluation: Evaluation, path: str) -> None:
+    """Risk-coverage plot of an evaluation: Recall@1 against the share of the gallery rejected."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rej = result["rejection"]
-    rates = [0.0] + [r["rate"] for r in rej]
-    base = next(r["recall_at_1"] for r in result["rows"] if r["name"] == "CMCE ensemble")
-    shipped = result["bundle"]["quality"]
+    rej = evaluation.rejection
+    rates = [0.0] + [r.rate for r in rej]
+    base = evaluation.row("CMCE ensemble").recall_at_1
+    shipped = evaluation.bundle.quality
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     # left: the ensemble the bundle serves, ranked by each quality score
     ax = axes[0]
-    curves = {k: [r["recall_at_1"] for r in v] for k, v in result["rejection_by_quality"].items() if k != "bundle"}
-    curves["random"] = [r["random_recall_at_1"] for r in rej]
+    curves = {k: [r.recall_at_1 for r in v] for k, v in evaluation.rejection_by_quality.items() if k != "bundle"}
+    curves["random"] = [r.random_recall_at_1 for r in rej]
     for kind, values in curves.items():
         label = f"{kind} (shipped)" if kind == shipped else kind
         ax.plot([100 * x for x in rates], [100 * base] + [100 * v for v in values], marker="o", label=label,
                 lw=2.5 if kind == shipped else 1.2, ls="--" if kind == "random" else "-")
     ax.set_title("CMCE ensemble as served", fontsize=10)
     # right: the gallery models' own ensemble (the paper's setting)
-    go = result.get("rejection_gallery_ensemble")
+    go = evaluation.rejection_gallery_ensemble
     ax = axes[1]
     if go:
         for kind in ("disagreement", "detection", "combined", "random"):
-            key = f"{kind}_recall_at_1"
-            if all(key in r for r in go["rates"]):
-                ax.plot([0.0] + [100 * r["rate"] for r in go["rates"]],
-                        [100 * go["recall_at_1"]] + [100 * r[key] for r in go["rates"]], marker="o", label=kind,
-                        ls="--" if kind == "random" else "-")
+            if kind == "random" or all(kind in r.scores for r in go.rates):
+                ax.plot([0.0] + [100 * r.rate for r in go.rates],
+                        [100 * go.recall_at_1] + [100 * (r.random_recall_at_1 if kind == "random" else
+                                                         r.scores[kind].recall_at_1) for r in go.rates],
+                        marker="o", label=kind, ls="--" if kind == "random" else "-")
     ax.set_title("gallery models' own ensemble (the paper's setting)", fontsize=10)
     for ax in axes:
         ax.set_xlabel("gallery rejected (%)")
@@ -458,9 +459,44 @@ def evaluate_upgrade(
     }
 
 
+def precision_effect(
+    embedded: EmbeddedFiles, labels: Sequence[str], bundle: Bundle, serving: Bundle, stored: Sequence[str], *,
+    precision: str,
+) -> dict:
+    """What re-projecting in another precision changes, against float32: the no-backfill stage.
+
+    The old gallery's raw embeddings (``stored`` backbones, first-image protocol) are
+    re-projected by ``bundle`` (float32) and by ``serving`` (the same bundle in
+    ``precision``, ``cmce.method.precision.at_precision``).
+
+    Returns:
+        JSON-ready ``{"precision", "queries", "top1_changed", "float32", "cosine_distance_median",
+        "cosine_distance_max"}``: the queries whose top-1 answer differs, the float32
+        figures (``recall_at_1`` with its interval, TARs) to set beside the upgrade's
+        ``no_backfill`` row, and the cosine distance between the two fused vectors of each entry.
+    """
+    labels = np.asarray(labels)
+    idx = np.flatnonzero(embedded.found)
+    gi_l, qi_l = first_image_protocol(labels[idx])
+    gi, qi = idx[gi_l], idx[qi_l]
+    emb, prob = embedded.embeddings, embedded.detection_probability[gi]
+    kept = {m: emb[m][gi] for m in bundle.models if m in stored}
+    full, low = (b.gallery_vectors(kept, prob).ensemble for b in (bundle, serving))
+    q = emb[bundle.query_model][qi]
+    dist = 1.0 - (full * low).sum(axis=1)
+    return {
+        "precision": precision,
+        "queries": int(len(qi)),
+        "top1_changed": int(((q @ full.T).argmax(axis=1) != (q @ low.T).argmax(axis=1)).sum()),
+        "float32": _upgrade_metrics(q @ full.T, labels[qi], labels[gi]),
+        "cosine_distance_median": float(np.median(dist)) if len(dist) else float("nan"),
+        "cosine_distance_max": float(dist.max()) if len(dist) else float("nan"),
+    }
+
+
 def upgrade_costs(
     embedded: EmbeddedFiles, labels: Sequence[str], new: Bundle, stored: Sequence[str], *,
-    sample: int = 32, repeats: int = 5,
+    sample: int = 32, repeats: int = 5, serving: Bundle | None = None,
 ) -> dict[str, float]:
     """Measured seconds per 1,000 gallery entries of each upgrade path, on this machine.
 
@@ -474,6 +510,7 @@ def upgrade_costs(
         embedded, labels: the dataset (first-image protocol gallery).
         new: the new bundle.
         stored: the backbones the old gallery holds.
+        serving: ``new`` as it re-projects (``cmce.method.precision.at_precision``; default ``new``).
     """
     import time
 
@@ -489,7 +526,7 @@ def upgrade_costs(
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        derive(new, new.gallery_vectors(emb, prob))
+        derive(new, (serving or new).gallery_vectors(emb, prob))
         times.append(time.perf_counter() - start)
     project = 1000.0 * float(np.median(times)) / max(len(gi), 1)
     missing = [m for m in new.models if m not in stored]

@@ -42,7 +42,7 @@ from cmce.answer_metrics import (
 from cmce.method.answer_rules import ANSWER_RULES, policy_features
 from cmce.method.bundle_model import Bundle, GalleryVectors
 from cmce.method.unknown import gallery_doubt
-from cmce.metrics.intervals import cluster_bootstrap
+from cmce.metrics.intervals import cluster_bootstrap, format_with_interval
 
 __all__ = ["ABSTENTION_RATES", "answer_report", "gallery_overview"]
 
@@ -230,6 +230,5 @@ def answers_table(report: Mapping) -> list[str]:
     lines = ["| rule | right | wrong | unknown | coverage | accuracy of answered |", "|---|---:|---:|---:|---:|---:|"]
     for name, r in report["rules"].items():
         lines.append(f"| {name} | {r['right']} | {r['wrong']} | {r['unknown']} | {100 * r['coverage']:.1f}% | "
-                     f"{100 * r['answered_accuracy']:.2f}% ({100 * r['answered_accuracy_ci95'][0]:.2f}-"
-                     f"{100 * r['answered_accuracy_ci95'][1]:.2f}) |")
+                     f"{format_with_interval(r['answered_accuracy'], r['answered_accuracy_ci95'], unit='%')} |")
     return lines

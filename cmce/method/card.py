@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from cmce.method.ensemble import FUSION_DESCRIPTIONS
+from cmce.metrics.intervals import format_interval, format_with_interval
+from cmce.metrics.results import Evaluation, EvaluationRow, QualityStep, UpgradeResult
 from cmce.models.backbones import PRETRAINED
 
-__all__ = ["render_model_card", "render_table", "render_upgrade_table"]
+__all__ = ["render_model_card", "render_rejection_tables", "render_table", "render_upgrade_table"]
 
 
-def render_table(rows: list[dict]) -> str:
-    """Markdown table of evaluation rows (as in ``evaluate``'s JSON)."""
+def render_table(rows: Sequence[EvaluationRow]) -> str:
+    """Markdown table of the paper's rows (``Evaluation.rows``), each figure with its 95% interval."""
     if not rows:
         return "_not evaluated_\n"
     out = [
@@ -18,67 +22,63 @@ def render_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         out.append(
-            f"| {r['name']} | {r['kind']} | {r['query']} | {' + '.join(r['gallery'])} | "
-            f"{_with_ci(r['recall_at_1'], r.get('recall_at_1_ci95'))} | {100 * r['recall_at_5']:.2f} | "
-            f"{100 * r['map']:.2f} | {_with_ci(r['tar_at_far_1e-3'], r.get('tar_at_far_1e-3_ci95'))} |"
+            f"| {r.name} | {r.kind} | {r.query} | {' + '.join(r.gallery)} | "
+            f"{format_with_interval(r.recall_at_1, r.recall_at_1_ci95)} | {100 * r.recall_at_5:.2f} | "
+            f"{100 * r.map:.2f} | {format_with_interval(r.tar_at_far_1e3, r.tar_at_far_1e3_ci95)} |"
         )
     return "\n".join(out) + "\n"
 
 
-def _with_ci(value: float | None, ci: list | None, pct: str = "") -> str:
-    """``98.40 (97.81-98.93)``: a percentage with its 95% interval when there is one; ``—`` for no value."""
-    if value is None or value != value:
-        return "—"
-    if not ci or any(x is None or x != x for x in ci):
-        return f"{100 * value:.2f}{pct}"
-    return f"{100 * value:.2f}{pct} ({100 * ci[0]:.2f} to {100 * ci[1]:.2f})"
+def _quality_cell(step: QualityStep) -> str:
+    """``R@1 (interval) · error cut% (interval)``; ``—`` for an error cut where there is no error to cut."""
+    return (f"{format_with_interval(step.recall_at_1, step.recall_at_1_ci95)} · "
+            f"{format_with_interval(step.error_cut, step.error_cut_ci95, unit='%')}")
 
 
-def render_rejection_tables(result: dict) -> str:
+def render_rejection_tables(evaluation: Evaluation, shipped: str | None = None) -> str:
     """Markdown: Recall@1 and error cut after rejection by every quality score, with 95% intervals.
 
     One table for the ensemble the bundle serves, one for the gallery models' own
     ensemble (the paper's setting). An error cut is ``—`` where there is no error to cut.
+
+    Args:
+        evaluation: the evaluation.
+        shipped: the bundle's quality score (default the one the evaluation records).
     """
-    shipped = result["bundle"]["quality"]
-    by_q = result["rejection_by_quality"]
+    shipped = shipped or (evaluation.bundle.quality if evaluation.bundle else None)
+    by_q = evaluation.rejection_by_quality
     kinds = [k for k in by_q if k != "bundle"]
     head = "| rejected | " + " | ".join(f"{k}{' (shipped)' if k == shipped else ''}: R@1 · error cut" for k in kinds)
     out = ["**CMCE ensemble as served**", "", head + " | random: R@1 · error cut |",
            "|---:|" + "---:|" * (len(kinds) + 1)]
-    for i, r in enumerate(result["rejection"]):
-        cells = [f"{_with_ci(by_q[k][i]['recall_at_1'], by_q[k][i].get('recall_at_1_ci95'))} · "
-                 f"{_with_ci(by_q[k][i].get('error_cut'), by_q[k][i].get('error_cut_ci95'), '%')}" for k in kinds]
-        rand = f"{100 * r['random_recall_at_1']:.2f} · {_with_ci(r.get('random_error_cut'), None, '%')}"
-        out.append(f"| {100 * r['rate']:.0f}% | " + " | ".join(cells) + f" | {rand} |")
-    go = result.get("rejection_gallery_ensemble")
+    for i, r in enumerate(evaluation.rejection):
+        rand = f"{100 * r.random_recall_at_1:.2f} · {format_with_interval(r.random_error_cut, unit='%')}"
+        out.append(f"| {100 * r.rate:.0f}% | " + " | ".join(_quality_cell(by_q[k][i]) for k in kinds) + f" | {rand} |")
+    go = evaluation.rejection_gallery_ensemble
     if go:
-        gk = [k for k in kinds if f"{k}_recall_at_1" in go["rates"][0]]
+        gk = [k for k in kinds if k in go.rates[0].scores]
         out += ["", f"**Gallery models' own ensemble (the paper's setting)**: R@1 "
-                    f"{_with_ci(go['recall_at_1'], go.get('recall_at_1_ci95'))} with nothing rejected", "",
+                    f"{format_with_interval(go.recall_at_1, go.recall_at_1_ci95)} with nothing rejected", "",
                 "| rejected | " + " | ".join(f"{k}: R@1 · error cut" for k in gk) + " | random: R@1 · error cut |",
                 "|---:|" + "---:|" * (len(gk) + 1)]
-        for r in go["rates"]:
-            cells = [f"{_with_ci(r[f'{k}_recall_at_1'], r.get(f'{k}_recall_at_1_ci95'))} · "
-                     f"{_with_ci(r.get(f'{k}_error_cut'), r.get(f'{k}_error_cut_ci95'), '%')}" for k in gk]
-            rand = f"{100 * r['random_recall_at_1']:.2f} · {_with_ci(r.get('random_error_cut'), None, '%')}"
-            out.append(f"| {100 * r['rate']:.0f}% | " + " | ".join(cells) + f" | {rand} |")
+        for r in go.rates:
+            rand = f"{100 * r.random_recall_at_1:.2f} · {format_with_interval(r.random_error_cut, unit='%')}"
+            out.append(f"| {100 * r.rate:.0f}% | " + " | ".join(_quality_cell(r.scores[k]) for k in gk) + f" | {rand} |")
     return "\n".join(out) + "\n"
 
 
-def render_upgrade_table(upgrade: dict) -> str:
-    """Markdown table of an upgrade experiment's rows (``evaluate --upgrade-from``'s JSON)."""
+def render_upgrade_table(upgrade: UpgradeResult) -> str:
+    """Markdown table of an upgrade experiment's stages (``evaluate --upgrade-from``)."""
     out = [
         "| stage | query | members | R@1 (95% CI) | TAR@FAR=1e-2 | TAR@FAR=1e-3 | s per 1k entries | photos read |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for r in upgrade["rows"]:
-        lo, hi = r["recall_at_1_ci95"]
-        cost = r.get("seconds_per_1k_entries")
+    for r in upgrade.rows:
+        cost = r.seconds_per_1k_entries
         out.append(
-            f"| {r['stage']} | {r['query']} | {' + '.join(r['members'])} | {100 * r['recall_at_1']:.2f} "
-            f"({100 * lo:.2f}-{100 * hi:.2f}) | {100 * r['tar_at_far_1e-2']:.2f} | {100 * r['tar_at_far_1e-3']:.2f} | "
-            f"{'' if cost is None else f'{cost:.3g}'} | {r['photos_read']} |"
+            f"| {r.stage} | {r.query} | {' + '.join(r.members)} | {format_with_interval(r.recall_at_1, r.recall_at_1_ci95)} "
+            f"| {100 * r.tar_at_far_1e2:.2f} | {100 * r.tar_at_far_1e3:.2f} | "
+            f"{'' if cost is None else f'{cost:.3g}'} | {r.photos_read} |"
         )
     return "\n".join(out) + "\n"
 
@@ -113,6 +113,7 @@ def render_model_card(config: dict) -> str:
         s = PRETRAINED[name]
         lines.append(f"| `{name}` ({s.package or 'download'}) | {role} | {s.license} | {s.training_data} |")
     train = info.get("training", {})
+    evaluation = Evaluation.from_dict(info.get("evaluation", {}), where="evaluation")
     lines += [
         "",
         "The transformers in this bundle (a few MB of safetensors) are released under the "
@@ -144,26 +145,25 @@ def render_model_card(config: dict) -> str:
         "",
         "## Evaluation (identities never used in training)",
         "",
-        render_table(info.get("evaluation", {}).get("rows", [])),
+        render_table(evaluation.rows),
     ]
-    rej = info.get("evaluation", {}).get("rejection", [])
-    if info.get("evaluation", {}).get("rejection_by_quality", {}).get("disagreement", [{}])[0].get("error_cut_ci95"):
+    shipped = config["calibration"]["quality"]["kind"]
+    if (evaluation.rejection_by_quality.get("disagreement") or [QualityStep()])[0].error_cut_ci95:
         lines += ["Rejection (95% intervals from a bootstrap over query identities):", "",
-                  render_rejection_tables({"bundle": {"quality": config["calibration"]["quality"]["kind"]},
-                                           **info["evaluation"]})]
-    elif rej:
+                  render_rejection_tables(evaluation, shipped)]
+    elif evaluation.rejection:
         lines += [
             "| rejected | R@1 (quality) | R@1 (random) | R@1 (lowest detection prob.) |",
             "|---:|---:|---:|---:|",
         ]
-        for r in rej:
+        for r in evaluation.rejection:
             lines.append(
-                f"| {100 * r['rate']:.0f}% | {100 * r['recall_at_1']:.2f} | {100 * r['random_recall_at_1']:.2f} | "
-                f"{100 * r['detection_recall_at_1']:.2f} |"
+                f"| {100 * r.rate:.0f}% | {100 * r.recall_at_1:.2f} | {100 * r.random_recall_at_1:.2f} | "
+                f"{100 * r.detection_recall_at_1:.2f} |"
             )
-    mixed = info.get("evaluation_mixed")
-    if mixed:
-        d = mixed.get("gallery_degrade", {})
+    if info.get("evaluation_mixed"):
+        mixed = Evaluation.from_dict(info["evaluation_mixed"], where="evaluation_mixed")
+        d = mixed.gallery_degrade or {}
         lines += [
             "",
             "## Evaluation on a mixed-quality gallery (identities never used in training)",
@@ -173,8 +173,8 @@ def render_model_card(config: dict) -> str:
             f"({', '.join(f'{k} {v}' for k, v in d.get('by_kind', {}).items())}); queries unchanged. "
             "`python -m cmce evaluate DATA --heldout --gallery-degrade mix:0.6`.",
             "",
-            render_table(mixed.get("rows", [])),
-            render_rejection_tables({"bundle": {"quality": config["calibration"]["quality"]["kind"]}, **mixed}),
+            render_table(mixed.rows),
+            render_rejection_tables(mixed, shipped),
         ]
     lines += _upgrades(config)
     lines.append("")
@@ -225,7 +225,7 @@ def _answer_lines(calibration: dict, train: dict) -> list[str]:
     ans = train.get("answers", {})
     decisions = "; ".join(
         f"`{d['to']}` vs `{d['from']}` {100 * d['accuracy_gain']:+.2f} points "
-        f"({100 * d['ci95'][0]:+.2f} to {100 * d['ci95'][1]:+.2f})" for d in ans.get("decisions", []))
+        f"{format_interval(*d['ci95'], signed=True)}" for d in ans.get("decisions", []))
     ens = calibration.get("answer_policies", {}).get("ensemble", {}).get(rule, {})
     return [f"- answer rule `{rule}`: \"Unknown\" where the predicted chance of a right answer is below "
             f"{ens.get('threshold', ans.get('abstain_below', 0.5)):.3g} (ensemble column); chosen by cross-validation on "
@@ -253,13 +253,14 @@ def _upgrades(config: dict) -> list[str]:
         lines += [f"- `{s['bundle']}` (query `{s['query']}`): shares {', '.join(f'`{q} (own)`' if m == 'query' else f'`{m}`' for m in s['shared'])}"
                   + ("" if s.get("complete") else "; entries lack the other members until a backfill")
                   for s in sources]
-    for up in config.get("info", {}).get("upgrades", []):
-        src = up["from"]
+    for recorded in config.get("info", {}).get("upgrades", []):
+        up = UpgradeResult.from_dict(recorded, where="upgrades")
+        src = up.old
         lines += [
             "",
-            f"From `{src.get('source', src['query'])}` (query `{src['query']}`, gallery "
-            f"{' + '.join(src['gallery'])}), on {up['counts']['queries']} queries of identities never "
-            f"used in training ({up['counts']['gallery']} gallery entries):",
+            f"From `{src.source or src.query}` (query `{src.query}`, gallery "
+            f"{' + '.join(src.gallery)}), on {up.counts['queries']} queries of identities never "
+            f"used in training ({up.counts['gallery']} gallery entries):",
             "",
             render_upgrade_table(up),
         ]

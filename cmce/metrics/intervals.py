@@ -1,4 +1,5 @@
-"""Bootstrap confidence intervals (over queries or over query identities) and the error cut.
+"""Bootstrap confidence intervals (over queries or over query identities), the error cut, and how
+an interval is written (``format_interval``: ``(97.81 to 98.93)``, everywhere one is shown).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from cmce.errors import CmceError
 from cmce.metrics._inputs import _real_array
 from cmce.metrics.verification import tar_at_far, verification_scores
 
-__all__ = ["bootstrap_mean_ci", "cluster_bootstrap", "tar_at_far_cluster_ci", "relative_error_reduction"]
+__all__ = ["bootstrap_mean_ci", "cluster_bootstrap", "format_interval", "format_with_interval", "relative_error_reduction",
+           "tar_at_far_cluster_ci"]
 
 
 def bootstrap_mean_ci(
@@ -235,3 +237,64 @@ def relative_error_reduction(base_accuracy: float, new_accuracy: float) -> float
     if math.isnan(base) or math.isnan(new) or base == 1.0:
         return float("nan")
     return ((1.0 - base) - (1.0 - new)) / (1.0 - base)
+
+
+def _missing(x: float | None) -> bool:
+    return x is None or x != x
+
+
+def format_interval(low: float | None, high: float | None, *, scale: float = 100.0, digits: int = 2,
+                    signed: bool = False, unit: str = "") -> str:
+    """An interval as every table and message of cmce writes it: ``(low to high)``.
+
+    Args:
+        low, high: the bounds (fractions when ``scale`` is 100).
+        scale: what the bounds are multiplied by (100: percentages or points).
+        digits: decimals of each bound.
+        signed: a ``+`` before positive bounds (differences).
+        unit: written after the upper bound (``"%"``).
+
+    Returns:
+        ``"(97.81 to 98.93)"``; ``""`` when a bound is missing or NaN (nothing to show).
+
+    Example:
+        >>> format_interval(0.97812, 0.98934)
+        '(97.81 to 98.93)'
+        >>> format_interval(-0.0011, 0.0234, digits=1, signed=True)
+        '(-0.1 to +2.3)'
+        >>> format_interval(float("nan"), 0.5)
+        ''
+    """
+    if _missing(low) or _missing(high):
+        return ""
+    spec = f"{'+' if signed else ''}.{digits}f"
+    return f"({scale * low:{spec}} to {scale * high:{spec}}{unit})"
+
+
+def format_with_interval(value: float | None, interval: Sequence[float | None] | None = None, *,
+                         scale: float = 100.0, digits: int = 2, interval_digits: int | None = None,
+                         signed: bool = False, unit: str = "") -> str:
+    """A figure and its interval: ``98.40 (97.81 to 98.93)``.
+
+    Args:
+        value: the figure (a fraction when ``scale`` is 100).
+        interval: ``(low, high)``, or None (the figure alone).
+        digits: decimals of the figure; interval_digits: of the bounds (default ``digits``).
+        signed: a ``+`` before positive numbers (differences).
+        unit: written after the figure (``"%"``).
+
+    Returns:
+        The figure, with its interval when there is one; ``"—"`` when there is no figure (None or NaN).
+
+    Example:
+        >>> format_with_interval(0.984, (0.9781, 0.9893))
+        '98.40 (97.81 to 98.93)'
+        >>> format_with_interval(0.25, (0.1, 0.4), unit="%"), format_with_interval(float("nan"), (0.1, 0.4))
+        ('25.00% (10.00 to 40.00)', '—')
+    """
+    if _missing(value):
+        return "—"
+    text = f"{scale * value:{'+' if signed else ''}.{digits}f}{unit}"
+    shown = format_interval(*interval, scale=scale, digits=digits if interval_digits is None else interval_digits,
+                            signed=signed) if interval is not None else ""
+    return f"{text} {shown}" if shown else text

@@ -20,9 +20,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cmce.errors import CmceError
+from cmce.metrics.intervals import format_interval
+from cmce.metrics.results import EvaluationRow, ResultError, load_evaluations
 
 logger = logging.getLogger(__name__)
 
@@ -135,31 +136,10 @@ class EvalReport:
         raise StoryError(f"{self.path.name} has no column {view!r}; it has {[c.view for c in self.columns]}")
 
 
-def _find_degrade(d: Mapping[str, Any]) -> str | None:
-    """The gallery degradation spec recorded in an evaluation (top level or under ``data``), or None.
-
-    Any key naming a degradation counts (``gallery_degrade``, ``degrade``, ...); a dict
-    value is described by its ``spec`` (or ``kind``) field.
-    """
-    for scope in (d, d.get("data") if isinstance(d.get("data"), Mapping) else {}):
-        for key, value in scope.items():
-            if "degrad" not in key.lower() or value in (None, "", False, "none"):
-                continue
-            if isinstance(value, Mapping):
-                value = value.get("spec") or value.get("kind") or json.dumps(value, sort_keys=True)
-            return str(value)
-    return None
-
-
-def _ci(row: Mapping[str, Any]) -> tuple[float, float] | None:
-    ci = row.get("recall_at_1_ci95")
-    if isinstance(ci, Sequence) and len(ci) == 2:
-        return float(ci[0]), float(ci[1])
-    return None
-
-
-def _col(view: str, title: str, row: Mapping[str, Any]) -> EvalColumn:
-    return EvalColumn(view, title, float(row["recall_at_1"]), float(row["tar_at_far_1e-3"]), _ci(row))
+def _col(view: str, title: str, row: EvaluationRow) -> EvalColumn:
+    ci = row.recall_at_1_ci95
+    return EvalColumn(view, title, float(row.recall_at_1), float(row.tar_at_far_1e3),
+                      None if ci is None else (float(ci[0]), float(ci[1])))
 
 
 def read_evaluation(path: str | Path) -> EvalReport | None:
@@ -167,36 +147,43 @@ def read_evaluation(path: str | Path) -> EvalReport | None:
 
     The ensemble row is the one fused from exactly the members the bundle serves
     (its gallery models, plus the query model's own embedding when it is a member).
+    The file is read through ``cmce.metrics.results``.
 
     Raises:
-        StoryError: unreadable JSON or a row the app's columns need is missing.
+        StoryError: unreadable JSON, several evaluations in one file, or a row the app's columns need is missing.
     """
     path = Path(path)
     try:
-        d = json.loads(path.read_text())
-        if "upgrade" in d:
-            return None
-        b = d["bundle"]
-        query, gallery_models = b["query"], tuple(b["gallery"])
-        served = set(gallery_models) | ({query} if b.get("query_member") else set())
-        rows = d["rows"]
-        ensemble = next(r for r in rows if r["kind"] == "ensemble" and set(r["gallery"]) == served)
+        evaluations = load_evaluations(path)
+    except ResultError as e:
+        if "not a readable evaluation JSON" in str(e):
+            raise StoryError(str(e)) from e
+        raise StoryError(f"{path}: not an `evaluate --json` file with the app's columns ({e})") from e
+    if len(evaluations) != 1:
+        raise StoryError(f"{path}: holds {len(evaluations)} evaluations; the app reads one per file")
+    ev = evaluations[0]
+    if ev.upgrade_results:
+        return None
+    try:
+        b, rows = ev.bundle, ev.rows
+        if b is None or ev.counts is None:
+            raise KeyError("bundle" if b is None else "counts")
+        query, gallery_models = b.query, b.gallery
+        served = set(gallery_models) | ({query} if b.query_member else set())
+        ensemble = next(r for r in rows if r.kind == "ensemble" and set(r.gallery) == served)
         columns = [_col("ensemble", "CMCE ensemble", ensemble)]
         for g in gallery_models:
-            row = next(r for r in rows if r["kind"] == "asymmetric" and r["gallery"] == [g] and r["query"] == query)
+            row = next(r for r in rows if r.kind == "asymmetric" and r.gallery == (g,) and r.query == query)
             columns.append(_col(g, f"{g} → {query}", row))
-        alone = next(r for r in rows if r["kind"] == "symmetric" and r["gallery"] == [query] and r["query"] == query)
+        alone = next(r for r in rows if r.kind == "symmetric" and r.gallery == (query,) and r.query == query)
         columns.append(_col("query", f"{query} alone (query model)", alone))
-        rejection = tuple((float(r["rate"]), float(r["recall_at_1"]), float(r["random_recall_at_1"]))
-                          for r in d.get("rejection", []))
-        source = b.get("source") or path.stem.removeprefix("eval-")
-        plot_name = d.get("plot") or path.name.replace("eval-", "risk-coverage-", 1).removesuffix(".json") + ".png"
+        rejection = tuple((float(r.rate), float(r.recall_at_1), float(r.random_recall_at_1)) for r in ev.rejection)
+        source = b.source or path.stem.removeprefix("eval-")
+        plot_name = ev.extra.get("plot") or path.name.replace("eval-", "risk-coverage-", 1).removesuffix(".json") + ".png"
         plot = path.parent / Path(plot_name).name
-        return EvalReport(path, Path(source).name, query, gallery_models, _find_degrade(d),
-                          int(d["counts"]["queries"]), int(d["counts"]["gallery"]), tuple(columns), rejection,
-                          str(b.get("quality", "disagreement")), plot if plot.is_file() else None)
-    except (OSError, ValueError) as e:
-        raise StoryError(f"{path}: not a readable evaluation JSON ({e})") from e
+        return EvalReport(path, Path(source).name, query, gallery_models, ev.degrade_spec,
+                          int(ev.counts["queries"]), int(ev.counts["gallery"]), tuple(columns), rejection,
+                          str(b.quality or "disagreement"), plot if plot.is_file() else None)
     except (KeyError, TypeError, StopIteration) as e:
         raise StoryError(f"{path}: not an `evaluate --json` file with the app's columns (missing {e!r})") from e
 
@@ -277,7 +264,8 @@ def story_markdown(reports: Sequence[EvalReport]) -> str:
         ci = any(c.recall_at_1_ci95 for c in r.columns)
         rows = ["| column | Recall@1 (%)" + (" (95% CI)" if ci else "") + " | TAR@FAR=0.1% (%) |", "|---|---:|---:|"]
         for c in r.columns:
-            interval = f" ({_pct(c.recall_at_1_ci95[0])}–{_pct(c.recall_at_1_ci95[1])})" if c.recall_at_1_ci95 else ""
+            shown = format_interval(*c.recall_at_1_ci95, digits=1) if c.recall_at_1_ci95 else ""
+            interval = f" {shown}" if shown else ""
             name = f"**{c.title}**" if c.view == "ensemble" else c.title
             rows.append(f"| {name} | {_pct(c.recall_at_1)}{interval} | {_pct(c.tar_at_far_1e3)} |")
         blocks += [head, "\n".join(rows)]

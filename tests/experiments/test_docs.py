@@ -37,3 +37,14 @@ def test_unknown_table_is_named(tmp_path) -> None:
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(CmceError, match="unknown table 'nope'.*valid: rows, upgrade, rejection"):
         render_page("<!-- table: nope x.json -->\n<!-- /table -->\n", tmp_path)
+
+
+def test_shipped_model_cards_equal_their_render() -> None:
+    """A bundle's README is its model card, rendered from its config.json (``save_bundle`` writes both)."""
+    import json
+
+    from cmce.method.card import render_model_card
+
+    for config in sorted((ROOT / "assets" / "bundles").glob("*/config.json")):
+        card = render_model_card(json.loads(config.read_text()))
+        assert (config.parent / "README.md").read_text() == card, f"re-save {config.parent.name}"

@@ -132,7 +132,6 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
                for v, per in norm.guard.items())
     assert "lowres" in ans["strangers_named"]["ensemble"] and "lowres" in ans["unknown_share"]["ensemble"]
     for g in guard["galleries"]:
-        cond = g["group"].split("/")[0]
         assert g["cap"] >= norm.guard_threshold("ensemble", g["doubt"]) - 1e-9, g
     unknown_by_thr = {c: v["unknown_by_threshold"] for c, v in ans["strangers_named"]["ensemble"].items()}
     assert unknown_by_thr["clean"] <= 0.08 + 0.05 and unknown_by_thr["lowres"] <= 0.18 + 0.05  # pooled over folds
@@ -300,18 +299,19 @@ def test_train_refuses_a_negative_fold_count_before_reading_anything(tmp_path) -
 def test_evaluate_prints_an_undefined_error_cut_as_a_dash_and_writes_null() -> None:
     from cmce.cli import _json_safe
     from cmce.method.card import render_rejection_tables
+    from cmce.metrics.results import Evaluation
 
     cut = relative_error_reduction(1.0, 1.0)  # unrejected Recall@1 already 100%: no error to cut
     assert np.isnan(cut)
     nan = float("nan")
-    table = render_rejection_tables({
-        "bundle": {"quality": "detection"},
+    table = render_rejection_tables(Evaluation.from_dict({
+        "bundle": {"query": "sface", "gallery": ["dlib-resnet34"], "quality": "detection"},
         "rejection": [{"rate": 0.1, "random_recall_at_1": 1.0, "random_error_cut": cut}],
         "rejection_by_quality": {"detection": [{"recall_at_1": 1.0, "recall_at_1_ci95": [1.0, 1.0], "error_cut": cut,
                                                 "error_cut_ci95": [nan, nan]}],
                                  "disagreement": [{"recall_at_1": 0.98, "recall_at_1_ci95": [0.97, 0.99],
                                                    "error_cut": 0.25, "error_cut_ci95": [0.1, 0.4]}]},
-    })
+    }))
     assert "nan" not in table.lower() and "| 10% |" in table
     assert "100.00 (100.00 to 100.00) · \u2014" in table and "25.00% (10.00 to 40.00)" in table
     text = json.dumps(_json_safe({"rejection": [{"relative_error_cut": cut, "rate": 0.1}]}))

@@ -657,3 +657,17 @@ def test_mean_pairwise_invalid_inputs_raise(members, present):
 def test_mean_pairwise_unnormalised_non_finite_rows_raise():
     with pytest.raises(CmceError, match="finite"):
         mean_pairwise_cosine_distance([np.array([[1.0, np.nan]], np.float32)] * 2, normalise=False)
+
+
+def test_one_interval_format_everywhere() -> None:
+    from cmce.metrics.intervals import format_interval, format_with_interval
+
+    assert format_interval(0.97812, 0.98934) == "(97.81 to 98.93)"
+    assert format_interval(-0.0011, 0.0234, digits=1, signed=True) == "(-0.1 to +2.3)"
+    assert format_interval(0.901, 0.93, digits=1, unit="%") == "(90.1 to 93.0%)"
+    assert format_interval(12.5, 14.0, scale=1, digits=0) == "(12 to 14)"
+    assert format_interval(None, 0.5) == format_interval(0.1, float("nan")) == ""
+    assert format_with_interval(0.984, [0.9781, 0.9893]) == "98.40 (97.81 to 98.93)"
+    assert format_with_interval(0.2904, (-0.11, 0.63), digits=1, interval_digits=0, signed=True) == "+29.0 (-11 to +63)"
+    assert format_with_interval(0.25, (float("nan"), 0.4), unit="%") == "25.00%"
+    assert format_with_interval(None) == format_with_interval(float("nan"), (0.1, 0.2)) == "—"

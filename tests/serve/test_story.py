@@ -69,7 +69,7 @@ def test_a_mixed_quality_evaluation_is_found_by_its_recorded_fields(docs_copy):
     assert reports[1].column("ensemble").recall_at_1_ci95 == (0.73, 0.78)
     text = story_markdown(reports)
     assert "**Clean gallery**" in text and "**Mixed-quality (mix:0.6) gallery**" in text
-    assert "| **CMCE ensemble** | 75.8 (73.0–78.0) |" in text  # the number is the file's, with its interval
+    assert "| **CMCE ensemble** | 75.8 (73.0 to 78.0) |" in text  # the number is the file's, with its interval
     assert read_evaluations(folder, ["sface-query"]) == []
 
 
