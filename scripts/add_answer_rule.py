@@ -67,11 +67,17 @@ def main() -> int:
     p.add_argument("rerun", help="bundle folder written by the rerun of the shipped bundle's training")
     p.add_argument("shipped", help="the shipped bundle folder to update")
     p.add_argument("--atol", type=float, default=2e-3, help="largest threshold difference accepted")
+    p.add_argument("--rule", choices=("similarity", "query", "combined"), default=None,
+                   help="serve this answer rule by default instead of the rerun's choice (every rule is fitted)")
+    p.add_argument("--because", default=None, help="why --rule overrides the choice (recorded in the bundle)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rerun, shipped = load_bundle(a.rerun), load_bundle(a.shipped)
     worst = check_same(rerun, shipped, a.atol)
-    shipped.calibration = dataclasses.replace(shipped.calibration, answer_rule=rerun.calibration.answer_rule,
+    if a.rule and not a.because:
+        raise CmceError("--rule needs --because: the measured reason the rerun's choice is overridden")
+    rule = a.rule or rerun.calibration.answer_rule
+    shipped.calibration = dataclasses.replace(shipped.calibration, answer_rule=rule,
                                               answer_policies=rerun.calibration.answer_policies,
                                               cohort_norm=rerun.calibration.cohort_norm)
     train_new, train_old = rerun.info["training"], shipped.info["training"]
@@ -81,9 +87,11 @@ def main() -> int:
         cv["fusion_recall_at_1_all_galleries"] = train_new["cross_validation"]["fusion_recall_at_1"]
         cv["chosen_fusion_all_galleries"] = train_new["cross_validation"]["chosen_fusion"]
     train_old["answer_rule_from"] = {"rerun_max_difference": worst, "atol": a.atol}
+    if a.rule and a.rule != rerun.calibration.answer_rule:
+        train_old["answer_rule_from"]["override"] = {"chosen_by_cross_validation": rerun.calibration.answer_rule,
+                                                     "served": a.rule, "because": a.because}
     save_bundle(shipped, a.shipped)
-    logger.info("%s: answer rule %s added (the rerun agrees within %.2g)", a.shipped, rerun.calibration.answer_rule,
-                worst)
+    logger.info("%s: answer rule %s added (the rerun agrees within %.2g)", a.shipped, rule, worst)
     return 0
 
 

@@ -227,11 +227,15 @@ def _answer_lines(calibration: dict, train: dict) -> list[str]:
         f"`{d['to']}` vs `{d['from']}` {100 * d['accuracy_gain']:+.2f} points "
         f"{format_interval(*d['ci95'], signed=True)}" for d in ans.get("decisions", []))
     ens = calibration.get("answer_policies", {}).get("ensemble", {}).get(rule, {})
+    override = train.get("answer_rule_from", {}).get("override")
+    chosen = (f"cross-validation on {', '.join(ans.get('queries', {}))} galleries chose "
+              f"`{override['chosen_by_cross_validation']}`" if override else
+              f"chosen by cross-validation on {', '.join(ans.get('queries', {}))} galleries")
     return [f"- answer rule `{rule}`: \"Unknown\" where the predicted chance of a right answer is below "
-            f"{ens.get('threshold', ans.get('abstain_below', 0.5)):.3g} (ensemble column); chosen by cross-validation on "
-            f"{', '.join(ans.get('queries', {}))} galleries, a richer rule only where it answers more accurately "
-            f"at 10% abstention on mixed galleries by more than its interval"
-            + (f" ({decisions})" if decisions else "")]
+            f"{ens.get('threshold', ans.get('abstain_below', 0.5)):.3g} (ensemble column); {chosen}, a richer rule "
+            f"only where it answers more accurately at 10% abstention on mixed galleries by more than its interval"
+            + (f" ({decisions})" if decisions else "")
+            + (f"; served instead: `{rule}`, because {override['because']}" if override else "")]
 
 
 def _upgrades(config: dict) -> list[str]:

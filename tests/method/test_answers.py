@@ -371,3 +371,17 @@ def test_thresholds_by_size_name_the_same_share_of_strangers_at_every_size() -> 
     assert aims == {"60": 0.05, "240": 0.05, "700": 0.05}
     assert by_size["ensemble"][0] == pytest.approx(np.quantile(feats["stranger_z@60"], 0.95))
     assert by_size["ensemble"][1] == pytest.approx(np.quantile(feats["stranger_z@240"], 0.95))
+
+
+def test_the_card_says_when_the_served_rule_overrides_the_cross_validated_choice() -> None:
+    from cmce.method.card import _answer_lines
+
+    cal = {"answer_rule": "query", "answer_policies": {"ensemble": {"query": {"threshold": 0.2}}}}
+    train = {"answers": {"queries": {"clean": 1, "mixed": 2},
+                         "decisions": [{"from": "query", "to": "combined", "accuracy_gain": 0.006, "ci95": [0.002, 0.011]}]}}
+    plain = _answer_lines(cal, train)[0]
+    assert "chosen by cross-validation" in plain and "served instead" not in plain
+    train["answer_rule_from"] = {"override": {"chosen_by_cross_validation": "combined", "served": "query",
+                                              "because": "it did not beat `query` on held-out identities"}}
+    line = _answer_lines(cal, train)[0]
+    assert "chose `combined`" in line and "served instead: `query`, because it did not beat" in line
