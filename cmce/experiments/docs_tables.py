@@ -15,21 +15,48 @@ in a table can no longer drift from the JSON it was measured into.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from cmce.errors import CmceError
 from cmce.method.card import render_rejection_tables, render_table, render_upgrade_table
+from cmce.metrics.intervals import format_interval
 from cmce.metrics.results import Evaluation, ResultError, load_evaluations
 
-__all__ = ["TABLES", "render_page", "stale_pages"]
+__all__ = ["JSON_TABLES", "TABLES", "render_answer_inputs", "render_page", "stale_pages"]
 
 #: Renderer name -> (the evaluation -> the Markdown table, ending in a newline).
 TABLES: dict[str, Callable[[Evaluation], str]] = {
     "rows": lambda e: render_table(e.rows),
     "upgrade": lambda e: render_upgrade_table(_one_upgrade(e)),
     "rejection": render_rejection_tables,
+}
+
+
+def render_answer_inputs(study: Mapping) -> str:
+    """The table of ``scripts/image_quality_study.py``'s JSON: each richer set of answer-rule
+    inputs against the one it adds to, per abstention rate (points of accuracy of the answered
+    queries, with the 95% interval of the paired difference).
+
+    Example:
+        >>> print(render_answer_inputs({"gains": [{"from": "query", "to": "combined", "rate": 0.1,
+        ...                                        "gain": 0.002, "ci95": [-0.001, 0.006]}]}), end="")
+        | inputs | added to | abstain | accuracy gain, points (95% CI) |
+        |---|---|---:|---:|
+        | combined | query | 10% | +0.20 (-0.10 to +0.60) |
+    """
+    lines = ["| inputs | added to | abstain | accuracy gain, points (95% CI) |", "|---|---|---:|---:|"]
+    for g in study["gains"]:
+        lines.append(f"| {g['to']} | {g['from']} | {100 * g['rate']:.0f}% | "
+                     f"{100 * g['gain']:+.2f} {format_interval(*g['ci95'], signed=True)} |")
+    return "\n".join(lines) + "\n"
+
+
+#: Renderer name -> (a JSON document that is not an evaluation -> the Markdown table).
+JSON_TABLES: dict[str, Callable[[Mapping], str]] = {
+    "answer-inputs": render_answer_inputs,
 }
 
 
@@ -52,10 +79,12 @@ def render_page(text: str, folder: Path) -> str:
 
     def block(m: re.Match) -> str:
         kind, src = m["kind"], folder / m["src"]
-        if kind not in TABLES:
-            raise CmceError(f"unknown table {kind!r} in a docs page; valid: {', '.join(TABLES)}")
+        if kind not in TABLES and kind not in JSON_TABLES:
+            raise CmceError(f"unknown table {kind!r} in a docs page; valid: {', '.join([*TABLES, *JSON_TABLES])}")
         if not src.is_file():
             raise CmceError(f"table {kind!r} reads {src}, which does not exist")
+        if kind in JSON_TABLES:
+            return m.group(1) + JSON_TABLES[kind](json.loads(src.read_text())) + m.group(5)
         if src not in cache:
             evaluations = load_evaluations(src)
             if len(evaluations) != 1:

@@ -48,3 +48,13 @@ def test_shipped_model_cards_equal_their_render() -> None:
     for config in sorted((ROOT / "assets" / "bundles").glob("*/config.json")):
         card = render_model_card(json.loads(config.read_text()))
         assert (config.parent / "README.md").read_text() == card, f"re-save {config.parent.name}"
+
+
+def test_a_json_table_renders_from_its_study_and_catches_a_hand_edit(tmp_path) -> None:
+    import json
+
+    (tmp_path / "s.json").write_text(json.dumps({"gains": [
+        {"from": "combined", "to": "+entry image", "rate": 0.1, "gain": -0.0025, "ci95": [-0.0096, 0.0027]}]}))
+    page = "<!-- table: answer-inputs s.json -->\n| +entry image | combined | 10% | +9.99 (x) |\n<!-- /table -->\n"
+    out = render_page(page, tmp_path)
+    assert "| +entry image | combined | 10% | -0.25 (-0.96 to +0.27) |" in out and "+9.99" not in out
