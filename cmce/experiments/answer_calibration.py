@@ -103,7 +103,8 @@ ABSTAIN_CAPS = {"clean": 0.10, "any": 0.20}
 
 
 def capped_threshold(confidence: np.ndarray, below_threshold: np.ndarray, conditions: np.ndarray,
-                     wanted: float, caps: Mapping[str, float] = ABSTAIN_CAPS) -> float:
+                     wanted: float, caps: Mapping[str, float] = ABSTAIN_CAPS,
+                     reserved: Mapping[str, float] | None = None) -> float:
     """The highest abstention threshold <= ``wanted`` whose unknowns stay within the caps.
 
     A query answers "Unknown" when its top-1 similarity is below the view's threshold
@@ -112,17 +113,30 @@ def capped_threshold(confidence: np.ndarray, below_threshold: np.ndarray, condit
     ``caps["any"]`` elsewhere; where the similarity threshold alone passes the cap the
     rule abstains on nothing more there (the threshold returned is then ``-inf``).
 
+    ``reserved`` (same keys): the share of a condition's queries counted as the
+    threshold's unknowns at least. With the coverage guard the threshold alone may say
+    "Unknown" to up to ``GUARD_SHARES`` of a new gallery's queries, even where it said
+    less on the calibration galleries of that kind, so the rule may add only what is
+    left above that share (the guard's own unknowns on calibration galleries move with
+    the gallery; the rule's addition stays about where it was).
+
     Example:
         >>> capped_threshold(np.array([.9, .8, .3, .2]), np.zeros(4, bool), np.array(["clean"] * 4), 0.5,
         ...                  {"clean": 0.25, "any": 0.25})
         0.3
+        >>> capped_threshold(np.array([.9, .8, .3, .2]), np.zeros(4, bool), np.array(["clean"] * 4), 0.5,
+        ...                  {"clean": 0.25, "any": 0.25}, reserved={"clean": 0.25, "any": 0.25})
+        -inf
     """
     t = float(wanted)
     for cond in np.unique(conditions):
         sel = conditions == cond
         n = int(sel.sum())
-        cap = caps["clean"] if cond == "clean" else caps["any"]
-        allowed = int(np.floor(cap * n + 1e-9)) - int(below_threshold[sel].sum())
+        key = "clean" if cond == "clean" else "any"
+        taken = int(below_threshold[sel].sum())
+        if reserved is not None:
+            taken = max(taken, int(np.floor(reserved[key] * n + 1e-9)))
+        allowed = int(np.floor(caps[key] * n + 1e-9)) - taken
         others = np.sort(confidence[sel & ~below_threshold])
         if allowed <= 0:
             return float("-inf")
@@ -380,7 +394,7 @@ def _fit_view_policies(records: AnswerRecords, view: str, raw_thr: float, norm: 
     policies, unknown = {}, None
     for rule in ANSWER_RULES:
         oof = out_of_fold_confidence(rule, f, w, fo)
-        t = capped_threshold(oof, below, c, abstain_below)
+        t = capped_threshold(oof, below, c, abstain_below, reserved=GUARD_SHARES if norm is not None else None)
         abst = below | (oof < t)
         policies[rule] = fit_answer_policy(rule, f, w).with_threshold(t, float(abst.mean()))
         if rule == kind:

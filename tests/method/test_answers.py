@@ -385,3 +385,22 @@ def test_the_card_says_when_the_served_rule_overrides_the_cross_validated_choice
                                               "because": "it did not beat `query` on held-out identities"}}
     line = _answer_lines(cal, train)[0]
     assert "chose `combined`" in line and "served instead: `query`, because it did not beat" in line
+
+
+def test_the_rule_only_adds_what_the_guard_leaves_of_the_cap() -> None:
+    import doctest
+
+    from cmce.experiments import answer_calibration
+    from cmce.experiments.answer_calibration import capped_threshold
+
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0, 1, 1000)
+    below = np.zeros(1000, bool)
+    below[:50] = True  # the threshold said "Unknown" to 5% of this calibration gallery
+    cond = np.array(["lowres"] * 1000)
+    caps = {"clean": 0.10, "any": 0.20}
+    free = capped_threshold(conf, below, cond, 0.9, caps)
+    held = capped_threshold(conf, below, cond, 0.9, caps, reserved={"clean": 0.08, "any": 0.18})
+    assert ((conf < free) & ~below).sum() == 150  # fills the cap up to 20%
+    assert ((conf < held) & ~below).sum() <= 20  # only the 2 points above the guard's 18%
+    assert doctest.testmod(answer_calibration).failed == 0
