@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -99,29 +99,35 @@ def train_jointly(inputs: Sequence[np.ndarray], target: np.ndarray, *, hidden: i
     return mods, torch.softmax(logits.detach(), 0).numpy()
 
 
-def run_ablations(train: EmbeddedFiles, train_labels: Sequence[str], fit_rows: np.ndarray,
-                  heldout: dict[str, EmbeddedFiles], heldout_labels: Sequence[str], bundle: Bundle,
-                  *, seeds: Sequence[int] = (0, 1, 2), ci_resamples: int = 500) -> dict:
-    """Train the ablation variants and measure them on held-out galleries.
+@dataclass(frozen=True)
+class _Variants:
+    """The ablation networks, trained.
 
-    Args:
-        train: embeddings of the training dataset (every backbone of ``bundle``).
-        train_labels: identity per training file.
-        fit_rows: (N,) bool, the rows to train on (the bundle's train + validation identities).
-        heldout: gallery condition name (``"clean"``, ``"mix:0.6"``...) -> held-out embeddings.
-        heldout_labels: identity per held-out file.
-        bundle: supplies the query model, gallery models, width and epoch counts.
-
-    Returns:
-        JSON-ready ``{"rows": [{"group", "name", condition: {"recall_at_1", "recall_at_1_ci95"}}],
-        "ensemble_size": {condition: [{"members", "recall_at_1", "subsets"}]}, "unavailable": [...]}``.
+    Attributes:
+        nets: ``(gallery model, seed)`` -> that model's transformer trained alone.
+        joint: one transformer per gallery model, trained end to end on their mean.
+        joint_weighted: the same with learned member weights ``weights``.
+        weights: (M,) the weighted mean's member weights.
+        concat: one transformer over the concatenated gallery embeddings.
+        epochs: gallery model -> the epoch count its transformer trains for.
     """
-    q_name = bundle.query_model
+
+    nets: dict
+    joint: list
+    joint_weighted: list
+    weights: np.ndarray
+    concat: torch.nn.Module
+    epochs: dict[str, int]
+
+
+def _train_variants(train: EmbeddedFiles, train_labels: Sequence[str], fit_rows: np.ndarray, bundle: Bundle,
+                    seeds: Sequence[int]) -> _Variants:
+    """Every ablation variant, trained on ``fit_rows`` with the bundle's width, settings and epoch counts."""
     gms = list(bundle.gallery_models)
     lab = np.asarray(train_labels)
     rows = np.asarray(fit_rows, bool) & train.found
     emb = train.embeddings
-    q = emb[q_name][rows]
+    q = emb[bundle.query_model][rows]
     t_info = bundle.info.get("training", {})
     hidden = int(t_info.get("hidden", 384))
     cfg = TrainConfig(**{k: v for k, v in t_info.get("train_config", {}).items() if k in TrainConfig.__dataclass_fields__})
@@ -139,52 +145,87 @@ def run_ablations(train: EmbeddedFiles, train_labels: Sequence[str], fit_rows: n
     joint_w, weights = train_jointly([emb[m][rows] for m in gms], q, hidden=hidden, epochs=mean_epochs, config=cfg,
                                      weighted=True)
     concat = fit(np.concatenate([emb[m][rows] for m in gms], axis=1), mean_epochs, seeds[0])
+    return _Variants(nets, joint, joint_w, weights, concat, epochs)
 
+
+def _size_curve(views: dict, pool: list, qv: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray) -> list[dict]:
+    """Recall@1 of the mean over every subset of k members of ``pool``, averaged over subsets, per k."""
+    curve = []
+    for k in range(1, len(pool) + 1):
+        r1s = [float(np.nanmean(top1_hits(qv @ l2_normalise(np.mean([views[p] for p in sub], 0)).T, q_lab, g_lab)))
+               for sub in itertools.combinations(pool, k)]
+        curve.append({"members": k, "recall_at_1": float(np.mean(r1s)), "subsets": len(r1s)})
+    return curve
+
+
+def _measure_condition(v: _Variants, bundle: Bundle, seeds: Sequence[int], ho: EmbeddedFiles, hl: np.ndarray,
+                       ci_resamples: int) -> tuple[list[tuple[str, str, dict]], list[dict]]:
+    """One held-out gallery condition: ``(name, group, figures)`` of every variant, in table order, and
+    the ensemble-size curve."""
+    gms = list(bundle.gallery_models)
+    idx = np.flatnonzero(ho.found)
+    gi_l, qi_l = first_image_protocol(hl[idx])
+    gi, qi = idx[gi_l], idx[qi_l]
+    qv, g_lab, q_lab = ho.embeddings[bundle.query_model][qi], hl[gi], hl[qi]
+    gal = {m: ho.embeddings[m][gi] for m in gms}
+    views = {(m, s): transform_embeddings(v.nets[(m, s)], gal[m]) for m in gms for s in seeds}
+    measured = []
+
+    def measure(name: str, group: str, vec: np.ndarray) -> None:
+        hits = top1_hits(qv @ l2_normalise(vec).T, q_lab, g_lab)
+        r1, lo, hi = cluster_bootstrap([hits], q_lab, resamples=ci_resamples)
+        measured.append((name, group, {"recall_at_1": r1, "recall_at_1_ci95": [lo, hi]}))
+
+    s0 = seeds[0]
+    for m in gms:
+        measure(f"{m} alone (one transformer)", "members", views[(m, s0)])
+    measure("independent + mean (the method)", "ensemble", np.mean([views[(m, s0)] for m in gms], 0))
+    jv = [transform_embeddings(j, gal[m]) for j, m in zip(v.joint, gms)]
+    measure("end-to-end mean", "ensemble", np.mean(jv, 0))
+    jw = [transform_embeddings(j, gal[m]) for j, m in zip(v.joint_weighted, gms)]
+    measure(f"end-to-end weighted mean (weights {', '.join(f'{w:.2f}' for w in v.weights)})", "ensemble",
+            np.einsum("m,mgd->gd", v.weights, np.stack(jw)))
+    measure("concat + one transformer", "ensemble",
+            transform_embeddings(v.concat, np.concatenate([gal[m] for m in gms], axis=1)))
+    for m in gms:
+        measure(f"D-T: {m}, {len(seeds)} transformers (seeds {', '.join(map(str, seeds))})", "diversity",
+                np.mean([views[(m, s)] for s in seeds], 0))
+    measure(f"D-TGA: {' + '.join(gms)} (one transformer each)", "diversity",
+            np.mean([views[(m, s0)] for m in gms], 0))
+    return measured, _size_curve(views, [(m, s) for m in gms for s in seeds], qv, q_lab, g_lab)
+
+
+def run_ablations(train: EmbeddedFiles, train_labels: Sequence[str], fit_rows: np.ndarray,
+                  heldout: dict[str, EmbeddedFiles], heldout_labels: Sequence[str], bundle: Bundle,
+                  *, seeds: Sequence[int] = (0, 1, 2), ci_resamples: int = 500) -> dict:
+    """Train the ablation variants and measure them on held-out galleries.
+
+    Args:
+        train: embeddings of the training dataset (every backbone of ``bundle``).
+        train_labels: identity per training file.
+        fit_rows: (N,) bool, the rows to train on (the bundle's train + validation identities).
+        heldout: gallery condition name (``"clean"``, ``"mix:0.6"``...) -> held-out embeddings.
+        heldout_labels: identity per held-out file.
+        bundle: supplies the query model, gallery models, width and epoch counts.
+
+    Returns:
+        JSON-ready ``{"rows": [{"group", "name", condition: {"recall_at_1", "recall_at_1_ci95"}}],
+        "ensemble_size": {condition: [{"members", "recall_at_1", "subsets"}]}, "unavailable": [...]}``.
+    """
+    variants = _train_variants(train, train_labels, fit_rows, bundle, seeds)
     hl = np.asarray(heldout_labels)
     out_rows: dict[str, dict] = {}
     sizes: dict[str, list] = {}
     for cond, ho in heldout.items():
-        idx = np.flatnonzero(ho.found)
-        gi_l, qi_l = first_image_protocol(hl[idx])
-        gi, qi = idx[gi_l], idx[qi_l]
-        qv, g_lab, q_lab = ho.embeddings[q_name][qi], hl[gi], hl[qi]
-        gal = {m: ho.embeddings[m][gi] for m in gms}
-        views = {(m, s): transform_embeddings(nets[(m, s)], gal[m]) for m in gms for s in seeds}
-
-        def measure(name: str, group: str, vec: np.ndarray) -> None:
-            hits = top1_hits(qv @ l2_normalise(vec).T, q_lab, g_lab)
-            r1, lo, hi = cluster_bootstrap([hits], q_lab, resamples=ci_resamples)
-            out_rows.setdefault(name, {"group": group, "name": name})[cond] = {"recall_at_1": r1,
-                                                                               "recall_at_1_ci95": [lo, hi]}
-
-        s0 = seeds[0]
-        for m in gms:
-            measure(f"{m} alone (one transformer)", "members", views[(m, s0)])
-        measure("independent + mean (the method)", "ensemble", np.mean([views[(m, s0)] for m in gms], 0))
-        jv = [transform_embeddings(j, gal[m]) for j, m in zip(joint, gms)]
-        measure("end-to-end mean", "ensemble", np.mean(jv, 0))
-        jw = [transform_embeddings(j, gal[m]) for j, m in zip(joint_w, gms)]
-        measure(f"end-to-end weighted mean (weights {', '.join(f'{w:.2f}' for w in weights)})", "ensemble",
-                np.einsum("m,mgd->gd", weights, np.stack(jw)))
-        measure("concat + one transformer", "ensemble",
-                transform_embeddings(concat, np.concatenate([gal[m] for m in gms], axis=1)))
-        for m in gms:
-            measure(f"D-T: {m}, {len(seeds)} transformers (seeds {', '.join(map(str, seeds))})", "diversity",
-                    np.mean([views[(m, s)] for s in seeds], 0))
-        measure(f"D-TGA: {' + '.join(gms)} (one transformer each)", "diversity",
-                np.mean([views[(m, s0)] for m in gms], 0))
-        pool = [(m, s) for m in gms for s in seeds]
-        curve = []
-        for k in range(1, len(pool) + 1):
-            r1s = [float(np.nanmean(top1_hits(qv @ l2_normalise(np.mean([views[p] for p in sub], 0)).T, q_lab, g_lab)))
-                   for sub in itertools.combinations(pool, k)]
-            curve.append({"members": k, "recall_at_1": float(np.mean(r1s)), "subsets": len(r1s)})
-        sizes[cond] = curve
+        measured, sizes[cond] = _measure_condition(variants, bundle, seeds, ho, hl, ci_resamples)
+        for name, group, figures in measured:
+            out_rows.setdefault(name, {"group": group, "name": name})[cond] = figures
+    gms = list(bundle.gallery_models)
     return {
         "rows": list(out_rows.values()),
         "ensemble_size": sizes,
         "pool": [f"{m} seed {s}" for m in gms for s in seeds],
-        "epochs": epochs,
+        "epochs": variants.epochs,
         "unavailable": ["D-TG (same architecture, different training data): the only such pair here is FaceNet "
                         "on CASIA-WebFace and on VGGFace2, and VGGFace2 weights only download online"],
     }

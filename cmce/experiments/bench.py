@@ -85,27 +85,44 @@ def run_bench(
     from cmce.method.bundle import load_bundle
     from cmce.method.engine import FaceEngine
     from cmce.models.embed import embed_files
-    from cmce.search.index import VectorIndex
 
     res: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                              "cuda": torch.cuda.is_available()}}
     bundle = load_bundle(bundle_path)
     engine = FaceEngine(bundle)
     ds = list_labelled_images(images_dir)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(0)  # one generator for the photos, the galleries and the indexing sample, in order
     files = [ds.paths[i] for i in rng.choice(len(ds), min(len(ds), 64), replace=False)]
     imgs = [load_image(f) for f in files]
     det = engine.detector
     pairs = [(img, fs[pick_subject(fs)]) for img, fs in zip(imgs, det.detect_batch(imgs)) if fs][:32]
-
-    # --- detection
     big = cv2.resize(imgs[0], (1155, 866))  # ~1 megapixel photo
-    res["mtcnn_ms_per_image"] = {
+    res["mtcnn_ms_per_image"] = _time_detection(det, imgs, big, repeat)
+    res["backbones"] = backbones = _time_backbones(engine, pairs, repeat)
+    res["transformer_ms"] = tr_ms = _time_transformers(engine, bundle, pairs, repeat)
+    res["asymmetric"] = _asymmetric(bundle, backbones, tr_ms, res["mtcnn_ms_per_image"]["lfw_250px"])
+    jpeg = _jpeg(big)
+    real = embed_files(files, [bundle.query_model]).embeddings[bundle.query_model]
+    res["query_e2e_1mp"], res["search"] = _time_search(engine, jpeg, real, rng, sizes, repeat, queries)
+    # indexing throughput: the path `python -m cmce index` runs (read, decode, detect batched across
+    # images, every backbone batched across images, fuse, index); no cache
+    res["indexing"] = _indexing(engine, ds, rng, index_images)
+    res["memory"] = _memory(engine, bundle)
+    res["cold_start_s"] = _cold_start(bundle_path)
+    return res
+
+
+def _time_detection(det, imgs: Sequence[np.ndarray], big: np.ndarray, repeat: int) -> dict:
+    """MTCNN ms per image: an LFW photo, a 1 MP photo, and per image in a batch of 32."""
+    return {
         "lfw_250px": statistics.median(timings_ms(lambda: det.detect(imgs[1]), repeat)),
         "photo_1mp": statistics.median(timings_ms(lambda: det.detect(big), repeat)),
         "batch_32_lfw_per_image": statistics.median(timings_ms(lambda: det.detect_batch(imgs[:32]), 3)) / 32,
     }
-    # --- backbones
+
+
+def _time_backbones(engine, pairs: Sequence[tuple], repeat: int) -> dict:
+    """Per backbone: ms per face at batch 1 and 32, and ms to align one face."""
     backbones = {}
     for name, bb in engine.backbones.items():
         crops = np.concatenate([bb.align(img, [f]) for img, f in pairs])
@@ -114,90 +131,114 @@ def run_bench(
         align = timings_ms(lambda: bb.align(pairs[0][0], [pairs[0][1]]), repeat)
         backbones[name] = {"batch1_ms": statistics.median(one), "batch32_ms_per_face": statistics.median(b32) / len(crops[:32]),
                            "align_ms": statistics.median(align)}
+    return backbones
+
+
+def _time_transformers(engine, bundle, pairs: Sequence[tuple], repeat: int) -> dict:
+    """Per gallery model: ms to transform one face's embedding."""
     tr_ms = {}
     for m, t in bundle.transformers.items():
         from cmce.models.transform import transform_embeddings
 
         x = engine.backbones[m].embed(engine.backbones[m].align(pairs[0][0], [pairs[0][1]]))
         tr_ms[m] = statistics.median(timings_ms(lambda: transform_embeddings(t, x), repeat))
-    res["backbones"] = backbones
-    res["transformer_ms"] = tr_ms
+    return tr_ms
+
+
+def _asymmetric(bundle, backbones: dict, tr_ms: dict, det_ms: float) -> dict:
+    """The query path against the gallery path per face: embedding alone, and with detection and alignment."""
     q = bundle.query_model
     query_embed = backbones[q]["batch1_ms"]
     gallery_embed = sum(backbones[m]["batch1_ms"] for m in bundle.gallery_models) + sum(tr_ms.values())
     if bundle.query_member:
         gallery_embed += backbones[q]["batch1_ms"]
-    det_ms = res["mtcnn_ms_per_image"]["lfw_250px"]
     query_path = det_ms + backbones[q]["align_ms"] + query_embed
     gallery_path = det_ms + sum(backbones[m]["align_ms"] for m in bundle.models) + gallery_embed
-    res["asymmetric"] = {
+    return {
         "query_embed_ms": query_embed, "gallery_embed_ms": gallery_embed,
         "embed_ratio": query_embed / gallery_embed,
         "query_path_ms": query_path, "gallery_path_ms": gallery_path, "path_ratio": query_path / gallery_path,
     }
-    # --- end to end query latency and search alone
-    buf = io.BytesIO()
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    """``image`` as JPEG bytes (quality 90), the end-to-end query."""
     from PIL import Image
 
-    Image.fromarray(big).save(buf, format="JPEG", quality=90)
-    jpeg = buf.getvalue()
-    qb = engine.query_backbone
-    dq = qb.embedding_size
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _time_search(engine, jpeg: bytes, real: np.ndarray, rng: np.random.Generator, sizes: Sequence[int],
+                 repeat: int, queries: int) -> tuple[dict, dict]:
+    """``(query_e2e_1mp, search)``: per gallery size, end-to-end query latency and search alone."""
     e2e, search = {}, {}
-    real = embed_files(files, [q]).embeddings[q]
     for n in sizes:
-        vec = _unit(rng, n, dq)
-        vec[: min(n, len(real))] = real[: min(n, len(real))]
-        t0 = time.perf_counter()
-        index = VectorIndex(dq)
-        index.add(vec)
-        build_s = time.perf_counter() - t0
-        keep = np.ones(n, bool)
-        keep[rng.choice(n, n // 10, replace=False)] = False  # 10% rejected
+        e2e[str(n)], search[str(n)] = _time_gallery(engine, jpeg, real, rng, n, repeat, queries)
+    return e2e, search
 
-        def query_once(index: VectorIndex = index) -> None:  # bound now: the loop deletes its name
-            img = load_image(jpeg, name="q.jpg")
-            fs = det.detect(img)
-            f = max(fs, key=lambda x: x.area)
-            v = qb.embed_faces(img, [f])
-            index.search(v, k=5, mask=keep)
 
-        lat = timings_ms(query_once, min(repeat, queries))
-        qv = _unit(rng, queries, dq)
-        s_lat, found = [], []
-        for i in range(queries):
-            t = time.perf_counter()
-            r = index.search(qv[i : i + 1], k=10)
-            s_lat.append((time.perf_counter() - t) * 1e3)
-            found.append(r.positions[0])
-        exact = np.argsort(-(qv @ vec.T), axis=1)[:, :10]
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)]))
-        e2e[str(n)] = {"p50_ms": _p(lat, 50), "p95_ms": _p(lat, 95)}
-        search[str(n)] = {"p50_ms": _p(s_lat, 50), "p95_ms": _p(s_lat, 95), "recall_at_10": recall,
-                          "index": index.backend + (f" + float16 scan ({index.scan_shards} shards)"
-                                                    if index.scan_shards else ""),
-                          "build_s": build_s}
-        del index, vec
-    res["query_e2e_1mp"] = e2e
-    res["search"] = search
-    # --- indexing throughput: the path `python -m cmce index` runs (read, decode, detect
-    # batched across images, every backbone batched across images, fuse, index); no cache
-    res["indexing"] = _indexing(engine, ds, rng, index_images)
-    # --- memory per entry: raw embeddings + every view + uncertainty/quality + index copies
+def _time_gallery(engine, jpeg: bytes, real: np.ndarray, rng: np.random.Generator, n: int, repeat: int,
+                  queries: int) -> tuple[dict, dict]:
+    """One gallery of ``n`` entries (the real face vectors first, random unit vectors beyond, 10% rejected):
+    end-to-end latency of a 1 MP query photo, and search alone with its recall@10 against exact search."""
+    from cmce.io.images import load_image
+    from cmce.search.index import VectorIndex
+
+    det, qb = engine.detector, engine.query_backbone
+    dq = qb.embedding_size
+    vec = _unit(rng, n, dq)
+    vec[: min(n, len(real))] = real[: min(n, len(real))]
+    t0 = time.perf_counter()
+    index = VectorIndex(dq)
+    index.add(vec)
+    build_s = time.perf_counter() - t0
+    keep = np.ones(n, bool)
+    keep[rng.choice(n, n // 10, replace=False)] = False  # 10% rejected
+
+    def query_once() -> None:
+        img = load_image(jpeg, name="q.jpg")
+        fs = det.detect(img)
+        f = max(fs, key=lambda x: x.area)
+        v = qb.embed_faces(img, [f])
+        index.search(v, k=5, mask=keep)
+
+    lat = timings_ms(query_once, min(repeat, queries))
+    qv = _unit(rng, queries, dq)
+    s_lat, found = [], []
+    for i in range(queries):
+        t = time.perf_counter()
+        r = index.search(qv[i : i + 1], k=10)
+        s_lat.append((time.perf_counter() - t) * 1e3)
+        found.append(r.positions[0])
+    exact = np.argsort(-(qv @ vec.T), axis=1)[:, :10]
+    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)]))
+    return ({"p50_ms": _p(lat, 50), "p95_ms": _p(lat, 95)},
+            {"p50_ms": _p(s_lat, 50), "p95_ms": _p(s_lat, 95), "recall_at_10": recall,
+             "index": index.backend + (f" + float16 scan ({index.scan_shards} shards)" if index.scan_shards else ""),
+             "build_s": build_s})
+
+
+def _memory(engine, bundle) -> dict:
+    """Bytes per entry: raw embeddings + every view + uncertainty/quality + index copies."""
+    dq = engine.query_backbone.embedding_size
     raw = sum(engine.backbones[m].embedding_size for m in bundle.models) * 4
     views = (len(bundle.view_names)) * dq * 4
-    res["memory"] = {"bytes_per_entry_vectors": raw + views + 8, "bytes_per_entry_with_indexes": raw + 2 * views + 8,
-                     "bytes_per_entry_with_indexes_from_scan_from": raw + 2 * views + views // 2 + 8,
-                     "note": "flat indexes keep one more copy of every view; from SCAN_FROM entries "
-                             "also a float16 copy"}
-    # --- cold start
+    return {"bytes_per_entry_vectors": raw + views + 8, "bytes_per_entry_with_indexes": raw + 2 * views + 8,
+            "bytes_per_entry_with_indexes_from_scan_from": raw + 2 * views + views // 2 + 8,
+            "note": "flat indexes keep one more copy of every view; from SCAN_FROM entries "
+                    "also a float16 copy"}
+
+
+def _cold_start(bundle_path: str | None) -> float | None:
+    """Seconds for a fresh interpreter to load the bundle and detect once (None: it failed)."""
     code = ("import time;t=time.time();from cmce.method.bundle import load_bundle;from cmce.gallery import FaceEngine;"
             "e=FaceEngine(load_bundle(%r));import numpy as np;e.detector.detect(np.zeros((64,64,3),np.uint8));"
             "print(time.time()-t)" % (bundle_path,))
     t = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT)
-    res["cold_start_s"] = time.perf_counter() - t if p.returncode == 0 else None
-    return res
+    return time.perf_counter() - t if p.returncode == 0 else None
 
 
 def _indexing(engine, ds, rng: np.random.Generator, index_images: int) -> dict:

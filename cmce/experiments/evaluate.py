@@ -150,6 +150,139 @@ def _open_set_accuracy(sim: np.ndarray, q_lab, g_lab, keep: np.ndarray, threshol
     return float(np.mean(np.where(mate_kept, right_known, right_unknown))) if len(s) else float("nan")
 
 
+def _protocol_split(labels: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(face-found positions, gallery positions, query positions)`` under the first-image protocol.
+
+    Raises:
+        DatasetError: no identity has two images with a face (nothing to query).
+    """
+    idx = np.flatnonzero(found)
+    gi_l, qi_l = first_image_protocol(labels[idx])
+    gi, qi = idx[gi_l], idx[qi_l]
+    if len(qi) == 0:
+        raise DatasetError("no identity has two images with a face; nothing to query")
+    return idx, gi, qi
+
+
+def _table_rows(rows: Sequence[ViewScores], q_lab: np.ndarray, g_lab: np.ndarray, ci_resamples: int,
+                seed: int) -> tuple[list[dict], np.ndarray]:
+    """The table's rows with their intervals, and the served ensemble's similarity matrix (Q, G)."""
+    out_rows = []
+    ens_sim = rows[0].similarity
+    for r in rows:
+        d = {"name": r.name, "kind": r.kind, "query": r.query, "gallery": list(r.gallery)}
+        d.update(row_metrics(r.similarity, q_lab, g_lab))
+        _, lo, hi = cluster_bootstrap([top1_hits(r.similarity, q_lab, g_lab)], q_lab, resamples=ci_resamples, seed=seed)
+        d["recall_at_1_ci95"] = [lo, hi]
+        _, lo, hi = tar_at_far_cluster_ci(r.similarity, q_lab, g_lab, q_lab, 1e-3,
+                                             resamples=max(1, ci_resamples // 4), seed=seed)
+        d["tar_at_far_1e-3_ci95"] = [lo, hi]
+        out_rows.append(d)
+        if r.name == "CMCE ensemble":
+            ens_sim = r.similarity
+    return out_rows, ens_sim
+
+
+@dataclass(frozen=True)
+class _Rejecter:
+    """Recall@1 after rejecting a share of the gallery, on one evaluation's queries.
+
+    ``rng`` draws the random rejections; it is shared by every call, so the calls'
+    order is the order of its draws.
+    """
+
+    q_lab: np.ndarray
+    g_lab: np.ndarray
+    ci_resamples: int
+    seed: int
+    rng: np.random.Generator
+    random_repeats: int
+
+    def stats(self, sim: np.ndarray, base_hits: np.ndarray, score: np.ndarray, rate: float) -> dict:
+        """R@1 after rejecting ``rate`` by ``score``, and the error cut against no rejection, with CIs."""
+        hits = top1_hits(sim, self.q_lab, self.g_lab, gallery_rejection_mask(score, rate))
+        clusters = self.q_lab  # bootstrap over query identities
+        r1, lo, hi = cluster_bootstrap([hits], clusters, resamples=self.ci_resamples, seed=self.seed)
+        cut, clo, chi = cluster_bootstrap([base_hits, hits], clusters, relative_error_reduction,
+                                          resamples=self.ci_resamples, seed=self.seed)
+        return {"recall_at_1": r1, "recall_at_1_ci95": [lo, hi], "error_cut": cut, "error_cut_ci95": [clo, chi]}
+
+    def random_r1(self, sim: np.ndarray, rate: float) -> float:
+        """Mean R@1 over ``random_repeats`` random rejections of ``rate`` of the gallery."""
+        n = len(self.g_lab)
+        return float(np.mean([np.nanmean(top1_hits(sim, self.q_lab, self.g_lab,
+                                                   gallery_rejection_mask(self.rng.random(n), rate)))
+                              for _ in range(self.random_repeats)]))
+
+
+def _served_rejection(rej: _Rejecter, quality: np.ndarray, ens_sim: np.ndarray, scores_by_kind: dict[str, np.ndarray],
+                      base_r1: float, thr: float, rates: Sequence[float]) -> tuple[list[dict], dict[str, list[dict]]]:
+    """``rejection`` (the shipped quality score, random, detection, open set) and ``rejection_by_quality``
+    for the ensemble the bundle serves."""
+    ens_hits = top1_hits(ens_sim, rej.q_lab, rej.g_lab)
+    det_doubt = scores_by_kind["detection"]
+    rejection, by_quality = [], {k: [] for k in scores_by_kind}
+    for rate in rates:
+        keep = gallery_rejection_mask(quality, rate)
+        shipped = rej.stats(ens_sim, ens_hits, quality, rate)
+        rand = rej.random_r1(ens_sim, rate)
+        rejection.append(
+            {
+                "rate": rate,
+                "recall_at_1": shipped["recall_at_1"],
+                "recall_at_1_ci95": shipped["recall_at_1_ci95"],
+                "random_recall_at_1": rand,
+                "random_error_cut": relative_error_reduction(base_r1, rand),
+                "detection_recall_at_1": rej.stats(ens_sim, ens_hits, det_doubt, rate)["recall_at_1"],
+                "relative_error_cut": shipped["error_cut"],
+                "relative_error_cut_ci95": shipped["error_cut_ci95"],
+                "open_set_accuracy": _open_set_accuracy(ens_sim, rej.q_lab, rej.g_lab, keep, thr),
+            }
+        )
+        for k, sc in scores_by_kind.items():
+            by_quality[k].append({"rate": rate, **rej.stats(ens_sim, ens_hits, sc, rate)})
+    return rejection, by_quality
+
+
+def _gallery_ensemble_rejection(rej: _Rejecter, bundle: Bundle, gv, query_vectors: np.ndarray,
+                                scores_by_kind: dict[str, np.ndarray], rates: Sequence[float]) -> dict:
+    """``rejection_gallery_ensemble``: the paper's setting, the gallery models' own ensemble (no
+    query-model member), whose errors are many enough to show what rejection does."""
+    from cmce.method.ensemble import fuse_members
+
+    go_vec = fuse_members([gv.views[m] for m in bundle.gallery_models])
+    go_sim = query_vectors @ go_vec.T
+    go_hits = top1_hits(go_sim, rej.q_lab, rej.g_lab)
+    go_base, go_lo, go_hi = cluster_bootstrap([go_hits], rej.q_lab, resamples=rej.ci_resamples, seed=rej.seed)
+    gallery_only = {"recall_at_1": go_base, "recall_at_1_ci95": [go_lo, go_hi], "rates": []}
+    for rate in rates:
+        rand = rej.random_r1(go_sim, rate)
+        row = {"rate": rate, "random_recall_at_1": rand, "random_error_cut": relative_error_reduction(go_base, rand)}
+        for k, sc in scores_by_kind.items():
+            if k != "bundle":
+                st = rej.stats(go_sim, go_hits, sc, rate)
+                row[f"{k}_recall_at_1"] = st["recall_at_1"]
+                row[f"{k}_recall_at_1_ci95"] = st["recall_at_1_ci95"]
+                row[f"{k}_error_cut"] = st["error_cut"]
+                row[f"{k}_error_cut_ci95"] = st["error_cut_ci95"]
+        gallery_only["rates"].append(row)
+    return gallery_only
+
+
+def _counts(labels: np.ndarray, found: np.ndarray, idx: np.ndarray, gi: np.ndarray, qi: np.ndarray) -> dict:
+    """``counts``: files, faces found, identities, gallery, queries and distractors."""
+    n_files = len(labels)
+    return {
+        "files": int(n_files),
+        "faces_found": int(found.sum()),
+        "no_face_or_unreadable": int(n_files - found.sum()),
+        "identities": len(np.unique(labels[idx])),
+        "gallery": len(gi),
+        "queries": len(qi),
+        "distractors": int(len(gi) - len(np.unique(labels[qi]))),
+    }
+
+
 def evaluate_embedded(
     embedded: EmbeddedFiles,
     labels: Sequence[str],
@@ -178,103 +311,25 @@ def evaluate_embedded(
     found = embedded.found
     if found.sum() < 2:
         raise DatasetError("fewer than two faces found; nothing to evaluate")
-    idx = np.flatnonzero(found)
-    gi_l, qi_l = first_image_protocol(labels[idx])
-    gi, qi = idx[gi_l], idx[qi_l]
-    if len(qi) == 0:
-        raise DatasetError("no identity has two images with a face; nothing to query")
+    idx, gi, qi = _protocol_split(labels, found)
     g_lab, q_lab = labels[gi], labels[qi]
     prob = embedded.detection_probability
     rows, gv = build_views(bundle, embedded.embeddings, prob, gi, qi)
-    out_rows = []
-    ens_sim = rows[0].similarity
-    for r in rows:
-        d = {"name": r.name, "kind": r.kind, "query": r.query, "gallery": list(r.gallery)}
-        d.update(row_metrics(r.similarity, q_lab, g_lab))
-        _, lo, hi = cluster_bootstrap([top1_hits(r.similarity, q_lab, g_lab)], q_lab, resamples=ci_resamples, seed=seed)
-        d["recall_at_1_ci95"] = [lo, hi]
-        _, lo, hi = tar_at_far_cluster_ci(r.similarity, q_lab, g_lab, q_lab, 1e-3,
-                                             resamples=max(1, ci_resamples // 4), seed=seed)
-        d["tar_at_far_1e-3_ci95"] = [lo, hi]
-        out_rows.append(d)
-        if r.name == "CMCE ensemble":
-            ens_sim = r.similarity
+    out_rows, ens_sim = _table_rows(rows, q_lab, g_lab, ci_resamples, seed)
     base_r1 = next(d["recall_at_1"] for d in out_rows if d["name"] == "CMCE ensemble")
-    rng = np.random.default_rng(seed)
+    rej = _Rejecter(q_lab, g_lab, ci_resamples, seed, np.random.default_rng(seed), random_repeats)
     scores_by_kind = quality_scores_by_kind(bundle, gv, prob[gi])
-    det_doubt = scores_by_kind["detection"]
-
-    clusters = q_lab  # bootstrap over query identities
-    ens_hits = top1_hits(ens_sim, q_lab, g_lab)
-
-    def stats(sim: np.ndarray, base_hits: np.ndarray, score: np.ndarray, rate: float) -> dict:
-        """R@1 after rejecting ``rate`` by ``score``, and the error cut against no rejection, with CIs."""
-        hits = top1_hits(sim, q_lab, g_lab, gallery_rejection_mask(score, rate))
-        r1, lo, hi = cluster_bootstrap([hits], clusters, resamples=ci_resamples, seed=seed)
-        cut, clo, chi = cluster_bootstrap([base_hits, hits], clusters, relative_error_reduction, resamples=ci_resamples, seed=seed)
-        return {"recall_at_1": r1, "recall_at_1_ci95": [lo, hi], "error_cut": cut, "error_cut_ci95": [clo, chi]}
-
-    def random_r1(sim: np.ndarray, rate: float) -> float:
-        return float(np.mean([np.nanmean(top1_hits(sim, q_lab, g_lab, gallery_rejection_mask(rng.random(len(gi)), rate)))
-                              for _ in range(random_repeats)]))
-
     thr = bundle.calibration.similarity_thresholds.get("ensemble", -np.inf)
-    rejection, by_quality = [], {k: [] for k in scores_by_kind}
-    for rate in rates:
-        keep = gallery_rejection_mask(gv.quality, rate)
-        shipped = stats(ens_sim, ens_hits, gv.quality, rate)
-        rand = random_r1(ens_sim, rate)
-        rejection.append(
-            {
-                "rate": rate,
-                "recall_at_1": shipped["recall_at_1"],
-                "recall_at_1_ci95": shipped["recall_at_1_ci95"],
-                "random_recall_at_1": rand,
-                "random_error_cut": relative_error_reduction(base_r1, rand),
-                "detection_recall_at_1": stats(ens_sim, ens_hits, det_doubt, rate)["recall_at_1"],
-                "relative_error_cut": shipped["error_cut"],
-                "relative_error_cut_ci95": shipped["error_cut_ci95"],
-                "open_set_accuracy": _open_set_accuracy(ens_sim, q_lab, g_lab, keep, thr),
-            }
-        )
-        for k, sc in scores_by_kind.items():
-            by_quality[k].append({"rate": rate, **stats(ens_sim, ens_hits, sc, rate)})
-    # The paper's setting: the gallery models' own ensemble (no query-model member),
-    # whose errors are many enough to show what rejection does.
-    from cmce.method.ensemble import fuse_members
-
-    go_vec = fuse_members([gv.views[m] for m in bundle.gallery_models])
-    go_sim = embedded.embeddings[bundle.query_model][qi] @ go_vec.T
-    go_hits = top1_hits(go_sim, q_lab, g_lab)
-    go_base, go_lo, go_hi = cluster_bootstrap([go_hits], clusters, resamples=ci_resamples, seed=seed)
-    gallery_only = {"recall_at_1": go_base, "recall_at_1_ci95": [go_lo, go_hi], "rates": []}
-    for rate in rates:
-        rand = random_r1(go_sim, rate)
-        row = {"rate": rate, "random_recall_at_1": rand, "random_error_cut": relative_error_reduction(go_base, rand)}
-        for k, sc in scores_by_kind.items():
-            if k != "bundle":
-                st = stats(go_sim, go_hits, sc, rate)
-                row[f"{k}_recall_at_1"] = st["recall_at_1"]
-                row[f"{k}_recall_at_1_ci95"] = st["recall_at_1_ci95"]
-                row[f"{k}_error_cut"] = st["error_cut"]
-                row[f"{k}_error_cut_ci95"] = st["error_cut_ci95"]
-        gallery_only["rates"].append(row)
-    n_files = len(labels)
-    answers = answer_report(bundle, gv, embedded.embeddings[bundle.query_model][qi], prob[qi], q_lab, g_lab,
-                            resamples=ci_resamples, seed=seed)
+    # the order of these two calls is the order of rej.rng's draws
+    rejection, by_quality = _served_rejection(rej, gv.quality, ens_sim, scores_by_kind, base_r1, thr, rates)
+    query_vectors = embedded.embeddings[bundle.query_model][qi]
+    gallery_only = _gallery_ensemble_rejection(rej, bundle, gv, query_vectors, scores_by_kind, rates)
+    answers = answer_report(bundle, gv, query_vectors, prob[qi], q_lab, g_lab, resamples=ci_resamples, seed=seed)
     return {
         "bundle": {"query": bundle.query_model, "gallery": list(bundle.gallery_models),
                    "query_member": bundle.query_member, "quality": bundle.calibration.quality.kind,
                    "source": bundle.source},
-        "counts": {
-            "files": int(n_files),
-            "faces_found": int(found.sum()),
-            "no_face_or_unreadable": int(n_files - found.sum()),
-            "identities": len(np.unique(labels[idx])),
-            "gallery": len(gi),
-            "queries": len(qi),
-            "distractors": int(len(gi) - len(np.unique(q_lab))),
-        },
+        "counts": _counts(labels, found, idx, gi, qi),
         "rows": out_rows,
         "answers": answers,
         "rejection_metric": "the paper's: Recall@1 of the kept queries (queries whose person was rejected are "
@@ -355,6 +410,72 @@ def _upgrade_metrics(sim: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray) -> d
     }
 
 
+@dataclass(frozen=True)
+class _OldSide:
+    """What the old gallery served before the upgrade: its query model, stored backbones and scores."""
+
+    query: str
+    stored: Sequence[str]
+    similarity: np.ndarray
+    members: list[str]
+    description: dict
+
+
+def _old_side(old: Bundle | str, emb: dict[str, np.ndarray], gi: np.ndarray, qi: np.ndarray,
+              prob: np.ndarray) -> _OldSide:
+    """The ``before`` stage: the old bundle's ensemble, or one backbone searched symmetrically."""
+    if isinstance(old, Bundle):
+        gv_old = old.gallery_vectors({m: emb[m][gi] for m in old.models}, prob)
+        before_members = [_member_label(old.query_model, m) for m in old.member_names]
+        return _OldSide(old.query_model, old.models, emb[old.query_model][qi] @ gv_old.ensemble.T, before_members,
+                        {"query": old.query_model, "gallery": before_members})
+    return _OldSide(old, (old,), emb[old][qi] @ emb[old][gi].T, [old], {"query": old, "gallery": [old]})
+
+
+def _upgrade_rows(sims: dict[str, np.ndarray], members: dict[str, list[str]], photos: dict[str, int],
+                  queries: dict[str, str], costs: dict[str, float], q_lab: np.ndarray, g_lab: np.ndarray) -> list[dict]:
+    """One row per stage of ``UPGRADE_STAGES``."""
+    rows = []
+    for stage in UPGRADE_STAGES:
+        row = {"stage": stage, "members": members[stage], "query": queries[stage]}
+        row.update(_upgrade_metrics(sims[stage], q_lab, g_lab))
+        row["seconds_per_1k_entries"] = costs.get(stage)
+        row["photos_read"] = photos[stage]
+        rows.append(row)
+    return rows
+
+
+def _upgrade_comparisons(sims: dict[str, np.ndarray], q_lab: np.ndarray, g_lab: np.ndarray) -> list[dict]:
+    """Paired bootstrap intervals of the Recall@1 gain from each stage to the next."""
+    hits = {s: top1_hits(sims[s], q_lab, g_lab) for s in UPGRADE_STAGES}
+    comparisons = []
+    for a, b in (("before", "no_backfill"), ("no_backfill", "backfill")):
+        d, lo, hi = bootstrap_mean_ci(hits[b] - hits[a])
+        comparisons.append({"from": a, "to": b, "recall_at_1_gain": d, "ci95": [lo, hi]})
+    return comparisons
+
+
+def _ensemble_size_curve(views: dict[str, np.ndarray], qv: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray,
+                         query_model: str) -> list[dict]:
+    """The no-backfill figures by number of members, each the mean over every subset of that size."""
+    from itertools import combinations
+
+    from cmce.method.ensemble import fuse_members
+
+    kept = list(views)
+    curve = []
+    for n in range(1, len(kept) + 1):
+        per = []
+        for subset in combinations(kept, n):
+            fused = fuse_members([views[m] for m in subset])
+            per.append({"members": [_member_label(query_model, m) for m in subset],
+                        **_upgrade_metrics(qv @ fused.T, q_lab, g_lab)})
+        curve.append({"members": n, "subsets": per,
+                      **{k: float(np.mean([p[k] for p in per]))
+                         for k in ("recall_at_1", "tar_at_far_1e-2", "tar_at_far_1e-3")}})
+    return curve
+
+
 def evaluate_upgrade(
     embedded: EmbeddedFiles,
     labels: Sequence[str],
@@ -393,69 +514,33 @@ def evaluate_upgrade(
         number of members (mean over member subsets); ``comparisons`` paired bootstrap
         intervals of the Recall@1 differences.
     """
-    from itertools import combinations
-
-    from cmce.method.ensemble import fuse_members
-
     labels = np.asarray(labels)
-    idx = np.flatnonzero(embedded.found)
-    gi_l, qi_l = first_image_protocol(labels[idx])
-    gi, qi = idx[gi_l], idx[qi_l]
-    if len(qi) == 0:
-        raise DatasetError("no identity has two images with a face; nothing to query")
+    _, gi, qi = _protocol_split(labels, embedded.found)
     g_lab, q_lab = labels[gi], labels[qi]
     emb, prob = embedded.embeddings, embedded.detection_probability[gi]
     costs = seconds_per_1k_entries or {}
-    if isinstance(old, Bundle):
-        gv_old = old.gallery_vectors({m: emb[m][gi] for m in old.models}, prob)
-        old_query, stored = old.query_model, old.models
-        before_sim = emb[old_query][qi] @ gv_old.ensemble.T
-        before_members = [_member_label(old_query, m) for m in old.member_names]
-        side_from = {"query": old_query, "gallery": before_members}
-    else:
-        old_query, stored = old, (old,)
-        before_sim = emb[old][qi] @ emb[old][gi].T
-        before_members = [old]
-        side_from = {"query": old, "gallery": [old]}
+    before = _old_side(old, emb, gi, qi, prob)
     nq = new.query_model
-    gv_nb = new.gallery_vectors({m: emb[m][gi] for m in new.models if m in stored}, prob)
+    gv_nb = new.gallery_vectors({m: emb[m][gi] for m in new.models if m in before.stored}, prob)
     gv_bf = new.gallery_vectors({m: emb[m][gi] for m in new.models}, prob)
     qv = emb[nq][qi]
     kept = [m for m, p in zip(gv_nb.members, gv_nb.member_present.all(axis=0)) if p]
-    sims = {"before": before_sim, "no_backfill": qv @ gv_nb.ensemble.T, "backfill": qv @ gv_bf.ensemble.T}
-    members = {"before": before_members, "no_backfill": [_member_label(nq, m) for m in kept],
+    sims = {"before": before.similarity, "no_backfill": qv @ gv_nb.ensemble.T, "backfill": qv @ gv_bf.ensemble.T}
+    members = {"before": before.members, "no_backfill": [_member_label(nq, m) for m in kept],
                "backfill": [_member_label(nq, m) for m in gv_bf.members]}
-    photos = {"before": 0, "no_backfill": 0, "backfill": int(len(gi)) if set(new.models) - set(stored) else 0}
-    rows = []
-    for stage in UPGRADE_STAGES:
-        row = {"stage": stage, "members": members[stage], "query": old_query if stage == "before" else nq}
-        row.update(_upgrade_metrics(sims[stage], q_lab, g_lab))
-        row["seconds_per_1k_entries"] = costs.get(stage)
-        row["photos_read"] = photos[stage]
-        rows.append(row)
-    hits = {s: top1_hits(sims[s], q_lab, g_lab) for s in UPGRADE_STAGES}
-    comparisons = []
-    for a, b in (("before", "no_backfill"), ("no_backfill", "backfill")):
-        d, lo, hi = bootstrap_mean_ci(hits[b] - hits[a])
-        comparisons.append({"from": a, "to": b, "recall_at_1_gain": d, "ci95": [lo, hi]})
-    curve = []
+    photos = {"before": 0, "no_backfill": 0,
+              "backfill": int(len(gi)) if set(new.models) - set(before.stored) else 0}
+    queries = {"before": before.query, "no_backfill": nq, "backfill": nq}
+    rows = _upgrade_rows(sims, members, photos, queries, costs, q_lab, g_lab)
+    comparisons = _upgrade_comparisons(sims, q_lab, g_lab)
     views = {m: (gv_nb.views["query"] if m == "query" else gv_nb.views[m]) for m in kept}
-    for n in range(1, len(kept) + 1):
-        per = []
-        for subset in combinations(kept, n):
-            fused = fuse_members([views[m] for m in subset])
-            per.append({"members": [_member_label(nq, m) for m in subset],
-                        **_upgrade_metrics(qv @ fused.T, q_lab, g_lab)})
-        curve.append({"members": n, "subsets": per,
-                      **{k: float(np.mean([p[k] for p in per]))
-                         for k in ("recall_at_1", "tar_at_far_1e-2", "tar_at_far_1e-3")}})
     return {
-        "from": side_from,
+        "from": before.description,
         "to": {"query": nq, "gallery": [_member_label(nq, m) for m in new.member_names]},
         "counts": {"gallery": int(len(gi)), "queries": int(len(qi))},
         "rows": rows,
         "comparisons": comparisons,
-        "ensemble_size": curve,
+        "ensemble_size": _ensemble_size_curve(views, qv, q_lab, g_lab, nq),
     }
 
 

@@ -22,6 +22,7 @@ differences (combined against the query-side rules).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from cmce.answer_metrics import (
     unknown_mask,
 )
 from cmce.method.answer_rules import ANSWER_RULES, policy_features
-from cmce.method.bundle_model import Bundle, GalleryVectors
+from cmce.method.bundle_model import Bundle, Calibration, GalleryVectors
 from cmce.method.unknown import gallery_doubt
 from cmce.metrics.intervals import cluster_bootstrap, format_with_interval
 
@@ -87,6 +88,135 @@ def _curve(confidence: np.ndarray, correct: np.ndarray, points: int = 21) -> dic
             "coverage": [float(cov[i]) for i in picks], "accuracy": [float(acc[i]) for i in picks]}
 
 
+@dataclass(frozen=True)
+class _Answering:
+    """One evaluation gallery's queries, answered under a bundle's calibration.
+
+    Attributes:
+        cal: the bundle's calibration.
+        vectors: ``bundle.gallery_vectors`` of the gallery (G entries).
+        query_vectors: (Q, Dq) query-model embeddings of the queries.
+        query_probability: (Q,) the query faces' detector probability.
+        q_lab, g_lab: identities; ``q_lab`` are also the bootstrap's clusters.
+        doubt: the gallery's mean quality score (``unknown.gallery_doubt``).
+        resamples, seed: of every bootstrap interval.
+    """
+
+    cal: Calibration
+    vectors: GalleryVectors
+    query_vectors: np.ndarray
+    query_probability: np.ndarray
+    q_lab: np.ndarray
+    g_lab: np.ndarray
+    doubt: float
+    resamples: int
+    seed: int
+
+    def counts(self, outcomes: np.ndarray) -> dict:
+        """``_counts_with_ci`` over query identities."""
+        return _counts_with_ci(outcomes, self.q_lab, self.resamples, self.seed)
+
+    def features_of(self, sim: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+        """The answer rules' features of each query's top match, whether it is wrong, and its score."""
+        top = top_matches(sim, list(self.g_lab))
+        pos = np.maximum(top.position, 0)
+        feats = policy_features(top.score, top.margin, self.query_probability, self.vectors.quality[pos],
+                                self.vectors.uncertainty[pos])
+        return feats, self.g_lab[pos] != self.q_lab, top.score
+
+    def unknown_rule(self, view: str) -> dict:
+        """The view's "Unknown" threshold as the app applies it (normalised where the bundle has it)."""
+        norm = self.cal.cohort_norm
+        z_thr = None if norm is None else norm.threshold(view, len(self.g_lab), self.doubt)
+        return {} if z_thr is None else {"cohort": norm.cohort, "norm_threshold": float(z_thr)}
+
+
+def _per_view(a: _Answering) -> dict:
+    """``views``: every view (the ensemble, then each member) answering all queries, and under its policy."""
+    q_lab, g_lab = a.q_lab, a.g_lab
+    per_view = {}
+    for view, vecs in {"ensemble": a.vectors.ensemble, **a.vectors.views}.items():
+        sim = a.query_vectors @ vecs.T
+        thr = float(a.cal.similarity_thresholds.get(view, -np.inf))
+        available = a.vectors.available[view]
+        row = {"answer_all": a.counts(answer_outcomes(sim, q_lab, g_lab, thr, removed=~available,
+                                                      **a.unknown_rule(view)))}
+        policy = a.cal.answer_policy(view)
+        if policy is not None:
+            feats, _, _ = a.features_of(np.where(available[None, :], sim, -np.inf))
+            row["policy"] = a.counts(answer_outcomes(sim, q_lab, g_lab, thr, removed=~available,
+                                                     abstain=policy.abstains(feats), **a.unknown_rule(view)))
+        per_view[view] = row
+    return per_view
+
+
+def _threshold_rules(a: _Answering, answer_all: dict, sim: np.ndarray, thr: float, unknown: dict,
+                     rejected: np.ndarray) -> dict:
+    """The ensemble's rules without an answer policy: ``answer_all``, ``removed``, ``blocking`` (and the
+    raw threshold alone where the bundle has a normalised one)."""
+    q_lab, g_lab = a.q_lab, a.g_lab
+    rules = {
+        "answer_all": answer_all,
+        "removed": a.counts(answer_outcomes(sim, q_lab, g_lab, thr, removed=rejected, **unknown)),
+        "blocking": a.counts(answer_outcomes(sim, q_lab, g_lab, thr, blocking=rejected, **unknown)),
+    }
+    if unknown:
+        # the raw similarity threshold alone, for comparison (bundles calibrated before the normalised one)
+        rules["answer_all_raw_threshold"] = a.counts(answer_outcomes(sim, q_lab, g_lab, thr))
+    return rules
+
+
+def _strangers(a: _Answering, sim: np.ndarray, thr: float, unknown: dict) -> dict:
+    """The other side of the threshold: every query as a stranger (its person taken out of the gallery)."""
+    raw_best = stranger_best(sim, a.q_lab, a.g_lab)
+    named = {"raw_threshold": raw_best >= thr}
+    if unknown:
+        z = stranger_best(sim, a.q_lab, a.g_lab, unknown["cohort"])
+        named["default"] = ~unknown_mask(raw_best, z, thr, unknown["norm_threshold"])
+    strangers = {}
+    for name, v in named.items():
+        share, lo, hi = cluster_bootstrap([v.astype(float)], a.q_lab, resamples=a.resamples, seed=a.seed)
+        strangers[name] = {"named": int(v.sum()), "share": share, "share_ci95": [lo, hi]}
+    return strangers
+
+
+def _coverage_matched_rules(a: _Answering, rules: dict, sim: np.ndarray, confidences: dict) -> dict:
+    """Query-side rules answering as many queries as each product rule does (no threshold: the rule
+    alone decides which queries are answered)."""
+    out = {}
+    for base in ("policy", "blocking", "removed"):
+        if base not in rules:
+            continue
+        rate = 1.0 - rules[base]["coverage"]
+        for conf in ("similarity", "margin"):
+            outcomes = answer_outcomes(sim, a.q_lab, a.g_lab, -np.inf, abstain=abstain_lowest(confidences[conf], rate))
+            out[f"{conf}_at_{base}_coverage"] = a.counts(outcomes)
+    return out
+
+
+def _abstention(a: _Answering, confidences: dict, wrong: np.ndarray, rates: Sequence[float]) -> dict:
+    """Accuracy of the answered queries at each abstention rate per confidence, with the paired
+    differences of the richer rules against the simpler ones."""
+    abstention: dict = {"rates": list(rates), "answered_accuracy": {}, "answered_accuracy_ci95": {}, "comparisons": []}
+    per_rule_values = {}
+    for name, c in confidences.items():
+        vals = [accuracy_at_abstention(c, wrong, r) for r in rates]
+        per_rule_values[name] = vals
+        stats = [cluster_bootstrap([v], a.q_lab, resamples=a.resamples, seed=a.seed) for v in vals]
+        abstention["answered_accuracy"][name] = [s[0] for s in stats]
+        abstention["answered_accuracy_ci95"][name] = [[s[1], s[2]] for s in stats]
+    for richer in ("combined", "query"):
+        for simpler in ("similarity", "query"):
+            if richer == simpler or richer not in per_rule_values or simpler not in per_rule_values:
+                continue
+            for i, r in enumerate(rates):
+                d, lo, hi = cluster_bootstrap([per_rule_values[simpler][i], per_rule_values[richer][i]], a.q_lab,
+                                              lambda x, y: y - x, resamples=a.resamples, seed=a.seed)
+                abstention["comparisons"].append({"rule": richer, "against": simpler, "rate": r,
+                                                  "accuracy_gain": d, "ci95": [lo, hi]})
+    return abstention
+
+
 def answer_report(
     bundle: Bundle,
     vectors: GalleryVectors,
@@ -115,112 +245,37 @@ def answer_report(
         "views"}``; ``strangers``: every query asked as a stranger (its person taken out
         of the gallery), how many the raw threshold and the default name.
     """
-    q_lab = np.asarray(query_labels)
-    g_lab = np.asarray(gallery_labels)
     cal = bundle.calibration
-    clusters = q_lab
-    quality = vectors.quality
-    doubt = gallery_doubt(quality)  # the coverage guard of the normalised threshold reads it
-    rejected = bundle.rejected(quality)
-    views = {"ensemble": vectors.ensemble, **vectors.views}
-
-    def features_of(sim: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
-        top = top_matches(sim, list(g_lab))
-        pos = np.maximum(top.position, 0)
-        feats = policy_features(top.score, top.margin, query_probability, quality[pos], vectors.uncertainty[pos])
-        return feats, g_lab[pos] != q_lab, top.score
-
-    def unknown_rule(view: str) -> dict:
-        """The view's "Unknown" threshold as the app applies it (normalised where the bundle has it)."""
-        norm = cal.cohort_norm
-        z_thr = None if norm is None else norm.threshold(view, len(g_lab), doubt)
-        return {} if z_thr is None else {"cohort": norm.cohort, "norm_threshold": float(z_thr)}
-
-    per_view = {}
-    for view, vecs in views.items():
-        sim = query_vectors @ vecs.T
-        thr = float(cal.similarity_thresholds.get(view, -np.inf))
-        available = vectors.available[view]
-        row = {"answer_all": _counts_with_ci(answer_outcomes(sim, q_lab, g_lab, thr, removed=~available,
-                                                             **unknown_rule(view)), clusters, resamples, seed)}
-        policy = cal.answer_policy(view)
-        if policy is not None:
-            feats, _, _ = features_of(np.where(available[None, :], sim, -np.inf))
-            row["policy"] = _counts_with_ci(answer_outcomes(sim, q_lab, g_lab, thr, removed=~available,
-                                                            abstain=policy.abstains(feats), **unknown_rule(view)),
-                                            clusters, resamples, seed)
-        per_view[view] = row
-
+    # the coverage guard of the normalised threshold reads the gallery's doubt
+    a = _Answering(cal, vectors, query_vectors, query_probability, np.asarray(query_labels),
+                   np.asarray(gallery_labels), gallery_doubt(vectors.quality), resamples, seed)
+    rejected = bundle.rejected(vectors.quality)
+    per_view = _per_view(a)
     sim = query_vectors @ vectors.ensemble.T
     thr = float(cal.similarity_thresholds.get("ensemble", -np.inf))
-    unknown = unknown_rule("ensemble")
-    feats, wrong, score = features_of(sim)
-    rules = {
-        "answer_all": per_view["ensemble"]["answer_all"],
-        "removed": _counts_with_ci(answer_outcomes(sim, q_lab, g_lab, thr, removed=rejected, **unknown), clusters,
-                                   resamples, seed),
-        "blocking": _counts_with_ci(answer_outcomes(sim, q_lab, g_lab, thr, blocking=rejected, **unknown), clusters,
-                                    resamples, seed),
-    }
-    if unknown:
-        # the raw similarity threshold alone, for comparison (bundles calibrated before the normalised one)
-        rules["answer_all_raw_threshold"] = _counts_with_ci(answer_outcomes(sim, q_lab, g_lab, thr), clusters,
-                                                            resamples, seed)
-    # the other side of the threshold: every query as a stranger (its person taken out of the gallery)
-    raw_best = stranger_best(sim, q_lab, g_lab)
-    named = {"raw_threshold": raw_best >= thr}
-    if unknown:
-        z = stranger_best(sim, q_lab, g_lab, unknown["cohort"])
-        named["default"] = ~unknown_mask(raw_best, z, thr, unknown["norm_threshold"])
-    strangers = {}
-    for name, v in named.items():
-        share, lo, hi = cluster_bootstrap([v.astype(float)], clusters, resamples=resamples, seed=seed)
-        strangers[name] = {"named": int(v.sum()), "share": share, "share_ci95": [lo, hi]}
+    unknown = a.unknown_rule("ensemble")
+    feats, wrong, score = a.features_of(sim)
+    rules = _threshold_rules(a, per_view["ensemble"]["answer_all"], sim, thr, unknown, rejected)
+    strangers = _strangers(a, sim, thr, unknown)
     policy = cal.answer_policy("ensemble")
     confidences = {"similarity": score, "margin": feats["margin"]}
     if policy is not None:
-        rules["policy"] = per_view["ensemble"]["policy"]
+        rules["policy"] = per_view["ensemble"]["policy"]  # the same dict: the view's row shows the rule too
         rules["policy"]["rule"] = policy.kind
         rules["policy"]["abstain_below"] = policy.threshold
         for rule in ANSWER_RULES:
             p = cal.answer_policy("ensemble", rule)
             if p is not None:
                 confidences[rule] = p.confidence(feats)
-    # query-side rules answering as many queries as each product rule does (no threshold:
-    # the rule alone decides which queries are answered)
-    for base in ("policy", "blocking", "removed"):
-        if base not in rules:
-            continue
-        rate = 1.0 - rules[base]["coverage"]
-        for conf in ("similarity", "margin"):
-            out = answer_outcomes(sim, q_lab, g_lab, -np.inf, abstain=abstain_lowest(confidences[conf], rate))
-            rules[f"{conf}_at_{base}_coverage"] = _counts_with_ci(out, clusters, resamples, seed)
-    curves = {name: _curve(c, ~wrong) for name, c in confidences.items()}
-    abstention: dict = {"rates": list(rates), "answered_accuracy": {}, "answered_accuracy_ci95": {}, "comparisons": []}
-    per_rule_values = {}
-    for name, c in confidences.items():
-        vals = [accuracy_at_abstention(c, wrong, r) for r in rates]
-        per_rule_values[name] = vals
-        stats = [cluster_bootstrap([v], clusters, resamples=resamples, seed=seed) for v in vals]
-        abstention["answered_accuracy"][name] = [s[0] for s in stats]
-        abstention["answered_accuracy_ci95"][name] = [[s[1], s[2]] for s in stats]
-    for richer in ("combined", "query"):
-        for simpler in ("similarity", "query"):
-            if richer == simpler or richer not in per_rule_values or simpler not in per_rule_values:
-                continue
-            for i, r in enumerate(rates):
-                d, lo, hi = cluster_bootstrap([per_rule_values[simpler][i], per_rule_values[richer][i]], clusters,
-                                                lambda a, b: b - a, resamples=resamples, seed=seed)
-                abstention["comparisons"].append({"rule": richer, "against": simpler, "rate": r,
-                                                  "accuracy_gain": d, "ci95": [lo, hi]})
+    rules.update(_coverage_matched_rules(a, rules, sim, confidences))
     return {
         "metric": "every query answered as the app answers: right (its person named), wrong (another person "
                   "named) or unknown; the paper's kept-queries figures are under 'rejection'",
         "gallery": gallery_overview(bundle, vectors),
         "rules": rules,
         "strangers": strangers,
-        "curves": curves,
-        "abstention": abstention,
+        "curves": {name: _curve(c, ~wrong) for name, c in confidences.items()},
+        "abstention": _abstention(a, confidences, wrong, rates),
         "views": per_view,
     }
 

@@ -98,7 +98,11 @@ def _integral(imgs: torch.Tensor) -> torch.Tensor:
 
 
 def detect_faces(imgs: np.ndarray, minsize: int, pnet, rnet, onet, threshold, factor: float, device):
-    """facenet-pytorch's ``detect_face`` for a (B, H, W, 3) uint8 batch; same return value."""
+    """facenet-pytorch's ``detect_face`` for a (B, H, W, 3) uint8 batch; same return value.
+
+    The same steps in the same order, each stage a function named after it:
+    ``_pyramid_scales``, ``_stage1_pnet``, ``_stage2_rnet``, ``_stage3_onet``, ``_per_image``.
+    """
     imgs = torch.as_tensor(np.ascontiguousarray(imgs), device=device)
     model_dtype = next(pnet.parameters()).dtype
     integral = _integral(imgs)
@@ -106,6 +110,22 @@ def detect_faces(imgs: np.ndarray, minsize: int, pnet, rnet, onet, threshold, fa
 
     batch_size = len(imgs)
     h, w = imgs.shape[2:4]
+    scales = _pyramid_scales(h, w, minsize, factor)
+    if not scales:  # shorter side under minsize: no pyramid level fits P-Net's 12 px window, so no face
+        return ([np.zeros((0, 5), np.float32) for _ in range(batch_size)],
+                [np.zeros((0, 5, 2), np.float32) for _ in range(batch_size)])
+
+    boxes, image_inds = _stage1_pnet(imgs, scales, pnet, threshold[0])
+    if len(boxes) > 0:
+        boxes, image_inds = _stage2_rnet(integral, boxes, image_inds, w, h, rnet, threshold[1], model_dtype)
+    points = torch.zeros(0, 5, 2, device=device)
+    if len(boxes) > 0:
+        boxes, image_inds, points = _stage3_onet(integral, boxes, image_inds, w, h, onet, threshold[2], model_dtype)
+    return _per_image(boxes, points, image_inds, batch_size)
+
+
+def _pyramid_scales(h: int, w: int, minsize: int, factor: float) -> list[float]:
+    """The image pyramid's scales: from ``12 / minsize``, times ``factor`` while the shorter side fits 12 px."""
     m = 12.0 / minsize
     minl = min(h, w) * m
 
@@ -115,18 +135,20 @@ def detect_faces(imgs: np.ndarray, minsize: int, pnet, rnet, onet, threshold, fa
         scales.append(scale_i)
         scale_i = scale_i * factor
         minl = minl * factor
-    if not scales:  # shorter side under minsize: no pyramid level fits P-Net's 12 px window, so no face
-        return ([np.zeros((0, 5), np.float32) for _ in range(batch_size)],
-                [np.zeros((0, 5, 2), np.float32) for _ in range(batch_size)])
+    return scales
 
-    # First stage
+
+def _stage1_pnet(imgs: torch.Tensor, scales: list[float], pnet, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """First stage: P-Net over every pyramid level, NMS per level then across levels, the boxes
+    regressed and squared. Returns (N, 5) boxes (x1, y1, x2, y2, score) and (N,) image indices."""
+    h, w = imgs.shape[2:4]
     boxes, image_inds, scale_picks = [], [], []
     offset = 0
     for scale in scales:
         im_data = imresample(imgs, (int(h * scale + 1), int(w * scale + 1)))
         im_data = (im_data - 127.5) * 0.0078125
         reg, probs = pnet(im_data)
-        boxes_scale, image_inds_scale = generateBoundingBox(reg, probs[:, 1], scale, threshold[0])
+        boxes_scale, image_inds_scale = generateBoundingBox(reg, probs[:, 1], scale, threshold)
         boxes.append(boxes_scale)
         image_inds.append(image_inds_scale)
         pick = batched_nms(boxes_scale[:, :4], boxes_scale[:, 4], image_inds_scale, 0.5)
@@ -148,47 +170,58 @@ def detect_faces(imgs: np.ndarray, minsize: int, pnet, rnet, onet, threshold, fa
     qq4 = boxes[:, 3] + boxes[:, 8] * regh
     boxes = torch.stack([qq1, qq2, qq3, qq4, boxes[:, 4]]).permute(1, 0)
     boxes = rerec(boxes)
+    return boxes, image_inds
 
-    # Second stage
-    if len(boxes) > 0:
-        boxes, image_inds, im_data = _stage_input(integral, boxes, image_inds, w, h, 24, model_dtype)
-        out = fixed_batch_process(im_data, rnet)
-        out0 = out[0].permute(1, 0)
-        out1 = out[1].permute(1, 0)
-        score = out1[1, :]
-        ipass = score > threshold[1]
-        boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
-        image_inds = image_inds[ipass]
-        mv = out0[:, ipass].permute(1, 0)
-        pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
-        boxes, image_inds, mv = boxes[pick], image_inds[pick], mv[pick]
-        boxes = bbreg(boxes, mv)
-        boxes = rerec(boxes)
 
-    # Third stage
-    points = torch.zeros(0, 5, 2, device=device)
-    if len(boxes) > 0:
-        boxes, image_inds, im_data = _stage_input(integral, boxes, image_inds, w, h, 48, model_dtype)
-        out = fixed_batch_process(im_data, onet)
-        out0 = out[0].permute(1, 0)
-        out1 = out[1].permute(1, 0)
-        out2 = out[2].permute(1, 0)
-        score = out2[1, :]
-        points = out1
-        ipass = score > threshold[2]
-        points = points[:, ipass]
-        boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
-        image_inds = image_inds[ipass]
-        mv = out0[:, ipass].permute(1, 0)
-        w_i = boxes[:, 2] - boxes[:, 0] + 1
-        h_i = boxes[:, 3] - boxes[:, 1] + 1
-        points_x = w_i.repeat(5, 1) * points[:5, :] + boxes[:, 0].repeat(5, 1) - 1
-        points_y = h_i.repeat(5, 1) * points[5:10, :] + boxes[:, 1].repeat(5, 1) - 1
-        points = torch.stack((points_x, points_y)).permute(2, 1, 0)
-        boxes = bbreg(boxes, mv)
-        pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
-        boxes, image_inds, points = boxes[pick], image_inds[pick], points[pick]
+def _stage2_rnet(integral, boxes: torch.Tensor, image_inds: torch.Tensor, w, h, rnet, threshold: float,
+                 model_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Second stage: R-Net on the 24x24 crops of the candidates, kept over ``threshold``, NMS,
+    regressed and squared. Returns (N, 5) boxes and (N,) image indices."""
+    boxes, image_inds, im_data = _stage_input(integral, boxes, image_inds, w, h, 24, model_dtype)
+    out = fixed_batch_process(im_data, rnet)
+    out0 = out[0].permute(1, 0)
+    out1 = out[1].permute(1, 0)
+    score = out1[1, :]
+    ipass = score > threshold
+    boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
+    image_inds = image_inds[ipass]
+    mv = out0[:, ipass].permute(1, 0)
+    pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+    boxes, image_inds, mv = boxes[pick], image_inds[pick], mv[pick]
+    boxes = bbreg(boxes, mv)
+    boxes = rerec(boxes)
+    return boxes, image_inds
 
+
+def _stage3_onet(integral, boxes: torch.Tensor, image_inds: torch.Tensor, w, h, onet, threshold: float,
+                 model_dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Third stage: O-Net on the 48x48 crops, kept over ``threshold``, the five landmarks placed in
+    the image, boxes regressed, NMS ("Min"). Returns (N, 5) boxes, (N,) image indices, (N, 5, 2) points."""
+    boxes, image_inds, im_data = _stage_input(integral, boxes, image_inds, w, h, 48, model_dtype)
+    out = fixed_batch_process(im_data, onet)
+    out0 = out[0].permute(1, 0)
+    out1 = out[1].permute(1, 0)
+    out2 = out[2].permute(1, 0)
+    score = out2[1, :]
+    points = out1
+    ipass = score > threshold
+    points = points[:, ipass]
+    boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
+    image_inds = image_inds[ipass]
+    mv = out0[:, ipass].permute(1, 0)
+    w_i = boxes[:, 2] - boxes[:, 0] + 1
+    h_i = boxes[:, 3] - boxes[:, 1] + 1
+    points_x = w_i.repeat(5, 1) * points[:5, :] + boxes[:, 0].repeat(5, 1) - 1
+    points_y = h_i.repeat(5, 1) * points[5:10, :] + boxes[:, 1].repeat(5, 1) - 1
+    points = torch.stack((points_x, points_y)).permute(2, 1, 0)
+    boxes = bbreg(boxes, mv)
+    pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
+    return boxes[pick], image_inds[pick], points[pick]
+
+
+def _per_image(boxes: torch.Tensor, points: torch.Tensor, image_inds: torch.Tensor,
+               batch_size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The detections split by image: a list of (n, 5) boxes and one of (n, 5, 2) points."""
     boxes = boxes.cpu().numpy()
     points = points.cpu().numpy()
     image_inds = image_inds.cpu()

@@ -251,39 +251,7 @@ def _build(folder: str | os.PathLike, bundle: Bundle, index: str, config: Compac
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp"))
     pa, _ = require_pyarrow()
     try:
-        dim = None
-        writer = None
-        quality = np.lib.format.open_memmap(tmp / "quality.npy", "w+", np.float32, (n,))
-        uncertainty = np.lib.format.open_memmap(tmp / "uncertainty.npy", "w+", np.float32, (n,))
-        active = np.lib.format.open_memmap(tmp / "active.npy", "w+", np.bool_, (n,))
-        present = None
-        members: tuple[str, ...] = ()
-        done = 0
-        with pa.OSFile(str(tmp / "entries.arrow"), "wb") as sink:
-            entries_writer = None
-            for proj in _projections(folder, manifest, bundle, use_ray, max(1, in_flight)):
-                rows = slice(done, done + len(proj.active))
-                if writer is None:
-                    dim, members = proj.vectors.shape[1], proj.members
-                    writer = VectorFileWriter(tmp / "vectors.npy", n, dim)
-                    present = np.lib.format.open_memmap(tmp / "member_present.npy", "w+", np.bool_, (n, len(members)))
-                    entries_writer = pa.ipc.new_file(sink, proj.entries.schema)
-                writer.write(proj.vectors)
-                quality[rows], uncertainty[rows], active[rows] = proj.quality, proj.uncertainty, proj.active
-                present[rows] = proj.member_present
-                entries_writer.write_table(proj.entries)
-                done = rows.stop
-                logger.info("archive index: %d / %d entries projected", done, n)
-            if entries_writer is not None:
-                entries_writer.close()
-        if done != n:
-            raise GalleryError(f"{folder}: the shards hold {done} entries, {MANIFEST} says {n}")
-        writer.close()
-        for arr in (quality, uncertainty, active, present):
-            arr.flush()
-        unusable = int(n - np.count_nonzero(active))
-        rejected = int(bundle.rejected(np.asarray(quality)[np.asarray(active)]).sum())
-        del quality, uncertainty, active, present
+        written = _write_projections(tmp, folder, manifest, bundle, n, pa, use_ray, in_flight)
         projected = time.perf_counter()
         index_seconds = 0.0
         if kind == "compact":
@@ -291,29 +259,92 @@ def _build(folder: str | os.PathLike, bundle: Bundle, index: str, config: Compac
             index_seconds = time.perf_counter() - projected
             logger.info("compact index %s built in %.1f s", built, index_seconds)
         meta = {"kind": ARCHIVE_KIND, "index": kind, "fingerprint": fingerprint,
-                "bundle": bundle_description(bundle), "members": list(members), "entries": n, "dim": int(dim),
-                "shards": shards_signature(manifest), "projection_seconds": projected - start,
+                "bundle": bundle_description(bundle), "members": list(written.members), "entries": n,
+                "dim": int(written.dim), "shards": shards_signature(manifest), "projection_seconds": projected - start,
                 "index_seconds": index_seconds, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         tmp.chmod(0o755)
-        with locked(folder):
-            current = require_manifest(folder)
-            if shards_signature(current) != meta["shards"]:
-                raise GalleryError(f"{folder}: shards were added while the archive index was built; build it again")
-            swap_in(tmp, root / name)
-            current["derived"] = {"path": f"derived/{name}", "kind": ARCHIVE_KIND, "fingerprint": fingerprint,
-                                  "bundle": meta["bundle"], "shards": meta["shards"]}
-            write_manifest(folder, current)
-            for other in root.iterdir():
-                if other.name != name and not other.name.startswith("."):
-                    shutil.rmtree(other, ignore_errors=True)
+        _swap_in_derived(folder, tmp, name, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    report = ArchiveBuildReport(root / name, n, unusable, rejected, kind, projected - start, index_seconds,
-                                time.perf_counter() - start, "ray" if use_ray else "in-process")
+    report = ArchiveBuildReport(root / name, n, written.unusable, written.rejected, kind, projected - start,
+                                index_seconds, time.perf_counter() - start, "ray" if use_ray else "in-process")
     logger.info("%s", report.summary())
     return report
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What ``_write_projections`` wrote: the fused vectors' size, the members, and the counts."""
+
+    dim: int
+    members: tuple[str, ...]
+    unusable: int
+    rejected: int
+
+
+def _write_projections(tmp: Path, folder: Path, manifest: dict, bundle: Bundle, n: int, pa, use_ray: bool,
+                       in_flight: int) -> _Written:
+    """Stream every shard's projection into ``tmp``: the vector file, the per-entry arrays and entries.arrow.
+
+    Raises:
+        GalleryError: the shards hold another number of entries than the manifest says.
+    """
+    dim = None
+    writer = None
+    quality = np.lib.format.open_memmap(tmp / "quality.npy", "w+", np.float32, (n,))
+    uncertainty = np.lib.format.open_memmap(tmp / "uncertainty.npy", "w+", np.float32, (n,))
+    active = np.lib.format.open_memmap(tmp / "active.npy", "w+", np.bool_, (n,))
+    present = None
+    members: tuple[str, ...] = ()
+    done = 0
+    with pa.OSFile(str(tmp / "entries.arrow"), "wb") as sink:
+        entries_writer = None
+        for proj in _projections(folder, manifest, bundle, use_ray, max(1, in_flight)):
+            rows = slice(done, done + len(proj.active))
+            if writer is None:
+                dim, members = proj.vectors.shape[1], proj.members
+                writer = VectorFileWriter(tmp / "vectors.npy", n, dim)
+                present = np.lib.format.open_memmap(tmp / "member_present.npy", "w+", np.bool_, (n, len(members)))
+                entries_writer = pa.ipc.new_file(sink, proj.entries.schema)
+            writer.write(proj.vectors)
+            quality[rows], uncertainty[rows], active[rows] = proj.quality, proj.uncertainty, proj.active
+            present[rows] = proj.member_present
+            entries_writer.write_table(proj.entries)
+            done = rows.stop
+            logger.info("archive index: %d / %d entries projected", done, n)
+        if entries_writer is not None:
+            entries_writer.close()
+    if done != n:
+        raise GalleryError(f"{folder}: the shards hold {done} entries, {MANIFEST} says {n}")
+    writer.close()
+    for arr in (quality, uncertainty, active, present):
+        arr.flush()
+    unusable = int(n - np.count_nonzero(active))
+    rejected = int(bundle.rejected(np.asarray(quality)[np.asarray(active)]).sum())
+    return _Written(dim, members, unusable, rejected)
+
+
+def _swap_in_derived(folder: Path, tmp: Path, name: str, meta: dict) -> None:
+    """Under the gallery's lock: ``tmp`` becomes ``derived/<name>``, the manifest points to it, and the
+    other derived folders go.
+
+    Raises:
+        GalleryError: shards were added since the build started.
+    """
+    root = folder / "derived"
+    with locked(folder):
+        current = require_manifest(folder)
+        if shards_signature(current) != meta["shards"]:
+            raise GalleryError(f"{folder}: shards were added while the archive index was built; build it again")
+        swap_in(tmp, root / name)
+        current["derived"] = {"path": f"derived/{name}", "kind": ARCHIVE_KIND, "fingerprint": meta["fingerprint"],
+                              "bundle": meta["bundle"], "shards": meta["shards"]}
+        write_manifest(folder, current)
+        for other in root.iterdir():
+            if other.name != name and not other.name.startswith("."):
+                shutil.rmtree(other, ignore_errors=True)
 
 
 def _build_compact(folder: Path, config: CompactConfig, use_ray: bool) -> str:

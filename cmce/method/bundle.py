@@ -214,8 +214,27 @@ def load_bundle(
 def _load_folder(folder: Path, source: str, max_bytes: int | None = None) -> Bundle:
     """Read a bundle folder: config.json, then the safetensors files it names (nothing else)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
+    cfg, w_path, b_path = _read_config(folder, source, max_bytes)
+    try:
+        return _bundle_from(cfg, w_path, b_path, source)
+    except BundleError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{source}: {CONFIG_NAME} does not fit this version of cmce ({e!r})") from e
+    except (RuntimeError, SafetensorError) as e:
+        raise BundleError(f"{source}: {WEIGHTS_NAME} does not match its config ({e})") from e
+    except CmceError as e:
+        raise BundleError(f"{source}: {e}") from e
+
+
+def _read_config(folder: Path, source: str, max_bytes: int | None) -> tuple[dict, Path, Path | None]:
+    """A bundle folder's checked config: ``(config, weights file, baselines file or None)``.
+
+    Raises:
+        BundleError: a file missing, over ``max_bytes``, not JSON, of another format
+            version, or with another checksum than the config records.
+    """
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for p in (cfg_path, w_path):
         if not p.is_file():
@@ -241,51 +260,50 @@ def _load_folder(folder: Path, source: str, max_bytes: int | None = None) -> Bun
             raise BundleError(f"{source}: {BASELINES_NAME} is missing (its config lists it)")
         if file_sha256(b_path) != b_want:
             raise BundleError(f"{source}: {BASELINES_NAME} checksum mismatch (corrupt or replaced file)")
-    try:
-        query = cfg["query_model"]["name"]
-        gallery = [(g["name"], g.get("sha256"), g["transformer"]) for g in cfg["gallery_models"]]
-        adapter_arch = {g["name"]: g["query_adapter"] for g in cfg["gallery_models"] if "query_adapter" in g}
-        _check_backbone(source, query, cfg["query_model"].get("sha256"))
-        for name, sha, _ in gallery:
-            _check_backbone(source, name, sha)
-        state = {k: v.float() for k, v in load_file(str(w_path)).items()}
-        if b_want:
-            state.update({k: v.float() for k, v in load_file(str(b_path)).items()})
-        transformers = {}
-        for name, _, arch in gallery:
-            module = create_transformer(TransformerConfig(**arch))
-            prefix = f"{name}."
-            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            module.load_state_dict(sub, strict=True)
-            transformers[name] = module.eval()
-        adapters = {}
-        for name, arch in adapter_arch.items():
-            module = create_transformer(TransformerConfig(**arch))
-            prefix = f"adapter.{name}."
-            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
-            adapters[name] = module.eval()
-        return Bundle(
-            query_model=query,
-            gallery_models=tuple(n for n, _, _ in gallery),
-            transformers=transformers,
-            query_member=bool(cfg.get("query_member", False)),
-            fusion=FusionGate.from_dict(cfg.get("fusion")),
-            linear_maps={
-                k[len("linear."):]: v.numpy() for k, v in state.items() if k.startswith("linear.")
-            },
-            query_adapters=adapters,
-            calibration=Calibration.from_dict(cfg.get("calibration", {})),
-            info=cfg.get("info", {}),
-            source=source,
-        )
-    except BundleError:
-        raise
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{source}: {CONFIG_NAME} does not fit this version of cmce ({e!r})") from e
-    except (RuntimeError, SafetensorError) as e:
-        raise BundleError(f"{source}: {WEIGHTS_NAME} does not match its config ({e})") from e
-    except CmceError as e:
-        raise BundleError(f"{source}: {e}") from e
+    return cfg, w_path, (b_path if b_want else None)
+
+
+def _bundle_from(cfg: dict, w_path: Path, b_path: Path | None, source: str) -> Bundle:
+    """The bundle a checked config and its safetensors files describe (``_load_folder`` words the errors)."""
+    from safetensors.torch import load_file
+
+    query = cfg["query_model"]["name"]
+    gallery = [(g["name"], g.get("sha256"), g["transformer"]) for g in cfg["gallery_models"]]
+    adapter_arch = {g["name"]: g["query_adapter"] for g in cfg["gallery_models"] if "query_adapter" in g}
+    _check_backbone(source, query, cfg["query_model"].get("sha256"))
+    for name, sha, _ in gallery:
+        _check_backbone(source, name, sha)
+    state = {k: v.float() for k, v in load_file(str(w_path)).items()}
+    if b_path is not None:
+        state.update({k: v.float() for k, v in load_file(str(b_path)).items()})
+    transformers = _modules(state, [(name, arch) for name, _, arch in gallery], "")
+    adapters = _modules(state, list(adapter_arch.items()), "adapter.")
+    return Bundle(
+        query_model=query,
+        gallery_models=tuple(n for n, _, _ in gallery),
+        transformers=transformers,
+        query_member=bool(cfg.get("query_member", False)),
+        fusion=FusionGate.from_dict(cfg.get("fusion")),
+        linear_maps={
+            k[len("linear."):]: v.numpy() for k, v in state.items() if k.startswith("linear.")
+        },
+        query_adapters=adapters,
+        calibration=Calibration.from_dict(cfg.get("calibration", {})),
+        info=cfg.get("info", {}),
+        source=source,
+    )
+
+
+def _modules(state: dict, archs: list[tuple[str, dict]], prefix: str) -> dict:
+    """``name -> transformer`` in eval mode, each built from its architecture and loaded strictly from
+    the ``{prefix}{name}.`` entries of ``state``."""
+    modules = {}
+    for name, arch in archs:
+        module = create_transformer(TransformerConfig(**arch))
+        start = f"{prefix}{name}."
+        module.load_state_dict({k[len(start):]: v for k, v in state.items() if k.startswith(start)}, strict=True)
+        modules[name] = module.eval()
+    return modules
 
 
 def _check_backbone(source: str, name: str, sha: str | None) -> None:

@@ -88,7 +88,24 @@ def render_model_card(config: dict) -> str:
     q = config["query_model"]["name"]
     gallery = [g["name"] for g in config["gallery_models"]]
     info = config.get("info", {})
-    lines = [
+    lines = _intro_lines(q, gallery, info) + _backbone_lines(q, gallery)
+    train = info.get("training", {})
+    evaluation = Evaluation.from_dict(info.get("evaluation", {}), where="evaluation")
+    lines += [*_training_lines(train), *_calibration_lines(config, train), "",
+              "## Evaluation (identities never used in training)", "", render_table(evaluation.rows)]
+    shipped = config["calibration"]["quality"]["kind"]
+    lines += _rejection_lines(evaluation, shipped)
+    if info.get("evaluation_mixed"):
+        lines += _mixed_evaluation_lines(Evaluation.from_dict(info["evaluation_mixed"], where="evaluation_mixed"),
+                                         shipped)
+    lines += _upgrades(config)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _intro_lines(q: str, gallery: list[str], info: dict) -> list[str]:
+    """Card lines: the Hub metadata, the title, what the bundle is and what it is for."""
+    return [
         "---",
         "library_name: cmce",
         "license: other",
@@ -104,6 +121,12 @@ def render_model_card(config: dict) -> str:
         "they disagree. Load with `cmce.load_bundle(...)`.",
         "",
         *([f"**Use it for:** {info['purpose']}", ""] if info.get("purpose") else []),
+    ]
+
+
+def _backbone_lines(q: str, gallery: list[str]) -> list[str]:
+    """Card lines: the backbones' table (package, role, licence, training data)."""
+    lines = [
         "## Backbones (weights come from the packages below, verified by sha256)",
         "",
         "| model | role here | licence | trained on |",
@@ -112,9 +135,12 @@ def render_model_card(config: dict) -> str:
     for name, role in [(q, "query")] + [(g, "gallery") for g in gallery]:
         s = PRETRAINED[name]
         lines.append(f"| `{name}` ({s.package or 'download'}) | {role} | {s.license} | {s.training_data} |")
-    train = info.get("training", {})
-    evaluation = Evaluation.from_dict(info.get("evaluation", {}), where="evaluation")
-    lines += [
+    return lines
+
+
+def _training_lines(train: dict) -> list[str]:
+    """Card lines: the transformers' licence and their training data."""
+    return [
         "",
         "The transformers in this bundle (a few MB of safetensors) are released under the "
         "project's licence; using the backbones is subject to their own licences above.",
@@ -129,56 +155,63 @@ def render_model_card(config: dict) -> str:
         f"Images: {train.get('images', '?')}, identities: {train.get('identities', '?')}; "
         f"identity loss: {train.get('identity_loss', '?')}; seed {train.get('seed', '?')}. "
         "No training image is included in this repository.",
+    ]
+
+
+def _calibration_lines(config: dict, train: dict) -> list[str]:
+    """Card lines: doubtful faces, the answer rule, "Unknown", the ensemble's members and fusion."""
+    calibration = config["calibration"]
+    return [
         "",
         "## Calibration",
         "",
         f"- doubtful gallery faces (marked, still searched; rejected only when asked): quality score "
-        f"`{config['calibration']['quality']['kind']}` above {config['calibration']['rejection_threshold']:.4g}, "
-        f"{100 * config['calibration']['rejection_rate']:.0f}% of the calibration gallery",
-        *_answer_lines(config["calibration"], train),
-        *_unknown_lines(config["calibration"], train),
+        f"`{calibration['quality']['kind']}` above {calibration['rejection_threshold']:.4g}, "
+        f"{100 * calibration['rejection_rate']:.0f}% of the calibration gallery",
+        *_answer_lines(calibration, train),
+        *_unknown_lines(calibration, train),
         f"- query model's own gallery embedding is an ensemble member: {config.get('query_member', False)}",
         f"- fusion: `{config.get('fusion', {}).get('kind', 'mean')}` "
         f"({FUSION_DESCRIPTIONS[config.get('fusion', {}).get('kind', 'mean')]})",
         *_quality_choice(train, bool(config.get("query_member", False))),
-        *_predictor_lines(config["calibration"]["quality"]),
-        "",
-        "## Evaluation (identities never used in training)",
-        "",
-        render_table(evaluation.rows),
+        *_predictor_lines(calibration["quality"]),
     ]
-    shipped = config["calibration"]["quality"]["kind"]
+
+
+def _rejection_lines(evaluation: Evaluation, shipped: str) -> list[str]:
+    """Card lines: rejection by quality with intervals, or the older table where the evaluation has none."""
     if (evaluation.rejection_by_quality.get("disagreement") or [QualityStep()])[0].error_cut_ci95:
-        lines += ["Rejection (95% intervals from a bootstrap over query identities):", "",
-                  render_rejection_tables(evaluation, shipped)]
-    elif evaluation.rejection:
-        lines += [
-            "| rejected | R@1 (quality) | R@1 (random) | R@1 (lowest detection prob.) |",
-            "|---:|---:|---:|---:|",
-        ]
-        for r in evaluation.rejection:
-            lines.append(
-                f"| {100 * r.rate:.0f}% | {100 * r.recall_at_1:.2f} | {100 * r.random_recall_at_1:.2f} | "
-                f"{100 * r.detection_recall_at_1:.2f} |"
-            )
-    if info.get("evaluation_mixed"):
-        mixed = Evaluation.from_dict(info["evaluation_mixed"], where="evaluation_mixed")
-        d = mixed.gallery_degrade or {}
-        lines += [
-            "",
-            "## Evaluation on a mixed-quality gallery (identities never used in training)",
-            "",
-            f"The same held-out identities, with `{d.get('spec', '?')}` (seed {d.get('seed', '?')}): "
-            f"{d.get('degraded', '?')} of {d.get('gallery_photos', '?')} gallery photos degraded "
-            f"({', '.join(f'{k} {v}' for k, v in d.get('by_kind', {}).items())}); queries unchanged. "
-            "`python -m cmce evaluate DATA --heldout --gallery-degrade mix:0.6`.",
-            "",
-            render_table(mixed.rows),
-            render_rejection_tables(mixed, shipped),
-        ]
-    lines += _upgrades(config)
-    lines.append("")
-    return "\n".join(lines)
+        return ["Rejection (95% intervals from a bootstrap over query identities):", "",
+                render_rejection_tables(evaluation, shipped)]
+    if not evaluation.rejection:
+        return []
+    lines = [
+        "| rejected | R@1 (quality) | R@1 (random) | R@1 (lowest detection prob.) |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in evaluation.rejection:
+        lines.append(
+            f"| {100 * r.rate:.0f}% | {100 * r.recall_at_1:.2f} | {100 * r.random_recall_at_1:.2f} | "
+            f"{100 * r.detection_recall_at_1:.2f} |"
+        )
+    return lines
+
+
+def _mixed_evaluation_lines(mixed: Evaluation, shipped: str) -> list[str]:
+    """Card lines: the evaluation on a mixed-quality gallery (``info.evaluation_mixed``)."""
+    d = mixed.gallery_degrade or {}
+    return [
+        "",
+        "## Evaluation on a mixed-quality gallery (identities never used in training)",
+        "",
+        f"The same held-out identities, with `{d.get('spec', '?')}` (seed {d.get('seed', '?')}): "
+        f"{d.get('degraded', '?')} of {d.get('gallery_photos', '?')} gallery photos degraded "
+        f"({', '.join(f'{k} {v}' for k, v in d.get('by_kind', {}).items())}); queries unchanged. "
+        "`python -m cmce evaluate DATA --heldout --gallery-degrade mix:0.6`.",
+        "",
+        render_table(mixed.rows),
+        render_rejection_tables(mixed, shipped),
+    ]
 
 
 def _unknown_lines(calibration: dict, train: dict) -> list[str]:

@@ -287,11 +287,7 @@ def train_transformer(
         module.out[1].weight.zero_()  # the residual MLP starts as a no-op
         module.out[1].bias.zero_()
 
-    names, y_tr = np.unique(np.asarray(labels_train), return_inverse=True)
-    cent = np.zeros((len(names), q_tr.shape[1]), np.float32)
-    np.add.at(cent, y_tr, q_tr)
-    cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
-    centroids = torch.from_numpy(cent)
+    y_tr, centroids = _identity_centroids(labels_train, q_tr)
     gx, qx, yx = torch.from_numpy(g_tr), torch.from_numpy(q_tr), torch.from_numpy(y_tr)
 
     if fixed_epochs is not None and not 0 <= fixed_epochs <= config.epochs:
@@ -305,15 +301,7 @@ def train_transformer(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
 
     def val_recall() -> float:
-        if len(qi) == 0:
-            return float("nan")
-        if adapt_queries:
-            tq = transform_embeddings(module, np.asarray(gallery_val, np.float32)[qi])
-            sim = tq @ np.asarray(query_val, np.float32)[gi].T
-        else:
-            tg = transform_embeddings(module, np.asarray(gallery_val, np.float32)[gi])
-            sim = np.asarray(query_val, np.float32)[qi] @ tg.T
-        return recall_at_k(sim, lv[qi], lv[gi], ks=(1,))[1]
+        return _val_recall(module, gallery_val, query_val, lv, gi, qi, adapt_queries)
 
     best = (val_recall(), 0, {k: v.clone() for k, v in module.state_dict().items()})
     history = [{"epoch": 0, "val_recall_at_1": best[0]}]
@@ -322,23 +310,7 @@ def train_transformer(
     for epoch in range(1, last_epoch + 1):
         module.train()
         perm = torch.from_numpy(rng.permutation(len(g_tr)))
-        total = 0.0
-        for s in range(0, len(perm), config.batch_size):
-            b = perm[s : s + config.batch_size]
-            t = module(gx[b])
-            q = qx[b]
-            loss = (1.0 - (t * q).sum(-1)).mean()
-            if config.identity_loss == "classifier":
-                loss = loss + config.identity_weight * F.cross_entropy(config.scale * t @ centroids.T, yx[b])
-            elif config.identity_loss == "supcon":
-                logits = config.scale * t @ q.T
-                pos = (yx[b][:, None] == yx[b][None, :]).float()
-                logp = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-                loss = loss + config.identity_weight * (-(logp * pos).sum(1) / pos.sum(1)).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(b)
+        total = _train_epoch(module, opt, config, perm, gx, qx, yx, centroids)
         sched.step()
         r1 = val_recall()
         history.append({"epoch": epoch, "loss": total / len(g_tr), "val_recall_at_1": r1})
@@ -358,3 +330,56 @@ def train_transformer(
         module.load_state_dict(best[2])
     module.eval()
     return TrainResult(module, best[1], float(best[0]), tuple(history))
+
+
+def _identity_centroids(labels: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """(N,) identity index per training row, and the (I, Dq) unit centroids of each identity's query
+    embeddings: the frozen cosine classifier of the ``classifier`` identity loss."""
+    names, y_tr = np.unique(np.asarray(labels), return_inverse=True)
+    cent = np.zeros((len(names), query.shape[1]), np.float32)
+    np.add.at(cent, y_tr, query)
+    cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    return y_tr, torch.from_numpy(cent)
+
+
+def _batch_loss(module: EmbeddingTransformer, config: TrainConfig, x: torch.Tensor, q: torch.Tensor, y: torch.Tensor,
+                centroids: torch.Tensor) -> torch.Tensor:
+    """The pull term on one batch, plus ``config``'s identity term (the module docstring's losses)."""
+    t = module(x)
+    loss = (1.0 - (t * q).sum(-1)).mean()
+    if config.identity_loss == "classifier":
+        loss = loss + config.identity_weight * F.cross_entropy(config.scale * t @ centroids.T, y)
+    elif config.identity_loss == "supcon":
+        logits = config.scale * t @ q.T
+        pos = (y[:, None] == y[None, :]).float()
+        logp = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        loss = loss + config.identity_weight * (-(logp * pos).sum(1) / pos.sum(1)).mean()
+    return loss
+
+
+def _train_epoch(module: EmbeddingTransformer, opt: torch.optim.Optimizer, config: TrainConfig, perm: torch.Tensor,
+                 gx: torch.Tensor, qx: torch.Tensor, yx: torch.Tensor, centroids: torch.Tensor) -> float:
+    """One optimiser step per batch of ``perm``; the sum over batches of loss times batch size."""
+    total = 0.0
+    for s in range(0, len(perm), config.batch_size):
+        b = perm[s : s + config.batch_size]
+        loss = _batch_loss(module, config, gx[b], qx[b], yx[b], centroids)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(b)
+    return total
+
+
+def _val_recall(module: EmbeddingTransformer, gallery_val, query_val, lv: np.ndarray, gi: np.ndarray, qi: np.ndarray,
+                adapt_queries: bool) -> float:
+    """Validation Recall@1 under ``first_image_protocol`` (``gi``, ``qi``); NaN without queries."""
+    if len(qi) == 0:
+        return float("nan")
+    if adapt_queries:
+        tq = transform_embeddings(module, np.asarray(gallery_val, np.float32)[qi])
+        sim = tq @ np.asarray(query_val, np.float32)[gi].T
+    else:
+        tg = transform_embeddings(module, np.asarray(gallery_val, np.float32)[gi])
+        sim = np.asarray(query_val, np.float32)[qi] @ tg.T
+    return recall_at_k(sim, lv[qi], lv[gi], ks=(1,))[1]
