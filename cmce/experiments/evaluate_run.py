@@ -16,13 +16,8 @@ from pathlib import Path
 
 from cmce.errors import CmceError
 from cmce.experiments.degrade import DegradeSpec, degrade_gallery
-from cmce.experiments.evaluate import (
-    evaluate_embedded,
-    evaluate_upgrade,
-    gallery_positions,
-    precision_effect,
-    upgrade_costs,
-)
+from cmce.experiments.evaluate import evaluate_embedded, gallery_positions
+from cmce.experiments.evaluate_upgrade import evaluate_upgrade, precision_effect, upgrade_costs
 from cmce.experiments.splits import heldout_subset
 from cmce.faces.detector import FaceDetector, create_detector
 from cmce.io.datasets import LabelledImages, list_labelled_images
