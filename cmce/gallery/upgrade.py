@@ -32,7 +32,7 @@ from cmce.gallery.persistence import bundle_inputs, bundle_keys, check_servable,
 from cmce.io.images import DEFAULT_LIMITS, ImageLimits, content_hash, load_image
 from cmce.method.bundle_model import Bundle
 from cmce.method.engine import FaceEngine
-from cmce.models.transform import quantize_transformer
+from cmce.method.precision import PRECISIONS, at_precision
 from cmce.storage.derived import write_derived
 from cmce.storage.manifest import MANIFEST, read_manifest
 from cmce.storage.read import read_gallery
@@ -178,8 +178,6 @@ def _link_shards(src: Path, manifest: dict, folder: Path) -> None:
     (folder / MANIFEST).write_text(json.dumps(dict(manifest, derived=None), indent=1) + "\n")
 
 
-PRECISIONS = ("float32", "int8")
-
 
 def upgrade_gallery(
     folder: str | os.PathLike, bundle: Bundle, *, out: str | os.PathLike | None = None, precision: str = "float32",
@@ -220,8 +218,7 @@ def upgrade_gallery(
         return _upgrade_archive(src, manifest, bundle, out, precision, ray, start)
     stored = read_gallery(src, metadata=False)  # ids, probabilities, embeddings: all re-projection needs
     previous = (stored.derived or {}).get("bundle") or {}
-    serving = bundle if precision == "float32" else replace(
-        bundle, transformers={m: quantize_transformer(t) for m, t in bundle.transformers.items()})
+    serving = at_precision(bundle, precision)
     proj = reproject_records(stored, serving)
     derived, index = derive(bundle, proj.vectors, seconds=proj.seconds)
     derived = replace(derived, bundle={**derived.bundle, "precision": precision})
