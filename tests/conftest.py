@@ -61,6 +61,15 @@ def lfw_pairs_embedded(lfw_dir):
     return pairs, embed_files(files, LOCAL_BACKBONES, cache=EmbeddingCache(), chunk_size=32)
 
 
+@pytest.fixture(scope="session")
+def lfw_pairs_labelled(lfw_pairs_embedded):
+    """``lfw_pairs_embedded``'s embedded files and each file's person (its folder name)."""
+    import numpy as np
+
+    _, res = lfw_pairs_embedded
+    return res, np.array([Path(p).parent.name for p in res.paths])
+
+
 DEFAULT_BUNDLE = ROOT / "assets" / "bundles" / "sface-query"
 
 

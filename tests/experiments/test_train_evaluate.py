@@ -26,11 +26,6 @@ from cmce.models.transform import (
 )
 
 
-def _labelled(lfw_pairs_embedded):
-    _, res = lfw_pairs_embedded
-    labels = np.array([Path(p).parent.name for p in res.paths])
-    return res, labels
-
 
 @pytest.fixture(scope="module")
 def small_dataset(lfw_pairs_embedded, tmp_path_factory) -> Path:
@@ -142,9 +137,9 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     assert "CC0" in card and "Apache-2.0" in card
 
 
-def test_evaluate_rows_and_rejection(trained_bundle, small_dataset, lfw_pairs_embedded) -> None:
+def test_evaluate_rows_and_rejection(trained_bundle, small_dataset, lfw_pairs_labelled) -> None:
     out, bundle = trained_bundle
-    res, labels = _labelled(lfw_pairs_embedded)
+    res, labels = lfw_pairs_labelled
     result = evaluate_embedded(res, labels, bundle, random_repeats=5)
     kinds = {r["kind"] for r in result["rows"]}
     assert kinds == {"symmetric", "asymmetric", "ensemble", "baseline"}
@@ -194,10 +189,10 @@ def test_evaluate_rows_and_rejection(trained_bundle, small_dataset, lfw_pairs_em
     assert result["answers"]["abstention"]["rates"] == [0.05, 0.1, 0.2]
 
 
-def test_evaluate_reports_query_adapter_baseline(trained_bundle, lfw_pairs_embedded) -> None:
+def test_evaluate_reports_query_adapter_baseline(trained_bundle, lfw_pairs_labelled) -> None:
     """The distillation-style row: the query mapped into each gallery model's space."""
     _, bundle = trained_bundle
-    res, labels = _labelled(lfw_pairs_embedded)
+    res, labels = lfw_pairs_labelled
     result = evaluate_embedded(res, labels, bundle, random_repeats=2)
     idx = np.flatnonzero(res.found)
     gi, qi = first_image_protocol(labels[idx])

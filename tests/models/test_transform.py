@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -17,14 +16,9 @@ from cmce.models.transform import (
 )
 
 
-def _labelled(lfw_pairs_embedded):
-    _, res = lfw_pairs_embedded
-    labels = np.array([Path(p).parent.name for p in res.paths])
-    return res, labels
 
-
-def test_linear_map_and_trained_transformer_on_unseen_identities(lfw_pairs_embedded) -> None:
-    res, labels = _labelled(lfw_pairs_embedded)
+def test_linear_map_and_trained_transformer_on_unseen_identities(lfw_pairs_labelled) -> None:
+    res, labels = lfw_pairs_labelled
     ok = res.found
     splits = dataset_splits(list(labels), SplitConfig(0.15, 0.25, 0))
     tr, va, te = (splits[k] & ok for k in ("train", "val", "test"))
