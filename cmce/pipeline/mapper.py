@@ -157,6 +157,7 @@ class IngestMapper:
     Args:
         gallery: the gallery folder whose ``staging/`` receives the batches (every
             worker must reach it: on a cluster, a shared file system).
+        job: the job's staging folder relative to ``gallery`` (``GalleryWriter.stage``).
         config: models and limits.
         known: content hashes the gallery holds (skipped without decoding).
         engine: an already loaded ``FaceEngine`` (in-process use); default: load one
@@ -164,7 +165,7 @@ class IngestMapper:
     """
 
     def __init__(self, gallery: str | os.PathLike, config: MapperConfig = MapperConfig(),
-                 known: KnownHashes | None = None, engine=None):
+                 known: KnownHashes | None = None, engine=None, *, job: str):
         if engine is None:
             from cmce.method.bundle import load_bundle
             from cmce.method.engine import FaceEngine
@@ -172,6 +173,7 @@ class IngestMapper:
             engine = FaceEngine(load_bundle(config.bundle, revision=config.revision), device=config.device)
         self.engine = engine
         self.gallery = Path(gallery)
+        self.job = job
         self.config = config
         self.known = known
 
@@ -196,7 +198,7 @@ class IngestMapper:
     def process(self, prepared: PreparedBatch) -> dict[str, np.ndarray]:
         """Embed a prepared batch, stage it, and return its one row of counts."""
         records, skipped = self.embed(prepared)
-        staged = write_staged(self.gallery, prepared.key, records, skipped)
+        staged = write_staged(self.gallery, prepared.key, records, skipped, job=self.job)
         return {
             "batch": np.array([prepared.key]),
             "files": np.array([prepared.files]),

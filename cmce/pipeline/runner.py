@@ -148,10 +148,10 @@ def run_in_process(job: IngestJob, *, engine=None, progress: JobProgress | None 
     """
     start = time.perf_counter()
     files, writer, limits = _start(job)
-    mapper = mapper_class(str(writer.folder), job.mapper, writer.known_hashes(), engine=engine)
     batches = [_columns(files[i : i + job.batch_size]) for i in range(0, len(files), job.batch_size)]
     known = done = 0
-    with ThreadPoolExecutor(1, thread_name_prefix="cmce-reader") as pool:
+    with writer, ThreadPoolExecutor(1, thread_name_prefix="cmce-reader") as pool:
+        mapper = mapper_class(str(writer.folder), job.mapper, writer.known_hashes(), engine=engine, job=writer.stage)
         ahead = pool.submit(mapper.prepare, batches[0]) if batches else None
         for i in range(len(batches)):
             prepared = ahead.result()
@@ -162,7 +162,7 @@ def run_in_process(job: IngestJob, *, engine=None, progress: JobProgress | None 
             done += prepared.files
             if progress:
                 progress(done, len(files))
-    writer.close()  # an interrupted run leaves its last batches staged: the next run commits them
+        writer.close()  # an interrupted run leaves its last batches staged: the next run commits them
     return _report(len(files), writer, known, limits, start, "in-process", job.max_entries)
 
 
@@ -194,34 +194,35 @@ def run_ray(job: IngestJob, *, address: str = "local", workers: int = 1, gpus_pe
             raise CmceError(f"{workers} workers need {workers * cpus_per_worker:g} CPUs; this machine's Ray cluster "
                             f"has {cpus:g}: use --workers {max(1, int(cpus // cpus_per_worker))} or fewer")
         files, writer, limits = _start(job)
-        from ray.data import ActorPoolStrategy, DataContext
+        with writer:  # an error leaves the staged batches for the next run
+            from ray.data import ActorPoolStrategy, DataContext
 
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = False
-        config = job.mapper if gpus_per_worker <= 0 else replace(job.mapper, device="cuda")
-        items = [dict(zip(("uri", "source", "label", "size"), (f.uri, f.source, f.label, f.size))) for f in files]
-        n_batches = max(1, -(-len(files) // job.batch_size))
-        ds = ray.data.from_items(items, override_num_blocks=n_batches)
-        with warnings.catch_warnings():
-            # Ray 2.60 has no named parameter for these yet and warns that the catch-all is deprecated;
-            # its own default (retry forever) would hang on a photo that kills the worker every time
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
-            ds = ds.map_batches(
-                mapper_class,
-                fn_constructor_kwargs={"gallery": str(writer.folder), "config": config,
-                                       "known": writer.known_hashes()},
-                batch_size=job.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=workers),
-                num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
-                max_restarts=-1, max_task_retries=max_task_retries,  # a killed actor restarts; its batch is redone
-            )
-        known = done = 0
-        for row in ds.iter_rows():
-            known += int(row["known"])
-            writer.add(row)
-            done += int(row["files"])
-            if progress:
-                progress(done, len(files))
-        writer.close()
+            ctx = DataContext.get_current()
+            ctx.enable_progress_bars = False
+            config = job.mapper if gpus_per_worker <= 0 else replace(job.mapper, device="cuda")
+            items = [dict(zip(("uri", "source", "label", "size"), (f.uri, f.source, f.label, f.size))) for f in files]
+            n_batches = max(1, -(-len(files) // job.batch_size))
+            ds = ray.data.from_items(items, override_num_blocks=n_batches)
+            with warnings.catch_warnings():
+                # Ray 2.60 has no named parameter for these yet and warns that the catch-all is deprecated;
+                # its own default (retry forever) would hang on a photo that kills the worker every time
+                warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
+                ds = ds.map_batches(
+                    mapper_class,
+                    fn_constructor_kwargs={"gallery": str(writer.folder), "config": config,
+                                           "known": writer.known_hashes(), "job": writer.stage},
+                    batch_size=job.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=workers),
+                    num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
+                    max_restarts=-1, max_task_retries=max_task_retries,  # a killed actor restarts; its batch is redone
+                )
+            known = done = 0
+            for row in ds.iter_rows():
+                known += int(row["known"])
+                writer.add(row)
+                done += int(row["files"])
+                if progress:
+                    progress(done, len(files))
+            writer.close()
     except Exception as e:
         if isinstance(e, CmceError):
             raise

@@ -1,7 +1,7 @@
 """Commit staged batches into a gallery, idempotently; then build its derived data.
 
-The mapper stages each finished batch under ``GALLERY/staging/`` (temporary name, then
-renamed); ``GalleryWriter`` on the driver commits staged batches in groups with
+The mapper stages each finished batch under the job's own ``GALLERY/staging/<job>/``
+(temporary name, then renamed); ``GalleryWriter`` on the driver holds that folder and commits staged batches in groups with
 ``cmce.storage.staging.commit_staged``, under the gallery's lock and with one manifest write per
 group. Why no face is ever written twice and no half shard is ever read:
 
@@ -9,7 +9,9 @@ group. Why no face is ever written twice and no half shard is ever read:
 - a retried batch (a killed worker) rewrites the same staged name with the same rows;
 - a commit drops rows whose entry id is stored (``<content hash>:<face>``), so staged
   files committed twice, or two copies of a photo, add nothing;
-- a re-run starts by committing what an interrupted run staged, removes files a commit
+- jobs writing into one gallery at once each stage in their own folder and commit under
+  the lock, so neither removes nor commits what the other is still writing;
+- a re-run starts by committing what an interrupted run staged (a job folder nobody holds), removes files a commit
   renamed but never listed, and skips content hashes already stored, including files
   recorded as skipped (no face, not an image).
 """
@@ -30,9 +32,16 @@ from cmce.pipeline.mapper import KnownHashes
 from cmce.storage.derived import write_derived
 from cmce.storage.manifest import is_gallery, read_manifest
 from cmce.storage.read import read_gallery
-from cmce.storage.records import GalleryRecords
-from cmce.storage.staging import CommitReport, StoredKeys, commit_staged, remove_orphans, staged_files
-from cmce.storage.write import write_gallery
+from cmce.storage.staging import (
+    CommitReport,
+    StagingJob,
+    StoredKeys,
+    commit_staged,
+    remove_finished_jobs,
+    remove_orphans,
+    staged_files,
+)
+from cmce.storage.write import create_empty_gallery, write_gallery
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +50,13 @@ __all__ = ["DerivedSummary", "GalleryWriter", "build_derived", "open_gallery"]
 
 def open_gallery(folder: str | os.PathLike) -> Path:
     """Make ``folder`` a version 2 gallery ready for a job: created empty, or converted
-    from version 1; files an interrupted commit renamed but never listed are removed."""
+    from version 1; files an interrupted commit renamed but never listed are removed.
+
+    Jobs that start on one new folder at once share the gallery one of them creates.
+    """
     folder = Path(folder)
     if not is_gallery(folder):
-        if folder.exists() and (not folder.is_dir() or any(p.name != "staging" for p in folder.iterdir())):
-            raise GalleryError(f"{folder} exists and is not a gallery; choose a new folder or an existing gallery")
-        staging = folder / "staging"
-        kept = staging.exists()
-        if kept:  # a first run interrupted before its first commit: keep what it staged
-            os.replace(staging, folder.with_name(f".{folder.name}.staging"))
-        write_gallery(folder, GalleryRecords.empty())
-        if kept:
-            os.replace(folder.with_name(f".{folder.name}.staging"), staging)
+        create_empty_gallery(folder)
     elif read_manifest(folder) is None:  # version 1: rewrite as version 2 first
         write_gallery(folder, read_gallery(folder).records)
     removed = remove_orphans(folder)
@@ -83,9 +87,28 @@ class GalleryWriter:
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
-        self.resumed = self._commit(staged_files(self.folder))  # what an interrupted run staged
+        self.job = StagingJob.start(self.folder)
+        try:
+            self.resumed = self._commit(staged_files(self.folder))  # what interrupted runs staged
+            remove_finished_jobs(self.folder)
+        except BaseException:
+            self.job.release()
+            raise
         if self.resumed.entries or self.resumed.skipped:
             logger.info("%s: committed %d entries an interrupted run had staged", self.folder, self.resumed.entries)
+
+    def __enter__(self) -> GalleryWriter:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        """On an error, stop holding the job's folder: the next run commits what it staged."""
+        if kind is not None:
+            self.job.release()
+
+    @property
+    def stage(self) -> str:
+        """The job's staging folder relative to the gallery: the mappers write there."""
+        return self.job.name
 
     def known_hashes(self) -> KnownHashes:
         """The content hashes stored so far (entries and skipped files), for the mappers."""
@@ -116,12 +139,9 @@ class GalleryWriter:
             self._commit(pending)
 
     def close(self) -> None:
-        """Commit what is left, and remove the staging folder if it is empty."""
+        """Commit what is left, then remove the job's staging folder (and ``staging/`` if empty)."""
         self.flush()
-        try:
-            (self.folder / "staging").rmdir()
-        except OSError:  # absent, or another job's batches are there
-            pass
+        self.job.close()
 
     def _commit(self, names: Sequence[str]) -> CommitReport:
         report = commit_staged(self.folder, names, known=self.keys, max_entries=self.max_entries)

@@ -16,8 +16,9 @@ A gallery folder (format version 2)::
                                          index for one bundle: rebuildable from the shards
       skipped/skipped-000000.parquet     files an indexing job read but made no entry of
                                          (uri, source, content hash or null, reason)
-      staging/<batch key>.*.parquet      a running job's finished batches, not yet committed:
-                                         never read as part of the gallery
+      staging/<job>/<batch key>.*.parquet  a job's finished batches, not yet committed: never
+                                         read as part of the gallery; <job>/.lock is held
+                                         by the job's driver while it runs
 
 Raw embeddings are keyed by backbone *and* weights checksum (``sface@0d2a97b4c1f3``):
 two versions of one model never mix. An entry may lack a backbone (a library indexed
@@ -31,8 +32,8 @@ replaced atomically; every Parquet data page carries a CRC32 checked on reading.
 therefore never sees a half-written shard, and an interrupted write leaves the previous
 gallery intact.
 
-Indexing jobs (``cmce.pipeline``) write each finished batch under ``staging/`` (temporary
-name, then renamed: a retried batch rewrites the same name with the same rows) and
+Indexing jobs (``cmce.pipeline``) write each finished batch into their own folder under
+``staging/`` (temporary name, then renamed: a retried batch rewrites the same name with the same rows) and
 the driver commits staged batches in groups (``commit_staged``): rows whose entry id
 is already stored are dropped, the rest become new shards, and one manifest write
 lists them. Files read without a face, or unreadable, go to ``skipped/`` tables listed

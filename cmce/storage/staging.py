@@ -1,17 +1,24 @@
 """Indexing jobs' writes: staged batches, their commit into the gallery, and skipped files.
 
-A job (``cmce.pipeline``) writes each finished batch under ``staging/`` (temporary name,
-then renamed: a retried batch rewrites the same name with the same rows) and the driver
-commits staged batches in groups (``commit_staged``): rows whose entry id is already
-stored are dropped, the rest become new shards, and one manifest write lists them. Files
+A job (``cmce.pipeline``) stages its batches in a folder of its own, ``staging/<job>/``,
+whose ``.lock`` the job's driver holds while it runs (``StagingJob``). Each finished batch
+is written there (temporary name, then renamed: a retried batch rewrites the same name with
+the same rows) and the driver commits staged batches in groups (``commit_staged``): rows
+whose entry id is already stored are dropped, the rest become new shards, and one manifest
+write lists them. Several jobs may write into one gallery at once: a job touches only its
+own folder, and takes over the folders of jobs that stopped (their lock is free:
+``staged_files``), so what an interrupted run staged is committed by the next. Files
 read without a face, or unreadable, go to ``skipped/`` tables listed under the manifest's
 optional ``"skipped"`` key, so a re-run skips their content too.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +45,11 @@ __all__ = [
     "SKIPPED",
     "STAGING",
     "CommitReport",
+    "StagingJob",
     "StoredKeys",
     "commit_staged",
     "read_skipped",
+    "remove_finished_jobs",
     "remove_orphans",
     "skipped_table",
     "staged_files",
@@ -69,8 +78,51 @@ def skipped_table(uri: Sequence[str | None], source: Sequence[str], content_hash
                      "reason": pa.array(list(reason), pa.string())})
 
 
-def write_staged(folder: str | os.PathLike, key: str, entries: GalleryRecords, skipped) -> list[str]:
-    """Write one finished batch under ``staging/``, atomically; nothing lists it yet.
+class StagingJob:
+    """A running job's own staging folder, ``staging/<job>/``, held by its driver.
+
+    The driver holds an exclusive lock on the folder's ``.lock`` from ``start`` to
+    ``close``/``release`` (or its process's end), so other jobs on the gallery leave the
+    folder alone while it runs, and take over what it staged once it stopped.
+
+    Attributes:
+        folder: the gallery.
+        name: the folder relative to the gallery (``staging/<job>``); the mappers write there.
+    """
+
+    def __init__(self, folder: Path, name: str, lock) -> None:
+        self.folder, self.name, self._lock = folder, name, lock
+
+    @classmethod
+    def start(cls, folder: str | os.PathLike) -> StagingJob:
+        """Create a new job folder under the gallery's ``staging/`` and hold it."""
+        folder = Path(folder)
+        name = f"{STAGING}/{uuid.uuid4().hex[:16]}"
+        with locked(folder):  # never while another job removes staging/ or a stopped job's folder
+            (folder / name).mkdir(parents=True)
+            lock = open(folder / name / ".lock", "a+")
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new folder: nobody else holds it
+        return cls(folder, name, lock)
+
+    def release(self) -> None:
+        """Stop holding the folder; what it staged stays for the next job to commit."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def close(self) -> None:
+        """Remove the job's folder (everything it staged was committed) and ``staging/`` if empty."""
+        with locked(self.folder):
+            shutil.rmtree(self.folder / self.name, ignore_errors=True)
+            self.release()
+            try:
+                (self.folder / STAGING).rmdir()
+            except OSError:  # another job's folder is there
+                pass
+
+
+def write_staged(folder: str | os.PathLike, key: str, entries: GalleryRecords, skipped, *, job: str) -> list[str]:
+    """Write one finished batch into the job's staging folder, atomically; nothing lists it yet.
 
     Each file is written under a temporary name and renamed, so a staged file is
     whole or absent; writing the same ``key`` again (a retried batch) replaces it with
@@ -81,6 +133,7 @@ def write_staged(folder: str | os.PathLike, key: str, entries: GalleryRecords, s
         key: the batch's deterministic name (letters, digits, ``-`` and ``_``).
         entries: the batch's entries with every backbone's raw embedding.
         skipped: ``skipped_table`` rows of the batch's files without an entry.
+        job: the job's folder relative to ``folder`` (``StagingJob.name``).
 
     Returns:
         The staged files written (relative to ``folder``), entries first.
@@ -88,35 +141,84 @@ def write_staged(folder: str | os.PathLike, key: str, entries: GalleryRecords, s
     if not key or not all(c.isalnum() or c in "-_" for c in key):
         raise GalleryError(f"staged batch key {key!r}: use letters, digits, '-' and '_'")
     folder = Path(folder)
-    (folder / STAGING).mkdir(exist_ok=True)
+    if not (folder / job).is_dir():
+        raise GalleryError(f"{folder}: the job folder {job} is not there; workers must reach the gallery's folder")
     names = []
     if len(entries):
         keys = [k for k in entries.backbones if entries.present[k].any()]
         table = _entry_table(entries, slice(0, len(entries)), keys)
         meta = json.dumps({k: entries.backbones[k].to_dict() for k in keys}).encode()
-        names.append(f"{STAGING}/{key}.entries.parquet")
+        names.append(f"{job}/{key}.entries.parquet")
         _write_parquet(table.replace_schema_metadata({_BACKBONES_META: meta}), folder / names[-1])
     if skipped is not None and skipped.num_rows:
-        names.append(f"{STAGING}/{key}.skipped.parquet")
+        names.append(f"{job}/{key}.skipped.parquet")
         _write_parquet(skipped, folder / names[-1])
     return names
 
 
-def staged_files(folder: str | os.PathLike) -> list[str]:
-    """The complete staged files of ``folder`` (a previous job's, if it was interrupted), sorted.
+def _stopped_jobs(folder: Path) -> list[Path]:
+    """The job folders under ``staging/`` whose driver stopped (their lock is free), sorted.
 
-    Temporary files of writes that never finished are removed.
+    A folder is checked by taking its lock without waiting; a running job holds it.
     """
-    root = Path(folder) / STAGING
+    root = folder / STAGING
     if not root.is_dir():
         return []
     out = []
-    for path in sorted(root.iterdir()):
-        if path.name.startswith("."):
-            path.unlink(missing_ok=True)  # a write interrupted before its rename
-        elif path.name.endswith((".entries.parquet", ".skipped.parquet")):
-            out.append(f"{STAGING}/{path.name}")
+    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            with open(path / ".lock", "a+") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a running job
+        except FileNotFoundError:
+            continue  # removed meanwhile by its job's close
+        out.append(path)
     return out
+
+
+def _complete_files(path: Path, prefix: str) -> list[str]:
+    """The complete staged files in ``path`` (temporary files of unfinished writes removed)."""
+    out = []
+    for p in sorted(path.iterdir()):
+        if p.name.startswith(".") and p.name != ".lock":
+            p.unlink(missing_ok=True)  # a write interrupted before its rename
+        elif p.name.endswith((".entries.parquet", ".skipped.parquet")):
+            out.append(f"{prefix}/{p.name}")
+    return out
+
+
+def staged_files(folder: str | os.PathLike) -> list[str]:
+    """The complete staged files that stopped jobs left (an interrupted run's), sorted.
+
+    Files of running jobs are not listed; temporary files of a stopped job's writes
+    that never finished are removed. Files staged directly in ``staging/`` (the layout
+    before job folders) count as a stopped job's.
+    """
+    folder = Path(folder)
+    root = folder / STAGING
+    if not root.is_dir():
+        return []
+    out = [f"{STAGING}/{p.name}" for p in sorted(root.iterdir())
+           if p.is_file() and p.name.endswith((".entries.parquet", ".skipped.parquet"))]
+    for path in _stopped_jobs(folder):
+        try:
+            out += _complete_files(path, f"{STAGING}/{path.name}")
+        except FileNotFoundError:  # another job took it over and removed it meanwhile
+            continue
+    return out
+
+
+def remove_finished_jobs(folder: str | os.PathLike) -> int:
+    """Remove the folders of stopped jobs that hold no staged file any more; returns how many."""
+    folder = Path(folder)
+    removed = 0
+    with locked(folder):
+        for path in _stopped_jobs(folder):
+            if not any(p.name.endswith(".parquet") for p in path.iterdir()):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+    return removed
 
 
 @dataclass

@@ -36,7 +36,7 @@ from cmce.storage.shards import (
 )
 from cmce.storage.staging import StoredKeys
 
-__all__ = ["append_embeddings", "append_entries", "write_gallery"]
+__all__ = ["append_embeddings", "append_entries", "create_empty_gallery", "write_gallery"]
 
 
 def write_gallery(folder: str | os.PathLike, records: GalleryRecords, *, shard_rows: int = SHARD_ROWS,
@@ -82,6 +82,30 @@ def write_gallery(folder: str | os.PathLike, records: GalleryRecords, *, shard_r
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def create_empty_gallery(folder: str | os.PathLike) -> Path:
+    """Make ``folder`` an empty version 2 gallery in place, under its lock; returns it.
+
+    Unlike ``write_gallery`` nothing is swapped in, so jobs that start on a new folder at
+    the same time share one gallery: the first creates it, the others find it.
+
+    Raises:
+        GalleryError: ``folder`` is a file, or a folder with other files in it
+            (only a job's ``staging/`` may be there already).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise GalleryError(f"{folder} is a file; choose a new folder or an existing gallery")
+    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder):
+        if (folder / "manifest.json").is_file():
+            return folder  # another job created it first
+        if any(p.name not in ("staging", ".lock") for p in folder.iterdir()):
+            raise GalleryError(f"{folder} exists and is not a gallery; choose a new folder or an existing gallery")
+        (folder / "shards").mkdir()
+        write_manifest(folder, _new_manifest(GalleryRecords.empty()))
+    return folder
 
 
 def append_entries(folder: str | os.PathLike, records: GalleryRecords) -> int:

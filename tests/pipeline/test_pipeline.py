@@ -17,7 +17,7 @@ from cmce.method.bundle import load_bundle
 from cmce.method.engine import FaceEngine
 from cmce.pipeline import IngestJob, list_source, prepare_batch, run_in_process
 from cmce.storage.read import read_gallery
-from cmce.storage.staging import commit_staged, read_skipped, staged_files, write_staged
+from cmce.storage.staging import StagingJob, commit_staged, read_skipped, staged_files, write_staged
 
 PEOPLE = ["Aaron_Peirsol", "Abdoulaye_Wade", "Abdullah", "Abel_Pacheco", "Adam_Sandler", "Ahmed_Chalabi"]
 
@@ -125,7 +125,9 @@ def test_a_staged_batch_committed_twice_adds_nothing(indexed, tmp_path) -> None:
     rec = read_gallery(indexed).records
     folder = tmp_path / "g"
     shutil.copytree(indexed, folder)
-    write_staged(folder, "again", rec.take(np.arange(5)), None)  # a retried batch of stored faces
+    job = StagingJob.start(folder)
+    write_staged(folder, "again", rec.take(np.arange(5)), None, job=job.name)  # a retried batch of stored faces
+    job.release()  # the job stopped: its batch is up for taking
     report = commit_staged(folder, staged_files(folder))
     assert (report.entries, report.duplicates) == (0, 5) and staged_files(folder) == []
     assert len(read_gallery(folder).records) == len(rec)
