@@ -7,8 +7,10 @@ A page marks each generated table with where it comes from::
     <!-- /table -->
 
 ``render_page`` replaces everything between the two markers with the table rendered from
-that JSON file (a path relative to the page) by the renderer named first (``TABLES``),
-the same renderers the model cards use. ``scripts/render_docs.py`` rewrites the pages;
+that JSON file (a path relative to the page) by the renderer named first: an evaluation's
+(``TABLES``, the same renderers the model cards use), or any other measured JSON's
+(``JSON_TABLES``: several files, comma-separated and without spaces, go to one renderer
+as a list, e.g. ``<!-- table: app-answers a.json,b.json -->``). ``scripts/render_docs.py`` rewrites the pages;
 ``tests/test_docs.py`` fails when a committed page differs from its render, so a figure
 in a table can no longer drift from the JSON it was measured into.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from cmce.errors import CmceError
@@ -54,9 +56,15 @@ def render_answer_inputs(study: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: Renderer name -> (a JSON document that is not an evaluation -> the Markdown table).
-JSON_TABLES: dict[str, Callable[[Mapping], str]] = {
-    "answer-inputs": render_answer_inputs,
+def _one(docs: Sequence[Mapping]) -> Mapping:
+    if len(docs) != 1:
+        raise CmceError(f"this table reads one JSON file, not {len(docs)}")
+    return docs[0]
+
+
+#: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).
+JSON_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
+    "answer-inputs": lambda docs: render_answer_inputs(_one(docs)),
 }
 
 
@@ -78,13 +86,17 @@ def render_page(text: str, folder: Path) -> str:
     cache: dict[Path, Evaluation] = {}
 
     def block(m: re.Match) -> str:
-        kind, src = m["kind"], folder / m["src"]
+        kind, srcs = m["kind"], [folder / s for s in m["src"].split(",")]
         if kind not in TABLES and kind not in JSON_TABLES:
             raise CmceError(f"unknown table {kind!r} in a docs page; valid: {', '.join([*TABLES, *JSON_TABLES])}")
-        if not src.is_file():
-            raise CmceError(f"table {kind!r} reads {src}, which does not exist")
+        for src in srcs:
+            if not src.is_file():
+                raise CmceError(f"table {kind!r} reads {src}, which does not exist")
         if kind in JSON_TABLES:
-            return m.group(1) + JSON_TABLES[kind](json.loads(src.read_text())) + m.group(5)
+            return m.group(1) + JSON_TABLES[kind]([json.loads(s.read_text()) for s in srcs]) + m.group(5)
+        if len(srcs) != 1:
+            raise CmceError(f"table {kind!r} reads one evaluation file, not {len(srcs)}")
+        src = srcs[0]
         if src not in cache:
             evaluations = load_evaluations(src)
             if len(evaluations) != 1:
