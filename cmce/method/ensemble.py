@@ -25,6 +25,7 @@ import numpy as np
 
 from cmce.errors import CmceError
 from cmce.method.quality import QualityPredictor, detection_doubt
+from cmce.metrics.uncertainty import member_sum
 
 __all__ = [
     "FUSIONS",
@@ -52,9 +53,9 @@ QUALITY_DESCRIPTIONS = {
 def fuse_members(members: Sequence[np.ndarray], present: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """The paper's stored vector: the L2-normalised mean of the members an entry has.
 
-    The one fusion of the plain mean (``FusionGate`` kind ``mean`` calls it). Member by
-    member (N <= 4 here): each (G, D) array is streamed once, without stacking a
-    (G, N, D) copy first.
+    The one fusion of the plain mean (``FusionGate`` kind ``mean`` calls it). The sum is
+    ``cmce.metrics.uncertainty.member_sum``, the member loop the uncertainty uses too:
+    each (G, D) array is streamed once, without stacking a (G, N, D) copy first.
 
     Args:
         members: N arrays (G, D) of unit vectors, one per member, as a list or tuple
@@ -66,23 +67,10 @@ def fuse_members(members: Sequence[np.ndarray], present: Sequence[np.ndarray] | 
         (G, D) float32 unit vectors (zero rows for entries without a member).
 
     Raises:
-        CmceError: no member, members not a list or tuple, or ``present`` of another length.
+        CmceError: no member, members not a list or tuple of (G, D) arrays of one shape,
+            or ``present`` not one (G,) bool array per member.
     """
-    if isinstance(members, np.ndarray) or not isinstance(members, (list, tuple)):
-        raise CmceError("members must be a list or tuple of N (G, D) arrays, one per member "
-                        "(for a (G, N, D) stack pass list(stack.transpose(1, 0, 2)))")
-    if not members:
-        raise CmceError("fuse_members needs at least one member")
-    if present is not None and len(present) != len(members):
-        raise CmceError(f"present must hold one (G,) bool array per member ({len(members)}), got {len(present)}")
-    vectors = [np.asarray(v, np.float32) for v in members]
-    total = np.zeros(vectors[0].shape, np.float32)
-    for i, v in enumerate(vectors):
-        w = None if present is None else np.asarray(present[i], bool)
-        if w is None or w.all():
-            total += v
-        elif w.any():
-            total[w] += v[w]
+    total, _ = member_sum(members, present, dtype=np.float32)
     norm = np.linalg.norm(total, axis=1, keepdims=True)
     return (total / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
 

@@ -10,7 +10,7 @@ import numpy as np
 from cmce.errors import CmceError
 from cmce.metrics._inputs import _bool_vector, _is_real_dtype
 
-__all__ = ["mean_pairwise_cosine_distance"]
+__all__ = ["mean_pairwise_cosine_distance", "member_sum"]
 
 
 def _member_arrays(members: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -99,6 +99,41 @@ def mean_pairwise_cosine_distance(
         >>> np.round(d, 6).tolist()
         [0.666667, 0.0, 0.0]
     """
+    total, count = member_sum(members, present, unit=normalise)
+    sq = np.einsum("gd,gd->g", total, total)
+    if not np.isfinite(sq).all():  # a NaN or inf in a row used reaches its entry's sum
+        raise CmceError("members must be finite (no NaN or inf)")
+    with np.errstate(divide="ignore", invalid="ignore"):  # n < 2: replaced by 0 below
+        dist = np.clip(1.0 - (sq - count) / (count * (count - 1)), 0.0, 2.0)
+    return np.where(count >= 2, dist, 0.0).astype(total.dtype, copy=False)
+
+
+def member_sum(members: Sequence[np.ndarray], present: Sequence[np.ndarray] | None = None, *,
+               unit: bool = False, dtype: np.dtype | type | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per entry, the sum of the members it has and how many it has: one pass, member by member.
+
+    The one member loop of the method: the fused vector (``cmce.method.ensemble.fuse_members``)
+    is this sum normalised, the uncertainty (``mean_pairwise_cosine_distance``) reads its
+    squared norm. No ``(G, N, D)`` stack is made; absent rows are never read.
+
+    Args:
+        members: N arrays ``(G, D)``, one per member, as a list or tuple (see
+            ``mean_pairwise_cosine_distance``).
+        present: N ``(G,)`` bool arrays, which entries have each member (default all).
+        unit: L2-normalise each row used first (an all-zero or non-finite row used raises).
+        dtype: the sum's dtype (default: the members' float dtype, at least float32).
+
+    Returns:
+        ``total`` ``(G, D)`` and ``count`` ``(G,)``, both in ``dtype``.
+
+    Raises:
+        CmceError: members or ``present`` not as above.
+
+    Example:
+        >>> t, n = member_sum([np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])], [np.array([True]), np.array([False])])
+        >>> t.tolist(), n.tolist()
+        ([[1.0, 0.0]], [1.0])
+    """
     vs = _member_arrays(members)
     g, d = vs[0].shape
     if present is None:
@@ -107,14 +142,15 @@ def mean_pairwise_cosine_distance(
         if isinstance(present, np.ndarray) or not isinstance(present, (list, tuple)) or len(present) != len(vs):
             raise CmceError(f"present must be a list or tuple of {len(vs)} (G,) bool arrays, one per member")
         pres = [_bool_vector("every array in present", p, g, "G") for p in present]
-    dtype = np.result_type(*(v.dtype for v in vs), np.float32)  # float32 stays float32; ints, float64: float64
+    if dtype is None:
+        dtype = np.result_type(*(v.dtype for v in vs), np.float32)  # float32 stays float32; ints, float64: float64
     total = np.zeros((g, d), dtype)
     count = np.zeros(g, dtype)
     for v, w in zip(vs, pres):
         if w is not None and not w.any():
             continue
         v = v.astype(dtype, copy=False)
-        if normalise:
+        if unit:
             v = _unit_rows(v, w)
         if w is None or w.all():
             total += v
@@ -122,9 +158,4 @@ def mean_pairwise_cosine_distance(
         else:
             total[w] += v[w]
             count += w
-    sq = np.einsum("gd,gd->g", total, total)
-    if not np.isfinite(sq).all():  # a NaN or inf in a row used reaches its entry's sum
-        raise CmceError("members must be finite (no NaN or inf)")
-    with np.errstate(divide="ignore", invalid="ignore"):  # n < 2: replaced by 0 below
-        dist = np.clip(1.0 - (sq - count) / (count * (count - 1)), 0.0, 2.0)
-    return np.where(count >= 2, dist, 0.0).astype(dtype, copy=False)
+    return total, count
