@@ -81,6 +81,7 @@ def _marked(page: Path, kind: str) -> tuple[str, int, int]:
     ("docs/mixed-quality.md", "rejection-by-score", "**37.4%** (3 to 67)"),
     ("docs/mixed-quality.md", "ablations", "**85.81** (77.2 to 92.4)"),
     ("docs/results.md", "answer-summary", "**828 / 3 / 58**"),
+    ("docs/upgrades.md", "upgrade-speed", "52,200 entries/s"),
 ])
 def test_a_results_table_figure_edited_by_hand_is_caught(page, kind, figure) -> None:
     path = ROOT / page
