@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cmce.experiments.docs_tables_results import render_answer_summary  # noqa: E402
 from cmce.metrics.intervals import format_interval, format_with_interval  # noqa: E402
 from cmce.metrics.results import Evaluation, load_evaluations  # noqa: E402
 
@@ -195,31 +196,8 @@ def unknown_section(studies: list[dict]) -> str:
 
 
 def summary(results: list[Evaluation]) -> str:
-    """The README's table: per bundle and gallery kind, the ensemble's answers under the
-    three product rules and the default's accuracy against top-1 similarity at its coverage."""
-    by_bundle: dict[str, dict[str, Evaluation]] = defaultdict(dict)
-    for r in results:
-        by_bundle[_bundle(r)][_kind(r)] = r
-    out = ["| bundle | gallery | raw threshold, nothing rejected | rejected removed | **default** | "
-           "unknown, default | accuracy of answered: default / top-1 similarity at its coverage | "
-           "strangers named: raw threshold / default |",
-           "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for name, kinds in sorted(by_bundle.items()):
-        for kind in [k for k in KIND_ORDER if k in kinds]:
-            r = kinds[kind].answers["rules"]
-            pol = r.get("policy", r["answer_all"])
-            sim = r.get("similarity_at_policy_coverage", r["answer_all"])
-
-            def rwu(x: dict) -> str:
-                return f"{x['right']} / {x['wrong']} / {x['unknown']}"
-
-            out.append(f"| `{name}` | {kind} | {rwu(r.get('answer_all_raw_threshold', r['answer_all']))} | "
-                       f"{rwu(r['removed'])} | **{rwu(pol)}** | "
-                       f"{_pct(pol['unknown'] / pol['queries'])}%"
-                       f"{' (guard)' if kinds[kind].answers['gallery'].get('unknown_threshold_lowered') else ''} | "
-                       f"{_pct(pol['answered_accuracy'])} / "
-                       f"{_pct(sim['answered_accuracy'])} | {_strangers(kinds[kind].answers)} |")
-    return "\n".join(out) + "\n"
+    """The README's table (docs/results.md renders it from the same files: ``answer-summary``)."""
+    return render_answer_summary([r.to_dict() for r in results])
 
 
 if __name__ == "__main__":

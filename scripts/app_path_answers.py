@@ -13,13 +13,14 @@ embedded once, as ``Gallery.search_image`` does, then searched under each varian
 (``Gallery.search_vector``).
 
     python scripts/app_path_answers.py ../shared/data/lfw-train --bundle assets/bundles/sface-query \\
-        [--gallery-degrade mix:0.6]
+        [--gallery-degrade mix:0.6] [--json docs/answers/app-path-sface-query-mix0.6.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import sys
 from collections import Counter
@@ -77,6 +78,7 @@ def main() -> int:
     p.add_argument("--bundle", required=True)
     p.add_argument("--gallery-degrade", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the counts here (the source of the README's answers table)")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     bundle = load_bundle(a.bundle)
@@ -110,6 +112,11 @@ def main() -> int:
     for name, c in counts.items():
         print(f"  {name:15s} right {c['right']:4d}  wrong {c['wrong']:4d}  unknown {c['unknown']:4d}"
               + (f"  no face {c['no face in query']}" if c["no face in query"] else ""))
+    if a.json:
+        Path(a.json).write_text(json.dumps({
+            "bundle": a.bundle, "gallery_degrade": a.gallery_degrade, "seed": a.seed, "queries": len(qi),
+            "counts": {name: {k: int(c[k]) for k in ("right", "wrong", "unknown", "no face in query")}
+                       for name, c in counts.items()}}, indent=1) + "\n")
     return 0
 
 

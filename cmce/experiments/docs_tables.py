@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from cmce.errors import CmceError
+from cmce.experiments.docs_tables_results import RESULTS_TABLES
 from cmce.method.card import render_rejection_tables, render_table, render_upgrade_table
 from cmce.metrics.intervals import format_interval
 from cmce.metrics.results import Evaluation, ResultError, load_evaluations
@@ -66,6 +67,8 @@ def _one(docs: Sequence[Mapping]) -> Mapping:
 JSON_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "answer-inputs": lambda docs: render_answer_inputs(_one(docs)),
 }
+# The results pages' tables (README.md, results, mixed-quality, upgrades, method): docs_tables_results.
+JSON_TABLES.update(RESULTS_TABLES)
 
 
 def _one_upgrade(evaluation: Evaluation):
