@@ -114,7 +114,9 @@ def main() -> int:
               + (f"  no face {c['no face in query']}" if c["no face in query"] else ""))
     if a.json:
         Path(a.json).write_text(json.dumps({
-            "bundle": a.bundle, "gallery_degrade": a.gallery_degrade, "seed": a.seed, "queries": len(qi),
+            "bundle": Path(a.bundle).name, "gallery_degrade": a.gallery_degrade, "seed": a.seed, "queries": len(qi),
+            "indexed": report.summary(), "doubtful": int(gallery.doubt().doubtful.sum()),
+            "rejected_if_asked": int(rejected.sum()), "guard_note": note or None,
             "counts": {name: {k: int(c[k]) for k in ("right", "wrong", "unknown", "no face in query")}
                        for name, c in counts.items()}}, indent=1) + "\n")
     return 0
