@@ -15,13 +15,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cmce.errors import CmceError
-from cmce.metrics.intervals import format_interval
+from cmce.metrics.intervals import format_interval, format_with_interval
 from cmce.metrics.results import Evaluation, ResultError
 
 __all__ = [
     "RESULTS_TABLES",
     "render_ablations",
     "render_answer_summary",
+    "render_app_answers",
+    "render_score_differences",
     "render_bundle_summary",
     "render_cv_fusion",
     "render_cv_rejection",
@@ -440,6 +442,70 @@ def render_upgrade_speed(bench: Mapping) -> str:
 
 
 #: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).
+def render_app_answers(docs: Sequence[Mapping]) -> str:
+    """The answers as the app gives them (``scripts/app_path_answers.py --json``, one file per
+    bundle and gallery): right / wrong / "Unknown" of the queries under the default, ``strict``
+    (no coverage guard) and the raw similarity threshold without the answer rule. "(guard)"
+    marks a gallery where the coverage guard spoke.
+
+    Example:
+        >>> c = {"right": 880, "wrong": 1, "unknown": 8, "no face in query": 0}
+        >>> doc = {"bundle": "sface-query", "gallery_degrade": None, "guard_note": None,
+        ...        "counts": {"default": c, "strict": c, "raw threshold, no rule": c}}
+        >>> print(render_app_answers([doc]), end="")
+        | bundle | gallery | default | strict | raw threshold, no rule |
+        |---|---|---:|---:|---:|
+        | `sface-query` | clean | 880 / 1 / 8 | 880 / 1 / 8 | 880 / 1 / 8 |
+    """
+    columns = ("default", "strict", "raw threshold, no rule")
+    lines = [f"| bundle | gallery | {' | '.join(columns)} |", "|---|---|" + "---:|" * len(columns)]
+    for doc in docs:
+        kind = doc.get("gallery_degrade")
+        gallery = (f"`{kind}`" if kind else "clean") + (" (guard)" if doc.get("guard_note") else "")
+        cells = []
+        for name in columns:
+            c = doc["counts"][name]
+            missed = f", no face {c['no face in query']}" if c.get("no face in query") else ""
+            cells.append(f"{c['right']} / {c['wrong']} / {c['unknown']}{missed}")
+        lines.append(f"| `{doc['bundle']}` | {gallery} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_score_differences(docs: Sequence[Mapping]) -> str:
+    """The paired comparison of quality scores (``evaluate --compare-scores --json``, one file per
+    bundle): the shipped score's error cut minus each other score's, in points, per rejection rate,
+    with the 95% interval of the difference (both scores resampled over the same identities).
+
+    Example:
+        >>> cmp = {"score": "learned", "recall_at_1": 0.9, "errors": 10, "queries": 100,
+        ...        "rates": [{"rate": 0.1, "error_cut": [0.3, 0.1, 0.5],
+        ...                   "minus": {"detection": [0.106, -0.07, 0.36]}}]}
+        >>> doc = {"bundle": {"query": "q", "gallery": ["g"], "source": "assets/bundles/b"}, "rows": [],
+        ...        "score_comparison": cmp}
+        >>> print(render_score_differences([doc]), end="")
+        | bundle | rejected | minus detection doubt |
+        |---|---:|---:|
+        | `b` | 10% | +10.6 (-7 to +36) |
+    """
+    from cmce.experiments.score_comparison import ScoreComparison
+
+    comparisons = []
+    for doc in docs:
+        e = _evaluation(doc)
+        if e.score_comparison is None:
+            raise ResultError(f"{_bundle_name(e)}: no 'score_comparison' (evaluate --compare-scores)")
+        comparisons.append((_bundle_name(e), ScoreComparison.from_dict(e.score_comparison)))
+    others = list(dict.fromkeys(k for _, c in comparisons for k in c.others))
+    lines = ["| bundle | rejected | " + " | ".join(f"minus {SCORE_TITLES.get(k, k).split(' (')[0]}" for k in others)
+             + " |", "|---|---:|" + "---:|" * len(others)]
+    for name, c in comparisons:
+        for i, step in enumerate(c.steps):
+            cells = [format_with_interval(step.minus[k][0], step.minus[k][1:], digits=1, interval_digits=0,
+                                          signed=True) if k in step.minus else "—" for k in others]
+            lines.append(f"|{f' `{name}` ' if i == 0 else ' '}| {100 * step.rate:.0f}% | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
 RESULTS_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "bundle-summary": render_bundle_summary,
     "gallery-kinds": render_gallery_kinds,
@@ -450,4 +516,6 @@ RESULTS_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "cv-rejection": render_cv_rejection,
     "answer-summary": render_answer_summary,
     "upgrade-speed": lambda docs: render_upgrade_speed(_one(docs)),
+    "app-answers": render_app_answers,
+    "score-differences": render_score_differences,
 }
