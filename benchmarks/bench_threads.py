@@ -60,8 +60,8 @@ def main() -> None:
             nets = {m: median_ms(lambda bb=bb, m=m: bb.embed(crops[m]), 3) / len(crops[m]) for m, bb in models.items()}
             cells.append(f"{threads} thread(s): MTCNN {mtcnn:.1f} ms/photo, "
                          + ", ".join(f"{m} {v:.1f} ms/face" for m, v in nets.items()))
-            figures[str(threads)] = {"mtcnn_ms_per_photo": round(mtcnn, 2),
-                                     "ms_per_face": {m: round(v, 2) for m, v in nets.items()}}
+            figures[str(threads)] = {"mtcnn_ms_per_photo": round(mtcnn, 4),
+                                     "ms_per_face": {m: round(v, 4) for m, v in nets.items()}}
         result["rows"][label] = figures
         print(f"{label:>14}: " + " | ".join(cells), flush=True)
 
