@@ -81,6 +81,7 @@ def test_speed_table_docstring_examples() -> None:
     ("scale.md", "compact-index", "| recall@10 against exact | "),
     ("scale.md", "compact-index", "| other settings | "),
     ("scale.md", "bench-archive", "| 74.6 s"),
+    ("face-finding.md", "bench-crops", "| facenet-casia | face only | "),
 ])
 def test_a_benchmark_figure_edited_by_hand_is_caught(page: str, kind: str, figure: str) -> None:
     """Each benchmark table's marker renders its committed text back, and undoes a digit changed by hand."""
