@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from cmce.errors import CmceError
+from cmce.metrics.intervals import format_with_interval
 
 __all__ = ["SPEED_TABLES", "render_archive", "render_bench_backbones", "render_bench_search", "render_compact_index",
-           "render_crops", "render_threads"]
+           "render_crops", "render_detection_lighting", "render_detection_sets", "render_threads"]
 
 #: How a backbone is named in the speed table, where its JSON name alone would mislead.
 _BACKBONE_LABELS = {"dlib-resnet34": "dlib-resnet34 (PyTorch port)"}
@@ -223,6 +224,93 @@ def render_crops(study: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _found_rate(r: Mapping) -> str:
+    """A found rate of ``benchmarks/bench_detection.py`` (percent, 95% bootstrap interval), as the benchmark prints it."""
+    return format_with_interval(r["rate"], r["ci95"], scale=1, digits=1, unit="%")
+
+
+#: ``benchmarks/bench_detection.py``'s tight-crop sets -> the table's rows (without their size).
+_DETECTION_SETS = {"box": "tight crop = MTCNN box, 112-200 px wide", "box 10% inside": "10% inside the box, 112-200 px",
+                   "ArcFace-aligned 112": "ArcFace-aligned 112x112"}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _found_by(counts: Mapping[str, int]) -> str:
+    """``{"mtcnn/first": 297, "yunet/padded": 3}`` -> ``297 first, 3 padded (yunet)``."""
+    parts = []
+    for key, n in counts.items():
+        detector, _, found_in = key.partition("/")
+        parts.append(f"{n} {found_in}" + ("" if detector == "mtcnn" else f" ({detector})"))
+    return ", ".join(parts)
+
+
+def render_detection_sets(study: Mapping) -> str:
+    """``benchmarks/bench_detection.py --json``: how often the first pass and the engine find a face, per set of
+    images (95% bootstrap intervals over images), and how the engine found them; on the no-face images, the
+    faces found (by the first pass: in how many images).
+
+    Example:
+        >>> print(render_detection_sets({
+        ...     "full_photos": {"first_pass": {"n": 300, "rate": 100.0, "ci95": [100.0, 100.0]},
+        ...                     "engine": {"n": 300, "rate": 100.0, "ci95": [100.0, 100.0]},
+        ...                     "first_pass_faces_identical": "300/300"},
+        ...     "tight_crops": {"box": {"first_pass": {"n": 300, "rate": 99.0, "ci95": [98.0, 100.0]},
+        ...                             "engine": {"n": 300, "rate": 100.0, "ci95": [100.0, 100.0]},
+        ...                             "found_by": {"mtcnn/first": 297, "mtcnn/padded": 3}}},
+        ...     "no_face": {"images": 80, "false_faces": {"smiley": ["yunet/padded", "first-pass detector"]}}}), end="")
+        | set (n) | first pass | engine | found by (engine) |
+        |---|---:|---:|---|
+        | full LFW photos (300) | 100.0% (100.0 to 100.0) | 100.0% (100.0 to 100.0) | first-pass faces identical on 300/300 |
+        | tight crop = MTCNN box, 112-200 px wide (300) | 99.0% (98.0 to 100.0) | 100.0% (100.0 to 100.0) | 297 first, 3 padded |
+        | no-face images (80) | faces in 1 image | 1 face | |
+    """
+    full = study["full_photos"]
+    lines = ["| set (n) | first pass | engine | found by (engine) |", "|---|---:|---:|---|",
+             f"| full LFW photos ({full['first_pass']['n']}) | {_found_rate(full['first_pass'])} "
+             f"| {_found_rate(full['engine'])} | first-pass faces identical on {full['first_pass_faces_identical']} |"]
+    for kind, r in study["tight_crops"].items():
+        lines.append(f"| {_DETECTION_SETS.get(kind, kind)} ({r['first_pass']['n']}) | {_found_rate(r['first_pass'])} "
+                     f"| {_found_rate(r['engine'])} | {_found_by(r['found_by'])} |")
+    nf = study["no_face"]  # per image with a face: how the engine found each face, then "first-pass detector"
+    first = sum("first-pass detector" in found for found in nf["false_faces"].values())
+    engine = sum(f != "first-pass detector" for found in nf["false_faces"].values() for f in found)
+    by_first = "0 faces" if first == 0 else "faces in " + _count(first, "image")
+    lines.append(f"| no-face images ({nf['images']}) | {by_first} | {_count(engine, 'face')} | |")
+    return "\n".join(lines) + "\n"
+
+
+#: ``benchmarks/bench_detection.py``'s lighting changes -> the table's name on a change's first row, and on the others.
+_LIGHTING = {"side shading": ("side shading (right half darkened by)", "side shading"),
+             "banding (levels)": ("banding (levels per channel)", "banding")}
+
+
+def render_detection_lighting(study: Mapping) -> str:
+    """``benchmarks/bench_detection.py --json``: found rates on the MTCNN-box crops under changed light, first
+    pass and engine (95% bootstrap intervals over images).
+
+    Example:
+        >>> r = {"n": 150, "rate": 93.33, "ci95": [88.67, 97.33]}
+        >>> print(render_detection_lighting({"lighting": {"side shading 0.7": {"first_pass": r, "engine": r},
+        ...                                               "side shading 0.9": {"first_pass": r, "engine": r}}}), end="")
+        | change | strength | first pass | engine |
+        |---|---|---:|---:|
+        | side shading (right half darkened by) | 0.7 | 93.3% (88.7 to 97.3) | 93.3% (88.7 to 97.3) |
+        | side shading | 0.9 | 93.3% (88.7 to 97.3) | 93.3% (88.7 to 97.3) |
+    """
+    lines = ["| change | strength | first pass | engine |", "|---|---|---:|---:|"]
+    seen: set[str] = set()
+    for key, r in study["lighting"].items():
+        change, _, strength = key.rpartition(" ")
+        first_name, other_name = _LIGHTING.get(change, (change, change))
+        lines.append(f"| {other_name if change in seen else first_name} | {strength} | {_found_rate(r['first_pass'])} "
+                     f"| {_found_rate(r['engine'])} |")
+        seen.add(change)
+    return "\n".join(lines) + "\n"
+
+
 def _one(docs: Sequence[Mapping]) -> Mapping:
     if len(docs) != 1:
         raise CmceError(f"this table reads one JSON file, not {len(docs)}")
@@ -241,4 +329,6 @@ SPEED_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "compact-index": _single(render_compact_index),
     "bench-archive": _single(render_archive),
     "bench-crops": _single(render_crops),
+    "detection-sets": _single(render_detection_sets),
+    "detection-lighting": _single(render_detection_lighting),
 }

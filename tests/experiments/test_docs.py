@@ -82,6 +82,8 @@ def test_speed_table_docstring_examples() -> None:
     ("scale.md", "compact-index", "| other settings | "),
     ("scale.md", "bench-archive", "| 74.6 s"),
     ("face-finding.md", "bench-crops", "| facenet-casia | face only | "),
+    ("face-finding.md", "detection-sets", "| 10% inside the box, 112-200 px (300) | "),
+    ("face-finding.md", "detection-lighting", "| side shading | 0.97 | "),
 ])
 def test_a_benchmark_figure_edited_by_hand_is_caught(page: str, kind: str, figure: str) -> None:
     """Each benchmark table's marker renders its committed text back, and undoes a digit changed by hand."""
@@ -138,3 +140,28 @@ def test_the_crop_table_keeps_a_changed_backbone_in_full(tmp_path) -> None:
                                    "dlib-resnet34/box": same, "dlib-resnet34/face": same}})
     assert "| sface | MTCNN box | 0.500 (0.400) | 0.700 (0.600) | **0.800 (0.750)** |" in out
     assert "| dlib-resnet34 | MTCNN box / face only | 0.990 / 0.990 | same | same |" in out
+
+
+def test_the_detection_tables_render_from_their_study(tmp_path) -> None:
+    import json
+
+    def r(rate: float, low: float, high: float) -> dict:
+        return {"n": 150, "rate": rate, "ci95": [low, high]}
+
+    (tmp_path / "d.json").write_text(json.dumps({
+        "full_photos": {"first_pass": r(100.0, 100.0, 100.0), "engine": r(100.0, 100.0, 100.0),
+                        "first_pass_faces_identical": "150/150"},
+        "tight_crops": {"box 10% inside": {"first_pass": r(63.67, 58.33, 68.67), "engine": r(100.0, 100.0, 100.0),
+                                           "found_by": {"mtcnn/first": 95, "yunet/padded": 55}}},
+        "lighting": {"gamma 0.3": {"first_pass": r(81.33, 74.67, 87.33), "engine": r(99.33, 98.0, 100.0)},
+                     "banding (levels) 16": {"first_pass": r(98.67, 96.67, 100.0), "engine": r(100.0, 100.0, 100.0)},
+                     "banding (levels) 8": {"first_pass": r(98.67, 96.67, 100.0), "engine": r(100.0, 100.0, 100.0)}},
+        "no_face": {"images": 80, "false_faces": {"texture 3": ["yunet/padded", "mtcnn/normalised"]}}}))
+    page = ("<!-- table: detection-sets d.json -->\n<!-- /table -->\n"
+            "<!-- table: detection-lighting d.json -->\n<!-- /table -->\n")
+    out = render_page(page, tmp_path)
+    assert "| 10% inside the box, 112-200 px (150) | 63.7% (58.3 to 68.7) | 100.0% (100.0 to 100.0) " \
+           "| 95 first, 55 padded (yunet) |" in out
+    assert "| no-face images (80) | 0 faces | 2 faces | |" in out
+    assert "| gamma | 0.3 | 81.3% (74.7 to 87.3) | 99.3% (98.0 to 100.0) |" in out
+    assert "| banding (levels per channel) | 16 |" in out and "| banding | 8 |" in out
