@@ -14,7 +14,8 @@ from cmce.errors import CmceError
 from cmce.metrics.intervals import format_with_interval
 
 __all__ = ["SPEED_TABLES", "render_archive", "render_bench_backbones", "render_bench_search", "render_compact_index",
-           "render_crops", "render_detection_lighting", "render_detection_sets", "render_threads"]
+           "render_crops", "render_detection_lighting", "render_detection_sets", "render_int8_accuracy",
+           "render_threads"]
 
 #: How a backbone is named in the speed table, where its JSON name alone would mislead.
 _BACKBONE_LABELS = {"dlib-resnet34": "dlib-resnet34 (PyTorch port)"}
@@ -311,6 +312,50 @@ def render_detection_lighting(study: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _row(evaluation: Mapping, pick: Callable[[Mapping], bool], what: str) -> Mapping:
+    rows = [r for r in evaluation["rows"] if pick(r)]
+    if not rows:
+        raise CmceError(f"the evaluation of {evaluation['bundle'].get('source')} has no {what} row")
+    return rows[0]
+
+
+def render_int8_accuracy(evaluations: Sequence[Mapping]) -> str:
+    """``cmce evaluate --heldout --json`` of each bundle in float32 and with ``CMCE_FACENET_RUNTIME=int8``, given
+    as pairs (float32, int8): the served ensemble's Recall@1 (95% interval), its TAR@FAR=1e-3, and
+    facenet-casia's own symmetric Recall@1, in points.
+
+    Example:
+        >>> def e(ensemble, ci, tar, facenet):
+        ...     return {"bundle": {"source": "assets/bundles/sface-query"}, "rows": [
+        ...         {"name": "facenet-casia symmetric", "kind": "symmetric", "query": "facenet-casia",
+        ...          "recall_at_1": facenet},
+        ...         {"name": "CMCE ensemble", "kind": "ensemble", "recall_at_1": ensemble, "recall_at_1_ci95": ci,
+        ...          "tar_at_far_1e-3": tar}]}
+        >>> print(render_int8_accuracy([e(0.99549, [0.98937, 1.0], 0.99549, 0.92454),
+        ...                             e(0.99549, [0.98937, 1.0], 0.99549, 0.92567)]), end="")
+        | bundle | served ensemble R@1, float32 | int8 | TAR@FAR=1e-3, float32 / int8 | facenet-casia symmetric R@1, float32 / int8 |
+        |---|---:|---:|---:|---:|
+        | `sface-query` | 99.55 (98.94 to 100.00) | 99.55 (98.94 to 100.00) | 99.55 / 99.55 | 92.45 / 92.57 |
+    """
+    if not evaluations or len(evaluations) % 2:
+        raise CmceError(f"the int8 table reads pairs of evaluations (float32, int8), not {len(evaluations)} files")
+    lines = ["| bundle | served ensemble R@1, float32 | int8 | TAR@FAR=1e-3, float32 / int8 "
+             "| facenet-casia symmetric R@1, float32 / int8 |", "|---|---:|---:|---:|---:|"]
+    for f32, int8 in zip(evaluations[::2], evaluations[1::2]):
+        bundle = str(f32["bundle"].get("source", "")).rstrip("/").rsplit("/", 1)[-1]
+        if int8["bundle"].get("source") != f32["bundle"].get("source"):
+            raise CmceError(f"the int8 table pairs evaluations of one bundle, not {f32['bundle'].get('source')} "
+                            f"and {int8['bundle'].get('source')}")
+        served = [_row(e, lambda r: r["name"] == "CMCE ensemble", "'CMCE ensemble'") for e in (f32, int8)]
+        facenet = [_row(e, lambda r: r["kind"] == "symmetric" and r["query"] == "facenet-casia",
+                        "facenet-casia symmetric") for e in (f32, int8)]
+        lines.append(f"| `{bundle}` | " + " | ".join(format_with_interval(r["recall_at_1"], r["recall_at_1_ci95"])
+                                                     for r in served)
+                     + f" | {100 * served[0]['tar_at_far_1e-3']:.2f} / {100 * served[1]['tar_at_far_1e-3']:.2f} "
+                     f"| {100 * facenet[0]['recall_at_1']:.2f} / {100 * facenet[1]['recall_at_1']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _one(docs: Sequence[Mapping]) -> Mapping:
     if len(docs) != 1:
         raise CmceError(f"this table reads one JSON file, not {len(docs)}")
@@ -331,4 +376,5 @@ SPEED_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "bench-crops": _single(render_crops),
     "detection-sets": _single(render_detection_sets),
     "detection-lighting": _single(render_detection_lighting),
+    "int8-accuracy": render_int8_accuracy,
 }

@@ -84,6 +84,7 @@ def test_speed_table_docstring_examples() -> None:
     ("face-finding.md", "bench-crops", "| facenet-casia | face only | "),
     ("face-finding.md", "detection-sets", "| 10% inside the box, 112-200 px (300) | "),
     ("face-finding.md", "detection-lighting", "| side shading | 0.97 | "),
+    ("speed.md", "int8-accuracy", "| `facenet-query` | 95.61 (93.67 to 97.25) | "),
 ])
 def test_a_benchmark_figure_edited_by_hand_is_caught(page: str, kind: str, figure: str) -> None:
     """Each benchmark table's marker renders its committed text back, and undoes a digit changed by hand."""
@@ -165,3 +166,17 @@ def test_the_detection_tables_render_from_their_study(tmp_path) -> None:
     assert "| no-face images (80) | 0 faces | 2 faces | |" in out
     assert "| gamma | 0.3 | 81.3% (74.7 to 87.3) | 99.3% (98.0 to 100.0) |" in out
     assert "| banding (levels per channel) | 16 |" in out and "| banding | 8 |" in out
+
+
+def test_the_int8_table_reads_pairs_of_one_bundle() -> None:
+    import json
+
+    from cmce.experiments.docs_tables_speed import render_int8_accuracy
+
+    sface, facenet = (json.loads((ROOT / "docs" / f"eval-{b}.json").read_text()) for b in ("sface-query", "facenet-query"))
+    with pytest.raises(CmceError, match="pairs of evaluations"):
+        render_int8_accuracy([sface])
+    with pytest.raises(CmceError, match="one bundle"):
+        render_int8_accuracy([sface, facenet])
+    assert "| `facenet-query` | 95.61 (93.67 to 97.25) | 95.61 (93.67 to 97.25) | 92.79 / 92.79 | 92.45 / 92.45 |" \
+        in render_int8_accuracy([facenet, facenet])
