@@ -23,7 +23,7 @@ The full photos are embedded both ways too; the script reports how many subject 
 differ (those whose template reaches past the photo, about 1% of LFW for facenet).
 
 Usage:
-    CMCE_TORCH_THREADS=1 PYTHONPATH=. python benchmarks/bench_crops.py 80 --json /tmp/crops.json
+    CMCE_TORCH_THREADS=1 PYTHONPATH=. python benchmarks/bench_crops.py 80 --json docs/bench-crops.json
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def main() -> None:
         for k in KINDS:
             row = {t: (float(np.median(v)), float(np.mean(v))) if (v := cos[(m, k, t)]) else (float("nan"),) * 2
                    for t in TREATMENTS}
-            table[f"{m}/{k}"] = {t: {"median": round(a, 4), "mean": round(b, 4)} for t, (a, b) in row.items()}
+            table[f"{m}/{k}"] = {t: {"median": round(a, 6), "mean": round(b, 6)} for t, (a, b) in row.items()}
             print(f"{m:<15}{k:<6}" + "".join(f"{a:>9.3f} ({b:.3f})" for a, b in row.values()))
     if args.json:
         args.json.write_text(json.dumps({"identities": len(paths), "photos": photos, "found": found, "passes": passes,

@@ -23,7 +23,7 @@ detector ``FaceEngine`` builds (landmark check + second chance). Rates come with
 percentile-bootstrap CIs over images.
 
 Usage:
-    CMCE_TORCH_THREADS=1 PYTHONPATH=. python benchmarks/bench_detection.py --photos 400 --json /tmp/det.json
+    CMCE_TORCH_THREADS=1 PYTHONPATH=. python benchmarks/bench_detection.py --photos 300 --lighting-photos 150 --json docs/bench-detection.json
 """
 
 from __future__ import annotations

@@ -8,12 +8,16 @@ with the machine's load (``_harness.machine``) before and after. Ray runs on a l
 and loading their models, the in-process time is shown with and without loading the
 engine. Derived data (the search index) is not built: only the raw shards are timed.
 
-    CMCE_TORCH_THREADS=1 PYTHONPATH=. python benchmarks/bench_ray_indexing.py --photos 500
+    CMCE_TORCH_THREADS=1 PYTHONPATH=. python benchmarks/bench_ray_indexing.py --photos 500 --json docs/bench-ray-indexing.json
+
+``--json`` also writes every run's faces/s, the medians and the load, with the facenet-casia
+runtime (``CMCE_FACENET_RUNTIME``) they were measured with.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -54,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     from cmce.method.engine import FaceEngine
     from cmce.pipeline import IngestJob, run_in_process, run_ray
 
-    print(f"load before: {machine()}", flush=True)
+    load_before = machine()
+    print(f"load before: {load_before}", flush=True)
     runs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="cmce-bench-ray-") as tmp:
         tmp = Path(tmp)
@@ -70,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 job = IngestJob(str(tmp / "photos"), str(tmp / f"inproc-{r}"), batch_size=args.batch_size)
                 rep = run_in_process(job, engine=engine)
                 del engine
+                faces = rep.added
                 runs.setdefault("in-process", []).append(rep.added / rep.seconds)
                 print(f"in-process   run {r}: {rep.added} faces in {rep.seconds:.1f} s = {rep.added / rep.seconds:.2f} "
                       f"faces/s ({rep.added / (rep.seconds + load_s):.2f} with the {load_s:.1f} s engine load) | "
@@ -89,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         med = statistics.median(values)
         print(f"  {name:<11} {med:6.2f}  x{med / base:.2f}  ({len(values)} run{'s' if len(values) > 1 else ''})")
     print(f"load after: {machine()}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "photos": n, "faces": faces, "batch_size": args.batch_size, "cpus": args.cpus,
+            "facenet_runtime": os.environ.get("CMCE_FACENET_RUNTIME", "torch"),
+            "torch_threads": os.environ.get("CMCE_TORCH_THREADS", "1"),
+            "load_before": load_before, "load_after": machine(), "faces_per_s": runs,
+            "median_faces_per_s": {name: statistics.median(v) for name, v in runs.items()}}, indent=2) + "\n")
     return 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cmce.errors import CmceError
 from cmce.experiments.docs_tables_results import RESULTS_TABLES
+from cmce.experiments.docs_tables_speed import SPEED_TABLES
 from cmce.method.card import render_rejection_tables, render_table, render_upgrade_table
 from cmce.metrics.intervals import format_interval
 from cmce.metrics.results import Evaluation, ResultError, load_evaluations
@@ -66,6 +67,7 @@ def _one(docs: Sequence[Mapping]) -> Mapping:
 #: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).
 JSON_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "answer-inputs": lambda docs: render_answer_inputs(_one(docs)),
+    **SPEED_TABLES,
 }
 # The results pages' tables (README.md, results, mixed-quality, upgrades, method): docs_tables_results.
 JSON_TABLES.update(RESULTS_TABLES)

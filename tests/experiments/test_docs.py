@@ -120,3 +120,122 @@ def test_results_renderers_on_tiny_documents(tmp_path) -> None:
     assert "| lowres | 90.00 | 80.00 | **95.00** | -0.3% · -0.3% |" in out
     with pytest.raises(CmceError, match="one JSON file, not 2"):
         render_page("<!-- table: degrade-sweep s.json,s.json -->\n<!-- /table -->\n", tmp_path)
+
+# ---- the speed and scale pages' tables (cmce/experiments/docs_tables_speed.py)
+
+def test_speed_table_docstring_examples() -> None:
+    import doctest
+
+    import cmce.experiments.docs_tables_speed as module
+
+    result = doctest.testmod(module)
+    assert result.failed == 0 and result.attempted >= 6
+
+
+@pytest.mark.parametrize(("page", "kind", "figure"), [
+    ("speed.md", "bench-threads", "| quiet | "),
+    ("speed.md", "bench-backbones", "| sface | "),
+    ("speed.md", "bench-backbones", "asymmetric: query embed "),
+    ("speed.md", "bench-search", "| 1,000,000 | "),
+    ("scale.md", "compact-index", "| recall@10 against exact | "),
+    ("scale.md", "compact-index", "| other settings | "),
+    ("scale.md", "bench-archive", "| 74.6 s"),
+    ("face-finding.md", "bench-crops", "| facenet-casia | face only | "),
+    ("face-finding.md", "detection-sets", "| 10% inside the box, 112-200 px (300) | "),
+    ("face-finding.md", "detection-lighting", "| side shading | 0.97 | "),
+    ("speed.md", "int8-accuracy", "| `facenet-query` | 95.61 (93.67 to 97.25) | "),
+])
+def test_a_benchmark_figure_edited_by_hand_is_caught(page: str, kind: str, figure: str) -> None:
+    """Each benchmark table's marker renders its committed text back, and undoes a digit changed by hand."""
+    path = ROOT / "docs" / page
+    text = path.read_text()
+    start = text.index(f"<!-- table: {kind} ")
+    line = text.index(figure, start)
+    assert line < text.index("<!-- /table -->", start)
+    end = text.index("\n", line)
+    digit = next(i for i in range(line + len(figure), end) if text[i].isdigit())
+    tampered = text[:digit] + str((int(text[digit]) + 1) % 10) + text[digit + 1:]
+    assert render_page(tampered, path.parent) == text
+
+
+def test_the_thread_table_renders_from_its_study(tmp_path) -> None:
+    import json
+
+    def run(mtcnn: float, facenet: float, dlib: float) -> dict:
+        return {"mtcnn_ms_per_photo": mtcnn, "ms_per_face": {"dlib-resnet34": dlib, "facenet-casia": facenet}}
+
+    (tmp_path / "t.json").write_text(json.dumps({"rows": {
+        "quiet": {"1": run(30.04, 35.0, 9.0), "2": run(20.0, 19.96, 4.0)},
+        "one busy core": {"1": run(40.0, 34.0, 9.1), "2": run(100.0, 60.0, 16.0)}}}))
+    out = render_page("<!-- table: bench-threads t.json -->\n| quiet | 1 |\n<!-- /table -->\n", tmp_path)
+    assert "| quiet | 30.0 / 20.0 | 35.0 / 20.0 | 9.0 / 4.0 |\n" in out
+    assert "| one other busy core | 40.0 / 100.0 | 34.0 / 60.0 | 9.1 / 16.0 |\n" in out and "| quiet | 1 |" not in out
+
+
+def test_the_compact_index_table_says_what_went_wrong(tmp_path) -> None:
+    import json
+
+    from cmce.experiments.docs_tables_speed import render_compact_index
+
+    report = json.loads((ROOT / "docs" / "bench-compact-index.json").read_text())
+    config = report["configs"]["fastscan"]
+    config["mask_reject_10pct"]["excluded_returned"] = 3
+    config["threshold"]["hits_below_returned"] = 2
+    out = render_compact_index(report)
+    assert "3 rejected entries returned" in out and "2 below returned" in out
+    report["configs"]["other"] = config
+    with pytest.raises(CmceError, match="one configuration"):
+        render_compact_index(report)
+
+
+def test_the_crop_table_keeps_a_changed_backbone_in_full(tmp_path) -> None:
+    from cmce.experiments.docs_tables_speed import render_crops
+
+    def f(median: float, mean: float) -> dict:
+        return {"median": median, "mean": mean}
+
+    same = {"before": f(0.99, 0.98), "landmarks": f(0.99, 0.98), "after": f(0.99, 0.98)}
+    out = render_crops({"cosine": {"sface/box": {"before": f(0.5, 0.4), "landmarks": f(0.7, 0.6),
+                                                 "after": f(0.8, 0.75)},
+                                   "dlib-resnet34/box": same, "dlib-resnet34/face": same}})
+    assert "| sface | MTCNN box | 0.500 (0.400) | 0.700 (0.600) | **0.800 (0.750)** |" in out
+    assert "| dlib-resnet34 | MTCNN box / face only | 0.990 / 0.990 | same | same |" in out
+
+
+def test_the_detection_tables_render_from_their_study(tmp_path) -> None:
+    import json
+
+    def r(rate: float, low: float, high: float) -> dict:
+        return {"n": 150, "rate": rate, "ci95": [low, high]}
+
+    (tmp_path / "d.json").write_text(json.dumps({
+        "full_photos": {"first_pass": r(100.0, 100.0, 100.0), "engine": r(100.0, 100.0, 100.0),
+                        "first_pass_faces_identical": "150/150"},
+        "tight_crops": {"box 10% inside": {"first_pass": r(63.67, 58.33, 68.67), "engine": r(100.0, 100.0, 100.0),
+                                           "found_by": {"mtcnn/first": 95, "yunet/padded": 55}}},
+        "lighting": {"gamma 0.3": {"first_pass": r(81.33, 74.67, 87.33), "engine": r(99.33, 98.0, 100.0)},
+                     "banding (levels) 16": {"first_pass": r(98.67, 96.67, 100.0), "engine": r(100.0, 100.0, 100.0)},
+                     "banding (levels) 8": {"first_pass": r(98.67, 96.67, 100.0), "engine": r(100.0, 100.0, 100.0)}},
+        "no_face": {"images": 80, "false_faces": {"texture 3": ["yunet/padded", "mtcnn/normalised"]}}}))
+    page = ("<!-- table: detection-sets d.json -->\n<!-- /table -->\n"
+            "<!-- table: detection-lighting d.json -->\n<!-- /table -->\n")
+    out = render_page(page, tmp_path)
+    assert "| 10% inside the box, 112-200 px (150) | 63.7% (58.3 to 68.7) | 100.0% (100.0 to 100.0) " \
+           "| 95 first, 55 padded (yunet) |" in out
+    assert "| no-face images (80) | 0 faces | 2 faces | |" in out
+    assert "| gamma | 0.3 | 81.3% (74.7 to 87.3) | 99.3% (98.0 to 100.0) |" in out
+    assert "| banding (levels per channel) | 16 |" in out and "| banding | 8 |" in out
+
+
+def test_the_int8_table_reads_pairs_of_one_bundle() -> None:
+    import json
+
+    from cmce.experiments.docs_tables_speed import render_int8_accuracy
+
+    sface, facenet = (json.loads((ROOT / "docs" / f"eval-{b}.json").read_text()) for b in ("sface-query", "facenet-query"))
+    with pytest.raises(CmceError, match="pairs of evaluations"):
+        render_int8_accuracy([sface])
+    with pytest.raises(CmceError, match="one bundle"):
+        render_int8_accuracy([sface, facenet])
+    assert "| `facenet-query` | 95.61 (93.67 to 97.25) | 95.61 (93.67 to 97.25) | 92.79 / 92.79 | 92.45 / 92.45 |" \
+        in render_int8_accuracy([facenet, facenet])
