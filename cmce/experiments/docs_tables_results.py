@@ -501,7 +501,8 @@ def render_score_differences(docs: Sequence[Mapping]) -> str:
     for name, c in comparisons:
         for i, step in enumerate(c.steps):
             cells = [format_with_interval(step.minus[k][0], step.minus[k][1:], digits=1, interval_digits=0,
-                                          signed=True) if k in step.minus else "—" for k in others]
+                                          signed=True).replace("(-0 ", "(0 ").replace("(+0 ", "(0 ")
+                     if k in step.minus else "—" for k in others]  # a bound that rounds to 0 is 0
             lines.append(f"|{f' `{name}` ' if i == 0 else ' '}| {100 * step.rate:.0f}% | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 

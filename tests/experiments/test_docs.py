@@ -82,6 +82,8 @@ def _marked(page: Path, kind: str) -> tuple[str, int, int]:
     ("docs/mixed-quality.md", "ablations", "**85.81** (77.2 to 92.4)"),
     ("docs/results.md", "answer-summary", "**828 / 3 / 58**"),
     ("docs/upgrades.md", "upgrade-speed", "52,200 entries/s"),
+    ("README.md", "app-answers", "499 / 242 / 148"),
+    ("docs/mixed-quality.md", "score-differences", "+34.9 (+9 to +61)"),
 ])
 def test_a_results_table_figure_edited_by_hand_is_caught(page, kind, figure) -> None:
     path = ROOT / page
