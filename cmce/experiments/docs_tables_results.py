@@ -23,6 +23,7 @@ __all__ = [
     "render_ablations",
     "render_answer_summary",
     "render_app_answers",
+    "render_lfw_verification",
     "render_score_differences",
     "render_bundle_summary",
     "render_cv_fusion",
@@ -507,6 +508,30 @@ def render_score_differences(docs: Sequence[Mapping]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The published LFW accuracy of each backbone (its authors' figure, not measured here).
+PUBLISHED_LFW = {"sface": "~99.4%", "dlib-resnet34": "99.38%", "facenet-casia": "~99.0%"}
+
+
+def render_lfw_verification(docs: Sequence[Mapping]) -> str:
+    """Each backbone's LFW 1:1 verification accuracy (``scripts/lfw_verification.py --json``),
+    beside its published figure.
+
+    Example:
+        >>> doc = {"pairs": 600, "pairs_file": "pairsDevTrain.txt",
+        ...        "backbones": {"sface": {"accuracy": 0.99667, "threshold": 0.3}}}
+        >>> print(render_lfw_verification([doc]), end="")
+        | backbone | LFW verification accuracy, 600 pairs of pairsDevTrain | published LFW |
+        |---|---:|---:|
+        | `sface` | 99.67% | ~99.4% |
+    """
+    doc = _one(docs)
+    lines = [f"| backbone | LFW verification accuracy, {doc['pairs']} pairs of "
+             f"{Path(doc['pairs_file']).stem} | published LFW |", "|---|---:|---:|"]
+    for name, b in doc["backbones"].items():
+        lines.append(f"| `{name}` | {100 * b['accuracy']:.2f}% | {PUBLISHED_LFW.get(name, '—')} |")
+    return "\n".join(lines) + "\n"
+
+
 RESULTS_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "bundle-summary": render_bundle_summary,
     "gallery-kinds": render_gallery_kinds,
@@ -519,4 +544,5 @@ RESULTS_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "upgrade-speed": lambda docs: render_upgrade_speed(_one(docs)),
     "app-answers": render_app_answers,
     "score-differences": render_score_differences,
+    "lfw-verification": render_lfw_verification,
 }
