@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from cmce.errors import CmceError
-from cmce.experiments.docs_tables_results import RESULTS_TABLES
+from cmce.experiments.docs_tables_results import RESULTS_TABLES, _one
 from cmce.experiments.docs_tables_speed import SPEED_TABLES
 from cmce.method.card import render_rejection_tables, render_table, render_upgrade_table
 from cmce.metrics.intervals import format_interval
@@ -56,12 +56,6 @@ def render_answer_inputs(study: Mapping) -> str:
         lines.append(f"| {g['to']} | {g['from']} | {100 * g['rate']:.0f}% | "
                      f"{100 * g['gain']:+.2f} {format_interval(*g['ci95'], signed=True)} |")
     return "\n".join(lines) + "\n"
-
-
-def _one(docs: Sequence[Mapping]) -> Mapping:
-    if len(docs) != 1:
-        raise CmceError(f"this table reads one JSON file, not {len(docs)}")
-    return docs[0]
 
 
 #: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from cmce.errors import CmceError
+from cmce.experiments.docs_tables_results import _one
 from cmce.metrics.intervals import format_with_interval
 
 __all__ = ["SPEED_TABLES", "render_archive", "render_bench_backbones", "render_bench_search", "render_compact_index",
@@ -354,12 +355,6 @@ def render_int8_accuracy(evaluations: Sequence[Mapping]) -> str:
                      + f" | {100 * served[0]['tar_at_far_1e-3']:.2f} / {100 * served[1]['tar_at_far_1e-3']:.2f} "
                      f"| {100 * facenet[0]['recall_at_1']:.2f} / {100 * facenet[1]['recall_at_1']:.2f} |")
     return "\n".join(lines) + "\n"
-
-
-def _one(docs: Sequence[Mapping]) -> Mapping:
-    if len(docs) != 1:
-        raise CmceError(f"this table reads one JSON file, not {len(docs)}")
-    return docs[0]
 
 
 def _single(render: Callable[[Mapping], str]) -> Callable[[Sequence[Mapping]], str]:
