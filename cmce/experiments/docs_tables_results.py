@@ -29,6 +29,7 @@ __all__ = [
     "render_cv_fusion",
     "render_cv_rejection",
     "render_degrade_sweep",
+    "render_demo_examples",
     "render_gallery_kinds",
     "render_rejection_by_score",
     "render_upgrade_speed",
@@ -532,6 +533,58 @@ def render_lfw_verification(docs: Sequence[Mapping]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: ``check_examples.py --json``'s marks -> the table's (null: the query has no label to judge by).
+_EXAMPLE_MARKS = {"right": "✓", "wrong": "✗", "unknown": "?", None: "·"}
+
+
+def render_demo_examples(docs: Sequence[Mapping]) -> str:
+    """The demo's examples (``tests/harness/check_examples.py --json``, then the examples manifest
+    ``assets/examples/examples.json``): one row per example the manifest lists for a bundle, in its
+    order, with each column's mark (✓ right, ✗ wrong, ? unknown), top similarity and threshold. The
+    gallery is named as the app's example buttons name it (the manifest's name before " (").
+
+    Example:
+        >>> def col(mark, sim, thr):
+        ...     return {"mark": mark, "similarity": sim, "threshold": thr}
+        >>> check = {"bundles": {"b": {"query_model": "q", "galleries": {"archive": {"queries": {"G_05.jpg": {
+        ...     "columns": {"ensemble": col("right", 0.8012, 0.6205), "s": col("wrong", 0.5701, 0.5649),
+        ...                 "d": col("unknown", 0.6371, 0.664), "query": col("right", 0.9123, 0.6001)}}}}}}}}
+        >>> manifest = {"galleries": [{"name": "Mixed-quality archive (9 photos)", "folder": "archive"}],
+        ...             "bundles": {"b": [{"gallery": "Mixed-quality archive (9 photos)", "query": "queries/G_05.jpg"}]}}
+        >>> print(render_demo_examples([check, manifest]), end="")
+        | bundle | gallery | query | CMCE ensemble | gallery model → query model | query model alone |
+        |---|---|---|---|---|---|
+        | `b` | Mixed-quality archive | `G_05` | ✓ 0.80 / 0.62 | s ✗ 0.57 / 0.56, d ? 0.64 / 0.66 | ✓ 0.91 / 0.60 |
+    """
+    if len(docs) != 2:
+        raise CmceError(f"the examples table reads check_examples.py's JSON and examples.json, not {len(docs)} files")
+    check, manifest = docs
+    folders = {g["name"]: g["folder"] for g in manifest["galleries"]}
+
+    def cell(c: Mapping) -> str:
+        sim = "-" if c["similarity"] is None else f"{c['similarity']:.2f}"
+        return f"{_EXAMPLE_MARKS[c['mark']]} {sim} / {c['threshold']:.2f}"
+
+    lines = ["| bundle | gallery | query | CMCE ensemble | gallery model → query model | query model alone |",
+             "|---|---|---|---|---|---|"]
+    for bundle, examples in manifest.get("bundles", {}).items():
+        for ex in examples:
+            query = Path(ex["query"]).name
+            try:
+                answer = check["bundles"][bundle]["galleries"][folders[ex["gallery"]]]["queries"][query]
+            except KeyError as e:
+                raise CmceError(f"check_examples.py's JSON has no answer for {bundle} / {ex['gallery']} / {query} "
+                                f"(missing {e}): run python tests/harness/check_examples.py --json ...") from e
+            row = f"| `{bundle}` | {ex['gallery'].split(' (')[0]} | `{Path(query).stem}` | "
+            if "error" in answer:
+                lines.append(row + f"{answer['error']} | – | – |")
+                continue
+            cols = answer["columns"]
+            members = ", ".join(f"{view} {cell(c)}" for view, c in cols.items() if view not in ("ensemble", "query"))
+            lines.append(row + f"{cell(cols['ensemble'])} | {members} | {cell(cols['query'])} |")
+    return "\n".join(lines) + "\n"
+
+
 RESULTS_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "bundle-summary": render_bundle_summary,
     "gallery-kinds": render_gallery_kinds,
@@ -545,4 +598,5 @@ RESULTS_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "app-answers": render_app_answers,
     "score-differences": render_score_differences,
     "lfw-verification": render_lfw_verification,
+    "demo-examples": render_demo_examples,
 }
