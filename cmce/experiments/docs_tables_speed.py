@@ -15,7 +15,8 @@ from cmce.experiments.docs_tables_results import _one
 from cmce.metrics.intervals import format_with_interval
 
 __all__ = ["SPEED_TABLES", "render_archive", "render_bench_backbones", "render_bench_search", "render_compact_index",
-           "render_crops", "render_detection_lighting", "render_detection_sets", "render_int8_accuracy",
+           "render_crops", "render_detection_cosines", "render_detection_lighting", "render_detection_sets",
+           "render_int8_accuracy",
            "render_threads"]
 
 #: How a backbone is named in the speed table, where its JSON name alone would mislead.
@@ -284,6 +285,34 @@ def render_detection_sets(study: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: ``benchmarks/bench_detection.py``'s tight-crop sets -> the cosine table's rows.
+_COSINE_CROPS = {"box": "MTCNN box", "box 10% inside": "10% inside the box"}
+
+
+def render_detection_cosines(study: Mapping) -> str:
+    """``benchmarks/bench_detection.py --json``: cosine between a found crop's embedding and the same face
+    found in the full photo, mean / median / 5th percentile, per tight-crop set and backbone.
+
+    Example:
+        >>> print(render_detection_cosines({"tight_crops": {"box 10% inside": {"cosine_to_full_photo": {
+        ...     "sface": {"mean": 0.8278, "median": 0.8307, "p5": 0.7325},
+        ...     "dlib-resnet34": {"mean": 0.9804, "median": 0.981, "p5": 0.9673}}}}}), end="")
+        | crop | sface | dlib-resnet34 |
+        |---|---|---|
+        | 10% inside the box | 0.828 / 0.831 / 0.733 | 0.980 / 0.981 / 0.967 |
+    """
+    crops = {k: r["cosine_to_full_photo"] for k, r in study["tight_crops"].items() if "cosine_to_full_photo" in r}
+    if not crops:
+        raise CmceError("bench_detection.py's JSON holds no crop cosines (tight_crops.*.cosine_to_full_photo)")
+    backbones = list(dict.fromkeys(b for cos in crops.values() for b in cos))
+    lines = ["| crop | " + " | ".join(backbones) + " |", "|---|" + "---|" * len(backbones)]
+    for kind, cos in crops.items():
+        cells = [f"{cos[b]['mean']:.3f} / {cos[b]['median']:.3f} / {cos[b]['p5']:.3f}" if b in cos else "—"
+                 for b in backbones]
+        lines.append(f"| {_COSINE_CROPS.get(kind, kind)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 #: ``benchmarks/bench_detection.py``'s lighting changes -> the table's name on a change's first row, and on the others.
 _LIGHTING = {"side shading": ("side shading (right half darkened by)", "side shading"),
              "banding (levels)": ("banding (levels per channel)", "banding")}
@@ -371,5 +400,6 @@ SPEED_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "bench-crops": _single(render_crops),
     "detection-sets": _single(render_detection_sets),
     "detection-lighting": _single(render_detection_lighting),
+    "detection-cosines": _single(render_detection_cosines),
     "int8-accuracy": render_int8_accuracy,
 }
