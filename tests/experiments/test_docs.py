@@ -90,6 +90,7 @@ HAND_EDITS = [
     ("README.md", "app-answers", "499 / 242 / 148"),
     ("docs/mixed-quality.md", "score-differences", "+34.9 (+9 to +61)"),
     ("docs/results.md", "demo-examples", "sface ✓ 0.57 / 0.56"),
+    ("docs/method.md", "lfw-verification", "| `dlib-resnet34` | "),
     # the speed, scale and face-finding pages' tables (cmce/experiments/docs_tables_speed.py)
     ("docs/speed.md", "bench-threads", "| quiet | "),
     ("docs/speed.md", "bench-backbones", "| sface | "),
