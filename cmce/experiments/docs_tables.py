@@ -27,16 +27,51 @@ from cmce.experiments.docs_tables_results import RESULTS_TABLES, _one
 from cmce.experiments.docs_tables_speed import SPEED_TABLES
 from cmce.method.card import render_rejection_tables, render_table, render_upgrade_table
 from cmce.metrics.intervals import format_interval
-from cmce.metrics.results import Evaluation, ResultError, load_evaluations
+from cmce.metrics.results import Evaluation, ResultError, UpgradeResult, load_evaluations
 
-__all__ = ["JSON_TABLES", "TABLES", "render_answer_inputs", "render_page", "stale_pages"]
+__all__ = ["JSON_TABLES", "TABLES", "render_answer_inputs", "render_page", "render_upgrade_sides", "stale_pages"]
 
 #: Renderer name -> (the evaluation -> the Markdown table, ending in a newline).
 TABLES: dict[str, Callable[[Evaluation], str]] = {
     "rows": lambda e: render_table(e.rows),
     "upgrade": lambda e: render_upgrade_table(_one_upgrade(e)),
+    "upgrade-sides": lambda e: render_upgrade_sides(e.upgrade_results),
     "rejection": render_rejection_tables,
 }
+
+
+def render_upgrade_sides(upgrades: Sequence[UpgradeResult]) -> str:
+    """One row per old side of ``evaluate --upgrade-from A --upgrade-from B``: Recall@1 /
+    TAR@FAR=1e-3 before, without and with backfill, and the paired Recall@1 gain without
+    backfill with its 95% interval.
+
+    Example:
+        >>> from cmce.metrics.results import UpgradeResult
+        >>> row = lambda stage, r: {"stage": stage, "members": ["g"], "query": "q", "recall_at_1": r,
+        ...                         "tar_at_far_1e-3": r - 0.05}
+        >>> up = UpgradeResult.from_dict({"from": {"query": "old", "gallery": ["g"], "source": "bundles/facenet-dlib"},
+        ...     "to": {"query": "q", "gallery": ["g"]},
+        ...     "rows": [row("before", 0.795), row("no_backfill", 0.8761), row("backfill", 0.9707)],
+        ...     "comparisons": [{"from": "before", "to": "no_backfill", "recall_at_1_gain": 0.0811,
+        ...                      "ci95": [0.0597, 0.1025]}]})
+        >>> print(render_upgrade_sides([up]), end="")
+        | old gallery | before R@1 / TAR@1e-3 | no_backfill | backfill | gain without backfill (95% CI) |
+        |---|---:|---:|---:|---:|
+        | `facenet-dlib` | 79.50 / 74.50 | 87.61 / 82.61 | 97.07 / 92.07 | +8.11 (+5.97 to +10.25) |
+    """
+    lines = ["| old gallery | before R@1 / TAR@1e-3 | no_backfill | backfill | gain without backfill (95% CI) |",
+             "|---|---:|---:|---:|---:|"]
+    for up in upgrades:
+        stages = {r.stage: r for r in up.rows}
+        cells = [f"{100 * stages[s].recall_at_1:.2f} / {100 * stages[s].tar_at_far_1e3:.2f}"
+                 for s in ("before", "no_backfill", "backfill")]
+        gain = next(c for c in up.comparisons if (c.from_stage, c.to_stage) == ("before", "no_backfill"))
+        source = up.old.source or ""
+        name = (f"`{source.rsplit('/', 1)[-1]}`" if not source.startswith("backbone:")
+                else f"{source.split(':', 1)[1]} alone")
+        lines.append(f"| {name} | {' | '.join(cells)} | {100 * gain.recall_at_1_gain:+.2f} "
+                     f"{format_interval(*gain.ci95, signed=True)} |")
+    return "\n".join(lines) + "\n"
 
 
 def render_answer_inputs(study: Mapping) -> str:

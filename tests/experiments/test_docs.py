@@ -37,7 +37,7 @@ def test_a_figure_edited_by_hand_is_caught() -> None:
 
 def test_unknown_table_is_named(tmp_path) -> None:
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(CmceError, match="unknown table 'nope'.*valid: rows, upgrade, rejection"):
+    with pytest.raises(CmceError, match="unknown table 'nope'.*valid: rows, upgrade, upgrade-sides, rejection"):
         render_page("<!-- table: nope x.json -->\n<!-- /table -->\n", tmp_path)
 
 
@@ -91,6 +91,7 @@ HAND_EDITS = [
     ("docs/mixed-quality.md", "score-differences", "+34.9 (+9 to +61)"),
     ("docs/results.md", "demo-examples", "sface ✓ 0.57 / 0.56"),
     ("docs/method.md", "lfw-verification", "| `dlib-resnet34` | "),
+    ("docs/upgrades.md", "upgrade-sides", "+5.41 (+3.04 to +7.77)"),
     # the speed, scale and face-finding pages' tables (cmce/experiments/docs_tables_speed.py)
     ("docs/speed.md", "bench-threads", "| quiet | "),
     ("docs/speed.md", "bench-backbones", "| sface | "),
