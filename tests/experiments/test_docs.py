@@ -146,9 +146,18 @@ def test_speed_table_docstring_examples() -> None:
     ("face-finding.md", "detection-sets", "| 10% inside the box, 112-200 px (300) | "),
     ("face-finding.md", "detection-lighting", "| side shading | 0.97 | "),
     ("speed.md", "int8-accuracy", "| `facenet-query` | 95.61 (93.67 to 97.25) | "),
+    # public-space.md: the test harnesses' tables (cmce/experiments/docs_tables_space.py)
+    ("public-space.md", "soak", "| `/index_gallery` (4 photos) | "),
+    ("public-space.md", "soak", "| `/search` | "),
+    ("public-space.md", "soak", "| session close (`Client.close`) | "),
+    ("public-space.md", "crash-test", "| `cmce index` | "),
+    ("public-space.md", "crash-test", "| `cmce upgrade` | 20 | "),
+    ("public-space.md", "fuzz-readers", "| `ImageError` naming the file | "),
+    ("public-space.md", "fuzz-readers", "worker crash | **"),
 ])
 def test_a_benchmark_figure_edited_by_hand_is_caught(page: str, kind: str, figure: str) -> None:
-    """Each benchmark table's marker renders its committed text back, and undoes a digit changed by hand."""
+    """Each benchmark or harness table's marker renders its committed text back, and undoes a digit changed
+    by hand."""
     path = ROOT / "docs" / page
     text = path.read_text()
     start = text.index(f"<!-- table: {kind} ")
@@ -241,3 +250,34 @@ def test_the_int8_table_reads_pairs_of_one_bundle() -> None:
         render_int8_accuracy([sface, facenet])
     assert "| `facenet-query` | 95.61 (93.67 to 97.25) | 95.61 (93.67 to 97.25) | 92.79 / 92.79 | 92.45 / 92.45 |" \
         in render_int8_accuracy([facenet, facenet])
+
+
+# ---- public-space.md's tables from the test harnesses' --json (cmce/experiments/docs_tables_space.py)
+
+def test_space_table_docstring_examples() -> None:
+    import doctest
+
+    import cmce.experiments.docs_tables_space as module
+
+    result = doctest.testmod(module)
+    assert result.failed == 0 and result.attempted >= 3
+
+
+def test_the_harness_tables_say_what_went_wrong(tmp_path) -> None:
+    from cmce.experiments.docs_tables_space import render_crash_test, render_fuzz_readers, render_soak
+
+    counts = {"trials": 3, "killed": 1, "killed_old": 1, "killed_new": 0, "finished": 2, "finished_new": 1,
+              "mixed_or_failed": 1, "trials_with_stray_files": 0}
+    assert "| `cmce upgrade` | 3 | 1 | 1 / 0 | 2 (1 new) | **1** | 0 trials |" in render_crash_test(
+        {"operations": {"upgrade": counts}})
+    fuzz = {"case_timeout_s": 2.0, "findings": ["case 7 (png): finding:hang"],
+            "outcomes": {"decoded": 3, "LimitError": 2, "finding:hang": 1}}
+    out = render_fuzz_readers(fuzz)
+    assert "| `LimitError` naming the file | 2 |" in out and "| `ArchiveError` naming the archive | 0 |" in out
+    assert out.endswith("worker crash | **1** |\n")
+    with pytest.raises(CmceError, match="does not know the outcomes \\['weird'\\]"):
+        render_fuzz_readers({**fuzz, "outcomes": {"weird": 1}})
+    with pytest.raises(CmceError, match="no /search request"):
+        render_soak({"photos_per_index": 4, "endpoints": {"/search": {"n": 0}}})
+    with pytest.raises(CmceError, match="does not know the endpoints"):
+        render_soak({"photos_per_index": 4, "endpoints": {"/other": {"n": 1}}})
