@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cmce.errors import CmceError
 from cmce.experiments.docs_tables_results import RESULTS_TABLES, _one
+from cmce.experiments.docs_tables_space import SPACE_TABLES
 from cmce.experiments.docs_tables_speed import SPEED_TABLES
 from cmce.method.card import render_rejection_tables, render_table, render_upgrade_table
 from cmce.metrics.intervals import format_interval
@@ -100,6 +101,8 @@ JSON_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
 }
 # The results pages' tables (README.md, results, mixed-quality, upgrades, method): docs_tables_results.
 JSON_TABLES.update(RESULTS_TABLES)
+# public-space.md's soak, kill -9 and fuzzing tables (the test harnesses' --json): docs_tables_space.
+JSON_TABLES.update(SPACE_TABLES)
 
 
 def _one_upgrade(evaluation: Evaluation):

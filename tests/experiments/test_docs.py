@@ -105,6 +105,13 @@ HAND_EDITS = [
     ("docs/face-finding.md", "detection-lighting", "| side shading | 0.97 | "),
     ("docs/face-finding.md", "detection-cosines", "| MTCNN box | "),
     ("docs/speed.md", "int8-accuracy", "| `facenet-query` | 95.61 (93.67 to 97.25) | "),
+    # public-space.md: the test harnesses' tables (cmce/experiments/docs_tables_space.py)
+    ("docs/public-space.md", "soak", "| `/search` | "),
+    ("docs/public-space.md", "soak", "| session close (`Client.close`) | "),
+    ("docs/public-space.md", "crash-test", "| `cmce index` | "),
+    ("docs/public-space.md", "crash-test", "| `cmce upgrade` | 20 | "),
+    ("docs/public-space.md", "fuzz-readers", "| `ImageError` naming the file | "),
+    ("docs/public-space.md", "fuzz-readers", "worker crash | **"),
 ]
 
 
@@ -258,3 +265,34 @@ def test_the_examples_table_follows_the_manifest_and_names_a_missing_answer() ->
     manifest["bundles"]["sface-query"][0]["query"] = "queries/nobody.jpg"
     with pytest.raises(CmceError, match="no answer for sface-query / .* / nobody.jpg.*check_examples.py --json"):
         render_demo_examples([check, manifest])
+
+
+# ---- public-space.md's tables from the test harnesses' --json (cmce/experiments/docs_tables_space.py)
+
+def test_space_table_docstring_examples() -> None:
+    import doctest
+
+    import cmce.experiments.docs_tables_space as module
+
+    result = doctest.testmod(module)
+    assert result.failed == 0 and result.attempted >= 3
+
+
+def test_the_harness_tables_say_what_went_wrong(tmp_path) -> None:
+    from cmce.experiments.docs_tables_space import render_crash_test, render_fuzz_readers, render_soak
+
+    counts = {"trials": 3, "killed": 1, "killed_old": 1, "killed_new": 0, "finished": 2, "finished_new": 1,
+              "mixed_or_failed": 1, "trials_with_stray_files": 0}
+    assert "| `cmce upgrade` | 3 | 1 | 1 / 0 | 2 (1 new) | **1** | 0 trials |" in render_crash_test(
+        {"operations": {"upgrade": counts}})
+    fuzz = {"case_timeout_s": 2.0, "findings": ["case 7 (png): finding:hang"],
+            "outcomes": {"decoded": 3, "LimitError": 2, "finding:hang": 1}}
+    out = render_fuzz_readers(fuzz)
+    assert "| `LimitError` naming the file | 2 |" in out and "| `ArchiveError` naming the archive | 0 |" in out
+    assert out.endswith("worker crash | **1** |\n")
+    with pytest.raises(CmceError, match="does not know the outcomes \\['weird'\\]"):
+        render_fuzz_readers({**fuzz, "outcomes": {"weird": 1}})
+    with pytest.raises(CmceError, match="no /search request"):
+        render_soak({"photos_per_index": 4, "endpoints": {"/search": {"n": 0}}})
+    with pytest.raises(CmceError, match="does not know the endpoints"):
+        render_soak({"photos_per_index": 4, "endpoints": {"/other": {"n": 1}}})

@@ -24,7 +24,8 @@ a killed one left).
 
     CMCE_TORCH_THREADS=1 PYTHONPATH=. python tests/harness/crash_test.py --trials 20 --seed 0
 
-Prints each trial and the counts per operation; exits 1 on any mix or failure.
+Prints each trial and the counts per operation (``--json PATH`` also writes every figure and
+trial: ``report_json``; the docs' crash table is rendered from it); exits 1 on any mix or failure.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +99,7 @@ class Trial:
     outcome: str = ""  # "old", "new" (or "new (finished)"), or a failure
     detail: str = ""
     leftovers: int = 0
+    resumed: bool = False  # re-run to completion after the kill (``--resume``)
 
 
 def _command(operation: str, work: Path) -> list[str]:
@@ -201,6 +204,7 @@ class CrashTest:
             trial.outcome = "new (finished)"
         trial.leftovers = len(_listing(gallery) - _known(gallery))
         if resume and not trial.outcome.startswith(("MIX", "FAIL")):
+            trial.resumed = True
             _run(_command(operation, self.work))
             outcome, detail = self.check(operation)
             if outcome != "new":
@@ -259,15 +263,22 @@ def _known(folder: Path) -> set[str]:
 
 
 def run(lfw: Path, trials: int, seed: int = 0, resume: int = 0, operations: Sequence[str] = OPERATIONS,
-        modes: Sequence[str] = ("uniform", "write"), log=print, write_delay: float = 0.1) -> dict[str, list[Trial]]:
+        modes: Sequence[str] = ("uniform", "write"), log=print, write_delay: float = 0.1,
+        setup: dict | None = None) -> dict[str, list[Trial]]:
     """``trials`` kill -9 trials per operation, taking ``modes`` in turn; the first ``resume`` of each
-    also re-run to completion. ``write`` trials kill within ``write_delay`` seconds of the first write."""
+    also re-run to completion. ``write`` trials kill within ``write_delay`` seconds of the first write.
+    ``setup``, when given, receives the set-up's figures (seconds, uninterrupted run times, gallery sizes)."""
     if not 1 <= trials <= MAX_TRIALS:
         raise ValueError(f"--trials must be in 1..{MAX_TRIALS}, got {trials}")
     results: dict[str, list[Trial]] = {}
     with tempfile.TemporaryDirectory(prefix="cmce-crash-") as tmp:
         start = time.monotonic()
         test = CrashTest(lfw, Path(tmp))
+        if setup is not None:
+            setup.update(setup_s=round(time.monotonic() - start, 1),
+                         uninterrupted_s={op: round(s, 1) for op, s in test.seconds.items()},
+                         gallery_entries=len(test.old.ids),
+                         index_adds=len(test.new["index"].ids) - len(test.old.ids))
         log(f"set-up {time.monotonic() - start:.1f} s; uninterrupted runs: "
             + ", ".join(f"{op} {s:.1f} s" for op, s in test.seconds.items())
             + f"; gallery {len(test.old.ids)} entries, index adds {len(test.new['index'].ids) - len(test.old.ids)}")
@@ -295,6 +306,38 @@ def summary(results: dict[str, list[Trial]]) -> str:
     return "\n".join(lines)
 
 
+def operation_counts(trials: Sequence[Trial]) -> dict:
+    """One operation's figures: trials, killed (the rest finished before the kill), the state each killed
+    trial's gallery held (old / new), mixed or unusable (any ``MIX`` or ``FAIL``), trials that left stray
+    temporary files, and the re-run trials (``--resume``) with those that reached the new state clean."""
+    killed = [t for t in trials if t.kill_after_s is not None]
+    resumed = [t for t in trials if t.resumed]
+    return {
+        "trials": len(trials), "killed": len(killed),
+        "killed_old": sum(t.outcome == "old" for t in killed), "killed_new": sum(t.outcome == "new" for t in killed),
+        "finished": len(trials) - len(killed),
+        "finished_new": sum(t.outcome == "new (finished)" for t in trials if t.kill_after_s is None),
+        "mixed_or_failed": len(failures({"": list(trials)})),
+        "trials_with_stray_files": sum(t.leftovers > 0 for t in trials),
+        "resumed": len(resumed),
+        "resumed_new_clean": sum(not t.outcome.startswith(("MIX", "FAIL")) for t in resumed),
+    }
+
+
+def report_json(results: dict[str, list[Trial]], setup: dict, *, seed: int, resume: int, wall_s: float,
+                started_utc: str, load_before: float, load_after: float) -> dict:
+    """Every figure of a run, for ``--json``: the set-up's, the counts per operation, every trial, and
+    when and under what load (1-minute load average, CPUs) it ran."""
+    return {
+        "harness": "crash_test", "seed": seed, "resume": resume, **setup, "wall_s": round(wall_s, 1),
+        "operations": {op: operation_counts(trials) for op, trials in results.items()},
+        "trials": {op: [asdict(t) for t in trials] for op, trials in results.items()},
+        "run": {"started_utc": started_utc, "cpus": os.cpu_count(), "load_1min_before": round(load_before, 2),
+                "load_1min_after": round(load_after, 2),
+                "torch_threads": os.environ.get("CMCE_TORCH_THREADS", "1")},
+    }
+
+
 def failures(results: dict[str, list[Trial]]) -> list[Trial]:
     return [t for ts in results.values() for t in ts if t.outcome.startswith(("MIX", "FAIL"))]
 
@@ -305,14 +348,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", type=int, default=2, help="trials per operation also re-run to completion")
     parser.add_argument("--lfw", type=Path, default=DEFAULT_LFW)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure and trial to PATH")
     args = parser.parse_args(argv)
     import logging
 
     logging.disable(logging.INFO)
-    start = time.monotonic()
-    results = run(args.lfw, args.trials, args.seed, args.resume)
+    start, setup = time.monotonic(), {}
+    started, load_before = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), os.getloadavg()[0]
+    results = run(args.lfw, args.trials, args.seed, args.resume, setup=setup)
     print(summary(results))
     print(f"wall {time.monotonic() - start:.0f} s")
+    if args.json:
+        doc = report_json(results, setup, seed=args.seed, resume=args.resume, wall_s=time.monotonic() - start,
+                          started_utc=started, load_before=load_before, load_after=os.getloadavg()[0])
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 1 if failures(results) else 0
 
 

@@ -21,7 +21,8 @@ cases::
     PYTHONPATH=. python tests/harness/fuzz_readers.py --cases 10000 --seed 0
 
 Prints counts per seed kind and outcome, and every finding with the seed and case
-number that reproduce it (``--replay N``). Exits 1 on any finding.
+number that reproduce it (``--replay N``); ``--json PATH`` also writes every figure
+(``report_json``: the docs' fuzzing table is rendered from it). Exits 1 on any finding.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from datetime import datetime, timezone
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -443,6 +445,24 @@ def format_report(report: FuzzReport) -> str:
     return "\n".join(lines)
 
 
+def report_json(report: FuzzReport, *, seed: int, start: int, started_utc: str,
+                load_before: float, load_after: float) -> dict:
+    """Every figure of a run, for ``--json``: counts per outcome and per seed, timings, the worker's memory,
+    findings, and when and under what load (1-minute load average, CPUs) it ran."""
+    return {
+        "harness": "fuzz_readers", "seed": seed, "start": start, "cases": report.cases,
+        "seconds": round(report.seconds, 1), "cases_per_s": round(report.cases / max(report.seconds, 1e-9), 1),
+        "outcomes": dict(report.outcomes.most_common()),
+        "by_seed": {name: dict(report.by_seed[name].most_common()) for name in sorted(report.by_seed)},
+        "findings": list(report.findings), "slowest_case_s": round(report.slowest_s, 3),
+        "worker_rss_first_case_mib": round(report.rss_start_kib / 1024, 1),
+        "worker_rss_peak_mib": round(report.rss_peak_kib / 1024, 1),
+        "case_timeout_s": CASE_TIMEOUT_S, "max_pixels": FUZZ_MAX_PIXELS,
+        "run": {"started_utc": started_utc, "cpus": os.cpu_count(), "load_1min_before": round(load_before, 2),
+                "load_1min_after": round(load_after, 2)},
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=10_000)
@@ -450,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--start", type=int, default=0, help="first case number")
     parser.add_argument("--replay", type=int, help="run only this case, in this process, and show it")
     parser.add_argument("--max-seconds", type=float, default=3600)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure of the run to PATH")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -460,9 +481,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             print(case.seed_name, len(case.data), "bytes:", *run_case(case, Path(tmp)))
         return 0
+    started, load_before = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), os.getloadavg()[0]
     report = fuzz(args.cases, args.seed, args.start, args.max_seconds,
                   progress=lambda n: print(f"{n} cases", file=sys.stderr) if n % 1000 == 0 else None)
     print(format_report(report))
+    if args.json:
+        doc = report_json(report, seed=args.seed, start=args.start, started_utc=started, load_before=load_before,
+                          load_after=os.getloadavg()[0])
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 0 if report.ok else 1
 
 

@@ -22,12 +22,16 @@ the session. With ``--pid`` and ``--watch DIR`` (the app's temporary folders) th
 memory and the disk use of those folders are sampled over time::
 
     python tests/harness/load_test.py --soak 600 --clients 32 --pid PID --watch /tmp --watch GRADIO_TEMP_DIR
+
+``--json PATH`` (with ``--soak``) also writes every figure of the soak (``soak_json``; the docs'
+soak table is rendered from it).
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import sys
 import threading
@@ -35,6 +39,7 @@ import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 DEFAULT_URL = "http://127.0.0.1:7860/"
@@ -464,6 +469,45 @@ def format_soak(report: SoakReport) -> str:
     return "\n".join(lines)
 
 
+def _mib_or_none(value: int | None, unit: int) -> float | None:
+    return None if value is None else round(value * unit / 2**20, 1)
+
+
+def soak_json(report: SoakReport, *, url: str, sample_s: float, photos_per_index: int = 4,
+              started_utc: str = "", load_before: float | None = None, load_after: float | None = None) -> dict:
+    """Every figure of a soak, for ``--json``: counts, latency n / p50 / p95 / max per endpoint (seconds),
+    the memory (RSS) and temporary-disk samples over time (MiB) with their growth after warm-up, the
+    first errors and violations, and when and under what load (1-minute load average, CPUs) it ran."""
+    def growth(column: int, unit: int) -> dict:
+        base, top, rel = report.growth(column)
+        series = [s[column] for s in report.samples if s[column] is not None]
+        return {"start_mib": _mib_or_none(series[0] if series else None, unit),
+                "after_warmup_mib": _mib_or_none(base, unit), "max_after_warmup_mib": _mib_or_none(top, unit),
+                "growth_after_warmup": None if rel is None else round(rel, 4),
+                "end_mib": _mib_or_none(series[-1] if series else None, unit)}
+
+    def stats(t: list[float]) -> dict:
+        return {"n": len(t), "p50_s": round(percentile(t, 50), 3) if t else None,
+                "p95_s": round(percentile(t, 95), 3) if t else None, "max_s": round(max(t), 3) if t else None}
+
+    return {
+        "harness": "load_test --soak", "url": url, "clients": len(report.outcomes),
+        "seconds": round(report.seconds, 1), "sessions": report.cycles, "requests": report.requests,
+        "errors": len(report.errors), "violations": len(report.violations),
+        "searches_with_result": sum(o.results for o in report.outcomes),
+        "top1_correct": sum(o.correct for o in report.outcomes), "photos_per_index": photos_per_index,
+        "endpoints": {e: stats(report.latencies(e)) for e in SOAK_ENDPOINTS},
+        "warmup_s": round(report.warmup_s, 1), "sample_s": sample_s,
+        "rss": growth(1, 1024), "disk": growth(2, 1),
+        "samples": [{"t_s": round(t, 1), "rss_mib": _mib_or_none(r, 1024), "disk_mib": _mib_or_none(d, 1)}
+                    for t, r, d in report.samples],
+        "first_errors": report.errors[:20], "first_violations": report.violations[:20],
+        "run": {"started_utc": started_utc, "cpus": os.cpu_count(),
+                "load_1min_before": None if load_before is None else round(load_before, 2),
+                "load_1min_after": None if load_after is None else round(load_after, 2)},
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=os.environ.get("CMCE_LOAD_URL", DEFAULT_URL),
@@ -480,8 +524,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--watch", type=Path, action="append", default=[],
                         help="with --soak: a folder whose disk use is sampled (repeatable)")
     parser.add_argument("--sample-seconds", type=float, default=10.0, help="with --soak (default 10)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="with --soak: also write every figure to PATH")
     args = parser.parse_args(argv)
+    if args.json is not None and args.soak is None:
+        print("load_test: --json goes with --soak", file=sys.stderr)
+        return 2
     if args.soak is not None:
+        started, load_before = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), os.getloadavg()[0]
         try:
             soak = run_soak(args.url, args.lfw, args.clients, args.soak, args.k, args.pid, args.watch,
                             args.sample_seconds)
@@ -489,6 +538,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"load_test: {e}", file=sys.stderr)
             return 2
         print(format_soak(soak))
+        if args.json:
+            doc = soak_json(soak, url=args.url, sample_s=args.sample_seconds, started_utc=started,
+                            load_before=load_before, load_after=os.getloadavg()[0])
+            args.json.write_text(json.dumps(doc, indent=1) + "\n")
         return 0 if soak.ok else 1
     try:
         report = run_load(args.url, args.lfw, args.clients, args.images_per_client,

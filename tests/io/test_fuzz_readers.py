@@ -1,4 +1,4 @@
-"""A short run of tests/harness/fuzz_readers.py (the full run: 10,000+ cases, figures in the README).
+"""A short run of tests/harness/fuzz_readers.py (the full run: 10,000+ cases, figures in docs/public-space.md).
 
 Every mutated JPEG, PNG, GIF, TIFF, WebP, BMP, zip and tar seed must end in a decoded image,
 an extraction, or an ImageError/LimitError/ArchiveError naming the file; never another
@@ -47,3 +47,5 @@ def test_short_fuzz_run_has_no_findings():
     assert report.cases == 1500
     assert report.outcomes["decoded"] > 100 and report.outcomes["extracted"] > 50  # mutations left some valid
     assert report.outcomes["ImageError"] > 100 and report.outcomes["ArchiveError"] > 50
+    doc = fuzz_readers.report_json(report, seed=1, start=0, started_utc="", load_before=0.0, load_after=0.0)
+    assert sum(doc["outcomes"].values()) == doc["cases"] == 1500 and doc["findings"] == []  # what --json writes

@@ -3,7 +3,7 @@
 Each trial kills the command at a seeded random moment up to 0.1 s after it first writes
 into the gallery folder; the gallery must then load, hold exactly the old or the new
 state and answer a search. The full run (20 + 20 trials, also killing at uniform moments,
-with re-runs to completion) is in the README; here 1 + 1 trials, since the set-up runs
+with re-runs to completion) is in docs/public-space.md; here 1 + 1 trials, since the set-up runs
 cmce three times and every trial once more, each process loading its models (set-up
 40-55 s and 5-15 s per trial on the shared 2 cores).
 """
@@ -34,3 +34,15 @@ def test_kill_9_leaves_old_or_new_state(lfw_dir):
     assert all(t.kill_after_s is not None for t in trials), [(t.operation, t.outcome) for t in trials]
     assert crash_test.failures(results) == []
     assert all(t.outcome in ("old", "new") for t in trials), [t.outcome for t in trials]
+
+
+def test_operation_counts_are_what_the_docs_table_shows():
+    """``--json``'s counts per operation (``render_crash_test`` reads them): killed trials by the state they
+    left, finished ones, failures, stray files and re-runs."""
+    def trial(outcome, killed=True, leftovers=0, resumed=False):
+        return crash_test.Trial("index", 0, "write", 1.0 if killed else None, outcome, "", leftovers, resumed)
+
+    counts = crash_test.operation_counts([trial("old", leftovers=3, resumed=True), trial("new"),
+                                          trial("new (finished)", killed=False), trial("MIX", leftovers=1)])
+    assert counts == {"trials": 4, "killed": 3, "killed_old": 1, "killed_new": 1, "finished": 1, "finished_new": 1,
+                      "mixed_or_failed": 1, "trials_with_stray_files": 2, "resumed": 1, "resumed_new_clean": 1}

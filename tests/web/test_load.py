@@ -89,7 +89,7 @@ def test_eight_sessions_at_once(app_server, lfw_dir):
 def test_short_soak(app_server, lfw_dir):
     """tests/harness/load_test.py --soak at a small size: 6 clients for 30 s, each cycling sessions that index,
     search, switch the bundle and close. No errors, no foreign matches; every session folder is gone
-    afterwards. (The 10-minute, 32-client soak and its memory and disk figures are in the README.)"""
+    afterwards. (The 10-minute, 32-client soak and its memory and disk figures are in docs/public-space.md.)"""
     tmp = app_server["tmp"]
     before = _session_dirs(tmp)
     pid = server_pid(app_server["url"])
@@ -101,6 +101,10 @@ def test_short_soak(app_server, lfw_dir):
     assert sum(o.correct for o in report.outcomes) >= 0.9 * sum(o.results for o in report.outcomes)
     assert len(report.samples) >= 5
     assert _wait_until(lambda: not _session_dirs(tmp) - before, 60), sorted(_session_dirs(tmp) - before)
+    doc = load_test.soak_json(report, url=app_server["url"], sample_s=5)  # what --json writes
+    assert doc["sessions"] == report.cycles and doc["requests"] == report.requests and doc["errors"] == 0
+    assert doc["endpoints"]["/search"]["n"] == len(report.latencies("/search")) and len(doc["samples"]) >= 5
+    assert doc["rss"]["after_warmup_mib"] is not None
 
 
 # --------------------------------------------------------------------------- a second app

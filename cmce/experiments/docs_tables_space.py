@@ -1,0 +1,131 @@
+"""Tables of ``docs/public-space.md``, rendered from the test harnesses' JSON
+(``tests/harness/load_test.py --soak ... --json``, ``crash_test.py --json``, ``fuzz_readers.py --json``).
+
+Pure functions: a harness's JSON document in, a Markdown table (ending in a newline) out.
+``SPACE_TABLES`` maps the renderer names a page's ``<!-- table: NAME FILE -->`` marker uses
+to them; ``cmce.experiments.docs_tables`` registers them in its ``JSON_TABLES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from cmce.errors import CmceError
+from cmce.experiments.docs_tables_results import _one
+
+__all__ = ["SPACE_TABLES", "render_crash_test", "render_fuzz_readers", "render_soak"]
+
+#: The soak's endpoints in the table's order, and how the table names them (``{photos}``: photos per indexing).
+_SOAK_ROWS = {
+    "/index_gallery": "`/index_gallery` ({photos} photos)",
+    "/search": "`/search`",
+    "/load_bundle": "`/load_bundle` (switch, gallery re-projected)",
+    "close": "session close (`Client.close`)",
+}
+
+
+def _seconds(value: float) -> str:
+    """A latency as the soak table writes it: ``29.2 s`` from 10 s up, ``0.68 s`` below."""
+    return f"{value:.1f} s" if value >= 10 else f"{value:.2f} s"
+
+
+def render_soak(soak: Mapping) -> str:
+    """``load_test.py --soak ... --json``: requests, p50, p95 and max latency per endpoint.
+
+    Example:
+        >>> print(render_soak({"photos_per_index": 4, "endpoints": {
+        ...     "/index_gallery": {"n": 601, "p50_s": 29.24, "p95_s": 34.3, "max_s": 36.9},
+        ...     "/search": {"n": 1888, "p50_s": 0.681, "p95_s": 1.02, "max_s": 2.08}}}), end="")
+        | | n | p50 | p95 | max |
+        |---|---:|---:|---:|---:|
+        | `/index_gallery` (4 photos) | 601 | 29.2 s | 34.3 s | 36.9 s |
+        | `/search` | 1,888 | 0.68 s | 1.02 s | 2.08 s |
+    """
+    endpoints = soak["endpoints"]
+    unknown = sorted(set(endpoints) - set(_SOAK_ROWS))
+    if unknown:
+        raise CmceError(f"the soak table does not know the endpoints {unknown}; known: {', '.join(_SOAK_ROWS)}")
+    lines = ["| | n | p50 | p95 | max |", "|---|---:|---:|---:|---:|"]
+    for endpoint, label in _SOAK_ROWS.items():
+        if endpoint not in endpoints:
+            continue
+        e = endpoints[endpoint]
+        if not e["n"]:
+            raise CmceError(f"the soak made no {endpoint} request: no latency to show")
+        lines.append(f"| {label.format(photos=soak['photos_per_index'])} | {e['n']:,} | {_seconds(e['p50_s'])} | "
+                     f"{_seconds(e['p95_s'])} | {_seconds(e['max_s'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
+def render_crash_test(crash: Mapping) -> str:
+    """``crash_test.py --json``: per command, the trials, those killed and the state each killed one's
+    gallery held, those that finished first, the mixed or unusable ones (bold) and those leaving stray
+    temporary files.
+
+    Example:
+        >>> print(render_crash_test({"operations": {"index": {
+        ...     "trials": 20, "killed": 15, "killed_old": 9, "killed_new": 6, "finished": 5, "finished_new": 5,
+        ...     "mixed_or_failed": 0, "trials_with_stray_files": 1}}}), end="")
+        | command | trials | killed | gallery after the kill: old / new | finished before the kill | mixed or unusable | stray temporary files after the kill |
+        |---|---:|---:|---:|---:|---:|---:|
+        | `cmce index` | 20 | 15 | 9 / 6 | 5 (new) | **0** | 1 trial |
+    """
+    lines = ["| command | trials | killed | gallery after the kill: old / new | finished before the kill "
+             "| mixed or unusable | stray temporary files after the kill |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for operation, c in crash["operations"].items():
+        finished = f"{c['finished']} (new)" if c["finished_new"] == c["finished"] else \
+            f"{c['finished']} ({c['finished_new']} new)"
+        lines.append(f"| `cmce {operation}` | {c['trials']} | {c['killed']} | {c['killed_old']} / {c['killed_new']} "
+                     f"| {finished} | **{c['mixed_or_failed']}** | {_trials(c['trials_with_stray_files'])} |")
+    return "\n".join(lines) + "\n"
+
+
+#: ``fuzz_readers.py``'s expected outcomes in the table's order, and how the table names them.
+_FUZZ_ROWS = {
+    "decoded": "decoded image (within the pixel budget)",
+    "ImageError": "`ImageError` naming the file",
+    "LimitError": "`LimitError` naming the file",
+    "extracted": "archive extracted (its images then decoded or refused by name)",
+    "ArchiveError": "`ArchiveError` naming the archive",
+}
+
+
+def render_fuzz_readers(fuzz: Mapping) -> str:
+    """``fuzz_readers.py --json``: cases per expected outcome (a ``LimitError`` row only when one
+    occurred), then the findings (bold): any other exception, a message without the file's name, a case
+    over the time limit, a worker crash, or the worker's memory past the pixel budget.
+
+    Example:
+        >>> print(render_fuzz_readers({"case_timeout_s": 2.0, "findings": [], "outcomes": {
+        ...     "ImageError": 52229, "decoded": 25435, "extracted": 12597, "ArchiveError": 9739}}), end="")
+        | outcome | cases |
+        |---|---:|
+        | decoded image (within the pixel budget) | 25,435 |
+        | `ImageError` naming the file | 52,229 |
+        | archive extracted (its images then decoded or refused by name) | 12,597 |
+        | `ArchiveError` naming the archive | 9,739 |
+        | any other exception, message without the file's name, case over 2 s, worker crash | **0** |
+    """
+    outcomes = fuzz["outcomes"]
+    unknown = sorted(o for o in outcomes if o not in _FUZZ_ROWS and not o.startswith("finding"))
+    if unknown:
+        raise CmceError(f"the fuzzing table does not know the outcomes {unknown}; known: {', '.join(_FUZZ_ROWS)}")
+    lines = ["| outcome | cases |", "|---|---:|"]
+    for outcome, label in _FUZZ_ROWS.items():
+        if outcome in outcomes or outcome != "LimitError":
+            lines.append(f"| {label} | {outcomes.get(outcome, 0):,} |")
+    lines.append(f"| any other exception, message without the file's name, case over {fuzz['case_timeout_s']:g} s, "
+                 f"worker crash | **{len(fuzz['findings']):,}** |")
+    return "\n".join(lines) + "\n"
+
+
+#: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).
+SPACE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
+    "soak": lambda docs: render_soak(_one(docs)),
+    "crash-test": lambda docs: render_crash_test(_one(docs)),
+    "fuzz-readers": lambda docs: render_fuzz_readers(_one(docs)),
+}
