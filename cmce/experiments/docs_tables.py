@@ -11,7 +11,7 @@ that JSON file (a path relative to the page) by the renderer named first: an eva
 (``TABLES``, the same renderers the model cards use), or any other measured JSON's
 (``JSON_TABLES``: several files, comma-separated and without spaces, go to one renderer
 as a list, e.g. ``<!-- table: app-answers a.json,b.json -->``). ``scripts/render_docs.py`` rewrites the pages;
-``tests/test_docs.py`` fails when a committed page differs from its render, so a figure
+``tests/experiments/test_docs.py`` fails when a committed page differs from its render, so a figure
 in a table can no longer drift from the JSON it was measured into.
 """
 

@@ -9,7 +9,7 @@ time). Here all candidates are cut and area-resized at once from a summed-area t
 area interpolation of a crop is the mean over the windows
 ``[floor(i*n/S), ceil((i+1)*n/S))`` of adaptive average pooling, and window sums of
 integer pixel values are exact (int32 / int64 tables), so the crops equal the loop's
-(``tests/test_faces.py`` compares the detections with facenet-pytorch's own).
+(``tests/faces/test_faces.py`` compares the detections with facenet-pytorch's own).
 
 One more difference: an image whose shorter side is under ``minsize`` (no pyramid level
 fits P-Net's 12-pixel window) gives no faces, where facenet-pytorch fails in

@@ -142,7 +142,7 @@ def quantize_transformer(module: EmbeddingTransformer) -> EmbeddingTransformer:
     Weights are quantized per output channel, activations per batch at run time; on
     CPUs with int8 dot-product instructions (VNNI) it runs up to twice as fast as
     float32. Its unit outputs stay within a few 1e-3 of cosine distance of the float32
-    ones (``tests/test_transform_quantized.py``; ``scripts/upgrade_int8_check.py``
+    ones (``tests/models/test_transform_quantized.py``; ``scripts/upgrade_int8_check.py``
     measures the effect on retrieval). Used for bulk re-projection only, on request.
     """
     import copy

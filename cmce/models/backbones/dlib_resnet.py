@@ -3,7 +3,7 @@
 The network runs in PyTorch (batched, CUDA when present): ``dlib_convert`` reads
 dlib's ``.dat`` file once and the converted weights are cached as safetensors keyed
 by the file's sha256. On real LFW chips the port matches dlib's own
-``compute_face_descriptor`` within 3.3e-7 (``tests/test_dlib_convert.py``), so the
+``compute_face_descriptor`` within 3.3e-7 (``tests/models/test_dlib_convert.py``), so the
 embeddings, the cache key and the trained transformers are unchanged; on 2 CPU cores
 it is about 5x faster than dlib's single-threaded CPU code at batch 32.
 
