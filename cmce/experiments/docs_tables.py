@@ -26,6 +26,7 @@ from cmce.errors import CmceError
 from cmce.experiments.docs_tables_results import RESULTS_TABLES, _one
 from cmce.experiments.docs_tables_space import SPACE_TABLES
 from cmce.experiments.docs_tables_speed import SPEED_TABLES
+from cmce.experiments.docs_tables_targets import TARGETS_TABLES
 from cmce.method.card import render_rejection_tables, render_table, render_upgrade_table
 from cmce.metrics.intervals import format_interval
 from cmce.metrics.results import Evaluation, ResultError, UpgradeResult, load_evaluations
@@ -103,6 +104,8 @@ JSON_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
 JSON_TABLES.update(RESULTS_TABLES)
 # public-space.md's soak, kill -9 and fuzzing tables (the test harnesses' --json): docs_tables_space.
 JSON_TABLES.update(SPACE_TABLES)
+# mixed-quality.md's targets and their verdicts (the bundles' evaluations): docs_tables_targets.
+JSON_TABLES.update(TARGETS_TABLES)
 
 
 def _one_upgrade(evaluation: Evaluation):
