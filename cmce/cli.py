@@ -69,6 +69,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         augment_kinds=None if args.augment_galleries is None else tuple(args.augment_galleries),
         strangers_named=None if args.strangers_named <= 0 else args.strangers_named,
         guard_kinds=tuple(args.guard_galleries),
+        abstain_caps=None if args.abstain_caps is None else {"clean": args.abstain_caps[0], "any": args.abstain_caps[1]},
     )
     t = bundle.info["training"]
     print(
@@ -381,7 +382,11 @@ def _add_train_parser(sub) -> None:
                         "none: no guard")
     s.add_argument("--abstain-below", type=float, default=0.75,
                    help="the answer rule says Unknown where its predicted chance of a right answer is below this "
-                        "(lowered where it would say Unknown to over 10%% of clean or 20%% of other calibration queries)")
+                        "(lowered where it would say Unknown to over --abstain-caps of the calibration queries)")
+    s.add_argument("--abstain-caps", type=float, nargs=2, default=None, metavar=("CLEAN", "ANY"),
+                   help="the most the default says Unknown on clean and on any other kind of calibration gallery "
+                        "(default 0.10 0.17: three points under the 20%% promised on a new gallery); the "
+                        "coverage guard's shares are these less 0.02")
     s.add_argument("--data-description", default=None)
     s.add_argument("--no-cache", action="store_true")
     s.add_argument("--quiet", action="store_true")

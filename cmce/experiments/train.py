@@ -17,14 +17,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cmce.errors import DatasetError
-from cmce.experiments.answer_calibration import calibrate_answers
+from cmce.experiments.answer_calibration import ABSTAIN_CAPS, calibrate_answers
 from cmce.experiments.cross_validation import CrossValidation, cross_validate_choices
 from cmce.experiments.degrade import TRAIN_KINDS
 from cmce.experiments.splits import SplitConfig, dataset_splits, identity_fingerprint
@@ -79,6 +79,7 @@ def train_bundle(
     augment_kinds: Sequence[str] | None = None,
     strangers_named: float | None = 0.05,
     guard_kinds: Sequence[str] = TRAIN_KINDS,
+    abstain_caps: Mapping[str, float] | None = None,
 ) -> Bundle:
     """Train, calibrate and save a bundle. See the module docstring for the steps.
 
@@ -110,8 +111,8 @@ def train_bundle(
         abstain_below: the answer rule (``answers.AnswerPolicy``, chosen and fitted by
             the cross-validation) answers "Unknown" where its predicted chance of a
             right answer is below this (0.75: a wrong name costs three "Unknown"s), or
-            lower where that would say "Unknown" to more than 10% of clean or 20% of
-            other calibration queries (``capped_threshold``).
+            lower where that would say "Unknown" to more than ``abstain_caps`` of the
+            calibration queries (``capped_threshold``).
         answer_kinds: ``degrade`` kinds of whole galleries (every gallery photo degraded
             that way, detected as ``cmce index`` detects) on which, beside the clean and
             mixed galleries, the query member and fusion are chosen and the answer rule
@@ -125,11 +126,15 @@ def train_bundle(
         guard_kinds: ``degrade`` kinds of further whole galleries that calibrate only the
             normalised threshold's coverage guard (``fit_coverage_guard``), beside the
             clean, mixed and ``answer_kinds`` ones; they choose nothing else.
+        abstain_caps: ``{"clean": ..., "any": ...}``, the most the default answers
+            "Unknown" on the clean and on any other kind of calibration gallery; the
+            coverage guard's shares are these less two points. None:
+            ``answer_calibration.ABSTAIN_CAPS`` (10% and 17%).
 
     Returns:
         The saved bundle.
     """
-    _check_options(cv_folds, answer_kinds, guard_kinds, augment_kinds, strangers_named)
+    _check_options(cv_folds, answer_kinds, guard_kinds, augment_kinds, strangers_named, abstain_caps)
     photos = _embed_photos(data_dir, query_model, gallery_models, split, fusion, cache, progress)
     sets = _degraded_sets(photos, split.seed, cv_folds, mixed_share, answer_kinds, guard_kinds, augment_kinds,
                           degrade_augment, strangers_named, cache, progress)
@@ -161,7 +166,7 @@ def train_bundle(
     early = Bundle(query_model, tuple(gallery_models), nets.early, member, fusion=gate)
     cal, cal_info = _calibrate_bundle(photos, sets, cv, early, quality=quality, rejection_rate=rejection_rate,
                                       open_set_far=open_set_far, abstain_below=abstain_below,
-                                      strangers_named=strangers_named)
+                                      strangers_named=strangers_named, abstain_caps=abstain_caps)
     bundle = Bundle(query_model, tuple(gallery_models), nets.transformers, member, calibration=cal,
                     linear_maps=nets.linear, query_adapters=nets.adapters, fusion=gate)
     bundle.info = {"training": _training_info(
@@ -172,7 +177,8 @@ def train_bundle(
 
 
 def _check_options(cv_folds: int, answer_kinds: Sequence[str], guard_kinds: Sequence[str],
-                   augment_kinds: Sequence[str] | None, strangers_named: float | None) -> None:
+                   augment_kinds: Sequence[str] | None, strangers_named: float | None,
+                   abstain_caps: Mapping[str, float] | None = None) -> None:
     """Fail on ``train_bundle`` options that cannot work, before anything is embedded."""
     if isinstance(cv_folds, bool) or not isinstance(cv_folds, int) or cv_folds < 0:
         raise DatasetError(f"cv_folds must be 0 (validation split), 1 (the same) or a fold count >= 2; got {cv_folds!r}")
@@ -185,6 +191,10 @@ def _check_options(cv_folds: int, answer_kinds: Sequence[str], guard_kinds: Sequ
                            f"got {tuple(augment_kinds)}")
     if strangers_named is not None and not 0.0 < strangers_named < 1.0:
         raise DatasetError(f"strangers_named is a share in (0, 1) or None, got {strangers_named!r}")
+    if abstain_caps is not None and (set(abstain_caps) != {"clean", "any"}
+                                     or not all(0.02 < v < 1.0 for v in abstain_caps.values())):
+        raise DatasetError(f"abstain_caps is {{'clean': share, 'any': share}}, each share in (0.02, 1): the "
+                           f"coverage guard keeps 2 points of it for the answer rule; got {abstain_caps!r}")
 
 
 @dataclass(frozen=True)
@@ -321,7 +331,8 @@ def _train_networks(photos: TrainingPhotos, query_model: str, gallery_models: Se
 
 def _calibrate_bundle(photos: TrainingPhotos, sets: DegradedSets, cv: CrossValidation | None, early: Bundle, *,
                       quality: str, rejection_rate: float, open_set_far: float, abstain_below: float,
-                      strangers_named: float | None) -> tuple[Calibration, dict]:
+                      strangers_named: float | None, abstain_caps: Mapping[str, float] | None = None
+                      ) -> tuple[Calibration, dict]:
     """The bundle's calibration, measured with the early-stopped networks ``early``: the
     quality score (chosen by cross-validation for ``"auto"``), the validation thresholds
     and, after cross-validation, the answer rule fitted on its folds."""
@@ -344,7 +355,8 @@ def _calibrate_bundle(photos: TrainingPhotos, sets: DegradedSets, cv: CrossValid
                                                               thresholds=cal.similarity_thresholds,
                                                               abstain_below=abstain_below,
                                                               strangers_named=strangers_named,
-                                                              guard_only=tuple(sets.guard_galleries))
+                                                              guard_only=tuple(sets.guard_galleries),
+                                                              caps=abstain_caps or ABSTAIN_CAPS)
         cal = dataclasses.replace(cal, answer_rule=rule, answer_policies=policies, cohort_norm=norm)
         cal_info["answers"] = answer_info
     return cal, cal_info

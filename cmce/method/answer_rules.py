@@ -16,7 +16,9 @@ confidence is the predicted chance of a right answer. For ``similarity`` that is
 monotone function of the similarity, so it ranks queries exactly as the similarity
 does. The search abstains where the confidence is below the threshold (calibrated
 in training: 0.75, a wrong name costing three "Unknown"s, lowered where that would say
-"Unknown" to more than 10% of clean or 20% of other calibration queries).
+"Unknown" to more than the bundle's abstention caps of the calibration queries: by
+default 10% of clean and 17% of other queries, three points under the 20% promised on a
+new gallery; ``cmce train --abstain-caps``).
 """
 
 from __future__ import annotations

@@ -43,8 +43,12 @@ def small_dataset(lfw_pairs_embedded, tmp_path_factory) -> Path:
 def trained_bundle(small_dataset: Path, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "b"
     bundle = train_bundle(small_dataset, out, train_config=TrainConfig(epochs=4, patience=4), hidden=256,
-                          progress=False, answer_kinds=("crop",), guard_kinds=("lowres",))
+                          progress=False, answer_kinds=("crop",), guard_kinds=("lowres",), abstain_caps=CAPS)
     return out, bundle
+
+
+#: The trained bundle's abstention caps: not the default ones, so that the option is seen to reach the calibration.
+CAPS = {"clean": 0.10, "any": 0.20}
 
 
 def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
@@ -107,9 +111,10 @@ def test_train_bundle_calibrates_and_saves(trained_bundle) -> None:
     assert ans["chosen"] == cal.answer_rule and set(ans["rules"]) == set(ANSWER_RULES)
     assert set(ans["rules"]["combined"]) == {"clean", "mixed", "crop"}  # crop: calibrates the answer rule only
     assert [d["to"] for d in ans["decisions"]] == ["query", "combined"]
-    # with the similarity threshold, the rule says "Unknown" to at most 10% of clean and 20% of other queries
+    # with the similarity threshold, the rule says "Unknown" to at most the caps asked for (abstain_caps)
+    assert ans["caps"] == CAPS and ans["coverage_guard"]["shares"] == {"clean": 0.08, "any": 0.18}
     shares = ans["unknown_share"]["ensemble"]
-    assert shares["clean"] <= 0.10 + 1e-9 and all(v <= 0.20 + 1e-9 for v in shares.values())
+    assert shares["clean"] <= CAPS["clean"] + 1e-9 and all(v <= CAPS["any"] + 1e-9 for v in shares.values())
     # the "Unknown" threshold on normalised scores: every view, calibrated out of fold on clean galleries
     norm = cal.cohort_norm
     assert norm is not None and set(norm.thresholds) == set(cal.answer_policies) and norm.cohort == 50
@@ -288,6 +293,8 @@ def test_train_refuses_a_negative_fold_count_before_reading_anything(tmp_path) -
 
     with pytest.raises(DatasetError, match="cv_folds must be 0"):
         train_bundle(tmp_path / "does-not-matter", tmp_path / "out", cv_folds=-3)
+    with pytest.raises(DatasetError, match="abstain_caps is"):
+        train_bundle(tmp_path / "does-not-matter", tmp_path / "out", abstain_caps={"clean": 0.1})
     assert not (tmp_path / "out").exists()
 
 
