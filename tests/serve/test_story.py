@@ -13,7 +13,8 @@ from cmce.serve.story import StoryError, load_examples, read_evaluation, read_ev
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
-SHIPPED_EVALS = sorted(p for p in DOCS.glob("eval-*.json") if "upgrade" not in json.loads(p.read_text()))
+SHIPPED_EVALS = sorted(p for p in DOCS.glob("eval-*.json")
+                       if not {"upgrade", "upgrades"} & set(json.loads(p.read_text())))  # upgrade experiments: None
 
 
 def _row(d: dict, name: str) -> dict:
