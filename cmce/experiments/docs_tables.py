@@ -27,6 +27,7 @@ from cmce.experiments.docs_tables_results import RESULTS_TABLES, _one
 from cmce.experiments.docs_tables_space import SPACE_TABLES
 from cmce.experiments.docs_tables_speed import SPEED_TABLES
 from cmce.experiments.docs_tables_targets import TARGETS_TABLES
+from cmce.experiments.docs_tables_variants import VARIANT_TABLES
 from cmce.method.card import render_rejection_tables, render_table, render_upgrade_table
 from cmce.metrics.intervals import format_interval
 from cmce.metrics.results import Evaluation, ResultError, UpgradeResult, load_evaluations
@@ -106,6 +107,8 @@ JSON_TABLES.update(RESULTS_TABLES)
 JSON_TABLES.update(SPACE_TABLES)
 # mixed-quality.md's targets and their verdicts (the bundles' evaluations): docs_tables_targets.
 JSON_TABLES.update(TARGETS_TABLES)
+# Training variants held out (the same bundle with one option changed): docs_tables_variants.
+JSON_TABLES.update(VARIANT_TABLES)
 
 
 def _one_upgrade(evaluation: Evaluation):
