@@ -17,6 +17,9 @@ is in the README).
 
 Usage:
     python benchmarks/bench_indexing_throughput.py ../shared/data/lfw-train --n 128
+
+``--json`` writes the medians per variant and process count (``summary``), every repeat (``runs``),
+``repeat`` and ``variants``; docs/speed.md's throughput tables render from it (``scripts/render_docs.py``).
 """
 
 from __future__ import annotations
@@ -179,8 +182,8 @@ def main() -> None:
             ratio = statistics.median(y["engine_fps"] / x["engine_fps"] for x, y in zip(a, b))
             print(f"  {v} / {base} x{procs}: {ratio:.2f}x faces/s (median of per-repeat ratios)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"photos": len(paths), "chunk": args.chunk, "summary": summary,
-                                               "runs": runs}, indent=1))
+        Path(args.json).write_text(json.dumps({"photos": len(paths), "chunk": args.chunk, "repeat": args.repeat,
+                                               "variants": variants, "summary": summary, "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

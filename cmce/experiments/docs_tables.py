@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from cmce.errors import CmceError
+from cmce.experiments.docs_tables_indexing import INDEXING_TABLES
 from cmce.experiments.docs_tables_results import RESULTS_TABLES, _one
 from cmce.experiments.docs_tables_space import SPACE_TABLES
 from cmce.experiments.docs_tables_speed import SPEED_TABLES
@@ -109,6 +110,8 @@ JSON_TABLES.update(SPACE_TABLES)
 JSON_TABLES.update(TARGETS_TABLES)
 # Training variants held out (the same bundle with one option changed): docs_tables_variants.
 JSON_TABLES.update(VARIANT_TABLES)
+# speed.md's and scale.md's indexing-throughput, Ray scaling and 1e8-photo cost tables: docs_tables_indexing.
+JSON_TABLES.update(INDEXING_TABLES)
 
 
 def _one_upgrade(evaluation: Evaluation):
@@ -116,11 +119,19 @@ def _one_upgrade(evaluation: Evaluation):
         raise ResultError("an upgrade table reads an evaluation with one upgrade ('upgrade' in the JSON)")
     return evaluation.upgrade
 
-_BLOCK = re.compile(r"(<!-- table: (?P<kind>\S+) (?P<src>\S+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+# A marker may be indented (a table inside a list item): the rendered table is indented as it is.
+_BLOCK = re.compile(r"(?P<open>^(?P<indent>[ \t]*)<!-- table: (?P<kind>\S+) (?P<src>\S+) -->\n)(?P<body>.*?)"
+                    r"(?P<close>(?P=indent)<!-- /table -->)", re.S | re.M)
+
+
+def _indented(table: str, indent: str) -> str:
+    """``table`` with ``indent`` before each of its non-blank lines."""
+    return "".join(indent + line if line.strip() else line for line in table.splitlines(keepends=True))
 
 
 def render_page(text: str, folder: Path) -> str:
-    """``text`` (a Markdown page in ``folder``) with every marked table rendered anew.
+    """``text`` (a Markdown page in ``folder``) with every marked table rendered anew (indented as its
+    marker is).
 
     Raises:
         CmceError: an unknown renderer name, a missing JSON file or one that is not a single
@@ -136,7 +147,7 @@ def render_page(text: str, folder: Path) -> str:
             if not src.is_file():
                 raise CmceError(f"table {kind!r} reads {src}, which does not exist")
         if kind in JSON_TABLES:
-            return m.group(1) + JSON_TABLES[kind]([json.loads(s.read_text()) for s in srcs]) + m.group(5)
+            return m["open"] + _indented(JSON_TABLES[kind]([json.loads(s.read_text()) for s in srcs]), m["indent"]) + m["close"]
         if len(srcs) != 1:
             raise CmceError(f"table {kind!r} reads one evaluation file, not {len(srcs)}")
         src = srcs[0]
@@ -145,7 +156,7 @@ def render_page(text: str, folder: Path) -> str:
             if len(evaluations) != 1:
                 raise CmceError(f"table {kind!r} reads {src}, which holds {len(evaluations)} evaluations, not one")
             cache[src] = evaluations[0]
-        return m.group(1) + TABLES[kind](cache[src]) + m.group(5)
+        return m["open"] + _indented(TABLES[kind](cache[src]), m["indent"]) + m["close"]
 
     return _BLOCK.sub(block, text)
 

@@ -108,6 +108,15 @@ HAND_EDITS = [
     ("docs/face-finding.md", "detection-lighting", "| side shading | 0.97 | "),
     ("docs/face-finding.md", "detection-cosines", "| MTCNN box | "),
     ("docs/speed.md", "int8-accuracy", "| `facenet-query` | 95.61 (93.67 to 97.25) | "),
+    # the indexing-throughput, Ray scaling and 1e8-photo cost tables (cmce/experiments/docs_tables_indexing.py)
+    ("docs/speed.md", "indexing-throughput", "| `CMCE_OPENCV_THREADS=1` | "),
+    ("docs/speed.md", "indexing-throughput", "| both | 14.40 / 11.30 | 16.74"),
+    ("docs/speed.md", "indexing-throughput", "4.7 / 5.5 |"),
+    ("docs/scale.md", "ray-scaling", "| Ray, 1 worker | "),
+    ("docs/scale.md", "ray-scaling", "x1.18"),
+    ("docs/scale.md", "indexing-cost", "| 2-core CPU nodes, int8 | "),
+    ("docs/scale.md", "indexing-cost", "14.6 h on 100 nodes"),
+    ("docs/scale.md", "indexing-cost", "`32,000 / R`"),
     # public-space.md: the test harnesses' tables (cmce/experiments/docs_tables_space.py)
     ("docs/public-space.md", "soak", "| `/search` | "),
     ("docs/public-space.md", "soak", "| session close (`Client.close`) | "),
@@ -348,3 +357,55 @@ def test_the_harness_tables_say_what_went_wrong(tmp_path) -> None:
         render_soak({"photos_per_index": 4, "endpoints": {"/search": {"n": 0}}})
     with pytest.raises(CmceError, match="does not know the endpoints"):
         render_soak({"photos_per_index": 4, "endpoints": {"/other": {"n": 1}}})
+
+
+# ---- the indexing-throughput, Ray scaling and cost tables (cmce/experiments/docs_tables_indexing.py)
+
+def test_indexing_table_docstring_examples() -> None:
+    import doctest
+
+    import cmce.experiments.docs_tables_indexing as module
+
+    result = doctest.testmod(module)
+    assert result.failed == 0 and result.attempted >= 3
+
+
+def test_an_indented_marker_renders_an_indented_table(tmp_path) -> None:
+    """A table inside a list item keeps the item's indentation; blank lines stay blank."""
+    import json
+
+    (tmp_path / "s.json").write_text(json.dumps({"gains": [
+        {"from": "a", "to": "b", "rate": 0.1, "gain": 0.01, "ci95": [0.0, 0.02]}]}))
+    page = "- item:\n\n  <!-- table: answer-inputs s.json -->\n  stale\n  <!-- /table -->\n\n  more\n"
+    out = render_page(page, tmp_path)
+    assert "  <!-- table: answer-inputs s.json -->\n  | inputs |" in out and "stale" not in out
+    assert "  | b | a | 10% | +1.00 (+0.00 to +2.00) |\n  <!-- /table -->\n\n  more\n" in out
+    assert render_page(out, tmp_path) == out
+
+
+def test_the_indexing_tables_say_what_went_wrong() -> None:
+    from cmce.experiments.docs_tables_indexing import (
+        render_indexing_cost,
+        render_indexing_throughput,
+        render_ray_scaling,
+    )
+
+    fig = {"engine_fps": 1.0, "gallery_fps": 1.0, "load": 1.0}
+    with pytest.raises(CmceError, match="does not know the variant 'fp16'"):
+        render_indexing_throughput({"summary": {"fp16 x1": fig}})
+    with pytest.raises(CmceError, match="missing: \\['int8 x2'\\]"):
+        render_indexing_throughput({"summary": {"before x1": fig, "int8 x1": fig, "before x2": fig}})
+    out = render_indexing_throughput({"summary": {"before x1": {"engine_fps": 2.0, "load": 1.0}}})
+    assert out.splitlines()[0] == "| variant | detect+embed faces/s, 1 process | median load, 1 |"
+    assert "**" not in out  # one variant: nothing to be fastest against
+    run = {"photos": 500, "faces": 576, "cpus": 2, "faces_per_s": {"in-process": [10.0], "ray x1": [8.0]}}
+    with pytest.raises(CmceError, match="same photos"):
+        render_ray_scaling([run, {**run, "faces": 575}])
+    with pytest.raises(CmceError, match="in-process runner"):
+        render_ray_scaling([{**run, "faces_per_s": {"ray x1": [8.0]}}])
+    assert "| float32 |" not in render_ray_scaling([run]) and "faces/s, float32 | ratio |" in render_ray_scaling([run])
+    cost = render_indexing_cost(run)
+    assert "| 2-core CPU nodes, float32 | 8.0 faces/s (measured here, one Ray worker per node) | 39.9 h on 100 nodes " \
+           "| 3,990 node-hours (7,990 core-hours) |" in cost
+    with pytest.raises(CmceError, match="needs a Ray run"):
+        render_indexing_cost({**run, "faces_per_s": {"in-process": [10.0]}})
