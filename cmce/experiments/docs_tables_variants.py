@@ -39,7 +39,7 @@ def render_identity_loss(docs: Sequence[Mapping]) -> str:
         ...             for n in ("a -> q (transformer)", "CMCE ensemble without query member", "CMCE ensemble")]
         ...     return {"bundle": {"query": "q", "gallery": ["a"], "source": f"/tmp/var/{name}"}, "rows": rows}
         >>> print(render_identity_loss([ev("none", 0.9), ev("supcon", 0.8)]), end="")
-        | `--identity-loss` | a -> q | ensemble without query member | CMCE ensemble |
+        | `--identity-loss` | a → q | ensemble without query member | CMCE ensemble |
         |---|---:|---:|---:|
         | `none` | 90.00 | 90.00 | 90.00 |
         | `supcon` | 80.00 | 80.00 | 80.00 |
@@ -47,7 +47,7 @@ def render_identity_loss(docs: Sequence[Mapping]) -> str:
     evaluations = [_evaluation(d) for d in docs]
     first = evaluations[0].bundle
     arrows = [f"{g} -> {first.query}" for g in first.gallery]
-    lines = [f"| `--identity-loss` | {' | '.join(arrows)} | ensemble without query member | CMCE ensemble |",
+    lines = [f"| `--identity-loss` | {' | '.join(a.replace('->', '→') for a in arrows)} | ensemble without query member | CMCE ensemble |",
              "|---|" + "---:|" * (len(arrows) + 2)]
     for e in evaluations:
         if e.degrade_spec is not None:
