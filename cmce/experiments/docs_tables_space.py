@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from cmce.errors import CmceError
 from cmce.experiments.docs_tables_results import _one
 
-__all__ = ["SPACE_TABLES", "render_crash_test", "render_fuzz_readers", "render_soak"]
+__all__ = ["SPACE_TABLES", "render_crash_test", "render_fuzz_readers", "render_soak", "render_soak_summary"]
 
 #: The soak's endpoints in the table's order, and how the table names them (``{photos}``: photos per indexing).
 _SOAK_ROWS = {
@@ -55,6 +55,21 @@ def render_soak(soak: Mapping) -> str:
         lines.append(f"| {label.format(photos=soak['photos_per_index'])} | {e['n']:,} | {_seconds(e['p50_s'])} | "
                      f"{_seconds(e['p95_s'])} | {_seconds(e['max_s'])} |")
     return "\n".join(lines) + "\n"
+
+
+def render_soak_summary(soak: Mapping) -> str:
+    """``load_test.py --soak ... --json``: the run in one line (sessions, requests, errors, isolation).
+
+    Example:
+        >>> print(render_soak_summary({"clients": 32, "seconds": 601.0, "sessions": 590, "requests": 1710,
+        ...                            "errors": 0, "violations": 0, "searches_with_result": 842,
+        ...                            "top1_correct": 842}), end="")
+        32 clients for 10 minutes: **590 sessions opened and closed, 1,710 requests, 0 errors, 0 isolation
+        violations**; 842 of 842 searches right at rank 1.
+    """
+    return (f"{soak['clients']} clients for {soak['seconds'] / 60:.0f} minutes: **{soak['sessions']:,} sessions opened "
+            f"and closed, {soak['requests']:,} requests, {soak['errors']:,} errors, {soak['violations']:,} isolation\n"
+            f"violations**; {soak['top1_correct']:,} of {soak['searches_with_result']:,} searches right at rank 1.\n")
 
 
 def _trials(n: int) -> str:
@@ -126,6 +141,7 @@ def render_fuzz_readers(fuzz: Mapping) -> str:
 #: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).
 SPACE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "soak": lambda docs: render_soak(_one(docs)),
+    "soak-summary": lambda docs: render_soak_summary(_one(docs)),
     "crash-test": lambda docs: render_crash_test(_one(docs)),
     "fuzz-readers": lambda docs: render_fuzz_readers(_one(docs)),
 }

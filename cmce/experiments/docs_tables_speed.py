@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from cmce.errors import CmceError
 from cmce.experiments.docs_tables_results import _one
 from cmce.metrics.intervals import format_with_interval
+from cmce.search.scan import SCAN_FROM
 
-__all__ = ["SPEED_TABLES", "render_archive", "render_bench_backbones", "render_bench_search", "render_compact_index",
+__all__ = ["SPEED_TABLES", "render_archive", "render_bench_backbones", "render_bench_search", "render_bench_summary",
+           "render_compact_index",
            "render_crops", "render_detection_cosines", "render_detection_lighting", "render_detection_sets",
            "render_int8_accuracy",
            "render_threads"]
@@ -74,6 +76,24 @@ def render_bench_search(bench: Mapping) -> str:
         lines.append(f"| {int(n):,} | {s['index']} | {e['p50_ms']:.0f} / {e['p95_ms']:.0f} | {s['p50_ms']:.2f} / "
                      f"{s['p95_ms']:.2f} | {s['recall_at_10']:.3f} | {s['build_s']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def render_bench_summary(bench: Mapping) -> str:
+    """``cmce bench --json``'s indexing, memory and cold-start figures, as one line under its tables.
+
+    Example:
+        >>> print(render_bench_summary({
+        ...     "indexing": {"images": 64, "faces": 73, "seconds": 5.46, "faces_per_s": 13.36},
+        ...     "memory": {"bytes_per_entry_with_indexes": 7176, "bytes_per_entry_with_indexes_from_scan_from": 8200},
+        ...     "cold_start_s": 4.649}), end="")
+        indexing: 73 faces from 64 photos in 5.5 s = 13.36 faces/s; memory 7,176 bytes per entry
+        (8,200 from 65,536 entries, with the float16 copy); cold start 4.6 s
+    """
+    ix, mem = bench["indexing"], bench["memory"]
+    return (f"indexing: {ix['faces']} faces from {ix['images']} photos in {ix['seconds']:.1f} s = "
+            f"{ix['faces_per_s']:.2f} faces/s; memory {mem['bytes_per_entry_with_indexes']:,} bytes per entry\n"
+            f"({mem['bytes_per_entry_with_indexes_from_scan_from']:,} from {SCAN_FROM:,} entries, with the float16 "
+            f"copy); cold start {bench['cold_start_s']:.1f} s\n")
 
 
 #: ``benchmarks/bench_threads.py``'s row names -> the table's.
@@ -394,6 +414,7 @@ def _single(render: Callable[[Mapping], str]) -> Callable[[Sequence[Mapping]], s
 SPEED_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "bench-backbones": _single(render_bench_backbones),
     "bench-search": _single(render_bench_search),
+    "bench-summary": _single(render_bench_summary),
     "bench-threads": _single(render_threads),
     "compact-index": _single(render_compact_index),
     "bench-archive": _single(render_archive),

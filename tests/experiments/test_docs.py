@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +94,8 @@ HAND_EDITS = [
     # the training variants (cmce/experiments/docs_tables_variants.py)
     ("docs/mixed-quality.md", "augment-variants", "99.55 / 96.85"),
     ("docs/results.md", "identity-loss", "95.95"),
+    ("docs/speed.md", "bench-summary", "cold start 4.6"),
+    ("docs/public-space.md", "soak-summary", "1,710 requests"),
     ("docs/mixed-quality.md", "score-differences", "+34.9 (+9 to +61)"),
     ("docs/results.md", "demo-examples", "sface ✓ 0.57 / 0.56"),
     ("docs/method.md", "lfw-verification", "| `dlib-resnet34` | "),
@@ -412,3 +417,55 @@ def test_the_indexing_tables_say_what_went_wrong() -> None:
            "| 3,990 node-hours (7,990 core-hours) |" in cost
     with pytest.raises(CmceError, match="needs a Ray run"):
         render_indexing_cost({**run, "faces_per_s": {"in-process": [10.0]}})
+
+
+# --------------------------------------------------------------------------- pages generated whole, and the README
+
+
+def test_the_answers_page_is_its_render() -> None:
+    """docs/answers.md is generated whole by scripts/answers_doc.py from docs/answers/*.json."""
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "answers").glob("*.json"))
+    page = subprocess.run([sys.executable, "scripts/answers_doc.py", *files], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout
+    assert page == (ROOT / "docs" / "answers.md").read_text(), \
+        "docs/answers.md differs from its render: python scripts/answers_doc.py docs/answers/*.json > docs/answers.md"
+
+
+#: A figure of the README's summary: a number with a decimal point or a thousands comma, or of
+#: three digits and more (smaller whole numbers are settings and counts of the method, not measurements).
+_FIGURE = re.compile(r"(?<![\w.,])(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+|\d{3,})(?!\w)")
+_RENDERED = re.compile(r"<!-- table: \S+ \S+ -->\n(.*?)<!-- /table -->", re.S)
+
+
+def _rendered_text(page: Path) -> str:
+    """What of ``page`` is generated from JSON: its marked tables (docs/answers.md: all of it)."""
+    text = page.read_text()
+    return text if page.name == "answers.md" else "\n".join(m.group(1) for m in _RENDERED.finditer(text))
+
+
+def _summary_rows() -> list[tuple[str, list[str], list[Path]]]:
+    rows = []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) == 3 and "](docs/" in cells[2]:
+            pages = [ROOT / p for p in dict.fromkeys(re.findall(r"\]\((docs/[\w.-]+\.md)", cells[2]))]
+            rows.append((cells[0], _FIGURE.findall(cells[1]), pages))
+    return rows
+
+
+def test_the_readme_summary_quotes_only_rendered_figures() -> None:
+    """Every measured figure of the README's results summary stands in a table its linked page
+    renders from JSON, so that a re-measured page cannot leave the README behind."""
+    rows = _summary_rows()
+    assert len(rows) >= 8 and all(figures for _, figures, _ in rows), rows
+    stale = {topic: missing for topic, figures, pages in rows
+             if (missing := [f for f in figures if f not in "\n".join(_rendered_text(p) for p in pages)])}
+    assert not stale, f"README figures that no rendered table of their page holds: {stale}"
+
+
+def test_the_readme_check_catches_a_stale_figure() -> None:
+    """The check above can fail: a figure that is on no rendered table is reported."""
+    topic, figures, pages = _summary_rows()[0]
+    rendered = "\n".join(_rendered_text(p) for p in pages)
+    assert all(f in rendered for f in figures)
+    assert "12,345.678" not in rendered and _FIGURE.findall("was 12,345.678 s") == ["12,345.678"]
