@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from cmce.errors import CmceError
 from cmce.experiments.docs_tables_results import _one
 
-__all__ = ["INDEXING_TABLES", "render_indexing_cost", "render_indexing_throughput", "render_ray_scaling"]
+__all__ = ["INDEXING_TABLES", "render_indexing_cost", "render_indexing_ratios", "render_indexing_throughput", "render_ray_scaling"]
 
 #: ``bench_indexing_throughput.py``'s variants -> the table's rows.
 _VARIANTS = {
@@ -78,6 +78,49 @@ def render_indexing_throughput(bench: Mapping) -> str:
     for v in variants:
         row = [_VARIANTS[v], cells(v, "engine_fps", 2)] + ([cells(v, "gallery_fps", 2)] if gallery else [])
         lines.append("| " + " | ".join([*row, cells(v, "load", 1)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_indexing_ratios(bench: Mapping) -> str:
+    """``benchmarks/bench_indexing_throughput.py --json``: each variant's detect+embed faces/s against the first
+    variant's, as the median of the per-repeat ratios (both measured in the same repeat, so a load that moves
+    between repeats cancels), and the median ms per face of each stage in one process.
+
+    Example:
+        >>> def run(fps, facenet):
+        ...     return {"engine_fps": fps, "stage_ms_per_face": {"detect": 30.0, "facenet-casia": facenet}}
+        >>> print(render_indexing_ratios({"variants": ["before", "int8"], "runs": {
+        ...     "before x1": [run(10.0, 37.1), run(12.0, 36.0)], "int8 x1": [run(15.0, 9.5), run(17.0, 9.1)],
+        ...     "before x2": [run(11.0, 40.0), run(12.0, 41.0)], "int8 x2": [run(16.0, 10.0), run(15.0, 11.0)]},
+        ...     "summary": {"before x1": {"stage_ms_per_face": {"detect": 30.0, "facenet-casia": 36.55}},
+        ...                 "int8 x1": {"stage_ms_per_face": {"detect": 30.0, "facenet-casia": 9.3}}}}), end="")
+        | variant | faces/s against `before`, 1 process / 2 processes | ms per face, 1 process: detect / facenet-casia |
+        |---|---:|---:|
+        | before (float32, OpenCV default threads) | x1.00 / x1.00 | 30.0 / 36.5 |
+        | `CMCE_FACENET_RUNTIME=int8` | x1.46 / x1.35 | 30.0 / 9.3 |
+    """
+    variants, runs = list(bench["variants"]), bench["runs"]
+    unknown = [v for v in variants if v not in _VARIANTS]
+    if unknown:
+        raise CmceError(f"the indexing ratios do not know the variants {unknown}; known: {', '.join(_VARIANTS)}")
+    counts = sorted({int(key.rpartition(" x")[2]) for key in runs})
+    missing = [f"{v} x{c}" for v in variants for c in counts if f"{v} x{c}" not in runs]
+    if missing:
+        raise CmceError(f"the indexing ratios need every variant at every process count; missing: {missing}")
+    base, one = variants[0], min(counts)
+    stages = list(bench["summary"][f"{base} x{one}"]["stage_ms_per_face"])
+
+    def ratio(v: str, c: int) -> str:
+        pairs = zip(runs[f"{base} x{c}"], runs[f"{v} x{c}"])
+        return f"x{statistics.median(b['engine_fps'] / a['engine_fps'] for a, b in pairs):.2f}"
+
+    header = [f"variant | faces/s against `{base}`, " + " / ".join(_processes(c) for c in counts),
+              f"ms per face, {_processes(one)}: " + " / ".join(stages)]
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|"]
+    for v in variants:
+        ms = bench["summary"][f"{v} x{one}"]["stage_ms_per_face"]
+        lines.append(f"| {_VARIANTS[v]} | {' / '.join(ratio(v, c) for c in counts)} | "
+                     f"{' / '.join(f'{ms[k]:.1f}' for k in stages)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -201,6 +244,7 @@ def render_indexing_cost(bench: Mapping) -> str:
 #: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).
 INDEXING_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "indexing-throughput": lambda docs: render_indexing_throughput(_one(docs)),
+    "indexing-ratios": lambda docs: render_indexing_ratios(_one(docs)),
     "ray-scaling": render_ray_scaling,
     "indexing-cost": lambda docs: render_indexing_cost(_one(docs)),
 }

@@ -118,13 +118,14 @@ HAND_EDITS = [
     ("docs/speed.md", "int8-accuracy", "| `facenet-query` | 95.61 (93.67 to 97.25) | "),
     # the indexing-throughput, Ray scaling and 1e8-photo cost tables (cmce/experiments/docs_tables_indexing.py)
     ("docs/speed.md", "indexing-throughput", "| `CMCE_OPENCV_THREADS=1` | "),
-    ("docs/speed.md", "indexing-throughput", "| both | 14.40 / 11.30 | 16.74"),
-    ("docs/speed.md", "indexing-throughput", "4.7 / 5.5 |"),
+    ("docs/speed.md", "indexing-throughput", "| both | 16.41 / 27.50 | 15.91"),
+    ("docs/speed.md", "indexing-throughput", "1.4 / 3.1 |"),
     ("docs/scale.md", "ray-scaling", "| Ray, 1 worker | "),
-    ("docs/scale.md", "ray-scaling", "x1.18"),
+    ("docs/scale.md", "ray-scaling", "x1.11"),
     ("docs/scale.md", "indexing-cost", "| 2-core CPU nodes, int8 | "),
-    ("docs/scale.md", "indexing-cost", "14.6 h on 100 nodes"),
+    ("docs/scale.md", "indexing-cost", "19.7 h on 100 nodes"),
     ("docs/scale.md", "indexing-cost", "`32,000 / R`"),
+    ("docs/speed.md", "indexing-ratios", "x1.58 / x1.22"),
     # public-space.md: the test harnesses' tables (cmce/experiments/docs_tables_space.py)
     ("docs/public-space.md", "soak", "| `/search` | "),
     ("docs/public-space.md", "soak", "| session close (`Client.close`) | "),
