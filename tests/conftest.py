@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -279,3 +281,33 @@ def no_network(monkeypatch):
     monkeypatch.setattr(_socket, "create_connection", refuse)
     monkeypatch.setattr(_socket.socket, "connect", refuse)
     monkeypatch.setattr(_socket.socket, "connect_ex", refuse)
+
+
+# --------------------------------------------------------------------------- images the tests write
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def write_bilevel_png(path: Path, side: int, *, rows_written: int | None = None) -> Path:
+    """Write a side x side 1-bit black PNG by streaming zero rows through zlib (a decompression bomb
+    of a few KB: the image and app tests upload it).
+
+    Memory stays at one row; ``rows_written`` below ``side`` leaves the pixel data
+    truncated (a valid header over too little data).
+    """
+    row = bytes(1 + (side + 7) // 8)  # filter byte 0 + packed bits
+    compressor = zlib.compressobj(9)
+    idat = bytearray()
+    for _ in range(side if rows_written is None else rows_written):
+        idat += compressor.compress(row)
+    idat += compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", bytes(idat))
+        + _png_chunk(b"IEND", b"")
+    )
+    return path

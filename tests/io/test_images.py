@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LFW_DIR
+from conftest import LFW_DIR, write_bilevel_png
 from PIL import Image, ImageFile
 
 from cmce.errors import CmceError, ImageError, LimitError
@@ -23,32 +21,6 @@ from cmce.io.images import (
     downscale_for_detection,
     load_image,
 )
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-
-def _write_bilevel_png(path: Path, side: int, *, rows_written: int | None = None) -> Path:
-    """Write a side x side 1-bit black PNG by streaming zero rows through zlib.
-
-    Memory stays at one row; ``rows_written`` below ``side`` leaves the pixel data
-    truncated (a valid header over too little data).
-    """
-    row = bytes(1 + (side + 7) // 8)  # filter byte 0 + packed bits
-    compressor = zlib.compressobj(9)
-    idat = bytearray()
-    for _ in range(side if rows_written is None else rows_written):
-        idat += compressor.compress(row)
-    idat += compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", bytes(idat))
-        + _png_chunk(b"IEND", b"")
-    )
-    return path
 
 
 def _noise_rgb(height: int = 64, width: int = 48, seed: int = 0) -> np.ndarray:
@@ -119,7 +91,7 @@ def test_png_bomb_is_refused_before_decoding(tmp_path: Path, monkeypatch) -> Non
     from PIL import ImageFile
 
     pillow_limit = Image.MAX_IMAGE_PIXELS
-    path = _write_bilevel_png(tmp_path / "bomb.png", 30_000)
+    path = write_bilevel_png(tmp_path / "bomb.png", 30_000)
     assert path.stat().st_size < 200_000  # 900 megapixels in ~110 KB
 
     def no_decode(self, *args, **kwargs):
@@ -139,7 +111,7 @@ def test_png_bomb_is_refused_before_decoding(tmp_path: Path, monkeypatch) -> Non
 
 def test_pixel_limit_checked_from_header_before_decoding(tmp_path: Path) -> None:
     """The data is truncated: only a check made before decoding reports pixels."""
-    path = _write_bilevel_png(tmp_path / "big.png", 8_000, rows_written=2)
+    path = write_bilevel_png(tmp_path / "big.png", 8_000, rows_written=2)
     expected = r"8000x8000 = 64,000,000 pixels, over the limit of 40,000,000"
     with pytest.raises(ImageError, match=expected):
         load_image(path)
@@ -148,7 +120,7 @@ def test_pixel_limit_checked_from_header_before_decoding(tmp_path: Path) -> None
 def test_pillow_bomb_warning_becomes_image_error(tmp_path: Path) -> None:
     """100 MP is above Pillow's warning threshold (about 89 MP) and our limit."""
     pillow_limit = Image.MAX_IMAGE_PIXELS
-    path = _write_bilevel_png(tmp_path / "warn.png", 10_000, rows_written=1)
+    path = write_bilevel_png(tmp_path / "warn.png", 10_000, rows_written=1)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         with pytest.raises(ImageError, match="100,000,000 pixels"):

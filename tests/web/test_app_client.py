@@ -176,14 +176,14 @@ def test_hostile_uploads_are_reported_and_the_rest_indexed(app_server, people, t
     import io
     import zipfile
 
-    from test_images import _write_bilevel_png
+    from conftest import write_bilevel_png
 
     good = [sorted(people[4].glob("*.jpg"))[i] for i in (0, 1)]
     (tmp_path / "notes.jpg").write_text("this is not a photo")
     (tmp_path / "empty.jpg").write_bytes(b"")
     data = good[0].read_bytes()
     (tmp_path / "half.jpg").write_bytes(data[: len(data) // 2])
-    _write_bilevel_png(tmp_path / "bomb.png", 30_000)
+    write_bilevel_png(tmp_path / "bomb.png", 30_000)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("../escape.jpg", data)
