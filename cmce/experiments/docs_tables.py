@@ -24,7 +24,8 @@ from pathlib import Path
 
 from cmce.errors import CmceError
 from cmce.experiments.docs_tables_indexing import INDEXING_TABLES
-from cmce.experiments.docs_tables_results import RESULTS_TABLES, _one
+from cmce.experiments.docs_tables_base import one_doc
+from cmce.experiments.docs_tables_results import RESULTS_TABLES
 from cmce.experiments.docs_tables_space import SPACE_TABLES
 from cmce.experiments.docs_tables_speed import SPEED_TABLES
 from cmce.experiments.docs_tables_targets import TARGETS_TABLES
@@ -99,7 +100,7 @@ def render_answer_inputs(study: Mapping) -> str:
 
 #: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).
 JSON_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
-    "answer-inputs": lambda docs: render_answer_inputs(_one(docs)),
+    "answer-inputs": lambda docs: render_answer_inputs(one_doc(docs)),
     **SPEED_TABLES,
 }
 # The results pages' tables (README.md, results, mixed-quality, upgrades, method): docs_tables_results.

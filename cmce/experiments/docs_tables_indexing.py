@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 
 from cmce.errors import CmceError
-from cmce.experiments.docs_tables_results import _one
+from cmce.experiments.docs_tables_base import one_doc
 
 __all__ = ["INDEXING_TABLES", "render_indexing_cost", "render_indexing_ratios", "render_indexing_throughput", "render_ray_scaling"]
 
@@ -243,8 +243,8 @@ def render_indexing_cost(bench: Mapping) -> str:
 
 #: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).
 INDEXING_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
-    "indexing-throughput": lambda docs: render_indexing_throughput(_one(docs)),
-    "indexing-ratios": lambda docs: render_indexing_ratios(_one(docs)),
+    "indexing-throughput": lambda docs: render_indexing_throughput(one_doc(docs)),
+    "indexing-ratios": lambda docs: render_indexing_ratios(one_doc(docs)),
     "ray-scaling": render_ray_scaling,
-    "indexing-cost": lambda docs: render_indexing_cost(_one(docs)),
+    "indexing-cost": lambda docs: render_indexing_cost(one_doc(docs)),
 }

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cmce.errors import CmceError
 from cmce.metrics.intervals import format_interval, format_with_interval
+from cmce.experiments.docs_tables_base import bundle_name, evaluations_in, one_doc, one_evaluation, row_named, whole_points
 from cmce.metrics.results import Evaluation, ResultError
 
 __all__ = [
@@ -43,39 +44,6 @@ SCORE_TITLES = {"detection": "detection doubt", "combined": "combined (shipped b
 
 #: The quality scores in the order the tables show them (any other after these).
 SCORE_ORDER = ("learned", "combined", "disagreement", "detection", "random")
-
-
-def _one(docs: Sequence[Mapping]) -> Mapping:
-    if len(docs) != 1:
-        raise CmceError(f"this table reads one JSON file, not {len(docs)}")
-    return docs[0]
-
-
-def _evaluations(doc: Mapping) -> list[Evaluation]:
-    """The evaluations of one ``evaluate --json`` document (one, or ``{"evaluations": [...]}``)."""
-    if list(doc) == ["evaluations"]:
-        return [Evaluation.from_dict(e) for e in doc["evaluations"]]
-    return [Evaluation.from_dict(doc)]
-
-
-def _evaluation(doc: Mapping) -> Evaluation:
-    evaluations = _evaluations(doc)
-    if len(evaluations) != 1:
-        raise ResultError(f"this table reads one evaluation per file, not {len(evaluations)}")
-    return evaluations[0]
-
-
-def _bundle_name(evaluation: Evaluation) -> str:
-    if evaluation.bundle is None or not evaluation.bundle.source:
-        raise ResultError("this table names the bundle: the evaluation has no 'bundle.source'")
-    return Path(evaluation.bundle.source).name
-
-
-def _row(rows: Sequence, name: str):
-    for r in rows:
-        if (r.name if hasattr(r, "name") else r["name"]) == name:
-            return r
-    raise ResultError(f"no row {name!r} in the evaluation")
 
 
 def _r1(value: float, ci, *, digits: int = 2, interval_digits: int = 1, bold: bool = False) -> str:
@@ -109,10 +77,10 @@ def render_bundle_summary(docs: Sequence[Mapping]) -> str:
     lines = ["| bundle | gallery | query model alone | plain mean (the paper) | **served** | served TAR@1e-3 "
              "| gallery models' own |", "|---|---|---:|---:|---:|---:|---:|"]
     for doc in docs:
-        e = _evaluation(doc)
-        alone, mean = _row(e.rows, "query model symmetric"), _row(e.rows, "CMCE ensemble, plain mean (the paper)")
-        served, own = _row(e.rows, "CMCE ensemble"), _row(e.rows, "CMCE ensemble without query member")
-        lines.append(f"| `{_bundle_name(e)}` | {'mixed' if e.degrade_spec else 'clean'} | "
+        e = one_evaluation(doc)
+        alone, mean = row_named(e.rows, "query model symmetric"), row_named(e.rows, "CMCE ensemble, plain mean (the paper)")
+        served, own = row_named(e.rows, "CMCE ensemble"), row_named(e.rows, "CMCE ensemble without query member")
+        lines.append(f"| `{bundle_name(e)}` | {'mixed' if e.degrade_spec else 'clean'} | "
                      f"{_r1(alone.recall_at_1, alone.recall_at_1_ci95)} | {_r1(mean.recall_at_1, mean.recall_at_1_ci95)} | "
                      f"{_r1(served.recall_at_1, served.recall_at_1_ci95, bold=True)} | "
                      f"{100 * served.tar_at_far_1e3:.2f} | {100 * own.recall_at_1:.2f} |")
@@ -139,7 +107,7 @@ def render_gallery_kinds(docs: Sequence[Mapping]) -> str:
         |---|---:|---:|---:|---:|---:|
         | `crop` | 9 of 10 | 95.00 (94.00 to 100.00) | 90.00 | **97.00** (96.00 to 100.00) | 96.00 |
     """
-    evaluations = [_evaluation(d) for d in docs]
+    evaluations = [one_evaluation(d) for d in docs]
     if not evaluations:
         raise CmceError("this table reads at least one evaluation")
     q = evaluations[0].bundle.query if evaluations[0].bundle else "query model"
@@ -151,12 +119,12 @@ def render_gallery_kinds(docs: Sequence[Mapping]) -> str:
         rep = e.gallery_degrade
         kind = f"`{e.degrade_spec}`" if e.degrade_spec else "clean"
         copies = f"{rep['degraded']} of {rep['gallery_photos']}" if rep else "-"
-        alone, served = _row(e.rows, "query model symmetric"), _row(e.rows, "CMCE ensemble")
-        cells = [f"{100 * _row(e.rows, f'{m} (transformer)').recall_at_1:.2f}" for m in members]
+        alone, served = row_named(e.rows, "query model symmetric"), row_named(e.rows, "CMCE ensemble")
+        cells = [f"{100 * row_named(e.rows, f'{m} (transformer)').recall_at_1:.2f}" for m in members]
         lines.append(f"| {kind} | {copies} | {_r1(alone.recall_at_1, alone.recall_at_1_ci95, interval_digits=2)} | "
                      + " | ".join(cells)
                      + f" | {_r1(served.recall_at_1, served.recall_at_1_ci95, interval_digits=2, bold=True)} | "
-                     f"{100 * _row(e.rows, 'CMCE ensemble, plain mean (the paper)').recall_at_1:.2f} |")
+                     f"{100 * row_named(e.rows, 'CMCE ensemble, plain mean (the paper)').recall_at_1:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -188,7 +156,7 @@ def render_degrade_sweep(study: Mapping) -> str:
     if not results:
         raise CmceError("the sweep holds no gallery kind")
     first = next(iter(results.values()))["rows"]
-    q = _row(first, "query model symmetric")["query"]
+    q = row_named(first, "query model symmetric")["query"]
     members = [r["name"].removesuffix(" (transformer)") for r in first
                if r["kind"] == "asymmetric" and r["name"].endswith(" (transformer)")]
     lines = [f"| gallery | {q} alone | " + " | ".join(m.replace(" -> ", " → ") for m in members)
@@ -201,9 +169,9 @@ def render_degrade_sweep(study: Mapping) -> str:
             steps = [s for s in res["rejection_by_quality"][score] if abs(s["rate"] - 0.1) < 1e-9]
             return f"{100 * steps[0]['error_cut']:.1f}%" if steps else "—"
 
-        cells = [f"{100 * _row(rows, f'{m} (transformer)')['recall_at_1']:.2f}" for m in members]
-        lines.append(f"| {_sweep_label(spec)} | {100 * _row(rows, 'query model symmetric')['recall_at_1']:.2f} | "
-                     + " | ".join(cells) + f" | **{100 * _row(rows, 'CMCE ensemble')['recall_at_1']:.2f}** | "
+        cells = [f"{100 * row_named(rows, f'{m} (transformer)')['recall_at_1']:.2f}" for m in members]
+        lines.append(f"| {_sweep_label(spec)} | {100 * row_named(rows, 'query model symmetric')['recall_at_1']:.2f} | "
+                     + " | ".join(cells) + f" | **{100 * row_named(rows, 'CMCE ensemble')['recall_at_1']:.2f}** | "
                      f"{cut('learned')} · {cut('combined')} |")
     return "\n".join(lines) + "\n"
 
@@ -231,23 +199,16 @@ def render_rejection_by_score(docs: Sequence[Mapping]) -> str:
     lines = ["| bundle | rejected | " + " | ".join(t for _, t in REJECTION_COLUMNS) + " | random |",
              "|---|---:|" + "---:|" * (len(REJECTION_COLUMNS) + 1)]
     for doc in docs:
-        e = _evaluation(doc)
+        e = one_evaluation(doc)
         for i, step in enumerate(e.rejection):
             cells = []
             for score, _ in REJECTION_COLUMNS:
                 s = e.rejection_by_quality[score][i]
                 figure = f"{100 * s.error_cut:.1f}%"
-                cells.append(f"{f'**{figure}**' if score == 'learned' else figure} {_whole(s.error_cut_ci95)}".rstrip())
-            lines.append(f"| {f'`{_bundle_name(e)}` ' if i == 0 else ''}| {100 * step.rate:.0f}% | "
+                cells.append(f"{f'**{figure}**' if score == 'learned' else figure} {whole_points(s.error_cut_ci95)}".rstrip())
+            lines.append(f"| {f'`{bundle_name(e)}` ' if i == 0 else ''}| {100 * step.rate:.0f}% | "
                          + " | ".join(cells) + f" | {100 * step.random_error_cut:.1f}% |")
     return "\n".join(lines) + "\n"
-
-
-def _whole(ci) -> str:
-    """An interval of fractions in whole points, ``(-1 to 61)``; a bound that rounds to zero is ``0``, not ``-0``."""
-    if ci is None:
-        return ""
-    return format_interval(*(round(100 * x) / 100 for x in ci), digits=0)
 
 
 def render_ablations(doc: Mapping) -> str:
@@ -379,10 +340,10 @@ def render_answer_summary(docs: Sequence[Mapping]) -> str:
     """
     by_bundle: dict[str, dict[str, Evaluation]] = defaultdict(dict)
     for doc in docs:
-        for e in _evaluations(doc):
+        for e in evaluations_in(doc):
             if e.answers is None:
                 raise ResultError("this table reads evaluations with answers (evaluate's 'answers' section)")
-            by_bundle[_bundle_name(e)][e.degrade_spec or "clean"] = e
+            by_bundle[bundle_name(e)][e.degrade_spec or "clean"] = e
     out = ["| bundle | gallery | raw threshold, nothing rejected | rejected removed | **default** | "
            "unknown, default | accuracy of answered: default / top-1 similarity at its coverage | "
            "strangers named: raw threshold / default |",
@@ -493,10 +454,10 @@ def render_score_differences(docs: Sequence[Mapping]) -> str:
 
     comparisons = []
     for doc in docs:
-        e = _evaluation(doc)
+        e = one_evaluation(doc)
         if e.score_comparison is None:
-            raise ResultError(f"{_bundle_name(e)}: no 'score_comparison' (evaluate --compare-scores)")
-        comparisons.append((_bundle_name(e), ScoreComparison.from_dict(e.score_comparison)))
+            raise ResultError(f"{bundle_name(e)}: no 'score_comparison' (evaluate --compare-scores)")
+        comparisons.append((bundle_name(e), ScoreComparison.from_dict(e.score_comparison)))
     others = list(dict.fromkeys(k for _, c in comparisons for k in c.others))
     lines = ["| bundle | rejected | " + " | ".join(f"minus {SCORE_TITLES.get(k, k).split(' (')[0]}" for k in others)
              + " |", "|---|---:|" + "---:|" * len(others)]
@@ -525,7 +486,7 @@ def render_lfw_verification(docs: Sequence[Mapping]) -> str:
         |---|---:|---:|
         | `sface` | 99.67% | ~99.4% |
     """
-    doc = _one(docs)
+    doc = one_doc(docs)
     lines = [f"| backbone | LFW verification accuracy, {doc['pairs']} pairs of "
              f"{Path(doc['pairs_file']).stem} | published LFW |", "|---|---:|---:|"]
     for name, b in doc["backbones"].items():
@@ -588,13 +549,13 @@ def render_demo_examples(docs: Sequence[Mapping]) -> str:
 RESULTS_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "bundle-summary": render_bundle_summary,
     "gallery-kinds": render_gallery_kinds,
-    "degrade-sweep": lambda docs: render_degrade_sweep(_one(docs)),
+    "degrade-sweep": lambda docs: render_degrade_sweep(one_doc(docs)),
     "rejection-by-score": render_rejection_by_score,
-    "ablations": lambda docs: render_ablations(_one(docs)),
+    "ablations": lambda docs: render_ablations(one_doc(docs)),
     "cv-fusion": render_cv_fusion,
     "cv-rejection": render_cv_rejection,
     "answer-summary": render_answer_summary,
-    "upgrade-speed": lambda docs: render_upgrade_speed(_one(docs)),
+    "upgrade-speed": lambda docs: render_upgrade_speed(one_doc(docs)),
     "app-answers": render_app_answers,
     "score-differences": render_score_differences,
     "lfw-verification": render_lfw_verification,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from cmce.errors import CmceError
-from cmce.experiments.docs_tables_results import _one
+from cmce.experiments.docs_tables_base import one_doc
 
 __all__ = ["SPACE_TABLES", "render_crash_test", "render_fuzz_readers", "render_soak", "render_soak_summary"]
 
@@ -140,8 +140,8 @@ def render_fuzz_readers(fuzz: Mapping) -> str:
 
 #: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).
 SPACE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
-    "soak": lambda docs: render_soak(_one(docs)),
-    "soak-summary": lambda docs: render_soak_summary(_one(docs)),
-    "crash-test": lambda docs: render_crash_test(_one(docs)),
-    "fuzz-readers": lambda docs: render_fuzz_readers(_one(docs)),
+    "soak": lambda docs: render_soak(one_doc(docs)),
+    "soak-summary": lambda docs: render_soak_summary(one_doc(docs)),
+    "crash-test": lambda docs: render_crash_test(one_doc(docs)),
+    "fuzz-readers": lambda docs: render_fuzz_readers(one_doc(docs)),
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from cmce.errors import CmceError
-from cmce.experiments.docs_tables_results import _one
+from cmce.experiments.docs_tables_base import one_doc
 from cmce.metrics.intervals import format_with_interval
 from cmce.search.scan import SCAN_FROM
 
@@ -407,7 +407,7 @@ def render_int8_accuracy(evaluations: Sequence[Mapping]) -> str:
 
 
 def _single(render: Callable[[Mapping], str]) -> Callable[[Sequence[Mapping]], str]:
-    return lambda docs: render(_one(docs))
+    return lambda docs: render(one_doc(docs))
 
 
 #: Renderer name -> (the JSON documents of the marker's files -> the Markdown table).

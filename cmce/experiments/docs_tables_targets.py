@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from cmce.experiments.docs_tables_results import SCORE_TITLES, _bundle_name, _evaluation, _whole
+from cmce.experiments.docs_tables_base import bundle_name, one_evaluation, whole_points
+from cmce.experiments.docs_tables_results import SCORE_TITLES
 from cmce.metrics.results import Evaluation, QualityStep, ResultError
 
 __all__ = ["BEAT_RATES", "CUT_RATE", "MIXED_CUT", "MIXED_GAIN_POINTS", "PAPER_DISAGREEMENT_CUT", "TARGETS_TABLES",
@@ -75,7 +76,7 @@ def _shipped(e: Evaluation) -> tuple[QualityStep, ...]:
     """The served ensemble's rejection steps by the bundle's shipped quality score."""
     score = (e.bundle.quality if e.bundle else None) or "learned"
     if score not in e.rejection_by_quality:
-        raise ResultError(f"{_bundle_name(e)}: no rejection by its shipped score {score!r}")
+        raise ResultError(f"{bundle_name(e)}: no rejection by its shipped score {score!r}")
     return e.rejection_by_quality[score]
 
 
@@ -131,7 +132,7 @@ def _mixed_cut(bundles: Mapping[str, tuple[Evaluation, Evaluation]]) -> tuple[st
     for name, (_, mixed) in bundles.items():
         step = _at(_shipped(mixed), CUT_RATE, name)
         cut = _points(step.error_cut, 1)
-        cells.append(f"`{name}` {cut:.1f}% {_whole(step.error_cut_ci95)}".rstrip())
+        cells.append(f"`{name}` {cut:.1f}% {whole_points(step.error_cut_ci95)}".rstrip())
         outcomes[name] = _Outcome(None if cut >= _points(MIXED_CUT, 1) else _short(_points(MIXED_CUT, 1), cut, 1))
     return "; ".join(cells), outcomes
 
@@ -209,11 +210,11 @@ def _bundles(docs: Sequence[Mapping]) -> dict[str, tuple[Evaluation, Evaluation]
     """Bundle name -> (its clean evaluation, its mixed one), in the order the files name the bundles."""
     found: dict[str, dict[str, Evaluation]] = {}
     for doc in docs:
-        e = _evaluation(doc)
+        e = one_evaluation(doc)
         side = "mixed" if e.degrade_spec else "clean"
-        sides = found.setdefault(_bundle_name(e), {})
+        sides = found.setdefault(bundle_name(e), {})
         if side in sides:
-            raise ResultError(f"{_bundle_name(e)}: two {side} evaluations; the targets read one clean and one mixed")
+            raise ResultError(f"{bundle_name(e)}: two {side} evaluations; the targets read one clean and one mixed")
         sides[side] = e
     if not found:
         raise ResultError("the targets table reads each bundle's clean and mixed evaluations, got none")

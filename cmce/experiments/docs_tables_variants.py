@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cmce.errors import CmceError
-from cmce.experiments.docs_tables_results import _evaluation, _row
+from cmce.experiments.docs_tables_base import one_evaluation, row_named
 from cmce.metrics.results import Evaluation
 
 __all__ = ["VARIANT_TABLES", "render_augment_variants", "render_identity_loss"]
@@ -25,7 +25,7 @@ def _variant(evaluation: Evaluation) -> str:
 
 
 def _r1(evaluation: Evaluation, name: str) -> str:
-    return f"{100 * _row(evaluation.rows, name).recall_at_1:.2f}"
+    return f"{100 * row_named(evaluation.rows, name).recall_at_1:.2f}"
 
 
 def render_identity_loss(docs: Sequence[Mapping]) -> str:
@@ -44,7 +44,7 @@ def render_identity_loss(docs: Sequence[Mapping]) -> str:
         | `none` | 90.00 | 90.00 | 90.00 |
         | `supcon` | 80.00 | 80.00 | 80.00 |
     """
-    evaluations = [_evaluation(d) for d in docs]
+    evaluations = [one_evaluation(d) for d in docs]
     first = evaluations[0].bundle
     arrows = [f"{g} -> {first.query}" for g in first.gallery]
     lines = [f"| `--identity-loss` | {' | '.join(a.replace('->', '→') for a in arrows)} | ensemble without query member | CMCE ensemble |",
@@ -88,7 +88,7 @@ def render_augment_variants(docs: Sequence[Mapping]) -> str:
         | plain mean with q's own | 98.00 / 90.00 | 97.00 / 80.00 |
         | served (each with its cross-validated fusion) | 98.00 / 90.00 | 97.00 / 80.00 |
     """
-    evaluations = [_evaluation(d) for d in docs]
+    evaluations = [one_evaluation(d) for d in docs]
     if len(evaluations) != 4:
         raise CmceError(f"the augmentation table reads 4 evaluations (clean, mixed per variant), not {len(evaluations)}")
     pairs = [evaluations[0:2], evaluations[2:4]]
