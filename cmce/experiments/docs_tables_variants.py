@@ -9,19 +9,12 @@ but that one, and evaluated with ``python -m cmce evaluate --heldout --json`` (c
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 from cmce.errors import CmceError
-from cmce.experiments.docs_tables_base import one_evaluation, row_named
+from cmce.experiments.docs_tables_base import bundle_name, one_evaluation, row_named
 from cmce.metrics.results import Evaluation
 
 __all__ = ["VARIANT_TABLES", "render_augment_variants", "render_identity_loss"]
-
-
-def _variant(evaluation: Evaluation) -> str:
-    if evaluation.bundle is None or not evaluation.bundle.source:
-        raise CmceError("a variant table names each variant by its bundle folder: the evaluation has no 'bundle.source'")
-    return Path(evaluation.bundle.source).name
 
 
 def _r1(evaluation: Evaluation, name: str) -> str:
@@ -51,10 +44,10 @@ def render_identity_loss(docs: Sequence[Mapping]) -> str:
              "|---|" + "---:|" * (len(arrows) + 2)]
     for e in evaluations:
         if e.degrade_spec is not None:
-            raise CmceError(f"the identity-loss table reads clean evaluations; {_variant(e)}'s is {e.degrade_spec}")
+            raise CmceError(f"the identity-loss table reads clean evaluations; {bundle_name(e)}'s is {e.degrade_spec}")
         cells = [_r1(e, f"{a} (transformer)") for a in arrows]
         cells += [_r1(e, "CMCE ensemble without query member"), _r1(e, "CMCE ensemble")]
-        lines.append(f"| `{_variant(e)}` | {' | '.join(cells)} |")
+        lines.append(f"| `{bundle_name(e)}` | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -93,10 +86,10 @@ def render_augment_variants(docs: Sequence[Mapping]) -> str:
         raise CmceError(f"the augmentation table reads 4 evaluations (clean, mixed per variant), not {len(evaluations)}")
     pairs = [evaluations[0:2], evaluations[2:4]]
     for clean, mixed in pairs:
-        if _variant(clean) != _variant(mixed) or clean.degrade_spec is not None or mixed.degrade_spec is None:
+        if bundle_name(clean) != bundle_name(mixed) or clean.degrade_spec is not None or mixed.degrade_spec is None:
             raise CmceError("the augmentation table reads each variant's clean evaluation, then its mixed one")
     q, gallery = evaluations[0].bundle.query, evaluations[0].bundle.gallery
-    lines = [f"| Recall@1, clean / mixed | {' | '.join(f'`{_variant(c)}`' for c, _ in pairs)} |",
+    lines = [f"| Recall@1, clean / mixed | {' | '.join(f'`{bundle_name(c)}`' for c, _ in pairs)} |",
              "|---|" + "---:|" * len(pairs)]
     for label, row in AUGMENT_ROWS:
         for g in (gallery if "{g}" in row else (None,)):
