@@ -53,3 +53,16 @@ class DatasetError(CmceError):
 
 class NoFaceError(CmceError):
     """A query photo holds no face to search with (a normal outcome, to be reported)."""
+
+
+class CorrectionError(GalleryError):
+    """A correction (must-link, cannot-link, name) or an erasure that cannot be applied to a gallery."""
+
+
+class UnknownEntryError(CorrectionError):
+    """An entry id or a person's name that the gallery does not hold (the message lists valid ones)."""
+
+
+class ContradictionError(CorrectionError):
+    """Corrections that contradict each other: a pair both must- and cannot-linked, or must-links
+    that join two cannot-linked entries."""

@@ -23,6 +23,8 @@ from cmce.errors import GalleryError
 from cmce.storage.records import GalleryRecords
 
 __all__ = [
+    "CORRECTIONS",
+    "CORRECTIONS_DIR",
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST",
@@ -38,6 +40,10 @@ __all__ = [
 FORMAT = "cmce-gallery"
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+CORRECTIONS = "corrections"
+"""The optional manifest key listing the corrections table (``cmce.storage.corrections``)."""
+CORRECTIONS_DIR = "people"
+"""The folder of the corrections table inside a gallery."""
 _V1_FILES = ("gallery.json", "embeddings.npz")
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from cmce.errors import GalleryError
 from cmce.storage.convert_v1 import read_v1_gallery
+from cmce.storage.corrections import corrections_of
 from cmce.storage.manifest import _V1_FILES, MANIFEST, require_manifest
 from cmce.storage.records import (
     IMAGE_QUALITY_COLUMNS,
@@ -29,7 +30,10 @@ __all__ = ["read_gallery"]
 def read_gallery(folder: str | os.PathLike, *, metadata: bool = True) -> StoredGallery:
     """Read every entry and raw embedding of a saved gallery.
 
-    Version 1 galleries are converted in memory (saving writes version 2).
+    Version 1 galleries are converted in memory (saving writes version 2). The
+    gallery's corrections come with it (``StoredGallery.corrections``), and the names
+    among them are the ``label`` of their entries (``cmce.storage.corrections``: a name
+    overrides the label the shard holds).
 
     Args:
         folder: the gallery.
@@ -73,7 +77,11 @@ def read_gallery(folder: str | os.PathLike, *, metadata: bool = True) -> StoredG
                 records.present[key][rows[valid]] = True
     if len(set(records.entry_id.tolist())) != len(records):
         raise GalleryError(f"{folder}: corrupt gallery (an entry id appears twice)")
-    return StoredGallery(folder, manifest, records)
+    corrections = corrections_of(folder, manifest)
+    if metadata and corrections.names:
+        named = [i for i, e in enumerate(records.entry_id.tolist()) if e in corrections.names]
+        records.label[named] = [corrections.names[records.entry_id[i]] for i in named]
+    return StoredGallery(folder, manifest, records, corrections=corrections)
 
 
 def _fixed_to_numpy(column, width: int, dtype) -> tuple[np.ndarray, np.ndarray]:

@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cmce.errors import GalleryError
+
+if TYPE_CHECKING:
+    from cmce.storage.corrections import Corrections
 
 __all__ = [
     "IMAGE_QUALITY_COLUMNS",
@@ -214,12 +217,16 @@ class StoredGallery:
         manifest: the manifest (version 2; a converted one for version 1).
         records: every entry.
         converted_from: 1 when the folder was in the version 1 format, else None.
+        corrections: the gallery's must-links, cannot-links and names
+            (``cmce.storage.corrections``); None for galleries read without them
+            (version 1).
     """
 
     folder: Path
     manifest: dict
     records: GalleryRecords
     converted_from: int | None = None
+    corrections: Corrections | None = None
 
     @property
     def derived(self) -> dict | None:

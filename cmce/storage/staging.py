@@ -27,6 +27,8 @@ import numpy as np
 
 from cmce.errors import GalleryError
 from cmce.storage.manifest import (
+    CORRECTIONS,
+    CORRECTIONS_DIR,
     _next_number,
     _next_shard_number,
     locked,
@@ -51,6 +53,7 @@ __all__ = [
     "read_skipped",
     "remove_finished_jobs",
     "remove_orphans",
+    "remove_unlisted",
     "skipped_table",
     "staged_files",
     "stored_keys",
@@ -451,20 +454,37 @@ def _fit_whole_photos(ids: list[str], keep: np.ndarray, room: int) -> tuple[np.n
 
 
 def remove_orphans(folder: str | os.PathLike) -> list[str]:
-    """Remove shard and skipped files the manifest does not list (a commit interrupted
-    between its rename and its manifest write); returns their names."""
+    """Remove what interrupted writes left unlisted; returns the names removed.
+
+    Under the gallery's lock: shard, skipped and corrections files the manifest does not
+    list (a commit interrupted between its rename and its manifest write, or an erasure
+    interrupted after its manifest write, ``cmce.storage.forget``), and derived folders
+    other than the one it lists (``derived/.*tmp*`` folders of builds still running are
+    left to them).
+    """
     folder = Path(folder)
-    removed = []
     with locked(folder):
-        manifest = require_manifest(folder)
-        listed = {s["file"] for s in manifest["shards"]} | {s["file"] for s in manifest.get(SKIPPED, [])}
-        for sub in ("shards", SKIPPED):
-            root = folder / sub
-            if root.is_dir():
-                for path in root.iterdir():
-                    if f"{sub}/{path.name}" not in listed:
-                        path.unlink(missing_ok=True)
-                        removed.append(f"{sub}/{path.name}")
+        return remove_unlisted(folder, require_manifest(folder))
+
+
+def remove_unlisted(folder: Path, manifest: dict) -> list[str]:
+    """``remove_orphans`` for a caller that holds the gallery's lock and has read ``manifest``."""
+    removed = []
+    listed = {s["file"] for key in ("shards", SKIPPED, CORRECTIONS) for s in manifest.get(key, [])}
+    for sub in ("shards", SKIPPED, CORRECTIONS_DIR):
+        root = folder / sub
+        if root.is_dir():
+            for path in root.iterdir():
+                if f"{sub}/{path.name}" not in listed:
+                    path.unlink(missing_ok=True)
+                    removed.append(f"{sub}/{path.name}")
+    root = folder / "derived"
+    current = (manifest.get("derived") or {}).get("path")
+    if root.is_dir():
+        for path in root.iterdir():
+            if f"derived/{path.name}" != current and not (path.name.startswith(".") and ".tmp" in path.name):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                removed.append(f"derived/{path.name}")
     return removed
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cmce.errors import GalleryError
+from cmce.storage.corrections import Corrections, check_corrections, write_corrections_file
 from cmce.storage.manifest import (
     _new_manifest,
     _next_shard_number,
@@ -40,7 +41,7 @@ __all__ = ["append_embeddings", "append_entries", "create_empty_gallery", "write
 
 
 def write_gallery(folder: str | os.PathLike, records: GalleryRecords, *, shard_rows: int = SHARD_ROWS,
-                  extra: Mapping[str, Any] | None = None) -> Path:
+                  extra: Mapping[str, Any] | None = None, corrections: Corrections | None = None) -> Path:
     """Write ``records`` as a new version 2 gallery at ``folder``, atomically.
 
     The whole folder is built under a temporary name beside ``folder`` and renamed
@@ -52,13 +53,21 @@ def write_gallery(folder: str | os.PathLike, records: GalleryRecords, *, shard_r
         records: the entries; backbones without any present row are dropped.
         shard_rows: rows per Parquet shard.
         extra: more manifest fields (e.g. ``{"note": ...}``).
+        corrections: must-links, cannot-links and names to store with the entries
+            (``cmce.storage.corrections``); every id must be among ``records``.
 
     Returns:
         The folder.
+
+    Raises:
+        UnknownEntryError, ContradictionError, CorrectionError: ``corrections`` that do
+            not fit ``records`` (see ``check_corrections``); nothing is written.
     """
     dest = Path(folder)
     dest.parent.mkdir(parents=True, exist_ok=True)
     keep = [k for k in records.backbones if records.present[k].any()]
+    if corrections is not None:
+        check_corrections(corrections, set(records.entry_id.tolist()), str(dest))
     records = replace(records, backbones={k: records.backbones[k] for k in keep},
                       embeddings={k: records.embeddings[k] for k in keep},
                       present={k: records.present[k] for k in keep})
@@ -75,6 +84,8 @@ def write_gallery(folder: str | os.PathLike, records: GalleryRecords, *, shard_r
             _write_parquet(_entry_table(records, rows, keep), tmp / name)
             manifest["shards"].append({"file": name, "kind": "entries", "rows": rows.stop - rows.start,
                                        "backbones": keep, "bytes": (tmp / name).stat().st_size})
+        if corrections is not None:
+            write_corrections_file(tmp, manifest, corrections)
         write_manifest(tmp, manifest)
         tmp.chmod(0o755)
         swap_in(tmp, dest)
