@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cmce.cli_forget import add_forget_parser
 from cmce.errors import CmceError
 from cmce.experiments.degrade import DEGRADATIONS, MIX_KINDS, TRAIN_KINDS
 from cmce.faces.detector import DETECTORS
@@ -547,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_parser(sub)
     _add_index_parser(sub)
     _add_bundle_parser(sub)
+    add_forget_parser(sub)
     return p
 
 

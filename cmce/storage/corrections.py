@@ -380,6 +380,7 @@ def remove_corrections(folder: str | os.PathLike, *, must_link: Iterable[Pair] =
 
 def _change(folder: Path, change: Callable[[Corrections], Corrections]) -> Corrections:
     """Under the gallery's lock: the stored corrections -> ``change`` -> checked -> stored (if different)."""
+    require_manifest(folder)  # a missing folder or a version 1 gallery: refused before taking the lock
     with locked(folder):
         manifest = require_manifest(folder)
         before = corrections_of(folder, manifest)

@@ -163,6 +163,7 @@ def forget_entries(folder: str | os.PathLike, entry_ids: Iterable[str]) -> Forge
     ids = set(entry_ids)
     if not ids:
         raise GalleryError(f"{folder}: name at least one entry to forget")
+    require_manifest(folder)  # a missing folder or a version 1 gallery: refused before taking the lock
     with locked(folder):
         manifest = require_manifest(folder)
         remove_unlisted(folder, manifest)
