@@ -311,3 +311,37 @@ def write_bilevel_png(path: Path, side: int, *, rows_written: int | None = None)
         + _png_chunk(b"IEND", b"")
     )
     return path
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _zstd_frames(data: bytes) -> Iterator[bytes]:
+    """The decompressed content of every zstd frame inside ``data`` (Parquet's zstd pages: their
+    bytes are not the values they hold), whether a file's footer lists the page or not."""
+    import zstandard
+
+    start = data.find(_ZSTD_MAGIC)
+    while start >= 0:
+        obj = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            out = obj.decompress(data[start:])
+        except zstandard.ZstdError:  # the magic bytes by chance, not a frame
+            out = b""
+        if out:
+            yield out
+        start = data.find(_ZSTD_MAGIC, start + 1)
+
+
+def found_on_disk(folder: Path, needles: dict[str, bytes]) -> dict[str, list[str]]:
+    """Every file under ``folder`` (hidden ones included) holding each needle's bytes, as stored or inside
+    a zstd-compressed page: ``{needle name: [relative paths]}``, names found nowhere left out."""
+    hits: dict[str, list[str]] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            views = [data, *_zstd_frames(data)]
+            for what, needle in needles.items():
+                if any(needle in view for view in views):
+                    hits.setdefault(what, []).append(str(path.relative_to(folder)))
+    return hits

@@ -42,6 +42,7 @@ from cmce.method.unknown import gallery_doubt, unknown_norm, unknown_note
 from cmce.search.base import VectorSearch
 from cmce.search.compact import CompactIndex
 from cmce.search.index import VectorIndex
+from cmce.storage.corrections import read_corrections
 from cmce.storage.manifest import read_manifest, require_manifest, shards_signature
 from cmce.storage.shards import require_pyarrow
 
@@ -105,6 +106,7 @@ class ArchiveGallery:
         n = int(meta["entries"])
         if not (len(self.quality) == len(self.active) == len(self.uncertainty) == self._offsets[-1] == n):
             raise GalleryError(f"{derived}: derived files disagree on the entry count; rebuild the archive index")
+        self.corrections = read_corrections(folder)  # names override the labels entries.arrow holds
         self._threshold = float(bundle.calibration.similarity_thresholds.get("ensemble", -1.0))
         self._doubt = self._doubt_marks()  # computed once: the quality scores never change
         self._gallery_doubt = gallery_doubt(self.quality[self.active])  # the "Unknown" threshold's coverage guard
@@ -308,14 +310,21 @@ class ArchiveGallery:
                             rejected=rejected, answer_rule=answer_rule, unknown_by=unknown_by)
 
     def _entry_rows(self, positions: np.ndarray, columns: Sequence[str] = ENTRY_COLUMNS) -> dict[str, list]:
-        """The ``columns`` (default entry_id, source, label and uri) of each position, in order."""
-        out: dict[str, list] = {c: [] for c in columns}
+        """The ``columns`` (default entry_id, source, label and uri) of each position, in order.
+
+        A label is the entry's name among the corrections where it has one (as ``read_gallery`` shows it).
+        """
+        names = self.corrections.names if "label" in columns else {}
+        fetch = list(columns) + (["entry_id"] if names and "entry_id" not in columns else [])
+        out: dict[str, list] = {c: [] for c in fetch}
         batch_of = np.searchsorted(self._offsets, positions, side="right") - 1
         for pos, b in zip(positions.tolist(), batch_of.tolist()):
             batch, row = self._batches[b], pos - int(self._offsets[b])
-            for c in columns:
+            for c in fetch:
                 out[c].append(batch.column(c)[row].as_py())
-        return out
+        if names:
+            out["label"] = [names.get(e, label) for e, label in zip(out["entry_id"], out["label"])]
+        return {c: out[c] for c in columns}
 
     def memory_bytes(self) -> int:
         """Bytes held in RAM for searching: the index's in-memory part, quality scores, masks."""

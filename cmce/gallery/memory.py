@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ from cmce.method.bundle_model import Bundle, GalleryVectors
 from cmce.method.engine import FaceEngine
 from cmce.method.unknown import gallery_doubt, unknown_norm, unknown_note
 from cmce.search.index import VectorIndex
+from cmce.storage.corrections import Corrections, check_corrections
 from cmce.storage.derived import write_derived
 from cmce.storage.read import read_gallery
 from cmce.storage.records import BackboneRecord, DerivedData, GalleryRecords, backbone_record
@@ -90,6 +92,7 @@ class Gallery:
         self._removed = np.zeros(0, bool)
         self._lock = threading.RLock()
         self.load_report: LoadReport | None = None
+        self.corrections = Corrections.empty()
 
     def _ensure_backbone(self, record: BackboneRecord) -> None:
         if record.key not in self._backbones:
@@ -395,6 +398,40 @@ class Gallery:
         return search_photo(self, self.engine, detect_query(self.engine, image, name), face_index=face_index, k=k,
                             rejected=rejected, answer_rule=answer_rule, unknown_by=unknown_by)
 
+    # ------------------------------------------------------------------ corrections
+
+    def entry_ids(self) -> list[str]:
+        """The entry ids of the live entries, in position order."""
+        with self._lock:
+            return [e.entry_id or f"{e.content_hash}:{i}" for i, e in enumerate(self.entries) if not self._removed[i]]
+
+    def add_corrections(self, *, must_link: Iterable[tuple[str, str]] = (), cannot_link: Iterable[tuple[str, str]] = (),
+                        names: Mapping[str, str] | None = None) -> Corrections:
+        """Add must-links, cannot-links and names to this gallery's corrections (``cmce.storage.corrections``).
+
+        Checked as ``cmce.storage.corrections.add_corrections`` checks them, against the live
+        entries; a named entry's ``label`` becomes its name. ``save`` stores them; for a saved
+        gallery, ``cmce.storage.corrections.add_corrections`` changes the folder itself.
+
+        Returns:
+            The corrections after the change.
+
+        Raises:
+            UnknownEntryError, ContradictionError, CorrectionError: nothing changes.
+        """
+        with self._lock:
+            new = self.corrections.merged(list(must_link), list(cannot_link), names)
+            check_corrections(new, set(self.entry_ids()), "this gallery")
+            self.corrections = new
+            self._apply_names()
+            return new
+
+    def _apply_names(self) -> None:
+        """The corrections' names as the labels of their entries."""
+        names = self.corrections.names
+        if names:
+            self.entries = [replace(e, label=names[e.entry_id]) if e.entry_id in names else e for e in self.entries]
+
     # ------------------------------------------------------------------ persistence
 
     def records(self) -> GalleryRecords:
@@ -412,11 +449,14 @@ class Gallery:
 
         The raw embeddings of every backbone go to Parquet shards (the source of
         truth); this bundle's fused vectors, scores and index are stored beside them
-        as derived data. Removed entries are dropped. The previous state is kept if
-        writing fails.
+        as derived data, and the corrections (``add_corrections``) beside them. Removed
+        entries are dropped, with the corrections that mention them. The previous state is
+        kept if writing fails.
         """
         with self._lock:
-            dest = write_gallery(folder, self.records())
+            records = self.records()
+            gone = self.corrections.entry_ids() - set(records.entry_id.tolist())
+            dest = write_gallery(folder, records, corrections=self.corrections.without_entries(gone))
             if len(self):
                 derived, index = self.derived_data()
                 write_derived(dest, derived, index)
@@ -496,8 +536,9 @@ class Gallery:
             GalleryError: missing or corrupt folder, or no member of the bundle stored.
         """
         stored = read_gallery(folder)
-        return cls.from_records(stored.records, engine, limits, source=str(folder),
-                                converted_from=stored.converted_from)
+        g = cls.from_records(stored.records, engine, limits, source=str(folder), converted_from=stored.converted_from)
+        g.corrections = stored.corrections or Corrections.empty()  # names are the records' labels already
+        return g
 
     def reproject(self, engine: FaceEngine) -> Gallery:
         """This gallery served by another engine's bundle: re-projected, no photo read.
@@ -508,5 +549,9 @@ class Gallery:
         """
         with self._lock:
             records = self.records()
-        return Gallery.from_records(records, engine, self.limits, source="this gallery")
+            gone = self.corrections.entry_ids() - set(records.entry_id.tolist())
+            corrections = self.corrections.without_entries(gone)
+        g = Gallery.from_records(records, engine, self.limits, source="this gallery")
+        g.corrections = corrections
+        return g
 

@@ -34,7 +34,7 @@ from cmce.method.bundle_model import Bundle
 from cmce.method.engine import FaceEngine
 from cmce.method.precision import PRECISIONS, at_precision
 from cmce.storage.derived import write_derived
-from cmce.storage.manifest import MANIFEST, read_manifest
+from cmce.storage.manifest import CORRECTIONS, MANIFEST, read_manifest
 from cmce.storage.read import read_gallery
 from cmce.storage.records import StoredGallery, backbone_record
 from cmce.storage.write import append_embeddings, write_gallery
@@ -171,9 +171,10 @@ def _new_gallery(dest: Path) -> Iterator[Path]:
 
 
 def _link_shards(src: Path, manifest: dict, folder: Path) -> None:
-    """``folder``: ``src``'s shards and skipped tables (hard-linked) and its manifest, without derived data."""
+    """``folder``: ``src``'s shards, skipped tables and corrections (hard-linked) and its manifest, without
+    derived data. Erasing from one of the two galleries later (``forget``) leaves the other's copy."""
     folder.mkdir()
-    for shard in manifest["shards"] + manifest.get("skipped", []):
+    for shard in manifest["shards"] + manifest.get("skipped", []) + manifest.get(CORRECTIONS, []):
         _link_or_copy(src / shard["file"], folder / shard["file"])
     (folder / MANIFEST).write_text(json.dumps(dict(manifest, derived=None), indent=1) + "\n")
 
@@ -187,7 +188,9 @@ def upgrade_gallery(
 
     The raw embeddings stay as they are; the new bundle's derived data (fused
     vectors, uncertainty, quality, index) is written beside them and becomes the
-    current one atomically. A version 1 gallery is rewritten as version 2.
+    current one atomically. A version 1 gallery is rewritten as version 2. The user's
+    corrections (names, must- and cannot-links, ``cmce.storage.corrections``) carry over:
+    in place they are not touched; with ``out`` their table is linked like the shards.
 
     Args:
         folder: the gallery.

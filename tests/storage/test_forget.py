@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import found_on_disk
 from test_store import make_records
 
 from cmce.errors import GalleryError, UnknownEntryError
@@ -73,18 +74,6 @@ def erased_bytes(records: GalleryRecords, ids=ERASED) -> dict[str, bytes]:
                 if records.present[key][i]:
                     out[f"{entry} {key}"] = np.asarray(emb[i], "<f4").tobytes()
     return out
-
-
-def found_on_disk(folder: Path, needles: dict[str, bytes]) -> dict[str, list[str]]:
-    """Every file under ``folder`` (hidden ones included) holding each needle's bytes."""
-    hits: dict[str, list[str]] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            data = path.read_bytes()
-            for what, needle in needles.items():
-                if needle in data:
-                    hits.setdefault(what, []).append(str(path.relative_to(folder)))
-    return hits
 
 
 def listed_files(folder: Path) -> set[str]:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from test_forget import ERASED, build_gallery, erased_bytes, found_on_disk, listed_files
+from conftest import ROOT, found_on_disk
+from test_forget import ERASED, build_gallery, erased_bytes, listed_files
 
 from cmce.storage.forget import PAUSE_ENV, forget_entries
 from cmce.storage.read import read_gallery
