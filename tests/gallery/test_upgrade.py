@@ -303,3 +303,23 @@ def test_a_bundle_whose_gallery_model_cannot_run_here_still_serves(gallery_copy,
     # new photos are indexed without it, and the report says so
     report = g.add_images([("x.jpg", lfw_dir / MORE[0] / f"{MORE[0]}_0001.jpg", MORE[0])])
     assert report.added == 1 and any("lack facenet-vggface2" in n for n in report.notes)
+
+
+def test_corrections_carry_over_an_upgrade_in_place_and_to_another_folder(gallery_copy, new_engine, lfw_dir) -> None:
+    """Names, must-links and cannot-links survive ``cmce upgrade`` (no photo read), and the new bundle's
+    gallery answers with the given name."""
+    from cmce.storage.corrections import add_corrections, read_corrections
+
+    src = gallery_copy / "gallery"
+    r = read_gallery(src).records
+    ids = {p: [e for e, label in zip(r.entry_id.tolist(), r.label.tolist()) if label == p] for p in PEOPLE}
+    given = add_corrections(src, names={e: "Aaron P." for e in ids[PEOPLE[0]]}, must_link=[tuple(ids[PEOPLE[1]])],
+                            cannot_link=[(ids[PEOPLE[2]][0], ids[PEOPLE[3]][0])])
+    assert len(given) == 4
+    assert main(["upgrade", str(src), "--bundle", str(NEW), "--out", str(gallery_copy / "moved"), "--quiet"]) == 0
+    assert main(["upgrade", str(src), "--bundle", str(NEW), "--quiet"]) == 0
+    for folder in (src, gallery_copy / "moved"):
+        assert read_corrections(folder) == given
+        assert read_gallery(folder).manifest["derived"]["bundle"]["query"] == "sface"
+        best = Gallery.load(folder, new_engine).search_image(lfw_dir / PEOPLE[0] / f"{PEOPLE[0]}_0003.jpg")
+        assert best.views["ensemble"].matches[0].label == "Aaron P."
