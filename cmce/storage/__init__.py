@@ -19,6 +19,9 @@ A gallery folder (format version 2)::
       staging/<job>/<batch key>.*.parquet  a job's finished batches, not yet committed: never
                                          read as part of the gallery; <job>/.lock is held
                                          by the job's driver while it runs
+      people/corrections-000000.parquet  the user's corrections: must-links, cannot-links and
+                                         names (entry ids), listed under the optional
+                                         manifest key ``"corrections"``
 
 Raw embeddings are keyed by backbone *and* weights checksum (``sface@0d2a97b4c1f3``):
 two versions of one model never mix. An entry may lack a backbone (a library indexed
@@ -41,7 +44,8 @@ under the manifest's optional ``"skipped"`` key, so a re-run skips their content
 That key was added without a version bump: a cmce that predates it reads such a
 gallery exactly as before (it reads only ``backbones``, ``shards`` and ``derived``),
 and ``write_gallery`` (``Gallery.save``) writes a manifest without it, after which a
-re-run reads those files again. Version 1 galleries (``gallery.json`` +
+re-run reads those files again. The optional ``"corrections"`` key was added the same way
+(``cmce.storage.corrections``). Version 1 galleries (``gallery.json`` +
 ``embeddings.npz``) are read and converted in memory; saving writes version 2.
 
 The modules, one job each:
@@ -54,6 +58,10 @@ The modules, one job each:
 - ``write``: ``write_gallery``, ``append_entries``, ``append_embeddings``.
 - ``staging``: indexing jobs' staged batches, ``commit_staged``, skipped files.
 - ``derived``: one bundle's derived data (``write_derived``, ``read_derived``).
+- ``corrections``: the user's corrections (``read_corrections``, ``add_corrections``); names
+  are shown as labels by ``read_gallery`` (an overlay: shards are not rewritten).
+- ``forget``: erasure (``forget_entries``): every file holding the faces rewritten, old files
+  deleted after the manifest swap; see docs/privacy.md.
 
 The names below are re-exported for convenience; code inside ``cmce`` imports each name
 from the module that defines it.
