@@ -4,13 +4,14 @@
 erases their entries with ``cmce.storage.forget.forget_entries`` (every shard, skipped
 table, staged batch and correction holding them is rewritten; derived data dropped) and,
 given the bundle that served the gallery, rebuilds its derived data from the remaining
-raw embeddings: an archive index (``build_archive_index``) or the in-memory kind
+raw embeddings: an archive index of the same kind (``build_archive_index``) or the in-memory kind
 (``write_derived``). Without a bundle the derived data stays dropped: ``Gallery.load``
 re-projects the shards anyway, and an archive gallery needs ``cmce build-index`` again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable
@@ -18,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmce.errors import GalleryError
-from cmce.gallery.archive_build import ARCHIVE_KIND, build_archive_index
+from cmce.gallery.archive_build import ARCHIVE_KIND, INDEX_CHOICES, META_FILE, build_archive_index
 from cmce.gallery.persistence import bundle_fingerprint, derive
 from cmce.gallery.upgrade import reproject_records
 from cmce.method.bundle_model import Bundle
 from cmce.storage.derived import write_derived
 from cmce.storage.forget import ForgetReport, entries_named, forget_entries
+from cmce.storage.manifest import require_manifest
 from cmce.storage.read import read_gallery
 
 logger = logging.getLogger(__name__)
@@ -75,13 +77,14 @@ def forget(folder: str | os.PathLike, *, entry_ids: Iterable[str] = (), people: 
         raise GalleryError(f"{folder}: name a person (--person NAME) or an entry (--entry ID) to forget")
     by_name = {name: entries_named(folder, name) for name in people}
     ids = set(entry_ids).union(*by_name.values())
+    index_kind = _archive_index_kind(folder)
     report = forget_entries(folder, ids)
     dropped = report.derived_dropped or {}
     rebuilt, hint = None, ""
-    left = int(read_gallery(folder, metadata=False).manifest.get("entries", 0))
+    left = int(require_manifest(folder).get("entries", 0))
     if dropped and left and bundle is not None and dropped.get("fingerprint") == bundle_fingerprint(bundle):
         if dropped.get("kind") == ARCHIVE_KIND:
-            build_archive_index(folder, bundle)
+            build_archive_index(folder, bundle, index=index_kind)
             rebuilt = "archive"
         else:
             stored = read_gallery(folder, metadata=False)
@@ -94,3 +97,15 @@ def forget(folder: str | os.PathLike, *, entry_ids: Iterable[str] = (), people: 
     result = ForgetResult(report, by_name, rebuilt, hint)
     logger.info("%s: %s", folder, result.summary())
     return result
+
+
+def _archive_index_kind(folder: Path) -> str:
+    """The index kind (``exact``, ``compact``) of a gallery's archive derived data, ``auto`` if it has none."""
+    info = require_manifest(folder).get("derived") or {}
+    if info.get("kind") != ARCHIVE_KIND:
+        return "auto"
+    try:
+        kind = json.loads((folder / info["path"] / META_FILE).read_text()).get("index", "auto")
+    except (OSError, ValueError, KeyError):
+        return "auto"
+    return kind if kind in INDEX_CHOICES else "auto"

@@ -91,7 +91,9 @@ def test_a_named_person_is_found_by_name_then_forgotten_from_disk_and_search(sav
     g = Gallery.load(folder, engine)
     assert len(g) == len(stored.records) - 2 and len(read_corrections(folder)) == 0
     archived = ArchiveGallery.open(archive, engine.bundle, engine=engine)
-    assert read_gallery(archive).manifest["derived"]["kind"] == ARCHIVE_KIND  # rebuilt for the bundle
+    derived = read_gallery(archive).manifest["derived"]
+    assert derived["kind"] == ARCHIVE_KIND  # rebuilt for the bundle, of the same index kind
+    assert json.loads((archive / derived["path"] / "meta.json").read_text())["index"] == "exact"
     for query in queries:
         for result in (g.search_image(query, k=10), archived.search_image(query, k=10)):
             matches = result.views["ensemble"].matches
