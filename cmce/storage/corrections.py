@@ -33,9 +33,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
 
@@ -48,6 +46,7 @@ from cmce.storage.manifest import (
     require_manifest,
     write_manifest,
 )
+from cmce.storage.records import Corrections
 from cmce.storage.shards import _read_columns, _write_parquet, require_pyarrow
 from cmce.storage.staging import StoredKeys
 
@@ -70,89 +69,6 @@ MAX_NAME_LENGTH = 200
 """Longest name accepted (characters)."""
 
 Pair = tuple[str, str]
-
-
-def _pairs(pairs: Iterable[Iterable[str]] | np.ndarray, what: str) -> np.ndarray:
-    """``pairs`` as a read-only (k, 2) object array, each pair ordered and the rows sorted and unique.
-
-    Raises:
-        CorrectionError: an item that is not a pair of entry ids.
-    """
-    rows = set()
-    for pair in (pairs.tolist() if isinstance(pairs, np.ndarray) else pairs):
-        items = [pair] if isinstance(pair, str) else list(pair)
-        if len(items) != 2 or not all(isinstance(x, str) for x in items):
-            raise CorrectionError(f"{what}: {pair!r} is not a pair of entry ids (give (entry id, entry id))")
-        a, b = items
-        rows.add((a, b) if a <= b else (b, a))
-    out = np.empty((len(rows), 2), dtype=object)
-    for i, row in enumerate(sorted(rows)):
-        out[i] = row
-    out.setflags(write=False)
-    return out
-
-
-@dataclass(frozen=True, eq=False)
-class Corrections:
-    """A gallery's corrections (immutable; pairs ordered and deduplicated on construction).
-
-    Attributes:
-        must_link: (k, 2) entry ids that are the same person ("merge").
-        cannot_link: (m, 2) entry ids that are not the same person ("split", "not this person").
-        names: entry id -> the name the user gave it (shown as the entry's label).
-    """
-
-    must_link: np.ndarray
-    cannot_link: np.ndarray
-    names: Mapping[str, str]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "must_link", _pairs(self.must_link, "must_link"))
-        object.__setattr__(self, "cannot_link", _pairs(self.cannot_link, "cannot_link"))
-        object.__setattr__(self, "names", MappingProxyType({str(k): str(v) for k, v in sorted(self.names.items())}))
-
-    @classmethod
-    def empty(cls) -> Corrections:
-        """No corrections."""
-        return cls((), (), {})
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Corrections):
-            return NotImplemented
-        return (self.must_link.tolist() == other.must_link.tolist()
-                and self.cannot_link.tolist() == other.cannot_link.tolist() and dict(self.names) == dict(other.names))
-
-    def __len__(self) -> int:
-        """Rows of the table: pairs and names."""
-        return len(self.must_link) + len(self.cannot_link) + len(self.names)
-
-    def entry_ids(self) -> set[str]:
-        """Every entry id a correction mentions."""
-        return set(self.must_link.ravel().tolist()) | set(self.cannot_link.ravel().tolist()) | set(self.names)
-
-    def merged(self, must_link: Iterable[Pair] = (), cannot_link: Iterable[Pair] = (),
-               names: Mapping[str, str] | None = None) -> Corrections:
-        """These corrections plus more (a name given again replaces the earlier one)."""
-        return Corrections(self.must_link.tolist() + [list(p) for p in must_link],
-                           self.cannot_link.tolist() + [list(p) for p in cannot_link],
-                           {**self.names, **dict(names or {})})
-
-    def without(self, must_link: Iterable[Pair] = (), cannot_link: Iterable[Pair] = (),
-                names: Iterable[str] = ()) -> Corrections:
-        """These corrections less the given pairs (in either order) and the names of the given entries."""
-        drop_must = {tuple(sorted(map(str, p))) for p in must_link}
-        drop_cannot = {tuple(sorted(map(str, p))) for p in cannot_link}
-        drop_names = set(map(str, names))
-        return Corrections([p for p in self.must_link.tolist() if tuple(p) not in drop_must],
-                           [p for p in self.cannot_link.tolist() if tuple(p) not in drop_cannot],
-                           {k: v for k, v in self.names.items() if k not in drop_names})
-
-    def without_entries(self, entry_ids: Collection[str]) -> Corrections:
-        """These corrections with every pair and name that mentions one of ``entry_ids`` dropped (erasure)."""
-        gone = set(entry_ids)
-        return Corrections([p for p in self.must_link.tolist() if p[0] not in gone and p[1] not in gone],
-                           [p for p in self.cannot_link.tolist() if p[0] not in gone and p[1] not in gone],
-                           {k: v for k, v in self.names.items() if k not in gone})
 
 
 def _examples(valid: Collection[str], limit: int = 5) -> str:
