@@ -19,10 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmce.errors import GalleryError
-from cmce.gallery.archive_build import ARCHIVE_KIND, INDEX_CHOICES, META_FILE, build_archive_index
+from cmce.gallery.archive_build import (
+    ARCHIVE_KIND,
+    INDEX_CHOICES,
+    META_FILE,
+    build_archive_index,
+)
 from cmce.gallery.persistence import bundle_fingerprint, derive
 from cmce.gallery.upgrade import reproject_records
 from cmce.method.bundle_model import Bundle
+from cmce.storage.corrections import require_version_2
 from cmce.storage.derived import write_derived
 from cmce.storage.forget import ForgetReport, entries_named, forget_entries
 from cmce.storage.manifest import require_manifest
@@ -75,6 +81,7 @@ def forget(folder: str | os.PathLike, *, entry_ids: Iterable[str] = (), people: 
     entry_ids, people = list(entry_ids), list(people)
     if not entry_ids and not people:
         raise GalleryError(f"{folder}: name a person (--person NAME) or an entry (--entry ID) to forget")
+    require_version_2(folder)
     by_name = {name: entries_named(folder, name) for name in people}
     ids = set(entry_ids).union(*by_name.values())
     index_kind = _archive_index_kind(folder)

@@ -37,12 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cmce.errors import ContradictionError, CorrectionError, UnknownEntryError
+from cmce.errors import ContradictionError, CorrectionError, GalleryError, UnknownEntryError
 from cmce.storage.manifest import (
     CORRECTIONS,
     CORRECTIONS_DIR,
     _next_number,
     locked,
+    read_manifest,
     require_manifest,
     write_manifest,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "corrections_table",
     "read_corrections",
     "remove_corrections",
+    "require_version_2",
     "write_corrections",
     "write_corrections_file",
 ]
@@ -198,6 +200,17 @@ def _from_tables(tables: list) -> Corrections:
     return Corrections(must, cannot, names)
 
 
+def require_version_2(folder: Path) -> None:
+    """Refuse what corrections and erasure cannot change: not a gallery, or a version 1 gallery (say what to run).
+
+    Raises:
+        GalleryError: the message says which, and for version 1 how to rewrite it as version 2.
+    """
+    if read_manifest(folder) is None:
+        raise GalleryError(f"{folder} is a version 1 gallery; rewrite it as version 2 first: "
+                           f"python -m cmce upgrade {folder} --bundle <its bundle>")
+
+
 def corrections_of(folder: Path, manifest: dict) -> Corrections:
     """The corrections a manifest lists (empty when it lists none).
 
@@ -296,7 +309,7 @@ def remove_corrections(folder: str | os.PathLike, *, must_link: Iterable[Pair] =
 
 def _change(folder: Path, change: Callable[[Corrections], Corrections]) -> Corrections:
     """Under the gallery's lock: the stored corrections -> ``change`` -> checked -> stored (if different)."""
-    require_manifest(folder)  # a missing folder or a version 1 gallery: refused before taking the lock
+    require_version_2(folder)  # a missing folder or a version 1 gallery: refused before taking the lock
     with locked(folder):
         manifest = require_manifest(folder)
         before = corrections_of(folder, manifest)

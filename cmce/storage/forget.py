@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from cmce.errors import GalleryError, UnknownEntryError
-from cmce.storage.corrections import corrections_of, write_corrections_file
+from cmce.storage.corrections import corrections_of, require_version_2, write_corrections_file
 from cmce.storage.manifest import (
     _next_number,
     _next_shard_number,
@@ -41,7 +41,12 @@ from cmce.storage.manifest import (
     require_manifest,
     write_manifest,
 )
-from cmce.storage.shards import _listed_file, _read_columns, _write_parquet, require_pyarrow
+from cmce.storage.shards import (
+    _listed_file,
+    _read_columns,
+    _write_parquet,
+    require_pyarrow,
+)
 from cmce.storage.staging import SKIPPED, STAGING, _stopped_jobs, remove_unlisted
 
 logger = logging.getLogger(__name__)
@@ -163,7 +168,7 @@ def forget_entries(folder: str | os.PathLike, entry_ids: Iterable[str]) -> Forge
     ids = set(entry_ids)
     if not ids:
         raise GalleryError(f"{folder}: name at least one entry to forget")
-    require_manifest(folder)  # a missing folder or a version 1 gallery: refused before taking the lock
+    require_version_2(folder)  # a missing folder or a version 1 gallery: refused before taking the lock
     with locked(folder):
         manifest = require_manifest(folder)
         remove_unlisted(folder, manifest)

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from test_store import make_records
 
-from cmce.errors import ContradictionError, CorrectionError, GalleryError, UnknownEntryError
+from cmce.errors import (
+    ContradictionError,
+    CorrectionError,
+    GalleryError,
+    UnknownEntryError,
+)
 from cmce.storage.corrections import (
     Corrections,
     add_corrections,

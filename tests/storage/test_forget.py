@@ -19,7 +19,13 @@ from cmce.storage.manifest import MANIFEST, locked, require_manifest, write_mani
 from cmce.storage.read import read_gallery
 from cmce.storage.records import DerivedData, GalleryRecords
 from cmce.storage.shards import _write_parquet
-from cmce.storage.staging import StagingJob, read_skipped, remove_orphans, skipped_table, write_staged
+from cmce.storage.staging import (
+    StagingJob,
+    read_skipped,
+    remove_orphans,
+    skipped_table,
+    write_staged,
+)
 from cmce.storage.write import append_embeddings, write_gallery
 
 ERASED = ("h1:0", "h5:0")  # in different shards (4 rows per shard)
@@ -162,3 +168,24 @@ def test_forgetting_every_entry_of_a_shard_unlists_it(tmp_path: Path) -> None:
     assert read_gallery(folder).records.entry_id.tolist() == ["h0:0", "h1:0", "h2:0", "h3:0"]
     assert sorted(p.name for p in (folder / "shards").iterdir()) == ["entries-000000.parquet"]
     assert json.loads((folder / MANIFEST).read_text())["entries"] == 4
+
+
+def test_forgetting_every_entry_leaves_an_empty_gallery_that_reads(tmp_path: Path) -> None:
+    folder = tmp_path / "g"
+    records = build_gallery(folder)
+    forget_entries(folder, records.entry_id.tolist())
+    stored = read_gallery(folder)
+    assert len(stored.records) == 0 and stored.manifest["shards"] == [] and stored.manifest["entries"] == 0
+    assert len(read_corrections(folder)) == 0 and "skipped" in stored.manifest  # the unrelated skipped row stays
+    assert found_on_disk(folder, erased_bytes(records, records.entry_id.tolist())) == {}
+
+
+def test_a_version_1_gallery_is_refused_with_what_to_run(tmp_path: Path) -> None:
+    from cmce.gallery.forget import forget
+
+    (tmp_path / "gallery.json").write_text("{}")
+    (tmp_path / "embeddings.npz").write_bytes(b"")
+    for call in (lambda: forget_entries(tmp_path, ["a:0"]), lambda: add_corrections(tmp_path, names={"a:0": "A"}),
+                 lambda: forget(tmp_path, people=["A"])):
+        with pytest.raises(GalleryError, match="version 1 gallery; rewrite it as version 2 first: python -m cmce upgrade"):
+            call()
