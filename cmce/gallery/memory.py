@@ -76,6 +76,10 @@ class Gallery:
     Args:
         engine: the shared models.
         limits: caps for this gallery.
+
+    Attributes:
+        corrections: the user's must-links, cannot-links and names (``add_corrections``;
+            read by ``load``, written by ``save``).
     """
 
     def __init__(self, engine: FaceEngine, limits: GalleryLimits = DEFAULT_GALLERY_LIMITS):
@@ -430,7 +434,8 @@ class Gallery:
         """The corrections' names as the labels of their entries."""
         names = self.corrections.names
         if names:
-            self.entries = [replace(e, label=names[e.entry_id]) if e.entry_id in names else e for e in self.entries]
+            ids = [e.entry_id or f"{e.content_hash}:{i}" for i, e in enumerate(self.entries)]  # as entry_ids() gives them
+            self.entries = [replace(e, label=names[k]) if k in names else e for e, k in zip(self.entries, ids)]
 
     # ------------------------------------------------------------------ persistence
 
