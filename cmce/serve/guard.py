@@ -38,7 +38,7 @@ ECHO_CHARS = 100
 
 # an absolute path: a "/" that starts a word (not the "//" of a URL, nor the "/" of org/name), then
 # one or more folders; the last part (the file's own name) is kept
-_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])(?:/[\w.\-+@%~ ]+)+/([\w.\-+@%~]+)")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])(?:/[\w.\-+@%~]+)+/([\w.\-+@%~]+)")
 _LONG_RUN = re.compile(r"\S{%d,}" % (ECHO_CHARS + 1))  # an echoed value without spaces, longer than ECHO_CHARS
 
 

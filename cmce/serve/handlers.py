@@ -403,7 +403,10 @@ class DemoServer:
         """Thumbnails of every entry (rejected ones framed red, doubtful ones amber) and a summary."""
         if state is None or state.closed or not len(state.gallery):
             return [], display.overview_summary(None, [])
-        rejected = self._rejected(state.gallery, reject_by, rate, threshold, score)
+        try:
+            rejected = self._rejected(state.gallery, reject_by, rate, threshold, score)
+        except gr.Error as e:  # a refused threshold or rate: said where the counts stand, the tiles kept
+            return gr.update(), f"**Rejection not applied:** {e.message}"
         return (display.overview_tiles(state.gallery, rejected, order),
                 display.overview_summary(state.gallery, rejected, score=score if score in QUALITY_SCORES else None))
 
@@ -417,7 +420,10 @@ class DemoServer:
             state.risk_cache = (*key, gallery_risk_coverage(g))
         rc = state.risk_cache[2]
         live = g.positions
-        rejected = self._rejected(g, reject_by, rate, threshold, score)[live]
+        try:
+            rejected = self._rejected(g, reject_by, rate, threshold, score)[live]
+        except gr.Error as e:  # a refused threshold or rate: the plots kept, the note says why
+            return gr.update(), gr.update(), f"**Rejection not applied:** {e.message}"
         quality = g.bundle.calibration.quality_model(score if score in QUALITY_SCORES else None)
         hist = display.uncertainty_figure(g.quality_scores(quality.kind)[live], rejected, rc.is_query & ~rc.hits,
                                           quality.description, log_scale=quality.log_axis,
