@@ -96,6 +96,10 @@ CSS = """
 .cmce-label{font-weight:600;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .cmce-members{font-size:.7rem;opacity:.8}
 .cmce-empty{font-size:.8rem;opacity:.7}
+.cmce-legend{display:flex;flex-wrap:wrap;gap:2px 14px;font-size:.75rem;margin:0 0 8px}
+.cmce-key{padding-left:6px;border-left:4px solid var(--border-color-primary)}
+.cmce-key.cmce-correct{border-left-color:#1e8e3e}.cmce-key.cmce-wrong{border-left-color:#d93025}
+.cmce-key.cmce-doubtful{border-left:4px dashed #e37400}.cmce-key.cmce-rejected{border-left-color:#7b1fa2}
 #overview .caption-label{font-size:11px;padding:1px 4px;max-width:calc(100% - 6px);white-space:normal;line-height:1.25}
 """
 

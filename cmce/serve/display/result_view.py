@@ -173,7 +173,7 @@ def _data_uri(jpeg: bytes) -> str:
 RESULTS_LEGEND = ("<div class='cmce-legend'><span class='cmce-key cmce-correct'>green: same person</span> "
                   "<span class='cmce-key cmce-wrong'>red, solid: someone else (a wrong match)</span> "
                   "<span class='cmce-key cmce-doubtful'>amber, dashed: a doubtful photo</span> "
-                  "<span class='cmce-key'>rejected faces never match (purple, crossed out in the overview)</span></div>")
+                  "<span class='cmce-key cmce-rejected'>purple, crossed out (overview only): rejected, never a match</span></div>")
 
 _UNKNOWN_MARKS = {
     "absent": (" ✓ (not in the gallery)", " cmce-correct"),
