@@ -333,4 +333,5 @@ class BundleAllowList:
             return None
         shown = target if len(target) <= 100 else target[:99] + "…"
         return (f"{shown!r} is not among the bundles this server may load: the shipped ones, and the Hub ids "
-                f"or folders the operator lists in CMCE_BUNDLES (hub:* allows any Hub id)")
+                f"or folders the operator lists in CMCE_BUNDLES (hub:* allows any Hub id; CMCE_ALLOW_LOCAL_BUNDLES=1 "
+                f"any folder)")
