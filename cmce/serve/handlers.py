@@ -458,6 +458,7 @@ class DemoServer:
         session = self._session(state, request)
         name = Path(image).name
         label = clip(identity.strip(), 100) or query_label(name)
+        img = None
         try:
             img = load_image(image, name=clip(name, 60), limits=self.limits.image)  # size, then header, then decode
             rejected = self._rejected(session.gallery, reject_by, rate, threshold, score)
@@ -466,8 +467,10 @@ class DemoServer:
         except (CmceError, gr.Error) as e:  # no face, unreadable photo, empty gallery, a refused threshold: the
             message = clean(e.message if isinstance(e, gr.Error) else e)  # old results make way for the message
             gr.Warning(message)
-            return (None, gr.update(choices=display.face_choices(1), value=0), f"<p>{html.escape(message)}</p>",
-                    {"error": message}, session)
+            # an unreadable photo resets the face choice; a photo refused for the gallery's sake (empty, a
+            # refused threshold) keeps it, so that the same face is searched once the gallery is back
+            face_choice = gr.update(choices=display.face_choices(1), value=0) if img is None else gr.update()
+            return None, face_choice, f"<p>{html.escape(message)}</p>", {"error": message}, session
         g = session.gallery
         presence = person_presence([e.label for e in g.entries], g.positions, label or None, rejected, g.doubt().doubtful)
         return (display.annotate_faces(img, result.faces, result.chosen),
