@@ -106,3 +106,32 @@ def test_docstring_examples_of_the_input_checks(module) -> None:
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.failed == 0 and result.attempted >= 1
+
+
+def test_the_query_photo_reaches_the_handler_undecoded(tmp_path, monkeypatch) -> None:
+    """query_photo hands over the upload's path without opening it, and writes a base64 data URL to a
+    file as it is (capped, never decoded): the app's own checks run first (issue 24)."""
+    import base64
+
+    from gradio.components.image import ImageData
+    from PIL import Image
+
+    from cmce.io.images import ImageLimits
+    from cmce.serve.guard import query_photo
+
+    def no_open(*args, **kwargs):
+        raise AssertionError("the upload was opened before the handler")
+
+    monkeypatch.setattr(Image, "open", no_open)
+    with gr.Blocks():
+        photo = query_photo(label="Query photo", limits=ImageLimits(max_bytes=1000))
+    assert photo.preprocess(ImageData(path=str(tmp_path / "bomb.png"))) == str(tmp_path / "bomb.png")
+    assert photo.preprocess(None) is None
+    data = b"\x89PNG\r\n\x1a\n not decoded"
+    written = photo.preprocess(ImageData(url="data:image/png;base64," + base64.b64encode(data).decode()))
+    assert Path(written).read_bytes() == data
+    Path(written).unlink()
+    with pytest.raises(gr.Error, match="not valid base64"):
+        photo.preprocess(ImageData(url="data:image/png;base64,@@@"))
+    with pytest.raises(gr.Error, match="larger than the limit of 1000 bytes"):
+        photo.preprocess(ImageData(url="data:image/png;base64," + "A" * 4000))
