@@ -34,6 +34,7 @@ from cmce.method.bundle_model import bundle_summary
 from cmce.method.engine import FaceEngine
 from cmce.method.unknown import UNKNOWN_BY
 from cmce.serve import display, story
+from cmce.serve.guard import GuardedBlocks, query_photo
 from cmce.serve.handlers import BUNDLE_SCORE, REJECT_BY, DemoServer, calibrated_threshold, prepare_query, typed_threshold
 from cmce.serve.sessions import shipped_bundles
 from cmce.serve.workdirs import TempFolders
@@ -95,6 +96,10 @@ CSS = """
 .cmce-label{font-weight:600;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .cmce-members{font-size:.7rem;opacity:.8}
 .cmce-empty{font-size:.8rem;opacity:.7}
+.cmce-legend{display:flex;flex-wrap:wrap;gap:2px 14px;font-size:.75rem;margin:0 0 8px}
+.cmce-key{padding-left:6px;border-left:4px solid var(--border-color-primary)}
+.cmce-key.cmce-correct{border-left-color:#1e8e3e}.cmce-key.cmce-wrong{border-left-color:#d93025}
+.cmce-key.cmce-doubtful{border-left:4px dashed #e37400}.cmce-key.cmce-rejected{border-left-color:#7b1fa2}
 #overview .caption-label{font-size:11px;padding:1px 4px;max-width:calc(100% - 6px);white-space:normal;line-height:1.25}
 """
 
@@ -286,8 +291,8 @@ def _search_section(page: _Page) -> None:
     gr.Markdown("## 2 · Search")
     with gr.Row():
         with gr.Column(scale=2):
-            page.query = gr.Image(label="Query photo", type="filepath", sources=["upload", "webcam", "clipboard"],
-                             height=260, elem_id="query-image")
+            page.query = query_photo(label="Query photo", sources=["upload", "webcam", "clipboard"],  # never decoded
+                                     height=260, elem_id="query-image", limits=LIMITS.image)  # before the checks
             gr.Examples([[str(p)] for p, _ in EXAMPLE_QUERIES], inputs=[page.query], label="Example queries",
                         example_labels=[t for _, t in EXAMPLE_QUERIES], api_visibility="private")
         with gr.Column(scale=2):
@@ -327,18 +332,21 @@ def _wire(page: _Page) -> None:
     search_outputs = [page.faces_img, page.face, page.results, page.results_json, page.state]
     upload_outputs = [page.state, page.report_md, page.report_json]
 
-    def after_gallery_change(event):
-        return (event.then(refresh_overview, [page.state, page.order, *rejection], [page.overview, page.overview_md],
-                           api_visibility="private")
-                .then(refresh_plots, [page.state, *rejection], [page.rc_plot, page.hist_plot, page.plots_note],
-                      api_visibility="private"))
+    def after_gallery_change(event, research: bool = True):
+        """Overview and plots of the changed gallery, then the shown results searched again (or cleared)."""
+        event = (event.then(refresh_overview, [page.state, page.order, *rejection], [page.overview, page.overview_md],
+                            api_visibility="private")
+                 .then(refresh_plots, [page.state, *rejection], [page.rc_plot, page.hist_plot, page.plots_note],
+                       api_visibility="private"))
+        return event.then(search, search_inputs, search_outputs, api_name="search_after_gallery_change",
+                          api_visibility="private", **SEARCH_QUEUE) if research else event
 
     def after_bundle_switch(event, search_name: str):
         """Picker in step with the session, the query searched again (the new bundle's columns), then
         the overview and plots."""
         synced = event.then(picked_bundle, [page.state], [page.picker], api_visibility="private")
         return after_gallery_change(synced.then(search, search_inputs, search_outputs, api_name=search_name,
-                                                api_visibility="private", **SEARCH_QUEUE))
+                                                api_visibility="private", **SEARCH_QUEUE), research=False)
 
     bundle_outputs = [page.state, page.bundle_md, page.bundle_note, *rejection]
     indexed = page.index_btn.click(index_gallery, [page.files, page.folder, page.folder_paths, page.state], upload_outputs,
@@ -354,7 +362,7 @@ def _wire(page: _Page) -> None:
             [*bundle_outputs, page.report_md, page.report_json, page.query], api_visibility="private", **INDEX_QUEUE)
             .then(picked_bundle, [page.state], [page.picker], api_visibility="private")
             .then(search, search_inputs, search_outputs, api_name="search_after_example",
-                  api_visibility="private", **SEARCH_QUEUE))
+                  api_visibility="private", **SEARCH_QUEUE), research=False)
     after_gallery_change(page.clear_btn.click(clear_gallery, [page.state], [page.state, page.report_md, page.report_json],
                                          api_visibility="private"))
     after_bundle_switch(page.load_btn.click(load_bundle_ui, [page.hub_id, page.hub_rev, page.state], bundle_outputs,
@@ -363,11 +371,15 @@ def _wire(page: _Page) -> None:
                                       **BUNDLE_QUEUE), "search_after_pick_bundle")
     page.score.input(pick_score, [page.score, page.state], [page.threshold], api_visibility="private")
     page.threshold.input(typed_threshold, None, [page.reject_by], api_visibility="private")
+    gr.on([page.threshold.change, page.score.change], DEMO.threshold_info, [page.threshold, page.score, page.state],
+          [page.threshold], trigger_mode="always_last", api_visibility="private")  # the help follows the box
     gr.on([page.order.change, page.reject_by.change, page.rate.change, page.threshold.change, page.score.change], refresh_overview,
           [page.state, page.order, *rejection], [page.overview, page.overview_md], trigger_mode="always_last",
           api_visibility="private").then(
         refresh_plots, [page.state, *rejection], [page.rc_plot, page.hist_plot, page.plots_note], trigger_mode="always_last",
-        api_visibility="private")
+        api_visibility="private").then(  # the shown results follow the rejection controls
+        search, search_inputs, search_outputs, api_name="search_after_rejection", api_visibility="private",
+        **SEARCH_QUEUE)
     page.search_btn.click(search, search_inputs, search_outputs, api_name="search", **SEARCH_QUEUE)
     page.query.change(prepare_query, [page.query], [page.face, page.identity], api_visibility="private").then(
         search, search_inputs, search_outputs, api_name="search_new_photo", api_visibility="private",
@@ -381,7 +393,7 @@ def _wire(page: _Page) -> None:
 def create_demo(engine: FaceEngine | None) -> gr.Blocks:
     """The Blocks app; ``engine`` gives the defaults shown (None: no bundle could be loaded)."""
     page = _Page()
-    with gr.Blocks(title="CMCE Face Search", delete_cache=(1800, 3600)) as demo:
+    with GuardedBlocks(title="CMCE Face Search", delete_cache=(1800, 3600)) as demo:  # no blank error
         page.state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=DEMO.expire)
         gr.Markdown(
             "# CMCE Face Search\n"

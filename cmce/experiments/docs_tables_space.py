@@ -1,5 +1,6 @@
 """Tables of ``docs/public-space.md``, rendered from the test harnesses' JSON
-(``tests/harness/load_test.py --soak ... --json``, ``crash_test.py --json``, ``fuzz_readers.py --json``).
+(``tests/harness/load_test.py --soak ... --json``, ``crash_test.py --json``, ``fuzz_readers.py --json``,
+``malformed_corpus.py --json``).
 
 Pure functions: a harness's JSON document in, a Markdown table (ending in a newline) out.
 ``SPACE_TABLES`` maps the renderer names a page's ``<!-- table: NAME FILE -->`` marker uses
@@ -13,7 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from cmce.errors import CmceError
 from cmce.experiments.docs_tables_base import one_doc
 
-__all__ = ["SPACE_TABLES", "render_crash_test", "render_fuzz_readers", "render_soak", "render_soak_summary"]
+__all__ = ["SPACE_TABLES", "render_crash_test", "render_fuzz_readers", "render_malformed_corpus", "render_soak",
+           "render_soak_summary"]
 
 #: The soak's endpoints in the table's order, and how the table names them (``{photos}``: photos per indexing).
 _SOAK_ROWS = {
@@ -138,10 +140,53 @@ def render_fuzz_readers(fuzz: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_malformed_corpus(corpus: Mapping) -> str:
+    """``malformed_corpus.py --json``: per endpoint, the cases sent (through gradio_client and raw HTTP)
+    and how each was answered; then the findings (bold): blank errors, server tracebacks, leaks (an
+    absolute server path in a message, or more than 200 characters of an echoed input) and whether
+    ``/load_bundle`` told existing server folders from missing ones.
+
+    Example:
+        >>> print(render_malformed_corpus({"cases": 10, "blank": 0, "leaks": 0, "tracebacks": 0,
+        ...     "by_endpoint": {"/search": {"named": 7, "answered": 1}, "/load_bundle": {"named": 2}},
+        ...     "bundle_oracle": {"existing": 10, "missing": 5, "told_apart": False}}), end="")
+        | endpoint | cases | refused with a message | answered (input usable) | blank error |
+        |---|---:|---:|---:|---:|
+        | `/load_bundle` | 2 | 2 | 0 | **0** |
+        | `/search` | 8 | 7 | 1 | **0** |
+        | all endpoints | 10 | 9 | 1 | **0** |
+        <BLANKLINE>
+        Server tracebacks during the run: **0**; leaks (a server path in a message, an echo over 200 characters): **0**; `/load_bundle` answers for 10 existing and 5 missing server folders: **the same**.
+    """
+    lines = ["| endpoint | cases | refused with a message | answered (input usable) | blank error |",
+             "|---|---:|---:|---:|---:|"]
+    totals = {"named": 0, "answered": 0, "blank": 0}
+    for endpoint, counts in sorted(corpus["by_endpoint"].items()):
+        unknown = sorted(set(counts) - set(totals))
+        if unknown:
+            raise CmceError(f"the corpus table does not know the outcomes {unknown}; known: {', '.join(totals)}")
+        n = sum(counts.values())
+        for outcome in totals:
+            totals[outcome] += counts.get(outcome, 0)
+        lines.append(f"| `{endpoint}` | {n:,} | {counts.get('named', 0):,} | {counts.get('answered', 0):,} "
+                     f"| **{counts.get('blank', 0):,}** |")
+    if sum(totals.values()) != corpus["cases"] or totals["blank"] != corpus["blank"]:
+        raise CmceError(f"the corpus counts do not add up: {totals} over {corpus['cases']} cases")
+    lines.append(f"| all endpoints | {corpus['cases']:,} | {totals['named']:,} | {totals['answered']:,} "
+                 f"| **{totals['blank']:,}** |")
+    oracle = corpus["bundle_oracle"]
+    told = "**told apart**" if oracle["told_apart"] else "**the same**"
+    return ("\n".join(lines) + "\n\n"
+            f"Server tracebacks during the run: **{corpus['tracebacks']:,}**; leaks (a server path in a message, "
+            f"an echo over 200 characters): **{corpus['leaks']:,}**; `/load_bundle` answers for "
+            f"{oracle['existing']} existing and {oracle['missing']} missing server folders: {told}.\n")
+
+
 #: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).
 SPACE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "soak": lambda docs: render_soak(one_doc(docs)),
     "soak-summary": lambda docs: render_soak_summary(one_doc(docs)),
     "crash-test": lambda docs: render_crash_test(one_doc(docs)),
     "fuzz-readers": lambda docs: render_fuzz_readers(one_doc(docs)),
+    "malformed-corpus": lambda docs: render_malformed_corpus(one_doc(docs)),
 }

@@ -17,9 +17,12 @@ What is handled:
 * decompression bombs: the pixel count in the header is checked against
   :attr:`ImageLimits.max_pixels` before any pixel is decoded (a JPEG over it is
   decoded at 1/2, 1/4 or 1/8 scale when that fits, as big phone photos need), and Pillow's own
-  bomb warning and error come out as :class:`~cmce.errors.ImageError`.  Nothing
-  global is changed (``Image.MAX_IMAGE_PIXELS`` and
-  ``ImageFile.LOAD_TRUNCATED_IMAGES`` keep their values).
+  cap (``Image.MAX_IMAGE_PIXELS``) is applied the same way, as an
+  :class:`~cmce.errors.ImageError`, never as a warning.  Nothing global is changed
+  (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES`` and the ``warnings``
+  filters keep their values), so reading images from many threads at once is safe: the header
+  is identified by Pillow's format plugins directly, without ``Image.open``'s bomb warning,
+  and the size check runs before ``load()``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import logging
 import os
 import re
 import stat
-import warnings
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +42,7 @@ from typing import BinaryIO
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from cmce.errors import ImageError, LimitError
 
@@ -139,7 +142,7 @@ def load_image(
         return _pil_to_rgb(_exif_upright(source, display_name), display_name)
     data = _read_encoded(source, display_name, limits)
     with _pillow_bomb_guard(display_name, limits), _open_lazily(data, display_name) as pil_image:
-        _fit_jpeg_in_budget(pil_image, limits)
+        _fit_jpeg_in_budget(pil_image, _effective(limits))
         _check_pixels(pil_image.size, display_name, limits)
         _decode(pil_image, display_name)
         return _pil_to_rgb(_exif_upright(pil_image, display_name), display_name)
@@ -312,41 +315,71 @@ def _fit_jpeg_in_budget(pil_image: Image.Image, limits: ImageLimits) -> None:
             return
 
 
+def _effective(limits: ImageLimits) -> ImageLimits:
+    """``limits`` with Pillow's own cap (``Image.MAX_IMAGE_PIXELS``, read, never changed) on top."""
+    pillow_cap = Image.MAX_IMAGE_PIXELS
+    if pillow_cap is None or pillow_cap >= limits.max_pixels:
+        return limits
+    return ImageLimits(max_pixels=int(pillow_cap), max_bytes=limits.max_bytes)
+
+
 def _check_pixels(size: tuple[int, int], name: str, limits: ImageLimits) -> None:
+    """Refuse a size over ``limits.max_pixels`` or Pillow's own cap, whichever is lower."""
     width, height = size
     pixels = width * height
-    if pixels > limits.max_pixels:
-        raise _pixel_error(name, pixels, limits, size)
+    effective = _effective(limits)
+    if pixels > effective.max_pixels:
+        raise _pixel_error(name, pixels, effective, size)
 
 
 @contextlib.contextmanager
 def _pillow_bomb_guard(name: str, limits: ImageLimits) -> Iterator[None]:
-    """Turn Pillow's decompression-bomb warning and error into :class:`ImageError`.
+    """Turn Pillow's decompression-bomb error into :class:`ImageError`.
 
-    The warnings filter is changed only inside the ``with`` block.
+    Only the exception is caught: no ``warnings`` filter is touched (``warnings.catch_warnings``
+    changes process-wide state, unsafe with concurrent requests). The header was checked
+    before decoding, so Pillow's bomb warning cannot fire on a frame within the budget.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            yield
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            match = _PILLOW_BOMB_PIXELS.search(str(e))
-            pixels = int(match.group(1)) if match else None
-            raise _pixel_error(name, pixels, limits) from e
+    try:
+        yield
+    except Image.DecompressionBombError as e:
+        match = _PILLOW_BOMB_PIXELS.search(str(e))
+        pixels = int(match.group(1)) if match else None
+        raise _pixel_error(name, pixels, _effective(limits)) from e
 
 
 def _open_lazily(data: bytes, name: str) -> Image.Image:
-    """Open (identify) an encoded image without decoding its pixels."""
+    """Identify an encoded image from its header, without decoding a pixel.
+
+    The same steps as ``Image.open`` (each format's ``accept`` on the first 16 bytes, then its
+    image class, which reads only the header), less its decompression-bomb check: that check
+    warns through the process-wide ``warnings`` machinery, and the caller checks the size
+    itself before ``load()`` (:func:`_check_pixels`).
+    """
     Image.init()
-    formats = [fmt for fmt in Image.OPEN if fmt not in _REFUSED_FORMATS]
-    try:
-        return Image.open(io.BytesIO(data), formats=formats)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise
-    except UnidentifiedImageError as e:
-        raise ImageError(f"{name}: not a readable image (cannot identify image file)") from e
-    except Exception as e:  # Pillow plugins raise many types on malformed headers
-        raise ImageError(f"{name}: not a readable image ({e})") from e
+    prefix = data[:16]
+    for fmt in Image.ID:
+        if fmt in _REFUSED_FORMATS or fmt not in Image.OPEN:
+            continue
+        factory, accept = Image.OPEN[fmt]
+        try:
+            accepted = not accept or accept(prefix)
+            if not accepted or isinstance(accepted, str):  # a str: the format's reason to refuse it
+                continue
+            return factory(io.BytesIO(data), "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # not this format after all (what Image.open does too)
+        except Image.DecompressionBombError:
+            raise
+        except Exception as e:  # Pillow plugins raise many types on malformed headers
+            raise ImageError(f"{name}: not a readable image ({_short(e)})") from e
+    raise ImageError(f"{name}: not a readable image (cannot identify image file)")
+
+
+def _short(error: BaseException, limit: int = 100) -> str:
+    """An exception's message for a user, at most ``limit`` characters."""
+    text = str(error) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _decode(pil_image: Image.Image, name: str) -> None:

@@ -247,6 +247,14 @@ class SlidingQuota:
             self._uses.append((now, int(amount)))
 
 
+def _is_dir(text: str) -> bool:
+    """Whether ``text`` names a folder; False for what cannot be a path (too long, a NUL, an unknown ``~user``)."""
+    try:
+        return Path(text).expanduser().is_dir()
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
 @dataclass(frozen=True)
 class BundleAllowList:
     """Which bundles a session may load (``CMCE_BUNDLES``).
@@ -308,13 +316,22 @@ class BundleAllowList:
         return self.any_hub or repo_id in self.hub_ids
 
     def refusal(self, target: str) -> str | None:
-        """Why ``target`` (a Hub id or folder, not a shipped bundle) may not be loaded; None if it may."""
-        if Path(target).expanduser().exists():
-            if self.allows_folder(target):
-                return None
-            return (f"{target}: local bundle folders are not allowed here (the operator lists them in "
-                    f"CMCE_BUNDLES, or sets CMCE_ALLOW_LOCAL_BUNDLES=1)")
-        if self.allows_hub(target):
+        """Why ``target`` (a Hub id or folder, not a shipped bundle) may not be loaded; None if it may.
+
+        Every refused target gets the same answer, whether or not a folder of that name exists on
+        the server (no oracle for the server's files); the target is repeated, cut to 100 characters.
+
+        >>> allow = BundleAllowList.parse("org/a")
+        >>> allow.refusal("org/a") is None
+        True
+        >>> allow.refusal("/etc").replace("/etc", "X") == allow.refusal("/no/such").replace("/no/such", "X")
+        True
+        """
+        if _is_dir(target) and self.allows_folder(target):
             return None
-        return (f"{target} is not among the bundles this server may load: the shipped ones, "
-                f"and Hub ids the operator lists in CMCE_BUNDLES (hub:* allows any)")
+        if _HUB_ID.match(target) and not target.startswith((".", "/", "~")) and self.allows_hub(target):
+            return None
+        shown = target if len(target) <= 100 else target[:99] + "…"
+        return (f"{shown!r} is not among the bundles this server may load: the shipped ones, and the Hub ids "
+                f"or folders the operator lists in CMCE_BUNDLES (hub:* allows any Hub id; CMCE_ALLOW_LOCAL_BUNDLES=1 "
+                f"any folder)")

@@ -22,7 +22,8 @@ from cmce.answer_metrics import (
 from cmce.method.answer_rules import AnswerPolicy, policy_features
 from cmce.method.unknown import CohortNorm
 
-__all__ = ["ANSWERS", "Answer", "DoubtMarks", "capped_rejection", "decide_answer", "doubt_marks"]
+__all__ = ["ANSWERS", "PRESENCE", "Answer", "DoubtMarks", "capped_rejection", "decide_answer", "doubt_marks",
+           "person_presence"]
 
 
 #: What a search can answer: a named person, or one of three kinds of "Unknown".
@@ -215,3 +216,41 @@ def capped_rejection(quality: np.ndarray, marks: DoubtMarks, calibrated_share: f
         order = np.lexsort((np.arange(len(q)), -np.nan_to_num(q, nan=-np.inf)))
         out[order[:k]] = True
     return out & marks.doubtful
+
+
+#: Where the query's person stands in the gallery, as an "Unknown" answer is explained: ``absent`` (no
+#: photo of them: Unknown is right), ``rejected`` (every photo of them is rejected: Unknown is what
+#: rejection asks for), ``doubtful`` (every photo doubtful or rejected) or ``present`` (a usable photo:
+#: Unknown is a miss).
+PRESENCE = ("absent", "rejected", "doubtful", "present")
+
+
+def person_presence(labels: Sequence[str | None], live: Sequence[int] | np.ndarray, person: str | None,
+                    rejected: np.ndarray | None = None, doubtful: np.ndarray | None = None) -> str | None:
+    """Where ``person`` stands among the gallery's live entries (one of ``PRESENCE``; None: no person given).
+
+    Args:
+        labels: the label of every entry position (deleted ones included).
+        live: the positions of the live entries.
+        person: the query's identity.
+        rejected, doubtful: (N,) bool over all positions (None: none).
+
+    Example: entries 0-2 are "Ann", "Bob", "Ann"; with both of Ann's rejected she is
+    ``rejected``, not ``absent``:
+
+    >>> r = np.array([True, False, True])
+    >>> person_presence(["Ann", "Bob", "Ann"], [0, 1, 2], "Ann", r), person_presence(["Ann", "Bob"], [0, 1], "Cy", r)
+    ('rejected', 'absent')
+    """
+    if person is None:
+        return None
+    mine = [int(i) for i in live if labels[int(i)] == person]
+    if not mine:
+        return "absent"
+    rej = np.zeros(len(labels), bool) if rejected is None else np.asarray(rejected, bool)
+    doubt = np.zeros(len(labels), bool) if doubtful is None else np.asarray(doubtful, bool)
+    if all(rej[i] for i in mine):
+        return "rejected"
+    if all(rej[i] or doubt[i] for i in mine):
+        return "doubtful"
+    return "present"

@@ -32,13 +32,43 @@ __all__ = [
     "FusionGate",
     "fusion_features",
     "QUALITY_DESCRIPTIONS",
+    "QUALITY_RANGES",
     "QUALITY_SCORES",
+    "check_threshold",
     "QualityModel",
     "fuse_members",
     "detection_doubt",
 ]
 
 QUALITY_SCORES = ("disagreement", "detection", "combined", "learned")
+
+#: The values each quality score can take (a rejection threshold outside them means nothing).
+#: ``detection`` is ``-log10 p`` clipped to [0, 6] (``cmce.method.quality``): 3 is p = 0.001.
+QUALITY_RANGES = {"disagreement": (0.0, 2.0), "detection": (0.0, 6.0), "combined": (0.0, 1.0), "learned": (0.0, 1.0)}
+
+
+def check_threshold(kind: str, value: object) -> float:
+    """A rejection threshold typed for the quality score ``kind``, as a float in its range.
+
+    Raises:
+        CmceError: not a number, not finite, or outside ``QUALITY_RANGES[kind]`` (the message gives the range).
+
+    >>> check_threshold("detection", "3")
+    3.0
+    >>> check_threshold("learned", 5)
+    Traceback (most recent call last):
+    ...
+    cmce.errors.CmceError: a learned threshold must be from 0 to 1 (the score's range), got 5
+    """
+    low, high = QUALITY_RANGES.get(kind, (-np.inf, np.inf))
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (np.isfinite(number) and low <= number <= high):
+        shown = str(value) if len(str(value)) <= 40 else str(value)[:39] + "…"
+        raise CmceError(f"a {kind} threshold must be from {low:g} to {high:g} (the score's range), got {shown}")
+    return number
 
 #: What each quality score measures, in words for the app and the model card.
 QUALITY_DESCRIPTIONS = {

@@ -29,15 +29,17 @@ from cmce.io.limits import BundleAllowList, ServerLimits, SlidingQuota, check_re
 from cmce.io.uploads import collect_uploads, query_label
 from cmce.method.bundle_model import bundle_summary
 from cmce.method.engine import FaceEngine
-from cmce.method.ensemble import QUALITY_SCORES
+from cmce.method.answers import person_presence
+from cmce.method.ensemble import QUALITY_SCORES, check_threshold
 from cmce.method.report import gallery_risk_coverage
 from cmce.method.unknown import UNKNOWN_BY
 from cmce.serve import display
+from cmce.serve.guard import clean, clip, user_error
 from cmce.serve.sessions import Engines, ExampleCache, Session, SessionRegistry, ShippedBundle
 from cmce.serve.workdirs import TempFolders
 
 __all__ = ["BUNDLE_SCORE", "REJECT_BY", "DemoServer", "calibrated_threshold", "link_or_copy", "prepare_query",
-           "relative_names", "typed_threshold"]
+           "relative_names", "typed_threshold", "whole_number"]
 
 logger = logging.getLogger("cmce.app")
 
@@ -50,6 +52,54 @@ BUNDLE_SCORE = "bundle"  # the rejection-score choice that follows the session's
 def calibrated_threshold(engine: FaceEngine | None, score: str | None = None) -> float | None:
     """A score's calibrated rejection threshold, rounded for the Number widget (None: not calibrated)."""
     return display.readable_number(engine.bundle.calibration.threshold_for(score)) if engine else None
+
+
+def whole_number(value: object, what: str, low: int, high: int) -> int:
+    """An integer input from ``low`` to ``high``; a user error naming ``what`` and the range otherwise.
+
+    >>> whole_number("3", "k", 1, 10), whole_number(2.0, "k", 1, 10)
+    (3, 2)
+    """
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not (np.isfinite(number) and number == int(number) and low <= number <= high):
+        raise user_error(f"{what} must be a whole number from {low} to {high}, got {clip(value, 40)}")
+    return int(number)
+
+
+def _text(value: object, what: str) -> str:
+    """A text input (None: empty); a user error for anything but a string."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise user_error(f"{what} must be text, got {type(value).__name__}")
+    return value
+
+
+def _paths(value: object, what: str) -> list[str]:
+    """A list of uploaded files' paths (None: none); a user error for anything else."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
+        raise user_error(f"{what} must be a list of uploaded files, got {type(value).__name__}")
+    return list(items)
+
+
+MAX_RATE = 0.9  # the rejection-rate slider's end
+
+
+def _rate(value: object) -> float:
+    """A rejection rate from 0 to ``MAX_RATE``; a user error otherwise (NaN, infinities, text included)."""
+    try:
+        rate = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        rate = float("nan")
+    if not (np.isfinite(rate) and 0.0 <= rate <= MAX_RATE):
+        raise user_error(f"The rejection rate must be a share from 0 to {MAX_RATE:g}, got {clip(value, 40)}")
+    return rate
 
 
 def typed_threshold() -> Any:
@@ -134,7 +184,7 @@ class DemoServer:
         if state is not None and not state.closed:
             return state
         if self.engines.default is None:
-            raise gr.Error(f"No bundle is loaded ({self.engines.default_error}). Load one under 'Model bundle'.")
+            raise user_error(f"No bundle is loaded ({self.engines.default_error}). Load one under 'Model bundle'.")
         return self._register(self._open_session(self.engines.default), request)
 
     def expire(self, session: Session | None) -> None:
@@ -149,17 +199,23 @@ class DemoServer:
                   score: str | None = None):
         """Rejection mask from the controls: none (the default: doubtful faces are marked, not
         rejected), the score's calibrated threshold, a typed threshold or a rate."""
+        if reject_by not in REJECT_BY:
+            raise user_error(f"Reject by must be one of {', '.join(REJECT_BY)}, got {clip(reject_by, 40)}")
+        if score not in (None, BUNDLE_SCORE, *QUALITY_SCORES):
+            raise user_error(f"The rejection score must be one of {', '.join((BUNDLE_SCORE, *QUALITY_SCORES))}, "
+                             f"got {clip(score, 40)}")
         score = score if score in QUALITY_SCORES else None
-        if reject_by not in REJECT_BY[1:]:
+        if reject_by == "none":
             return np.zeros(len(gallery.entries), bool)
         try:
             if reject_by == "rate" and rate is not None:
-                return gallery.rejected(rate=float(rate), quality=score)
+                return gallery.rejected(rate=_rate(rate), quality=score)
             if reject_by == "threshold" and threshold is not None:
-                return gallery.rejected(threshold=float(threshold), quality=score)
+                kind = score or gallery.bundle.calibration.quality.kind
+                return gallery.rejected(threshold=check_threshold(kind, threshold), quality=score)
             return gallery.rejected(quality=score)  # the score's calibrated threshold in this session's bundle
         except CmceError as e:
-            raise gr.Error(str(e)) from e
+            raise user_error(f"Not rejected: {e}") from None
 
     def _threshold_update(self, engine: FaceEngine | None, score: str | None) -> Any:
         score = score if score in QUALITY_SCORES else None
@@ -177,6 +233,17 @@ class DemoServer:
                 self._threshold_update(engine, None),
                 gr.update(choices=self.score_choices(engine), value=BUNDLE_SCORE,
                           label=display.score_choice_label(engine.bundle)))
+
+    def threshold_info(self, threshold: float | None, score: str | None, state: Session | None):
+        """The help under the threshold box, for the value now in it (and a warning for a value out of range)."""
+        engine = state.engine if state is not None and not state.closed else self.engines.default
+        score = score if score in QUALITY_SCORES else None
+        kind = score or (engine.bundle.calibration.quality.kind if engine else "disagreement")
+        try:
+            typed = None if threshold is None else check_threshold(kind, threshold)
+        except CmceError as e:
+            return gr.update(info=f"⚠ {clean(e)}: not used.")
+        return gr.update(info=display.threshold_help(kind, calibrated_threshold(engine, score), typed))
 
     def pick_score(self, score: str, state: Session | None, request: gr.Request):
         """Another rejection score: its own calibrated threshold, in its own unit."""
@@ -196,16 +263,14 @@ class DemoServer:
         Returns the session, the bundle card, a note on what happened, and the new bundle's
         rejection defaults.
         """
-        target, rev = (repo_id or "").strip() or None, (revision or "").strip() or None
+        target = _text(repo_id, "The bundle id").strip() or None
+        rev = _text(revision, "The revision").strip() or None
         shipped = self.shipped.get(target or "")
         if shipped is not None:  # shipped bundles are always allowed
             target, rev = str(shipped.path), None
-        elif target and Path(target).expanduser().exists() and not self.allowed.allows_folder(target):
-            raise gr.Error("Type a Hub id of the form org/name (local folders need CMCE_ALLOW_LOCAL_BUNDLES=1 "
-                           "or their path in CMCE_BUNDLES).")
         keep = gr.update()
         unchanged = (keep,) * 4  # reject_by, rate, threshold, score unchanged
-        progress(0.1, desc=f"Loading {(repo_id or '').strip() or 'the default bundle'} (Hub download if needed)")
+        progress(0.1, desc=f"Loading {clip((repo_id or '').strip(), 60) or 'the default bundle'} (Hub download if needed)")
         try:
             if target and shipped is None and (refused := self.allowed.refusal(target)):
                 raise LimitError(refused)
@@ -215,8 +280,8 @@ class DemoServer:
                 self.hub_loads.take(1)  # whole server: bundles from outside assets/ fetched per hour
             engine = self.engines.load(target, rev) if target or rev else (self.engines.default or self.engines.load(None))
         except CmceError as e:  # refused, unreachable Hub, missing repo, broken bundle: keep the current one
-            gr.Warning(f"{e}. The current bundle stays in use.", duration=None)
-            return state, keep, f"**Not loaded:** {e}. The current bundle stays in use.", *unchanged
+            gr.Warning(f"{clean(e)}. The current bundle stays in use.", duration=None)
+            return state, keep, f"**Not loaded:** {clean(e)}. The current bundle stays in use.", *unchanged
         progress(0.8, desc="Models loaded")
         card = display.bundle_markdown(bundle_summary(engine.bundle))
         if state is None or state.closed:
@@ -231,8 +296,8 @@ class DemoServer:
                 try:
                     gallery = state.gallery.reproject(engine)
                 except CmceError as e:  # no backbone in common: the gallery stays with the current bundle
-                    gr.Warning(f"{e}. The current bundle and gallery stay in use.", duration=None)
-                    return (state, keep, f"**Not switched:** {e}. The current bundle and gallery stay in use.",
+                    gr.Warning(f"{clean(e)}. The current bundle and gallery stay in use.", duration=None)
+                    return (state, keep, f"**Not switched:** {clean(e)}. The current bundle and gallery stay in use.",
                             *unchanged)
                 note = display.reprojection_markdown(gallery.load_report, self.shipped_name(engine) or engine.bundle.source,
                                                      engine.bundle.query_model)
@@ -260,8 +325,9 @@ class DemoServer:
 
         Returns the session, a markdown report and the report as a dict.
         """
+        files, folder = _paths(files, "files"), _paths(folder, "folder")
+        folder_paths = _text(folder_paths, "folder_paths")
         session = self._session(state, request)
-        files, folder = list(files or []), list(folder or [])
         if not files and not folder:
             gr.Warning("Choose some images, a zip/tar archive or a folder first.")
             return session, "Nothing uploaded yet.", {}
@@ -271,7 +337,8 @@ class DemoServer:
             session.added_faces.check(1)
             session.indexed_bytes.take(size, format_amount=format_bytes)
         except (CmceError, OSError) as e:
-            raise gr.Error(str(e) if isinstance(e, CmceError) else f"Could not read the uploaded files ({e})") from e
+            raise user_error(str(e) if isinstance(e, CmceError) else
+                             f"Could not read the uploaded files ({e.strerror or type(e).__name__})") from None
         batch = Path(tempfile.mkdtemp(dir=session.workdir, prefix="upload-"))
         try:
             moved, seen = [], {}
@@ -286,9 +353,10 @@ class DemoServer:
                 report = session.gallery.add_images(upload.items, progress=lambda f, m: progress(f, desc=m))
             session.added_faces.charge(report.added)
         except CmceError as e:
-            raise gr.Error(str(e)) from e
+            raise user_error(e) from None
         except OSError as e:
-            raise gr.Error(f"Could not read the uploaded files ({e.strerror or e}); please upload them again.") from e
+            raise user_error(f"Could not read the uploaded files ({e.strerror or type(e).__name__}); please upload "
+                             "them again.") from None
         finally:
             shutil.rmtree(batch, ignore_errors=True)
         return (session, display.index_report_markdown(report, upload, session.gallery),
@@ -296,17 +364,17 @@ class DemoServer:
 
     def load_example_gallery(self, name: str, state: Session | None, request: gr.Request, progress=gr.Progress()):
         """Replace this session's gallery with an example gallery (indexed once per bundle, then copied)."""
-        session = self._session(state, request)
-        folder = self.example_galleries.get(name)
+        folder = self.example_galleries.get(name) if isinstance(name, str) else None
         if folder is None:
-            raise gr.Error(f"Unknown example gallery {name!r}; choose one of {list(self.example_galleries)}")
+            raise user_error(f"Unknown example gallery {clip(name, 60)!r}; choose one of {list(self.example_galleries)}")
+        session = self._session(state, request)
         progress(0.0, desc="Loading the example gallery")
         try:
             with session.busy:
                 saved, report, upload = self.example_cache.get(session.engine, folder, lambda f, m: progress(f, desc=m))
                 session.gallery = Gallery.load(saved, session.engine, self.limits)
         except CmceError as e:
-            raise gr.Error(str(e)) from e
+            raise user_error(e) from None
         session.risk_cache = None
         return (session, display.index_report_markdown(report, upload, session.gallery),
                 display.index_report_dict(report, upload, session.gallery))
@@ -335,7 +403,10 @@ class DemoServer:
         """Thumbnails of every entry (rejected ones framed red, doubtful ones amber) and a summary."""
         if state is None or state.closed or not len(state.gallery):
             return [], display.overview_summary(None, [])
-        rejected = self._rejected(state.gallery, reject_by, rate, threshold, score)
+        try:
+            rejected = self._rejected(state.gallery, reject_by, rate, threshold, score)
+        except gr.Error as e:  # a refused threshold or rate: said where the counts stand, the tiles kept
+            return gr.update(), f"**Rejection not applied:** {e.message}"
         return (display.overview_tiles(state.gallery, rejected, order),
                 display.overview_summary(state.gallery, rejected, score=score if score in QUALITY_SCORES else None))
 
@@ -349,7 +420,10 @@ class DemoServer:
             state.risk_cache = (*key, gallery_risk_coverage(g))
         rc = state.risk_cache[2]
         live = g.positions
-        rejected = self._rejected(g, reject_by, rate, threshold, score)[live]
+        try:
+            rejected = self._rejected(g, reject_by, rate, threshold, score)[live]
+        except gr.Error as e:  # a refused threshold or rate: the plots kept, the note says why
+            return gr.update(), gr.update(), f"**Rejection not applied:** {e.message}"
         quality = g.bundle.calibration.quality_model(score if score in QUALITY_SCORES else None)
         hist = display.uncertainty_figure(g.quality_scores(quality.kind)[live], rejected, rc.is_query & ~rc.hits,
                                           quality.description, log_scale=quality.log_axis,
@@ -372,29 +446,36 @@ class DemoServer:
         Returns the photo with numbered face boxes, the face choice, the side-by-side
         results (HTML), the results as a dict, and the session.
         """
-        if image is None:
-            return None, gr.update(), "", {}, state
+        if image is None:  # no photo (or it was removed): nothing to show
+            return None, gr.update(), "<p>Choose a query photo to search.</p>", {}, state
+        if not isinstance(image, str):
+            raise user_error(f"The query photo must be an uploaded image file, got {type(image).__name__}")
+        face_index = whole_number(0 if face is None else face, "Face", 0, 999)
+        k = whole_number(k, "Matches per column", 1, 10)
+        identity = _text(identity, "Who is it?")
+        if unknown_by not in UNKNOWN_BY:
+            raise user_error(f"Say Unknown must be one of {', '.join(UNKNOWN_BY)}, got {clip(unknown_by, 40)}")
         session = self._session(state, request)
         name = Path(image).name
+        label = clip(identity.strip(), 100) or query_label(name)
+        img = None
         try:
-            face_index = int(face or 0)
-        except (TypeError, ValueError):
-            raise gr.Error(f"Face must be a face number from the list, got {face!r}") from None
-        label = (identity or "").strip() or query_label(name)
-        if unknown_by not in UNKNOWN_BY:
-            raise gr.Error(f"unknown_by must be one of {', '.join(UNKNOWN_BY)}, got {str(unknown_by)[:40]!r}")
-        try:
-            img = load_image(image, name=name)
+            img = load_image(image, name=clip(name, 60), limits=self.limits.image)  # size, then header, then decode
             rejected = self._rejected(session.gallery, reject_by, rate, threshold, score)
-            result = session.gallery.search_image(img, face_index=face_index, k=int(k), rejected=rejected, name=name,
+            result = session.gallery.search_image(img, face_index=face_index, k=k, rejected=rejected, name=clip(name, 60),
                                                   unknown_by=unknown_by)
-        except CmceError as e:  # no face, unreadable photo, empty gallery: reported, not a crash
-            gr.Warning(str(e))
-            return (None, gr.update(choices=display.face_choices(1), value=0), f"<p>{html.escape(str(e))}</p>",
-                    {"error": str(e)}, session)
+        except (CmceError, gr.Error) as e:  # no face, unreadable photo, empty gallery, a refused threshold: the
+            message = clean(e.message if isinstance(e, gr.Error) else e)  # old results make way for the message
+            gr.Warning(message)
+            # an unreadable photo resets the face choice; a photo refused for the gallery's sake (empty, a
+            # refused threshold) keeps it, so that the same face is searched once the gallery is back
+            face_choice = gr.update(choices=display.face_choices(1), value=0) if img is None else gr.update()
+            return None, face_choice, f"<p>{html.escape(message)}</p>", {"error": message}, session
+        g = session.gallery
+        presence = person_presence([e.label for e in g.entries], g.positions, label or None, rejected, g.doubt().doubtful)
         return (display.annotate_faces(img, result.faces, result.chosen),
                 gr.update(choices=display.face_choices(len(result.faces)), value=result.chosen),
                 display.result_html(result, session.gallery, label, rejected),
                 {**display.result_dict(result, session.engine.bundle.query_model, label,
-                                       session.engine.bundle.calibration), "unknown_by": unknown_by},
+                                       session.engine.bundle.calibration, presence), "unknown_by": unknown_by},
                 session)

@@ -57,7 +57,7 @@ READING_GUIDE = (
     "(a 0.1% false-accept rate per comparison): the column does not claim to know the person. "
     "A **doubtful** gallery face (◌, amber "
     "dashed frame) scores above the bundle's calibrated quality threshold: it is still searched, and "
-    "marked wherever it appears. A **rejected** face (red frame; only when you choose to reject) never "
+    "marked wherever it appears. A **rejected** face (purple frame, crossed out; only when you choose to reject) never "
     "matches, and a query whose best match it is answers unknown rather than naming the next person. "
     "The rejection line under each table is the paper's metric: Recall@1 of the queries kept after "
     "rejection."

@@ -129,6 +129,47 @@ def test_pillow_bomb_warning_becomes_image_error(tmp_path: Path) -> None:
     assert Image.MAX_IMAGE_PIXELS == pillow_limit
 
 
+def test_reading_changes_no_process_wide_state_and_is_safe_from_many_threads(tmp_path: Path, monkeypatch) -> None:
+    """Bombs of 79-179 MP (around Pillow's warning and error thresholds) and good photos read by 8
+    threads at once: every bomb is refused by name, every photo decoded, and the ``warnings``
+    filters are never replaced (``warnings.catch_warnings`` swaps them process-wide, issue 24)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    bombs = [write_bilevel_png(tmp_path / f"bomb{side}.png", side, rows_written=1)
+             for side in (8_900, 9_500, 13_400)]  # 79, 90 and 179.6 megapixels
+    photo = _save(Image.fromarray(_noise_rgb()), tmp_path / "photo.png")
+    swaps = []
+    original = warnings.filters
+
+    class Watched(list):  # a filters list that records any replacement of itself
+        pass
+
+    watched = Watched(original)
+    monkeypatch.setattr(warnings, "filters", watched)
+    lock = threading.Lock()
+    for change in ("simplefilter", "filterwarnings", "resetwarnings"):  # any filter change is recorded
+        monkeypatch.setattr(warnings, change, lambda *a, change=change, **k: swaps.append(change))
+
+    def read(path: Path) -> str:
+        if warnings.filters is not watched:
+            with lock:
+                swaps.append(path.name)
+        try:
+            return f"decoded {load_image(path).shape}"
+        except ImageError as e:
+            return str(e)
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(read, [*bombs, photo] * 8))
+    assert not swaps and warnings.filters is watched
+    for outcome, path in zip(outcomes, [*bombs, photo] * 8):
+        if path == photo:
+            assert outcome == "decoded (64, 48, 3)"
+        else:
+            assert outcome.startswith(f"{path.name}: image has ") and "refused before decoding" in outcome, outcome
+
+
 def test_custom_pixel_limit(tmp_path: Path) -> None:
     path = _save(Image.new("RGB", (100, 100)), tmp_path / "small.png")
     with pytest.raises(ImageError, match=r"small\.png: .*10,000 pixels, over the limit of 5,000"):

@@ -30,14 +30,17 @@ def _face(box) -> Face:
     return Face(box=box, probability=0.99, landmarks=((0, 0),) * 5, image_size=(200, 100))
 
 
-def test_entry_tile_frames_rejected_entries_red():
+def test_entry_tile_frames_rejected_entries_purple_and_crossed_out():
+    """Rejected gallery faces look like no match frame: not the red of a wrong match (issue 24)."""
     kept = np.asarray(display.entry_tile(_jpeg(), rejected=False))
     rejected = np.asarray(display.entry_tile(_jpeg(), rejected=True))
     assert kept.shape == rejected.shape == (128, 128, 3)
-    assert tuple(rejected[1, 64]) == display.REJECTED_RED
+    assert tuple(rejected[1, 64]) == display.REJECTED_PURPLE
     assert abs(int(kept[1, 64][1]) - 128) < 10  # untouched green
-    centre = rejected[64, 64].astype(int)
-    assert max(centre) - min(centre) < 3  # greyed
+    off_line = rejected[40, 40].astype(int)
+    assert max(off_line) - min(off_line) < 3  # greyed
+    assert np.abs(rejected[64, 63].astype(int) - display.REJECTED_PURPLE).max() < 40  # the diagonal cross-out
+    assert display.REJECTED_PURPLE != (217, 48, 37)  # the red of a wrong match (.cmce-wrong)
 
 
 def test_entry_tile_frames_doubtful_entries_amber_and_dashed():
@@ -47,7 +50,7 @@ def test_entry_tile_frames_doubtful_entries_amber_and_dashed():
     assert 0.3 < np.mean(edge) < 0.7  # dashed: about half the edge
     assert abs(int(doubtful[64, 64][1]) - 128) < 10  # in colour, not greyed
     both = np.asarray(display.entry_tile(_jpeg(), rejected=True, doubtful=True))
-    assert tuple(both[1, 64]) == display.REJECTED_RED  # rejected wins: one mark per face
+    assert tuple(both[1, 64]) == display.REJECTED_PURPLE  # rejected wins: one mark per face
 
 
 def test_captions_and_choices():

@@ -307,3 +307,56 @@ def test_story_and_a_bundle_example_in_one_click(app_server, tmp_path):
         page.locator("#results").scroll_into_view_if_needed()
         page.screenshot(path=str(tmp_path / "app_story_columns.png"))
         shutil.copy(tmp_path / "app_story_columns.png", SCREENS / "app_story_columns.png")
+
+
+def test_results_follow_the_rejection_controls_and_the_gallery(app_server, tmp_path):
+    """Issue 24: results never outlive the state they were computed in. A threshold that rejects every
+    face re-runs the search (the old match disappears; the column says every photo of her is rejected,
+    not that she is absent), the help under the box follows the typed value, and "Clear gallery"
+    clears the results."""
+    query = Path(__file__).resolve().parents[2] / "assets" / "examples" / "queries" / "Eileen_Collins_04.jpg"
+    with _open_page(app_server["url"]) as page:
+        page.locator("button", has_text="Two pioneers, clean (5 photos)").first.click()
+        _wait_text(page, "#index-report", "faces indexed from 5 files")
+        _idle(page)
+        page.locator("#query-image input[type=file]").set_input_files(str(query))
+        _wait_text(page, "#results", "query identity: Eileen_Collins")
+        _idle(page)
+        ensemble = page.locator("#results section[data-view=ensemble]")
+        top = ensemble.locator("li.cmce-match").first
+        assert "Eileen_Collins" in top.inner_text() and "cmce-correct" in top.get_attribute("class")
+        assert "red, solid: someone else" in page.inner_text("#results")  # the legend
+        _shot(page, tmp_path, "app_state_before")
+
+        # every face rejected: a threshold at the bottom of the score's range
+        box = page.locator("#reject-threshold input[type=number]")
+        box.fill("0")
+        box.press("Enter")
+        _wait_text(page, "#results", "every photo of them here is rejected")
+        _idle(page)
+        assert page.locator("#reject-by input[value=threshold]").is_checked()
+        assert ensemble.locator("li.cmce-match").count() == 0, "a rejected face is still shown as a match"
+        assert "Eileen_Collins ✓" not in page.inner_text("#results")
+        assert "not in the gallery" not in page.inner_text("#results")
+        assert "This box: 0" in page.inner_text("#reject-threshold")  # the help follows the value
+        assert "⊘ purple frame" in page.inner_text("#overview-summary")
+        _shot(page, tmp_path, "app_state_all_rejected")
+
+        # an out-of-range threshold is refused visibly, and the results say so
+        box.fill("5")
+        box.press("Enter")
+        _wait_text(page, "#results", "threshold must be from 0 to")
+        _idle(page)
+        assert "not used" in page.inner_text("#reject-threshold")
+
+        # nothing rejected again: she is found; then the gallery cleared: the results go
+        page.locator("#reject-by").get_by_text("none (mark doubtful faces)", exact=True).click()
+        _wait_text(page, "#results", "query identity: Eileen_Collins")
+        _idle(page)
+        assert "Eileen_Collins" in ensemble.locator("li.cmce-match").first.inner_text()
+        page.click("#clear-btn")
+        _wait_text(page, "#index-report", "Gallery cleared")
+        _idle(page)
+        assert page.locator("#results li.cmce-match").count() == 0, "results of the cleared gallery still shown"
+        assert "Eileen_Collins" not in page.inner_text("#results")
+        _shot(page, tmp_path, "app_state_cleared")

@@ -7,6 +7,7 @@ default bundle, or with ``CMCE_BUNDLE`` until the default bundle is built.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -64,11 +65,16 @@ def test_index_then_search_in_one_session(app_server, people):
     with pytest.raises(AppError, match=r"not in the list of choices: \['normalised', 'strict', 'similarity'\]"):
         client.predict(image=handle_file(str(query)), unknown_by="loose", api_name="/search")
     # every face rejected: a rejected best match blocks ("Unknown" naming its person), never the next person
-    *_, blocked = client.predict(image=handle_file(str(query)), reject_by="threshold", threshold=-1.0,
+    *_, blocked = client.predict(image=handle_file(str(query)), reject_by="threshold", threshold=0.0,
                                  api_name="/search")
     ens = blocked["views"]["ensemble"]
     assert ens["unknown"] and ens["answer_kind"] == "doubtful" and ens["matches"] == [], ens
     assert f"rejected photo of {target.name}" in ens["reason"]
+    assert blocked["query_person"] == "rejected" and result["query_person"] == "present"  # not "absent" (issue 24)
+    for outside in (-1.0, 5.0):  # a threshold outside the score's range is refused, by name (issue 24)
+        *_, refused = client.predict(image=handle_file(str(query)), reject_by="threshold", threshold=outside,
+                                     api_name="/search")
+        assert "threshold must be from 0 to" in refused["error"], refused
     gallery_models = _view_names(app_server["bundle"]) - {"ensemble", "query"}
     assert set(ensemble["matches"][0]["member_similarities"]) >= gallery_models
     for view in result["views"]:
@@ -163,12 +169,15 @@ def test_upgrade_from_the_old_bundle(app_server, people):
 
 
 def test_local_folder_typed_by_hand_needs_permission(app_server):
-    """A shipped bundle is picked by name; its folder path typed by hand is a local folder (refused)."""
-    from gradio_client.exceptions import AppError
-
+    """A shipped bundle is picked by name; its folder path typed by hand is a local folder (refused), with
+    the very answer a folder that does not exist gets (issue 24: no oracle for the server's files)."""
     client = Client(app_server["url"], verbose=False)
-    with pytest.raises(AppError, match="CMCE_ALLOW_LOCAL_BUNDLES"):
-        client.predict(repo_id=str(app_server["bundle"]), revision="", api_name="/load_bundle")
+    notes = []
+    for target in (str(app_server["bundle"]), str(app_server["bundle"]) + "-missing"):
+        _, note, *_ = client.predict(repo_id=target, revision="", api_name="/load_bundle")
+        assert "Not loaded" in note and "CMCE_ALLOW_LOCAL_BUNDLES" in note, note
+        notes.append(re.sub(r"'[^']*'", "TARGET", note))
+    assert notes[0] == notes[1] and str(app_server["bundle"]) not in notes[0]
 
 
 def test_hostile_uploads_are_reported_and_the_rest_indexed(app_server, people, tmp_path):

@@ -28,7 +28,7 @@ from cmce.serve.display.bundle_text import (
 from cmce.serve.display.gallery_view import (
     DOUBTFUL_AMBER,
     ORDERS,
-    REJECTED_RED,
+    REJECTED_PURPLE,
     entry_caption,
     entry_tile,
     index_report_dict,
@@ -52,7 +52,7 @@ __all__ = [
     "DOUBTFUL_AMBER",
     "ORDERS",
     "QUALITY_UNITS",
-    "REJECTED_RED",
+    "REJECTED_PURPLE",
     "RULE_DESCRIPTIONS",
     "annotate_faces",
     "answer_rule_note",

@@ -114,7 +114,8 @@ def answer_rule_note(calibration) -> str:
 
 QUALITY_UNITS = {
     "disagreement": "mean cosine distance between the members' embeddings of the face (0 = they agree; 2 = opposite)",
-    "detection": "detector doubt, -log10 of the face detector's probability (0 = certain; 3 = probability 0.999)",
+    "detection": "detector doubt, -log10 of the face detector's probability p (0 = certain, p = 1; "
+                 "0.000434 = p 0.999; 3 = p 0.001; at most 6)",
     "combined": "mean percentile rank of disagreement and detector doubt in the calibration gallery (0 to 1)",
     "learned": "predicted chance that a search for this person misses at rank 1 (0 to 1)",
 }
@@ -127,18 +128,36 @@ def readable_number(value: float | None, digits: int = 3) -> float | None:
     return float(f"{value:.{digits}g}")
 
 
-def threshold_help(kind: str, threshold: float | None) -> str:
-    """One line under the threshold box: the score's unit and what the value means."""
+def _meaning(kind: str, value: float) -> str:
+    """What a value of the score means, in words (empty where the unit says it all)."""
+    if kind == "detection":
+        return f" = a detector probability of {10 ** -value:.6g}"
+    if kind == "learned":
+        return f" = searches predicted to miss {100 * value:.3g}% of the time"
+    return ""
+
+
+def threshold_help(kind: str, threshold: float | None, typed: float | None = None) -> str:
+    """One line under the threshold box: the score's unit, what the value in the box means, and the
+    calibrated threshold when the box holds another value.
+
+    ``threshold`` is the calibrated threshold (None: not calibrated), ``typed`` the value in the
+    box (None: the box holds the calibrated one).
+
+    >>> threshold_help("detection", 0.000434, 3).split("This box: ")[1]
+    '3 = a detector probability of 0.001, rejected above it; calibrated: 0.000434 (p 0.999).'
+    """
     unit = QUALITY_UNITS.get(kind, kind)
+    if typed is not None and (threshold is None or readable_number(typed) != readable_number(threshold)):
+        calibrated = ("not calibrated for this score" if threshold is None else
+                      f"calibrated: {readable_number(threshold):g}"
+                      + (f" (p {10 ** -threshold:.3g})" if kind == "detection" else ""))
+        return (f"Unit: {unit}. This box: {readable_number(typed):g}{_meaning(kind, typed)}, "
+                f"rejected above it; {calibrated}.")
     if threshold is None:
         return f"Unit: {unit}. Not calibrated for this score: rejection falls back to the rate."
-    extra = ""
-    if kind == "detection":
-        extra = f" (a detector probability of {10 ** -threshold:.6g})"
-    elif kind == "learned":
-        extra = f" (searches predicted to miss {100 * threshold:.3g}% of the time)"
-    return (f"Unit: {unit}. Calibrated threshold {readable_number(threshold)}{extra}: 'calibrated' rejects "
-            "above it, 'threshold' above the value in this box.")
+    return (f"Unit: {unit}. This box holds the calibrated threshold, {readable_number(threshold):g}"
+            f"{_meaning(kind, threshold)}: 'calibrated' and 'threshold' both reject above it.")
 
 
 def score_choice_label(bundle) -> str:

@@ -2,7 +2,7 @@
 
 Two marks on gallery faces, never confused: **doubtful** (amber, dashed: the bundle's
 quality score is above its calibrated threshold; the face is still searched) and
-**rejected** (red: the face never matches, and a query whose best match it is answers
+**rejected** (purple, crossed out: the face never matches, and a query whose best match it is answers
 "Unknown" rather than naming the next person).
 
 Every function is a pure function of its arguments; the app only passes them on.
@@ -29,14 +29,14 @@ from cmce.method.report import RiskCoverage
 from cmce.serve.display.bundle_text import answer_rule_note, readable_number
 from cmce.serve.display.text import short_label
 
-__all__ = ["DOUBTFUL_AMBER", "ORDERS", "REJECTED_RED", "entry_caption", "entry_tile", "index_report_dict", "index_report_markdown", "overview_summary", "overview_tiles", "rejected_entries", "risk_coverage_figure", "risk_coverage_note", "uncertainty_figure"]
+__all__ = ["DOUBTFUL_AMBER", "ORDERS", "REJECTED_PURPLE", "entry_caption", "entry_tile", "index_report_dict", "index_report_markdown", "overview_summary", "overview_tiles", "rejected_entries", "risk_coverage_figure", "risk_coverage_note", "uncertainty_figure"]
 
 
 ORDERS: tuple[str, ...] = ("upload order", "most uncertain first", "least uncertain first")
 """Sort orders of the gallery overview."""
 
 
-REJECTED_RED = (217, 48, 37)
+REJECTED_PURPLE = (123, 31, 162)  # no result frame uses it: a wrong match is red, a right one green
 
 
 DOUBTFUL_AMBER = (227, 116, 0)
@@ -142,7 +142,7 @@ def _dashed_frame(draw: ImageDraw.ImageDraw, size: int, width: int, colour: tupl
 
 
 def entry_tile(thumbnail: bytes, rejected: bool, size: int = 128, doubtful: bool = False) -> Image.Image:
-    """Square tile of a gallery thumbnail: rejected entries greyed inside a red frame,
+    """Square tile of a gallery thumbnail: rejected entries greyed, crossed out, inside a purple frame,
     doubtful ones (searched, marked) in colour inside a dashed amber frame."""
     img = Image.open(io.BytesIO(thumbnail)).convert("RGB")
     img = ImageOps.pad(img, (size, size), color=(240, 240, 240))
@@ -150,7 +150,8 @@ def entry_tile(thumbnail: bytes, rejected: bool, size: int = 128, doubtful: bool
     if rejected:
         img = ImageOps.grayscale(img).convert("RGB")
         draw = ImageDraw.Draw(img)
-        draw.rectangle((0, 0, size - 1, size - 1), outline=REJECTED_RED, width=w)
+        draw.rectangle((0, 0, size - 1, size - 1), outline=REJECTED_PURPLE, width=w)
+        draw.line((w, size - 1 - w, size - 1 - w, w), fill=REJECTED_PURPLE, width=max(w // 2, 2))
     elif doubtful:
         _dashed_frame(ImageDraw.Draw(img), size, w, DOUBTFUL_AMBER)
     return img
@@ -234,7 +235,7 @@ def overview_summary(gallery: Gallery | None, rejected: np.ndarray, limit: int =
     doubtful_only = marks.doubtful & ~rej
     d = int(doubtful_only[live].sum())
     quality = cal.quality_model(score)
-    counts = (f"**{n} faces**: **{r} rejected** (red frame: never a match; a query whose best match is rejected "
+    counts = (f"**{n} faces**: **{r} rejected** (⊘ purple frame, crossed out: never a match; a query whose best match is rejected "
               f"answers Unknown, never the next person), **{d} doubtful** (◌ amber dashed frame: searched, and "
               f"marked in the results). ")
     # an unfamiliar gallery: the note gives the count over the threshold and what it means

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from cmce.faces.geometry import Face
 from cmce.gallery.memory import Gallery
 from cmce.gallery.results import QueryResult, ViewResult
-from cmce.method.answers import Answer, decide_answer
+from cmce.method.answers import Answer, decide_answer, person_presence
 from cmce.serve.display.text import percent, short_label, uncertainty_text
 
 __all__ = ["annotate_faces", "face_choices", "result_dict", "result_html", "view_title"]
@@ -99,7 +99,7 @@ def _view_rule(calibration, view: str) -> str | None:
 
 
 def result_dict(result: QueryResult, query_model: str, query_label: str | None = None,
-                calibration=None) -> dict[str, Any]:
+                calibration=None, presence: str | None = None) -> dict[str, Any]:
     """The results of a query as plain JSON-able data (what API clients get).
 
     Per view: ``answer`` (the person named, or None), ``answer_kind`` (``match``, ``unknown``,
@@ -109,6 +109,8 @@ def result_dict(result: QueryResult, query_model: str, query_label: str | None =
     ``Calibration``; None: no rule), ``normalised`` and ``norm_threshold`` (the best
     match's cohort-normalised score and its threshold where that decided "Unknown", else
     None: the raw ``threshold`` did). Per match: ``doubtful`` (searched, and marked).
+    ``query_person`` (``presence``, see ``answers.PRESENCE``) says where the query's person stands in
+    the gallery: absent, every photo rejected, every photo doubtful or rejected, or present.
     """
     views = {}
     for name, v in result.views.items():
@@ -143,6 +145,7 @@ def result_dict(result: QueryResult, query_model: str, query_label: str | None =
         }
     return {
         "query_label": query_label,
+        "query_person": presence,
         "faces": [{"box": [round(x, 1) for x in f.box], "probability": round(f.probability, 4)} for f in result.faces],
         "chosen_face": result.chosen,
         "false_accept_rate": result.far,
@@ -165,6 +168,13 @@ def _data_uri(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
+#: The frames of the results, said once above them (rejected faces never appear here: the overview
+#: shows them crossed out in purple, a colour no match uses).
+RESULTS_LEGEND = ("<div class='cmce-legend'><span class='cmce-key cmce-correct'>green: same person</span> "
+                  "<span class='cmce-key cmce-wrong'>red, solid: someone else (a wrong match)</span> "
+                  "<span class='cmce-key cmce-doubtful'>amber, dashed: a doubtful photo</span> "
+                  "<span class='cmce-key cmce-rejected'>purple, crossed out (overview only): rejected, never a match</span></div>")
+
 _UNKNOWN_MARKS = {
     "absent": (" ✓ (not in the gallery)", " cmce-correct"),
     "rejected": (" · every photo of them here is rejected", " cmce-doubtful"),
@@ -175,19 +185,8 @@ _UNKNOWN_MARKS = {
 
 def _person_status(gallery: Gallery, query_label: str | None, rejected: np.ndarray | None,
                    doubtful: np.ndarray) -> str | None:
-    """``absent``, ``rejected`` (every photo), ``doubtful`` (every photo doubtful or rejected) or
-    ``present`` for the query's person among the live entries (None: no query label)."""
-    if query_label is None:
-        return None
-    mine = [i for i in gallery.positions if gallery.entries[i].label == query_label]
-    if not mine:
-        return "absent"
-    rej = np.zeros(len(gallery.entries), bool) if rejected is None else np.asarray(rejected, bool)
-    if all(rej[i] for i in mine):
-        return "rejected"
-    if all(rej[i] or doubtful[i] for i in mine):
-        return "doubtful"
-    return "present"
+    """Where the query's person stands among the live entries (``answers.person_presence``)."""
+    return person_presence([e.label for e in gallery.entries], gallery.positions, query_label, rejected, doubtful)
 
 
 def _reached(v: ViewResult, answer: Answer, score: float, far: float) -> str:
@@ -280,5 +279,5 @@ def result_html(
         )
     face = f"face {result.chosen + 1} of {len(result.faces)}"
     who = f" · query identity: <b>{html.escape(query_label)}</b>" if query_label else ""
-    return (f"<div class='cmce-results-head'>Results for {face}{who}</div>"
+    return (f"<div class='cmce-results-head'>Results for {face}{who}</div>{RESULTS_LEGEND}"
             f"<div class='cmce-results'>{''.join(cols)}</div>")
