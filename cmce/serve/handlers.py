@@ -24,6 +24,7 @@ import numpy as np
 from cmce.errors import CmceError, LimitError
 from cmce.gallery.ingest import GalleryLimits
 from cmce.gallery.memory import Gallery
+from cmce.gallery.verdict import query_verdict, searchable_labels
 from cmce.io.images import format_bytes, load_image
 from cmce.io.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes
 from cmce.io.uploads import collect_uploads, query_label
@@ -392,9 +393,11 @@ class DemoServer:
             gr.Warning(str(e))
             return (None, gr.update(choices=display.face_choices(1), value=0), f"<p>{html.escape(str(e))}</p>",
                     {"error": str(e)}, session)
+        query_model = session.engine.bundle.query_model
+        verdict = query_verdict(result, query_model, label, searchable_labels(session.gallery, rejected))
         return (display.annotate_faces(img, result.faces, result.chosen),
                 gr.update(choices=display.face_choices(len(result.faces)), value=result.chosen),
-                display.result_html(result, session.gallery, label, rejected),
-                {**display.result_dict(result, session.engine.bundle.query_model, label,
-                                       session.engine.bundle.calibration), "unknown_by": unknown_by},
+                display.result_html(result, session.gallery, label, rejected, verdict=verdict),
+                {**display.result_dict(result, query_model, label, session.engine.bundle.calibration),
+                 "verdict": verdict.as_dict(), "unknown_by": unknown_by},
                 session)

@@ -51,10 +51,10 @@ def test_entry_tile_frames_doubtful_entries_amber_and_dashed():
 
 
 def test_captions_and_choices():
-    assert display.entry_caption("Aaron_Peirsol", 0.412, False) == "Aaron_Peir… · u=0.41"
-    assert display.entry_caption("Ann", 0.5, True) == "rejected · u=0.50"
-    assert display.entry_caption("Aaron_Peirsol", 0.5, False, doubtful=True) == "◌ doubtful · Aaron_Pe… · u=0.50"
-    assert display.entry_caption("Ann", 0.5, True, doubtful=True) == "rejected · u=0.50"
+    assert display.entry_caption("Aaron_Peirsol", 0.412, False) == "Aaron_Peirsol · u=0.41"  # never cut
+    assert display.entry_caption("Ann", 0.5, True) == "rejected · Ann · u=0.50"
+    assert display.entry_caption("Aaron_Peirsol", 0.5, False, doubtful=True) == "◌ doubtful · Aaron_Peirsol · u=0.50"
+    assert display.entry_caption("Ann", 0.5, True, doubtful=True) == "rejected · Ann · u=0.50"
     assert display.entry_caption(None, 0.5, False).startswith("(no label)")
     from cmce.faces.image_quality import FaceImageQuality
 

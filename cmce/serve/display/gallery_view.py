@@ -27,7 +27,6 @@ from cmce.method.answers import DoubtMarks
 from cmce.method.ensemble import QUALITY_DESCRIPTIONS
 from cmce.method.report import RiskCoverage
 from cmce.serve.display.bundle_text import answer_rule_note, readable_number
-from cmce.serve.display.text import short_label
 
 __all__ = ["DOUBTFUL_AMBER", "ORDERS", "REJECTED_RED", "entry_caption", "entry_tile", "index_report_dict", "index_report_markdown", "overview_summary", "overview_tiles", "rejected_entries", "risk_coverage_figure", "risk_coverage_note", "uncertainty_figure"]
 
@@ -159,8 +158,8 @@ def entry_tile(thumbnail: bytes, rejected: bool, size: int = 128, doubtful: bool
 def entry_caption(label: str | None, uncertainty: float, rejected: bool, members: int | None = None,
                   of: int | None = None, face: Face | None = None, doubtful: bool = False,
                   image_quality: FaceImageQuality | None = None) -> str:
-    """``"Aaron_Peirsol · u=0.41"``, ``"rejected · u=0.41"`` or, for a doubtful entry (searched,
-    marked), ``"◌ doubtful · Aaron_Pei… · u=0.41"`` (the label kept short).
+    """``"Aaron_Peirsol · u=0.41"``, ``"rejected · Aaron_Peirsol · u=0.41"`` or, for a doubtful entry
+    (searched, marked), ``"◌ doubtful · Aaron_Peirsol · u=0.41"`` (the label never cut).
 
     An entry fused from fewer members than the ensemble has gets a badge,
     ``"… · ◐ 2/3 models"``; ``u=–`` means there was no pair of members to compare.
@@ -179,7 +178,8 @@ def entry_caption(label: str | None, uncertainty: float, rejected: bool, members
         badge += f" · found: {face.found_by}"
     if image_quality is not None and image_quality.known:
         badge += f" · {image_quality.describe()}"
-    name = "rejected" if rejected else f"◌ doubtful · {short_label(label, 9)}" if doubtful else short_label(label, 11)
+    name = label or "(no label)"  # never cut: the overview's captions wrap
+    name = f"rejected · {name}" if rejected else f"◌ doubtful · {name}" if doubtful else name
     return f"{name} · u={u}{badge}"
 
 
