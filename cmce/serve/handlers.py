@@ -32,12 +32,13 @@ from cmce.method.bundle_model import bundle_summary
 from cmce.method.engine import FaceEngine
 from cmce.method.ensemble import QUALITY_SCORES
 from cmce.method.report import gallery_risk_coverage
+from cmce.method.scoreboard import gallery_scoreboard
 from cmce.method.unknown import UNKNOWN_BY
 from cmce.serve import display
 from cmce.serve.sessions import Engines, ExampleCache, Session, SessionRegistry, ShippedBundle
 from cmce.serve.workdirs import TempFolders
 
-__all__ = ["BUNDLE_SCORE", "REJECT_BY", "DemoServer", "calibrated_threshold", "link_or_copy", "prepare_query",
+__all__ = ["BUNDLE_SCORE", "OVERVIEW_FIRST", "REJECT_BY", "DemoServer", "calibrated_threshold", "link_or_copy", "prepare_query",
            "relative_names", "typed_threshold"]
 
 logger = logging.getLogger("cmce.app")
@@ -46,6 +47,7 @@ logger = logging.getLogger("cmce.app")
 # for the score; threshold / rate: the user's
 REJECT_BY = ("none", "calibrated", "threshold", "rate")
 BUNDLE_SCORE = "bundle"  # the rejection-score choice that follows the session's bundle
+OVERVIEW_FIRST = 24  # faces the overview shows until "show all" is ticked
 
 
 def calibrated_threshold(engine: FaceEngine | None, score: str | None = None) -> float | None:
@@ -332,23 +334,32 @@ class DemoServer:
         return session, "Gallery cleared.", {}
 
     def refresh_overview(self, state: Session | None, order: str, reject_by: str, rate: float, threshold: float,
-                         score: str | None = None):
-        """Thumbnails of every entry (rejected ones framed red, doubtful ones amber) and a summary."""
+                         score: str | None = None, show_all: bool = True):
+        """Thumbnails of the entries (rejected ones framed red, doubtful ones amber; the first
+        ``OVERVIEW_FIRST`` unless ``show_all``) and a summary that says how many are shown."""
         if state is None or state.closed or not len(state.gallery):
             return [], display.overview_summary(None, [])
         rejected = self._rejected(state.gallery, reject_by, rate, threshold, score)
-        return (display.overview_tiles(state.gallery, rejected, order),
-                display.overview_summary(state.gallery, rejected, score=score if score in QUALITY_SCORES else None))
+        limit = len(state.gallery) if show_all else min(OVERVIEW_FIRST, len(state.gallery))
+        shown = (f"\n\nShowing {limit} of {len(state.gallery)} faces"
+                 + (" · tick **Show all faces** to see every one." if limit < len(state.gallery) else "."))
+        return (display.overview_tiles(state.gallery, rejected, order, limit=limit),
+                display.overview_summary(state.gallery, rejected, score=score if score in QUALITY_SCORES else None)
+                + shown)
 
     def refresh_plots(self, state: Session | None, reject_by: str, rate: float, threshold: float, score: str | None = None):
-        """Risk-coverage curve and quality-score histogram of this session's gallery."""
+        """Risk-coverage curve and quality-score histogram of this session's gallery, the note under
+        them, and its scoreboard (every column's leave-one-out Recall@1 and Unknown rate,
+        ``cmce.method.scoreboard``), both computed once per gallery state."""
         if state is None or state.closed or not len(state.gallery):
-            return None, None, "Index a labelled gallery to see how rejection works on it."
+            return (None, None, "Index a labelled gallery to see how rejection works on it.",
+                    display.scoreboard_markdown(None, None))
         g = state.gallery
         key = (len(g.entries), len(g))
-        if state.risk_cache is None or state.risk_cache[:2] != key:
-            state.risk_cache = (*key, gallery_risk_coverage(g))
-        rc = state.risk_cache[2]
+        if state.risk_cache is None or state.risk_cache[:2] != key:  # once per gallery state: stored vectors only
+            state.risk_cache = (*key, gallery_risk_coverage(g), gallery_scoreboard(g))
+        rc, board = state.risk_cache[2:]
+        board_md = display.scoreboard_markdown(board, g.bundle.query_model)
         live = g.positions
         rejected = self._rejected(g, reject_by, rate, threshold, score)[live]
         quality = g.bundle.calibration.quality_model(score if score in QUALITY_SCORES else None)
@@ -357,8 +368,8 @@ class DemoServer:
                                           threshold=g.bundle.calibration.threshold_for(quality.kind))
         note = display.risk_coverage_note(rc, g)
         if not rc.usable:
-            return None, hist, note
-        return display.risk_coverage_figure(rc, float(rejected.mean()), quality.kind), hist, note
+            return None, hist, note, board_md
+        return display.risk_coverage_figure(rc, float(rejected.mean()), quality.kind), hist, note, board_md
 
     def search(self, image: str | None, face: int | None = 0, k: int = 5, identity: str | None = None,
                reject_by: str = REJECT_BY[0], rate: float | None = None, threshold: float | None = None,

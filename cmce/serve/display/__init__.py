@@ -38,6 +38,7 @@ from cmce.serve.display.gallery_view import (
     rejected_entries,
     risk_coverage_figure,
     risk_coverage_note,
+    scoreboard_markdown,
     uncertainty_figure,
 )
 from cmce.serve.display.result_view import (
@@ -73,6 +74,7 @@ __all__ = [
     "risk_coverage_figure",
     "risk_coverage_note",
     "score_choice_label",
+    "scoreboard_markdown",
     "threshold_help",
     "uncertainty_figure",
     "unknown_rule_text",

@@ -22,13 +22,15 @@ from cmce.faces.geometry import Face
 from cmce.faces.image_quality import FaceImageQuality
 from cmce.gallery.ingest import IngestReport
 from cmce.gallery.memory import Gallery
+from cmce.gallery.verdict import column_title
 from cmce.io.uploads import UploadBatch
 from cmce.method.answers import DoubtMarks
 from cmce.method.ensemble import QUALITY_DESCRIPTIONS
 from cmce.method.report import RiskCoverage
+from cmce.method.scoreboard import Scoreboard
 from cmce.serve.display.bundle_text import answer_rule_note, readable_number
 
-__all__ = ["DOUBTFUL_AMBER", "ORDERS", "REJECTED_RED", "entry_caption", "entry_tile", "index_report_dict", "index_report_markdown", "overview_summary", "overview_tiles", "rejected_entries", "risk_coverage_figure", "risk_coverage_note", "uncertainty_figure"]
+__all__ = ["DOUBTFUL_AMBER", "ORDERS", "REJECTED_RED", "entry_caption", "entry_tile", "index_report_dict", "index_report_markdown", "overview_summary", "overview_tiles", "rejected_entries", "risk_coverage_figure", "risk_coverage_note", "scoreboard_markdown", "uncertainty_figure"]
 
 
 ORDERS: tuple[str, ...] = ("upload order", "most uncertain first", "least uncertain first")
@@ -363,3 +365,29 @@ def uncertainty_figure(uncertainty: np.ndarray, rejected: np.ndarray, wrong: np.
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def scoreboard_markdown(scoreboard: Scoreboard | None, query_model: str | None) -> str:
+    """The user's own "what the ensemble buys": one row per column of ``gallery_scoreboard``.
+
+    Recall@1 and the share of queries answered Unknown (best match under the column's
+    similarity threshold), and how many queries each column named right where the ensemble
+    did not, and the reverse. None (no gallery yet) or no query: what it needs.
+    """
+    if scoreboard is None or query_model is None or not scoreboard.usable:
+        return ("**Your gallery's scoreboard** needs labels: at least one person with two or more photos "
+                "(folders per person, or `Name_0001.jpg`-style names). Each labelled face then searches the "
+                "rest, and every column is scored.")
+    rows = [f"**Your gallery's scoreboard**: each of the {scoreboard.queries} labelled faces ({scoreboard.people} "
+            "people) whose person has another photo searches the rest with its query-model embedding, in every "
+            "column (stored vectors only: no photo is read again; Unknown: the best match is under the column's "
+            "similarity threshold).", "",
+            "| column | Recall@1 | says Unknown | right where the ensemble was not | ensemble right where it was not |",
+            "|---|---:|---:|---:|---:|"]
+    for c in scoreboard.columns:
+        name = column_title(c.view, query_model)
+        wins = ("–", "–") if c.view == "ensemble" else (str(c.right_where_ensemble_missed),
+                                                       str(c.missed_where_ensemble_right))
+        rows.append(f"| {'**' + name + '**' if c.view == 'ensemble' else name} | {100 * c.recall_at_1:.1f}% | "
+                    f"{100 * c.unknown_rate:.1f}% | {wins[0]} | {wins[1]} |")
+    return "\n".join(rows)

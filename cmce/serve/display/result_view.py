@@ -288,8 +288,8 @@ def result_html(
         kind = ("" if verdict.identity is None else
                 " cmce-correct" if verdict.column("ensemble").correct else " cmce-wrong") if any(
             c.view == "ensemble" for c in verdict.columns) else ""
-        extra = (f" <span>(the ensemble is right where {len(won)} of {len(verdict.columns) - 1} other "
-                 f"column{'s' if len(won) > 1 else ''} failed)</span>") if won else ""
+        extra = (f" <span>(the ensemble is right where {len(won)} of the {len(verdict.columns) - 1} other "
+                 f"columns failed)</span>") if won else ""
         line = (f"<div class='cmce-verdict-line{kind}' id='verdict-line'><b>Verdict:</b> "
                 f"{html.escape(verdict.text)}{extra}</div>")
     return (f"<div class='cmce-results-head'>Results for {face}{who}</div>{line}"
