@@ -161,6 +161,7 @@ load_bundle_ui, pick_bundle, picked_bundle, pick_score = (DEMO.load_bundle_ui, D
 index_gallery, load_example_gallery, open_bundle_example, clear_gallery = (
     DEMO.index_gallery, DEMO.load_example_gallery, DEMO.open_bundle_example, DEMO.clear_gallery)
 refresh_overview, refresh_plots, search = DEMO.refresh_overview, DEMO.refresh_plots, DEMO.search
+download_gallery, restore_gallery = DEMO.download_gallery, DEMO.restore_gallery
 
 
 def _unload(request: gr.Request) -> None:
@@ -197,6 +198,9 @@ class _Page:
     one_click: Any = None
     query_examples: Any = None
     show_all: Any = None
+    download_btn: Any = None
+    download_file: Any = None
+    restore_btn: Any = None
     scoreboard_md: Any = None
     report_json: Any = None
     order: Any = None
@@ -364,6 +368,13 @@ def _gallery_section(page: _Page, engine: FaceEngine | None) -> None:
                                    label="Threshold (reject quality score above)", scale=2, elem_id="reject-threshold",
                                    info=display.threshold_help(cal.quality.kind, calibrated_threshold(engine))
                                    if cal else None)
+    with gr.Row(equal_height=True):
+        page.download_btn = gr.Button("Download this gallery (.zip: embeddings and thumbnails, no photo)",
+                                      elem_id="download-btn", scale=2)
+        page.download_file = gr.File(label="Your gallery, to keep", interactive=False, height=60,
+                                     elem_id="gallery-download", scale=2)
+        page.restore_btn = gr.UploadButton("Restore a downloaded gallery", file_types=[".zip"], file_count="single",
+                                           elem_id="restore-btn", scale=2)
     page.overview_md = gr.Markdown(display.overview_summary(None, []), elem_id="overview-summary")
     page.show_all = gr.Checkbox(False, label=f"Show all faces (else the first {OVERVIEW_FIRST})",
                                 elem_id="overview-all")
@@ -425,6 +436,10 @@ def _wire(page: _Page) -> None:
             .then(picked_bundle, [page.state], [page.picker], api_visibility="private")
             .then(search, search_inputs, search_outputs, api_name="search_after_example",
                   api_visibility="private", **SEARCH_QUEUE))
+    page.download_btn.click(download_gallery, [page.state], [page.download_file], api_name="download_gallery",
+                            **INDEX_QUEUE)
+    after_gallery_change(page.restore_btn.upload(restore_gallery, [page.restore_btn, page.state], upload_outputs,
+                                                 api_name="restore_gallery", **INDEX_QUEUE))
     after_gallery_change(page.clear_btn.click(clear_gallery, [page.state], [page.state, page.report_md, page.report_json],
                                          api_visibility="private"))
     after_bundle_switch(page.load_btn.click(load_bundle_ui, [page.hub_id, page.hub_rev, page.state], bundle_outputs,

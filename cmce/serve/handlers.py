@@ -24,6 +24,8 @@ import numpy as np
 from cmce.errors import CmceError, LimitError
 from cmce.gallery.ingest import GalleryLimits
 from cmce.gallery.memory import Gallery
+from cmce.gallery.portable import export_gallery, import_gallery
+from cmce.gallery.searchable import detect_query
 from cmce.gallery.verdict import query_verdict, searchable_labels
 from cmce.io.images import format_bytes, load_image
 from cmce.io.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes
@@ -371,6 +373,54 @@ class DemoServer:
             return None, hist, note, board_md
         return display.risk_coverage_figure(rc, float(rejected.mean()), quality.kind), hist, note, board_md
 
+    def _faces_only(self, image: str, name: str, session: Session):
+        """The search's outputs for an empty gallery: the photo with its faces numbered, and what to do."""
+        try:
+            photo = detect_query(session.engine, load_image(image, name=name), name)
+        except CmceError as e:
+            gr.Warning(str(e))
+            return (None, gr.update(choices=display.face_choices(1), value=0), f"<p>{html.escape(str(e))}</p>",
+                    {"error": str(e)}, session)
+        found = len(photo.faces)
+        text = (f"{found} face{'s' if found != 1 else ''} found. The gallery is empty: upload photos or pick an "
+                "example gallery, and this photo is searched.")
+        return (display.annotate_faces(photo.image, photo.faces, 0 if found else None),
+                gr.update(choices=display.face_choices(found), value=0), f"<p>{html.escape(text)}</p>",
+                {"error": text, "faces": [{"box": [round(x, 1) for x in f.box], "probability": round(f.probability, 4)}
+                                          for f in photo.faces]}, session)
+
+    def download_gallery(self, state: Session | None, request: gr.Request = None) -> str:
+        """This session's gallery as one zip file (raw embeddings and thumbnails, no photo) to keep."""
+        session = self._session(state, request)
+        with session.busy:
+            try:
+                return str(export_gallery(session.gallery, session.workdir / f"cmce-gallery-{len(session.gallery)}-faces.zip"))
+            except CmceError as e:
+                raise gr.Error(str(e)) from e
+
+    def restore_gallery(self, file: str | None, state: Session | None, request: gr.Request = None):
+        """Replace this session's gallery with a downloaded one (``download_gallery``): the archive is
+        checked like any upload, and the gallery re-projected into this session's bundle, no photo read.
+
+        Returns the session, a markdown report and the report as a dict.
+        """
+        session = self._session(state, request)
+        if not file:
+            gr.Warning("Choose a gallery .zip downloaded from this app first.")
+            return session, "Nothing uploaded yet.", {}
+        try:
+            size = check_request_bytes([os.path.getsize(file)], self.server.max_request_bytes)
+            session.indexed_bytes.take(size, format_amount=format_bytes)
+            with session.busy:
+                restored = import_gallery(file, session.engine, session.workdir, limits=self.limits)
+                session.gallery, session.risk_cache = restored.gallery, None
+        except CmceError as e:
+            raise gr.Error(str(e)) from e
+        except OSError as e:
+            raise gr.Error(f"Could not read the uploaded gallery ({e.strerror or e}); please upload it again.") from e
+        return (session, display.restore_markdown(restored, Path(file).name, session.engine.bundle.query_model),
+                display.restore_dict(restored))
+
     def search(self, image: str | None, face: int | None = 0, k: int = 5, identity: str | None = None,
                reject_by: str = REJECT_BY[0], rate: float | None = None, threshold: float | None = None,
                score: str | None = None, unknown_by: str = UNKNOWN_BY[0], state: Session | None = None,
@@ -395,6 +445,8 @@ class DemoServer:
         label = (identity or "").strip() or query_label(name)
         if unknown_by not in UNKNOWN_BY:
             raise gr.Error(f"unknown_by must be one of {', '.join(UNKNOWN_BY)}, got {str(unknown_by)[:40]!r}")
+        if not len(session.gallery):  # nothing to search yet: still show the faces the photo holds
+            return self._faces_only(image, name, session)
         try:
             img = load_image(image, name=name)
             rejected = self._rejected(session.gallery, reject_by, rate, threshold, score)

@@ -22,6 +22,7 @@ from cmce.faces.geometry import Face
 from cmce.faces.image_quality import FaceImageQuality
 from cmce.gallery.ingest import IngestReport
 from cmce.gallery.memory import Gallery
+from cmce.gallery.portable import ImportedGallery
 from cmce.gallery.verdict import column_title
 from cmce.io.uploads import UploadBatch
 from cmce.method.answers import DoubtMarks
@@ -30,7 +31,7 @@ from cmce.method.report import RiskCoverage
 from cmce.method.scoreboard import Scoreboard
 from cmce.serve.display.bundle_text import answer_rule_note, readable_number
 
-__all__ = ["DOUBTFUL_AMBER", "ORDERS", "REJECTED_RED", "entry_caption", "entry_tile", "index_report_dict", "index_report_markdown", "overview_summary", "overview_tiles", "rejected_entries", "risk_coverage_figure", "risk_coverage_note", "scoreboard_markdown", "uncertainty_figure"]
+__all__ = ["DOUBTFUL_AMBER", "ORDERS", "REJECTED_RED", "entry_caption", "entry_tile", "index_report_dict", "index_report_markdown", "overview_summary", "overview_tiles", "rejected_entries", "risk_coverage_figure", "restore_dict", "restore_markdown", "risk_coverage_note", "scoreboard_markdown", "uncertainty_figure"]
 
 
 ORDERS: tuple[str, ...] = ("upload order", "most uncertain first", "least uncertain first")
@@ -391,3 +392,32 @@ def scoreboard_markdown(scoreboard: Scoreboard | None, query_model: str | None) 
         rows.append(f"| {'**' + name + '**' if c.view == 'ensemble' else name} | {100 * c.recall_at_1:.1f}% | "
                     f"{100 * c.unknown_rate:.1f}% | {wins[0]} | {wins[1]} |")
     return "\n".join(rows)
+
+
+def _labels(gallery: Gallery) -> dict[str, int]:
+    labels: dict[str, int] = {}
+    for i in gallery.positions:
+        lab = gallery.entries[i].label
+        if lab is not None:
+            labels[lab] = labels.get(lab, 0) + 1
+    return labels
+
+
+def restore_markdown(restored: ImportedGallery, name: str, query_model: str) -> str:
+    """What a gallery restored from a downloaded archive holds, and what was left out."""
+    g = restored.gallery
+    text = (f"**{len(g)} faces restored** from `{name}` ({len(_labels(g))} labelled people) in "
+            f"{restored.seconds:.2f} s: re-projected into {query_model}'s space from the stored embeddings, "
+            "no photo read again.")
+    if g.load_report is not None and g.load_report.lacking:
+        text += " " + g.load_report.summary()
+    if restored.skipped:
+        text += "\n\nLeft out of the archive: " + "; ".join(f"`{n}` ({why})" for n, why in restored.skipped[:10])
+    return text
+
+
+def restore_dict(restored: ImportedGallery) -> dict[str, Any]:
+    """The same as JSON-able data (what API clients get)."""
+    g = restored.gallery
+    return {"restored": len(g), "entries": len(g), "labels": _labels(g), "seconds": round(restored.seconds, 3),
+            "skipped": [list(x) for x in restored.skipped]}
