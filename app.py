@@ -110,6 +110,9 @@ CSS = """
   line-height:1.15;padding:1px 3px}
 #one-click .grid-container{grid-template-columns:repeat(auto-fill,minmax(120px,1fr))!important}
 #header .prose h1{margin-bottom:4px}
+#scoreboard table{font-size:.82rem}
+#scoreboard th,#scoreboard td{padding:4px 8px;overflow-wrap:normal;word-break:normal;hyphens:none}
+#scoreboard td:first-child{white-space:nowrap}
 #intro p{font-size:.9rem;margin:0}
 @media (max-width:640px){
   .cmce-results{display:flex;overflow-x:auto;scroll-snap-type:x mandatory;gap:8px;padding-bottom:6px}
@@ -121,8 +124,11 @@ CSS = """
 """
 
 # The browser keeps the folder structure of a folder upload only in webkitRelativePath;
-# remember it so that folder names can become identity labels.
-HEAD = """<script>
+# remember it so that folder names can become identity labels. (And one style rule the scoped css cannot hold.)
+HEAD = """<style>/* Gradio scopes the css above under .gradio-container; this must reach the container itself:
+clip (not hidden) lets the phone's sticky verdict line follow the page's scroll */
+@media (max-width:640px){.gradio-container{overflow:clip!important}}</style>
+<script>
 window.cmceFolderPaths = [];
 document.addEventListener("change", (e) => {
   const t = e.target;

@@ -383,7 +383,7 @@ def scoreboard_markdown(scoreboard: Scoreboard | None, query_model: str | None) 
             "people) whose person has another photo searches the rest with its query-model embedding, in every "
             "column (stored vectors only: no photo is read again; Unknown: the best match is under the column's "
             "similarity threshold).", "",
-            "| column | Recall@1 | says Unknown | right where the ensemble was not | ensemble right where it was not |",
+            "| column | Recall@1 | Unknown | right, ensemble not | ensemble right, it not |",
             "|---|---:|---:|---:|---:|"]
     for c in scoreboard.columns:
         name = column_title(c.view, query_model)
