@@ -137,6 +137,7 @@ document.addEventListener("change", (e) => {
   }
 }, true);
 </script>"""
+PREVIEW_PATHS_JS = "(...args) => { args[2] = (window.cmceFolderPaths || []).join('\\n'); return args; }"
 FOLDER_PATHS_JS = ("(...args) => { args[2] = (window.cmceFolderPaths || []).join('\\n'); "
                    "window.cmceFolderPaths = []; return args; }")
 
@@ -167,7 +168,7 @@ load_bundle_ui, pick_bundle, picked_bundle, pick_score = (DEMO.load_bundle_ui, D
 index_gallery, load_example_gallery, open_bundle_example, clear_gallery = (
     DEMO.index_gallery, DEMO.load_example_gallery, DEMO.open_bundle_example, DEMO.clear_gallery)
 refresh_overview, refresh_plots, search = DEMO.refresh_overview, DEMO.refresh_plots, DEMO.search
-download_gallery, restore_gallery = DEMO.download_gallery, DEMO.restore_gallery
+download_gallery, restore_gallery, preview_upload = DEMO.download_gallery, DEMO.restore_gallery, DEMO.preview_upload
 
 
 def _unload(request: gr.Request) -> None:
@@ -207,6 +208,7 @@ class _Page:
     download_btn: Any = None
     download_file: Any = None
     restore_btn: Any = None
+    upload_preview: Any = None
     scoreboard_md: Any = None
     report_json: Any = None
     order: Any = None
@@ -303,6 +305,7 @@ def _task_section(page: _Page) -> None:
                 page.folder = gr.File(label="A folder (one sub-folder per person)", file_count="directory",
                                       height=120, elem_id="gallery-folder")
             page.folder_paths = gr.Textbox("", visible=False)
+            page.upload_preview = gr.Markdown("", elem_id="upload-preview")
             with gr.Row():
                 page.index_btn = gr.Button("Index faces", variant="primary", elem_id="index-btn")
                 page.clear_btn = gr.Button("Clear gallery", elem_id="clear-btn")
@@ -442,6 +445,9 @@ def _wire(page: _Page) -> None:
             .then(picked_bundle, [page.state], [page.picker], api_visibility="private")
             .then(search, search_inputs, search_outputs, api_name="search_after_example",
                   api_visibility="private", **SEARCH_QUEUE))
+    for picked in (page.files.change, page.folder.change):  # the labels it will get, before indexing
+        picked(preview_upload, [page.files, page.folder, page.folder_paths], [page.upload_preview],
+               js=PREVIEW_PATHS_JS, api_visibility="private")
     page.download_btn.click(download_gallery, [page.state], [page.download_file], api_name="download_gallery",
                             **INDEX_QUEUE)
     after_gallery_change(page.restore_btn.upload(restore_gallery, [page.restore_btn, page.state], upload_outputs,

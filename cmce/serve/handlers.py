@@ -29,7 +29,7 @@ from cmce.gallery.searchable import detect_query
 from cmce.gallery.verdict import query_verdict, searchable_labels
 from cmce.io.images import format_bytes, load_image
 from cmce.io.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes
-from cmce.io.uploads import collect_uploads, query_label
+from cmce.io.uploads import collect_uploads, preview_labels, query_label
 from cmce.method.bundle_model import bundle_summary
 from cmce.method.engine import FaceEngine
 from cmce.method.ensemble import QUALITY_SCORES
@@ -298,6 +298,13 @@ class DemoServer:
             shutil.rmtree(batch, ignore_errors=True)
         return (session, display.index_report_markdown(report, upload, session.gallery),
                 display.index_report_dict(report, upload, session.gallery))
+
+    def preview_upload(self, files: list[str] | None, folder: list[str] | None = None,
+                       folder_paths: str | None = None) -> str:
+        """The labels the chosen files will get, before indexing (file names only; archives listed, not extracted)."""
+        files, folder = list(files or []), list(folder or [])
+        named = [(Path(p).name, p) for p in files] + list(zip(relative_names(folder, folder_paths), folder))
+        return display.label_preview_markdown(preview_labels(named) if named else None)
 
     def load_example_gallery(self, name: str, state: Session | None, request: gr.Request, progress=gr.Progress()):
         """Replace this session's gallery with an example gallery (indexed once per bundle, then copied)."""

@@ -152,6 +152,8 @@ def test_scoreboard_and_download_restore_give_the_same_results(app_server, label
         page.locator("#gallery-folder input[type=file]").set_input_files(str(root))
         page.wait_for_function("document.querySelectorAll('#gallery-folder tr, #gallery-folder li').length >= 8",
                                timeout=TIMEOUT_MS)
+        _wait_text(page, "#upload-preview", "8 images, 8 labelled, 4 people")  # before indexing
+        assert people[0].name in page.inner_text("#upload-preview")
         page.click("#index-btn")
         _wait_text(page, "#index-report", "faces indexed from 8 files")
         _wait_text(page, "#scoreboard", "CMCE ensemble")

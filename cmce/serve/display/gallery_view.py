@@ -24,14 +24,14 @@ from cmce.gallery.ingest import IngestReport
 from cmce.gallery.memory import Gallery
 from cmce.gallery.portable import ImportedGallery
 from cmce.gallery.verdict import column_title
-from cmce.io.uploads import UploadBatch
+from cmce.io.uploads import LabelPreview, UploadBatch
 from cmce.method.answers import DoubtMarks
 from cmce.method.ensemble import QUALITY_DESCRIPTIONS
 from cmce.method.report import RiskCoverage
 from cmce.method.scoreboard import Scoreboard
 from cmce.serve.display.bundle_text import answer_rule_note, readable_number
 
-__all__ = ["DOUBTFUL_AMBER", "ORDERS", "REJECTED_RED", "entry_caption", "entry_tile", "index_report_dict", "index_report_markdown", "overview_summary", "overview_tiles", "rejected_entries", "risk_coverage_figure", "restore_dict", "restore_markdown", "risk_coverage_note", "scoreboard_markdown", "uncertainty_figure"]
+__all__ = ["DOUBTFUL_AMBER", "ORDERS", "REJECTED_RED", "entry_caption", "entry_tile", "index_report_dict", "index_report_markdown", "label_preview_markdown", "overview_summary", "overview_tiles", "rejected_entries", "risk_coverage_figure", "restore_dict", "restore_markdown", "risk_coverage_note", "scoreboard_markdown", "uncertainty_figure"]
 
 
 ORDERS: tuple[str, ...] = ("upload order", "most uncertain first", "least uncertain first")
@@ -421,3 +421,17 @@ def restore_dict(restored: ImportedGallery) -> dict[str, Any]:
     g = restored.gallery
     return {"restored": len(g), "entries": len(g), "labels": _labels(g), "seconds": round(restored.seconds, 3),
             "skipped": [list(x) for x in restored.skipped]}
+
+
+def label_preview_markdown(preview: LabelPreview | None) -> str:
+    """Before indexing: the first files of an upload and the label each will get ('' for none)."""
+    if preview is None or (not preview.images and not preview.notes):
+        return ""
+    rows = [f"**Before indexing**: {preview.images} images, {preview.labelled} labelled, {preview.people} people. "
+            f"The first {len(preview.rows)}:", "", "| file | label |", "|---|---|"]
+    for name, label in preview.rows:
+        shown = name.replace("|", "\\|").replace("`", "'")
+        rows.append(f"| `{shown}` | {label.replace('|', '/') if label else '*(none: an unlabelled face)*'} |")
+    if preview.notes:
+        rows += ["", " ".join(preview.notes)]
+    return "\n".join(rows)
