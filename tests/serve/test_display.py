@@ -323,3 +323,17 @@ def test_a_name_reached_by_the_normalised_score_says_so_and_is_not_greyed():
     summary = {"open_set_far": 1e-3, "cohort_norm": {"cohort": 50, "thresholds": {}, "strangers_named": 0.05}}
     assert "does not stand out from the next 50 people" in unknown_rule_text(summary)
     assert unknown_rule_text({"open_set_far": 1e-3}) == "'unknown' thresholds set for a 0.1% false-accept rate"
+
+
+def test_the_verdict_line_sits_above_the_columns():
+    from cmce.gallery.verdict import query_verdict
+
+    gallery, result = _fake_result()
+    verdict = query_verdict(result, "sface", "ann", {"ann", "bob"})
+    html = display.result_html(result, gallery, query_label="ann", verdict=verdict)
+    line = html.split("<div class='cmce-verdict-line")[1].split("</div>")[0]
+    assert line.startswith(" cmce-correct'")  # the ensemble was right
+    assert "CMCE ensemble ✓ · m1 → sface ✗ (Unknown) · sface alone ✗ (bob)" in line
+    assert "right where 2 of the 2 other columns failed" in line
+    assert html.index("cmce-verdict-line") < html.index("<div class='cmce-results'>")
+    assert "cmce-verdict-line" not in display.result_html(result, gallery, query_label="ann")

@@ -285,9 +285,9 @@ def result_html(
     line = ""
     if verdict is not None:
         won = verdict.ensemble_only
-        kind = ("" if verdict.identity is None else
-                " cmce-correct" if verdict.column("ensemble").correct else " cmce-wrong") if any(
-            c.view == "ensemble" for c in verdict.columns) else ""
+        ensemble = next((c for c in verdict.columns if c.view == "ensemble"), None)
+        kind = "" if ensemble is None or ensemble.correct is None else (
+            " cmce-correct" if ensemble.correct else " cmce-wrong")
         extra = (f" <span>(the ensemble is right where {len(won)} of the {len(verdict.columns) - 1} other "
                  f"columns failed)</span>") if won else ""
         line = (f"<div class='cmce-verdict-line{kind}' id='verdict-line'><b>Verdict:</b> "
