@@ -228,3 +228,11 @@ def test_a_downloaded_gallery_restores_in_another_session_with_the_same_results(
         assert [(m["label"], m["similarity"]) for m in after["views"][view]["matches"]] == \
                [(m["label"], m["similarity"]) for m in v["matches"]], view
     assert after["verdict"] == before["verdict"]
+
+
+def test_a_query_on_an_empty_gallery_shows_its_faces(app_server, people):
+    client = Client(app_server["url"], verbose=False)
+    faces_image, face, html, result = client.predict(image=handle_file(str(sorted(people[0].glob("*.jpg"))[0])),
+                                                     api_name="/search")
+    assert faces_image and len(result["faces"]) >= 1  # the photo with its numbered face boxes
+    assert "The gallery is empty" in result["error"] and "1 face" in html
