@@ -98,6 +98,11 @@ CSS = """
 #overview .caption-label{font-size:11px;padding:1px 4px;max-width:calc(100% - 6px);white-space:normal;line-height:1.25;
   overflow-wrap:anywhere}
 #overview .grid-container{grid-template-columns:repeat(auto-fill,minmax(120px,1fr))!important}
+#overview .thumbnail-item{aspect-ratio:auto!important;height:auto!important;display:flex;flex-direction:column;
+  align-items:stretch}
+#overview .thumbnail-item img{height:110px!important;width:100%;object-fit:contain}
+#overview .caption-label{position:static!important;max-width:100%!important;transform:none!important;
+  margin:0!important;border-radius:0}
 .cmce-verdict-line{padding:6px 10px;border-radius:6px;margin:0 0 8px;font-size:.9rem;line-height:1.35;
   background:var(--background-fill-secondary);border:1px solid var(--border-color-primary)}
 .cmce-verdict-line span{font-size:.8rem;opacity:.85}
@@ -119,7 +124,11 @@ CSS = """
   .cmce-view{flex:0 0 86%;scroll-snap-align:start}
   .cmce-verdict-line{position:sticky;top:0;z-index:5}
   .cmce-results-head::after{content:" · swipe for the other columns →";opacity:.7}
-  #overview .grid-container{grid-template-columns:repeat(auto-fill,minmax(96px,1fr))!important}
+  #overview .grid-container{grid-template-columns:repeat(auto-fill,minmax(104px,1fr))!important}
+  #overview .thumbnail-item img{height:90px!important}
+  #scoreboard table{font-size:.72rem}
+  #scoreboard th,#scoreboard td{padding:3px 4px}
+  #scoreboard td:first-child{white-space:normal}
 }
 """
 
@@ -377,13 +386,13 @@ def _gallery_section(page: _Page, engine: FaceEngine | None) -> None:
                                    label="Threshold (reject quality score above)", scale=2, elem_id="reject-threshold",
                                    info=display.threshold_help(cal.quality.kind, calibrated_threshold(engine))
                                    if cal else None)
-    with gr.Row(equal_height=True):
-        page.download_btn = gr.Button("Download this gallery (.zip: embeddings and thumbnails, no photo)",
-                                      elem_id="download-btn", scale=2)
-        page.download_file = gr.File(label="Your gallery, to keep", interactive=False, height=60,
-                                     elem_id="gallery-download", scale=2)
+    with gr.Row():
+        page.download_btn = gr.Button("Download this gallery (.zip, no photos)",
+                                      elem_id="download-btn", size="md")
         page.restore_btn = gr.UploadButton("Restore a downloaded gallery", file_types=[".zip"], file_count="single",
-                                           elem_id="restore-btn", scale=2)
+                                           elem_id="restore-btn", size="md")
+    page.download_file = gr.File(label="Your gallery, to keep", interactive=False, visible=False,
+                                 elem_id="gallery-download")
     page.overview_md = gr.Markdown(display.overview_summary(None, []), elem_id="overview-summary")
     page.show_all = gr.Checkbox(False, label=f"Show all faces (else the first {OVERVIEW_FIRST})",
                                 elem_id="overview-all")
@@ -449,7 +458,8 @@ def _wire(page: _Page) -> None:
         picked(preview_upload, [page.files, page.folder, page.folder_paths], [page.upload_preview],
                js=PREVIEW_PATHS_JS, api_visibility="private")
     page.download_btn.click(download_gallery, [page.state], [page.download_file], api_name="download_gallery",
-                            **INDEX_QUEUE)
+                            **INDEX_QUEUE).then(lambda: gr.update(visible=True), None, [page.download_file],
+                                                api_visibility="private")
     after_gallery_change(page.restore_btn.upload(restore_gallery, [page.restore_btn, page.state], upload_outputs,
                                                  api_name="restore_gallery", **INDEX_QUEUE))
     after_gallery_change(page.clear_btn.click(clear_gallery, [page.state], [page.state, page.report_md, page.report_json],

@@ -337,3 +337,16 @@ def test_the_verdict_line_sits_above_the_columns():
     assert "right where 2 of the 2 other columns failed" in line
     assert html.index("cmce-verdict-line") < html.index("<div class='cmce-results'>")
     assert "cmce-verdict-line" not in display.result_html(result, gallery, query_label="ann")
+
+
+def test_scoreboard_markdown_names_every_column():
+    from cmce.method.scoreboard import ScoreColumn, Scoreboard
+
+    assert "needs labels" in display.scoreboard_markdown(None, None)
+    assert "needs labels" in display.scoreboard_markdown(Scoreboard(0, 0, ()), "sface")
+    board = Scoreboard(40, 8, (ScoreColumn("ensemble", 0.95, 0.025, 0, 0), ScoreColumn("m1", 0.8, 0.1, 1, 7),
+                               ScoreColumn("query", 0.9, 0.05, 2, 4)))
+    text = display.scoreboard_markdown(board, "sface")
+    assert "each of the 40 labelled faces (8 people)" in text
+    assert "| **CMCE ensemble** | 95.0% | 2.5% | – | – |" in text
+    assert "| m1 → sface | 80.0% | 10.0% | 1 | 7 |" in text and "| sface alone | 90.0% | 5.0% | 2 | 4 |" in text

@@ -381,9 +381,10 @@ def scoreboard_markdown(scoreboard: Scoreboard | None, query_model: str | None) 
                 "rest, and every column is scored.")
     rows = [f"**Your gallery's scoreboard**: each of the {scoreboard.queries} labelled faces ({scoreboard.people} "
             "people) whose person has another photo searches the rest with its query-model embedding, in every "
-            "column (stored vectors only: no photo is read again; Unknown: the best match is under the column's "
-            "similarity threshold).", "",
-            "| column | Recall@1 | Unknown | right, ensemble not | ensemble right, it not |",
+            "column (stored vectors only: no photo is read again). *Unknown*: the best match is under the column's "
+            "similarity threshold; *won*: queries the column named right where the ensemble did not; *lost*: "
+            "queries the ensemble named right where the column did not.", "",
+            "| column | Recall@1 | Unknown | won | lost |",
             "|---|---:|---:|---:|---:|"]
     for c in scoreboard.columns:
         name = column_title(c.view, query_model)
