@@ -95,14 +95,12 @@ CSS = """
 .cmce-label{font-weight:600;overflow-wrap:anywhere}
 .cmce-members{font-size:.7rem;opacity:.8}
 .cmce-empty{font-size:.8rem;opacity:.7}
-#overview .caption-label{font-size:11px;padding:1px 4px;max-width:calc(100% - 6px);white-space:normal;line-height:1.25;
-  overflow-wrap:anywhere}
 #overview .grid-container{grid-template-columns:repeat(auto-fill,minmax(120px,1fr))!important}
 #overview .thumbnail-item{aspect-ratio:auto!important;height:auto!important;display:flex;flex-direction:column;
   align-items:stretch}
 #overview .thumbnail-item img{height:110px!important;width:100%;object-fit:contain}
-#overview .caption-label{position:static!important;max-width:100%!important;transform:none!important;
-  margin:0!important;border-radius:0}
+#overview .caption-label{font-size:11px;padding:1px 4px;white-space:normal;line-height:1.25;overflow-wrap:anywhere;
+  position:static!important;max-width:100%!important;transform:none!important;margin:0!important;border-radius:0}
 .cmce-verdict-line{padding:6px 10px;border-radius:6px;margin:0 0 8px;font-size:.9rem;line-height:1.35;
   background:var(--background-fill-secondary);border:1px solid var(--border-color-primary)}
 .cmce-verdict-line span{font-size:.8rem;opacity:.85}
