@@ -35,7 +35,7 @@ from cmce.method.engine import FaceEngine
 from cmce.method.unknown import UNKNOWN_BY
 from cmce.serve import display, story
 from cmce.serve.guard import GuardedBlocks, query_photo
-from cmce.serve.handlers import BUNDLE_SCORE, REJECT_BY, DemoServer, calibrated_threshold, prepare_query, typed_threshold
+from cmce.serve.handlers import BUNDLE_SCORE, OVERVIEW_FIRST, REJECT_BY, DemoServer, calibrated_threshold, prepare_query, typed_threshold
 from cmce.serve.sessions import shipped_bundles
 from cmce.serve.workdirs import TempFolders
 
@@ -93,19 +93,54 @@ CSS = """
 .cmce-doubt-tag{color:#b06000;font-weight:600;white-space:nowrap}
 .cmce-verdict.cmce-doubtful{background:#fef7e0;color:#5c3c00}
 .cmce-meta{min-width:0}
-.cmce-label{font-weight:600;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.cmce-label{font-weight:600;overflow-wrap:anywhere}
 .cmce-members{font-size:.7rem;opacity:.8}
 .cmce-empty{font-size:.8rem;opacity:.7}
 .cmce-legend{display:flex;flex-wrap:wrap;gap:2px 14px;font-size:.75rem;margin:0 0 8px}
 .cmce-key{padding-left:6px;border-left:4px solid var(--border-color-primary)}
 .cmce-key.cmce-correct{border-left-color:#1e8e3e}.cmce-key.cmce-wrong{border-left-color:#d93025}
 .cmce-key.cmce-doubtful{border-left:4px dashed #e37400}.cmce-key.cmce-rejected{border-left-color:#7b1fa2}
-#overview .caption-label{font-size:11px;padding:1px 4px;max-width:calc(100% - 6px);white-space:normal;line-height:1.25}
+#overview .grid-container{grid-template-columns:repeat(auto-fill,minmax(120px,1fr))!important}
+#overview .thumbnail-item{aspect-ratio:auto!important;height:auto!important;display:flex;flex-direction:column;
+  align-items:stretch}
+#overview .thumbnail-item img{height:110px!important;width:100%;object-fit:contain}
+#overview .caption-label{font-size:11px;padding:1px 4px;white-space:normal;line-height:1.25;overflow-wrap:anywhere;
+  position:static!important;max-width:100%!important;transform:none!important;margin:0!important;border-radius:0}
+.cmce-verdict-line{padding:6px 10px;border-radius:6px;margin:0 0 8px;font-size:.9rem;line-height:1.35;
+  background:var(--background-fill-secondary);border:1px solid var(--border-color-primary)}
+.cmce-verdict-line span{font-size:.8rem;opacity:.85}
+.cmce-verdict-line.cmce-correct{background:#e6f4ea;color:#0d3d1a}
+.cmce-verdict-line.cmce-wrong{background:#fce8e6;color:#5c0a05}
+.cmce-step h3{margin:0!important}
+.cmce-picks .grid-container{grid-template-columns:repeat(auto-fill,minmax(84px,1fr))!important}
+#example-galleries .grid-container{grid-template-columns:repeat(auto-fill,minmax(120px,1fr))!important}
+.cmce-picks .caption-label{white-space:normal;overflow-wrap:anywhere;max-width:calc(100% - 6px);font-size:10px;
+  line-height:1.15;padding:1px 3px}
+#one-click .grid-container{grid-template-columns:repeat(auto-fill,minmax(120px,1fr))!important}
+#header .prose h1{margin-bottom:4px}
+#scoreboard table{font-size:.82rem}
+#scoreboard th,#scoreboard td{padding:4px 8px;overflow-wrap:normal;word-break:normal;hyphens:none}
+#scoreboard td:first-child{white-space:nowrap}
+#intro p{font-size:.9rem;margin:0}
+@media (max-width:640px){
+  .cmce-results{display:flex;overflow-x:auto;scroll-snap-type:x mandatory;gap:8px;padding-bottom:6px}
+  .cmce-view{flex:0 0 86%;scroll-snap-align:start}
+  .cmce-verdict-line{position:sticky;top:0;z-index:5}
+  .cmce-results-head::after{content:" · swipe for the other columns →";opacity:.7}
+  #overview .grid-container{grid-template-columns:repeat(auto-fill,minmax(104px,1fr))!important}
+  #overview .thumbnail-item img{height:90px!important}
+  #scoreboard table{font-size:.72rem}
+  #scoreboard th,#scoreboard td{padding:3px 4px}
+  #scoreboard td:first-child{white-space:normal}
+}
 """
 
 # The browser keeps the folder structure of a folder upload only in webkitRelativePath;
-# remember it so that folder names can become identity labels.
-HEAD = """<script>
+# remember it so that folder names can become identity labels. (And one style rule the scoped css cannot hold.)
+HEAD = """<style>/* Gradio scopes the css above under .gradio-container; this must reach the container itself:
+clip (not hidden) lets the phone's sticky verdict line follow the page's scroll */
+@media (max-width:640px){.gradio-container{overflow:clip!important}}</style>
+<script>
 window.cmceFolderPaths = [];
 document.addEventListener("change", (e) => {
   const t = e.target;
@@ -114,6 +149,7 @@ document.addEventListener("change", (e) => {
   }
 }, true);
 </script>"""
+PREVIEW_PATHS_JS = "(...args) => { args[2] = (window.cmceFolderPaths || []).join('\\n'); return args; }"
 FOLDER_PATHS_JS = ("(...args) => { args[2] = (window.cmceFolderPaths || []).join('\\n'); "
                    "window.cmceFolderPaths = []; return args; }")
 
@@ -123,6 +159,15 @@ FOLDER_PATHS_JS = ("(...args) => { args[2] = (window.cmceFolderPaths || []).join
 
 SHIPPED = shipped_bundles(BUNDLES)
 EVALUATIONS = story.read_evaluations(ROOT / "docs", SHIPPED)  # the shipped held-out evaluations, per bundle
+# the first screen's one-click examples: every bundle's, the bundle whose ensemble lifts its query model most first
+ONE_CLICK = [e for name in story.order_by_lift(SHIPPED, EVALUATIONS) for e in EXAMPLE_SET.by_bundle.get(name, ())]
+
+
+def _picked(values: list) -> Any:
+    """A select handler of a picture list: the values of the picture clicked."""
+    def picked(evt: gr.SelectData):
+        return values[evt.index]
+    return picked
 
 
 # --------------------------------------------------------------------------- the handlers (cmce.serve.handlers)
@@ -135,6 +180,7 @@ load_bundle_ui, pick_bundle, picked_bundle, pick_score = (DEMO.load_bundle_ui, D
 index_gallery, load_example_gallery, open_bundle_example, clear_gallery = (
     DEMO.index_gallery, DEMO.load_example_gallery, DEMO.open_bundle_example, DEMO.clear_gallery)
 refresh_overview, refresh_plots, search = DEMO.refresh_overview, DEMO.refresh_plots, DEMO.search
+download_gallery, restore_gallery, preview_upload = DEMO.download_gallery, DEMO.restore_gallery, DEMO.preview_upload
 
 
 def _unload(request: gr.Request) -> None:
@@ -168,6 +214,14 @@ class _Page:
     report_md: Any = None
     example_name: Any = None
     gallery_examples: Any = None
+    one_click: Any = None
+    query_examples: Any = None
+    show_all: Any = None
+    download_btn: Any = None
+    download_file: Any = None
+    restore_btn: Any = None
+    upload_preview: Any = None
+    scoreboard_md: Any = None
     report_json: Any = None
     order: Any = None
     reject_by: Any = None
@@ -190,33 +244,44 @@ class _Page:
     hist_plot: Any = None
 
 
-def _bundle_section(page: _Page, engine: FaceEngine | None) -> None:
-    """The bundle picker, its note, and the details / Hub loader."""
-    page.picker = gr.Dropdown([(b.label, n) for n, b in SHIPPED.items()], value=DEMO.shipped_name(engine),
-                         label="Bundle: which face models search your photos",
-                         info="Switching keeps your gallery: it is re-projected into the new bundle's space "
-                              "without reading a photo again.", elem_id="bundle-picker")
+def _header(page: _Page, engine: FaceEngine | None) -> None:
+    """The title, one line on what the page does, and the bundle picker beside it."""
+    with gr.Row(equal_height=True, elem_id="header"):
+        with gr.Column(scale=3, min_width=300):
+            gr.Markdown(
+                "# CMCE Face Search\n"
+                "Search your own photos with an ensemble of face models mapped into one space (CMCE): every "
+                "column answers with a name or **Unknown**, and the verdict says which were right. Doubtful "
+                "gallery faces are marked; you can **reject** them. Your gallery lives only in this browser "
+                "session (download it to keep it).", elem_id="intro")
+        with gr.Column(scale=2, min_width=280):
+            page.picker = gr.Dropdown([(b.label, n) for n, b in SHIPPED.items()], value=DEMO.shipped_name(engine),
+                                      label="Bundle: which face models search your photos",
+                                      info="Switching keeps your gallery (re-projected, no photo read again).",
+                                      elem_id="bundle-picker")
     page.bundle_note = gr.Markdown(elem_id="bundle-note")
-    with gr.Accordion("Model bundle: details, or one from the Hub", open=False):
+
+
+def _bundle_section(page: _Page, engine: FaceEngine | None) -> None:
+    """The bundle's details and the Hub loader (collapsed)."""
+    with gr.Accordion("Model bundle: details, or one from the Hub", open=False, elem_id="bundle-details"):
         page.bundle_md = gr.Markdown(
             display.bundle_markdown(bundle_summary(engine.bundle)) if engine
             else f"**No bundle loaded** ({ENGINES.default_error}). Set `CMCE_BUNDLE` or load one below."
         )
         with gr.Row(equal_height=True):
             page.hub_id = gr.Textbox(label="Hub bundle id", scale=3, elem_id="hub-id",
-                                placeholder="org/name, or a shipped bundle's name (empty = the default bundle)")
+                                     placeholder="org/name, or a shipped bundle's name (empty = the default bundle)")
             page.hub_rev = gr.Textbox(label="Revision (optional)", placeholder="main, a tag or a commit", scale=2)
             page.load_btn = gr.Button("Load bundle", scale=1)
-
 
 
 def _story_section(page: _Page) -> None:
     """"What the ensemble buys": one tab per shipped bundle, its examples, story and plots."""
     page.bundle_examples = []  # (gr.Examples, ...) of each bundle's tab, wired below
     with gr.Accordion("What the ensemble buys: measured on faces never seen in training, and shown in one click",
-                      open=True, elem_id="story"):
+                      open=False, elem_id="story"):
         gr.Markdown(story.READING_GUIDE, elem_classes="cmce-hint")
-        page.example_bundle, page.example_gallery, page.example_query = (gr.Textbox(visible=False) for _ in range(3))
         with gr.Tabs():  # the bundle where the ensemble lifts its query model most comes first
             for name in story.order_by_lift(SHIPPED, EVALUATIONS):
                 reports = [r for r in EVALUATIONS if r.bundle == name]
@@ -240,89 +305,115 @@ def _story_section(page: _Page) -> None:
 
 
 
-def _gallery_section(page: _Page, engine: FaceEngine | None) -> None:
-    """Step 1: uploads, the ingest report, example galleries, rejection controls and the overview."""
-    cal = engine.bundle.calibration if engine else None
-    gr.Markdown("## 1 · Build a gallery")
-    with gr.Row():
-        with gr.Column(scale=3):
+def _task_section(page: _Page) -> None:
+    """The first screen: the gallery upload, the query photo and the examples as pictures."""
+    with gr.Row(elem_id="task"):
+        with gr.Column(scale=5, min_width=320):
+            gr.Markdown("### 1 · Your gallery", elem_classes="cmce-step")
             with gr.Row():
                 page.files = gr.File(label="Images or zip/tar archives", file_count="multiple",
-                                file_types=["image", ".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz"],
-                                height=150, elem_id="gallery-files")
+                                     file_types=["image", ".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz"],
+                                     height=120, elem_id="gallery-files")
                 page.folder = gr.File(label="A folder (one sub-folder per person)", file_count="directory",
-                                 height=150, elem_id="gallery-folder")
+                                      height=120, elem_id="gallery-folder")
             page.folder_paths = gr.Textbox("", visible=False)
+            page.upload_preview = gr.Markdown("", elem_id="upload-preview")
             with gr.Row():
                 page.index_btn = gr.Button("Index faces", variant="primary", elem_id="index-btn")
                 page.clear_btn = gr.Button("Clear gallery", elem_id="clear-btn")
+            page.example_name = gr.Textbox(visible=False)
+            page.gallery_examples = gr.Gallery(
+                [(story.example_cover(g.folder), g.name) for g in EXAMPLE_SET.galleries],
+                label="…or an example gallery (one click)", columns=4, height=170,
+                object_fit="cover", allow_preview=False, buttons=[], elem_id="example-galleries",
+                elem_classes="cmce-picks")
             gr.Markdown("Labels come from folder names, or from `Name_0001.jpg`-style file names.",
                         elem_classes="cmce-hint")
-        with gr.Column(scale=2):
             page.report_md = gr.Markdown("No gallery yet.", elem_id="index-report")
-            page.example_name = gr.Textbox(visible=False)
-            page.gallery_examples = gr.Examples([[n] for n in EXAMPLE_GALLERIES], inputs=[page.example_name],
-                                           label="Example gallery (one click)", api_visibility="private")
+        with gr.Column(scale=4, min_width=300):
+            gr.Markdown("### 2 · A photo to search", elem_classes="cmce-step")
+            page.query = query_photo(label="Query photo (upload, webcam or paste)",  # never decoded before the checks
+                                     sources=["upload", "webcam", "clipboard"], height=200, elem_id="query-image",
+                                     limits=LIMITS.image)
+            page.query_examples = gr.Gallery(
+                [(str(p), t) for p, t in EXAMPLE_QUERIES], label="…or an example query (one click)",
+                columns=len(EXAMPLE_QUERIES), height=215, object_fit="cover", allow_preview=False, buttons=[],
+                elem_id="example-queries", elem_classes="cmce-picks")
+        with gr.Column(scale=3, min_width=260):
+            gr.Markdown("### Or see it work in one click", elem_classes="cmce-step")
+            page.one_click = gr.Gallery(
+                [(str(e.query), f"{e.bundle}: {EXAMPLE_SET.label(e)}") for e in ONE_CLICK],
+                label="bundle, example gallery and query, then the search", columns=2, height=430,
+                object_fit="cover", allow_preview=False, buttons=[], elem_id="one-click", elem_classes="cmce-picks")
     page.report_json = gr.JSON(visible=False)
-
-    with gr.Row(equal_height=True):
-        page.order = gr.Dropdown(list(display.ORDERS), value=display.ORDERS[0], label="Sort", scale=2)
-        page.reject_by = gr.Radio([(REJECT_BY_LABELS[v], v) for v in REJECT_BY], value=REJECT_BY[0],
-                             label="Reject by", scale=2, elem_id="reject-by",
-                             info="Rejected faces never match; a query whose best match is rejected answers "
-                                  "Unknown.")
-        page.rate = gr.Slider(0.0, 0.9, value=cal.rejection_rate if cal else 0.1, step=0.01,
-                         label="Rejection rate (share of the gallery)", scale=3, elem_id="reject-rate")
-        page.score = gr.Dropdown(DEMO.score_choices(engine), value=BUNDLE_SCORE,
-                            label=display.score_choice_label(engine.bundle) if engine else "Rejection score",
-                            scale=2, elem_id="reject-score")
-        page.threshold = gr.Number(value=calibrated_threshold(engine), step=0.001,
-                              label="Threshold (reject quality score above)", scale=2, elem_id="reject-threshold",
-                              info=display.threshold_help(cal.quality.kind, calibrated_threshold(engine))
-                              if cal else None)
-    page.overview_md = gr.Markdown(display.overview_summary(None, []), elem_id="overview-summary")
-    page.overview = gr.Gallery(label="Gallery overview", columns=7, height=360, object_fit="contain",
-                          format="jpeg", elem_id="overview", buttons=[])
-
 
 
 def _search_section(page: _Page) -> None:
-    """Step 2: the query photo, its faces, the search options and the results."""
-    gr.Markdown("## 2 · Search")
+    """The query's faces, the search options, the verdict and the results."""
     with gr.Row():
-        with gr.Column(scale=2):
-            page.query = query_photo(label="Query photo", sources=["upload", "webcam", "clipboard"],  # never decoded
-                                     height=260, elem_id="query-image", limits=LIMITS.image)  # before the checks
-            gr.Examples([[str(p)] for p, _ in EXAMPLE_QUERIES], inputs=[page.query], label="Example queries",
-                        example_labels=[t for _, t in EXAMPLE_QUERIES], api_visibility="private")
-        with gr.Column(scale=2):
-            page.faces_img = gr.Image(label="Faces found (numbered, largest first)", interactive=False, height=260,
-                                 elem_id="faces-image")
-        with gr.Column(scale=1, min_width=200):
-            page.face = gr.Dropdown(display.face_choices(1), value=0, label="Face", allow_custom_value=True,
-                               elem_id="face-choice")
-            page.identity = gr.Textbox("", label="Who is it? (optional)", placeholder="from Name_0003.jpg",
-                                  elem_id="query-identity")
-            page.k = gr.Slider(1, 10, value=5, step=1, label="Matches per column")
+        with gr.Column(scale=2, min_width=240):
+            page.faces_img = gr.Image(label="Faces found (numbered, largest first)", interactive=False, height=220,
+                                      elem_id="faces-image")
+        with gr.Column(scale=3, min_width=300):
+            with gr.Row():
+                page.face = gr.Dropdown(display.face_choices(1), value=0, label="Face", allow_custom_value=True,
+                                        elem_id="face-choice")
+                page.identity = gr.Textbox("", label="Who is it? (optional: gives the verdict)",
+                                           placeholder="from Name_0003.jpg", elem_id="query-identity")
+                page.k = gr.Slider(1, 10, value=5, step=1, label="Matches per column")
             page.unknown_by = gr.Radio([(UNKNOWN_BY_LABELS[v], v) for v in UNKNOWN_BY], value=UNKNOWN_BY[0],
-                                  label="Say Unknown", elem_id="unknown-by",
-                                  info="in galleries of more than 50 people; normal is lowered on a gallery "
-                                       "of poor photos, strict never is")
+                                       label="Say Unknown", elem_id="unknown-by",
+                                       info="in galleries of more than 50 people; normal is lowered on a gallery "
+                                            "of poor photos, strict never is")
             page.search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
     page.results = gr.HTML("<p>Results appear here, one column per model.</p>", elem_id="results")
     with gr.Accordion("Results as data (what the API returns)", open=False):
         page.results_json = gr.JSON()
 
 
+def _gallery_section(page: _Page, engine: FaceEngine | None) -> None:
+    """The gallery's faces: rejection controls and the overview."""
+    cal = engine.bundle.calibration if engine else None
+    gr.Markdown("## Your gallery: its faces, and what to reject")
+    with gr.Row(equal_height=True):
+        page.order = gr.Dropdown(list(display.ORDERS), value=display.ORDERS[0], label="Sort", scale=2)
+        page.reject_by = gr.Radio([(REJECT_BY_LABELS[v], v) for v in REJECT_BY], value=REJECT_BY[0],
+                                  label="Reject by", scale=2, elem_id="reject-by",
+                                  info="Rejected faces never match; a query whose best match is rejected answers "
+                                       "Unknown.")
+        page.rate = gr.Slider(0.0, 0.9, value=cal.rejection_rate if cal else 0.1, step=0.01,
+                              label="Rejection rate (share of the gallery)", scale=3, elem_id="reject-rate")
+        page.score = gr.Dropdown(DEMO.score_choices(engine), value=BUNDLE_SCORE,
+                                 label=display.score_choice_label(engine.bundle) if engine else "Rejection score",
+                                 scale=2, elem_id="reject-score")
+        page.threshold = gr.Number(value=calibrated_threshold(engine), step=0.001,
+                                   label="Threshold (reject quality score above)", scale=2, elem_id="reject-threshold",
+                                   info=display.threshold_help(cal.quality.kind, calibrated_threshold(engine))
+                                   if cal else None)
+    with gr.Row():
+        page.download_btn = gr.Button("Download this gallery (.zip, no photos)",
+                                      elem_id="download-btn", size="md")
+        page.restore_btn = gr.UploadButton("Restore a downloaded gallery", file_types=[".zip"], file_count="single",
+                                           elem_id="restore-btn", size="md")
+    page.download_file = gr.File(label="Your gallery, to keep", interactive=False, visible=False,
+                                 elem_id="gallery-download")
+    page.overview_md = gr.Markdown(display.overview_summary(None, []), elem_id="overview-summary")
+    page.show_all = gr.Checkbox(False, label=f"Show all faces (else the first {OVERVIEW_FIRST})",
+                                elem_id="overview-all")
+    page.overview = gr.Gallery(label="Gallery overview", columns=7, height="auto", object_fit="contain",
+                               format="jpeg", elem_id="overview", buttons=[])
+
 
 def _plots_section(page: _Page) -> None:
-    """Step 3: rejection on the user's own gallery (the paper's metric)."""
-    gr.Markdown("## 3 · Does rejection help on your gallery? (the paper's metric)")
+    """Step 3: what the ensemble buys on the user's own gallery, and rejection (the paper's metric)."""
+    gr.Markdown("## 3 · What the ensemble buys on your gallery, and does rejection help?")
     page.plots_note = gr.Markdown("Index a labelled gallery to see how rejection works on it.")
     with gr.Row():
-        page.rc_plot = gr.Plot(label="Recall@1 vs rejection", elem_id="risk-plot")
-        page.hist_plot = gr.Plot(label="Quality score", elem_id="hist-plot")
-
+        with gr.Column(scale=1, min_width=300):
+            page.scoreboard_md = gr.Markdown(display.scoreboard_markdown(None, None), elem_id="scoreboard")
+        with gr.Column(scale=1, min_width=300):
+            page.rc_plot = gr.Plot(label="Recall@1 vs rejection", elem_id="risk-plot")
+    page.hist_plot = gr.Plot(label="Quality score", elem_id="hist-plot")
 
 
 def _wire(page: _Page) -> None:
@@ -331,13 +422,13 @@ def _wire(page: _Page) -> None:
     search_inputs = [page.query, page.face, page.k, page.identity, *rejection, page.unknown_by, page.state]
     search_outputs = [page.faces_img, page.face, page.results, page.results_json, page.state]
     upload_outputs = [page.state, page.report_md, page.report_json]
+    plot_outputs = [page.rc_plot, page.hist_plot, page.plots_note, page.scoreboard_md]
 
     def after_gallery_change(event, research: bool = True):
         """Overview and plots of the changed gallery, then the shown results searched again (or cleared)."""
-        event = (event.then(refresh_overview, [page.state, page.order, *rejection], [page.overview, page.overview_md],
-                            api_visibility="private")
-                 .then(refresh_plots, [page.state, *rejection], [page.rc_plot, page.hist_plot, page.plots_note],
-                       api_visibility="private"))
+        event = (event.then(refresh_overview, [page.state, page.order, *rejection, page.show_all],
+                            [page.overview, page.overview_md], api_visibility="private")
+                 .then(refresh_plots, [page.state, *rejection], plot_outputs, api_visibility="private"))
         return event.then(search, search_inputs, search_outputs, api_name="search_after_gallery_change",
                           api_visibility="private", **SEARCH_QUEUE) if research else event
 
@@ -353,16 +444,31 @@ def _wire(page: _Page) -> None:
                               js=FOLDER_PATHS_JS, api_name="index_gallery", **INDEX_QUEUE)
     after_gallery_change(indexed.then(lambda: (None, None, ""), None, [page.files, page.folder, page.folder_paths],
                                       api_visibility="private"))
-    after_gallery_change(page.gallery_examples.load_input_event.then(
+    after_gallery_change(page.gallery_examples.select(
+        _picked([g.name for g in EXAMPLE_SET.galleries]), None, [page.example_name], api_visibility="private").then(
         load_example_gallery, [page.example_name, page.state], upload_outputs, api_name="load_example_gallery",
         **INDEX_QUEUE))
-    for examples in page.bundle_examples:  # bundle, gallery and query photo, then a search (the photo may be unchanged)
-        after_gallery_change(examples.load_input_event.then(
+    page.query_examples.select(_picked([str(p) for p, _ in EXAMPLE_QUERIES]), None, [page.query],
+                               api_visibility="private")
+    one_click = page.one_click.select(_picked([(e.bundle, e.gallery, str(e.query)) for e in ONE_CLICK]), None,
+                                      [page.example_bundle, page.example_gallery, page.example_query],
+                                      api_visibility="private")
+    # bundle, gallery and query photo, then a search (the photo may be unchanged)
+    for loaded in [one_click] + [examples.load_input_event for examples in page.bundle_examples]:
+        after_gallery_change(loaded.then(
             open_bundle_example, [page.example_bundle, page.example_gallery, page.example_query, page.state],
             [*bundle_outputs, page.report_md, page.report_json, page.query], api_visibility="private", **INDEX_QUEUE)
             .then(picked_bundle, [page.state], [page.picker], api_visibility="private")
             .then(search, search_inputs, search_outputs, api_name="search_after_example",
                   api_visibility="private", **SEARCH_QUEUE), research=False)
+    for picked in (page.files.change, page.folder.change):  # the labels it will get, before indexing
+        picked(preview_upload, [page.files, page.folder, page.folder_paths], [page.upload_preview],
+               js=PREVIEW_PATHS_JS, api_visibility="private")
+    page.download_btn.click(download_gallery, [page.state], [page.download_file], api_name="download_gallery",
+                            **INDEX_QUEUE).then(lambda: gr.update(visible=True), None, [page.download_file],
+                                                api_visibility="private")
+    after_gallery_change(page.restore_btn.upload(restore_gallery, [page.restore_btn, page.state], upload_outputs,
+                                                 api_name="restore_gallery", **INDEX_QUEUE))
     after_gallery_change(page.clear_btn.click(clear_gallery, [page.state], [page.state, page.report_md, page.report_json],
                                          api_visibility="private"))
     after_bundle_switch(page.load_btn.click(load_bundle_ui, [page.hub_id, page.hub_rev, page.state], bundle_outputs,
@@ -373,10 +479,11 @@ def _wire(page: _Page) -> None:
     page.threshold.input(typed_threshold, None, [page.reject_by], api_visibility="private")
     gr.on([page.threshold.change, page.score.change], DEMO.threshold_info, [page.threshold, page.score, page.state],
           [page.threshold], trigger_mode="always_last", api_visibility="private")  # the help follows the box
-    gr.on([page.order.change, page.reject_by.change, page.rate.change, page.threshold.change, page.score.change], refresh_overview,
-          [page.state, page.order, *rejection], [page.overview, page.overview_md], trigger_mode="always_last",
-          api_visibility="private").then(
-        refresh_plots, [page.state, *rejection], [page.rc_plot, page.hist_plot, page.plots_note], trigger_mode="always_last",
+    gr.on([page.order.change, page.reject_by.change, page.rate.change, page.threshold.change, page.score.change,
+           page.show_all.change], refresh_overview,
+          [page.state, page.order, *rejection, page.show_all], [page.overview, page.overview_md],
+          trigger_mode="always_last", api_visibility="private").then(
+        refresh_plots, [page.state, *rejection], plot_outputs, trigger_mode="always_last",
         api_visibility="private").then(  # the shown results follow the rejection controls
         search, search_inputs, search_outputs, api_name="search_after_rejection", api_visibility="private",
         **SEARCH_QUEUE)
@@ -395,20 +502,14 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
     page = _Page()
     with GuardedBlocks(title="CMCE Face Search", delete_cache=(1800, 3600)) as demo:  # no blank error
         page.state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=DEMO.expire)
-        gr.Markdown(
-            "# CMCE Face Search\n"
-            "Search your own photos with an ensemble of face models mapped into one space "
-            "(CMCE). Every gallery face shows its **uncertainty** (how much the models disagree "
-            "on it); faces the bundle's quality score doubts are marked **doubtful** and still searched, "
-            "and every column says why it answers **Unknown**. You can also **reject** faces: a query "
-            "whose best match is rejected answers Unknown, never the next person. Your gallery lives "
-            "only in this browser session."
-        )
+        page.example_bundle, page.example_gallery, page.example_query = (gr.Textbox(visible=False) for _ in range(3))
+        _header(page, engine)
+        _task_section(page)
+        _search_section(page)
+        _gallery_section(page, engine)
+        _plots_section(page)
         _bundle_section(page, engine)
         _story_section(page)
-        _gallery_section(page, engine)
-        _search_section(page)
-        _plots_section(page)
         _wire(page)
         demo.unload(_unload)
     return demo

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from cmce.errors import CmceError
 from cmce.experiments.docs_tables_base import one_doc
 
-__all__ = ["SPACE_TABLES", "render_crash_test", "render_fuzz_readers", "render_malformed_corpus", "render_soak",
-           "render_soak_summary"]
+__all__ = ["SPACE_TABLES", "render_crash_test", "render_fuzz_readers", "render_keep", "render_malformed_corpus",
+           "render_soak", "render_soak_summary"]
 
 #: The soak's endpoints in the table's order, and how the table names them (``{photos}``: photos per indexing).
 _SOAK_ROWS = {
@@ -182,6 +182,52 @@ def render_malformed_corpus(corpus: Mapping) -> str:
             f"{oracle['existing']} existing and {oracle['missing']} missing server folders: {told}.\n")
 
 
+_VIEW_NAMES = {"ensemble": "**CMCE ensemble**", "query": "{q} alone"}
+
+
+def render_keep(doc: Mapping) -> str:
+    """``benchmarks/bench_keep.py --json``: the scoreboard of a gallery and its cost, the download ->
+    restore round trip, and what the verdict adds to a search.
+
+    Example:
+        >>> col = lambda v, r, u, w, m: {"view": v, "recall_at_1": r, "unknown_rate": u,
+        ...                              "right_where_ensemble_missed": w, "missed_where_ensemble_right": m}
+        >>> print(render_keep({"bundle": "sface-query", "query_model": "sface", "scoreboard": {
+        ...     "faces": 2000, "queries": 2000, "people": 386, "median_ms": 339.6,
+        ...     "columns": [col("ensemble", 0.997, 0.001, 0, 0), col("query", 0.9965, 0.0005, 1, 2)]},
+        ...     "restore": {"faces": 500, "export_median_ms": 96.0, "restore_median_ms": 204.0,
+        ...                 "archive_bytes": 2470396, "identical_vectors": True, "identical_answers": True,
+        ...                 "searches_compared": 50, "photos_read": 0},
+        ...     "verdict": {"search_median_ms": 6.18, "verdict_median_ms": 0.013}}), end="")
+        | column (sface-query, 2000 faces, 2000 queries of 386 people) | Recall@1 | Unknown | right where the ensemble was not | ensemble right where it was not |
+        |---|---:|---:|---:|---:|
+        | **CMCE ensemble** | 99.70% | 0.10% | – | – |
+        | sface alone | 99.65% | 0.05% | 1 | 2 |
+        <BLANKLINE>
+        Scoreboard computed in **0.34 s** (median). Download -> restore of 500 faces: export 0.10 s, restore **0.20 s** (medians), archive 2.4 MiB; identical vectors: yes, identical answers to 50 searches: yes; photos read: 0. A search of every view takes 6.18 ms, its verdict 0.013 ms (0.2%).
+    """
+    b, r, v = doc["scoreboard"], doc["restore"], doc["verdict"]
+    qm = doc.get("query_model", "query model")
+    lines = [f"| column ({doc['bundle']}, {b['faces']} faces, {b['queries']} queries of {b['people']} people) "
+             "| Recall@1 | Unknown | right where the ensemble was not | ensemble right where it was not |",
+             "|---|---:|---:|---:|---:|"]
+    for c in b["columns"]:
+        name = _VIEW_NAMES.get(c["view"], f"{c['view']} → {{q}}").format(q=qm)
+        wins = ("–", "–") if c["view"] == "ensemble" else (c["right_where_ensemble_missed"],
+                                                          c["missed_where_ensemble_right"])
+        lines.append(f"| {name} | {100 * c['recall_at_1']:.2f}% | {100 * c['unknown_rate']:.2f}% | {wins[0]} | "
+                     f"{wins[1]} |")
+    yes = {True: "yes", False: "**no**"}
+    lines += ["", f"Scoreboard computed in **{b['median_ms'] / 1000:.2f} s** (median). Download -> restore of "
+              f"{r['faces']} faces: export {r['export_median_ms'] / 1000:.2f} s, restore "
+              f"**{r['restore_median_ms'] / 1000:.2f} s** (medians), archive {r['archive_bytes'] / 2**20:.1f} MiB; "
+              f"identical vectors: {yes[r['identical_vectors']]}, identical answers to {r['searches_compared']} "
+              f"searches: {yes[r['identical_answers']]}; photos read: {r['photos_read']}. A search of every view "
+              f"takes {v['search_median_ms']:.2f} ms, its verdict {v['verdict_median_ms']:.3f} ms "
+              f"({100 * v['verdict_median_ms'] / v['search_median_ms']:.1f}%)."]
+    return "\n".join(lines) + "\n"
+
+
 #: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).
 SPACE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "soak": lambda docs: render_soak(one_doc(docs)),
@@ -189,4 +235,5 @@ SPACE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "crash-test": lambda docs: render_crash_test(one_doc(docs)),
     "fuzz-readers": lambda docs: render_fuzz_readers(one_doc(docs)),
     "malformed-corpus": lambda docs: render_malformed_corpus(one_doc(docs)),
+    "keep": lambda docs: render_keep(one_doc(docs)),
 }

@@ -150,6 +150,7 @@ def extract_images(
     dest: str | os.PathLike,
     *,
     limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS,
+    suffixes: frozenset[str] = IMAGE_EXTENSIONS,
 ) -> ExtractReport:
     """Extract the image files of a zip or tar archive into a folder.
 
@@ -162,6 +163,8 @@ def extract_images(
         archive: path of the archive.
         dest: folder to write into; created if missing.
         limits: caps on files, bytes and compression ratio.
+        suffixes: the lower-case file suffixes extracted (default: images); a saved
+            gallery, for one, is ``.json`` and ``.parquet`` files, with every other check the same.
 
     Returns:
         The extracted paths, the skipped members with reasons, and the limit that
@@ -180,7 +183,7 @@ def extract_images(
         dest_path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CmceError(f"cannot create destination folder {dest_path} ({e.strerror or e})") from e
-    run = _Extraction(archive_name, dest_path, limits)
+    run = _Extraction(archive_name, dest_path, limits, frozenset(suffixes))
     try:
         if kind == "zip":
             _extract_zip(archive_path, run)
@@ -323,10 +326,12 @@ def _check_tar_expansion(info: tarfile.TarInfo, archive_bytes: int, run: _Extrac
 class _Extraction:
     """State of one :func:`extract_images` call: what was written and skipped."""
 
-    def __init__(self, archive_name: str, dest: Path, limits: ArchiveLimits) -> None:
+    def __init__(self, archive_name: str, dest: Path, limits: ArchiveLimits,
+                 suffixes: frozenset[str] = IMAGE_EXTENSIONS) -> None:
         self.archive_name = archive_name
         self.dest = dest
         self.limits = limits
+        self.suffixes = suffixes
         self.extracted: list[Path] = []
         self.skipped: list[tuple[str, str]] = []
         self.limit_reached: str | None = None
@@ -353,7 +358,7 @@ class _Extraction:
             )
         if member.kind == "folder":
             return
-        reason = _refusal_reason(member, self.limits)
+        reason = _refusal_reason(member, self.limits, self.suffixes)
         parts: list[str] | None = None
         if reason is None:
             parts, reason = _safe_relative_parts(member.name)
@@ -459,7 +464,7 @@ def _read_chunks(member: _Member) -> Iterator[bytes]:
         raise _MemberProblem(f"data is corrupt or unsupported ({e})", corrupt=True) from e
 
 
-def _refusal_reason(member: _Member, limits: ArchiveLimits) -> str | None:
+def _refusal_reason(member: _Member, limits: ArchiveLimits, suffixes: frozenset[str] = IMAGE_EXTENSIONS) -> str | None:
     """Why ``member`` is not extracted, judged from its header; ``None`` if it may be."""
     if member.kind == "symbolic link":
         return "symbolic link (links are never extracted)"
@@ -480,9 +485,10 @@ def _refusal_reason(member: _Member, limits: ArchiveLimits) -> str | None:
     if lower.endswith(_NESTED_ARCHIVE_SUFFIXES):
         return "nested archive (archives inside archives are not opened)"
     suffix = Path(components[-1]).suffix.lower() if components else ""
-    if suffix not in IMAGE_EXTENSIONS:
+    if suffix not in suffixes:
         shown = suffix or "no suffix"
-        return f"not an image file ({shown}; valid: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        what = "an image file" if suffixes == IMAGE_EXTENSIONS else "a file of this upload"
+        return f"not {what} ({shown}; valid: {', '.join(sorted(suffixes))})"
     if member.size > limits.max_member_bytes:
         return (
             f"larger than the per-file limit ({format_bytes(member.size)} > "

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tarfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -31,7 +33,8 @@ from cmce.io.images import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ARCHIVE_SUFFIXES", "CAMERA_PREFIXES", "UploadBatch", "collect_uploads", "labels_for_paths", "query_label"]
+__all__ = ["ARCHIVE_SUFFIXES", "CAMERA_PREFIXES", "LabelPreview", "UploadBatch", "collect_uploads", "labels_for_paths",
+           "preview_labels", "query_label"]
 
 ARCHIVE_SUFFIXES: tuple[str, ...] = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tbz2", ".tar.xz", ".txz")
 """Lower-case file suffixes read as archives of images."""
@@ -184,3 +187,80 @@ def collect_uploads(
     labelled = sum(label is not None for _, _, label in items)
     logger.info("upload: %d images (%d labelled), %d skipped", len(items), labelled, len(skipped))
     return UploadBatch(tuple(items), tuple(skipped), tuple(notes))
+
+
+@dataclass(frozen=True)
+class LabelPreview:
+    """The labels an upload will get, before anything is read but file names.
+
+    Attributes:
+        rows: ``(file, label or None)`` for the first files, in upload order (archives: their members).
+        images: images counted in all (archive members included, up to the listing cap).
+        labelled: how many of them get a label.
+        people: distinct labels.
+        notes: archives that could not be listed (they are checked when indexed).
+    """
+
+    rows: tuple[tuple[str, str | None], ...]
+    images: int
+    labelled: int
+    people: int
+    notes: tuple[str, ...] = ()
+
+
+def _archive_names(path: str | os.PathLike, cap: int) -> list[str]:
+    """The image member names of a zip or tar archive (names only: nothing is extracted), at most ``cap`` looked at.
+
+    Raises:
+        ArchiveError: not a readable zip or tar.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                names = [i.filename for i in z.infolist()[:cap] if not i.is_dir()]
+        else:
+            with tarfile.open(path, "r:*") as t:
+                names = []
+                for n, member in enumerate(t):
+                    if n >= cap:
+                        break
+                    if member.isfile():
+                        names.append(member.name)
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, ValueError) as e:
+        raise ArchiveError(f"not a readable zip or tar ({e})") from e
+    return [n for n in names if _kind(n) == "image"]
+
+
+def preview_labels(files: Sequence[tuple[str, str | os.PathLike]], *, first: int = 8,
+                   max_listed: int = 20_000) -> LabelPreview:
+    """The labels ``collect_uploads`` will give the same upload, from file names only.
+
+    Loose images (single files or a folder, named by their relative path) are labelled
+    together, each archive on its own from its member names (listed, not extracted; at most
+    ``max_listed`` entries looked at per archive), exactly as when indexing.
+
+    Args:
+        files: ``(relative name, path)`` per uploaded file, as ``collect_uploads`` takes them.
+        first: how many ``(file, label)`` rows to keep.
+        max_listed: entries of one archive looked at.
+
+    Example:
+        >>> p = preview_labels([("team/alice/1.jpg", "x"), ("team/bob/2.jpg", "y"), ("notes.txt", "z")])
+        >>> p.rows, p.images, p.people
+        ((('team/alice/1.jpg', 'alice'), ('team/bob/2.jpg', 'bob')), 2, 2)
+    """
+    loose = [name for name, _ in files if _kind(name) == "image"]
+    rows = list(zip(loose, labels_for_paths(loose)))
+    notes = []
+    for name, path in files:
+        if _kind(name) != "archive":
+            continue
+        try:
+            members = _archive_names(path, max_listed)
+        except ArchiveError as e:
+            notes.append(f"{PurePosixPath(name).name}: {e}; it is checked when indexed")
+            continue
+        short = PurePosixPath(name).name
+        rows += [(f"{short}: {m}", lab) for m, lab in zip(members, labels_for_paths(members))]
+    labels = [lab for _, lab in rows if lab is not None]
+    return LabelPreview(tuple(rows[:first]), len(rows), len(labels), len(set(labels)), tuple(notes))

@@ -24,22 +24,26 @@ import numpy as np
 from cmce.errors import CmceError, LimitError
 from cmce.gallery.ingest import GalleryLimits
 from cmce.gallery.memory import Gallery
+from cmce.gallery.portable import export_gallery, import_gallery
+from cmce.gallery.searchable import detect_query
+from cmce.gallery.verdict import query_verdict, searchable_labels
 from cmce.io.images import format_bytes, load_image
 from cmce.io.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes
-from cmce.io.uploads import collect_uploads, query_label
+from cmce.io.uploads import collect_uploads, preview_labels, query_label
 from cmce.method.bundle_model import bundle_summary
 from cmce.method.engine import FaceEngine
 from cmce.method.answers import person_presence
 from cmce.method.ensemble import QUALITY_SCORES, check_threshold
 from cmce.method.report import gallery_risk_coverage
+from cmce.method.scoreboard import gallery_scoreboard
 from cmce.method.unknown import UNKNOWN_BY
 from cmce.serve import display
 from cmce.serve.guard import clean, clip, user_error
 from cmce.serve.sessions import Engines, ExampleCache, Session, SessionRegistry, ShippedBundle
 from cmce.serve.workdirs import TempFolders
 
-__all__ = ["BUNDLE_SCORE", "REJECT_BY", "DemoServer", "calibrated_threshold", "link_or_copy", "prepare_query",
-           "relative_names", "typed_threshold", "whole_number"]
+__all__ = ["BUNDLE_SCORE", "OVERVIEW_FIRST", "REJECT_BY", "DemoServer", "calibrated_threshold", "link_or_copy",
+           "prepare_query", "relative_names", "typed_threshold", "whole_number"]
 
 logger = logging.getLogger("cmce.app")
 
@@ -47,6 +51,7 @@ logger = logging.getLogger("cmce.app")
 # for the score; threshold / rate: the user's
 REJECT_BY = ("none", "calibrated", "threshold", "rate")
 BUNDLE_SCORE = "bundle"  # the rejection-score choice that follows the session's bundle
+OVERVIEW_FIRST = 24  # faces the overview shows until "show all" is ticked
 
 
 def calibrated_threshold(engine: FaceEngine | None, score: str | None = None) -> float | None:
@@ -362,6 +367,13 @@ class DemoServer:
         return (session, display.index_report_markdown(report, upload, session.gallery),
                 display.index_report_dict(report, upload, session.gallery))
 
+    def preview_upload(self, files: list[str] | None, folder: list[str] | None = None,
+                       folder_paths: str | None = None) -> str:
+        """The labels the chosen files will get, before indexing (file names only; archives listed, not extracted)."""
+        files, folder = list(files or []), list(folder or [])
+        named = [(Path(p).name, p) for p in files] + list(zip(relative_names(folder, folder_paths), folder))
+        return display.label_preview_markdown(preview_labels(named) if named else None)
+
     def load_example_gallery(self, name: str, state: Session | None, request: gr.Request, progress=gr.Progress()):
         """Replace this session's gallery with an example gallery (indexed once per bundle, then copied)."""
         folder = self.example_galleries.get(name) if isinstance(name, str) else None
@@ -399,39 +411,97 @@ class DemoServer:
         return session, "Gallery cleared.", {}
 
     def refresh_overview(self, state: Session | None, order: str, reject_by: str, rate: float, threshold: float,
-                         score: str | None = None):
-        """Thumbnails of every entry (rejected ones framed red, doubtful ones amber) and a summary."""
+                         score: str | None = None, show_all: bool = True):
+        """Thumbnails of the entries (rejected ones framed red, doubtful ones amber; the first
+        ``OVERVIEW_FIRST`` unless ``show_all``) and a summary that says how many are shown."""
         if state is None or state.closed or not len(state.gallery):
             return [], display.overview_summary(None, [])
         try:
             rejected = self._rejected(state.gallery, reject_by, rate, threshold, score)
         except gr.Error as e:  # a refused threshold or rate: said where the counts stand, the tiles kept
             return gr.update(), f"**Rejection not applied:** {e.message}"
-        return (display.overview_tiles(state.gallery, rejected, order),
-                display.overview_summary(state.gallery, rejected, score=score if score in QUALITY_SCORES else None))
+        limit = len(state.gallery) if show_all else min(OVERVIEW_FIRST, len(state.gallery))
+        shown = (f"\n\nShowing {limit} of {len(state.gallery)} faces"
+                 + (" · tick **Show all faces** to see every one." if limit < len(state.gallery) else "."))
+        return (display.overview_tiles(state.gallery, rejected, order, limit=limit),
+                display.overview_summary(state.gallery, rejected, score=score if score in QUALITY_SCORES else None)
+                + shown)
 
     def refresh_plots(self, state: Session | None, reject_by: str, rate: float, threshold: float, score: str | None = None):
-        """Risk-coverage curve and quality-score histogram of this session's gallery."""
+        """Risk-coverage curve and quality-score histogram of this session's gallery, the note under
+        them, and its scoreboard (every column's leave-one-out Recall@1 and Unknown rate,
+        ``cmce.method.scoreboard``), both computed once per gallery state."""
         if state is None or state.closed or not len(state.gallery):
-            return None, None, "Index a labelled gallery to see how rejection works on it."
+            return (None, None, "Index a labelled gallery to see how rejection works on it.",
+                    display.scoreboard_markdown(None, None))
         g = state.gallery
         key = (len(g.entries), len(g))
-        if state.risk_cache is None or state.risk_cache[:2] != key:
-            state.risk_cache = (*key, gallery_risk_coverage(g))
-        rc = state.risk_cache[2]
+        if state.risk_cache is None or state.risk_cache[:2] != key:  # once per gallery state: stored vectors only
+            state.risk_cache = (*key, gallery_risk_coverage(g), gallery_scoreboard(g))
+        rc, board = state.risk_cache[2:]
+        board_md = display.scoreboard_markdown(board, g.bundle.query_model)
         live = g.positions
         try:
             rejected = self._rejected(g, reject_by, rate, threshold, score)[live]
         except gr.Error as e:  # a refused threshold or rate: the plots kept, the note says why
-            return gr.update(), gr.update(), f"**Rejection not applied:** {e.message}"
+            return gr.update(), gr.update(), f"**Rejection not applied:** {e.message}", board_md
         quality = g.bundle.calibration.quality_model(score if score in QUALITY_SCORES else None)
         hist = display.uncertainty_figure(g.quality_scores(quality.kind)[live], rejected, rc.is_query & ~rc.hits,
                                           quality.description, log_scale=quality.log_axis,
                                           threshold=g.bundle.calibration.threshold_for(quality.kind))
         note = display.risk_coverage_note(rc, g)
         if not rc.usable:
-            return None, hist, note
-        return display.risk_coverage_figure(rc, float(rejected.mean()), quality.kind), hist, note
+            return None, hist, note, board_md
+        return display.risk_coverage_figure(rc, float(rejected.mean()), quality.kind), hist, note, board_md
+
+    def _faces_only(self, image: str, name: str, session: Session):
+        """The search's outputs for an empty gallery: the photo with its faces numbered, and what to do."""
+        try:
+            photo = detect_query(session.engine, load_image(image, name=clip(name, 60), limits=self.limits.image), name)
+        except CmceError as e:
+            message = clean(e)
+            gr.Warning(message)
+            return (None, gr.update(choices=display.face_choices(1), value=0), f"<p>{html.escape(message)}</p>",
+                    {"error": message}, session)
+        found = len(photo.faces)
+        text = (f"{found} face{'s' if found != 1 else ''} found. The gallery is empty: upload photos or pick an "
+                "example gallery, and this photo is searched.")
+        return (display.annotate_faces(photo.image, photo.faces, 0 if found else None),
+                gr.update(choices=display.face_choices(found), value=0), f"<p>{html.escape(text)}</p>",
+                {"error": text, "faces": [{"box": [round(x, 1) for x in f.box], "probability": round(f.probability, 4)}
+                                          for f in photo.faces]}, session)
+
+    def download_gallery(self, state: Session | None, request: gr.Request = None) -> str:
+        """This session's gallery as one zip file (raw embeddings and thumbnails, no photo) to keep."""
+        session = self._session(state, request)
+        with session.busy:
+            try:
+                return str(export_gallery(session.gallery, session.workdir / f"cmce-gallery-{len(session.gallery)}-faces.zip"))
+            except CmceError as e:
+                raise gr.Error(str(e)) from e
+
+    def restore_gallery(self, file: str | None, state: Session | None, request: gr.Request = None):
+        """Replace this session's gallery with a downloaded one (``download_gallery``): the archive is
+        checked like any upload, and the gallery re-projected into this session's bundle, no photo read.
+
+        Returns the session, a markdown report and the report as a dict.
+        """
+        session = self._session(state, request)
+        if not file:
+            gr.Warning("Choose a gallery .zip downloaded from this app first.")
+            return session, "Nothing uploaded yet.", {}
+        try:
+            size = check_request_bytes([os.path.getsize(file)], self.server.max_request_bytes)
+            session.indexed_bytes.take(size, format_amount=format_bytes)
+            with session.busy:
+                restored = import_gallery(file, session.engine, session.workdir, limits=self.limits)
+                session.gallery, session.risk_cache = restored.gallery, None
+        except CmceError as e:
+            raise gr.Error(str(e)) from e
+        except OSError as e:
+            raise gr.Error(f"Could not read the uploaded gallery ({e.strerror or e}); please upload it again.") from e
+        return (session, display.restore_markdown(restored, Path(file).name, session.engine.bundle.query_model),
+                display.restore_dict(restored))
 
     def search(self, image: str | None, face: int | None = 0, k: int = 5, identity: str | None = None,
                reject_by: str = REJECT_BY[0], rate: float | None = None, threshold: float | None = None,
@@ -458,6 +528,8 @@ class DemoServer:
         session = self._session(state, request)
         name = Path(image).name
         label = clip(identity.strip(), 100) or query_label(name)
+        if not len(session.gallery):  # nothing to search yet: still show the faces the photo holds
+            return self._faces_only(image, name, session)
         img = None
         try:
             img = load_image(image, name=clip(name, 60), limits=self.limits.image)  # size, then header, then decode
@@ -473,9 +545,11 @@ class DemoServer:
             return None, face_choice, f"<p>{html.escape(message)}</p>", {"error": message}, session
         g = session.gallery
         presence = person_presence([e.label for e in g.entries], g.positions, label or None, rejected, g.doubt().doubtful)
+        query_model = session.engine.bundle.query_model
+        verdict = query_verdict(result, query_model, label, searchable_labels(g, rejected))
         return (display.annotate_faces(img, result.faces, result.chosen),
                 gr.update(choices=display.face_choices(len(result.faces)), value=result.chosen),
-                display.result_html(result, session.gallery, label, rejected),
-                {**display.result_dict(result, session.engine.bundle.query_model, label,
-                                       session.engine.bundle.calibration, presence), "unknown_by": unknown_by},
+                display.result_html(result, g, label, rejected, verdict=verdict),
+                {**display.result_dict(result, query_model, label, session.engine.bundle.calibration, presence),
+                 "verdict": verdict.as_dict(), "unknown_by": unknown_by},
                 session)

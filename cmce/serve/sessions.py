@@ -26,6 +26,7 @@ from cmce.io.uploads import collect_uploads
 from cmce.method.bundle import default_bundle_path, load_bundle
 from cmce.method.engine import FaceEngine
 from cmce.method.report import RiskCoverage
+from cmce.method.scoreboard import Scoreboard
 from cmce.serve.display.bundle_text import bundle_choice
 from cmce.serve.workdirs import TempFolders
 
@@ -141,7 +142,8 @@ class Session:
     bundle_loads: SlidingQuota
     limits: GalleryLimits = field(default_factory=GalleryLimits, repr=False)
     closed: bool = False
-    risk_cache: tuple[int, int, RiskCoverage] | None = field(default=None, repr=False)
+    # (entries, live entries, its leave-one-out risk-coverage, its scoreboard): computed once per gallery state
+    risk_cache: tuple[int, int, RiskCoverage, Scoreboard] | None = field(default=None, repr=False)
     # held while the gallery grows or is replaced (indexing, example, clearing, bundle switch): a switch
     # during indexing waits for it, so the re-projected gallery holds every photo
     busy: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -79,3 +79,32 @@ def test_collect_uploads_reports_a_broken_archive(tmp_path):
     batch = collect_uploads([("broken.zip", bad)], tmp_path / "work")
     assert batch.items == ()
     assert batch.skipped and batch.skipped[0][0] == "broken.zip"
+
+
+def test_preview_gives_the_labels_indexing_will_give_from_names_only(tmp_path):
+    """preview_labels: loose files and each archive's members labelled as collect_uploads labels them,
+    without extracting anything; an unreadable archive is noted, not fatal."""
+    import tarfile
+    import zipfile
+
+    from cmce.io.uploads import preview_labels
+
+    zipped = tmp_path / "team.zip"
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("team/alice/1.jpg", b"x")
+        z.writestr("team/bob/2.jpg", b"x")
+        z.writestr("team/readme.txt", b"x")
+    tarred = tmp_path / "more.tar.gz"
+    src = tmp_path / "Carol_0001.jpg"
+    src.write_bytes(b"x")
+    with tarfile.open(tarred, "w:gz") as t:
+        t.add(src, arcname="Carol_0001.jpg")
+    (tmp_path / "broken.zip").write_bytes(b"not an archive")
+    files = [("friends/dan/IMG_1.jpg", "a"), ("friends/dan/IMG_2.jpg", "b"), ("team.zip", str(zipped)),
+             ("more.tar.gz", str(tarred)), ("broken.zip", str(tmp_path / "broken.zip"))]
+    p = preview_labels(files, first=4)
+    assert p.rows == (("friends/dan/IMG_1.jpg", "dan"), ("friends/dan/IMG_2.jpg", "dan"),
+                      ("team.zip: team/alice/1.jpg", "alice"), ("team.zip: team/bob/2.jpg", "bob"))
+    assert (p.images, p.labelled, p.people) == (5, 5, 4)  # Carol from her file name, inside the tar
+    assert len(p.notes) == 1 and p.notes[0].startswith("broken.zip: not a readable zip or tar")
+    assert not list(tmp_path.glob("team/*"))  # nothing extracted

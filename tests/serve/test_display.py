@@ -54,10 +54,10 @@ def test_entry_tile_frames_doubtful_entries_amber_and_dashed():
 
 
 def test_captions_and_choices():
-    assert display.entry_caption("Aaron_Peirsol", 0.412, False) == "Aaron_Peir… · u=0.41"
-    assert display.entry_caption("Ann", 0.5, True) == "rejected · u=0.50"
-    assert display.entry_caption("Aaron_Peirsol", 0.5, False, doubtful=True) == "◌ doubtful · Aaron_Pe… · u=0.50"
-    assert display.entry_caption("Ann", 0.5, True, doubtful=True) == "rejected · u=0.50"
+    assert display.entry_caption("Aaron_Peirsol", 0.412, False) == "Aaron_Peirsol · u=0.41"  # never cut
+    assert display.entry_caption("Ann", 0.5, True) == "rejected · Ann · u=0.50"
+    assert display.entry_caption("Aaron_Peirsol", 0.5, False, doubtful=True) == "◌ doubtful · Aaron_Peirsol · u=0.50"
+    assert display.entry_caption("Ann", 0.5, True, doubtful=True) == "rejected · Ann · u=0.50"
     assert display.entry_caption(None, 0.5, False).startswith("(no label)")
     from cmce.faces.image_quality import FaceImageQuality
 
@@ -326,3 +326,30 @@ def test_a_name_reached_by_the_normalised_score_says_so_and_is_not_greyed():
     summary = {"open_set_far": 1e-3, "cohort_norm": {"cohort": 50, "thresholds": {}, "strangers_named": 0.05}}
     assert "does not stand out from the next 50 people" in unknown_rule_text(summary)
     assert unknown_rule_text({"open_set_far": 1e-3}) == "'unknown' thresholds set for a 0.1% false-accept rate"
+
+
+def test_the_verdict_line_sits_above_the_columns():
+    from cmce.gallery.verdict import query_verdict
+
+    gallery, result = _fake_result()
+    verdict = query_verdict(result, "sface", "ann", {"ann", "bob"})
+    html = display.result_html(result, gallery, query_label="ann", verdict=verdict)
+    line = html.split("<div class='cmce-verdict-line")[1].split("</div>")[0]
+    assert line.startswith(" cmce-correct'")  # the ensemble was right
+    assert "CMCE ensemble ✓ · m1 → sface ✗ (Unknown) · sface alone ✗ (bob)" in line
+    assert "right where 2 of the 2 other columns failed" in line
+    assert html.index("cmce-verdict-line") < html.index("<div class='cmce-results'>")
+    assert "cmce-verdict-line" not in display.result_html(result, gallery, query_label="ann")
+
+
+def test_scoreboard_markdown_names_every_column():
+    from cmce.method.scoreboard import ScoreColumn, Scoreboard
+
+    assert "needs labels" in display.scoreboard_markdown(None, None)
+    assert "needs labels" in display.scoreboard_markdown(Scoreboard(0, 0, ()), "sface")
+    board = Scoreboard(40, 8, (ScoreColumn("ensemble", 0.95, 0.025, 0, 0), ScoreColumn("m1", 0.8, 0.1, 1, 7),
+                               ScoreColumn("query", 0.9, 0.05, 2, 4)))
+    text = display.scoreboard_markdown(board, "sface")
+    assert "each of the 40 labelled faces (8 people)" in text
+    assert "| **CMCE ensemble** | 95.0% | 2.5% | – | – |" in text
+    assert "| m1 → sface | 80.0% | 10.0% | 1 | 7 |" in text and "| sface alone | 90.0% | 5.0% | 2 | 4 |" in text

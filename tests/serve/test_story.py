@@ -119,3 +119,26 @@ def test_examples_manifest_naming_a_missing_file_is_refused(tmp_path):
     (tmp_path / "ex" / "examples.json").write_text("{}")
     with pytest.raises(StoryError, match="malformed"):
         load_examples(tmp_path / "ex")
+
+
+def test_a_bundle_without_a_clean_lift_says_plainly_what_it_buys():
+    """sface-query's ensemble ties its query model on clean photos: the tab title and story say so
+    and give the mixed-quality gain and rejection, every figure read from the shipped JSONs."""
+    from cmce.serve.story import ensemble_lift, tab_title, what_it_buys
+
+    reports = [r for r in read_evaluations(DOCS) if r.bundle == "sface-query"]
+    clean = next((r for r in reports if r.gallery_degrade is None), None)
+    mixed = next((r for r in reports if r.gallery_degrade is not None), None)
+    if clean is None or mixed is None or abs(100 * ensemble_lift(clean)) >= 0.5:
+        pytest.skip("sface-query's shipped evaluations no longer tie on clean photos")
+    title = tab_title("sface-query", reports)
+    assert "+0.0" not in title and "no better than sface on clean photos" in title
+    assert f"{100 * ensemble_lift(mixed):+.1f} points on a mixed-quality gallery" in title
+    text = what_it_buys(reports)
+    assert f"{100 * mixed.column('ensemble').recall_at_1:.1f}% against {100 * mixed.column('query').recall_at_1:.1f}%" \
+        in text
+    assert text in story_markdown(reports)
+    facenet = [r for r in read_evaluations(DOCS) if r.bundle == "facenet-query"]
+    if facenet:  # a real clean lift keeps the plain figure, and no extra sentence
+        assert re.search(r"facenet-query: \+\d+\.\d points of Recall@1 over its query model", tab_title("facenet-query", facenet))
+        assert what_it_buys(facenet) == ""

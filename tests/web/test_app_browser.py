@@ -267,7 +267,9 @@ def test_story_and_a_bundle_example_in_one_click(app_server, tmp_path):
     first = order_by_lift(shipped, reports)[0]
     with _open_page(app_server["url"]) as page:
         story = page.locator("#story")
-        assert "How to read the columns" in story.inner_text()
+        assert "How to read the columns" not in story.inner_text()  # collapsed, below the task
+        story.get_by_text("What the ensemble buys").first.click()
+        _wait_text(page, "#story", "How to read the columns")
         assert first in story.get_by_role("tab", selected=True).inner_text()
         ensemble = next(r for r in reports if r.bundle == first).column("ensemble")
         assert f"{100 * ensemble.recall_at_1:.1f}" in story.locator("table").first.inner_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 from conftest import lfw_people
@@ -209,3 +210,38 @@ def test_hostile_uploads_are_reported_and_the_rest_indexed(app_server, people, t
     query = sorted(people[4].glob("*.jpg"))[2]
     *_, result = client.predict(image=handle_file(str(query)), api_name="/search")
     assert result["views"]["ensemble"]["matches"][0]["label"] in {people[4].name, "ok"}
+
+
+def test_a_downloaded_gallery_restores_in_another_session_with_the_same_results(app_server, people):
+    """Download -> restore: the same search results and scores, the verdict line, and no photo read."""
+    owner = Client(app_server["url"], verbose=False)
+    gallery = [handle_file(str(f)) for p in people[:3] for f in sorted(p.glob("*.jpg"))[:2]]
+    owner.predict(files=gallery, api_name="/index_gallery")
+    query = handle_file(str(sorted(people[2].glob("*.jpg"))[2]))
+    *_, before = owner.predict(image=query, api_name="/search")
+    assert before["verdict"]["identity"] == people[2].name
+    assert before["verdict"]["columns"]["ensemble"]["correct"] is True
+    assert before["verdict"]["text"].startswith("CMCE ensemble ✓")
+    *_, unnamed = owner.predict(image=query, identity=" ", api_name="/search")  # a blank label: the file name's
+    assert unnamed["verdict"]["identity"] == people[2].name
+    archive = owner.predict(api_name="/download_gallery")
+    assert Path(archive).suffix == ".zip" and Path(archive).stat().st_size > 0
+
+    other = Client(app_server["url"], verbose=False)
+    report_md, report = other.predict(file=handle_file(archive), api_name="/restore_gallery")
+    assert report["restored"] == report["entries"] >= 6 and report["skipped"] == []
+    assert report["labels"] == {p.name: 2 for p in people[:3]}
+    assert "no photo read again" in report_md
+    *_, after = other.predict(image=query, api_name="/search")
+    for view, v in before["views"].items():
+        assert [(m["label"], m["similarity"]) for m in after["views"][view]["matches"]] == \
+               [(m["label"], m["similarity"]) for m in v["matches"]], view
+    assert after["verdict"] == before["verdict"]
+
+
+def test_a_query_on_an_empty_gallery_shows_its_faces(app_server, people):
+    client = Client(app_server["url"], verbose=False)
+    faces_image, face, html, result = client.predict(image=handle_file(str(sorted(people[0].glob("*.jpg"))[0])),
+                                                     api_name="/search")
+    assert faces_image and len(result["faces"]) >= 1  # the photo with its numbered face boxes
+    assert "The gallery is empty" in result["error"] and "1 face" in html

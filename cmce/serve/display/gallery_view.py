@@ -22,14 +22,16 @@ from cmce.faces.geometry import Face
 from cmce.faces.image_quality import FaceImageQuality
 from cmce.gallery.ingest import IngestReport
 from cmce.gallery.memory import Gallery
-from cmce.io.uploads import UploadBatch
+from cmce.gallery.portable import ImportedGallery
+from cmce.gallery.verdict import column_title
+from cmce.io.uploads import LabelPreview, UploadBatch
 from cmce.method.answers import DoubtMarks
 from cmce.method.ensemble import QUALITY_DESCRIPTIONS
 from cmce.method.report import RiskCoverage
+from cmce.method.scoreboard import Scoreboard
 from cmce.serve.display.bundle_text import answer_rule_note, readable_number
-from cmce.serve.display.text import short_label
 
-__all__ = ["DOUBTFUL_AMBER", "ORDERS", "REJECTED_PURPLE", "entry_caption", "entry_tile", "index_report_dict", "index_report_markdown", "overview_summary", "overview_tiles", "rejected_entries", "risk_coverage_figure", "risk_coverage_note", "uncertainty_figure"]
+__all__ = ["DOUBTFUL_AMBER", "ORDERS", "REJECTED_PURPLE", "entry_caption", "entry_tile", "index_report_dict", "index_report_markdown", "label_preview_markdown", "overview_summary", "overview_tiles", "rejected_entries", "risk_coverage_figure", "restore_dict", "restore_markdown", "risk_coverage_note", "scoreboard_markdown", "uncertainty_figure"]
 
 
 ORDERS: tuple[str, ...] = ("upload order", "most uncertain first", "least uncertain first")
@@ -160,8 +162,8 @@ def entry_tile(thumbnail: bytes, rejected: bool, size: int = 128, doubtful: bool
 def entry_caption(label: str | None, uncertainty: float, rejected: bool, members: int | None = None,
                   of: int | None = None, face: Face | None = None, doubtful: bool = False,
                   image_quality: FaceImageQuality | None = None) -> str:
-    """``"Aaron_Peirsol · u=0.41"``, ``"rejected · u=0.41"`` or, for a doubtful entry (searched,
-    marked), ``"◌ doubtful · Aaron_Pei… · u=0.41"`` (the label kept short).
+    """``"Aaron_Peirsol · u=0.41"``, ``"rejected · Aaron_Peirsol · u=0.41"`` or, for a doubtful entry
+    (searched, marked), ``"◌ doubtful · Aaron_Peirsol · u=0.41"`` (the label never cut).
 
     An entry fused from fewer members than the ensemble has gets a badge,
     ``"… · ◐ 2/3 models"``; ``u=–`` means there was no pair of members to compare.
@@ -180,7 +182,8 @@ def entry_caption(label: str | None, uncertainty: float, rejected: bool, members
         badge += f" · found: {face.found_by}"
     if image_quality is not None and image_quality.known:
         badge += f" · {image_quality.describe()}"
-    name = "rejected" if rejected else f"◌ doubtful · {short_label(label, 9)}" if doubtful else short_label(label, 11)
+    name = label or "(no label)"  # never cut: the overview's captions wrap
+    name = f"rejected · {name}" if rejected else f"◌ doubtful · {name}" if doubtful else name
     return f"{name} · u={u}{badge}"
 
 
@@ -364,3 +367,73 @@ def uncertainty_figure(uncertainty: np.ndarray, rejected: np.ndarray, wrong: np.
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def scoreboard_markdown(scoreboard: Scoreboard | None, query_model: str | None) -> str:
+    """The user's own "what the ensemble buys": one row per column of ``gallery_scoreboard``.
+
+    Recall@1 and the share of queries answered Unknown (best match under the column's
+    similarity threshold), and how many queries each column named right where the ensemble
+    did not, and the reverse. None (no gallery yet) or no query: what it needs.
+    """
+    if scoreboard is None or query_model is None or not scoreboard.usable:
+        return ("**Your gallery's scoreboard** needs labels: at least one person with two or more photos "
+                "(folders per person, or `Name_0001.jpg`-style names). Each labelled face then searches the "
+                "rest, and every column is scored.")
+    rows = [f"**Your gallery's scoreboard**: each of the {scoreboard.queries} labelled faces ({scoreboard.people} "
+            "people) whose person has another photo searches the rest with its query-model embedding, in every "
+            "column (stored vectors only: no photo is read again). *Unknown*: the best match is under the column's "
+            "similarity threshold; *won*: queries the column named right where the ensemble did not; *lost*: "
+            "queries the ensemble named right where the column did not.", "",
+            "| column | Recall@1 | Unknown | won | lost |",
+            "|---|---:|---:|---:|---:|"]
+    for c in scoreboard.columns:
+        name = column_title(c.view, query_model)
+        wins = ("–", "–") if c.view == "ensemble" else (str(c.right_where_ensemble_missed),
+                                                       str(c.missed_where_ensemble_right))
+        rows.append(f"| {'**' + name + '**' if c.view == 'ensemble' else name} | {100 * c.recall_at_1:.1f}% | "
+                    f"{100 * c.unknown_rate:.1f}% | {wins[0]} | {wins[1]} |")
+    return "\n".join(rows)
+
+
+def _labels(gallery: Gallery) -> dict[str, int]:
+    labels: dict[str, int] = {}
+    for i in gallery.positions:
+        lab = gallery.entries[i].label
+        if lab is not None:
+            labels[lab] = labels.get(lab, 0) + 1
+    return labels
+
+
+def restore_markdown(restored: ImportedGallery, name: str, query_model: str) -> str:
+    """What a gallery restored from a downloaded archive holds, and what was left out."""
+    g = restored.gallery
+    text = (f"**{len(g)} faces restored** from `{name}` ({len(_labels(g))} labelled people) in "
+            f"{restored.seconds:.2f} s: re-projected into {query_model}'s space from the stored embeddings, "
+            "no photo read again.")
+    if g.load_report is not None and g.load_report.lacking:
+        text += " " + g.load_report.summary()
+    if restored.skipped:
+        text += "\n\nLeft out of the archive: " + "; ".join(f"`{n}` ({why})" for n, why in restored.skipped[:10])
+    return text
+
+
+def restore_dict(restored: ImportedGallery) -> dict[str, Any]:
+    """The same as JSON-able data (what API clients get)."""
+    g = restored.gallery
+    return {"restored": len(g), "entries": len(g), "labels": _labels(g), "seconds": round(restored.seconds, 3),
+            "skipped": [list(x) for x in restored.skipped]}
+
+
+def label_preview_markdown(preview: LabelPreview | None) -> str:
+    """Before indexing: the first files of an upload and the label each will get ('' for none)."""
+    if preview is None or (not preview.images and not preview.notes):
+        return ""
+    rows = [f"**Before indexing**: {preview.images} images, {preview.labelled} labelled, {preview.people} people. "
+            f"The first {len(preview.rows)}:", "", "| file | label |", "|---|---|"]
+    for name, label in preview.rows:
+        shown = name.replace("|", "\\|").replace("`", "'")
+        rows.append(f"| `{shown}` | {label.replace('|', '/') if label else '*(none: an unlabelled face)*'} |")
+    if preview.notes:
+        rows += ["", " ".join(preview.notes)]
+    return "\n".join(rows)

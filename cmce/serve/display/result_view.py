@@ -18,8 +18,9 @@ from PIL import Image, ImageDraw, ImageFont
 from cmce.faces.geometry import Face
 from cmce.gallery.memory import Gallery
 from cmce.gallery.results import QueryResult, ViewResult
+from cmce.gallery.verdict import QueryVerdict
 from cmce.method.answers import Answer, decide_answer, person_presence
-from cmce.serve.display.text import percent, short_label, uncertainty_text
+from cmce.serve.display.text import percent, uncertainty_text
 
 __all__ = ["annotate_faces", "face_choices", "result_dict", "result_html", "view_title"]
 
@@ -216,13 +217,13 @@ def _verdict(v: ViewResult, answer: Answer, far: float, query_label: str | None,
     extra = "" if answer.confidence is None else f" · chance of a right answer {answer.confidence:.2f}"
     if m.doubtful:
         extra += " · <span class='cmce-doubt-tag'>◌ a doubtful photo</span>"
-    return (f"<b>{html.escape(short_label(m.label or m.source, 28))}</b>{mark}<br>"
+    return (f"<b>{html.escape(m.label or m.source)}</b>{mark}<br>"
             f"<span>{html.escape(_reached(v, answer, m.score, far))}{extra}</span>", cls)
 
 
 def result_html(
     result: QueryResult, gallery: Gallery, query_label: str | None = None, rejected: np.ndarray | None = None,
-    doubtful: np.ndarray | None = None,
+    doubtful: np.ndarray | None = None, verdict: QueryVerdict | None = None,
 ) -> str:
     """Side-by-side HTML columns, one per view: verdict, then the ranked matches.
 
@@ -233,7 +234,8 @@ def result_html(
     green (same person) or red (someone else), and an "Unknown" says whether the person is
     in the gallery at all, or only as rejected or doubtful photos. Doubtful matches
     (``doubtful``: (N,) bool, default ``gallery.doubt().doubtful``) get a dashed amber frame
-    and "◌ doubtful"; ``rejected`` entries never appear.
+    and "◌ doubtful"; ``rejected`` entries never appear. ``verdict`` (``query_verdict``) is
+    shown as one line above the columns (sticky on a phone, where the columns are swiped).
     """
     qm = gallery.bundle.query_model
     if doubtful is None:
@@ -242,7 +244,7 @@ def result_html(
     cols = []
     for name, v in result.views.items():
         answer = _view_answer(v)
-        verdict, vcls = _verdict(v, answer, result.far, query_label, status)
+        said, vcls = _verdict(v, answer, result.far, query_label, status)
         items = []
         for rank, m in enumerate(v.matches, 1):
             ok = _correct(m.label, query_label)
@@ -260,7 +262,7 @@ def result_html(
                 f"<li class='cmce-match{cls}'><img src='{_data_uri(gallery.entries[m.position].thumbnail)}' alt=''"
                 f"{_found_by_title(gallery.entries[m.position])}>"
                 f"<div class='cmce-meta'><div class='cmce-label' title='{html.escape(m.source)}'>{rank}. "
-                f"{html.escape(short_label(m.label or m.source, 22))}</div>"
+                f"{html.escape(m.label or m.source)}</div>"
                 f"<div>sim <b>{m.score:.2f}</b> · u {uncertainty_text(m.uncertainty)}{doubt}</div>{members}</div></li>"
             )
         if not items:
@@ -274,10 +276,20 @@ def result_html(
         cols.append(
             f"<section class='cmce-view {'cmce-unknown' if v.unknown else 'cmce-known'}' "
             f"data-view='{html.escape(name)}' data-answer='{html.escape(answer.kind)}'>"
-            f"<h4>{html.escape(view_title(name, qm))}</h4><div class='cmce-verdict{vcls}'>{verdict}</div>"
+            f"<h4>{html.escape(view_title(name, qm))}</h4><div class='cmce-verdict{vcls}'>{said}</div>"
             f"<ol class='cmce-matches'>{''.join(items)}</ol></section>"
         )
     face = f"face {result.chosen + 1} of {len(result.faces)}"
     who = f" · query identity: <b>{html.escape(query_label)}</b>" if query_label else ""
-    return (f"<div class='cmce-results-head'>Results for {face}{who}</div>{RESULTS_LEGEND}"
+    line = ""
+    if verdict is not None:
+        won = verdict.ensemble_only
+        ensemble = next((c for c in verdict.columns if c.view == "ensemble"), None)
+        kind = "" if ensemble is None or ensemble.correct is None else (
+            " cmce-correct" if ensemble.correct else " cmce-wrong")
+        extra = (f" <span>(the ensemble is right where {len(won)} of the {len(verdict.columns) - 1} other "
+                 f"columns failed)</span>") if won else ""
+        line = (f"<div class='cmce-verdict-line{kind}' id='verdict-line'><b>Verdict:</b> "
+                f"{html.escape(verdict.text)}{extra}</div>")
+    return (f"<div class='cmce-results-head'>Results for {face}{who}</div>{line}{RESULTS_LEGEND}"
             f"<div class='cmce-results'>{''.join(cols)}</div>")

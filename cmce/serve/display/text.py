@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["percent", "short_label", "uncertainty_text"]
-
-
-def short_label(text: str | None, limit: int = 16) -> str:
-    """``text`` cut to ``limit`` characters with an ellipsis; "(no label)" for none."""
-    text = text or "(no label)"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+__all__ = ["percent", "uncertainty_text"]
 
 
 def percent(x: float) -> str:
