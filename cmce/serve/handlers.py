@@ -454,8 +454,9 @@ class DemoServer:
             return None, hist, note, board_md
         return display.risk_coverage_figure(rc, float(rejected.mean()), quality.kind), hist, note, board_md
 
-    def _faces_only(self, image: str, name: str, session: Session):
-        """The search's outputs for an empty gallery: the photo with its faces numbered, and what to do."""
+    def _faces_only(self, image: str, name: str, face_index: int, session: Session):
+        """The search's outputs for an empty gallery: the photo with its faces numbered (the chosen one
+        kept, so that it is searched once the gallery is back), and what to do."""
         try:
             photo = detect_query(session.engine, load_image(image, name=clip(name, 60), limits=self.limits.image), name)
         except CmceError as e:
@@ -466,8 +467,9 @@ class DemoServer:
         found = len(photo.faces)
         text = (f"{found} face{'s' if found != 1 else ''} found. The gallery is empty: upload photos or pick an "
                 "example gallery, and this photo is searched.")
-        return (display.annotate_faces(photo.image, photo.faces, 0 if found else None),
-                gr.update(choices=display.face_choices(found), value=0), f"<p>{html.escape(text)}</p>",
+        chosen = min(face_index, found - 1) if found else None
+        return (display.annotate_faces(photo.image, photo.faces, chosen),
+                gr.update(choices=display.face_choices(found), value=chosen or 0), f"<p>{html.escape(text)}</p>",
                 {"error": text, "faces": [{"box": [round(x, 1) for x in f.box], "probability": round(f.probability, 4)}
                                           for f in photo.faces]}, session)
 
@@ -529,7 +531,7 @@ class DemoServer:
         name = Path(image).name
         label = clip(identity.strip(), 100) or query_label(name)
         if not len(session.gallery):  # nothing to search yet: still show the faces the photo holds
-            return self._faces_only(image, name, session)
+            return self._faces_only(image, name, face_index, session)
         img = None
         try:
             img = load_image(image, name=clip(name, 60), limits=self.limits.image)  # size, then header, then decode
