@@ -53,3 +53,7 @@ class DatasetError(CmceError):
 
 class NoFaceError(CmceError):
     """A query photo holds no face to search with (a normal outcome, to be reported)."""
+
+
+class PeopleError(CmceError):
+    """Faces cannot be grouped as asked: bad vectors or settings, or constraints that contradict each other."""
