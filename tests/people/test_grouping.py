@@ -25,7 +25,7 @@ def _people(n_people: int, per: int, dim: int = 32, noise: float = 0.5, seed: in
 @pytest.mark.parametrize("method", ["chinese_whispers", "components", "louvain", "hdbscan"])
 def test_separated_people_are_found(method):
     x, truth = _people(20, 5, noise=0.2)
-    g = group_faces(x, config=GroupingConfig(threshold=0.5, method=method))
+    g = group_faces(x, config=GroupingConfig(threshold=0.7, method=method))
     assert bcubed(g.labels, truth)[2] > 0.95
     assert g.summary() == f"{len(g.people)} people, 100 faces grouped, 0 unsure"
 
