@@ -149,7 +149,7 @@ def _row(name: str, labels: np.ndarray, truth: np.ndarray, *, resamples: int, se
     out = {"name": name, "bcubed_precision": float(p.mean()), "bcubed_precision_ci95": [plo, phi],
            "bcubed_recall": float(r.mean()), "bcubed_recall_ci95": [rlo, rhi],
            "bcubed_f": fv, "bcubed_f_ci95": [flo, fhi], "pairwise_f": pairwise_prf(full, truth)[2],
-           "people_found": int(len(np.unique(labels[~unsure]))) + (0 if not unsure.any() else 0),
+           "people_found": int(len(np.unique(labels[~unsure]))),
            "people_true": int(len(np.unique(truth))), "faces": int(len(truth)),
            "share_unsure": float(unsure.mean())}
     if unsure.any():
