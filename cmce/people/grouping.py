@@ -8,7 +8,8 @@ The steps (each in its own module):
 2. a clustering of the graph (:func:`cmce.people.graph.cluster`);
 3. doubt: each face's *neighbourhood agreement* is the share of its edge weight that goes to its
    own cluster (1 for a face with no edge); its *doubt* is the larger of ``1 - agreement`` and
-   the percentile of its ``uncertainty`` in the gallery. Faces whose uncertainty passes
+   the percentile of its ``uncertainty`` in the gallery, and faces grouped with others come
+   before faces alone (a face alone cannot be in a wrong person). Faces whose uncertainty passes
    ``doubt_above`` (the bundle's calibrated rejection cut) and the ``unsure_share`` most doubted
    faces go to the *unsure* set, are taken out of the graph, and the rest is clustered again;
 4. the constraints are enforced (:func:`cmce.people.constraints.honour`): a must-link unit is one
@@ -242,6 +243,9 @@ def group_faces(
         split = 1.0 - _agreement(graph, labels)
         pct = _percentile(unc) if unc is not None else np.zeros(n)
         doubt = np.maximum(split, pct)
+        # a face alone cannot be in a wrong person: faces grouped with others are doubted first
+        alone = np.bincount(labels, minlength=int(labels.max()) + 1)[labels] == 1
+        doubt[alone] -= 2.0
         doubt[~free] = -np.inf
         doubt[reason != ""] = -np.inf
         take = int(round(config.unsure_share * n)) - int(np.count_nonzero(reason != ""))
