@@ -133,7 +133,7 @@ def _check_evaluate_options(args: argparse.Namespace) -> None:
         raise CmceError("--ablations trains on the bundle's training identities and measures on the held-out ones: "
                         "add --heldout")
     galleries = len(args.gallery_degrade or ())
-    if galleries > 1 and (args.ablations or args.record):
+    if galleries > 1 and (args.ablations or (args.record and not args.people)):
         raise CmceError(f"{'--ablations' if args.ablations else '--record'} takes one gallery; "
                         f"{galleries} --gallery-degrade specs were given")
     if args.precision != "float32" and not args.upgrade_from:
@@ -431,7 +431,8 @@ def _add_evaluate_parser(sub) -> None:
     s.add_argument("--degrade-seed", type=int, default=0, help="picks the degraded photos and their strength")
     s.add_argument("--ci-resamples", type=int, default=1000, help="bootstrap draws (over identities) per interval")
     s.add_argument("--people", action="store_true",
-                   help="with --heldout: group the faces into people, labels hidden (docs/people.md)")
+                   help="with --heldout: group the faces into people, labels hidden (docs/people.md); with "
+                        "--record the grouping calibration goes into the bundle's config")
     s.add_argument("--ablations", action="store_true",
                    help="with --heldout: train and measure the paper's ablations (ensemble alternatives, "
                         "diversity, ensemble size) on the bundle's training identities; adds 'ablations' to the JSON")

@@ -91,9 +91,11 @@ def render_people_curve(docs: Sequence[Mapping]) -> str:
         cal = doc["calibration"]
         for who in ("ensemble", "query"):
             c = cal[who]
-            near = [p for p in c["curve"] if abs(p["threshold"] - c["threshold"]) <= 0.101]
-            lines.append(f"| `{_bundle(doc)}` | training identities | {'CMCE ensemble' if who == 'ensemble' else 'query model alone'} "
-                         f"| {_curve_cells(near, c['threshold'])} |")
+            name = "CMCE ensemble" if who == "ensemble" else "query model alone"
+            for key, where in (("curve", "training identities, clean"), ("curve_mixed", "training identities, mixed")):
+                if key in c:
+                    near = [p for p in c[key] if abs(p["threshold"] - c["threshold"]) <= 0.101]
+                    lines.append(f"| `{_bundle(doc)}` | {where} | {name} | {_curve_cells(near, c['threshold'])} |")
         for g in doc["galleries"]:
             for who, curve in g["curve"].items():
                 chosen = cal["ensemble" if who == "ensemble" else "query"]["threshold"]

@@ -3,8 +3,9 @@
 Every found face of the held-out identities is one face of an unlabelled library (clean, or
 with a share of its photos degraded by ``--gallery-degrade``). The grouping never sees a label;
 the labels only score it. The thresholds come from the bundle's training identities
-(``calibrate``: every identity the bundle was trained or validated on, clean photos), never
-from the held-out ones; so does the clustering method (the best BCubed F there).
+(``calibrate``: every identity the bundle was trained or validated on, clean, and a mixed-quality
+library of 1,000 of them), never from the held-out ones; so does the clustering method (the best
+BCubed F on the clean training photos).
 
 Rows, all on the same faces:
 
@@ -35,14 +36,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from cmce.experiments.degrade import DegradeSpec, degrade_gallery
-from cmce.experiments.splits import SplitConfig, dataset_splits
+from cmce.experiments.splits import SplitConfig, dataset_splits, embedded_subset
 from cmce.io.datasets import list_labelled_images
 from cmce.method.bundle_model import Bundle
 from cmce.metrics.clustering import bcubed_items, pairwise_prf
 from cmce.metrics.intervals import cluster_bootstrap
 from cmce.models.embed import EmbeddedFiles, EmbeddingCache, embed_files
 from cmce.people import GroupingConfig, group_faces
-from cmce.people.calibration import calibrate_threshold
+from cmce.people.calibration import calibrate_threshold, threshold_curve
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ DLIB_DESCRIPTOR_NORM = 1.41
 
 METHODS_COMPARED = ("chinese_whispers", "components", "louvain", "leiden", "hdbscan")
 UNSURE_SHARES = (0.0, 0.05, 0.10, 0.20)
+CALIBRATION_MIX = "mix:0.6"
+"""The degradation of the training library the threshold is also calibrated on (the bundles' --mixed-share)."""
+CALIBRATION_IDENTITIES = 1000
+"""Training identities in that mixed library (a seeded draw; degrading every training photo costs too long)."""
 CURVE_OFFSETS = tuple(round(-0.10 + 0.02 * i, 2) for i in range(11))
 
 
@@ -74,12 +79,19 @@ def _spaces(bundle: Bundle, embedded: EmbeddedFiles, rows: np.ndarray) -> dict:
 
 
 def calibrate(data_dir, bundle: Bundle, *, cache: EmbeddingCache | None, progress: bool,
-              methods: Sequence[str] = METHODS_COMPARED) -> dict:
+              methods: Sequence[str] = METHODS_COMPARED, mixed: bool = True, seed: int = 0) -> dict:
     """Thresholds and the clustering, measured on the bundle's training identities (train + validation).
 
+    The clustering is the best BCubed F among ``methods`` on the clean training photos. Its
+    threshold (for the ensemble, and the query model's for the baseline row) is the one of the
+    best mean BCubed F over two training libraries: the clean one, and (``mixed``)
+    :data:`CALIBRATION_IDENTITIES` training identities with :data:`CALIBRATION_MIX` of their photos
+    degraded, as the bundles' own rejection cut is calibrated on mixed-quality validation galleries.
+
     Returns:
-        JSON-ready: ``identities``, ``faces``, per method its ensemble curve and best threshold
-        (``methods``), the chosen method, and the ensemble and query-model calibrations of it.
+        JSON-ready: ``identities``, ``faces``, per method its clean ensemble curve and best threshold
+        (``methods``), the chosen ``method``, ``ensemble`` and ``query`` (threshold, clean and mixed
+        curves), ``mixed`` (what the mixed library holds) and the ``unsure_cut``.
     """
     full = list_labelled_images(data_dir)
     split = dataset_splits(full.labels, SplitConfig(**bundle.info["training"]["split"]))
@@ -97,13 +109,35 @@ def calibrate(data_dir, bundle: Bundle, *, cache: EmbeddingCache | None, progres
         except ImportError as exc:  # an optional clustering package missing: said, not hidden
             logger.warning("clustering %s not measured: %s", m, exc)
     chosen = max(by_method, key=lambda m: by_method[m].best.f)
-    query = calibrate_threshold(sp["query"], truth, method=chosen)
-    return {"identities": int(len(np.unique(truth))), "faces": int(len(rows)),
-            "methods": {m: c.to_dict() for m, c in by_method.items()}, "method": chosen,
-            "ensemble": by_method[chosen].to_dict(), "query": query.to_dict(),
-            "unsure_cut": {"quality": bundle.calibration.quality.kind,
-                           "doubt_above": float(bundle.calibration.rejection_threshold),
-                           "rejection_rate": float(bundle.calibration.rejection_rate)}}
+    curves = {"ensemble": {"clean": by_method[chosen].curve},
+              "query": {"clean": threshold_curve(sp["query"], truth, method=chosen)}}
+    mixed_info = None
+    if mixed:
+        ids = np.unique(truth)
+        pick = np.random.default_rng(seed).choice(ids, min(CALIBRATION_IDENTITIES, len(ids)), replace=False)
+        sub = embedded_subset(embedded, np.isin(labels, pick) & embedded.found)
+        sub_labels = labels[np.isin(labels, pick) & embedded.found]
+        deg, report, _ = degrade_gallery(sub, np.arange(len(sub.paths)), DegradeSpec.parse(CALIBRATION_MIX),
+                                         seed=seed, models=list(bundle.models), cache=cache, progress=progress)
+        found = np.flatnonzero(deg.found)
+        sp_mixed = _spaces(bundle, deg, found)
+        for who in ("ensemble", "query"):
+            curves[who]["mixed"] = threshold_curve(sp_mixed[who], sub_labels[found], method=chosen)
+        mixed_info = {"spec": CALIBRATION_MIX, "identities": int(len(pick)), "faces": int(len(found)),
+                      "degraded": report.get("degraded")}
+    out = {"identities": int(len(np.unique(truth))), "faces": int(len(rows)),
+           "methods": {m: c.to_dict() for m, c in by_method.items()}, "method": chosen, "mixed": mixed_info,
+           "unsure_cut": {"quality": bundle.calibration.quality.kind,
+                          "doubt_above": float(bundle.calibration.rejection_threshold),
+                          "rejection_rate": float(bundle.calibration.rejection_rate)}}
+    for who, cs in curves.items():
+        mean_f = {p.threshold: np.mean([next(q.f for q in c if q.threshold == p.threshold) for c in cs.values()])
+                  for p in cs["clean"]}
+        best = max(mean_f, key=lambda t: (round(float(mean_f[t]), 9), t))
+        out[who] = {"method": chosen, "threshold": best, "mean_f": float(mean_f[best]),
+                    "curve": [p.to_dict() for p in cs["clean"]],
+                    **({"curve_mixed": [p.to_dict() for p in cs["mixed"]]} if "mixed" in cs else {})}
+    return out
 
 
 def people_gallery(photos, spec: DegradeSpec | None, *, seed: int = 0) -> tuple[EmbeddedFiles, dict | None]:
@@ -186,8 +220,6 @@ def _unsure_sweep(vectors: np.ndarray, uncertainty: np.ndarray | None, truth: np
 
 def _curve(vectors: np.ndarray, truth: np.ndarray, cfg: GroupingConfig) -> list:
     """BCubed F of the held-out grouping around the calibrated threshold (shown, never used to choose)."""
-    from cmce.people.calibration import threshold_curve
-
     ts = [round(cfg.threshold + o, 2) for o in CURVE_OFFSETS]
     return [p.to_dict() for p in threshold_curve(vectors, truth, method=cfg.method, thresholds=ts, k=cfg.k)]
 
