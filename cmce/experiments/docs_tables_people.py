@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cmce.errors import CmceError
-from cmce.experiments.docs_tables_base import one_doc
 from cmce.metrics.intervals import format_interval
 
 __all__ = ["PEOPLE_TABLES", "render_people_calibration", "render_people_curve", "render_people_rows",
@@ -160,6 +159,6 @@ PEOPLE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "people-unsure": render_people_unsure,
     "people-curve": render_people_curve,
     "people-calibration": render_people_calibration,
-    "people-scale": lambda docs: render_people_scale([one_doc(docs)]),
+    "people-scale": render_people_scale,
     "people-summary": render_people_summary,
 }

@@ -53,10 +53,9 @@ def bcubed_items(clusters: Sequence | np.ndarray, truth: Sequence | np.ndarray) 
     c, t = _codes(clusters, truth)
     if not len(c):
         return np.zeros(0), np.zeros(0)
-    nc, nt = int(c.max()) + 1, int(t.max()) + 1
-    # joint counts of (cluster, class) through one bincount over a combined key
-    joint = np.bincount(c.astype(np.int64) * nt + t, minlength=nc * nt)
-    both = joint[c.astype(np.int64) * nt + t].astype(np.float64)
+    # joint counts of (cluster, class): the distinct combined keys only (a dense table is clusters x classes)
+    _, pair, joint = np.unique(c.astype(np.int64) * (int(t.max()) + 1) + t, return_inverse=True, return_counts=True)
+    both = joint[pair.ravel()].astype(np.float64)
     return both / np.bincount(c)[c], both / np.bincount(t)[t]
 
 
@@ -89,8 +88,7 @@ def pairwise_prf(clusters: Sequence | np.ndarray, truth: Sequence | np.ndarray) 
     c, t = _codes(clusters, truth)
     if not len(c):
         raise CmceError("pairwise F of an empty clustering is undefined")
-    nt = int(t.max()) + 1
-    both = _pairs(np.bincount(c.astype(np.int64) * nt + t))
+    both = _pairs(np.unique(c.astype(np.int64) * (int(t.max()) + 1) + t, return_counts=True)[1])
     claimed, true = _pairs(np.bincount(c)), _pairs(np.bincount(t))
     p = both / claimed if claimed else 1.0
     r = both / true if true else 1.0
