@@ -1,8 +1,9 @@
 """``group_gallery``: the people of a saved gallery, named by its entries and source files.
 
 It reads the gallery's raw embeddings (the source of truth) and fuses them with the serving
-bundle into the served ensemble vectors and quality scores (the derived data of that bundle),
-then groups them (:func:`cmce.people.grouping.group_faces`) with the bundle's grouping
+bundle into the served ensemble vectors and quality scores (the derived data of that bundle);
+the neighbours are found with the gallery's own saved ensemble index when it is current
+(otherwise one is built over the fused vectors). Then it groups them (:func:`cmce.people.grouping.group_faces`) with the bundle's grouping
 calibration (``info["people"]``, written by ``cmce evaluate DATA --heldout --people --record``
 from the bundle's training identities) unless a config is given. Faces of one photo (one
 content hash) are different people; constraints and names are keyed by entry id.
@@ -91,6 +92,21 @@ def _entry_pairs(pairs: Iterable[Sequence[str]] | None, where: Mapping[str, int]
     return out
 
 
+def _own_index(stored, bundle: Bundle, n: int):
+    """The gallery's own saved ensemble index (its derived data for this bundle), when current and complete."""
+    if stored is None:
+        return None
+    from cmce.gallery.persistence import bundle_fingerprint
+    from cmce.search.index import VectorIndex
+    from cmce.storage.derived import read_derived
+
+    derived = read_derived(stored, bundle_fingerprint(bundle))
+    if derived is None or not derived.index_path.is_file():
+        return None
+    index = VectorIndex.load(derived.index_path)
+    return index if len(index) == index.num_active == n else None
+
+
 def group_gallery(gallery: str | os.PathLike | GalleryRecords, bundle: Bundle, *, config: GroupingConfig | None = None,
                   must_link: Iterable[Sequence[str]] | None = None, cannot_link: Iterable[Sequence[str]] | None = None,
                   known_labels: Mapping[str, str] | None = None) -> GalleryPeople:
@@ -107,14 +123,16 @@ def group_gallery(gallery: str | os.PathLike | GalleryRecords, bundle: Bundle, *
         PeopleError: unknown entry ids, contradicting constraints, or no calibration.
         GalleryError: a folder that is not a gallery, or one the bundle cannot serve.
     """
-    records = gallery if isinstance(gallery, GalleryRecords) else read_gallery(Path(gallery)).records
-    source = "the gallery" if isinstance(gallery, GalleryRecords) else str(gallery)
+    stored = None if isinstance(gallery, GalleryRecords) else read_gallery(Path(gallery))
+    records = gallery if stored is None else stored.records
+    source = "the gallery" if stored is None else str(gallery)
     check_servable(bundle, records.backbones, len(records.entry_id), source)
     cfg = config or bundle_grouping_config(bundle)
     emb, present = bundle_inputs(bundle, records.embeddings, records.present)
     gv = bundle.gallery_vectors(emb, records.probability, present)
     ok = np.asarray(gv.available["ensemble"], bool)
     rows = np.flatnonzero(ok)
+    index = _own_index(stored, bundle, len(rows)) if ok.all() else None
     if not len(rows):
         raise PeopleError(f"{source}: no face the bundle can fuse; nothing to group")
     ids = [str(e) for e in records.entry_id[rows]]
@@ -126,7 +144,8 @@ def group_gallery(gallery: str | os.PathLike | GalleryRecords, bundle: Bundle, *
         names[where[e]] = name
     grouping = group_faces(gv.ensemble[rows], uncertainty=np.nan_to_num(np.asarray(gv.quality, np.float64)[rows]),
                            photo_ids=records.content_hash[rows], must_link=_entry_pairs(must_link, where, "must_link"),
-                           cannot_link=_entry_pairs(cannot_link, where, "cannot_link"), known_labels=names, config=cfg)
+                           cannot_link=_entry_pairs(cannot_link, where, "cannot_link"), known_labels=names, config=cfg,
+                           index=index)
     skipped = tuple(str(e) for e in records.entry_id[~ok])
     if skipped:
         logger.info("%d entries not grouped: the bundle cannot fuse them", len(skipped))
