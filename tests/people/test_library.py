@@ -98,3 +98,8 @@ def test_the_people_command_prints_the_summary_and_writes_json(tmp_path: Path, b
     few = [u for u in doc["unsure"] if u["reason"] == "few faces"]  # face 1 shares a photo with face 0: alone
     assert few and set(few[0]) == {"entry_id", "source_file", "reason"} and few[0]["source_file"] == "photo1.jpg"
     assert main(["people", str(tmp_path / "nothing")]) == 2
+
+
+def test_evaluate_people_needs_the_heldout_split(capsys) -> None:
+    assert main(["evaluate", "nowhere", "--people"]) == 2
+    assert "add --heldout" in capsys.readouterr().err
