@@ -70,7 +70,8 @@ def render_people_differences(docs: Sequence[Mapping]) -> str:
 
 
 def render_people_unsure(docs: Sequence[Mapping]) -> str:
-    """Precision and recall of the faces grouped against the share held out as unsure (most doubted first)."""
+    """Precision (three decimals: the differences are small) and recall of the faces grouped against the
+    share held out as unsure (most doubted first)."""
     lines = ["| bundle | gallery | vectors | held out | grouped BCubed P | grouped BCubed R | people found |",
              "|---|---|---|---:|---:|---:|---:|"]
     for doc in docs:
@@ -78,7 +79,7 @@ def render_people_unsure(docs: Sequence[Mapping]) -> str:
             for who, sweep in g["unsure_sweep"].items():
                 for s in sweep:
                     lines.append(f"| `{_bundle(doc)}` | {_gallery_name(g)} | {who} | {100 * s['share']:.0f}% | "
-                                 f"{_pts(s['grouped_precision'])} | {_pts(s['grouped_recall'])} | {s['people_found']} |")
+                                 f"{100 * s['grouped_precision']:.3f} | {_pts(s['grouped_recall'])} | {s['people_found']} |")
     return "\n".join(lines) + "\n"
 
 
