@@ -79,7 +79,7 @@ def _record(folder: Path, calibration: dict) -> None:
         "method": calibration["method"], "threshold": calibration["ensemble"]["threshold"],
         "query_threshold": calibration["query"]["threshold"], "identities": calibration["identities"],
         "faces": calibration["faces"],
-        "measured_by": "BCubed F on the bundle's training identities (train + validation), clean photos"}
+        "measured_by": "best mean BCubed F on the bundle's training identities (train + validation): clean, and 1,000 of them with mix:0.6 of their photos degraded"}
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config.", suffix=".json")
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(doc, indent=2) + "\n")
