@@ -95,6 +95,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cmce.models.embed import EmbeddingCache
 
     _check_evaluate_options(args)
+    if args.people:
+        from cmce.cli_people import run_people_evaluation
+
+        return run_people_evaluation(args)
     specs = parse_gallery_kinds(args.gallery_degrade)  # a bad spec fails before anything is embedded
     bundle = load_bundle(args.bundle, revision=args.revision)
     sources = [load_upgrade_source(s) for s in args.upgrade_from or ()]
@@ -130,7 +134,7 @@ def _check_evaluate_options(args: argparse.Namespace) -> None:
         raise CmceError("--ablations trains on the bundle's training identities and measures on the held-out ones: "
                         "add --heldout")
     galleries = len(args.gallery_degrade or ())
-    if galleries > 1 and (args.ablations or args.record):
+    if galleries > 1 and (args.ablations or (args.record and not args.people)):
         raise CmceError(f"{'--ablations' if args.ablations else '--record'} takes one gallery; "
                         f"{galleries} --gallery-degrade specs were given")
     if args.precision != "float32" and not args.upgrade_from:
@@ -427,6 +431,9 @@ def _add_evaluate_parser(sub) -> None:
                         "finds tight crops and tiny faces); cached apart")
     s.add_argument("--degrade-seed", type=int, default=0, help="picks the degraded photos and their strength")
     s.add_argument("--ci-resamples", type=int, default=1000, help="bootstrap draws (over identities) per interval")
+    s.add_argument("--people", action="store_true",
+                   help="with --heldout: group the faces into people, labels hidden (docs/people.md); with "
+                        "--record the grouping calibration goes into the bundle's config")
     s.add_argument("--ablations", action="store_true",
                    help="with --heldout: train and measure the paper's ablations (ensemble alternatives, "
                         "diversity, ensemble size) on the bundle's training identities; adds 'ablations' to the JSON")
@@ -549,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index_parser(sub)
     _add_bundle_parser(sub)
     add_forget_parser(sub)
+    from cmce.cli_people import add_people_parser
+
+    add_people_parser(sub)
     return p
 
 

@@ -66,3 +66,7 @@ class UnknownEntryError(CorrectionError):
 class ContradictionError(CorrectionError):
     """Corrections that contradict each other: a pair both must- and cannot-linked, or must-links
     that join two cannot-linked entries."""
+
+
+class PeopleError(CmceError):
+    """Faces cannot be grouped as asked: bad vectors or settings, or constraints that contradict each other."""

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cmce.errors import CmceError
 from cmce.experiments.docs_tables_indexing import INDEXING_TABLES
+from cmce.experiments.docs_tables_people import PEOPLE_TABLES
 from cmce.experiments.docs_tables_base import one_doc
 from cmce.experiments.docs_tables_results import RESULTS_TABLES
 from cmce.experiments.docs_tables_space import SPACE_TABLES
@@ -113,6 +114,8 @@ JSON_TABLES.update(TARGETS_TABLES)
 JSON_TABLES.update(VARIANT_TABLES)
 # speed.md's and scale.md's indexing-throughput, Ray scaling and 1e8-photo cost tables: docs_tables_indexing.
 JSON_TABLES.update(INDEXING_TABLES)
+# people.md's tables (evaluate --people --json, benchmarks/bench_people.py --json): docs_tables_people.
+JSON_TABLES.update(PEOPLE_TABLES)
 
 
 def _one_upgrade(evaluation: Evaluation):

@@ -14,6 +14,7 @@ nothing):
 * ``rejection``: ``rejection_curve``, ``gallery_rejection_mask``, ``threshold_for_rate``;
 * ``intervals``: ``bootstrap_mean_ci``, ``cluster_bootstrap``, ``tar_at_far_cluster_ci``,
   ``relative_error_reduction``;
+* ``clustering``: ``bcubed``, ``bcubed_items``, ``pairwise_prf``;
 * ``uncertainty``: ``mean_pairwise_cosine_distance``;
 * ``_inputs``: the shared input checks.
 """
