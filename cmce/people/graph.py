@@ -151,7 +151,10 @@ def chinese_whispers(graph: sp.csr_matrix, *, iterations: int = 30, seed: int = 
 
 
 def _louvain(graph: sp.csr_matrix, *, seed: int = 0, **_: object) -> np.ndarray:
-    import networkx as nx
+    try:
+        import networkx as nx
+    except ImportError as exc:
+        raise PeopleError("the 'louvain' clustering needs networkx (pip install -r requirements-dev.txt)") from exc
 
     g = nx.from_scipy_sparse_array(graph, edge_attribute="weight")
     labels = np.empty(graph.shape[0], np.int64)
@@ -165,7 +168,7 @@ def _leiden(graph: sp.csr_matrix, *, seed: int = 0, **_: object) -> np.ndarray:
         import igraph as ig
         import leidenalg
     except ImportError as exc:
-        raise PeopleError("the 'leiden' clustering needs the igraph and leidenalg packages") from exc
+        raise PeopleError("the 'leiden' clustering needs the igraph and leidenalg packages (pip install -r requirements-dev.txt)") from exc
     up = sp.triu(graph, k=1).tocoo()
     g = ig.Graph(n=graph.shape[0], edges=list(zip(up.row.tolist(), up.col.tolist())))
     part = leidenalg.find_partition(g, leidenalg.ModularityVertexPartition, weights=up.data.tolist(), seed=seed)
@@ -176,7 +179,7 @@ def _hdbscan(graph: sp.csr_matrix, *, vectors: np.ndarray, threshold: float, **_
     try:
         from sklearn.cluster import HDBSCAN
     except ImportError as exc:
-        raise PeopleError("the 'hdbscan' clustering needs scikit-learn") from exc
+        raise PeopleError("the 'hdbscan' clustering needs scikit-learn (pip install -r requirements-dev.txt)") from exc
     # scikit-learn 1.9.1 fails inside cluster_selection_epsilon (a TypeError in epsilon_search), so the
     # threshold is not passed: HDBSCAN picks its clusters by stability alone
     lab = HDBSCAN(min_cluster_size=2, min_samples=1, copy=True).fit_predict(np.asarray(vectors, np.float64))
