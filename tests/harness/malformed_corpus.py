@@ -75,6 +75,13 @@ def write_files(folder: Path) -> dict[str, Path]:
     out["tiny.zip"] = folder / "tiny.zip"
     (folder / "broken.zip").write_bytes(b"PK\x03\x04" + b"\x00" * 40)
     out["broken.zip"] = folder / "broken.zip"
+    with zipfile.ZipFile(folder / "bad_manifest.zip", "w") as z:  # a "downloaded gallery" that is not one
+        z.writestr("manifest.json", "{not json")
+        z.writestr("shards/entries-000000.parquet", b"PAR1" + b"\x00" * 32)
+    out["bad_manifest.zip"] = folder / "bad_manifest.zip"
+    with zipfile.ZipFile(folder / "traversal.zip", "w") as z:
+        z.writestr("../../manifest.json", "{}")
+    out["traversal.zip"] = folder / "traversal.zip"
     return out
 
 
@@ -142,8 +149,17 @@ def cases(files: dict[str, Path], handle_file: Callable) -> dict[str, list[tuple
         "repo_id with a NUL": {"repo_id": "org/na\x00me", "revision": ""},
         "repo_id '~nobody/x'": {"repo_id": "~nobody/x", "revision": ""},
     }
+    restore = {
+        **{f"file {n}": {"file": f[n]} for n in ("empty.jpg", "text.jpg", "corrupt.png", "bomb_100mp.png", "tiny.zip",
+                                                 "broken.zip", "bad_manifest.zip", "traversal.zip")},
+        "file None": {"file": None},
+        "file a string": {"file": "not a file"},
+        "file a number": {"file": 42},
+    }
+    download = {"the session's gallery": {}}
     return {"/search": list(search.items()), "/index_gallery": list(index.items()),
-            "/load_example_gallery": list(example.items()), "/load_bundle": list(bundle.items())}
+            "/load_example_gallery": list(example.items()), "/load_bundle": list(bundle.items()),
+            "/restore_gallery": list(restore.items()), "/download_gallery": list(download.items())}
 
 
 def _text_of(value) -> str:
