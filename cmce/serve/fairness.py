@@ -92,7 +92,7 @@ class ClientLimits:
     Attributes:
         jobs_per_kind: jobs one client may have queued or running in each concurrency group
             (index, search, bundle, the rest) (``CMCE_CLIENT_JOBS``).
-        requests_per_minute: queue joins, API calls and uploads per client in any minute
+        requests_per_minute: queue joins and API calls per client in any minute
             (``CMCE_CLIENT_REQUESTS_PER_MINUTE``).
         upload_bytes_per_client: upload bytes one client may keep on disk; an upload stays for
             ``upload_retention_s`` (``CMCE_UPLOAD_MB_PER_CLIENT``).
@@ -101,8 +101,9 @@ class ClientLimits:
             (``CMCE_UPLOAD_RETENTION_S``); indexing copies what it needs at once.
         sessions_per_client: sessions one client may keep; past it, its own least recently used
             one is dropped (``CMCE_SESSIONS_PER_CLIENT``).
-        api_session_idle_s: seconds an API session (one that never opened the page's heartbeat)
-            is kept without a request (``CMCE_API_SESSION_IDLE_S``).
+        api_session_idle_s: seconds an API session is kept without a request: one that never opened
+            Gradio's heartbeat (raw HTTP calls; the page and ``gradio_client`` keep it open, and Gradio
+            drops their sessions when it closes) (``CMCE_API_SESSION_IDLE_S``).
         trusted_proxies: peers whose ``X-Forwarded-For`` is believed (``CMCE_TRUSTED_PROXIES``).
         behind_space_proxy: running on a Hugging Face Space (``SPACE_ID`` set): the peer is the
             Space's proxy, and the visitor is the right-most public address it forwarded.
@@ -430,13 +431,13 @@ class Turn:
 @dataclass
 class ClientGate:
     """The per-client limits of one server: request rate, upload ledger, and the sessions seen
-    with a browser heartbeat (those are not API sessions)."""
+    with Gradio's heartbeat open (the page's and ``gradio_client``'s; not expired as idle API sessions)."""
 
     limits: ClientLimits
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     rate: RateWindow = field(init=False)
     uploads: UploadLedger = field(init=False)
-    _browsers: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _heartbeats: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -454,14 +455,14 @@ class ClientGate:
                                   f"({self.limits.jobs_per_kind} allowed at once); retry in 5 s when one has "
                                   f"finished", 5)
 
-    def saw_browser(self, session_hash: str) -> None:
-        """The page's heartbeat opened for ``session_hash``: a browser tab (kept 10,000 at most)."""
+    def saw_heartbeat(self, session_hash: str) -> None:
+        """Gradio's heartbeat opened for ``session_hash`` (a page or ``gradio_client``; 10,000 kept at most)."""
         with self._lock:
-            self._browsers.pop(session_hash, None)
-            self._browsers[session_hash] = True
-            while len(self._browsers) > 10_000:
-                self._browsers.popitem(last=False)
+            self._heartbeats.pop(session_hash, None)
+            self._heartbeats[session_hash] = True
+            while len(self._heartbeats) > 10_000:
+                self._heartbeats.popitem(last=False)
 
-    def is_browser(self, session_hash: str | None) -> bool:
+    def has_heartbeat(self, session_hash: str | None) -> bool:
         with self._lock:
-            return bool(session_hash) and session_hash in self._browsers
+            return bool(session_hash) and session_hash in self._heartbeats

@@ -4,14 +4,15 @@
 ``launch(app_kwargs={"middleware": [...]})``). It looks at the requests that make the server
 work or store something:
 
-* ``POST /gradio_api/queue/join`` and ``POST /gradio_api/call/{api}``: counted against the
+* ``POST /gradio_api/queue/join`` and ``POST /gradio_api/call/[v2/]{api}``: counted against the
   client's requests per minute, and refused while the client already holds
   ``jobs_per_kind`` jobs of that event's concurrency group (counted in Gradio's queue, plus
   the client's joins on their way in). A refused job never takes a queue slot;
-* ``POST /gradio_api/upload``: counted against the requests per minute and charged to the
-  client's upload bytes (its ``Content-Length``, required) before a byte is stored; the
+* ``POST /gradio_api/upload``: charged to the client's upload bytes (its ``Content-Length``,
+  required, and at least ``MIN_UPLOAD_CHARGE``) before a byte is stored; the
   stored files are recorded so that they are deleted after the retention;
-* ``GET /gradio_api/heartbeat/{session}``: only noted (that session is a browser tab).
+* ``GET /gradio_api/heartbeat/{session}``: only noted (that session is held open by a page or
+  ``gradio_client``, and Gradio drops it when the heartbeat closes: not an idle API session).
 
 A refusal is HTTP 429 (503 when the whole server's upload space is full) with a JSON body
 ``{"detail": "too many requests from you ...; retry in N s", "error": "too_many_requests",
@@ -38,6 +39,12 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 #: How a refusal names the app's concurrency groups (others: "other").
 KIND_NAMES = {"index": "indexing", "search": "search", "bundle": "bundle load"}
 _API = "/gradio_api/"
+#: Bytes an upload is charged at least (a file and a folder on disk), so that uploads of empty files are
+#: bounded in number as well: 400 MiB a client is 6,400 of them.
+MIN_UPLOAD_CHARGE = 64 * 1024
+#: A refused upload up to this size is read and dropped before the answer (a client still sending gets
+#: the answer instead of a broken connection); a larger one is answered at once.
+DRAIN_BYTES = 8 * 1024 * 1024
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -70,18 +77,18 @@ class ClientGateMiddleware:
         route = scope["path"].split(_API, 1)[1]
         method = scope.get("method", "GET")
         if method == "GET" and route.startswith("heartbeat/"):
-            self.gate.saw_browser(route.split("/", 1)[1])
+            self.gate.saw_heartbeat(route.split("/", 1)[1])
             return await self.app(scope, receive, send)
         if method != "POST" or not (route in ("queue/join", "upload") or route.startswith("call/")):
             return await self.app(scope, receive, send)
         headers = _headers(scope)
         client = self.gate.client((scope.get("client") or (None,))[0], headers)
+        if route == "upload":  # one request per file from gradio_client: bounded by the ledger, not the rate
+            return await self._upload(scope, receive, send, client, headers)
         try:
             self.gate.rate.take(client)
         except TooManyRequests as e:
             return await _refuse(send, e)
-        if route == "upload":
-            return await self._upload(scope, receive, send, client, headers)
         return await self._join(scope, receive, send, client, route)
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send, client: str, headers: dict) -> None:
@@ -91,8 +98,13 @@ class ClientGateMiddleware:
             return await _answer(send, 411, {"detail": "an upload must say its length (Content-Length)",
                                              "error": "length_required"})
         try:
-            ticket = self.gate.uploads.reserve(client, length)
+            ticket = self.gate.uploads.reserve(client, max(length, MIN_UPLOAD_CHARGE))
         except TooManyRequests as e:
+            if length <= DRAIN_BYTES:  # read (and drop) a small body, so that the client gets to read the answer
+                more = True
+                while more:
+                    message = await receive()
+                    more = message["type"] == "http.request" and message.get("more_body", False)
             return await _refuse(send, e)
         status, body = 0, bytearray()
 
@@ -169,7 +181,8 @@ class ClientGateMiddleware:
         except (KeyError, AttributeError):
             return None
         if route.startswith("call/"):
-            name = route.split("/")[1]
+            parts = route.rstrip("/").split("/")  # call/{api} or call/v2/{api}
+            name = parts[2] if len(parts) > 2 and parts[1] == "v2" else parts[1]
             fn = next((f for f in fns.values() if f.api_name == name), None)
         else:
             try:

@@ -145,8 +145,11 @@ class DemoServer:
         if state is not None and not state.closed:
             self.sessions.touch(getattr(request, "session_hash", None), state)
             return state
-        if state is not None and state.dropped:  # evicted or expired: say so once, then start afresh
+        key = getattr(request, "session_hash", None)
+        note = self.sessions.take_note(key)  # evicted or expired: say so once, then start afresh
+        if state is not None and state.dropped:
             note, state.dropped = state.dropped, None
+        if note:
             raise gr.Error(note)
         if self.engines.default is None:
             raise gr.Error(f"No bundle is loaded ({self.engines.default_error}). Load one under 'Model bundle'.")
@@ -156,7 +159,7 @@ class DemoServer:
         """Housekeeping, every ``start_tidying`` interval: uploads older than their retention deleted,
         API sessions idle past their timeout closed."""
         self.gate.uploads.sweep()
-        self.sessions.expire_idle(self.gate.limits.api_session_idle_s, self.gate.is_browser)
+        self.sessions.expire_idle(self.gate.limits.api_session_idle_s, self.gate.has_heartbeat)
 
     def start_tidying(self, interval_s: float | None = None) -> threading.Thread:
         """Run ``tidy`` every ``interval_s`` seconds in a daemon thread (default: 30 s, or half the upload

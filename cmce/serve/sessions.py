@@ -177,7 +177,7 @@ class SessionRegistry:
     ``dropped`` note set for when its owner returns); a client (``Session.client``) past
     ``per_client`` sessions evicts its own least recently used first, so one client opening
     sessions by the hundred never evicts anyone else's. ``expire_idle`` closes API sessions (those
-    ``is_browser`` does not know) idle for longer than a short timeout. ``clock``: seconds, monotonic.
+    ``has_heartbeat`` does not know) idle for longer than a short timeout. ``clock``: seconds, monotonic.
     """
 
     def __init__(self, max_sessions: int | None = None, per_client: int | None = None,
@@ -185,6 +185,7 @@ class SessionRegistry:
         self.max_sessions, self.per_client = max_sessions, per_client
         self.clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
+        self._notes: OrderedDict[str, str] = OrderedDict()  # key -> why its session was dropped (10,000 kept)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -233,8 +234,21 @@ class SessionRegistry:
                 del self._sessions[key]
                 s.dropped = (f"Your gallery was dropped: {why}, and yours was the least recently used. "
                              f"Index your photos again to go on.")
+                self._note(key, s.dropped)
                 victims.append(s)
         return victims
+
+    def _note(self, key: str, why: str) -> None:
+        """Remember why ``key``'s session was dropped (lock held), for when Gradio no longer holds its state."""
+        self._notes.pop(key, None)
+        self._notes[key] = why
+        while len(self._notes) > 10_000:
+            self._notes.popitem(last=False)
+
+    def take_note(self, key: str | None) -> str | None:
+        """Why ``key``'s session was dropped, once (None: it was not, or it was said already)."""
+        with self._lock:
+            return self._notes.pop(key, None) if key else None
 
     def touch(self, key: str | None, session: Session) -> None:
         """``session`` (under ``key``) is in use now: the last to be evicted."""
@@ -244,18 +258,20 @@ class SessionRegistry:
                 if self._sessions.get(key) is session:
                     self._sessions.move_to_end(key)
 
-    def expire_idle(self, idle_s: float, is_browser: Callable[[str], bool]) -> list[str]:
-        """Close the sessions no browser tab holds that were not used for ``idle_s`` seconds.
+    def expire_idle(self, idle_s: float, has_heartbeat: Callable[[str], bool]) -> list[str]:
+        """Close the sessions not used for ``idle_s`` seconds that no heartbeat holds (``has_heartbeat``: the
+        page and ``gradio_client`` keep Gradio's heartbeat open; raw HTTP calls do not).
 
         Returns their keys."""
         cutoff = self.clock() - idle_s
         with self._lock:
             gone = [(k, s) for k, s in self._sessions.items()
-                    if s.last_used <= cutoff and not is_browser(k) and not s.busy.locked()]
+                    if s.last_used <= cutoff and not has_heartbeat(k) and not s.busy.locked()]
             for key, s in gone:
                 del self._sessions[key]
                 s.dropped = (f"Your gallery was dropped after {idle_s:g} s without a request (API sessions are "
                              f"kept that long). Index your photos again to go on.")
+                self._note(key, s.dropped)
         for _, s in gone:
             s.close()
         if gone:

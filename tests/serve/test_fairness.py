@@ -185,6 +185,8 @@ def test_live_sessions_never_exceed_the_cap_and_the_evicted_are_told(tmp_path, o
     assert sum(not s.closed for s in sessions) == 5
     assert len(list(tmp_path.glob("cmce-session-*"))) == 5  # the evicted sessions' folders are gone
     assert "Your gallery was dropped" in sessions[0].dropped and "Index your photos again" in sessions[0].dropped
+    assert registry.take_note("hash0") == sessions[0].dropped  # also when Gradio no longer holds its state
+    assert registry.take_note("hash0") is None and registry.take_note("hash299") is None  # said once; live
 
 
 def test_one_client_opening_many_sessions_evicts_only_its_own(opened):
@@ -215,7 +217,7 @@ def test_idle_api_sessions_expire_and_browser_tabs_stay(opened):
     clock.now += 100
     registry.touch("recent", recent)
     clock.now += 1
-    assert registry.expire_idle(60, is_browser=lambda key: key == "tab") == ["api"]
+    assert registry.expire_idle(60, has_heartbeat=lambda key: key == "tab") == ["api"]
     assert api.closed and "after 60 s without a request" in api.dropped
     assert not tab.closed and not recent.closed
 
@@ -251,3 +253,12 @@ def test_gradio_cache_is_a_folder_of_this_process(tmp_path):
     (folder / "upload" / "photo.jpg").write_bytes(os.urandom(100))
     owner.cleanup()
     assert not folder.exists() and [p.name for p in (tmp_path / "gradio").iterdir()] == []
+
+
+def test_an_empty_gallery_is_said_before_the_photo_is_read(engine):
+    """A flood's new sessions search empty galleries: answered without decoding or detecting anything."""
+    from cmce.errors import GalleryError
+    from cmce.gallery.memory import Gallery
+
+    with pytest.raises(GalleryError, match="the gallery is empty"):
+        Gallery(engine).search_image(b"not even an image")
