@@ -411,8 +411,8 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
 # concurrency, so a long indexing job never holds a search slot; past CMCE_QUEUE_SIZE waiting
 # requests a caller is told the app is busy ("try again") at once.
 # Indexing handlers take turns inside (DemoServer.index_turns: CMCE_INDEX_CONCURRENCY at once, passing the
-# slot on between chunks), so Gradio lets a few more in, to wait there.
-INDEX_QUEUE = {"concurrency_id": "index", "concurrency_limit": 4 * SERVER.index_concurrency}
+# slot on between chunks), so Gradio lets as many more in, to wait there.
+INDEX_QUEUE = {"concurrency_id": "index", "concurrency_limit": 2 * SERVER.index_concurrency}
 SEARCH_QUEUE = {"concurrency_id": "search", "concurrency_limit": SERVER.search_concurrency}
 BUNDLE_QUEUE = {"concurrency_id": "bundle", "concurrency_limit": 1}
 # state_session_capacity bounds Gradio's per-session copies of the page's configuration (CMCE_MAX_SESSIONS)

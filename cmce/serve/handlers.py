@@ -328,7 +328,8 @@ class DemoServer:
 
                 def chunk_done(fraction: float, message: str) -> None:
                     progress(fraction, desc=message)
-                    turn.pass_on()
+                    if fraction < 1:  # after the last chunk it finishes at once
+                        turn.pass_on()
 
                 with session.busy:
                     report = session.gallery.add_images(upload.items, progress=chunk_done)

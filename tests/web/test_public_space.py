@@ -36,7 +36,7 @@ def people(lfw_dir):
 @pytest.fixture(scope="module")
 def capped_server(tmp_path_factory) -> Iterator[dict]:
     """An app with 2 MiB per request (so per upload), 3 MiB and 6 faces per session-hour, 2 bundle
-    switches per session-hour, one Hub id allowed, one indexing job at a time (4 in, taking turns) and
+    switches per session-hour, one Hub id allowed, one indexing job at a time (2 in, taking turns) and
     2 waiting requests."""
     with launch_app(tmp_path_factory.mktemp("app-capped"), CMCE_MAX_REQUEST_MB="2", CMCE_QUOTA_MB_PER_HOUR="3",
                     CMCE_QUOTA_ENTRIES_PER_HOUR="6", CMCE_BUNDLE_LOADS_PER_HOUR="2",
@@ -128,7 +128,7 @@ def test_bundle_allow_list_and_rate_limit(capped_server):
 
 def test_search_is_not_stalled_by_indexing_and_a_full_queue_says_busy(capped_server, people):
     """One client indexes 24 photos (one indexing slot); another searches meanwhile and is answered
-    before the indexing ends. Indexing requests beyond the 4 inside (taking turns) and the 2 that may
+    before the indexing ends. Indexing requests beyond the 2 inside (taking turns) and the 2 that may
     wait are refused at once."""
     searcher = Client(capped_server["url"], verbose=False)
     searcher.predict(files=[handle_file(str(sorted(people[4].glob("*.jpg"))[0]))], api_name="/index_gallery")
