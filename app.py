@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from cmce.gallery.ingest import GalleryLimits
 from cmce.io.limits import BundleAllowList, ServerLimits
@@ -34,10 +35,21 @@ from cmce.method.bundle_model import bundle_summary
 from cmce.method.engine import FaceEngine
 from cmce.method.unknown import UNKNOWN_BY
 from cmce.serve import display, story
+from cmce.serve.components import without_stray_files
+from cmce.serve.fairness import ClientGate, ClientLimits
+from cmce.serve.gate import ClientGateMiddleware
 from cmce.serve.guard import GuardedBlocks, query_photo
-from cmce.serve.handlers import BUNDLE_SCORE, OVERVIEW_FIRST, REJECT_BY, DemoServer, calibrated_threshold, prepare_query, typed_threshold
+from cmce.serve.handlers import (
+    BUNDLE_SCORE,
+    OVERVIEW_FIRST,
+    REJECT_BY,
+    DemoServer,
+    calibrated_threshold,
+    prepare_query,
+    typed_threshold,
+)
 from cmce.serve.sessions import shipped_bundles
-from cmce.serve.workdirs import TempFolders
+from cmce.serve.workdirs import TempFolders, own_gradio_cache
 
 try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated handler runs
     import spaces
@@ -63,6 +75,7 @@ SESSION_TTL_S = float(os.environ.get("CMCE_SESSION_TTL", 3600))
 LIMITS = GalleryLimits.from_env()  # CMCE_MAX_FILES, CMCE_MAX_ENTRIES, ... (see cmce.gallery)
 SERVER = ServerLimits.from_env(image=LIMITS.image)  # CMCE_MAX_REQUEST_MB, CMCE_QUOTA_*, ... (see cmce.io.limits)
 ALLOWED = BundleAllowList.from_env()  # CMCE_BUNDLES, CMCE_ALLOW_LOCAL_BUNDLES
+GATE = ClientGate(ClientLimits.from_env())  # per client: CMCE_CLIENT_JOBS, CMCE_UPLOAD_MB_PER_CLIENT, ... (cmce.serve.fairness)
 TEMP = TempFolders()  # session and example folders: removed at exit, swept at the next start if killed
 REJECT_BY_LABELS = {"none": "none (mark doubtful faces)", "calibrated": "calibrated", "threshold": "threshold",
                     "rate": "rate"}
@@ -173,7 +186,7 @@ def _picked(values: list) -> Any:
 # --------------------------------------------------------------------------- the handlers (cmce.serve.handlers)
 
 
-DEMO = DemoServer(SHIPPED, EXAMPLE_GALLERIES, LIMITS, SERVER, ALLOWED, TEMP, gpu=gpu)
+DEMO = DemoServer(SHIPPED, EXAMPLE_GALLERIES, LIMITS, SERVER, ALLOWED, TEMP, gpu=gpu, gate=GATE)
 ENGINES = DEMO.engines
 load_bundle_ui, pick_bundle, picked_bundle, pick_score = (DEMO.load_bundle_ui, DEMO.pick_bundle, DEMO.picked_bundle,
                                                           DEMO.pick_score)
@@ -311,11 +324,11 @@ def _task_section(page: _Page) -> None:
         with gr.Column(scale=5, min_width=320):
             gr.Markdown("### 1 · Your gallery", elem_classes="cmce-step")
             with gr.Row():
-                page.files = gr.File(label="Images or zip/tar archives", file_count="multiple",
-                                     file_types=["image", ".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz"],
-                                     height=120, elem_id="gallery-files")
-                page.folder = gr.File(label="A folder (one sub-folder per person)", file_count="directory",
-                                      height=120, elem_id="gallery-folder")
+                page.files = without_stray_files(gr.File(label="Images or zip/tar archives", file_count="multiple",
+                                                         file_types=["image", ".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz"],
+                                                         height=120, elem_id="gallery-files"))
+                page.folder = without_stray_files(gr.File(label="A folder (one sub-folder per person)",
+                                                          file_count="directory", height=120, elem_id="gallery-folder"))
             page.folder_paths = gr.Textbox("", visible=False)
             page.upload_preview = gr.Markdown("", elem_id="upload-preview")
             with gr.Row():
@@ -518,7 +531,9 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
 # Fair queueing: indexing, searching and bundle loads wait in separate queues with their own
 # concurrency, so a long indexing job never holds a search slot; past CMCE_QUEUE_SIZE waiting
 # requests a caller is told the app is busy ("try again") at once.
-INDEX_QUEUE = {"concurrency_id": "index", "concurrency_limit": SERVER.index_concurrency}
+# Indexing handlers take turns inside (DemoServer.index_turns: CMCE_INDEX_CONCURRENCY at once, passing the
+# slot on between chunks), so Gradio lets as many more in, to wait there.
+INDEX_QUEUE = {"concurrency_id": "index", "concurrency_limit": 2 * SERVER.index_concurrency}
 SEARCH_QUEUE = {"concurrency_id": "search", "concurrency_limit": SERVER.search_concurrency}
 BUNDLE_QUEUE = {"concurrency_id": "bundle", "concurrency_limit": 1}
 # state_session_capacity bounds Gradio's per-session copies of the page's configuration (CMCE_MAX_SESSIONS)
@@ -534,7 +549,9 @@ def _exit_on_sigterm(signum, frame) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    logger.info("limits: %s", "; ".join(f"{what}: {value}" for what, value in SERVER.describe()))
+    logger.info("limits: %s", "; ".join(f"{what}: {value}" for what, value in SERVER.describe() + GATE.limits.describe()))
+    own_gradio_cache()  # Gradio's upload cache in a folder of this process: removed at exit, swept at start
+    DEMO.start_tidying()  # old uploads deleted, idle API sessions closed
     engine = ENGINES.load_default(os.environ.get("CMCE_BUNDLE_REVISION") or None)
     if engine is not None and not ZERO_GPU:  # index the example galleries while the page loads
         threading.Thread(target=DEMO.example_cache.preload, args=(engine, EXAMPLE_GALLERIES.values()), daemon=True).start()
@@ -542,6 +559,7 @@ def main() -> None:
     demo.queue(default_concurrency_limit=2, max_size=SERVER.queue_size).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", 7860))),
+        app_kwargs={"middleware": [Middleware(ClientGateMiddleware, gate=GATE)]},  # per-client limits, before queueing
         **LAUNCH_KWARGS,
     )
 

@@ -95,7 +95,8 @@ def launch_app(root: Path, **extra_env: str) -> Iterator[dict]:
     """Run ``python app.py`` on a free port of 127.0.0.1 until the block ends.
 
     Yields url, bundle, tmp (the app's TMPDIR), log and root. ``extra_env`` adds or
-    overrides environment variables of the app process.
+    overrides environment variables of the app process. The app believes ``X-Forwarded-For`` from
+    loopback (``CMCE_TRUSTED_PROXIES``), so a test's clients can have addresses of their own.
     """
     bundle = app_bundle()
     if bundle is None:
@@ -103,7 +104,8 @@ def launch_app(root: Path, **extra_env: str) -> Iterator[dict]:
     (root / "tmp").mkdir(exist_ok=True)
     port = _free_port()
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
-               GRADIO_TEMP_DIR=str(root / "gradio"), TMPDIR=str(root / "tmp"), CMCE_SESSION_TTL="900")
+               GRADIO_TEMP_DIR=str(root / "gradio"), TMPDIR=str(root / "tmp"), CMCE_SESSION_TTL="900",
+               CMCE_TRUSTED_PROXIES="127.0.0.1")  # as behind a Space's proxy: harness clients send X-Forwarded-For
     if bundle != DEFAULT_BUNDLE:
         env["CMCE_BUNDLE"] = str(bundle)
     env.update(extra_env)

@@ -1,6 +1,6 @@
 """Tables of ``docs/public-space.md``, rendered from the test harnesses' JSON
 (``tests/harness/load_test.py --soak ... --json``, ``crash_test.py --json``, ``fuzz_readers.py --json``,
-``malformed_corpus.py --json``).
+``malformed_corpus.py --json``, ``flood_test.py --json``).
 
 Pure functions: a harness's JSON document in, a Markdown table (ending in a newline) out.
 ``SPACE_TABLES`` maps the renderer names a page's ``<!-- table: NAME FILE -->`` marker uses
@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from cmce.errors import CmceError
 from cmce.experiments.docs_tables_base import one_doc
 
-__all__ = ["SPACE_TABLES", "render_crash_test", "render_fuzz_readers", "render_keep", "render_malformed_corpus",
-           "render_soak", "render_soak_summary"]
+__all__ = ["SPACE_TABLES", "render_crash_test", "render_flood", "render_fuzz_readers", "render_keep",
+           "render_malformed_corpus", "render_soak", "render_soak_summary"]
 
 #: The soak's endpoints in the table's order, and how the table names them (``{photos}``: photos per indexing).
 _SOAK_ROWS = {
@@ -228,6 +228,64 @@ def render_keep(doc: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _flood_rows(doc: Mapping, when: str) -> list[str]:
+    rows = []
+    for phase, label in (("baseline", "no flood"), ("flood", "during the flood")):
+        p = doc[phase]
+        if not p["searches"]:
+            raise CmceError(f"the flood test's {phase} phase made no search: no rate to show")
+        rows.append(f"| {when} | {label} ({doc['seconds']:g} s) | {p['searches']:,} | {p['succeeded']:,} "
+                    f"({100 * p['success_rate']:.1f}%) | {_seconds(p['p50_s']) if p['p50_s'] else '-'} | "
+                    f"{_seconds(p['p95_s']) if p['p95_s'] else '-'} |")
+    return rows
+
+
+def render_flood(docs: Sequence[Mapping]) -> str:
+    """``flood_test.py --json``: the other users' searches without and during one client's flood, then
+    what happened to the flood's queue joins; one block per document (the first ``before``, the last
+    ``after``, when two are given), and the indexing-turns figures where measured.
+
+    Example:
+        >>> doc = {"seconds": 40.0, "users": 4, "flood_workers": 16, "flood_seconds": 41.8, "p95_ratio": 1.18,
+        ...        "baseline": {"searches": 95, "succeeded": 95, "success_rate": 1.0, "p50_s": 0.906, "p95_s": 2.616},
+        ...        "flood": {"searches": 69, "succeeded": 69, "success_rate": 1.0, "p50_s": 1.815, "p95_s": 3.077},
+        ...        "flood_requests": {"429": 2178, "200": 6}, "flood_total": 2184}
+        >>> print(render_flood([doc]), end="")
+        | code | other users' searches | searches | answered | p50 | p95 |
+        |---|---|---:|---:|---:|---:|
+        | this change | no flood (40 s) | 95 | 95 (100.0%) | 0.91 s | 2.62 s |
+        | this change | during the flood (40 s) | 69 | 69 (100.0%) | 1.81 s | 3.08 s |
+        <BLANKLINE>
+        | code | flood: queue joins from one address (16 at once, a new session each) | queued (200) | refused: too many (429) | refused: queue full (503) | users' p95, flood / no flood |
+        |---|---:|---:|---:|---:|---:|
+        | this change | 2,184 in 41.8 s | 6 | 2,178 | 0 | 1.18x |
+    """
+    if not 1 <= len(docs) <= 2:
+        raise CmceError(f"the flood table takes the flood test's JSON, or the one before and the one after; "
+                        f"got {len(docs)} files")
+    names = ["this change"] if len(docs) == 1 else ["before", "this change"]
+    lines = ["| code | other users' searches | searches | answered | p50 | p95 |", "|---|---|---:|---:|---:|---:|"]
+    for doc, name in zip(docs, names):
+        lines += _flood_rows(doc, name)
+    workers = {d["flood_workers"] for d in docs}
+    lines += ["", f"| code | flood: queue joins from one address ({'/'.join(map(str, sorted(workers)))} at once, a new "
+              f"session each) | queued (200) | refused: too many (429) | refused: queue full (503) "
+              f"| users' p95, flood / no flood |", "|---|---:|---:|---:|---:|---:|"]
+    for doc, name in zip(docs, names):
+        r = doc["flood_requests"]
+        lines.append(f"| {name} | {doc['flood_total']:,} in {doc['flood_seconds']:g} s | {r.get('200', 0):,} | "
+                     f"{r.get('429', 0):,} | {r.get('503', 0):,} | "
+                     f"{'no search answered' if doc['p95_ratio'] is None else format(doc['p95_ratio'], '.2f') + 'x'} |")
+    timed = [(d["indexing"], n) for d, n in zip(docs, names) if d.get("indexing")]
+    if timed:
+        lines += ["", "| code | one client indexes | another client, 2 s later, indexes | the other's request took "
+                  "| the first's took |", "|---|---:|---:|---:|---:|"]
+        for ix, name in timed:
+            lines.append(f"| {name} | {ix['big_photos']} photos | {ix['small_photos']} photos | "
+                         f"{_seconds(ix['small_s'])} | {_seconds(ix['big_s'])} |")
+    return "\n".join(lines) + "\n"
+
+
 #: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).
 SPACE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "soak": lambda docs: render_soak(one_doc(docs)),
@@ -236,4 +294,5 @@ SPACE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "fuzz-readers": lambda docs: render_fuzz_readers(one_doc(docs)),
     "malformed-corpus": lambda docs: render_malformed_corpus(one_doc(docs)),
     "keep": lambda docs: render_keep(one_doc(docs)),
+    "flood": render_flood,
 }

@@ -399,6 +399,8 @@ class Gallery:
             ImageError: unreadable photo. GalleryError: empty gallery.
             CmceError: no face in the photo, or ``face_index`` out of range.
         """
+        if self._vectors is None:  # said before the photo is decoded and its faces detected
+            raise GalleryError("the gallery is empty: index some images first")
         return search_photo(self, self.engine, detect_query(self.engine, image, name), face_index=face_index, k=k,
                             rejected=rejected, answer_rule=answer_rule, unknown_by=unknown_by)
 

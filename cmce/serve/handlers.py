@@ -14,6 +14,8 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,18 +30,30 @@ from cmce.gallery.portable import export_gallery, import_gallery
 from cmce.gallery.searchable import detect_query
 from cmce.gallery.verdict import query_verdict, searchable_labels
 from cmce.io.images import format_bytes, load_image
-from cmce.io.limits import BundleAllowList, ServerLimits, SlidingQuota, check_request_bytes
+from cmce.io.limits import (
+    BundleAllowList,
+    ServerLimits,
+    SlidingQuota,
+    check_request_bytes,
+)
 from cmce.io.uploads import collect_uploads, preview_labels, query_label
+from cmce.method.answers import person_presence
 from cmce.method.bundle_model import bundle_summary
 from cmce.method.engine import FaceEngine
-from cmce.method.answers import person_presence
 from cmce.method.ensemble import QUALITY_SCORES, check_threshold
 from cmce.method.report import gallery_risk_coverage
 from cmce.method.scoreboard import gallery_scoreboard
 from cmce.method.unknown import UNKNOWN_BY
 from cmce.serve import display
+from cmce.serve.fairness import ClientGate, ClientLimits, TakeTurns
 from cmce.serve.guard import clean, clip, user_error
-from cmce.serve.sessions import Engines, ExampleCache, Session, SessionRegistry, ShippedBundle
+from cmce.serve.sessions import (
+    Engines,
+    ExampleCache,
+    Session,
+    SessionRegistry,
+    ShippedBundle,
+)
 from cmce.serve.workdirs import TempFolders
 
 __all__ = ["BUNDLE_SCORE", "OVERVIEW_FIRST", "REJECT_BY", "DemoServer", "calibrated_threshold", "link_or_copy",
@@ -153,15 +167,19 @@ class DemoServer:
         allowed: which bundles from outside assets/ may be loaded.
         temp: where session and example folders go.
         gpu: wraps the handlers that embed faces (``spaces.GPU`` on a ZeroGPU Space; identity elsewhere).
+        gate: the per-client limits (``cmce.serve.fairness``); sessions are capped at
+            ``server.max_sessions`` and ``gate.limits.sessions_per_client``.
     """
 
     def __init__(self, shipped: dict[str, ShippedBundle], example_galleries: dict[str, Path], limits: GalleryLimits,
                  server: ServerLimits, allowed: BundleAllowList, temp: TempFolders,
-                 gpu: Callable[[Callable], Callable] = lambda fn: fn) -> None:
+                 gpu: Callable[[Callable], Callable] = lambda fn: fn, gate: ClientGate | None = None) -> None:
         self.shipped, self.example_galleries = shipped, example_galleries
         self.limits, self.server, self.allowed, self.temp = limits, server, allowed, temp
         self.engines = Engines(max_bundle_bytes=server.max_bundle_bytes, device=os.environ.get("CMCE_DEVICE") or None)
-        self.sessions = SessionRegistry()
+        self.gate = gate or ClientGate(ClientLimits())
+        self.sessions = SessionRegistry(server.max_sessions, self.gate.limits.sessions_per_client)
+        self.index_turns = TakeTurns(server.index_concurrency)  # indexing jobs pass their slot on between chunks
         self.hub_loads = SlidingQuota(server.bundle_loads_per_hour,
                                       what="bundle loads from outside assets/ (whole server)")
         self.example_cache = ExampleCache(temp.mkdtemp("examples"), limits)
@@ -179,6 +197,10 @@ class DemoServer:
         return next((n for n, b in self.shipped.items() if b.path.resolve() == source), None)
 
     def _register(self, session: Session, request: gr.Request | None) -> Session:
+        client = getattr(request, "client", None)
+        if client is not None or getattr(request, "headers", None) is not None:
+            session.client = self.gate.client(getattr(client, "host", None),
+                                              {k.lower(): v for k, v in dict(request.headers or {}).items()})
         return self.sessions.register(session, getattr(request, "session_hash", None))
 
     def _open_session(self, engine: FaceEngine) -> Session:
@@ -187,10 +209,40 @@ class DemoServer:
     def _session(self, state: Session | None, request: gr.Request | None) -> Session:
         """This browser's session, opened on the default bundle on first use."""
         if state is not None and not state.closed:
+            self.sessions.touch(getattr(request, "session_hash", None), state)
             return state
+        key = getattr(request, "session_hash", None)
+        note = self.sessions.take_note(key)  # evicted or expired: say so once, then start afresh
+        if state is not None and state.dropped:
+            note, state.dropped = state.dropped, None
+        if note:
+            raise gr.Error(note)
         if self.engines.default is None:
             raise user_error(f"No bundle is loaded ({self.engines.default_error}). Load one under 'Model bundle'.")
         return self._register(self._open_session(self.engines.default), request)
+
+    def tidy(self) -> None:
+        """Housekeeping, every ``start_tidying`` interval: uploads older than their retention deleted,
+        API sessions idle past their timeout closed."""
+        self.gate.uploads.sweep()
+        self.sessions.expire_idle(self.gate.limits.api_session_idle_s, self.gate.has_heartbeat)
+
+    def start_tidying(self, interval_s: float | None = None) -> threading.Thread:
+        """Run ``tidy`` every ``interval_s`` seconds in a daemon thread (default: 30 s, or half the upload
+        retention or API-session timeout when that is shorter)."""
+        limits = self.gate.limits
+        interval_s = interval_s or min(30.0, limits.upload_retention_s / 2, limits.api_session_idle_s / 2)
+        def loop() -> None:
+            while True:
+                time.sleep(interval_s)
+                try:
+                    self.tidy()
+                except Exception:  # noqa: BLE001 - housekeeping must outlive one failure
+                    logger.exception("housekeeping failed")
+
+        thread = threading.Thread(target=loop, name="cmce-tidy", daemon=True)
+        thread.start()
+        return thread
 
     def expire(self, session: Session | None) -> None:
         """delete_callback of the session state: idle for SESSION_TTL_S, or gone an hour after unload."""
@@ -352,10 +404,18 @@ class DemoServer:
                     seen[path] = batch / f"{n:05d}{''.join(Path(name).suffixes[-2:]) or '.bin'}"
                     link_or_copy(path, seen[path])
                 moved.append((name, seen[path]))
-            progress(0.0, desc=f"Reading {len(moved)} files")
-            upload = collect_uploads(moved, batch / "extracted")
-            with session.busy:
-                report = session.gallery.add_images(upload.items, progress=lambda f, m: progress(f, desc=m))
+            progress(0.0, desc=f"Waiting for the indexing slot ({self.index_turns.waiting} ahead)")
+            with self.index_turns.turn() as turn:  # between chunks of 16 photos, a waiting job goes first
+                progress(0.0, desc=f"Reading {len(moved)} files")
+                upload = collect_uploads(moved, batch / "extracted")
+
+                def chunk_done(fraction: float, message: str) -> None:
+                    progress(fraction, desc=message)
+                    if fraction < 1:  # after the last chunk it finishes at once
+                        turn.pass_on()
+
+                with session.busy:
+                    report = session.gallery.add_images(upload.items, progress=chunk_done)
             session.added_faces.charge(report.added)
         except CmceError as e:
             raise user_error(e) from None

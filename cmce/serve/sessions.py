@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -142,6 +143,10 @@ class Session:
     bundle_loads: SlidingQuota
     limits: GalleryLimits = field(default_factory=GalleryLimits, repr=False)
     closed: bool = False
+    # why the server dropped this session before its owner closed it (shown once when the owner returns)
+    dropped: str | None = None
+    client: str | None = None  # the address it was opened from (cmce.serve.fairness.client_address)
+    last_used: float = field(default_factory=time.monotonic, repr=False)
     # (entries, live entries, its leave-one-out risk-coverage, its scoreboard): computed once per gallery state
     risk_cache: tuple[int, int, RiskCoverage, Scoreboard] | None = field(default=None, repr=False)
     # held while the gallery grows or is replaced (indexing, example, clearing, bundle switch): a switch
@@ -168,25 +173,112 @@ class Session:
 
 
 class SessionRegistry:
-    """The live sessions by browser session key, so that a closed tab's session can be dropped at once."""
+    """The live sessions by browser session key, at most ``max_sessions`` of them.
 
-    def __init__(self) -> None:
-        self._sessions: dict[str, Session] = {}
+    A session past the cap evicts the least recently used idle one (its gallery dropped, its
+    ``dropped`` note set for when its owner returns); a client (``Session.client``) past
+    ``per_client`` sessions evicts its own least recently used first, so one client opening
+    sessions by the hundred never evicts anyone else's. ``expire_idle`` closes API sessions (those
+    ``has_heartbeat`` does not know) idle for longer than a short timeout. ``clock``: seconds, monotonic.
+    """
+
+    def __init__(self, max_sessions: int | None = None, per_client: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_sessions, self.per_client = max_sessions, per_client
+        self.clock = clock
+        self._sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
+        self._notes: OrderedDict[str, str] = OrderedDict()  # key -> why its session was dropped (10,000 kept)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._sessions)
 
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._sessions)
+
     def register(self, session: Session, key: str | None) -> Session:
-        """Record ``session`` under ``key`` (none: not recorded); a session it replaces is closed."""
+        """Record ``session`` under ``key`` (none: not recorded); a session it replaces is closed, and
+        past the cap the least recently used idle sessions are evicted."""
         if key:
+            session.last_used = self.clock()
             with self._lock:
-                old = self._sessions.get(key)
+                old = self._sessions.pop(key, None)
                 self._sessions[key] = session
+                evicted = self._over_cap(keep=session)
             if old is not None and old is not session:
                 old.close()
+            for victim in evicted:
+                victim.close()
         return session
+
+    def _over_cap(self, keep: Session) -> list[Session]:
+        """Sessions to evict (lock held): the client's own past ``per_client``, then anyone's past
+        ``max_sessions``; least recently used first, busy ones (indexing) spared while an idle one remains."""
+        victims = []
+        if self.per_client is not None and keep.client is not None:
+            victims += self._evict(lambda s: s.client == keep.client, self.per_client, keep,
+                                   f"you have more than {self.per_client} sessions open at once")
+        if self.max_sessions is not None:
+            victims += self._evict(lambda s: True, self.max_sessions, keep,
+                                   f"the server keeps {self.max_sessions} sessions at most")
+        return victims
+
+    def _evict(self, among: Callable[[Session], bool], cap: int, keep: Session, why: str) -> list[Session]:
+        victims = []
+        for busy_too in (False, True):
+            for key, s in list(self._sessions.items()):
+                if sum(among(x) for x in self._sessions.values()) <= cap:
+                    return victims
+                if s is keep or not among(s) or (not busy_too and s.busy.locked()):
+                    continue
+                del self._sessions[key]
+                s.dropped = (f"Your gallery was dropped: {why}, and yours was the least recently used. "
+                             f"Index your photos again to go on.")
+                self._note(key, s.dropped)
+                victims.append(s)
+        return victims
+
+    def _note(self, key: str, why: str) -> None:
+        """Remember why ``key``'s session was dropped (lock held), for when Gradio no longer holds its state."""
+        self._notes.pop(key, None)
+        self._notes[key] = why
+        while len(self._notes) > 10_000:
+            self._notes.popitem(last=False)
+
+    def take_note(self, key: str | None) -> str | None:
+        """Why ``key``'s session was dropped, once (None: it was not, or it was said already)."""
+        with self._lock:
+            return self._notes.pop(key, None) if key else None
+
+    def touch(self, key: str | None, session: Session) -> None:
+        """``session`` (under ``key``) is in use now: the last to be evicted."""
+        session.last_used = self.clock()
+        if key:
+            with self._lock:
+                if self._sessions.get(key) is session:
+                    self._sessions.move_to_end(key)
+
+    def expire_idle(self, idle_s: float, has_heartbeat: Callable[[str], bool]) -> list[str]:
+        """Close the sessions not used for ``idle_s`` seconds that no heartbeat holds (``has_heartbeat``: the
+        page and ``gradio_client`` keep Gradio's heartbeat open; raw HTTP calls do not).
+
+        Returns their keys."""
+        cutoff = self.clock() - idle_s
+        with self._lock:
+            gone = [(k, s) for k, s in self._sessions.items()
+                    if s.last_used <= cutoff and not has_heartbeat(k) and not s.busy.locked()]
+            for key, s in gone:
+                del self._sessions[key]
+                s.dropped = (f"Your gallery was dropped after {idle_s:g} s without a request (API sessions are "
+                             f"kept that long). Index your photos again to go on.")
+                self._note(key, s.dropped)
+        for _, s in gone:
+            s.close()
+        if gone:
+            logger.info("closed %d idle API sessions", len(gone))
+        return [k for k, _ in gone]
 
     def expire(self, session: Session | None) -> None:
         """Close ``session`` and forget every key it is recorded under."""

@@ -7,6 +7,9 @@ exits (``cleanup``, registered with :mod:`atexit`), and a process killed before 
 clean up (``kill -9``, a crash, a power cut) leaves a lock file nobody holds: the next
 start's :func:`sweep` removes its folders. Folders of a process that is still running
 are never touched, so several servers may share one temporary directory.
+
+:func:`own_gradio_cache` gives Gradio's upload cache (``GRADIO_TEMP_DIR``) the same treatment:
+a folder of this process inside it, removed at exit and swept at the next start.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import MutableMapping
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TempFolders", "sweep"]
+__all__ = ["TempFolders", "own_gradio_cache", "sweep"]
 
 _LOCK = re.compile(r"^cmce-owner-(?P<token>[0-9a-z]+)\.lock$")
 
@@ -112,3 +116,25 @@ class TempFolders:
         os.close(self._fd)
         self._fd = None
         logger.info("temporary folders of this process removed from %s", self.root)
+
+
+def own_gradio_cache(environ: MutableMapping[str, str] | None = None) -> TempFolders:
+    """Point ``GRADIO_TEMP_DIR`` at a folder of this process, inside the one it named.
+
+    Gradio writes every upload and every file it serves there and never empties it at start or
+    stop; as a :class:`TempFolders` folder (``cmce-gradio-<token>-*``) it is removed at exit and,
+    after a ``kill -9``, at the next start. Call it before the Gradio app's components are made
+    (each reads the variable when it is created).
+
+    Args:
+        environ: the environment to read and set (default ``os.environ``).
+
+    Returns:
+        The TempFolders owning the folder (its ``folders()`` is ``[the folder]``).
+    """
+    env = os.environ if environ is None else environ
+    root = Path(env.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+    root.mkdir(parents=True, exist_ok=True)
+    owner = TempFolders(root)
+    env["GRADIO_TEMP_DIR"] = str(owner.mkdtemp("gradio"))
+    return owner

@@ -6,6 +6,10 @@ of its people. An ensemble match whose label or source file is not one of the cl
 own is an isolation violation: another session's gallery leaked into this one (a second,
 unlabelled face of one of its own files is fine).
 
+Each client sends an ``X-Forwarded-For`` address of its own (``client_headers``): an app started
+with ``CMCE_TRUSTED_PROXIES=127.0.0.1`` then applies its per-client limits to each client apart,
+as it would behind a Space's proxy.
+
 Loopback only (127.0.0.0/8, localhost, ::1), bounded in clients, images and time::
 
     python app.py &
@@ -75,6 +79,12 @@ def check_loopback(url: str) -> str:
             raise LoadTestError(
                 f"refusing host {host!r}: only 127.0.0.0/8, localhost or ::1 are allowed") from None
     return url
+
+
+def client_headers(number: int) -> dict[str, str]:
+    """Client ``number``'s own address, as a Space's proxy would forward it: an app that trusts loopback's
+    ``X-Forwarded-For`` (``CMCE_TRUSTED_PROXIES=127.0.0.1``) counts each client apart; any other ignores it."""
+    return {"X-Forwarded-For": f"10.50.{number // 250}.{number % 250 + 1}"}
 
 
 def read_rss_kib(pid: int) -> int | None:
@@ -198,7 +208,7 @@ def run_client(number: int, url: str, people: Sequence[Person], searches: int, k
 
     client = None
     try:
-        client = Client(url, verbose=False)
+        client = Client(url, verbose=False, headers=client_headers(number))
         files = [handle_file(str(f)) for p in people for f in p.gallery]
         _, report = _timed(client, outcome, "/index_gallery", deadline, files=files)
         if report.get("added", 0) < len(files) or set(report.get("labels", {})) != outcome.labels:
@@ -354,7 +364,7 @@ def _soak_client(number: int, url: str, people: Sequence[Person], deadline: floa
     while time.monotonic() < deadline - 5:
         client = None
         try:
-            client = Client(url, verbose=False)
+            client = Client(url, verbose=False, headers=client_headers(number))
             pair = [people[(2 * cycle + i) % len(people)] for i in range(2)]
             files = [handle_file(str(f)) for p in pair for f in p.gallery]
             _, report = _timed(client, outcome, "/index_gallery", deadline, files=files)

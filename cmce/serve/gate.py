@@ -1,0 +1,193 @@
+"""The per-client limits of :mod:`cmce.serve.fairness`, applied before Gradio sees a request.
+
+:class:`ClientGateMiddleware` is an ASGI middleware for Gradio's FastAPI app (give it to
+``launch(app_kwargs={"middleware": [...]})``). It looks at the requests that make the server
+work or store something:
+
+* ``POST /gradio_api/queue/join`` and ``POST /gradio_api/call/[v2/]{api}``: counted against the
+  client's requests per minute, and refused while the client already holds
+  ``jobs_per_kind`` jobs of that event's concurrency group (counted in Gradio's queue, plus
+  the client's joins on their way in). A refused job never takes a queue slot;
+* ``POST /gradio_api/upload``: charged to the client's upload bytes (its ``Content-Length``,
+  required, and at least ``MIN_UPLOAD_CHARGE``) before a byte is stored; the
+  stored files are recorded so that they are deleted after the retention;
+* ``GET /gradio_api/heartbeat/{session}``: only noted (that session is held open by a page or
+  ``gradio_client``, and Gradio drops it when the heartbeat closes: not an idle API session).
+
+A refusal is HTTP 429 (503 when the whole server's upload space is full) with a JSON body
+``{"detail": "too many requests from you ...; retry in N s", "error": "too_many_requests",
+"retry_after_s": N}`` and a ``Retry-After`` header; the page shows ``detail`` as an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from cmce.serve.fairness import ClientGate, TooManyRequests, jobs_in_queue
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClientGateMiddleware", "KIND_NAMES"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+#: How a refusal names the app's concurrency groups (others: "other").
+KIND_NAMES = {"index": "indexing", "search": "search", "bundle": "bundle load"}
+_API = "/gradio_api/"
+#: Bytes an upload is charged at least (a file and a folder on disk), so that uploads of empty files are
+#: bounded in number as well: 400 MiB a client is 6,400 of them.
+MIN_UPLOAD_CHARGE = 64 * 1024
+#: A refused upload up to this size is read and dropped before the answer (a client still sending gets
+#: the answer instead of a broken connection); a larger one is answered at once.
+DRAIN_BYTES = 8 * 1024 * 1024
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+async def _answer(send: Send, status: int, body: dict, extra: list[tuple[bytes, bytes]] = ()) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *extra]})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _refuse(send: Send, e: TooManyRequests) -> None:
+    await _answer(send, e.status, {"detail": str(e), "error": "too_many_requests", "retry_after_s": e.retry_after_s},
+                  [(b"retry-after", str(e.retry_after_s).encode())])
+
+
+class ClientGateMiddleware:
+    """ASGI middleware: per-client job, rate and upload limits in front of a Gradio app."""
+
+    def __init__(self, app: Callable, gate: ClientGate) -> None:
+        self.app, self.gate = app, gate
+        self._joining: dict[tuple[str, str], int] = {}  # (client, concurrency id) -> joins on their way in
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _API not in scope.get("path", ""):
+            return await self.app(scope, receive, send)
+        route = scope["path"].split(_API, 1)[1]
+        method = scope.get("method", "GET")
+        if method == "GET" and route.startswith("heartbeat/"):
+            self.gate.saw_heartbeat(route.split("/", 1)[1])
+            return await self.app(scope, receive, send)
+        if method != "POST" or not (route in ("queue/join", "upload") or route.startswith("call/")):
+            return await self.app(scope, receive, send)
+        headers = _headers(scope)
+        client = self.gate.client((scope.get("client") or (None,))[0], headers)
+        if route == "upload":  # one request per file from gradio_client: bounded by the ledger, not the rate
+            return await self._upload(scope, receive, send, client, headers)
+        try:
+            self.gate.rate.take(client)
+        except TooManyRequests as e:
+            return await _refuse(send, e)
+        return await self._join(scope, receive, send, client, route)
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send, client: str, headers: dict) -> None:
+        try:
+            length = int(headers.get("content-length", ""))
+        except ValueError:
+            return await _answer(send, 411, {"detail": "an upload must say its length (Content-Length)",
+                                             "error": "length_required"})
+        try:
+            ticket = self.gate.uploads.reserve(client, max(length, MIN_UPLOAD_CHARGE))
+        except TooManyRequests as e:
+            if length <= DRAIN_BYTES:  # read (and drop) a small body, so that the client gets to read the answer
+                more = True
+                while more:
+                    message = await receive()
+                    more = message["type"] == "http.request" and message.get("more_body", False)
+            return await _refuse(send, e)
+        status, body = 0, bytearray()
+
+        async def capture(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and status == 200 and len(body) < 1 << 20:
+                body.extend(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            paths = []
+            if status == 200:
+                try:
+                    paths = [p for p in json.loads(bytes(body)) if isinstance(p, str)]
+                except ValueError:
+                    logger.warning("upload answer not understood; its files stay to Gradio's clean-up")
+            if paths:
+                self.gate.uploads.record(ticket, paths)
+            else:
+                self.gate.uploads.release(ticket)
+
+    async def _join(self, scope: Scope, receive: Receive, send: Send, client: str, route: str) -> None:
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        sent = False
+
+        async def replay() -> MutableMapping[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()
+
+        concurrency_id = self._concurrency_id(scope, route, raw)
+        if concurrency_id is None:  # not an event we know: Gradio answers it
+            return await self.app(scope, replay, send)
+        key = (client, concurrency_id)
+        queue = scope["app"].get_blocks()._queue
+        held = jobs_in_queue(queue, concurrency_id, self._event_client).get(client, 0) + self._joining.get(key, 0)
+        try:
+            self.gate.check_jobs(held, KIND_NAMES.get(concurrency_id, "other"))
+        except TooManyRequests as e:
+            return await _refuse(send, e)
+        self._joining[key] = self._joining.get(key, 0) + 1
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            self._joining[key] -= 1
+            if not self._joining[key]:
+                del self._joining[key]
+
+    def _event_client(self, event: Any) -> str:
+        request = getattr(event, "request", None)
+        if request is None:
+            return "unknown"
+        return self.gate.client(request.client.host if request.client else None,
+                                {k.lower(): v for k, v in request.headers.items()})
+
+    @staticmethod
+    def _concurrency_id(scope: Scope, route: str, raw: bytes) -> str | None:
+        """The concurrency group of the event a join or call asks for (None: unknown)."""
+        try:
+            fns = scope["app"].get_blocks().fns
+        except (KeyError, AttributeError):
+            return None
+        if route.startswith("call/"):
+            parts = route.rstrip("/").split("/")  # call/{api} or call/v2/{api}
+            name = parts[2] if len(parts) > 2 and parts[1] == "v2" else parts[1]
+            fn = next((f for f in fns.values() if f.api_name == name), None)
+        else:
+            try:
+                index = json.loads(raw).get("fn_index")
+            except (ValueError, AttributeError):
+                return None
+            fn = fns.get(index) if isinstance(index, int) else None
+        return None if fn is None else str(fn.concurrency_id)
