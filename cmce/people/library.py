@@ -87,14 +87,14 @@ class GalleryPeople:
         ref = str(ref).strip()
         if ref in self._where:
             return self._where[ref]
-        hits = [i for i, e in enumerate(self.entry_ids) if e.startswith(ref)] if len(ref) >= 4 else []
+        hits = [i for i, e in enumerate(self.entry_ids) if _matches(e, ref)] if len(ref) >= 4 else []
         if len(hits) == 1:
             return hits[0]
         shown = ", ".join(repr(_short_prefix(e, self.entry_ids)) for e in sorted(self.entry_ids)[:3])
         if len(hits) > 1:
             raise PeopleError(f"entry {ref!r} is ambiguous: {len(hits)} entry ids start with it; type more of it")
         raise PeopleError(f"no entry {ref!r} among the {len(self.entry_ids)} grouped faces (entry ids look like "
-                          f"'<content hash>:<face number>', a unique prefix of 4+ characters will do: e.g. {shown})")
+                          f"'<content hash>:<face number>'; a unique prefix of 4+ characters, or of the hash before ':<face number>', will do: e.g. {shown})")
 
     def person(self, ref: str) -> Person:
         """The person named by ``ref``: its name, an entry id of one of its faces, or a unique prefix of one.
@@ -151,12 +151,26 @@ class GalleryPeople:
 
 
 def _short_prefix(entry: str, ids: Sequence[str], least: int = 8) -> str:
-    """The shortest prefix (``least`` characters or more) of ``entry`` that no other of ``ids`` starts with."""
+    """``entry`` cut short but still unique among ``ids``: ``<hash prefix>:<face number>`` (the hash prefix
+    ``least`` characters or more), or a plain prefix for ids without a face number."""
+    head, sep, face = entry.rpartition(":")
+    if not sep:
+        head, face = entry, ""
     others = [e for e in ids if e != entry]
-    for n in range(min(least, len(entry)), len(entry) + 1):
-        if not any(e.startswith(entry[:n]) for e in others):
-            return entry[:n]
+    for n in range(min(least, len(head)), len(head) + 1):
+        short = head[:n] + sep + face
+        if not any(_matches(e, short) for e in others):
+            return short
     return entry
+
+
+def _matches(entry: str, ref: str) -> bool:
+    """Whether ``ref`` names ``entry``: a prefix of it, or ``<hash prefix>:<face number>``."""
+    if entry.startswith(ref):
+        return True
+    head, sep, face = ref.rpartition(":")
+    e_head, e_sep, e_face = entry.rpartition(":")
+    return bool(sep and e_sep and head and face == e_face and e_head.startswith(head))
 
 
 def bundle_grouping_config(bundle: Bundle, *, min_faces: int = 1, unsure: bool = True) -> GroupingConfig:
