@@ -34,7 +34,7 @@ from cmce.io.limits import BundleAllowList, ServerLimits
 from cmce.method.bundle_model import bundle_summary
 from cmce.method.engine import FaceEngine
 from cmce.method.unknown import UNKNOWN_BY
-from cmce.serve import display, story
+from cmce.serve import display, people_view, story
 from cmce.serve.components import without_stray_files
 from cmce.serve.fairness import ClientGate, ClientLimits
 from cmce.serve.gate import ClientGateMiddleware
@@ -95,6 +95,9 @@ CSS = """
 .cmce-verdict span{font-size:.75rem;opacity:.85}
 .cmce-verdict.cmce-correct{background:#e6f4ea;color:#0d3d1a}
 .cmce-verdict.cmce-wrong{background:#fce8e6;color:#5c0a05}
+.cmce-person{margin:0 0 8px;padding:6px;border:1px solid var(--border-color-primary);border-radius:6px}
+.cmce-person-head{margin:0 0 4px}.cmce-unsure{border-style:dashed}
+.cmce-person-face{width:64px;height:64px;object-fit:cover;border-radius:4px;margin:0 4px 4px 0!important;display:inline-block!important}
 .cmce-matches{list-style:none;padding:0!important;margin:0!important}
 .cmce-match{display:flex;gap:8px;align-items:center;padding:4px;margin:0 0 4px!important;border-radius:6px;
   border:2px solid var(--border-color-primary);font-size:.78rem;line-height:1.3}
@@ -255,6 +258,7 @@ class _Page:
     plots_note: Any = None
     rc_plot: Any = None
     hist_plot: Any = None
+    people: dict = field(default_factory=dict)  # the People tab's components (_people_section)
 
 
 def _header(page: _Page, engine: FaceEngine | None) -> None:
@@ -417,6 +421,42 @@ def _gallery_section(page: _Page, engine: FaceEngine | None) -> None:
                                format="jpeg", elem_id="overview", buttons=[])
 
 
+def _people_section(page: _Page) -> None:
+    """The People tab: the gallery's faces grouped into people, named, merged, split (cmce.serve.people_view)."""
+    c = page.people
+    with gr.Tabs(elem_id="people-tabs"):
+        with gr.Tab("People", elem_id="people-tab"):
+            with gr.Row():
+                c["group"] = gr.Button("Group faces", variant="primary", elem_id="people-group", scale=1)
+                c["find_name"] = gr.Textbox(label="Find a person by name", elem_id="people-find-name", scale=2)
+                c["find"] = gr.Button("Find", elem_id="people-find", scale=1)
+            with gr.Row():
+                c["person"] = gr.Dropdown([], label="Person", allow_custom_value=True, elem_id="people-person", scale=2)
+                c["name"] = gr.Textbox(label="Name", placeholder="e.g. Ada", elem_id="people-name-box", scale=2)
+                c["name_btn"] = gr.Button("Name", elem_id="people-name", scale=1)
+                c["split_btn"] = gr.Button("Split in two", elem_id="people-split", scale=1)
+            with gr.Row():
+                c["other"] = gr.Dropdown([], label="Other person", allow_custom_value=True, elem_id="people-other", scale=2)
+                c["merge_btn"] = gr.Button("Merge with person", elem_id="people-merge", scale=1)
+                c["entry"] = gr.Dropdown([], label="Face", allow_custom_value=True, elem_id="people-entry", scale=2)
+                c["not_btn"] = gr.Button("Not this person", elem_id="people-not", scale=1)
+            c["summary"] = gr.Markdown("", elem_id="people-summary")
+            c["rows"] = gr.HTML(people_view.EMPTY, elem_id="people-rows")
+
+
+def _wire_people(page: _Page) -> None:
+    """The People tab's events, one gradio_client endpoint each (people_group, people_name, ...)."""
+    c = page.people
+    out = [c["rows"], c["summary"], c["person"], c["other"], c["entry"]]
+    for btn, fn, inputs in ((c["group"], people_view.people_group, []),
+                            (c["name_btn"], people_view.people_name, [c["person"], c["name"]]),
+                            (c["merge_btn"], people_view.people_merge, [c["person"], c["other"]]),
+                            (c["split_btn"], people_view.people_split, [c["person"]]),
+                            (c["not_btn"], people_view.people_not, [c["entry"], c["person"]]),
+                            (c["find"], people_view.people_find, [c["find_name"]])):
+        btn.click(fn, [*inputs, page.state], out, api_name=fn.__name__, **SEARCH_QUEUE)
+
+
 def _plots_section(page: _Page) -> None:
     """Step 3: what the ensemble buys on the user's own gallery, and rejection (the paper's metric)."""
     gr.Markdown("## 3 · What the ensemble buys on your gallery, and does rejection help?")
@@ -520,10 +560,12 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
         _task_section(page)
         _search_section(page)
         _gallery_section(page, engine)
+        _people_section(page)
         _plots_section(page)
         _bundle_section(page, engine)
         _story_section(page)
         _wire(page)
+        _wire_people(page)
         demo.unload(_unload)
     return demo
 

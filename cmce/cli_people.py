@@ -16,7 +16,10 @@ from cmce.errors import CmceError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_people_parser", "run_people_evaluation"]
+__all__ = ["LISTED", "add_people_parser", "run_people_evaluation"]
+
+LISTED = 30
+"""People listed by ``cmce people`` (largest first, each with the key a correction takes), before the summary."""
 
 
 def _write_json(path: str, doc: dict) -> None:
@@ -87,8 +90,24 @@ def _record(folder: Path, calibration: dict) -> None:
     print(f"recorded the grouping calibration in {config}")
 
 
+def _correction(args: argparse.Namespace, people):
+    """The correction the options ask for, or None (``--name``, ``--merge``, ``--split``, ``--not``)."""
+    from cmce.people.corrections import merge_people, name_person, not_person, split_person
+
+    if args.name:
+        return name_person(people, *args.name)
+    if args.merge:
+        return merge_people(people, *args.merge)
+    if args.split:
+        return split_person(people, args.split)
+    if args.not_person:
+        return not_person(people, *args.not_person)
+    return None
+
+
 def _cmd_people(args: argparse.Namespace) -> int:
     from cmce.method.bundle import load_bundle
+    from cmce.people.corrections import apply_to_folder
     from cmce.people.grouping import GroupingConfig
     from cmce.people.library import bundle_grouping_config, group_gallery
 
@@ -100,6 +119,24 @@ def _cmd_people(args: argparse.Namespace) -> int:
     else:
         cfg = bundle_grouping_config(bundle, min_faces=args.min_faces)
     people = group_gallery(args.gallery_dir, bundle, config=cfg)
+    change = _correction(args, people)
+    if change is not None:
+        apply_to_folder(args.gallery_dir, people, change)
+        print(change.description)
+        people = group_gallery(args.gallery_dir, bundle, config=cfg)
+    listed = people.lines()[1:]
+    for line in listed[:LISTED]:
+        print(line)
+    if len(listed) > LISTED:
+        print(f"  ... and {len(listed) - LISTED} more people (all of them: --json)")
+    if args.compare_with:
+        from cmce.people.compare import compare_partitions, partition_of
+
+        try:
+            old = json.loads(Path(args.compare_with).read_text())
+        except (OSError, ValueError) as exc:
+            raise CmceError(f"--compare-with needs a JSON file written by `cmce people GALLERY --json`: {exc}") from None
+        print(compare_partitions(partition_of(old), partition_of(people.to_dict())).summary())
     print(people.summary())
     if args.json:
         _write_json(args.json, people.to_dict())
@@ -117,4 +154,16 @@ def add_people_parser(sub) -> None:
     s.add_argument("--min-faces", type=int, default=1, help="people with fewer faces are listed as unsure")
     s.add_argument("--threshold", type=float, default=None,
                    help="the similarity that links two faces (default: the bundle's calibrated one)")
+    fix = s.add_mutually_exclusive_group()
+    fix.add_argument("--name", nargs=2, metavar=("PERSON", "NAME"),
+                     help="name a person (PERSON: its name, one of its entry ids, or a unique prefix of one, as "
+                          "printed); the name is stored on each of its entries")
+    fix.add_argument("--merge", nargs=2, metavar=("PERSON", "PERSON"), help="merge two people (stored must-links)")
+    fix.add_argument("--split", metavar="PERSON",
+                     help="split a person in two by its faces' vectors (stored cannot- and must-links)")
+    fix.add_argument("--not", dest="not_person", nargs=2, metavar=("ENTRY", "PERSON"),
+                     help="this face is not this person (stored cannot-links)")
+    s.add_argument("--compare-with", default=None, metavar="OLD_JSON",
+                   help="a grouping written before (--json), e.g. before `cmce upgrade`: print how many faces "
+                        "changed person")
     s.set_defaults(func=_cmd_people)

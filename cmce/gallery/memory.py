@@ -432,6 +432,18 @@ class Gallery:
             self._apply_names()
             return new
 
+    def replace_corrections(self, corrections: Corrections) -> Corrections:
+        """Make ``corrections`` this gallery's corrections (checked as ``add_corrections``; refused: nothing changes).
+
+        For changes that also drop rows (a split, "not this person"); an entry whose name
+        is dropped keeps it as its label until the gallery is saved and read again.
+        """
+        with self._lock:
+            check_corrections(corrections, set(self.entry_ids()), "this gallery")
+            self.corrections = corrections
+            self._apply_names()
+            return corrections
+
     def _apply_names(self) -> None:
         """The corrections' names as the labels of their entries."""
         names = self.corrections.names

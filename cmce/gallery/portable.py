@@ -28,6 +28,7 @@ from pathlib import Path
 
 from cmce.errors import GalleryError, LimitError
 from cmce.gallery.ingest import DEFAULT_GALLERY_LIMITS, GalleryLimits
+from cmce.storage.manifest import CORRECTIONS_DIR
 from cmce.gallery.memory import Gallery
 from cmce.io.archives import ArchiveLimits, extract_images
 from cmce.method.engine import FaceEngine
@@ -68,6 +69,7 @@ def export_gallery(gallery: Gallery, dest: str | os.PathLike) -> Path:
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".export-") as tmp:
         saved = gallery.save(Path(tmp) / "gallery")
         members = [saved / _MANIFEST] + sorted((saved / "shards").glob("*.parquet"))
+        members += sorted((saved / CORRECTIONS_DIR).glob("*.parquet"))  # names and links the manifest lists
         partial = dest.with_name(dest.name + ".partial")
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as z:  # Parquet is compressed already
             for path in members:

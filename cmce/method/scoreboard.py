@@ -146,7 +146,7 @@ def leave_one_out_scoreboard(
     codes = {lab: i for i, lab in enumerate(sorted({lab for lab in labels if lab is not None}))}
     lab = np.array([codes[x] if x is not None else -1 for x in labels], np.int64)
     can = np.ones(n, bool) if can_query is None else np.asarray(can_query, bool)
-    per_label = np.bincount(lab[lab >= 0], minlength=len(codes))
+    per_label = np.bincount(lab[lab >= 0], minlength=max(len(codes), 1))  # no label at all: one empty bin
     is_query = (lab >= 0) & can & (per_label[np.maximum(lab, 0)] >= 2)
     rows = np.flatnonzero(is_query)
     if not len(rows):

@@ -84,3 +84,13 @@ def test_restore_checks_the_archive_like_any_upload(gallery, engine, tmp_path):
         import_gallery(tmp_path / "junk.zip", engine, tmp_path)
     with pytest.raises(GalleryError, match="empty"):
         export_gallery(Gallery(engine), tmp_path / "empty.zip")
+
+
+def test_the_session_s_corrections_travel_with_its_download(engine, lfw_dir, tmp_path) -> None:
+    """Names and links given in the People tab are listed by the manifest: their table goes into the zip too."""
+    g = Gallery(engine)
+    g.add_images([(p.name, p, None) for name in PEOPLE[:2] for p in sorted((lfw_dir / name).glob("*.jpg"))[:2]])
+    ids = g.entry_ids()
+    g.add_corrections(names={ids[0]: "Ada"}, must_link=[(ids[0], ids[1])], cannot_link=[(ids[0], ids[2])])
+    back = import_gallery(export_gallery(g, tmp_path / "g.zip"), engine, tmp_path).gallery
+    assert back.corrections == g.corrections and back.entries[0].label == "Ada"

@@ -70,3 +70,10 @@ def test_no_query_and_bad_inputs():
         leave_one_out_scoreboard(q, {"ensemble": q, "m": q[:2]}, ["a", "a", "b"], {})
     with pytest.raises(CmceError, match="has \\['ensemble'\\]"):
         sb.column("m")
+
+
+def test_a_gallery_without_any_label_has_an_empty_scoreboard() -> None:
+    """An unlabelled upload (the People tab's case): no query, no error."""
+    v = np.eye(3, dtype=np.float32)
+    board = leave_one_out_scoreboard(v, {"ensemble": v}, [None, None, None], {})
+    assert board.queries == 0 and [c.view for c in board.columns] == ["ensemble"]

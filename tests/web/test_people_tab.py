@@ -1,0 +1,160 @@
+"""The People tab in chromium on an unlabelled upload of group photos, and its gradio_client endpoints.
+
+The upload: camera-like photos with two or three faces each, made by pasting LFW photos of
+different people side by side (written under ``tmp_path`` only), with names that carry no
+label. Indexed in the browser, grouped, one person named, two people merged; screenshots go
+to ``tmp_path`` and ``/tmp/cmce_screens/`` (``people-*.png``).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import lfw_people
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(CHROMIUM is None,
+                                reason="Debian's chromium is not installed (apt-get install -y chromium)")]
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENS = Path("/tmp/cmce_screens")
+TIMEOUT_MS = 120_000
+
+
+def group_photos(lfw_dir: Path, dest: Path, people: int = 4) -> list[Path]:
+    """Photos of 2-3 faces each, one LFW photo of a different person per third, names without labels."""
+    folders = lfw_people(lfw_dir, people, min_images=3)
+    photos = [sorted(f.glob("*.jpg"))[:3] for f in folders]
+    dest.mkdir(parents=True, exist_ok=True)
+    layouts = [(0, 1), (2, 3), (0, 2, 1), (3, 1), (0, 2)]  # which people, left to right: 0 and 3 never together
+    used = [0] * people
+    out = []
+    for n, who in enumerate(layouts):
+        tiles = []
+        for p in who:
+            tiles.append(Image.open(photos[p][used[p] % len(photos[p])]).convert("RGB"))
+            used[p] += 1
+        canvas = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)), (90, 90, 90))
+        x = 0
+        for t in tiles:
+            canvas.paste(t, (x, 0))
+            x += t.width
+        path = dest / f"img{n:02d}-camera.jpg"
+        canvas.save(path, quality=92)
+        out.append(path)
+    return out
+
+
+def _shot(page, tmp_path: Path, name: str) -> None:
+    page.evaluate("document.querySelector('#people-person').scrollIntoView({block: 'start'})")  # controls, rows
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=False)
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SCREENS / path.name)
+
+
+def _wait_summary(page, text: str) -> None:
+    page.wait_for_function("(t) => { const e = document.querySelector('#people-summary');"
+                           " return e && e.innerText.includes(t); }", arg=text, timeout=TIMEOUT_MS)
+    page.wait_for_timeout(300)
+
+
+DISJOINT = """() => {
+  const rows = Array.from(document.querySelectorAll('#people-rows .cmce-person:not(.cmce-unsure)'));
+  const photos = rows.map(r => new Set(Array.from(r.querySelectorAll('img')).map(i => i.title.split(' · ')[0])));
+  for (let a = 0; a < rows.length; a++) for (let b = a + 1; b < rows.length; b++)
+    if (![...photos[a]].some(x => photos[b].has(x))) return [rows[a].dataset.key, rows[b].dataset.key];
+  return null;
+}"""
+
+
+def _pick(page, selector: str, value: str) -> None:
+    box = page.locator(f"{selector} input").first
+    box.fill(value)
+    box.press("Enter")
+    page.wait_for_timeout(300)
+
+
+def _people_count(page) -> int:
+    text = page.locator("#people-summary").inner_text()
+    found = re.search(r"(\d+) people", text)
+    assert found, text
+    return int(found.group(1))
+
+
+def test_people_tab_groups_an_unlabelled_upload_names_and_merges(app_server, lfw_dir, tmp_path) -> None:
+    photos = group_photos(lfw_dir, tmp_path / "upload")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(app_server["url"])
+            page.wait_for_selector("#index-btn", timeout=TIMEOUT_MS)
+            page.wait_for_timeout(1000)
+            page.locator("#gallery-files input[type=file]").first.set_input_files([str(x) for x in photos])
+            page.wait_for_function("document.querySelectorAll('#gallery-files tr, #gallery-files li').length >= 5",
+                                   timeout=TIMEOUT_MS)
+            page.wait_for_timeout(1000)
+            page.click("#index-btn")
+            page.wait_for_function("() => document.querySelector('#index-report').innerText.includes("
+                                   "'faces indexed from 5 files')", timeout=TIMEOUT_MS)
+            page.wait_for_timeout(1000)
+            page.locator("#people-tab-button, button[role=tab]:has-text('People')").first.click()
+            page.click("#people-group")
+            _wait_summary(page, "unsure")
+            assert page.locator(".toast-body, [data-testid=toast-body]").count() == 0  # no error on an unlabelled upload
+            _shot(page, tmp_path, "people-grouped")
+            faces = page.locator("#people-rows .cmce-person-face").count()
+            assert faces >= 10, page.locator("#people-summary").inner_text()  # 11 faces in 5 photos
+            before = _people_count(page)
+            assert before >= 2
+
+            # two people never in one photo (one photo's faces are never one person: that merge is refused)
+            pair = page.evaluate(DISJOINT)
+            assert pair, page.locator("#people-rows").inner_text()
+            _pick(page, "#people-person", pair[0])
+            page.locator("#people-name-box textarea, #people-name-box input").first.fill("Ada Lovelace")
+            page.click("#people-name")
+            _wait_summary(page, "named person")
+            assert "named person" in page.locator("#people-summary").inner_text()
+            assert "Ada Lovelace" in page.locator("#people-rows").inner_text()
+            _shot(page, tmp_path, "people-named")
+
+            _pick(page, "#people-person", "Ada Lovelace")
+            _pick(page, "#people-other", pair[1])
+            page.click("#people-merge")
+            _wait_summary(page, "merged person")
+            summary = page.locator("#people-summary").inner_text()
+            assert "merged person Ada Lovelace" in summary, summary
+            assert _people_count(page) == before - 1
+            head = page.locator("#people-rows .cmce-person-head").first.inner_text()
+            assert "Ada Lovelace" in head
+            _shot(page, tmp_path, "people-merged")
+
+            page.locator("#people-find-name textarea, #people-find-name input").first.fill("Ada Lovelace")
+            page.click("#people-find")
+            _wait_summary(page, "Ada Lovelace: ")
+            assert page.locator("#people-rows .cmce-person").count() == 1
+            _shot(page, tmp_path, "people-found")
+        finally:
+            browser.close()
+
+
+def test_people_endpoints_give_named_errors_for_bad_input(app_server) -> None:
+    client_mod = pytest.importorskip("gradio_client")
+    client = client_mod.Client(app_server["url"], verbose=False)
+    cases = [("/people_group", (), "No gallery yet"),
+             ("/people_name", ("", "Ada"), "The person is empty"),
+             ("/people_merge", ("a", "b"), "No gallery yet"),
+             ("/people_split", ("a",), "No gallery yet"),
+             ("/people_not", ("", "Ada"), "The face is empty"),
+             ("/people_find", ("Nobody",), "No gallery yet")]
+    for api, args, message in cases:
+        with pytest.raises(Exception, match=message):
+            client.predict(*args, None, api_name=api)
