@@ -157,9 +157,20 @@ def cases(files: dict[str, Path], handle_file: Callable) -> dict[str, list[tuple
         "file a number": {"file": 42},
     }
     download = {"the session's gallery": {}}
+    who = {"None": None, "''": "", "a number": 42, "1 MB": HUGE, "unknown 'nobody'": "nobody", "a list": ["a"]}
+    people = {
+        "/people_group": [("the session's gallery", {})],
+        "/people_name": [(f"person {n}", {"person": v, "name": "Ada"}) for n, v in who.items()]
+                        + [("name 1 MB", {"person": "nobody", "name": HUGE}), ("name None", {"person": "x", "name": None})],
+        "/people_merge": [(f"person {n}", {"person": v, "other": "nobody-else"}) for n, v in who.items()]
+                         + [("a person with itself", {"person": "nobody", "other": "nobody"})],
+        "/people_split": [(f"person {n}", {"person": v}) for n, v in who.items()],
+        "/people_not": [(f"entry {n}", {"entry": v, "person": "nobody"}) for n, v in who.items()],
+        "/people_find": [(f"name {n}", {"name": v}) for n, v in who.items()],
+    }
     return {"/search": list(search.items()), "/index_gallery": list(index.items()),
             "/load_example_gallery": list(example.items()), "/load_bundle": list(bundle.items()),
-            "/restore_gallery": list(restore.items()), "/download_gallery": list(download.items())}
+            "/restore_gallery": list(restore.items()), "/download_gallery": list(download.items()), **people}
 
 
 def _text_of(value) -> str:
