@@ -136,6 +136,14 @@ refresh_overview, refresh_plots, search = DEMO.refresh_overview, DEMO.refresh_pl
 download_gallery, restore_gallery, preview_upload = DEMO.download_gallery, DEMO.restore_gallery, DEMO.preview_upload
 
 
+def _expire(state: Any) -> None:
+    """The session state's delete callback. A plain function, not ``DEMO.expire``: Gradio deep-copies
+    the page's config (which holds it) on every ``/config`` request, and a bound method would copy the
+    whole server with it (its engines and their torch models): seconds per page load, and a storm of
+    time-outs when many clients connect at once."""
+    DEMO.expire(state)
+
+
 def _unload(request: gr.Request) -> None:
     """The tab was closed or reloaded: drop its session now (Gradio names this event after the function)."""
     DEMO.unload(request)
@@ -491,7 +499,7 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
     """The Blocks app; ``engine`` gives the defaults shown (None: no bundle could be loaded)."""
     page = _Page()
     with GuardedBlocks(title="CMCE Face Search", delete_cache=(1800, 3600)) as demo:  # no blank error
-        page.state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=DEMO.expire)
+        page.state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=_expire)
         page.example_bundle, page.example_gallery, page.example_query = (gr.Textbox(visible=False) for _ in range(3))
         _header(page, engine)
         _task_section(page)
