@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from cmce.faces.geometry import Face
 from cmce.gallery.memory import Gallery
 from cmce.gallery.results import QueryResult, ViewResult
-from cmce.gallery.verdict import QueryVerdict
+from cmce.gallery.verdict import QueryVerdict, column_title
 from cmce.method.answers import Answer, decide_answer, person_presence
 from cmce.serve.display.text import percent, uncertainty_text
 
@@ -61,12 +61,10 @@ def annotate_faces(image: np.ndarray, faces: Sequence[Face], chosen: int | None 
 
 
 def view_title(view: str, query_model: str) -> str:
-    """Column heading of a view."""
-    if view == "ensemble":
-        return "CMCE ensemble"
-    if view == "query":
-        return f"{query_model} alone (query model)"
-    return f"{view} → {query_model}"
+    """Column heading of a view: its name in a verdict (``verdict.column_title``), the query model's
+    column marked as such."""
+    title = column_title(view, query_model)
+    return f"{title} (query model)" if view == "query" else title
 
 
 def _correct(label: str | None, query_label: str | None) -> bool | None:
