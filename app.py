@@ -49,6 +49,7 @@ from cmce.serve.handlers import (
     typed_threshold,
 )
 from cmce.serve.page_style import PAGE_CSS
+from cmce.serve.pathalias import PathAliasMiddleware, new_alias
 from cmce.serve.sessions import shipped_bundles
 from cmce.serve.workdirs import TempFolders, own_gradio_cache
 
@@ -546,7 +547,11 @@ def main() -> None:
     demo.queue(default_concurrency_limit=2, max_size=SERVER.queue_size).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", 7860))),
-        app_kwargs={"middleware": [Middleware(ClientGateMiddleware, gate=GATE)]},  # per-client limits, before queueing
+        app_kwargs={"middleware": [  # the outermost first
+            Middleware(PathAliasMiddleware, aliases={os.environ["GRADIO_TEMP_DIR"]: new_alias("files"),  # no server
+                                                     str(Path(__file__).resolve().parent): new_alias("app")}),  # path out
+            Middleware(ClientGateMiddleware, gate=GATE),  # per-client limits, before queueing
+        ]},
         **LAUNCH_KWARGS,
     )
 
