@@ -34,7 +34,7 @@ from cmce.io.limits import BundleAllowList, ServerLimits
 from cmce.method.bundle_model import bundle_summary
 from cmce.method.engine import FaceEngine
 from cmce.method.unknown import UNKNOWN_BY
-from cmce.serve import display, people_view, story
+from cmce.serve import display, memwatch, people_view, story
 from cmce.serve.components import without_stray_files
 from cmce.serve.fairness import ClientGate, ClientLimits
 from cmce.serve.gate import ClientGateMiddleware
@@ -539,6 +539,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logger.info("limits: %s", "; ".join(f"{what}: {value}" for what, value in SERVER.describe() + GATE.limits.describe()))
     own_gradio_cache()  # Gradio's upload cache in a folder of this process: removed at exit, swept at start
+    memwatch.limit_heap_growth()  # freed memory goes back to the system (glibc kept it: RSS grew in a soak)
+    memwatch.start_from_env()  # CMCE_MEMWATCH=SECONDS: where memory goes, in the log (off by default)
     DEMO.start_tidying()  # old uploads deleted, idle API sessions closed
     engine = ENGINES.load_default(os.environ.get("CMCE_BUNDLE_REVISION") or None)
     if engine is not None and not ZERO_GPU:  # index the example galleries while the page loads
