@@ -145,7 +145,7 @@ def _watch(interval_s: float, frames: int, owners_on: bool) -> None:
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
 
 
-def limit_heap_growth(arenas: int = 2, mmap_threshold: int = 128 * 1024, trim_every_s: float = 30.0,
+def limit_heap_growth(arenas: int = 2, mmap_threshold: int | None = 128 * 1024, trim_every_s: float = 30.0,
                       ) -> threading.Thread | None:
     """Keep glibc from holding on to memory the server has freed (call once, at start, before threads).
 
@@ -154,8 +154,11 @@ def limit_heap_growth(arenas: int = 2, mmap_threshold: int = 128 * 1024, trim_ev
     thread's allocations go to one of up to 8 arenas per core, freed blocks stay in them, and glibc
     raises its mmap threshold after the first large free, so the later large buffers (decoded
     photos, tensors) come from the arenas too. So: at most ``arenas`` arenas, large blocks
-    (``mmap_threshold`` bytes and up) always mapped on their own and unmapped when freed, and
-    ``malloc_trim(0)`` every ``trim_every_s`` seconds to return free pages. No-op off glibc.
+    (``mmap_threshold`` bytes and up; None: glibc's moving threshold) always mapped on their own
+    and unmapped when freed, and ``malloc_trim(0)`` every ``trim_every_s`` seconds to return free
+    pages. In 4-minute soaks (32 clients): RSS +2.8% after the warm-up and flat with all three
+    (arenas' free memory 2-8 MiB); with the arenas and the trimming alone the free memory still grew
+    130 -> 260 MiB in 100 s. No-op off glibc.
 
     Returns:
         The trimming thread (None off glibc).
@@ -167,7 +170,8 @@ def limit_heap_growth(arenas: int = 2, mmap_threshold: int = 128 * 1024, trim_ev
         logger.info("not glibc: heap growth left to the allocator")
         return None
     mallopt(_M_ARENA_MAX, arenas)
-    mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+    if mmap_threshold is not None:
+        mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
 
     def trim() -> None:
         while True:
@@ -176,8 +180,8 @@ def limit_heap_growth(arenas: int = 2, mmap_threshold: int = 128 * 1024, trim_ev
 
     thread = threading.Thread(target=trim, name="cmce-malloc-trim", daemon=True)
     thread.start()
-    logger.info("glibc heap: %d arenas, blocks of %d KiB and up mapped apart, trimmed every %.0f s",
-                arenas, mmap_threshold // 1024, trim_every_s)
+    logger.info("glibc heap: %d arenas, mmap threshold %s, trimmed every %.0f s", arenas,
+                "glibc's" if mmap_threshold is None else f"{mmap_threshold // 1024} KiB", trim_every_s)
     return thread
 
 
