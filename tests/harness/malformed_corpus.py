@@ -384,9 +384,9 @@ def run(url: str, log: Path | None = None) -> dict:
         missing = sorted(set(info["named_endpoints"]) - set(corpus))
         if missing:
             raise SystemExit(f"the corpus has no cases for the endpoints {missing}: add them")
-        rows = run_client(url, corpus, examples["galleries"][0]["name"]) + run_raw(url, corpus, info)
+        others = other_answers(url, ROOT / "assets" / "examples" / "queries" / "Grace_Hopper_05.jpg")  # first: within
+        rows = run_client(url, corpus, examples["galleries"][0]["name"]) + run_raw(url, corpus, info)  # the rate
     oracle = bundle_oracle(url)
-    others = other_answers(url, ROOT / "assets" / "examples" / "queries" / "Grace_Hopper_05.jpg")
     time.sleep(1)  # the log is flushed line by line
     by = Counter((r["via"], r["outcome"]) for r in rows)
     return {
