@@ -233,7 +233,7 @@ def _header(page: _Page, engine: FaceEngine | None) -> None:
         with gr.Column(scale=2, min_width=280):
             page.picker = gr.Dropdown([(b.label, n) for n, b in SHIPPED.items()], value=DEMO.shipped_name(engine),
                                       label="Bundle: which face models search your photos",
-                                      info="Switching keeps your gallery (re-projected, no photo read again).",
+                                      info=DEMO.picker_info(DEMO.shipped_name(engine)),
                                       elem_id="bundle-picker")
     page.bundle_note = gr.Markdown(elem_id="bundle-note")
 
@@ -346,7 +346,7 @@ def _search_section(page: _Page) -> None:
                            js_on_load=MATCH_CLICK_JS)
     page.match_column, page.match_rank = gr.Textbox(visible=False), gr.Number(visible=False, precision=0)
     page.match_note = gr.Markdown(NO_MATCH_YET, elem_id="match-note", elem_classes="cmce-hint")
-    page.match_image = gr.Image(label="The match in its photo", interactive=False, visible=False, height=420,
+    page.match_image = gr.Image(label="The match in its photo", show_label=False, interactive=False, visible=False, height=420,
                                 elem_id="match-photo", buttons=[])
     with gr.Accordion("Results as data (what the API returns)", open=False):
         page.results_json = gr.JSON()

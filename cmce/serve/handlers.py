@@ -374,9 +374,15 @@ class DemoServer:
             return state, *(gr.update(),) * 6  # card, note, reject_by, rate, threshold, score unchanged
         return self.load_bundle_ui(name, "", state, request, progress)
 
+    def picker_info(self, name: str | None) -> str:
+        """The help under the bundle picker: what the picked bundle is for (the picker's own line is short)."""
+        shipped = self.shipped.get(name or "")
+        return (f"{shipped.description}. " if shipped else "") + "Switching keeps your gallery (re-projected, no photo read again)."
+
     def picked_bundle(self, state: Session | None):
         """The picker's value after a switch (or a failed one): the session's shipped bundle, if any."""
-        return gr.update(value=self.shipped_name(state.engine if state is not None and not state.closed else self.engines.default))
+        name = self.shipped_name(state.engine if state is not None and not state.closed else self.engines.default)
+        return gr.update(value=name, info=self.picker_info(name))
 
     def index_gallery(self, files: list[str] | None, folder: list[str] | None = None, folder_paths: str | None = None,
                       state: Session | None = None, request: gr.Request = None, progress=gr.Progress()):

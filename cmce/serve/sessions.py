@@ -53,11 +53,13 @@ def photo_share(client: ClientLimits, server: ServerLimits) -> int:
 
 @dataclass(frozen=True)
 class ShippedBundle:
-    """A bundle folder in ``assets/bundles/``: its name, folder and line in the picker."""
+    """A bundle folder in ``assets/bundles/``: its name, folder, line in the picker (short enough for
+    a phone's picker box: the name and query model) and what it is for (shown under the picker)."""
 
     name: str
     path: Path
     label: str
+    description: str = ""
 
 
 def shipped_bundles(root: Path) -> dict[str, ShippedBundle]:
@@ -77,7 +79,8 @@ def shipped_bundles(root: Path) -> dict[str, ShippedBundle]:
         except (OSError, ValueError, KeyError, TypeError) as e:
             logger.warning("bundle %s left out of the picker: unreadable config.json (%s)", folder, e)
             continue
-        found[folder.name] = ShippedBundle(folder.name, folder, bundle_choice(folder.name, query, gallery, purpose))
+        found[folder.name] = ShippedBundle(folder.name, folder, f"{folder.name} · {query} queries",
+                                           bundle_choice(folder.name, query, gallery, purpose))
     default = default_bundle_path().name
     return dict(sorted(found.items(), key=lambda item: item[0] != default))
 

@@ -157,6 +157,19 @@ def cases(files: dict[str, Path], handle_file: Callable) -> dict[str, list[tuple
         "file a number": {"file": 42},
     }
     download = {"the session's gallery": {}}
+    match = {
+        "the ensemble's best match": {"column": "ensemble", "rank": 1},
+        "column None": {"column": None, "rank": 1},
+        "column ''": {"column": "", "rank": 1},
+        "column 1 MB": {"column": HUGE, "rank": 1},
+        "column a number": {"column": 42, "rank": 1},
+        "column a list": {"column": ["ensemble"], "rank": 1},
+        "rank 0": {"column": "ensemble", "rank": 0},
+        "rank 11": {"column": "ensemble", "rank": 11},
+        "rank NaN": {"column": "ensemble", "rank": math.nan},
+        "rank 'abc'": {"column": "ensemble", "rank": "abc"},
+        "rank None": {"column": "ensemble", "rank": None},
+    }
     who = {"None": None, "''": "", "a number": 42, "1 MB": HUGE, "unknown 'nobody'": "nobody", "a list": ["a"]}
     people = {
         "/people_group": [("the session's gallery", {})],
@@ -170,7 +183,8 @@ def cases(files: dict[str, Path], handle_file: Callable) -> dict[str, list[tuple
     }
     return {"/search": list(search.items()), "/index_gallery": list(index.items()),
             "/load_example_gallery": list(example.items()), "/load_bundle": list(bundle.items()),
-            "/restore_gallery": list(restore.items()), "/download_gallery": list(download.items()), **people}
+            "/restore_gallery": list(restore.items()), "/download_gallery": list(download.items()),
+            "/match_photo": list(match.items()), **people}
 
 
 def _text_of(value) -> str:

@@ -72,7 +72,7 @@ def match_photo_image(image: np.ndarray, box: Sequence[float], others: Sequence[
         box: ``x1, y1, x2, y2`` of the match's face in ``image``'s pixels.
     """
     img = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
-    w = max(int(max(img.size) / 250), 2)
+    w = max(int(max(img.size) / 120), 3)
     faint = Image.new("RGBA", img.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(faint)
     for x1, y1, x2, y2 in others:
@@ -312,5 +312,5 @@ def result_html(
                  f"columns failed)</span>") if won else ""
         line = (f"<div class='cmce-verdict-line{kind}' id='verdict-line'><b>Verdict:</b> "
                 f"{html.escape(verdict.text)}{extra}</div>")
-    return (f"<div class='cmce-results-head'>Results for {face}{who}</div>{line}{RESULTS_LEGEND}"
-            f"<div class='cmce-results'>{''.join(cols)}</div>")
+    return (f"<div class='cmce-results-head'>Results for {face}{who} · click a match to see it in its photo</div>"
+            f"{line}{RESULTS_LEGEND}<div class='cmce-results'>{''.join(cols)}</div>")
