@@ -44,7 +44,7 @@ def photo_share(client: ClientLimits, server: ServerLimits) -> int:
     stay within its upload bytes (``upload_bytes_per_client`` over ``sessions_per_client``), all
     sessions within the server's (``upload_bytes_total`` over ``max_sessions``).
 
-    >>> photo_share(ClientLimits(), ServerLimits()) / 2**20  # the defaults: 4,096 MiB over 200 sessions
+    >>> round(photo_share(ClientLimits(), ServerLimits()) / 2**20, 2)  # the defaults: 4,096 MiB over 200 sessions
     20.48
     """
     return min(client.upload_bytes_per_client // client.sessions_per_client,
