@@ -24,6 +24,7 @@ from PIL import Image
 
 from cmce.errors import CmceError
 from cmce.gallery.ingest import Photo
+from cmce.io.images import downscale_for_detection
 
 __all__ = ["KeptPhoto", "SourcePhotos", "MAX_SIDE"]
 
@@ -105,11 +106,9 @@ class SourcePhotos:
         with self._lock:
             if photo.content_hash in self._kept:
                 return True
-        img = Image.fromarray(np.asarray(photo.image, np.uint8)).convert("RGB")
-        scale = min(1.0, self.max_side / max(img.size))
-        if scale < 1.0:
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
-            scale = img.width / photo.image.shape[1]
+        small, _ = downscale_for_detection(np.asarray(photo.image, np.uint8), self.max_side)  # area-averaged
+        img = Image.fromarray(small).convert("RGB")
+        scale = img.width / photo.image.shape[1]
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=self.quality)
         data = buf.getvalue()
@@ -164,9 +163,5 @@ class SourcePhotos:
         except OSError as e:
             logger.warning("kept photo %s unreadable: %s", kept.path.name, e)
             return None
-        scale = kept.scale
-        if max(img.size) > self.max_side:
-            factor = self.max_side / max(img.size)
-            img = img.resize((max(1, round(img.width * factor)), max(1, round(img.height * factor))), Image.LANCZOS)
-            scale *= factor
-        return np.asarray(img), scale
+        small, _ = downscale_for_detection(np.asarray(img), self.max_side)
+        return small, kept.scale * small.shape[1] / img.width

@@ -103,3 +103,9 @@ def test_a_match_opens_in_its_photo_for_examples_uploads_and_says_so_for_a_resto
     demo.search(query, state=session)
     image, note = demo.match_photo("ensemble", 1, session)
     assert image is None and "restored gallery" in note and "not the photos" in note
+    # an expired session leaves nothing on disk
+    demo.clear_gallery(session, None)
+    session = demo.index_gallery(uploads, state=session, progress=lambda *a, **k: None)[0]
+    assert (session.workdir / "photos").is_dir()
+    demo.expire(session)
+    assert not session.workdir.exists()
