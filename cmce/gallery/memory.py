@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from cmce.gallery.ingest import (
     GalleryEntry,
     GalleryLimits,
     IngestReport,
+    Photo,
     ProgressFn,
     embed_photos,
     read_photos,
@@ -198,6 +199,7 @@ class Gallery:
         progress: ProgressFn | None = None,
         batch_size: int = 16,
         record_paths: bool = True,
+        keep_photo: Callable[[Photo], object] | None = None,
     ) -> IngestReport:
         """Detect, embed and index every face of the given images.
 
@@ -207,6 +209,8 @@ class Gallery:
             batch_size: images per detection batch.
             record_paths: store each file's absolute path (so a later backfill can
                 read it again); off for uploads that are deleted afterwards.
+            keep_photo: called with each decoded photo that gave entries (e.g.
+                ``SourcePhotos.keep``: a copy to show matches in), while its pixels are at hand.
 
         Returns:
             IngestReport; unreadable files, files without a face, duplicates and
@@ -243,6 +247,11 @@ class Gallery:
                         if faces.entries:
                             self._append(list(faces.entries), faces.embeddings)
                             added += len(faces.entries)
+                            if keep_photo is not None:
+                                indexed = {e.content_hash for e in faces.entries}
+                                for photo in decoded:
+                                    if photo.content_hash in indexed:
+                                        keep_photo(photo)
                     if progress:
                         done = min(len(items), start + batch_size)
                         progress(done / max(len(items), 1), f"indexed {done}/{len(items)} files")
