@@ -152,6 +152,8 @@ class Session:
     # held while the gallery grows or is replaced (indexing, example, clearing, bundle switch): a switch
     # during indexing waits for it, so the re-projected gallery holds every photo
     busy: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # the People tab's last page (cmce.serve.people_view.PeoplePage): the rows its name boxes are drawn for
+    people_page: object | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, engine: FaceEngine, limits: GalleryLimits, server: ServerLimits, temp: TempFolders) -> Session:
@@ -167,7 +169,7 @@ class Session:
         if not self.closed:
             self.closed = True
             self.gallery = Gallery(self.engine, self.limits)
-            self.risk_cache = None
+            self.risk_cache = self.people_page = None
             shutil.rmtree(self.workdir, ignore_errors=True)
             logger.info("session closed, %s removed", self.workdir)
 
