@@ -209,7 +209,7 @@ def render_people(state: Session | None, outputs: Sequence[gr.components.Compone
     person's key; its outputs are ``outputs`` (the page's HTML, summary and pickers), whose new
     HTML draws the rows again. These events are not API endpoints (``people_name`` is).
     """
-    page: PeoplePage | None = getattr(state, "people_page", None) if state is not None and not state.closed else None
+    page: PeoplePage | None = state.people_page if state is not None and not state.closed else None
     if page is None:
         return
     for row in page.rows[:ROWS_WITH_NAME_BOX]:
