@@ -168,7 +168,8 @@ def _inner_products_by_index(q: np.ndarray, rows: np.ndarray, index: np.ndarray)
     """(Q, R) float32: ``q[i] . rows[index[i, j]]``, ``-inf`` where ``index[i, j] < 0``.
 
     One call of faiss's ``fvec_inner_products_by_idx`` (SIMD dot products, no (Q, R, D)
-    temporary). Example: ``q = [[1, 0]]``, ``rows = [[0.6, 0.8], [0, 1]]``,
+    temporary); the ``-1`` slots are set here (some faiss versions skip them, leaving them
+    unwritten). Example: ``q = [[1, 0]]``, ``rows = [[0.6, 0.8], [0, 1]]``,
     ``index = [[1, -1, 0]]`` gives ``[[0.0, -inf, 0.6]]``.
     """
     q = np.ascontiguousarray(q, dtype=np.float32)
@@ -183,6 +184,7 @@ def _inner_products_by_index(q: np.ndarray, rows: np.ndarray, index: np.ndarray)
                 faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(rows), faiss.swig_ptr(index),
                 q.shape[1], index.shape[0], index.shape[1],
             )
+            out[index < 0] = -np.inf
     return out
 
 
@@ -432,8 +434,8 @@ class CompactIndex:
 
         The candidates' rows are read once (sorted, so the file is read in order) and every
         (query, candidate) inner product is computed in one faiss call
-        (``fvec_inner_products_by_idx``, which scores a ``-1`` slot ``-inf``), not in a Python
-        loop over the queries. Ties keep the candidate order (a stable sort).
+        (``fvec_inner_products_by_idx``; a ``-1`` slot scores ``-inf``), not in a Python loop
+        over the queries. Ties keep the candidate order (a stable sort).
         """
         valid = candidates >= 0
         if candidates.size * _RERANK_TABLE_SHARE >= self._count:

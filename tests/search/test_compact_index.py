@@ -312,3 +312,11 @@ def test_searches_through_the_vectorised_rerank_match_the_loop(built, monkeypatc
         _same_hits((got.scores, got.positions), (want.scores, want.positions))
         if mask is not None:
             assert mask[got.positions[got.positions >= 0]].all()
+
+
+def test_inner_products_by_index_worked_example() -> None:
+    q = np.array([[1, 0]], np.float32)
+    rows = np.array([[0.6, 0.8], [0, 1]], np.float32)
+    got = compact._inner_products_by_index(q, rows, np.array([[1, -1, 0]]))
+    np.testing.assert_allclose(got, [[0.0, -np.inf, 0.6]], rtol=0, atol=1e-7)
+    assert np.isneginf(compact._inner_products_by_index(q, rows[:0], np.full((1, 2), -1))).all()
