@@ -404,8 +404,10 @@ def _people_section(page: _Page) -> None:
                 c["merge_btn"] = gr.Button("Merge with person", elem_id="people-merge", scale=1)
                 c["entry"] = gr.Dropdown([], label="Face", allow_custom_value=True, elem_id="people-entry", scale=2)
                 c["not_btn"] = gr.Button("Not this person", elem_id="people-not", scale=1)
-            c["summary"] = gr.Markdown("", elem_id="people-summary")
-            c["rows"] = gr.HTML(people_view.EMPTY, elem_id="people-rows")
+            c["summary"] = gr.Markdown("Index a gallery, then press **Group faces**.", elem_id="people-summary")
+            # every row in one piece: the endpoints' output, kept in the page (hidden) to draw the rows below
+            c["rows"] = gr.HTML(people_view.EMPTY, elem_id="people-rows", visible="hidden")
+            c["person_rows"] = gr.Column(elem_id="people-person-rows")
 
 
 def _wire_people(page: _Page) -> None:
@@ -419,6 +421,13 @@ def _wire_people(page: _Page) -> None:
                             (c["not_btn"], people_view.people_not, [c["entry"], c["person"]]),
                             (c["find"], people_view.people_find, [c["find_name"]])):
         btn.click(fn, [*inputs, page.state], out, api_name=fn.__name__, **SEARCH_QUEUE)
+    rejection = [page.reject_by, page.rate, page.threshold, page.score]
+    c["rows"].change(refresh_overview, [page.state, page.order, *rejection, page.show_all],  # names in the captions
+                     [page.overview, page.overview_md], trigger_mode="always_last", api_visibility="private")
+    with c["person_rows"]:  # a row per person with its own name box, drawn again whenever the page changes
+        @gr.render(inputs=[page.state], triggers=[c["rows"].change], **SEARCH_QUEUE)
+        def _person_rows(state):
+            people_view.render_people(state, out, page.state, **SEARCH_QUEUE)
 
 
 def _plots_section(page: _Page) -> None:

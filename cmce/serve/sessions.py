@@ -174,6 +174,8 @@ class Session:
     photos: SourcePhotos | None = field(default=None, repr=False)
     # the last search's matches: column -> entry ids, best first (what "open match r of column c" refers to)
     last_matches: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    # the People tab's last page (cmce.serve.people_view.PeoplePage): the rows its name boxes are drawn for
+    people_page: object | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, engine: FaceEngine, limits: GalleryLimits, server: ServerLimits, temp: TempFolders,
@@ -200,7 +202,7 @@ class Session:
         if not self.closed:
             self.closed = True
             self.gallery = Gallery(self.engine, self.limits)
-            self.risk_cache = None
+            self.risk_cache = self.people_page = None
             self.forget_photos()
             shutil.rmtree(self.workdir, ignore_errors=True)
             logger.info("session closed, %s removed", self.workdir)
