@@ -2,16 +2,18 @@
 
 Every found face of the held-out identities is one face of an unlabelled library (clean, or
 with a share of its photos degraded by ``--gallery-degrade``). The grouping never sees a label;
-the labels only score it. The thresholds come from the bundle's training identities
-(``calibrate``: every identity the bundle was trained or validated on, clean, and a mixed-quality
-library of 1,000 of them), never from the held-out ones; so does the clustering method (the best
-BCubed F on the clean training photos).
+the labels only score it. The thresholds and the attach pass come from the bundle's training
+identities (``calibrate``: every identity the bundle was trained or validated on, clean, and a
+mixed-quality library of 1,000 of them, served out-of-fold by the bundle's cross-validation
+networks), never from the held-out ones; so does the clustering method (the best BCubed F on
+the clean training photos).
 
 Rows, all on the same faces:
 
-* ``CMCE ensemble``: the served ensemble vectors, the chosen clustering at its threshold;
-* ``query model alone``: the query model's own embeddings, the same clustering at the query
-  model's own calibrated threshold;
+* ``CMCE ensemble``: the served grouping: the mean of the served ensemble vectors' and the query
+  model's cosines (:data:`QUERY_WEIGHT`), the chosen clustering at its threshold, its attach pass;
+* ``query model alone``: the query model's own embeddings, the same clustering and attach pass at
+  the query model's own calibrated threshold and attach settings;
 * ``face_recognition recipe``: dlib-resnet34 descriptors, ``dlib.chinese_whispers_clustering`` at
   Euclidean distance 0.5 (``face_recognition``'s ``--tolerance``-style cut). The library's dlib
   embeddings are unit vectors; dlib's own descriptors have norm about
