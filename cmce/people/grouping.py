@@ -230,7 +230,8 @@ def attach_alone(vectors: np.ndarray, labels: np.ndarray, cons: Constraints, *, 
             >>> attach_alone(v, np.array([0, 0, 1, 2]), Constraints(4), above=0.7, margin=0.1).tolist()
             [0, 0, 1, 0]
     """
-    from cmce.people.graph import search_index
+    from cmce.people.graph import GRAPH_MIN_PROBES, GRAPH_PROBE_DIVISOR, search_index
+    from cmce.search.compact import CompactIndex
 
     labels = np.asarray(labels, np.int64).copy()
     kept = np.ones(len(labels), bool) if kept is None else np.asarray(kept, bool)
@@ -244,7 +245,11 @@ def attach_alone(vectors: np.ndarray, labels: np.ndarray, cons: Constraints, *, 
     centres = np.zeros((len(ids), vectors.shape[1]), np.float64)
     np.add.at(centres, inverse, vectors[kidx])
     centres = (centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-    res = search_index(centres, index_kind).search(np.ascontiguousarray(vectors[alone]), k=min(3, len(ids)))
+    index = search_index(centres, index_kind)
+    extra = {}
+    if isinstance(index, CompactIndex):  # as for the graph: a face's own person sits in its nearest lists
+        extra = {"nprobe": max(GRAPH_MIN_PROBES, index.nlist // GRAPH_PROBE_DIVISOR), "rerank": 16}
+    res = index.search(np.ascontiguousarray(vectors[alone]), k=min(3, len(ids)), **extra)
     pos, sc = res.positions, res.scores
     own = np.searchsorted(ids, labels[alone])
     units_in: dict[int, set[int]] = {}
