@@ -48,6 +48,7 @@ from cmce.serve.handlers import (
     prepare_query,
     typed_threshold,
 )
+from cmce.serve.match_photo import NO_MATCH_YET
 from cmce.serve.page_style import PAGE_CSS
 from cmce.serve.pathalias import PathAliasMiddleware, new_alias
 from cmce.serve.sessions import shipped_bundles
@@ -103,6 +104,10 @@ document.addEventListener("change", (e) => {
   }
 }, true);
 </script>"""
+# a click on a match tile of the results selects it: (rank, column), read by _match_picked
+MATCH_CLICK_JS = ("element.addEventListener('click', (e) => { const li = e.target.closest('li.cmce-match'); "
+                  "const col = li && li.closest('section.cmce-view'); "
+                  "if (col) trigger('select', {index: Number(li.dataset.rank), value: col.dataset.view, selected: true}); });")
 PREVIEW_PATHS_JS = "(...args) => { args[2] = (window.cmceFolderPaths || []).join('\\n'); return args; }"
 FOLDER_PATHS_JS = ("(...args) => { args[2] = (window.cmceFolderPaths || []).join('\\n'); "
                    "window.cmceFolderPaths = []; return args; }")
@@ -135,6 +140,11 @@ index_gallery, load_example_gallery, open_bundle_example, clear_gallery = (
     DEMO.index_gallery, DEMO.load_example_gallery, DEMO.open_bundle_example, DEMO.clear_gallery)
 refresh_overview, refresh_plots, search = DEMO.refresh_overview, DEMO.refresh_plots, DEMO.search
 download_gallery, restore_gallery, preview_upload = DEMO.download_gallery, DEMO.restore_gallery, DEMO.preview_upload
+
+
+def _match_picked(evt: gr.SelectData):
+    """The match tile clicked in the results: its column and rank."""
+    return evt.value, evt.index
 
 
 def _expire(state: Any) -> None:
@@ -201,6 +211,10 @@ class _Page:
     search_btn: Any = None
     results: Any = None
     results_json: Any = None
+    match_column: Any = None
+    match_rank: Any = None
+    match_image: Any = None
+    match_note: Any = None
     plots_note: Any = None
     rc_plot: Any = None
     hist_plot: Any = None
@@ -220,7 +234,7 @@ def _header(page: _Page, engine: FaceEngine | None) -> None:
         with gr.Column(scale=2, min_width=280):
             page.picker = gr.Dropdown([(b.label, n) for n, b in SHIPPED.items()], value=DEMO.shipped_name(engine),
                                       label="Bundle: which face models search your photos",
-                                      info="Switching keeps your gallery (re-projected, no photo read again).",
+                                      info=DEMO.picker_info(DEMO.shipped_name(engine)),
                                       elem_id="bundle-picker")
     page.bundle_note = gr.Markdown(elem_id="bundle-note")
 
@@ -329,7 +343,12 @@ def _search_section(page: _Page) -> None:
                                        info="in galleries of more than 50 people; normal is lowered on a gallery "
                                             "of poor photos, strict never is")
             page.search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
-    page.results = gr.HTML("<p>Results appear here, one column per model.</p>", elem_id="results")
+    page.results = gr.HTML("<p>Results appear here, one column per model.</p>", elem_id="results",
+                           js_on_load=MATCH_CLICK_JS)
+    page.match_column, page.match_rank = gr.Textbox(visible=False), gr.Number(visible=False, precision=0)
+    page.match_note = gr.Markdown(NO_MATCH_YET, elem_id="match-note", elem_classes="cmce-hint")
+    page.match_image = gr.Image(label="The match in its photo", show_label=False, interactive=False, visible=False, height=420,
+                                elem_id="match-photo", buttons=[])
     with gr.Accordion("Results as data (what the API returns)", open=False):
         page.results_json = gr.JSON()
 
@@ -386,8 +405,10 @@ def _people_section(page: _Page) -> None:
                 c["merge_btn"] = gr.Button("Merge with person", elem_id="people-merge", scale=1)
                 c["entry"] = gr.Dropdown([], label="Face", allow_custom_value=True, elem_id="people-entry", scale=2)
                 c["not_btn"] = gr.Button("Not this person", elem_id="people-not", scale=1)
-            c["summary"] = gr.Markdown("", elem_id="people-summary")
-            c["rows"] = gr.HTML(people_view.EMPTY, elem_id="people-rows")
+            c["summary"] = gr.Markdown("Index a gallery, then press **Group faces**.", elem_id="people-summary")
+            # every row in one piece: the endpoints' output, kept in the page (hidden) to draw the rows below
+            c["rows"] = gr.HTML(people_view.EMPTY, elem_id="people-rows", visible="hidden")
+            c["person_rows"] = gr.Column(elem_id="people-person-rows")
 
 
 def _wire_people(page: _Page) -> None:
@@ -401,6 +422,13 @@ def _wire_people(page: _Page) -> None:
                             (c["not_btn"], people_view.people_not, [c["entry"], c["person"]]),
                             (c["find"], people_view.people_find, [c["find_name"]])):
         btn.click(fn, [*inputs, page.state], out, api_name=fn.__name__, **SEARCH_QUEUE)
+    rejection = [page.reject_by, page.rate, page.threshold, page.score]
+    c["rows"].change(refresh_overview, [page.state, page.order, *rejection, page.show_all],  # names in the captions
+                     [page.overview, page.overview_md], trigger_mode="always_last", api_visibility="private")
+    with c["person_rows"]:  # a row per person with its own name box, drawn again whenever the page changes
+        @gr.render(inputs=[page.state], triggers=[c["rows"].change], **SEARCH_QUEUE)
+        def _person_rows(state):
+            people_view.render_people(state, out, page.state, **SEARCH_QUEUE)
 
 
 def _plots_section(page: _Page) -> None:
@@ -487,6 +515,14 @@ def _wire(page: _Page) -> None:
         search, search_inputs, search_outputs, api_name="search_after_rejection", api_visibility="private",
         **SEARCH_QUEUE)
     page.search_btn.click(search, search_inputs, search_outputs, api_name="search", **SEARCH_QUEUE)
+    # a click on a match tile: its column and rank, then its photo (/match_photo(column, rank) of the last search)
+    page.results.select(_match_picked, None, [page.match_column, page.match_rank], api_visibility="private").then(
+        DEMO.match_photo, [page.match_column, page.match_rank, page.state], [page.match_image, page.match_note],
+        api_name="match_photo", scroll_to_output=True, **SEARCH_QUEUE).then(
+        lambda image: gr.update(visible=image is not None), [page.match_image], [page.match_image],
+        api_visibility="private")
+    page.results.change(lambda: (gr.update(visible=False), NO_MATCH_YET), None, [page.match_image, page.match_note],
+                        api_visibility="private")
     page.query.change(prepare_query, [page.query], [page.face, page.identity], api_visibility="private").then(
         search, search_inputs, search_outputs, api_name="search_new_photo", api_visibility="private",
         **SEARCH_QUEUE)

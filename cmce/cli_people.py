@@ -78,11 +78,18 @@ def _record(folder: Path, calibration: dict) -> None:
     if not config.is_file():
         raise CmceError(f"--record writes into a local bundle folder; {folder} has no config.json")
     doc = json.loads(config.read_text())
+    ens, qry = calibration["ensemble"], calibration["query"]
     doc.setdefault("info", {})["people"] = {
-        "method": calibration["method"], "threshold": calibration["ensemble"]["threshold"],
-        "query_threshold": calibration["query"]["threshold"], "identities": calibration["identities"],
-        "faces": calibration["faces"],
-        "measured_by": "best mean BCubed F on the bundle's training identities (train + validation): clean, and 1,000 of them with mix:0.6 of their photos degraded"}
+        "method": calibration["method"], "threshold": ens["threshold"],
+        "query_weight": ens.get("query_weight", 0.0), "attach_above": ens.get("attach_above"),
+        "attach_margin": ens.get("attach_margin"),
+        "query_threshold": qry["threshold"], "query_attach_above": qry.get("attach_above"),
+        "query_attach_margin": qry.get("attach_margin"),
+        "identities": calibration["identities"], "faces": calibration["faces"],
+        "measured_by": "best mean BCubed F on the bundle's training identities (train + validation), "
+                       + ("out-of-fold (served by the cross-validation networks not trained on them)"
+                          if calibration.get("out_of_fold") else "served by the bundle")
+                       + ": clean, and 1,000 of them with mix:0.6 of their photos degraded; threshold, then attach pass"}
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config.", suffix=".json")
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(doc, indent=2) + "\n")
@@ -109,13 +116,14 @@ def _cmd_people(args: argparse.Namespace) -> int:
     from cmce.method.bundle import load_bundle
     from cmce.people.corrections import apply_to_folder
     from cmce.people.grouping import GroupingConfig
-    from cmce.people.library import bundle_grouping_config, group_gallery
+    from cmce.people.library import bundle_grouping_config, calibrated_extras, group_gallery
 
     bundle = load_bundle(args.bundle, revision=args.revision)
-    if args.threshold is not None:
+    if args.threshold is not None:  # the other calibrated settings, where the bundle has them, still apply
+        cal = bundle.info.get("people", {})
         cfg = GroupingConfig(threshold=args.threshold, min_faces=args.min_faces,
-                             method=bundle.info.get("people", {}).get("method", "chinese_whispers"),
-                             doubt_above=float(bundle.calibration.rejection_threshold))
+                             method=cal.get("method", "chinese_whispers"),
+                             doubt_above=float(bundle.calibration.rejection_threshold), **calibrated_extras(cal))
     else:
         cfg = bundle_grouping_config(bundle, min_faces=args.min_faces)
     people = group_gallery(args.gallery_dir, bundle, config=cfg)

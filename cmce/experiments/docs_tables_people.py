@@ -14,7 +14,7 @@ from cmce.errors import CmceError
 from cmce.metrics.intervals import format_interval
 
 __all__ = ["PEOPLE_TABLES", "render_people_calibration", "render_people_curve", "render_people_rows",
-           "render_people_scale", "render_people_summary", "render_people_unsure"]
+           "render_people_scale", "render_people_settings", "render_people_summary", "render_people_unsure"]
 
 
 def _pts(x: float) -> str:
@@ -113,7 +113,7 @@ def _curve_cells(points: Sequence[Mapping], chosen: float) -> str:
 
 
 def render_people_calibration(docs: Sequence[Mapping]) -> str:
-    """The clusterings compared on the training identities (served ensemble): each at its best threshold."""
+    """The clusterings compared on the training identities (the served grouping's vectors): each at its best threshold."""
     lines = ["| bundle | clustering | best threshold | BCubed F | pairwise F | people found / true | chosen |",
              "|---|---|---:|---:|---:|---:|---|"]
     for doc in docs:
@@ -124,6 +124,41 @@ def render_people_calibration(docs: Sequence[Mapping]) -> str:
             lines.append(f"| `{_bundle(doc)}` | {m.replace('_', ' ')} | {thr} | {_pts(best['bcubed_f'])} | "
                          f"{_pts(best['pairwise_f'])} | {best['people']} / {cal['identities']} | "
                          f"{'yes' if m == cal['method'] else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_people_settings(docs: Sequence[Mapping]) -> str:
+    """The served grouping's settings and the query model's (the baseline row), each calibrated on the
+    training identities: similarity, threshold, attach pass, and the mean BCubed F over the clean and
+    mixed training libraries at the threshold alone and with the attach pass.
+
+    Example:
+        >>> c = {"threshold": 0.52, "query_weight": 0.5, "attach_above": 0.4, "attach_margin": 0.1,
+        ...      "mean_f": 0.9699, "attach_mean_f": 0.9724}
+        >>> doc = {"bundle": {"source": "b/x-query", "query": "q"}, "calibration": {"method": "chinese_whispers",
+        ...        "out_of_fold": True, "ensemble": c, "query": {**c, "query_weight": 0.0, "attach_above": None}}}
+        >>> print(render_people_settings([doc]), end="")
+        | bundle | vectors | training vectors | similarity | threshold | attach above (margin) | training F: threshold | with attach |
+        |---|---|---|---|---:|---:|---:|---:|
+        | `x-query` | CMCE ensemble | out-of-fold | mean of the ensemble's and the query model's cosines | 0.52 | 0.40 (0.10) | 96.99 | 97.24 |
+        | `x-query` | query model alone | out-of-fold | query model's cosine | 0.52 | (none) | 96.99 | 97.24 |
+    """
+    lines = ["| bundle | vectors | training vectors | similarity | threshold | attach above (margin) | "
+             "training F: threshold | with attach |", "|---|---|---|---|---:|---:|---:|---:|"]
+    for doc in docs:
+        cal = doc["calibration"]
+        trained = "out-of-fold" if cal.get("out_of_fold") else "served (trained on)"
+        for who, name in (("ensemble", "CMCE ensemble"), ("query", "query model alone")):
+            c = cal[who]
+            w = float(c.get("query_weight", 0.0))
+            sim = ("query model's cosine" if who == "query" else "ensemble's cosine" if w == 0 else
+                   "mean of the ensemble's and the query model's cosines" if w == 0.5 else
+                   f"ensemble's cosine, query model's weighted {w:.2f}")
+            attach = (f"{c['attach_above']:.2f} ({c['attach_margin']:.2f})" if c.get("attach_above") is not None
+                      else "(none)")
+            with_attach = _pts(c["attach_mean_f"]) if "attach_mean_f" in c else ""
+            lines.append(f"| `{_bundle(doc)}` | {name} | {trained} | {sim} | {c['threshold']:.2f} | {attach} | "
+                         f"{_pts(c['mean_f'])} | {with_attach} |")
     return "\n".join(lines) + "\n"
 
 
@@ -161,5 +196,6 @@ PEOPLE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "people-curve": render_people_curve,
     "people-calibration": render_people_calibration,
     "people-scale": render_people_scale,
+    "people-settings": render_people_settings,
     "people-summary": render_people_summary,
 }

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from cmce.errors import CmceError
 from cmce.experiments.docs_tables_base import one_doc
 
-__all__ = ["SPACE_TABLES", "render_crash_test", "render_flood", "render_fuzz_readers", "render_keep",
+__all__ = ["SPACE_TABLES", "render_crash_test", "render_flood", "render_fuzz_readers", "render_keep", "render_search_request",
            "render_malformed_corpus", "render_soak", "render_soak_summary"]
 
 #: The soak's endpoints in the table's order, and how the table names them (``{photos}``: photos per indexing).
@@ -240,6 +240,34 @@ def render_keep(doc: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_search_request(doc: Mapping) -> str:
+    """``benchmarks/bench_search_request.py --json``: the whole search request before and after a change,
+    timed in one run on the same machine, alternating.
+
+    Example:
+        >>> side = lambda name, m: {"name": name, "commit": "abc1234", "median_ms": m, "q1_ms": m - 20,
+        ...                         "q3_ms": m + 40, "searches": 210}
+        >>> print(render_search_request({"gallery": "archive", "rounds": 30, "batch": 7, "machine": "2 CPUs",
+        ...     "before": side("4bb82c8^1", 145.2), "after": side("issue-25 branch", 143.8), "ratio": 0.990,
+        ...     "ratio_ci95": [0.93, 1.06], "round_ratio_min": 0.39, "round_ratio_max": 1.86}), end="")
+        | checkout | commit | searches | median | quartiles |
+        |---|---|---:|---:|---:|
+        | 4bb82c8^1 | abc1234 | 210 | 145.2 ms | 125.2-185.2 ms |
+        | issue-25 branch | abc1234 | 210 | 143.8 ms | 123.8-183.8 ms |
+        <BLANKLINE>
+        After / before: **0.99** (95% bootstrap interval 0.93-1.06), 30 rounds of 7 searches each, alternating; example gallery `archive`; 2 CPUs.
+    """
+    lines = ["| checkout | commit | searches | median | quartiles |", "|---|---|---:|---:|---:|"]
+    for side in (doc["before"], doc["after"]):
+        lines.append(f"| {side['name']} | {side['commit']} | {side['searches']} | {side['median_ms']:.1f} ms | "
+                     f"{side['q1_ms']:.1f}-{side['q3_ms']:.1f} ms |")
+    low, high = doc["ratio_ci95"]
+    lines += ["", f"After / before: **{doc['ratio']:.2f}** (95% bootstrap interval {low:.2f}-{high:.2f}), "
+              f"{doc['rounds']} rounds of {doc['batch']} searches each, alternating; example gallery "
+              f"`{doc['gallery']}`; {doc['machine']}."]
+    return "\n".join(lines) + "\n"
+
+
 def _flood_rows(doc: Mapping, when: str) -> list[str]:
     rows = []
     for phase, label in (("baseline", "no flood"), ("flood", "during the flood")):
@@ -306,5 +334,6 @@ SPACE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "fuzz-readers": lambda docs: render_fuzz_readers(one_doc(docs)),
     "malformed-corpus": lambda docs: render_malformed_corpus(one_doc(docs)),
     "keep": lambda docs: render_keep(one_doc(docs)),
+    "search-request": lambda docs: render_search_request(one_doc(docs)),
     "flood": render_flood,
 }

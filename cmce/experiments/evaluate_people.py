@@ -2,16 +2,18 @@
 
 Every found face of the held-out identities is one face of an unlabelled library (clean, or
 with a share of its photos degraded by ``--gallery-degrade``). The grouping never sees a label;
-the labels only score it. The thresholds come from the bundle's training identities
-(``calibrate``: every identity the bundle was trained or validated on, clean, and a mixed-quality
-library of 1,000 of them), never from the held-out ones; so does the clustering method (the best
-BCubed F on the clean training photos).
+the labels only score it. The thresholds and the attach pass come from the bundle's training
+identities (``calibrate``: every identity the bundle was trained or validated on, clean, and a
+mixed-quality library of 1,000 of them, served out-of-fold by the bundle's cross-validation
+networks), never from the held-out ones; so does the clustering method (the best BCubed F on
+the clean training photos).
 
 Rows, all on the same faces:
 
-* ``CMCE ensemble``: the served ensemble vectors, the chosen clustering at its threshold;
-* ``query model alone``: the query model's own embeddings, the same clustering at the query
-  model's own calibrated threshold;
+* ``CMCE ensemble``: the served grouping: the mean of the served ensemble vectors' and the query
+  model's cosines (:data:`QUERY_WEIGHT`), the chosen clustering at its threshold, its attach pass;
+* ``query model alone``: the query model's own embeddings, the same clustering and attach pass at
+  the query model's own calibrated threshold and attach settings;
 * ``face_recognition recipe``: dlib-resnet34 descriptors, ``dlib.chinese_whispers_clustering`` at
   Euclidean distance 0.5 (``face_recognition``'s ``--tolerance``-style cut). The library's dlib
   embeddings are unit vectors; dlib's own descriptors have norm about
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -39,11 +42,13 @@ from cmce.experiments.degrade import DegradeSpec, degrade_gallery
 from cmce.experiments.splits import SplitConfig, dataset_splits, embedded_subset
 from cmce.io.datasets import list_labelled_images
 from cmce.method.bundle_model import Bundle
-from cmce.metrics.clustering import bcubed_items, pairwise_prf
+from cmce.metrics.clustering import bcubed, bcubed_items, pairwise_prf
 from cmce.metrics.intervals import cluster_bootstrap
 from cmce.models.embed import EmbeddedFiles, EmbeddingCache, embed_files
+from cmce.experiments.people_folds import FoldBundles, fold_bundles
 from cmce.people import GroupingConfig, group_faces
-from cmce.people.calibration import calibrate_threshold, threshold_curve
+from cmce.people.calibration import calibrate_attach, calibrate_threshold, threshold_curve
+from cmce.people.grouping import grouping_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +65,9 @@ CALIBRATION_MIX = "mix:0.6"
 """The degradation of the training library the threshold is also calibrated on (the bundles' --mixed-share)."""
 CALIBRATION_IDENTITIES = 1000
 """Training identities in that mixed library (a seeded draw; degrading every training photo costs too long)."""
+QUERY_WEIGHT = 0.5
+"""The query model's cosine's weight in the served grouping's similarity: the plain mean of the
+ensemble's and the query model's cosines (set, not calibrated: see docs/people.md)."""
 CURVE_OFFSETS = tuple(round(-0.10 + 0.02 * i, 2) for i in range(11))
 
 
@@ -67,50 +75,83 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def _spaces(bundle: Bundle, embedded: EmbeddedFiles, rows: np.ndarray) -> dict:
-    """The vectors grouped: the served ensemble (and its quality score), the query model alone, dlib."""
+def _spaces(bundle: Bundle, embedded: EmbeddedFiles, rows: np.ndarray, folds: FoldBundles | None = None,
+            labels: np.ndarray | None = None) -> dict:
+    """The vectors grouped: the served ensemble (and its quality score), the query model alone, dlib,
+    and ``grouped``: the grouping vectors of the ensemble with the query model's cosine weighted
+    :data:`QUERY_WEIGHT` (:func:`cmce.people.grouping.grouping_vectors`).
+
+    With ``folds`` (and the faces' identities ``labels``), the ensemble and quality are the
+    out-of-fold ones: each identity served by networks not trained on it.
+    """
     emb = {m: v[rows] for m, v in embedded.embeddings.items()}
-    gv = bundle.gallery_vectors(emb, embedded.detection_probability[rows])
-    out = {"ensemble": _unit(gv.ensemble), "quality": np.asarray(gv.quality, np.float64),
+    if folds is not None:
+        gv = folds.spaces(emb, embedded.detection_probability[rows], labels)
+        ensemble, quality = gv["ensemble"], gv["quality"]
+    else:
+        gv = bundle.gallery_vectors(emb, embedded.detection_probability[rows])
+        ensemble, quality = gv.ensemble, gv.quality
+    out = {"ensemble": _unit(ensemble), "quality": np.asarray(quality, np.float64),
            "query": _unit(emb[bundle.query_model])}
+    out["grouped"] = grouping_vectors(out["ensemble"], out["query"], QUERY_WEIGHT)
     if "dlib-resnet34" in emb:
         out["dlib"] = _unit(emb["dlib-resnet34"])
     return out
 
 
-def calibrate(data_dir, bundle: Bundle, *, cache: EmbeddingCache | None, progress: bool,
-              methods: Sequence[str] = METHODS_COMPARED, mixed: bool = True, seed: int = 0) -> dict:
-    """Thresholds and the clustering, measured on the bundle's training identities (train + validation).
+def _configs(calibration: dict) -> dict[str, GroupingConfig]:
+    """The served ensemble's and the query model's grouping settings from a calibration (``calibrate``)."""
+    out = {}
+    for who in ("ensemble", "query"):
+        c = calibration[who]
+        out[who] = GroupingConfig(threshold=c["threshold"], method=calibration["method"],
+                                  query_weight=c.get("query_weight", 0.0), attach_above=c.get("attach_above"),
+                                  attach_margin=c.get("attach_margin", GroupingConfig.attach_margin))
+    return out
 
-    The clustering is the best BCubed F among ``methods`` on the clean training photos. Its
-    threshold (for the ensemble, and the query model's for the baseline row) is the one of the
-    best mean BCubed F over two training libraries: the clean one, and (``mixed``)
-    :data:`CALIBRATION_IDENTITIES` training identities with :data:`CALIBRATION_MIX` of their photos
-    degraded, as the bundles' own rejection cut is calibrated on mixed-quality validation galleries.
+
+def calibrate(data_dir, bundle: Bundle, *, cache: EmbeddingCache | None, progress: bool,
+              methods: Sequence[str] = METHODS_COMPARED, mixed: bool = True, seed: int = 0,
+              out_of_fold: bool = True) -> dict:
+    """Thresholds, the attach pass and the clustering, measured on the bundle's training identities.
+
+    With ``out_of_fold`` (the default), the training identities' ensemble vectors and quality
+    scores are out-of-fold ones (:mod:`cmce.experiments.people_folds`: each identity served by
+    the bundle's cross-validation networks that were not trained on it), as a new face is. The
+    clustering is the best BCubed F among ``methods`` on the clean training photos (grouping
+    vectors of :func:`_spaces`). Its threshold (for the ensemble, and the query model's for the
+    baseline row) is the one of the best mean BCubed F over two training libraries: the clean
+    one, and (``mixed``) :data:`CALIBRATION_IDENTITIES` training identities with
+    :data:`CALIBRATION_MIX` of their photos degraded, as the bundles' own rejection cut is
+    calibrated on mixed-quality validation galleries. Then the attach pass, on the same two
+    libraries at that threshold (:func:`cmce.people.calibration.calibrate_attach`).
 
     Returns:
-        JSON-ready: ``identities``, ``faces``, per method its clean ensemble curve and best threshold
-        (``methods``), the chosen ``method``, ``ensemble`` and ``query`` (threshold, clean and mixed
-        curves), ``mixed`` (what the mixed library holds) and the ``unsure_cut``.
+        JSON-ready: ``identities``, ``faces``, ``out_of_fold``, per method its clean ensemble curve
+        and best threshold (``methods``), the chosen ``method``, ``ensemble`` and ``query``
+        (threshold, query weight, attach pass with its grid, clean and mixed curves), ``mixed``
+        (what the mixed library holds) and the ``unsure_cut``.
     """
     full = list_labelled_images(data_dir)
     split = dataset_splits(full.labels, SplitConfig(**bundle.info["training"]["split"]))
     keep = split["train"] | split["val"]
     paths = [p for p, k in zip(full.paths, keep) if k]
     labels = np.asarray(full.labels)[keep]
+    folds = fold_bundles(data_dir, bundle, cache=cache, progress=progress) if out_of_fold else None
     embedded = embed_files(paths, list(bundle.models), cache=cache, progress=progress)
     rows = np.flatnonzero(embedded.found)
-    sp = _spaces(bundle, embedded, rows)
     truth = labels[rows]
+    sp = _spaces(bundle, embedded, rows, folds, truth)
     by_method = {}
     for m in methods:
         try:
-            by_method[m] = calibrate_threshold(sp["ensemble"], truth, method=m)
+            by_method[m] = calibrate_threshold(sp["grouped"], truth, method=m)
         except ImportError as exc:  # an optional clustering package missing: said, not hidden
             logger.warning("clustering %s not measured: %s", m, exc)
     chosen = max(by_method, key=lambda m: by_method[m].best.f)
     curves = {"ensemble": {"clean": by_method[chosen].curve},
               "query": {"clean": threshold_curve(sp["query"], truth, method=chosen)}}
+    libraries = {"ensemble": [(sp["grouped"], truth)], "query": [(sp["query"], truth)]}
     mixed_info = None
     if mixed:
         ids = np.unique(truth)
@@ -120,12 +161,13 @@ def calibrate(data_dir, bundle: Bundle, *, cache: EmbeddingCache | None, progres
         deg, report, _ = degrade_gallery(sub, np.arange(len(sub.paths)), DegradeSpec.parse(CALIBRATION_MIX),
                                          seed=seed, models=list(bundle.models), cache=cache, progress=progress)
         found = np.flatnonzero(deg.found)
-        sp_mixed = _spaces(bundle, deg, found)
-        for who in ("ensemble", "query"):
-            curves[who]["mixed"] = threshold_curve(sp_mixed[who], sub_labels[found], method=chosen)
+        sp_mixed = _spaces(bundle, deg, found, folds, sub_labels[found])
+        for who, key in (("ensemble", "grouped"), ("query", "query")):
+            curves[who]["mixed"] = threshold_curve(sp_mixed[key], sub_labels[found], method=chosen)
+            libraries[who].append((sp_mixed[key], sub_labels[found]))
         mixed_info = {"spec": CALIBRATION_MIX, "identities": int(len(pick)), "faces": int(len(found)),
                       "degraded": report.get("degraded")}
-    out = {"identities": int(len(np.unique(truth))), "faces": int(len(rows)),
+    out = {"identities": int(len(np.unique(truth))), "faces": int(len(rows)), "out_of_fold": out_of_fold,
            "methods": {m: c.to_dict() for m, c in by_method.items()}, "method": chosen, "mixed": mixed_info,
            "unsure_cut": {"quality": bundle.calibration.quality.kind,
                           "doubt_above": float(bundle.calibration.rejection_threshold),
@@ -134,7 +176,11 @@ def calibrate(data_dir, bundle: Bundle, *, cache: EmbeddingCache | None, progres
         mean_f = {p.threshold: np.mean([next(q.f for q in c if q.threshold == p.threshold) for c in cs.values()])
                   for p in cs["clean"]}
         best = max(mean_f, key=lambda t: (round(float(mean_f[t]), 9), t))
-        out[who] = {"method": chosen, "threshold": best, "mean_f": float(mean_f[best]),
+        weight = QUERY_WEIGHT if who == "ensemble" else 0.0
+        attach = calibrate_attach(libraries[who], GroupingConfig(threshold=best, method=chosen))
+        out[who] = {"method": chosen, "threshold": best, "mean_f": float(mean_f[best]), "query_weight": weight,
+                    "attach_above": attach["attach_above"], "attach_margin": attach["attach_margin"],
+                    "attach_mean_f": attach["mean_f"], "attach_grid": attach["grid"],
                     "curve": [p.to_dict() for p in cs["clean"]],
                     **({"curve_mixed": [p.to_dict() for p in cs["mixed"]]} if "mixed" in cs else {})}
     return out
@@ -204,12 +250,12 @@ def _paired(a: dict, b: dict, truth: np.ndarray, *, resamples: int, seed: int) -
     return {"row": a["name"], "minus": b["name"], "bcubed_f_difference": d, "ci95": [lo, hi]}
 
 
-def _unsure_sweep(vectors: np.ndarray, uncertainty: np.ndarray | None, truth: np.ndarray, cfg: GroupingConfig) -> list:
+def _unsure_sweep(vectors: np.ndarray, query: np.ndarray | None, uncertainty: np.ndarray | None, truth: np.ndarray,
+                  cfg: GroupingConfig) -> list:
     """Precision and recall of the faces grouped against the share held out (most doubted first)."""
     out = []
     for share in UNSURE_SHARES:
-        g = group_faces(vectors, uncertainty=uncertainty, config=GroupingConfig(
-            threshold=cfg.threshold, method=cfg.method, k=cfg.k, unsure_share=share))
+        g = group_faces(vectors, query_vectors=query, uncertainty=uncertainty, config=replace(cfg, unsure_share=share))
         lab = g.labels
         p, r = bcubed_items(_singletons(lab), truth)
         kept = lab >= 0
@@ -218,10 +264,16 @@ def _unsure_sweep(vectors: np.ndarray, uncertainty: np.ndarray | None, truth: np
     return out
 
 
-def _curve(vectors: np.ndarray, truth: np.ndarray, cfg: GroupingConfig) -> list:
-    """BCubed F of the held-out grouping around the calibrated threshold (shown, never used to choose)."""
-    ts = [round(cfg.threshold + o, 2) for o in CURVE_OFFSETS]
-    return [p.to_dict() for p in threshold_curve(vectors, truth, method=cfg.method, thresholds=ts, k=cfg.k)]
+def _curve(vectors: np.ndarray, query: np.ndarray | None, truth: np.ndarray, cfg: GroupingConfig) -> list:
+    """BCubed F of the held-out grouping (the whole of it, attach pass included) around the calibrated
+    threshold (shown, never used to choose)."""
+    out = []
+    for t in (round(cfg.threshold + o, 2) for o in CURVE_OFFSETS):
+        lab = group_faces(vectors, query_vectors=query, config=replace(cfg, threshold=t)).labels
+        p, r, f = bcubed(lab, truth)
+        out.append({"threshold": t, "bcubed_precision": p, "bcubed_recall": r, "bcubed_f": f,
+                    "pairwise_f": pairwise_prf(lab, truth)[2], "people": int(len(np.unique(lab)))})
+    return out
 
 
 def evaluate_people(embedded: EmbeddedFiles, labels: Sequence[str], bundle: Bundle, calibration: dict, *,
@@ -235,13 +287,12 @@ def evaluate_people(embedded: EmbeddedFiles, labels: Sequence[str], bundle: Bund
     rows_idx = np.flatnonzero(embedded.found)
     truth = np.asarray(labels)[rows_idx]
     sp = _spaces(bundle, embedded, rows_idx)
-    method = calibration["method"]
-    ens = GroupingConfig(threshold=calibration["ensemble"]["threshold"], method=method)
-    qry = GroupingConfig(threshold=calibration["query"]["threshold"], method=method)
+    cfgs = _configs(calibration)
+    ens, qry = cfgs["ensemble"], cfgs["query"]
     doubt = calibration["unsure_cut"]["doubt_above"]
     kw = dict(resamples=ci_resamples, seed=seed)
     rows = [
-        _row("CMCE ensemble", group_faces(sp["ensemble"], config=ens).labels, truth, **kw),
+        _row("CMCE ensemble", group_faces(sp["ensemble"], query_vectors=sp["query"], config=ens).labels, truth, **kw),
         _row("query model alone", group_faces(sp["query"], config=qry).labels, truth, **kw),
     ]
     if "dlib" in sp:
@@ -249,9 +300,10 @@ def evaluate_people(embedded: EmbeddedFiles, labels: Sequence[str], bundle: Bund
                          _face_recognition(sp["dlib"]), truth, **kw))
     immich = _immich(sp["query"])
     rows.append(_row("Immich-like recipe (query model, DBSCAN 0.5, 3 faces)", _singletons(immich), truth, **kw))
-    unsure_cfg = GroupingConfig(threshold=ens.threshold, method=method, doubt_above=doubt)
-    rows.append(_row("CMCE ensemble + unsure set", group_faces(sp["ensemble"], uncertainty=sp["quality"],
-                                                                config=unsure_cfg).labels, truth, **kw))
+    unsure_cfg = replace(ens, doubt_above=doubt)
+    rows.append(_row("CMCE ensemble + unsure set", group_faces(sp["ensemble"], query_vectors=sp["query"],
+                                                                uncertainty=sp["quality"], config=unsure_cfg).labels,
+                     truth, **kw))
     rows.append(_row("Immich-like recipe + unsure set (noise held out)", immich, truth, **kw))
     diffs = [_paired(rows[0], r, truth, **kw) for r in rows[1:4]]
     for r in rows:
@@ -261,7 +313,8 @@ def evaluate_people(embedded: EmbeddedFiles, labels: Sequence[str], bundle: Bund
         "gallery_degrade": degrade_report,
         "rows": rows,
         "differences": diffs,
-        "unsure_sweep": {"ensemble": _unsure_sweep(sp["ensemble"], sp["quality"], truth, ens),
-                         "query model alone": _unsure_sweep(sp["query"], None, truth, qry)},
-        "curve": {"ensemble": _curve(sp["ensemble"], truth, ens), "query model alone": _curve(sp["query"], truth, qry)},
+        "unsure_sweep": {"ensemble": _unsure_sweep(sp["ensemble"], sp["query"], sp["quality"], truth, ens),
+                         "query model alone": _unsure_sweep(sp["query"], None, None, truth, qry)},
+        "curve": {"ensemble": _curve(sp["ensemble"], sp["query"], truth, ens),
+                  "query model alone": _curve(sp["query"], None, truth, qry)},
     }

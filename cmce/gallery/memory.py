@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from cmce.gallery.ingest import (
     GalleryEntry,
     GalleryLimits,
     IngestReport,
+    Photo,
     ProgressFn,
     embed_photos,
     read_photos,
@@ -80,12 +81,15 @@ class Gallery:
     Attributes:
         corrections: the user's must-links, cannot-links and names (``add_corrections``;
             read by ``load``, written by ``save``).
+        entries: every entry by position; an entry's ``label`` is its name among the
+            corrections where it has one, else the label it was indexed with (or its shards hold).
     """
 
     def __init__(self, engine: FaceEngine, limits: GalleryLimits = DEFAULT_GALLERY_LIMITS):
         self.engine = engine
         self.limits = limits
         self.entries: list[GalleryEntry] = []
+        self._labels: list[str | None] = []  # each entry's label without the corrections' names (what shards hold)
         self._backbones: dict[str, BackboneRecord] = {}
         self._emb: dict[str, np.ndarray] = {}
         self._present: dict[str, np.ndarray] = {}
@@ -198,6 +202,7 @@ class Gallery:
         progress: ProgressFn | None = None,
         batch_size: int = 16,
         record_paths: bool = True,
+        keep_photo: Callable[[Photo], object] | None = None,
     ) -> IngestReport:
         """Detect, embed and index every face of the given images.
 
@@ -207,6 +212,8 @@ class Gallery:
             batch_size: images per detection batch.
             record_paths: store each file's absolute path (so a later backfill can
                 read it again); off for uploads that are deleted afterwards.
+            keep_photo: called with each decoded photo that gave entries (e.g.
+                ``SourcePhotos.keep``: a copy to show matches in), while its pixels are at hand.
 
         Returns:
             IngestReport; unreadable files, files without a face, duplicates and
@@ -243,6 +250,11 @@ class Gallery:
                         if faces.entries:
                             self._append(list(faces.entries), faces.embeddings)
                             added += len(faces.entries)
+                            if keep_photo is not None:
+                                indexed = {e.content_hash for e in faces.entries}
+                                for photo in decoded:
+                                    if photo.content_hash in indexed:
+                                        keep_photo(photo)
                     if progress:
                         done = min(len(items), start + batch_size)
                         progress(done / max(len(items), 1), f"indexed {done}/{len(items)} files")
@@ -266,6 +278,7 @@ class Gallery:
             new_present[k] = np.concatenate([self._present[k], np.full(n, rows is not None)])
         new_removed = np.concatenate([self._removed, np.zeros(n, bool)])
         self._emb, self._present, self._removed = new_emb, new_present, new_removed
+        self._labels.extend(e.label for e in entries)
         self.entries.extend(entries)
 
     def _refuse(self) -> None:
@@ -436,7 +449,7 @@ class Gallery:
         """Make ``corrections`` this gallery's corrections (checked as ``add_corrections``; refused: nothing changes).
 
         For changes that also drop rows (a split, "not this person"); an entry whose name
-        is dropped keeps it as its label until the gallery is saved and read again.
+        is dropped shows the label it was indexed with again, as a saved and reloaded gallery does.
         """
         with self._lock:
             check_corrections(corrections, set(self.entry_ids()), "this gallery")
@@ -445,18 +458,30 @@ class Gallery:
             return corrections
 
     def _apply_names(self) -> None:
-        """The corrections' names as the labels of their entries."""
+        """Each entry's label: its name among the corrections, else the label it was indexed with.
+
+        An entry whose name was dropped (a split, "not this person") shows its own label
+        again at once, as ``load`` shows it (``read_gallery`` puts the names over the shards' labels).
+        """
         names = self.corrections.names
-        if names:
-            ids = [e.entry_id or f"{e.content_hash}:{i}" for i, e in enumerate(self.entries)]  # as entry_ids() gives them
-            self.entries = [replace(e, label=names[k]) if k in names else e for e, k in zip(self.entries, ids)]
+        ids = [e.entry_id or f"{e.content_hash}:{i}" for i, e in enumerate(self.entries)]  # as entry_ids() gives them
+        shown = [names.get(k, own) for k, own in zip(ids, self._labels)]
+        self.entries = [e if e.label == label else replace(e, label=label) for e, label in zip(self.entries, shown)]
 
     # ------------------------------------------------------------------ persistence
 
     def records(self) -> GalleryRecords:
-        """The live entries as columns, with every backbone's raw embeddings."""
+        """The live entries as columns, with every backbone's raw embeddings.
+
+        The labels are the entries' own (as indexed or read from the shards), not the
+        corrections' names: the names live in the corrections only, so that a dropped name
+        leaves nothing behind in a saved shard.
+        """
         with self._lock:
-            return gallery_records(self.entries, self.positions, self._backbones, self._emb, self._present)
+            positions = self.positions
+            records = gallery_records(self.entries, positions, self._backbones, self._emb, self._present)
+            records.label[:] = [self._labels[i] for i in positions]
+            return records
 
     def derived_data(self) -> tuple[DerivedData, VectorIndex]:
         """This bundle's derived data for the live entries (what ``save`` stores beside the shards)."""
@@ -485,14 +510,16 @@ class Gallery:
         """Append the entries added since position ``since`` to the gallery saved at ``folder``.
 
         Only a new shard is written (``cmce.storage.write.append_entries``; the other
-        shards stay as they are), then this bundle's derived data is rebuilt for the whole
-        gallery.
+        shards stay as they are), with this gallery's corrections (as ``save`` stores them)
+        listed in the same manifest write; then this bundle's derived data is rebuilt for
+        the whole gallery.
         ``folder`` must hold what this gallery held before ``since``.
         """
         with self._lock:
             records = self.records()
             live = self.positions
-            append_entries(folder, records.take(live >= since))
+            gone = self.corrections.entry_ids() - set(records.entry_id.tolist())
+            append_entries(folder, records.take(live >= since), corrections=self.corrections.without_entries(gone))
             if len(self):
                 derived, index = self.derived_data()
                 write_derived(folder, derived, index)
@@ -531,6 +558,7 @@ class Gallery:
                 g._emb[k] = np.zeros((n, rec.dim), np.float32)
                 g._present[k] = np.zeros(n, bool)
         g.entries = record_entries(records)
+        g._labels = [e.label for e in g.entries]
         g._removed = np.zeros(n, bool)
         g._refuse()
         present = g._vectors.member_present if g._vectors is not None else np.zeros((0, len(member_keys)), bool)
@@ -554,9 +582,10 @@ class Gallery:
         Raises:
             GalleryError: missing or corrupt folder, or no member of the bundle stored.
         """
-        stored = read_gallery(folder)
+        stored = read_gallery(folder, names_as_labels=False)
         g = cls.from_records(stored.records, engine, limits, source=str(folder), converted_from=stored.converted_from)
-        g.corrections = stored.corrections or Corrections.empty()  # names are the records' labels already
+        g.corrections = stored.corrections or Corrections.empty()
+        g._apply_names()
         return g
 
     def reproject(self, engine: FaceEngine) -> Gallery:
@@ -572,5 +601,6 @@ class Gallery:
             corrections = self.corrections.without_entries(gone)
         g = Gallery.from_records(records, engine, self.limits, source="this gallery")
         g.corrections = corrections
+        g._apply_names()
         return g
 

@@ -7,27 +7,113 @@ used: nothing is embedded again. Per view ``v`` and query ``i``::
 
     top_i      = argmax_{j != i, j matchable in v} q_i . g_j^v
     hit_i      = label(top_i) == label_i                      (Recall@1: the paper's metric)
-    unknown_i  = q_i . g_top^v < t_v                          (the view's similarity threshold)
+    unknown_i  = the search's "Unknown" on those hits (see below)
     right_i    = hit_i and not unknown_i                      (the column named the right person)
 
 ``Recall@1`` is the share of ``hit``, the unknown rate the share of ``unknown``; a column
 "got right what the ensemble missed" on the queries where its ``right`` is true and the
-ensemble's is not (and the reverse), the same ✓/✗ a query's verdict shows. "Unknown" here
-is the view's raw similarity threshold (a 0.1% false-accept rate), not the cohort
-normalisation the app applies in galleries of more than 50 people.
+ensemble's is not (and the reverse), the same ✓/✗ a query's verdict shows.
+
+"Unknown" is decided as a search of the gallery decides it (``SearchRule``): each query's
+best hits among the other entries go through ``cmce.method.answers.decide_answer`` with the
+bundle's cohort normalisation (in galleries of more than ``cohort`` people, with the
+coverage guard of the gallery's own doubt), its answer rule, the query face's detector
+probability and the best hit's quality: what a search of the gallery without that entry
+answers (``gallery_scoreboard``). Without a rule, the view's raw similarity threshold
+(``q_i . g_top^v < t_v``) decides.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from cmce.errors import CmceError
+from cmce.method.answer_rules import AnswerPolicy, policy_features
+from cmce.method.unknown import CohortNorm, unknown_norm
 
-__all__ = ["ScoreColumn", "Scoreboard", "gallery_scoreboard", "leave_one_out_scoreboard"]
+__all__ = ["ScoreColumn", "Scoreboard", "SearchRule", "gallery_scoreboard", "leave_one_out_scoreboard"]
+
+MIN_HITS = 20  # hits a search lists at least (``cmce.gallery.view_search``): the answer rule's margin reads them
+
+
+@dataclass(frozen=True)
+class SearchRule:
+    """How a search of the gallery says "Unknown", for the scoreboard to say it the same way.
+
+    Attributes:
+        norm: the cohort-normalised threshold the search applies (``unknown.unknown_norm``; None: raw only).
+        policies: view name -> its answer rule (None or missing: none).
+        query_probability: (N,) each entry's detector probability, as a query face's.
+        quality: (N,) each entry's quality score (the answer rule's input; the gallery's doubt).
+        disagreement: (N,) each entry's members' disagreement (NaN: not measurable).
+        doubtful: (N,) bool, entries marked doubtful.
+    """
+
+    norm: CohortNorm | None
+    policies: Mapping[str, AnswerPolicy | None]
+    query_probability: np.ndarray
+    quality: np.ndarray
+    disagreement: np.ndarray
+    doubtful: np.ndarray
+
+    def unknown(self, view: str, rows: np.ndarray, hits: np.ndarray, scores: np.ndarray, keys: np.ndarray,
+                threshold: float) -> np.ndarray:
+        """(Q,) bool: whether a search of the other entries answers "Unknown" to each query:
+        ``cmce.method.answers.decide_answer``'s rule, for every query at once.
+
+        Args:
+            rows: (Q,) the queries' positions (each left out of its own search).
+            hits: (Q, F) each query's best hits' positions, best first (-1 after the last one).
+            scores: (Q, F) their similarities.
+            keys: (N,) int, each entry's person (its label's code; one of its own when unlabelled).
+            threshold: the view's similarity threshold.
+        """
+        listed = hits >= 0
+        s1 = np.where(listed[:, 0], scores[:, 0], np.nan)
+        unknown = ~listed[:, 0]  # nothing to match: "Unknown"
+        key = np.where(listed, keys[np.maximum(hits, 0)], -1)
+        other = listed & (key != key[:, :1])  # hits of another person than the best one
+        other[:, 0] = False
+        z_thr = None
+        if self.norm is not None and len(keys) - 1 > 0:
+            z_thr = self.norm.threshold_per_doubt(view, len(keys) - 1, self.doubts()[rows])
+        decided = np.zeros(len(rows), bool)
+        if z_thr is not None:
+            cohort = self.norm.cohort
+            taken = other & (np.cumsum(other, axis=1) <= cohort)  # the next ``cohort`` people's scores
+            full = taken.sum(axis=1) == cohort
+            x = np.where(taken, scores, 0.0).astype(np.float64)
+            mean = x.sum(axis=1) / cohort
+            std = np.sqrt((np.where(taken, scores - mean[:, None], 0.0) ** 2).sum(axis=1) / cohort)
+            z = (s1 - mean) / np.maximum(std, 1e-6)
+            decided = full & listed[:, 0] & np.isfinite(z)
+            unknown |= decided & (z < z_thr)
+        unknown |= ~decided & listed[:, 0] & (s1 < threshold)
+        policy = self.policies.get(view)
+        ask = ~unknown
+        if policy is not None and ask.any():
+            top = np.maximum(hits[:, 0], 0)
+            first_other = np.argmax(other, axis=1)
+            last = np.maximum(listed.sum(axis=1) - 1, 0)
+            margin = np.where(other.any(axis=1), s1 - scores[np.arange(len(rows)), first_other],
+                              np.where(last > 0, s1 - scores[np.arange(len(rows)), last], s1 + 1.0))
+            feats = policy_features(s1[ask], margin[ask], self.query_probability[rows][ask],
+                                    np.asarray(self.quality, np.float64)[top][ask],
+                                    np.asarray(self.disagreement, np.float64)[top][ask])
+            unknown[np.flatnonzero(ask)] = policy.confidence(feats) < policy.threshold
+        return unknown
+
+    def doubts(self) -> np.ndarray:
+        """(N,) the doubt (``unknown.gallery_doubt``) of the gallery each entry's search sees: all entries but it."""
+        q = np.asarray(self.quality, np.float64)
+        ok = np.isfinite(q)
+        total, count = q[ok].sum(), ok.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (total - np.where(ok, q, 0.0)) / (count - ok)
 
 
 @dataclass(frozen=True)
@@ -57,11 +143,15 @@ class Scoreboard:
         queries: number of queries (labelled entries with another entry of their person).
         people: number of people those queries are of.
         columns: the ensemble first, then each gallery model, then the query model alone.
+        rows: (Q,) the queries' positions (``gallery_scoreboard``: in the gallery).
+        decisions: view -> ((Q,) bool hit, (Q,) bool unknown), query by query.
     """
 
     queries: int
     people: int
     columns: tuple[ScoreColumn, ...]
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)
+    decisions: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.queries < 0 or self.people < 0 or self.people > self.queries:
@@ -103,6 +193,7 @@ def leave_one_out_scoreboard(
     *,
     available: Mapping[str, np.ndarray] | None = None,
     can_query: np.ndarray | None = None,
+    rule: SearchRule | None = None,
 ) -> Scoreboard:
     """Leave-one-out Recall@1, unknown rate and wins against the ensemble of every view.
 
@@ -115,6 +206,7 @@ def leave_one_out_scoreboard(
         available: view name -> (N,) bool, the entries that view can match (default all).
         can_query: (N,) bool, entries that can be queries (default all; an entry without
             the query model's own embedding cannot).
+        rule: decide "Unknown" as a search does (``SearchRule``); None: by ``thresholds`` alone.
 
     Returns:
         Scoreboard.
@@ -152,6 +244,7 @@ def leave_one_out_scoreboard(
     if not len(rows):
         return Scoreboard(0, 0, tuple(ScoreColumn(v, 0.0, 0.0, 0, 0) for v in views))
     results = {}
+    fetch = min(n - 1, max(MIN_HITS, rule.norm.hits_for(n - 1) if rule is not None and rule.norm is not None else 0))
     for v in views:
         sim = q[rows] @ np.asarray(view_vectors[v], np.float32).T  # (Q, N)
         sim[np.arange(len(rows)), rows] = -np.inf  # an entry never matches itself
@@ -160,26 +253,43 @@ def leave_one_out_scoreboard(
         top = np.argmax(sim, axis=1)
         best = sim[np.arange(len(rows)), top]
         hit = np.isfinite(best) & (lab[top] == lab[rows])
-        unknown = ~np.isfinite(best) | (best < float(thresholds.get(v, -1.0)))
+        if rule is None:
+            unknown = ~np.isfinite(best) | (best < float(thresholds.get(v, -1.0)))
+        else:  # the best ``fetch`` hits of each query, best first, as a search lists them
+            import torch  # its top-k: 20 times numpy's argpartition and sort here
+
+            best_scores, best_hits = torch.from_numpy(sim).topk(fetch, dim=1)
+            hits, scores = best_hits.numpy(), best_scores.numpy()
+            hits[~np.isfinite(scores)] = -1
+            keys = np.where(lab >= 0, lab, len(codes) + np.arange(n))
+            unknown = rule.unknown(v, rows, hits, scores, keys, float(thresholds.get(v, -1.0)))
         results[v] = (hit, unknown, hit & ~unknown)
     ens_right = results["ensemble"][2]
     columns = tuple(ScoreColumn(v, float(hit.mean()), float(unknown.mean()), int((right & ~ens_right).sum()),
                                 int((ens_right & ~right).sum())) for v, (hit, unknown, right) in results.items())
-    return Scoreboard(len(rows), int(len(np.unique(lab[rows]))), columns)
+    return Scoreboard(len(rows), int(len(np.unique(lab[rows]))), columns, rows,
+                      {v: (hit, unknown) for v, (hit, unknown, _) in results.items()})
 
 
-def gallery_scoreboard(gallery) -> Scoreboard:
+def gallery_scoreboard(gallery, unknown_by: str | None = None) -> Scoreboard:
     """:func:`leave_one_out_scoreboard` over the live entries of a ``cmce.gallery.Gallery``.
 
     Queries use ``gallery.vectors.views["query"]`` (entries lacking the query model's own
-    embedding are not queries); every view of the gallery is a column, with the bundle's
-    calibrated similarity thresholds.
+    embedding are not queries); every view of the gallery is a column. "Unknown" is what
+    ``gallery.search_vector`` (nothing rejected, the bundle's answer rule) answers on the
+    gallery without the query's entry, with ``unknown_by`` (``unknown.UNKNOWN_BY``; None:
+    the default, ``normalised``) and each entry's detector probability as the query's.
     """
     live = gallery.positions
     vec = gallery.vectors
+    cal = gallery.bundle.calibration
     views = {v: (vec.ensemble if v == "ensemble" else vec.views[v])[live] for v in gallery.view_names}
-    labels = [gallery.entries[i].label for i in live]
+    entries = [gallery.entries[i] for i in live]
+    labels = [e.label for e in entries]
     available = {v: vec.available[v][live] for v in views if v in vec.available}
-    return leave_one_out_scoreboard(vec.views["query"][live], views, labels,
-                                    gallery.bundle.calibration.similarity_thresholds, available=available,
-                                    can_query=vec.available["query"][live])
+    rule = SearchRule(unknown_norm(cal.cohort_norm, unknown_by), {v: cal.answer_policy(v) for v in views},
+                      np.array([e.face.probability for e in entries], np.float64), vec.quality[live],
+                      vec.uncertainty[live], gallery.doubt().doubtful[live])
+    board = leave_one_out_scoreboard(vec.views["query"][live], views, labels, cal.similarity_thresholds,
+                                     available=available, can_query=vec.available["query"][live], rule=rule)
+    return replace(board, rows=live[board.rows])

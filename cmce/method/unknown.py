@@ -131,6 +131,29 @@ class CohortNorm:
         g = self.guard_threshold(view, gallery_doubt, gallery_size)
         return t if g is None else min(t, g)
 
+    def threshold_per_doubt(self, view: str, gallery_size: int, gallery_doubts: np.ndarray) -> np.ndarray | None:
+        """``threshold(view, gallery_size, d)`` for each doubt ``d`` of ``gallery_doubts`` at once (None: not calibrated).
+
+        Example:
+            >>> n = CohortNorm(50, {"ensemble": 5.0}, guard_doubt=(0.1, 0.5), guard={"ensemble": (6.0, 2.0)})
+            >>> n.threshold_per_doubt("ensemble", 800, np.array([0.3, 0.0, np.nan])).tolist()
+            [4.0, 5.0, 5.0]
+        """
+        base = self.threshold(view, gallery_size)
+        if base is None:
+            return None
+        d = np.asarray(gallery_doubts, np.float64)
+        out = np.full(d.shape, base)
+        per, ok = self.guard.get(view), np.isfinite(d)
+        if per and ok.any():
+            g = np.interp(d[ok], np.asarray(self.guard_doubt, np.float64), per)
+            slope = self.guard_slope.get(view)
+            if slope and gallery_size and self.guard_size:
+                size = min(max(gallery_size, 2 * self.cohort), 16 * self.guard_size)
+                g = g + float(slope) * float(np.log(size / self.guard_size))
+            out[ok] = np.minimum(base, g)
+        return out
+
     def guard_threshold(self, view: str, gallery_doubt: float | None,
                         gallery_size: int | None = None) -> float | None:
         """The most the view's threshold may be in a gallery of this mean doubt and size (None: no guard).

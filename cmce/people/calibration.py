@@ -19,7 +19,8 @@ from cmce.errors import PeopleError
 from cmce.metrics.clustering import bcubed, pairwise_prf
 from cmce.people.graph import cluster, knn_graph
 
-__all__ = ["CurvePoint", "GroupingCalibration", "THRESHOLD_GRID", "calibrate_threshold", "threshold_curve"]
+__all__ = ["ATTACH_ABOVE_GRID", "ATTACH_MARGIN_GRID", "CurvePoint", "GroupingCalibration", "THRESHOLD_GRID",
+           "calibrate_attach", "calibrate_threshold", "threshold_curve"]
 
 THRESHOLD_GRID = tuple(round(0.20 + 0.02 * i, 2) for i in range(36))
 """Thresholds tried: 0.20, 0.22, ..., 0.90."""
@@ -102,3 +103,38 @@ def calibrate_threshold(vectors: np.ndarray, truth: Sequence, *, method: str,
     curve = threshold_curve(vectors, truth, method=method, thresholds=thresholds, k=k, seed=seed)
     best = max(curve, key=lambda p: (round(p.f, 9), p.threshold))
     return GroupingCalibration(method, best.threshold, tuple(curve), len(vectors), int(len(np.unique(truth))))
+
+
+ATTACH_ABOVE_GRID = (0.40, 0.45, 0.50, 0.55, 0.60)
+"""``attach_above`` values tried by :func:`calibrate_attach`."""
+ATTACH_MARGIN_GRID = (0.05, 0.10, 0.15)
+"""``attach_margin`` values tried by :func:`calibrate_attach`."""
+
+
+def calibrate_attach(libraries: Sequence[tuple[np.ndarray, Sequence]], config, *,
+                     above: Sequence[float] = ATTACH_ABOVE_GRID,
+                     margins: Sequence[float] = ATTACH_MARGIN_GRID) -> dict:
+    """The attach pass (``GroupingConfig.attach_above`` / ``attach_margin``) of the best mean BCubed F.
+
+    Each labelled library (grouping vectors, identities) is grouped with ``config`` without the
+    pass and with every pair of the grid; the pair of the best mean F over the libraries is kept
+    when it beats no pass at all (ties: no pass, then the higher ``above``, the larger margin).
+
+    Returns:
+        JSON-ready: ``attach_above`` (None: no pass), ``attach_margin``, ``mean_f`` and the
+        ``grid`` (one point per pair, ``attach_above`` None for no pass, with each library's F).
+    """
+    from dataclasses import replace
+
+    from cmce.metrics.clustering import bcubed
+    from cmce.people.grouping import group_faces
+
+    points = []
+    for a, m in [(None, 0.0)] + [(float(a), float(m)) for a in above for m in margins]:
+        cfg = replace(config, attach_above=a, attach_margin=m if a is not None else config.attach_margin)
+        fs = [float(bcubed(group_faces(v, config=cfg).labels, np.asarray(t))[2]) for v, t in libraries]
+        points.append({"attach_above": a, "attach_margin": m, "f": fs, "mean_f": float(np.mean(fs))})
+    best = max(points, key=lambda p: (round(p["mean_f"], 9), p["attach_above"] is None,
+                                      p["attach_above"] or 0.0, p["attach_margin"]))
+    return {"attach_above": best["attach_above"], "attach_margin": best["attach_margin"] if best["attach_above"]
+            is not None else config.attach_margin, "mean_f": best["mean_f"], "grid": points}

@@ -1,5 +1,10 @@
 """Group a gallery's faces into people: ``group_faces`` and its immutable ``PeopleGrouping``.
 
+The similarity is the cosine of the face vectors, or with ``query_weight`` w > 0 the weighted
+mean ``(1 - w) cos(ensemble) + w cos(query model)`` of two cosines: the served ensemble vectors'
+and the query model's own embeddings' (:func:`grouping_vectors`: both live in the query model's
+space; a face without a query-model embedding uses its ensemble vector for both).
+
 The steps (each in its own module):
 
 1. the similarity graph: each face's ``k`` nearest faces from a search index, pairs at or
@@ -14,7 +19,12 @@ The steps (each in its own module):
    faces go to the *unsure* set, are taken out of the graph, and the rest is clustered again;
 4. the constraints are enforced (:func:`cmce.people.constraints.honour`): a must-link unit is one
    person, conflicting faces are different people. Constrained faces are never held out;
-5. people get ids (largest first), the name their named faces carry, and a cohesion (the mean
+5. with ``attach_above`` set, a face left alone (not constrained) joins the person whose
+   normalised mean vector is most similar to it when that similarity is at least
+   ``attach_above`` and beats the second most similar person's by ``attach_margin``, unless
+   a constraint says it is not that person (:func:`attach_alone`); degraded photos' faces, whose
+   similarity to each of their person's faces is under ``threshold``, are often close to its mean;
+6. people get ids (largest first), the name their named faces carry, and a cohesion (the mean
    cosine of their faces to their normalised mean); people under ``min_faces`` faces are unsure
    too (reason ``"few faces"``).
 """
@@ -35,7 +45,8 @@ from cmce.search.base import VectorSearch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupingConfig", "PeopleGrouping", "Person", "UnsureFace", "UNSURE_REASONS", "group_faces"]
+__all__ = ["GroupingConfig", "PeopleGrouping", "Person", "UnsureFace", "UNSURE_REASONS", "attach_alone", "group_faces",
+           "grouping_vectors"]
 
 UNSURE_REASONS = ("uncertain", "split neighbourhood", "few faces")
 """Why a face is unsure: its uncertainty, a neighbourhood split between people, or a person too small."""
@@ -55,6 +66,12 @@ class GroupingConfig:
         min_faces: people with fewer faces are unsure (``"few faces"``); 1 keeps every person.
         index: the index built for the graph when none is given: ``auto``, ``exact`` or ``compact``.
         seed: the clustering's random seed.
+        query_weight: the weight of the query model's own cosine in the similarity (0: the
+            ensemble's alone; needs ``query_vectors`` in :func:`group_faces` when above 0).
+        attach_above: a face left alone joins its most similar person (by the person's mean
+            vector) at or above this similarity (None: no attach pass).
+        attach_margin: ... and only when that person is at least this much more similar than the
+            second most similar one.
     """
 
     threshold: float = 0.5
@@ -65,6 +82,9 @@ class GroupingConfig:
     min_faces: int = 1
     index: str = "auto"
     seed: int = 0
+    query_weight: float = 0.0
+    attach_above: float | None = None
+    attach_margin: float = 0.1
 
     def __post_init__(self) -> None:
         if not -1.0 <= float(self.threshold) <= 1.0:
@@ -79,6 +99,12 @@ class GroupingConfig:
             raise PeopleError(f"min_faces must be >= 1; got {self.min_faces!r}")
         if self.index not in ("auto", "exact", "compact"):
             raise PeopleError(f"index must be 'auto', 'exact' or 'compact'; got {self.index!r}")
+        if not 0.0 <= float(self.query_weight) <= 1.0:
+            raise PeopleError(f"query_weight must be in [0, 1]; got {self.query_weight!r}")
+        if self.attach_above is not None and not -1.0 <= float(self.attach_above) <= 1.0:
+            raise PeopleError(f"attach_above must be a cosine similarity in [-1, 1] or None; got {self.attach_above!r}")
+        if not 0.0 <= float(self.attach_margin) <= 2.0:
+            raise PeopleError(f"attach_margin must be in [0, 2]; got {self.attach_margin!r}")
 
 
 @dataclass(frozen=True)
@@ -161,6 +187,88 @@ def _check_vectors(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(v)
 
 
+def grouping_vectors(vectors: np.ndarray, query_vectors: np.ndarray | None, query_weight: float) -> np.ndarray:
+    """Unit rows whose dot products are ``(1 - w) cos(vectors) + w cos(query_vectors)`` (w = ``query_weight``).
+
+    Rows of ``query_vectors`` that are all zero (no query-model embedding) take the row of
+    ``vectors`` instead (both are in the query model's space). With w = 0, ``vectors`` itself.
+
+    Example:
+        >>> e = np.array([[1, 0], [0, 1]], np.float32); q = np.array([[1, 0], [1, 0]], np.float32)
+        >>> j = grouping_vectors(e, q, 0.5); round(float(j[0] @ j[1]), 3)  # (0 + 1) / 2
+        0.5
+    """
+    w = float(query_weight)
+    v = _check_vectors(vectors)
+    if w == 0.0:
+        return v
+    if query_vectors is None:
+        raise PeopleError(f"query_weight {w} needs the query model's own embeddings (query_vectors)")
+    q = np.asarray(query_vectors, np.float32)
+    if q.shape != v.shape:
+        raise PeopleError(f"query_vectors must have the shape of vectors {v.shape}; got {q.shape}")
+    q = np.where((np.abs(q).sum(axis=1) == 0)[:, None], v, q)
+    q = _check_vectors(q)
+    return np.ascontiguousarray(np.hstack([np.sqrt(1.0 - w) * v, np.sqrt(w) * q]), dtype=np.float32)
+
+
+def attach_alone(vectors: np.ndarray, labels: np.ndarray, cons: Constraints, *, above: float, margin: float,
+                 kept: np.ndarray | None = None, index_kind: str = "auto") -> np.ndarray:
+    """``labels`` with each free face that is alone given to its most similar person, when sure enough.
+
+    A face alone (its label held by no other face among ``kept``) and not constrained joins the
+    person (another label) whose normalised mean vector is most similar to it, when that
+    similarity is at least ``above``, at least ``margin`` over the second most similar person's,
+    and no face of that person conflicts with it (a cannot-link, one photo, another name). The
+    people's means are those before the pass: an attached face does not pull others in.
+
+    Example:
+        Two faces of Ada, one of Bo, and a blurred face of Ada under the edge threshold::
+
+            >>> v = np.array([[1, 0, 0], [0.99, 0.14, 0], [0, 0, 1], [0.75, 0.66, 0]], np.float32)
+            >>> v /= np.linalg.norm(v, axis=1, keepdims=True)
+            >>> attach_alone(v, np.array([0, 0, 1, 2]), Constraints(4), above=0.7, margin=0.1).tolist()
+            [0, 0, 1, 0]
+    """
+    from cmce.people.graph import GRAPH_MIN_PROBES, GRAPH_PROBE_DIVISOR, search_index
+    from cmce.search.compact import CompactIndex
+
+    labels = np.asarray(labels, np.int64).copy()
+    kept = np.ones(len(labels), bool) if kept is None else np.asarray(kept, bool)
+    ids, inverse, counts = np.unique(labels[kept], return_inverse=True, return_counts=True)
+    if len(ids) < 2:
+        return labels
+    kidx = np.flatnonzero(kept)
+    alone = kidx[(counts[inverse] == 1) & ~cons.constrained[kidx]]
+    if not len(alone):
+        return labels
+    centres = np.zeros((len(ids), vectors.shape[1]), np.float64)
+    np.add.at(centres, inverse, vectors[kidx])
+    centres = (centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    index = search_index(centres, index_kind)
+    extra = {}
+    if isinstance(index, CompactIndex):  # as for the graph: a face's own person sits in its nearest lists
+        extra = {"nprobe": max(GRAPH_MIN_PROBES, index.nlist // GRAPH_PROBE_DIVISOR), "rerank": 16}
+    res = index.search(np.ascontiguousarray(vectors[alone]), k=min(3, len(ids)), **extra)
+    pos, sc = res.positions, res.scores
+    own = np.searchsorted(ids, labels[alone])
+    units_in: dict[int, set[int]] = {}
+    for p, lab in zip(kidx.tolist(), labels[kidx].tolist()):
+        units_in.setdefault(lab, set()).add(int(cons.unit[p]))
+    for i, face in enumerate(alone.tolist()):
+        cand = [(float(s), int(c)) for s, c in zip(sc[i], pos[i]) if c >= 0 and c != own[i]]
+        if not cand or cand[0][0] < above:
+            continue
+        if len(cand) > 1 and cand[0][0] - cand[1][0] < margin:
+            continue
+        target = int(ids[cand[0][1]])
+        u = int(cons.unit[face])
+        if any(cons.conflict(u, w) for w in units_in.get(target, ())):
+            continue
+        labels[face] = target
+    return labels
+
+
 def _agreement(graph: sp.csr_matrix, labels: np.ndarray) -> np.ndarray:
     """Share of each face's edge weight that goes to its own cluster (1 for a face with no edge)."""
     g = graph.tocoo()
@@ -197,6 +305,7 @@ def _cluster_kept(graph: sp.csr_matrix, vectors: np.ndarray, keep: np.ndarray, c
 def group_faces(
     vectors: np.ndarray,
     *,
+    query_vectors: np.ndarray | None = None,
     uncertainty: np.ndarray | None = None,
     photo_ids: Sequence | None = None,
     must_link: Iterable[Sequence[int]] | None = None,
@@ -209,6 +318,8 @@ def group_faces(
 
     Args:
         vectors: (N, D) L2-normalised face vectors (the gallery's served ensemble vectors).
+        query_vectors: (N, D) the query model's own embeddings of the faces (needed when
+            ``config.query_weight`` > 0; all-zero rows: none, the ensemble row stands in).
         uncertainty: (N,) doubt per face, higher = more doubtful (the bundle's quality score), or None.
         photo_ids: (N,) the photo each face comes from; faces of one photo are different people.
         must_link: pairs of positions that are one person (always honoured).
@@ -217,12 +328,15 @@ def group_faces(
             names two people; a person holding named faces carries their name, and new faces
             join a named person when the graph puts them with it and they are not unsure.
         config: the settings.
-        index: the gallery's own search index over exactly ``vectors`` (None: one is built).
+        index: the gallery's own search index over exactly ``vectors`` (None: one is built; not used
+            with ``query_weight`` > 0, whose similarity it does not hold).
 
     Raises:
         PeopleError: bad vectors, settings or positions, or constraints that contradict each other.
     """
-    v = _check_vectors(vectors)
+    v = grouping_vectors(vectors, query_vectors, config.query_weight)
+    if config.query_weight > 0:
+        index = None  # the gallery's own index is over the ensemble vectors, not the grouping's
     n = len(v)
     must_link, cannot_link = pairs_array(must_link, n, "must_link"), pairs_array(cannot_link, n, "cannot_link")
     cons = Constraints(n, must_link=must_link, cannot_link=cannot_link, photo_ids=photo_ids, names=known_labels)
@@ -235,6 +349,9 @@ def group_faces(
                      cons.cannot)
     labels = honour(cluster(config.method, graph, vectors=v, threshold=config.threshold, seed=config.seed),
                     graph, cons)
+    if config.attach_above is not None:
+        labels = attach_alone(v, labels, cons, above=config.attach_above, margin=config.attach_margin,
+                              index_kind=config.index)
     free = ~cons.constrained
     reason = np.full(n, "", dtype=object)
     if unc is not None and config.doubt_above is not None:
@@ -256,8 +373,11 @@ def group_faces(
     held = reason != ""
     if held.any():
         labels = _cluster_kept(graph, v, ~held, config)
-        labels[~held] = honour(labels[~held], graph[~held][:, ~held], _restrict(cons, ~held, must_link, cannot_link,
-                                                                                 photo_ids, known_labels))
+        kept_cons = _restrict(cons, ~held, must_link, cannot_link, photo_ids, known_labels)
+        labels[~held] = honour(labels[~held], graph[~held][:, ~held], kept_cons)
+        if config.attach_above is not None:
+            labels[~held] = attach_alone(v[~held], labels[~held], kept_cons, above=config.attach_above,
+                                         margin=config.attach_margin, index_kind=config.index)
     return _result(v, labels, reason, cons, config)
 
 

@@ -1,7 +1,8 @@
 """``group_gallery``: the people of a saved gallery, named by its entries and source files.
 
 It reads the gallery's raw embeddings (the source of truth) and fuses them with the serving
-bundle into the served ensemble vectors and quality scores (the derived data of that bundle);
+bundle into the served ensemble vectors and quality scores (the derived data of that bundle),
+beside the query model's own embeddings (the grouping's similarity may weigh their cosine in);
 the neighbours are found with the gallery's own saved ensemble index when it is current
 (otherwise one is built over the fused vectors). Then it groups them (:func:`cmce.people.grouping.group_faces`) with the bundle's grouping
 calibration (``info["people"]``, written by ``cmce evaluate DATA --heldout --people --record``
@@ -39,7 +40,7 @@ from cmce.storage.records import Corrections, GalleryRecords
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GalleryPeople", "bundle_grouping_config", "group_gallery"]
+__all__ = ["GalleryPeople", "bundle_grouping_config", "calibrated_extras", "group_gallery"]
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,18 @@ def bundle_grouping_config(bundle: Bundle, *, min_faces: int = 1, unsure: bool =
                           "`python -m cmce evaluate DATA --heldout --people --record --bundle FOLDER` on its "
                           "training data, or pass a GroupingConfig (CLI: --threshold)")
     return GroupingConfig(threshold=float(cal["threshold"]), method=str(cal["method"]), min_faces=min_faces,
-                          doubt_above=float(bundle.calibration.rejection_threshold) if unsure else None)
+                          doubt_above=float(bundle.calibration.rejection_threshold) if unsure else None,
+                          **calibrated_extras(cal))
+
+
+def calibrated_extras(cal: Mapping) -> dict:
+    """The grouping settings a bundle's ``info["people"]`` adds to its method and threshold: the query
+    model's weight in the similarity and the attach pass (absent in older calibrations: neither)."""
+    out: dict = {"query_weight": float(cal.get("query_weight", 0.0))}
+    if cal.get("attach_above") is not None:
+        out["attach_above"] = float(cal["attach_above"])
+        out["attach_margin"] = float(cal.get("attach_margin", GroupingConfig.attach_margin))
+    return out
 
 
 def _entry_pairs(pairs: Iterable[Sequence[str]] | None, where: Mapping[str, int], what: str) -> list[tuple[int, int]]:
@@ -259,7 +271,8 @@ def group_gallery(gallery: str | os.PathLike | GalleryRecords, bundle: Bundle, *
         if e not in where:
             raise PeopleError(f"known_labels: unknown entry id {e!r}")
         names[where[e]] = name
-    grouping = group_faces(gv.ensemble[rows], uncertainty=np.nan_to_num(np.asarray(gv.quality, np.float64)[rows]),
+    query_rows = np.asarray(gv.views["query"], np.float32)[rows]  # zero rows: no query-model embedding
+    grouping = group_faces(gv.ensemble[rows], query_vectors=query_rows, uncertainty=np.nan_to_num(np.asarray(gv.quality, np.float64)[rows]),
                            photo_ids=records.content_hash[rows], must_link=_entry_pairs(must_link, where, "must_link"),
                            cannot_link=_entry_pairs(cannot_link, where, "cannot_link"), known_labels=names, config=cfg,
                            index=index)

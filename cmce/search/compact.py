@@ -132,6 +132,7 @@ META_FILE = "compact.json"
 _FORMAT = "cmce.CompactIndex"
 _FORMAT_VERSION = 1
 _RERANK_CHUNK = 65_536  # rows scored per step of an exact scan over selected rows
+_RERANK_TABLE_SHARE = 8  # a re-rank of at least N / 8 candidates finds its rows through a table over N
 
 
 def choose_index_kind(n: int) -> str:
@@ -161,6 +162,30 @@ def _valid_first(candidates: np.ndarray) -> np.ndarray:
     """Move the ``-1`` entries of each row to its end, keeping the order of the others."""
     order = np.argsort(candidates < 0, axis=1, kind="stable")
     return np.take_along_axis(candidates, order, axis=1)
+
+
+def _inner_products_by_index(q: np.ndarray, rows: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(Q, R) float32: ``q[i] . rows[index[i, j]]``, ``-inf`` where ``index[i, j] < 0``.
+
+    One call of faiss's ``fvec_inner_products_by_idx`` (SIMD dot products, no (Q, R, D)
+    temporary); the ``-1`` slots are set here (some faiss versions skip them, leaving them
+    unwritten). Example: ``q = [[1, 0]]``, ``rows = [[0.6, 0.8], [0, 1]]``,
+    ``index = [[1, -1, 0]]`` gives ``[[0.0, -inf, 0.6]]``.
+    """
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    index = np.ascontiguousarray(index, dtype=np.int64)
+    out = np.empty(index.shape, dtype=np.float32)
+    if index.size:
+        if rows.shape[0] == 0:  # every slot is -1
+            out.fill(-np.inf)
+        else:
+            faiss.fvec_inner_products_by_idx(
+                faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(rows), faiss.swig_ptr(index),
+                q.shape[1], index.shape[0], index.shape[1],
+            )
+            out[index < 0] = -np.inf
+    return out
 
 
 # --------------------------------------------------------------------------- #
@@ -405,14 +430,27 @@ class CompactIndex:
         return self._rerank(q, candidates, k)
 
     def _rerank(self, q: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact scores of (Q, R) candidate positions (-1 = none) from the vector file; top ``k``."""
+        """Exact scores of (Q, R) candidate positions (-1 = none) from the vector file; top ``k``.
+
+        The candidates' rows are read once (sorted, so the file is read in order) and every
+        (query, candidate) inner product is computed in one faiss call
+        (``fvec_inner_products_by_idx``; a ``-1`` slot scores ``-inf``), not in a Python loop
+        over the queries. Ties keep the candidate order (a stable sort).
+        """
         valid = candidates >= 0
-        flat = np.unique(candidates[valid])  # sorted: reads the file in order
-        rows = np.asarray(self._vectors[flat], dtype=np.float32)  # (U, D)
-        where = np.searchsorted(flat, np.where(valid, candidates, flat[0] if flat.size else 0))
-        exact = np.full(candidates.shape, -np.inf, dtype=np.float32)
-        for i in range(len(q)):
-            exact[i, valid[i]] = rows[where[i, valid[i]]] @ q[i]
+        if candidates.size * _RERANK_TABLE_SHARE >= self._count:
+            # many candidates (a graph's chunk of queries): a table over the positions beats sorting them
+            seen = np.zeros(self._count, dtype=bool)
+            seen[candidates[valid]] = True
+            flat = np.flatnonzero(seen)
+            table = np.full(self._count, -1, dtype=np.int64)
+            table[flat] = np.arange(flat.size)
+            local = np.where(valid, table[np.where(valid, candidates, 0)], -1)
+        else:
+            flat = np.unique(candidates[valid])
+            local = np.where(valid, np.searchsorted(flat, np.where(valid, candidates, 0)), -1).astype(np.int64)
+        rows = np.asarray(self._vectors[flat]).astype(np.float32)  # (U, D), sorted: the file read in order
+        exact = _inner_products_by_index(q, rows, local)
         order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
         scores = np.take_along_axis(exact, order, axis=1)
         ids = np.take_along_axis(candidates, order, axis=1).astype(np.int64)

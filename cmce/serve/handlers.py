@@ -46,6 +46,7 @@ from cmce.method.unknown import UNKNOWN_BY
 from cmce.serve import display
 from cmce.serve.fairness import ClientGate, ClientLimits, TakeTurns
 from cmce.serve.guard import clean, clip, user_error
+from cmce.serve.match_photo import match_photo
 from cmce.serve.preview import FacesPreview
 from cmce.serve.sessions import (
     Engines,
@@ -53,6 +54,7 @@ from cmce.serve.sessions import (
     Session,
     SessionRegistry,
     ShippedBundle,
+    photo_share,
 )
 from cmce.serve.workdirs import TempFolders
 
@@ -205,7 +207,7 @@ class DemoServer:
         return self.sessions.register(session, getattr(request, "session_hash", None))
 
     def _open_session(self, engine: FaceEngine) -> Session:
-        return Session.open(engine, self.limits, self.server, self.temp)
+        return Session.open(engine, self.limits, self.server, self.temp, photo_share(self.gate.limits, self.server))
 
     def _session(self, state: Session | None, request: gr.Request | None, open_new: bool = True) -> Session | None:
         """This browser's session, opened on the default bundle on first use (``open_new=False``: None
@@ -374,9 +376,15 @@ class DemoServer:
             return state, *(gr.update(),) * 6  # card, note, reject_by, rate, threshold, score unchanged
         return self.load_bundle_ui(name, "", state, request, progress)
 
+    def picker_info(self, name: str | None) -> str:
+        """The help under the bundle picker: what the picked bundle is for (the picker's own line is short)."""
+        shipped = self.shipped.get(name or "")
+        return (f"{shipped.description}. " if shipped else "") + "Switching keeps your gallery (re-projected, no photo read again)."
+
     def picked_bundle(self, state: Session | None):
         """The picker's value after a switch (or a failed one): the session's shipped bundle, if any."""
-        return gr.update(value=self.shipped_name(state.engine if state is not None and not state.closed else self.engines.default))
+        name = self.shipped_name(state.engine if state is not None and not state.closed else self.engines.default)
+        return gr.update(value=name, info=self.picker_info(name))
 
     def index_gallery(self, files: list[str] | None, folder: list[str] | None = None, folder_paths: str | None = None,
                       state: Session | None = None, request: gr.Request = None, progress=gr.Progress()):
@@ -417,7 +425,7 @@ class DemoServer:
                         turn.pass_on()
 
                 with session.busy:
-                    report = session.gallery.add_images(upload.items, progress=chunk_done)
+                    report = session.gallery.add_images(upload.items, progress=chunk_done, keep_photo=session.photos.keep)
             session.added_faces.charge(report.added)
         except CmceError as e:
             raise user_error(e) from None
@@ -447,6 +455,9 @@ class DemoServer:
             with session.busy:
                 saved, report, upload = self.example_cache.get(session.engine, folder, lambda f, m: progress(f, desc=m))
                 session.gallery = Gallery.load(saved, session.engine, self.limits)
+                session.forget_photos()  # the example's photos ship with the app: shown as they are
+                for digest, path in self.example_cache.shipped_photos(folder).items():
+                    session.photos.add_shipped(digest, path)
         except CmceError as e:
             raise user_error(e) from None
         session.risk_cache = None
@@ -469,6 +480,7 @@ class DemoServer:
         session = self._session(state, request)
         with session.busy:
             session.gallery = Gallery(session.engine, self.limits)
+            session.forget_photos()
         session.risk_cache = None
         return session, "Gallery cleared.", {}
 
@@ -562,6 +574,7 @@ class DemoServer:
             with session.busy:
                 restored = import_gallery(file, session.engine, session.workdir, limits=self.limits)
                 session.gallery, session.risk_cache = restored.gallery, None
+                session.forget_photos()  # a downloaded gallery holds no photo
         except CmceError as e:
             raise gr.Error(str(e)) from e
         except OSError as e:
@@ -613,9 +626,21 @@ class DemoServer:
         presence = person_presence([e.label for e in g.entries], g.positions, label or None, rejected, g.doubt().doubtful)
         query_model = session.engine.bundle.query_model
         verdict = query_verdict(result, query_model, label, searchable_labels(g, rejected))
+        session.last_matches = {name: tuple(m.entry_id for m in v.matches) for name, v in result.views.items()}
         return (display.annotate_faces(img, result.faces, result.chosen),
                 gr.update(choices=display.face_choices(len(result.faces)), value=result.chosen),
                 display.result_html(result, g, label, rejected, verdict=verdict),
                 {**display.result_dict(result, query_model, label, session.engine.bundle.calibration, presence),
                  "verdict": verdict.as_dict(), "unknown_by": unknown_by},
                 session)
+
+    def match_photo(self, column: str | None, rank: int | None = 1, state: Session | None = None,
+                    request: gr.Request = None):
+        """Match ``rank`` (1 = best) of ``column`` (``ensemble``, a gallery model's name or ``query``) in this
+        session's last search, shown in its source photo with its face boxed (``cmce.serve.match_photo``).
+
+        Returns the photo (None where none is kept: a restored gallery) and a markdown line.
+        """
+        column = _text(column, "The column").strip()
+        rank = whole_number(1 if rank is None else rank, "The rank", 1, 10)
+        return match_photo(self._session(state, request), column, rank)

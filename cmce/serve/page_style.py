@@ -53,6 +53,9 @@ PAGE_CSS = """
 #one-click .grid-container{grid-template-columns:repeat(auto-fill,minmax(120px,1fr))!important}
 #header .prose h1{margin-bottom:4px}
 #scoreboard table{font-size:.82rem}
+#risk-plot .matplotlib,#hist-plot .matplotlib{padding-top:30px}
+.cmce-match{cursor:pointer}.cmce-match:hover{outline:2px solid var(--color-accent)}
+#match-photo img{object-fit:contain}
 #scoreboard th,#scoreboard td{padding:4px 8px;overflow-wrap:normal;word-break:normal;hyphens:none}
 #scoreboard td:first-child{white-space:nowrap}
 #intro p{font-size:.9rem;margin:0}

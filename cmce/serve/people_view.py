@@ -5,7 +5,8 @@ Each handler takes the session (``gr.State``) and strings (so that ``gradio_clie
 ``people_find``), regroups the session's in-memory ``Gallery`` with its corrections
 (:func:`cmce.people.library.group_gallery` over ``Gallery.records()``) and returns the page:
 one row of thumbnails per person (its key, name and faces), the unsure faces apart, and the
-choices of the person and face pickers. A correction is translated into corrections rows
+choices of the person and face pickers. In the browser each person's row also has its own name
+box (``render_people``, under ``gr.render``: the rows of the session's last page, not regrouped). A correction is translated into corrections rows
 (:mod:`cmce.people.corrections`), checked, and becomes the gallery's corrections; a refused one
 raises a ``gr.Error`` that says why, and nothing changes.
 """
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import gradio as gr
 
@@ -26,23 +29,42 @@ from cmce.people.library import GalleryPeople, bundle_grouping_config, group_gal
 from cmce.serve.guard import clip, user_error
 from cmce.serve.sessions import Session
 
-__all__ = ["PEOPLE_FALLBACK", "PeoplePage", "people_find", "people_group", "people_merge", "people_name",
-           "people_not", "people_split"]
+__all__ = ["PEOPLE_FALLBACK", "PeoplePage", "PersonRow", "people_find", "people_group", "people_merge", "people_name",
+           "people_not", "people_split", "render_people"]
 
 PEOPLE_FALLBACK = GroupingConfig(threshold=0.5, method="chinese_whispers")
 """The grouping of a bundle without a grouping calibration (the page says so)."""
 
 EMPTY = "<p>Index a gallery, then press <b>Group faces</b>.</p>"
 
+ROWS_WITH_NAME_BOX = 60
+"""People shown with a name box of their own; the rest (rare in a demo gallery) are named with the picker."""
+
+
+@dataclass(frozen=True)
+class PersonRow:
+    """One person of a page: its key (what a command takes), its name, its number of faces, its row's HTML."""
+
+    key: str
+    name: str | None
+    faces: int
+    html: str
+
 
 @dataclass(frozen=True)
 class PeoplePage:
-    """What every People handler returns: the page's HTML, its summary, and the pickers' choices."""
+    """What every People handler returns: the page's HTML, its summary, and the pickers' choices.
+
+    ``html`` is every row and the unsure faces in one piece (the endpoints' first output);
+    ``rows`` and ``unsure`` are the same, apart, for the rows with a name box each.
+    """
 
     html: str
     summary: str
     people: list[tuple[str, str]]
     entries: list[tuple[str, str]]
+    rows: tuple[PersonRow, ...] = ()
+    unsure: str = ""
 
     def outputs(self) -> tuple:
         """The values of (rows, summary, person, other person, face) in the page."""
@@ -97,25 +119,34 @@ def _page(gallery: Gallery, people: GalleryPeople, note: str = "", only: str | N
         faces = "".join(_thumb(people.entry_ids[i], people.sources[i], thumbs) for i in p.members)
         title = (f"<b class='cmce-person-name'>{html.escape(p.name)}</b>" if p.name else
                  f"<span class='cmce-person-name'>unnamed</span> <code>{html.escape(key)}</code>")
-        rows.append(f"<div class='cmce-person' data-key='{html.escape(key)}'><div class='cmce-person-head'>{title} · "
-                    f"{len(p.members)} face{'s' if len(p.members) != 1 else ''}</div>{faces}</div>")
+        rows.append(PersonRow(key, p.name, len(p.members), (
+            f"<div class='cmce-person' data-key='{html.escape(key)}'><div class='cmce-person-head'>{title} · "
+            f"{len(p.members)} face{'s' if len(p.members) != 1 else ''}</div>{faces}</div>")))
+    unsure = ""
     if only is None and people.grouping.unsure:
         faces = "".join(_thumb(people.entry_ids[u.position], f"{people.sources[u.position]} ({u.reason})", thumbs)
                         for u in people.grouping.unsure)
-        rows.append(f"<div class='cmce-person cmce-unsure' id='people-unsure'><div class='cmce-person-head'>"
-                    f"Unsure ({len(people.grouping.unsure)}): not given to anyone</div>{faces}</div>")
+        unsure = (f"<div class='cmce-person cmce-unsure' id='people-unsure'><div class='cmce-person-head'>"
+                  f"Unsure ({len(people.grouping.unsure)}): not given to anyone</div>{faces}</div>")
     choices = [(f"{p.name or people.short_key(p)} · {len(p.members)} faces", people.short_key(p))
                for p in people.grouping.people]
     entries = [(f"{people.sources[i]} · {people.entry_ids[i][:12]}", people.entry_ids[i])
                for i in range(people.grouping.size)]
-    return PeoplePage("".join(rows) or "<p>No person found.</p>", people.summary() + note, choices, entries)
+    whole = "".join(r.html for r in rows) + unsure
+    return PeoplePage(whole or "<p>No person found.</p>", people.summary() + note, choices, entries, tuple(rows), unsure)
+
+
+def _shown(state: Session, page: PeoplePage) -> PeoplePage:
+    """Remember the page as the session's last (its rows are what ``render_people`` draws)."""
+    state.people_page = page
+    return page
 
 
 def people_group(state: Session | None) -> tuple:
     """The session's gallery grouped into people (its corrections honoured)."""
     gallery = _gallery(state)
     people, note = _group(gallery)
-    return _page(gallery, people, note).outputs()
+    return _shown(state, _page(gallery, people, note)).outputs()
 
 
 def _correct(state: Session | None, make) -> tuple:
@@ -127,8 +158,9 @@ def _correct(state: Session | None, make) -> tuple:
         gallery.replace_corrections(new)
     except CmceError as e:
         raise user_error(f"Not changed: {e}") from None
+    state.risk_cache = None  # the scoreboard reads the labels, which a name changes
     people, note = _group(gallery)
-    page = _page(gallery, people, note)
+    page = _shown(state, _page(gallery, people, note))
     return (page.html, f"{change.description}. {page.summary}", *page.outputs()[2:])
 
 
@@ -165,5 +197,35 @@ def people_find(name: str, state: Session | None) -> tuple:
         named = sorted({p.name for p in people.grouping.people if p.name})
         raise user_error(f"Nobody is named {clip(name, 60)!r}; "
                          + (f"named: {', '.join(named[:10])}" if named else "no person is named yet"))
-    page = _page(gallery, people, note, only=name)
+    page = _shown(state, _page(gallery, people, note, only=name))
     return (page.html, f"{name}: {page.summary}", *page.outputs()[2:])
+
+
+def render_people(state: Session | None, outputs: Sequence[gr.components.Component], session: gr.State,
+                  **queue: object) -> None:
+    """The session's last page as rows of components, each person with a name box (call under ``gr.render``).
+
+    A name typed in a row's box (Enter, or its *Save name* button) runs ``people_name`` on that
+    person's key; its outputs are ``outputs`` (the page's HTML, summary and pickers), whose new
+    HTML draws the rows again. These events are not API endpoints (``people_name`` is).
+    """
+    page: PeoplePage | None = state.people_page if state is not None and not state.closed else None
+    if page is None:
+        return
+    for row in page.rows[:ROWS_WITH_NAME_BOX]:
+        with gr.Row(elem_classes=["cmce-person-row"], equal_height=False):
+            with gr.Column(scale=1, min_width=200):
+                box = gr.Textbox(row.name or "", label=f"Name of {row.name or row.key}", max_lines=1,
+                                 placeholder="type a name, press Enter", interactive=True,
+                                 elem_classes=["cmce-row-name"])
+                save = gr.Button("Save name", size="sm", elem_classes=["cmce-row-save"])
+            with gr.Column(scale=4, min_width=300):
+                gr.HTML(row.html, elem_classes=["cmce-row-faces"])
+        for event in (save.click, box.submit):
+            event(partial(people_name, row.key), [box, session], list(outputs), api_visibility="private", **queue)
+    rest = page.rows[ROWS_WITH_NAME_BOX:]
+    if rest:
+        gr.HTML(f"<p>{len(rest)} more people: name them with the person picker above.</p>"
+                + "".join(r.html for r in rest), elem_classes=["cmce-row-faces"])
+    if page.unsure:
+        gr.HTML(page.unsure, elem_classes=["cmce-row-faces"])

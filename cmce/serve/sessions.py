@@ -22,6 +22,8 @@ from cmce.errors import CmceError
 from cmce.gallery.ingest import GalleryLimits
 from cmce.gallery.memory import Gallery
 from cmce.gallery.persistence import bundle_keys
+from cmce.gallery.source_photos import SourcePhotos
+from cmce.io.images import content_hash
 from cmce.io.limits import ServerLimits, SlidingQuota
 from cmce.io.uploads import collect_uploads
 from cmce.method.bundle import default_bundle_path, load_bundle
@@ -29,20 +31,35 @@ from cmce.method.engine import FaceEngine
 from cmce.method.report import RiskCoverage
 from cmce.method.scoreboard import Scoreboard
 from cmce.serve.display.bundle_text import bundle_choice
+from cmce.serve.fairness import ClientLimits
 from cmce.serve.workdirs import TempFolders
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExampleCache", "Engines", "Session", "SessionRegistry", "ShippedBundle", "shipped_bundles"]
+__all__ = ["ExampleCache", "Engines", "Session", "SessionRegistry", "ShippedBundle", "photo_share", "shipped_bundles"]
+
+
+def photo_share(client: ClientLimits, server: ServerLimits) -> int:
+    """Bytes of source photos one session may keep (``Session.photos``): a client's sessions together
+    stay within its upload bytes (``upload_bytes_per_client`` over ``sessions_per_client``), all
+    sessions within the server's (``upload_bytes_total`` over ``max_sessions``).
+
+    >>> round(photo_share(ClientLimits(), ServerLimits()) / 2**20, 2)  # the defaults: 4,096 MiB over 200 sessions
+    20.48
+    """
+    return min(client.upload_bytes_per_client // client.sessions_per_client,
+               client.upload_bytes_total // max(server.max_sessions or 1, 1))
 
 
 @dataclass(frozen=True)
 class ShippedBundle:
-    """A bundle folder in ``assets/bundles/``: its name, folder and line in the picker."""
+    """A bundle folder in ``assets/bundles/``: its name, folder, line in the picker (short enough for
+    a phone's picker box: the name and query model) and what it is for (shown under the picker)."""
 
     name: str
     path: Path
     label: str
+    description: str = ""
 
 
 def shipped_bundles(root: Path) -> dict[str, ShippedBundle]:
@@ -62,7 +79,8 @@ def shipped_bundles(root: Path) -> dict[str, ShippedBundle]:
         except (OSError, ValueError, KeyError, TypeError) as e:
             logger.warning("bundle %s left out of the picker: unreadable config.json (%s)", folder, e)
             continue
-        found[folder.name] = ShippedBundle(folder.name, folder, bundle_choice(folder.name, query, gallery, purpose))
+        found[folder.name] = ShippedBundle(folder.name, folder, f"{folder.name} · {query} queries",
+                                           bundle_choice(folder.name, query, gallery, purpose))
     default = default_bundle_path().name
     return dict(sorted(found.items(), key=lambda item: item[0] != default))
 
@@ -152,22 +170,40 @@ class Session:
     # held while the gallery grows or is replaced (indexing, example, clearing, bundle switch): a switch
     # during indexing waits for it, so the re-projected gallery holds every photo
     busy: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # downscaled copies of the indexed photos (in workdir/photos), so that a match opens in its photo
+    photos: SourcePhotos | None = field(default=None, repr=False)
+    # the last search's matches: column -> entry ids, best first (what "open match r of column c" refers to)
+    last_matches: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    # the People tab's last page (cmce.serve.people_view.PeoplePage): the rows its name boxes are drawn for
+    people_page: object | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, engine: FaceEngine, limits: GalleryLimits, server: ServerLimits, temp: TempFolders) -> Session:
+    def open(cls, engine: FaceEngine, limits: GalleryLimits, server: ServerLimits, temp: TempFolders,
+             photo_bytes: int | None = None) -> Session:
         """A new session on ``engine``: an empty gallery under ``limits``, a folder from ``temp``,
-        and the per-session quotas of ``server`` (bytes indexed, faces added, bundle loads per hour)."""
-        return cls(engine, Gallery(engine, limits), temp.mkdtemp("session"),
+        the per-session quotas of ``server`` (bytes indexed, faces added, bundle loads per hour), and
+        room for ``photo_bytes`` of source photos (default ``photo_share`` of the default client limits)."""
+        workdir = temp.mkdtemp("session")
+        photo_bytes = photo_share(ClientLimits(), server) if photo_bytes is None else photo_bytes
+        return cls(engine, Gallery(engine, limits), workdir,
                    SlidingQuota(server.quota_bytes_per_hour, what="bytes indexed"),
                    SlidingQuota(server.quota_entries_per_hour, what="faces added"),
-                   SlidingQuota(server.bundle_loads_per_hour, what="bundle loads"), limits)
+                   SlidingQuota(server.bundle_loads_per_hour, what="bundle loads"), limits,
+                   photos=SourcePhotos(workdir / "photos", photo_bytes))
+
+    def forget_photos(self) -> None:
+        """The gallery was cleared or replaced: its kept photos deleted, the last search's matches forgotten."""
+        if self.photos is not None:
+            self.photos.clear()
+        self.last_matches = {}
 
     def close(self) -> None:
         """Drop the gallery (embeddings, thumbnails) and delete the temporary folder."""
         if not self.closed:
             self.closed = True
             self.gallery = Gallery(self.engine, self.limits)
-            self.risk_cache = None
+            self.risk_cache = self.people_page = None
+            self.forget_photos()
             shutil.rmtree(self.workdir, ignore_errors=True)
             logger.info("session closed, %s removed", self.workdir)
 
@@ -309,6 +345,7 @@ class ExampleCache:
 
     def __init__(self, root: Path, limits: GalleryLimits):
         self._done: dict[tuple[tuple[str, ...], str], tuple[Path, Any, Any]] = {}
+        self._photos: dict[str, dict[str, Path]] = {}
         self._lock = threading.Lock()
         self._root = root
         self._limits = limits
@@ -325,6 +362,13 @@ class ExampleCache:
                 saved = gallery.save(self._root / f"{len(self._done)}")
                 self._done[key] = (saved, report, upload)
             return self._done[key]
+
+    def shipped_photos(self, folder: Path) -> dict[str, Path]:
+        """The example gallery's photos by content hash (shipped files: shown as they are, never copied)."""
+        with self._lock:
+            if str(folder) not in self._photos:
+                self._photos[str(folder)] = {content_hash(p): p for p in sorted(folder.rglob("*")) if p.is_file()}
+            return self._photos[str(folder)]
 
     def preload(self, engine: FaceEngine, folders: Iterable[Path]) -> None:
         """Index every example gallery now (start-up, background thread)."""

@@ -27,7 +27,7 @@ from cmce.storage.shards import join_embedding_pieces, read_shard, require_pyarr
 __all__ = ["read_gallery"]
 
 
-def read_gallery(folder: str | os.PathLike, *, metadata: bool = True) -> StoredGallery:
+def read_gallery(folder: str | os.PathLike, *, metadata: bool = True, names_as_labels: bool = True) -> StoredGallery:
     """Read every entry and raw embedding of a saved gallery.
 
     Version 1 galleries are converted in memory (saving writes version 2). The
@@ -40,6 +40,8 @@ def read_gallery(folder: str | os.PathLike, *, metadata: bool = True) -> StoredG
         metadata: False reads only what re-projection needs (entry ids, detector
             probabilities, embeddings); the other columns come back empty (None or
             zeros). Such records must not be written back.
+        names_as_labels: False keeps the labels the shards hold (for a reader that shows the
+            names itself and must show a shard's label again once a name is dropped).
 
     Raises:
         GalleryError: missing folder, not a gallery, unknown version, or a corrupt or
@@ -78,7 +80,7 @@ def read_gallery(folder: str | os.PathLike, *, metadata: bool = True) -> StoredG
     if len(set(records.entry_id.tolist())) != len(records):
         raise GalleryError(f"{folder}: corrupt gallery (an entry id appears twice)")
     corrections = corrections_of(folder, manifest)
-    if metadata and corrections.names:
+    if metadata and names_as_labels and corrections.names:
         named = [i for i, e in enumerate(records.entry_id.tolist()) if e in corrections.names]
         records.label[named] = [corrections.names[records.entry_id[i]] for i in named]
     return StoredGallery(folder, manifest, records, corrections=corrections)

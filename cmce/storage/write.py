@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cmce.errors import GalleryError
-from cmce.storage.corrections import Corrections, check_corrections, write_corrections_file
+from cmce.storage.corrections import Corrections, check_corrections, corrections_of, write_corrections_file
 from cmce.storage.manifest import (
     _new_manifest,
     _next_shard_number,
@@ -119,7 +119,8 @@ def create_empty_gallery(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def append_entries(folder: str | os.PathLike, records: GalleryRecords) -> int:
+def append_entries(folder: str | os.PathLike, records: GalleryRecords, *,
+                   corrections: Corrections | None = None) -> int:
     """Add new entries to a gallery as one new shard, without rewriting the others.
 
     Idempotent: entries whose id the gallery already holds are skipped, so a re-run
@@ -129,12 +130,17 @@ def append_entries(folder: str | os.PathLike, records: GalleryRecords) -> int:
     Args:
         folder: a version 2 gallery (created empty by ``write_gallery`` first).
         records: the new entries with their raw embeddings.
+        corrections: when given, they become the gallery's corrections in the same manifest
+            write that lists the new shard (an interrupted call leaves the old entries with
+            the old corrections, or the new with the new); every id must be stored or new.
 
     Returns:
         The number of entries written.
 
     Raises:
         GalleryError: a backbone key whose embedding size differs from the stored one.
+        UnknownEntryError, ContradictionError, CorrectionError: ``corrections`` that do not
+            fit the entries (see ``check_corrections``); nothing is written.
     """
     folder = Path(folder)
     with locked(folder):
@@ -147,7 +153,11 @@ def append_entries(folder: str | os.PathLike, records: GalleryRecords) -> int:
         new = np.array([e not in stored for e in records.entry_id], bool)
         if len(set(records.entry_id[new].tolist())) != int(new.sum()):
             raise GalleryError("append_entries: an entry id appears twice among the new entries")
+        if corrections is not None:
+            check_corrections(corrections, stored | set(records.entry_id[new].tolist()), str(folder))
         if not new.any():
+            if corrections is not None and corrections != corrections_of(folder, manifest):
+                _replace_corrections(folder, manifest, corrections)
             return 0
         records = records.take(new)
         keys = [k for k in records.backbones if records.present[k].any()]
@@ -159,8 +169,20 @@ def append_entries(folder: str | os.PathLike, records: GalleryRecords) -> int:
         manifest["shards"].append({"file": name, "kind": "entries", "rows": len(records), "backbones": keys,
                                    "bytes": (folder / name).stat().st_size})
         manifest["entries"] = int(manifest.get("entries", 0)) + len(records)
-        write_manifest(folder, manifest)
+        if corrections is not None:
+            _replace_corrections(folder, manifest, corrections)
+        else:
+            write_manifest(folder, manifest)
     return len(records)
+
+
+def _replace_corrections(folder: Path, manifest: dict, corrections: Corrections) -> None:
+    """Under the gallery's lock: the corrections file written, the manifest (with any other change) written
+    once, then the previous corrections files deleted."""
+    old = write_corrections_file(folder, manifest, corrections)
+    write_manifest(folder, manifest)
+    for name in old:
+        (folder / name).unlink(missing_ok=True)
 
 
 def append_embeddings(folder: str | os.PathLike, record: BackboneRecord, entry_ids: Sequence[str],

@@ -54,3 +54,17 @@ def test_a_row_scores_unsure_faces_as_one_face_people():
     assert r["share_unsure"] == 0.25 and r["people_found"] == 2
     assert r["grouped_precision"] == 1.0 and r["grouped_recall"] == pytest.approx((1 + 1 + 0.5) / 3)
     assert _singletons(np.array([-1, 0, -1])).tolist() == [1, 0, 2]
+
+
+def test_the_served_rows_take_the_calibrated_query_weight_and_attach_pass(library):
+    bundle, embedded, labels = library
+    plain = {"method": "chinese_whispers", "ensemble": {"threshold": 0.5}, "query": {"threshold": 0.5},
+             "unsure_cut": {"doubt_above": float(bundle.calibration.rejection_threshold)}}
+    tuned = {**plain, "ensemble": {"threshold": 0.5, "query_weight": 0.5, "attach_above": 0.2, "attach_margin": 0.05},
+             "query": {"threshold": 0.5, "attach_above": 0.2, "attach_margin": 0.05}}
+    a = evaluate_people(embedded, labels, bundle, plain, ci_resamples=20)
+    b = evaluate_people(embedded, labels, bundle, tuned, ci_resamples=20)
+    assert [r["name"] for r in a["rows"]] == [r["name"] for r in b["rows"]]
+    assert len(b["curve"]["ensemble"]) == 11 and all("bcubed_f" in p for p in b["curve"]["ensemble"])
+    # the recipes do not read the calibration: their rows are the same
+    assert a["rows"][2]["bcubed_f"] == b["rows"][2]["bcubed_f"]

@@ -170,6 +170,26 @@ def test_appending_entries_keeps_the_corrections_and_new_ids_can_be_linked(galle
     assert dict(out.names) == {"h0:0": "Ada"} and len(out.must_link) == 1
 
 
+def test_appending_entries_with_corrections_lists_both_in_one_manifest_write(gallery: Path) -> None:
+    """The shard and the corrections table appear together; refused corrections write neither."""
+    add_corrections(gallery, names={"h0:0": "Ada"})
+    more = make_records(10)
+    before = _files(gallery)
+    with pytest.raises(UnknownEntryError):
+        append_entries(gallery, more.take(np.arange(7, 9)), corrections=Corrections([("h0:0", "h9:0")], [], {}))
+    assert _files(gallery) == before
+    c = Corrections([("h0:0", "h8:0")], [("h1:0", "h7:0")], {"h8:0": "Ada"})
+    assert append_entries(gallery, more.take(np.arange(7, 9)), corrections=c) == 2
+    assert read_corrections(gallery) == c
+    manifest = json.loads((gallery / MANIFEST).read_text())
+    listed = {info["file"] for info in manifest[CORRECTIONS]}
+    assert {str(p.relative_to(gallery)) for p in gallery.rglob("corrections-*.parquet")} == listed  # the old one deleted
+    assert read_gallery(gallery).records.label.tolist()[-2:] == [more.label[7], "Ada"]
+    # nothing new to append: the corrections alone are stored
+    assert append_entries(gallery, more.take(np.arange(7, 9)), corrections=Corrections.empty()) == 0
+    assert len(read_corrections(gallery)) == 0 and CORRECTIONS not in json.loads((gallery / MANIFEST).read_text())
+
+
 def test_a_version_1_or_missing_gallery_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(GalleryError, match="not a saved gallery"):
         add_corrections(tmp_path, names={"a": "b"})

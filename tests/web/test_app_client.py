@@ -52,6 +52,10 @@ def test_index_then_search_in_one_session(app_server, people):
     ensemble = result["views"]["ensemble"]
     assert ensemble["matches"][0]["label"] == target.name
     assert ensemble["matches"][0]["correct"] is True
+    # the best match in its source photo (a downscaled copy the session kept), its face boxed
+    photo, note = client.predict(column="ensemble", rank=1, api_name="/match_photo")
+    assert photo is not None and Path(photo).stat().st_size > 0, note
+    assert note.startswith(f"**{target.name}**, match 1 of CMCE ensemble") and "face boxed in green" in note
     # what happened, per view: the answer's kind, its reason, the rule (none in bundles calibrated before
     # answer rules), and per match whether it is doubtful
     assert ensemble["answer_kind"] == "match" and ensemble["reason"].startswith(target.name), ensemble

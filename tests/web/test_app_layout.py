@@ -197,3 +197,75 @@ def test_scoreboard_and_download_restore_give_the_same_results(app_server, label
         _idle(page)
         assert page.inner_text("#results") == before  # the same columns, matches and scores
         _wait_text(page, "#scoreboard", board.splitlines()[0][:60])
+        # a restored gallery holds no photo: a click on a match says so plainly, no image
+        page.locator("#results section[data-view=ensemble] li.cmce-match").first.click()
+        _wait_text(page, "#match-note", "restored gallery")
+        assert not page.locator("#match-photo img").is_visible()
+
+
+# the picker's chosen line, wider than its box (an <input> never wraps: it would be cut)
+PICKER_CUT = """() => { const e = document.querySelector('#bundle-picker input');
+  return e.scrollWidth > e.clientWidth + 1 ? e.value : null; }"""
+# the block label's box over the figure (the plot's own title is drawn at the figure's top)
+LABEL_OVER_PLOT = """(id) => { const b = document.querySelector(id);
+  const label = b.querySelector('label[data-testid=block-label]').getBoundingClientRect();
+  const img = b.querySelector('.matplotlib img').getBoundingClientRect();
+  return label.bottom > img.top + 1; }"""
+
+
+def _green_pixels(png: Path) -> int:
+    """Pixels of the match box's green (cmce.serve.display.result_view.MATCH_GREEN) in a screenshot:
+    strongly green, whatever the scaling and compression did to the exact colour."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]
+    return int(((g > 140) & (g - np.maximum(r, b) > 70)).sum())
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_a_match_opens_in_its_photo_with_its_face_boxed_and_no_label_is_cut(app_server, tmp_path, size):
+    viewport = DESKTOP if size == "desktop" else PHONE
+    with _open_page(app_server["url"], viewport) as page:
+        assert page.evaluate(PICKER_CUT) is None, page.evaluate(PICKER_CUT)
+        page.click("#bundle-picker input")
+        options = page.locator("#bundle-picker [role=option]")
+        options.first.wait_for(timeout=TIMEOUT_MS)
+        cut = options.evaluate_all("els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)")
+        assert cut == [] and options.count() >= 3
+        _shot(page, tmp_path, f"layout_{size}_picker_open")
+        page.keyboard.press("Escape")
+        assert "Switching keeps your gallery" in page.inner_text("#bundle-picker")  # the long line, wrapped, below
+
+        page.locator("#example-galleries .thumbnail-item", has_text="Two pioneers").click()
+        _wait_text(page, "#index-report", "faces indexed from 5 files")
+        _idle(page)
+        page.locator("#risk-plot .matplotlib img").wait_for(timeout=TIMEOUT_MS)
+        assert not page.evaluate(LABEL_OVER_PLOT, "#risk-plot") and not page.evaluate(LABEL_OVER_PLOT, "#hist-plot")
+        page.locator("#risk-plot").scroll_into_view_if_needed()
+        page.locator("#risk-plot").screenshot(path=str(tmp_path / f"layout_{size}_risk_plot.png"))
+        SCREENS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / f"layout_{size}_risk_plot.png", SCREENS)
+
+        page.locator("#example-queries .thumbnail-item", has_text="Grace Hopper, dark").first.click()
+        page.wait_for_selector("#verdict-line", timeout=TIMEOUT_MS)
+        _idle(page)
+        top = page.locator("#results section[data-view=ensemble] li.cmce-match").first
+        top.scroll_into_view_if_needed()
+        top.click()
+        _wait_text(page, "#match-note", "face boxed in green")
+        photo = page.locator("#match-photo img")
+        photo.wait_for(state="visible", timeout=TIMEOUT_MS)
+        page.wait_for_function("() => { const i = document.querySelector('#match-photo img'); "
+                               "return i && i.complete && i.naturalWidth > 0; }", timeout=TIMEOUT_MS)
+        _idle(page)
+        assert "Grace_Hopper" in page.inner_text("#match-note")
+        photo.evaluate("e => e.scrollIntoView({block: 'center'})")
+        page.wait_for_timeout(300)
+        assert _in_view(page, photo), (photo.bounding_box(), page.viewport_size)
+        png = tmp_path / f"layout_{size}_match_photo.png"
+        photo.screenshot(path=str(png))
+        shutil.copy(png, SCREENS)
+        assert _green_pixels(png) > 150  # the face box, drawn on the photo as shown
+        _shot(page, tmp_path, f"layout_{size}_match_photo_page")

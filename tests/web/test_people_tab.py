@@ -2,8 +2,10 @@
 
 The upload: camera-like photos with two or three faces each, made by pasting LFW photos of
 different people side by side (written under ``tmp_path`` only), with names that carry no
-label. Indexed in the browser, grouped, one person named, two people merged; screenshots go
-to ``tmp_path`` and ``/tmp/cmce_screens/`` (``people-*.png``).
+label. Indexed in the browser, grouped (a row with a name box per person), one person named from
+its row, two people merged, renamed with Enter in the row's box, a face taken out with "not this
+person" (its name gone from the rows and the overview's captions at once), found by name;
+screenshots go to ``tmp_path`` and ``/tmp/cmce_screens/`` (``people-*.png``).
 """
 
 from __future__ import annotations
@@ -65,13 +67,19 @@ def _wait_summary(page, text: str) -> None:
     page.wait_for_timeout(300)
 
 
+ROWS = "#people-person-rows"
+
 DISJOINT = """() => {
-  const rows = Array.from(document.querySelectorAll('#people-rows .cmce-person:not(.cmce-unsure)'));
+  const rows = Array.from(document.querySelectorAll('#people-person-rows .cmce-person:not(.cmce-unsure)'));
   const photos = rows.map(r => new Set(Array.from(r.querySelectorAll('img')).map(i => i.title.split(' · ')[0])));
   for (let a = 0; a < rows.length; a++) for (let b = a + 1; b < rows.length; b++)
     if (![...photos[a]].some(x => photos[b].has(x))) return [rows[a].dataset.key, rows[b].dataset.key];
   return null;
 }"""
+
+# the overview's captions that carry a name, and the rendered row of that person: its faces' photos
+CAPTIONS = """(name) => Array.from(document.querySelectorAll('#overview .caption-label, #overview figcaption'))
+  .map(e => e.innerText).filter(t => t.includes(name)).length"""
 
 
 def _pick(page, selector: str, value: str) -> None:
@@ -86,6 +94,22 @@ def _people_count(page) -> int:
     found = re.search(r"(\d+) people", text)
     assert found, text
     return int(found.group(1))
+
+
+def _row(page, key_or_name: str):
+    """The rendered row (name box, Save button, thumbnails) of the person with that key or name."""
+    row = page.locator(f"{ROWS} .cmce-person-row").filter(
+        has=page.locator(f".cmce-person[data-key='{key_or_name}']"))
+    return row.first
+
+
+def _wait_rows(page, name: str | None = None) -> None:
+    """The rows drawn again after a change (with ``name`` in a row's head when given)."""
+    page.wait_for_function("(n) => { const h = Array.from(document.querySelectorAll("
+                           "'#people-person-rows .cmce-person-row .cmce-person-head')).map(e => e.innerText);"
+                           " return h.length > 0 && (n === null || h.some(t => t.includes(n))); }",
+                           arg=name, timeout=TIMEOUT_MS)
+    page.wait_for_timeout(500)
 
 
 def test_people_tab_groups_an_unlabelled_upload_names_and_merges(app_server, lfw_dir, tmp_path) -> None:
@@ -108,22 +132,30 @@ def test_people_tab_groups_an_unlabelled_upload_names_and_merges(app_server, lfw
             page.locator("#people-tab-button, button[role=tab]:has-text('People')").first.click()
             page.click("#people-group")
             _wait_summary(page, "unsure")
+            _wait_rows(page)
             assert page.locator(".toast-body, [data-testid=toast-body]").count() == 0  # no error on an unlabelled upload
             _shot(page, tmp_path, "people-grouped")
-            faces = page.locator("#people-rows .cmce-person-face").count()
+            faces = page.locator(f"{ROWS} .cmce-person-face").count()
             assert faces >= 10, page.locator("#people-summary").inner_text()  # 11 faces in 5 photos
             before = _people_count(page)
             assert before >= 2
+            # a name box per person: one row with a box and a button for each person found
+            rows = page.locator(f"{ROWS} .cmce-person-row")
+            assert rows.count() == before
+            assert page.locator(f"{ROWS} .cmce-row-name").count() == before
+            assert page.locator(f"{ROWS} .cmce-row-save").count() == before
 
             # two people never in one photo (one photo's faces are never one person: that merge is refused)
             pair = page.evaluate(DISJOINT)
-            assert pair, page.locator("#people-rows").inner_text()
-            _pick(page, "#people-person", pair[0])
-            page.locator("#people-name-box textarea, #people-name-box input").first.fill("Ada Lovelace")
-            page.click("#people-name")
+            assert pair, page.locator(ROWS).inner_text()
+            row = _row(page, pair[0])
+            row.locator(".cmce-row-name textarea, .cmce-row-name input").first.fill("Ada Lovelace")
+            row.locator(".cmce-row-save button, button.cmce-row-save").first.click()
             _wait_summary(page, "named person")
+            _wait_rows(page, "Ada Lovelace")
             assert "named person" in page.locator("#people-summary").inner_text()
-            assert "Ada Lovelace" in page.locator("#people-rows").inner_text()
+            named = _row(page, "Ada Lovelace")
+            assert named.locator(".cmce-row-name textarea, .cmce-row-name input").first.input_value() == "Ada Lovelace"
             _shot(page, tmp_path, "people-named")
 
             _pick(page, "#people-person", "Ada Lovelace")
@@ -132,15 +164,45 @@ def test_people_tab_groups_an_unlabelled_upload_names_and_merges(app_server, lfw
             _wait_summary(page, "merged person")
             summary = page.locator("#people-summary").inner_text()
             assert "merged person Ada Lovelace" in summary, summary
+            _wait_rows(page, "Ada Lovelace")
             assert _people_count(page) == before - 1
-            head = page.locator("#people-rows .cmce-person-head").first.inner_text()
-            assert "Ada Lovelace" in head
+            assert page.locator(f"{ROWS} .cmce-person-row").count() == before - 1
             _shot(page, tmp_path, "people-merged")
 
-            page.locator("#people-find-name textarea, #people-find-name input").first.fill("Ada Lovelace")
+            # a name typed in the row's box and Enter renames the person
+            box = _row(page, "Ada Lovelace").locator(".cmce-row-name textarea, .cmce-row-name input").first
+            box.fill("Ada King")
+            box.press("Enter")
+            _wait_summary(page, "Ada King")
+            _wait_rows(page, "Ada King")
+            ada = _row(page, "Ada King")
+            ada_faces = ada.locator(".cmce-person-face").count()
+            assert ada_faces >= 2
+            page.wait_for_function(f"() => ({CAPTIONS})('Ada King') === {ada_faces}", timeout=TIMEOUT_MS)
+
+            # "not this person" on one of Ada's faces: the face loses the name in the live session at once,
+            # in the People rows and in the overview's captions (the gallery's labels)
+            face = ada.locator(".cmce-person-face").first.get_attribute("data-entry")
+            _pick(page, "#people-entry", face)
+            _pick(page, "#people-person", "Ada King")
+            page.click("#people-not")
+            _wait_summary(page, "is not person Ada King")
+            _wait_rows(page, "Ada King")
+            ada = _row(page, "Ada King")
+            assert ada.locator(".cmce-person-face").count() == ada_faces - 1
+            assert ada.locator(f".cmce-person-face[data-entry='{face}']").count() == 0
+            page.wait_for_function(f"() => ({CAPTIONS})('Ada King') === {ada_faces - 1}", timeout=TIMEOUT_MS)
+            _shot(page, tmp_path, "people-not")
+            page.evaluate("document.querySelector('#overview').scrollIntoView({block: 'start'})")
+            page.screenshot(path=str(tmp_path / "people-overview.png"))
+            shutil.copy(tmp_path / "people-overview.png", SCREENS / "people-overview.png")
+
+            page.locator("#people-find-name textarea, #people-find-name input").first.fill("Ada King")
             page.click("#people-find")
-            _wait_summary(page, "Ada Lovelace: ")
-            assert page.locator("#people-rows .cmce-person").count() == 1
+            _wait_summary(page, "Ada King: ")
+            page.wait_for_function("() => document.querySelectorAll('#people-person-rows .cmce-person-row').length"
+                                   " === 1", timeout=TIMEOUT_MS)
+            assert page.locator(f"{ROWS} .cmce-unsure").count() == 0
             _shot(page, tmp_path, "people-found")
         finally:
             browser.close()
@@ -158,3 +220,15 @@ def test_people_endpoints_give_named_errors_for_bad_input(app_server) -> None:
     for api, args, message in cases:
         with pytest.raises(Exception, match=message):
             client.predict(*args, None, api_name=api)
+
+
+def test_the_people_endpoints_are_the_six_with_their_outputs(app_server) -> None:
+    """The rows with a name box each add no endpoint: the API is the six People endpoints, as before,
+    each returning the page's HTML, summary and the three pickers."""
+    client_mod = pytest.importorskip("gradio_client")
+    api = client_mod.Client(app_server["url"], verbose=False).view_api(print_info=False, return_format="dict")
+    people = {name: info for name, info in api["named_endpoints"].items() if "people" in name}
+    assert set(people) == {"/people_group", "/people_name", "/people_merge", "/people_split", "/people_not",
+                           "/people_find"}, sorted(people)
+    assert {name: len(info["returns"]) for name, info in people.items()} == dict.fromkeys(people, 5)
+    assert [p["parameter_name"] for p in people["/people_name"]["parameters"]] == ["person", "name"]

@@ -47,6 +47,7 @@ from cmce.serve.display.gallery_view import (
 from cmce.serve.display.result_view import (
     annotate_faces,
     face_choices,
+    match_photo_image,
     result_dict,
     result_html,
     view_title,
@@ -65,6 +66,7 @@ __all__ = [
     "entry_caption",
     "entry_tile",
     "face_choices",
+    "match_photo_image",
     "index_report_dict",
     "index_report_markdown",
     "label_preview_markdown",

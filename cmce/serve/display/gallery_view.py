@@ -372,8 +372,9 @@ def uncertainty_figure(uncertainty: np.ndarray, rejected: np.ndarray, wrong: np.
 def scoreboard_markdown(scoreboard: Scoreboard | None, query_model: str | None) -> str:
     """The user's own "what the ensemble buys": one row per column of ``gallery_scoreboard``.
 
-    Recall@1 and the share of queries answered Unknown (best match under the column's
-    similarity threshold), and how many queries each column named right where the ensemble
+    Recall@1 and the share of queries answered Unknown (as a search of the gallery
+    answers: the cohort-normalised threshold in galleries of more than 50 people, the
+    bundle's answer rule, else the similarity threshold), and how many queries each column named right where the ensemble
     did not, and the reverse. None (no gallery yet) or no query: what it needs.
     """
     if scoreboard is None or query_model is None or not scoreboard.usable:
@@ -382,8 +383,10 @@ def scoreboard_markdown(scoreboard: Scoreboard | None, query_model: str | None) 
                 "rest, and every column is scored.")
     rows = [f"**Your gallery's scoreboard**: each of the {scoreboard.queries} labelled faces ({scoreboard.people} "
             "people) whose person has another photo searches the rest with its query-model embedding, in every "
-            "column (stored vectors only: no photo is read again). *Unknown*: the best match is under the column's "
-            "similarity threshold; *won*: queries the column named right where the ensemble did not; *lost*: "
+            "column (stored vectors only: no photo is read again). *Unknown*: what a search answers (with **Say "
+            "Unknown** at normal: in a gallery of more than 50 people, the best match does not stand out from the "
+            "next 50; else it is under the column's similarity threshold; or the answer rule finds it too likely "
+            "wrong); *won*: queries the column named right where the ensemble did not; *lost*: "
             "queries the ensemble named right where the column did not.", "",
             "| column | Recall@1 | Unknown | won | lost |",
             "|---|---:|---:|---:|---:|"]

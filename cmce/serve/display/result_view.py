@@ -22,7 +22,7 @@ from cmce.gallery.verdict import QueryVerdict, column_title
 from cmce.method.answers import Answer, decide_answer, person_presence
 from cmce.serve.display.text import percent, uncertainty_text
 
-__all__ = ["annotate_faces", "face_choices", "result_dict", "result_html", "view_title"]
+__all__ = ["annotate_faces", "face_choices", "match_photo_image", "result_dict", "result_html", "view_title"]
 
 
 _BOX_COLOURS = ((26, 115, 232), (249, 171, 0))  # other faces, chosen face
@@ -57,6 +57,29 @@ def annotate_faces(image: np.ndarray, faces: Sequence[Face], chosen: int | None 
         ty = y1 - th - 3 * w if y1 - th - 3 * w > 0 else y1
         draw.rectangle((x1, ty, x1 + tw + 2 * w, ty + th + 2 * w), fill=colour)
         draw.text((x1 + w, ty + w - tb[1]), tag, fill=(255, 255, 255), font=font)
+    return img
+
+
+MATCH_GREEN = (30, 200, 60)  # the match's box in its source photo
+
+
+def match_photo_image(image: np.ndarray, box: Sequence[float], others: Sequence[Sequence[float]] = ()) -> Image.Image:
+    """A match's source photo with its face boxed in green, and the photo's other gallery faces
+    (``others``, boxes in the same pixels) in thin faint white.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        box: ``x1, y1, x2, y2`` of the match's face in ``image``'s pixels.
+    """
+    img = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+    w = max(int(max(img.size) / 120), 3)
+    faint = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(faint)
+    for x1, y1, x2, y2 in others:
+        draw.rectangle((x1, y1, x2, y2), outline=(255, 255, 255, 150), width=max(w // 2, 1))
+    img = Image.alpha_composite(img.convert("RGBA"), faint).convert("RGB")
+    x1, y1, x2, y2 = box
+    ImageDraw.Draw(img).rectangle((x1, y1, x2, y2), outline=MATCH_GREEN, width=w)
     return img
 
 
@@ -257,7 +280,7 @@ def result_html(
                     f" · ◐ lacks {html.escape(', '.join(lacks))}" if lacks else "") + "</div>"
             doubt = " · <span class='cmce-doubt-tag'>◌ doubtful</span>" if m.doubtful else ""
             items.append(
-                f"<li class='cmce-match{cls}'><img src='{_data_uri(gallery.entries[m.position].thumbnail)}' alt=''"
+                f"<li class='cmce-match{cls}' data-rank='{rank}'><img src='{_data_uri(gallery.entries[m.position].thumbnail)}' alt=''"
                 f"{_found_by_title(gallery.entries[m.position])}>"
                 f"<div class='cmce-meta'><div class='cmce-label' title='{html.escape(m.source)}'>{rank}. "
                 f"{html.escape(m.label or m.source)}</div>"
@@ -289,5 +312,5 @@ def result_html(
                  f"columns failed)</span>") if won else ""
         line = (f"<div class='cmce-verdict-line{kind}' id='verdict-line'><b>Verdict:</b> "
                 f"{html.escape(verdict.text)}{extra}</div>")
-    return (f"<div class='cmce-results-head'>Results for {face}{who}</div>{line}{RESULTS_LEGEND}"
-            f"<div class='cmce-results'>{''.join(cols)}</div>")
+    return (f"<div class='cmce-results-head'>Results for {face}{who} · click a match to see it in its photo</div>"
+            f"{line}{RESULTS_LEGEND}<div class='cmce-results'>{''.join(cols)}</div>")
