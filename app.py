@@ -34,7 +34,7 @@ from cmce.io.limits import BundleAllowList, ServerLimits
 from cmce.method.bundle_model import bundle_summary
 from cmce.method.engine import FaceEngine
 from cmce.method.unknown import UNKNOWN_BY
-from cmce.serve import display, people_view, story
+from cmce.serve import display, memwatch, people_view, story
 from cmce.serve.components import without_stray_files
 from cmce.serve.fairness import ClientGate, ClientLimits
 from cmce.serve.gate import ClientGateMiddleware
@@ -50,6 +50,7 @@ from cmce.serve.handlers import (
 )
 from cmce.serve.match_photo import NO_MATCH_YET
 from cmce.serve.page_style import PAGE_CSS
+from cmce.serve.pathalias import PathAliasMiddleware, new_alias
 from cmce.serve.sessions import shipped_bundles
 from cmce.serve.workdirs import TempFolders, own_gradio_cache
 
@@ -574,6 +575,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logger.info("limits: %s", "; ".join(f"{what}: {value}" for what, value in SERVER.describe() + GATE.limits.describe()))
     own_gradio_cache()  # Gradio's upload cache in a folder of this process: removed at exit, swept at start
+    memwatch.limit_heap_growth()  # freed memory goes back to the system (glibc kept it: RSS grew in a soak)
+    memwatch.start_from_env()  # CMCE_MEMWATCH=SECONDS: where memory goes, in the log (off by default)
     DEMO.start_tidying()  # old uploads deleted, idle API sessions closed
     engine = ENGINES.load_default(os.environ.get("CMCE_BUNDLE_REVISION") or None)
     if engine is not None and not ZERO_GPU:  # index the example galleries while the page loads
@@ -582,7 +585,11 @@ def main() -> None:
     demo.queue(default_concurrency_limit=2, max_size=SERVER.queue_size).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", 7860))),
-        app_kwargs={"middleware": [Middleware(ClientGateMiddleware, gate=GATE)]},  # per-client limits, before queueing
+        app_kwargs={"middleware": [  # the outermost first
+            Middleware(PathAliasMiddleware, aliases={os.environ["GRADIO_TEMP_DIR"]: new_alias("files"),  # no server
+                                                     str(Path(__file__).resolve().parent): new_alias("app")}),  # path out
+            Middleware(ClientGateMiddleware, gate=GATE),  # per-client limits, before queueing
+        ]},
         **LAUNCH_KWARGS,
     )
 

@@ -143,20 +143,22 @@ def render_fuzz_readers(fuzz: Mapping) -> str:
 def render_malformed_corpus(corpus: Mapping) -> str:
     """``malformed_corpus.py --json``: per endpoint, the cases sent (through gradio_client and raw HTTP)
     and how each was answered; then the findings (bold): blank errors, server tracebacks, leaks (an
-    absolute server path in a message, or more than 200 characters of an echoed input) and whether
-    ``/load_bundle`` told existing server folders from missing ones.
+    absolute server path in an answer, file outputs included, or more than 200 characters of an echoed
+    input), whether ``/load_bundle`` told existing server folders from missing ones, and server paths
+    in the answers that are no endpoint's (the page, its configuration, an upload's answer, ...).
 
     Example:
         >>> print(render_malformed_corpus({"cases": 10, "blank": 0, "leaks": 0, "tracebacks": 0,
         ...     "by_endpoint": {"/search": {"named": 7, "answered": 1}, "/load_bundle": {"named": 2}},
-        ...     "bundle_oracle": {"existing": 10, "missing": 5, "told_apart": False}}), end="")
+        ...     "bundle_oracle": {"existing": 10, "missing": 5, "told_apart": False},
+        ...     "other_answers": {"checked": ["config", "upload"], "leaks": 0, "file_by_its_url": 200}}), end="")
         | endpoint | cases | refused with a message | answered (input usable) | blank error |
         |---|---:|---:|---:|---:|
         | `/load_bundle` | 2 | 2 | 0 | **0** |
         | `/search` | 8 | 7 | 1 | **0** |
         | all endpoints | 10 | 9 | 1 | **0** |
         <BLANKLINE>
-        Server tracebacks during the run: **0**; leaks (a server path in a message, an echo over 200 characters): **0**; `/load_bundle` answers for 10 existing and 5 missing server folders: **the same**.
+        Server tracebacks during the run: **0**; leaks (a server path in an answer, an echo over 200 characters): **0**; `/load_bundle` answers for 10 existing and 5 missing server folders: **the same**; server paths in config, upload: **0** (a file output's path and URL name an alias of the folder; the file is served by its URL).
     """
     lines = ["| endpoint | cases | refused with a message | answered (input usable) | blank error |",
              "|---|---:|---:|---:|---:|"]
@@ -177,9 +179,19 @@ def render_malformed_corpus(corpus: Mapping) -> str:
     oracle = corpus["bundle_oracle"]
     told = "**told apart**" if oracle["told_apart"] else "**the same**"
     return ("\n".join(lines) + "\n\n"
-            f"Server tracebacks during the run: **{corpus['tracebacks']:,}**; leaks (a server path in a message, "
+            f"Server tracebacks during the run: **{corpus['tracebacks']:,}**; leaks (a server path in an answer, "
             f"an echo over 200 characters): **{corpus['leaks']:,}**; `/load_bundle` answers for "
-            f"{oracle['existing']} existing and {oracle['missing']} missing server folders: {told}.\n")
+            f"{oracle['existing']} existing and {oracle['missing']} missing server folders: {told}"
+            + _other_answers(corpus.get("other_answers")) + ".\n")
+
+
+def _other_answers(others: Mapping | None) -> str:
+    """The corpus's check of the answers that are no endpoint's (none in older runs)."""
+    if others is None:
+        return ""
+    served = "served" if others["file_by_its_url"] == 200 else f"**not served (HTTP {others['file_by_its_url']})**"
+    return (f"; server paths in {', '.join(others['checked'])}: **{others['leaks']:,}** (a file output's path and URL "
+            f"name an alias of the folder; the file is {served} by its URL)")
 
 
 _VIEW_NAMES = {"ensemble": "**CMCE ensemble**", "query": "{q} alone"}

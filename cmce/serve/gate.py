@@ -11,8 +11,10 @@ work or store something:
 * ``POST /gradio_api/upload``: charged to the client's upload bytes (its ``Content-Length``,
   required, and at least ``MIN_UPLOAD_CHARGE``) before a byte is stored; the
   stored files are recorded so that they are deleted after the retention;
-* ``GET /gradio_api/heartbeat/{session}``: only noted (that session is held open by a page or
-  ``gradio_client``, and Gradio drops it when the heartbeat closes: not an idle API session).
+* ``GET /gradio_api/heartbeat/{session}``: noted (that session is held open by a page or
+  ``gradio_client``, and Gradio drops it when the heartbeat closes: not an idle API session);
+  ``CLOSED_STATE_DELAY_S`` after the heartbeat closed, Gradio's copy of the session's state is
+  dropped (:func:`forget_closed_session`), not kept for an hour.
 
 A refusal is HTTP 429 (503 when the whole server's upload space is full) with a JSON body
 ``{"detail": "too many requests from you ...; retry in N s", "error": "too_many_requests",
@@ -21,6 +23,7 @@ A refusal is HTTP 429 (503 when the whole server's upload space is full) with a 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -30,12 +33,15 @@ from cmce.serve.fairness import ClientGate, TooManyRequests, jobs_in_queue
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClientGateMiddleware", "KIND_NAMES"]
+__all__ = ["CLOSED_STATE_DELAY_S", "ClientGateMiddleware", "KIND_NAMES", "forget_closed_session"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
+#: Seconds after a session's heartbeat closed before Gradio's copy of its state is dropped
+#: (:func:`forget_closed_session`): its unload events have run by then.
+CLOSED_STATE_DELAY_S = 30.0
 #: How a refusal names the app's concurrency groups (others: "other").
 KIND_NAMES = {"index": "indexing", "search": "search", "bundle": "bundle load"}
 _API = "/gradio_api/"
@@ -64,6 +70,35 @@ async def _refuse(send: Send, e: TooManyRequests) -> None:
                   [(b"retry-after", str(e.retry_after_s).encode())])
 
 
+def forget_closed_session(app: Any, session_hash: str) -> bool:
+    """Drop Gradio's state of a session whose heartbeat has closed, now rather than in an hour.
+
+    Gradio keeps every session's ``SessionState`` (a copy of the whole page's configuration,
+    about 1 MiB here, and the ``gr.State`` values) for an hour after its page or client went
+    away, bounded only by ``state_session_capacity``, and the session's message queue for as
+    long as 2,000 newer sessions have not pushed it out. Run on the event loop (Gradio's own
+    code runs there), after the session's unload events. A session with events still pending,
+    or not marked closed by Gradio, is left alone.
+
+    Returns:
+        Whether the session's state was dropped.
+    """
+    holder = getattr(app, "state_holder", None)
+    try:
+        queue = app.get_blocks()._queue
+    except AttributeError:
+        return False
+    state = None if holder is None else holder.session_data.get(session_hash)
+    if state is None or not state.is_closed or queue.pending_event_ids_session.get(session_hash):
+        return False
+    holder.delete_state(session_hash)  # the gr.State delete callbacks, as Gradio would call them an hour later
+    holder.session_data.pop(session_hash, None)
+    holder.time_last_used.pop(session_hash, None)
+    queue.pending_messages_per_session.pop(session_hash, None)
+    queue.pending_event_ids_session.pop(session_hash, None)
+    return True
+
+
 class ClientGateMiddleware:
     """ASGI middleware: per-client job, rate and upload limits in front of a Gradio app."""
 
@@ -77,8 +112,13 @@ class ClientGateMiddleware:
         route = scope["path"].split(_API, 1)[1]
         method = scope.get("method", "GET")
         if method == "GET" and route.startswith("heartbeat/"):
-            self.gate.saw_heartbeat(route.split("/", 1)[1])
-            return await self.app(scope, receive, send)
+            session_hash = route.split("/", 1)[1]
+            self.gate.saw_heartbeat(session_hash)
+            try:
+                return await self.app(scope, receive, send)
+            finally:  # the page or client went away
+                asyncio.get_running_loop().call_later(CLOSED_STATE_DELAY_S, forget_closed_session,
+                                                      scope.get("app"), session_hash)
         if method != "POST" or not (route in ("queue/join", "upload") or route.startswith("call/")):
             return await self.app(scope, receive, send)
         headers = _headers(scope)

@@ -27,7 +27,6 @@ from cmce.errors import CmceError, LimitError
 from cmce.gallery.ingest import GalleryLimits
 from cmce.gallery.memory import Gallery
 from cmce.gallery.portable import export_gallery, import_gallery
-from cmce.gallery.searchable import detect_query
 from cmce.gallery.verdict import query_verdict, searchable_labels
 from cmce.io.images import format_bytes, load_image
 from cmce.io.limits import (
@@ -48,6 +47,7 @@ from cmce.serve import display
 from cmce.serve.fairness import ClientGate, ClientLimits, TakeTurns
 from cmce.serve.guard import clean, clip, user_error
 from cmce.serve.match_photo import match_photo
+from cmce.serve.preview import FacesPreview
 from cmce.serve.sessions import (
     Engines,
     ExampleCache,
@@ -185,6 +185,7 @@ class DemoServer:
         self.hub_loads = SlidingQuota(server.bundle_loads_per_hour,
                                       what="bundle loads from outside assets/ (whole server)")
         self.example_cache = ExampleCache(temp.mkdtemp("examples"), limits)
+        self.previews = FacesPreview(limits.image)  # the faces of a query on an empty gallery, detected once per photo
         # the handlers that embed faces run on the GPU where one is attached per call (also when called
         # from another handler, as open_bundle_example calls load_example_gallery)
         self.index_gallery = gpu(self.index_gallery)
@@ -208,8 +209,9 @@ class DemoServer:
     def _open_session(self, engine: FaceEngine) -> Session:
         return Session.open(engine, self.limits, self.server, self.temp, photo_share(self.gate.limits, self.server))
 
-    def _session(self, state: Session | None, request: gr.Request | None) -> Session:
-        """This browser's session, opened on the default bundle on first use."""
+    def _session(self, state: Session | None, request: gr.Request | None, open_new: bool = True) -> Session | None:
+        """This browser's session, opened on the default bundle on first use (``open_new=False``: None
+        instead, after the same checks)."""
         if state is not None and not state.closed:
             self.sessions.touch(getattr(request, "session_hash", None), state)
             return state
@@ -221,7 +223,7 @@ class DemoServer:
             raise gr.Error(note)
         if self.engines.default is None:
             raise user_error(f"No bundle is loaded ({self.engines.default_error}). Load one under 'Model bundle'.")
-        return self._register(self._open_session(self.engines.default), request)
+        return self._register(self._open_session(self.engines.default), request) if open_new else None
 
     def tidy(self) -> None:
         """Housekeeping, every ``start_tidying`` interval: uploads older than their retention deleted,
@@ -526,11 +528,13 @@ class DemoServer:
             return None, hist, note, board_md
         return display.risk_coverage_figure(rc, float(rejected.mean()), quality.kind), hist, note, board_md
 
-    def _faces_only(self, image: str, name: str, face_index: int, session: Session):
-        """The search's outputs for an empty gallery: the photo with its faces numbered (the chosen one
-        kept, so that it is searched once the gallery is back), and what to do."""
+    def _faces_only(self, image: str, name: str, face_index: int, session: Session | None):
+        """The search's outputs for an empty gallery (or no session yet: returned as None): the photo with
+        its faces numbered (the chosen one kept, so that it is searched once the gallery is back), and
+        what to do. A photo seen before is not detected again (``FacesPreview``)."""
+        engine = session.engine if session is not None else self.engines.default
         try:
-            photo = detect_query(session.engine, load_image(image, name=clip(name, 60), limits=self.limits.image), name)
+            photo = self.previews.photo(engine, image, clip(name, 60))
         except CmceError as e:
             message = clean(e)
             gr.Warning(message)
@@ -600,11 +604,11 @@ class DemoServer:
         identity = _text(identity, "Who is it?")
         if unknown_by not in UNKNOWN_BY:
             raise user_error(f"Say Unknown must be one of {', '.join(UNKNOWN_BY)}, got {clip(unknown_by, 40)}")
-        session = self._session(state, request)
         name = Path(image).name
-        label = clip(identity.strip(), 100) or query_label(name)
-        if not len(session.gallery):  # nothing to search yet: still show the faces the photo holds
+        session = self._session(state, request, open_new=False)  # a query never opens a session: none has a gallery
+        if session is None or not len(session.gallery):  # nothing to search yet: still show the faces the photo holds
             return self._faces_only(image, name, face_index, session)
+        label = clip(identity.strip(), 100) or query_label(name)
         img = None
         try:
             img = load_image(image, name=clip(name, 60), limits=self.limits.image)  # size, then header, then decode

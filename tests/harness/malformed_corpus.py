@@ -12,7 +12,9 @@ answer is classified:
 * ``blank``: an error without a message (``{"error": null}``, a bare "Error", an empty message).
 
 Then every answer (message or result) is searched for leaks: an absolute server path, or more
-than ``ECHO_LIMIT`` characters of an echoed 1 MB string. ``/load_bundle`` is asked for server
+than ``ECHO_LIMIT`` characters of an echoed 1 MB string (Gradio's file outputs too: their path and URL
+must name the app's alias of its cache folder, ``cmce.serve.pathalias``), and so are the page, its
+configuration, the API's description, an upload's answer and a missing ``file=``. ``/load_bundle`` is asked for server
 folders that exist and ones that do not: the answers must not tell them apart. With ``--log``
 (the app's output), the server tracebacks printed during the run are counted. Loopback only::
 
@@ -212,13 +214,13 @@ _FILE_DATA = re.compile(r'\{"path": "[^"]*", "url": "[^"]*"')  # a file output, 
 
 
 def file_outputs(text: str) -> int:
-    """File outputs in an answer (Gradio's FileData: the file's server path and its /file= URL)."""
+    """File outputs in an answer (Gradio's FileData: the file's path and its /file= URL, under the cache's alias)."""
     return len(_FILE_DATA.findall(text))
 
 
 def leaks(text: str) -> list[str]:
-    """Absolute server paths (outside Gradio's file outputs) and over-long echoes of the 1 MB input."""
-    text = _FILE_DATA.sub("{FILE", text)
+    """Absolute server paths (Gradio's file outputs included: their path and URL name an alias) and
+    over-long echoes of the 1 MB input."""
     found = [f"path {m}" for m in sorted(set(_SERVER_PATH.findall(text)))]
     if "x" * (ECHO_LIMIT + 1) in text:
         found.append(f"echo of {text.count('x' * 100) * 100}+ characters")
@@ -361,6 +363,32 @@ def bundle_oracle(url: str) -> dict:
             "example_answer": next(iter(kinds))[:300]}
 
 
+def other_answers(url: str, photo: Path) -> dict:
+    """Leaks in the answers that are no endpoint's: the page, its configuration, the API's description,
+    an upload's answer and a ``file=`` request for a missing file in its folder; and whether the file a
+    search's answer points to is served by its URL."""
+    from gradio_client import Client, handle_file
+
+    answers = {name: _http("GET", f"{url}{route}")[1]
+               for name, route in (("page", ""), ("config", "config"), ("api info", "gradio_api/info"))}
+    boundary = "cmcecorpus"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{photo.name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + photo.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{url}gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answers["upload"] = response.read().decode(errors="replace")
+    cache = json.loads(answers["upload"])[0].split("/")[0]  # the folder as the answer names it
+    answers["missing file"] = _http("GET", f"{url}gradio_api/file={cache}/no-such-file.png")[1]
+    client = Client(url, verbose=False, download_files=False)
+    annotated = client.predict(image=handle_file(str(photo)), api_name="/search")[0]
+    client.close()
+    status, _ = _http("GET", annotated["url"])  # the aliased URL still serves the file
+    found = {name: leaks(text) for name, text in answers.items()}
+    return {"checked": sorted(answers), "leaks": sum(bool(f) for f in found.values()),
+            "findings": {name: f for name, f in found.items() if f}, "file_by_its_url": status}
+
+
 def tracebacks(log: Path | None, start: int) -> int:
     if log is None or not log.exists():
         return 0
@@ -381,7 +409,8 @@ def run(url: str, log: Path | None = None) -> dict:
         missing = sorted(set(info["named_endpoints"]) - set(corpus))
         if missing:
             raise SystemExit(f"the corpus has no cases for the endpoints {missing}: add them")
-        rows = run_client(url, corpus, examples["galleries"][0]["name"]) + run_raw(url, corpus, info)
+        others = other_answers(url, ROOT / "assets" / "examples" / "queries" / "Grace_Hopper_05.jpg")  # first: within
+        rows = run_client(url, corpus, examples["galleries"][0]["name"]) + run_raw(url, corpus, info)  # the rate
     oracle = bundle_oracle(url)
     time.sleep(1)  # the log is flushed line by line
     by = Counter((r["via"], r["outcome"]) for r in rows)
@@ -396,6 +425,7 @@ def run(url: str, log: Path | None = None) -> dict:
         "tracebacks": tracebacks(log, log_start),
         "log_read": log is not None,
         "bundle_oracle": oracle,
+        "other_answers": others,
         "seconds": round(time.monotonic() - start, 1),
         "findings": [r for r in rows if r["outcome"] == "blank" or r["leaks"]],
         "rows": rows,
@@ -419,10 +449,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['leaks']} leaks, {report['tracebacks']} tracebacks"
           f"{'' if report['log_read'] else ' (no --log: not counted)'}; /load_bundle told "
           f"{'apart' if report['bundle_oracle']['told_apart'] else 'no'} existing and missing folders "
-          f"({report['bundle_oracle']['distinct_answers']} distinct answers); {report['seconds']} s")
+          f"({report['bundle_oracle']['distinct_answers']} distinct answers); {report['other_answers']['leaks']} leaks in "
+          f"{', '.join(report['other_answers']['checked'])} {report['other_answers']['findings'] or ''}; {report['seconds']} s")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
-    return 1 if report["blank"] or report["leaks"] or report["tracebacks"] or report["bundle_oracle"]["told_apart"] else 0
+    return 1 if (report["blank"] or report["leaks"] or report["tracebacks"] or report["bundle_oracle"]["told_apart"]
+                 or report["other_answers"]["leaks"] or report["other_answers"]["file_by_its_url"] != 200) else 0
 
 
 if __name__ == "__main__":

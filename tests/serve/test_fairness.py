@@ -255,6 +255,27 @@ def test_gradio_cache_is_a_folder_of_this_process(tmp_path):
     assert not folder.exists() and [p.name for p in (tmp_path / "gradio").iterdir()] == []
 
 
+def test_a_query_photo_on_an_empty_gallery_is_detected_once(engine, lfw_dir):
+    """The faces shown for a query on an empty gallery: a flood's repeated photo is not detected again."""
+    from conftest import lfw_people
+
+    from cmce.gallery.searchable import detect_query
+    from cmce.io.limits import ImageLimits
+    from cmce.serve.preview import FacesPreview
+
+    first, second = sorted(lfw_people(lfw_dir, 1, min_images=2)[0].glob("*.jpg"))[:2]
+    preview = FacesPreview(ImageLimits(), size=1)
+    shown = preview.photo(engine, str(first), first.name)
+    again = preview.photo(engine, str(first), "the same photo under another name.jpg")
+    assert preview.detections == 1 and len(shown.faces) >= 1
+    assert shown.faces == detect_query(engine, str(first), first.name).faces  # what a search would find
+    assert [f.box for f in again.faces] == [f.box for f in shown.faces] and again.faces[0].source == again.name
+    assert (again.image == shown.image).all()
+    preview.photo(engine, str(second), second.name)  # the only place goes to the second photo
+    preview.photo(engine, str(first), first.name)
+    assert preview.detections == 3
+
+
 def test_an_empty_gallery_is_said_before_the_photo_is_read(engine):
     """A flood's new sessions search empty galleries: answered without decoding or detecting anything."""
     from cmce.errors import GalleryError
@@ -262,3 +283,31 @@ def test_an_empty_gallery_is_said_before_the_photo_is_read(engine):
 
     with pytest.raises(GalleryError, match="the gallery is empty"):
         Gallery(engine).search_image(b"not even an image")
+
+
+def test_a_closed_sessions_gradio_state_is_dropped_not_kept_an_hour():
+    """Gradio's per-session copy of the page (and the gr.State values) goes once the heartbeat closed."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+    from gradio.state_holder import StateHolder
+
+    from cmce.serve.gate import forget_closed_session
+
+    deleted = []
+    with gr.Blocks() as blocks:
+        state = gr.State(None, delete_callback=deleted.append)
+        gr.Textbox("a component whose configuration every session copies")
+    holder = StateHolder()
+    holder.set_blocks(blocks)
+    app = SimpleNamespace(state_holder=holder, get_blocks=lambda: blocks)
+    holder["open"][state._id] = "still in use"
+    holder["closed"][state._id] = "the gallery of a closed page"
+    holder["closed"].is_closed = True
+    blocks._queue.pending_event_ids_session["closed"] = {"an event still running"}
+    assert not forget_closed_session(app, "open") and not forget_closed_session(app, "closed")
+    assert set(holder.session_data) == {"open", "closed"} and deleted == []
+    blocks._queue.pending_event_ids_session["closed"].clear()
+    assert forget_closed_session(app, "closed") and not forget_closed_session(app, "closed")
+    assert set(holder.session_data) == {"open"} and deleted == ["the gallery of a closed page"]
+    assert "closed" not in blocks._queue.pending_event_ids_session

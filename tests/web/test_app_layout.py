@@ -170,9 +170,16 @@ def test_scoreboard_and_download_restore_give_the_same_results(app_server, label
         assert page.inner_text("#verdict-line").startswith("Verdict: CMCE ensemble ✓")
 
         faces = int(re.search(r"(\d+) faces", page.inner_text("#overview-summary")).group(1))
+        shown = page.locator("#faces-image img").first  # the annotated photo, by its aliased URL
+        shown.wait_for(state="attached", timeout=TIMEOUT_MS)
+        fetched = page.evaluate("async u => { const r = await fetch(u); return [r.status, r.headers.get('content-type')] }",
+                                shown.get_attribute("src"))
+        assert fetched == [200, "image/webp"], fetched
         page.click("#download-btn")
         link = page.locator("#gallery-download a").first
         link.wait_for(timeout=TIMEOUT_MS)
+        for url in (shown.get_attribute("src"), link.get_attribute("href")):  # no server folder in the page
+            assert "/gradio_api/file=cmce-files-" in url and "/tmp/" not in url, url
         with page.expect_download() as got:
             link.click()
         archive = tmp_path / "my-gallery.zip"
