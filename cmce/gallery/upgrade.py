@@ -29,6 +29,7 @@ import numpy as np
 
 from cmce.errors import CmceError, GalleryError, ImageError, LimitError
 from cmce.gallery.persistence import bundle_inputs, bundle_keys, check_servable, derive
+from cmce.io.files import link_or_copy
 from cmce.io.images import DEFAULT_LIMITS, ImageLimits, content_hash, load_image
 from cmce.method.bundle_model import Bundle
 from cmce.method.engine import FaceEngine
@@ -145,14 +146,6 @@ def _check_out(source: Path, out: Path) -> None:
         raise GalleryError(f"--out {out} exists and is not empty; choose a new folder")
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)  # shards are never modified in place, so a hard link is safe
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 @contextmanager
 def _new_gallery(dest: Path) -> Iterator[Path]:
     """A folder to build a gallery in (not yet created), moved to ``dest`` when the block succeeds.
@@ -175,7 +168,7 @@ def _link_shards(src: Path, manifest: dict, folder: Path) -> None:
     derived data. Erasing from one of the two galleries later (``forget``) leaves the other's copy."""
     folder.mkdir()
     for shard in manifest["shards"] + manifest.get("skipped", []) + manifest.get(CORRECTIONS, []):
-        _link_or_copy(src / shard["file"], folder / shard["file"])
+        link_or_copy(src / shard["file"], folder / shard["file"])
     (folder / MANIFEST).write_text(json.dumps(dict(manifest, derived=None), indent=1) + "\n")
 
 

@@ -34,7 +34,7 @@ from cmce.io.images import IMAGE_EXTENSIONS
 logger = logging.getLogger(__name__)
 
 __all__ = ["ARCHIVE_SUFFIXES", "CAMERA_PREFIXES", "LabelPreview", "UploadBatch", "collect_uploads", "labels_for_paths",
-           "preview_labels", "query_label"]
+           "preview_labels", "query_label", "relative_names"]
 
 ARCHIVE_SUFFIXES: tuple[str, ...] = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tbz2", ".tar.xz", ".txz")
 """Lower-case file suffixes read as archives of images."""
@@ -264,3 +264,18 @@ def preview_labels(files: Sequence[tuple[str, str | os.PathLike]], *, first: int
         rows += [(f"{short}: {m}", lab) for m, lab in zip(members, labels_for_paths(members))]
     labels = [lab for _, lab in rows if lab is not None]
     return LabelPreview(tuple(rows[:first]), len(rows), len(labels), len(set(labels)), tuple(notes))
+
+
+def relative_names(folder: list[str], folder_paths: str | None) -> list[str]:
+    """Pair the uploaded folder files with the relative paths the browser reported.
+
+    Uploads keep the browser's order; if some files were dropped on the way, pair by file name.
+    """
+    rels = [r.strip() for r in (folder_paths or "").splitlines() if r.strip()]
+    same = sum(Path(r).name == Path(p).name for r, p in zip(rels, folder))
+    if len(rels) == len(folder) and 2 * same >= len(folder):  # names the server cleaned may differ
+        return rels
+    queue: dict[str, list[str]] = {}
+    for rel in rels:
+        queue.setdefault(Path(rel).name, []).append(rel)
+    return [queue[Path(p).name].pop(0) if queue.get(Path(p).name) else Path(p).name for p in folder]

@@ -35,7 +35,8 @@ from cmce.io.limits import (
     SlidingQuota,
     check_request_bytes,
 )
-from cmce.io.uploads import collect_uploads, preview_labels, query_label
+from cmce.io.files import link_or_copy
+from cmce.io.uploads import collect_uploads, preview_labels, query_label, relative_names
 from cmce.method.answers import person_presence
 from cmce.method.bundle_model import bundle_summary
 from cmce.method.engine import FaceEngine
@@ -46,6 +47,7 @@ from cmce.method.unknown import UNKNOWN_BY
 from cmce.serve import display
 from cmce.serve.fairness import ClientGate, ClientLimits, TakeTurns
 from cmce.serve.guard import clean, clip, user_error
+from cmce.serve.inputs import rejection_rate, text_value, upload_paths, whole_number
 from cmce.serve.match_photo import match_photo
 from cmce.serve.preview import FacesPreview
 from cmce.serve.sessions import (
@@ -58,8 +60,8 @@ from cmce.serve.sessions import (
 )
 from cmce.serve.workdirs import TempFolders
 
-__all__ = ["BUNDLE_SCORE", "OVERVIEW_FIRST", "REJECT_BY", "DemoServer", "calibrated_threshold", "link_or_copy",
-           "prepare_query", "relative_names", "typed_threshold", "whole_number"]
+__all__ = ["BUNDLE_SCORE", "OVERVIEW_FIRST", "REJECT_BY", "DemoServer", "calibrated_threshold", "prepare_query",
+           "typed_threshold"]
 
 logger = logging.getLogger("cmce.app")
 
@@ -75,82 +77,9 @@ def calibrated_threshold(engine: FaceEngine | None, score: str | None = None) ->
     return display.readable_number(engine.bundle.calibration.threshold_for(score)) if engine else None
 
 
-def whole_number(value: object, what: str, low: int, high: int) -> int:
-    """An integer input from ``low`` to ``high``; a user error naming ``what`` and the range otherwise.
-
-    >>> whole_number("3", "k", 1, 10), whole_number(2.0, "k", 1, 10)
-    (3, 2)
-    """
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        number = float("nan")
-    if isinstance(value, bool) or not (np.isfinite(number) and number == int(number) and low <= number <= high):
-        raise user_error(f"{what} must be a whole number from {low} to {high}, got {clip(value, 40)}")
-    return int(number)
-
-
-def _text(value: object, what: str) -> str:
-    """A text input (None: empty); a user error for anything but a string."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise user_error(f"{what} must be text, got {type(value).__name__}")
-    return value
-
-
-def _paths(value: object, what: str) -> list[str]:
-    """A list of uploaded files' paths (None: none); a user error for anything else."""
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
-        raise user_error(f"{what} must be a list of uploaded files, got {type(value).__name__}")
-    return list(items)
-
-
-MAX_RATE = 0.9  # the rejection-rate slider's end
-
-
-def _rate(value: object) -> float:
-    """A rejection rate from 0 to ``MAX_RATE``; a user error otherwise (NaN, infinities, text included)."""
-    try:
-        rate = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        rate = float("nan")
-    if not (np.isfinite(rate) and 0.0 <= rate <= MAX_RATE):
-        raise user_error(f"The rejection rate must be a share from 0 to {MAX_RATE:g}, got {clip(value, 40)}")
-    return rate
-
-
 def typed_threshold() -> Any:
     """A threshold typed in the box: reject by it."""
     return gr.update(value="threshold")
-
-
-def relative_names(folder: list[str], folder_paths: str | None) -> list[str]:
-    """Pair the uploaded folder files with the relative paths the browser reported.
-
-    Uploads keep the browser's order; if some files were dropped on the way, pair by file name.
-    """
-    rels = [r.strip() for r in (folder_paths or "").splitlines() if r.strip()]
-    same = sum(Path(r).name == Path(p).name for r, p in zip(rels, folder))
-    if len(rels) == len(folder) and 2 * same >= len(folder):  # names the server cleaned may differ
-        return rels
-    queue: dict[str, list[str]] = {}
-    for rel in rels:
-        queue.setdefault(Path(rel).name, []).append(rel)
-    return [queue[Path(p).name].pop(0) if queue.get(Path(p).name) else Path(p).name for p in folder]
-
-
-def link_or_copy(src: str, dst: Path) -> None:
-    """Gradio keeps one cached file per content, shared by every session that uploads the same
-    bytes: take a hard link (or a copy) and leave the cached file to Gradio's clean-up, so that a
-    concurrent session's upload of the same photo stays readable."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 def prepare_query(image: str | None):
@@ -270,7 +199,7 @@ class DemoServer:
             return np.zeros(len(gallery.entries), bool)
         try:
             if reject_by == "rate" and rate is not None:
-                return gallery.rejected(rate=_rate(rate), quality=score)
+                return gallery.rejected(rate=rejection_rate(rate), quality=score)
             if reject_by == "threshold" and threshold is not None:
                 kind = score or gallery.bundle.calibration.quality.kind
                 return gallery.rejected(threshold=check_threshold(kind, threshold), quality=score)
@@ -324,8 +253,8 @@ class DemoServer:
         Returns the session, the bundle card, a note on what happened, and the new bundle's
         rejection defaults.
         """
-        target = _text(repo_id, "The bundle id").strip() or None
-        rev = _text(revision, "The revision").strip() or None
+        target = text_value(repo_id, "The bundle id").strip() or None
+        rev = text_value(revision, "The revision").strip() or None
         shipped = self.shipped.get(target or "")
         if shipped is not None:  # shipped bundles are always allowed
             target, rev = str(shipped.path), None
@@ -392,8 +321,8 @@ class DemoServer:
 
         Returns the session, a markdown report and the report as a dict.
         """
-        files, folder = _paths(files, "files"), _paths(folder, "folder")
-        folder_paths = _text(folder_paths, "folder_paths")
+        files, folder = upload_paths(files, "files"), upload_paths(folder, "folder")
+        folder_paths = text_value(folder_paths, "folder_paths")
         session = self._session(state, request)
         if not files and not folder:
             gr.Warning("Choose some images, a zip/tar archive or a folder first.")
@@ -601,7 +530,7 @@ class DemoServer:
             raise user_error(f"The query photo must be an uploaded image file, got {type(image).__name__}")
         face_index = whole_number(0 if face is None else face, "Face", 0, 999)
         k = whole_number(k, "Matches per column", 1, 10)
-        identity = _text(identity, "Who is it?")
+        identity = text_value(identity, "Who is it?")
         if unknown_by not in UNKNOWN_BY:
             raise user_error(f"Say Unknown must be one of {', '.join(UNKNOWN_BY)}, got {clip(unknown_by, 40)}")
         name = Path(image).name
@@ -641,6 +570,6 @@ class DemoServer:
 
         Returns the photo (None where none is kept: a restored gallery) and a markdown line.
         """
-        column = _text(column, "The column").strip()
+        column = text_value(column, "The column").strip()
         rank = whole_number(1 if rank is None else rank, "The rank", 1, 10)
         return match_photo(self._session(state, request), column, rank)

@@ -10,7 +10,8 @@ import pytest
 
 from cmce.gallery.ingest import GalleryLimits
 from cmce.io.limits import BundleAllowList, ServerLimits
-from cmce.serve.handlers import DemoServer, prepare_query, relative_names
+from cmce.io.uploads import relative_names
+from cmce.serve.handlers import DemoServer, prepare_query
 from cmce.serve.sessions import shipped_bundles
 from cmce.serve.workdirs import TempFolders
 
@@ -96,7 +97,7 @@ def test_load_bundle_answers_the_same_for_existing_and_missing_server_folders(de
     assert str(tmp_path) not in notes[0]
 
 
-@pytest.mark.parametrize("module", ["cmce.serve.guard", "cmce.serve.handlers", "cmce.serve.display.bundle_text",
+@pytest.mark.parametrize("module", ["cmce.serve.guard", "cmce.serve.inputs", "cmce.serve.display.bundle_text",
                                     "cmce.method.answers", "cmce.method.ensemble", "cmce.io.limits"])
 def test_docstring_examples_of_the_input_checks(module) -> None:
     """The worked examples of issue 24's checks: message cleaning, whole numbers, thresholds by the
