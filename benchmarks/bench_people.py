@@ -8,14 +8,19 @@ face ``centre + sigma * noise`` renormalised, with ``sigma`` per face drawn from
 stored as ``same_person_cosine``), and different people near orthogonal. Random centres in
 512-d are easier to tell apart than real people: the BCubed F here checks the code, the speed is the point.
 
-Each size runs in its own process (peak resident memory of that process is reported: the vectors,
+Two settings (``--settings``): ``served``, the default bundle's served grouping (its query weight,
+threshold, attach pass and doubt cut, in its query model's dimension, with a synthetic query-model
+view of each face and two-face photos: :func:`one_run`), and ``plain``, one 512-d cosine at 0.40
+without attach (the earlier measurement's setting).
+
+Each size and setting runs in its own process (peak resident memory of that process is reported: the vectors,
 the index and the graph). Stages: building the index (``exact``: ``VectorIndex`` flat; ``compact``:
 ``CompactIndex`` IVF-PQ over a float16 file), the k-NN graph (one search per face, k = 30),
 the clustering (Chinese whispers) and the constraints/result step. Medians over ``--repeat`` runs.
 
 Usage:
-    PYTHONPATH=. python benchmarks/bench_people.py --sizes 100000 --repeat 3 --json docs/people-scale.json
-    PYTHONPATH=. python benchmarks/bench_people.py --sizes 100000 1000000 --index compact --repeat 1
+    PYTHONPATH=. python benchmarks/bench_people.py --sizes 100000 --repeat 3 --json docs/people-scale-100k.json
+    PYTHONPATH=. python benchmarks/bench_people.py --sizes 1000000 --settings served --json docs/people-scale-1m-served.json
 """
 
 from __future__ import annotations

@@ -185,8 +185,9 @@ def render_people_scale(docs: Sequence[Mapping]) -> str:
             if index == "auto":
                 index = f"auto: {'CompactIndex' if s['faces'] >= EXACT_BELOW else 'VectorIndex'}"
             cpu = f"{s['cpu_seconds_grouping']:.1f}" if "cpu_seconds_grouping" in s else ""
-            load = ("-".join(f"{x:.1f}" for x in (min(s["runs_load_average"]), max(s["runs_load_average"])))
-                    if s.get("runs_load_average") else "")
+            loads = sorted({f"{x:.1f}" for x in (min(s.get("runs_load_average") or [0]),
+                                                 max(s.get("runs_load_average") or [0]))}, key=float)
+            load = "-".join(loads) if s.get("runs_load_average") else ""
             lines.append(f"| {s['faces']:,} | {_scale_setting(doc, s)} | {index} | {s['repeats']} | "
                          f"{s['seconds_index']:.1f} | {s['seconds_grouping']:.1f} | **{s['seconds_total']:.1f}** | "
                          f"{cpu} | {load} | {s['peak_rss_mib'] / 1024:.2f} GiB | {_pts(s['bcubed_f'])} |")
