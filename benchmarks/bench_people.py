@@ -107,7 +107,7 @@ def group_photos(n: int, seed: int, share: float = 0.2) -> np.ndarray:
     return photos
 
 
-def one_run(n: int, index_kind: str, seed: int, setting: str) -> dict:
+def one_run(n: int, index_kind: str, seed: int, setting: str, bundle: str = SERVED_BUNDLE) -> dict:
     """Group n synthetic faces once, in this process; stage times and peak memory.
 
     ``setting`` ``plain``: one cosine (the 512-d query model's space), threshold 0.40, no attach,
@@ -125,7 +125,7 @@ def one_run(n: int, index_kind: str, seed: int, setting: str) -> dict:
     if setting == "plain":
         dim, spread, cal, query, unc, photos = DIM, 0.03, {"threshold": THRESHOLD, "method": "chinese_whispers"}, None, None, None
     else:
-        cal, dim, rate = served_config()
+        cal, dim, rate = served_config(bundle)
         spread = 0.03 * float(np.sqrt(DIM / dim))  # the same same-person cosine in fewer dimensions
     t0 = time.perf_counter()
     x, truth, sigma = synthetic_faces(n, dim=dim, spread=spread, seed=seed)
@@ -169,12 +169,13 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     ap.add_argument("--index", choices=["auto", "exact", "compact"], default="auto")
     ap.add_argument("--settings", nargs="+", choices=["served", "plain"], default=["served", "plain"])
+    ap.add_argument("--bundle", default=SERVED_BUNDLE, help="the bundle whose served grouping is measured")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", default=None)
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child process's run
     args = ap.parse_args()
     if args.one is not None:
-        print(json.dumps(one_run(args.one, args.index, 0, args.settings[0])))
+        print(json.dumps(one_run(args.one, args.index, 0, args.settings[0], args.bundle)))
         return
     sizes = []
     for n in args.sizes:
@@ -182,7 +183,7 @@ def main() -> None:
             runs = []
             for r in range(args.repeat if n <= 200_000 else 1):
                 out = subprocess.run([sys.executable, __file__, "--one", str(n), "--index", args.index,
-                                      "--settings", setting], capture_output=True, text=True, check=True)
+                                      "--settings", setting, "--bundle", args.bundle], capture_output=True, text=True, check=True)
                 runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(f"{n:>9,} faces, {setting}, run {r + 1}: {runs[-1]['seconds_total']:.1f} s "
                       f"(index {runs[-1]['seconds_index']:.1f}, grouping {runs[-1]['seconds_grouping']:.1f}, "
@@ -193,7 +194,7 @@ def main() -> None:
                           "repeats": len(runs), "runs_seconds_total": [r["seconds_total"] for r in runs],
                           "runs_load_average": [r["load_average"] for r in runs]})
     doc = {"benchmark": "benchmarks/bench_people.py", "index": args.index, "k": 30,
-           "served_bundle": SERVED_BUNDLE, "machine": f"{platform.machine()}, 2 CPU cores shared with "
+           "served_bundle": args.bundle, "machine": f"{platform.machine()}, 2 CPU cores shared with "
            "other jobs (medians of the repeats)", "sizes": sizes}
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
