@@ -8,20 +8,26 @@ face ``centre + sigma * noise`` renormalised, with ``sigma`` per face drawn from
 stored as ``same_person_cosine``), and different people near orthogonal. Random centres in
 512-d are easier to tell apart than real people: the BCubed F here checks the code, the speed is the point.
 
-Each size runs in its own process (peak resident memory of that process is reported: the vectors,
+Two settings (``--settings``): ``served``, the default bundle's served grouping (its query weight,
+threshold, attach pass and doubt cut, in its query model's dimension, with a synthetic query-model
+view of each face and two-face photos: :func:`one_run`), and ``plain``, one 512-d cosine at 0.40
+without attach (the earlier measurement's setting).
+
+Each size and setting runs in its own process (peak resident memory of that process is reported: the vectors,
 the index and the graph). Stages: building the index (``exact``: ``VectorIndex`` flat; ``compact``:
 ``CompactIndex`` IVF-PQ over a float16 file), the k-NN graph (one search per face, k = 30),
 the clustering (Chinese whispers) and the constraints/result step. Medians over ``--repeat`` runs.
 
 Usage:
-    PYTHONPATH=. python benchmarks/bench_people.py --sizes 100000 --repeat 3 --json docs/people-scale.json
-    PYTHONPATH=. python benchmarks/bench_people.py --sizes 100000 1000000 --index compact --repeat 1
+    PYTHONPATH=. python benchmarks/bench_people.py --sizes 100000 --repeat 3 --json docs/people-scale-100k.json
+    PYTHONPATH=. python benchmarks/bench_people.py --sizes 1000000 --settings served --json docs/people-scale-1m-served.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -33,10 +39,13 @@ import numpy as np
 
 DIM = 512
 THRESHOLD = 0.40
+SERVED_BUNDLE = "sface-query"
 
 
-def synthetic_faces(n: int, dim: int = DIM, spread: float = 0.03, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(n, dim) unit face vectors of Zipf-sized people, and each face's person (see the module's docstring)."""
+def synthetic_faces(n: int, dim: int = DIM, spread: float = 0.03,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n, dim) unit face vectors of Zipf-sized people, each face's person and its noise scale
+    ``sigma`` (see the module's docstring)."""
     rng = np.random.default_rng(seed)
     sizes = []
     total = 0
@@ -46,6 +55,7 @@ def synthetic_faces(n: int, dim: int = DIM, spread: float = 0.03, seed: int = 0)
         total += sizes[-1]
     truth = np.repeat(np.arange(len(sizes)), sizes)
     out = np.empty((n, dim), np.float32)
+    sigmas = np.empty(n, np.float32)
     for start in range(0, n, 100_000):
         stop = min(n, start + 100_000)
         t = truth[start:stop]
@@ -53,7 +63,8 @@ def synthetic_faces(n: int, dim: int = DIM, spread: float = 0.03, seed: int = 0)
         sigma = (rng.uniform(0.9, 1.6, size=(stop - start, 1)) * spread).astype(np.float32)
         x = c + sigma * rng.normal(size=(stop - start, dim)).astype(np.float32)
         out[start:stop] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out, truth
+        sigmas[start:stop] = sigma[:, 0]
+    return out, truth, sigmas
 
 
 def _centres(people: np.ndarray, dim: int, seed: int) -> np.ndarray:
@@ -64,63 +75,129 @@ def _centres(people: np.ndarray, dim: int, seed: int) -> np.ndarray:
     return c[inv]
 
 
-def one_run(n: int, index_kind: str, seed: int) -> dict:
-    """Group n synthetic faces once, in this process; stage times and peak memory."""
+def served_config(bundle: str = SERVED_BUNDLE) -> tuple[dict, int, float]:
+    """The grouping a bundle serves (its ``info.people``), its query model's dimension and rejection rate."""
+    cfg = json.loads((Path(__file__).resolve().parents[1] / "assets" / "bundles" / bundle / "config.json").read_text())
+    cal = cfg["info"]["people"]
+    keep = ("method", "threshold", "query_weight", "attach_above", "attach_margin")
+    dim = int(cfg["gallery_models"][0]["transformer"]["out_dim"])  # the query model's space
+    return {k: cal[k] for k in keep if k in cal}, dim, float(cfg["calibration"]["rejection_rate"])
+
+
+def query_view(x: np.ndarray, spread: float, seed: int) -> np.ndarray:
+    """A second view of each face, as the query model's own embedding beside the ensemble's:
+    ``x + 0.5 * spread * noise`` renormalised (the same face seen by another network)."""
+    rng = np.random.default_rng((seed, 7))
+    out = np.empty_like(x)
+    for start in range(0, len(x), 100_000):
+        y = x[start:start + 100_000]
+        y = y + np.float32(0.5 * spread) * rng.normal(size=y.shape).astype(np.float32)
+        out[start:start + 100_000] = y / np.linalg.norm(y, axis=1, keepdims=True)
+    return out
+
+
+def group_photos(n: int, seed: int, share: float = 0.2) -> np.ndarray:
+    """A photo id per face: a random ``share`` of the faces are in photos of two (random faces: nearly
+    always two people, as in a group photo), the others alone in theirs (faces of one photo are a
+    cannot-link constraint of the grouping)."""
+    rng = np.random.default_rng((seed, 9))
+    photos = np.arange(n)
+    pairs = rng.permutation(n)[:int(share * n) // 2 * 2].reshape(-1, 2)
+    photos[pairs[:, 1]] = pairs[:, 0]
+    return photos
+
+
+def one_run(n: int, index_kind: str, seed: int, setting: str, bundle: str = SERVED_BUNDLE) -> dict:
+    """Group n synthetic faces once, in this process; stage times and peak memory.
+
+    ``setting`` ``plain``: one cosine (the 512-d query model's space), threshold 0.40, no attach,
+    the prebuilt index passed in. ``served``: the default bundle's served grouping (its method,
+    threshold, query weight and attach pass, its query model's dimension; an uncertainty per face,
+    the noisier faces the more uncertain, cut at the bundle's rejection rate; a fifth of the faces
+    in two-face photos: :func:`group_photos`), whose own index over
+    the grouping vectors is built inside ``group_faces`` (its time is in ``seconds_grouping``).
+    """
     from cmce.metrics.clustering import bcubed
     from cmce.people import GroupingConfig, group_faces
     from cmce.people.graph import search_index
+    from cmce.people.grouping import grouping_vectors
 
+    if setting == "plain":
+        dim, spread, cal, query, unc, photos = DIM, 0.03, {"threshold": THRESHOLD, "method": "chinese_whispers"}, None, None, None
+    else:
+        cal, dim, rate = served_config(bundle)
+        spread = 0.03 * float(np.sqrt(DIM / dim))  # the same same-person cosine in fewer dimensions
     t0 = time.perf_counter()
-    x, truth = synthetic_faces(n, seed=seed)
+    x, truth, sigma = synthetic_faces(n, dim=dim, spread=spread, seed=seed)
+    if setting == "served":
+        query = query_view(x, spread, seed)
+        unc = sigma + np.random.default_rng((seed, 8)).normal(scale=0.1 * spread, size=n)
+        cal = {**cal, "doubt_above": float(np.quantile(unc, 1.0 - rate))}
+        photos = group_photos(n, seed)
     t_data = time.perf_counter() - t0
+    cfg = GroupingConfig(k=30, index=index_kind, **cal)
+    g_vec = grouping_vectors(x, query, cfg.query_weight)
     rng = np.random.default_rng(1)
     a = rng.integers(0, n, 20_000)
-    same = truth[a] == truth[np.minimum(a + 1, n - 1)]
-    same_cos = float(np.einsum("ij,ij->i", x[a][same], x[np.minimum(a + 1, n - 1)][same]).mean())
+    b = np.minimum(a + 1, n - 1)
+    same = truth[a] == truth[b]
+    same_cos = float(np.einsum("ij,ij->i", g_vec[a][same], g_vec[b][same]).mean())
+    t_index, index = 0.0, None
+    if setting == "plain":
+        t0 = time.perf_counter()
+        index = search_index(x, index_kind)
+        t_index = time.perf_counter() - t0
     t0 = time.perf_counter()
-    index = search_index(x, index_kind)
-    t_index = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    g = group_faces(x, config=GroupingConfig(threshold=THRESHOLD, method="chinese_whispers", k=30), index=index)
+    cpu0 = time.process_time()
+    g = group_faces(x, query_vectors=query, uncertainty=unc, photo_ids=photos, config=cfg, index=index)
     t_group = time.perf_counter() - t0
-    f = bcubed(g.labels, truth)[2]
-    return {"faces": n, "index": type(index).__name__, "people_true": int(truth.max() + 1),
-            "people_found": len(g.people), "bcubed_f": f, "same_person_cosine": same_cos,
+    cpu = time.process_time() - cpu0
+    labels = g.labels.copy()
+    labels[labels < 0] = labels.max() + 1 + np.arange(int((labels < 0).sum()))  # an unsure face: alone
+    f = bcubed(labels, truth)[2]
+    return {"faces": n, "setting": setting, "dim": int(g_vec.shape[1]), "config": {k: v for k, v in cal.items()},
+            "index": type(index).__name__ if index is not None else index_kind, "people_true": int(truth.max() + 1),
+            "people_found": len(g.people), "unsure": len(g.unsure), "bcubed_f": f, "same_person_cosine": same_cos,
             "seconds_data": t_data, "seconds_index": t_index, "seconds_grouping": t_group,
-            "seconds_total": t_index + t_group,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "seconds_total": t_index + t_group, "cpu_seconds_grouping": cpu,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "load_average": os.getloadavg()[0]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000])
-    ap.add_argument("--index", choices=["auto", "exact", "compact"], default="compact")
+    ap.add_argument("--index", choices=["auto", "exact", "compact"], default="auto")
+    ap.add_argument("--settings", nargs="+", choices=["served", "plain"], default=["served", "plain"])
+    ap.add_argument("--bundle", default=SERVED_BUNDLE, help="the bundle whose served grouping is measured")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", default=None)
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child process's run
     args = ap.parse_args()
     if args.one is not None:
-        print(json.dumps(one_run(args.one, args.index, 0)))
+        print(json.dumps(one_run(args.one, args.index, 0, args.settings[0], args.bundle)))
         return
     sizes = []
     for n in args.sizes:
-        runs = []
-        for r in range(args.repeat if n <= 200_000 else 1):
-            out = subprocess.run([sys.executable, __file__, "--one", str(n), "--index", args.index],
-                                 capture_output=True, text=True, check=True)
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"{n:>9,} faces, run {r + 1}: {runs[-1]['seconds_total']:.1f} s "
-                  f"(index {runs[-1]['seconds_index']:.1f}, grouping {runs[-1]['seconds_grouping']:.1f}), "
-                  f"peak {runs[-1]['peak_rss_mib']:.0f} MiB, BCubed F {runs[-1]['bcubed_f']:.3f}", flush=True)
-        keys = [k for k in runs[0] if k.startswith("seconds") or k in ("peak_rss_mib", "bcubed_f")]
-        sizes.append({**runs[0], **{k: float(np.median([r[k] for r in runs])) for k in keys},
-                      "repeats": len(runs), "runs_seconds_total": [r["seconds_total"] for r in runs]})
-    doc = {"benchmark": "benchmarks/bench_people.py", "index": args.index, "dim": DIM, "threshold": THRESHOLD,
-           "k": 30, "method": "chinese_whispers", "machine": f"{platform.machine()}, 2 CPU cores shared with "
+        for setting in args.settings:
+            runs = []
+            for r in range(args.repeat if n <= 200_000 else 1):
+                out = subprocess.run([sys.executable, __file__, "--one", str(n), "--index", args.index,
+                                      "--settings", setting, "--bundle", args.bundle], capture_output=True, text=True, check=True)
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"{n:>9,} faces, {setting}, run {r + 1}: {runs[-1]['seconds_total']:.1f} s "
+                      f"(index {runs[-1]['seconds_index']:.1f}, grouping {runs[-1]['seconds_grouping']:.1f}, "
+                      f"{runs[-1]['cpu_seconds_grouping']:.1f} CPU s), peak {runs[-1]['peak_rss_mib']:.0f} MiB, "
+                      f"BCubed F {runs[-1]['bcubed_f']:.3f}, load {runs[-1]['load_average']:.1f}", flush=True)
+            keys = [k for k in runs[0] if k.startswith(("seconds", "cpu_seconds")) or k in ("peak_rss_mib", "bcubed_f")]
+            sizes.append({**runs[0], **{k: float(np.median([r[k] for r in runs])) for k in keys},
+                          "repeats": len(runs), "runs_seconds_total": [r["seconds_total"] for r in runs],
+                          "runs_load_average": [r["load_average"] for r in runs]})
+    doc = {"benchmark": "benchmarks/bench_people.py", "index": args.index, "k": 30,
+           "served_bundle": args.bundle, "machine": f"{platform.machine()}, 2 CPU cores shared with "
            "other jobs (medians of the repeats)", "sizes": sizes}
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
-
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ import bench_people
 from cmce.people.graph import search_index, knn_graph
 from cmce.search.compact import CompactIndex
 from test_compact_index import _rerank_loop
-x, _ = bench_people.synthetic_faces(100_000)
+x, _, _ = bench_people.synthetic_faces(100_000)
 idx = search_index(x, 'compact')
 new = CompactIndex._rerank
 res = {'loop': [], 'vectorised': []}

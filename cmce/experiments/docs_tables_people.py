@@ -162,15 +162,35 @@ def render_people_settings(docs: Sequence[Mapping]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _scale_setting(doc: Mapping, s: Mapping) -> str:
+    """How a ``bench_people.py`` row grouped: the served bundle's grouping, or one cosine without attach."""
+    if s.get("setting", "plain") == "plain":
+        return f"one cosine ({s.get('dim', doc.get('dim', 512))}-d), no attach"
+    c = s["config"]
+    return (f"served `{doc.get('served_bundle', '?')}`: {c['method']} at {c['threshold']:.2f}, query weight "
+            f"{c['query_weight']:.2f} ({s['dim']}-d), attach {c['attach_above']:.2f} ({c['attach_margin']:.2f})")
+
+
 def render_people_scale(docs: Sequence[Mapping]) -> str:
-    """``bench_people.py``: faces grouped, the index, seconds (index, grouping, total; medians), peak memory."""
-    lines = ["| faces | index | repeats | index s | grouping s | total s (median) | peak memory | BCubed F (synthetic) |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    """``bench_people.py``: faces grouped and how, the index, seconds (index, grouping, total, the grouping's
+    CPU seconds; medians), the 1-minute load average during the runs, peak memory, BCubed F on the synthetic truth."""
+    from cmce.people.graph import EXACT_BELOW
+
+    lines = ["| faces | grouping | index | repeats | index s | grouping s | total s (median) | grouping CPU s | "
+             "load | peak memory | BCubed F (synthetic) |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for doc in docs:
         for s in doc["sizes"]:
-            lines.append(f"| {s['faces']:,} | {s['index']} | {s['repeats']} | {s['seconds_index']:.1f} | "
-                         f"{s['seconds_grouping']:.1f} | **{s['seconds_total']:.1f}** | "
-                         f"{s['peak_rss_mib'] / 1024:.2f} GiB | {_pts(s['bcubed_f'])} |")
+            index = s["index"]
+            if index == "auto":
+                index = f"auto: {'CompactIndex' if s['faces'] >= EXACT_BELOW else 'VectorIndex'}"
+            cpu = f"{s['cpu_seconds_grouping']:.1f}" if "cpu_seconds_grouping" in s else ""
+            loads = sorted({f"{x:.1f}" for x in (min(s.get("runs_load_average") or [0]),
+                                                 max(s.get("runs_load_average") or [0]))}, key=float)
+            load = "-".join(loads) if s.get("runs_load_average") else ""
+            lines.append(f"| {s['faces']:,} | {_scale_setting(doc, s)} | {index} | {s['repeats']} | "
+                         f"{s['seconds_index']:.1f} | {s['seconds_grouping']:.1f} | **{s['seconds_total']:.1f}** | "
+                         f"{cpu} | {load} | {s['peak_rss_mib'] / 1024:.2f} GiB | {_pts(s['bcubed_f'])} |")
     return "\n".join(lines) + "\n"
 
 

