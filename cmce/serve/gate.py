@@ -26,18 +26,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from cmce.serve.asgi import Receive, Scope, Send, read_body, replaying
 from cmce.serve.fairness import ClientGate, TooManyRequests, jobs_in_queue
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CLOSED_STATE_DELAY_S", "ClientGateMiddleware", "KIND_NAMES", "forget_closed_session"]
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 #: Seconds after a session's heartbeat closed before Gradio's copy of its state is dropped
 #: (:func:`forget_closed_session`): its unload events have run by then.
@@ -171,22 +169,8 @@ class ClientGateMiddleware:
                 self.gate.uploads.release(ticket)
 
     async def _join(self, scope: Scope, receive: Receive, send: Send, client: str, route: str) -> None:
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        raw = b"".join(chunks)
-        sent = False
-
-        async def replay() -> MutableMapping[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            return await receive()
+        raw, extra = await read_body(receive)
+        replay = replaying(raw, receive, extra)
 
         concurrency_id = self._concurrency_id(scope, route, raw)
         if concurrency_id is None:  # not an event we know: Gradio answers it

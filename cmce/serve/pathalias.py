@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
+from cmce.serve.asgi import Receive, Scope, Send, read_body, replaying
+
 __all__ = ["PathAliasMiddleware", "new_alias"]
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 #: Answers whose bodies are rewritten (by the start of their content type).
 TEXT_TYPES = (b"application/json", b"text/event-stream", b"text/html", b"text/plain")
@@ -121,33 +120,14 @@ class PathAliasMiddleware:
         return scope
 
     async def _incoming_body(self, scope: Scope, receive: Receive) -> tuple[Scope, Receive]:
-        chunks, more, extra = [], True, None
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                extra = message  # the client went away: passed on after the body
-                break
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        raw = b"".join(chunks)
+        raw, extra = await read_body(receive)
         found = [(a.encode(), r.encode()) for a, r in self.incoming if a.encode() in raw]
         for alias, root in found:
             raw = raw.replace(alias, root)
         if found:
             scope = dict(scope)
             scope["headers"] = _with_length(list(scope.get("headers", [])), len(raw))
-        replayed = False
-
-        async def replay() -> MutableMapping[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            if extra is not None:
-                return extra
-            return await receive()
-
-        return scope, replay
+        return scope, replaying(raw, receive, extra)
 
     def _outgoing(self, send: Send, errors_only: bool = False) -> Send:
         """``send``, rewriting text bodies (``errors_only``: only those of an error, not a served file's bytes)."""
