@@ -47,7 +47,8 @@ def test_the_task_is_above_the_fold_and_one_click_gives_a_verdict(app_server, tm
         verdict = page.inner_text("#verdict-line")
         assert verdict.startswith("Verdict: CMCE ensemble ✓") and "✗ (Unknown)" in verdict, verdict
         assert "the ensemble is right where" in verdict
-        assert "facenet-query" in page.locator("#bundle-picker input").input_value()
+        picked = page.locator("#bundle-picker input").input_value()
+        assert "facenet-query" in picked, picked
         assert page.evaluate(CUT_NAMES) == []
         page.locator("#results").scroll_into_view_if_needed()
         shot(page, tmp_path, "layout_desktop_verdict")
