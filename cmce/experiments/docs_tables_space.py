@@ -15,7 +15,7 @@ from cmce.errors import CmceError
 from cmce.experiments.docs_tables_base import one_doc
 
 __all__ = ["SPACE_TABLES", "render_crash_test", "render_flood", "render_fuzz_readers", "render_keep", "render_search_request",
-           "render_malformed_corpus", "render_soak", "render_soak_summary"]
+           "render_malformed_corpus", "render_serve_overheads", "render_soak", "render_soak_summary"]
 
 #: The soak's endpoints in the table's order, and how the table names them (``{photos}``: photos per indexing).
 _SOAK_ROWS = {
@@ -326,6 +326,41 @@ def render_flood(docs: Sequence[Mapping]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_serve_overheads(doc: Mapping) -> str:
+    """``benchmarks/bench_serve_overheads.py --json``: a query photo's hash against reading and detecting it,
+    per photo size; then ``malloc_trim(0)`` on a fragmented heap, per heap size.
+
+    Example:
+        >>> print(render_serve_overheads({"machine_before": "2 CPUs", "hash": [{"size": "4000x3000", "photos": 20,
+        ...     "megapixels": 12.0, "read_ms": 109.8, "pixel_hash_ms": 38.133, "file_hash_ms": 0.655,
+        ...     "detect_ms": 96.2}], "trim": [{"heap_mib": 1024, "rss_before_trim_mib": 1043, "rss_after_trim_mib": 747,
+        ...     "first_trim_ms": 87.71, "trims": 9, "median_trim_ms": 43.2, "max_trim_ms": 78.59}]}), end="")
+        | photo | photos | read (`load_image`) | hash of the decoded pixels | hash of the file | face detection |
+        |---|---:|---:|---:|---:|---:|
+        | 4000x3000 | 20 | 109.8 ms | 38.13 ms | 0.66 ms | 96.2 ms |
+        <BLANKLINE>
+        | fragmented heap (2/3 freed) | resident before the trim | after | first trim | median of the next 9 | slowest |
+        |---|---:|---:|---:|---:|---:|
+        | 1,024 MiB | 1,043 MiB | 747 MiB | 87.7 ms | 43.2 ms | 78.6 ms |
+        <BLANKLINE>
+        Medians over the photos of each one's median; 2 CPUs.
+    """
+    lines = ["| photo | photos | read (`load_image`) | hash of the decoded pixels | hash of the file | face detection |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for h in doc["hash"]:
+        lines.append(f"| {h['size']} | {h['photos']} | {h['read_ms']:.1f} ms | {h['pixel_hash_ms']:.2f} ms | "
+                     f"{h['file_hash_ms']:.2f} ms | {h['detect_ms']:.1f} ms |")
+    trims = [t for t in doc["trim"] if "first_trim_ms" in t]
+    if trims:
+        lines += ["", f"| fragmented heap (2/3 freed) | resident before the trim | after | first trim | median of the "
+                  f"next {trims[0]['trims']} | slowest |", "|---|---:|---:|---:|---:|---:|"]
+        for t in trims:
+            lines.append(f"| {t['heap_mib']:,} MiB | {t['rss_before_trim_mib']:,} MiB | {t['rss_after_trim_mib']:,} MiB | "
+                         f"{t['first_trim_ms']:.1f} ms | {t['median_trim_ms']:.1f} ms | {t['max_trim_ms']:.1f} ms |")
+    lines += ["", f"Medians over the photos of each one's median; {doc['machine_before']}."]
+    return "\n".join(lines) + "\n"
+
+
 #: Renderer name -> (the JSON documents of the marker's files, in order -> the Markdown table).
 SPACE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "soak": lambda docs: render_soak(one_doc(docs)),
@@ -336,4 +371,5 @@ SPACE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "keep": lambda docs: render_keep(one_doc(docs)),
     "search-request": lambda docs: render_search_request(one_doc(docs)),
     "flood": render_flood,
+    "serve-overheads": lambda docs: render_serve_overheads(one_doc(docs)),
 }
