@@ -14,7 +14,7 @@ import numpy as np
 
 from cmce.errors import GalleryError
 from cmce.storage.convert_v1 import read_v1_gallery
-from cmce.storage.corrections import corrections_of, own_labels
+from cmce.storage.corrections import corrections_of, names_in_shard_labels, own_labels
 from cmce.storage.manifest import _V1_FILES, MANIFEST, require_manifest
 from cmce.storage.records import (
     IMAGE_QUALITY_COLUMNS,
@@ -81,7 +81,7 @@ def read_gallery(folder: str | os.PathLike, *, metadata: bool = True, names_as_l
     if len(set(records.entry_id.tolist())) != len(records):
         raise GalleryError(f"{folder}: corrupt gallery (an entry id appears twice)")
     corrections = corrections_of(folder, manifest)
-    if metadata:  # an old gallery's shard labels may hold names: read as the entries' own labels
+    if metadata and corrections.names and names_in_shard_labels(manifest):  # an old gallery's names read as no label
         records.label[:] = own_labels(records.label.tolist(), corrections, manifest)
     if metadata and names_as_labels and corrections.names:
         named = [i for i, e in enumerate(records.entry_id.tolist()) if e in corrections.names]
