@@ -400,7 +400,7 @@ def _people_section(page: _Page) -> None:
                 c["name"] = gr.Textbox(label="Name", placeholder="e.g. Ada", elem_id="people-name-box", scale=2)
                 c["name_btn"] = gr.Button("Name", elem_id="people-name", scale=1)
                 c["split_btn"] = gr.Button("Split in two", elem_id="people-split", scale=1)
-                c["forget_btn"] = gr.Button("Forget this person", variant="stop", elem_id="people-forget", scale=1)
+                c["forget_btn"] = gr.Button("Forget person", variant="stop", elem_id="people-forget", scale=1)
             with gr.Row():
                 c["other"] = gr.Dropdown([], label="Other person", allow_custom_value=True, elem_id="people-other", scale=2)
                 c["merge_btn"] = gr.Button("Merge with person", elem_id="people-merge", scale=1)

@@ -112,7 +112,7 @@ def _wait_rows(page, name: str | None = None) -> None:
     page.wait_for_timeout(500)
 
 
-def test_people_tab_groups_an_unlabelled_upload_names_and_merges(app_server, lfw_dir, tmp_path) -> None:
+def test_people_tab_groups_an_unlabelled_upload_names_merges_and_forgets(app_server, lfw_dir, tmp_path) -> None:
     photos = group_photos(lfw_dir, tmp_path / "upload")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -204,6 +204,16 @@ def test_people_tab_groups_an_unlabelled_upload_names_and_merges(app_server, lfw
                                    " === 1", timeout=TIMEOUT_MS)
             assert page.locator(f"{ROWS} .cmce-unsure").count() == 0
             _shot(page, tmp_path, "people-found")
+
+            # forgetting Ada erases her faces from the session's gallery: gone from the rows and the overview
+            _pick(page, "#people-person", "Ada King")
+            page.click("#people-forget")
+            _wait_summary(page, "Forgot Ada King")
+            _wait_rows(page)
+            heads = page.locator(f"{ROWS} .cmce-person-head").all_inner_texts()
+            assert heads and not any("Ada King" in h for h in heads), heads
+            page.wait_for_function(f"() => ({CAPTIONS})('Ada King') === 0", timeout=TIMEOUT_MS)
+            _shot(page, tmp_path, "people-forgot")
         finally:
             browser.close()
 
