@@ -551,6 +551,7 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
         _wire(page)
         _wire_people(page)
         demo.unload(_unload)
+    demo.session_state = page.state  # the gr.State a session lives in (see _restore)
     return demo
 
 
@@ -562,7 +563,8 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
 INDEX_QUEUE = {"concurrency_id": "index", "concurrency_limit": 2 * SERVER.index_concurrency}
 SEARCH_QUEUE = {"concurrency_id": "search", "concurrency_limit": SERVER.search_concurrency}
 BUNDLE_QUEUE = {"concurrency_id": "bundle", "concurrency_limit": 1}
-# state_session_capacity bounds Gradio's per-session copies of the page's configuration (CMCE_MAX_SESSIONS)
+# state_session_capacity bounds Gradio's per-session copies of the page's configuration (CMCE_MAX_SESSIONS); an open
+# session whose copy Gradio pushed out gets it back at its next join (DEMO.restorer): new sessions drop no gallery
 LAUNCH_KWARGS = {"css": CSS, "head": HEAD, "max_file_size": SERVER.max_file_bytes,
                  "state_session_capacity": SERVER.max_sessions}
 
@@ -590,7 +592,7 @@ def main() -> None:
         app_kwargs={"middleware": [  # the outermost first
             Middleware(PathAliasMiddleware, aliases={os.environ["GRADIO_TEMP_DIR"]: new_alias("files"),  # no server
                                                      str(Path(__file__).resolve().parent): new_alias("app")}),  # path out
-            Middleware(ClientGateMiddleware, gate=GATE),  # per-client limits, before queueing
+            Middleware(ClientGateMiddleware, gate=GATE, restore=DEMO.restorer(demo.session_state._id)),  # per-client limits
         ]},
         **LAUNCH_KWARGS,
     )

@@ -6,6 +6,11 @@ The app turns these into ``gr.Error`` messages; the CLI prints them and exits 2.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class CmceError(Exception):
     """Base class of every error raised on purpose by ``cmce``."""
@@ -70,3 +75,22 @@ class ContradictionError(CorrectionError):
 
 class PeopleError(CmceError):
     """Faces cannot be grouped as asked: bad vectors or settings, or constraints that contradict each other."""
+
+
+def one_named(items: Iterable[T], wanted: str, *, key: Callable[[T], str], what: str,
+              error: type[CmceError] = CmceError, where: str = "") -> T:
+    """The item of ``items`` whose ``key`` is ``wanted``; else ``error`` listing the keys there are.
+
+    Example:
+        >>> one_named(["a", "bb"], "bb", key=str, what="word")
+        'bb'
+        >>> one_named(["a", "bb"], "c", key=str, what="word", where=" in the list")
+        Traceback (most recent call last):
+        ...
+        cmce.errors.CmceError: no word 'c' in the list; the words are ['a', 'bb']
+    """
+    items = list(items)
+    for item in items:
+        if key(item) == wanted:
+            return item
+    raise error(f"no {what} {wanted!r}{where}; the {what}s are {[key(i) for i in items]}")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cmce.errors import CmceError
+from cmce.errors import CmceError, one_named
 from cmce.gallery.results import QueryResult, ViewResult
 
 __all__ = ["ColumnVerdict", "QueryVerdict", "column_title", "ensemble_margin", "query_verdict", "searchable_labels"]
@@ -99,10 +99,7 @@ class QueryVerdict:
         Raises:
             CmceError: no such column; the message lists the ones there are.
         """
-        for c in self.columns:
-            if c.view == view:
-                return c
-        raise CmceError(f"no column {view!r} in this verdict; it has {[c.view for c in self.columns]}")
+        return one_named(self.columns, view, key=lambda c: c.view, what="column", where=" in this verdict")
 
     @property
     def ensemble_only(self) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from cmce.errors import CmceError
+from cmce.errors import CmceError, one_named
 from cmce.method.answer_rules import AnswerPolicy, policy_features
 from cmce.method.unknown import CohortNorm, unknown_norm
 
@@ -171,10 +171,7 @@ class Scoreboard:
         Raises:
             CmceError: no such column; the message lists the ones there are.
         """
-        for c in self.columns:
-            if c.view == view:
-                return c
-        raise CmceError(f"no column {view!r} in this scoreboard; it has {[c.view for c in self.columns]}")
+        return one_named(self.columns, view, key=lambda c: c.view, what="column", where=" in this scoreboard")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able data."""

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from cmce.errors import CmceError
+from cmce.errors import CmceError, one_named
 
 __all__ = [
     "Evaluation", "EvaluatedBundle", "EvaluationRow", "GalleryEnsembleRejection", "GalleryEnsembleStep", "Interval",
@@ -476,10 +476,7 @@ class Evaluation(_Typed):
         Raises:
             ResultError: no such row; the message lists the rows there are.
         """
-        for r in self.rows:
-            if r.name == name:
-                return r
-        raise ResultError(f"no row {name!r}; the rows are {[r.name for r in self.rows]}")
+        return one_named(self.rows, name, key=lambda r: r.name, what="row", error=ResultError)
 
     @property
     def upgrade_results(self) -> tuple[UpgradeResult, ...]:

@@ -11,10 +11,17 @@ work or store something:
 * ``POST /gradio_api/upload``: charged to the client's upload bytes (its ``Content-Length``,
   required, and at least ``MIN_UPLOAD_CHARGE``) before a byte is stored; the
   stored files are recorded so that they are deleted after the retention;
-* ``GET /gradio_api/heartbeat/{session}``: noted (that session is held open by a page or
-  ``gradio_client``, and Gradio drops it when the heartbeat closes: not an idle API session);
-  ``CLOSED_STATE_DELAY_S`` after the heartbeat closed, Gradio's copy of the session's state is
-  dropped (:func:`forget_closed_session`), not kept for an hour.
+* ``GET /gradio_api/heartbeat/{session}``: counted against the client's requests per minute, and
+  noted (that session is held open by a page or ``gradio_client``, and Gradio drops it when the
+  heartbeat closes: not an idle API session); ``CLOSED_STATE_DELAY_S`` after the heartbeat closed,
+  Gradio's copy of the session's state is dropped (:func:`forget_closed_session`), not kept for an hour;
+* ``POST /gradio_api/component_server``: counted against the client's requests per minute.
+
+Each of the last two, like a join, makes Gradio build a state for any session hash it names, and
+Gradio's store of states drops the least recently used one past ``state_session_capacity``,
+without a callback: one client naming new session hashes would push everyone else's state out.
+So a join first puts back a state Gradio dropped while the session is still open (``restore``:
+:func:`restore_state`), and a user's gallery survives a flood of new sessions.
 
 A refusal is HTTP 429 (503 when the whole server's upload space is full) with a JSON body
 ``{"detail": "too many requests from you ...; retry in N s", "error": "too_many_requests",
@@ -34,7 +41,8 @@ from cmce.serve.fairness import ClientGate, TooManyRequests, jobs_in_queue
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLOSED_STATE_DELAY_S", "ClientGateMiddleware", "KIND_NAMES", "forget_closed_session"]
+__all__ = ["CLOSED_STATE_DELAY_S", "ClientGateMiddleware", "KIND_NAMES", "Restore", "forget_closed_session",
+           "restore_state"]
 
 
 #: Seconds after a session's heartbeat closed before Gradio's copy of its state is dropped
@@ -97,11 +105,39 @@ def forget_closed_session(app: Any, session_hash: str) -> bool:
     return True
 
 
-class ClientGateMiddleware:
-    """ASGI middleware: per-client job, rate and upload limits in front of a Gradio app."""
+#: ``restore(app, session_hash, client)``: put back Gradio's state of an open session it dropped.
+Restore = Callable[[Any, str, str], None]
 
-    def __init__(self, app: Callable, gate: ClientGate) -> None:
-        self.app, self.gate = app, gate
+
+def restore_state(app: Any, session_hash: str, state_id: int, value: Any) -> bool:
+    """Give ``session_hash`` a Gradio state again whose ``gr.State`` (block ``state_id``) holds ``value``.
+
+    Only when Gradio holds no state for that session (it was pushed out of the store, or never
+    built): a state Gradio holds is left alone. Run on the event loop, before the join that needs it.
+
+    Returns:
+        Whether a state was put back.
+    """
+    holder = getattr(app, "state_holder", None)
+    if holder is None or session_hash in holder.session_data:
+        return False
+    holder[session_hash][state_id] = value  # builds the session's state, and sets the gr.State with its TTL
+    logger.info("Gradio's state of an open session was put back (it had been pushed out of Gradio's store)")
+    return True
+
+
+class ClientGateMiddleware:
+    """ASGI middleware: per-client job, rate and upload limits in front of a Gradio app.
+
+    Args:
+        app: the ASGI app (Gradio's).
+        gate: the limits.
+        restore: called with (the Gradio app, session hash, client) before a join is passed on
+            (see :func:`restore_state`); None: nothing restored.
+    """
+
+    def __init__(self, app: Callable, gate: ClientGate, restore: Restore | None = None) -> None:
+        self.app, self.gate, self.restore = app, gate, restore
         self._joining: dict[tuple[str, str], int] = {}  # (client, concurrency id) -> joins on their way in
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -109,7 +145,13 @@ class ClientGateMiddleware:
             return await self.app(scope, receive, send)
         route = scope["path"].split(_API, 1)[1]
         method = scope.get("method", "GET")
-        if method == "GET" and route.startswith("heartbeat/"):
+        heartbeat = method == "GET" and route.startswith("heartbeat/")
+        if heartbeat or (method == "POST" and route.rstrip("/") == "component_server"):
+            try:  # Gradio builds a state for the session these name: bounded by the request rate
+                self.gate.rate.take(self.gate.client((scope.get("client") or (None,))[0], _headers(scope)))
+            except TooManyRequests as e:
+                return await _refuse(send, e)
+        if heartbeat:
             session_hash = route.split("/", 1)[1]
             self.gate.saw_heartbeat(session_hash)
             try:
@@ -182,6 +224,9 @@ class ClientGateMiddleware:
             self.gate.check_jobs(held, KIND_NAMES.get(concurrency_id, "other"))
         except TooManyRequests as e:
             return await _refuse(send, e)
+        session_hash = self._session_hash(raw)
+        if self.restore is not None and session_hash:
+            self.restore(scope.get("app"), session_hash, client)
         self._joining[key] = self._joining.get(key, 0) + 1
         try:
             await self.app(scope, replay, send)
@@ -196,6 +241,15 @@ class ClientGateMiddleware:
             return "unknown"
         return self.gate.client(request.client.host if request.client else None,
                                 {k.lower(): v for k, v in request.headers.items()})
+
+    @staticmethod
+    def _session_hash(raw: bytes) -> str | None:
+        """The session hash a join names (None: none, or not a JSON object)."""
+        try:
+            value = json.loads(raw).get("session_hash")
+        except (ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) and 0 < len(value) <= 256 else None
 
     @staticmethod
     def _concurrency_id(scope: Scope, route: str, raw: bytes) -> str | None:

@@ -46,6 +46,7 @@ from cmce.method.scoreboard import gallery_scoreboard
 from cmce.method.unknown import UNKNOWN_BY
 from cmce.serve import display
 from cmce.serve.fairness import ClientGate, ClientLimits, TakeTurns
+from cmce.serve.gate import Restore, restore_state
 from cmce.serve.guard import clean, clip, user_error
 from cmce.serve.inputs import rejection_rate, text_value, upload_paths, whole_number
 from cmce.serve.match_photo import match_photo
@@ -153,6 +154,15 @@ class DemoServer:
         if self.engines.default is None:
             raise user_error(f"No bundle is loaded ({self.engines.default_error}). Load one under 'Model bundle'.")
         return self._register(self._open_session(self.engines.default), request) if open_new else None
+
+    def restorer(self, state_id: int) -> Restore:
+        """The gate's ``restore``: before a join, Gradio's state of an open session of that client,
+        pushed out of Gradio's store, is put back (the ``gr.State`` of block ``state_id`` holds the session)."""
+        def restore(app: Any, session_hash: str, client: str) -> None:
+            session = self.sessions.held(session_hash, client)
+            if session is not None:
+                restore_state(app, session_hash, state_id, session)
+        return restore
 
     def tidy(self) -> None:
         """Housekeeping, every ``start_tidying`` interval: uploads older than their retention deleted,

@@ -304,6 +304,20 @@ class SessionRegistry:
         with self._lock:
             return self._notes.pop(key, None) if key else None
 
+    def held(self, key: str | None, client: str | None) -> Session | None:
+        """The open session recorded under ``key`` for ``client`` (None: none, closed, or another client's).
+
+        Gradio's copy of a session's state can be pushed out of its store (``state_session_capacity``,
+        least recently used first, with no callback) while the session itself is still here: this is
+        how it is found again (:func:`cmce.serve.gate.restore_state`)."""
+        if not key:
+            return None
+        with self._lock:
+            session = self._sessions.get(key)
+        if session is None or session.closed or (session.client is not None and session.client != client):
+            return None
+        return session
+
     def touch(self, key: str | None, session: Session) -> None:
         """``session`` (under ``key``) is in use now: the last to be evicted."""
         session.last_used = self.clock()

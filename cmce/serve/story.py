@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from cmce.errors import CmceError
+from cmce.errors import CmceError, one_named
 from cmce.metrics.intervals import format_interval
 from cmce.metrics.results import EvaluationRow, ResultError, load_evaluations
 
@@ -134,10 +134,8 @@ class EvalReport:
         Raises:
             StoryError: no such column; the message lists the ones there are.
         """
-        for c in self.columns:
-            if c.view == view:
-                return c
-        raise StoryError(f"{self.path.name} has no column {view!r}; it has {[c.view for c in self.columns]}")
+        return one_named(self.columns, view, key=lambda c: c.view, what="column", error=StoryError,
+                         where=f" in {self.path.name}")
 
 
 def _col(view: str, title: str, row: EvaluationRow) -> EvalColumn:

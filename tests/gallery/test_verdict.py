@@ -61,7 +61,7 @@ def test_margin_needs_another_person_and_all_unknown_says_so():
     assert none.agreed is None and none.text == "none of the 2 columns names anyone (all say Unknown)"
     with pytest.raises(CmceError, match="no view"):
         query_verdict(_result(), "sface")
-    with pytest.raises(CmceError, match="has \\['ensemble', 'query'\\]"):
+    with pytest.raises(CmceError, match="the columns are \\['ensemble', 'query'\\]"):
         none.column("sface")
 
 

@@ -68,7 +68,7 @@ def test_no_query_and_bad_inputs():
         leave_one_out_scoreboard(q, {"m": q}, ["a", "a", "b"], {})
     with pytest.raises(CmceError, match="view 'm'"):
         leave_one_out_scoreboard(q, {"ensemble": q, "m": q[:2]}, ["a", "a", "b"], {})
-    with pytest.raises(CmceError, match="has \\['ensemble'\\]"):
+    with pytest.raises(CmceError, match="the columns are \\['ensemble'\\]"):
         sb.column("m")
 
 

@@ -45,6 +45,19 @@ def test_the_registry_closes_a_replaced_session_and_drops_a_closed_tab(engines, 
     assert len(registry) == 0  # no key: not recorded
 
 
+def test_the_registry_finds_an_open_session_again_only_for_its_own_client(engines, tmp_path) -> None:
+    temp = TempFolders(tmp_path, sweep_on_start=False)
+    registry = SessionRegistry()
+    session = Session.open(engines.default, GalleryLimits(), ServerLimits(), temp)
+    session.client = "10.0.0.1"
+    registry.register(session, "tab-1")
+    assert registry.held("tab-1", "10.0.0.1") is session
+    assert registry.held("tab-1", "10.0.0.2") is None  # another client naming that session gets nothing
+    assert registry.held("tab-2", "10.0.0.1") is None and registry.held(None, "10.0.0.1") is None
+    session.close()
+    assert registry.held("tab-1", "10.0.0.1") is None  # closed
+
+
 def test_engines_keep_the_default_and_share_a_loaded_bundle(engines) -> None:
     name = next(iter(shipped_bundles(default_bundle_path().parent)))
     assert name == default_bundle_path().name  # the default bundle is listed first

@@ -10,10 +10,8 @@ Needs ``pip install playwright`` and ``apt-get install chromium``; skipped other
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,55 +19,13 @@ from conftest import lfw_people
 
 from cmce.method.bundle import load_bundle
 
-CHROMIUM = shutil.which("chromium")
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(CHROMIUM is None,
-                                reason="Debian's chromium is not installed (apt-get install -y chromium)")]
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
-
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENS = Path("/tmp/cmce_screens")
-TIMEOUT_MS = 180_000
+from browser_page import LAPTOP, TIMEOUT_MS, idle, open_page, wait_text
+from browser_page import pytestmark  # noqa: F401  (e2e; skipped without chromium or Playwright)
+from browser_page import shot as _page_shot
 
 
 def _shot(page, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    SCREENS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(path, SCREENS / path.name)
-    return path
-
-
-@contextlib.contextmanager
-def _open_page(url: str) -> Iterator:
-    """Chromium at 1366x768 on the app, once its controls are there; closed afterwards."""
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 768})
-            page.goto(url)
-            page.wait_for_selector("#index-btn", timeout=TIMEOUT_MS)
-            yield page
-        finally:
-            browser.close()
-
-
-def _wait_text(page, selector: str, text: str) -> None:
-    page.wait_for_function(
-        "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
-        arg=[selector, text], timeout=TIMEOUT_MS,
-    )
-
-
-def _idle(page) -> None:
-    """Wait until no event is running (every Gradio status tracker hidden)."""
-    page.wait_for_timeout(500)
-    page.wait_for_function(
-        "Array.from(document.querySelectorAll('[data-testid=status-tracker]'))"
-        ".every(e => e.classList.contains('hide'))",
-        timeout=TIMEOUT_MS,
-    )
-    page.wait_for_timeout(500)  # let transitions settle before a screenshot
+    return _page_shot(page, tmp_path, name, full=True)
 
 
 @pytest.fixture()
@@ -86,18 +42,18 @@ def gallery_folder(lfw_dir, tmp_path):
 def test_gallery_rejection_and_search(app_server, gallery_folder, tmp_path):
     root, people = gallery_folder
     sessions_before = set(app_server["tmp"].glob("cmce-session-*"))
-    with _open_page(app_server["url"]) as page:
+    with open_page(app_server["url"], LAPTOP) as page:
 
         # 1. A folder upload: labels come from the sub-folder names.
         page.locator("#gallery-folder input[type=file]").set_input_files(str(root))
         page.wait_for_function("document.querySelectorAll('#gallery-folder tr, #gallery-folder li').length >= 8",
                                timeout=TIMEOUT_MS)
         page.click("#index-btn")
-        _wait_text(page, "#index-report", "faces indexed from 8 files")
+        wait_text(page, "#index-report", "faces indexed from 8 files")
         assert "4 labelled people" in page.inner_text("#index-report")
-        _wait_text(page, "#overview-summary", "faces")
+        wait_text(page, "#overview-summary", "faces")
         for person in people[:4]:
-            _wait_text(page, "#overview", person.name[:8])
+            wait_text(page, "#overview", person.name[:8])
         assert "**0 rejected**" not in page.inner_text("#overview-summary")  # markdown rendered
         assert " 0 rejected" in page.inner_text("#overview-summary")  # the default rejects nothing
         assert page.locator("#reject-by input[value=none]").is_checked()
@@ -107,8 +63,8 @@ def test_gallery_rejection_and_search(app_server, gallery_folder, tmp_path):
         rate = page.locator("#reject-rate input[type=number]")
         rate.fill("0.3")
         rate.press("Enter")
-        _wait_text(page, "#overview", "rejected ·")
-        _idle(page)
+        wait_text(page, "#overview", "rejected ·")
+        idle(page)
         summary = page.inner_text("#overview-summary")
         assert " 0 rejected" not in summary and "rejected" in summary
         assert page.inner_text("#index-report").count("faces indexed") == 1  # no re-indexing
@@ -116,10 +72,10 @@ def test_gallery_rejection_and_search(app_server, gallery_folder, tmp_path):
 
         # 3. A known person: every view in its own column, the ensemble's top match right (green).
         page.locator("#reject-by").get_by_text("threshold", exact=True).click()
-        _wait_text(page, "#overview-summary", "faces")
+        wait_text(page, "#overview-summary", "faces")
         target = people[1]
         page.locator("#query-image input[type=file]").set_input_files(str(sorted(target.glob("*.jpg"))[2]))
-        _wait_text(page, "#results", f"query identity: {target.name}")
+        wait_text(page, "#results", f"query identity: {target.name}")
         columns = page.locator("#results section.cmce-view")
         views = [columns.nth(i).get_attribute("data-view") for i in range(columns.count())]
         assert views[0] == "ensemble" and views[-1] == "query" and len(views) >= 3
@@ -131,7 +87,7 @@ def test_gallery_rejection_and_search(app_server, gallery_folder, tmp_path):
         boxes = page.locator("#results .cmce-view").evaluate_all(
             "els => els.map(e => e.getBoundingClientRect().top)")
         assert max(boxes) - min(boxes) < 5, "columns should sit side by side at 1366 px"
-        _idle(page)
+        idle(page)
         _shot(page, tmp_path, "app_search_known")
 
         # 3b. Another bundle through the picker: the gallery is kept (re-projected, no photo
@@ -140,9 +96,9 @@ def test_gallery_rejection_and_search(app_server, gallery_folder, tmp_path):
         assert faces >= 8
         page.locator("#bundle-picker input").click()
         page.get_by_role("option", name=re.compile(r"^facenet-query")).click()
-        _wait_text(page, "#bundle-note", "re-projected into facenet-casia's space")
-        _wait_text(page, "#results", "facenet-casia")
-        _idle(page)
+        wait_text(page, "#bundle-note", "re-projected into facenet-casia's space")
+        wait_text(page, "#results", "facenet-casia")
+        idle(page)
         note = page.inner_text("#bundle-note")
         assert f"Gallery of {faces} faces" in note and "0 photos re-read" in note
         assert f"{faces} faces" in page.inner_text("#overview-summary")
@@ -159,25 +115,24 @@ def test_gallery_rejection_and_search(app_server, gallery_folder, tmp_path):
         _shot(page, tmp_path, "app_bundle_switched")
         page.locator("#bundle-picker input").click()
         page.get_by_role("option", name=re.compile(r"^sface-query")).click()
-        _wait_text(page, "#bundle-note", "re-projected into sface's space")
-        _idle(page)
+        wait_text(page, "#bundle-note", "re-projected into sface's space")
+        idle(page)
 
         # 4. A stranger (not in the gallery): the ensemble answers "unknown".
         stranger = people[4]
         page.locator("#query-image input[type=file]").set_input_files(str(sorted(stranger.glob("*.jpg"))[0]))
-        _wait_text(page, "#results", f"query identity: {stranger.name}")
+        wait_text(page, "#results", f"query identity: {stranger.name}")
         ensemble = page.locator("#results section[data-view=ensemble]")
         assert "cmce-unknown" in ensemble.get_attribute("class")
         verdict = ensemble.locator(".cmce-verdict")
         assert "Unknown" in verdict.inner_text() and "false-accept rate" in verdict.inner_text()
         assert "cmce-correct" in verdict.get_attribute("class")  # right: the person is not in the gallery
-        _idle(page)
+        idle(page)
         page.locator("#results").scroll_into_view_if_needed()
         _shot(page, tmp_path, "app_search_unknown")
 
         # 5. The laptop viewport as a user first sees the results.
-        page.screenshot(path=str(tmp_path / "app_viewport.png"))
-        shutil.copy(tmp_path / "app_viewport.png", SCREENS / "app_viewport.png")
+        _page_shot(page, tmp_path, "app_viewport")
 
         # 6. Closing the tab drops the session and its temporary folder.
         ours = set(app_server["tmp"].glob("cmce-session-*")) - sessions_before
@@ -193,36 +148,35 @@ def test_gallery_rejection_and_search(app_server, gallery_folder, tmp_path):
 
 
 def test_one_click_examples(app_server, tmp_path):
-    with _open_page(app_server["url"]) as page:
+    with open_page(app_server["url"], LAPTOP) as page:
         page.locator("button", has_text="Two pioneers, clean (5 photos)").first.click()
-        _wait_text(page, "#index-report", "faces indexed from 5 files")
+        wait_text(page, "#index-report", "faces indexed from 5 files")
         assert "coffee_no_face.jpg" in page.inner_text("#index-report")  # the skip report
         page.get_by_text("two faces: pick one").first.click()
-        _wait_text(page, "#results", "face 1 of 2")
+        wait_text(page, "#results", "face 1 of 2")
         top = page.locator("#results section[data-view=ensemble] li.cmce-match").first
         assert "Grace_Hopper" in top.inner_text()
         page.locator("#face-choice input").click()
         page.get_by_role("option", name="face 2").click()
-        _wait_text(page, "#results", "face 2 of 2")
+        wait_text(page, "#results", "face 2 of 2")
         assert "Eileen_Collins" in top.inner_text()
         page.wait_for_selector("#risk-plot img, #risk-plot svg, #risk-plot canvas", timeout=TIMEOUT_MS)
-        _idle(page)
+        idle(page)
         _shot(page, tmp_path, "app_examples")
         page.get_by_text("Model bundle").click()
-        _wait_text(page, "body", "licence")
-        page.screenshot(path=str(tmp_path / "app_bundle.png"))
-        shutil.copy(tmp_path / "app_bundle.png", SCREENS / "app_bundle.png")
+        wait_text(page, "body", "licence")
+        _page_shot(page, tmp_path, "app_bundle")
 
         # The example gallery on another bundle: the saved copy is re-projected, not re-indexed.
         page.locator("#bundle-picker input").click()
         page.get_by_role("option", name=re.compile(r"^facenet-query")).click()
-        _wait_text(page, "#bundle-note", "re-projected into facenet-casia's space")
-        _idle(page)
+        wait_text(page, "#bundle-note", "re-projected into facenet-casia's space")
+        idle(page)
         page.click("#clear-btn")  # so that the report below is the new one
-        _wait_text(page, "#index-report", "Gallery cleared")
+        wait_text(page, "#index-report", "Gallery cleared")
         page.locator("button", has_text="Two pioneers, clean (5 photos)").first.click()
-        _wait_text(page, "#index-report", "faces indexed from 5 files")
-        _idle(page)
+        wait_text(page, "#index-report", "faces indexed from 5 files")
+        idle(page)
         assert page.locator("#results section[data-view=sface]").count() == 1  # searched again: new columns
         assert "Eileen_Collins" in top.inner_text()  # still face 2 of the two-faces photo
         assert "◐" not in page.inner_text("#overview")  # the same three backbones: nothing lacking
@@ -232,22 +186,22 @@ def test_one_click_examples(app_server, tmp_path):
         if (app_server["bundle"].parent / "facenet-dlib" / "config.json").is_file():
             page.locator("#bundle-picker input").click()
             page.get_by_role("option", name=re.compile(r"^facenet-dlib")).click()
-            _wait_text(page, "#bundle-note", "re-projected into facenet-casia's space")
-            _idle(page)
+            wait_text(page, "#bundle-note", "re-projected into facenet-casia's space")
+            idle(page)
             page.click("#clear-btn")
-            _wait_text(page, "#index-report", "Gallery cleared")
+            wait_text(page, "#index-report", "Gallery cleared")
             # indexed again, by facenet-dlib's two models
             page.locator("button", has_text="Two pioneers, clean (5 photos)").first.click()
-            _wait_text(page, "#index-report", "faces indexed from 5 files")
-            _idle(page)
+            wait_text(page, "#index-report", "faces indexed from 5 files")
+            idle(page)
             page.locator("#bundle-picker input").click()
             page.get_by_role("option", name=re.compile(r"^sface-query")).click()
-            _wait_text(page, "#bundle-note", "lack sface's own embedding (◐)")
-            _wait_text(page, "#overview", "◐ 2/3 models")
-            _idle(page)
+            wait_text(page, "#bundle-note", "lack sface's own embedding (◐)")
+            wait_text(page, "#overview", "◐ 2/3 models")
+            idle(page)
             assert "lack a model" in page.inner_text("#overview-summary")
             assert "no gallery face has sface's embedding" in page.inner_text("#results section[data-view=query]")
-            _wait_text(page, "body", "every face here was indexed before this bundle")  # the plot's note
+            wait_text(page, "body", "every face here was indexed before this bundle")  # the plot's note
             _shot(page, tmp_path, "app_upgraded_gallery")
 
 
@@ -265,11 +219,11 @@ def test_story_and_a_bundle_example_in_one_click(app_server, tmp_path):
     if not reports or not examples or "facenet-query" not in shipped:
         pytest.skip("needs the shipped facenet-query bundle, its evaluation and its examples")
     first = order_by_lift(shipped, reports)[0]
-    with _open_page(app_server["url"]) as page:
+    with open_page(app_server["url"], LAPTOP) as page:
         story = page.locator("#story")
         assert "How to read the columns" not in story.inner_text()  # collapsed, below the task
         story.get_by_text("What the ensemble buys").first.click()
-        _wait_text(page, "#story", "How to read the columns")
+        wait_text(page, "#story", "How to read the columns")
         assert first in story.get_by_role("tab", selected=True).inner_text()
         ensemble = next(r for r in reports if r.bundle == first).column("ensemble")
         assert f"{100 * ensemble.recall_at_1:.1f}" in story.locator("table").first.inner_text()
@@ -281,8 +235,8 @@ def test_story_and_a_bundle_example_in_one_click(app_server, tmp_path):
         example = examples[0]
         page.get_by_role("button", name=manifest.label(example)).first.click()
         person = example.query.stem.rsplit("_", 1)[0]
-        _wait_text(page, "#results", f"query identity: {person}")
-        _idle(page)
+        wait_text(page, "#results", f"query identity: {person}")
+        idle(page)
         assert "facenet-query" in page.locator("#bundle-picker input").input_value()
         photos = len(list(manifest.gallery(example.gallery).folder.glob("*.jpg")))
         assert f"faces indexed from {photos} files" in page.inner_text("#index-report")
@@ -304,11 +258,10 @@ def test_story_and_a_bundle_example_in_one_click(app_server, tmp_path):
         summary = page.inner_text("#overview-summary")
         # the all-degraded archive: nothing rejected by default, its doubtful faces listed with their score
         assert "Eileen_Collins_15.jpg" in summary and shipped.description in summary and " 0 rejected" in summary
-        _wait_text(page, "#overview", "◌ doubtful ·")
+        wait_text(page, "#overview", "◌ doubtful ·")
         _shot(page, tmp_path, "app_story_example")
         page.locator("#results").scroll_into_view_if_needed()
-        page.screenshot(path=str(tmp_path / "app_story_columns.png"))
-        shutil.copy(tmp_path / "app_story_columns.png", SCREENS / "app_story_columns.png")
+        _page_shot(page, tmp_path, "app_story_columns")
 
 
 def test_results_follow_the_rejection_controls_and_the_gallery(app_server, tmp_path):
@@ -317,13 +270,13 @@ def test_results_follow_the_rejection_controls_and_the_gallery(app_server, tmp_p
     not that she is absent), the help under the box follows the typed value, and "Clear gallery"
     clears the results."""
     query = Path(__file__).resolve().parents[2] / "assets" / "examples" / "queries" / "Eileen_Collins_04.jpg"
-    with _open_page(app_server["url"]) as page:
+    with open_page(app_server["url"], LAPTOP) as page:
         page.locator("button", has_text="Two pioneers, clean (5 photos)").first.click()
-        _wait_text(page, "#index-report", "faces indexed from 5 files")
-        _idle(page)
+        wait_text(page, "#index-report", "faces indexed from 5 files")
+        idle(page)
         page.locator("#query-image input[type=file]").set_input_files(str(query))
-        _wait_text(page, "#results", "query identity: Eileen_Collins")
-        _idle(page)
+        wait_text(page, "#results", "query identity: Eileen_Collins")
+        idle(page)
         ensemble = page.locator("#results section[data-view=ensemble]")
         top = ensemble.locator("li.cmce-match").first
         assert "Eileen_Collins" in top.inner_text() and "cmce-correct" in top.get_attribute("class")
@@ -334,8 +287,8 @@ def test_results_follow_the_rejection_controls_and_the_gallery(app_server, tmp_p
         box = page.locator("#reject-threshold input[type=number]")
         box.fill("0")
         box.press("Enter")
-        _wait_text(page, "#results", "every photo of them here is rejected")
-        _idle(page)
+        wait_text(page, "#results", "every photo of them here is rejected")
+        idle(page)
         assert page.locator("#reject-by input[value=threshold]").is_checked()
         assert ensemble.locator("li.cmce-match").count() == 0, "a rejected face is still shown as a match"
         assert "Eileen_Collins ✓" not in page.inner_text("#results")
@@ -347,18 +300,18 @@ def test_results_follow_the_rejection_controls_and_the_gallery(app_server, tmp_p
         # an out-of-range threshold is refused visibly, and the results say so
         box.fill("5")
         box.press("Enter")
-        _wait_text(page, "#results", "threshold must be from 0 to")
-        _idle(page)
+        wait_text(page, "#results", "threshold must be from 0 to")
+        idle(page)
         assert "not used" in page.inner_text("#reject-threshold")
 
         # nothing rejected again: she is found; then the gallery cleared: the results go
         page.locator("#reject-by").get_by_text("none (mark doubtful faces)", exact=True).click()
-        _wait_text(page, "#results", "query identity: Eileen_Collins")
-        _idle(page)
+        wait_text(page, "#results", "query identity: Eileen_Collins")
+        idle(page)
         assert "Eileen_Collins" in ensemble.locator("li.cmce-match").first.inner_text()
         page.click("#clear-btn")
-        _wait_text(page, "#index-report", "Gallery cleared")
-        _idle(page)
+        wait_text(page, "#index-report", "Gallery cleared")
+        idle(page)
         assert page.locator("#results li.cmce-match").count() == 0, "results of the cleared gallery still shown"
         assert "Eileen_Collins" not in page.inner_text("#results")
         _shot(page, tmp_path, "app_state_cleared")

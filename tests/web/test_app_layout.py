@@ -8,25 +8,15 @@ the same results; no name cut. Screenshots go to ``tmp_path`` and ``/tmp/cmce_sc
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import lfw_people
 
-CHROMIUM = shutil.which("chromium")
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(CHROMIUM is None,
-                                reason="Debian's chromium is not installed (apt-get install -y chromium)")]
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
-
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENS = Path("/tmp/cmce_screens")
-TIMEOUT_MS = 180_000
-DESKTOP, PHONE = {"width": 1400, "height": 900}, {"width": 390, "height": 844}
+from browser_page import DESKTOP, PHONE, TIMEOUT_MS, idle, in_view, open_page, shot, shot_of, wait_text
+from browser_page import pytestmark  # noqa: F401  (e2e; skipped without chromium or Playwright)
 
 # names cut by CSS (text wider than its box, hidden) or by an ellipsis, anywhere a name is shown
 CUT_NAMES = """() => {
@@ -40,98 +30,53 @@ CUT_NAMES = """() => {
 }"""
 
 
-def _shot(page, tmp_path: Path, name: str, full: bool = False) -> None:
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full)
-    SCREENS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(path, SCREENS / path.name)
-
-
-@contextlib.contextmanager
-def _open_page(url: str, viewport: dict, downloads: bool = False) -> Iterator:
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport=viewport, accept_downloads=downloads)
-            page.goto(url)
-            page.wait_for_selector("#index-btn", timeout=TIMEOUT_MS)
-            page.wait_for_timeout(1000)
-            yield page
-        finally:
-            browser.close()
-
-
-def _wait_text(page, selector: str, text: str) -> None:
-    page.wait_for_function(
-        "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
-        arg=[selector, text], timeout=TIMEOUT_MS,
-    )
-
-
-def _idle(page) -> None:
-    page.wait_for_timeout(500)
-    page.wait_for_function(
-        "Array.from(document.querySelectorAll('[data-testid=status-tracker]'))"
-        ".every(e => e.classList.contains('hide'))",
-        timeout=TIMEOUT_MS,
-    )
-    page.wait_for_timeout(500)
-
-
-def _in_view(page, locator) -> bool:
-    """The element's box lies wholly inside the viewport as it is scrolled now."""
-    box = locator.bounding_box()
-    size = page.viewport_size
-    return box is not None and box["y"] >= 0 and box["x"] >= 0 and box["y"] + box["height"] <= size["height"] \
-        and box["x"] + box["width"] <= size["width"] + 1
-
-
 def test_the_task_is_above_the_fold_and_one_click_gives_a_verdict(app_server, tmp_path):
-    with _open_page(app_server["url"], DESKTOP) as page:
+    with open_page(app_server["url"], DESKTOP) as page:
         assert page.evaluate("window.scrollY") == 0
         for selector in ("#gallery-files", "#gallery-folder", "#index-btn", "#query-image",
                          "#example-galleries .thumbnail-item", "#example-queries .thumbnail-item",
                          "#one-click .thumbnail-item"):
-            assert _in_view(page, page.locator(selector).first), f"{selector} is not on the first screen"
+            assert in_view(page, page.locator(selector).first), f"{selector} is not on the first screen"
         assert page.locator("#example-galleries img").count() == 2  # pictures, not text buttons
         assert "How to read the columns" not in page.inner_text("#story")  # the story is collapsed
-        _shot(page, tmp_path, "layout_desktop_first_screen")
+        shot(page, tmp_path, "layout_desktop_first_screen")
 
         page.locator("#one-click .thumbnail-item").first.click()  # facenet-query's: the paper's regime
         page.wait_for_selector("#verdict-line", timeout=TIMEOUT_MS)
-        _idle(page)
+        idle(page)
         verdict = page.inner_text("#verdict-line")
         assert verdict.startswith("Verdict: CMCE ensemble ✓") and "✗ (Unknown)" in verdict, verdict
         assert "the ensemble is right where" in verdict
-        assert "facenet-query" in page.locator("#bundle-picker input").input_value()
+        picked = page.locator("#bundle-picker input").input_value()
+        assert "facenet-query" in picked, picked
         assert page.evaluate(CUT_NAMES) == []
         page.locator("#results").scroll_into_view_if_needed()
-        _shot(page, tmp_path, "layout_desktop_verdict")
+        shot(page, tmp_path, "layout_desktop_verdict")
 
 
 def test_on_a_phone_the_verdict_and_the_top_match_are_in_view_together(app_server, tmp_path):
-    with _open_page(app_server["url"], PHONE) as page:
-        assert _in_view(page, page.locator("#gallery-files"))
-        _shot(page, tmp_path, "layout_phone_first_screen")
+    with open_page(app_server["url"], PHONE) as page:
+        assert in_view(page, page.locator("#gallery-files"))
+        shot(page, tmp_path, "layout_phone_first_screen")
         page.locator("#example-galleries .thumbnail-item", has_text="Two pioneers").click()
-        _wait_text(page, "#index-report", "faces indexed from 5 files")
-        _idle(page)
+        wait_text(page, "#index-report", "faces indexed from 5 files")
+        idle(page)
         page.locator("#example-queries .thumbnail-item", has_text="Grace Hopper, dark").first.click()
         page.wait_for_selector("#verdict-line", timeout=TIMEOUT_MS)
-        _idle(page)
+        idle(page)
         page.locator("#verdict-line").scroll_into_view_if_needed()
         top = page.locator("#results section[data-view=ensemble] li.cmce-match").first
         assert "Grace_Hopper" in top.inner_text()
-        assert _in_view(page, page.locator("#verdict-line")) and _in_view(page, top)
+        assert in_view(page, page.locator("#verdict-line")) and in_view(page, top)
         # the columns are swiped: side by side in one scrolling row, not stacked
         boxes = page.locator("#results section.cmce-view").evaluate_all(
             "els => els.map(e => e.getBoundingClientRect().top)")
         assert len(set(round(t) for t in boxes)) == 1, boxes
         page.mouse.wheel(0, 400)  # the verdict line stays on screen while the column scrolls
         page.wait_for_timeout(300)
-        assert _in_view(page, page.locator("#verdict-line"))
+        assert in_view(page, page.locator("#verdict-line"))
         assert page.evaluate(CUT_NAMES) == []
-        _shot(page, tmp_path, "layout_phone_results")
+        shot(page, tmp_path, "layout_phone_results")
 
 
 @pytest.fixture()
@@ -148,24 +93,24 @@ def labelled_folder(lfw_dir, tmp_path) -> tuple[Path, list[Path]]:
 def test_scoreboard_and_download_restore_give_the_same_results(app_server, labelled_folder, tmp_path):
     root, people = labelled_folder
     query = sorted(people[1].glob("*.jpg"))[2]
-    with _open_page(app_server["url"], DESKTOP, downloads=True) as page:
+    with open_page(app_server["url"], DESKTOP, downloads=True) as page:
         page.locator("#gallery-folder input[type=file]").set_input_files(str(root))
         page.wait_for_function("document.querySelectorAll('#gallery-folder tr, #gallery-folder li').length >= 8",
                                timeout=TIMEOUT_MS)
-        _wait_text(page, "#upload-preview", "8 images, 8 labelled, 4 people")  # before indexing
+        wait_text(page, "#upload-preview", "8 images, 8 labelled, 4 people")  # before indexing
         assert people[0].name in page.inner_text("#upload-preview")
         page.click("#index-btn")
-        _wait_text(page, "#index-report", "faces indexed from 8 files")
-        _wait_text(page, "#scoreboard", "CMCE ensemble")
+        wait_text(page, "#index-report", "faces indexed from 8 files")
+        wait_text(page, "#scoreboard", "CMCE ensemble")
         board = page.inner_text("#scoreboard")
         assert "8 labelled faces (4 people)" in board and "Recall@1" in board
         page.locator("#scoreboard").scroll_into_view_if_needed()
-        assert _in_view(page, page.locator("#scoreboard table")) and page.locator("#risk-plot").is_visible()
-        _shot(page, tmp_path, "layout_scoreboard")
+        assert in_view(page, page.locator("#scoreboard table")) and page.locator("#risk-plot").is_visible()
+        shot(page, tmp_path, "layout_scoreboard")
 
         page.locator("#query-image input[type=file]").set_input_files(str(query))
-        _wait_text(page, "#results", f"query identity: {people[1].name}")
-        _idle(page)
+        wait_text(page, "#results", f"query identity: {people[1].name}")
+        idle(page)
         before = page.inner_text("#results")
         assert page.inner_text("#verdict-line").startswith("Verdict: CMCE ensemble ✓")
 
@@ -185,21 +130,21 @@ def test_scoreboard_and_download_restore_give_the_same_results(app_server, label
         archive = tmp_path / "my-gallery.zip"
         got.value.save_as(archive)
         page.click("#clear-btn")
-        _wait_text(page, "#index-report", "Gallery cleared")
-        _idle(page)
+        wait_text(page, "#index-report", "Gallery cleared")
+        idle(page)
         page.locator("#restore-btn").evaluate("e => e.scrollIntoView()")
         page.locator("input[type=file][accept='.zip']").set_input_files(str(archive))
-        _wait_text(page, "#index-report", "faces restored")
+        wait_text(page, "#index-report", "faces restored")
         report = page.inner_text("#index-report")
         assert report.startswith(f"{faces} faces restored") and "no photo read again" in report, (faces, report)
-        _idle(page)
+        idle(page)
         page.click("#search-btn")
-        _idle(page)
+        idle(page)
         assert page.inner_text("#results") == before  # the same columns, matches and scores
-        _wait_text(page, "#scoreboard", board.splitlines()[0][:60])
+        wait_text(page, "#scoreboard", board.splitlines()[0][:60])
         # a restored gallery holds no photo: a click on a match says so plainly, no image
         page.locator("#results section[data-view=ensemble] li.cmce-match").first.click()
-        _wait_text(page, "#match-note", "restored gallery")
+        wait_text(page, "#match-note", "restored gallery")
         assert not page.locator("#match-photo img").is_visible()
 
 
@@ -227,45 +172,41 @@ def _green_pixels(png: Path) -> int:
 @pytest.mark.parametrize("size", ["desktop", "phone"])
 def test_a_match_opens_in_its_photo_with_its_face_boxed_and_no_label_is_cut(app_server, tmp_path, size):
     viewport = DESKTOP if size == "desktop" else PHONE
-    with _open_page(app_server["url"], viewport) as page:
+    with open_page(app_server["url"], viewport) as page:
         assert page.evaluate(PICKER_CUT) is None, page.evaluate(PICKER_CUT)
         page.click("#bundle-picker input")
         options = page.locator("#bundle-picker [role=option]")
         options.first.wait_for(timeout=TIMEOUT_MS)
         cut = options.evaluate_all("els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)")
         assert cut == [] and options.count() >= 3
-        _shot(page, tmp_path, f"layout_{size}_picker_open")
+        shot(page, tmp_path, f"layout_{size}_picker_open")
         page.keyboard.press("Escape")
         assert "Switching keeps your gallery" in page.inner_text("#bundle-picker")  # the long line, wrapped, below
 
         page.locator("#example-galleries .thumbnail-item", has_text="Two pioneers").click()
-        _wait_text(page, "#index-report", "faces indexed from 5 files")
-        _idle(page)
+        wait_text(page, "#index-report", "faces indexed from 5 files")
+        idle(page)
         page.locator("#risk-plot .matplotlib img").wait_for(timeout=TIMEOUT_MS)
         assert not page.evaluate(LABEL_OVER_PLOT, "#risk-plot") and not page.evaluate(LABEL_OVER_PLOT, "#hist-plot")
         page.locator("#risk-plot").scroll_into_view_if_needed()
-        page.locator("#risk-plot").screenshot(path=str(tmp_path / f"layout_{size}_risk_plot.png"))
-        SCREENS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(tmp_path / f"layout_{size}_risk_plot.png", SCREENS)
+        shot_of(page.locator("#risk-plot"), tmp_path, f"layout_{size}_risk_plot")
 
         page.locator("#example-queries .thumbnail-item", has_text="Grace Hopper, dark").first.click()
         page.wait_for_selector("#verdict-line", timeout=TIMEOUT_MS)
-        _idle(page)
+        idle(page)
         top = page.locator("#results section[data-view=ensemble] li.cmce-match").first
         top.scroll_into_view_if_needed()
         top.click()
-        _wait_text(page, "#match-note", "face boxed in green")
+        wait_text(page, "#match-note", "face boxed in green")
         photo = page.locator("#match-photo img")
         photo.wait_for(state="visible", timeout=TIMEOUT_MS)
         page.wait_for_function("() => { const i = document.querySelector('#match-photo img'); "
                                "return i && i.complete && i.naturalWidth > 0; }", timeout=TIMEOUT_MS)
-        _idle(page)
+        idle(page)
         assert "Grace_Hopper" in page.inner_text("#match-note")
         photo.evaluate("e => e.scrollIntoView({block: 'center'})")
         page.wait_for_timeout(300)
-        assert _in_view(page, photo), (photo.bounding_box(), page.viewport_size)
-        png = tmp_path / f"layout_{size}_match_photo.png"
-        photo.screenshot(path=str(png))
-        shutil.copy(png, SCREENS)
+        assert in_view(page, photo), (photo.bounding_box(), page.viewport_size)
+        png = shot_of(photo, tmp_path, f"layout_{size}_match_photo")
         assert _green_pixels(png) > 150  # the face box, drawn on the photo as shown
-        _shot(page, tmp_path, f"layout_{size}_match_photo_page")
+        shot(page, tmp_path, f"layout_{size}_match_photo_page")

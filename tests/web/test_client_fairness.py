@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,40 @@ def test_session_cap_holds_and_an_evicted_client_is_told(tmp_path, people):
         _, report = first.predict(files=[photo], api_name="/index_gallery")  # told once, then a new session
         assert report["added"] >= 1
         assert len(list(server["tmp"].glob("cmce-session-*"))) <= 4
+
+
+def _component_server(server: dict, address: str, session_hash: str) -> int:
+    """POST /gradio_api/component_server naming ``session_hash`` as ``address``: the HTTP status.
+    Gradio builds a state for that session before it looks at the rest."""
+    body = {"session_hash": session_hash, "component_id": 1, "fn_name": "x", "data": None}
+    request = urllib.request.Request(server["url"] + "gradio_api/component_server", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json",
+                                                             "X-Forwarded-For": address})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_new_sessions_from_one_client_drop_no_one_elses_gallery(tmp_path, people):
+    """CMCE_MAX_SESSIONS=6, so Gradio keeps the states of 6 sessions: a user indexes a photo, then another
+    client names 20 new sessions (Gradio's store drops the user's state, least recently used first); her
+    next search still finds her gallery (before: "The gallery is empty"). Past the requests per minute
+    the other client is refused (429)."""
+    photos = sorted(people[2].glob("*.jpg"))
+    with launch_app(tmp_path, CMCE_MAX_SESSIONS="6", CMCE_CLIENT_REQUESTS_PER_MINUTE="40") as server:
+        user = _client(server, "10.8.0.1")
+        _, report = user.predict(files=[handle_file(str(photos[0]))], api_name="/index_gallery")
+        assert report["added"] == 1
+        codes = [_component_server(server, "10.8.0.66", uuid.uuid4().hex) for _ in range(20)]
+        assert 429 not in codes, codes  # all 20 built a state (Gradio then answers 404: no such function)
+        out = user.predict(image=handle_file(str(photos[1])), api_name="/search")
+        assert "gallery is empty" not in str(out) and people[2].name in str(out), str(out)[:600]
+        codes = [_component_server(server, "10.8.0.66", uuid.uuid4().hex) for _ in range(30)]
+        assert codes.count(429) >= 10, codes  # 40 a minute: the last ones refused
+        log = server["log"].read_text()
+    assert "put back" in log and "Traceback" not in log
 
 
 def _call(server: dict, address: str, api: str, data: list) -> str:

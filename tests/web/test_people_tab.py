@@ -11,22 +11,14 @@ screenshots go to ``tmp_path`` and ``/tmp/cmce_screens/`` (``people-*.png``).
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from conftest import lfw_people
 from PIL import Image
 
-CHROMIUM = shutil.which("chromium")
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(CHROMIUM is None,
-                                reason="Debian's chromium is not installed (apt-get install -y chromium)")]
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
-
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENS = Path("/tmp/cmce_screens")
-TIMEOUT_MS = 120_000
+from browser_page import DESKTOP, TIMEOUT_MS, open_page, shot
+from browser_page import pytestmark  # noqa: F401  (e2e; skipped without chromium or Playwright)
 
 
 def group_photos(lfw_dir: Path, dest: Path, people: int = 4) -> list[Path]:
@@ -55,10 +47,7 @@ def group_photos(lfw_dir: Path, dest: Path, people: int = 4) -> list[Path]:
 
 def _shot(page, tmp_path: Path, name: str) -> None:
     page.evaluate("document.querySelector('#people-person').scrollIntoView({block: 'start'})")  # controls, rows
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=False)
-    SCREENS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(path, SCREENS / path.name)
+    shot(page, tmp_path, name)
 
 
 def _wait_summary(page, text: str) -> None:
@@ -114,108 +103,99 @@ def _wait_rows(page, name: str | None = None) -> None:
 
 def test_people_tab_groups_an_unlabelled_upload_names_merges_and_forgets(app_server, lfw_dir, tmp_path) -> None:
     photos = group_photos(lfw_dir, tmp_path / "upload")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(app_server["url"])
-            page.wait_for_selector("#index-btn", timeout=TIMEOUT_MS)
-            page.wait_for_timeout(1000)
-            page.locator("#gallery-files input[type=file]").first.set_input_files([str(x) for x in photos])
-            page.wait_for_function("document.querySelectorAll('#gallery-files tr, #gallery-files li').length >= 5",
-                                   timeout=TIMEOUT_MS)
-            page.wait_for_timeout(1000)
-            page.click("#index-btn")
-            page.wait_for_function("() => document.querySelector('#index-report').innerText.includes("
-                                   "'faces indexed from 5 files')", timeout=TIMEOUT_MS)
-            page.wait_for_timeout(1000)
-            page.locator("#people-tab-button, button[role=tab]:has-text('People')").first.click()
-            page.click("#people-group")
-            _wait_summary(page, "unsure")
-            _wait_rows(page)
-            assert page.locator(".toast-body, [data-testid=toast-body]").count() == 0  # no error on an unlabelled upload
-            _shot(page, tmp_path, "people-grouped")
-            faces = page.locator(f"{ROWS} .cmce-person-face").count()
-            assert faces >= 10, page.locator("#people-summary").inner_text()  # 11 faces in 5 photos
-            before = _people_count(page)
-            assert before >= 2
-            # a name box per person: one row with a box and a button for each person found
-            rows = page.locator(f"{ROWS} .cmce-person-row")
-            assert rows.count() == before
-            assert page.locator(f"{ROWS} .cmce-row-name").count() == before
-            assert page.locator(f"{ROWS} .cmce-row-save").count() == before
+    with open_page(app_server["url"], DESKTOP) as page:
+        page.locator("#gallery-files input[type=file]").first.set_input_files([str(x) for x in photos])
+        page.wait_for_function("document.querySelectorAll('#gallery-files tr, #gallery-files li').length >= 5",
+                               timeout=TIMEOUT_MS)
+        page.wait_for_timeout(1000)
+        page.click("#index-btn")
+        page.wait_for_function("() => document.querySelector('#index-report').innerText.includes("
+                               "'faces indexed from 5 files')", timeout=TIMEOUT_MS)
+        page.wait_for_timeout(1000)
+        page.locator("#people-tab-button, button[role=tab]:has-text('People')").first.click()
+        page.click("#people-group")
+        _wait_summary(page, "unsure")
+        _wait_rows(page)
+        assert page.locator(".toast-body, [data-testid=toast-body]").count() == 0  # no error on an unlabelled upload
+        _shot(page, tmp_path, "people-grouped")
+        faces = page.locator(f"{ROWS} .cmce-person-face").count()
+        assert faces >= 10, page.locator("#people-summary").inner_text()  # 11 faces in 5 photos
+        before = _people_count(page)
+        assert before >= 2
+        # a name box per person: one row with a box and a button for each person found
+        rows = page.locator(f"{ROWS} .cmce-person-row")
+        assert rows.count() == before
+        assert page.locator(f"{ROWS} .cmce-row-name").count() == before
+        assert page.locator(f"{ROWS} .cmce-row-save").count() == before
 
-            # two people never in one photo (one photo's faces are never one person: that merge is refused)
-            pair = page.evaluate(DISJOINT)
-            assert pair, page.locator(ROWS).inner_text()
-            row = _row(page, pair[0])
-            row.locator(".cmce-row-name textarea, .cmce-row-name input").first.fill("Ada Lovelace")
-            row.locator(".cmce-row-save button, button.cmce-row-save").first.click()
-            _wait_summary(page, "named person")
-            _wait_rows(page, "Ada Lovelace")
-            assert "named person" in page.locator("#people-summary").inner_text()
-            named = _row(page, "Ada Lovelace")
-            assert named.locator(".cmce-row-name textarea, .cmce-row-name input").first.input_value() == "Ada Lovelace"
-            _shot(page, tmp_path, "people-named")
+        # two people never in one photo (one photo's faces are never one person: that merge is refused)
+        pair = page.evaluate(DISJOINT)
+        assert pair, page.locator(ROWS).inner_text()
+        row = _row(page, pair[0])
+        row.locator(".cmce-row-name textarea, .cmce-row-name input").first.fill("Ada Lovelace")
+        row.locator(".cmce-row-save button, button.cmce-row-save").first.click()
+        _wait_summary(page, "named person")
+        _wait_rows(page, "Ada Lovelace")
+        assert "named person" in page.locator("#people-summary").inner_text()
+        named = _row(page, "Ada Lovelace")
+        assert named.locator(".cmce-row-name textarea, .cmce-row-name input").first.input_value() == "Ada Lovelace"
+        _shot(page, tmp_path, "people-named")
 
-            _pick(page, "#people-person", "Ada Lovelace")
-            _pick(page, "#people-other", pair[1])
-            page.click("#people-merge")
-            _wait_summary(page, "merged person")
-            summary = page.locator("#people-summary").inner_text()
-            assert "merged person Ada Lovelace" in summary, summary
-            _wait_rows(page, "Ada Lovelace")
-            assert _people_count(page) == before - 1
-            assert page.locator(f"{ROWS} .cmce-person-row").count() == before - 1
-            _shot(page, tmp_path, "people-merged")
+        _pick(page, "#people-person", "Ada Lovelace")
+        _pick(page, "#people-other", pair[1])
+        page.click("#people-merge")
+        _wait_summary(page, "merged person")
+        summary = page.locator("#people-summary").inner_text()
+        assert "merged person Ada Lovelace" in summary, summary
+        _wait_rows(page, "Ada Lovelace")
+        assert _people_count(page) == before - 1
+        assert page.locator(f"{ROWS} .cmce-person-row").count() == before - 1
+        _shot(page, tmp_path, "people-merged")
 
-            # a name typed in the row's box and Enter renames the person
-            box = _row(page, "Ada Lovelace").locator(".cmce-row-name textarea, .cmce-row-name input").first
-            box.fill("Ada King")
-            box.press("Enter")
-            _wait_summary(page, "Ada King")
-            _wait_rows(page, "Ada King")
-            ada = _row(page, "Ada King")
-            ada_faces = ada.locator(".cmce-person-face").count()
-            assert ada_faces >= 2
-            page.wait_for_function(f"() => ({CAPTIONS})('Ada King') === {ada_faces}", timeout=TIMEOUT_MS)
+        # a name typed in the row's box and Enter renames the person
+        box = _row(page, "Ada Lovelace").locator(".cmce-row-name textarea, .cmce-row-name input").first
+        box.fill("Ada King")
+        box.press("Enter")
+        _wait_summary(page, "Ada King")
+        _wait_rows(page, "Ada King")
+        ada = _row(page, "Ada King")
+        ada_faces = ada.locator(".cmce-person-face").count()
+        assert ada_faces >= 2
+        page.wait_for_function(f"() => ({CAPTIONS})('Ada King') === {ada_faces}", timeout=TIMEOUT_MS)
 
-            # "not this person" on one of Ada's faces: the face loses the name in the live session at once,
-            # in the People rows and in the overview's captions (the gallery's labels)
-            face = ada.locator(".cmce-person-face").first.get_attribute("data-entry")
-            _pick(page, "#people-entry", face)
-            _pick(page, "#people-person", "Ada King")
-            page.click("#people-not")
-            _wait_summary(page, "is not person Ada King")
-            _wait_rows(page, "Ada King")
-            ada = _row(page, "Ada King")
-            assert ada.locator(".cmce-person-face").count() == ada_faces - 1
-            assert ada.locator(f".cmce-person-face[data-entry='{face}']").count() == 0
-            page.wait_for_function(f"() => ({CAPTIONS})('Ada King') === {ada_faces - 1}", timeout=TIMEOUT_MS)
-            _shot(page, tmp_path, "people-not")
-            page.evaluate("document.querySelector('#overview').scrollIntoView({block: 'start'})")
-            page.screenshot(path=str(tmp_path / "people-overview.png"))
-            shutil.copy(tmp_path / "people-overview.png", SCREENS / "people-overview.png")
+        # "not this person" on one of Ada's faces: the face loses the name in the live session at once,
+        # in the People rows and in the overview's captions (the gallery's labels)
+        face = ada.locator(".cmce-person-face").first.get_attribute("data-entry")
+        _pick(page, "#people-entry", face)
+        _pick(page, "#people-person", "Ada King")
+        page.click("#people-not")
+        _wait_summary(page, "is not person Ada King")
+        _wait_rows(page, "Ada King")
+        ada = _row(page, "Ada King")
+        assert ada.locator(".cmce-person-face").count() == ada_faces - 1
+        assert ada.locator(f".cmce-person-face[data-entry='{face}']").count() == 0
+        page.wait_for_function(f"() => ({CAPTIONS})('Ada King') === {ada_faces - 1}", timeout=TIMEOUT_MS)
+        _shot(page, tmp_path, "people-not")
+        page.evaluate("document.querySelector('#overview').scrollIntoView({block: 'start'})")
+        shot(page, tmp_path, "people-overview")
 
-            page.locator("#people-find-name textarea, #people-find-name input").first.fill("Ada King")
-            page.click("#people-find")
-            _wait_summary(page, "Ada King: ")
-            page.wait_for_function("() => document.querySelectorAll('#people-person-rows .cmce-person-row').length"
-                                   " === 1", timeout=TIMEOUT_MS)
-            assert page.locator(f"{ROWS} .cmce-unsure").count() == 0
-            _shot(page, tmp_path, "people-found")
+        page.locator("#people-find-name textarea, #people-find-name input").first.fill("Ada King")
+        page.click("#people-find")
+        _wait_summary(page, "Ada King: ")
+        page.wait_for_function("() => document.querySelectorAll('#people-person-rows .cmce-person-row').length"
+                               " === 1", timeout=TIMEOUT_MS)
+        assert page.locator(f"{ROWS} .cmce-unsure").count() == 0
+        _shot(page, tmp_path, "people-found")
 
-            # forgetting Ada erases her faces from the session's gallery: gone from the rows and the overview
-            _pick(page, "#people-person", "Ada King")
-            page.click("#people-forget")
-            _wait_summary(page, "Forgot Ada King")
-            _wait_rows(page)
-            heads = page.locator(f"{ROWS} .cmce-person-head").all_inner_texts()
-            assert heads and not any("Ada King" in h for h in heads), heads
-            page.wait_for_function(f"() => ({CAPTIONS})('Ada King') === 0", timeout=TIMEOUT_MS)
-            _shot(page, tmp_path, "people-forgot")
-        finally:
-            browser.close()
+        # forgetting Ada erases her faces from the session's gallery: gone from the rows and the overview
+        _pick(page, "#people-person", "Ada King")
+        page.click("#people-forget")
+        _wait_summary(page, "Forgot Ada King")
+        _wait_rows(page)
+        heads = page.locator(f"{ROWS} .cmce-person-head").all_inner_texts()
+        assert heads and not any("Ada King" in h for h in heads), heads
+        page.wait_for_function(f"() => ({CAPTIONS})('Ada King') === 0", timeout=TIMEOUT_MS)
+        _shot(page, tmp_path, "people-forgot")
 
 
 def test_people_endpoints_give_named_errors_for_bad_input(app_server) -> None:
