@@ -387,7 +387,7 @@ def _gallery_section(page: _Page, engine: FaceEngine | None) -> None:
 
 
 def _people_section(page: _Page) -> None:
-    """The People tab: the gallery's faces grouped into people, named, merged, split (cmce.serve.people_view)."""
+    """The People tab: the gallery's faces grouped into people, named, merged, split, forgotten (cmce.serve.people_view)."""
     c = page.people
     with gr.Tabs(elem_id="people-tabs"):
         with gr.Tab("People", elem_id="people-tab"):
@@ -400,6 +400,7 @@ def _people_section(page: _Page) -> None:
                 c["name"] = gr.Textbox(label="Name", placeholder="e.g. Ada", elem_id="people-name-box", scale=2)
                 c["name_btn"] = gr.Button("Name", elem_id="people-name", scale=1)
                 c["split_btn"] = gr.Button("Split in two", elem_id="people-split", scale=1)
+                c["forget_btn"] = gr.Button("Forget person", variant="stop", elem_id="people-forget", scale=1)
             with gr.Row():
                 c["other"] = gr.Dropdown([], label="Other person", allow_custom_value=True, elem_id="people-other", scale=2)
                 c["merge_btn"] = gr.Button("Merge with person", elem_id="people-merge", scale=1)
@@ -419,6 +420,7 @@ def _wire_people(page: _Page) -> None:
                             (c["name_btn"], people_view.people_name, [c["person"], c["name"]]),
                             (c["merge_btn"], people_view.people_merge, [c["person"], c["other"]]),
                             (c["split_btn"], people_view.people_split, [c["person"]]),
+                            (c["forget_btn"], people_view.people_forget, [c["person"]]),
                             (c["not_btn"], people_view.people_not, [c["entry"], c["person"]]),
                             (c["find"], people_view.people_find, [c["find_name"]])):
         btn.click(fn, [*inputs, page.state], out, api_name=fn.__name__, **SEARCH_QUEUE)

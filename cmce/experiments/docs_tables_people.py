@@ -172,13 +172,15 @@ def _scale_setting(doc: Mapping, s: Mapping) -> str:
 
 
 def render_people_scale(docs: Sequence[Mapping]) -> str:
-    """``bench_people.py``: faces grouped and how, the index, seconds (index, grouping, total, the grouping's
-    CPU seconds; medians), the 1-minute load average during the runs, peak memory, BCubed F on the synthetic truth."""
+    """``bench_people.py``: faces grouped and how, the synthetic faces' mean same-person cosine (and the
+    bundle's real one it was fitted to, where it was), the index, seconds (index, grouping, total, the
+    grouping's CPU seconds; medians), the 1-minute load average during the runs, peak memory, BCubed F on
+    the synthetic truth."""
     from cmce.people.graph import EXACT_BELOW
 
-    lines = ["| faces | grouping | index | repeats | index s | grouping s | total s (median) | grouping CPU s | "
-             "load | peak memory | BCubed F (synthetic) |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    lines = ["| faces | grouping | same-person cos (synthetic / real) | index | repeats | index s | grouping s | "
+             "total s (median) | grouping CPU s | load | peak memory | BCubed F (synthetic) |",
+             "|---:|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for doc in docs:
         for s in doc["sizes"]:
             index = s["index"]
@@ -188,7 +190,9 @@ def render_people_scale(docs: Sequence[Mapping]) -> str:
             loads = sorted({f"{x:.1f}" for x in (min(s.get("runs_load_average") or [0]),
                                                  max(s.get("runs_load_average") or [0]))}, key=float)
             load = "-".join(loads) if s.get("runs_load_average") else ""
-            lines.append(f"| {s['faces']:,} | {_scale_setting(doc, s)} | {index} | {s['repeats']} | "
+            real = s.get("target_same_person_cosine")
+            cos = f"{s['same_person_cosine']:.3f} / " + (f"{real:.3f}" if real is not None else "-")
+            lines.append(f"| {s['faces']:,} | {_scale_setting(doc, s)} | {cos} | {index} | {s['repeats']} | "
                          f"{s['seconds_index']:.1f} | {s['seconds_grouping']:.1f} | **{s['seconds_total']:.1f}** | "
                          f"{cpu} | {load} | {s['peak_rss_mib'] / 1024:.2f} GiB | {_pts(s['bcubed_f'])} |")
     return "\n".join(lines) + "\n"

@@ -49,6 +49,7 @@ from cmce.gallery.persistence import (
 )
 from cmce.gallery.results import QueryResult, ViewResult
 from cmce.gallery.searchable import ImageInput, detect_query, search_photo
+from cmce.gallery.source_photos import SourcePhotos
 from cmce.gallery.view_search import search_views
 from cmce.method.answers import DoubtMarks, doubt_marks
 from cmce.method.bundle_model import Bundle, GalleryVectors
@@ -83,6 +84,8 @@ class Gallery:
             read by ``load``, written by ``save``).
         entries: every entry by position; an entry's ``label`` is its name among the
             corrections where it has one, else the label it was indexed with (or its shards hold).
+        photos: where copies of its source photos are kept (``SourcePhotos``; None: nowhere):
+            ``add_images`` keeps each indexed photo there, ``remove`` deletes those no live entry holds.
     """
 
     def __init__(self, engine: FaceEngine, limits: GalleryLimits = DEFAULT_GALLERY_LIMITS):
@@ -101,6 +104,7 @@ class Gallery:
         self._lock = threading.RLock()
         self.load_report: LoadReport | None = None
         self.corrections = Corrections.empty()
+        self.photos: SourcePhotos | None = None
 
     def _ensure_backbone(self, record: BackboneRecord) -> None:
         if record.key not in self._backbones:
@@ -212,8 +216,8 @@ class Gallery:
             batch_size: images per detection batch.
             record_paths: store each file's absolute path (so a later backfill can
                 read it again); off for uploads that are deleted afterwards.
-            keep_photo: called with each decoded photo that gave entries (e.g.
-                ``SourcePhotos.keep``: a copy to show matches in), while its pixels are at hand.
+            keep_photo: called with each decoded photo that gave entries, while its pixels
+                are at hand (default: ``photos.keep``, a copy to show matches in, if ``photos`` is set).
 
         Returns:
             IngestReport; unreadable files, files without a face, duplicates and
@@ -231,7 +235,8 @@ class Gallery:
                 skipped.append((name, "over the files-per-upload limit"))
             items = items[: self.limits.max_files]
         added = 0
-
+        if keep_photo is None and self.photos is not None:
+            keep_photo = self.photos.keep
         with self._lock:
             seen = self.hashes
             try:
@@ -300,7 +305,11 @@ class Gallery:
             self._indexes[view] = index
 
     def remove(self, positions: Sequence[int]) -> None:
-        """Remove entries without re-embedding the rest."""
+        """Remove entries without re-embedding the rest.
+
+        The corrections rows that mention them are dropped, and the kept copy (``photos``) of
+        every photo left without a live entry is deleted from disk, no longer counted in its room.
+        """
         with self._lock:
             pos = np.asarray(list(positions), dtype=np.int64)
             if len(pos) and (pos.min() < 0 or pos.max() >= len(self.entries)):
@@ -308,6 +317,12 @@ class Gallery:
             self._removed[pos] = True
             for index in self._indexes.values():
                 index.remove(pos)
+            gone = self.corrections.entry_ids() - set(self.entry_ids())
+            if gone:
+                self.corrections = self.corrections.without_entries(gone)
+                self._apply_names()
+            pruned = self.photos.keep_only(self.hashes) if self.photos is not None else 0
+        logger.info("removed %d entries (%d corrections' entries, %d kept photos dropped)", len(pos), len(gone), pruned)
 
     # ------------------------------------------------------------------ search
 
@@ -600,7 +615,7 @@ class Gallery:
             gone = self.corrections.entry_ids() - set(records.entry_id.tolist())
             corrections = self.corrections.without_entries(gone)
         g = Gallery.from_records(records, engine, self.limits, source="this gallery")
-        g.corrections = corrections
+        g.corrections, g.photos = corrections, self.photos
         g._apply_names()
         return g
 

@@ -303,7 +303,8 @@ class DemoServer:
                                                      engine.bundle.query_model)
             else:
                 gallery, note = Gallery(engine, self.limits), "Bundle loaded; the gallery is empty."
-            state.engine, state.gallery, state.risk_cache = engine, gallery, None
+            state.engine = engine
+            state.use_gallery(gallery, same_photos=True)
             state.bundle_loads.charge(1)
         logger.info("session switched to bundle %s: %s", engine.bundle.source, note)
         return state, card, note, *self._rejection_defaults(engine)
@@ -364,7 +365,7 @@ class DemoServer:
                         turn.pass_on()
 
                 with session.busy:
-                    report = session.gallery.add_images(upload.items, progress=chunk_done, keep_photo=session.photos.keep)
+                    report = session.gallery.add_images(upload.items, progress=chunk_done)  # photos kept: Session.photos
             session.added_faces.charge(report.added)
         except CmceError as e:
             raise user_error(e) from None
@@ -393,8 +394,8 @@ class DemoServer:
         try:
             with session.busy:
                 saved, report, upload = self.example_cache.get(session.engine, folder, lambda f, m: progress(f, desc=m))
-                session.gallery = Gallery.load(saved, session.engine, self.limits)
-                session.forget_photos()  # the example's photos ship with the app: shown as they are
+                # the example's photos ship with the app: shown as they are
+                session.use_gallery(Gallery.load(saved, session.engine, self.limits))
                 for digest, path in self.example_cache.shipped_photos(folder).items():
                     session.photos.add_shipped(digest, path)
         except CmceError as e:
@@ -418,9 +419,7 @@ class DemoServer:
         """Empty this session's gallery."""
         session = self._session(state, request)
         with session.busy:
-            session.gallery = Gallery(session.engine, self.limits)
-            session.forget_photos()
-        session.risk_cache = None
+            session.use_gallery(Gallery(session.engine, self.limits))
         return session, "Gallery cleared.", {}
 
     def refresh_overview(self, state: Session | None, order: str, reject_by: str, rate: float, threshold: float,
@@ -512,8 +511,7 @@ class DemoServer:
             session.indexed_bytes.take(size, format_amount=format_bytes)
             with session.busy:
                 restored = import_gallery(file, session.engine, session.workdir, limits=self.limits)
-                session.gallery, session.risk_cache = restored.gallery, None
-                session.forget_photos()  # a downloaded gallery holds no photo
+                session.use_gallery(restored.gallery)  # a downloaded gallery holds no photo
         except CmceError as e:
             raise gr.Error(str(e)) from e
         except OSError as e:

@@ -2,7 +2,7 @@
 
 Each handler takes the session (``gr.State``) and strings (so that ``gradio_client`` can call it:
 ``people_group``, ``people_name``, ``people_merge``, ``people_split``, ``people_not``,
-``people_find``), regroups the session's in-memory ``Gallery`` with its corrections
+``people_find``, ``people_forget``), regroups the session's in-memory ``Gallery`` with its corrections
 (:func:`cmce.people.library.group_gallery` over ``Gallery.records()``) and returns the page:
 one row of thumbnails per person (its key, name and faces), the unsure faces apart, and the
 choices of the person and face pickers. In the browser each person's row also has its own name
@@ -29,8 +29,8 @@ from cmce.people.library import GalleryPeople, bundle_grouping_config, group_gal
 from cmce.serve.guard import clip, user_error
 from cmce.serve.sessions import Session
 
-__all__ = ["PEOPLE_FALLBACK", "PeoplePage", "PersonRow", "people_find", "people_group", "people_merge", "people_name",
-           "people_not", "people_split", "render_people"]
+__all__ = ["PEOPLE_FALLBACK", "PeoplePage", "PersonRow", "people_find", "people_forget", "people_group", "people_merge",
+           "people_name", "people_not", "people_split", "render_people"]
 
 PEOPLE_FALLBACK = GroupingConfig(threshold=0.5, method="chinese_whispers")
 """The grouping of a bundle without a grouping calibration (the page says so)."""
@@ -186,6 +186,30 @@ def people_not(entry: str, person: str, state: Session | None) -> tuple:
     """This face is not this person."""
     entry, person = _text(entry, "The face"), _text(person, "The person")
     return _correct(state, lambda people: not_person(people, entry, person))
+
+
+def people_forget(person: str, state: Session | None) -> tuple:
+    """Erase a person from the session's gallery: its faces, their embeddings and thumbnails, the
+    corrections that mention them, and the kept copy of each photo no other face holds (``Gallery.remove``)."""
+    person = _text(person, "The person")
+    gallery = _gallery(state)
+    people, _ = _group(gallery)
+    try:
+        who = people.person(person)
+    except CmceError as e:
+        raise user_error(f"Not changed: {e}") from None
+    erased = {people.entry_ids[i] for i in who.members}
+    with state.busy:
+        gallery.remove([int(p) for p, e in zip(gallery.positions, gallery.entry_ids()) if e in erased])
+    state.risk_cache = None
+    title = who.name or people.short_key(who)
+    done = f"Forgot {title}: {len(erased)} face{'s' if len(erased) != 1 else ''} erased"
+    if not len(gallery):
+        state.people_page = None
+        return EMPTY, f"{done}; the gallery is empty.", *PeoplePage(EMPTY, "", [], []).outputs()[2:]
+    people, note = _group(gallery)
+    page = _shown(state, _page(gallery, people, note))
+    return (page.html, f"{done}. {page.summary}", *page.outputs()[2:])
 
 
 def people_find(name: str, state: Session | None) -> tuple:

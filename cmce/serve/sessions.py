@@ -191,6 +191,23 @@ class Session:
                    SlidingQuota(server.bundle_loads_per_hour, what="bundle loads"), limits,
                    photos=SourcePhotos(workdir / "photos", photo_bytes))
 
+    def __post_init__(self) -> None:
+        self.gallery.photos = self.photos
+
+    def use_gallery(self, gallery: Gallery, *, same_photos: bool = False) -> Gallery:
+        """Make ``gallery`` the session's, its photos kept in the session's ``photos`` (so that removing
+        its entries deletes the copies no face holds any more: ``Gallery.remove``).
+
+        ``same_photos``: the gallery holds the old one's photos (re-projected for another bundle);
+        else (cleared, an example, a restore) the old copies are deleted and the last search's
+        matches forgotten. The caller holds ``busy``.
+        """
+        if not same_photos:
+            self.forget_photos()
+        gallery.photos = self.photos
+        self.gallery, self.risk_cache = gallery, None
+        return gallery
+
     def forget_photos(self) -> None:
         """The gallery was cleared or replaced: its kept photos deleted, the last search's matches forgotten."""
         if self.photos is not None:
@@ -201,9 +218,8 @@ class Session:
         """Drop the gallery (embeddings, thumbnails) and delete the temporary folder."""
         if not self.closed:
             self.closed = True
-            self.gallery = Gallery(self.engine, self.limits)
-            self.risk_cache = self.people_page = None
-            self.forget_photos()
+            self.use_gallery(Gallery(self.engine, self.limits))
+            self.people_page = None
             shutil.rmtree(self.workdir, ignore_errors=True)
             logger.info("session closed, %s removed", self.workdir)
 

@@ -59,7 +59,9 @@ The modules, one job each:
 - ``staging``: indexing jobs' staged batches, ``commit_staged``, skipped files.
 - ``derived``: one bundle's derived data (``write_derived``, ``read_derived``).
 - ``corrections``: the user's corrections (``read_corrections``, ``add_corrections``); names
-  are shown as labels by ``read_gallery`` (an overlay: shards are not rewritten).
+  are shown as labels by ``read_gallery`` (an overlay: shards are not rewritten). An old
+  gallery whose save wrote names into its shard labels (its corrections listed without
+  ``"shard_labels": "own"``) is read with those names taken out of the labels (``own_labels``).
 - ``forget``: erasure (``forget_entries``): every file holding the faces rewritten, old files
   deleted after the manifest swap; see docs/privacy.md.
 

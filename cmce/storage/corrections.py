@@ -26,6 +26,19 @@ kilobytes instead of rewriting shards of raw embeddings, the source of truth.
 The key was added without a format version bump, as ``"skipped"`` was: a cmce that
 predates it reads such a gallery exactly as before (shard labels, no links), and its
 ``write_gallery`` writes a manifest without corrections.
+
+Old galleries with names in their shard labels. For a while ``Gallery.save`` stored each
+named entry's name as its shard label too; a name dropped later (a split, "not this person")
+then came back from the shard. Every corrections listing written since says
+``"shard_labels": "own"`` (the shards hold the entries' own labels only); a listing without it
+(``names_in_shard_labels``) is such an old gallery's, and its readers take a shard label
+that is one of the corrections' names for a name the old save wrote, not an entry's own label
+(``own_labels``: read as no label). The mark stays off while the same shards stay (a listing
+written anew for the old folder keeps it off), and a gallery written whole (``write_gallery``,
+which ``Gallery.save`` runs after such a load) stores the cleaned labels with the mark. What the
+old save overwrote (a folder label under a name) is lost; a genuine label equal to one of the
+names reads as none too, while the name itself is shown wherever it stands. An old gallery
+whose every correction was dropped lists none, so nothing tells its leftover names apart.
 """
 
 from __future__ import annotations
@@ -55,11 +68,14 @@ __all__ = [
     "CORRECTIONS",
     "CORRECTIONS_DIR",
     "MAX_NAME_LENGTH",
+    "SHARD_LABELS",
     "Corrections",
     "add_corrections",
     "check_corrections",
     "corrections_of",
     "corrections_table",
+    "names_in_shard_labels",
+    "own_labels",
     "read_corrections",
     "remove_corrections",
     "require_version_2",
@@ -231,6 +247,31 @@ def read_corrections(folder: str | os.PathLike) -> Corrections:
     return corrections_of(folder, require_manifest(folder))
 
 
+SHARD_LABELS = "shard_labels"
+"""Key of a corrections listing: ``"own"`` when the shards hold no names (see the module docstring)."""
+
+
+def names_in_shard_labels(manifest: dict) -> bool:
+    """Whether the shards' labels may hold names an old ``Gallery.save`` wrote there: the manifest lists
+    corrections without the ``"shard_labels": "own"`` mark."""
+    return any(info.get(SHARD_LABELS) != "own" for info in manifest.get(CORRECTIONS, []))
+
+
+def own_labels(labels: Iterable[str | None], corrections: Corrections, manifest: dict) -> list[str | None]:
+    """The entries' own labels from their shard labels: for an old gallery (``names_in_shard_labels``), a
+    label that is one of the corrections' names was written by the old save and reads as None.
+
+    >>> old = {"corrections": [{"file": "people/corrections-000000.parquet"}]}
+    >>> own_labels(["Ada", "Ada_Lovelace", None], Corrections.empty().merged(names={"e1": "Ada"}), old)
+    [None, 'Ada_Lovelace', None]
+    """
+    labels = list(labels)
+    if not corrections.names or not names_in_shard_labels(manifest):
+        return labels
+    written = set(corrections.names.values())
+    return [None if label in written else label for label in labels]
+
+
 def write_corrections_file(folder: Path, manifest: dict, corrections: Corrections) -> list[str]:
     """Write ``corrections`` as the next corrections file and list it in ``manifest`` (not yet saved).
 
@@ -242,13 +283,15 @@ def write_corrections_file(folder: Path, manifest: dict, corrections: Correction
         The files the manifest listed before (to delete once the manifest is written).
     """
     old = [info["file"] for info in manifest.get(CORRECTIONS, [])]
+    own = not names_in_shard_labels(manifest)  # an old gallery's shards stay as they are: so does its mark
     if not len(corrections):
         manifest.pop(CORRECTIONS, None)
         return old
     name = f"{CORRECTIONS_DIR}/corrections-{_next_number(manifest, CORRECTIONS):06d}.parquet"
     (folder / CORRECTIONS_DIR).mkdir(exist_ok=True)
     _write_parquet(corrections_table(corrections), folder / name)
-    manifest[CORRECTIONS] = [{"file": name, "rows": len(corrections), "bytes": (folder / name).stat().st_size}]
+    manifest[CORRECTIONS] = [{"file": name, "rows": len(corrections), "bytes": (folder / name).stat().st_size,
+                              **({SHARD_LABELS: "own"} if own else {})}]
     return old
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from cmce.errors import GalleryError, UnknownEntryError
-from cmce.storage.corrections import corrections_of, require_version_2, write_corrections_file
+from cmce.storage.corrections import corrections_of, own_labels, require_version_2, write_corrections_file
 from cmce.storage.manifest import (
     _next_number,
     _next_shard_number,
@@ -114,9 +114,11 @@ def _entry_labels(folder: Path, manifest: dict) -> dict[str, str | None]:
 
 def _people(folder: Path, manifest: dict) -> dict[str, list[str]]:
     """Name -> entry ids, by each entry's label as read: its correction name, else its shard label."""
-    names = corrections_of(folder, manifest).names
+    corrections = corrections_of(folder, manifest)
+    names = corrections.names
+    labels = _entry_labels(folder, manifest)  # an old gallery's names in its shard labels are not own labels
     people: dict[str, list[str]] = {}
-    for entry, label in _entry_labels(folder, manifest).items():
+    for entry, label in zip(labels, own_labels(labels.values(), corrections, manifest)):
         name = names.get(entry, label)
         if name:
             people.setdefault(name, []).append(entry)

@@ -14,7 +14,7 @@ import numpy as np
 
 from cmce.errors import GalleryError
 from cmce.storage.convert_v1 import read_v1_gallery
-from cmce.storage.corrections import corrections_of
+from cmce.storage.corrections import corrections_of, names_in_shard_labels, own_labels
 from cmce.storage.manifest import _V1_FILES, MANIFEST, require_manifest
 from cmce.storage.records import (
     IMAGE_QUALITY_COLUMNS,
@@ -40,8 +40,9 @@ def read_gallery(folder: str | os.PathLike, *, metadata: bool = True, names_as_l
         metadata: False reads only what re-projection needs (entry ids, detector
             probabilities, embeddings); the other columns come back empty (None or
             zeros). Such records must not be written back.
-        names_as_labels: False keeps the labels the shards hold (for a reader that shows the
-            names itself and must show a shard's label again once a name is dropped).
+        names_as_labels: False keeps the entries' own labels, those the shards hold (for a reader
+            that shows the names itself and must show an own label again once a name is dropped;
+            an old gallery's names in its shard labels are not own labels: ``own_labels``).
 
     Raises:
         GalleryError: missing folder, not a gallery, unknown version, or a corrupt or
@@ -80,6 +81,8 @@ def read_gallery(folder: str | os.PathLike, *, metadata: bool = True, names_as_l
     if len(set(records.entry_id.tolist())) != len(records):
         raise GalleryError(f"{folder}: corrupt gallery (an entry id appears twice)")
     corrections = corrections_of(folder, manifest)
+    if metadata and corrections.names and names_in_shard_labels(manifest):  # an old gallery's names read as no label
+        records.label[:] = own_labels(records.label.tolist(), corrections, manifest)
     if metadata and names_as_labels and corrections.names:
         named = [i for i, e in enumerate(records.entry_id.tolist()) if e in corrections.names]
         records.label[named] = [corrections.names[records.entry_id[i]] for i in named]

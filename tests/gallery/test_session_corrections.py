@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from cmce.gallery.memory import Gallery
 from cmce.method.bundle import default_bundle_path, load_bundle
 from cmce.method.engine import FaceEngine
-from cmce.storage.corrections import read_corrections
+from cmce.storage.corrections import read_corrections, remove_corrections
+from cmce.storage.forget import entries_named, person_names
+from cmce.storage.read import read_gallery
+from cmce.storage.write import write_gallery
 
 PEOPLE = ["Aaron_Peirsol", "Adam_Sandler", "Abel_Pacheco"]
 
@@ -88,3 +92,62 @@ def test_save_appended_stores_the_corrections(engine, lfw_dir, tmp_path) -> None
     g.save_appended(folder, len(g.entries))
     assert len(read_corrections(folder)) == 0
     assert _labels(Gallery.load(folder, engine)) == [None] * 4
+
+
+def _shard_labels(folder) -> list:
+    """The labels the entry shards hold, as written (no reader's reading of them)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return [label for info in manifest["shards"] if info["kind"] == "entries"
+            for label in pq.read_table(folder / info["file"], columns=["label"]).column("label").to_pylist()]
+
+
+def _legacy_save(g: Gallery, folder) -> None:
+    """``g`` saved as cmce saved a gallery before names lived in the corrections only: each named entry's
+    name written as its shard label (``Gallery.save`` stored the labels it showed), the corrections listed
+    without the ``"shard_labels": "own"`` mark."""
+    records = g.records()
+    names = g.corrections.names
+    records.label[:] = [names.get(e, own) for e, own in zip(records.entry_id.tolist(), records.label.tolist())]
+    write_gallery(folder, records, corrections=g.corrections)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for info in manifest["corrections"]:
+        info.pop("shard_labels", None)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_an_old_gallery_with_names_in_its_shard_labels_is_migrated_on_load(engine, lfw_dir, tmp_path) -> None:
+    """An old gallery's shard labels hold names: once a split or "not this person" drops a name, the
+    face must not show it again (live, after a reload, to ``forget --person``), and a save stores clean labels."""
+    g = Gallery(engine)
+    g.add_images([(p.name, p, PEOPLE[0]) for p in _photos(lfw_dir, PEOPLE[0])]
+                 + [(p.name, p, None) for p in _photos(lfw_dir, PEOPLE[1])])
+    ids = g.entry_ids()
+    g.add_corrections(names={ids[0]: "Ada", ids[1]: "Ada", ids[2]: "Bob", ids[3]: "Bob"})
+    old = tmp_path / "old"
+    _legacy_save(g, old)
+    assert _shard_labels(old) == ["Ada", "Ada", "Bob", "Bob"]  # the old format indeed
+
+    loaded = Gallery.load(old, engine)
+    assert _labels(loaded) == ["Ada", "Ada", "Bob", "Bob"]
+    # Bob split in two, one of Ada's faces not Ada: the dropped names are not shown again
+    loaded.replace_corrections(loaded.corrections.without(names=[ids[3], ids[1]])
+                               .merged(cannot_link=[(ids[2], ids[3]), (ids[0], ids[1])]))
+    assert _labels(loaded) == ["Ada", None, "Bob", None]  # PEOPLE[0], the label the old save overwrote, is lost
+    # the same corrections stored in the old folder itself (the CLI's way): no name comes back from a shard
+    remove_corrections(old, names=[ids[3], ids[1]])
+    assert entries_named(old, "Bob") == (ids[2],) and entries_named(old, "Ada") == (ids[0],)
+    assert person_names(old) == {"Ada": 1, "Bob": 1}
+    assert _labels(Gallery.load(old, engine)) == ["Ada", None, "Bob", None]
+    # saved again: the shards hold the entries' own labels, the names only the corrections
+    loaded.save(tmp_path / "new")
+    assert _shard_labels(tmp_path / "new") == [None] * 4
+    assert read_gallery(tmp_path / "new", names_as_labels=False).records.label.tolist() == [None] * 4
+    assert _labels(Gallery.load(tmp_path / "new", engine)) == ["Ada", None, "Bob", None]
+    assert all(info["shard_labels"] == "own" for info in json.loads((tmp_path / "new" / "manifest.json").read_text())
+               ["corrections"])
+    # a gallery written now keeps an own label equal to a name: shown again once the name is dropped
+    g.add_corrections(names={ids[0]: PEOPLE[0], ids[1]: PEOPLE[0]})
+    g.save(tmp_path / "same")
+    remove_corrections(tmp_path / "same", names=[ids[1]])
+    assert _labels(Gallery.load(tmp_path / "same", engine))[:2] == [PEOPLE[0], PEOPLE[0]]
+    assert entries_named(tmp_path / "same", PEOPLE[0]) == tuple(sorted(ids[:2]))

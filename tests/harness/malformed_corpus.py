@@ -182,6 +182,7 @@ def cases(files: dict[str, Path], handle_file: Callable) -> dict[str, list[tuple
         "/people_merge": [(f"person {n}", {"person": v, "other": "nobody-else"}) for n, v in who.items()]
                          + [("a person with itself", {"person": "nobody", "other": "nobody"})],
         "/people_split": [(f"person {n}", {"person": v}) for n, v in who.items()],
+        "/people_forget": [(f"person {n}", {"person": v}) for n, v in who.items()],
         "/people_not": [(f"entry {n}", {"entry": v, "person": "nobody"}) for n, v in who.items()],
         "/people_find": [(f"name {n}", {"name": v}) for n, v in who.items()],
     }

@@ -8,16 +8,20 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+from PIL import Image
 
 from cmce.gallery.ingest import GalleryLimits, Photo
 from cmce.gallery.source_photos import SourcePhotos
+from cmce.io.images import content_hash
 from cmce.io.limits import BundleAllowList, ServerLimits
+from cmce.serve import people_view
 from cmce.serve.display import match_photo_image
 from cmce.serve.display.result_view import MATCH_GREEN
 from cmce.serve.fairness import ClientGate, ClientLimits
 from cmce.serve.handlers import DemoServer
 from cmce.serve.sessions import photo_share, shipped_bundles
 from cmce.serve.workdirs import TempFolders
+from conftest import found_on_disk
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "assets" / "examples"
@@ -109,3 +113,46 @@ def test_a_match_opens_in_its_photo_for_examples_uploads_and_says_so_for_a_resto
     assert (session.workdir / "photos").is_dir()
     demo.expire(session)
     assert not session.workdir.exists()
+
+
+def _side_by_side(paths: list[Path], dest: Path) -> Path:
+    """One photo of the given photos' faces, left to right (a group photo)."""
+    tiles = [Image.open(p).convert("RGB") for p in paths]
+    canvas = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)), (90, 90, 90))
+    for i, t in enumerate(tiles):
+        canvas.paste(t, (sum(u.width for u in tiles[:i]), 0))
+    canvas.save(dest, quality=92)
+    return dest
+
+
+def test_forgetting_a_person_deletes_the_photos_no_other_face_holds(demo, tmp_path):
+    """Erasure in a session (issue 26): the kept copy of a photo whose faces are all forgotten leaves the
+    disk and the session's photo room; a group photo keeps its copy for the face still there, which opens."""
+    archive = EXAMPLES / "archive"
+    alone = [shutil.copy(archive / n, tmp_path / n) for n in ("Grace_Hopper_11.jpg", "Grace_Hopper_12.jpg",
+                                                             "Eileen_Collins_11.jpg")]
+    pair = _side_by_side([archive / "Eileen_Collins_12.jpg", archive / "Grace_Hopper_13.jpg"], tmp_path / "pair.jpg")
+    session = demo.index_gallery([*map(str, alone), str(pair)], state=None, progress=lambda *a, **k: None)[0]
+    grace, eileen, two = (content_hash(tmp_path / n) for n in ("Grace_Hopper_11.jpg", "Eileen_Collins_11.jpg", "pair.jpg"))
+    assert {h for h in (grace, eileen, two) if session.photos.get(h) is not None} == {grace, eileen, two}
+    grace_jpeg = session.photos.get(grace).path.read_bytes()
+    held = session.photos.bytes_held
+    people_view.people_group(session)
+    people_view.people_name(f"{grace}:0", "Grace", session)  # a name, which forgetting drops with her faces
+    html, summary, *_ = people_view.people_forget("Grace", session)
+    assert summary.startswith("Forgot Grace:") and "Grace" not in {e.label for e in session.gallery.entries
+                                                                    if e.content_hash in session.gallery.hashes}
+    assert session.photos.get(grace) is None and not found_on_disk(session.workdir, {"Grace_Hopper_11": grace_jpeg})
+    assert session.photos.get(two) is not None and session.photos.get(two).path.is_file()
+    assert session.photos.bytes_held <= held - len(grace_jpeg)
+    assert session.photos.bytes_held == sum(p.stat().st_size for p in (session.workdir / "photos").iterdir())
+    assert not session.gallery.corrections.names  # her name went with her faces: the others can be named
+    people_view.people_name(f"{eileen}:0", "Eileen", session)
+    # the face that stays in the group photo opens in it, boxed
+    demo.search(str(EXAMPLES / "queries" / "Eileen_Collins_04.jpg"), k=10, state=session)
+    ids = session.last_matches["ensemble"]
+    rank = next(r for r, e in enumerate(ids, 1) if e.startswith(two))
+    image, note = demo.match_photo("ensemble", rank, session)
+    assert image is not None and _green(image) > 100 and "pair.jpg" in note
+    with pytest.raises(gr.Error, match="Not changed: no person 'Grace'"):
+        people_view.people_forget("Grace", session)

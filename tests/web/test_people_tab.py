@@ -101,7 +101,7 @@ def _wait_rows(page, name: str | None = None) -> None:
     page.wait_for_timeout(500)
 
 
-def test_people_tab_groups_an_unlabelled_upload_names_and_merges(app_server, lfw_dir, tmp_path) -> None:
+def test_people_tab_groups_an_unlabelled_upload_names_merges_and_forgets(app_server, lfw_dir, tmp_path) -> None:
     photos = group_photos(lfw_dir, tmp_path / "upload")
     with open_page(app_server["url"], DESKTOP) as page:
         page.locator("#gallery-files input[type=file]").first.set_input_files([str(x) for x in photos])
@@ -187,6 +187,16 @@ def test_people_tab_groups_an_unlabelled_upload_names_and_merges(app_server, lfw
         assert page.locator(f"{ROWS} .cmce-unsure").count() == 0
         _shot(page, tmp_path, "people-found")
 
+        # forgetting Ada erases her faces from the session's gallery: gone from the rows and the overview
+        _pick(page, "#people-person", "Ada King")
+        page.click("#people-forget")
+        _wait_summary(page, "Forgot Ada King")
+        _wait_rows(page)
+        heads = page.locator(f"{ROWS} .cmce-person-head").all_inner_texts()
+        assert heads and not any("Ada King" in h for h in heads), heads
+        page.wait_for_function(f"() => ({CAPTIONS})('Ada King') === 0", timeout=TIMEOUT_MS)
+        _shot(page, tmp_path, "people-forgot")
+
 
 def test_people_endpoints_give_named_errors_for_bad_input(app_server) -> None:
     client_mod = pytest.importorskip("gradio_client")
@@ -196,19 +206,20 @@ def test_people_endpoints_give_named_errors_for_bad_input(app_server) -> None:
              ("/people_merge", ("a", "b"), "No gallery yet"),
              ("/people_split", ("a",), "No gallery yet"),
              ("/people_not", ("", "Ada"), "The face is empty"),
-             ("/people_find", ("Nobody",), "No gallery yet")]
+             ("/people_find", ("Nobody",), "No gallery yet"),
+             ("/people_forget", ("a",), "No gallery yet")]
     for api, args, message in cases:
         with pytest.raises(Exception, match=message):
             client.predict(*args, None, api_name=api)
 
 
-def test_the_people_endpoints_are_the_six_with_their_outputs(app_server) -> None:
-    """The rows with a name box each add no endpoint: the API is the six People endpoints, as before,
+def test_the_people_endpoints_are_the_seven_with_their_outputs(app_server) -> None:
+    """The rows with a name box each add no endpoint: the API is the seven People endpoints (forget among them),
     each returning the page's HTML, summary and the three pickers."""
     client_mod = pytest.importorskip("gradio_client")
     api = client_mod.Client(app_server["url"], verbose=False).view_api(print_info=False, return_format="dict")
     people = {name: info for name, info in api["named_endpoints"].items() if "people" in name}
     assert set(people) == {"/people_group", "/people_name", "/people_merge", "/people_split", "/people_not",
-                           "/people_find"}, sorted(people)
+                           "/people_find", "/people_forget"}, sorted(people)
     assert {name: len(info["returns"]) for name, info in people.items()} == dict.fromkeys(people, 5)
     assert [p["parameter_name"] for p in people["/people_name"]["parameters"]] == ["person", "name"]
