@@ -44,6 +44,7 @@ from cmce.gallery.persistence import (
     check_servable,
     derive,
     gallery_records,
+    load_report,
     placeholder_rows,
     record_entries,
 )
@@ -361,11 +362,14 @@ class Gallery:
             view name -> ViewResult.
         """
         with self._lock:
-            return search_views(query, entries=self.entries, vectors=self.vectors, indexes=self._indexes,
-                                live=~self._removed, doubtful=self.doubt().doubtful,
-                                calibration=self.bundle.calibration, views=self.bundle.view_names, k=k,
-                                rejected=rejected, query_probability=query_probability, answer_rule=answer_rule,
-                                unknown_by=unknown_by)
+            return self._search(query, self.bundle.view_names, self.doubt().doubtful, k=k, rejected=rejected,
+                                query_probability=query_probability, answer_rule=answer_rule, unknown_by=unknown_by)
+
+    def _search(self, query: np.ndarray, views: Sequence[str], doubtful: np.ndarray, **options) -> dict[str, ViewResult]:
+        """``search_views`` over this gallery's live entries (lock held)."""
+        return search_views(query, entries=self.entries, vectors=self.vectors, indexes=self._indexes,
+                            live=~self._removed, doubtful=doubtful, calibration=self.bundle.calibration,
+                            views=tuple(views), **options)
 
     def search_vectors(
         self,
@@ -396,12 +400,9 @@ class Gallery:
         if prob.shape != (len(q),):
             raise CmceError(f"query_probability must be ({len(q)},), got {prob.shape}")
         with self._lock:
-            vectors, doubtful = self.vectors, self.doubt().doubtful
-            return [search_views(row, entries=self.entries, vectors=vectors, indexes=self._indexes,
-                                 live=~self._removed, doubtful=doubtful, calibration=self.bundle.calibration,
-                                 views=(view,), k=k, rejected=rejected, query_probability=float(p),
-                                 answer_rule=answer_rule, unknown_by=unknown_by)[view]
-                    for row, p in zip(q, prob)]
+            doubtful = self.doubt().doubtful
+            return [self._search(row, (view,), doubtful, k=k, rejected=rejected, query_probability=float(p),
+                                 answer_rule=answer_rule, unknown_by=unknown_by)[view] for row, p in zip(q, prob)]
 
     def search_image(
         self,
@@ -498,6 +499,11 @@ class Gallery:
             records.label[:] = [self._labels[i] for i in positions]
             return records
 
+    def _saved(self) -> tuple[GalleryRecords, Corrections]:
+        """What a save stores (lock held): the live records, and the corrections of their entries only."""
+        records = self.records()
+        return records, self.corrections.without_entries(self.corrections.entry_ids() - set(records.entry_id.tolist()))
+
     def derived_data(self) -> tuple[DerivedData, VectorIndex]:
         """This bundle's derived data for the live entries (what ``save`` stores beside the shards)."""
         with self._lock:
@@ -513,9 +519,8 @@ class Gallery:
         kept if writing fails.
         """
         with self._lock:
-            records = self.records()
-            gone = self.corrections.entry_ids() - set(records.entry_id.tolist())
-            dest = write_gallery(folder, records, corrections=self.corrections.without_entries(gone))
+            records, corrections = self._saved()
+            dest = write_gallery(folder, records, corrections=corrections)
             if len(self):
                 derived, index = self.derived_data()
                 write_derived(dest, derived, index)
@@ -531,10 +536,8 @@ class Gallery:
         ``folder`` must hold what this gallery held before ``since``.
         """
         with self._lock:
-            records = self.records()
-            live = self.positions
-            gone = self.corrections.entry_ids() - set(records.entry_id.tolist())
-            append_entries(folder, records.take(live >= since), corrections=self.corrections.without_entries(gone))
+            records, corrections = self._saved()
+            append_entries(folder, records.take(self.positions >= since), corrections=corrections)
             if len(self):
                 derived, index = self.derived_data()
                 write_derived(folder, derived, index)
@@ -556,12 +559,8 @@ class Gallery:
                 backbones on each side.
         """
         start = time.perf_counter()
-        bundle = engine.bundle
-        keys = bundle_keys(bundle)
-        check_servable(bundle, records.backbones, len(records), source)
-        member_keys = {m: keys[m] for m in bundle.gallery_models}
-        if bundle.query_member:
-            member_keys["query"] = keys[bundle.query_model]
+        check_servable(engine.bundle, records.backbones, len(records), source)
+        members = len(engine.bundle.gallery_models) + bool(engine.bundle.query_member)
         g = cls(engine, limits)
         for k, rec in records.backbones.items():
             g._backbones[k] = rec
@@ -576,14 +575,8 @@ class Gallery:
         g._labels = [e.label for e in g.entries]
         g._removed = np.zeros(n, bool)
         g._refuse()
-        present = g._vectors.member_present if g._vectors is not None else np.zeros((0, len(member_keys)), bool)
-        missing = {m: int((~present[:, j]).sum()) for j, m in enumerate(member_keys) if (~present[:, j]).any()}
-        used = set(keys.values())
-        g.load_report = LoadReport(
-            entries=n, missing=missing, unusable=int((~present.any(axis=1)).sum()) if n else 0,
-            unused_backbones=tuple(sorted(k for k in records.backbones if k not in used)),
-            seconds=time.perf_counter() - start, converted_from=converted_from,
-        )
+        present = g._vectors.member_present if g._vectors is not None else np.zeros((0, members), bool)
+        g.load_report = load_report(records, engine.bundle, present, time.perf_counter() - start, converted_from)
         return g
 
     @classmethod
@@ -611,9 +604,7 @@ class Gallery:
             took and which members entries lack.
         """
         with self._lock:
-            records = self.records()
-            gone = self.corrections.entry_ids() - set(records.entry_id.tolist())
-            corrections = self.corrections.without_entries(gone)
+            records, corrections = self._saved()
         g = Gallery.from_records(records, engine, self.limits, source="this gallery")
         g.corrections, g.photos = corrections, self.photos
         g._apply_names()

@@ -33,6 +33,7 @@ __all__ = [
     "check_servable",
     "derive",
     "gallery_records",
+    "load_report",
     "placeholder_rows",
     "record_entries",
 ]
@@ -223,3 +224,18 @@ def record_entries(records: GalleryRecords) -> list[GalleryEntry]:
                      records.thumbnail[i] or b"", records.entry_id[i], records.uri[i], records.image_quality(i))
         for i in range(len(records))
     ]
+
+
+def load_report(records: GalleryRecords, bundle: Bundle, member_present: np.ndarray, seconds: float,
+                converted_from: int | None = None) -> LoadReport:
+    """How ``records`` opened with ``bundle``: ``member_present`` (entries x the bundle's members, the
+    query member last when the bundle has one) says which member embeddings each entry holds."""
+    members = list(bundle.gallery_models) + (["query"] if bundle.query_member else [])
+    used = set(bundle_keys(bundle).values())
+    return LoadReport(
+        entries=len(records), missing={m: int((~member_present[:, j]).sum()) for j, m in enumerate(members)
+                                       if (~member_present[:, j]).any()},
+        unusable=int((~member_present.any(axis=1)).sum()) if len(member_present) else 0,
+        unused_backbones=tuple(sorted(k for k in records.backbones if k not in used)),
+        seconds=seconds, converted_from=converted_from,
+    )
