@@ -47,17 +47,14 @@ from cmce.storage.shards import (
     _write_parquet,
     require_pyarrow,
 )
+from cmce.storage.faults import pause
 from cmce.storage.staging import SKIPPED, STAGING, _stopped_jobs, remove_unlisted
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PAUSE_ENV", "ForgetReport", "entries_named", "forget_entries", "person_names"]
+__all__ = ["ForgetReport", "entries_named", "forget_entries", "person_names"]
 
-PAUSE_ENV = "CMCE_FORGET_PAUSE_AT"
-"""Fault injection for the kill -9 tests: ``STEP:PATH`` makes ``forget_entries`` write PATH and
-sleep at STEP (``start``, ``written``, ``swapped``), so a test can kill it there."""
 
-_STEPS = ("start", "written", "swapped")
 
 
 @dataclass(frozen=True)
@@ -92,14 +89,6 @@ class ForgetReport:
         return (f"erased {len(self.entries)} entries: {len(self.shards_rewritten)} shards rewritten, "
                 f"{self.skipped_rows} skipped rows, {self.staged_files} staged files and {self.corrections} "
                 f"corrections dropped, {len(self.deleted)} old files deleted in {self.seconds:.2f} s{derived}")
-
-
-def _pause(step: str) -> None:
-    """The fault-injection point ``step`` (see ``PAUSE_ENV``); nothing unless the variable names it."""
-    spec = os.environ.get(PAUSE_ENV, "")
-    if spec.partition(":")[0] == step:
-        Path(spec.partition(":")[2]).write_text(step)
-        time.sleep(120)
 
 
 def _entry_labels(folder: Path, manifest: dict) -> dict[str, str | None]:
@@ -183,7 +172,7 @@ def forget_entries(folder: str | os.PathLike, entry_ids: Iterable[str]) -> Forge
                                     f"{f' and {len(unknown) - 5} more' if len(unknown) > 5 else ''}; "
                                     f"it holds {len(stored)} entries" + (f", e.g. {examples}" if examples else ""))
         hashes = {i.rsplit(":", 1)[0] for i in ids}
-        _pause("start")
+        pause("start")
         staged = _drop_staged(folder, ids, hashes)  # never part of the gallery: deleting them is always safe
         new = dict(manifest)
         rewritten, old_files = _rewrite_shards(folder, new, ids)
@@ -193,9 +182,9 @@ def forget_entries(folder: str | os.PathLike, entry_ids: Iterable[str]) -> Forge
         old_corrections = write_corrections_file(folder, new, kept) if kept != corrections else []
         new["derived"] = None
         new["entries"] = sum(int(s["rows"]) for s in new["shards"] if s.get("kind") != "embeddings")
-        _pause("written")
+        pause("written")
         write_manifest(folder, new)
-        _pause("swapped")
+        pause("swapped")
         for name in old_files + old_skipped + old_corrections:
             (folder / name).unlink(missing_ok=True)
         deleted = old_files + old_skipped + old_corrections + remove_unlisted(folder, new)

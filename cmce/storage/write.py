@@ -19,6 +19,7 @@ import numpy as np
 
 from cmce.errors import GalleryError
 from cmce.storage.corrections import Corrections, check_corrections, corrections_of, write_corrections_file
+from cmce.storage.faults import pause
 from cmce.storage.manifest import (
     _new_manifest,
     _next_shard_number,
@@ -155,6 +156,7 @@ def append_entries(folder: str | os.PathLike, records: GalleryRecords, *,
             raise GalleryError("append_entries: an entry id appears twice among the new entries")
         if corrections is not None:
             check_corrections(corrections, stored | set(records.entry_id[new].tolist()), str(folder))
+        pause("append-start")
         if not new.any():
             if corrections is not None and corrections != corrections_of(folder, manifest):
                 _replace_corrections(folder, manifest, corrections)
@@ -169,6 +171,7 @@ def append_entries(folder: str | os.PathLike, records: GalleryRecords, *,
         manifest["shards"].append({"file": name, "kind": "entries", "rows": len(records), "backbones": keys,
                                    "bytes": (folder / name).stat().st_size})
         manifest["entries"] = int(manifest.get("entries", 0)) + len(records)
+        pause("append-written")
         if corrections is not None:
             _replace_corrections(folder, manifest, corrections)
         else:
@@ -180,7 +183,9 @@ def _replace_corrections(folder: Path, manifest: dict, corrections: Corrections)
     """Under the gallery's lock: the corrections file written, the manifest (with any other change) written
     once, then the previous corrections files deleted."""
     old = write_corrections_file(folder, manifest, corrections)
+    pause("corrections-written")
     write_manifest(folder, manifest)
+    pause("corrections-listed")
     for name in old:
         (folder / name).unlink(missing_ok=True)
 

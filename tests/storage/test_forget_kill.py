@@ -1,7 +1,7 @@
 """kill -9 of ``python -m cmce forget``: the gallery is left exactly in its old or its new state.
 
 Each trial runs ``forget`` in a subprocess that pauses at one named step
-(``cmce.storage.forget.PAUSE_ENV``: before any write, with every new file written but the
+(``cmce.storage.faults.PAUSE_ENV``: before any write, with every new file written but the
 manifest not yet replaced, and with the manifest replaced but the old files not yet
 deleted), kills it there with SIGKILL, then reads the gallery. What the kill left unlisted
 is removed by the next ``remove_orphans`` (which every ``forget`` and indexing job runs
@@ -22,7 +22,8 @@ import pytest
 from conftest import ROOT, found_on_disk
 from test_forget import ERASED, build_gallery, erased_bytes, listed_files
 
-from cmce.storage.forget import PAUSE_ENV, forget_entries
+from cmce.storage.faults import PAUSE_ENV
+from cmce.storage.forget import forget_entries
 from cmce.storage.read import read_gallery
 from cmce.storage.staging import remove_orphans
 
