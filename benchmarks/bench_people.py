@@ -93,7 +93,7 @@ def served_config(bundle: str = SERVED_BUNDLE) -> tuple[dict, int, float]:
     """The grouping a bundle serves (its ``info.people``), its query model's dimension and rejection rate."""
     cfg = json.loads((bundle_folder(bundle) / "config.json").read_text())
     cal = cfg["info"]["people"]
-    keep = ("method", "threshold", "query_weight", "attach_above", "attach_margin")
+    keep = ("method", "threshold", "query_weight", "attach_above", "attach_margin", "detach_below")
     dim = int(cfg["gallery_models"][0]["transformer"]["out_dim"])  # the query model's space
     return {k: cal[k] for k in keep if k in cal}, dim, float(cfg["calibration"]["rejection_rate"])
 

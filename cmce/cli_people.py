@@ -85,11 +85,13 @@ def _record(folder: Path, calibration: dict) -> None:
         "attach_margin": ens.get("attach_margin"),
         "query_threshold": qry["threshold"], "query_attach_above": qry.get("attach_above"),
         "query_attach_margin": qry.get("attach_margin"),
+        "detach_below": ens.get("detach_below"), "query_detach_below": qry.get("detach_below"),
         "identities": calibration["identities"], "faces": calibration["faces"],
         "measured_by": "best mean BCubed F on the bundle's training identities (train + validation), "
                        + ("out-of-fold (served by the cross-validation networks not trained on them)"
                           if calibration.get("out_of_fold") else "served by the bundle")
-                       + ": clean, and 1,000 of them with mix:0.6 of their photos degraded; threshold, then attach pass"}
+                       + ": clean, and 1,000 of them with mix:0.6 of their photos degraded; threshold, then attach "
+                         "pass, then detach pass"}
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config.", suffix=".json")
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(doc, indent=2) + "\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 from cmce.errors import CmceError
 from cmce.metrics.intervals import format_interval
 
-__all__ = ["PEOPLE_TABLES", "render_people_calibration", "render_people_curve", "render_people_rows",
+__all__ = ["PEOPLE_TABLES", "render_people_calibration", "render_people_curve", "render_people_detach", "render_people_rows",
            "render_people_scale", "render_people_settings", "render_people_summary", "render_people_unsure"]
 
 
@@ -129,22 +129,25 @@ def render_people_calibration(docs: Sequence[Mapping]) -> str:
 
 def render_people_settings(docs: Sequence[Mapping]) -> str:
     """The served grouping's settings and the query model's (the baseline row), each calibrated on the
-    training identities: similarity, threshold, attach pass, and the mean BCubed F over the clean and
-    mixed training libraries at the threshold alone and with the attach pass.
+    training identities: similarity, threshold, attach pass, detach pass, and the mean BCubed F over
+    the clean and mixed training libraries at the threshold alone, with the attach pass, and with both
+    passes (an older calibration without a detach pass shows none).
 
     Example:
         >>> c = {"threshold": 0.52, "query_weight": 0.5, "attach_above": 0.4, "attach_margin": 0.1,
-        ...      "mean_f": 0.9699, "attach_mean_f": 0.9724}
+        ...      "mean_f": 0.9699, "attach_mean_f": 0.9724, "detach_below": 0.5, "detach_mean_f": 0.9747}
         >>> doc = {"bundle": {"source": "b/x-query", "query": "q"}, "calibration": {"method": "chinese_whispers",
-        ...        "out_of_fold": True, "ensemble": c, "query": {**c, "query_weight": 0.0, "attach_above": None}}}
+        ...        "out_of_fold": True, "ensemble": c, "query": {**c, "query_weight": 0.0, "attach_above": None,
+        ...        "detach_below": None}}}
         >>> print(render_people_settings([doc]), end="")
-        | bundle | vectors | training vectors | similarity | threshold | attach above (margin) | training F: threshold | with attach |
-        |---|---|---|---|---:|---:|---:|---:|
-        | `x-query` | CMCE ensemble | out-of-fold | mean of the ensemble's and the query model's cosines | 0.52 | 0.40 (0.10) | 96.99 | 97.24 |
-        | `x-query` | query model alone | out-of-fold | query model's cosine | 0.52 | (none) | 96.99 | 97.24 |
+        | bundle | vectors | training vectors | similarity | threshold | attach above (margin) | detach below | training F: threshold | with attach | with attach and detach |
+        |---|---|---|---|---:|---:|---:|---:|---:|---:|
+        | `x-query` | CMCE ensemble | out-of-fold | mean of the ensemble's and the query model's cosines | 0.52 | 0.40 (0.10) | 0.50 | 96.99 | 97.24 | 97.47 |
+        | `x-query` | query model alone | out-of-fold | query model's cosine | 0.52 | (none) | (none) | 96.99 | 97.24 | 97.47 |
     """
-    lines = ["| bundle | vectors | training vectors | similarity | threshold | attach above (margin) | "
-             "training F: threshold | with attach |", "|---|---|---|---|---:|---:|---:|---:|"]
+    lines = ["| bundle | vectors | training vectors | similarity | threshold | attach above (margin) | detach below | "
+             "training F: threshold | with attach | with attach and detach |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for doc in docs:
         cal = doc["calibration"]
         trained = "out-of-fold" if cal.get("out_of_fold") else "served (trained on)"
@@ -156,9 +159,41 @@ def render_people_settings(docs: Sequence[Mapping]) -> str:
                    f"ensemble's cosine, query model's weighted {w:.2f}")
             attach = (f"{c['attach_above']:.2f} ({c['attach_margin']:.2f})" if c.get("attach_above") is not None
                       else "(none)")
+            detach = f"{c['detach_below']:.2f}" if c.get("detach_below") is not None else "(none)"
             with_attach = _pts(c["attach_mean_f"]) if "attach_mean_f" in c else ""
+            with_detach = _pts(c["detach_mean_f"]) if "detach_mean_f" in c else ""
             lines.append(f"| `{_bundle(doc)}` | {name} | {trained} | {sim} | {c['threshold']:.2f} | {attach} | "
-                         f"{_pts(c['mean_f'])} | {with_attach} |")
+                         f"{detach} | {_pts(c['mean_f'])} | {with_attach} | {with_detach} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_people_detach(docs: Sequence[Mapping]) -> str:
+    """The detach pass's calibration grid: per value of ``detach_below``, the BCubed F of the clean and
+    mixed training libraries and their mean (the chosen value bold); calibrations without one are skipped.
+
+    Example:
+        >>> grid = [{"detach_below": None, "f": [0.989, 0.9558], "mean_f": 0.9724},
+        ...         {"detach_below": 0.5, "f": [0.9912, 0.9582], "mean_f": 0.9747}]
+        >>> doc = {"bundle": {"source": "b/x-query", "query": "q"}, "calibration": {"ensemble": {"detach_below": 0.5,
+        ...        "detach_grid": grid}, "query": {}}}
+        >>> print(render_people_detach([doc]), end="")
+        | bundle | vectors | detach below: training F clean / mixed / mean |
+        |---|---|---|
+        | `x-query` | CMCE ensemble | none: 98.90 / 95.58 / 97.24; **0.50: 99.12 / 95.82 / 97.47** |
+    """
+    lines = ["| bundle | vectors | detach below: training F clean / mixed / mean |", "|---|---|---|"]
+    for doc in docs:
+        for who, name in (("ensemble", "CMCE ensemble"), ("query", "query model alone")):
+            c = doc["calibration"][who]
+            if "detach_grid" not in c:
+                continue
+            cells = []
+            for p in c["detach_grid"]:
+                b = p["detach_below"]
+                cell = (f"{'none' if b is None else f'{b:.2f}'}: "
+                        f"{' / '.join(_pts(f) for f in p['f'])} / {_pts(p['mean_f'])}")
+                cells.append(f"**{cell}**" if b == c["detach_below"] else cell)
+            lines.append(f"| `{_bundle(doc)}` | {name} | {'; '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -168,7 +203,8 @@ def _scale_setting(doc: Mapping, s: Mapping) -> str:
         return f"one cosine ({s.get('dim', doc.get('dim', 512))}-d), no attach"
     c = s["config"]
     return (f"served `{doc.get('served_bundle', '?')}`: {c['method']} at {c['threshold']:.2f}, query weight "
-            f"{c['query_weight']:.2f} ({s['dim']}-d), attach {c['attach_above']:.2f} ({c['attach_margin']:.2f})")
+            f"{c['query_weight']:.2f} ({s['dim']}-d), attach {c['attach_above']:.2f} ({c['attach_margin']:.2f})"
+            + (f", detach {c['detach_below']:.2f}" if c.get("detach_below") is not None else ""))
 
 
 def render_people_scale(docs: Sequence[Mapping]) -> str:
@@ -221,5 +257,6 @@ PEOPLE_TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {
     "people-calibration": render_people_calibration,
     "people-scale": render_people_scale,
     "people-settings": render_people_settings,
+    "people-detach": render_people_detach,
     "people-summary": render_people_summary,
 }

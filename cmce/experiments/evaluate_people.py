@@ -2,7 +2,7 @@
 
 Every found face of the held-out identities is one face of an unlabelled library (clean, or
 with a share of its photos degraded by ``--gallery-degrade``). The grouping never sees a label;
-the labels only score it. The thresholds and the attach pass come from the bundle's training
+the labels only score it. The thresholds and the attach and detach passes come from the bundle's training
 identities (``calibrate``: every identity the bundle was trained or validated on, clean, and a
 mixed-quality library of 1,000 of them, served out-of-fold by the bundle's cross-validation
 networks), never from the held-out ones; so does the clustering method (the best BCubed F on
@@ -11,9 +11,10 @@ the clean training photos).
 Rows, all on the same faces:
 
 * ``CMCE ensemble``: the served grouping: the mean of the served ensemble vectors' and the query
-  model's cosines (:data:`QUERY_WEIGHT`), the chosen clustering at its threshold, its attach pass;
-* ``query model alone``: the query model's own embeddings, the same clustering and attach pass at
-  the query model's own calibrated threshold and attach settings;
+  model's cosines (:data:`QUERY_WEIGHT`), the chosen clustering at its threshold, its detach and attach
+  passes;
+* ``query model alone``: the query model's own embeddings, the same clustering, detach and attach
+  passes at the query model's own calibrated threshold, detach and attach settings;
 * ``face_recognition recipe``: dlib-resnet34 descriptors, ``dlib.chinese_whispers_clustering`` at
   Euclidean distance 0.5 (``face_recognition``'s ``--tolerance``-style cut). The library's dlib
   embeddings are unit vectors; dlib's own descriptors have norm about
@@ -47,7 +48,7 @@ from cmce.metrics.intervals import cluster_bootstrap
 from cmce.models.embed import EmbeddedFiles, EmbeddingCache, embed_files
 from cmce.experiments.people_folds import FoldBundles, fold_bundles
 from cmce.people import GroupingConfig, group_faces
-from cmce.people.calibration import calibrate_attach, calibrate_threshold, threshold_curve
+from cmce.people.calibration import calibrate_attach, calibrate_detach, calibrate_threshold, threshold_curve
 from cmce.people.grouping import grouping_vectors
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ def _configs(calibration: dict) -> dict[str, GroupingConfig]:
         c = calibration[who]
         out[who] = GroupingConfig(threshold=c["threshold"], method=calibration["method"],
                                   query_weight=c.get("query_weight", 0.0), attach_above=c.get("attach_above"),
-                                  attach_margin=c.get("attach_margin", GroupingConfig.attach_margin))
+                                  attach_margin=c.get("attach_margin", GroupingConfig.attach_margin),
+                                  detach_below=c.get("detach_below"))
     return out
 
 
@@ -124,12 +126,14 @@ def calibrate(data_dir, bundle: Bundle, *, cache: EmbeddingCache | None, progres
     one, and (``mixed``) :data:`CALIBRATION_IDENTITIES` training identities with
     :data:`CALIBRATION_MIX` of their photos degraded, as the bundles' own rejection cut is
     calibrated on mixed-quality validation galleries. Then the attach pass, on the same two
-    libraries at that threshold (:func:`cmce.people.calibration.calibrate_attach`).
+    libraries at that threshold (:func:`cmce.people.calibration.calibrate_attach`), then the
+    detach pass with that attach pass (:func:`cmce.people.calibration.calibrate_detach`).
 
     Returns:
         JSON-ready: ``identities``, ``faces``, ``out_of_fold``, per method its clean ensemble curve
         and best threshold (``methods``), the chosen ``method``, ``ensemble`` and ``query``
-        (threshold, query weight, attach pass with its grid, clean and mixed curves), ``mixed``
+        (threshold, query weight, attach and detach passes with their grids, clean and mixed
+        curves), ``mixed``
         (what the mixed library holds) and the ``unsure_cut``.
     """
     full = list_labelled_images(data_dir)
@@ -178,9 +182,14 @@ def calibrate(data_dir, bundle: Bundle, *, cache: EmbeddingCache | None, progres
         best = max(mean_f, key=lambda t: (round(float(mean_f[t]), 9), t))
         weight = QUERY_WEIGHT if who == "ensemble" else 0.0
         attach = calibrate_attach(libraries[who], GroupingConfig(threshold=best, method=chosen))
+        detach = calibrate_detach(libraries[who], GroupingConfig(threshold=best, method=chosen,
+                                                                 attach_above=attach["attach_above"],
+                                                                 attach_margin=attach["attach_margin"]))
         out[who] = {"method": chosen, "threshold": best, "mean_f": float(mean_f[best]), "query_weight": weight,
                     "attach_above": attach["attach_above"], "attach_margin": attach["attach_margin"],
                     "attach_mean_f": attach["mean_f"], "attach_grid": attach["grid"],
+                    "detach_below": detach["detach_below"], "detach_mean_f": detach["mean_f"],
+                    "detach_grid": detach["grid"],
                     "curve": [p.to_dict() for p in cs["clean"]],
                     **({"curve_mixed": [p.to_dict() for p in cs["mixed"]]} if "mixed" in cs else {})}
     return out
@@ -265,7 +274,7 @@ def _unsure_sweep(vectors: np.ndarray, query: np.ndarray | None, uncertainty: np
 
 
 def _curve(vectors: np.ndarray, query: np.ndarray | None, truth: np.ndarray, cfg: GroupingConfig) -> list:
-    """BCubed F of the held-out grouping (the whole of it, attach pass included) around the calibrated
+    """BCubed F of the held-out grouping (the whole of it, detach and attach passes included) around the calibrated
     threshold (shown, never used to choose)."""
     out = []
     for t in (round(cfg.threshold + o, 2) for o in CURVE_OFFSETS):

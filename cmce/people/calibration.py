@@ -19,7 +19,7 @@ from cmce.errors import PeopleError
 from cmce.metrics.clustering import bcubed, pairwise_prf
 from cmce.people.graph import cluster, knn_graph
 
-__all__ = ["ATTACH_ABOVE_GRID", "ATTACH_MARGIN_GRID", "CurvePoint", "GroupingCalibration", "THRESHOLD_GRID",
+__all__ = ["ATTACH_ABOVE_GRID", "ATTACH_MARGIN_GRID", "CurvePoint", "DETACH_BELOW_GRID", "calibrate_detach", "GroupingCalibration", "THRESHOLD_GRID",
            "calibrate_attach", "calibrate_threshold", "threshold_curve"]
 
 THRESHOLD_GRID = tuple(round(0.20 + 0.02 * i, 2) for i in range(36))
@@ -138,3 +138,44 @@ def calibrate_attach(libraries: Sequence[tuple[np.ndarray, Sequence]], config, *
                                       p["attach_above"] or 0.0, p["attach_margin"]))
     return {"attach_above": best["attach_above"], "attach_margin": best["attach_margin"] if best["attach_above"]
             is not None else config.attach_margin, "mean_f": best["mean_f"], "grid": points}
+
+
+DETACH_BELOW_GRID = tuple(round(0.36 + 0.02 * i, 2) for i in range(11))
+"""``detach_below`` values tried by :func:`calibrate_detach`: 0.36, 0.38, ..., 0.56."""
+
+
+def calibrate_detach(libraries: Sequence[tuple[np.ndarray, Sequence]], config, *,
+                     below: Sequence[float] = DETACH_BELOW_GRID) -> dict:
+    """The detach pass (``GroupingConfig.detach_below``) of the best mean BCubed F, the rest of ``config`` kept.
+
+    Each labelled library (grouping vectors, identities) is grouped with ``config`` (its attach
+    pass included) without the detach pass and at every value of the grid; the value of the best
+    mean F over the libraries is kept when it beats no pass at all (ties: no pass, then the lower,
+    more cautious value).
+
+    Example:
+        Bo's face chained into Ada's person through one close face: detached at 0.7, not at 0.2::
+
+            >>> v = np.array([[1, 0], [0.95, 0.31], [0.95, -0.31], [0.6, 0.8]], np.float32)
+            >>> v /= np.linalg.norm(v, axis=1, keepdims=True)
+            >>> from cmce.people.grouping import GroupingConfig
+            >>> cal = calibrate_detach([(v, ["Ada", "Ada", "Ada", "Bo"])], GroupingConfig(threshold=0.8,
+            ...                        method="components"), below=[0.2, 0.7])
+            >>> cal["detach_below"], [round(p["mean_f"], 3) for p in cal["grid"]]
+            (0.7, [0.769, 0.769, 1.0])
+
+    Returns:
+        JSON-ready: ``detach_below`` (None: no pass), ``mean_f`` and the ``grid`` (one point per
+        value, ``detach_below`` None for no pass, with each library's F).
+    """
+    from dataclasses import replace
+
+    from cmce.people.grouping import group_faces
+
+    points = []
+    for b in [None] + [float(x) for x in below]:
+        cfg = replace(config, detach_below=b)
+        fs = [float(bcubed(group_faces(v, config=cfg).labels, np.asarray(t))[2]) for v, t in libraries]
+        points.append({"detach_below": b, "f": fs, "mean_f": float(np.mean(fs))})
+    best = max(points, key=lambda p: (round(p["mean_f"], 9), p["detach_below"] is None, -(p["detach_below"] or 0.0)))
+    return {"detach_below": best["detach_below"], "mean_f": best["mean_f"], "grid": points}

@@ -19,12 +19,16 @@ The steps (each in its own module):
    faces go to the *unsure* set, are taken out of the graph, and the rest is clustered again;
 4. the constraints are enforced (:func:`cmce.people.constraints.honour`): a must-link unit is one
    person, conflicting faces are different people. Constrained faces are never held out;
-5. with ``attach_above`` set, a face left alone (not constrained) joins the person whose
+5. with ``detach_below`` set, a free face whose similarity to the normalised mean of its person's
+   *other* faces is under ``detach_below`` leaves the person and stands alone
+   (:func:`detach_outliers`): Chinese whispers can carry a face into a person through one or two
+   edges while it is far from the person as a whole (on degraded photos, often another person's);
+6. with ``attach_above`` set, a face left alone (not constrained) joins the person whose
    normalised mean vector is most similar to it when that similarity is at least
    ``attach_above`` and beats the second most similar person's by ``attach_margin``, unless
    a constraint says it is not that person (:func:`attach_alone`); degraded photos' faces, whose
    similarity to each of their person's faces is under ``threshold``, are often close to its mean;
-6. people get ids (largest first), the name their named faces carry, and a cohesion (the mean
+7. people get ids (largest first), the name their named faces carry, and a cohesion (the mean
    cosine of their faces to their normalised mean); people under ``min_faces`` faces are unsure
    too (reason ``"few faces"``).
 """
@@ -45,8 +49,8 @@ from cmce.search.base import VectorSearch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupingConfig", "PeopleGrouping", "Person", "UnsureFace", "UNSURE_REASONS", "attach_alone", "group_faces",
-           "grouping_vectors"]
+__all__ = ["GroupingConfig", "PeopleGrouping", "Person", "UnsureFace", "UNSURE_REASONS", "attach_alone",
+           "detach_outliers", "group_faces", "grouping_vectors"]
 
 UNSURE_REASONS = ("uncertain", "split neighbourhood", "few faces")
 """Why a face is unsure: its uncertainty, a neighbourhood split between people, or a person too small."""
@@ -72,6 +76,8 @@ class GroupingConfig:
             vector) at or above this similarity (None: no attach pass).
         attach_margin: ... and only when that person is at least this much more similar than the
             second most similar one.
+        detach_below: a free face leaves its person when its similarity to the mean vector of the
+            person's other faces is under this, before the attach pass (None: no detach pass).
     """
 
     threshold: float = 0.5
@@ -85,6 +91,7 @@ class GroupingConfig:
     query_weight: float = 0.0
     attach_above: float | None = None
     attach_margin: float = 0.1
+    detach_below: float | None = None
 
     def __post_init__(self) -> None:
         if not -1.0 <= float(self.threshold) <= 1.0:
@@ -105,6 +112,8 @@ class GroupingConfig:
             raise PeopleError(f"attach_above must be a cosine similarity in [-1, 1] or None; got {self.attach_above!r}")
         if not 0.0 <= float(self.attach_margin) <= 2.0:
             raise PeopleError(f"attach_margin must be in [0, 2]; got {self.attach_margin!r}")
+        if self.detach_below is not None and not -1.0 <= float(self.detach_below) <= 1.0:
+            raise PeopleError(f"detach_below must be a cosine similarity in [-1, 1] or None; got {self.detach_below!r}")
 
 
 @dataclass(frozen=True)
@@ -270,6 +279,41 @@ def attach_alone(vectors: np.ndarray, labels: np.ndarray, cons: Constraints, *, 
     return labels
 
 
+def detach_outliers(vectors: np.ndarray, labels: np.ndarray, cons: Constraints, *, below: float,
+                    kept: np.ndarray | None = None) -> np.ndarray:
+    """``labels`` with each free face far from the rest of its person made a person of its own.
+
+    A face of a person of two or more faces (among ``kept``), not constrained, whose cosine to the
+    normalised mean of the person's *other* faces is under ``below`` gets a new label of its own.
+    The means are those before the pass. A face alone cannot break a constraint, so none is broken.
+
+    Example:
+        Three faces of Ada, and a face chained into her person though far from her mean::
+
+            >>> v = np.array([[1, 0, 0], [0.98, 0.2, 0], [0.98, -0.2, 0], [0.3, 0, 0.95]], np.float32)
+            >>> v /= np.linalg.norm(v, axis=1, keepdims=True)
+            >>> detach_outliers(v, np.array([0, 0, 0, 0]), Constraints(4), below=0.5).tolist()
+            [0, 0, 0, 1]
+    """
+    labels = np.asarray(labels, np.int64).copy()
+    kept = np.ones(len(labels), bool) if kept is None else np.asarray(kept, bool)
+    kidx = np.flatnonzero(kept)
+    if not len(kidx):
+        return labels
+    ids, inverse, counts = np.unique(labels[kidx], return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable")
+    sums = np.add.reduceat(vectors[kidx[order]].astype(np.float64), np.r_[0, np.cumsum(counts)[:-1]], axis=0)
+    cand = np.flatnonzero((counts[inverse] > 1) & ~cons.constrained[kidx])
+    if not len(cand):
+        return labels
+    rest = sums[inverse[cand]] - vectors[kidx[cand]]
+    rest /= np.maximum(np.linalg.norm(rest, axis=1, keepdims=True), 1e-12)
+    sim = np.einsum("ij,ij->i", rest, vectors[kidx[cand]].astype(np.float64))
+    out = kidx[cand[sim < below]]
+    labels[out] = int(labels.max(initial=-1)) + 1 + np.arange(len(out))
+    return labels
+
+
 def _agreement(graph: sp.csr_matrix, labels: np.ndarray) -> np.ndarray:
     """Share of each face's edge weight that goes to its own cluster (1 for a face with no edge)."""
     g = graph.tocoo()
@@ -358,6 +402,8 @@ def group_faces(
     if config.unsure_share > 0 or not (reason != "").any():
         labels = honour(cluster(config.method, graph, vectors=v, threshold=config.threshold, seed=config.seed),
                         graph, cons)
+        if config.detach_below is not None:
+            labels = detach_outliers(v, labels, cons, below=config.detach_below)
         if config.attach_above is not None:
             labels = attach_alone(v, labels, cons, above=config.attach_above, margin=config.attach_margin,
                                   index_kind=config.index)
@@ -380,6 +426,8 @@ def group_faces(
         labels = _cluster_kept(graph, v, ~held, config)
         kept_cons = _restrict(cons, ~held, must_link, cannot_link, photo_ids, known_labels)
         labels[~held] = honour(labels[~held], graph[~held][:, ~held], kept_cons)
+        if config.detach_below is not None:
+            labels[~held] = detach_outliers(v[~held], labels[~held], kept_cons, below=config.detach_below)
         if config.attach_above is not None:
             labels[~held] = attach_alone(v[~held], labels[~held], kept_cons, above=config.attach_above,
                                          margin=config.attach_margin, index_kind=config.index)

@@ -192,11 +192,13 @@ def bundle_grouping_config(bundle: Bundle, *, min_faces: int = 1, unsure: bool =
 
 def calibrated_extras(cal: Mapping) -> dict:
     """The grouping settings a bundle's ``info["people"]`` adds to its method and threshold: the query
-    model's weight in the similarity and the attach pass (absent in older calibrations: neither)."""
+    model's weight in the similarity, the attach pass and the detach pass (absent in older calibrations: none)."""
     out: dict = {"query_weight": float(cal.get("query_weight", 0.0))}
     if cal.get("attach_above") is not None:
         out["attach_above"] = float(cal["attach_above"])
         out["attach_margin"] = float(cal.get("attach_margin", GroupingConfig.attach_margin))
+    if cal.get("detach_below") is not None:
+        out["detach_below"] = float(cal["detach_below"])
     return out
 
 
