@@ -55,6 +55,9 @@ __all__ = ["GroupingConfig", "PeopleGrouping", "Person", "UnsureFace", "UNSURE_R
 UNSURE_REASONS = ("uncertain", "split neighbourhood", "few faces")
 """Why a face is unsure: its uncertainty, a neighbourhood split between people, or a person too small."""
 
+_CHUNK = 65_536
+"""Rows a pass turns into float64 at a time."""
+
 
 @dataclass(frozen=True)
 class GroupingConfig:
@@ -253,7 +256,7 @@ def attach_alone(vectors: np.ndarray, labels: np.ndarray, cons: Constraints, *, 
         return labels
     # each person's sum of its faces in position order (as np.add.at would, 20 times faster)
     order = np.argsort(inverse, kind="stable")
-    centres = np.add.reduceat(vectors[kidx[order]].astype(np.float64), np.r_[0, np.cumsum(counts)[:-1]], axis=0)
+    centres = np.add.reduceat(vectors[kidx[order]], np.r_[0, np.cumsum(counts)[:-1]], axis=0, dtype=np.float64)
     centres = (centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)).astype(np.float32)
     index = search_index(centres, index_kind)
     extra = {}
@@ -302,13 +305,17 @@ def detach_outliers(vectors: np.ndarray, labels: np.ndarray, cons: Constraints, 
         return labels
     ids, inverse, counts = np.unique(labels[kidx], return_inverse=True, return_counts=True)
     order = np.argsort(inverse, kind="stable")
-    sums = np.add.reduceat(vectors[kidx[order]].astype(np.float64), np.r_[0, np.cumsum(counts)[:-1]], axis=0)
+    sums = np.add.reduceat(vectors[kidx[order]], np.r_[0, np.cumsum(counts)[:-1]], axis=0, dtype=np.float64)
     cand = np.flatnonzero((counts[inverse] > 1) & ~cons.constrained[kidx])
     if not len(cand):
         return labels
-    rest = sums[inverse[cand]] - vectors[kidx[cand]]
-    rest /= np.maximum(np.linalg.norm(rest, axis=1, keepdims=True), 1e-12)
-    sim = np.einsum("ij,ij->i", rest, vectors[kidx[cand]].astype(np.float64))
+    sim = np.empty(len(cand))
+    for start in range(0, len(cand), _CHUNK):  # float64 rows a chunk at a time (1M faces: not 2 GiB at once)
+        part = cand[start:start + _CHUNK]
+        face = vectors[kidx[part]].astype(np.float64)
+        rest = sums[inverse[part]] - face
+        rest /= np.maximum(np.linalg.norm(rest, axis=1, keepdims=True), 1e-12)
+        sim[start:start + _CHUNK] = np.einsum("ij,ij->i", rest, face)
     out = kidx[cand[sim < below]]
     labels[out] = int(labels.max(initial=-1)) + 1 + np.arange(len(out))
     return labels
