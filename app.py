@@ -401,6 +401,10 @@ def _people_section(page: _Page) -> None:
                 c["name_btn"] = gr.Button("Name", elem_id="people-name", scale=1)
                 c["split_btn"] = gr.Button("Split in two", elem_id="people-split", scale=1)
                 c["forget_btn"] = gr.Button("Forget person", variant="stop", elem_id="people-forget", scale=1)
+            with gr.Row(visible=False, elem_id="people-forget-confirm") as c["confirm_row"]:
+                c["confirm_md"] = gr.Markdown(elem_id="people-forget-question")
+                c["forget_yes"] = gr.Button("Yes, forget", variant="stop", elem_id="people-forget-yes", scale=0)
+                c["forget_no"] = gr.Button("Cancel", elem_id="people-forget-cancel", scale=0)
             with gr.Row():
                 c["other"] = gr.Dropdown([], label="Other person", allow_custom_value=True, elem_id="people-other", scale=2)
                 c["merge_btn"] = gr.Button("Merge with person", elem_id="people-merge", scale=1)
@@ -420,10 +424,15 @@ def _wire_people(page: _Page) -> None:
                             (c["name_btn"], people_view.people_name, [c["person"], c["name"]]),
                             (c["merge_btn"], people_view.people_merge, [c["person"], c["other"]]),
                             (c["split_btn"], people_view.people_split, [c["person"]]),
-                            (c["forget_btn"], people_view.people_forget, [c["person"]]),
+                            (c["forget_yes"], people_view.people_forget, [c["person"]]),
                             (c["not_btn"], people_view.people_not, [c["entry"], c["person"]]),
                             (c["find"], people_view.people_find, [c["find_name"]])):
         btn.click(fn, [*inputs, page.state], out, api_name=fn.__name__, **SEARCH_QUEUE)
+    hide = gr.update(visible=False)  # forgetting asks first; the question goes with any change of person
+    c["forget_btn"].click(people_view.forget_question, [c["person"], page.state], [c["confirm_row"], c["confirm_md"]],
+                          api_visibility="private", **SEARCH_QUEUE)
+    for trigger in (c["forget_yes"].click, c["forget_no"].click, c["person"].change):
+        trigger(lambda: hide, None, c["confirm_row"], api_visibility="private", queue=False)
     rejection = [page.reject_by, page.rate, page.threshold, page.score]
     c["rows"].change(refresh_overview, [page.state, page.order, *rejection, page.show_all],  # names in the captions
                      [page.overview, page.overview_md], trigger_mode="always_last", api_visibility="private")

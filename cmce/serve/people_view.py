@@ -29,8 +29,8 @@ from cmce.people.library import GalleryPeople, bundle_grouping_config, group_gal
 from cmce.serve.guard import clip, user_error
 from cmce.serve.sessions import Session
 
-__all__ = ["PEOPLE_FALLBACK", "PeoplePage", "PersonRow", "people_find", "people_forget", "people_group", "people_merge",
-           "people_name", "people_not", "people_split", "render_people"]
+__all__ = ["PEOPLE_FALLBACK", "PeoplePage", "PersonRow", "forget_question", "people_find", "people_forget", "people_group",
+           "people_merge", "people_name", "people_not", "people_split", "render_people"]
 
 PEOPLE_FALLBACK = GroupingConfig(threshold=0.5, method="chinese_whispers")
 """The grouping of a bundle without a grouping calibration (the page says so)."""
@@ -186,6 +186,23 @@ def people_not(entry: str, person: str, state: Session | None) -> tuple:
     """This face is not this person."""
     entry, person = _text(entry, "The face"), _text(person, "The person")
     return _correct(state, lambda people: not_person(people, entry, person))
+
+
+def forget_question(person: str, state: Session | None) -> tuple:
+    """The page's question before *Forget person* erases anything: who, how many faces, and that it
+    cannot be undone (the confirmation row shown, its text). ``/people_forget`` itself asks nothing:
+    an API caller names the person it means."""
+    person = _text(person, "The person")
+    people, _ = _group(_gallery(state))
+    try:
+        who = people.person(person)
+    except CmceError as e:
+        raise user_error(f"Not changed: {e}") from None
+    n = len(who.members)
+    title = html.escape(who.name or people.short_key(who))
+    return (gr.update(visible=True),
+            f"Forget **{title}**? {n} face{'s' if n != 1 else ''}, {'their' if n != 1 else 'its'} embeddings, "
+            "thumbnails and kept photos are erased from this gallery. This cannot be undone.")
 
 
 def people_forget(person: str, state: Session | None) -> tuple:

@@ -17,7 +17,7 @@ import pytest
 from conftest import lfw_people
 from PIL import Image
 
-from browser_page import DESKTOP, TIMEOUT_MS, open_page, shot
+from browser_page import DESKTOP, TIMEOUT_MS, open_page, shot, wait_text
 from browser_page import pytestmark  # noqa: F401  (e2e; skipped without chromium or Playwright)
 
 
@@ -187,10 +187,24 @@ def test_people_tab_groups_an_unlabelled_upload_names_merges_and_forgets(app_ser
         assert page.locator(f"{ROWS} .cmce-unsure").count() == 0
         _shot(page, tmp_path, "people-found")
 
-        # forgetting Ada erases her faces from the session's gallery: gone from the rows and the overview
+        # forgetting asks first (who, how many faces, that it cannot be undone); Cancel erases nothing
         _pick(page, "#people-person", "Ada King")
         page.click("#people-forget")
+        question = page.locator("#people-forget-question")
+        question.wait_for(state="visible", timeout=TIMEOUT_MS)
+        wait_text(page, "#people-forget-question", "Forget Ada King? ")
+        assert f"{ada_faces - 1} face" in question.inner_text() and "cannot be undone" in question.inner_text()
+        _shot(page, tmp_path, "people-forget-question")
+        page.click("#people-forget-cancel")
+        page.locator("#people-forget-confirm").wait_for(state="hidden", timeout=TIMEOUT_MS)
+        assert page.locator(f"{ROWS} .cmce-person-face").count() > 0
+        page.wait_for_function(f"() => ({CAPTIONS})('Ada King') === {ada_faces - 1}", timeout=TIMEOUT_MS)
+        # asked again and confirmed, Ada's faces leave the session's gallery: gone from the rows and the overview
+        page.click("#people-forget")
+        page.locator("#people-forget-yes").wait_for(state="visible", timeout=TIMEOUT_MS)
+        page.click("#people-forget-yes")
         _wait_summary(page, "Forgot Ada King")
+        page.locator("#people-forget-confirm").wait_for(state="hidden", timeout=TIMEOUT_MS)
         _wait_rows(page)
         heads = page.locator(f"{ROWS} .cmce-person-head").all_inner_texts()
         assert heads and not any("Ada King" in h for h in heads), heads
