@@ -34,7 +34,7 @@ from cmce.io.limits import BundleAllowList, ServerLimits
 from cmce.method.bundle_model import bundle_summary
 from cmce.method.engine import FaceEngine
 from cmce.method.unknown import UNKNOWN_BY
-from cmce.serve import display, memwatch, people_view, story
+from cmce.serve import display, memwatch, people_tab, story
 from cmce.serve.components import without_stray_files
 from cmce.serve.fairness import ClientGate, ClientLimits
 from cmce.serve.gate import ClientGateMiddleware
@@ -218,7 +218,7 @@ class _Page:
     plots_note: Any = None
     rc_plot: Any = None
     hist_plot: Any = None
-    people: dict = field(default_factory=dict)  # the People tab's components (_people_section)
+    people: dict = field(default_factory=dict)  # the People tab's components (people_tab.build)
 
 
 def _header(page: _Page, engine: FaceEngine | None) -> None:
@@ -386,62 +386,6 @@ def _gallery_section(page: _Page, engine: FaceEngine | None) -> None:
                                format="jpeg", elem_id="overview", buttons=[])
 
 
-def _people_section(page: _Page) -> None:
-    """The People tab: the gallery's faces grouped into people, named, merged, split, forgotten (cmce.serve.people_view)."""
-    c = page.people
-    with gr.Tabs(elem_id="people-tabs"):
-        with gr.Tab("People", elem_id="people-tab"):
-            with gr.Row():
-                c["group"] = gr.Button("Group faces", variant="primary", elem_id="people-group", scale=1)
-                c["find_name"] = gr.Textbox(label="Find a person by name", elem_id="people-find-name", scale=2)
-                c["find"] = gr.Button("Find", elem_id="people-find", scale=1)
-            with gr.Row():
-                c["person"] = gr.Dropdown([], label="Person", allow_custom_value=True, elem_id="people-person", scale=2)
-                c["name"] = gr.Textbox(label="Name", placeholder="e.g. Ada", elem_id="people-name-box", scale=2)
-                c["name_btn"] = gr.Button("Name", elem_id="people-name", scale=1)
-                c["split_btn"] = gr.Button("Split in two", elem_id="people-split", scale=1)
-                c["forget_btn"] = gr.Button("Forget person", variant="stop", elem_id="people-forget", scale=1)
-            with gr.Row(visible=False, elem_id="people-forget-confirm") as c["confirm_row"]:
-                c["confirm_md"] = gr.Markdown(elem_id="people-forget-question")
-                c["forget_yes"] = gr.Button("Yes, forget", variant="stop", elem_id="people-forget-yes", scale=0)
-                c["forget_no"] = gr.Button("Cancel", elem_id="people-forget-cancel", scale=0)
-            with gr.Row():
-                c["other"] = gr.Dropdown([], label="Other person", allow_custom_value=True, elem_id="people-other", scale=2)
-                c["merge_btn"] = gr.Button("Merge with person", elem_id="people-merge", scale=1)
-                c["entry"] = gr.Dropdown([], label="Face", allow_custom_value=True, elem_id="people-entry", scale=2)
-                c["not_btn"] = gr.Button("Not this person", elem_id="people-not", scale=1)
-            c["summary"] = gr.Markdown("Index a gallery, then press **Group faces**.", elem_id="people-summary")
-            # every row in one piece: the endpoints' output, kept in the page (hidden) to draw the rows below
-            c["rows"] = gr.HTML(people_view.EMPTY, elem_id="people-rows", visible="hidden")
-            c["person_rows"] = gr.Column(elem_id="people-person-rows")
-
-
-def _wire_people(page: _Page) -> None:
-    """The People tab's events, one gradio_client endpoint each (people_group, people_name, ...)."""
-    c = page.people
-    out = [c["rows"], c["summary"], c["person"], c["other"], c["entry"]]
-    for btn, fn, inputs in ((c["group"], people_view.people_group, []),
-                            (c["name_btn"], people_view.people_name, [c["person"], c["name"]]),
-                            (c["merge_btn"], people_view.people_merge, [c["person"], c["other"]]),
-                            (c["split_btn"], people_view.people_split, [c["person"]]),
-                            (c["forget_yes"], people_view.people_forget, [c["person"]]),
-                            (c["not_btn"], people_view.people_not, [c["entry"], c["person"]]),
-                            (c["find"], people_view.people_find, [c["find_name"]])):
-        btn.click(fn, [*inputs, page.state], out, api_name=fn.__name__, **SEARCH_QUEUE)
-    hide = gr.update(visible=False)  # forgetting asks first; the question goes with any change of person
-    c["forget_btn"].click(people_view.forget_question, [c["person"], page.state], [c["confirm_row"], c["confirm_md"]],
-                          api_visibility="private", **SEARCH_QUEUE)
-    for trigger in (c["forget_yes"].click, c["forget_no"].click, c["person"].change):
-        trigger(lambda: hide, None, c["confirm_row"], api_visibility="private", queue=False)
-    rejection = [page.reject_by, page.rate, page.threshold, page.score]
-    c["rows"].change(refresh_overview, [page.state, page.order, *rejection, page.show_all],  # names in the captions
-                     [page.overview, page.overview_md], trigger_mode="always_last", api_visibility="private")
-    with c["person_rows"]:  # a row per person with its own name box, drawn again whenever the page changes
-        @gr.render(inputs=[page.state], triggers=[c["rows"].change], **SEARCH_QUEUE)
-        def _person_rows(state):
-            people_view.render_people(state, out, page.state, **SEARCH_QUEUE)
-
-
 def _plots_section(page: _Page) -> None:
     """Step 3: what the ensemble buys on the user's own gallery, and rejection (the paper's metric)."""
     gr.Markdown("## 3 · What the ensemble buys on your gallery, and does rejection help?")
@@ -553,12 +497,14 @@ def create_demo(engine: FaceEngine | None) -> gr.Blocks:
         _task_section(page)
         _search_section(page)
         _gallery_section(page, engine)
-        _people_section(page)
+        page.people = people_tab.build()  # the People tab (cmce.serve.people_tab)
         _plots_section(page)
         _bundle_section(page, engine)
         _story_section(page)
         _wire(page)
-        _wire_people(page)
+        people_tab.wire(page.people, page.state, refresh_overview,
+                        [page.state, page.order, page.reject_by, page.rate, page.threshold, page.score, page.show_all],
+                        [page.overview, page.overview_md], SEARCH_QUEUE)
         demo.unload(_unload)
     demo.session_state = page.state  # the gr.State a session lives in (see _restore)
     return demo

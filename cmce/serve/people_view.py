@@ -128,7 +128,7 @@ def _page(gallery: Gallery, people: GalleryPeople, note: str = "", only: str | N
                         for u in people.grouping.unsure)
         unsure = (f"<div class='cmce-person cmce-unsure' id='people-unsure'><div class='cmce-person-head'>"
                   f"Unsure ({len(people.grouping.unsure)}): not given to anyone</div>{faces}</div>")
-    choices = [(f"{p.name or people.short_key(p)} · {len(p.members)} faces", people.short_key(p))
+    choices = [(f"{p.name or people.short_key(p)} · {len(p.members)} face{'s' * (len(p.members) != 1)}", people.short_key(p))
                for p in people.grouping.people]
     entries = [(f"{people.sources[i]} · {people.entry_ids[i][:12]}", people.entry_ids[i])
                for i in range(people.grouping.size)]

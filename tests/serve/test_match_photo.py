@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -138,7 +139,16 @@ def test_forgetting_a_person_deletes_the_photos_no_other_face_holds(demo, tmp_pa
     grace_jpeg = session.photos.get(grace).path.read_bytes()
     held = session.photos.bytes_held
     people_view.people_group(session)
-    people_view.people_name(f"{grace}:0", "Grace", session)  # a name, which forgetting drops with her faces
+    choices = people_view.people_name(f"{grace}:0", "Grace", session)[2]["choices"]  # a name, which forgetting drops
+    # the page asks first: who and how many faces, and erases nothing; an unknown person is refused by name
+    faces = len(session.gallery)
+    shown, question = people_view.forget_question("Grace", session)
+    assert shown["visible"] is True and question.startswith("Forget **Grace**? ") and "cannot be undone" in question
+    n = re.search(r"\? (\d+) faces?, ", question).group(1)
+    assert [label for label, key in choices if label.startswith("Grace ")] == [f"Grace · {n} face{'s' * (n != '1')}"]
+    with pytest.raises(gr.Error, match="Not changed: no person 'Nobody'"):
+        people_view.forget_question("Nobody", session)
+    assert len(session.gallery) == faces and session.photos.get(grace) is not None
     html, summary, *_ = people_view.people_forget("Grace", session)
     assert summary.startswith("Forgot Grace:") and "Grace" not in {e.label for e in session.gallery.entries
                                                                     if e.content_hash in session.gallery.hashes}
