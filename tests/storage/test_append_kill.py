@@ -12,21 +12,17 @@ exactly the files its manifest lists. About 2 s a trial (one Python start each).
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
 from test_forget import listed_files
-from test_forget_kill import _gallery_files, _state
+from test_forget_kill import _gallery_files, _state, killed_at
 from test_store import make_records
 
 from cmce.storage.corrections import Corrections
-from cmce.storage.faults import PAUSE_ENV
 from cmce.storage.read import read_gallery
 from cmce.storage.staging import remove_orphans
 from cmce.storage.write import append_entries, write_gallery
@@ -62,17 +58,7 @@ def build(folder: Path) -> None:
 
 def _append_killed_at(folder: Path, step: str, marker: Path) -> int:
     """Run the append until it pauses at ``step``, kill -9 it there; returns its exit status."""
-    env = dict(os.environ, **{PAUSE_ENV: f"{step}:{marker}"})
-    proc = subprocess.Popen([sys.executable, "-c", APPEND, str(folder)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 40
-    while not marker.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"the append never reached {step}: {proc.communicate()[0].decode()[-2000:]}")
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    return proc.wait(timeout=10)
+    return killed_at([sys.executable, "-c", APPEND, str(folder)], step, marker, "the append")
 
 
 @pytest.mark.parametrize("step, expected", [("append-start", "old"), ("append-written", "old"),

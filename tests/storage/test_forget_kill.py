@@ -41,19 +41,25 @@ def _gallery_files(folder: Path) -> set[str]:
             if p.is_file() and not str(p.relative_to(folder)).startswith("staging/")}
 
 
-def _forget_killed_at(folder: Path, step: str, marker: Path) -> int:
-    """Run ``cmce forget`` until it pauses at ``step``, kill -9 it there; returns its exit status."""
+def killed_at(args: list[str], step: str, marker: Path, what: str) -> int:
+    """Run ``args`` (a Python process writing a gallery) until it pauses at ``step``
+    (``cmce.storage.faults``), kill -9 it there; returns its exit status."""
     env = dict(os.environ, **{PAUSE_ENV: f"{step}:{marker}"})
-    args = [sys.executable, "-m", "cmce", "forget", str(folder)] + [a for e in ERASED for a in ("--entry", e)]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 40
     while not marker.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"forget never reached {step}: {proc.communicate()[0].decode()[-2000:]}")
+            raise AssertionError(f"{what} never reached {step}: {proc.communicate()[0].decode()[-2000:]}")
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     return proc.wait(timeout=10)
+
+
+def _forget_killed_at(folder: Path, step: str, marker: Path) -> int:
+    """Run ``cmce forget`` until it pauses at ``step``, kill -9 it there; returns its exit status."""
+    args = [sys.executable, "-m", "cmce", "forget", str(folder)] + [a for e in ERASED for a in ("--entry", e)]
+    return killed_at(args, step, marker, "forget")
 
 
 @pytest.mark.parametrize("step, expected", [("start", "old"), ("written", "old"), ("swapped", "new")])
