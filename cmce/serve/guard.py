@@ -29,7 +29,7 @@ import gradio as gr
 
 from cmce.io.images import DEFAULT_LIMITS, ImageLimits, format_bytes
 
-__all__ = ["ECHO_CHARS", "GuardedBlocks", "clean", "clip", "query_photo", "user_error"]
+__all__ = ["ECHO_CHARS", "GuardedBlocks", "clean", "clip", "counted", "query_photo", "user_error"]
 
 logger = logging.getLogger("cmce.app")
 
@@ -40,6 +40,15 @@ ECHO_CHARS = 100
 # one or more folders; the last part (the file's own name) is kept
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])(?:/[\w.\-+@%~]+)+/([\w.\-+@%~]+)")
 _LONG_RUN = re.compile(r"\S{%d,}" % (ECHO_CHARS + 1))  # an echoed value without spaces, longer than ECHO_CHARS
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 (a noun whose plural adds an s).
+
+    >>> counted(1, "face"), counted(3, "face"), counted(0, "gallery face")
+    ('1 face', '3 faces', '0 gallery faces')
+    """
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def clip(text: object, limit: int = ECHO_CHARS) -> str:

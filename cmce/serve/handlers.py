@@ -47,7 +47,7 @@ from cmce.method.unknown import UNKNOWN_BY
 from cmce.serve import display
 from cmce.serve.fairness import ClientGate, ClientLimits, TakeTurns
 from cmce.serve.gate import Restore, restore_state
-from cmce.serve.guard import clean, clip, user_error
+from cmce.serve.guard import clean, clip, counted, user_error
 from cmce.serve.inputs import rejection_rate, text_value, upload_paths, whole_number
 from cmce.serve.match_photo import match_photo
 from cmce.serve.preview import FacesPreview
@@ -479,7 +479,7 @@ class DemoServer:
             return (None, gr.update(choices=display.face_choices(1), value=0), f"<p>{html.escape(message)}</p>",
                     {"error": message}, session)
         found = len(photo.faces)
-        text = (f"{found} face{'s' if found != 1 else ''} found. The gallery is empty: upload photos or pick an "
+        text = (f"{counted(found, 'face')} found. The gallery is empty: upload photos or pick an "
                 "example gallery, and this photo is searched.")
         chosen = min(face_index, found - 1) if found else None
         return (display.annotate_faces(photo.image, photo.faces, chosen),

@@ -15,7 +15,7 @@ from PIL import Image
 
 from cmce.gallery.verdict import column_title
 from cmce.serve.display import match_photo_image
-from cmce.serve.guard import clip, user_error
+from cmce.serve.guard import clip, counted, user_error
 from cmce.serve.sessions import Session
 
 __all__ = ["match_photo", "NO_MATCH_YET"]
@@ -60,7 +60,7 @@ def match_photo(session: Session, column: str, rank: int) -> tuple[Image.Image |
     others = [[x * scale for x in gallery.entries[int(p)].face.box] for p in gallery.positions
               if gallery.entries[int(p)].content_hash == entry.content_hash and int(p) != position]
     box = [x * scale for x in entry.face.box]
-    more = f"; the photo's {len(others)} other gallery face{'s' if len(others) != 1 else ''} faint" if others else ""
+    more = f"; the photo's {counted(len(others), 'other gallery face')} faint" if others else ""
     return (match_photo_image(image, box, others),
             f"{title}, in its photo `{html.escape(clip(entry.source, 80))}` (face boxed in green{more}).")
 

@@ -26,7 +26,7 @@ from cmce.gallery.memory import Gallery
 from cmce.people.corrections import CorrectionChange, checked, merge_people, name_person, not_person, split_person
 from cmce.people.grouping import GroupingConfig
 from cmce.people.library import GalleryPeople, bundle_grouping_config, group_gallery
-from cmce.serve.guard import clip, user_error
+from cmce.serve.guard import clip, counted, user_error
 from cmce.serve.sessions import Session
 
 __all__ = ["PEOPLE_FALLBACK", "PeoplePage", "PersonRow", "forget_question", "people_find", "people_forget", "people_group",
@@ -121,14 +121,14 @@ def _page(gallery: Gallery, people: GalleryPeople, note: str = "", only: str | N
                  f"<span class='cmce-person-name'>unnamed</span> <code>{html.escape(key)}</code>")
         rows.append(PersonRow(key, p.name, len(p.members), (
             f"<div class='cmce-person' data-key='{html.escape(key)}'><div class='cmce-person-head'>{title} · "
-            f"{len(p.members)} face{'s' if len(p.members) != 1 else ''}</div>{faces}</div>")))
+            f"{counted(len(p.members), 'face')}</div>{faces}</div>")))
     unsure = ""
     if only is None and people.grouping.unsure:
         faces = "".join(_thumb(people.entry_ids[u.position], f"{people.sources[u.position]} ({u.reason})", thumbs)
                         for u in people.grouping.unsure)
         unsure = (f"<div class='cmce-person cmce-unsure' id='people-unsure'><div class='cmce-person-head'>"
                   f"Unsure ({len(people.grouping.unsure)}): not given to anyone</div>{faces}</div>")
-    choices = [(f"{p.name or people.short_key(p)} · {len(p.members)} face{'s' * (len(p.members) != 1)}", people.short_key(p))
+    choices = [(f"{p.name or people.short_key(p)} · {counted(len(p.members), 'face')}", people.short_key(p))
                for p in people.grouping.people]
     entries = [(f"{people.sources[i]} · {people.entry_ids[i][:12]}", people.entry_ids[i])
                for i in range(people.grouping.size)]
@@ -201,7 +201,7 @@ def forget_question(person: str, state: Session | None) -> tuple:
     n = len(who.members)
     title = html.escape(who.name or people.short_key(who))
     return (gr.update(visible=True),
-            f"Forget **{title}**? {n} face{'s' if n != 1 else ''}, {'their' if n != 1 else 'its'} embeddings, "
+            f"Forget **{title}**? {counted(n, 'face')}, {'their' if n != 1 else 'its'} embeddings, "
             "thumbnails and kept photos are erased from this gallery. This cannot be undone.")
 
 
@@ -220,7 +220,7 @@ def people_forget(person: str, state: Session | None) -> tuple:
         gallery.remove([int(p) for p, e in zip(gallery.positions, gallery.entry_ids()) if e in erased])
     state.risk_cache = None
     title = who.name or people.short_key(who)
-    done = f"Forgot {title}: {len(erased)} face{'s' if len(erased) != 1 else ''} erased"
+    done = f"Forgot {title}: {counted(len(erased), 'face')} erased"
     if not len(gallery):
         state.people_page = None
         return EMPTY, f"{done}; the gallery is empty.", *PeoplePage(EMPTY, "", [], []).outputs()[2:]
